@@ -1,0 +1,98 @@
+"""Who people are: the user, their teams and profile settings, and the audit log."""
+
+import uuid
+import zoneinfo
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models.functions import Lower
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+def validate_timezone(value: str) -> None:
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(_("Unknown time zone: %(tz)s"), params={"tz": value})
+
+
+class User(AbstractUser):
+    """The account. Profile settings live here: one row per person, no join on every request."""
+
+    display_name = models.CharField(_("display name"), max_length=80, blank=True)
+    timezone = models.CharField(_("time zone"), max_length=64, default="UTC", validators=[validate_timezone])
+    # Empty: follow the browser's Accept-Language.
+    language = models.CharField(_("language"), max_length=8, blank=True, choices=settings.LANGUAGES)
+    default_model = models.CharField(_("default model"), max_length=120, blank=True)
+    # Per-user overrides of the settings' rate limits; null means "use the default".
+    requests_per_minute = models.PositiveIntegerField(_("requests per minute"), null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(_("tokens per minute"), null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # Usernames and emails are unique whatever their letter case ("Alice" == "alice").
+            models.UniqueConstraint(Lower("username"), name="user_username_ci_unique"),
+            models.UniqueConstraint(
+                Lower("email"), condition=~models.Q(email=""), name="user_email_ci_unique"
+            ),
+        ]
+
+    @property
+    def shown_name(self) -> str:
+        return self.display_name or self.username
+
+
+class Team(models.Model):
+    name = models.CharField(_("name"), max_length=80)
+    members = models.ManyToManyField(User, through="TeamMembership", related_name="teams")
+    requests_per_minute = models.PositiveIntegerField(_("requests per minute"), null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(_("tokens per minute"), null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(Lower("name"), name="team_name_ci_unique")]
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TeamMembership(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.CASCADE)
+    user = models.ForeignKey(User, on_delete=models.CASCADE)
+    joined_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "user"], name="teammembership_unique")]
+
+
+class SiteState(models.Model):
+    """One row. `admin_claimed` flips once, by a conditional UPDATE, so exactly one first
+    sign-up becomes the administrator however many arrive at the same moment."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    admin_claimed = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(id=1), name="sitestate_singleton")]
+
+
+class AuditEvent(models.Model):
+    """Append-only: who did what to which object, and when. Ids only, never a secret or
+    message text; the actor link survives erasure as a bare id."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    action = models.CharField(max_length=64, db_index=True)
+    target_type = models.CharField(max_length=64, blank=True)
+    target_id = models.CharField(max_length=64, blank=True, db_index=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.action} {self.target_type}:{self.target_id}"

@@ -1,0 +1,212 @@
+"""What it costs and who pays: prices, provider keys, the usage ledger and its daily rollup,
+budgets and their reservations."""
+
+import uuid
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+# Money: USD with 10 decimal places (a token of a cheap model costs ~1e-8 USD), 20 digits.
+MONEY = {"max_digits": 20, "decimal_places": 10}
+PRICE = {"max_digits": 14, "decimal_places": 6}  # USD per million tokens
+ZERO = Decimal("0")
+
+
+class Provider(models.TextChoices):
+    OPENAI = "openai", "OpenAI"
+    ANTHROPIC = "anthropic", "Anthropic"
+    DEMO = "demo", "Demo"
+
+
+class ModelPrice(models.Model):
+    """The price of a model from `effective_from` on; the newest row not in the future applies."""
+
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    model = models.CharField(max_length=120)
+    label = models.CharField(max_length=120, blank=True)
+    input_per_million = models.DecimalField(**PRICE)
+    output_per_million = models.DecimalField(**PRICE)
+    cached_input_per_million = models.DecimalField(**PRICE, null=True, blank=True)
+    context_window = models.PositiveIntegerField(default=128_000)
+    max_output_tokens = models.PositiveIntegerField(default=4096)
+    enabled = models.BooleanField(default=True)
+    effective_from = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["provider", "model", "-effective_from"], name="price_lookup")]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "model", "effective_from"], name="modelprice_unique_from"),
+            models.CheckConstraint(
+                condition=models.Q(input_per_million__gte=0, output_per_million__gte=0)
+                & (models.Q(cached_input_per_million__isnull=True) | models.Q(cached_input_per_million__gte=0)),
+                name="modelprice_non_negative",
+            ),
+        ]
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+    def __str__(self) -> str:
+        return self.model_id
+
+
+class ProviderKey(models.Model):
+    class State(models.TextChoices):
+        ENABLED = "enabled", _("enabled")
+        DRAINING = "draining", _("draining")
+        DISABLED = "disabled", _("disabled")
+
+    class Health(models.TextChoices):
+        HEALTHY = "healthy", _("healthy")
+        COOLING_DOWN = "cooling_down", _("cooling down")
+        FAILING = "failing", _("failing")
+        INVALID = "invalid", _("invalid")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=80)
+    provider = models.CharField(max_length=16, choices=[c for c in Provider.choices if c[0] != "demo"])
+    # MultiFernet token of the secret; never plaintext. See billing.crypto.
+    secret_encrypted = models.TextField(editable=False)
+    secret_last4 = models.CharField(max_length=4, editable=False)
+    base_url = models.CharField(max_length=300, blank=True)
+    priority = models.IntegerField(default=100)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.ENABLED)
+    health = models.CharField(max_length=16, choices=Health.choices, default=Health.HEALTHY)
+    cooldown_until = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    last_error_kind = models.CharField(max_length=32, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["name"], name="providerkey_name_unique")]
+        ordering = ["provider", "-priority", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.provider}, …{self.secret_last4})"
+
+
+class UsageRecord(models.Model):
+    """Append-only: one row per provider call, retries and failovers included. User, team,
+    conversation and message are nullable so erasure can cut the link and keep the money."""
+
+    class Outcome(models.TextChoices):
+        OK = "ok", _("ok")
+        CANCELLED = "cancelled", _("cancelled")
+        ERROR = "error", _("error")
+
+    id = models.BigAutoField(primary_key=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    team = models.ForeignKey("accounts.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    conversation_id = models.UUIDField(null=True, blank=True)
+    message_id = models.UUIDField(null=True, blank=True)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    provider = models.CharField(max_length=16)
+    model = models.CharField(max_length=120)
+    key = models.ForeignKey(ProviderKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(**MONEY, default=ZERO)
+    estimated = models.BooleanField(default=False)
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    error_kind = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["user", "created_at"], name="usage_user_time"),
+            models.Index(fields=["team", "created_at"], name="usage_team_time"),
+            models.Index(fields=["created_at"], name="usage_time"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["message_id", "attempt"], condition=models.Q(message_id__isnull=False), name="usagerecord_message_attempt_unique"
+            ),
+            models.CheckConstraint(condition=models.Q(cost__gte=0), name="usagerecord_cost_non_negative"),
+        ]
+
+
+class DailyUsage(models.Model):
+    """Rollup of the ledger, day x user x team x model, upserted in the ledger's transaction."""
+
+    day = models.DateField()
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    team = models.ForeignKey("accounts.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    provider = models.CharField(max_length=16)
+    model = models.CharField(max_length=120)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    cost = models.DecimalField(**MONEY, default=ZERO)
+
+    class Meta:
+        indexes = [models.Index(fields=["day"], name="daily_day"), models.Index(fields=["user", "day"], name="daily_user_day")]
+        constraints = [
+            # NULLS NOT DISTINCT semantics are emulated in the service (erased users fold together).
+            models.UniqueConstraint(fields=["day", "user", "team", "provider", "model"], name="dailyusage_unique"),
+            models.CheckConstraint(condition=models.Q(cost__gte=0), name="dailyusage_cost_non_negative"),
+        ]
+
+
+class Budget(models.Model):
+    class Period(models.TextChoices):
+        DAY = "day", _("day")
+        WEEK = "week", _("week")
+        MONTH = "month", _("month")
+        TOTAL = "total", _("total")
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets")
+    team = models.ForeignKey("accounts.Team", null=True, blank=True, on_delete=models.CASCADE, related_name="budgets")
+    period = models.CharField(max_length=8, choices=Period.choices)
+    limit = models.DecimalField(**MONEY)
+    warn_ratio = models.DecimalField(max_digits=4, decimal_places=3, default=Decimal("0.8"))
+    # The running period: its start, what was settled in it, and what is reserved right now.
+    period_start = models.DateTimeField(null=True, blank=True)
+    spent = models.DecimalField(**MONEY, default=ZERO)
+    reserved = models.DecimalField(**MONEY, default=ZERO)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(user__isnull=False, team__isnull=True) | models.Q(user__isnull=True, team__isnull=False)),
+                name="budget_exactly_one_owner",
+            ),
+            models.UniqueConstraint(fields=["user", "period"], condition=models.Q(user__isnull=False), name="budget_user_period_unique"),
+            models.UniqueConstraint(fields=["team", "period"], condition=models.Q(team__isnull=False), name="budget_team_period_unique"),
+            models.CheckConstraint(
+                condition=models.Q(limit__gte=0, spent__gte=0, reserved__gte=0), name="budget_amounts_non_negative"
+            ),
+        ]
+
+
+class Reservation(models.Model):
+    """A worst-case hold on every budget covering a request, settled to the real cost after."""
+
+    class State(models.TextChoices):
+        HELD = "held", _("held")
+        SETTLED = "settled", _("settled")
+        EXPIRED = "expired", _("expired")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    budgets = models.ManyToManyField(Budget, related_name="reservations")
+    amount = models.DecimalField(**MONEY)
+    settled_amount = models.DecimalField(**MONEY, null=True, blank=True)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.HELD)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "expires_at"], name="reservation_state_expiry")]
+        constraints = [models.CheckConstraint(condition=models.Q(amount__gte=0), name="reservation_amount_non_negative")]
