@@ -1,0 +1,1 @@
+"""One async streaming interface, one adapter per provider (openai, anthropic, demo)."""

@@ -1,0 +1,80 @@
+"""The interface every provider adapter speaks. The turn (conversations.turns) sees only this.
+
+An adapter's `stream(request, key=...)` is an async iterator yielding, in order:
+    TextDelta* , then Usage (when the provider reports it), then Finish.
+It raises ProviderError for anything that went wrong, with one of a few kinds; the message is
+safe to show and log (never a secret, never the request's text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from billing.keys import KeyLease
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str  # the provider's own model name, without the "provider:" prefix
+    messages: list[ChatMessage]  # system messages first (adapters that take the system apart lift them)
+    max_tokens: int
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Finish:
+    reason: Literal["stop", "length"]
+
+
+StreamEvent = TextDelta | Usage | Finish
+
+
+class ErrorKind(StrEnum):
+    AUTH = "auth"  # 401/403: the key is bad; never retried with it
+    RATE_LIMITED = "rate_limited"  # 429: cool the key down (retry_after), try the next
+    UNAVAILABLE = "unavailable"  # 5xx, connection refused, stream cut: next key after a backoff
+    TIMEOUT = "timeout"  # connect / first token / total timeout
+    BAD_REQUEST = "bad_request"  # 400: the user's request; not retried
+    CONTEXT_TOO_LONG = "context_too_long"  # 400 naming the context length; not retried
+
+
+@dataclass
+class ProviderError(Exception):
+    kind: ErrorKind
+    message: str = ""
+    status: int | None = None
+    retry_after: float | None = None
+    # True once any delta was yielded before the failure (the turn then keeps what arrived).
+    after_output: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}" if self.message else str(self.kind)
+
+
+class Adapter(Protocol):
+    provider: str
+
+    def stream(self, request: ChatRequest, *, key: KeyLease | None) -> AsyncIterator[StreamEvent]: ...
