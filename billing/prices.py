@@ -31,3 +31,8 @@ def price_for(*, model_id: str, at: datetime | None = None) -> PriceQuote | None
 def cost_of(*, price: PriceQuote, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> Decimal:
     """Exact Decimal cost in USD, quantized to the ledger's precision."""
     raise NotImplementedError
+
+
+def prices_available() -> list[PriceQuote]:
+    """Every enabled model with a price in force now (the demo model included)."""
+    raise NotImplementedError
