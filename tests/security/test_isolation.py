@@ -1,0 +1,186 @@
+"""Isolation: every HTTP route and websocket route, enumerated from the URL conf and the
+websocket routing (so a new route is covered without editing this file), tried as another user
+and as an anonymous visitor against the victim's objects. Never the object: 404, 401, a redirect
+to login, or a refusal; and afterwards the victim's data is exactly as it was."""
+
+import itertools
+import json
+import re
+import uuid
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from accounts.models import DataExport
+from conversations.models import Conversation, Message
+
+CANARY = "victim-canary-7f3a9c"  # in the victim's title and message text
+
+# Routes anyone may reach (they hold no per-user object).
+PUBLIC = re.compile(
+    r"^(healthz|readyz|static/|i18n/|accounts/(login|signup|password/reset|reset)|jsi18n)"
+)
+CONVERTER = re.compile(r"<(?:(?P<conv>[a-z_]+):)?(?P<name>\w+)>")
+
+
+def _walk(patterns, prefix=""):
+    for entry in patterns:
+        if isinstance(entry, URLResolver):
+            yield from _walk(entry.url_patterns, prefix + str(entry.pattern))
+        elif isinstance(entry, URLPattern):
+            yield prefix + str(entry.pattern)
+
+
+def http_routes() -> list[str]:
+    routes = []
+    for route in _walk(get_resolver().url_patterns):
+        if route.startswith("admin/") or route.startswith("^") or "(?P" in route:
+            continue  # the admin is walked by test_admin_is_staff_only; regex routes are Django's own
+        routes.append(route)
+    return sorted(set(routes))
+
+
+def fill(route: str, values: dict[str, list[str]]) -> list[str]:
+    """Every URL the route makes with the victim's ids in its parameters (capped)."""
+    params = CONVERTER.findall(route)
+    if not params:
+        return ["/" + route.lstrip("^").rstrip("$")]
+    choices = [values.get(conv or "str", values["str"]) for conv, _ in params]
+    urls = []
+    for combo in itertools.islice(itertools.product(*choices), 12):
+        it = iter(combo)
+        urls.append("/" + CONVERTER.sub(lambda _m: next(it), route))
+    return urls
+
+
+@pytest.fixture
+def victim_world(make_user):
+    victim = make_user("victim")
+    conversation = Conversation.objects.create(owner=victim, title=f"title {CANARY}", model="demo:echo")
+    message = Message.objects.create(
+        conversation=conversation, role="user", content=f"secret words {CANARY}", client_id=uuid.uuid4()
+    )
+    export = DataExport.objects.create(user=victim, status=DataExport.Status.READY, file_name="x.zip")
+    values = {
+        "uuid": [str(conversation.id), str(message.id), str(export.id)],
+        "int": [str(victim.pk)],
+        "str": [str(conversation.id), victim.username],
+        "slug": [str(conversation.id), victim.username],
+        "path": [str(conversation.id)],
+    }
+    return victim, conversation, message, export, values
+
+
+def _snapshot(victim):
+    return (
+        list(Conversation.objects.filter(owner=victim).values_list("id", "title", "model", "system_prompt")),
+        list(Message.objects.filter(conversation__owner=victim).values_list("id", "content", "status")),
+        list(DataExport.objects.filter(user=victim).values_list("id", "status")),
+    )
+
+
+ATTACK_BODY = {
+    "title": "pwned",
+    "model": "demo:echo",
+    "system_prompt": "pwned",
+    "owner": 1,
+    "owner_id": 1,
+    "user": 1,
+    "user_id": 1,
+    "password": "x",
+    "confirm": "ERASE",
+}
+
+
+@pytest.mark.django_db
+def test_every_http_route_refuses_another_users_objects(client, make_user, victim_world):
+    victim, conversation, message, export, values = victim_world
+    attacker = make_user("attacker")
+    before = _snapshot(victim)
+    tried = 0
+    for route in http_routes():
+        for url in fill(route, values):
+            for method in ("get", "post", "patch", "put", "delete"):
+                client.force_login(attacker)
+                response = getattr(client, method)(url, data=json.dumps(ATTACK_BODY), content_type="application/json")
+                tried += 1
+                body = b"".join(response.streaming_content) if response.streaming else response.content
+                assert CANARY.encode() not in body, f"{method.upper()} {url} leaked the victim's data"
+                if CONVERTER.search(route) and not PUBLIC.match(route):
+                    assert response.status_code in {301, 302, 400, 401, 403, 404, 405}, (
+                        f"{method.upper()} {url} answered {response.status_code} to another user"
+                    )
+    assert tried > 20
+    assert _snapshot(victim) == before, "another user changed the victim's data"
+    assert Conversation.objects.filter(owner=victim).count() == 1
+
+
+@pytest.mark.django_db
+def test_every_http_route_refuses_anonymous_visitors(client, victim_world):
+    victim, _conversation, _message, _export, values = victim_world
+    before = _snapshot(victim)
+    for route in http_routes():
+        if PUBLIC.match(route):
+            continue
+        for url in fill(route, values):
+            for method in ("get", "post", "patch", "delete"):
+                response = getattr(client, method)(url, data=json.dumps(ATTACK_BODY), content_type="application/json")
+                body = b"".join(response.streaming_content) if response.streaming else response.content
+                assert CANARY.encode() not in body
+                if url.startswith("/api/"):
+                    assert response.status_code in {401, 403, 405}, f"{method.upper()} {url}: {response.status_code}"
+                    if response.status_code == 401:
+                        assert response.json()["error"]["code"]
+                else:
+                    assert response.status_code in {302, 401, 403, 405}, f"{method.upper()} {url}: {response.status_code}"
+                    if response.status_code == 302:
+                        assert "/accounts/login/" in response["Location"]
+    assert _snapshot(victim) == before
+
+
+@pytest.mark.django_db
+def test_admin_is_staff_only(client, make_user):
+    client.force_login(make_user("plain"))
+    routes = [r for r in _walk(get_resolver().url_patterns) if r.startswith("admin/")]
+    assert routes
+    response = client.get("/admin/")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    for route in routes:
+        if CONVERTER.search(route) or "(?P" in route or "logout" in route or "login" in route:
+            continue
+        response = client.get("/" + route)
+        assert response.status_code in {302, 404}, f"/{route}: {response.status_code}"
+
+
+def websocket_routes() -> list[str]:
+    from conversations.routing import websocket_urlpatterns
+
+    return [str(p.pattern) for p in websocket_urlpatterns]
+
+
+def _ws_url(route: str, conversation_id: str) -> str:
+    return "/" + CONVERTER.sub(conversation_id, route.lstrip("^").rstrip("$"))
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_every_websocket_route_refuses_another_user_and_anonymous(make_user, victim_world):
+    from asgiref.sync import sync_to_async
+    from django.test import Client
+
+    from chatsite.asgi import application
+
+    _victim, conversation, *_ = victim_world
+    attacker = await sync_to_async(make_user)("attacker")
+    http = Client()
+    await sync_to_async(http.force_login)(attacker)
+    cookie = f"sessionid={http.cookies['sessionid'].value}".encode()
+    routes = websocket_routes()
+    assert routes
+    for route in routes:
+        url = _ws_url(route, str(conversation.id))
+        for headers in ([(b"origin", b"http://localhost"), (b"cookie", cookie)], [(b"origin", b"http://localhost")]):
+            communicator = WebsocketCommunicator(application, url, headers=headers)
+            connected, _ = await communicator.connect()
+            assert not connected, f"{url} accepted a socket that does not own the conversation"
+            await communicator.disconnect()
