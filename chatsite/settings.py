@@ -5,7 +5,6 @@ the local-memory cache and eager Celery. See ../shared/CONTRACT.md section 1 and
 """
 
 import sys
-import warnings
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -50,14 +49,13 @@ HTTPS = _bool("DJANGO_HTTPS", False)
 PRODUCTION = HTTPS
 TESTING = "pytest" in sys.modules or (len(sys.argv) > 1 and sys.argv[1] == "test")
 
-_DEV_SECRET = "parley-dev-secret-key-not-for-production-0123456789-abcdefghijklmnop"
+_DEV_SECRET = "parley-dev-secret-key-not-for-production-0123456789-abcdefghijklmnop"  # noqa: S105 - public on purpose
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
-if not SECRET_KEY:
+USING_DEV_SECRET = not SECRET_KEY
+if USING_DEV_SECRET:
     if PRODUCTION:
         raise _config_error("DJANGO_SECRET_KEY", "is required when DJANGO_HTTPS=true")
     SECRET_KEY = _DEV_SECRET
-    if not TESTING:
-        warnings.warn("DJANGO_SECRET_KEY is not set: using the development key", stacklevel=1)
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 if not ALLOWED_HOSTS:
@@ -186,6 +184,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
+# Logging is configured once, by Django (LOGGING below); a worker must not replace it.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE: dict = {}  # filled by the apps' tasks modules via chatsite.schedule
 
 # --- Auth -----------------------------------------------------------------------------------
@@ -212,11 +212,12 @@ AXES_COOLOFF_TIME = timedelta(minutes=_int("AXES_COOLOFF_MINUTES", 15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "accounts.views.lockout"
-# The client IP is REMOTE_ADDR unless the operator says how many proxies stand in front;
-# a forged X-Forwarded-For from the client is never believed.
+# The client IP is REMOTE_ADDR unless the operator says how many proxies stand in front; then
+# it is the address that many hops from the right of X-Forwarded-For. Whatever the client puts
+# at the left of that header is never believed (chatsite.net.client_ip).
 TRUSTED_PROXY_COUNT = _int("TRUSTED_PROXY_COUNT", 0)
-AXES_IPWARE_PROXY_COUNT = TRUSTED_PROXY_COUNT
-AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"] if TRUSTED_PROXY_COUNT else ["REMOTE_ADDR"]
+AXES_CLIENT_IP_CALLABLE = "chatsite.net.client_ip"
+AXES_VERBOSE = False  # axes prints a banner at start; our logging says what matters
 
 # --- Sessions, CSRF, security headers -------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
@@ -300,6 +301,8 @@ WS_MAX_FRAMES_PER_SECOND = _int("WS_MAX_FRAMES_PER_SECOND", 20)
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_FORMAT = env.str("LOG_FORMAT", default="text")
+if LOG_FORMAT not in {"text", "json"}:
+    raise _config_error("LOG_FORMAT", f"must be text or json, not {LOG_FORMAT!r}")
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
@@ -325,5 +328,11 @@ LOGGING = {
         # Django logs a failed request's POST data at DEBUG in some paths; keep it out.
         "django.request": {"level": "ERROR"},
         "axes": {"level": "WARNING"},
+        # One line per request comes from chatsite.middleware; Daphne's own would lack the id.
+        "daphne": {"level": "WARNING"},
     },
 }
+
+# Last, so that a configuration error above stops the process before any warning is printed.
+if USING_DEV_SECRET and not TESTING:
+    sys.stderr.write("parley: warning: DJANGO_SECRET_KEY is not set: using the development key\n")
