@@ -36,7 +36,8 @@ class RequestIdMiddleware:
                 match.route if match else "(unmatched)",
                 response.status_code,
                 (time.monotonic() - started) * 1000,
-                getattr(getattr(request, "user", None), "pk", None) or "-",
+                # Only a user the view already loaded: a probe must not cost a session lookup.
+                getattr(getattr(request, "_cached_user", None), "pk", None) or "-",
             )
         finally:
             request_id_var.reset(token)

@@ -60,7 +60,6 @@ def test_korean_catalogue_is_complete_and_compiled():
     """Both files are committed, so a fresh machine needs no gettext tools; every entry of the .po
     has a translation and the .mo gives the same text."""
     import gettext
-    import re
     from pathlib import Path
 
     from django.conf import settings
