@@ -45,4 +45,4 @@ HEALTHCHECK --interval=15s --timeout=6s --start-period=20s --retries=3 CMD ["pyt
 # The web process. The worker and beat override the command (docker-compose.yml).
 # No --proxy-headers: Daphne would take the leftmost (client-written) X-Forwarded-For entry as
 # the client address; chatsite.net.client_ip reads the header itself, trusting TRUSTED_PROXY_COUNT hops.
-CMD ["sh", "-c", "exec daphne --bind 0.0.0.0 --port \"$PORT\" chatsite.asgi:application"]
+CMD ["sh", "-c", "exec daphne -v 0 --bind 0.0.0.0 --port \"$PORT\" chatsite.asgi:application"]

@@ -28,12 +28,13 @@ class RequestIdMiddleware:
         started = time.monotonic()
         try:
             response = self.get_response(request)
-            # The route pattern, never the path: a path can hold a password-reset token.
+            # The route pattern when a view answered, never its path: a path can hold a
+            # password-reset token. Static files and 404s have no route; their path is logged.
             match = getattr(request, "resolver_match", None)
             logger.info(
                 "%s %s %s %.0fms user=%s",
                 request.method,
-                match.route if match else "(unmatched)",
+                match.route if match else request.path[:200],
                 response.status_code,
                 (time.monotonic() - started) * 1000,
                 # Only a user the view already loaded: a probe must not cost a session lookup.

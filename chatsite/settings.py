@@ -14,7 +14,8 @@ import environ
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+if (BASE_DIR / ".env").is_file():  # optional; reading a missing one would log a complaint
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 
 def _config_error(variable: str, problem: str) -> "SystemExit":
