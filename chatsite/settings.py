@@ -44,6 +44,16 @@ def _int(name: str, default: int) -> int:
         raise _config_error(name, f"must be a whole number, not {raw!r}") from None
 
 
+def _float(name: str, default: float) -> float:
+    raw = env.str(name, default="")
+    if raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise _config_error(name, f"must be a number, not {raw!r}") from None
+
+
 DEBUG = _bool("DJANGO_DEBUG", False)
 HTTPS = _bool("DJANGO_HTTPS", False)
 # Behind TLS is what "production" means here: the secret key must then be set for real.
@@ -281,10 +291,21 @@ EXPORT_ROOT = MEDIA_ROOT / "exports"
 EXPORT_TTL_HOURS = _int("EXPORT_TTL_HOURS", 24)
 
 # --- Email ----------------------------------------------------------------------------------
+# Console by default (password-reset links appear in the server's output); SMTP with EMAIL_URL,
+# e.g. smtp+tls://user:password@smtp.example.com:587.
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
-if env.str("EMAIL_URL", default=""):
-    vars().update(env.email_url("EMAIL_URL"))
+_email_url = env.str("EMAIL_URL", default="")
+if _email_url:
+    if urlsplit(_email_url).scheme not in {"smtp", "smtps", "smtp+tls", "smtp+ssl"} or not urlsplit(_email_url).hostname:
+        raise _config_error("EMAIL_URL", "must look like smtp+tls://USER:PASSWORD@HOST:PORT")
+    try:
+        _email = environ.Env.email_url_config(_email_url)
+        urlsplit(_email_url).port  # noqa: B018 - raises ValueError on a non-numeric port
+    except Exception:  # noqa: BLE001 - any parse failure is a configuration error
+        raise _config_error("EMAIL_URL", "cannot be parsed") from None
+    globals().update({k: v for k, v in _email.items() if k.startswith("EMAIL_")})
     EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_TIMEOUT = 15
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="parley@localhost")
 
 # --- Product settings -----------------------------------------------------------------------
@@ -298,9 +319,9 @@ OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
 ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
 # Provider call timeouts, seconds: connecting, waiting for the first token, the whole reply.
-LLM_CONNECT_TIMEOUT = env.float("LLM_CONNECT_TIMEOUT", default=10.0)
-LLM_FIRST_TOKEN_TIMEOUT = env.float("LLM_FIRST_TOKEN_TIMEOUT", default=60.0)
-LLM_TOTAL_TIMEOUT = env.float("LLM_TOTAL_TIMEOUT", default=600.0)
+LLM_CONNECT_TIMEOUT = _float("LLM_CONNECT_TIMEOUT", 10.0)
+LLM_FIRST_TOKEN_TIMEOUT = _float("LLM_FIRST_TOKEN_TIMEOUT", 60.0)
+LLM_TOTAL_TIMEOUT = _float("LLM_TOTAL_TIMEOUT", 600.0)
 # Rate limits per user (overridable per user and team in the admin).
 RATE_LIMIT_REQUESTS_PER_MINUTE = _int("RATE_LIMIT_REQUESTS_PER_MINUTE", 20)
 RATE_LIMIT_TOKENS_PER_MINUTE = _int("RATE_LIMIT_TOKENS_PER_MINUTE", 200_000)

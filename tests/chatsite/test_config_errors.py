@@ -55,3 +55,30 @@ def test_missing_secret_key_in_production_stops_with_one_line():
 def test_good_settings_pass_the_check():
     result = run_check()
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [("EMAIL_URL", "smtp://"), ("EMAIL_URL", "ftp://mail.example.com"), ("EMAIL_URL", "smtp://mail.example.com:xx"), ("LLM_TOTAL_TIMEOUT", "soon")],
+)
+def test_more_malformed_settings_stop_with_one_line(variable, value):
+    result = run_check(**{variable: value})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], result.stderr
+
+
+def test_email_url_switches_to_smtp():
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env.update({"DJANGO_SECRET_KEY": "x" * 60, "EMAIL_URL": "smtp+tls://mailer:pw@smtp.example.com:587"})
+    code = "from django.conf import settings as s; print(s.EMAIL_BACKEND, s.EMAIL_HOST, s.EMAIL_PORT, s.EMAIL_USE_TLS)"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.strip().splitlines()[-1].split() == ["django.core.mail.backends.smtp.EmailBackend", "smtp.example.com", "587", "True"]
+
+
+def test_console_email_by_default():
+    from django.conf import settings
+
+    assert settings.EMAIL_BACKEND in {"django.core.mail.backends.console.EmailBackend", "django.core.mail.backends.locmem.EmailBackend"}
