@@ -56,7 +56,9 @@ def signup(request):
                 username=data["username"],
                 email=data["email"],
                 password=data["password1"],
-                language=request.LANGUAGE_CODE,
+                # A language picked with the switcher before signing up is kept; otherwise the
+                # profile stays empty and follows the browser.
+                language=request.COOKIES.get(settings.LANGUAGE_COOKIE_NAME, ""),
                 ip_address=client_ip(request),
             )
         except ValidationError as error:

@@ -74,3 +74,20 @@ def test_korean_catalogue_is_complete_and_compiled():
     assert "#, fuzzy" not in po
     catalogue = gettext.GNUTranslations((folder / "django.mo").open("rb"))
     assert catalogue.gettext("Log in to Parley") == "Parley에 로그인"
+
+
+@pytest.mark.django_db
+def test_signup_keeps_a_language_picked_with_the_switcher_else_follows_the_browser(client, django_user_model):
+    strong = "plum orchard 7 lantern"
+    client.post(
+        "/accounts/signup/",
+        {"username": "en1", "email": "en1@example.test", "password1": strong, "password2": strong},
+        HTTP_ACCEPT_LANGUAGE="ko",
+    )
+    assert django_user_model.objects.get(username="en1").language == ""
+    client.post("/accounts/logout/")
+    client.post("/accounts/language/", {"language": "ko", "next": "/"})
+    client.post(
+        "/accounts/signup/", {"username": "ko1", "email": "ko1@example.test", "password1": strong, "password2": strong}
+    )
+    assert django_user_model.objects.get(username="ko1").language == "ko"
