@@ -32,6 +32,9 @@ def run_check(**env_overrides: str) -> subprocess.CompletedProcess:
         ("REDIS_URL", "http://localhost:6379/0"),
         ("SIGNUP_OPEN", "maybe"),
         ("LOG_FORMAT", "xml"),
+        ("LOG_LEVEL", "loud"),
+        ("DJANGO_DEBUG", "perhaps"),
+        ("AXES_FAILURE_LIMIT", "five"),
     ],
 )
 def test_malformed_setting_stops_with_one_line_naming_it(variable, value):
