@@ -44,12 +44,9 @@ def signup(request):
     if request.user.is_authenticated:
         return redirect(home_url())
     form = SignupForm(request.POST or None)
-    status = 200
-    if not settings.SIGNUP_OPEN:
-        if request.method == "POST":
-            form.add_error(None, _("Sign-up is closed on this site. Ask an administrator for an account."))
-            status = 403
-    elif request.method == "POST" and form.is_valid():
+    if request.method == "GET":
+        return render(request, "registration/signup.html", {"form": form})
+    if form.is_valid():
         data = form.cleaned_data
         try:
             user = services.user_signup(
@@ -70,8 +67,8 @@ def signup(request):
             else:
                 messages.success(request, _("Welcome to Parley."))
             return redirect(home_url())
-    if request.method == "POST" and not form.is_valid():
-        status = status if status != 200 else 400
+    # Closed sign-up is refused by the service; the page then says so instead of the form.
+    status = 400 if settings.SIGNUP_OPEN else 403
     return render(request, "registration/signup.html", {"form": form}, status=status)
 
 

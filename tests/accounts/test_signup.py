@@ -83,9 +83,12 @@ def test_signup_while_closed_is_refused_on_the_form(client, settings):
     settings.SIGNUP_OPEN = False
     page = client.get("/accounts/signup/")
     assert "Sign-up is closed" in page.content.decode()
-    response = post_signup(client)
-    assert response.status_code == 403
-    assert "Sign-up is closed" in response.content.decode()
+    for data in ({}, {"username": "ALICE", "password2": "nope"}):  # valid and invalid input alike
+        response = post_signup(client, **data)
+        assert response.status_code == 403
+        body = response.content.decode()
+        assert "Sign-up is closed" in body
+        assert 'name="password1"' not in body
     assert not User.objects.exists()
 
 
