@@ -197,7 +197,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 # Logging is configured once, by Django (LOGGING below); a worker must not replace it.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULE: dict = {}  # filled by the apps' tasks modules via chatsite.schedule
+# Periodic tasks. Each app names its entries; they are listed here, in one place, by the lead.
+CELERY_BEAT_SCHEDULE: dict = {}
 
 # --- Auth -----------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
