@@ -2,6 +2,7 @@
 
 import math
 
+from axes.helpers import get_cool_off
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
@@ -76,13 +77,7 @@ def signup(request):
 @require_http_methods(["GET", "POST"])
 def profile(request):
     user = request.user
-    initial = {
-        "display_name": user.display_name,
-        "timezone": user.timezone,
-        "language": user.language,
-        "default_model": user.default_model,
-    }
-    form = ProfileForm(request.POST or None, initial=initial)
+    form = ProfileForm(request.POST or None, initial={name: getattr(user, name) for name in ProfileForm.base_fields})
     if request.method == "POST" and form.is_valid():
         try:
             services.user_update_profile(user=user, **form.cleaned_data)
@@ -122,8 +117,6 @@ class PasswordChangeView(auth_views.PasswordChangeView):
 def lockout(request, original_response=None, credentials=None, *args, **kwargs):
     """django-axes calls this when a username and address have failed too often: a page that
     says when to try again, with status 429 and a Retry-After header."""
-    from axes.helpers import get_cool_off
-
     cool_off = get_cool_off(request)
     started = getattr(request, "axes_attempt_time", None) or timezone.now()
     retry_at = started + cool_off
