@@ -1,5 +1,6 @@
 """Who people are: the user, their teams and profile settings, and the audit log."""
 
+import re
 import uuid
 import zoneinfo
 
@@ -17,6 +18,18 @@ def validate_timezone(value: str) -> None:
         raise ValidationError(_("Unknown time zone: %(tz)s"), params={"tz": value})
 
 
+# `provider:model`, as in CONTRACT section 2. Only the form is checked here: which models exist
+# depends on prices and keys, which change at run time.
+MODEL_ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,86}$")
+
+
+def validate_model_id(value: str) -> None:
+    if not MODEL_ID_RE.fullmatch(value):
+        raise ValidationError(
+            _("Enter a model as provider:model, for example openai:gpt-4o-mini."), code="invalid_model"
+        )
+
+
 class User(AbstractUser):
     """The account. Profile settings live here: one row per person, no join on every request."""
 
@@ -24,7 +37,7 @@ class User(AbstractUser):
     timezone = models.CharField(_("time zone"), max_length=64, default="UTC", validators=[validate_timezone])
     # Empty: follow the browser's Accept-Language.
     language = models.CharField(_("language"), max_length=8, blank=True, choices=settings.LANGUAGES)
-    default_model = models.CharField(_("default model"), max_length=120, blank=True)
+    default_model = models.CharField(_("default model"), max_length=120, blank=True, validators=[validate_model_id])
     # Per-user overrides of the settings' rate limits; null means "use the default".
     requests_per_minute = models.PositiveIntegerField(_("requests per minute"), null=True, blank=True)
     tokens_per_minute = models.PositiveIntegerField(_("tokens per minute"), null=True, blank=True)
@@ -37,6 +50,9 @@ class User(AbstractUser):
                 Lower("email"), condition=~models.Q(email=""), name="user_email_ci_unique"
             ),
         ]
+
+    def __str__(self) -> str:
+        return self.username
 
     @property
     def shown_name(self) -> str:
@@ -66,6 +82,9 @@ class TeamMembership(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["team", "user"], name="teammembership_unique")]
 
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.team_id}"
+
 
 class SiteState(models.Model):
     """One row. `admin_claimed` flips once, by a conditional UPDATE, so exactly one first
@@ -76,6 +95,9 @@ class SiteState(models.Model):
 
     class Meta:
         constraints = [models.CheckConstraint(condition=models.Q(id=1), name="sitestate_singleton")]
+
+    def __str__(self) -> str:
+        return f"site state (admin claimed: {self.admin_claimed})"
 
 
 class AuditEvent(models.Model):
@@ -127,6 +149,9 @@ class DataExport(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"export {self.id} ({self.status})"
+
 
 class ErasureRequest(models.Model):
     """Tracks an erasure so it can resume after a crash. Holds the user's id only (never their
@@ -145,3 +170,6 @@ class ErasureRequest(models.Model):
     receipt = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"erasure {self.id} ({self.status})"

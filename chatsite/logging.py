@@ -27,7 +27,10 @@ def redact(text: str) -> str:
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
-            record.request_id = request_id_var.get()
+            # django.request logs a failed response after the middleware has returned (and the
+            # context variable is reset), but it passes the request along: take the id from it.
+            request = getattr(record, "request", None)
+            record.request_id = getattr(request, "request_id", None) or request_id_var.get()
         return True
 
 

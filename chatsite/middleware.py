@@ -1,11 +1,15 @@
 """Project-wide HTTP middleware: a request id on every log line, and the security headers."""
 
+import logging
 import re
+import time
 import uuid
 
 from django.conf import settings
 
 from .logging import request_id_var
+
+logger = logging.getLogger("parley.request")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -21,8 +25,21 @@ class RequestIdMiddleware:
         rid = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
         request.request_id = rid
         token = request_id_var.set(rid)
+        started = time.monotonic()
         try:
             response = self.get_response(request)
+            # The route pattern when a view answered, never its path: a path can hold a
+            # password-reset token. Static files and 404s have no route; their path is logged.
+            match = getattr(request, "resolver_match", None)
+            logger.info(
+                "%s %s %s %.0fms user=%s",
+                request.method,
+                match.route if match else request.path[:200],
+                response.status_code,
+                (time.monotonic() - started) * 1000,
+                # Only a user the view already loaded: a probe must not cost a session lookup.
+                getattr(getattr(request, "_cached_user", None), "pk", None) or "-",
+            )
         finally:
             request_id_var.reset(token)
         response["X-Request-ID"] = rid

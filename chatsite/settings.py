@@ -5,7 +5,6 @@ the local-memory cache and eager Celery. See ../shared/CONTRACT.md section 1 and
 """
 
 import sys
-import warnings
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,7 +14,8 @@ import environ
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+if (BASE_DIR / ".env").is_file():  # optional; reading a missing one would log a complaint
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 
 def _config_error(variable: str, problem: str) -> "SystemExit":
@@ -44,20 +44,29 @@ def _int(name: str, default: int) -> int:
         raise _config_error(name, f"must be a whole number, not {raw!r}") from None
 
 
+def _float(name: str, default: float) -> float:
+    raw = env.str(name, default="")
+    if raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise _config_error(name, f"must be a number, not {raw!r}") from None
+
+
 DEBUG = _bool("DJANGO_DEBUG", False)
 HTTPS = _bool("DJANGO_HTTPS", False)
 # Behind TLS is what "production" means here: the secret key must then be set for real.
 PRODUCTION = HTTPS
 TESTING = "pytest" in sys.modules or (len(sys.argv) > 1 and sys.argv[1] == "test")
 
-_DEV_SECRET = "parley-dev-secret-key-not-for-production-0123456789-abcdefghijklmnop"
+_DEV_SECRET = "parley-dev-secret-key-not-for-production-0123456789-abcdefghijklmnop"  # noqa: S105 - public on purpose
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
-if not SECRET_KEY:
+USING_DEV_SECRET = not SECRET_KEY
+if USING_DEV_SECRET:
     if PRODUCTION:
         raise _config_error("DJANGO_SECRET_KEY", "is required when DJANGO_HTTPS=true")
     SECRET_KEY = _DEV_SECRET
-    if not TESTING:
-        warnings.warn("DJANGO_SECRET_KEY is not set: using the development key", stacklevel=1)
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 if not ALLOWED_HOSTS:
@@ -186,7 +195,10 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULE: dict = {}  # filled by the apps' tasks modules via chatsite.schedule
+# Logging is configured once, by Django (LOGGING below); a worker must not replace it.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Periodic tasks. Each app names its entries; they are listed here, in one place, by the lead.
+CELERY_BEAT_SCHEDULE: dict = {}
 
 # --- Auth -----------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
@@ -201,6 +213,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+if TESTING:
+    # Tests hash hundreds of passwords; the hash's cost is not what they test.
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat"
 LOGOUT_REDIRECT_URL = "login"
@@ -212,11 +227,12 @@ AXES_COOLOFF_TIME = timedelta(minutes=_int("AXES_COOLOFF_MINUTES", 15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "accounts.views.lockout"
-# The client IP is REMOTE_ADDR unless the operator says how many proxies stand in front;
-# a forged X-Forwarded-For from the client is never believed.
+# The client IP is REMOTE_ADDR unless the operator says how many proxies stand in front; then
+# it is the address that many hops from the right of X-Forwarded-For. Whatever the client puts
+# at the left of that header is never believed (chatsite.net.client_ip).
 TRUSTED_PROXY_COUNT = _int("TRUSTED_PROXY_COUNT", 0)
-AXES_IPWARE_PROXY_COUNT = TRUSTED_PROXY_COUNT
-AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"] if TRUSTED_PROXY_COUNT else ["REMOTE_ADDR"]
+AXES_CLIENT_IP_CALLABLE = "chatsite.net.client_ip"
+AXES_VERBOSE = False  # axes prints a banner at start; our logging says what matters
 
 # --- Sessions, CSRF, security headers -------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
@@ -231,6 +247,8 @@ if HTTPS:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = True
+    # Probes call the container over plain HTTP from inside; they must not be redirected.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
     SECURE_HSTS_SECONDS = 60 * 60 * 24 * 365
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
@@ -265,16 +283,30 @@ STORAGES = {
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
+# Development and tests serve static files straight from static/ (no collectstatic needed).
+WHITENOISE_USE_FINDERS = DEBUG or TESTING
+WHITENOISE_AUTOREFRESH = DEBUG or TESTING
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(BASE_DIR / "media")))
 # Exports are private files, served only through an authenticated view, never from MEDIA_URL.
 EXPORT_ROOT = MEDIA_ROOT / "exports"
 EXPORT_TTL_HOURS = _int("EXPORT_TTL_HOURS", 24)
 
 # --- Email ----------------------------------------------------------------------------------
+# Console by default (password-reset links appear in the server's output); SMTP with EMAIL_URL,
+# e.g. smtp+tls://user:password@smtp.example.com:587.
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
-if env.str("EMAIL_URL", default=""):
-    vars().update(env.email_url("EMAIL_URL"))
+_email_url = env.str("EMAIL_URL", default="")
+if _email_url:
+    if urlsplit(_email_url).scheme not in {"smtp", "smtps", "smtp+tls", "smtp+ssl"} or not urlsplit(_email_url).hostname:
+        raise _config_error("EMAIL_URL", "must look like smtp+tls://USER:PASSWORD@HOST:PORT")
+    try:
+        _email = environ.Env.email_url_config(_email_url)
+        urlsplit(_email_url).port  # noqa: B018 - raises ValueError on a non-numeric port
+    except Exception:  # noqa: BLE001 - any parse failure is a configuration error
+        raise _config_error("EMAIL_URL", "cannot be parsed") from None
+    globals().update({k: v for k, v in _email.items() if k.startswith("EMAIL_")})
     EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_TIMEOUT = 15
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="parley@localhost")
 
 # --- Product settings -----------------------------------------------------------------------
@@ -288,9 +320,9 @@ OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
 ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
 # Provider call timeouts, seconds: connecting, waiting for the first token, the whole reply.
-LLM_CONNECT_TIMEOUT = env.float("LLM_CONNECT_TIMEOUT", default=10.0)
-LLM_FIRST_TOKEN_TIMEOUT = env.float("LLM_FIRST_TOKEN_TIMEOUT", default=60.0)
-LLM_TOTAL_TIMEOUT = env.float("LLM_TOTAL_TIMEOUT", default=600.0)
+LLM_CONNECT_TIMEOUT = _float("LLM_CONNECT_TIMEOUT", 10.0)
+LLM_FIRST_TOKEN_TIMEOUT = _float("LLM_FIRST_TOKEN_TIMEOUT", 60.0)
+LLM_TOTAL_TIMEOUT = _float("LLM_TOTAL_TIMEOUT", 600.0)
 # Rate limits per user (overridable per user and team in the admin).
 RATE_LIMIT_REQUESTS_PER_MINUTE = _int("RATE_LIMIT_REQUESTS_PER_MINUTE", 20)
 RATE_LIMIT_TOKENS_PER_MINUTE = _int("RATE_LIMIT_TOKENS_PER_MINUTE", 200_000)
@@ -300,7 +332,11 @@ WS_MAX_FRAMES_PER_SECOND = _int("WS_MAX_FRAMES_PER_SECOND", 20)
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_FORMAT = env.str("LOG_FORMAT", default="text")
-LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+if LOG_FORMAT not in {"text", "json"}:
+    raise _config_error("LOG_FORMAT", f"must be text or json, not {LOG_FORMAT!r}")
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise _config_error("LOG_LEVEL", f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {LOG_LEVEL!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -325,5 +361,11 @@ LOGGING = {
         # Django logs a failed request's POST data at DEBUG in some paths; keep it out.
         "django.request": {"level": "ERROR"},
         "axes": {"level": "WARNING"},
+        # One line per request comes from chatsite.middleware; Daphne's own would lack the id.
+        "daphne": {"level": "WARNING"},
     },
 }
+
+# Last, so that a configuration error above stops the process before any warning is printed.
+if USING_DEV_SECRET and not TESTING:
+    sys.stderr.write("parley: warning: DJANGO_SECRET_KEY is not set: using the development key\n")

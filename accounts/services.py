@@ -1,0 +1,143 @@
+"""Writes about people: sign-up (and the first administrator), profile settings, teams.
+
+Views, admin actions and commands parse and authorize, then call one of these."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils.translation import gettext as _
+
+from .audit import audit_record
+from .models import SiteState, Team, TeamMembership, User
+
+logger = logging.getLogger(__name__)
+
+_UNSET = object()
+
+
+class SignupClosed(ValidationError):
+    """Sign-up is closed (SIGNUP_OPEN=false): only an administrator makes accounts."""
+
+
+def _check_identity_free(*, username: str, email: str) -> None:
+    # The database holds the same rule (user_username_ci_unique, user_email_ci_unique); checking
+    # first gives a message a person can act on instead of a constraint name.
+    errors: dict[str, list[str]] = {}
+    if User.objects.filter(username__iexact=username).exists():
+        errors["username"] = [_("This username is already taken.")]
+    if email and User.objects.filter(email__iexact=email).exists():
+        errors["email"] = [_("An account with this email address already exists.")]
+    if errors:
+        raise ValidationError(errors)
+
+
+def user_signup(*, username: str, email: str, password: str, language: str = "", ip_address: str | None = None) -> User:
+    """Make an account. The first account ever made becomes the administrator (staff and
+    superuser): exactly one, however many sign up at the same moment.
+
+    Raises SignupClosed when sign-up is closed, ValidationError for a taken name or email, a weak
+    password or an invalid field; nothing is written then."""
+    if not settings.SIGNUP_OPEN:
+        raise SignupClosed(_("Sign-up is closed on this site. Ask an administrator for an account."), code="closed")
+    username, email = username.strip(), email.strip()
+    _check_identity_free(username=username, email=email)
+    user = User(username=username, email=email, language=language if language in dict(settings.LANGUAGES) else "")
+    validate_password(password, user=user)
+    user.set_password(password)
+    user.full_clean(exclude=["password"], validate_constraints=False)
+    try:
+        with transaction.atomic():
+            user.save()
+            made_admin = _claim_first_admin(user=user)
+    except IntegrityError:
+        # Someone took the same name or email (in another letter case) between the check and the
+        # insert: the case-insensitive unique constraints stopped it. Report it like the check does.
+        _check_identity_free(username=username, email=email)
+        raise
+    audit_record(action="user.signup", actor=user, target=user, ip_address=ip_address)
+    if made_admin:
+        audit_record(action="user.first_admin", actor=user, target=user, ip_address=ip_address)
+        logger.info("first account %s became the administrator", user.pk)
+    return user
+
+
+def _claim_first_admin(*, user: User) -> bool:
+    """Inside the sign-up transaction: flip SiteState.admin_claimed with a conditional UPDATE.
+    Of any number of concurrent callers exactly one sees one row updated (the others wait on the
+    row lock, then find the condition false)."""
+    # The row is seeded by a migration; a flushed database (tests, a reset) makes it again.
+    SiteState.objects.get_or_create(pk=1)
+    if not SiteState.objects.filter(pk=1, admin_claimed=False).update(admin_claimed=True):
+        return False
+    if User.objects.filter(is_superuser=True).exclude(pk=user.pk).exists():
+        return False  # an administrator was made with createsuperuser before any sign-up
+    user.is_staff = user.is_superuser = True
+    user.save(update_fields=["is_staff", "is_superuser"])
+    return True
+
+
+def user_update_profile(
+    *,
+    user: User,
+    display_name: str | object = _UNSET,
+    timezone: str | object = _UNSET,
+    language: str | object = _UNSET,
+    default_model: str | object = _UNSET,
+) -> User:
+    """Change the given profile settings (the others stay). Raises ValidationError and saves
+    nothing when one is invalid."""
+    changes = {
+        name: value
+        for name, value in {
+            "display_name": display_name,
+            "timezone": timezone,
+            "language": language,
+            "default_model": default_model,
+        }.items()
+        if value is not _UNSET
+    }
+    if not changes:
+        return user
+    before = {name: getattr(user, name) for name in changes}
+    for name, value in changes.items():
+        setattr(user, name, value.strip() if isinstance(value, str) else value)
+    try:
+        user.full_clean(exclude=[f.name for f in User._meta.fields if f.name not in changes], validate_unique=False)
+    except ValidationError:
+        for name, value in before.items():
+            setattr(user, name, value)
+        raise
+    user.save(update_fields=list(changes))
+    return user
+
+
+def team_create(*, name: str, actor: User | None = None) -> Team:
+    name = name.strip()
+    if Team.objects.filter(name__iexact=name).exists():
+        raise ValidationError({"name": [_("A team with this name already exists.")]})
+    team = Team(name=name)
+    team.full_clean(validate_constraints=False)
+    team.save()
+    audit_record(action="team.create", actor=actor, target=team)
+    return team
+
+
+def team_add_member(*, team: Team, user: User, actor: User | None = None) -> TeamMembership:
+    """Idempotent: adding someone already in the team returns their membership. A person may be
+    in several teams; each team's budget applies to them."""
+    membership, created = TeamMembership.objects.get_or_create(team=team, user=user)
+    if created:
+        audit_record(action="team.add_member", actor=actor, target=team, data={"user_id": user.pk})
+    return membership
+
+
+def team_remove_member(*, team: Team, user: User, actor: User | None = None) -> bool:
+    deleted, _rows = TeamMembership.objects.filter(team=team, user=user).delete()
+    if deleted:
+        audit_record(action="team.remove_member", actor=actor, target=team, data={"user_id": user.pk})
+    return bool(deleted)

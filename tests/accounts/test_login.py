@@ -1,0 +1,92 @@
+import pytest
+from django.contrib.auth import get_user_model
+
+User = get_user_model()
+PASSWORD = "correct horse battery 9"
+
+
+@pytest.mark.django_db
+def test_login_with_the_right_password_goes_home(client, user):
+    response = client.post("/accounts/login/", {"username": "alice", "password": PASSWORD})
+    assert response.status_code == 302
+    # No chat page in this branch yet: home falls back to the profile.
+    assert client.get(response["Location"]).status_code == 200
+
+
+@pytest.mark.django_db
+def test_logout_is_a_post(client, user):
+    client.force_login(user)
+    assert client.get("/accounts/logout/").status_code == 405
+    assert client.post("/accounts/logout/").status_code == 302
+    assert client.get("/accounts/profile/").status_code == 302
+
+
+@pytest.mark.django_db
+def test_wrong_passwords_are_throttled_and_the_lockout_says_when_to_retry(client, user, settings):
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        response = client.post("/accounts/login/", {"username": "alice", "password": "wrong"}, REMOTE_ADDR="203.0.113.5")
+    assert response.status_code == 429
+    body = response.content.decode()
+    assert "Try again in 15 minutes" in body
+    assert 0 < int(response["Retry-After"]) <= 15 * 60
+    # Locked: even the right password is refused now.
+    response = client.post("/accounts/login/", {"username": "alice", "password": PASSWORD}, REMOTE_ADDR="203.0.113.5")
+    assert response.status_code == 429
+    assert "_auth_user_id" not in client.session
+
+
+@pytest.mark.django_db
+def test_a_forged_x_forwarded_for_does_not_dodge_the_lockout(client, user, settings):
+    for n in range(settings.AXES_FAILURE_LIMIT):
+        client.post(
+            "/accounts/login/",
+            {"username": "alice", "password": "wrong"},
+            REMOTE_ADDR="203.0.113.5",
+            HTTP_X_FORWARDED_FOR=f"198.51.100.{n}",
+        )
+    response = client.post(
+        "/accounts/login/",
+        {"username": "alice", "password": PASSWORD},
+        REMOTE_ADDR="203.0.113.5",
+        HTTP_X_FORWARDED_FOR="198.51.100.200",
+    )
+    assert response.status_code == 429
+    assert "_auth_user_id" not in client.session
+
+
+def test_client_ip_believes_only_the_trusted_proxies(rf, settings):
+    from chatsite.net import client_ip
+
+    request = rf.get("/", REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="6.6.6.6, 203.0.113.9")
+    settings.TRUSTED_PROXY_COUNT = 0
+    assert client_ip(request) == "10.0.0.2"
+    settings.TRUSTED_PROXY_COUNT = 1
+    assert client_ip(request) == "203.0.113.9"  # what our proxy saw, not what the client wrote
+    settings.TRUSTED_PROXY_COUNT = 3
+    assert client_ip(request) == "10.0.0.2"  # fewer hops than proxies: the header is not ours
+
+
+@pytest.mark.django_db
+def test_password_change_and_reset_pages_work(client, user, mailoutbox):
+    client.force_login(user)
+    new = "quiet river 42 stones"
+    response = client.post(
+        "/accounts/password/change/", {"old_password": PASSWORD, "new_password1": new, "new_password2": new}
+    )
+    assert response.status_code == 302
+    user.refresh_from_db()
+    assert user.check_password(new)
+
+    client.logout()
+    response = client.post("/accounts/password/reset/", {"email": "ALICE@example.test"})
+    assert response.status_code == 302
+    assert len(mailoutbox) == 1
+    link = next(line for line in mailoutbox[0].body.splitlines() if "/accounts/password/reset/" in line)
+    path = link.split("testserver", 1)[1]
+    form_page = client.get(path, follow=True)
+    assert form_page.context["validlink"]
+    final = "brave meadow 77 kites"
+    response = client.post(form_page.redirect_chain[-1][0], {"new_password1": final, "new_password2": final})
+    assert response.status_code == 302
+    user.refresh_from_db()
+    assert user.check_password(final)

@@ -1,0 +1,79 @@
+import pytest
+
+from accounts import services
+
+
+@pytest.mark.django_db
+def test_profile_needs_login(client):
+    response = client.get("/accounts/profile/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+
+
+@pytest.mark.django_db
+def test_profile_saves_settings_and_links_to_data_and_usage(client, user):
+    client.force_login(user)
+    page = client.get("/accounts/profile/").content.decode()
+    assert 'href="/accounts/data/"' in page and 'href="/usage/"' in page
+    response = client.post(
+        "/accounts/profile/",
+        {"display_name": "Alice L.", "timezone": "Asia/Seoul", "language": "ko", "default_model": "openai:gpt-4o-mini"},
+    )
+    assert response.status_code == 302
+    user.refresh_from_db()
+    assert (user.display_name, user.timezone, user.language, user.default_model) == (
+        "Alice L.",
+        "Asia/Seoul",
+        "ko",
+        "openai:gpt-4o-mini",
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("default_model", "gpt-4o"),
+        ("default_model", "openai:"),
+        ("default_model", "Open AI:gpt"),
+        ("timezone", "Mars/Olympus"),
+        ("language", "fr"),
+        ("display_name", "x" * 81),
+    ],
+)
+def test_bad_profile_input_is_refused_and_nothing_changes(client, user, field, value):
+    client.force_login(user)
+    data = {"display_name": "", "timezone": "UTC", "language": "", "default_model": ""}
+    data[field] = value
+    response = client.post("/accounts/profile/", data)
+    assert response.status_code == 400
+    assert response.context["form"].errors[field]
+    user.refresh_from_db()
+    assert (user.display_name, user.timezone, user.language, user.default_model) == ("", "UTC", "", "")
+
+
+@pytest.mark.django_db
+def test_update_profile_service_validates_and_keeps_other_fields(user):
+    from django.core.exceptions import ValidationError
+
+    services.user_update_profile(user=user, timezone="Europe/Berlin")
+    with pytest.raises(ValidationError):
+        services.user_update_profile(user=user, default_model="not a model")
+    user.refresh_from_db()
+    assert user.timezone == "Europe/Berlin" and user.default_model == ""
+
+
+@pytest.mark.django_db
+def test_a_user_can_be_in_several_teams(user):
+    red = services.team_create(name="Red")
+    blue = services.team_create(name="Blue")
+    services.team_add_member(team=red, user=user)
+    services.team_add_member(team=red, user=user)  # idempotent
+    services.team_add_member(team=blue, user=user)
+    assert sorted(t.name for t in user.teams.all()) == ["Blue", "Red"]
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError):
+        services.team_create(name="RED")
+    assert services.team_remove_member(team=red, user=user) is True
+    assert [t.name for t in user.teams.all()] == ["Blue"]

@@ -1,0 +1,111 @@
+import pytest
+from django.contrib.auth import get_user_model
+
+from accounts import services
+
+User = get_user_model()
+STRONG = "plum orchard 7 lantern"
+
+
+def post_signup(client, **overrides):
+    data = {"username": "newbie", "email": "newbie@example.test", "password1": STRONG, "password2": STRONG}
+    data.update(overrides)
+    return client.post("/accounts/signup/", data)
+
+
+@pytest.mark.django_db
+def test_signup_makes_an_account_and_signs_in(client):
+    response = post_signup(client)
+    assert response.status_code == 302
+    user = User.objects.get(username="newbie")
+    assert user.check_password(STRONG)
+    assert client.get("/accounts/profile/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_first_account_becomes_the_only_administrator(client):
+    post_signup(client)
+    client.post("/accounts/logout/")
+    post_signup(client, username="second", email="second@example.test")
+    first, second = User.objects.get(username="newbie"), User.objects.get(username="second")
+    assert first.is_superuser and first.is_staff
+    assert not second.is_superuser and not second.is_staff
+
+
+@pytest.mark.django_db
+def test_an_existing_superuser_means_no_signup_becomes_admin(client):
+    User.objects.create_superuser("root", "root@example.test", STRONG)
+    post_signup(client)
+    assert not User.objects.get(username="newbie").is_superuser
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"username": "ALICE"}, "username"),
+        ({"email": "ALICE@Example.Test"}, "email"),
+    ],
+)
+def test_taken_username_or_email_in_another_case_is_refused(client, user, overrides, field):
+    before = User.objects.count()
+    response = post_signup(client, **overrides)
+    assert response.status_code == 400
+    assert response.context["form"].errors
+    assert "already" in response.content.decode()
+    assert User.objects.count() == before
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"password1": "short", "password2": "short"}, "too short"),
+        ({"password1": "password123", "password2": "password123"}, "too common"),
+        ({"password1": "1234567890123", "password2": "1234567890123"}, "entirely numeric"),
+        ({"password2": STRONG + "x"}, "do not match"),
+        ({"username": "u" * 151}, "at most 150"),
+        ({"email": "e" * 250 + "@example.test"}, "at most 254"),
+        ({"password1": "p" * 1025, "password2": "p" * 1025}, "at most 1024"),
+        ({"username": "bad name!"}, "Enter a valid username"),
+        ({"email": "not-an-email"}, "valid email"),
+    ],
+)
+def test_bad_signup_input_shows_a_message_and_makes_nothing(client, overrides, message):
+    response = post_signup(client, **overrides)
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert not User.objects.exists()
+
+
+@pytest.mark.django_db
+def test_signup_while_closed_is_refused_on_the_form(client, settings):
+    settings.SIGNUP_OPEN = False
+    page = client.get("/accounts/signup/")
+    assert "Sign-up is closed" in page.content.decode()
+    for data in ({}, {"username": "ALICE", "password2": "nope"}):  # valid and invalid input alike
+        response = post_signup(client, **data)
+        assert response.status_code == 403
+        body = response.content.decode()
+        assert "Sign-up is closed" in body
+        assert 'name="password1"' not in body
+    assert not User.objects.exists()
+
+
+@pytest.mark.django_db
+def test_signup_service_refuses_when_closed(settings):
+    settings.SIGNUP_OPEN = False
+    with pytest.raises(services.SignupClosed):
+        services.user_signup(username="x", email="x@example.test", password=STRONG)
+    assert not User.objects.exists()
+
+
+@pytest.mark.django_db
+def test_signup_service_reports_a_race_on_the_same_name_as_taken(user, monkeypatch):
+    # The check passed (as if the other insert had not committed yet); the constraint catches it.
+    monkeypatch.setattr(services, "_check_identity_free", lambda **kw: None, raising=True)
+    from django.db import IntegrityError
+
+    with pytest.raises(IntegrityError):
+        services.user_signup(username="Alice", email="other@example.test", password=STRONG)
+    assert User.objects.filter(username__iexact="alice").count() == 1

@@ -1,0 +1,64 @@
+"""The embedded defaults with no variables; Redis and Postgres when their URLs are set."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = (
+    "import json; from django.conf import settings as s; print(json.dumps({"
+    "'engine': s.DATABASES['default']['ENGINE'], 'conn_max_age': s.DATABASES['default'].get('CONN_MAX_AGE'),"
+    "'options': s.DATABASES['default'].get('OPTIONS', {}), 'layer': s.CHANNEL_LAYERS['default']['BACKEND'],"
+    "'cache': s.CACHES['default']['BACKEND'], 'eager': s.CELERY_TASK_ALWAYS_EAGER, 'broker': s.CELERY_BROKER_URL}))"
+)
+
+
+def probe(**env_overrides: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env.update({"DJANGO_SECRET_KEY": "x" * 60, **env_overrides})
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_no_variables_means_the_embedded_defaults():
+    config = probe()
+    assert config["engine"] == "django.db.backends.sqlite3"
+    assert config["options"]["transaction_mode"] == "IMMEDIATE"
+    assert "journal_mode=WAL" in config["options"]["init_command"]
+    assert config["layer"] == "channels.layers.InMemoryChannelLayer"
+    assert config["cache"] == "django.core.cache.backends.locmem.LocMemCache"
+    assert config["eager"] is True
+
+
+def test_redis_url_switches_layer_cache_and_celery_to_redis():
+    config = probe(REDIS_URL="redis://127.0.0.1:6379/3")
+    assert config["layer"] == "channels_redis.core.RedisChannelLayer"
+    assert config["cache"] == "django.core.cache.backends.redis.RedisCache"
+    assert config["broker"] == "redis://127.0.0.1:6379/3"
+
+
+def test_postgres_url_uses_postgres_without_persistent_connections():
+    config = probe(DATABASE_URL="postgres://parley:pw@db.example.com:5432/parley")
+    assert config["engine"] == "django.db.backends.postgresql"
+    assert config["conn_max_age"] == 0
+
+
+@pytest.mark.django_db
+def test_the_configured_database_runs_as_designed():
+    """SQLite (first CI pass) really is in WAL mode; PostgreSQL (second pass) keeps no connection."""
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode")
+            assert cursor.fetchone()[0] == "wal"
+    else:
+        assert connection.vendor == "postgresql"
+        assert connection.settings_dict["CONN_MAX_AGE"] == 0
