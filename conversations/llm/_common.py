@@ -1,0 +1,196 @@
+"""What the SDK adapters share: timeouts, deadlines, and turning a provider's failure into a
+ProviderError whose message is safe to show (never the secret, never the request's text).
+
+Provider error messages are read to classify them (a 400 that names the context length) but never
+passed on: OpenAI's 401 text quotes part of the key, and a 400 may quote the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import httpx2
+from django.conf import settings
+
+from .base import ErrorKind, ProviderError
+
+T = TypeVar("T")
+
+_CONTEXT_HINT = re.compile(
+    r"context[ _-]?(length|window|size|limit)|maximum context|prompt is too long|too many tokens"
+    r"|exceeds? the (available )?context|input length and .?max_tokens.? exceed",
+    re.IGNORECASE,
+)
+_CONTEXT_CODES = {"context_length_exceeded", "exceed_context_size_error", "prompt_too_long"}
+_SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    first_token: float
+    total: float
+
+    @classmethod
+    def from_settings(cls) -> Timeouts:
+        return cls(
+            connect=float(settings.LLM_CONNECT_TIMEOUT),
+            first_token=float(settings.LLM_FIRST_TOKEN_TIMEOUT),
+            total=float(settings.LLM_TOTAL_TIMEOUT),
+        )
+
+    def httpx(self) -> httpx2.Timeout:
+        # The read timeout bounds every wait for bytes: the response headers and each gap between
+        # chunks. A stall longer than the first-token allowance mid-stream is a dead stream.
+        return httpx2.Timeout(
+            connect=self.connect,
+            read=min(self.first_token, self.total),
+            write=min(self.first_token, self.total),
+            pool=self.connect,
+        )
+
+
+class Deadlines:
+    """The first-token deadline holds until the first delta; the total deadline always."""
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.first_token_at = now + timeouts.first_token
+        self.total_at = now + timeouts.total
+        self.started = time.monotonic()
+        self.got_output = False
+
+    def current(self) -> float:
+        return self.total_at if self.got_output else min(self.first_token_at, self.total_at)
+
+    async def within(self, awaitable: Awaitable[T]) -> T:
+        """Await one step of the call under the current deadline. Never used around a `yield`:
+        a timeout scope left open across a yield would fire into the consumer's code."""
+        deadline = self.current()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await awaitable
+        except TimeoutError:
+            which = "the whole reply" if self.got_output or deadline == self.total_at else "the first token"
+            raise ProviderError(
+                kind=ErrorKind.TIMEOUT,
+                message=f"The provider took too long ({which}).",
+                after_output=self.got_output,
+            ) from None
+
+
+def safe_token(value: object) -> str | None:
+    """A provider's error type or code, reduced to identifier characters (it is shown and logged)."""
+    if not isinstance(value, str) or not value:
+        return None
+    return _SAFE_TOKEN.sub("", value)[:64] or None
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after` (seconds or an HTTP date); None if absent."""
+    if not headers:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(float(raw_ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def looks_like_context_too_long(*, message: object, code: object) -> bool:
+    if isinstance(code, str) and code in _CONTEXT_CODES:
+        return True
+    return isinstance(message, str) and bool(_CONTEXT_HINT.search(message))
+
+
+def status_error(
+    *,
+    provider: str,
+    status: int,
+    error_type: object = None,
+    code: object = None,
+    provider_message: object = None,
+    retry_after: float | None = None,
+    after_output: bool = False,
+    request_id: object = None,
+) -> ProviderError:
+    """The ProviderError for an HTTP error answer (or, with status 200, an error event in the stream)."""
+    error_type = safe_token(error_type)
+    code = safe_token(code)
+    extra = {k: v for k, v in {"type": error_type, "code": code, "request_id": safe_token(request_id)}.items() if v}
+    label = "/".join(v for v in (error_type, code) if v)
+    detail = f" ({label})" if label else ""
+
+    def err(kind: ErrorKind, text: str) -> ProviderError:
+        return ProviderError(
+            kind=kind,
+            message=text,
+            status=status,
+            retry_after=retry_after,
+            after_output=after_output,
+            extra=extra,
+        )
+
+    if status == 200:
+        # An error event inside a started stream: classify by the provider's error type.
+        if error_type in {"rate_limit_error", "rate_limit_exceeded"}:
+            return err(ErrorKind.RATE_LIMITED, f"{provider} rate limit hit while streaming{detail}.")
+        if error_type in {"invalid_request_error"}:
+            return err(ErrorKind.BAD_REQUEST, f"{provider} refused the request while streaming{detail}.")
+        return err(ErrorKind.UNAVAILABLE, f"{provider} failed while streaming{detail}.")
+    if status in (401, 402, 403):
+        return err(ErrorKind.AUTH, f"{provider} refused the key: HTTP {status}{detail}.")
+    if status == 429:
+        return err(ErrorKind.RATE_LIMITED, f"{provider} rate limit: HTTP 429{detail}.")
+    if status == 408:
+        return err(ErrorKind.TIMEOUT, f"{provider} timed out: HTTP 408{detail}.")
+    if status == 413 or (
+        400 <= status < 500 and looks_like_context_too_long(message=provider_message, code=code)
+    ):
+        return err(ErrorKind.CONTEXT_TOO_LONG, f"The conversation is too long for this model: HTTP {status}{detail}.")
+    if 400 <= status < 500:
+        return err(ErrorKind.BAD_REQUEST, f"{provider} refused the request: HTTP {status}{detail}.")
+    return err(ErrorKind.UNAVAILABLE, f"{provider} is unavailable: HTTP {status}{detail}.")
+
+
+def transport_error(*, provider: str, exc: BaseException, after_output: bool) -> ProviderError:
+    """Connection refused, reset, cut mid-body, or an httpx timeout."""
+    if isinstance(exc, httpx2.TimeoutException):
+        return ProviderError(
+            kind=ErrorKind.TIMEOUT, message=f"{provider} did not answer in time.", after_output=after_output
+        )
+    name = type(exc).__name__
+    text = (
+        f"The connection to {provider} broke off mid-reply ({name})."
+        if after_output
+        else f"Could not reach {provider} ({name})."
+    )
+    return ProviderError(kind=ErrorKind.UNAVAILABLE, message=text, after_output=after_output)
+
+
+def stream_cut(*, provider: str, after_output: bool) -> ProviderError:
+    return ProviderError(
+        kind=ErrorKind.UNAVAILABLE,
+        message=f"The reply from {provider} ended before it was complete.",
+        after_output=after_output,
+    )
