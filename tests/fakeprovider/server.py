@@ -286,7 +286,11 @@ class FakeProvider:
     # --- OpenAI -------------------------------------------------------------------------------
 
     @staticmethod
-    def _openai_key(request: web.Request) -> str:
+    def _key(request: web.Request) -> str:
+        """The API key: Anthropic's `x-api-key`, else `Authorization: Bearer` (OpenAI, and what the
+        anthropic 2.x SDK sends)."""
+        if request.headers.get("x-api-key"):
+            return request.headers["x-api-key"]
         auth = request.headers.get("Authorization", "")
         return auth[7:] if auth.startswith("Bearer ") else ""
 
@@ -315,7 +319,7 @@ class FakeProvider:
         return web.json_response(body, status=script.status, headers=headers)
 
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
-        key = self._openai_key(request)
+        key = self._key(request)
         body = await self._body(request)
         self._record("openai", request, key, body)
         if not key:
@@ -425,7 +429,7 @@ class FakeProvider:
         return web.json_response(body, status=script.status, headers=headers)
 
     async def _anthropic_messages(self, request: web.Request) -> web.StreamResponse:
-        key = request.headers.get("x-api-key", "")
+        key = self._key(request)
         body = await self._body(request)
         self._record("anthropic", request, key, body)
         if not key:
@@ -527,7 +531,7 @@ class FakeProvider:
 
     async def _models(self, request: web.Request) -> web.Response:
         anthropic = "x-api-key" in request.headers or "anthropic-version" in request.headers
-        key = request.headers.get("x-api-key", "") if anthropic else self._openai_key(request)
+        key = self._key(request)
         self._record("anthropic" if anthropic else "openai", request, key, {})
         script = self._script_for(key) if key else Script(mode="error", status=401)
         await self._before_answer(script)
