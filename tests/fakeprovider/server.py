@@ -540,7 +540,7 @@ class FakeProvider:
         if anthropic:
             data = [
                 {"type": "model", "id": name, "display_name": name, "created_at": "2025-01-01T00:00:00Z"}
-                for name in ("claude-sonnet-4-5", "claude-haiku-4-5")
+                for name in ("claude-sonnet-4-6", "claude-haiku-4-5")
             ]
             return web.json_response({"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]})
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in ("gpt-4o-mini", "gpt-4o")]
