@@ -13,7 +13,6 @@ it), so it is sent through `extra_body`, and only when the conversation sets one
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +25,15 @@ from .base import ChatRequest, ErrorKind, Finish, ProviderError, StreamEvent, Te
 if TYPE_CHECKING:
     from billing.keys import KeyLease
 
-logger = logging.getLogger(__name__)
-
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 PROVIDER_LABEL = "Anthropic"
 _LENGTH_STOPS = {"max_tokens", "model_context_window_exceeded"}
+
+
+def _http_client() -> httpx2.AsyncClient:
+    # The SDK's defaults (connection limits), except redirects: a key's base URL is checked when it
+    # is saved, and a redirect must not carry the call (and its key) somewhere that was not checked.
+    return anthropic.DefaultAsyncHttpxClient(follow_redirects=False)
 
 
 class AnthropicAdapter:
@@ -45,6 +48,7 @@ class AnthropicAdapter:
             base_url=key.base_url or ANTHROPIC_BASE_URL,
             max_retries=0,
             timeout=timeouts.httpx(),
+            http_client=_common.shared_http_client(self.provider, _http_client),
             # No tracing spans: they could carry conversation content to a collector.
             open_telemetry=False,
         )
@@ -68,6 +72,7 @@ class AnthropicAdapter:
             raise ProviderError(kind=ErrorKind.AUTH, message="No Anthropic key was given for this call.")
         timeouts = _common.Timeouts.from_settings()
         deadlines = _common.Deadlines(timeouts)
+        # Not closed after the call: it only borrows the shared HTTP client (see _common).
         client = self.client(key, timeouts=timeouts)
         stream = None
         input_tokens = cached_tokens = output_tokens = 0
@@ -134,7 +139,6 @@ class AnthropicAdapter:
         finally:
             if stream is not None:
                 await stream.close()
-            await client.close()
         if finish is None or not stopped:
             raise _common.stream_cut(provider=PROVIDER_LABEL, after_output=deadlines.got_output)
         if saw_usage:

@@ -13,7 +13,6 @@ or api.openai.com) gets `max_completion_tokens` and every other server gets `max
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -26,8 +25,6 @@ from .base import ChatRequest, ErrorKind, Finish, ProviderError, StreamEvent, Te
 
 if TYPE_CHECKING:
     from billing.keys import KeyLease
-
-logger = logging.getLogger(__name__)
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 PROVIDER_LABEL = "OpenAI"
@@ -45,6 +42,12 @@ def _finish_reason(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
+def _http_client() -> httpx2.AsyncClient:
+    # The SDK's defaults (connection limits), except redirects: a key's base URL is checked when it
+    # is saved, and a redirect must not carry the call (and its key) somewhere that was not checked.
+    return openai.DefaultAsyncHttpxClient(follow_redirects=False)
+
+
 class OpenAIAdapter:
     provider = "openai"
 
@@ -57,6 +60,7 @@ class OpenAIAdapter:
             base_url=key.base_url or OPENAI_BASE_URL,
             max_retries=0,
             timeout=timeouts.httpx(),
+            http_client=_common.shared_http_client(self.provider, _http_client),
         )
 
     def request_params(self, request: ChatRequest, *, key: KeyLease) -> dict[str, Any]:
@@ -77,6 +81,7 @@ class OpenAIAdapter:
             raise ProviderError(kind=ErrorKind.AUTH, message="No OpenAI key was given for this call.")
         timeouts = _common.Timeouts.from_settings()
         deadlines = _common.Deadlines(timeouts)
+        # Not closed after the call: it only borrows the shared HTTP client (see _common).
         client = self.client(key, timeouts=timeouts)
         stream = None
         usage: Usage | None = None
@@ -142,7 +147,6 @@ class OpenAIAdapter:
         finally:
             if stream is not None:
                 await stream.close()
-            await client.close()
         if finish is None:
             # The body ended without a finish reason: the connection was closed early.
             raise _common.stream_cut(provider=PROVIDER_LABEL, after_output=deadlines.got_output)

@@ -94,5 +94,6 @@ def test_standalone_server_answers_the_sdk():
     finally:
         server.terminate()
         server.wait(10)
+        server.stdout.close()
 
     assert text == "bench reply"
