@@ -5,8 +5,8 @@
         ...
 
 Adapters are stateless (a client is made per call from the key), so one instance per provider
-is shared. The SDK modules are imported on first use: a process that only ever runs the demo
-never loads them.
+is shared. The SDK modules are imported on a call's first use, in a worker thread (importing the
+anthropic SDK costs seconds of CPU); `warm_up()` does it ahead, at process start.
 """
 
 from __future__ import annotations
@@ -38,3 +38,14 @@ def get_adapter(provider: str) -> Adapter:
         raise KeyError(provider)
     _adapters[provider] = adapter
     return adapter
+
+
+def warm_up() -> None:
+    """Import both SDKs and load the offline token encoding now (sync; call at process start, e.g.
+    from asgi.py or an AppConfig.ready), so the first chat turn does not pay for them."""
+    from .. import context
+    from . import _common
+
+    for name in ("openai", "anthropic"):
+        _common.sdk(name)
+    context.count_tokens(text="warm up", model_id="demo:echo")

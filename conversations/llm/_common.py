@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import importlib
 import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TypeVar
 
 import httpx2
@@ -55,6 +57,29 @@ class Timeouts:
             write=min(self.first_token, self.total),
             pool=self.connect,
         )
+
+
+# Importing the anthropic SDK takes seconds of CPU (openai's about one and a half): done on the event
+# loop at the first call, it would freeze every websocket of the process meanwhile. So the first call
+# imports it in a worker thread; `warm_up()` in conversations.llm can do it at process start.
+_sdks: dict[str, ModuleType] = {}
+
+
+async def load_sdk(name: str) -> ModuleType:
+    module = _sdks.get(name)
+    if module is None:
+        # Python's import lock makes a concurrent first call wait for the whole import, never see
+        # a half-initialised module.
+        module = _sdks[name] = await asyncio.to_thread(importlib.import_module, name)
+    return module
+
+
+def sdk(name: str) -> ModuleType:
+    """The SDK module, imported now if no call has loaded it yet (sync callers, tests)."""
+    module = _sdks.get(name)
+    if module is None:
+        module = _sdks[name] = importlib.import_module(name)
+    return module
 
 
 # One pooled HTTP client per event loop and provider. Building an SDK client with its own HTTP

@@ -16,13 +16,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import anthropic
 import httpx2
 
 from . import _common
 from .base import ChatRequest, ErrorKind, Finish, ProviderError, StreamEvent, TextDelta, Usage
 
 if TYPE_CHECKING:
+    import anthropic
+
     from billing.keys import KeyLease
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
@@ -33,7 +34,7 @@ _LENGTH_STOPS = {"max_tokens", "model_context_window_exceeded"}
 def _http_client() -> httpx2.AsyncClient:
     # The SDK's defaults (connection limits), except redirects: a key's base URL is checked when it
     # is saved, and a redirect must not carry the call (and its key) somewhere that was not checked.
-    return anthropic.DefaultAsyncHttpxClient(follow_redirects=False)
+    return _common.sdk("anthropic").DefaultAsyncHttpxClient(follow_redirects=False)
 
 
 class AnthropicAdapter:
@@ -42,7 +43,7 @@ class AnthropicAdapter:
     def client(self, key: KeyLease, *, timeouts: _common.Timeouts | None = None) -> anthropic.AsyncAnthropic:
         """An SDK client for this key, without retries: key failover in the turn owns retrying."""
         timeouts = timeouts or _common.Timeouts.from_settings()
-        return anthropic.AsyncAnthropic(
+        return _common.sdk("anthropic").AsyncAnthropic(
             api_key=key.secret,
             # Always explicit, so ANTHROPIC_BASE_URL in the environment never redirects a key.
             base_url=key.base_url or ANTHROPIC_BASE_URL,
@@ -70,6 +71,7 @@ class AnthropicAdapter:
     async def stream(self, request: ChatRequest, *, key: KeyLease | None) -> AsyncIterator[StreamEvent]:
         if key is None:
             raise ProviderError(kind=ErrorKind.AUTH, message="No Anthropic key was given for this call.")
+        anthropic = await _common.load_sdk("anthropic")
         timeouts = _common.Timeouts.from_settings()
         deadlines = _common.Deadlines(timeouts)
         # Not closed after the call: it only borrows the shared HTTP client (see _common).

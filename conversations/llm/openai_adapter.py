@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx2
-import openai
 
 from . import _common
 from .base import ChatRequest, ErrorKind, Finish, ProviderError, StreamEvent, TextDelta, Usage
 
 if TYPE_CHECKING:
+    import openai
+
     from billing.keys import KeyLease
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -45,7 +46,7 @@ def _finish_reason(reason: str | None) -> str:
 def _http_client() -> httpx2.AsyncClient:
     # The SDK's defaults (connection limits), except redirects: a key's base URL is checked when it
     # is saved, and a redirect must not carry the call (and its key) somewhere that was not checked.
-    return openai.DefaultAsyncHttpxClient(follow_redirects=False)
+    return _common.sdk("openai").DefaultAsyncHttpxClient(follow_redirects=False)
 
 
 class OpenAIAdapter:
@@ -54,7 +55,7 @@ class OpenAIAdapter:
     def client(self, key: KeyLease, *, timeouts: _common.Timeouts | None = None) -> openai.AsyncOpenAI:
         """An SDK client for this key, without retries: key failover in the turn owns retrying."""
         timeouts = timeouts or _common.Timeouts.from_settings()
-        return openai.AsyncOpenAI(
+        return _common.sdk("openai").AsyncOpenAI(
             api_key=key.secret or NO_KEY_PLACEHOLDER,
             # Always explicit, so an OPENAI_BASE_URL in the environment never redirects a key.
             base_url=key.base_url or OPENAI_BASE_URL,
@@ -79,6 +80,7 @@ class OpenAIAdapter:
     async def stream(self, request: ChatRequest, *, key: KeyLease | None) -> AsyncIterator[StreamEvent]:
         if key is None:
             raise ProviderError(kind=ErrorKind.AUTH, message="No OpenAI key was given for this call.")
+        openai = await _common.load_sdk("openai")
         timeouts = _common.Timeouts.from_settings()
         deadlines = _common.Deadlines(timeouts)
         # Not closed after the call: it only borrows the shared HTTP client (see _common).

@@ -1,6 +1,7 @@
 """Both SDK adapters (openai, anthropic) against the local fake provider: the real SDKs, real HTTP,
 real SSE. Each behaviour is checked for both providers."""
 
+import asyncio
 import uuid
 
 import pytest
@@ -270,3 +271,24 @@ async def test_openai_compatible_server_without_a_key_still_works(fake_provider)
 
     assert error is None
     assert text_of(events) == "Hello from the fake provider."
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_closing_the_stream_midway_hangs_up_on_the_provider(fake_provider, provider):
+    # What the turn does when the user presses stop: it closes the adapter's iterator.
+    fake_provider.script("sk-stop", Script(text=" ".join(["word"] * 200), pace_ms=5))
+    fake_provider.script("sk-after", Script(text="still fine"))
+    stream = get_adapter(provider).stream(chat_request(provider), key=lease(fake_provider, provider, "sk-stop"))
+
+    first = await stream.__anext__()
+    await stream.aclose()
+    for _ in range(200):  # the fake notices on its next write
+        if fake_provider.disconnected:
+            break
+        await asyncio.sleep(0.01)
+
+    assert first == TextDelta("word")
+    assert fake_provider.disconnected == ["sk-stop"]
+    # The shared connection pool is unharmed: the next call works.
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-after"))
+    assert error is None and text_of(events) == "still fine"

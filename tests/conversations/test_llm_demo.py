@@ -82,3 +82,12 @@ def test_get_adapter_knows_the_three_providers_and_refuses_others():
     assert get_adapter("openai") is get_adapter("openai")
     with pytest.raises(KeyError):
         get_adapter("mistral")
+
+
+def test_warm_up_loads_the_sdks_and_the_offline_encoding():
+    from conversations.llm import _common, warm_up
+
+    warm_up()
+
+    assert {"openai", "anthropic"} <= set(_common._sdks)
+    assert count_tokens(text="hello", model_id="demo:echo") == (1, False)

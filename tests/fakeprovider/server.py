@@ -102,6 +102,7 @@ class FakeProvider:
         self.default = default or Script()
         self._scripts: dict[str, Script] = {}
         self._requests: list[RecordedRequest] = []
+        self._disconnected: list[str] = []
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -120,6 +121,7 @@ class FakeProvider:
         with self._lock:
             self._scripts.clear()
             self._requests.clear()
+            self._disconnected.clear()
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -149,10 +151,28 @@ class FakeProvider:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._openai_chat)
-        app.router.add_post("/v1/messages", self._anthropic_messages)
+        app.router.add_post("/v1/chat/completions", self._noting_disconnects(self._openai_chat))
+        app.router.add_post("/v1/messages", self._noting_disconnects(self._anthropic_messages))
         app.router.add_get("/v1/models", self._models)
         return app
+
+    def _noting_disconnects(self, handler):
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except ConnectionResetError:
+                # The client went away mid-answer (a stopped reply): tests can see it did.
+                with self._lock:
+                    self._disconnected.append(self._key(request))
+                raise
+
+        return handle
+
+    @property
+    def disconnected(self) -> list[str]:
+        """Keys whose client closed the connection while the answer was still streaming."""
+        with self._lock:
+            return list(self._disconnected)
 
     def start(self) -> FakeProvider:
         """Serve on a background thread with its own event loop; returns once listening."""
