@@ -236,8 +236,8 @@ def context_build(
 
     `history` is oldest first and ends with the newest message (the one being answered). Trimming
     keeps a contiguous tail: once a message does not fit, it and everything older is dropped, so
-    the model never sees a conversation with a hole in it. Raises ContextTooLong when even the
-    fixed part does not fit.
+    the model never sees a conversation with a hole in it; a kept tail never opens with an answer
+    whose question was dropped. Raises ContextTooLong when even the fixed part does not fit.
     """
     head: list[ChatMessage] = []
     if system_prompt.strip():
@@ -264,6 +264,7 @@ def context_build(
         raise ContextTooLong(needed_tokens=used, context_window=context_window, max_tokens=max_tokens)
 
     cut = len(history) - 1  # index of the oldest kept item
+    costs: list[int] = []  # tokens of each kept item but the newest, newest first
     for index in range(len(history) - 2, -1, -1):
         item = history[index]
         tokens, was_estimated = _message_tokens(role=item.role, content=item.content, model_id=model_id)
@@ -272,7 +273,14 @@ def context_build(
         used += tokens
         estimated = estimated or was_estimated
         kept.append(item)
+        costs.append(tokens)
         cut = index
+    # After a cut, an answer whose question was dropped would open the history: drop it too. It means
+    # little alone, and Anthropic refuses a conversation that starts with the assistant.
+    while cut > 0 and len(kept) > 1 and kept[-1].role == "assistant":
+        kept.pop()
+        used -= costs.pop()
+        cut += 1
     kept.reverse()
     dropped = [item.id for item in history[: max(cut, 0)]]
 

@@ -246,3 +246,32 @@ def test_estimated_when_counted_without_the_models_encoding(monkeypatch):
     )
 
     assert built.estimated is True
+
+
+def test_a_trimmed_history_never_opens_with_an_answer_whose_question_was_dropped():
+    # user, assistant, user, assistant, user: room for the newest four would start with answer a1.
+    history = items("q1 " * 40, "a1 " * 40, "q2 " * 40, "a2 " * 40, "q3 " * 40)
+    per_item = message_cost("user", history[0].content)
+    window = 3 + 4 * per_item + 100 + 2
+
+    built = context_build(
+        system_prompt="", summary="", history=history, model_id="demo:echo", context_window=window, max_tokens=100
+    )
+
+    assert [m.role for m in built.messages] == ["user", "assistant", "user"]
+    assert [m.content for m in built.messages] == [h.content for h in history[2:]]
+    assert built.dropped_ids == [history[0].id, history[1].id]
+
+
+def test_trimming_to_an_answer_drops_it_and_counts_only_what_is_sent():
+    history = items("q1 " * 40, "a1 " * 40, "q2 " * 40)
+    per_item = message_cost("user", history[0].content)
+    window = 3 + 2 * per_item + 100 + 2  # room for a1 + q2, but a1 would open the history
+
+    built = context_build(
+        system_prompt="", summary="", history=history, model_id="demo:echo", context_window=window, max_tokens=100
+    )
+
+    assert [m.content for m in built.messages] == [history[2].content]
+    assert built.dropped_ids == [history[0].id, history[1].id]
+    assert built.input_tokens == 3 + message_cost("user", history[2].content)
