@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import importlib
 import re
+import ssl
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
@@ -89,6 +91,12 @@ def sdk(name: str) -> ModuleType:
 _http_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, httpx2.AsyncClient]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    """One SSL context for every HTTP client of the process: building one loads the CA bundle."""
+    return httpx2.create_ssl_context()
 
 
 def shared_http_client(provider: str, factory: Callable[[], httpx2.AsyncClient]) -> httpx2.AsyncClient:

@@ -34,7 +34,9 @@ _LENGTH_STOPS = {"max_tokens", "model_context_window_exceeded"}
 def _http_client() -> httpx2.AsyncClient:
     # The SDK's defaults (connection limits), except redirects: a key's base URL is checked when it
     # is saved, and a redirect must not carry the call (and its key) somewhere that was not checked.
-    return _common.sdk("anthropic").DefaultAsyncHttpxClient(follow_redirects=False)
+    return _common.sdk("anthropic").DefaultAsyncHttpxClient(
+        follow_redirects=False, verify=_common.ssl_context()
+    )
 
 
 class AnthropicAdapter:

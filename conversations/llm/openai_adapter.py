@@ -46,7 +46,9 @@ def _finish_reason(reason: str | None) -> str:
 def _http_client() -> httpx2.AsyncClient:
     # The SDK's defaults (connection limits), except redirects: a key's base URL is checked when it
     # is saved, and a redirect must not carry the call (and its key) somewhere that was not checked.
-    return _common.sdk("openai").DefaultAsyncHttpxClient(follow_redirects=False)
+    return _common.sdk("openai").DefaultAsyncHttpxClient(
+        follow_redirects=False, verify=_common.ssl_context()
+    )
 
 
 class OpenAIAdapter:
