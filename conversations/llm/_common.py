@@ -111,7 +111,8 @@ def shared_http_client(provider: str, factory: Callable[[], httpx2.AsyncClient])
 class Deadlines:
     """The first-token deadline holds until the first delta; the total deadline always."""
 
-    def __init__(self, timeouts: Timeouts) -> None:
+    def __init__(self, timeouts: Timeouts, *, provider: str = "The provider") -> None:
+        self.provider = provider
         loop = asyncio.get_running_loop()
         now = loop.time()
         self.first_token_at = now + timeouts.first_token
@@ -133,7 +134,7 @@ class Deadlines:
             which = "the whole reply" if self.got_output or deadline == self.total_at else "the first token"
             raise ProviderError(
                 kind=ErrorKind.TIMEOUT,
-                message=f"The provider took too long ({which}).",
+                message=f"{self.provider} took too long ({which}).",
                 after_output=self.got_output,
             ) from None
 

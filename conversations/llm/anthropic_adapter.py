@@ -62,7 +62,12 @@ class AnthropicAdapter:
         params: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
+            # Anthropic refuses an empty text block (an errored reply saved empty, say): leave those out.
+            "messages": [
+                {"role": m.role, "content": m.content}
+                for m in request.messages
+                if m.role != "system" and m.content.strip()
+            ],
         }
         if system:
             params["system"] = system
@@ -75,7 +80,7 @@ class AnthropicAdapter:
             raise ProviderError(kind=ErrorKind.AUTH, message="No Anthropic key was given for this call.")
         anthropic = await _common.load_sdk("anthropic")
         timeouts = _common.Timeouts.from_settings()
-        deadlines = _common.Deadlines(timeouts)
+        deadlines = _common.Deadlines(timeouts, provider=PROVIDER_LABEL)
         # Not closed after the call: it only borrows the shared HTTP client (see _common).
         client = self.client(key, timeouts=timeouts)
         stream = None

@@ -84,7 +84,7 @@ class OpenAIAdapter:
             raise ProviderError(kind=ErrorKind.AUTH, message="No OpenAI key was given for this call.")
         openai = await _common.load_sdk("openai")
         timeouts = _common.Timeouts.from_settings()
-        deadlines = _common.Deadlines(timeouts)
+        deadlines = _common.Deadlines(timeouts, provider=PROVIDER_LABEL)
         # Not closed after the call: it only borrows the shared HTTP client (see _common).
         client = self.client(key, timeouts=timeouts)
         stream = None

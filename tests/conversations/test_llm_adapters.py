@@ -292,3 +292,23 @@ async def test_closing_the_stream_midway_hangs_up_on_the_provider(fake_provider,
     # The shared connection pool is unharmed: the next call works.
     events, error = await collect(provider, lease(fake_provider, provider, "sk-after"))
     assert error is None and text_of(events) == "still fine"
+
+
+async def test_anthropic_leaves_out_empty_messages_it_would_refuse(fake_provider):
+    fake_provider.script("sk-empty", Script(text="ok"))
+    request = ChatRequest(
+        model="claude-haiku-4-5",
+        messages=[
+            ChatMessage(role="user", content="first"),
+            ChatMessage(role="assistant", content=""),
+            ChatMessage(role="user", content="second"),
+        ],
+        max_tokens=10,
+    )
+
+    _, error = await collect("anthropic", lease(fake_provider, "anthropic", "sk-empty"), request)
+
+    assert error is None
+    [sent] = fake_provider.requests_for("sk-empty")
+    assert sent.messages == [{"role": "user", "content": "first"}, {"role": "user", "content": "second"}]
+    assert sent.system is None
