@@ -11,6 +11,7 @@ import asyncio
 import email.utils
 import functools
 import importlib
+import logging
 import re
 import ssl
 import time
@@ -59,6 +60,16 @@ class Timeouts:
             write=min(self.first_token, self.total),
             pool=self.connect,
         )
+
+
+# The SDKs log each request's options at DEBUG, messages included, and message text must never reach
+# a log; an operator turning LOG_LEVEL=DEBUG on must not change that. INFO keeps their one-line
+# "HTTP Request: POST <url> 200" records, which hold no key and no text.
+_SDK_LOGGERS = ("openai", "anthropic", "httpx2", "httpcore2")
+for _name in _SDK_LOGGERS:
+    _logger = logging.getLogger(_name)
+    if _logger.level < logging.INFO:
+        _logger.setLevel(logging.INFO)
 
 
 # Importing the anthropic SDK takes seconds of CPU (openai's about one and a half): done on the event

@@ -2,6 +2,7 @@
 real SSE. Each behaviour is checked for both providers."""
 
 import asyncio
+import logging
 import uuid
 
 import pytest
@@ -312,3 +313,16 @@ async def test_anthropic_leaves_out_empty_messages_it_would_refuse(fake_provider
     [sent] = fake_provider.requests_for("sk-empty")
     assert sent.messages == [{"role": "user", "content": "first"}, {"role": "user", "content": "second"}]
     assert sent.system is None
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_debug_logging_never_records_the_secret_or_the_text(fake_provider, provider, caplog):
+    caplog.set_level(logging.DEBUG)
+    secret = "sk-debug-secret-1234"
+    fake_provider.script(secret, Script(text="a reply"))
+
+    events, error = await collect(provider, lease(fake_provider, provider, secret))
+
+    assert error is None and text_of(events) == "a reply"
+    assert secret not in caplog.text
+    assert SECRET_USER_TEXT not in caplog.text
