@@ -154,6 +154,25 @@ class AnthropicAdapter:
             yield Usage(input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached_tokens)
         yield Finish(finish)  # type: ignore[arg-type]
 
+    async def ping(self, *, key: KeyLease) -> list[str]:
+        """The model names the key can list (GET /v1/models): a cheap check that a key and its base
+        URL work, costing no tokens. Raises ProviderError like stream()."""
+        sdk = await _common.load_sdk("anthropic")
+        timeouts = _common.Timeouts.from_settings()
+        deadlines = _common.Deadlines(timeouts, provider=PROVIDER_LABEL)
+        client = self.client(key, timeouts=timeouts)
+        try:
+            page = await deadlines.within(client.models.list())
+        except sdk.APIStatusError as exc:
+            raise self._status_error(exc, after_output=False) from None
+        except sdk.APITimeoutError:
+            raise ProviderError(kind=ErrorKind.TIMEOUT, message="Anthropic did not answer in time.") from None
+        except sdk.APIConnectionError as exc:
+            raise _common.transport_error(provider=PROVIDER_LABEL, exc=exc.__cause__ or exc, after_output=False) from None
+        except (httpx2.HTTPError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _common.transport_error(provider=PROVIDER_LABEL, exc=exc, after_output=False) from None
+        return [model.id for model in page.data]
+
     async def complete(self, request: ChatRequest, *, key: KeyLease) -> tuple[str, Usage | None]:
         """One whole answer (titles, summaries): (text, usage). Same errors as stream()."""
         text: list[str] = []

@@ -326,3 +326,17 @@ async def test_debug_logging_never_records_the_secret_or_the_text(fake_provider,
     assert error is None and text_of(events) == "a reply"
     assert secret not in caplog.text
     assert SECRET_USER_TEXT not in caplog.text
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_ping_lists_models_for_a_good_key_and_maps_a_bad_one(fake_provider, provider):
+    fake_provider.script("sk-revoked", Script(mode="error", status=401))
+    adapter = get_adapter(provider)
+
+    names = await adapter.ping(key=lease(fake_provider, provider, "sk-fine"))
+    with pytest.raises(ProviderError) as caught:
+        await adapter.ping(key=lease(fake_provider, provider, "sk-revoked"))
+
+    assert names
+    assert caught.value.kind == ErrorKind.AUTH
+    assert_safe(caught.value, "sk-revoked")
