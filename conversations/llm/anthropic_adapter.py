@@ -173,17 +173,6 @@ class AnthropicAdapter:
             raise _common.transport_error(provider=PROVIDER_LABEL, exc=exc, after_output=False) from None
         return [model.id for model in page.data]
 
-    async def complete(self, request: ChatRequest, *, key: KeyLease) -> tuple[str, Usage | None]:
-        """One whole answer (titles, summaries): (text, usage). Same errors as stream()."""
-        text: list[str] = []
-        usage: Usage | None = None
-        async for event in self.stream(request, key=key):
-            if isinstance(event, TextDelta):
-                text.append(event.text)
-            elif isinstance(event, Usage):
-                usage = event
-        return "".join(text), usage
-
     @staticmethod
     def _status_error(exc: anthropic.APIStatusError, *, after_output: bool) -> ProviderError:
         return _common.status_error(

@@ -340,3 +340,18 @@ async def test_ping_lists_models_for_a_good_key_and_maps_a_bad_one(fake_provider
     assert names
     assert caught.value.kind == ErrorKind.AUTH
     assert_safe(caught.value, "sk-revoked")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_completion_fetch_collects_a_whole_answer(fake_provider, provider):
+    from conversations.llm import completion_fetch
+
+    fake_provider.script("sk-title", Script(text="Foxes and dogs", input_tokens=9))
+
+    completion = await completion_fetch(
+        provider=provider, request=chat_request(provider), key=lease(fake_provider, provider, "sk-title")
+    )
+
+    assert completion.text == "Foxes and dogs"
+    assert completion.finish_reason == "stop"
+    assert completion.usage.input_tokens == 9 and completion.usage.output_tokens == 3

@@ -91,3 +91,12 @@ def test_warm_up_loads_the_sdks_and_the_offline_encoding():
 
     assert {"openai", "anthropic"} <= set(_common._sdks)
     assert count_tokens(text="hello", model_id="demo:echo") == (1, False)
+
+
+async def test_completion_fetch_works_with_the_demo_too():
+    from conversations.llm import completion_fetch
+
+    completion = await completion_fetch(provider="demo", request=demo_request("title me"), key=None)
+
+    assert completion.text == "title me"
+    assert completion.usage.output_tokens == 2
