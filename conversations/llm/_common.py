@@ -11,6 +11,7 @@ import asyncio
 import email.utils
 import functools
 import importlib
+import json
 import logging
 import re
 import ssl
@@ -19,12 +20,15 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
 from django.conf import settings
 
 from .base import ErrorKind, ProviderError
+
+if TYPE_CHECKING:
+    from billing.keys import KeyLease
 
 T = TypeVar("T")
 
@@ -258,3 +262,69 @@ def stream_cut(*, provider: str, after_output: bool) -> ProviderError:
         message=f"The reply from {provider} ended before it was complete.",
         after_output=after_output,
     )
+
+
+class SDKAdapter:
+    """What the OpenAI and Anthropic adapters share: starting a call, turning whatever the SDK or
+    the transport raised into a ProviderError, and listing models to test a key."""
+
+    provider: str
+    sdk_name: str
+    label: str
+
+    def client(self, key: KeyLease, *, timeouts: Timeouts | None = None) -> Any:
+        raise NotImplementedError
+
+    def status_error(self, exc: Any, *, after_output: bool) -> ProviderError:
+        """The ProviderError for the SDK's APIStatusError (each SDK exposes the body differently)."""
+        raise NotImplementedError
+
+    async def begin(self, key: KeyLease | None) -> tuple[ModuleType, Deadlines, Any]:
+        """(the SDK module, the call's deadlines, an SDK client for the key)."""
+        if key is None:
+            raise ProviderError(kind=ErrorKind.AUTH, message=f"No {self.label} key was given for this call.")
+        sdk = await load_sdk(self.sdk_name)
+        timeouts = Timeouts.from_settings()
+        # The client is not closed after the call: it only borrows the shared HTTP client.
+        return sdk, Deadlines(timeouts, provider=self.label), self.client(key, timeouts=timeouts)
+
+    def error_from(self, exc: Exception, *, sdk: ModuleType, after_output: bool) -> ProviderError | None:
+        """The ProviderError for a failure of the call, or None for an exception that is not one
+        (a bug, to be raised as it is)."""
+        if isinstance(exc, ProviderError):
+            return exc
+        if isinstance(exc, sdk.APIStatusError):
+            return self.status_error(exc, after_output=after_output)
+        if isinstance(exc, sdk.APITimeoutError):
+            return ProviderError(
+                kind=ErrorKind.TIMEOUT, message=f"{self.label} did not answer in time.", after_output=after_output
+            )
+        if isinstance(exc, sdk.APIConnectionError):
+            return transport_error(provider=self.label, exc=exc.__cause__ or exc, after_output=after_output)
+        if isinstance(exc, sdk.APIError):
+            # An error object inside a started stream, which the openai SDK raises with no status.
+            body = exc.body if isinstance(exc.body, dict) else {}
+            return status_error(
+                provider=self.label,
+                status=200,
+                error_type=body.get("type") or "server_error",
+                code=body.get("code"),
+                after_output=after_output,
+            )
+        if isinstance(exc, httpx2.HTTPError | json.JSONDecodeError | UnicodeDecodeError):
+            # The anthropic SDK lets transport errors met while reading a stream through unwrapped.
+            return transport_error(provider=self.label, exc=exc, after_output=after_output)
+        return None
+
+    async def ping(self, *, key: KeyLease) -> list[str]:
+        """The model names the key can list (GET /v1/models): a cheap check that a key and its base
+        URL work, costing no tokens. Raises ProviderError like stream()."""
+        sdk, deadlines, client = await self.begin(key)
+        try:
+            page = await deadlines.within(client.models.list())
+        except Exception as exc:
+            error = self.error_from(exc, sdk=sdk, after_output=False)
+            if error is None:
+                raise
+            raise error from None
+        return [model.id for model in page.data]

@@ -12,14 +12,13 @@ it), so it is sent through `extra_body`, and only when the conversation sets one
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import httpx2
 
 from . import _common
-from .base import ChatRequest, ErrorKind, Finish, ProviderError, StreamEvent, TextDelta, Usage
+from .base import ChatRequest, Finish, ProviderError, StreamEvent, TextDelta, Usage
 
 if TYPE_CHECKING:
     import anthropic
@@ -39,8 +38,10 @@ def _http_client() -> httpx2.AsyncClient:
     )
 
 
-class AnthropicAdapter:
+class AnthropicAdapter(_common.SDKAdapter):
     provider = "anthropic"
+    sdk_name = "anthropic"
+    label = PROVIDER_LABEL
 
     def client(self, key: KeyLease, *, timeouts: _common.Timeouts | None = None) -> anthropic.AsyncAnthropic:
         """An SDK client for this key, without retries: key failover in the turn owns retrying."""
@@ -76,13 +77,7 @@ class AnthropicAdapter:
         return params
 
     async def stream(self, request: ChatRequest, *, key: KeyLease | None) -> AsyncIterator[StreamEvent]:
-        if key is None:
-            raise ProviderError(kind=ErrorKind.AUTH, message="No Anthropic key was given for this call.")
-        anthropic = await _common.load_sdk("anthropic")
-        timeouts = _common.Timeouts.from_settings()
-        deadlines = _common.Deadlines(timeouts, provider=PROVIDER_LABEL)
-        # Not closed after the call: it only borrows the shared HTTP client (see _common).
-        client = self.client(key, timeouts=timeouts)
+        sdk, deadlines, client = await self.begin(key)
         stream = None
         input_tokens = cached_tokens = output_tokens = 0
         saw_usage = False
@@ -126,25 +121,11 @@ class AnthropicAdapter:
                             saw_usage = True
                     elif kind == "message_stop":
                         stopped = True
-            except ProviderError:
-                raise
-            except anthropic.APIStatusError as exc:
-                raise self._status_error(exc, after_output=deadlines.got_output) from None
-            except anthropic.APITimeoutError:
-                raise ProviderError(
-                    kind=ErrorKind.TIMEOUT,
-                    message="Anthropic did not answer in time.",
-                    after_output=deadlines.got_output,
-                ) from None
-            except anthropic.APIConnectionError as exc:
-                raise _common.transport_error(
-                    provider=PROVIDER_LABEL, exc=exc.__cause__ or exc, after_output=deadlines.got_output
-                ) from None
-            except (httpx2.HTTPError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-                # The SDK lets transport errors met while reading the stream through unwrapped.
-                raise _common.transport_error(
-                    provider=PROVIDER_LABEL, exc=exc, after_output=deadlines.got_output
-                ) from None
+            except Exception as exc:
+                error = self.error_from(exc, sdk=sdk, after_output=deadlines.got_output)
+                if error is None:
+                    raise
+                raise error from None
         finally:
             if stream is not None:
                 await stream.close()
@@ -154,27 +135,7 @@ class AnthropicAdapter:
             yield Usage(input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached_tokens)
         yield Finish(finish)  # type: ignore[arg-type]
 
-    async def ping(self, *, key: KeyLease) -> list[str]:
-        """The model names the key can list (GET /v1/models): a cheap check that a key and its base
-        URL work, costing no tokens. Raises ProviderError like stream()."""
-        sdk = await _common.load_sdk("anthropic")
-        timeouts = _common.Timeouts.from_settings()
-        deadlines = _common.Deadlines(timeouts, provider=PROVIDER_LABEL)
-        client = self.client(key, timeouts=timeouts)
-        try:
-            page = await deadlines.within(client.models.list())
-        except sdk.APIStatusError as exc:
-            raise self._status_error(exc, after_output=False) from None
-        except sdk.APITimeoutError:
-            raise ProviderError(kind=ErrorKind.TIMEOUT, message="Anthropic did not answer in time.") from None
-        except sdk.APIConnectionError as exc:
-            raise _common.transport_error(provider=PROVIDER_LABEL, exc=exc.__cause__ or exc, after_output=False) from None
-        except (httpx2.HTTPError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _common.transport_error(provider=PROVIDER_LABEL, exc=exc, after_output=False) from None
-        return [model.id for model in page.data]
-
-    @staticmethod
-    def _status_error(exc: anthropic.APIStatusError, *, after_output: bool) -> ProviderError:
+    def status_error(self, exc: anthropic.APIStatusError, *, after_output: bool) -> ProviderError:
         return _common.status_error(
             provider=PROVIDER_LABEL,
             status=exc.status_code,

@@ -42,6 +42,10 @@ def _deltas(text: str) -> list[str]:
 class DemoAdapter:
     provider = "demo"
 
+    async def ping(self, *, key: KeyLease | None = None) -> list[str]:
+        """Like the SDK adapters' ping: the models this provider serves."""
+        return ["echo"]
+
     async def stream(self, request: ChatRequest, *, key: KeyLease | None = None) -> AsyncIterator[StreamEvent]:
         from ..context import TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, count_tokens
 

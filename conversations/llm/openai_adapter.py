@@ -12,7 +12,6 @@ or api.openai.com) gets `max_completion_tokens` and every other server gets `max
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -20,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx2
 
 from . import _common
-from .base import ChatRequest, ErrorKind, Finish, ProviderError, StreamEvent, TextDelta, Usage
+from .base import ChatRequest, Finish, ProviderError, StreamEvent, TextDelta, Usage
 
 if TYPE_CHECKING:
     import openai
@@ -51,8 +50,10 @@ def _http_client() -> httpx2.AsyncClient:
     )
 
 
-class OpenAIAdapter:
+class OpenAIAdapter(_common.SDKAdapter):
     provider = "openai"
+    sdk_name = "openai"
+    label = PROVIDER_LABEL
 
     def client(self, key: KeyLease, *, timeouts: _common.Timeouts | None = None) -> openai.AsyncOpenAI:
         """An SDK client for this key, without retries: key failover in the turn owns retrying."""
@@ -80,13 +81,7 @@ class OpenAIAdapter:
         return params
 
     async def stream(self, request: ChatRequest, *, key: KeyLease | None) -> AsyncIterator[StreamEvent]:
-        if key is None:
-            raise ProviderError(kind=ErrorKind.AUTH, message="No OpenAI key was given for this call.")
-        openai = await _common.load_sdk("openai")
-        timeouts = _common.Timeouts.from_settings()
-        deadlines = _common.Deadlines(timeouts, provider=PROVIDER_LABEL)
-        # Not closed after the call: it only borrows the shared HTTP client (see _common).
-        client = self.client(key, timeouts=timeouts)
+        sdk, deadlines, client = await self.begin(key)
         stream = None
         usage: Usage | None = None
         finish: str | None = None
@@ -120,34 +115,11 @@ class OpenAIAdapter:
                             output_tokens=chunk.usage.completion_tokens or 0,
                             cached_tokens=(details.cached_tokens or 0) if details is not None else 0,
                         )
-            except ProviderError:
-                raise
-            except openai.APIStatusError as exc:
-                raise self._status_error(exc, after_output=deadlines.got_output) from None
-            except openai.APITimeoutError:
-                raise ProviderError(
-                    kind=ErrorKind.TIMEOUT,
-                    message="OpenAI did not answer in time.",
-                    after_output=deadlines.got_output,
-                ) from None
-            except openai.APIConnectionError as exc:
-                raise _common.transport_error(
-                    provider=PROVIDER_LABEL, exc=exc.__cause__ or exc, after_output=deadlines.got_output
-                ) from None
-            except openai.APIError as exc:
-                # An error object inside a started stream (the SDK raises it with no status).
-                body = exc.body if isinstance(exc.body, dict) else {}
-                raise _common.status_error(
-                    provider=PROVIDER_LABEL,
-                    status=200,
-                    error_type=body.get("type") or "server_error",
-                    code=body.get("code"),
-                    after_output=deadlines.got_output,
-                ) from None
-            except (httpx2.HTTPError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise _common.transport_error(
-                    provider=PROVIDER_LABEL, exc=exc, after_output=deadlines.got_output
-                ) from None
+            except Exception as exc:
+                error = self.error_from(exc, sdk=sdk, after_output=deadlines.got_output)
+                if error is None:
+                    raise
+                raise error from None
         finally:
             if stream is not None:
                 await stream.close()
@@ -158,27 +130,7 @@ class OpenAIAdapter:
             yield usage
         yield Finish(finish)  # type: ignore[arg-type]
 
-    async def ping(self, *, key: KeyLease) -> list[str]:
-        """The model names the key can list (GET /v1/models): a cheap check that a key and its base
-        URL work, costing no tokens. Raises ProviderError like stream()."""
-        sdk = await _common.load_sdk("openai")
-        timeouts = _common.Timeouts.from_settings()
-        deadlines = _common.Deadlines(timeouts, provider=PROVIDER_LABEL)
-        client = self.client(key, timeouts=timeouts)
-        try:
-            page = await deadlines.within(client.models.list())
-        except sdk.APIStatusError as exc:
-            raise self._status_error(exc, after_output=False) from None
-        except sdk.APITimeoutError:
-            raise ProviderError(kind=ErrorKind.TIMEOUT, message="OpenAI did not answer in time.") from None
-        except sdk.APIConnectionError as exc:
-            raise _common.transport_error(provider=PROVIDER_LABEL, exc=exc.__cause__ or exc, after_output=False) from None
-        except (httpx2.HTTPError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _common.transport_error(provider=PROVIDER_LABEL, exc=exc, after_output=False) from None
-        return [model.id for model in page.data]
-
-    @staticmethod
-    def _status_error(exc: openai.APIStatusError, *, after_output: bool) -> ProviderError:
+    def status_error(self, exc: openai.APIStatusError, *, after_output: bool) -> ProviderError:
         body = exc.body if isinstance(exc.body, dict) else {}
         return _common.status_error(
             provider=PROVIDER_LABEL,

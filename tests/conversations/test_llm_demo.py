@@ -100,3 +100,7 @@ async def test_completion_fetch_works_with_the_demo_too():
 
     assert completion.text == "title me"
     assert completion.usage.output_tokens == 2
+
+
+async def test_demo_ping_needs_no_key():
+    assert await get_adapter("demo").ping(key=None) == ["echo"]
