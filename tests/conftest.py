@@ -7,6 +7,8 @@ import shutil
 import pytest
 from django.conf import settings
 
+from tests.fakeprovider.fixtures import fake_provider  # noqa: F401 - the fake LLM provider, for every test
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 CHROMIUM = "/usr/bin/chromium"
 

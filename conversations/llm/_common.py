@@ -1,0 +1,330 @@
+"""What the SDK adapters share: timeouts, deadlines, and turning a provider's failure into a
+ProviderError whose message is safe to show (never the secret, never the request's text).
+
+Provider error messages are read to classify them (a 400 that names the context length) but never
+passed on: OpenAI's 401 text quotes part of the key, and a 400 may quote the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import functools
+import importlib
+import json
+import logging
+import re
+import ssl
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx2
+from django.conf import settings
+
+from .base import ErrorKind, ProviderError
+
+if TYPE_CHECKING:
+    from billing.keys import KeyLease
+
+T = TypeVar("T")
+
+_CONTEXT_HINT = re.compile(
+    r"context[ _-]?(length|window|size|limit)|maximum context|prompt is too long|too many tokens"
+    r"|exceeds? the (available )?context|input length and .?max_tokens.? exceed",
+    re.IGNORECASE,
+)
+_CONTEXT_CODES = {"context_length_exceeded", "exceed_context_size_error", "prompt_too_long"}
+_SAFE_TOKEN = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    first_token: float
+    total: float
+
+    @classmethod
+    def from_settings(cls) -> Timeouts:
+        return cls(
+            connect=float(settings.LLM_CONNECT_TIMEOUT),
+            first_token=float(settings.LLM_FIRST_TOKEN_TIMEOUT),
+            total=float(settings.LLM_TOTAL_TIMEOUT),
+        )
+
+    def httpx(self) -> httpx2.Timeout:
+        # The read timeout bounds every wait for bytes: the response headers and each gap between
+        # chunks. A stall longer than the first-token allowance mid-stream is a dead stream.
+        return httpx2.Timeout(
+            connect=self.connect,
+            read=min(self.first_token, self.total),
+            write=min(self.first_token, self.total),
+            pool=self.connect,
+        )
+
+
+# The SDKs log each request's options at DEBUG, messages included, and message text must never reach
+# a log; an operator turning LOG_LEVEL=DEBUG on must not change that. INFO keeps their one-line
+# "HTTP Request: POST <url> 200" records, which hold no key and no text.
+_SDK_LOGGERS = ("openai", "anthropic", "httpx2", "httpcore2")
+for _name in _SDK_LOGGERS:
+    _logger = logging.getLogger(_name)
+    if _logger.level < logging.INFO:
+        _logger.setLevel(logging.INFO)
+
+
+# Importing the anthropic SDK takes seconds of CPU (openai's about one and a half): done on the event
+# loop at the first call, it would freeze every websocket of the process meanwhile. So the first call
+# imports it in a worker thread; `warm_up()` in conversations.llm can do it at process start.
+_sdks: dict[str, ModuleType] = {}
+
+
+async def load_sdk(name: str) -> ModuleType:
+    module = _sdks.get(name)
+    if module is None:
+        # Python's import lock makes a concurrent first call wait for the whole import, never see
+        # a half-initialised module.
+        module = _sdks[name] = await asyncio.to_thread(importlib.import_module, name)
+    return module
+
+
+def sdk(name: str) -> ModuleType:
+    """The SDK module, imported now if no call has loaded it yet (sync callers, tests)."""
+    module = _sdks.get(name)
+    if module is None:
+        module = _sdks[name] = importlib.import_module(name)
+    return module
+
+
+# One pooled HTTP client per event loop and provider. Building an SDK client with its own HTTP
+# client costs ~70 ms of CPU (loading the CA bundle into a fresh SSL context) on the event loop, per
+# call; sharing one also reuses kept-alive connections. Only the HTTP layer is shared: the SDK client,
+# which holds the key, is made per call and the key goes in that call's headers.
+_http_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, httpx2.AsyncClient]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    """One SSL context for every HTTP client of the process: building one loads the CA bundle."""
+    return httpx2.create_ssl_context()
+
+
+def shared_http_client(provider: str, factory: Callable[[], httpx2.AsyncClient]) -> httpx2.AsyncClient:
+    loop = asyncio.get_running_loop()
+    clients = _http_clients.setdefault(loop, {})
+    client = clients.get(provider)
+    if client is None or client.is_closed:
+        client = clients[provider] = factory()
+    return client
+
+
+class Deadlines:
+    """The first-token deadline holds until the first delta; the total deadline always."""
+
+    def __init__(self, timeouts: Timeouts, *, provider: str = "The provider") -> None:
+        self.provider = provider
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.first_token_at = now + timeouts.first_token
+        self.total_at = now + timeouts.total
+        self.started = time.monotonic()
+        self.got_output = False
+
+    def current(self) -> float:
+        return self.total_at if self.got_output else min(self.first_token_at, self.total_at)
+
+    async def within(self, awaitable: Awaitable[T]) -> T:
+        """Await one step of the call under the current deadline. Never used around a `yield`:
+        a timeout scope left open across a yield would fire into the consumer's code."""
+        deadline = self.current()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await awaitable
+        except TimeoutError:
+            which = "the whole reply" if self.got_output or deadline == self.total_at else "the first token"
+            raise ProviderError(
+                kind=ErrorKind.TIMEOUT,
+                message=f"{self.provider} took too long ({which}).",
+                after_output=self.got_output,
+            ) from None
+
+
+def safe_token(value: object) -> str | None:
+    """A provider's error type or code, reduced to identifier characters (it is shown and logged)."""
+    if not isinstance(value, str) or not value:
+        return None
+    return _SAFE_TOKEN.sub("", value)[:64] or None
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after` (seconds or an HTTP date); None if absent."""
+    if not headers:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(float(raw_ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def looks_like_context_too_long(*, message: object, code: object) -> bool:
+    if isinstance(code, str) and code in _CONTEXT_CODES:
+        return True
+    return isinstance(message, str) and bool(_CONTEXT_HINT.search(message))
+
+
+def status_error(
+    *,
+    provider: str,
+    status: int,
+    error_type: object = None,
+    code: object = None,
+    provider_message: object = None,
+    retry_after: float | None = None,
+    after_output: bool = False,
+    request_id: object = None,
+) -> ProviderError:
+    """The ProviderError for an HTTP error answer (or, with status 200, an error event in the stream)."""
+    error_type = safe_token(error_type)
+    code = safe_token(code)
+    extra = {k: v for k, v in {"type": error_type, "code": code, "request_id": safe_token(request_id)}.items() if v}
+    label = "/".join(v for v in (error_type, code) if v)
+    detail = f" ({label})" if label else ""
+
+    def err(kind: ErrorKind, text: str) -> ProviderError:
+        return ProviderError(
+            kind=kind,
+            message=text,
+            status=status,
+            retry_after=retry_after,
+            after_output=after_output,
+            extra=extra,
+        )
+
+    if status == 200:
+        # An error event inside a started stream: classify by the provider's error type.
+        if error_type in {"rate_limit_error", "rate_limit_exceeded"}:
+            return err(ErrorKind.RATE_LIMITED, f"{provider} rate limit hit while streaming{detail}.")
+        if error_type in {"invalid_request_error"}:
+            return err(ErrorKind.BAD_REQUEST, f"{provider} refused the request while streaming{detail}.")
+        return err(ErrorKind.UNAVAILABLE, f"{provider} failed while streaming{detail}.")
+    if status in (401, 402, 403):
+        return err(ErrorKind.AUTH, f"{provider} refused the key: HTTP {status}{detail}.")
+    if status == 429:
+        return err(ErrorKind.RATE_LIMITED, f"{provider} rate limit: HTTP 429{detail}.")
+    if status == 408:
+        return err(ErrorKind.TIMEOUT, f"{provider} timed out: HTTP 408{detail}.")
+    if status == 413 or (
+        400 <= status < 500 and looks_like_context_too_long(message=provider_message, code=code)
+    ):
+        return err(ErrorKind.CONTEXT_TOO_LONG, f"The conversation is too long for this model: HTTP {status}{detail}.")
+    if 400 <= status < 500:
+        return err(ErrorKind.BAD_REQUEST, f"{provider} refused the request: HTTP {status}{detail}.")
+    return err(ErrorKind.UNAVAILABLE, f"{provider} is unavailable: HTTP {status}{detail}.")
+
+
+def transport_error(*, provider: str, exc: BaseException, after_output: bool) -> ProviderError:
+    """Connection refused, reset, cut mid-body, or an httpx timeout."""
+    if isinstance(exc, httpx2.TimeoutException):
+        return ProviderError(
+            kind=ErrorKind.TIMEOUT, message=f"{provider} did not answer in time.", after_output=after_output
+        )
+    name = type(exc).__name__
+    text = (
+        f"The connection to {provider} broke off mid-reply ({name})."
+        if after_output
+        else f"Could not reach {provider} ({name})."
+    )
+    return ProviderError(kind=ErrorKind.UNAVAILABLE, message=text, after_output=after_output)
+
+
+def stream_cut(*, provider: str, after_output: bool) -> ProviderError:
+    return ProviderError(
+        kind=ErrorKind.UNAVAILABLE,
+        message=f"The reply from {provider} ended before it was complete.",
+        after_output=after_output,
+    )
+
+
+class SDKAdapter:
+    """What the OpenAI and Anthropic adapters share: starting a call, turning whatever the SDK or
+    the transport raised into a ProviderError, and listing models to test a key."""
+
+    provider: str
+    sdk_name: str
+    label: str
+
+    def client(self, key: KeyLease, *, timeouts: Timeouts | None = None) -> Any:
+        raise NotImplementedError
+
+    def status_error(self, exc: Any, *, after_output: bool) -> ProviderError:
+        """The ProviderError for the SDK's APIStatusError (each SDK exposes the body differently)."""
+        raise NotImplementedError
+
+    async def begin(self, key: KeyLease | None) -> tuple[ModuleType, Deadlines, Any]:
+        """(the SDK module, the call's deadlines, an SDK client for the key)."""
+        if key is None:
+            raise ProviderError(kind=ErrorKind.AUTH, message=f"No {self.label} key was given for this call.")
+        sdk = await load_sdk(self.sdk_name)
+        timeouts = Timeouts.from_settings()
+        # The client is not closed after the call: it only borrows the shared HTTP client.
+        return sdk, Deadlines(timeouts, provider=self.label), self.client(key, timeouts=timeouts)
+
+    def error_from(self, exc: Exception, *, sdk: ModuleType, after_output: bool) -> ProviderError | None:
+        """The ProviderError for a failure of the call, or None for an exception that is not one
+        (a bug, to be raised as it is)."""
+        if isinstance(exc, ProviderError):
+            return exc
+        if isinstance(exc, sdk.APIStatusError):
+            return self.status_error(exc, after_output=after_output)
+        if isinstance(exc, sdk.APITimeoutError):
+            return ProviderError(
+                kind=ErrorKind.TIMEOUT, message=f"{self.label} did not answer in time.", after_output=after_output
+            )
+        if isinstance(exc, sdk.APIConnectionError):
+            return transport_error(provider=self.label, exc=exc.__cause__ or exc, after_output=after_output)
+        if isinstance(exc, sdk.APIError):
+            # An error object inside a started stream, which the openai SDK raises with no status.
+            body = exc.body if isinstance(exc.body, dict) else {}
+            return status_error(
+                provider=self.label,
+                status=200,
+                error_type=body.get("type") or "server_error",
+                code=body.get("code"),
+                after_output=after_output,
+            )
+        if isinstance(exc, httpx2.HTTPError | json.JSONDecodeError | UnicodeDecodeError):
+            # The anthropic SDK lets transport errors met while reading a stream through unwrapped.
+            return transport_error(provider=self.label, exc=exc, after_output=after_output)
+        return None
+
+    async def ping(self, *, key: KeyLease) -> list[str]:
+        """The model names the key can list (GET /v1/models): a cheap check that a key and its base
+        URL work, costing no tokens. Raises ProviderError like stream()."""
+        sdk, deadlines, client = await self.begin(key)
+        try:
+            page = await deadlines.within(client.models.list())
+        except Exception as exc:
+            error = self.error_from(exc, sdk=sdk, after_output=False)
+            if error is None:
+                raise
+            raise error from None
+        return [model.id for model in page.data]

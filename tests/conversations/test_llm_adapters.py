@@ -1,0 +1,357 @@
+"""Both SDK adapters (openai, anthropic) against the local fake provider: the real SDKs, real HTTP,
+real SSE. Each behaviour is checked for both providers."""
+
+import asyncio
+import logging
+import uuid
+
+import pytest
+
+from billing.keys import KeyLease
+from conversations.llm import get_adapter
+from conversations.llm.base import ChatMessage, ChatRequest, ErrorKind, Finish, ProviderError, TextDelta, Usage
+from tests.fakeprovider import Script
+
+PROVIDERS = ["openai", "anthropic"]
+SECRET_USER_TEXT = "my private words 7f3a"
+
+
+def lease(fake, provider: str, secret: str) -> KeyLease:
+    base_url = fake.openai_base_url if provider == "openai" else fake.anthropic_base_url
+    return KeyLease(id=uuid.uuid4(), name="test key", provider=provider, base_url=base_url, secret=secret)
+
+
+def chat_request(provider: str, *, max_tokens: int = 200, temperature=None) -> ChatRequest:
+    return ChatRequest(
+        model="gpt-4o-mini" if provider == "openai" else "claude-haiku-4-5",
+        messages=[
+            ChatMessage(role="system", content="You are terse."),
+            ChatMessage(role="user", content=SECRET_USER_TEXT),
+        ],
+        max_tokens=max_tokens,
+        temperature=temperature,
+    )
+
+
+async def collect(provider: str, key: KeyLease, request: ChatRequest | None = None):
+    """(events, error): everything the adapter yielded, then the ProviderError if one was raised."""
+    events = []
+    try:
+        async for event in get_adapter(provider).stream(request or chat_request(provider), key=key):
+            events.append(event)
+    except ProviderError as exc:
+        return events, exc
+    return events, None
+
+
+def text_of(events) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+def assert_safe(error: ProviderError, secret: str) -> None:
+    shown = f"{error} {error.message} {error!r} {error.extra}"
+    assert secret not in shown
+    assert SECRET_USER_TEXT not in shown
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_streams_text_then_usage_then_finish(fake_provider, provider):
+    fake_provider.script("sk-good-1", Script(text="Hello there, friend.", pace_ms=1, input_tokens=21, cached_tokens=5))
+
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-good-1"))
+
+    assert error is None
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    assert len(deltas) == 3  # streamed word by word, not in one piece
+    assert text_of(events) == "Hello there, friend."
+    assert isinstance(events[-2], Usage) and isinstance(events[-1], Finish)
+    assert events[-1].reason == "stop"
+    usage = events[-2]
+    assert usage.output_tokens == 3
+    assert usage.cached_tokens == 5
+    # OpenAI's prompt_tokens includes the cached ones; Anthropic reports them apart and the adapter adds them.
+    assert usage.input_tokens == (21 if provider == "openai" else 26)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_sends_model_messages_and_max_tokens_with_the_keys_secret(fake_provider, provider):
+    fake_provider.script("sk-good-2", Script(text="ok"))
+
+    await collect(provider, lease(fake_provider, provider, "sk-good-2"), chat_request(provider, max_tokens=77))
+
+    [sent] = fake_provider.requests_for("sk-good-2")
+    assert sent.stream is True
+    if provider == "openai":
+        assert sent.model == "gpt-4o-mini"
+        assert sent.messages == [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": SECRET_USER_TEXT},
+        ]
+        assert sent.stream_options == {"include_usage": True}
+        # A compatible server (not api.openai.com) gets the classic max_tokens name.
+        assert sent.max_tokens == 77 and sent.max_completion_tokens is None
+    else:
+        assert sent.model == "claude-haiku-4-5"
+        assert sent.system == "You are terse."  # lifted out of the message list
+        assert sent.messages == [{"role": "user", "content": SECRET_USER_TEXT}]
+        assert sent.max_tokens == 77
+    assert sent.temperature is None  # not sent unless the conversation sets one
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_temperature_is_sent_when_set(fake_provider, provider):
+    fake_provider.script("sk-temp", Script(text="ok"))
+
+    await collect(provider, lease(fake_provider, provider, "sk-temp"), chat_request(provider, temperature=0.3))
+
+    [sent] = fake_provider.requests_for("sk-temp")
+    assert sent.temperature == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_max_tokens_reached_finishes_with_length(fake_provider, provider):
+    fake_provider.script("sk-long", Script(text="one two three four five six"))
+
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-long"), chat_request(provider, max_tokens=2))
+
+    assert error is None
+    assert text_of(events) == "one two"
+    assert events[-1] == Finish("length")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_generic_400_is_bad_request(fake_provider, provider):
+    fake_provider.script("sk-400", Script(mode="error", status=400, message=f"bad value near '{SECRET_USER_TEXT}'"))
+
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-400"))
+
+    assert events == []
+    assert error.kind == ErrorKind.BAD_REQUEST
+    assert error.status == 400
+    assert error.after_output is False
+    assert_safe(error, "sk-400")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_400_naming_the_context_length_is_context_too_long(fake_provider, provider):
+    fake_provider.script("sk-ctx", Script.context_too_long())
+
+    _, error = await collect(provider, lease(fake_provider, provider, "sk-ctx"))
+
+    assert error.kind == ErrorKind.CONTEXT_TOO_LONG
+    assert error.status == 400
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_401_is_auth_and_never_shows_the_secret(fake_provider, provider):
+    secret = "sk-live-supersecret-0000"
+    # OpenAI's real 401 quotes part of the key; the adapter must not pass that on.
+    fake_provider.script(secret, Script(mode="error", status=401, message=f"Incorrect API key provided: {secret}"))
+
+    _, error = await collect(provider, lease(fake_provider, provider, secret))
+
+    assert error.kind == ErrorKind.AUTH
+    assert error.status == 401
+    assert_safe(error, secret)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_403_is_auth(fake_provider, provider):
+    fake_provider.script("sk-403", Script(mode="error", status=403))
+
+    _, error = await collect(provider, lease(fake_provider, provider, "sk-403"))
+
+    assert error.kind == ErrorKind.AUTH
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_429_is_rate_limited_with_retry_after(fake_provider, provider):
+    fake_provider.script("sk-429", Script(mode="error", status=429, retry_after="17"))
+
+    _, error = await collect(provider, lease(fake_provider, provider, "sk-429"))
+
+    assert error.kind == ErrorKind.RATE_LIMITED
+    assert error.retry_after == 17.0
+    # max_retries=0: the SDK did not retry on its own; key failover in the turn does.
+    assert len(fake_provider.requests_for("sk-429")) == 1
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_503_is_unavailable_and_not_retried_by_the_sdk(fake_provider, provider):
+    fake_provider.script("sk-503", Script(mode="error", status=503))
+
+    _, error = await collect(provider, lease(fake_provider, provider, "sk-503"))
+
+    assert error.kind == ErrorKind.UNAVAILABLE
+    assert error.status == 503
+    assert len(fake_provider.requests_for("sk-503")) == 1
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_stream_cut_midway_keeps_the_deltas_then_fails_unavailable(fake_provider, provider):
+    fake_provider.script("sk-cut", Script(mode="cut", text="alpha beta gamma delta epsilon", cut_after=3))
+
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-cut"))
+
+    assert text_of(events) == "alpha beta gamma"
+    assert not any(isinstance(e, Finish) for e in events)
+    assert error.kind == ErrorKind.UNAVAILABLE
+    assert error.after_output is True
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_error_event_inside_the_stream_is_unavailable_after_output(fake_provider, provider):
+    fake_provider.script("sk-mid", Script(mode="stream_error", text="alpha beta gamma delta", cut_after=2))
+
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-mid"))
+
+    assert text_of(events) == "alpha beta"
+    assert error.kind == ErrorKind.UNAVAILABLE
+    assert error.after_output is True
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_server_that_never_answers_times_out(fake_provider, provider, settings):
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 0.3
+    fake_provider.script("sk-hang", Script(mode="hang"))
+
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-hang"))
+
+    assert events == []
+    assert error.kind == ErrorKind.TIMEOUT
+    assert error.after_output is False
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_stall_after_the_first_tokens_hits_the_total_timeout(fake_provider, provider, settings):
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 5
+    settings.LLM_TOTAL_TIMEOUT = 0.4
+    fake_provider.script("sk-slow", Script(text="a b c d e f g h i j k l m n o p", pace_ms=100))
+
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-slow"))
+
+    assert error.kind == ErrorKind.TIMEOUT
+    assert error.after_output is True
+    assert text_of(events)  # what arrived before the deadline was yielded
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_connection_refused_is_unavailable(provider):
+    key = KeyLease(id=uuid.uuid4(), name="gone", provider=provider, base_url="http://127.0.0.1:9/v1", secret="sk-x")
+
+    _, error = await collect(provider, key)
+
+    assert error.kind == ErrorKind.UNAVAILABLE
+    assert error.after_output is False
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_no_key_is_auth(provider):
+    with pytest.raises(ProviderError) as caught:
+        async for _ in get_adapter(provider).stream(chat_request(provider), key=None):
+            pass
+    assert caught.value.kind == ErrorKind.AUTH
+
+
+async def test_official_openai_api_gets_max_completion_tokens():
+    from conversations.llm.openai_adapter import OpenAIAdapter
+
+    official = KeyLease(id=uuid.uuid4(), name="o", provider="openai", base_url="", secret="sk-x")
+    local = KeyLease(id=uuid.uuid4(), name="l", provider="openai", base_url="http://localhost:11434/v1", secret="")
+
+    official_params = OpenAIAdapter().request_params(chat_request("openai", max_tokens=50), key=official)
+    local_params = OpenAIAdapter().request_params(chat_request("openai", max_tokens=50), key=local)
+
+    assert official_params["max_completion_tokens"] == 50 and "max_tokens" not in official_params
+    assert local_params["max_tokens"] == 50 and "max_completion_tokens" not in local_params
+
+
+async def test_openai_compatible_server_without_a_key_still_works(fake_provider):
+    # Ollama and friends need no key; the SDK refuses an empty one, so the adapter sends a placeholder.
+    events, error = await collect("openai", lease(fake_provider, "openai", ""))
+
+    assert error is None
+    assert text_of(events) == "Hello from the fake provider."
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_closing_the_stream_midway_hangs_up_on_the_provider(fake_provider, provider):
+    # What the turn does when the user presses stop: it closes the adapter's iterator.
+    fake_provider.script("sk-stop", Script(text=" ".join(["word"] * 200), pace_ms=5))
+    fake_provider.script("sk-after", Script(text="still fine"))
+    stream = get_adapter(provider).stream(chat_request(provider), key=lease(fake_provider, provider, "sk-stop"))
+
+    first = await stream.__anext__()
+    await stream.aclose()
+    for _ in range(200):  # the fake notices on its next write
+        if fake_provider.disconnected:
+            break
+        await asyncio.sleep(0.01)
+
+    assert first == TextDelta("word")
+    assert fake_provider.disconnected == ["sk-stop"]
+    # The shared connection pool is unharmed: the next call works.
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-after"))
+    assert error is None and text_of(events) == "still fine"
+
+
+async def test_anthropic_leaves_out_empty_messages_it_would_refuse(fake_provider):
+    fake_provider.script("sk-empty", Script(text="ok"))
+    request = ChatRequest(
+        model="claude-haiku-4-5",
+        messages=[
+            ChatMessage(role="user", content="first"),
+            ChatMessage(role="assistant", content=""),
+            ChatMessage(role="user", content="second"),
+        ],
+        max_tokens=10,
+    )
+
+    _, error = await collect("anthropic", lease(fake_provider, "anthropic", "sk-empty"), request)
+
+    assert error is None
+    [sent] = fake_provider.requests_for("sk-empty")
+    assert sent.messages == [{"role": "user", "content": "first"}, {"role": "user", "content": "second"}]
+    assert sent.system is None
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_debug_logging_never_records_the_secret_or_the_text(fake_provider, provider, caplog):
+    caplog.set_level(logging.DEBUG)
+    secret = "sk-debug-secret-1234"
+    fake_provider.script(secret, Script(text="a reply"))
+
+    events, error = await collect(provider, lease(fake_provider, provider, secret))
+
+    assert error is None and text_of(events) == "a reply"
+    assert secret not in caplog.text
+    assert SECRET_USER_TEXT not in caplog.text
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_ping_lists_models_for_a_good_key_and_maps_a_bad_one(fake_provider, provider):
+    fake_provider.script("sk-revoked", Script(mode="error", status=401))
+    adapter = get_adapter(provider)
+
+    names = await adapter.ping(key=lease(fake_provider, provider, "sk-fine"))
+    with pytest.raises(ProviderError) as caught:
+        await adapter.ping(key=lease(fake_provider, provider, "sk-revoked"))
+
+    assert names
+    assert caught.value.kind == ErrorKind.AUTH
+    assert_safe(caught.value, "sk-revoked")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_completion_fetch_collects_a_whole_answer(fake_provider, provider):
+    from conversations.llm import completion_fetch
+
+    fake_provider.script("sk-title", Script(text="Foxes and dogs", input_tokens=9))
+
+    completion = await completion_fetch(
+        provider=provider, request=chat_request(provider), key=lease(fake_provider, provider, "sk-title")
+    )
+
+    assert completion.text == "Foxes and dogs"
+    assert completion.finish_reason == "stop"
+    assert completion.usage.input_tokens == 9 and completion.usage.output_tokens == 3
