@@ -64,7 +64,13 @@ PRIORITY_RANGE = (-1_000_000, 1_000_000)
 
 # Cloud metadata endpoints by name and by address. They are link-local or private anyway, but
 # named here so the refusal says what they are, and so a setting can never forget one.
-_METADATA_HOSTS = {"metadata.google.internal", "metadata.goog", "metadata", "instance-data", "instance-data.ec2.internal"}
+_METADATA_HOSTS = {
+    "metadata.google.internal",
+    "metadata.goog",
+    "metadata",
+    "instance-data",
+    "instance-data.ec2.internal",
+}
 _METADATA_ADDRESSES = {
     ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack
     ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
@@ -129,7 +135,9 @@ def _invalid(field_name: str, message: str) -> ValidationError:
 
 def provider_validate(provider: Any) -> str:
     if provider not in KEY_PROVIDERS:
-        raise _invalid("provider", _("Unknown provider: choose one of %(choices)s.") % {"choices": ", ".join(KEY_PROVIDERS)})
+        raise _invalid(
+            "provider", _("Unknown provider: choose one of %(choices)s.") % {"choices": ", ".join(KEY_PROVIDERS)}
+        )
     return provider
 
 
@@ -161,8 +169,16 @@ def secret_validate(secret: Any) -> str:
 
 
 def priority_validate(priority: Any) -> int:
-    if isinstance(priority, bool) or not isinstance(priority, int) or not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
-        raise _invalid("priority", _("Priority is a whole number between %(lo)d and %(hi)d.") % {"lo": PRIORITY_RANGE[0], "hi": PRIORITY_RANGE[1]})
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]
+    ):
+        raise _invalid(
+            "priority",
+            _("Priority is a whole number between %(lo)d and %(hi)d.")
+            % {"lo": PRIORITY_RANGE[0], "hi": PRIORITY_RANGE[1]},
+        )
     return priority
 
 
@@ -226,7 +242,9 @@ def base_url_validate(url: Any, *, allow_private: bool | None = None) -> str:
         addresses = {ipaddress.ip_address("127.0.0.1")}  # RFC 6761: always loopback
     else:
         try:
-            infos = socket.getaddrinfo(host, port or (443 if parts.scheme.lower() == "https" else 80), proto=socket.IPPROTO_TCP)
+            infos = socket.getaddrinfo(
+                host, port or (443 if parts.scheme.lower() == "https" else 80), proto=socket.IPPROTO_TCP
+            )
         except (OSError, UnicodeError):
             raise _invalid("base_url", _("The host %(host)s cannot be resolved.") % {"host": host}) from None
         # getaddrinfo also decodes odd spellings (2852039166, 0xa9fea9fe, 169.254.43518): every
@@ -257,7 +275,12 @@ def _last4(secret: str) -> str:
 
 
 def _audit(action: str, key: ProviderKey, actor=None, **data: Any) -> None:
-    audit_record(action=f"provider_key.{action}", actor=actor, target=key, data={"name": key.name, "provider": key.provider, **data})
+    audit_record(
+        action=f"provider_key.{action}",
+        actor=actor,
+        target=key,
+        data={"name": key.name, "provider": key.provider, **data},
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,7 +375,10 @@ def key_update(
         if changed:
             key.full_clean()
             key.save(update_fields=changed)
-            shown = sorted({"secret" if f.startswith("secret") else f for f in changed} - {"health", "cooldown_until", "consecutive_failures"})
+            shown = sorted(
+                {"secret" if f.startswith("secret") else f for f in changed}
+                - {"health", "cooldown_until", "consecutive_failures"}
+            )
             _audit("update", key, actor, fields=shown)
     return key
 
@@ -385,10 +411,7 @@ def key_enable(*, key_id: uuid.UUID, actor=None) -> ProviderKey:
 def key_disable(*, key_id: uuid.UUID | None = None, name: str | None = None, actor=None) -> ProviderKey:
     """Disable by id or by exact name (the command's way). ValidationError for an unknown name."""
     if key_id is None:
-        found = ProviderKey.objects.filter(name=(name or "").strip()).values_list("pk", flat=True).first()
-        if found is None:
-            raise _invalid("name", _("No provider key is named %(name)s.") % {"name": (name or "").strip()})
-        key_id = found
+        key_id = keys_by_name(name=name or "").pk
     return key_set_state(key_id=key_id, state=State.DISABLED, actor=actor)
 
 
@@ -407,7 +430,9 @@ def keys_finish_draining(*, now: datetime | None = None) -> int:
     now = now or clock()
     grace = timedelta(seconds=float(_setting("KEY_DRAIN_SECONDS", float(_setting("LLM_TOTAL_TIMEOUT", 600.0)) + 60)))
     done = 0
-    for key_id in ProviderKey.objects.filter(state=State.DRAINING, state_changed_at__lte=now - grace).values_list("pk", flat=True):
+    for key_id in ProviderKey.objects.filter(state=State.DRAINING, state_changed_at__lte=now - grace).values_list(
+        "pk", flat=True
+    ):
         key_set_state(key_id=key_id, state=State.DISABLED)
         done += 1
     return done
@@ -424,10 +449,14 @@ def key_rotate_encryption(*, actor=None) -> int:
             try:
                 token = secret_reencrypt(key.secret_encrypted)
             except SecretUndecryptable:
-                raise SecretUndecryptable(f"provider key {key.name!r} cannot be decrypted with any configured key") from None
+                raise SecretUndecryptable(
+                    f"provider key {key.name!r} cannot be decrypted with any configured key"
+                ) from None
             ProviderKey.objects.filter(pk=key.pk).update(secret_encrypted=token)
             count += 1
-        audit_record(action="provider_key.reencrypt", actor=actor, target_type="billing.providerkey", data={"count": count})
+        audit_record(
+            action="provider_key.reencrypt", actor=actor, target_type="billing.providerkey", data={"count": count}
+        )
     logger.info("re-encrypted %d provider key secrets with the first encryption key", count)
     return count
 
@@ -442,7 +471,11 @@ _env_import_done = False
 
 def _env_import_one(provider: str, secret: str, base_url: str) -> str:
     with transaction.atomic():
-        existing = list(ProviderKey.objects.select_for_update().filter(provider=provider, origin=ProviderKey.Origin.ENV).order_by("created_at"))
+        existing = list(
+            ProviderKey.objects.select_for_update()
+            .filter(provider=provider, origin=ProviderKey.Origin.ENV)
+            .order_by("created_at")
+        )
         for key in existing:
             try:
                 same = hmac.compare_digest(secret_decrypt(key.secret_encrypted).encode(), secret.encode())
@@ -551,7 +584,9 @@ def key_choose(*, provider: str, exclude: Collection[uuid.UUID] = ()) -> KeyLeas
             logger.error("provider key %s cannot be decrypted with FIELD_ENCRYPTION_KEYS; skipped", row["name"])
             rows.remove(row)
             continue
-        return KeyLease(id=row["id"], name=row["name"], provider=row["provider"], base_url=row["base_url"], secret=secret)
+        return KeyLease(
+            id=row["id"], name=row["name"], provider=row["provider"], base_url=row["base_url"], secret=secret
+        )
     return None
 
 
@@ -583,7 +618,9 @@ def _cooldown(seconds: float) -> timedelta:
     return timedelta(seconds=min(max(seconds, 1.0), cap))
 
 
-def key_report_failure(*, key_id: uuid.UUID, kind: str, retry_after: float | None = None, attempt: int = 1) -> KeyFailureOutcome:
+def key_report_failure(
+    *, key_id: uuid.UUID, kind: str, retry_after: float | None = None, attempt: int = 1
+) -> KeyFailureOutcome:
     """Record how a call with this key failed and say what the turn does next. `kind` is a
     conversations.llm.base.ErrorKind value; `attempt` (1, 2, …) is the turn's attempt number and
     only lengthens the backoff."""
@@ -631,8 +668,19 @@ def key_report_failure(*, key_id: uuid.UUID, kind: str, retry_after: float | Non
             _audit("invalid", key, error_kind=kind.value)
             logger.warning("provider key %s was refused by %s (%s): marked invalid", key.name, key.provider, kind.value)
         elif key.health == Health.FAILING and was != Health.FAILING:
-            _audit("circuit_open", key, error_kind=kind.value, consecutive_failures=key.consecutive_failures, until=key.cooldown_until.isoformat())
-            logger.warning("provider key %s failed %d times in a row: out until %s", key.name, key.consecutive_failures, key.cooldown_until.isoformat())
+            _audit(
+                "circuit_open",
+                key,
+                error_kind=kind.value,
+                consecutive_failures=key.consecutive_failures,
+                until=key.cooldown_until.isoformat(),
+            )
+            logger.warning(
+                "provider key %s failed %d times in a row: out until %s",
+                key.name,
+                key.consecutive_failures,
+                key.cooldown_until.isoformat(),
+            )
         else:
             logger.info("provider key %s: %s", key.name, kind.value)
     return KeyFailureOutcome(retry=True, backoff=backoff)
@@ -649,6 +697,14 @@ def providers_with_usable_keys() -> set[str]:
     keys_ensure_imported()
     found = ProviderKey.objects.filter(state=State.ENABLED).exclude(health=Health.INVALID)
     return {"demo", *found.values_list("provider", flat=True).distinct()}
+
+
+def keys_by_name(*, name: str) -> ProviderKey:
+    """The key with exactly this name; ValidationError naming it when there is none."""
+    found = ProviderKey.objects.defer("secret_encrypted").filter(name=name.strip()).first()
+    if found is None:
+        raise _invalid("name", _("No provider key is named %(name)s.") % {"name": name.strip()})
+    return found
 
 
 def keys_needing_attention() -> list[ProviderKey]:
