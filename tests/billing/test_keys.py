@@ -47,7 +47,9 @@ def _no_env_keys(settings, monkeypatch):
 
 
 def add(name, *, priority=100, provider="openai", secret=None, **extra):
-    return keys.key_add(provider=provider, name=name, secret=secret or f"sk-{name}-0123456789abcdef", priority=priority, **extra)
+    return keys.key_add(
+        provider=provider, name=name, secret=secret or f"sk-{name}-0123456789abcdef", priority=priority, **extra
+    )
 
 
 def reload(key):
@@ -322,7 +324,13 @@ def test_every_key_operation_is_audited_without_the_secret():
     keys.key_disable(key_id=key.pk)
     keys.key_delete(key_id=key.pk)
     actions = list(AuditEvent.objects.order_by("created_at").values_list("action", flat=True))
-    assert actions == ["provider_key.add", "provider_key.update", "provider_key.state", "provider_key.state", "provider_key.delete"]
+    assert actions == [
+        "provider_key.add",
+        "provider_key.update",
+        "provider_key.state",
+        "provider_key.state",
+        "provider_key.delete",
+    ]
     update = AuditEvent.objects.get(action="provider_key.update")
     assert update.data["fields"] == ["priority", "secret"]
     for event in AuditEvent.objects.all():
@@ -454,7 +462,10 @@ def test_staff_with_key_rights_but_not_base_url_rights_cannot_set_a_base_url(mak
     assert reload(key).base_url == ""
     staff.user_permissions.add(Permission.objects.get(codename="set_providerkey_base_url"))
     staff = type(staff).objects.get(pk=staff.pk)
-    assert keys.key_update(key_id=key.pk, actor=staff, base_url="http://127.0.0.1:11434/v1").base_url == "http://127.0.0.1:11434/v1"
+    assert (
+        keys.key_update(key_id=key.pk, actor=staff, base_url="http://127.0.0.1:11434/v1").base_url
+        == "http://127.0.0.1:11434/v1"
+    )
 
 
 # --- keys from the environment ----------------------------------------------------------------
