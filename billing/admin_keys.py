@@ -187,9 +187,11 @@ class ProviderKeyAdmin(admin.ModelAdmin):
         for key in queryset.only("pk", "name"):
             result = keys.key_test(key_id=key.pk, actor=request.user)
             if result.ok:
-                self.message_user(request, gettext("%(name)s: works.") % {"name": key.name}, messages.SUCCESS)
+                self.message_user(
+                    request, gettext("Test of %(name)s: it works.") % {"name": key.name}, messages.SUCCESS
+                )
             else:
-                text = gettext("%(name)s: failed (%(kind)s) %(detail)s")
+                text = gettext("Test of %(name)s failed (%(kind)s). %(detail)s")
                 self.message_user(
                     request,
                     text % {"name": key.name, "kind": result.error_kind, "detail": result.detail},
