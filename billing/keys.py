@@ -106,6 +106,8 @@ class KeyLease:
     provider: str
     base_url: str
     secret: str = field(repr=False)
+    # Which secret this is (ProviderKey.secret_version); give it back to key_report_failure.
+    version: int = 0
 
 
 @dataclass(frozen=True)
@@ -363,8 +365,16 @@ def key_update(
                 continue
             if field_name == "secret":
                 key.secret_encrypted, key.secret_last4 = secret_encrypt(value), _last4(value)
+                key.secret_version += 1
                 key.health, key.cooldown_until, key.consecutive_failures = Health.HEALTHY, None, 0
-                changed += ["secret_encrypted", "secret_last4", "health", "cooldown_until", "consecutive_failures"]
+                changed += [
+                    "secret_encrypted",
+                    "secret_last4",
+                    "secret_version",
+                    "health",
+                    "cooldown_until",
+                    "consecutive_failures",
+                ]
             elif getattr(key, field_name) != value:
                 setattr(key, field_name, value)
                 changed.append(field_name)
@@ -570,7 +580,7 @@ def key_choose(*, provider: str, exclude: Collection[uuid.UUID] = ()) -> KeyLeas
         .filter(provider=provider)
         .exclude(pk__in=list(exclude))
         .order_by("-priority", "created_at", "pk")
-        .values("id", "name", "provider", "base_url", "secret_encrypted", "priority", "health")
+        .values("id", "name", "provider", "base_url", "secret_encrypted", "secret_version", "priority", "health")
     )
     while rows:
         top = [r for r in rows if r["priority"] == rows[0]["priority"]]
@@ -585,7 +595,12 @@ def key_choose(*, provider: str, exclude: Collection[uuid.UUID] = ()) -> KeyLeas
             rows.remove(row)
             continue
         return KeyLease(
-            id=row["id"], name=row["name"], provider=row["provider"], base_url=row["base_url"], secret=secret
+            id=row["id"],
+            name=row["name"],
+            provider=row["provider"],
+            base_url=row["base_url"],
+            secret=secret,
+            version=row["secret_version"],
         )
     return None
 
@@ -619,11 +634,12 @@ def _cooldown(seconds: float) -> timedelta:
 
 
 def key_report_failure(
-    *, key_id: uuid.UUID, kind: str, retry_after: float | None = None, attempt: int = 1
+    *, key_id: uuid.UUID, kind: str, retry_after: float | None = None, attempt: int = 1, version: int | None = None
 ) -> KeyFailureOutcome:
     """Record how a call with this key failed and say what the turn does next. `kind` is a
     conversations.llm.base.ErrorKind value; `attempt` (1, 2, …) is the turn's attempt number and
-    only lengthens the backoff."""
+    only lengthens the backoff; `version` is the lease's, so a refusal of a secret that has since
+    been replaced does not mark the new one invalid."""
     kind = ErrorKind(kind)  # ValueError for a kind nobody defined
     now = clock()
     if kind in (ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_TOO_LONG):
@@ -638,7 +654,9 @@ def key_report_failure(
         key.last_error_kind, key.last_used_at = kind.value, now
         fields = ["last_error_kind", "last_used_at"]
         backoff = 0.0
-        if kind == ErrorKind.AUTH:
+        if kind == ErrorKind.AUTH and version is not None and version != key.secret_version:
+            logger.info("provider key %s: refusal of its previous secret ignored", key.name)
+        elif kind == ErrorKind.AUTH:
             key.consecutive_failures += 1
             key.health, key.cooldown_until = Health.INVALID, None
             fields += ["consecutive_failures", "health", "cooldown_until"]

@@ -80,6 +80,9 @@ class ProviderKey(models.Model):
     # MultiFernet token of the secret; never plaintext. See billing.crypto.
     secret_encrypted = models.TextField(editable=False)
     secret_last4 = models.CharField(max_length=4, editable=False)
+    # Bumped when the secret is replaced, and carried by each KeyLease: a 401 from a call that
+    # still used the old secret must not mark the new one invalid.
+    secret_version = models.PositiveIntegerField(default=1, editable=False)
     base_url = models.CharField(max_length=300, blank=True)
     priority = models.IntegerField(default=100)
     state = models.CharField(max_length=16, choices=State.choices, default=State.ENABLED)

@@ -514,3 +514,16 @@ def test_a_refused_env_base_url_imports_nothing_and_says_why(settings, caplog):
     assert result["openai"].startswith("refused") and "metadata" in result["openai"]
     assert not ProviderKey.objects.exists()
     assert "sk-first" not in caplog.text
+
+
+def test_a_refusal_of_a_replaced_secret_does_not_mark_the_new_one_invalid():
+    a = add("a")
+    lease = keys.key_choose(provider="openai")
+    keys.key_update(key_id=a.pk, secret="sk-replacement-0123456789")
+    # The reply that still held the old secret is refused after the replacement.
+    keys.key_report_failure(key_id=lease.id, kind="auth", version=lease.version)
+    assert reload(a).health == Health.HEALTHY
+    fresh = keys.key_choose(provider="openai")
+    assert fresh.version == lease.version + 1
+    keys.key_report_failure(key_id=fresh.id, kind="auth", version=fresh.version)
+    assert reload(a).health == Health.INVALID
