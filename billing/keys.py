@@ -78,6 +78,7 @@ _METADATA_ADDRESSES = {
     ipaddress.ip_address("192.0.0.192"),  # Oracle Cloud (classic)
 }
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def clock() -> datetime:
@@ -187,8 +188,16 @@ def priority_validate(priority: Any) -> int:
 def _address_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str, bool] | None:
     """Why a base URL may not point at `address` and whether ALLOW_PRIVATE_BASE_URLS lifts
     that; None when it may."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        # An IPv4 address wrapped in IPv6 (mapped, NAT64, 6to4, Teredo) is judged as itself.
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif address in _NAT64:
+            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        elif address.sixtofour is not None:
+            address = address.sixtofour
+        elif address.teredo is not None:
+            address = address.teredo[1]
     if address.is_loopback:
         return None  # a model server on this machine (Ollama, llama.cpp, vLLM)
     if address.is_unspecified or address.is_multicast or (address.is_reserved and not address.is_private):
@@ -240,18 +249,18 @@ def base_url_validate(url: Any, *, allow_private: bool | None = None) -> str:
         literal = None
     if literal is not None:
         addresses = {literal}
-    elif host == "localhost" or host.endswith(".localhost"):
-        addresses = {ipaddress.ip_address("127.0.0.1")}  # RFC 6761: always loopback
     else:
         try:
             infos = socket.getaddrinfo(
                 host, port or (443 if parts.scheme.lower() == "https" else 80), proto=socket.IPPROTO_TCP
             )
+            # getaddrinfo also decodes odd spellings (2852039166, 0xa9fea9fe, 169.254.43518): every
+            # address it yields is checked, so none of them slips past as a "name".
+            addresses = {ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos}
         except (OSError, UnicodeError):
-            raise _invalid("base_url", _("The host %(host)s cannot be resolved.") % {"host": host}) from None
-        # getaddrinfo also decodes odd spellings (2852039166, 0xa9fea9fe, 169.254.43518): every
-        # address it yields is checked, so none of them slips past as a "name".
-        addresses = {ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos}
+            if host != "localhost" and not host.endswith(".localhost"):
+                raise _invalid("base_url", _("The host %(host)s cannot be resolved.") % {"host": host}) from None
+            addresses = {ipaddress.ip_address("127.0.0.1")}  # RFC 6761: localhost is loopback
     for address in sorted(addresses, key=str):
         found = _address_problem(address)
         if found is None or (found[1] and allow_private):

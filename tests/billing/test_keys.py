@@ -356,6 +356,12 @@ def test_every_key_operation_is_audited_without_the_secret():
         ("http://[::ffff:169.254.169.254]/", "metadata"),
         ("http://2852039166/", "metadata"),  # 169.254.169.254 spelled as one number
         ("http://0xa9fea9fe/", "metadata"),
+        ("http://[64:ff9b::a9fe:a9fe]/", "metadata"),  # NAT64
+        ("http://[2002:a9fe:a9fe::1]/", "metadata"),  # 6to4
+        ("http://[fe80::1%25eth0]/", "link-local"),
+        ("http://[fd12:3456::1]/", "private"),
+        ("http://192.168.1.20:11434/", "private"),
+        ("http://100.64.0.1/", "private"),
         ("http://10.1.2.3:11434/v1", "private"),
         ("http://0.0.0.0:8000/", "not an address"),
         ("http://does-not-exist.invalid/v1", "cannot be resolved"),
