@@ -28,10 +28,12 @@ import ipaddress
 import logging
 import random
 import socket
+import time
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -770,14 +772,51 @@ def _scrub(text: str, secret: str) -> str:
     return text[:300]
 
 
-async def _probe(lease: KeyLease, model: str, timeout: float) -> None:
+async def _probe(lease: KeyLease, model: str, timeout: float):
+    """Stream a one-token reply to completion; return the provider's Usage if it reported one."""
     from conversations import llm
-    from conversations.llm.base import ChatMessage, ChatRequest
+    from conversations.llm.base import ChatMessage, ChatRequest, Usage
 
+    usage = None
     request = ChatRequest(model=model, messages=[ChatMessage(role="user", content="ping")], max_tokens=1)
     async with asyncio.timeout(timeout):
-        async for _event in llm.get_adapter(lease.provider).stream(request, key=lease):
-            pass
+        async for event in llm.get_adapter(lease.provider).stream(request, key=lease):
+            if isinstance(event, Usage):
+                usage = event
+    return usage
+
+
+def _test_usage_record(*, key: ProviderKey, model: str, usage, ok: bool, error_kind: str, latency_ms: int) -> None:
+    """A key test is a provider call like any other: it goes in the ledger (no user), priced."""
+    from billing import ledger, prices
+
+    model_id = f"{key.provider}:{model}"
+    try:
+        price = prices.price_for(model_id=model_id)
+        tokens = {
+            "input_tokens": usage.input_tokens if usage else 0,
+            "output_tokens": usage.output_tokens if usage else 0,
+            "cached_tokens": usage.cached_tokens if usage else 0,
+        }
+        cost = prices.cost_of(price=price, **tokens) if price else Decimal(0)
+        ledger.usage_record(
+            user=None,
+            conversation_id=None,
+            message_id=None,
+            attempt=1,
+            provider=key.provider,
+            model=model_id,
+            key_id=key.pk,
+            cost=cost,
+            estimated=usage is None,
+            ttft_ms=None,
+            latency_ms=latency_ms,
+            outcome="ok" if ok else "error",
+            error_kind=error_kind,
+            **tokens,
+        )
+    except Exception as exc:  # noqa: BLE001 - the test's verdict stands even if its bookkeeping fails
+        logger.error("usage of the test of provider key %s not recorded: %s", key.name, type(exc).__name__)
 
 
 def key_test(*, key_id: uuid.UUID, actor=None) -> KeyTestResult:
@@ -789,13 +828,22 @@ def key_test(*, key_id: uuid.UUID, actor=None) -> KeyTestResult:
     _authorize(actor, "billing.change_providerkey")
     key = ProviderKey.objects.get(pk=key_id)
     result: KeyTestResult
-    secret = ""
+    secret, model, usage, started = "", "", None, None
     try:
         if key.base_url:
             base_url_validate(key.base_url)  # names can be re-pointed since the key was saved
         secret = secret_decrypt(key.secret_encrypted)
-        lease = KeyLease(id=key.pk, name=key.name, provider=key.provider, base_url=key.base_url, secret=secret)
-        async_to_sync(_probe)(lease, _test_model(key.provider), float(_setting("KEY_TEST_TIMEOUT", 20)))
+        lease = KeyLease(
+            id=key.pk,
+            name=key.name,
+            provider=key.provider,
+            base_url=key.base_url,
+            secret=secret,
+            version=key.secret_version,
+        )
+        model = _test_model(key.provider)
+        started = time.monotonic()
+        usage = async_to_sync(_probe)(lease, model, float(_setting("KEY_TEST_TIMEOUT", 20)))
     except ValidationError as exc:
         result = KeyTestResult(ok=False, error_kind="base_url", detail=" ".join(exc.messages))
     except SecretUndecryptable as exc:
@@ -809,12 +857,17 @@ def key_test(*, key_id: uuid.UUID, actor=None) -> KeyTestResult:
         result = KeyTestResult(ok=False, error_kind=ErrorKind.UNAVAILABLE.value, detail=type(exc).__name__)
     else:
         result = KeyTestResult(ok=True)
+    if started is not None:
+        latency_ms = int((time.monotonic() - started) * 1000)
+        _test_usage_record(
+            key=key, model=model, usage=usage, ok=result.ok, error_kind=result.error_kind, latency_ms=latency_ms
+        )
     if result.ok:
         ProviderKey.objects.filter(pk=key.pk).update(
             health=Health.HEALTHY, cooldown_until=None, consecutive_failures=0, last_used_at=clock()
         )
     elif result.error_kind in ErrorKind._value2member_map_:
-        key_report_failure(key_id=key.pk, kind=result.error_kind)
+        key_report_failure(key_id=key.pk, kind=result.error_kind, version=key.secret_version)
     _audit("test", key, actor, ok=result.ok, error_kind=result.error_kind)
     return result
 

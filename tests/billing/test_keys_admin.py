@@ -47,8 +47,11 @@ class FakeAdapter:
 @pytest.fixture
 def adapter(monkeypatch):
     fake = FakeAdapter()
+    fake.ledger = []
     monkeypatch.setattr("conversations.llm.get_adapter", lambda provider: fake)
     monkeypatch.setattr("billing.prices.prices_available", lambda: [])
+    monkeypatch.setattr("billing.prices.price_for", lambda *, model_id, at=None: None)
+    monkeypatch.setattr("billing.ledger.usage_record", lambda **row: fake.ledger.append(row))
     return fake
 
 
@@ -174,6 +177,10 @@ def test_the_test_action_makes_a_one_token_call(admin_client, adapter):
     response = admin_client.post(CHANGELIST, {"action": "test_keys", "_selected_action": [key.pk]}, follow=True)
     assert "Test of main: it works." in response.content.decode()
     assert adapter.calls == [{"model": "gpt-4o-mini", "max_tokens": 1, "key": "main"}]
+    # The call is in the ledger like any other: no user, this key, the provider's token counts.
+    [row] = adapter.ledger
+    assert (row["user"], row["key_id"], row["model"], row["outcome"]) == (None, key.pk, "openai:gpt-4o-mini", "ok")
+    assert (row["input_tokens"], row["output_tokens"], row["estimated"]) == (1, 1, False)
     key.refresh_from_db()
     assert key.health == "healthy"  # an administrator's successful test revives an invalid key
     assert AuditEvent.objects.filter(action="provider_key.test", data__ok=True).exists()
@@ -184,6 +191,7 @@ def test_the_test_action_reports_a_refused_key(admin_client, adapter):
     key = keys.key_add(provider="openai", name="main", secret=SECRET)
     response = admin_client.post(CHANGELIST, {"action": "test_keys", "_selected_action": [key.pk]}, follow=True)
     assert "Test of main failed (auth)" in response.content.decode()
+    assert [(r["outcome"], r["error_kind"]) for r in adapter.ledger] == [("error", "auth")]
     key.refresh_from_db()
     assert key.health == "invalid"
 
