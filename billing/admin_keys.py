@@ -167,6 +167,7 @@ class ProviderKeyAdmin(admin.ModelAdmin):
             keys.key_delete(key_id=key_id, actor=request.user)
 
     def changelist_view(self, request, extra_context=None):
+        keys.keys_ensure_imported()  # so keys from the environment are listed before first use
         if request.method == "GET":
             for key in keys.keys_needing_attention():
                 if key.health == ProviderKey.Health.INVALID:

@@ -17,6 +17,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
 logger = logging.getLogger(__name__)
@@ -90,3 +91,14 @@ def secret_reencrypt(token: str) -> str:
         return fernet().rotate(token.encode("ascii")).decode("ascii")
     except InvalidToken:
         raise SecretUndecryptable("no configured FIELD_ENCRYPTION_KEYS entry can decrypt this secret") from None
+
+
+@checks.register(checks.Tags.security)
+def check_field_encryption_keys(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """A malformed FIELD_ENCRYPTION_KEYS stops the site at start (every command runs the checks)
+    rather than at the first provider call. Registered when billing's admin loads this module."""
+    try:
+        fernet()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="billing.E001")]
+    return []
