@@ -314,6 +314,10 @@ def key_add(
     """Store a new enabled key. Raises ValidationError (field -> messages) or PermissionDenied;
     nothing is written then."""
     _authorize(actor, "billing.add_providerkey")
+    if isinstance(base_url, str) and base_url.strip():
+        # Before validating it: checking a URL resolves its host, which is already a reach into
+        # the network that only base-URL holders may make.
+        _authorize(actor, "billing.set_providerkey_base_url")
     errors: dict[str, list[str]] = {}
     cleaned: dict[str, Any] = {}
     for field_name, check, value in (
@@ -329,8 +333,6 @@ def key_add(
             errors.update(exc.message_dict)
     if errors:
         raise ValidationError(errors)
-    if cleaned["base_url"]:
-        _authorize(actor, "billing.set_providerkey_base_url")
     secret = cleaned.pop("secret")
     key = ProviderKey(**cleaned, secret_encrypted=secret_encrypt(secret), secret_last4=_last4(secret), origin=origin)
     key.full_clean()
@@ -359,6 +361,8 @@ def key_update(
     _authorize(actor, "billing.change_providerkey")
     with transaction.atomic():
         key = ProviderKey.objects.select_for_update().get(pk=key_id)
+        if base_url is not None and (not isinstance(base_url, str) or base_url.strip().rstrip("/") != key.base_url):
+            _authorize(actor, "billing.set_providerkey_base_url")  # before resolving the host
         errors: dict[str, list[str]] = {}
         changed: list[str] = []
         for field_name, check, value in (
@@ -391,8 +395,6 @@ def key_update(
                 changed.append(field_name)
         if errors:
             raise ValidationError(errors)
-        if "base_url" in changed:
-            _authorize(actor, "billing.set_providerkey_base_url")
         if changed:
             key.full_clean()
             key.save(update_fields=changed)
