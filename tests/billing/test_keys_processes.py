@@ -32,6 +32,14 @@ def _database_url() -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
+def _encryption_keys() -> str:
+    """This process's keys, spelled out (as a deployment sets them), so the other process can
+    read what this one wrote without deriving (and warning about) a key of its own."""
+    from billing.crypto import _configured_keys
+
+    return ",".join(_configured_keys())
+
+
 def other_process(code: str) -> str:
     """Run `code` in a fresh interpreter on the same database and cache; return its stdout."""
     env = {k: v for k, v in os.environ.items() if k not in {"OPENAI_API_KEY", "ANTHROPIC_API_KEY"}}
@@ -40,7 +48,7 @@ def other_process(code: str) -> str:
     )
     if settings.REDIS_URL:
         env["REDIS_URL"] = settings.REDIS_URL
-    env["FIELD_ENCRYPTION_KEYS"] = ",".join(settings.FIELD_ENCRYPTION_KEYS)
+    env["FIELD_ENCRYPTION_KEYS"] = _encryption_keys()
     prelude = "import django; django.setup(); from billing import keys; from billing.models import ProviderKey\n"
     result = subprocess.run(
         [sys.executable, "-c", prelude + code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
@@ -101,7 +109,9 @@ def test_a_separate_cache_client_reads_the_same_spread_counter(needs_redis):
 def test_a_duplicate_name_from_the_real_command_exits_non_zero_and_changes_nothing():
     add("main")
     env = {k: v for k, v in os.environ.items() if k not in {"OPENAI_API_KEY", "ANTHROPIC_API_KEY"}}
-    env.update({"DATABASE_URL": _database_url(), "PYTHONWARNINGS": "ignore"})
+    env.update(
+        {"DATABASE_URL": _database_url(), "PYTHONWARNINGS": "ignore", "FIELD_ENCRYPTION_KEYS": _encryption_keys()}
+    )
     result = subprocess.run(
         [sys.executable, "manage.py", "add_provider_key", "--provider", "openai", "--name", "main", "--key", "-"],
         cwd=ROOT,
@@ -115,3 +125,23 @@ def test_a_duplicate_name_from_the_real_command_exits_non_zero_and_changes_nothi
     assert result.stderr.strip().count("\n") == 0 and "already exists" in result.stderr
     assert "sk-second-canary" not in result.stdout + result.stderr
     assert ProviderKey.objects.count() == 1
+
+
+def test_concurrent_failure_reports_are_all_counted():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import close_old_connections
+
+    a = add("a")
+
+    def report(_):
+        try:
+            keys.key_report_failure(key_id=a.pk, kind="unavailable")
+        finally:
+            close_old_connections()
+
+    # Each thread has its own database connection: the row lock serialises the read-modify-write.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(report, range(8)))
+    row = ProviderKey.objects.get(pk=a.pk)
+    assert row.consecutive_failures == 8 and row.health == "failing"
