@@ -235,3 +235,26 @@ def test_the_health_check_refuses_a_base_url_that_now_resolves_somewhere_forbidd
     )
     result = keys.key_test(key_id=key.pk)
     assert not result.ok and result.error_kind == "base_url" and adapter.calls == []
+
+
+def test_a_crash_while_saving_keeps_the_secret_out_of_the_error_report(admin_user, monkeypatch, settings):
+    import sys
+
+    from django.test import Client
+    from django.views.debug import ExceptionReporter
+
+    def crash(**kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(keys, "key_add", crash)
+    client = Client(raise_request_exception=False)
+    client.force_login(admin_user)
+    response = client.post(ADD, form_data())
+    assert response.status_code == 500
+    request = response.wsgi_request
+    assert request.sensitive_post_parameters == ("secret",)
+    try:
+        raise RuntimeError("the database went away")
+    except RuntimeError:
+        report = ExceptionReporter(request, *sys.exc_info()).get_traceback_text()
+    assert "main" in report and SECRET not in report  # the form was there; its secret was not
