@@ -12,6 +12,7 @@ from accounts.models import AuditEvent
 from billing import keys
 from billing.crypto import secret_decrypt
 from billing.models import ProviderKey
+from tests.billing.keys_support import no_env_keys  # noqa: F401 - autouse
 
 pytestmark = pytest.mark.django_db
 
@@ -36,14 +37,6 @@ def clock(monkeypatch):
     c = Clock()
     monkeypatch.setattr(keys, "clock", c)
     return c
-
-
-@pytest.fixture(autouse=True)
-def _no_env_keys(settings, monkeypatch):
-    # The developer's own OPENAI_API_KEY must not leak into these tests.
-    settings.OPENAI_API_KEY = settings.ANTHROPIC_API_KEY = ""
-    settings.OPENAI_BASE_URL = settings.ANTHROPIC_BASE_URL = ""
-    monkeypatch.setattr(keys, "_env_import_done", False)
 
 
 def add(name, *, priority=100, provider="openai", secret=None, **extra):

@@ -12,6 +12,7 @@ from billing import keys
 from billing.crypto import secret_decrypt
 from billing.models import ProviderKey
 from conversations.llm.base import ErrorKind, Finish, ProviderError, TextDelta, Usage
+from tests.billing.keys_support import no_env_keys  # noqa: F401 - autouse
 
 pytestmark = pytest.mark.django_db
 SECRET = "sk-admin-canary-0123456789wxyz"
@@ -21,12 +22,6 @@ ADD = reverse("admin:billing_providerkey_add")
 
 def change_url(key):
     return reverse("admin:billing_providerkey_change", args=[key.pk])
-
-
-@pytest.fixture(autouse=True)
-def _no_env_keys(settings, monkeypatch):
-    settings.OPENAI_API_KEY = settings.ANTHROPIC_API_KEY = ""
-    monkeypatch.setattr(keys, "_env_import_done", False)
 
 
 class FakeAdapter:

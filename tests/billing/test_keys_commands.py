@@ -12,20 +12,13 @@ from cryptography.fernet import Fernet
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from billing import keys
 from billing.crypto import secret_decrypt
 from billing.models import ProviderKey
+from tests.billing.keys_support import no_env_keys  # noqa: F401 - autouse
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sk-command-canary-0123456789abcdef"
-
-
-@pytest.fixture(autouse=True)
-def _no_env_keys(settings, monkeypatch):
-    settings.OPENAI_API_KEY = settings.ANTHROPIC_API_KEY = ""
-    settings.OPENAI_BASE_URL = settings.ANTHROPIC_BASE_URL = ""
-    monkeypatch.setattr(keys, "_env_import_done", False)
 
 
 def run(*args, stdin=None):

@@ -13,15 +13,10 @@ from django.db import connection
 
 from billing import keys
 from billing.models import ProviderKey
+from tests.billing.keys_support import no_env_keys  # noqa: F401 - autouse
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _no_env_keys(settings, monkeypatch):
-    settings.OPENAI_API_KEY = settings.ANTHROPIC_API_KEY = ""
-    monkeypatch.setattr(keys, "_env_import_done", False)
 
 
 def _database_url() -> str:

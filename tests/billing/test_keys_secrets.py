@@ -21,6 +21,7 @@ from accounts.models import AuditEvent
 from billing import keys
 from billing.models import ProviderKey
 from conversations.llm.base import ErrorKind, ProviderError
+from tests.billing.keys_support import no_env_keys  # noqa: F401 - autouse
 
 pytestmark = pytest.mark.django_db
 CANARIES = ["pk-canary-7f3a9c2e41d8b6aa", "pk-canary-second-55e0c1d9f2", "pk-canary-env-0b9d8e7f6a5c"]
@@ -79,8 +80,6 @@ class LeakyAdapter:
 
 
 def test_a_canary_secret_never_leaks(every_log_record, admin_client, settings, monkeypatch):
-    settings.OPENAI_API_KEY = settings.ANTHROPIC_API_KEY = ""
-    monkeypatch.setattr(keys, "_env_import_done", False)
     adapter = LeakyAdapter()
     monkeypatch.setattr("conversations.llm.get_adapter", lambda provider: adapter)
     monkeypatch.setattr("billing.prices.prices_available", lambda: [])
