@@ -94,6 +94,11 @@ def _setting(name: str, default: Any) -> Any:
     return getattr(settings, name, default)
 
 
+def _seconds(name: str, default: float) -> float:
+    """A duration setting in seconds (durations only: money here is never a float)."""
+    return float(_setting(name, default))
+
+
 # --------------------------------------------------------------------------------------------
 # What the turn gets and gives back
 # --------------------------------------------------------------------------------------------
@@ -451,7 +456,7 @@ def keys_finish_draining(*, now: datetime | None = None) -> int:
     """Disable keys that have drained long enough for every reply that could hold their lease
     to have ended (the longest a reply may run, plus a margin). Returns how many."""
     now = now or clock()
-    grace = timedelta(seconds=float(_setting("KEY_DRAIN_SECONDS", float(_setting("LLM_TOTAL_TIMEOUT", 600.0)) + 60)))
+    grace = timedelta(seconds=_seconds("KEY_DRAIN_SECONDS", _seconds("LLM_TOTAL_TIMEOUT", 600) + 60))
     done = 0
     for key_id in ProviderKey.objects.filter(state=State.DRAINING, state_changed_at__lte=now - grace).values_list(
         "pk", flat=True
@@ -642,7 +647,7 @@ def key_report_success(*, key_id: uuid.UUID) -> None:
 
 
 def _cooldown(seconds: float) -> timedelta:
-    cap = float(_setting("KEY_MAX_COOLDOWN", 3600))
+    cap = _seconds("KEY_MAX_COOLDOWN", 3600)
     return timedelta(seconds=min(max(seconds, 1.0), cap))
 
 
@@ -674,7 +679,7 @@ def key_report_failure(
             key.health, key.cooldown_until = Health.INVALID, None
             fields += ["consecutive_failures", "health", "cooldown_until"]
         elif kind == ErrorKind.RATE_LIMITED:
-            seconds = retry_after if retry_after and retry_after > 0 else float(_setting("KEY_RATE_LIMIT_COOLDOWN", 60))
+            seconds = retry_after if retry_after and retry_after > 0 else _seconds("KEY_RATE_LIMIT_COOLDOWN", 60)
             until = now + _cooldown(seconds)
             if was != Health.INVALID:
                 key.cooldown_until = max(until, key.cooldown_until) if key.cooldown_until else until
@@ -687,11 +692,11 @@ def key_report_failure(
             threshold = int(_setting("KEY_FAILURE_THRESHOLD", 3))
             if was != Health.INVALID and key.consecutive_failures >= threshold:
                 # Each failure past the threshold doubles the time out (capped).
-                base = float(_setting("KEY_CIRCUIT_COOLDOWN", 60))
+                base = _seconds("KEY_CIRCUIT_COOLDOWN", 60)
                 key.health = Health.FAILING
                 key.cooldown_until = now + _cooldown(base * 2 ** min(key.consecutive_failures - threshold, 16))
                 fields += ["health", "cooldown_until"]
-            base_backoff = float(_setting("KEY_RETRY_BACKOFF", 0.25))
+            base_backoff = _seconds("KEY_RETRY_BACKOFF", 0.25)
             # Jitter keeps several turns that failed together from retrying in lockstep.
             backoff = min(base_backoff * 2 ** max(attempt - 1, 0), 4 * base_backoff) * random.uniform(0.5, 1.0)  # noqa: S311
         key.save(update_fields=fields)
@@ -845,7 +850,7 @@ def key_test(*, key_id: uuid.UUID, actor=None) -> KeyTestResult:
         )
         model = _test_model(key.provider)
         started = time.monotonic()
-        usage = async_to_sync(_probe)(lease, model, float(_setting("KEY_TEST_TIMEOUT", 20)))
+        usage = async_to_sync(_probe)(lease, model, _seconds("KEY_TEST_TIMEOUT", 20))
     except ValidationError as exc:
         result = KeyTestResult(ok=False, error_kind="base_url", detail=" ".join(exc.messages))
     except SecretUndecryptable as exc:
