@@ -1,13 +1,107 @@
-"""Provider keys: choosing one for a call, and hearing how the call went. (Issue 5 owns this.)
+"""Provider keys: the vault (add, change, drain, disable, re-encrypt, import from the environment)
+and the key-state machine the turn drives (choose a key, hear how the call went).
 
-INTERFACE STUB: signatures agreed between the turn and the key vault; the bodies are the keys
-work's to write."""
+State lives in the database (health, cooldown, failure count: every process reads the same row)
+and in the cache (the round-robin counter that spreads calls over keys of equal priority; on
+Redis every process shares it). Nothing is kept in a process's memory that another one needs.
+
+The state machine, driven by `key_report_failure(kind=...)`:
+  rate_limited      -> cooling_down until now + Retry-After (else KEY_RATE_LIMIT_COOLDOWN); skipped
+                       by key_choose until then; try the next key now.
+  unavailable/timeout -> consecutive_failures + 1; from KEY_FAILURE_THRESHOLD on, the circuit opens:
+                       failing until now + a cooldown that doubles with each further failure. After
+                       it the key is tried again ("half-open"); one success closes the circuit, one
+                       more failure reopens it. Try the next key after a short jittered backoff.
+  auth              -> invalid: never chosen again until an administrator replaces its secret or a
+                       "test key" succeeds; audited, and listed by keys_needing_attention().
+  bad_request/context_too_long -> the user's request: the key is fine, nothing is retried.
+
+Secrets: decrypted only into a KeyLease handed to the provider call; never logged, printed,
+returned by a service other than key_choose, or written to the audit log.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import ipaddress
+import logging
+import random
+import socket
+import time
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.core.cache import cache
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Case, F, Q, Value, When
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from accounts.audit import audit_record
+from conversations.llm.base import ErrorKind
+
+from .crypto import SecretUndecryptable, secret_decrypt, secret_encrypt, secret_reencrypt
+from .models import ProviderKey
+
+logger = logging.getLogger(__name__)
+
+State = ProviderKey.State
+Health = ProviderKey.Health
+KEY_PROVIDERS = ("openai", "anthropic")
+# Only for deciding whether showing the last four characters gives too much away.
+_LAST4_MIN_LENGTH = 12
+_SECRET_MAX_LENGTH = 4096
+_NAME_MAX_LENGTH = ProviderKey._meta.get_field("name").max_length
+_URL_MAX_LENGTH = ProviderKey._meta.get_field("base_url").max_length
+PRIORITY_RANGE = (-1_000_000, 1_000_000)
+
+# Cloud metadata endpoints by name and by address. They are link-local or private anyway, but
+# named here so the refusal says what they are, and so a setting can never forget one.
+_METADATA_HOSTS = {
+    "metadata.google.internal",
+    "metadata.goog",
+    "metadata",
+    "instance-data",
+    "instance-data.ec2.internal",
+}
+_METADATA_ADDRESSES = {
+    ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack
+    ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
+    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+    ipaddress.ip_address("192.0.0.192"),  # Oracle Cloud (classic)
+}
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def clock() -> datetime:
+    """Now. Tests replace it (monkeypatch billing.keys.clock) to move time without sleeping."""
+    return timezone.now()
+
+
+def _setting(name: str, default: Any) -> Any:
+    # These tunables have defaults here so the key work does not depend on settings.py edits;
+    # the lead may expose them as environment variables.
+    return getattr(settings, name, default)
+
+
+def _seconds(name: str, default: float) -> float:
+    """A duration setting in seconds (durations only: money here is never a float)."""
+    return float(_setting(name, default))
+
+
+# --------------------------------------------------------------------------------------------
+# What the turn gets and gives back
+# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -20,22 +114,784 @@ class KeyLease:
     provider: str
     base_url: str
     secret: str = field(repr=False)
+    # Which secret this is (ProviderKey.secret_version); give it back to key_report_failure.
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class KeyFailureOutcome:
+    """What the failover loop does next: try another key (after `backoff` seconds), or stop
+    because the failure is the request's own (a 400)."""
+
+    retry: bool
+    backoff: float = 0.0
+
+
+@dataclass(frozen=True)
+class KeyTestResult:
+    ok: bool
+    error_kind: str = ""
+    detail: str = ""  # safe to show: never the secret
+
+
+# --------------------------------------------------------------------------------------------
+# Validation (every service calls these; admin forms call them for field-level errors)
+# --------------------------------------------------------------------------------------------
+
+
+def _invalid(field_name: str, message: str) -> ValidationError:
+    return ValidationError({field_name: [message]})
+
+
+def provider_validate(provider: Any) -> str:
+    if provider not in KEY_PROVIDERS:
+        raise _invalid(
+            "provider", _("Unknown provider: choose one of %(choices)s.") % {"choices": ", ".join(KEY_PROVIDERS)}
+        )
+    return provider
+
+
+def name_validate(name: Any, *, exclude_id: uuid.UUID | None = None) -> str:
+    name = name.strip() if isinstance(name, str) else ""
+    if not name:
+        raise _invalid("name", _("A key needs a name."))
+    if len(name) > _NAME_MAX_LENGTH or not name.isprintable():
+        raise _invalid("name", _("A key name is at most %(n)d printable characters.") % {"n": _NAME_MAX_LENGTH})
+    taken = ProviderKey.objects.filter(name__iexact=name)
+    if exclude_id is not None:
+        taken = taken.exclude(pk=exclude_id)
+    if taken.exists():
+        raise _invalid("name", _("A provider key with this name already exists."))
+    return name
+
+
+def secret_validate(secret: Any) -> str:
+    """The secret, stripped. Messages never repeat any of it."""
+    secret = secret.strip() if isinstance(secret, str) else ""
+    if not secret:
+        raise _invalid("secret", _("The secret is empty."))
+    if len(secret) > _SECRET_MAX_LENGTH:
+        raise _invalid("secret", _("The secret is too long."))
+    # It travels in an HTTP header: printable ASCII with no spaces, or the call would fail later.
+    if not all("!" <= ch <= "~" for ch in secret):
+        raise _invalid("secret", _("The secret may hold only printable ASCII characters without spaces."))
+    return secret
+
+
+def priority_validate(priority: Any) -> int:
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]
+    ):
+        raise _invalid(
+            "priority",
+            _("Priority is a whole number between %(lo)d and %(hi)d.")
+            % {"lo": PRIORITY_RANGE[0], "hi": PRIORITY_RANGE[1]},
+        )
+    return priority
+
+
+def _address_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str, bool] | None:
+    """Why a base URL may not point at `address` and whether ALLOW_PRIVATE_BASE_URLS lifts
+    that; None when it may."""
+    if isinstance(address, ipaddress.IPv6Address):
+        # An IPv4 address wrapped in IPv6 (mapped, NAT64, 6to4, Teredo) is judged as itself.
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif address in _NAT64:
+            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        elif address.sixtofour is not None:
+            address = address.sixtofour
+        elif address.teredo is not None:
+            address = address.teredo[1]
+    if address.is_loopback:
+        return None  # a model server on this machine (Ollama, llama.cpp, vLLM)
+    if address.is_unspecified or address.is_multicast or (address.is_reserved and not address.is_private):
+        return _("%(addr)s is not an address a model server can have.") % {"addr": address}, False
+    if address in _METADATA_ADDRESSES:
+        return _("%(addr)s is a cloud metadata address.") % {"addr": address}, True
+    if address.is_link_local:
+        return _("%(addr)s is a link-local address.") % {"addr": address}, True
+    if address.is_private or address in _CGNAT:
+        return _("%(addr)s is a private network address.") % {"addr": address}, True
+    return None
+
+
+def base_url_validate(url: Any, *, allow_private: bool | None = None) -> str:
+    """The base URL, normalised ("" for none). http/https only, no credentials, and a host that
+    is (or resolves only to) a public address or loopback; link-local, metadata and private
+    addresses only with ALLOW_PRIVATE_BASE_URLS=true. A name that does not resolve is refused."""
+    if url is None:
+        return ""
+    if not isinstance(url, str):
+        raise _invalid("base_url", _("The base URL must be text."))
+    url = url.strip()
+    if not url:
+        return ""
+    if allow_private is None:
+        allow_private = bool(_setting("ALLOW_PRIVATE_BASE_URLS", False))
+    hint = " " + _("Set ALLOW_PRIVATE_BASE_URLS=true to allow it.")
+    if len(url) > _URL_MAX_LENGTH or not url.isprintable() or any(ch.isspace() for ch in url):
+        raise _invalid("base_url", _("The base URL is too long or holds spaces or control characters."))
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise _invalid("base_url", _("The base URL cannot be parsed.")) from None
+    if parts.scheme.lower() not in {"http", "https"}:
+        raise _invalid("base_url", _("The base URL must start with http:// or https://."))
+    if "@" in parts.netloc or parts.username is not None or parts.password is not None:
+        raise _invalid("base_url", _("The base URL must not hold credentials; the key is the credential."))
+    if parts.fragment or parts.query:
+        raise _invalid("base_url", _("The base URL must not have a query or a fragment."))
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host:
+        raise _invalid("base_url", _("The base URL has no host."))
+    if host in _METADATA_HOSTS and not allow_private:
+        raise _invalid("base_url", _("%(host)s is a cloud metadata service.") % {"host": host} + hint)
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addresses = {literal}
+    else:
+        try:
+            infos = socket.getaddrinfo(
+                host, port or (443 if parts.scheme.lower() == "https" else 80), proto=socket.IPPROTO_TCP
+            )
+            # getaddrinfo also decodes odd spellings (2852039166, 0xa9fea9fe, 169.254.43518): every
+            # address it yields is checked, so none of them slips past as a "name".
+            addresses = {ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos}
+        except (OSError, UnicodeError):
+            if host != "localhost" and not host.endswith(".localhost"):
+                raise _invalid("base_url", _("The host %(host)s cannot be resolved.") % {"host": host}) from None
+            addresses = {ipaddress.ip_address("127.0.0.1")}  # RFC 6761: localhost is loopback
+    for address in sorted(addresses, key=str):
+        found = _address_problem(address)
+        if found is None or (found[1] and allow_private):
+            continue
+        problem, liftable = found
+        if literal is None:
+            problem = _("%(host)s resolves to a refused address: %(problem)s") % {"host": host, "problem": problem}
+        raise _invalid("base_url", problem + (hint if liftable else ""))
+    return parts.geturl().rstrip("/")
+
+
+def _authorize(actor, permission: str) -> None:
+    """None is the system or the operator at the shell (management commands, startup import).
+    A user must hold the permission; entry points check first, this is the second lock."""
+    if actor is None:
+        return
+    if not (getattr(actor, "is_active", False) and getattr(actor, "is_staff", False) and actor.has_perm(permission)):
+        raise PermissionDenied(_("You may not manage provider keys."))
+
+
+def _last4(secret: str) -> str:
+    return secret[-4:] if len(secret) >= _LAST4_MIN_LENGTH else ""
+
+
+def _audit(action: str, key: ProviderKey, actor=None, **data: Any) -> None:
+    audit_record(
+        action=f"provider_key.{action}",
+        actor=actor,
+        target=key,
+        data={"name": key.name, "provider": key.provider, **data},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The vault: services that change keys
+# --------------------------------------------------------------------------------------------
+
+
+def key_add(
+    *,
+    provider: str,
+    name: str,
+    secret: str,
+    base_url: str = "",
+    priority: int = 100,
+    actor=None,
+    origin: str = ProviderKey.Origin.MANUAL,
+) -> ProviderKey:
+    """Store a new enabled key. Raises ValidationError (field -> messages) or PermissionDenied;
+    nothing is written then."""
+    _authorize(actor, "billing.add_providerkey")
+    if isinstance(base_url, str) and base_url.strip():
+        # Before validating it: checking a URL resolves its host, which is already a reach into
+        # the network that only base-URL holders may make.
+        _authorize(actor, "billing.set_providerkey_base_url")
+    errors: dict[str, list[str]] = {}
+    cleaned: dict[str, Any] = {}
+    for field_name, check, value in (
+        ("provider", provider_validate, provider),
+        ("name", name_validate, name),
+        ("secret", secret_validate, secret),
+        ("priority", priority_validate, priority),
+        ("base_url", base_url_validate, base_url),
+    ):
+        try:
+            cleaned[field_name] = check(value)
+        except ValidationError as exc:
+            errors.update(exc.message_dict)
+    if errors:
+        raise ValidationError(errors)
+    secret = cleaned.pop("secret")
+    key = ProviderKey(**cleaned, secret_encrypted=secret_encrypt(secret), secret_last4=_last4(secret), origin=origin)
+    key.full_clean()
+    try:
+        with transaction.atomic():
+            key.save(force_insert=True)
+            _audit("add", key, actor, priority=key.priority, base_url=bool(key.base_url), origin=origin)
+    except IntegrityError:
+        # Two adds racing for one name: the loser gets the same answer as a sequential duplicate.
+        raise _invalid("name", _("A provider key with this name already exists.")) from None
+    logger.info("provider key %s added (%s)", key.name, key.provider)
+    return key
+
+
+def key_update(
+    *,
+    key_id: uuid.UUID,
+    actor=None,
+    name: str | None = None,
+    base_url: str | None = None,
+    priority: int | None = None,
+    secret: str | None = None,
+) -> ProviderKey:
+    """Change what was given (None = keep). A new secret makes the key healthy again: whatever
+    made it invalid or cool down belonged to the old one."""
+    _authorize(actor, "billing.change_providerkey")
+    with transaction.atomic():
+        key = ProviderKey.objects.select_for_update().get(pk=key_id)
+        if base_url is not None and (not isinstance(base_url, str) or base_url.strip().rstrip("/") != key.base_url):
+            _authorize(actor, "billing.set_providerkey_base_url")  # before resolving the host
+        errors: dict[str, list[str]] = {}
+        changed: list[str] = []
+        for field_name, check, value in (
+            ("name", lambda v: name_validate(v, exclude_id=key.pk), name),
+            ("priority", priority_validate, priority),
+            ("base_url", base_url_validate, base_url),
+            ("secret", secret_validate, secret),
+        ):
+            if value is None:
+                continue
+            try:
+                value = check(value)
+            except ValidationError as exc:
+                errors.update(exc.message_dict)
+                continue
+            if field_name == "secret":
+                key.secret_encrypted, key.secret_last4 = secret_encrypt(value), _last4(value)
+                key.secret_version += 1
+                key.health, key.cooldown_until, key.consecutive_failures = Health.HEALTHY, None, 0
+                changed += [
+                    "secret_encrypted",
+                    "secret_last4",
+                    "secret_version",
+                    "health",
+                    "cooldown_until",
+                    "consecutive_failures",
+                ]
+            elif getattr(key, field_name) != value:
+                setattr(key, field_name, value)
+                changed.append(field_name)
+        if errors:
+            raise ValidationError(errors)
+        if changed:
+            key.full_clean()
+            key.save(update_fields=changed)
+            shown = sorted(
+                {"secret" if f.startswith("secret") else f for f in changed}
+                - {"health", "cooldown_until", "consecutive_failures"}
+            )
+            _audit("update", key, actor, fields=shown)
+    return key
+
+
+def key_set_state(*, key_id: uuid.UUID, state: str, actor=None) -> ProviderKey:
+    """enabled, draining (no new calls; replies in flight keep their lease and finish) or
+    disabled. Idempotent: setting the state a key already has writes nothing."""
+    _authorize(actor, "billing.change_providerkey")
+    if state not in State.values:
+        raise _invalid("state", _("Unknown key state."))
+    with transaction.atomic():
+        key = ProviderKey.objects.select_for_update().get(pk=key_id)
+        if key.state == state:
+            return key
+        previous, key.state, key.state_changed_at = key.state, state, clock()
+        key.save(update_fields=["state", "state_changed_at"])
+        _audit("state", key, actor, previous=previous, state=state)
+    logger.info("provider key %s is now %s", key.name, state)
+    return key
+
+
+def key_set_draining(*, key_id: uuid.UUID, actor=None) -> ProviderKey:
+    return key_set_state(key_id=key_id, state=State.DRAINING, actor=actor)
+
+
+def key_enable(*, key_id: uuid.UUID, actor=None) -> ProviderKey:
+    return key_set_state(key_id=key_id, state=State.ENABLED, actor=actor)
+
+
+def key_disable(*, key_id: uuid.UUID | None = None, name: str | None = None, actor=None) -> ProviderKey:
+    """Disable by id or by exact name (the command's way). ValidationError for an unknown name."""
+    if key_id is None:
+        key_id = keys_by_name(name=name or "").pk
+    return key_set_state(key_id=key_id, state=State.DISABLED, actor=actor)
+
+
+def key_delete(*, key_id: uuid.UUID, actor=None) -> None:
+    """Usage records keep their numbers; their key link becomes empty (SET_NULL)."""
+    _authorize(actor, "billing.delete_providerkey")
+    with transaction.atomic():
+        key = ProviderKey.objects.select_for_update().get(pk=key_id)
+        _audit("delete", key, actor)
+        key.delete()
+
+
+def keys_finish_draining(*, now: datetime | None = None) -> int:
+    """Disable keys that have drained long enough for every reply that could hold their lease
+    to have ended (the longest a reply may run, plus a margin). Returns how many."""
+    now = now or clock()
+    grace = timedelta(seconds=_seconds("KEY_DRAIN_SECONDS", _seconds("LLM_TOTAL_TIMEOUT", 600) + 60))
+    done = 0
+    for key_id in ProviderKey.objects.filter(state=State.DRAINING, state_changed_at__lte=now - grace).values_list(
+        "pk", flat=True
+    ):
+        key_set_state(key_id=key_id, state=State.DISABLED)
+        done += 1
+    return done
+
+
+def key_rotate_encryption(*, actor=None) -> int:
+    """Re-encrypt every stored secret with the first FIELD_ENCRYPTION_KEYS entry, all or none
+    (one transaction), so the other entries can be retired. Raises SecretUndecryptable naming
+    the key no configured entry can open. Returns how many secrets were re-encrypted."""
+    _authorize(actor, "billing.change_providerkey")
+    count = 0
+    with transaction.atomic():
+        for key in ProviderKey.objects.select_for_update().order_by("pk").only("pk", "name", "secret_encrypted"):
+            try:
+                token = secret_reencrypt(key.secret_encrypted)
+            except SecretUndecryptable:
+                raise SecretUndecryptable(
+                    f"provider key {key.name!r} cannot be decrypted with any configured key"
+                ) from None
+            ProviderKey.objects.filter(pk=key.pk).update(secret_encrypted=token)
+            count += 1
+        audit_record(
+            action="provider_key.reencrypt", actor=actor, target_type="billing.providerkey", data={"count": count}
+        )
+    logger.info("re-encrypted %d provider key secrets with the first encryption key", count)
+    return count
+
+
+# --------------------------------------------------------------------------------------------
+# Keys from the environment
+# --------------------------------------------------------------------------------------------
+
+_ENV_KEYS = (("openai", "OPENAI_API_KEY", "OPENAI_BASE_URL"), ("anthropic", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"))
+_env_import_done = False
+
+
+def _env_import_one(provider: str, secret: str, base_url: str) -> str:
+    with transaction.atomic():
+        existing = list(
+            ProviderKey.objects.select_for_update()
+            .filter(provider=provider, origin=ProviderKey.Origin.ENV)
+            .order_by("created_at")
+        )
+        for key in existing:
+            try:
+                same = hmac.compare_digest(secret_decrypt(key.secret_encrypted).encode(), secret.encode())
+            except SecretUndecryptable:
+                continue
+            if same and key.base_url == base_url:
+                # Already imported. Whatever state an administrator put it in since, stands.
+                return "unchanged"
+        base = f"env-{provider}"
+        taken = set(ProviderKey.objects.filter(name__istartswith=base).values_list("name", flat=True))
+        name = next(n for n in [base, *(f"{base}-{i}" for i in range(2, 10_000))] if n not in taken)
+        key_add(provider=provider, name=name, secret=secret, base_url=base_url, origin=ProviderKey.Origin.ENV)
+        # The variable changed: the previous env keys drain (replies in flight finish) and are
+        # disabled by keys_finish_draining later.
+        for old in existing:
+            if old.state == State.ENABLED:
+                key_set_draining(key_id=old.pk)
+        return "rotated" if existing else "added"
+
+
+def keys_import_from_env() -> dict[str, str]:
+    """Import OPENAI_API_KEY / ANTHROPIC_API_KEY (with their *_BASE_URL). Idempotent: the same
+    secret and base URL add nothing; a changed one adds a new key and drains the old. Returns
+    {provider: "added" | "rotated" | "unchanged" | "refused: <why>"} for each variable set."""
+    results: dict[str, str] = {}
+    for provider, secret_name, url_name in _ENV_KEYS:
+        raw = _setting(secret_name, "") or ""
+        if not raw.strip():
+            continue
+        try:
+            secret = secret_validate(raw)
+            base_url = base_url_validate(_setting(url_name, "") or "")
+            try:
+                results[provider] = _env_import_one(provider, secret, base_url)
+            except ValidationError as exc:
+                if "name" not in exc.message_dict:
+                    raise
+                # Another process imported it at the same moment: now it is there.
+                results[provider] = _env_import_one(provider, secret, base_url)
+        except ValidationError as exc:
+            why = "; ".join(m for ms in exc.message_dict.values() for m in ms)
+            logger.error("%s not imported: %s", secret_name, why)
+            results[provider] = f"refused: {why}"
+    return results
+
+
+def keys_ensure_imported() -> None:
+    """Once per process, on first use (never at import time, which may precede migrate)."""
+    global _env_import_done
+    if _env_import_done:
+        return
+    if any((_setting(secret_name, "") or "").strip() for _, secret_name, _ in _ENV_KEYS):
+        keys_import_from_env()
+    _env_import_done = True
+
+
+# --------------------------------------------------------------------------------------------
+# The state machine the turn drives
+# --------------------------------------------------------------------------------------------
+
+
+def _usable(now: datetime):
+    return (
+        ProviderKey.objects.filter(state=State.ENABLED)
+        .exclude(health=Health.INVALID)
+        .filter(Q(cooldown_until__isnull=True) | Q(cooldown_until__lte=now))
+    )
+
+
+def _spread_index(provider: str, priority: int, n: int) -> int:
+    """Round-robin over n equal keys with a counter in the shared cache, so several processes
+    together still spread calls evenly."""
+    if n == 1:
+        return 0
+    counter = f"billing:keys:rr:{provider}:{priority}"
+    try:
+        cache.add(counter, 0, timeout=None)
+        value = cache.incr(counter)
+    except Exception:  # noqa: BLE001 - a cache hiccup must not stop a turn; fall back to chance
+        logger.warning("key spread counter unavailable; choosing at random")
+        return random.randrange(n)  # noqa: S311 - load spreading, not security
+    return value % n
 
 
 def key_choose(*, provider: str, exclude: Collection[uuid.UUID] = ()) -> KeyLease | None:
     """The healthy enabled key of highest priority for `provider` not in `exclude` (spread across
-    equal priorities); None when no key can serve."""
-    raise NotImplementedError
+    equal priorities); None when no key can serve. Cooling-down, failing (until their cooldown
+    ends), invalid, draining and disabled keys are skipped."""
+    keys_ensure_imported()
+    rows = list(
+        _usable(clock())
+        .filter(provider=provider)
+        .exclude(pk__in=list(exclude))
+        .order_by("-priority", "created_at", "pk")
+        .values("id", "name", "provider", "base_url", "secret_encrypted", "secret_version", "priority", "health")
+    )
+    while rows:
+        top = [r for r in rows if r["priority"] == rows[0]["priority"]]
+        # A key back from a cooldown is tried when it is the best there is; a healthy one of
+        # the same priority goes first.
+        healthy = [r for r in top if r["health"] == Health.HEALTHY] or top
+        row = healthy[_spread_index(provider, top[0]["priority"], len(healthy))]
+        try:
+            secret = secret_decrypt(row["secret_encrypted"])
+        except SecretUndecryptable:
+            logger.error("provider key %s cannot be decrypted with FIELD_ENCRYPTION_KEYS; skipped", row["name"])
+            rows.remove(row)
+            continue
+        return KeyLease(
+            id=row["id"],
+            name=row["name"],
+            provider=row["provider"],
+            base_url=row["base_url"],
+            secret=secret,
+            version=row["secret_version"],
+        )
+    return None
 
 
 def key_report_success(*, key_id: uuid.UUID) -> None:
-    raise NotImplementedError
+    """One conditional UPDATE (this runs once per turn): failures reset, an open circuit closes,
+    an expired rate-limit cooldown clears. A cooldown another call set that has not ended yet
+    stays; an invalid key stays invalid."""
+    now = clock()
+    ProviderKey.objects.filter(pk=key_id).exclude(health=Health.INVALID).update(
+        last_used_at=now,
+        consecutive_failures=0,
+        # Every right-hand side sees the row as it was before this UPDATE.
+        health=Case(
+            When(health=Health.FAILING, then=Value(Health.HEALTHY)),
+            When(cooldown_until__isnull=True, then=Value(Health.HEALTHY)),
+            When(cooldown_until__lte=now, then=Value(Health.HEALTHY)),
+            default=F("health"),
+        ),
+        cooldown_until=Case(
+            When(health=Health.FAILING, then=Value(None)),
+            When(cooldown_until__lte=now, then=Value(None)),
+            default=F("cooldown_until"),
+        ),
+    )
 
 
-def key_report_failure(*, key_id: uuid.UUID, kind: str, retry_after: float | None = None) -> None:
-    """`kind` is a conversations.llm.base.ErrorKind value."""
-    raise NotImplementedError
+def _cooldown(seconds: float) -> timedelta:
+    cap = _seconds("KEY_MAX_COOLDOWN", 3600)
+    return timedelta(seconds=min(max(seconds, 1.0), cap))
+
+
+def key_report_failure(
+    *, key_id: uuid.UUID, kind: str, retry_after: float | None = None, attempt: int = 1, version: int | None = None
+) -> KeyFailureOutcome:
+    """Record how a call with this key failed and say what the turn does next. `kind` is a
+    conversations.llm.base.ErrorKind value; `attempt` (1, 2, …) is the turn's attempt number and
+    only lengthens the backoff; `version` is the lease's, so a refusal of a secret that has since
+    been replaced does not mark the new one invalid."""
+    kind = ErrorKind(kind)  # ValueError for a kind nobody defined
+    now = clock()
+    if kind in (ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_TOO_LONG):
+        # The provider understood the key and refused the request: the key is fine.
+        ProviderKey.objects.filter(pk=key_id).update(last_used_at=now)
+        return KeyFailureOutcome(retry=False)
+    with transaction.atomic():
+        key = ProviderKey.objects.select_for_update().filter(pk=key_id).first()
+        if key is None:  # deleted while the call ran
+            return KeyFailureOutcome(retry=True)
+        was = key.health
+        key.last_error_kind, key.last_used_at = kind.value, now
+        fields = ["last_error_kind", "last_used_at"]
+        backoff = 0.0
+        if kind == ErrorKind.AUTH and version is not None and version != key.secret_version:
+            logger.info("provider key %s: refusal of its previous secret ignored", key.name)
+        elif kind == ErrorKind.AUTH:
+            key.consecutive_failures += 1
+            key.health, key.cooldown_until = Health.INVALID, None
+            fields += ["consecutive_failures", "health", "cooldown_until"]
+        elif kind == ErrorKind.RATE_LIMITED:
+            seconds = retry_after if retry_after and retry_after > 0 else _seconds("KEY_RATE_LIMIT_COOLDOWN", 60)
+            until = now + _cooldown(seconds)
+            if was != Health.INVALID:
+                key.cooldown_until = max(until, key.cooldown_until) if key.cooldown_until else until
+                if was != Health.FAILING:  # an open circuit stays open, only longer
+                    key.health = Health.COOLING_DOWN
+                fields += ["health", "cooldown_until"]
+        else:  # unavailable, timeout: the circuit breaker counts these
+            key.consecutive_failures += 1
+            fields.append("consecutive_failures")
+            threshold = int(_setting("KEY_FAILURE_THRESHOLD", 3))
+            if was != Health.INVALID and key.consecutive_failures >= threshold:
+                # Each failure past the threshold doubles the time out (capped).
+                base = _seconds("KEY_CIRCUIT_COOLDOWN", 60)
+                key.health = Health.FAILING
+                key.cooldown_until = now + _cooldown(base * 2 ** min(key.consecutive_failures - threshold, 16))
+                fields += ["health", "cooldown_until"]
+            base_backoff = _seconds("KEY_RETRY_BACKOFF", 0.25)
+            # Jitter keeps several turns that failed together from retrying in lockstep.
+            backoff = min(base_backoff * 2 ** max(attempt - 1, 0), 4 * base_backoff) * random.uniform(0.5, 1.0)  # noqa: S311
+        key.save(update_fields=fields)
+        if key.health == Health.INVALID and was != Health.INVALID:
+            _audit("invalid", key, error_kind=kind.value)
+            logger.warning("provider key %s was refused by %s (%s): marked invalid", key.name, key.provider, kind.value)
+        elif key.health == Health.FAILING and was != Health.FAILING:
+            _audit(
+                "circuit_open",
+                key,
+                error_kind=kind.value,
+                consecutive_failures=key.consecutive_failures,
+                until=key.cooldown_until.isoformat(),
+            )
+            logger.warning(
+                "provider key %s failed %d times in a row: out until %s",
+                key.name,
+                key.consecutive_failures,
+                key.cooldown_until.isoformat(),
+            )
+        else:
+            logger.info("provider key %s: %s", key.name, kind.value)
+    return KeyFailureOutcome(retry=True, backoff=backoff)
+
+
+# --------------------------------------------------------------------------------------------
+# Selectors
+# --------------------------------------------------------------------------------------------
 
 
 def providers_with_usable_keys() -> set[str]:
-    raise NotImplementedError
+    """Providers a model may be offered for: an enabled key that is not invalid (one cooling
+    down counts: it is back in seconds, and the picker should not flicker). "demo" needs no key."""
+    keys_ensure_imported()
+    found = ProviderKey.objects.filter(state=State.ENABLED).exclude(health=Health.INVALID)
+    return {"demo", *found.values_list("provider", flat=True).distinct()}
+
+
+def keys_by_name(*, name: str) -> ProviderKey:
+    """The key with exactly this name; ValidationError naming it when there is none."""
+    found = ProviderKey.objects.defer("secret_encrypted").filter(name=name.strip()).first()
+    if found is None:
+        raise _invalid("name", _("No provider key is named %(name)s.") % {"name": name.strip()})
+    return found
+
+
+def keys_needing_attention() -> list[ProviderKey]:
+    """Enabled or draining keys an administrator should look at: invalid ones, and ones taken
+    out for a cooldown (rate limited or failing) that has not ended."""
+    now = clock()
+    return list(
+        ProviderKey.objects.exclude(state=State.DISABLED)
+        .filter(Q(health=Health.INVALID) | Q(cooldown_until__gt=now))
+        .defer("secret_encrypted")
+        .order_by("provider", "name")
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Testing a key for real
+# --------------------------------------------------------------------------------------------
+
+_TEST_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
+
+
+def _test_model(provider: str) -> str:
+    """The cheapest priced model of the provider (what this deployment actually uses), else a
+    small default."""
+    from billing.prices import prices_available
+
+    priced = [p for p in prices_available() if p.provider == provider]
+    if priced:
+        return min(priced, key=lambda p: (p.input_per_million + p.output_per_million, p.model)).model
+    return _setting("KEY_TEST_MODELS", _TEST_MODELS)[provider]
+
+
+def _scrub(text: str, secret: str) -> str:
+    # Adapters promise messages without secrets; this is the net under that promise.
+    text = text.replace(secret, "***") if secret else text
+    return text[:300]
+
+
+async def _probe(lease: KeyLease, model: str, timeout: float):
+    """Stream a one-token reply to completion; return the provider's Usage if it reported one."""
+    from conversations import llm
+    from conversations.llm.base import ChatMessage, ChatRequest, Usage
+
+    usage = None
+    request = ChatRequest(model=model, messages=[ChatMessage(role="user", content="ping")], max_tokens=1)
+    async with asyncio.timeout(timeout):
+        async for event in llm.get_adapter(lease.provider).stream(request, key=lease):
+            if isinstance(event, Usage):
+                usage = event
+    return usage
+
+
+def _test_usage_record(*, key: ProviderKey, model: str, usage, ok: bool, error_kind: str, latency_ms: int) -> None:
+    """A key test is a provider call like any other: it goes in the ledger (no user), priced."""
+    from billing import ledger, prices
+
+    model_id = f"{key.provider}:{model}"
+    try:
+        price = prices.price_for(model_id=model_id)
+        tokens = {
+            "input_tokens": usage.input_tokens if usage else 0,
+            "output_tokens": usage.output_tokens if usage else 0,
+            "cached_tokens": usage.cached_tokens if usage else 0,
+        }
+        cost = prices.cost_of(price=price, **tokens) if price else Decimal(0)
+        ledger.usage_record(
+            user=None,
+            conversation_id=None,
+            message_id=None,
+            attempt=1,
+            provider=key.provider,
+            model=model_id,
+            key_id=key.pk,
+            cost=cost,
+            estimated=usage is None,
+            ttft_ms=None,
+            latency_ms=latency_ms,
+            outcome="ok" if ok else "error",
+            error_kind=error_kind,
+            **tokens,
+        )
+    except Exception as exc:  # noqa: BLE001 - the test's verdict stands even if its bookkeeping fails
+        logger.error("usage of the test of provider key %s not recorded: %s", key.name, type(exc).__name__)
+
+
+def key_test(*, key_id: uuid.UUID, actor=None) -> KeyTestResult:
+    """A cheap real call (one output token) with this key. Success makes it healthy again, even
+    from invalid (an administrator asked, and the provider said yes); a failure is reported to the
+    state machine like any call's. Audited."""
+    from conversations.llm.base import ProviderError
+
+    _authorize(actor, "billing.change_providerkey")
+    key = ProviderKey.objects.get(pk=key_id)
+    result: KeyTestResult
+    secret, model, usage, started = "", "", None, None
+    try:
+        if key.base_url:
+            base_url_validate(key.base_url)  # names can be re-pointed since the key was saved
+        secret = secret_decrypt(key.secret_encrypted)
+        lease = KeyLease(
+            id=key.pk,
+            name=key.name,
+            provider=key.provider,
+            base_url=key.base_url,
+            secret=secret,
+            version=key.secret_version,
+        )
+        model = _test_model(key.provider)
+        started = time.monotonic()
+        usage = async_to_sync(_probe)(lease, model, _seconds("KEY_TEST_TIMEOUT", 20))
+    except ValidationError as exc:
+        result = KeyTestResult(ok=False, error_kind="base_url", detail=" ".join(exc.messages))
+    except SecretUndecryptable as exc:
+        result = KeyTestResult(ok=False, error_kind="undecryptable", detail=str(exc))
+    except ProviderError as exc:
+        result = KeyTestResult(ok=False, error_kind=str(exc.kind), detail=_scrub(exc.message or "", secret))
+    except TimeoutError:
+        result = KeyTestResult(ok=False, error_kind=ErrorKind.TIMEOUT.value, detail=_("No answer in time."))
+    except Exception as exc:  # noqa: BLE001 - any adapter failure is a failed test, shown by type only
+        logger.warning("testing provider key %s failed: %s", key.name, type(exc).__name__)
+        result = KeyTestResult(ok=False, error_kind=ErrorKind.UNAVAILABLE.value, detail=type(exc).__name__)
+    else:
+        result = KeyTestResult(ok=True)
+    if started is not None:
+        latency_ms = int((time.monotonic() - started) * 1000)
+        _test_usage_record(
+            key=key, model=model, usage=usage, ok=result.ok, error_kind=result.error_kind, latency_ms=latency_ms
+        )
+    if result.ok:
+        ProviderKey.objects.filter(pk=key.pk).update(
+            health=Health.HEALTHY, cooldown_until=None, consecutive_failures=0, last_used_at=clock()
+        )
+    elif result.error_kind in ErrorKind._value2member_map_:
+        key_report_failure(key_id=key.pk, kind=result.error_kind, version=key.secret_version)
+    _audit("test", key, actor, ok=result.ok, error_kind=result.error_kind)
+    return result
+
+
+def keys_check_health() -> dict[str, int]:
+    """The periodic check: test every enabled key that may be called (invalid keys are never
+    retried on their own; rate-limited ones are left to cool down), then disable keys that have
+    finished draining. Returns counts."""
+    now = clock()
+    candidates = (
+        ProviderKey.objects.filter(state=State.ENABLED)
+        .exclude(health=Health.INVALID)
+        .exclude(health=Health.COOLING_DOWN, cooldown_until__gt=now)
+        .values_list("pk", flat=True)
+    )
+    counts = {"ok": 0, "failed": 0}
+    for key_id in list(candidates):
+        counts["ok" if key_test(key_id=key_id).ok else "failed"] += 1
+    counts["disabled_after_draining"] = keys_finish_draining()
+    return counts

@@ -56,6 +56,13 @@ class ModelPrice(models.Model):
 
 
 class ProviderKey(models.Model):
+    """A provider API key. Rules live in billing.keys; the secret is a MultiFernet token
+    (billing.crypto) decrypted only into a KeyLease for one call."""
+
+    class Origin(models.TextChoices):
+        MANUAL = "manual", _("added by an administrator")
+        ENV = "env", _("imported from the environment")
+
     class State(models.TextChoices):
         ENABLED = "enabled", _("enabled")
         DRAINING = "draining", _("draining")
@@ -73,6 +80,9 @@ class ProviderKey(models.Model):
     # MultiFernet token of the secret; never plaintext. See billing.crypto.
     secret_encrypted = models.TextField(editable=False)
     secret_last4 = models.CharField(max_length=4, editable=False)
+    # Bumped when the secret is replaced, and carried by each KeyLease: a 401 from a call that
+    # still used the old secret must not mark the new one invalid.
+    secret_version = models.PositiveIntegerField(default=1, editable=False)
     base_url = models.CharField(max_length=300, blank=True)
     priority = models.IntegerField(default=100)
     state = models.CharField(max_length=16, choices=State.choices, default=State.ENABLED)
@@ -82,10 +92,24 @@ class ProviderKey(models.Model):
     last_error_kind = models.CharField(max_length=32, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # When `state` last changed: a draining key is disabled once every reply that could still be
+    # using it has ended (billing.keys.keys_finish_draining).
+    state_changed_at = models.DateTimeField(default=timezone.now)
+    # "env" rows are the ones imported from OPENAI_API_KEY/ANTHROPIC_API_KEY; a changed variable
+    # rotates them, and only them.
+    origin = models.CharField(max_length=8, choices=Origin.choices, default=Origin.MANUAL)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["name"], name="providerkey_name_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["name"], name="providerkey_name_unique"),
+            # A row without a ciphertext could never be used, and would look like a usable key.
+            models.CheckConstraint(condition=~models.Q(secret_encrypted=""), name="providerkey_secret_present"),
+        ]
+        indexes = [models.Index(fields=["provider", "state", "-priority"], name="providerkey_choose")]
         ordering = ["provider", "-priority", "name"]
+        # The base URL decides where a secret is sent (and what the server can reach): separate
+        # from plain change rights. Superusers hold it implicitly.
+        permissions = [("set_providerkey_base_url", "Can set a provider key's base URL")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.provider}, …{self.secret_last4})"

@@ -1,0 +1,3 @@
+"""Admin registrations of the billing app. (billing helper: prices, budgets; keys: admin_keys.)"""
+
+from . import admin_keys  # noqa: F401 - registers the ProviderKey admin

@@ -1,0 +1,104 @@
+"""Field encryption for secrets at rest (provider keys), with cryptography's MultiFernet.
+
+FIELD_ENCRYPTION_KEYS is a list of Fernet keys: the first encrypts, every one decrypts, so an
+operator rotates by putting a new key first, running `manage.py rotate_encryption_keys`, and
+then dropping the old key. Unset, one key is derived from SECRET_KEY (with a warning): the
+embedded default then works, but changing SECRET_KEY makes stored secrets unreadable.
+
+Nothing here logs or returns a key or a plaintext except `secret_decrypt`'s return value.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from django.conf import settings
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+
+logger = logging.getLogger(__name__)
+
+# Domain separation: the derived key is used for nothing but field encryption.
+_DERIVATION_INFO = b"parley field encryption v1"
+
+_cache: dict[tuple[str, ...], MultiFernet] = {}
+_warned = False
+
+
+class SecretUndecryptable(Exception):  # noqa: N818 - reads as a state, like InvalidToken
+    """No configured encryption key opens this token (a key was retired too early, or
+    SECRET_KEY changed while FIELD_ENCRYPTION_KEYS was unset). Carries no key material."""
+
+
+def _derived_key() -> str:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_DERIVATION_INFO)
+    return base64.urlsafe_b64encode(hkdf.derive(settings.SECRET_KEY.encode())).decode()
+
+
+def _configured_keys() -> tuple[str, ...]:
+    global _warned
+    keys = tuple(k.strip() for k in (settings.FIELD_ENCRYPTION_KEYS or []) if k and k.strip())
+    if keys:
+        return keys
+    if not _warned and not getattr(settings, "TESTING", False):
+        logger.warning(
+            "FIELD_ENCRYPTION_KEYS is not set: provider keys are encrypted with a key derived from "
+            "DJANGO_SECRET_KEY; set FIELD_ENCRYPTION_KEYS so changing the secret key keeps them readable"
+        )
+    _warned = True
+    return (_derived_key(),)
+
+
+def fernet() -> MultiFernet:
+    """The MultiFernet for the keys configured now (memoised per key list, so tests that
+    override settings get a fresh one)."""
+    keys = _configured_keys()
+    found = _cache.get(keys)
+    if found is None:
+        fernets = []
+        for position, key in enumerate(keys, start=1):
+            try:
+                fernets.append(Fernet(key))
+            except (ValueError, TypeError):
+                # Never echo the key: name its position only.
+                raise ImproperlyConfigured(
+                    f"FIELD_ENCRYPTION_KEYS entry {position} is not a Fernet key "
+                    "(32 url-safe base64-encoded bytes; make one with Fernet.generate_key())"
+                ) from None
+        found = _cache[keys] = MultiFernet(fernets)
+    return found
+
+
+def secret_encrypt(plaintext: str) -> str:
+    """A Fernet token (ASCII) of `plaintext` under the first key."""
+    return fernet().encrypt(plaintext.encode()).decode("ascii")
+
+
+def secret_decrypt(token: str) -> str:
+    try:
+        return fernet().decrypt(token.encode("ascii")).decode()
+    except InvalidToken:
+        raise SecretUndecryptable("no configured FIELD_ENCRYPTION_KEYS entry can decrypt this secret") from None
+
+
+def secret_reencrypt(token: str) -> str:
+    """The same secret encrypted under the first key (MultiFernet.rotate), never exposing it."""
+    try:
+        return fernet().rotate(token.encode("ascii")).decode("ascii")
+    except InvalidToken:
+        raise SecretUndecryptable("no configured FIELD_ENCRYPTION_KEYS entry can decrypt this secret") from None
+
+
+@checks.register(checks.Tags.security)
+def check_field_encryption_keys(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """A malformed FIELD_ENCRYPTION_KEYS stops the site at start (every command runs the checks)
+    rather than at the first provider call. Registered when billing's admin loads this module."""
+    try:
+        fernet()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="billing.E001")]
+    return []

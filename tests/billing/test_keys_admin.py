@@ -1,0 +1,255 @@
+"""The ProviderKey admin: write-only secret, services behind every save and action, permissions.
+
+`conversations.llm.get_adapter` (the llm work, written in parallel) and
+`billing.prices.prices_available` (the billing work) are replaced with simple stand-ins here."""
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.urls import reverse
+
+from accounts.models import AuditEvent
+from billing import keys
+from billing.crypto import secret_decrypt
+from billing.models import ProviderKey
+from conversations.llm.base import ErrorKind, Finish, ProviderError, TextDelta, Usage
+from tests.billing.keys_support import no_env_keys  # noqa: F401 - autouse
+
+pytestmark = pytest.mark.django_db
+SECRET = "sk-admin-canary-0123456789wxyz"
+CHANGELIST = reverse("admin:billing_providerkey_changelist")
+ADD = reverse("admin:billing_providerkey_add")
+
+
+def change_url(key):
+    return reverse("admin:billing_providerkey_change", args=[key.pk])
+
+
+class FakeAdapter:
+    """Stands in for a provider adapter: answers one token, or raises the error given."""
+
+    def __init__(self, error=None):
+        self.error, self.calls = error, []
+
+    async def stream(self, request, *, key):
+        self.calls.append({"model": request.model, "max_tokens": request.max_tokens, "key": key.name})
+        if self.error:
+            raise self.error
+        yield TextDelta("p")
+        yield Usage(input_tokens=1, output_tokens=1)
+        yield Finish(reason="length")
+
+
+@pytest.fixture
+def adapter(monkeypatch):
+    fake = FakeAdapter()
+    fake.ledger = []
+    monkeypatch.setattr("conversations.llm.get_adapter", lambda provider: fake)
+    monkeypatch.setattr("billing.prices.prices_available", lambda: [])
+    monkeypatch.setattr("billing.prices.price_for", lambda *, model_id, at=None: None)
+    monkeypatch.setattr("billing.ledger.usage_record", lambda **row: fake.ledger.append(row))
+    return fake
+
+
+def form_data(**overrides):
+    data = {
+        "name": "main",
+        "provider": "openai",
+        "secret": SECRET,
+        "base_url": "",
+        "priority": "100",
+        "state": "enabled",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_add_through_the_admin_stores_an_encrypted_key_and_audits_it(admin_client, admin_user):
+    response = admin_client.post(ADD, form_data(base_url="http://127.0.0.1:11434/v1"), follow=True)
+    assert response.status_code == 200
+    key = ProviderKey.objects.get(name="main")
+    assert secret_decrypt(key.secret_encrypted) == SECRET and key.base_url == "http://127.0.0.1:11434/v1"
+    assert SECRET not in response.content.decode()
+    event = AuditEvent.objects.get(action="provider_key.add")
+    assert event.actor_id == admin_user.pk and event.target_id == str(key.pk)
+
+
+def test_the_secret_is_write_only_in_changelist_and_change_form(admin_client):
+    key = keys.key_add(provider="openai", name="main", secret=SECRET)
+    changelist = admin_client.get(CHANGELIST).content.decode()
+    assert "…wxyz" in changelist and SECRET not in changelist and key.secret_encrypted not in changelist
+    form = admin_client.get(change_url(key)).content.decode()
+    assert "…wxyz" in form and SECRET not in form and key.secret_encrypted not in form
+    assert 'type="password"' in form
+
+
+def test_saving_without_a_secret_keeps_it_and_a_new_one_replaces_it(admin_client):
+    key = keys.key_add(provider="openai", name="main", secret=SECRET)
+    response = admin_client.post(change_url(key), form_data(secret="", priority="5"), follow=True)
+    assert SECRET not in response.content.decode()
+    key.refresh_from_db()
+    assert key.priority == 5 and secret_decrypt(key.secret_encrypted) == SECRET
+    admin_client.post(change_url(key), form_data(secret="sk-replaced-0123456789"))
+    key.refresh_from_db()
+    assert secret_decrypt(key.secret_encrypted) == "sk-replaced-0123456789" and key.secret_last4 == "6789"
+
+
+def test_a_refused_form_does_not_send_the_secret_back(admin_client):
+    response = admin_client.post(ADD, form_data(base_url="http://169.254.169.254/"))
+    html = response.content.decode()
+    assert response.status_code == 200 and "metadata" in html
+    assert SECRET not in html
+    assert not ProviderKey.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        ({"secret": "   "}, "empty"),
+        ({"secret": ""}, "required"),
+        ({"base_url": "gopher://x/"}, "http://"),
+        ({"base_url": "http://a:b@127.0.0.1/"}, "credentials"),
+        ({"provider": "demo"}, "valid choice"),
+    ],
+)
+def test_the_add_form_refuses_bad_input(admin_client, overrides, says):
+    response = admin_client.post(ADD, form_data(**overrides))
+    assert response.status_code == 200 and says in response.content.decode()
+    assert not ProviderKey.objects.exists()
+
+
+def test_the_add_form_refuses_a_duplicate_name(admin_client):
+    keys.key_add(provider="openai", name="main", secret="sk-first-0123456789")
+    response = admin_client.post(ADD, form_data(name="Main"))
+    assert "already exists" in response.content.decode()
+    assert ProviderKey.objects.count() == 1
+
+
+def test_staff_without_permission_cannot_see_or_set_keys(client, make_user):
+    staff = make_user("staff", is_staff=True)
+    client.force_login(staff)
+    assert client.get(ADD).status_code == 403
+    assert client.post(ADD, form_data()).status_code == 403
+    key = keys.key_add(provider="openai", name="other", secret="sk-first-0123456789")
+    assert client.post(change_url(key), form_data(name="other", base_url="http://127.0.0.1/")).status_code == 403
+    assert ProviderKey.objects.get().base_url == ""
+
+
+def test_a_plain_user_is_sent_to_the_admin_login(client, user):
+    client.force_login(user)
+    response = client.post(ADD, form_data())
+    assert response.status_code == 302 and "/login/" in response["Location"]
+    assert not ProviderKey.objects.exists()
+
+
+def test_staff_without_base_url_permission_cannot_set_one(client, make_user):
+    staff = make_user("staff", is_staff=True)
+    staff.user_permissions.add(
+        *Permission.objects.filter(codename__in=["add_providerkey", "change_providerkey", "view_providerkey"])
+    )
+    client.force_login(staff)
+    assert 'name="base_url"' not in client.get(ADD).content.decode()
+    client.post(ADD, form_data(base_url="http://127.0.0.1:11434/v1"))
+    key = ProviderKey.objects.get()
+    assert key.base_url == ""
+    client.post(change_url(key), form_data(secret="", base_url="http://127.0.0.1:11434/v1"))
+    key.refresh_from_db()
+    assert key.base_url == ""
+
+
+def test_the_changelist_warns_about_invalid_and_cooling_keys(admin_client):
+    bad = keys.key_add(provider="openai", name="revoked", secret="sk-first-0123456789")
+    hot = keys.key_add(provider="openai", name="busy", secret="sk-second-0123456789")
+    keys.key_report_failure(key_id=bad.pk, kind="auth")
+    keys.key_report_failure(key_id=hot.pk, kind="rate_limited", retry_after=60)
+    html = admin_client.get(CHANGELIST).content.decode()
+    assert "Provider key revoked was refused by openai" in html
+    assert "Provider key busy is out of rotation until" in html
+
+
+def test_the_test_action_makes_a_one_token_call(admin_client, adapter):
+    key = keys.key_add(provider="openai", name="main", secret=SECRET)
+    keys.key_report_failure(key_id=key.pk, kind="auth")
+    response = admin_client.post(CHANGELIST, {"action": "test_keys", "_selected_action": [key.pk]}, follow=True)
+    assert "Test of main: it works." in response.content.decode()
+    assert adapter.calls == [{"model": "gpt-4o-mini", "max_tokens": 1, "key": "main"}]
+    # The call is in the ledger like any other: no user, this key, the provider's token counts.
+    [row] = adapter.ledger
+    assert (row["user"], row["key_id"], row["model"], row["outcome"]) == (None, key.pk, "openai:gpt-4o-mini", "ok")
+    assert (row["input_tokens"], row["output_tokens"], row["estimated"]) == (1, 1, False)
+    key.refresh_from_db()
+    assert key.health == "healthy"  # an administrator's successful test revives an invalid key
+    assert AuditEvent.objects.filter(action="provider_key.test", data__ok=True).exists()
+
+
+def test_the_test_action_reports_a_refused_key(admin_client, adapter):
+    adapter.error = ProviderError(kind=ErrorKind.AUTH, message="Incorrect API key provided", status=401)
+    key = keys.key_add(provider="openai", name="main", secret=SECRET)
+    response = admin_client.post(CHANGELIST, {"action": "test_keys", "_selected_action": [key.pk]}, follow=True)
+    assert "Test of main failed (auth)" in response.content.decode()
+    assert [(r["outcome"], r["error_kind"]) for r in adapter.ledger] == [("error", "auth")]
+    key.refresh_from_db()
+    assert key.health == "invalid"
+
+
+def test_drain_disable_and_enable_actions(admin_client):
+    key = keys.key_add(provider="openai", name="main", secret=SECRET)
+    for action, state in [("drain_keys", "draining"), ("disable_keys", "disabled"), ("enable_keys", "enabled")]:
+        admin_client.post(CHANGELIST, {"action": action, "_selected_action": [key.pk]})
+        key.refresh_from_db()
+        assert key.state == state
+    assert AuditEvent.objects.filter(action="provider_key.state").count() == 3
+
+
+def test_delete_through_the_admin_is_audited(admin_client):
+    key = keys.key_add(provider="openai", name="main", secret=SECRET)
+    admin_client.post(reverse("admin:billing_providerkey_delete", args=[key.pk]), {"post": "yes"})
+    assert not ProviderKey.objects.exists()
+    assert AuditEvent.objects.filter(action="provider_key.delete", target_id=str(key.pk)).exists()
+
+
+def test_the_periodic_health_check_tests_enabled_keys_and_skips_invalid_ones(adapter):
+    from billing.keys_tasks import keys_health_check
+
+    ok = keys.key_add(provider="openai", name="ok", secret="sk-first-0123456789")
+    bad = keys.key_add(provider="openai", name="bad", secret="sk-second-0123456789")
+    keys.key_disable(key_id=keys.key_add(provider="openai", name="off", secret="sk-third-0123456789").pk)
+    keys.key_report_failure(key_id=bad.pk, kind="auth")
+    counts = keys_health_check.delay().get()
+    assert counts["ok"] == 1 and counts["failed"] == 0
+    assert [c["key"] for c in adapter.calls] == ["ok"]
+    assert ProviderKey.objects.get(pk=ok.pk).health == "healthy"
+
+
+def test_the_health_check_refuses_a_base_url_that_now_resolves_somewhere_forbidden(adapter, monkeypatch):
+    import socket
+
+    key = keys.key_add(provider="openai", name="ok", secret="sk-first-0123456789", base_url="http://localhost:8080/v1")
+    ProviderKey.objects.filter(pk=key.pk).update(base_url="http://moved.example/v1")
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", 80))]
+    )
+    result = keys.key_test(key_id=key.pk)
+    assert not result.ok and result.error_kind == "base_url" and adapter.calls == []
+
+
+def test_a_crash_while_saving_keeps_the_secret_out_of_the_error_report(admin_user, monkeypatch, settings):
+    import sys
+
+    from django.test import Client
+    from django.views.debug import ExceptionReporter
+
+    def crash(**kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(keys, "key_add", crash)
+    client = Client(raise_request_exception=False)
+    client.force_login(admin_user)
+    response = client.post(ADD, form_data())
+    assert response.status_code == 500
+    request = response.wsgi_request
+    assert request.sensitive_post_parameters == ("secret",)
+    try:
+        raise RuntimeError("the database went away")
+    except RuntimeError:
+        report = ExceptionReporter(request, *sys.exc_info()).get_traceback_text()
+    assert "main" in report and SECRET not in report  # the form was there; its secret was not
