@@ -140,6 +140,8 @@ def test_import_provider_keys_is_idempotent(settings):
 
 def manage(*args, stdin="", env=None):
     environment = {k: v for k, v in os.environ.items() if k not in {"OPENAI_API_KEY", "ANTHROPIC_API_KEY"}}
+    # A set secret key keeps the development-key notice off stderr: the error is the one line.
+    environment.setdefault("DJANGO_SECRET_KEY", "test-secret-key-for-subprocess-commands-0123456789")
     environment.update(env or {})
     return subprocess.run(
         [sys.executable, "manage.py", *args],
