@@ -212,3 +212,20 @@ async def receive_until(communicator, frame_type: str, timeout: float = 10) -> l
         frames.append(frame)
         if frame["type"] == frame_type:
             return frames
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each async test runs on its own event loop; channels_redis binds locks and pools to the
+    loop that first used it, so every test gets a new layer object."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    # The users these tests make only need to exist; hashing them properly costs seconds.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
