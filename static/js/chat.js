@@ -118,6 +118,12 @@
     const q = el.filter.value.trim();
     const data = await api("GET", "/api/v1/conversations/" + (q ? "?q=" + encodeURIComponent(q) : ""));
     state.conversations = data.results;
+    const current = state.conversation && data.results.find((c) => c.id === state.conversation.id);
+    if (current && current.title !== state.conversation.title) {
+      state.conversation.title = current.title;
+      el.title.textContent = current.title || S.untitled;
+      document.title = (current.title ? current.title + " · " : "") + "Parley";
+    }
     renderList();
   }
 
@@ -229,6 +235,15 @@
     return node;
   }
 
+  // Money arrives as a decimal string with 10 places; shown without float rounding, trailing
+  // zeros trimmed to at least cents ("0.0020000000" -> "0.002", "0E-10"-free by contract).
+  function money(text) {
+    const [whole, frac = ""] = String(text).split(".");
+    let trimmed = frac.replace(/0+$/, "");
+    while (trimmed.length < 2) trimmed += "0";
+    return whole + "." + trimmed;
+  }
+
   function setMeta(node, m) {
     const meta = node.querySelector(".message-meta");
     if (m.role !== "assistant") {
@@ -240,7 +255,7 @@
     if (m.status === "error") parts.push(S.error + (m.error_code ? ": " + m.error_code : ""));
     if (m.status !== "streaming" && m.status !== "pending") {
       parts.push(fmt(S.tokens, { input: m.input_tokens, output: m.output_tokens }));
-      parts.push(fmt(S.cost, { cost: m.cost }));
+      parts.push(fmt(S.cost, { cost: money(m.cost) }));
     }
     meta.textContent = parts.join(" · ");
   }
