@@ -115,6 +115,8 @@ class _ReplyPlan:
     input_tokens: int
     reservation_id: uuid.UUID
     wants_title: bool
+    summarize_upto: uuid.UUID | None = None  # the last history item trimmed out of the context
+    attempt: int = 0  # the provider call in progress (kept in the buffer for the reaper)
 
 
 @dataclass
@@ -153,7 +155,9 @@ async def turn_regenerate(*, user, conversation: Conversation) -> TurnResult:
 
 
 def _turn_prepare(*, user, conversation_id, content: str, client_id: uuid.UUID) -> tuple[TurnResult, _ReplyPlan | None]:
-    conversation = Conversation.objects.get(id=conversation_id, owner=user)
+    conversation = Conversation.objects.filter(id=conversation_id, owner=user).first()
+    if conversation is None:  # deleted in another tab while this socket was open
+        return TurnResult(None, client_id, error=TurnError("invalid_input", _("This conversation no longer exists."))), None
     existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
     if existing is None:
         try:
@@ -176,7 +180,9 @@ def _turn_prepare(*, user, conversation_id, content: str, client_id: uuid.UUID) 
 
 
 def _regenerate_prepare(*, user, conversation_id) -> tuple[TurnResult, _ReplyPlan | None]:
-    conversation = Conversation.objects.get(id=conversation_id, owner=user)
+    conversation = Conversation.objects.filter(id=conversation_id, owner=user).first()
+    if conversation is None:
+        return TurnResult(None, None, error=TurnError("invalid_input", _("This conversation no longer exists."))), None
     last_user = (
         Message.objects.filter(conversation=conversation, role=Message.Role.USER).order_by("-created_at", "-id").first()
     )
@@ -286,15 +292,9 @@ def _reply_prepare(
     # The buffer exists before anyone can hear of the reply, so turn_stop and late joiners find it.
     cache.set(
         buffer_key(conversation.id),
-        {"message_id": str(reply.id), "seq": 0, "text": "", "model": model_id},
+        _buffer_state(reply.id, 0, "", model_id, reservation_id, built.input_tokens, user.pk, 0),
         BUFFER_TTL,
     )
-    if built.dropped_ids:
-        from .tasks import conversation_summarize
-
-        last_dropped = str(built.dropped_ids[-1])
-        transaction.on_commit(lambda: conversation_summarize.delay(str(conversation.id), last_dropped))
-
     temperature = float(conversation.temperature) if conversation.temperature is not None else None
     plan = _ReplyPlan(
         user=user,
@@ -307,8 +307,24 @@ def _reply_prepare(
         input_tokens=built.input_tokens,
         reservation_id=reservation_id,
         wants_title=not conversation.title,
+        summarize_upto=built.dropped_ids[-1] if built.dropped_ids else None,
     )
     return TurnResult(reply_to.id, client_id, reply_id=reply.id), plan
+
+
+def _buffer_state(message_id, seq, text, model_id, reservation_id, input_tokens, user_id, attempt) -> dict:
+    # What a late joiner needs (message_id, seq, text, model), and what the reaper needs to
+    # settle a reply whose process died (reservation, counted input, user, attempt).
+    return {
+        "message_id": str(message_id),
+        "seq": seq,
+        "text": text,
+        "model": model_id,
+        "reservation_id": str(reservation_id),
+        "input_tokens": input_tokens,
+        "user_id": user_id,
+        "attempt": attempt,
+    }
 
 
 def _adapter_known(provider: str) -> bool:
@@ -372,9 +388,13 @@ class _Stream:
             self.seq += 1
             self.text += chunk
             # Buffer first, then publish: a joiner that read seq N is sure to receive N+1.
+            plan = self.plan
             await cache.aset(
-                buffer_key(self.plan.conversation_id),
-                {"message_id": str(self.plan.message_id), "seq": self.seq, "text": self.text, "model": self.plan.model_id},
+                buffer_key(plan.conversation_id),
+                _buffer_state(
+                    plan.message_id, self.seq, self.text, plan.model_id, plan.reservation_id, plan.input_tokens,
+                    plan.user.pk, plan.attempt,
+                ),
                 BUFFER_TTL,
             )
             await _publish(
@@ -464,6 +484,19 @@ async def _reply_run(plan: _ReplyPlan) -> None:
         plan.conversation_id,
         {"type": "done", "message_id": str(plan.message_id), "finish_reason": outcome.finish_reason, "usage": usage},
     )
+    # After "done": with eager Celery (no Redis) these run right here, and must not delay it.
+    await database_sync_to_async(_reply_followups)(plan=plan, finish_reason=outcome.finish_reason)
+
+
+def _reply_followups(*, plan: _ReplyPlan, finish_reason: str) -> None:
+    from .tasks import conversation_summarize, conversation_title
+
+    conversation_id = str(plan.conversation_id)
+    if plan.wants_title and finish_reason in ("stop", "length"):
+        transaction.on_commit(lambda: conversation_title.delay(conversation_id))
+    if plan.summarize_upto is not None:
+        upto = str(plan.summarize_upto)
+        transaction.on_commit(lambda: conversation_summarize.delay(conversation_id, upto))
 
 
 @dataclass
@@ -565,6 +598,7 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
                     recorded=attempt > 0,
                 )
         attempt += 1
+        plan.attempt = attempt
         key_id = key.id if key is not None else None
         result = await _attempt(adapter, plan, key, stream, cancel)
         outcome = _Outcome(
@@ -682,11 +716,6 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict:
                 error_kind=outcome.error_kind,
             )
         budgets.budget_settle(reservation_id=plan.reservation_id, actual=cost)
-        if plan.wants_title and status == Message.Status.DONE:
-            from .tasks import conversation_title
-
-            conversation_id = str(plan.conversation_id)
-            transaction.on_commit(lambda: conversation_title.delay(conversation_id))
     return {"input_tokens": input_tokens, "output_tokens": output_tokens, "cost": money_str(cost)}
 
 
@@ -721,6 +750,30 @@ def stream_state(*, conversation_id) -> dict | None:
     return cache.get(buffer_key(conversation_id))
 
 
+def _reap_settle(*, message_id, conversation_id, state: dict, text: str) -> None:
+    """Settle a dead reply from what its buffer knew: the input it sent (if a call started)
+    and the text that came out, estimated. The reservation is released either way."""
+    from django.contrib.auth import get_user_model
+
+    model_id = state["model"]
+    provider = model_id.partition(":")[0]
+    price = prices.price_for(model_id=model_id)
+    attempt = int(state.get("attempt") or 0)
+    input_tokens = int(state.get("input_tokens") or 0) if attempt else 0
+    output_tokens = context_mod.count_tokens(text=text, model_id=model_id)[0] if text else 0
+    cost = ZERO
+    if price is not None and attempt:
+        cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)
+        ledger.usage_record(
+            user=get_user_model().objects.filter(pk=state.get("user_id")).first(),
+            conversation_id=conversation_id, message_id=message_id, attempt=attempt, provider=provider, model=model_id,
+            key_id=None, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=0, cost=cost, estimated=True,
+            ttft_ms=None, latency_ms=None, outcome="error", error_kind="interrupted",
+        )
+        Message.objects.filter(id=message_id).update(input_tokens=input_tokens, output_tokens=output_tokens, cost=cost)
+    budgets.budget_settle(reservation_id=uuid.UUID(state["reservation_id"]), actual=cost)
+
+
 # --- the reaper ---------------------------------------------------------------------------------
 def replies_reap_stale(*, stale_seconds: int = STALE_SECONDS) -> int:
     """Mark replies whose process stopped heartbeating as `error`, keeping the text the buffer
@@ -741,6 +794,8 @@ def replies_reap_stale(*, stale_seconds: int = STALE_SECONDS) -> int:
             changed = Message.objects.filter(id=message_id, status__in=RUNNING).update(
                 status=Message.Status.ERROR, finish_reason="error", error_code="interrupted", content=text, heartbeat_at=None
             )
+            if changed and state.get("message_id") == str(message_id) and state.get("reservation_id"):
+                _reap_settle(message_id=message_id, conversation_id=conversation_id, state=state, text=text)
         if not changed:
             continue
         reaped += 1

@@ -42,6 +42,7 @@ class Backends:
     scripts: list = field(default_factory=list)  # one list of events per provider call, consumed in order
     calls: list = field(default_factory=list)  # (provider, key name, ChatRequest)
     delta_delay: float = 0.0
+    drop_oldest: int = 0  # context_build trims this many of the oldest history items
     gate: asyncio.Event | None = None  # "gate" in a script waits on this
 
     def key(self, name: str) -> KeyLease:
@@ -149,10 +150,14 @@ def chat_backends(monkeypatch) -> Backends:
         return len(text.split()), True
 
     def context_build(*, system_prompt, summary, history, model_id, context_window, max_tokens):
+        dropped = history[: min(b.drop_oldest, len(history) - 1)]
+        kept = history[len(dropped) :]
         messages = [ChatMessage("system", system_prompt)] if system_prompt else []
-        messages += [ChatMessage(h.role, h.content) for h in history]
+        if summary:
+            messages.append(ChatMessage("system", "Summary: " + summary))
+        messages += [ChatMessage(h.role, h.content) for h in kept]
         tokens = sum(len(m.content.split()) for m in messages)
-        return context_mod.BuiltContext(messages=messages, input_tokens=tokens, estimated=True, dropped_ids=[])
+        return context_mod.BuiltContext(messages=messages, input_tokens=tokens, estimated=True, dropped_ids=[h.id for h in dropped])
 
     monkeypatch.setattr(prices, "price_for", price_for)
     monkeypatch.setattr(prices, "cost_of", cost_of)

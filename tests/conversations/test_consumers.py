@@ -326,7 +326,7 @@ async def test_rate_limited_says_when_and_releases_the_reservation(chat_backends
 # --- provider failures ---------------------------------------------------------------------------------
 async def test_failover_to_the_next_key_after_a_5xx(chat_backends, user, conversation_factory, monkeypatch):
     monkeypatch.setattr(turns, "BACKOFF_BASE", 0.001)
-    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
+    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test", title="titled")
     first, second = chat_backends.key("first"), chat_backends.key("second")
     chat_backends.scripts += [
         [ProviderError(ErrorKind.UNAVAILABLE, "502", status=502)],
@@ -413,4 +413,16 @@ async def test_a_stream_cut_after_some_deltas_keeps_the_part_and_says_why(chat_b
     assert len(chat_backends.calls) == 1  # not retried: that would bill and repeat the text
     assert len(chat_backends.usage) == 1 and chat_backends.usage[0]["estimated"] is True
     assert chat_backends.settlements[-1][1] == reply.cost > 0
+    await ws.disconnect()
+
+
+async def test_a_conversation_deleted_in_another_tab_answers_invalid_input(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    await database_sync_to_async(conversation.delete)()
+    await ws.send_json_to(_send("hello?"))
+    frames = await receive_until(ws, "error")
+    assert frames[-1]["code"] == "invalid_input"
+    await ws.send_json_to({"type": "stop"})
+    assert await ws.receive_nothing(timeout=0.2)
     await ws.disconnect()
