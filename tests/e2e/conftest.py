@@ -29,7 +29,15 @@ def _application():
 
 
 def _use_test_database():
+    """Runs in the forked server before it serves."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from asgiref.sync import SyncToAsync
     from django.conf import settings
+
+    # The parent's ORM thread (asgiref's single thread executor) does not survive the fork; an
+    # executor that believes it still has it would queue every database call forever.
+    SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
 
     test_name = settings.DATABASES["default"].get("TEST", {}).get("NAME")
     if test_name:

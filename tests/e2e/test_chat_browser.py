@@ -21,11 +21,24 @@ def _signed_in_context(browser, live_server_url, user, **options):
 
 
 def test_chat_in_the_browser(browser, live_server_url, make_user, artifacts):
+    try:
+        _chat_in_the_browser(browser, live_server_url, make_user, artifacts)
+    except Exception:
+        # What the person saw, for whoever reads the failure.
+        for context in browser.contexts:
+            for open_page in context.pages:
+                open_page.screenshot(path=str(artifacts / "chat-failure.png"))
+                print("messages:", open_page.inner_text("#messages"), "| error:", open_page.inner_text("#chat-error"))
+        raise
+
+
+def _chat_in_the_browser(browser, live_server_url, make_user, artifacts):
     user = make_user("carol")
     context = _signed_in_context(browser, live_server_url, user, viewport={"width": 1200, "height": 800})
     page = context.new_page()
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: print("console:", msg.text))
     page.goto(live_server_url + "/")
 
     picker = page.locator("#model-picker")
