@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from urllib.parse import urlencode
 
 from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
@@ -138,8 +139,8 @@ def conversations_collection(request):
     rows = list(selectors.conversation_list(owner=request.user, title_contains=query)[(page - 1) * PAGE_SIZE : page * PAGE_SIZE + 1])
     next_url = None
     if len(rows) > PAGE_SIZE:
-        params = f"?page={page + 1}" + (f"&q={query}" if query else "")
-        next_url = request.build_absolute_uri(reverse("api-conversations") + params)
+        params = {"page": page + 1, **({"q": query} if query else {})}
+        next_url = request.build_absolute_uri(reverse("api-conversations") + "?" + urlencode(params))
     return JsonResponse({"results": [conversation_summary_data(c) for c in rows[:PAGE_SIZE]], "next": next_url})
 
 

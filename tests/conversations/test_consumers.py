@@ -426,3 +426,20 @@ async def test_a_conversation_deleted_in_another_tab_answers_invalid_input(chat_
     await ws.send_json_to({"type": "stop"})
     assert await ws.receive_nothing(timeout=0.2)
     await ws.disconnect()
+
+
+async def test_a_stop_flag_set_by_another_process_reaches_the_reply(chat_backends, user, conversation_factory):
+    # Another process cannot always reach this one's channel layer (in-memory layer): the flag
+    # in the shared cache is enough on its own.
+    from django.core.cache import cache
+
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    chat_backends.scripts.append([TextDelta("some "), "hang"])
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("go"))
+    start = (await receive_until(ws, "start"))[-1]
+    await cache.aset(f"stop:{start['message_id']}", True)
+    frames = await receive_until(ws, "done")
+    assert frames[-1]["finish_reason"] == "cancelled"
+    await turns.replies_wait()
+    await ws.disconnect()
