@@ -4,6 +4,7 @@ service, relay what the conversation's group carries. The reply never depends on
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 
@@ -15,6 +16,8 @@ from django.utils.translation import gettext as _
 
 from . import turns
 from .selectors import conversation_get
+
+logger = logging.getLogger(__name__)
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -77,6 +80,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if self._too_fast():
             await self.send_json({"type": "error", "code": "rate_limited", "message": _("Too many frames: slow down.")})
             return
+        try:
+            await self._dispatch(content)
+        except Exception:  # noqa: BLE001 - a server fault must not drop the socket
+            logger.exception("chat frame failed in conversation %s", self.conversation.id)
+            await self.send_json(
+                {"type": "error", "code": "provider_error", "message": _("Something went wrong. Please try again.")}
+            )
+
+    async def _dispatch(self, content: dict):
         kind = content["type"]
         if kind == "user_message":
             await self._user_message(content)

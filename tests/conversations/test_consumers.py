@@ -443,3 +443,23 @@ async def test_a_stop_flag_set_by_another_process_reaches_the_reply(chat_backend
     assert frames[-1]["finish_reason"] == "cancelled"
     await turns.replies_wait()
     await ws.disconnect()
+
+
+async def test_a_server_fault_answers_an_error_and_keeps_the_socket(chat_backends, user, conversation_factory, monkeypatch):
+    from billing import budgets
+
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    real_reserve = budgets.budget_reserve
+
+    def broken(**kwargs):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(budgets, "budget_reserve", broken)
+    await ws.send_json_to(_send("first"))
+    error = await ws.receive_json_from(timeout=5)
+    assert error["type"] == "error" and "database" not in error["message"]
+    monkeypatch.setattr(budgets, "budget_reserve", real_reserve)
+    frames = await _turn(ws, "second")
+    assert frames[-1]["finish_reason"] == "stop"
+    await ws.disconnect()
