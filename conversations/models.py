@@ -84,3 +84,7 @@ class Message(models.Model):
             ),
             models.CheckConstraint(condition=models.Q(cost__gte=0), name="message_cost_non_negative"),
         ]
+
+    def __str__(self) -> str:
+        # Never the text: this shows up in logs and admin lists.
+        return f"{self.role} {self.id}"

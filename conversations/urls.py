@@ -1,1 +1,8 @@
-urlpatterns: list = []
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.chat, name="chat"),
+    path("c/<uuid:conversation_id>/", views.chat, name="chat-conversation"),
+]

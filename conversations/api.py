@@ -1,0 +1,166 @@
+"""The JSON API (CONTRACT section 4): session auth, CSRF on unsafe methods, owner-scoped reads,
+errors as {"error": {"code", "message"}}. Entry points only: parse, authorize, call a service."""
+
+from __future__ import annotations
+
+import functools
+import json
+from urllib.parse import urlencode
+
+from django.http import HttpRequest, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.urls import reverse
+from django.utils.translation import gettext as _
+from django.views.decorators.csrf import csrf_exempt
+
+from billing import keys, prices
+
+from . import selectors, services
+from .markdown import markdown_render
+from .models import Conversation, Message
+from .turns import money_str
+
+PAGE_SIZE = 50
+_csrf = CsrfViewMiddleware(lambda request: None)
+
+
+def error(status: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+
+
+def api_view(methods: tuple[str, ...]):
+    """401 JSON for anonymous callers (never a login redirect), CSRF on unsafe methods answered
+    in JSON too, 405 for other methods."""
+
+    def decorate(view):
+        @csrf_exempt  # checked below, so a failure answers JSON instead of Django's HTML page
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args, **kwargs):
+            if not request.user.is_authenticated:
+                return error(401, "not_authenticated", _("Sign in first."))
+            if request.method not in methods:
+                response = error(405, "method_not_allowed", _("Method not allowed."))
+                response["Allow"] = ", ".join(methods)
+                return response
+            if request.method not in {"GET", "HEAD", "OPTIONS"}:
+                if _csrf.process_view(request, None, (), {}) is not None:
+                    return error(403, "csrf_failed", _("The CSRF token is missing or wrong."))
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _body(request: HttpRequest) -> dict | JsonResponse:
+    try:
+        data = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return error(400, "invalid_input", _("The body must be JSON."))
+    if not isinstance(data, dict):
+        return error(400, "invalid_input", _("The body must be a JSON object."))
+    return data
+
+
+def _iso(value) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def conversation_summary_data(c: Conversation) -> dict:
+    return {"id": str(c.id), "title": c.title, "model": c.model, "created_at": _iso(c.created_at), "updated_at": _iso(c.updated_at)}
+
+
+def conversation_data(c: Conversation) -> dict:
+    return {
+        **conversation_summary_data(c),
+        "system_prompt": c.system_prompt,
+        # Not money: a JSON number is what clients expect for a sampling temperature.
+        "temperature": float(c.temperature) if c.temperature is not None else None,
+        "max_tokens": c.max_tokens,
+    }
+
+
+def message_data(m: Message) -> dict:
+    return {
+        "id": str(m.id),
+        "role": m.role,
+        "content": m.content,
+        "status": m.status,
+        "created_at": _iso(m.created_at),
+        "input_tokens": m.input_tokens,
+        "output_tokens": m.output_tokens,
+        "cost": money_str(m.cost),
+        # Extra fields beyond the contract: the rendering the page shows, and how the reply ended.
+        "html": markdown_render(text=m.content) if m.role == Message.Role.ASSISTANT else None,
+        "model": m.model,
+        "finish_reason": m.finish_reason,
+        "error_code": m.error_code,
+        "reply_to": str(m.reply_to_id) if m.reply_to_id else None,
+    }
+
+
+def models_available() -> list[dict]:
+    """Priced models whose provider has a usable key, and the demo model, labelled as a demo."""
+    usable = keys.providers_with_usable_keys()
+    results = []
+    for quote in prices.prices_available():
+        is_demo = quote.provider == "demo"
+        if not is_demo and quote.provider not in usable:
+            continue
+        label = quote.label or quote.model_id
+        if is_demo:
+            label = _("%(label)s (demo)") % {"label": label} if "demo" not in label.lower() else label
+        results.append({"id": quote.model_id, "label": label, "context_window": quote.context_window, "demo": is_demo})
+    return results
+
+
+@api_view(("GET",))
+def models_list(request):
+    return JsonResponse({"results": models_available()})
+
+
+@api_view(("GET", "POST"))
+def conversations_collection(request):
+    if request.method == "POST":
+        data = _body(request)
+        if isinstance(data, JsonResponse):
+            return data
+        try:
+            conversation = services.conversation_create(owner=request.user, data=data)
+        except services.InvalidField as exc:
+            return error(400, "invalid_input", f"{exc.field}: {exc.message}")
+        return JsonResponse(conversation_data(conversation), status=201)
+
+    try:
+        page = max(1, int(request.GET.get("page", "1")))
+    except ValueError:
+        return error(400, "invalid_input", _("page must be a whole number."))
+    query = request.GET.get("q", "")[:200]
+    rows = list(selectors.conversation_list(owner=request.user, title_contains=query)[(page - 1) * PAGE_SIZE : page * PAGE_SIZE + 1])
+    next_url = None
+    if len(rows) > PAGE_SIZE:
+        params = {"page": page + 1, **({"q": query} if query else {})}
+        next_url = request.build_absolute_uri(reverse("api-conversations") + "?" + urlencode(params))
+    return JsonResponse({"results": [conversation_summary_data(c) for c in rows[:PAGE_SIZE]], "next": next_url})
+
+
+@api_view(("GET", "PATCH", "DELETE"))
+def conversation_item(request, conversation_id):
+    conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
+    if conversation is None:
+        return error(404, "not_found", _("No such conversation."))
+    if request.method == "DELETE":
+        services.conversation_delete(conversation=conversation)
+        return JsonResponse({}, status=204)
+    if request.method == "PATCH":
+        data = _body(request)
+        if isinstance(data, JsonResponse):
+            return data
+        try:
+            conversation = services.conversation_update(conversation=conversation, data=data)
+        except services.InvalidField as exc:
+            return error(400, "invalid_input", f"{exc.field}: {exc.message}")
+        return JsonResponse(conversation_data(conversation))
+    payload = conversation_data(conversation)
+    payload["messages"] = [message_data(m) for m in selectors.message_list(conversation=conversation)]
+    return JsonResponse(payload)

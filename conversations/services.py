@@ -1,0 +1,268 @@
+"""Writes on conversations (the turn, which writes messages, lives in turns.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from .models import Conversation
+
+# The fields a body may set. owner, id, summary and timestamps are never taken from a request.
+EDITABLE_FIELDS = ("title", "model", "system_prompt", "temperature", "max_tokens")
+MAX_TOKENS_CEILING = 1_000_000
+
+
+@dataclass
+class InvalidField(Exception):
+    field: str
+    message: str
+
+
+def _clean(data: dict) -> dict:
+    """Type-checks and normalizes the editable fields present in `data`; raises InvalidField."""
+    out: dict = {}
+    for name in EDITABLE_FIELDS:
+        if name not in data:
+            continue
+        value = data[name]
+        if name == "title":
+            if not isinstance(value, str) or len(value) > 200:
+                raise InvalidField(name, _("The title must be text of at most 200 characters."))
+            out[name] = value.strip()
+        elif name == "system_prompt":
+            if not isinstance(value, str) or len(value) > settings.MAX_MESSAGE_CHARS:
+                raise InvalidField(name, _("The system prompt must be text of at most %(n)d characters.") % {"n": settings.MAX_MESSAGE_CHARS})
+            out[name] = value
+        elif name == "model":
+            if not isinstance(value, str) or ":" not in value or len(value) > 120:
+                raise InvalidField(name, _("The model must be named provider:model."))
+            from billing.prices import price_for
+
+            if price_for(model_id=value) is None:
+                raise InvalidField(name, _("This model is not available."))
+            out[name] = value
+        elif name == "temperature":
+            if value is None:
+                out[name] = None
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise InvalidField(name, _("The temperature must be a number from 0 to 2."))
+            try:
+                # Via str: a float like 0.7 becomes Decimal("0.7"), not its binary expansion.
+                temp = Decimal(str(value)).quantize(Decimal("0.01"))
+            except (InvalidOperation, ValueError):
+                raise InvalidField(name, _("The temperature must be a number from 0 to 2.")) from None
+            if not (Decimal("0") <= temp <= Decimal("2")):
+                raise InvalidField(name, _("The temperature must be a number from 0 to 2."))
+            out[name] = temp
+        elif name == "max_tokens":
+            if value is None:
+                out[name] = None
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not (1 <= value <= MAX_TOKENS_CEILING):
+                raise InvalidField(name, _("Max tokens must be a whole number from 1 to %(n)d.") % {"n": MAX_TOKENS_CEILING})
+            out[name] = value
+    return out
+
+
+def conversation_create(*, owner, data: dict | None = None) -> Conversation:
+    fields = _clean(data or {})
+    fields.setdefault("model", owner.default_model or settings.DEFAULT_MODEL)
+    conversation = Conversation(owner=owner, **fields)
+    try:
+        conversation.full_clean()
+    except ValidationError as exc:
+        name, messages = next(iter(exc.message_dict.items()))
+        raise InvalidField(name, " ".join(messages)) from None
+    conversation.save()
+    return conversation
+
+
+def conversation_update(*, conversation: Conversation, data: dict) -> Conversation:
+    fields = _clean(data)
+    if not fields:
+        return conversation
+    for name, value in fields.items():
+        setattr(conversation, name, value)
+    conversation.updated_at = timezone.now()
+    conversation.full_clean()
+    conversation.save(update_fields=[*fields, "updated_at"])
+    return conversation
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    # A running reply is stopped first so its task settles the budget instead of writing into a
+    # deleted row; recorded spend lives in the ledger and is untouched by the delete.
+    from .turns import turn_stop
+
+    turn_stop(conversation_id=conversation.id)
+    with transaction.atomic():
+        conversation.delete()
+
+
+def conversation_touch(*, conversation_id) -> None:
+    Conversation.objects.filter(id=conversation_id).update(updated_at=timezone.now())
+
+
+# --- titles and rolling summaries (run from Celery tasks) --------------------------------------
+TITLE_WORDS = 6
+SUMMARY_CHARS = 4000
+
+
+def _first_words(text: str, n: int = TITLE_WORDS) -> str:
+    words = " ".join(text.split()).split(" ")
+    title = " ".join(words[:n])
+    return (title[:77] + "…") if len(title) > 80 else title
+
+
+def _complete(*, user, conversation_id, model_id: str, messages: list, max_tokens: int) -> str | None:
+    """A short non-streamed completion (the stream joined), billed like any provider call:
+    reserved first, recorded in the ledger, settled. None when it cannot or should not run."""
+    from asgiref.sync import async_to_sync
+
+    from billing import budgets, keys, ledger, prices
+
+    from . import context as context_mod
+    from . import llm
+    from .llm.base import ChatRequest, ProviderError, TextDelta, Usage
+
+    price = prices.price_for(model_id=model_id)
+    provider, _sep, model_name = model_id.partition(":")
+    if price is None:
+        return None
+    try:
+        adapter = llm.get_adapter(provider)
+    except KeyError:
+        return None
+    input_tokens = sum(context_mod.count_tokens(text=m.content, model_id=model_id)[0] for m in messages)
+    try:
+        reservation_id = budgets.budget_reserve(
+            user=user, amount=prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=max_tokens)
+        )
+    except budgets.BudgetExceeded:
+        return None
+    request = ChatRequest(model=model_name, messages=messages, max_tokens=max_tokens)
+
+    async def collect(key):
+        parts, usage = [], None
+        async for event in adapter.stream(request, key=key):
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+            elif isinstance(event, Usage):
+                usage = event
+        return "".join(parts), usage
+
+    tried: list = []
+    cost = Decimal("0")
+    text = None
+    for attempt in range(1, 4):
+        key = None if provider == "demo" else keys.key_choose(provider=provider, exclude=tuple(tried))
+        if provider != "demo" and key is None:
+            break
+        started = timezone.now()
+        try:
+            text, usage = async_to_sync(collect)(key)
+        except ProviderError as exc:
+            if key is not None:
+                keys.key_report_failure(key_id=key.id, kind=str(exc.kind), retry_after=exc.retry_after)
+                tried.append(key.id)
+            ledger.usage_record(
+                user=user, conversation_id=conversation_id, message_id=None, attempt=attempt, provider=provider, model=model_id,
+                key_id=key.id if key else None, input_tokens=0, output_tokens=0, cached_tokens=0, cost=Decimal("0"),
+                estimated=False, ttft_ms=None, latency_ms=None, outcome="error", error_kind=str(exc.kind),
+            )
+            if key is None:
+                break
+            continue
+        if key is not None:
+            keys.key_report_success(key_id=key.id)
+        estimated = usage is None
+        if usage is None:
+            usage = Usage(input_tokens=input_tokens, output_tokens=context_mod.count_tokens(text=text, model_id=model_id)[0])
+        cost = prices.cost_of(price=price, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+        latency = int((timezone.now() - started).total_seconds() * 1000)
+        ledger.usage_record(
+            user=user, conversation_id=conversation_id, message_id=None, attempt=attempt, provider=provider, model=model_id,
+            key_id=key.id if key else None, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cached_tokens=usage.cached_tokens, cost=cost, estimated=estimated, ttft_ms=None, latency_ms=latency, outcome="ok",
+        )
+        break
+    budgets.budget_settle(reservation_id=reservation_id, actual=cost)
+    return text
+
+
+def conversation_title_generate(*, conversation_id) -> str | None:
+    """Give an untitled conversation a title from its first exchange. Does nothing when it has
+    one (running twice, or the user named it meanwhile)."""
+    from .llm.base import ChatMessage
+    from .models import Message
+
+    conversation = Conversation.objects.select_related("owner").filter(id=conversation_id).first()
+    if conversation is None or conversation.title:
+        return None
+    first = Message.objects.filter(conversation=conversation, role=Message.Role.USER).order_by("created_at", "id").first()
+    if first is None:
+        return None
+    title = ""
+    if not conversation.model.startswith("demo:"):
+        reply = first.replies.filter(status=Message.Status.DONE).order_by("created_at").first()
+        prompt = [
+            ChatMessage("system", "Write a title of at most six words for this conversation. Answer with the title only."),
+            ChatMessage("user", first.content[:2000] + ("\n\n" + reply.content[:1000] if reply else "")),
+        ]
+        title = (
+            _complete(
+                user=conversation.owner, conversation_id=conversation.id, model_id=conversation.model, messages=prompt, max_tokens=24
+            )
+            or ""
+        )
+        title = " ".join(title.strip().strip('"').split())[:200]
+    # The demo model (and any failure) falls back to the first words of the question.
+    title = title or _first_words(first.content)
+    updated = Conversation.objects.filter(id=conversation.id, title="").update(title=title)
+    return title if updated else None
+
+
+def conversation_summary_update(*, conversation_id, upto_message_id) -> bool:
+    """Fold the turns trimmed out of the context (up to `upto_message_id`) into the rolling
+    summary. Idempotent: a summary that already reaches that message is left alone."""
+    from .llm.base import ChatMessage
+    from .models import Message
+
+    conversation = Conversation.objects.select_related("owner", "summary_upto").filter(id=conversation_id).first()
+    upto = Message.objects.filter(id=upto_message_id, conversation_id=conversation_id).first()
+    if conversation is None or upto is None:
+        return False
+    previous = conversation.summary_upto
+    if previous is not None and (previous.created_at, str(previous.id)) >= (upto.created_at, str(upto.id)):
+        return False
+    turns_qs = Message.objects.filter(conversation=conversation, created_at__lte=upto.created_at).exclude(content="")
+    if previous is not None:
+        turns_qs = turns_qs.filter(created_at__gt=previous.created_at)
+    transcript = "\n".join(f"{m.role}: {m.content}" for m in turns_qs.order_by("created_at", "id"))
+    summary = ""
+    if not conversation.model.startswith("demo:"):
+        prompt = [
+            ChatMessage(
+                "system",
+                "Update the running summary of a conversation with the new turns. Keep facts, names, decisions "
+                "and open questions. Answer with the summary only.",
+            ),
+            ChatMessage("user", f"Summary so far:\n{conversation.summary}\n\nNew turns:\n{transcript[:12000]}"),
+        ]
+        summary = (
+            _complete(user=conversation.owner, conversation_id=conversation.id, model_id=conversation.model, messages=prompt, max_tokens=400)
+            or ""
+        )
+    if not summary:
+        # Offline fallback: the first words of each turn, newest kept when it grows too long.
+        lines = [f"{m.role}: {_first_words(m.content, 30)}" for m in turns_qs.order_by("created_at", "id")]
+        summary = "\n".join(filter(None, [conversation.summary, *lines]))[-SUMMARY_CHARS:]
+    updated = Conversation.objects.filter(id=conversation.id, summary_upto=previous).update(summary=summary, summary_upto=upto)
+    return bool(updated)

@@ -1,0 +1,814 @@
+"""The turn: one user message to one finished reply. See ARCHITECTURE.md "One turn, as data".
+
+The reply belongs to this module, not to a socket: `turn_start` saves the user message, checks
+price, context, budget and rate limit, creates the assistant message and launches the reply as
+an asyncio task in this process. The task streams from the provider (failing over between keys),
+publishes batched deltas to the conversation's channel-layer group, keeps the partial text in the
+cache for late joiners, and at the end writes the message, the ledger row and the budget
+settlement in one transaction. Sockets only relay what the group carries.
+
+Database writes per reply are bounded: the user message, the assistant message, one "streaming"
+flip, a heartbeat every HEARTBEAT_SECONDS, one usage row per failed attempt, and the final
+transaction. Never one per delta.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from billing import budgets, keys, ledger, limits, prices
+
+from . import context as context_mod
+from . import llm
+from .llm.base import ChatRequest, ErrorKind, Finish, ProviderError, TextDelta, Usage
+from .models import Conversation, Message
+from .selectors import RUNNING
+
+logger = logging.getLogger(__name__)
+
+FRAME_SECONDS = 0.04  # deltas are batched into one frame per this interval
+HEARTBEAT_SECONDS = 5.0  # the running reply's row is touched at most this often
+STOP_POLL_SECONDS = 0.5  # how often the cache stop flag is read (the channel message is instant)
+STALE_SECONDS = 90  # a running reply whose heartbeat is older is reaped as `error`
+BUFFER_TTL = 60 * 60  # the stream buffer outlives any reply; the reaper deletes stale ones
+BACKOFF_BASE = 0.25  # seconds before trying the next key after a 5xx/timeout (with jitter)
+ZERO = Decimal("0")
+MONEY_PLACES = Decimal("0.0000000001")  # the ledger's precision (billing.models.MONEY)
+
+ContextTooLong = getattr(context_mod, "ContextTooLong", None)
+if ContextTooLong is None:  # pragma: no cover - the llm branch adds it to conversations.context
+
+    class ContextTooLong(Exception):  # type: ignore[no-redef]
+        pass
+
+
+# --- names ----------------------------------------------------------------------------------
+def group_name(conversation_id) -> str:
+    """The conversation's channel-layer group: built from the id only."""
+    return f"chat.{uuid.UUID(str(conversation_id)).hex}"
+
+
+def control_group_name(conversation_id) -> str:
+    """Stop requests for the conversation's running reply (the task listens here)."""
+    return f"turnctl.{uuid.UUID(str(conversation_id)).hex}"
+
+
+def buffer_key(conversation_id) -> str:
+    return f"stream:{uuid.UUID(str(conversation_id))}"
+
+
+def _stop_key(message_id) -> str:
+    return f"stop:{message_id}"
+
+
+def money_str(amount: Decimal) -> str:
+    """Money on the wire: a plain decimal string, never exponent notation."""
+    return format(Decimal(amount).quantize(MONEY_PLACES), "f")
+
+
+# --- results ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TurnError:
+    code: str
+    message: str
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """What the caller tells the sender: the ack (when a user message exists) and either the
+    started reply's id or an error."""
+
+    user_message_id: uuid.UUID | None
+    client_id: uuid.UUID | None
+    reply_id: uuid.UUID | None = None
+    error: TurnError | None = None
+    duplicate: bool = False  # a resend: the existing message, nothing new made or charged
+
+
+@dataclass
+class _ReplyPlan:
+    user: object
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    model_id: str
+    provider: str
+    price: prices.PriceQuote
+    request: ChatRequest
+    input_tokens: int
+    reservation_id: uuid.UUID
+    wants_title: bool
+    summarize_upto: uuid.UUID | None = None  # the last history item trimmed out of the context
+    attempt: int = 0  # the provider call in progress (kept in the buffer for the reaper)
+
+
+@dataclass
+class _Outcome:
+    finish_reason: str  # stop | length | cancelled | error
+    text: str = ""
+    error_code: str = ""
+    error_message: str = ""
+    error_kind: str = ""
+    usage: Usage | None = None
+    attempt: int = 0  # number of the last provider call (0: none was made)
+    recorded: bool = False  # the last attempt's ledger row is already written (failed before output)
+    key_id: uuid.UUID | None = None
+    ttft_ms: int | None = None
+    latency_ms: int | None = None
+
+
+# --- starting a turn ----------------------------------------------------------------------------
+async def turn_start(*, user, conversation: Conversation, content: str, client_id: uuid.UUID) -> TurnResult:
+    """Save the user's message (idempotent on client_id) and start its reply. Never raises for a
+    refusal: the result carries the error code and message for the sender."""
+    result, plan = await database_sync_to_async(_turn_prepare)(
+        user=user, conversation_id=conversation.id, content=content, client_id=client_id
+    )
+    if plan is not None:
+        _reply_launch(plan)
+    return result
+
+
+async def turn_regenerate(*, user, conversation: Conversation) -> TurnResult:
+    """A new reply to the last user message that has one; the old reply stays in the record."""
+    result, plan = await database_sync_to_async(_regenerate_prepare)(user=user, conversation_id=conversation.id)
+    if plan is not None:
+        _reply_launch(plan)
+    return result
+
+
+def _turn_prepare(*, user, conversation_id, content: str, client_id: uuid.UUID) -> tuple[TurnResult, _ReplyPlan | None]:
+    conversation = Conversation.objects.filter(id=conversation_id, owner=user).first()
+    if conversation is None:  # deleted in another tab while this socket was open
+        return TurnResult(None, client_id, error=TurnError("invalid_input", _("This conversation no longer exists."))), None
+    existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
+    if existing is None:
+        try:
+            with transaction.atomic():
+                existing = Message.objects.create(
+                    conversation=conversation, role=Message.Role.USER, content=content, client_id=client_id
+                )
+        except IntegrityError:
+            # The same frame arrived twice at once: the other one made the message.
+            existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
+            if existing is None:
+                raise
+            return TurnResult(existing.id, client_id, duplicate=True), None
+    else:
+        # A resend never makes a second message or charge; if its reply runs, the socket
+        # (already in the group) simply keeps receiving it.
+        running = existing.replies.filter(status__in=RUNNING).values_list("id", flat=True).first()
+        return TurnResult(existing.id, client_id, reply_id=running, duplicate=True), None
+    return _reply_prepare(user=user, conversation=conversation, reply_to=existing, client_id=client_id)
+
+
+def _regenerate_prepare(*, user, conversation_id) -> tuple[TurnResult, _ReplyPlan | None]:
+    conversation = Conversation.objects.filter(id=conversation_id, owner=user).first()
+    if conversation is None:
+        return TurnResult(None, None, error=TurnError("invalid_input", _("This conversation no longer exists."))), None
+    last_user = (
+        Message.objects.filter(conversation=conversation, role=Message.Role.USER).order_by("-created_at", "-id").first()
+    )
+    if last_user is None:
+        return TurnResult(None, None, error=TurnError("invalid_input", _("There is no reply to regenerate."))), None
+    return _reply_prepare(user=user, conversation=conversation, reply_to=last_user, client_id=None)
+
+
+def _history(*, conversation: Conversation, upto: Message) -> list:
+    """The finished exchange up to and including `upto`, newest reply per question, without
+    what the rolling summary already covers and without earlier replies to `upto` itself."""
+    messages = list(
+        Message.objects.filter(conversation=conversation)
+        .exclude(status__in=RUNNING)
+        .order_by("created_at", "id")
+        .only("id", "role", "content", "reply_to_id", "created_at")
+    )
+    latest_reply: dict = {}
+    for m in messages:
+        if m.role == Message.Role.ASSISTANT and m.reply_to_id:
+            latest_reply[m.reply_to_id] = m.id
+    skip_before = None
+    if conversation.summary_upto_id:
+        ids = [m.id for m in messages]
+        if conversation.summary_upto_id in ids:
+            skip_before = ids.index(conversation.summary_upto_id)
+    items = []
+    for index, m in enumerate(messages):
+        if skip_before is not None and index <= skip_before:
+            continue
+        if m.role == Message.Role.ASSISTANT:
+            if not m.content or m.reply_to_id == upto.id:
+                continue
+            if m.reply_to_id and latest_reply.get(m.reply_to_id) != m.id:
+                continue
+        elif not m.content:
+            continue
+        items.append(context_mod.HistoryItem(id=m.id, role=m.role, content=m.content))
+        if m.id == upto.id:
+            break
+    return items
+
+
+def _reply_prepare(
+    *, user, conversation: Conversation, reply_to: Message, client_id
+) -> tuple[TurnResult, _ReplyPlan | None]:
+    def refuse(code: str, message: str, **extra) -> tuple[TurnResult, None]:
+        return TurnResult(reply_to.id, client_id, error=TurnError(code, message, extra)), None
+
+    model_id = conversation.model
+    provider, _sep, model_name = model_id.partition(":")
+    price = prices.price_for(model_id=model_id)
+    if price is None or not _adapter_known(provider):
+        return refuse("model_unavailable", _("The model %(model)s is not available.") % {"model": model_id})
+    if Message.objects.filter(conversation=conversation, status__in=RUNNING).exists():
+        return refuse("busy", _("A reply is already being written in this conversation."))
+
+    max_tokens = min(conversation.max_tokens or price.max_output_tokens, price.max_output_tokens)
+    history = _history(conversation=conversation, upto=reply_to)
+    try:
+        built = context_mod.context_build(
+            system_prompt=conversation.system_prompt,
+            summary=conversation.summary,
+            history=history,
+            model_id=model_id,
+            context_window=price.context_window,
+            max_tokens=max_tokens,
+        )
+    except ContextTooLong:
+        return refuse("invalid_input", _("This message is too long for the model's context window."))
+
+    worst_case = prices.cost_of(price=price, input_tokens=built.input_tokens, output_tokens=max_tokens)
+    try:
+        reservation_id = budgets.budget_reserve(user=user, amount=worst_case)
+    except budgets.BudgetExceeded as exc:
+        return refuse(
+            "budget_exceeded",
+            _("The %(scope)s budget %(name)s (%(period)s, limit $%(limit)s) cannot cover this reply.")
+            % {"scope": exc.scope, "name": exc.name, "period": exc.period, "limit": format(Decimal(exc.limit).quantize(Decimal("0.01")), "f")},
+            budget={"scope": exc.scope, "name": exc.name, "period": exc.period, "limit": money_str(exc.limit)},
+        )
+    try:
+        limits.rate_limit_check(user=user, tokens=built.input_tokens)
+    except limits.RateLimited as exc:
+        budgets.budget_settle(reservation_id=reservation_id, actual=ZERO)
+        return refuse(
+            "rate_limited",
+            _("Too many requests: try again in %(seconds)d seconds.") % {"seconds": exc.retry_after},
+            retry_after=exc.retry_after,
+        )
+
+    try:
+        with transaction.atomic():
+            reply = Message.objects.create(
+                conversation=conversation,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.PENDING,
+                model=model_id,
+                reply_to=reply_to,
+                heartbeat_at=timezone.now(),
+            )
+    except IntegrityError:
+        # message_one_running_per_conversation: another turn won the race.
+        budgets.budget_settle(reservation_id=reservation_id, actual=ZERO)
+        return refuse("busy", _("A reply is already being written in this conversation."))
+
+    # The buffer exists before anyone can hear of the reply, so turn_stop and late joiners find it.
+    cache.set(
+        buffer_key(conversation.id),
+        _buffer_state(reply.id, 0, "", model_id, reservation_id, built.input_tokens, user.pk, 0),
+        BUFFER_TTL,
+    )
+    temperature = float(conversation.temperature) if conversation.temperature is not None else None
+    plan = _ReplyPlan(
+        user=user,
+        conversation_id=conversation.id,
+        message_id=reply.id,
+        model_id=model_id,
+        provider=provider,
+        price=price,
+        request=ChatRequest(model=model_name, messages=built.messages, max_tokens=max_tokens, temperature=temperature),
+        input_tokens=built.input_tokens,
+        reservation_id=reservation_id,
+        wants_title=not conversation.title,
+        summarize_upto=built.dropped_ids[-1] if built.dropped_ids else None,
+    )
+    return TurnResult(reply_to.id, client_id, reply_id=reply.id), plan
+
+
+def _buffer_state(message_id, seq, text, model_id, reservation_id, input_tokens, user_id, attempt) -> dict:
+    # What a late joiner needs (message_id, seq, text, model), and what the reaper needs to
+    # settle a reply whose process died (reservation, counted input, user, attempt).
+    return {
+        "message_id": str(message_id),
+        "seq": seq,
+        "text": text,
+        "model": model_id,
+        "reservation_id": str(reservation_id),
+        "input_tokens": input_tokens,
+        "user_id": user_id,
+        "attempt": attempt,
+    }
+
+
+def _adapter_known(provider: str) -> bool:
+    try:
+        llm.get_adapter(provider)
+    except KeyError:
+        return False
+    return True
+
+
+# --- the running reply --------------------------------------------------------------------------
+_RUNNING: dict[uuid.UUID, asyncio.Task] = {}
+
+
+def _reply_launch(plan: _ReplyPlan) -> None:
+    task = asyncio.get_running_loop().create_task(_reply_run(plan), name=f"reply-{plan.message_id}")
+    # Held here so the task is not garbage-collected, and so tests can wait for it.
+    _RUNNING[plan.message_id] = task
+    task.add_done_callback(lambda _t: _RUNNING.pop(plan.message_id, None))
+
+
+async def replies_wait(timeout: float = 30) -> None:
+    """Wait for every reply running in this process (tests; graceful shutdown)."""
+    tasks = list(_RUNNING.values())
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
+
+
+async def _publish(layer, conversation_id, frame: dict) -> None:
+    await layer.group_send(group_name(conversation_id), {"type": "chat.frame", "frame": frame})
+
+
+class _Stream:
+    """The reply's text as it arrives: batched into frames, mirrored in the cache buffer."""
+
+    def __init__(self, plan: _ReplyPlan, layer) -> None:
+        self.plan = plan
+        self.layer = layer
+        self.seq = 0
+        self.text = ""
+        self.pending: list[str] = []
+        self.lock = asyncio.Lock()
+        self.finished = asyncio.Event()
+        self.streaming_marked = False
+
+    def add(self, text: str) -> None:
+        self.pending.append(text)
+
+    @property
+    def full_text(self) -> str:
+        return self.text + "".join(self.pending)
+
+    async def flush(self) -> None:
+        # Serialized: the buffer must never show an older seq than a delta already published,
+        # or a late joiner reading it would miss that delta.
+        async with self.lock:
+            if not self.pending:
+                return
+            chunk = "".join(self.pending)
+            self.pending.clear()
+            self.seq += 1
+            self.text += chunk
+            # Buffer first, then publish: a joiner that read seq N is sure to receive N+1.
+            plan = self.plan
+            await cache.aset(
+                buffer_key(plan.conversation_id),
+                _buffer_state(
+                    plan.message_id, self.seq, self.text, plan.model_id, plan.reservation_id, plan.input_tokens,
+                    plan.user.pk, plan.attempt,
+                ),
+                BUFFER_TTL,
+            )
+            await _publish(
+                self.layer,
+                self.plan.conversation_id,
+                {"type": "delta", "message_id": str(self.plan.message_id), "seq": self.seq, "text": chunk},
+            )
+
+    async def run(self, cancel: asyncio.Event) -> None:
+        """Flush every FRAME_SECONDS; heartbeat the row; notice a stop flag set elsewhere."""
+        last_beat = time.monotonic()
+        last_poll = time.monotonic()
+        while not self.finished.is_set():
+            await asyncio.sleep(FRAME_SECONDS)
+            had_text = bool(self.pending)
+            await self.flush()
+            now = time.monotonic()
+            if had_text and not self.streaming_marked:
+                self.streaming_marked = True
+                last_beat = now
+                await database_sync_to_async(_reply_heartbeat)(message_id=self.plan.message_id, streaming=True)
+            elif now - last_beat >= HEARTBEAT_SECONDS:
+                last_beat = now
+                await database_sync_to_async(_reply_heartbeat)(message_id=self.plan.message_id, streaming=False)
+            if now - last_poll >= STOP_POLL_SECONDS:
+                last_poll = now
+                if await cache.aget(_stop_key(self.plan.message_id)):
+                    cancel.set()
+
+
+def _reply_heartbeat(*, message_id, streaming: bool) -> None:
+    fields = {"heartbeat_at": timezone.now()}
+    if streaming:
+        fields["status"] = Message.Status.STREAMING
+    Message.objects.filter(id=message_id, status__in=RUNNING).update(**fields)
+
+
+async def _listen_stop(layer, channel: str, message_id, cancel: asyncio.Event) -> None:
+    while True:
+        event = await layer.receive(channel)
+        if event.get("type") == "turn.stop" and event.get("message_id") in (None, str(message_id)):
+            cancel.set()
+
+
+async def _reply_run(plan: _ReplyPlan) -> None:
+    layer = get_channel_layer()
+    stream = _Stream(plan, layer)
+    cancel = asyncio.Event()
+    await _publish(layer, plan.conversation_id, {"type": "start", "message_id": str(plan.message_id), "model": plan.model_id})
+    control = await layer.new_channel()
+    await layer.group_add(control_group_name(plan.conversation_id), control)
+    listener = asyncio.create_task(_listen_stop(layer, control, plan.message_id, cancel))
+    flusher = asyncio.create_task(stream.run(cancel))
+    try:
+        outcome = await _reply_attempts(plan, stream, cancel)
+    except Exception:  # noqa: BLE001 - whatever broke, the reply must end and settle
+        logger.exception("reply %s failed unexpectedly", plan.message_id)
+        outcome = _Outcome("error", error_code="provider_error", error_message=_("The reply failed."))
+    finally:
+        stream.finished.set()
+        listener.cancel()
+        with contextlib.suppress(BaseException):
+            await flusher
+        with contextlib.suppress(BaseException):
+            await listener
+        await layer.group_discard(control_group_name(plan.conversation_id), control)
+    await stream.flush()
+    outcome.text = stream.text
+    try:
+        usage = await database_sync_to_async(_reply_finish)(plan=plan, outcome=outcome)
+    except Exception:  # noqa: BLE001 - the reaper will mark it; the sockets still hear the end
+        logger.exception("reply %s could not be saved", plan.message_id)
+        usage = {"input_tokens": 0, "output_tokens": 0, "cost": money_str(ZERO)}
+        outcome = _Outcome("error", error_code="provider_error", error_message=_("The reply could not be saved."))
+    # Buffer gone before "done" goes out: a joiner either read the buffer before (and is in the
+    # group, so hears "done") or finds no buffer (and reads the finished message over HTTP).
+    await cache.adelete(buffer_key(plan.conversation_id))
+    await cache.adelete(_stop_key(plan.message_id))
+    if outcome.error_code:
+        await _publish(
+            layer,
+            plan.conversation_id,
+            {"type": "error", "code": outcome.error_code, "message": outcome.error_message, "message_id": str(plan.message_id)},
+        )
+    await _publish(
+        layer,
+        plan.conversation_id,
+        {"type": "done", "message_id": str(plan.message_id), "finish_reason": outcome.finish_reason, "usage": usage},
+    )
+    # After "done": with eager Celery (no Redis) these run right here, and must not delay it.
+    await database_sync_to_async(_reply_followups)(plan=plan, finish_reason=outcome.finish_reason)
+
+
+def _reply_followups(*, plan: _ReplyPlan, finish_reason: str) -> None:
+    from .tasks import conversation_summarize, conversation_title
+
+    conversation_id = str(plan.conversation_id)
+    if plan.wants_title and finish_reason in ("stop", "length"):
+        transaction.on_commit(lambda: conversation_title.delay(conversation_id))
+    if plan.summarize_upto is not None:
+        upto = str(plan.summarize_upto)
+        transaction.on_commit(lambda: conversation_summarize.delay(conversation_id, upto))
+
+
+@dataclass
+class _Attempt:
+    got_output: bool = False
+    usage: Usage | None = None
+    finish: str = ""
+    error: ProviderError | None = None
+    cancelled: bool = False
+    ttft_ms: int | None = None
+    latency_ms: int | None = None
+
+
+async def _wait_or_cancel(awaitable, cancel: asyncio.Event, timeout: float):
+    """(done, value): the awaitable's value, or done=False on cancel/timeout (then cancelled)."""
+    work = asyncio.ensure_future(awaitable)
+    stopper = asyncio.ensure_future(cancel.wait())
+    try:
+        finished, _pending = await asyncio.wait({work, stopper}, timeout=max(timeout, 0.001), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if work in finished:
+        return True, work.result()
+    work.cancel()
+    with contextlib.suppress(BaseException):
+        await work
+    return False, None
+
+
+async def _attempt(adapter, plan: _ReplyPlan, key, stream: _Stream, cancel: asyncio.Event) -> _Attempt:
+    result = _Attempt()
+    started = time.monotonic()
+    deadline = started + settings.LLM_TOTAL_TIMEOUT
+    events = adapter.stream(plan.request, key=key).__aiter__()
+    try:
+        while True:
+            # The adapter has its own timeouts; these are the net under a provider that hangs.
+            wait = min(settings.LLM_FIRST_TOKEN_TIMEOUT, deadline - time.monotonic())
+            try:
+                done, event = await _wait_or_cancel(events.__anext__(), cancel, wait)
+            except StopAsyncIteration:
+                break
+            if not done:
+                if cancel.is_set():
+                    result.cancelled = True
+                    break
+                raise ProviderError(ErrorKind.TIMEOUT, "the provider did not answer in time", after_output=result.got_output)
+            if isinstance(event, TextDelta):
+                if event.text:
+                    if not result.got_output:
+                        result.ttft_ms = int((time.monotonic() - started) * 1000)
+                    result.got_output = True
+                    stream.add(event.text)
+            elif isinstance(event, Usage):
+                result.usage = event
+            elif isinstance(event, Finish):
+                result.finish = event.reason
+    except ProviderError as exc:
+        result.error = exc
+    except Exception as exc:  # noqa: BLE001 - an adapter bug must not leave the reply hanging
+        logger.warning("adapter %s raised %s", plan.provider, type(exc).__name__)
+        result.error = ProviderError(ErrorKind.UNAVAILABLE, "the provider call failed", after_output=result.got_output)
+    finally:
+        with contextlib.suppress(BaseException):
+            await events.aclose()
+    result.latency_ms = int((time.monotonic() - started) * 1000)
+    return result
+
+
+def _error_text(exc: ProviderError) -> str:
+    if exc.kind == ErrorKind.CONTEXT_TOO_LONG:
+        return _("The conversation is too long for this model. Start a new conversation or shorten the message.")
+    if exc.kind == ErrorKind.BAD_REQUEST:
+        return _("The provider refused the request.")
+    if exc.kind == ErrorKind.TIMEOUT:
+        return _("The provider did not answer in time.")
+    return _("The provider is unavailable.")
+
+
+async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Event) -> _Outcome:
+    """The key failover loop. Returns how the last provider call ended."""
+    adapter = llm.get_adapter(plan.provider)
+    tried: list[uuid.UUID] = []
+    attempt = 0
+    last_error: ProviderError | None = None
+    while True:
+        if cancel.is_set():
+            return _Outcome("cancelled", attempt=attempt, recorded=attempt > 0)
+        key = None
+        if plan.provider != "demo":  # the demo model runs in-process and needs no key
+            key = await sync_to_async(keys.key_choose)(provider=plan.provider, exclude=tuple(tried))
+            if key is None:
+                return _Outcome(
+                    "error",
+                    error_code="provider_unavailable",
+                    error_message=_error_text(last_error) if last_error else _("No provider key can serve this model now."),
+                    error_kind=str(last_error.kind) if last_error else "",
+                    attempt=attempt,
+                    recorded=attempt > 0,
+                )
+        attempt += 1
+        plan.attempt = attempt
+        key_id = key.id if key is not None else None
+        result = await _attempt(adapter, plan, key, stream, cancel)
+        outcome = _Outcome(
+            "stop", attempt=attempt, key_id=key_id, usage=result.usage, ttft_ms=result.ttft_ms, latency_ms=result.latency_ms
+        )
+        if result.cancelled:
+            outcome.finish_reason = "cancelled"
+            if key_id:
+                await sync_to_async(keys.key_report_success)(key_id=key_id)
+            return outcome
+        if result.error is None:
+            outcome.finish_reason = result.finish or "stop"
+            if key_id:
+                await sync_to_async(keys.key_report_success)(key_id=key_id)
+            return outcome
+        exc = result.error
+        if key_id:
+            await sync_to_async(keys.key_report_failure)(key_id=key_id, kind=str(exc.kind), retry_after=exc.retry_after)
+        if result.got_output or exc.after_output:
+            # Cut mid-reply: keep what arrived and say why; the partial answer is not retried
+            # (a second call would bill the input again and repeat the text).
+            outcome.finish_reason = "error"
+            outcome.error_code = "provider_error"
+            outcome.error_message = _("The reply was cut off: %(why)s") % {"why": _error_text(exc)}
+            outcome.error_kind = str(exc.kind)
+            return outcome
+        # Failed before any output: its own ledger row (nothing billed), then maybe the next key.
+        await database_sync_to_async(_usage_record_failed)(plan=plan, attempt=attempt, key_id=key_id, exc=exc, result=result)
+        last_error = exc
+        if exc.kind in (ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_TOO_LONG) or key is None:
+            code = "provider_error" if exc.kind in (ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_TOO_LONG) else "provider_unavailable"
+            return _Outcome(
+                "error", error_code=code, error_message=_error_text(exc), error_kind=str(exc.kind), attempt=attempt, recorded=True
+            )
+        tried.append(key.id)
+        if exc.kind in (ErrorKind.UNAVAILABLE, ErrorKind.TIMEOUT):
+            delay = BACKOFF_BASE * (2 ** min(attempt - 1, 3)) * (0.5 + random.random())
+            await _wait_or_cancel(asyncio.sleep(delay), cancel, delay + 1)
+
+
+def _usage_record_failed(*, plan: _ReplyPlan, attempt: int, key_id, exc: ProviderError, result: _Attempt) -> None:
+    ledger.usage_record(
+        user=plan.user,
+        conversation_id=plan.conversation_id,
+        message_id=plan.message_id,
+        attempt=attempt,
+        provider=plan.provider,
+        model=plan.model_id,
+        key_id=key_id,
+        input_tokens=0,
+        output_tokens=0,
+        cached_tokens=0,
+        cost=ZERO,
+        estimated=False,
+        ttft_ms=None,
+        latency_ms=result.latency_ms,
+        outcome="error",
+        error_kind=str(exc.kind),
+    )
+
+
+def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict:
+    """The one closing transaction: message, ledger row, budget settlement. Returns the usage
+    as it goes on the wire."""
+    input_tokens = output_tokens = cached = 0
+    cost = ZERO
+    estimated = False
+    billable = outcome.attempt > 0 and not outcome.recorded
+    if billable:
+        if outcome.usage is not None:
+            input_tokens, output_tokens, cached = outcome.usage.input_tokens, outcome.usage.output_tokens, outcome.usage.cached_tokens
+        else:
+            # No usage from the provider (stopped or cut early): what it has billed is the input
+            # it was sent plus the text that came out, counted here and marked estimated.
+            estimated = True
+            input_tokens = plan.input_tokens
+            if outcome.text:
+                output_tokens, _est = context_mod.count_tokens(text=outcome.text, model_id=plan.model_id)
+        cost = prices.cost_of(price=plan.price, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached)
+    status = {
+        "stop": Message.Status.DONE,
+        "length": Message.Status.DONE,
+        "cancelled": Message.Status.CANCELLED,
+    }.get(outcome.finish_reason, Message.Status.ERROR)
+    now = timezone.now()
+    with transaction.atomic():
+        Message.objects.filter(id=plan.message_id).update(
+            content=outcome.text,
+            status=status,
+            finish_reason=outcome.finish_reason,
+            error_code=outcome.error_code,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost=cost,
+            heartbeat_at=None,
+        )
+        Conversation.objects.filter(id=plan.conversation_id).update(updated_at=now)
+        if billable:
+            ledger.usage_record(
+                user=plan.user,
+                conversation_id=plan.conversation_id,
+                message_id=plan.message_id,
+                attempt=outcome.attempt,
+                provider=plan.provider,
+                model=plan.model_id,
+                key_id=outcome.key_id,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cached_tokens=cached,
+                cost=cost,
+                estimated=estimated,
+                ttft_ms=outcome.ttft_ms,
+                latency_ms=outcome.latency_ms,
+                outcome={"cancelled": "cancelled", "error": "error"}.get(outcome.finish_reason, "ok"),
+                error_kind=outcome.error_kind,
+            )
+        budgets.budget_settle(reservation_id=plan.reservation_id, actual=cost)
+    return {"input_tokens": input_tokens, "output_tokens": output_tokens, "cost": money_str(cost)}
+
+
+# --- stopping -----------------------------------------------------------------------------------
+async def turn_stop_async(*, conversation_id) -> bool:
+    """Ask the reply running in this conversation to stop, wherever it runs. False: none runs."""
+    state = await cache.aget(buffer_key(conversation_id))
+    if not state:
+        return False
+    # The flag reaches a task in any process (it polls the cache); the message is the fast path.
+    await cache.aset(_stop_key(state["message_id"]), True, BUFFER_TTL)
+    layer = get_channel_layer()
+    await layer.group_send(control_group_name(conversation_id), {"type": "turn.stop", "message_id": state["message_id"]})
+    return True
+
+
+def turn_stop(*, conversation_id) -> bool:
+    """Sync form of turn_stop_async, for views, admin actions, tasks and commands."""
+    return async_to_sync(turn_stop_async)(conversation_id=conversation_id)
+
+
+def turns_stop_for_user(*, user_id) -> int:
+    """Stop every reply running in the user's conversations (erasure, deactivation)."""
+    ids = set(
+        Message.objects.filter(conversation__owner_id=user_id, status__in=RUNNING).values_list("conversation_id", flat=True)
+    )
+    return sum(1 for conversation_id in ids if turn_stop(conversation_id=conversation_id))
+
+
+def stream_state(*, conversation_id) -> dict | None:
+    """The running reply's buffer: {"message_id", "seq", "text", "model"}, or None."""
+    return cache.get(buffer_key(conversation_id))
+
+
+def _reap_settle(*, message_id, conversation_id, state: dict, text: str) -> None:
+    """Settle a dead reply from what its buffer knew: the input it sent (if a call started)
+    and the text that came out, estimated. The reservation is released either way."""
+    from django.contrib.auth import get_user_model
+
+    model_id = state["model"]
+    provider = model_id.partition(":")[0]
+    price = prices.price_for(model_id=model_id)
+    attempt = int(state.get("attempt") or 0)
+    input_tokens = int(state.get("input_tokens") or 0) if attempt else 0
+    output_tokens = context_mod.count_tokens(text=text, model_id=model_id)[0] if text else 0
+    cost = ZERO
+    if price is not None and attempt:
+        cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)
+        ledger.usage_record(
+            user=get_user_model().objects.filter(pk=state.get("user_id")).first(),
+            conversation_id=conversation_id, message_id=message_id, attempt=attempt, provider=provider, model=model_id,
+            key_id=None, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=0, cost=cost, estimated=True,
+            ttft_ms=None, latency_ms=None, outcome="error", error_kind="interrupted",
+        )
+        Message.objects.filter(id=message_id).update(input_tokens=input_tokens, output_tokens=output_tokens, cost=cost)
+    budgets.budget_settle(reservation_id=uuid.UUID(state["reservation_id"]), actual=cost)
+
+
+# --- the reaper ---------------------------------------------------------------------------------
+def replies_reap_stale(*, stale_seconds: int = STALE_SECONDS) -> int:
+    """Mark replies whose process stopped heartbeating as `error`, keeping the text the buffer
+    holds, and tell any open socket. Running twice does nothing more."""
+    cutoff = timezone.now() - timedelta(seconds=stale_seconds)
+    stale = list(Message.objects.filter(status__in=RUNNING, heartbeat_at__lt=cutoff).values_list("id", "conversation_id", "content"))
+    stale += list(
+        Message.objects.filter(status__in=RUNNING, heartbeat_at__isnull=True, created_at__lt=cutoff).values_list(
+            "id", "conversation_id", "content"
+        )
+    )
+    reaped = 0
+    layer = get_channel_layer()
+    for message_id, conversation_id, content in stale:
+        state = cache.get(buffer_key(conversation_id)) or {}
+        text = state.get("text", content) if state.get("message_id") == str(message_id) else content
+        with transaction.atomic():
+            changed = Message.objects.filter(id=message_id, status__in=RUNNING).update(
+                status=Message.Status.ERROR, finish_reason="error", error_code="interrupted", content=text, heartbeat_at=None
+            )
+            if changed and state.get("message_id") == str(message_id) and state.get("reservation_id"):
+                _reap_settle(message_id=message_id, conversation_id=conversation_id, state=state, text=text)
+        if not changed:
+            continue
+        reaped += 1
+        if state.get("message_id") == str(message_id):
+            cache.delete(buffer_key(conversation_id))
+        frame_usage = {"input_tokens": 0, "output_tokens": 0, "cost": money_str(ZERO)}
+        with contextlib.suppress(Exception):
+            async_to_sync(_publish)(
+                layer,
+                conversation_id,
+                {"type": "error", "code": "provider_error", "message": _("The reply was interrupted."), "message_id": str(message_id)},
+            )
+            async_to_sync(_publish)(
+                layer, conversation_id, {"type": "done", "message_id": str(message_id), "finish_reason": "error", "usage": frame_usage}
+            )
+    return reaped

@@ -1,0 +1,63 @@
+"""The chat page. The page is a shell: the sidebar, messages and model list are rendered here
+once, then static/js/chat.js keeps them current through the JSON API and the socket."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import render
+from django.utils.translation import gettext as _
+from django.views.decorators.csrf import ensure_csrf_cookie
+
+from . import api, selectors
+
+
+def _strings() -> dict:
+    # Everything chat.js shows, translated here (no inline script: passed with json_script).
+    return {
+        "untitled": _("New conversation"),
+        "you": _("You"),
+        "assistant": _("Assistant"),
+        "send": _("Send"),
+        "stop": _("Stop"),
+        "regenerate": _("Regenerate"),
+        "rename": _("Rename"),
+        "delete": _("Delete"),
+        "renamePrompt": _("New title:"),
+        "deleteConfirm": _("Delete this conversation? This cannot be undone."),
+        "copy": _("Copy"),
+        "copied": _("Copied"),
+        "tokens": _("%(input)s in / %(output)s out tokens"),
+        "cost": _("$%(cost)s"),
+        "cancelled": _("Stopped."),
+        "error": _("Error"),
+        "reconnecting": _("Connection lost, reconnecting…"),
+        "connected": _("Connected"),
+        "saved": _("Settings saved."),
+        "tooLong": _("The message is too long."),
+        "demo": _("demo"),
+    }
+
+
+@login_required
+@ensure_csrf_cookie
+def chat(request, conversation_id=None):
+    conversation = None
+    messages = []
+    if conversation_id is not None:
+        conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
+        if conversation is None:
+            raise Http404
+        messages = [api.message_data(m) for m in selectors.message_list(conversation=conversation)]
+    conversations = [api.conversation_summary_data(c) for c in selectors.conversation_list(owner=request.user)[: api.PAGE_SIZE]]
+    config = {
+        "conversation": api.conversation_data(conversation) if conversation else None,
+        "messages": messages,
+        "conversations": conversations,
+        "models": api.models_available(),
+        "defaultModel": request.user.default_model or settings.DEFAULT_MODEL,
+        "maxChars": settings.MAX_MESSAGE_CHARS,
+        "strings": _strings(),
+    }
+    return render(request, "conversations/chat.html", {"config": config, "conversation": conversation, "conversations": conversations})

@@ -1,0 +1,515 @@
+// The chat page. No inline script anywhere (CSP script-src 'self'): configuration and
+// translated strings come from the json_script element "chat-config".
+// Message text is always inserted as text; only the server's sanitized HTML ("html" from the
+// API) is ever set as innerHTML.
+(function () {
+  "use strict";
+
+  const config = JSON.parse(document.getElementById("chat-config").textContent);
+  const S = config.strings;
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    chat: $("chat"), list: $("conversation-list"), filter: $("conversation-filter"), newBtn: $("new-conversation"),
+    title: $("chat-title"), picker: $("model-picker"), messages: $("messages"), empty: $("empty-state"),
+    input: $("message-input"), composer: $("composer"), send: $("send-button"), stop: $("stop-button"),
+    regen: $("regenerate-button"), status: $("connection-status"), error: $("chat-error"),
+    settingsToggle: $("settings-toggle"), settings: $("settings-panel"), systemPrompt: $("system-prompt"),
+    temperature: $("temperature"), maxTokens: $("max-tokens"), settingsError: $("settings-error"),
+    sidebarOpen: $("sidebar-open"), sidebarClose: $("sidebar-close"),
+  };
+
+  const state = {
+    conversation: config.conversation,
+    conversations: config.conversations,
+    messages: config.messages, // as the API returns them
+    socket: null,
+    retry: 0,
+    running: null, // id of the reply being streamed
+    unacked: new Map(), // client_id -> frame, resent after a reconnect (idempotent on client_id)
+  };
+
+  function fmt(template, values) {
+    return template.replace(/%\((\w+)\)s/g, (_m, key) => String(values[key]));
+  }
+
+  function csrfToken() {
+    const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    return match ? decodeURIComponent(match[1]) : "";
+  }
+
+  async function api(method, url, body) {
+    const options = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+    if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    if (method !== "GET") options.headers["X-CSRFToken"] = csrfToken();
+    const response = await fetch(url, options);
+    if (response.status === 204) return null;
+    const data = await response.json();
+    if (!response.ok) throw new Error((data.error && data.error.message) || response.statusText);
+    return data;
+  }
+
+  function showError(message) {
+    el.error.textContent = message || "";
+    el.error.hidden = !message;
+  }
+
+  // --- sidebar -----------------------------------------------------------------------------
+  function renderList() {
+    el.list.replaceChildren();
+    for (const c of state.conversations) {
+      const li = document.createElement("li");
+      li.className = "conversation-item" + (state.conversation && state.conversation.id === c.id ? " active" : "");
+      const link = document.createElement("a");
+      link.href = "/c/" + c.id + "/";
+      link.textContent = c.title || S.untitled;
+      link.addEventListener("click", (event) => {
+        event.preventDefault();
+        openConversation(c.id, true);
+      });
+      const rename = document.createElement("button");
+      rename.type = "button";
+      rename.className = "btn btn-small";
+      rename.textContent = S.rename;
+      rename.addEventListener("click", async () => {
+        const title = window.prompt(S.renamePrompt, c.title);
+        if (title === null) return;
+        try {
+          const updated = await api("PATCH", "/api/v1/conversations/" + c.id + "/", { title });
+          c.title = updated.title;
+          if (state.conversation && state.conversation.id === c.id) {
+            state.conversation.title = updated.title;
+            el.title.textContent = updated.title || S.untitled;
+          }
+          renderList();
+        } catch (err) {
+          showError(err.message);
+        }
+      });
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "btn btn-small btn-danger";
+      remove.textContent = S.delete;
+      remove.addEventListener("click", async () => {
+        if (!window.confirm(S.deleteConfirm)) return;
+        try {
+          await api("DELETE", "/api/v1/conversations/" + c.id + "/");
+          state.conversations = state.conversations.filter((x) => x.id !== c.id);
+          if (state.conversation && state.conversation.id === c.id) newConversation();
+          renderList();
+        } catch (err) {
+          showError(err.message);
+        }
+      });
+      li.append(link, rename, remove);
+      el.list.append(li);
+    }
+  }
+
+  let filterTimer = null;
+  el.filter.addEventListener("input", () => {
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(refreshList, 200);
+  });
+
+  async function refreshList() {
+    const q = el.filter.value.trim();
+    const data = await api("GET", "/api/v1/conversations/" + (q ? "?q=" + encodeURIComponent(q) : ""));
+    state.conversations = data.results;
+    const current = state.conversation && data.results.find((c) => c.id === state.conversation.id);
+    if (current && current.title !== state.conversation.title) {
+      state.conversation.title = current.title;
+      el.title.textContent = current.title || S.untitled;
+      document.title = (current.title ? current.title + " · " : "") + "Parley";
+    }
+    renderList();
+  }
+
+  // --- model picker and settings -------------------------------------------------------------
+  function renderPicker() {
+    el.picker.replaceChildren();
+    const current = state.conversation ? state.conversation.model : config.defaultModel;
+    let found = false;
+    for (const m of config.models) {
+      const option = document.createElement("option");
+      option.value = m.id;
+      option.textContent = m.label;
+      if (m.id === current) {
+        option.selected = true;
+        found = true;
+      }
+      el.picker.append(option);
+    }
+    if (!found && current) {
+      const option = document.createElement("option");
+      option.value = current;
+      option.textContent = current;
+      option.selected = true;
+      el.picker.append(option);
+    }
+  }
+
+  el.picker.addEventListener("change", async () => {
+    if (!state.conversation) return;
+    try {
+      state.conversation = await api("PATCH", "/api/v1/conversations/" + state.conversation.id + "/", { model: el.picker.value });
+    } catch (err) {
+      showError(err.message);
+      renderPicker();
+    }
+  });
+
+  function fillSettings() {
+    const c = state.conversation;
+    el.systemPrompt.value = c ? c.system_prompt : "";
+    el.temperature.value = c && c.temperature !== null ? c.temperature : "";
+    el.maxTokens.value = c && c.max_tokens !== null ? c.max_tokens : "";
+  }
+
+  el.settingsToggle.addEventListener("click", () => {
+    el.settings.hidden = !el.settings.hidden;
+    el.settingsToggle.setAttribute("aria-expanded", String(!el.settings.hidden));
+  });
+
+  el.settings.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    el.settingsError.textContent = "";
+    const body = {
+      system_prompt: el.systemPrompt.value,
+      temperature: el.temperature.value === "" ? null : Number(el.temperature.value),
+      max_tokens: el.maxTokens.value === "" ? null : Number(el.maxTokens.value),
+    };
+    try {
+      if (!state.conversation) await createConversation();
+      state.conversation = await api("PATCH", "/api/v1/conversations/" + state.conversation.id + "/", body);
+      el.settingsError.textContent = S.saved;
+    } catch (err) {
+      el.settingsError.textContent = err.message;
+    }
+  });
+
+  // --- messages ------------------------------------------------------------------------------
+  function addCopyButtons(container) {
+    for (const pre of container.querySelectorAll("pre")) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "copy-code";
+      button.textContent = S.copy;
+      button.addEventListener("click", async () => {
+        const code = pre.querySelector("code") || pre;
+        try {
+          await navigator.clipboard.writeText(code.textContent);
+          button.textContent = S.copied;
+          setTimeout(() => (button.textContent = S.copy), 1500);
+        } catch (_err) {
+          /* clipboard refused (insecure context): the text stays selectable */
+        }
+      });
+      pre.prepend(button);
+    }
+  }
+
+  function messageNode(id) {
+    return el.messages.querySelector('[data-id="' + CSS.escape(id) + '"]');
+  }
+
+  function ensureMessage(id, role) {
+    let node = messageNode(id);
+    if (!node) {
+      node = document.createElement("article");
+      node.className = "message message-" + role;
+      node.dataset.id = id;
+      const who = document.createElement("div");
+      who.className = "message-who";
+      who.textContent = role === "user" ? S.you : S.assistant;
+      const body = document.createElement("div");
+      body.className = "message-body";
+      const meta = document.createElement("div");
+      meta.className = "message-meta";
+      node.append(who, body, meta);
+      el.messages.append(node);
+    }
+    el.empty.hidden = true;
+    return node;
+  }
+
+  // Money arrives as a decimal string with 10 places; shown without float rounding, trailing
+  // zeros trimmed to at least cents ("0.0020000000" -> "0.002", "0E-10"-free by contract).
+  function money(text) {
+    const [whole, frac = ""] = String(text).split(".");
+    let trimmed = frac.replace(/0+$/, "");
+    while (trimmed.length < 2) trimmed += "0";
+    return whole + "." + trimmed;
+  }
+
+  function setMeta(node, m) {
+    const meta = node.querySelector(".message-meta");
+    if (m.role !== "assistant") {
+      meta.textContent = "";
+      return;
+    }
+    const parts = [];
+    if (m.status === "cancelled") parts.push(S.cancelled);
+    if (m.status === "error") parts.push(S.error + (m.error_code ? ": " + m.error_code : ""));
+    if (m.status !== "streaming" && m.status !== "pending") {
+      parts.push(fmt(S.tokens, { input: m.input_tokens, output: m.output_tokens }));
+      parts.push(fmt(S.cost, { cost: money(m.cost) }));
+    }
+    meta.textContent = parts.join(" · ");
+  }
+
+  function renderMessage(m) {
+    const node = ensureMessage(m.id, m.role);
+    node.dataset.status = m.status;
+    const body = node.querySelector(".message-body");
+    if (m.role === "assistant" && m.html !== null && m.html !== undefined && m.status !== "streaming" && m.status !== "pending") {
+      body.innerHTML = m.html; // sanitized on the server (markdown-it, raw HTML off, then nh3)
+      addCopyButtons(body);
+    } else {
+      body.textContent = m.content;
+    }
+    setMeta(node, m);
+  }
+
+  function renderMessages() {
+    el.messages.querySelectorAll(".message").forEach((n) => n.remove());
+    for (const m of state.messages) renderMessage(m);
+    el.empty.hidden = state.messages.length > 0;
+    updateButtons();
+    scrollDown();
+  }
+
+  function scrollDown() {
+    el.messages.scrollTop = el.messages.scrollHeight;
+  }
+
+  function updateButtons() {
+    el.stop.hidden = !state.running;
+    const hasReply = state.messages.some((m) => m.role === "assistant");
+    el.regen.hidden = Boolean(state.running) || !hasReply;
+  }
+
+  async function reloadMessages() {
+    if (!state.conversation) return;
+    const data = await api("GET", "/api/v1/conversations/" + state.conversation.id + "/");
+    state.messages = data.messages;
+    const running = data.messages.find((m) => m.status === "pending" || m.status === "streaming");
+    state.running = running ? running.id : null;
+    renderMessages();
+  }
+
+  // --- the socket ----------------------------------------------------------------------------
+  function setStatus(text) {
+    el.status.textContent = text;
+  }
+
+  function connect() {
+    if (!state.conversation) return;
+    const conversationId = state.conversation.id;
+    const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    const socket = new WebSocket(scheme + window.location.host + "/ws/chat/" + conversationId + "/");
+    state.socket = socket;
+    socket.addEventListener("open", () => {
+      const reconnected = state.retry > 0;
+      state.retry = 0;
+      setStatus(S.connected);
+      if (reconnected) reloadMessages().catch(() => {});
+      for (const frame of state.unacked.values()) socket.send(JSON.stringify(frame));
+    });
+    socket.addEventListener("message", (event) => handleFrame(JSON.parse(event.data)));
+    socket.addEventListener("close", () => {
+      if (state.socket !== socket) return; // replaced on purpose
+      state.socket = null;
+      setStatus(S.reconnecting);
+      const delay = Math.min(10000, 500 * 2 ** state.retry) * (0.5 + Math.random());
+      state.retry += 1;
+      setTimeout(() => {
+        if (state.conversation && state.conversation.id === conversationId && !state.socket) connect();
+      }, delay);
+    });
+  }
+
+  function disconnect() {
+    if (state.socket) {
+      const socket = state.socket;
+      state.socket = null;
+      socket.close();
+    }
+  }
+
+  function findMessage(id) {
+    return state.messages.find((m) => m.id === id);
+  }
+
+  function handleFrame(frame) {
+    switch (frame.type) {
+      case "ack": {
+        state.unacked.delete(frame.client_id);
+        const pending = state.messages.find((m) => m.client_id === frame.client_id);
+        if (pending) {
+          const node = messageNode(pending.id);
+          pending.id = frame.message_id;
+          if (node) node.dataset.id = frame.message_id;
+        }
+        break;
+      }
+      case "start":
+      case "resume": {
+        let m = findMessage(frame.message_id);
+        if (!m) {
+          m = { id: frame.message_id, role: "assistant", content: "", status: "streaming", html: null };
+          state.messages.push(m);
+        }
+        m.status = "streaming";
+        m.content = frame.type === "resume" ? frame.text : "";
+        state.running = frame.message_id;
+        renderMessage(m);
+        updateButtons();
+        scrollDown();
+        break;
+      }
+      case "delta": {
+        const m = findMessage(frame.message_id);
+        if (!m) break;
+        m.content += frame.text;
+        const node = messageNode(m.id);
+        if (node) node.querySelector(".message-body").append(document.createTextNode(frame.text));
+        scrollDown();
+        break;
+      }
+      case "done": {
+        if (state.running === frame.message_id) state.running = null;
+        updateButtons();
+        // The final text, rendered and sanitized by the server, replaces the streamed text.
+        reloadMessages().then(() => refreshList()).catch(() => {});
+        break;
+      }
+      case "error": {
+        if (frame.client_id) state.unacked.delete(frame.client_id);
+        showError(frame.message);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  // --- sending -------------------------------------------------------------------------------
+  async function createConversation() {
+    const created = await api("POST", "/api/v1/conversations/", { model: el.picker.value });
+    state.conversation = created;
+    state.messages = [];
+    state.conversations.unshift(created);
+    window.history.pushState({}, "", "/c/" + created.id + "/");
+    renderList();
+    return created;
+  }
+
+  function waitOpen(socket) {
+    if (socket.readyState === WebSocket.OPEN) return Promise.resolve();
+    return new Promise((resolve) => socket.addEventListener("open", () => resolve(), { once: true }));
+  }
+
+  async function send() {
+    const text = el.input.value;
+    if (!text.trim()) return;
+    if (text.length > config.maxChars) {
+      showError(S.tooLong);
+      return;
+    }
+    showError("");
+    try {
+      if (!state.conversation) {
+        await createConversation();
+        connect();
+      }
+    } catch (err) {
+      showError(err.message);
+      return;
+    }
+    const clientId = crypto.randomUUID();
+    const frame = { type: "user_message", content: text, client_id: clientId };
+    const m = { id: "pending-" + clientId, client_id: clientId, role: "user", content: text, status: "done" };
+    state.messages.push(m);
+    renderMessage(m);
+    scrollDown();
+    el.input.value = "";
+    state.unacked.set(clientId, frame);
+    if (!state.socket) connect();
+    await waitOpen(state.socket);
+    // Sent once here; the "open" handler resends anything still unacked after a reconnect.
+    if (state.unacked.has(clientId) && state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify(frame));
+  }
+
+  el.composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send();
+  });
+  el.input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      send();
+    }
+  });
+  el.stop.addEventListener("click", () => {
+    if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify({ type: "stop" }));
+  });
+  el.regen.addEventListener("click", () => {
+    showError("");
+    if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify({ type: "regenerate" }));
+  });
+
+  // --- navigation ----------------------------------------------------------------------------
+  function newConversation() {
+    disconnect();
+    state.conversation = null;
+    state.messages = [];
+    state.running = null;
+    window.history.pushState({}, "", "/");
+    el.title.textContent = S.untitled;
+    renderPicker();
+    fillSettings();
+    renderMessages();
+    renderList();
+    el.input.focus();
+  }
+
+  async function openConversation(id, push) {
+    disconnect();
+    try {
+      const data = await api("GET", "/api/v1/conversations/" + id + "/");
+      state.messages = data.messages;
+      delete data.messages;
+      state.conversation = data;
+    } catch (err) {
+      showError(err.message);
+      return;
+    }
+    if (push) window.history.pushState({}, "", "/c/" + id + "/");
+    state.running = null;
+    el.title.textContent = state.conversation.title || S.untitled;
+    el.chat.classList.remove("sidebar-shown");
+    renderPicker();
+    fillSettings();
+    renderMessages();
+    renderList();
+    connect();
+  }
+
+  window.addEventListener("popstate", () => {
+    const match = window.location.pathname.match(/^\/c\/([0-9a-f-]{36})\/$/);
+    if (match) openConversation(match[1], false);
+    else newConversation();
+  });
+  el.newBtn.addEventListener("click", newConversation);
+  el.sidebarOpen.addEventListener("click", () => el.chat.classList.add("sidebar-shown"));
+  el.sidebarClose.addEventListener("click", () => el.chat.classList.remove("sidebar-shown"));
+
+  renderPicker();
+  fillSettings();
+  renderList();
+  renderMessages();
+  connect();
+})();

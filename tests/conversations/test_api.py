@@ -1,0 +1,170 @@
+"""The JSON API: shapes from CONTRACT section 4, owner scoping, auth, CSRF, validation."""
+
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.test import Client
+
+from conversations.models import Conversation, Message
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def api(user):
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def _json(client, method, url, body=None, **extra):
+    data = json.dumps(body) if body is not None and not isinstance(body, str | bytes) else body
+    return getattr(client, method)(url, data=data, content_type="application/json", **extra)
+
+
+def test_anonymous_calls_get_401_json_not_a_redirect(client, user):
+    conversation = Conversation.objects.create(owner=user, model="demo:echo")
+    for method, url in [
+        ("get", "/api/v1/models/"),
+        ("get", "/api/v1/conversations/"),
+        ("post", "/api/v1/conversations/"),
+        ("get", f"/api/v1/conversations/{conversation.id}/"),
+        ("delete", f"/api/v1/conversations/{conversation.id}/"),
+    ]:
+        response = getattr(client, method)(url)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "not_authenticated"
+    assert Conversation.objects.count() == 1
+
+
+def test_models_lists_priced_models_with_usable_keys_and_the_demo(api, chat_backends):
+    chat_backends.key("k")  # an openai key; no anthropic key
+    results = api.get("/api/v1/models/").json()["results"]
+    by_id = {r["id"]: r for r in results}
+    assert set(by_id) == {"demo:echo", "openai:gpt-test"}
+    assert "demo" in by_id["demo:echo"]["label"].lower() and by_id["demo:echo"]["demo"] is True
+    assert by_id["openai:gpt-test"] == {"id": "openai:gpt-test", "label": "GPT test", "context_window": 8000, "demo": False}
+
+
+def test_create_returns_201_with_the_fields_and_ignores_owner_and_id(api, user, other_user, chat_backends):
+    forced_id = str(uuid.uuid4())
+    response = _json(
+        api,
+        "post",
+        "/api/v1/conversations/",
+        {"title": "Plans", "model": "openai:gpt-test", "system_prompt": "Be brief.", "temperature": 0.7, "max_tokens": 256,
+         "owner": other_user.id, "id": forced_id, "summary": "injected"},
+    )
+    assert response.status_code == 201
+    data = response.json()
+    assert set(data) >= {"id", "title", "model", "system_prompt", "temperature", "max_tokens", "created_at", "updated_at"}
+    assert data["id"] != forced_id
+    assert (data["title"], data["model"], data["system_prompt"], data["temperature"], data["max_tokens"]) == (
+        "Plans", "openai:gpt-test", "Be brief.", 0.7, 256,
+    )
+    conversation = Conversation.objects.get(id=data["id"])
+    assert conversation.owner == user and conversation.summary == "" and conversation.temperature == Decimal("0.70")
+
+
+def test_create_with_no_body_uses_the_default_model(api, settings, chat_backends):
+    response = api.post("/api/v1/conversations/", content_type="application/json")
+    assert response.status_code == 201 and response.json()["model"] == settings.DEFAULT_MODEL
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "not json",
+        [1, 2],
+        {"temperature": 3},
+        {"temperature": "hot"},
+        {"temperature": True},
+        {"max_tokens": 0},
+        {"max_tokens": "10"},
+        {"title": "x" * 201},
+        {"title": 5},
+        {"model": "nosuch:model"},
+        {"model": "no-colon"},
+    ],
+)
+def test_bad_bodies_get_400_and_change_nothing(api, body, chat_backends):
+    response = _json(api, "post", "/api/v1/conversations/", body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_input" and response.json()["error"]["message"]
+    assert Conversation.objects.count() == 0
+
+
+def test_list_is_newest_first_owner_only_and_paginated(api, user, other_user, chat_backends):
+    from django.utils import timezone
+
+    now = timezone.now()
+    for index in range(55):
+        Conversation.objects.create(owner=user, model="demo:echo", title=f"c{index}", updated_at=now + timezone.timedelta(seconds=index))
+    Conversation.objects.create(owner=other_user, model="demo:echo", title="theirs")
+    first = api.get("/api/v1/conversations/").json()
+    assert [r["title"] for r in first["results"][:2]] == ["c54", "c53"]
+    assert len(first["results"]) == 50 and first["next"]
+    assert set(first["results"][0]) == {"id", "title", "model", "created_at", "updated_at"}
+    second = api.get(first["next"]).json()
+    assert [r["title"] for r in second["results"]] == ["c4", "c3", "c2", "c1", "c0"] and second["next"] is None
+    assert api.get("/api/v1/conversations/?q=c5").json()["results"][0]["title"] == "c54"
+
+
+def test_detail_has_messages_with_usage_and_sanitized_html(api, user, chat_backends):
+    conversation = Conversation.objects.create(owner=user, model="demo:echo")
+    question = Message.objects.create(conversation=conversation, role="user", content="<b>hi</b>")
+    Message.objects.create(
+        conversation=conversation, role="assistant", reply_to=question, content="**bold** <script>x</script>",
+        input_tokens=3, output_tokens=2, cost=Decimal("0.0000012"),
+    )
+    data = api.get(f"/api/v1/conversations/{conversation.id}/").json()
+    user_msg, reply = data["messages"]
+    assert set(user_msg) >= {"id", "role", "content", "status", "created_at", "input_tokens", "output_tokens", "cost"}
+    assert user_msg["content"] == "<b>hi</b>"
+    assert reply["cost"] == "0.0000012000" and reply["input_tokens"] == 3
+    assert "<strong>bold</strong>" in reply["html"] and "<script>" not in reply["html"]
+
+
+def test_patch_changes_only_editable_fields(api, user, other_user, chat_backends):
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="old")
+    response = _json(api, "patch", f"/api/v1/conversations/{conversation.id}/", {"title": "new", "owner": other_user.id, "max_tokens": None})
+    assert response.status_code == 200 and response.json()["title"] == "new"
+    conversation.refresh_from_db()
+    assert conversation.title == "new" and conversation.owner == user
+    bad = _json(api, "patch", f"/api/v1/conversations/{conversation.id}/", {"temperature": -1})
+    assert bad.status_code == 400
+    conversation.refresh_from_db()
+    assert conversation.temperature is None
+
+
+def test_another_users_conversation_is_404_for_every_method(api, other_user, chat_backends):
+    theirs = Conversation.objects.create(owner=other_user, model="demo:echo", title="private")
+    url = f"/api/v1/conversations/{theirs.id}/"
+    assert api.get(url).status_code == 404
+    assert _json(api, "patch", url, {"title": "mine"}).status_code == 404
+    assert api.delete(url).status_code == 404
+    assert api.get(url).json()["error"]["code"] == "not_found"
+    theirs.refresh_from_db()
+    assert theirs.title == "private"
+
+
+def test_delete_answers_204_and_removes_messages(api, user, chat_backends):
+    conversation = Conversation.objects.create(owner=user, model="demo:echo")
+    Message.objects.create(conversation=conversation, role="user", content="bye")
+    response = api.delete(f"/api/v1/conversations/{conversation.id}/")
+    assert response.status_code == 204
+    assert not Conversation.objects.exists() and not Message.objects.exists()
+
+
+def test_unsafe_methods_need_the_csrf_token(user, chat_backends):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    response = client.post("/api/v1/conversations/", data="{}", content_type="application/json")
+    assert response.status_code == 403 and response.json()["error"]["code"] == "csrf_failed"
+    assert Conversation.objects.count() == 0
+    client.get("/api/v1/models/")  # any page; the chat page sets the cookie in real use
+    client.cookies["csrftoken"] = "a" * 32
+    ok = client.post("/api/v1/conversations/", data="{}", content_type="application/json", HTTP_X_CSRFTOKEN="a" * 32)
+    assert ok.status_code == 201

@@ -1,0 +1,465 @@
+"""The chat websocket, end to end through the real ASGI stack and the turn service."""
+
+import asyncio
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+from channels.db import database_sync_to_async
+
+from billing.budgets import BudgetExceeded
+from billing.limits import RateLimited
+from conversations import turns
+from conversations.llm.base import ErrorKind, Finish, ProviderError, TextDelta, Usage
+from conversations.models import Message
+
+from .conftest import receive_until, ws_connect
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _send(text, client_id=None):
+    return {"type": "user_message", "content": text, "client_id": str(client_id or uuid.uuid4())}
+
+
+@database_sync_to_async
+def _messages(conversation):
+    return list(Message.objects.filter(conversation=conversation).order_by("created_at", "id"))
+
+
+async def _turn(communicator, text, client_id=None):
+    await communicator.send_json_to(_send(text, client_id))
+    frames = await receive_until(communicator, "done")
+    await turns.replies_wait()
+    return frames
+
+
+# --- the protocol -----------------------------------------------------------------------------------
+async def test_a_turn_sends_ack_start_deltas_done_and_saves_both_messages(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, connected = await ws_connect(user, conversation.id)
+    assert connected
+    client_id = uuid.uuid4()
+    frames = await _turn(ws, "hello there", client_id)
+
+    ack, start, *deltas, done = frames
+    messages = await _messages(conversation)
+    user_msg, reply = messages
+    assert ack == {"type": "ack", "client_id": str(client_id), "message_id": str(user_msg.id)}
+    assert start == {"type": "start", "message_id": str(reply.id), "model": "demo:echo"}
+    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1))
+    assert "".join(d["text"] for d in deltas) == "You said: hello there"
+    assert done["finish_reason"] == "stop"
+    assert done["usage"] == {"input_tokens": 2, "output_tokens": 4, "cost": "0.0000000000"}
+    assert user_msg.content == "hello there" and user_msg.role == "user"
+    assert reply.content == "You said: hello there"
+    assert reply.status == "done" and reply.reply_to_id == user_msg.id
+    assert reply.heartbeat_at is None
+    assert len(chat_backends.usage) == 1 and chat_backends.usage[0]["outcome"] == "ok"
+    assert len(chat_backends.settlements) == 1
+    await ws.disconnect()
+
+
+async def test_cost_is_a_decimal_string_from_provider_usage(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
+    chat_backends.key("k1")
+    chat_backends.scripts.append([TextDelta("hi"), Usage(input_tokens=1000, output_tokens=500), Finish("stop")])
+    ws, _ = await ws_connect(user, conversation.id)
+    frames = await _turn(ws, "question")
+    done = frames[-1]
+    # 1000 * $1/M + 500 * $2/M = $0.002
+    assert done["usage"] == {"input_tokens": 1000, "output_tokens": 500, "cost": "0.0020000000"}
+    reply = (await _messages(conversation))[1]
+    assert reply.cost == Decimal("0.002")
+    assert chat_backends.settlements[0][1] == Decimal("0.002")
+    assert chat_backends.usage[0]["estimated"] is False
+    await ws.disconnect()
+
+
+async def test_two_sockets_receive_the_same_frames(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    a, _ = await ws_connect(user, conversation.id)
+    b, _ = await ws_connect(user, conversation.id)
+    frames_a = await _turn(a, "one two three four")
+    frames_b = await receive_until(b, "done")
+    assert frames_a[0]["type"] == "ack"
+    assert frames_a[1:] == frames_b
+    await a.disconnect()
+    await b.disconnect()
+
+
+async def test_a_late_joiner_resumes_with_nothing_missing_or_repeated(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    chat_backends.scripts.append(
+        [TextDelta("alpha "), TextDelta("beta "), "gate", TextDelta("gamma "), ("sleep", 0.05), TextDelta("delta"), Finish("stop")]
+    )
+    a, _ = await ws_connect(user, conversation.id)
+    await a.send_json_to(_send("go"))
+    # Wait until the first part is in the buffer, then a second socket opens mid-reply.
+    for _ in range(200):
+        state = turns.stream_state(conversation_id=conversation.id)
+        if state and state["seq"] >= 1 and state["text"] == "alpha beta ":
+            break
+        await asyncio.sleep(0.01)
+    b, _ = await ws_connect(user, conversation.id)
+    resume = await b.receive_json_from(timeout=5)
+    assert resume["type"] == "resume"
+    assert resume["text"] == "alpha beta "
+    chat_backends.open_gate()
+    later = await receive_until(b, "done")
+    deltas = [f for f in later if f["type"] == "delta"]
+    assert [f["type"] for f in later if f["type"] != "delta"] == ["done"]
+    assert [d["seq"] for d in deltas] == list(range(resume["seq"] + 1, resume["seq"] + 1 + len(deltas)))
+    assert resume["text"] + "".join(d["text"] for d in deltas) == "alpha beta gamma delta"
+    await receive_until(a, "done")
+    await turns.replies_wait()
+    await a.disconnect()
+    await b.disconnect()
+
+
+async def test_the_reply_continues_and_is_saved_after_the_socket_closes(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    chat_backends.scripts.append([TextDelta("first "), "gate", TextDelta("second"), Finish("stop")])
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("go"))
+    await receive_until(ws, "start")
+    await ws.disconnect()
+    chat_backends.open_gate()
+    await turns.replies_wait()
+    reply = (await _messages(conversation))[1]
+    assert reply.status == "done" and reply.content == "first second"
+
+
+async def test_stop_from_another_socket_cancels_and_keeps_the_text(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
+    chat_backends.key("k1")
+    chat_backends.scripts.append([TextDelta("partial answer"), "hang"])
+    a, _ = await ws_connect(user, conversation.id)
+    b, _ = await ws_connect(user, conversation.id)
+    await a.send_json_to(_send("write a lot"))
+    frames = await receive_until(a, "delta")
+    await b.send_json_to({"type": "stop"})
+    frames += await receive_until(a, "done")
+    await turns.replies_wait()
+    done = frames[-1]
+    assert done["finish_reason"] == "cancelled"
+    reply = (await _messages(conversation))[1]
+    assert reply.status == "cancelled" and reply.content == "partial answer"
+    # Stopped without provider usage: billed what was sent (input) and what came out, estimated.
+    record = chat_backends.usage[-1]
+    assert record["outcome"] == "cancelled" and record["estimated"] is True
+    assert record["input_tokens"] == 3 and record["output_tokens"] == 2
+    assert chat_backends.settlements[-1][1] == reply.cost > 0
+    await a.disconnect()
+    await b.disconnect()
+
+
+async def test_turn_stop_from_sync_code_stops_the_reply(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    chat_backends.scripts.append([TextDelta("some "), "hang"])
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("go"))
+    await receive_until(ws, "delta")
+    stopped = await database_sync_to_async(turns.turns_stop_for_user)(user_id=user.id)
+    assert stopped == 1
+    frames = await receive_until(ws, "done")
+    assert frames[-1]["finish_reason"] == "cancelled"
+    await turns.replies_wait()
+    await ws.disconnect()
+
+
+async def test_a_message_while_a_reply_runs_is_kept_and_answered_busy(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    chat_backends.scripts.append([TextDelta("slow"), "gate", Finish("stop")])
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("first"))
+    await receive_until(ws, "start")
+    second = uuid.uuid4()
+    await ws.send_json_to(_send("second", second))
+    frames = await receive_until(ws, "error")
+    error = frames[-1]
+    assert error["code"] == "busy" and error["client_id"] == str(second)
+    assert any(f["type"] == "ack" and f["client_id"] == str(second) for f in frames)
+    chat_backends.open_gate()
+    await receive_until(ws, "done")
+    await turns.replies_wait()
+    contents = [(m.role, m.content) for m in await _messages(conversation)]
+    assert contents == [("user", "first"), ("assistant", "slow"), ("user", "second")]
+    assert len(chat_backends.reservations) == 1  # the busy message reserved nothing
+    await ws.disconnect()
+
+
+async def test_a_resent_client_id_makes_no_second_message_or_charge(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    client_id = uuid.uuid4()
+    first = await _turn(ws, "hello", client_id)
+    await ws.send_json_to(_send("hello", client_id))
+    ack = await ws.receive_json_from(timeout=5)
+    assert ack == first[0]
+    assert await ws.receive_nothing(timeout=0.3)
+    assert len(await _messages(conversation)) == 2
+    assert len(chat_backends.reservations) == 1 and len(chat_backends.usage) == 1
+    await ws.disconnect()
+
+
+async def test_regenerate_makes_a_new_reply_to_the_same_question(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    await _turn(ws, "hello")
+    await ws.send_json_to({"type": "regenerate"})
+    frames = await receive_until(ws, "done")
+    await turns.replies_wait()
+    assert frames[0]["type"] == "start"
+    question, old, new = await _messages(conversation)
+    assert old.reply_to_id == question.id == new.reply_to_id
+    assert str(new.id) == frames[0]["message_id"] and new.content == "You said: hello"
+    # The old reply is not in the regenerated request's context.
+    assert [m.content for m in chat_backends.calls[-1][2].messages] == ["hello"]
+    await ws.disconnect()
+
+
+# --- handshake ---------------------------------------------------------------------------------------
+async def test_handshake_refused_for_anonymous_other_user_bad_origin_and_unknown_conversation(
+    chat_backends, user, other_user, conversation_factory
+):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    for who, cid, origin in [
+        (None, conversation.id, "http://testserver"),
+        (other_user, conversation.id, "http://testserver"),
+        (user, conversation.id, "http://evil.example"),
+        (user, uuid.uuid4(), "http://testserver"),
+    ]:
+        ws, connected = await ws_connect(who, cid, origin=origin)
+        assert not connected
+        await ws.disconnect()
+
+
+# --- bad frames: an error, the socket stays usable, nothing saved ------------------------------------------
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "not json{",
+        json.dumps({"content": "no type"}),
+        json.dumps(["a", "list"]),
+        json.dumps({"type": "shout"}),
+        json.dumps({"type": "user_message", "content": "", "client_id": str(uuid.uuid4())}),
+        json.dumps({"type": "user_message", "content": "   \n\t ", "client_id": str(uuid.uuid4())}),
+        json.dumps({"type": "user_message", "content": 42, "client_id": str(uuid.uuid4())}),
+        json.dumps({"type": "user_message", "content": "hi", "client_id": "not-a-uuid"}),
+        json.dumps({"type": "user_message", "content": "hi"}),
+    ],
+)
+async def test_bad_frames_get_invalid_input_and_the_socket_stays_usable(raw, chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_to(text_data=raw)
+    error = await ws.receive_json_from(timeout=5)
+    assert error["type"] == "error" and error["code"] == "invalid_input" and error["message"]
+    assert await _messages(conversation) == []
+    frames = await _turn(ws, "still works")
+    assert frames[-1]["finish_reason"] == "stop"
+    await ws.disconnect()
+
+
+async def test_a_binary_frame_is_invalid_input(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_to(bytes_data=b"\x00\x01")
+    assert (await ws.receive_json_from(timeout=5))["code"] == "invalid_input"
+    await ws.disconnect()
+
+
+async def test_text_over_max_message_chars_is_refused(chat_backends, user, conversation_factory, settings):
+    settings.MAX_MESSAGE_CHARS = 10
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("x" * 11))
+    error = await ws.receive_json_from(timeout=5)
+    assert error["code"] == "invalid_input"
+    assert await _messages(conversation) == []
+    frames = await _turn(ws, "x" * 10)
+    assert frames[-1]["type"] == "done"
+    await ws.disconnect()
+
+
+# --- refusals before the provider: the user's message is kept, nothing charged -----------------------
+@pytest.mark.parametrize("model", ["nosuch:model", "openai:unpriced-model"])
+async def test_an_unknown_or_unpriced_model_is_model_unavailable(model, chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user, model=model)
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("hi"))
+    frames = await receive_until(ws, "error")
+    assert [f["type"] for f in frames] == ["ack", "error"]
+    assert frames[-1]["code"] == "model_unavailable"
+    assert [m.content for m in await _messages(conversation)] == ["hi"]
+    assert chat_backends.reservations == {} and chat_backends.usage == []
+    await ws.disconnect()
+
+
+async def test_budget_exceeded_names_the_budget(chat_backends, user, conversation_factory):
+    chat_backends.budget_error = BudgetExceeded(scope="team", name="Physics", period="month", limit=Decimal("5"), spent=Decimal("5"))
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("hi"))
+    error = (await receive_until(ws, "error"))[-1]
+    assert error["code"] == "budget_exceeded"
+    assert "Physics" in error["message"] and "month" in error["message"] and "$5.00" in error["message"]
+    assert error["budget"] == {"scope": "team", "name": "Physics", "period": "month", "limit": "5.0000000000"}
+    assert [m.role for m in await _messages(conversation)] == ["user"]
+    assert chat_backends.usage == []
+    await ws.disconnect()
+
+
+async def test_rate_limited_says_when_and_releases_the_reservation(chat_backends, user, conversation_factory):
+    chat_backends.rate_error = RateLimited(retry_after=17, limit="requests_per_minute")
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("hi"))
+    error = (await receive_until(ws, "error"))[-1]
+    assert error["code"] == "rate_limited" and error["retry_after"] == 17 and "17" in error["message"]
+    assert [amount for _rid, amount in chat_backends.settlements] == [Decimal("0")]
+    await ws.disconnect()
+
+
+# --- provider failures ---------------------------------------------------------------------------------
+async def test_failover_to_the_next_key_after_a_5xx(chat_backends, user, conversation_factory, monkeypatch):
+    monkeypatch.setattr(turns, "BACKOFF_BASE", 0.001)
+    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test", title="titled")
+    first, second = chat_backends.key("first"), chat_backends.key("second")
+    chat_backends.scripts += [
+        [ProviderError(ErrorKind.UNAVAILABLE, "502", status=502)],
+        [TextDelta("ok"), Usage(10, 1), Finish("stop")],
+    ]
+    ws, _ = await ws_connect(user, conversation.id)
+    frames = await _turn(ws, "hi")
+    assert frames[-1]["finish_reason"] == "stop"
+    assert [c[1] for c in chat_backends.calls] == ["first", "second"]
+    assert chat_backends.key_failures == [(first.id, "unavailable")]
+    assert chat_backends.key_successes == [second.id]
+    assert [(u["attempt"], u["outcome"], u["key_id"]) for u in chat_backends.usage] == [
+        (1, "error", first.id),
+        (2, "ok", second.id),
+    ]
+    await ws.disconnect()
+
+
+async def test_no_key_left_is_provider_unavailable_and_charges_nothing(chat_backends, user, conversation_factory, monkeypatch):
+    monkeypatch.setattr(turns, "BACKOFF_BASE", 0.001)
+    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
+    chat_backends.key("only")
+    chat_backends.scripts.append([ProviderError(ErrorKind.AUTH, "401", status=401)])
+    ws, _ = await ws_connect(user, conversation.id)
+    frames = await _turn(ws, "hi")
+    error, done = frames[-2:]
+    assert error["code"] == "provider_unavailable" and error["message_id"] == done["message_id"]
+    assert done["finish_reason"] == "error" and done["usage"]["cost"] == "0.0000000000"
+    assert chat_backends.settlements[-1][1] == Decimal("0")
+    assert all(u["cost"] == 0 for u in chat_backends.usage)
+    user_msg, reply = await _messages(conversation)
+    assert user_msg.content == "hi" and reply.status == "error"
+    frames = await _turn(ws, "again")  # the socket is still usable
+    assert frames[-1]["type"] == "done"
+    await ws.disconnect()
+
+
+async def test_a_provider_400_for_too_long_a_context_is_not_retried(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
+    chat_backends.key("a")
+    chat_backends.key("b")
+    chat_backends.scripts.append([ProviderError(ErrorKind.CONTEXT_TOO_LONG, "context length exceeded", status=400)])
+    ws, _ = await ws_connect(user, conversation.id)
+    frames = await _turn(ws, "a very long question")
+    error, done = frames[-2:]
+    assert error["code"] == "provider_error" and "too long" in error["message"]
+    assert done["finish_reason"] == "error"
+    assert len(chat_backends.calls) == 1
+    assert chat_backends.settlements[-1][1] == Decimal("0")
+    await ws.disconnect()
+
+
+async def test_a_provider_that_hangs_times_out_and_the_user_sees_why(chat_backends, user, conversation_factory, settings, monkeypatch):
+    monkeypatch.setattr(turns, "BACKOFF_BASE", 0.001)
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 0.3
+    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
+    chat_backends.key("sleepy")
+    chat_backends.scripts.append(["hang"])
+    ws, _ = await ws_connect(user, conversation.id)
+    frames = await _turn(ws, "hello?")
+    error, done = frames[-2:]
+    assert error["code"] == "provider_unavailable" and "in time" in error["message"]
+    assert done["finish_reason"] == "error"
+    assert chat_backends.usage[0]["error_kind"] == "timeout"
+    assert chat_backends.settlements[-1][1] == Decimal("0")
+    await ws.disconnect()
+
+
+async def test_a_stream_cut_after_some_deltas_keeps_the_part_and_says_why(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
+    chat_backends.key("a")
+    chat_backends.key("b")
+    chat_backends.scripts.append(
+        [TextDelta("half an "), TextDelta("answer"), ProviderError(ErrorKind.UNAVAILABLE, "connection reset", after_output=True)]
+    )
+    ws, _ = await ws_connect(user, conversation.id)
+    frames = await _turn(ws, "explain")
+    error, done = frames[-2:]
+    assert error["code"] == "provider_error" and "cut off" in error["message"]
+    assert done["finish_reason"] == "error"
+    assert "".join(f["text"] for f in frames if f["type"] == "delta") == "half an answer"
+    reply = (await _messages(conversation))[1]
+    assert reply.status == "error" and reply.content == "half an answer"
+    assert len(chat_backends.calls) == 1  # not retried: that would bill and repeat the text
+    assert len(chat_backends.usage) == 1 and chat_backends.usage[0]["estimated"] is True
+    assert chat_backends.settlements[-1][1] == reply.cost > 0
+    await ws.disconnect()
+
+
+async def test_a_conversation_deleted_in_another_tab_answers_invalid_input(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    await database_sync_to_async(conversation.delete)()
+    await ws.send_json_to(_send("hello?"))
+    frames = await receive_until(ws, "error")
+    assert frames[-1]["code"] == "invalid_input"
+    await ws.send_json_to({"type": "stop"})
+    assert await ws.receive_nothing(timeout=0.2)
+    await ws.disconnect()
+
+
+async def test_a_stop_flag_set_by_another_process_reaches_the_reply(chat_backends, user, conversation_factory):
+    # Another process cannot always reach this one's channel layer (in-memory layer): the flag
+    # in the shared cache is enough on its own.
+    from django.core.cache import cache
+
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    chat_backends.scripts.append([TextDelta("some "), "hang"])
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("go"))
+    start = (await receive_until(ws, "start"))[-1]
+    await cache.aset(f"stop:{start['message_id']}", True)
+    frames = await receive_until(ws, "done")
+    assert frames[-1]["finish_reason"] == "cancelled"
+    await turns.replies_wait()
+    await ws.disconnect()
+
+
+async def test_a_server_fault_answers_an_error_and_keeps_the_socket(chat_backends, user, conversation_factory, monkeypatch):
+    from billing import budgets
+
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    real_reserve = budgets.budget_reserve
+
+    def broken(**kwargs):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(budgets, "budget_reserve", broken)
+    await ws.send_json_to(_send("first"))
+    error = await ws.receive_json_from(timeout=5)
+    assert error["type"] == "error" and "database" not in error["message"]
+    monkeypatch.setattr(budgets, "budget_reserve", real_reserve)
+    frames = await _turn(ws, "second")
+    assert frames[-1]["finish_reason"] == "stop"
+    await ws.disconnect()

@@ -1,0 +1,117 @@
+"""Titles, rolling summaries and the reaper of replies whose process died."""
+
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from channels.db import database_sync_to_async
+from django.utils import timezone
+
+from conversations import services, tasks, turns
+from conversations.llm.base import Finish, TextDelta, Usage
+from conversations.models import Conversation, Message
+
+from .conftest import receive_until, ws_connect
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_first_reply_gives_a_demo_conversation_a_title_from_its_first_words(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to({"type": "user_message", "content": "Plan a  trip to Busan in the spring please", "client_id": str(uuid.uuid4())})
+    await receive_until(ws, "done")
+    await turns.replies_wait()
+    await ws.disconnect()
+    title = await database_sync_to_async(lambda: Conversation.objects.get(id=conversation.id).title)()
+    assert title == "Plan a trip to Busan in"
+
+
+@pytest.mark.django_db
+def test_a_titled_conversation_keeps_its_title(chat_backends, user):
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="Mine")
+    Message.objects.create(conversation=conversation, role="user", content="something else")
+    tasks.conversation_title(str(conversation.id))
+    conversation.refresh_from_db()
+    assert conversation.title == "Mine"
+
+
+@pytest.mark.django_db
+def test_a_real_model_titles_through_its_adapter_and_the_call_is_billed(chat_backends, user):
+    chat_backends.key("k")
+    chat_backends.scripts.append([TextDelta('"Trip'), TextDelta(' plans"'), Usage(40, 2), Finish("stop")])
+    conversation = Conversation.objects.create(owner=user, model="openai:gpt-test")
+    Message.objects.create(conversation=conversation, role="user", content="Plan a trip")
+    tasks.conversation_title(str(conversation.id))
+    conversation.refresh_from_db()
+    assert conversation.title == "Trip plans"
+    assert chat_backends.usage[-1]["outcome"] == "ok" and chat_backends.usage[-1]["input_tokens"] == 40
+    assert len(chat_backends.settlements) == 1
+
+
+@pytest.mark.django_db
+def test_the_rolling_summary_folds_dropped_turns_once(chat_backends, user):
+    conversation = Conversation.objects.create(owner=user, model="demo:echo")
+    first = Message.objects.create(conversation=conversation, role="user", content="My name is Mina.")
+    reply = Message.objects.create(conversation=conversation, role="assistant", content="Hello Mina.", reply_to=first)
+    assert services.conversation_summary_update(conversation_id=conversation.id, upto_message_id=reply.id) is True
+    conversation.refresh_from_db()
+    assert "Mina" in conversation.summary and conversation.summary_upto_id == reply.id
+    assert services.conversation_summary_update(conversation_id=conversation.id, upto_message_id=first.id) is False
+
+
+@pytest.mark.django_db
+def test_the_reaper_marks_stale_replies_error_keeping_the_buffered_text(chat_backends, user):
+    conversation = Conversation.objects.create(owner=user, model="openai:gpt-test")
+    question = Message.objects.create(conversation=conversation, role="user", content="q")
+    stale = Message.objects.create(
+        conversation=conversation, role="assistant", status="streaming", reply_to=question,
+        heartbeat_at=timezone.now() - timedelta(minutes=10),
+    )
+    from django.core.cache import cache
+
+    reservation = uuid.uuid4()
+    cache.set(
+        turns.buffer_key(conversation.id),
+        {"message_id": str(stale.id), "seq": 3, "text": "so far", "model": "openai:gpt-test",
+         "reservation_id": str(reservation), "input_tokens": 1000, "user_id": user.pk, "attempt": 1},
+    )
+    fresh_conv = Conversation.objects.create(owner=user, model="demo:echo")
+    fresh = Message.objects.create(conversation=fresh_conv, role="assistant", status="streaming", heartbeat_at=timezone.now())
+
+    assert tasks.replies_reap_stale() == 1
+    stale.refresh_from_db()
+    fresh.refresh_from_db()
+    assert (stale.status, stale.finish_reason, stale.content) == ("error", "error", "so far")
+    assert fresh.status == "streaming"
+    assert cache.get(turns.buffer_key(conversation.id)) is None
+    # Settled from what the buffer knew: 1000 input tokens at $1/M + 2 output tokens at $2/M.
+    assert chat_backends.settlements == [(reservation, Decimal("0.001004"))]
+    assert chat_backends.usage[-1]["outcome"] == "error" and chat_backends.usage[-1]["estimated"] is True
+    assert stale.cost == Decimal("0.001004")
+    assert tasks.replies_reap_stale() == 0
+    assert len(chat_backends.settlements) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_turns_trimmed_out_of_the_context_are_folded_into_the_summary(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user, title="set")
+    ws, _ = await ws_connect(user, conversation.id)
+    for text in ["my name is Mina", "what is my name"]:
+        await ws.send_json_to({"type": "user_message", "content": text, "client_id": str(uuid.uuid4())})
+        await receive_until(ws, "done")
+        await turns.replies_wait()
+        chat_backends.drop_oldest = 2  # from the second turn on, the first exchange no longer fits
+    await ws.disconnect()
+    conversation = await database_sync_to_async(Conversation.objects.get)(id=conversation.id)
+    first_reply = await database_sync_to_async(lambda: Message.objects.filter(role="assistant").order_by("created_at").first())()
+    assert conversation.summary_upto_id == first_reply.id and "Mina" in conversation.summary
+    # The next request carries the summary instead of the trimmed turns.
+    chat_backends.drop_oldest = 0
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to({"type": "user_message", "content": "and again", "client_id": str(uuid.uuid4())})
+    await receive_until(ws, "done")
+    await turns.replies_wait()
+    await ws.disconnect()
+    sent = [m.content for m in chat_backends.calls[-1][2].messages]
+    assert sent[0].startswith("Summary:") and "my name is Mina" not in sent[1:]

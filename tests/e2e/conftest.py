@@ -1,0 +1,82 @@
+"""A live Daphne server on a free port serving the test database, and a real Chromium.
+
+The server is a forked process (daphne.testing.DaphneProcess, as channels'
+ChannelsLiveServerTestCase does): it inherits this process's settings and the `chat_backends`
+stand-ins (the single fixture in tests/conversations/conftest.py), including its demo adapter.
+With SQLite the test database is a file, so the server reads what the test writes."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+
+import pytest
+from django.db import connections
+
+from tests.conversations.conftest import _auth_urls, chat_backends  # noqa: F401 - fixtures used here
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+
+def _application():
+    from channels.routing import get_default_application
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    return ASGIStaticFilesHandler(get_default_application())
+
+
+def _use_test_database():
+    """Runs in the forked server before it serves."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from asgiref.sync import SyncToAsync
+    from django.conf import settings
+
+    # The parent's ORM thread (asgiref's single thread executor) does not survive the fork; an
+    # executor that believes it still has it would queue every database call forever.
+    SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
+
+    test_name = settings.DATABASES["default"].get("TEST", {}).get("NAME")
+    if test_name:
+        settings.DATABASES["default"]["NAME"] = test_name
+
+
+@pytest.fixture
+def live_server_url(transactional_db, chat_backends, _auth_urls, settings):  # noqa: F811
+    from daphne.testing import DaphneProcess
+
+    chat_backends.delta_delay = 0.03  # the demo reply streams visibly, word by word
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "localhost", "127.0.0.1"]
+    # SQLite must not carry an open connection across fork.
+    connections.close_all()
+    process = DaphneProcess("127.0.0.1", partial(_application), setup=_use_test_database)
+    process.start()
+    try:
+        if not process.ready.wait(timeout=30):
+            raise RuntimeError("the Daphne test server did not start")
+        yield f"http://127.0.0.1:{process.port.value}"
+    finally:
+        process.terminate()
+        process.join(timeout=10)
+
+
+@pytest.fixture
+def browser(needs_chromium):
+    from playwright.sync_api import sync_playwright
+
+    chromium = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
