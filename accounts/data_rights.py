@@ -41,7 +41,7 @@ from django.core.cache import caches
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.template.loader import render_to_string
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 from billing import data_rights as billing_rights
@@ -147,7 +147,8 @@ def export_build(*, export_id) -> DataExport | None:
         DataExport.objects.filter(pk=export.pk, status=DataExport.Status.RUNNING).update(progress=percent)
 
     try:
-        size = export_write_zip(user=export.user, path=partial, on_progress=on_progress)
+        with translation.override(export.user.language or settings.LANGUAGE_CODE):
+            size = export_write_zip(user=export.user, path=partial, on_progress=on_progress)
         os.replace(partial, final)
     except Exception as exc:  # noqa: BLE001 - any failure ends as a failed export, never a half file
         partial.unlink(missing_ok=True)
@@ -319,34 +320,52 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def cache_delete_prefix(prefix: str, *, alias: str = "default") -> int:
-    """Delete every cache key starting with `prefix` (Redis: SCAN, never KEYS; local memory: its
-    dict). Other backends cannot list keys: they are logged and skipped."""
+def _cache_raw_keys(cache, prefix: str) -> list:
+    """The backend's own keys (prefix and version included) of every entry whose key starts with
+    `prefix`: Redis by SCAN (never KEYS), local memory from its dict. Other backends cannot list
+    their keys: logged, and an empty list."""
     from django.core.cache.backends.locmem import LocMemCache
     from django.core.cache.backends.redis import RedisCache
 
-    cache = caches[alias]
     made = cache.make_key(prefix)
     if isinstance(cache, RedisCache):
         client = cache._cache.get_client(write=True)
-        deleted = 0
-        batch: list[bytes] = []
-        for raw in client.scan_iter(match=_glob_escape(made) + "*", count=1000):
-            batch.append(raw)
-            if len(batch) >= 500:
-                deleted += client.delete(*batch)
-                batch = []
-        if batch:
-            deleted += client.delete(*batch)
-        return deleted
+        return list(client.scan_iter(match=_glob_escape(made) + "*", count=1000))
     if isinstance(cache, LocMemCache):
         with cache._lock:
-            raw_keys = [key for key in cache._cache if key.startswith(made)]
-            for key in raw_keys:
-                cache._delete(key)
+            return [key for key in cache._cache if key.startswith(made)]
+    logger.warning("cache backend %s cannot list keys", type(cache).__name__)
+    return []
+
+
+def cache_keys_with_prefix(prefix: str, *, alias: str = "default") -> list[str]:
+    """Keys (as the code names them, without the backend's prefix) that start with `prefix`."""
+    cache = caches[alias]
+    strip = len(cache.make_key(""))
+    keys = []
+    for raw in _cache_raw_keys(cache, prefix):
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        keys.append(text[strip:])
+    return keys
+
+
+def cache_delete_prefix(prefix: str, *, alias: str = "default") -> int:
+    """Delete every cache key starting with `prefix`; returns how many there were."""
+    from django.core.cache.backends.redis import RedisCache
+
+    cache = caches[alias]
+    raw_keys = _cache_raw_keys(cache, prefix)
+    if not raw_keys:
+        return 0
+    if isinstance(cache, RedisCache):
+        client = cache._cache.get_client(write=True)
+        for start in range(0, len(raw_keys), 500):
+            client.delete(*raw_keys[start : start + 500])
         return len(raw_keys)
-    logger.warning("cache backend %s cannot be swept by prefix", type(cache).__name__)
-    return 0
+    with cache._lock:  # local memory (the only other backend _cache_raw_keys lists)
+        for key in raw_keys:
+            cache._delete(key)
+    return len(raw_keys)
 
 
 def user_cache_prefixes(*, user_id: int) -> list[str]:
@@ -361,15 +380,33 @@ def _session_store():
     return import_module(settings.SESSION_ENGINE).SessionStore
 
 
+def _cache_session_prefix() -> str | None:
+    """Where a cache-only session engine keeps sessions (None for the database engines)."""
+    if settings.SESSION_ENGINE == "django.contrib.sessions.backends.cache":
+        from django.contrib.sessions.backends.cache import KEY_PREFIX
+
+        return KEY_PREFIX
+    return None
+
+
 def session_keys_of(*, user_id: int) -> list[str]:
-    """Keys of every session logged in as `user_id`. Sessions are signed blobs, so each is decoded
-    (database and cached_db engines; a cache-only engine is swept with the cache)."""
+    """Keys of every session logged in as `user_id`. Sessions are signed blobs, so each is
+    decoded: rows of the session table (db and cached_db engines), or the cache's entries when
+    sessions live only in the cache."""
     store = _session_store()
-    if not hasattr(store, "get_model_class"):
-        return []
-    decoder = store()
     wanted = str(user_id)
     keys = []
+    prefix = _cache_session_prefix()
+    if prefix is not None:
+        cache = caches[settings.SESSION_CACHE_ALIAS]
+        for cache_key in cache_keys_with_prefix(prefix, alias=settings.SESSION_CACHE_ALIAS):
+            data = cache.get(cache_key) or {}
+            if str(data.get(SESSION_KEY, "")) == wanted:
+                keys.append(cache_key[len(prefix) :])
+        return keys
+    if not hasattr(store, "get_model_class"):  # signed cookies: nothing kept server-side
+        return []
+    decoder = store()
     rows = store.get_model_class().objects.values_list("session_key", "session_data")
     for key, data in rows.iterator(chunk_size=2000):
         if str(decoder.decode(data).get(SESSION_KEY, "")) == wanted:
@@ -378,7 +415,8 @@ def session_keys_of(*, user_id: int) -> list[str]:
 
 
 def sessions_delete_for_user(*, user_id: int) -> int:
-    """Log `user_id` out everywhere."""
+    """Log `user_id` out everywhere (the account is already inactive, so even a session this
+    misses, such as a signed cookie, no longer authenticates)."""
     store = _session_store()
     keys = session_keys_of(user_id=user_id)
     for key in keys:

@@ -404,3 +404,35 @@ def test_admin_erase_action_confirms_then_erases(victim, make_user, rf):
     erase_selected_users(model_admin, request({"post": "yes"}), queryset)
     assert ErasureRequest.objects.filter(user_id=victim.pk, requested_by_id=staff.pk).exists()
     assert not User.objects.get(pk=victim.pk).is_active  # locked at once; the task does the rest
+
+
+@pytest.mark.django_db(transaction=True)
+def test_erasure_logs_out_sessions_kept_only_in_the_cache(victim, other_user, settings):
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.cache"
+    clients = [_logged_in(victim), _logged_in(victim)]
+    other = _logged_in(other_user)
+    assert len(data_rights.session_keys_of(user_id=victim.pk)) == 2
+    erasure = data_rights.erasure_request(user=victim)
+    erasure.refresh_from_db()
+    assert erasure.receipt["sessions"] == 2
+    assert not any(_logged_in_still(client) for client in clients)
+    assert _logged_in_still(other)
+    assert len(data_rights.session_keys_of(user_id=other_user.pk)) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stuck_erasure_is_resumed_by_the_periodic_task(victim):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from accounts.tasks import erasures_resume_task
+
+    texts = make_history(victim, conversations=2, messages_each=2)
+    erasure = data_rights.erasure_request(user=victim, queue=False)  # its worker "died"
+    erasures_resume_task.delay()
+    assert ErasureRequest.objects.get(pk=erasure.pk).status == ErasureRequest.Status.PENDING  # too recent
+    ErasureRequest.objects.filter(pk=erasure.pk).update(created_at=timezone.now() - timedelta(minutes=11))
+    erasures_resume_task.delay()
+    assert ErasureRequest.objects.get(pk=erasure.pk).status == ErasureRequest.Status.DONE
+    _assert_nothing_left([victim.username, victim.email, *texts])
