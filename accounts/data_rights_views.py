@@ -20,6 +20,7 @@ from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.http import content_disposition_header
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.cache import never_cache
@@ -286,7 +287,7 @@ def _conversation_download(request, conversation_id, kind: str):
     # One conversation is small enough to build whole; under ASGI a streaming body from a sync
     # iterator would be gathered into memory anyway.
     response = HttpResponse("".join(chunks), content_type=content_type)
-    response["Content-Disposition"] = f'attachment; filename="{stem}.{kind}"'
+    response["Content-Disposition"] = content_disposition_header(True, f"{stem}.{kind}")  # non-ASCII titles too
     response["Cache-Control"] = "private, no-store"
     return response
 

@@ -292,3 +292,12 @@ def test_admin_export_action_starts_exports(user, make_user, rf):
     assert DataExport.objects.filter(user=user, status="pending").count() == 1
     event = AuditEvent.objects.get(action="user.export")
     assert event.actor_id == staff.pk and event.target_id == str(user.pk)
+
+
+@pytest.mark.django_db
+def test_a_korean_title_downloads_with_a_proper_file_name(user):
+    conversation = Conversation.objects.create(owner=user, title="회의 메모", model="demo:echo")
+    response = _client(user).get(f"/api/v1/conversations/{conversation.id}/export.md")
+    assert response.status_code == 200
+    assert "filename*=utf-8''" in response["Content-Disposition"]
+    assert response.content.decode().startswith("# 회의 메모")
