@@ -582,9 +582,11 @@ def _stop_turns(user_id: int) -> None:
 
 def _step_streams(erasure: ErasureRequest, user) -> None:
     cids = conversation_rights.conversation_ids_of(user_id=erasure.user_id)
-    prefixes = conversation_rights.stream_cache_prefixes(conversation_ids=cids) + user_cache_prefixes(
-        user_id=erasure.user_id
-    )
+    prefixes = [
+        *conversation_rights.stream_cache_prefixes(conversation_ids=cids),
+        *billing_rights.usage_cache_prefixes(user_id=erasure.user_id),
+        *user_cache_prefixes(user_id=erasure.user_id),
+    ]
     with transaction.atomic():
         # Remember what to sweep at the very end (a dying reply may write its buffer once more).
         ErasureRequest.objects.filter(pk=erasure.pk).update(cache_prefixes=prefixes)

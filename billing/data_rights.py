@@ -35,6 +35,11 @@ USAGE_CSV_FIELDS = [
 ]
 
 
+def usage_cache_prefixes(*, user_id: int) -> list[str]:
+    """The user's rate-limit counters (billing.limits names them `billing:rl:<user id>:...`)."""
+    return [f"billing:rl:{user_id}:"]
+
+
 def usage_counts(*, user_id: int) -> dict[str, int]:
     return {
         "usage_records": UsageRecord.objects.filter(user_id=user_id).count(),

@@ -189,6 +189,8 @@ def test_erasure_during_a_streaming_reply_leaves_nothing_behind(victim, other_us
     # What the turn keeps while it streams (see the report): the text so far and the deltas.
     cache.set(f"stream:{conversation.id}", {"message_id": "m", "seq": 3, "text": partial}, 600)
     cache.set(f"stream:{conversation.id}:deltas", [partial[:7], partial[7:]], 600)
+    cache.set(f"billing:rl:{victim.pk}:requests_per_minute:1", 2, 600)  # billing.limits' counters
+    cache.set(f"billing:rl:{other_user.pk}:requests_per_minute:1", 3, 600)
     stopped = []
 
     def turns_stop_for_user(*, user_id):
@@ -205,6 +207,8 @@ def test_erasure_during_a_streaming_reply_leaves_nothing_behind(victim, other_us
     assert stopped == [victim.pk]
     assert erasure.status == ErasureRequest.Status.DONE
     assert erasure.receipt["replies_stopped"] == 1
+    assert cache.get(f"billing:rl:{victim.pk}:requests_per_minute:1") is None
+    assert cache.get(f"billing:rl:{other_user.pk}:requests_per_minute:1") == 3
     assert cache.get(f"stream:{conversation.id}") is None
     assert cache.get(f"stream:{conversation.id}:deltas") is None
     _assert_nothing_left([*_needles(victim, texts), partial, "partial-reply-words-7c1f"])
