@@ -301,3 +301,13 @@ def test_a_korean_title_downloads_with_a_proper_file_name(user):
     assert response.status_code == 200
     assert "filename*=utf-8''" in response["Content-Disposition"]
     assert response.content.decode().startswith("# 회의 메모")
+
+
+@pytest.mark.django_db
+def test_a_pending_export_cannot_be_downloaded_yet(user):
+    client = _client(user)
+    export_id = client.post("/api/v1/account/export/").json()["export_id"]
+    status = client.get(f"/api/v1/account/export/{export_id}/").json()
+    assert status["status"] == "pending" and "download_url" not in status and status["progress"] == 0
+    response = client.get(f"/accounts/data/export/{export_id}/download/")
+    assert response.status_code == 409 and "not ready yet" in response.content.decode()
