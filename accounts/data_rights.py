@@ -1,21 +1,779 @@
-"""Data rights: export and erasure. (Issue 6 owns this.) INTERFACE STUB: signatures agreed with
-the admin and the profile pages."""
+"""Data rights: a person takes their data with them (export) or has it truly deleted (erasure).
+
+The accounts app runs both and asks each app for the rows it owns (conversations.data_rights,
+billing.data_rights); it never touches their tables itself.
+
+Export: `export_request` makes a DataExport row and queues `accounts.tasks.export_build_task`,
+which writes the zip to settings.EXPORT_ROOT entry by entry (messages read with .iterator(), the
+JSON spooled to an anonymous temporary file), so memory stays flat however long the history. The
+file is served only to its owner by an authenticated view, and removed after EXPORT_TTL_HOURS.
+
+Erasure: `erasure_request` locks the account at once (inactive, unusable password: every session
+stops authenticating) and queues `accounts.tasks.erasure_run_task`. `erasure_run` walks a fixed
+list of steps; each step is idempotent and is recorded in ErasureRequest.steps_done in the same
+transaction as its counts, so a run that dies midway is simply run again (the periodic
+`erasures_resume_task` does that) and finishes the rest. Money is never deleted: usage records
+and daily rollups stay with the user's link removed.
+"""
 
 from __future__ import annotations
 
-from .models import DataExport, ErasureRequest
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import SESSION_KEY, get_user_model
+from django.contrib.auth.hashers import make_password
+from django.core import signing
+from django.core.cache import caches
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.template.loader import render_to_string
+from django.utils import timezone, translation
+from django.utils.translation import gettext as _
+
+from billing import data_rights as billing_rights
+from conversations import data_rights as conversation_rights
+
+from .audit import audit_record
+from .models import AuditEvent, DataExport, ErasureRequest
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMAT = "parley.export"
+EXPORT_VERSION = 1
+PROGRESS_STEP = 5  # percent between two progress writes: at most ~20 writes per export
+STALE_EXPORT_HOURS = 2  # a build still pending/running after this died with its worker
+RECEIPT_SALT = "accounts.data_rights.erasure_receipt"
+ERASED = "[erased]"
 
 
-def export_request(*, user) -> DataExport:
-    """Start (or return the already running) export of `user`'s data; queued on commit."""
-    raise NotImplementedError
+@dataclass
+class DataRightsError(Exception):
+    """Bad input for an export or erasure; `code` is stable, `message` is for people."""
+
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
 
 
-def erasure_preview(*, user) -> dict[str, int]:
-    """What erasing `user` would remove, as counts by kind (for the confirmation pages)."""
-    raise NotImplementedError
+# --- Export -------------------------------------------------------------------------------------
 
 
-def erasure_request(*, user, requested_by=None) -> ErasureRequest:
-    """Start (idempotently) the erasure of `user`; queued on commit."""
-    raise NotImplementedError
+def _export_tasks():
+    # Imported late: tasks import this module.
+    from . import tasks
+
+    return tasks
+
+
+def export_request(*, user, requested_by=None) -> DataExport:
+    """Start (or return the already running) export of `user`'s data; queued on commit.
+
+    Two requests at once get the same export: the database allows one pending/running export per
+    user (constraint dataexport_one_active_per_user) and the loser of the race returns the winner."""
+    if ErasureRequest.objects.filter(user_id=user.pk, status__in=_OPEN).exists():
+        raise DataRightsError("account_closing", _("This account is being erased."))
+    active = DataExport.objects.filter(user=user, status__in=_ACTIVE_EXPORT).first()
+    if active is not None:
+        return active
+    try:
+        with transaction.atomic():
+            export = DataExport.objects.create(user=user)
+            audit_record(
+                action="user.export",
+                actor=requested_by or user,
+                target_type="accounts.user",
+                target_id=str(user.pk),
+                data={"export_id": str(export.id)},
+            )
+            transaction.on_commit(lambda: _export_tasks().export_build_task.delay(str(export.id)))
+    except IntegrityError:
+        active = DataExport.objects.filter(user=user, status__in=_ACTIVE_EXPORT).first()
+        if active is None:  # the other one finished in between: extremely unlikely, try once more
+            raise
+        return active
+    return export
+
+
+_ACTIVE_EXPORT = [DataExport.Status.PENDING, DataExport.Status.RUNNING]
+
+
+def export_file_path(export: DataExport) -> Path:
+    return Path(settings.EXPORT_ROOT) / f"{export.id}.zip"
+
+
+def _partial_path(export_id) -> Path:
+    return Path(settings.EXPORT_ROOT) / f"{export_id}.zip.partial"
+
+
+def export_get_for_owner(*, export_id, user) -> DataExport | None:
+    """The export if `user` owns it (anyone else gets None, and the view answers 404)."""
+    return DataExport.objects.filter(pk=export_id, user_id=user.pk).first()
+
+
+def export_is_expired(export: DataExport, *, now: datetime | None = None) -> bool:
+    return export.expires_at is not None and export.expires_at <= (now or timezone.now())
+
+
+def export_build(*, export_id) -> DataExport | None:
+    """Write the zip of a pending export. Only one worker wins the pending -> running claim, so a
+    task delivered twice builds once. Progress is written a bounded number of times."""
+    claimed = DataExport.objects.filter(pk=export_id, status=DataExport.Status.PENDING).update(
+        status=DataExport.Status.RUNNING, progress=0
+    )
+    if not claimed:
+        return DataExport.objects.filter(pk=export_id).first()
+    export = DataExport.objects.select_related("user").get(pk=export_id)
+    root = Path(settings.EXPORT_ROOT)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    partial, final = _partial_path(export.id), export_file_path(export)
+
+    def on_progress(percent: int) -> None:
+        DataExport.objects.filter(pk=export.pk, status=DataExport.Status.RUNNING).update(progress=percent)
+
+    try:
+        with translation.override(export.user.language or settings.LANGUAGE_CODE):
+            size = export_write_zip(user=export.user, path=partial, on_progress=on_progress)
+        os.replace(partial, final)
+    except Exception as exc:  # noqa: BLE001 - any failure ends as a failed export, never a half file
+        partial.unlink(missing_ok=True)
+        # The class name only: an exception's text can quote the data being written.
+        logger.error("export %s failed: %s", export.pk, type(exc).__name__)
+        DataExport.objects.filter(pk=export.pk).update(
+            status=DataExport.Status.FAILED, error=type(exc).__name__[:200], finished_at=timezone.now()
+        )
+        return DataExport.objects.filter(pk=export.pk).first()
+    now = timezone.now()
+    done = DataExport.objects.filter(pk=export.pk, status=DataExport.Status.RUNNING).update(
+        status=DataExport.Status.READY,
+        progress=100,
+        file_name=final.name,
+        size_bytes=size,
+        finished_at=now,
+        expires_at=now + timedelta(hours=settings.EXPORT_TTL_HOURS),
+    )
+    if not done:
+        # Erased or expired while it was being written: the file must not outlive its row.
+        final.unlink(missing_ok=True)
+    return DataExport.objects.filter(pk=export.pk).first()
+
+
+def _account_dict(user) -> dict[str, Any]:
+    return {
+        "id": user.pk,
+        "username": user.username,
+        "email": user.email,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "display_name": user.display_name,
+        "timezone": user.timezone,
+        "language": user.language,
+        "default_model": user.default_model,
+        "date_joined": user.date_joined.isoformat(),
+        "last_login": user.last_login.isoformat() if user.last_login else None,
+        "teams": [team.name for team in user.teams.all()],
+    }
+
+
+def export_write_zip(*, user, path: Path, on_progress: Callable[[int], None] | None = None) -> int:
+    """Write the export zip of `user` to `path` and return its size in bytes. The layout is the
+    one documented in templates/accounts/data/export_readme.md (copied into the zip)."""
+    counts = conversation_rights.conversations_counts(user_id=user.pk)
+    total = max(counts["messages"], 1)
+    done = 0
+    reported = 0
+    if on_progress:
+        on_progress(0)
+
+    def tick() -> None:
+        nonlocal done, reported
+        done += 1
+        percent = min(95, done * 95 // total)
+        if on_progress and percent >= reported + PROGRESS_STEP:
+            reported = percent
+            on_progress(percent)
+
+    exported_at = timezone.now().isoformat()
+    with (
+        zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+        # conversations.json is spooled to an unnamed temporary file (gone when closed, even on a
+        # crash) so the messages are read once while the Markdown files are written beside it.
+        tempfile.TemporaryFile(mode="w+", encoding="utf-8", dir=path.parent) as spool,
+    ):
+        archive.writestr(
+            "README.md",
+            render_to_string("accounts/data/export_readme.md", {"format": EXPORT_FORMAT, "version": EXPORT_VERSION}),
+        )
+        archive.writestr("account.json", json.dumps(_account_dict(user), ensure_ascii=False, indent=2))
+        head = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "exported_at": exported_at, "user_id": user.pk}
+        spool.write(json.dumps(head, ensure_ascii=False)[:-1] + ', "conversations": [')
+        seen_names: set[str] = set()
+        first = True
+        for conversation in conversation_rights.conversations_for_export(user_id=user.pk):
+            name = f"conversations/{conversation_rights.conversation_file_stem(conversation)}.md"
+            if name in seen_names:
+                name = f"conversations/{conversation.id}.md"
+            seen_names.add(name)
+            spool.write(("\n" if first else ",\n") + conversation_rights.conversation_json_head(conversation))
+            first = False
+            with io.TextIOWrapper(archive.open(name, "w"), encoding="utf-8", newline="\n") as markdown:
+                markdown.write(conversation_rights.conversation_markdown_head(conversation, tz_name=user.timezone))
+                for index, message in enumerate(conversation_rights.conversation_messages(conversation=conversation)):
+                    markdown.write(conversation_rights.message_markdown(message, tz_name=user.timezone))
+                    spool.write(conversation_rights.message_json(message, first=index == 0))
+                    tick()
+                spool.write(conversation_rights.conversation_json_tail())
+        spool.write("\n]}\n")
+        spool.seek(0)
+        with io.TextIOWrapper(archive.open("conversations.json", "w", force_zip64=True), encoding="utf-8") as out:
+            shutil.copyfileobj(spool, out, length=1024 * 1024)
+        with io.TextIOWrapper(archive.open("usage.csv", "w", force_zip64=True), encoding="utf-8", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=billing_rights.USAGE_CSV_FIELDS)
+            writer.writeheader()
+            for row in billing_rights.usage_export_rows(user_id=user.pk):
+                writer.writerow(row)
+    if on_progress:
+        on_progress(99)
+    return path.stat().st_size
+
+
+def export_write_file(*, user, output: Path, actor=None) -> int:
+    """The `export_user_data` command: write the zip straight to `output` (not kept by the site).
+    Written beside the target and renamed, so a failure never leaves half a file."""
+    output = Path(output)
+    partial = output.with_name(output.name + ".partial")
+    try:
+        size = export_write_zip(user=user, path=partial)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    audit_record(
+        action="user.export", actor=actor, target_type="accounts.user", target_id=str(user.pk), data={"via": "command"}
+    )
+    return size
+
+
+def _export_files_delete(export_id) -> None:
+    (Path(settings.EXPORT_ROOT) / f"{export_id}.zip").unlink(missing_ok=True)
+    _partial_path(export_id).unlink(missing_ok=True)
+
+
+def exports_delete_for_user(*, user_id: int) -> int:
+    """Delete every export of `user_id`, files first (a file without a row is unreachable but
+    still data; a row without a file is harmless)."""
+    ids = list(DataExport.objects.filter(user_id=user_id).values_list("id", flat=True))
+    for export_id in ids:
+        _export_files_delete(export_id)
+    DataExport.objects.filter(id__in=ids).delete()
+    return len(ids)
+
+
+def exports_purge_expired(*, now: datetime | None = None) -> int:
+    """Periodic: delete exports past their expiry (file and row), fail builds whose worker died,
+    and remove stray files in EXPORT_ROOT that belong to no export. Returns how many went."""
+    now = now or timezone.now()
+    stale = now - timedelta(hours=STALE_EXPORT_HOURS)
+    for export_id in DataExport.objects.filter(status__in=_ACTIVE_EXPORT, created_at__lt=stale).values_list(
+        "id", flat=True
+    ):
+        _export_files_delete(export_id)
+        DataExport.objects.filter(pk=export_id, status__in=_ACTIVE_EXPORT).update(
+            status=DataExport.Status.FAILED, error="timeout", finished_at=now, expires_at=now
+        )
+    expired = DataExport.objects.filter(
+        Q(expires_at__lte=now) | Q(status=DataExport.Status.FAILED, created_at__lt=now - timedelta(hours=settings.EXPORT_TTL_HOURS))
+    )
+    removed = 0
+    for export_id in expired.values_list("id", flat=True):
+        _export_files_delete(export_id)
+        removed += DataExport.objects.filter(pk=export_id).delete()[0]
+    root = Path(settings.EXPORT_ROOT)
+    if root.is_dir():
+        known = {str(pk) for pk in DataExport.objects.values_list("id", flat=True)}
+        for entry in root.iterdir():
+            stem = entry.name.split(".", 1)[0]
+            old = entry.stat().st_mtime < (now - timedelta(hours=STALE_EXPORT_HOURS)).timestamp()
+            if entry.is_file() and stem not in known and old:
+                entry.unlink(missing_ok=True)
+    return removed
+
+
+# --- Cache ---------------------------------------------------------------------------------------
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _cache_raw_keys(cache, prefix: str) -> list:
+    """The backend's own keys (prefix and version included) of every entry whose key starts with
+    `prefix`: Redis by SCAN (never KEYS), local memory from its dict. Other backends cannot list
+    their keys: logged, and an empty list."""
+    from django.core.cache.backends.locmem import LocMemCache
+    from django.core.cache.backends.redis import RedisCache
+
+    made = cache.make_key(prefix)
+    if isinstance(cache, RedisCache):
+        client = cache._cache.get_client(write=True)
+        return list(client.scan_iter(match=_glob_escape(made) + "*", count=1000))
+    if isinstance(cache, LocMemCache):
+        with cache._lock:
+            return [key for key in cache._cache if key.startswith(made)]
+    logger.warning("cache backend %s cannot list keys", type(cache).__name__)
+    return []
+
+
+def cache_keys_with_prefix(prefix: str, *, alias: str = "default") -> list[str]:
+    """Keys (as the code names them, without the backend's prefix) that start with `prefix`."""
+    cache = caches[alias]
+    strip = len(cache.make_key(""))
+    keys = []
+    for raw in _cache_raw_keys(cache, prefix):
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        keys.append(text[strip:])
+    return keys
+
+
+def cache_delete_prefix(prefix: str, *, alias: str = "default") -> int:
+    """Delete every cache key starting with `prefix`; returns how many there were."""
+    from django.core.cache.backends.redis import RedisCache
+
+    cache = caches[alias]
+    raw_keys = _cache_raw_keys(cache, prefix)
+    if not raw_keys:
+        return 0
+    if isinstance(cache, RedisCache):
+        client = cache._cache.get_client(write=True)
+        for start in range(0, len(raw_keys), 500):
+            client.delete(*raw_keys[start : start + 500])
+        return len(raw_keys)
+    with cache._lock:  # local memory (the only other backend _cache_raw_keys lists)
+        for key in raw_keys:
+            cache._delete(key)
+    return len(raw_keys)
+
+
+def user_cache_prefixes(*, user_id: int) -> list[str]:
+    """Per-user cache keys follow the convention `user:<id>:...` (rate limits and the like)."""
+    return [f"user:{user_id}:"]
+
+
+# --- Sessions, login records, audit --------------------------------------------------------------
+
+
+def _session_store():
+    return import_module(settings.SESSION_ENGINE).SessionStore
+
+
+def _cache_session_prefix() -> str | None:
+    """Where a cache-only session engine keeps sessions (None for the database engines)."""
+    if settings.SESSION_ENGINE == "django.contrib.sessions.backends.cache":
+        from django.contrib.sessions.backends.cache import KEY_PREFIX
+
+        return KEY_PREFIX
+    return None
+
+
+def session_keys_of(*, user_id: int) -> list[str]:
+    """Keys of every session logged in as `user_id`. Sessions are signed blobs, so each is
+    decoded: rows of the session table (db and cached_db engines), or the cache's entries when
+    sessions live only in the cache."""
+    store = _session_store()
+    wanted = str(user_id)
+    keys = []
+    prefix = _cache_session_prefix()
+    if prefix is not None:
+        cache = caches[settings.SESSION_CACHE_ALIAS]
+        for cache_key in cache_keys_with_prefix(prefix, alias=settings.SESSION_CACHE_ALIAS):
+            data = cache.get(cache_key) or {}
+            if str(data.get(SESSION_KEY, "")) == wanted:
+                keys.append(cache_key[len(prefix) :])
+        return keys
+    if not hasattr(store, "get_model_class"):  # signed cookies: nothing kept server-side
+        return []
+    decoder = store()
+    rows = store.get_model_class().objects.values_list("session_key", "session_data")
+    for key, data in rows.iterator(chunk_size=2000):
+        if str(decoder.decode(data).get(SESSION_KEY, "")) == wanted:
+            keys.append(key)
+    return keys
+
+
+def sessions_delete_for_user(*, user_id: int) -> int:
+    """Log `user_id` out everywhere (the account is already inactive, so even a session this
+    misses, such as a signed cookie, no longer authenticates)."""
+    store = _session_store()
+    keys = session_keys_of(user_id=user_id)
+    for key in keys:
+        store(session_key=key).delete()
+    return len(keys)
+
+
+def _axes_models():
+    from axes.models import AccessAttempt, AccessFailureLog, AccessLog
+
+    return [AccessAttempt, AccessLog, AccessFailureLog]
+
+
+def _login_filter(username: str, email: str) -> Q:
+    query = Q(username__iexact=username)
+    if email:
+        query |= Q(username__iexact=email)  # people type their email into the username box
+    return query
+
+
+def login_records_count(*, username: str, email: str = "") -> int:
+    return sum(model.objects.filter(_login_filter(username, email)).count() for model in _axes_models())
+
+
+def login_records_delete(*, username: str, email: str = "") -> int:
+    """django-axes keeps the username, IP and user agent of every login attempt: delete them."""
+    return sum(model.objects.filter(_login_filter(username, email)).delete()[0] for model in _axes_models())
+
+
+def _scrub(value: Any, needles: list[str]) -> Any:
+    if isinstance(value, str):
+        folded = value.casefold()
+        return ERASED if any(needle in folded for needle in needles) else value
+    if isinstance(value, list):
+        return [_scrub(item, needles) for item in value]
+    if isinstance(value, dict):
+        return {key: _scrub(item, needles) for key, item in value.items()}
+    return value
+
+
+def audit_scrub_user(*, user_id: int, username: str, email: str) -> int:
+    """The audit log keeps what happened and the ids; it must not keep who the person was. Any
+    value naming the user is replaced, their IP addresses dropped, and the admin history entries
+    about the account lose the name they were shown under."""
+    from django.contrib.admin.models import LogEntry
+    from django.contrib.contenttypes.models import ContentType
+
+    needles = [n.casefold() for n in (username, email) if n]
+    query = Q(actor_id=user_id) | Q(target_type="accounts.user", target_id=str(user_id))
+    for needle in needles:
+        query |= Q(data__icontains=needle)
+        escaped = json.dumps(needle)[1:-1]  # SQLite keeps JSON with \\u escapes for non-ASCII
+        if escaped != needle:
+            query |= Q(data__icontains=escaped)
+    changed = 0
+    for event in AuditEvent.objects.filter(query).iterator(chunk_size=500):
+        data = _scrub(event.data, needles)
+        if data != event.data or (event.actor_id == user_id and event.ip_address):
+            event.data = data
+            if event.actor_id == user_id:
+                event.ip_address = None
+            event.save(update_fields=["data", "ip_address"])
+            changed += 1
+    user_type = ContentType.objects.get_for_model(get_user_model())
+    changed += LogEntry.objects.filter(content_type=user_type, object_id=str(user_id)).update(
+        object_repr=f"(erased user {user_id})", change_message=""
+    )
+    return changed
+
+
+# --- Erasure -------------------------------------------------------------------------------------
+
+_OPEN = [ErasureRequest.Status.PENDING, ErasureRequest.Status.RUNNING]
+
+
+def _only_admin(user) -> bool:
+    if not (user.is_superuser and user.is_active):
+        return False
+    return not get_user_model().objects.filter(is_superuser=True, is_active=True).exclude(pk=user.pk).exists()
+
+
+def erasure_preview(*, user, include_sessions: bool = True) -> dict[str, int]:
+    """What erasing `user` would remove, as counts by kind (for the confirmation pages).
+    Counting sessions decodes the whole session table: pages shown often pass False."""
+    counts = conversation_rights.conversations_counts(user_id=user.pk)
+    usage = billing_rights.usage_counts(user_id=user.pk)
+    preview = {
+        "conversations": counts["conversations"],
+        "messages": counts["messages"],
+        "exports": DataExport.objects.filter(user_id=user.pk).count(),
+        "login_records": login_records_count(username=user.username, email=user.email),
+        "budgets": usage["budgets"],
+        # Kept, without the link to the person: the money stays accounted for.
+        "usage_records_kept": usage["usage_records"],
+    }
+    if include_sessions:
+        preview["sessions"] = len(session_keys_of(user_id=user.pk))
+    return preview
+
+
+def erasure_request(*, user, requested_by=None, queue: bool = True) -> ErasureRequest:
+    """Start (idempotently) the erasure of `user`; queued on commit.
+
+    The account is locked at once, in this transaction: inactive and with an unusable password,
+    so every session stops authenticating and no new reply can start while the task waits."""
+    with transaction.atomic():
+        erasure = ErasureRequest.objects.filter(user_id=user.pk, status__in=_OPEN).first()
+        if erasure is None:
+            if _only_admin(user):
+                raise DataRightsError(
+                    "only_admin", _("This is the only administrator account: make another administrator first.")
+                )
+            try:
+                with transaction.atomic():
+                    erasure = ErasureRequest.objects.create(
+                        user_id=user.pk, requested_by_id=getattr(requested_by, "pk", None)
+                    )
+            except IntegrityError:  # asked twice at the same moment: one open erasure
+                erasure = ErasureRequest.objects.get(user_id=user.pk, status__in=_OPEN)
+            else:
+                audit_record(
+                    action="user.erase",
+                    actor=requested_by or user,
+                    target_type="accounts.user",
+                    target_id=str(user.pk),
+                    data={"erasure_id": str(erasure.id)},
+                )
+        get_user_model().objects.filter(pk=user.pk).update(is_active=False, password=make_password(None))
+        if queue:
+            erasure_id = str(erasure.id)
+            transaction.on_commit(lambda: _export_tasks().erasure_run_task.delay(erasure_id))
+    return erasure
+
+
+def _add_counts(erasure_id, counts: dict[str, int], *, step: str | None = None, **fields) -> bool:
+    """Add `counts` to the receipt (and mark `step` done) under the row lock. Returns False when
+    the step was already done by another run (then nothing is added)."""
+    erasure = ErasureRequest.objects.select_for_update().get(pk=erasure_id)
+    if step is not None and step in erasure.steps_done:
+        return False
+    for key, value in counts.items():
+        erasure.receipt[key] = erasure.receipt.get(key, 0) + value
+    if step is not None:
+        erasure.steps_done = [*erasure.steps_done, step]
+    for name, value in fields.items():
+        setattr(erasure, name, value)
+    erasure.save(update_fields=["receipt", "steps_done", *fields])
+    return True
+
+
+def _stop_turns(user_id: int) -> None:
+    """Ask the chat to stop every reply streaming for the user. Guarded: erasure must go on
+    even if the chat part is missing or fails (the rows go anyway)."""
+    try:
+        from conversations.turns import turns_stop_for_user
+    except ImportError:
+        return
+    try:
+        turns_stop_for_user(user_id=user_id)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("erasure: stopping replies for user %s failed: %s", user_id, type(exc).__name__)
+
+
+def _step_streams(erasure: ErasureRequest, user) -> None:
+    cids = conversation_rights.conversation_ids_of(user_id=erasure.user_id)
+    prefixes = [
+        *conversation_rights.stream_cache_prefixes(conversation_ids=cids),
+        *billing_rights.usage_cache_prefixes(user_id=erasure.user_id),
+        *user_cache_prefixes(user_id=erasure.user_id),
+    ]
+    with transaction.atomic():
+        # Remember what to sweep at the very end (a dying reply may write its buffer once more).
+        ErasureRequest.objects.filter(pk=erasure.pk).update(cache_prefixes=prefixes)
+    _stop_turns(erasure.user_id)
+    with transaction.atomic():
+        stopped = conversation_rights.conversations_stop_running(user_id=erasure.user_id)
+    # The live buffers hold the reply's words: gone now, and swept again by the last step.
+    swept = sum(cache_delete_prefix(prefix) for prefix in prefixes)
+    with transaction.atomic():
+        _add_counts(erasure.pk, {"replies_stopped": stopped, "cache_keys": swept}, step="streams")
+
+
+def _step_exports(erasure: ErasureRequest, user) -> None:
+    with transaction.atomic():
+        removed = exports_delete_for_user(user_id=erasure.user_id)
+        _add_counts(erasure.pk, {"exports": removed}, step="exports")
+
+
+def _step_conversations(erasure: ErasureRequest, user) -> None:
+    while True:
+        # One batch per transaction, its counts recorded with it: a crash loses nothing.
+        with transaction.atomic():
+            ids = conversation_rights.conversation_ids_of(user_id=erasure.user_id, limit=20)
+            if not ids:
+                _add_counts(erasure.pk, {}, step="conversations")
+                return
+            batch = conversation_rights.conversations_delete(conversation_ids=ids)
+            _add_counts(erasure.pk, {"conversations": batch.conversations, "messages": batch.messages})
+
+
+def _step_usage(erasure: ErasureRequest, user) -> None:
+    with transaction.atomic():
+        kept = billing_rights.usage_forget_user(user_id=erasure.user_id)
+        _add_counts(
+            erasure.pk,
+            {"usage_records_anonymised": kept["usage_records"], "daily_rollups_anonymised": kept["daily_rollups"], "budgets": kept["budgets"]},
+            step="usage",
+        )
+
+
+def _step_sessions(erasure: ErasureRequest, user) -> None:
+    removed = sessions_delete_for_user(user_id=erasure.user_id)
+    with transaction.atomic():
+        _add_counts(erasure.pk, {"sessions": removed}, step="sessions")
+
+
+def _step_login_records(erasure: ErasureRequest, user) -> None:
+    with transaction.atomic():
+        removed = login_records_delete(username=user.username, email=user.email) if user else 0
+        _add_counts(erasure.pk, {"login_records": removed}, step="login_records")
+
+
+def _step_audit(erasure: ErasureRequest, user) -> None:
+    with transaction.atomic():
+        scrubbed = audit_scrub_user(user_id=erasure.user_id, username=user.username, email=user.email) if user else 0
+        _add_counts(erasure.pk, {"audit_entries_scrubbed": scrubbed}, step="audit")
+
+
+def _step_account(erasure: ErasureRequest, user) -> None:
+    with transaction.atomic():
+        # Once more, in the same transaction as the delete: a reply that finished after the usage
+        # step wrote a ledger row still linked to the person.
+        late = billing_rights.usage_forget_user(user_id=erasure.user_id)
+        removed = 0
+        if user is not None:
+            _total, per_model = get_user_model().objects.filter(pk=erasure.user_id).delete()
+            removed = per_model.get(get_user_model()._meta.label, 0)
+        _add_counts(
+            erasure.pk,
+            {
+                "usage_records_anonymised": late["usage_records"],
+                "daily_rollups_anonymised": late["daily_rollups"],
+                "budgets": late["budgets"],
+                "account": removed,
+            },
+            step="account",
+        )
+
+
+def _step_cache(erasure: ErasureRequest, user) -> None:
+    erasure.refresh_from_db(fields=["cache_prefixes"])
+    removed = sum(cache_delete_prefix(prefix) for prefix in erasure.cache_prefixes)
+    with transaction.atomic():
+        _add_counts(erasure.pk, {"cache_keys": removed}, step="cache", cache_prefixes=[])
+
+
+ERASURE_STEPS: list[tuple[str, Callable[[ErasureRequest, Any], None]]] = [
+    ("streams", _step_streams),
+    ("exports", _step_exports),
+    ("conversations", _step_conversations),
+    ("usage", _step_usage),
+    ("sessions", _step_sessions),
+    ("login_records", _step_login_records),
+    ("audit", _step_audit),
+    ("account", _step_account),
+    ("cache", _step_cache),
+]
+
+
+def erasure_run(*, erasure_id) -> ErasureRequest | None:
+    """Carry out an erasure, skipping the steps already done. Running it again after a crash
+    (or twice at once: a cache lock keeps one runner) finishes what is left and changes nothing
+    else."""
+    erasure = ErasureRequest.objects.filter(pk=erasure_id).first()
+    if erasure is None or erasure.status == ErasureRequest.Status.DONE:
+        return erasure
+    lock = f"erasure-run:{erasure.pk}"
+    cache = caches["default"]
+    if not cache.add(lock, 1, timeout=15 * 60):
+        return erasure
+    try:
+        ErasureRequest.objects.filter(pk=erasure.pk).update(
+            status=ErasureRequest.Status.RUNNING, attempts=F("attempts") + 1, last_error=""
+        )
+        user = get_user_model().objects.filter(pk=erasure.user_id).first()
+        for name, step in ERASURE_STEPS:
+            erasure.refresh_from_db(fields=["steps_done"])
+            if name in erasure.steps_done:
+                continue
+            step(erasure, user)
+        with transaction.atomic():
+            erasure = ErasureRequest.objects.select_for_update().get(pk=erasure.pk)
+            if erasure.status != ErasureRequest.Status.DONE:
+                erasure.status = ErasureRequest.Status.DONE
+                erasure.finished_at = timezone.now()
+                erasure.save(update_fields=["status", "finished_at"])
+                audit_record(
+                    action="user.erase_done",
+                    actor=None,
+                    target_type="accounts.user",
+                    target_id=str(erasure.user_id),
+                    data={"erasure_id": str(erasure.id), "removed": erasure.receipt},
+                )
+        return erasure
+    except Exception as exc:
+        ErasureRequest.objects.filter(pk=erasure.pk).update(last_error=type(exc).__name__[:200])
+        logger.error("erasure %s stopped: %s (it resumes on the next run)", erasure.pk, type(exc).__name__)
+        raise
+    finally:
+        cache.delete(lock)
+
+
+def erasures_resume_stuck(*, older_than: timedelta = timedelta(minutes=10)) -> list[str]:
+    """Periodic: queue again every erasure still open after `older_than` (its worker died)."""
+    cutoff = timezone.now() - older_than
+    ids = [str(pk) for pk in ErasureRequest.objects.filter(status__in=_OPEN, created_at__lt=cutoff).values_list("id", flat=True)]
+    tasks = _export_tasks()
+    for erasure_id in ids:
+        tasks.erasure_run_task.delay(erasure_id)
+    return ids
+
+
+def erasure_receipt_token(erasure: ErasureRequest) -> str:
+    """A signed reference to the receipt: the person is logged out by then, and the receipt holds
+    counts only."""
+    return signing.dumps(str(erasure.pk), salt=RECEIPT_SALT, compress=False)
+
+
+def erasure_from_receipt_token(token: str) -> ErasureRequest | None:
+    try:
+        erasure_id = signing.loads(token, salt=RECEIPT_SALT)
+    except signing.BadSignature:
+        return None
+    return ErasureRequest.objects.filter(pk=erasure_id).first()
+
+
+# --- Retention -----------------------------------------------------------------------------------
+
+
+def retention_purge(*, days: int | None = None) -> dict[str, int] | None:
+    """Daily: delete conversations inactive for CONVERSATION_RETENTION_DAYS (unset: keep all)."""
+    days = days if days is not None else settings.CONVERSATION_RETENTION_DAYS
+    if not days:
+        return None
+    removed = conversation_rights.conversations_purge_older_than(days=days)
+    counts = {"conversations": removed.conversations, "messages": removed.messages}
+    if removed.conversations:
+        audit_record(action="conversations.retention_purge", data={"days": days, **counts})
+    return counts
+
+
+def iter_receipt(receipt: dict[str, int]) -> Iterator[tuple[str, int]]:
+    """The receipt's lines in a stable, readable order (labels are translated by the template)."""
+    order = [
+        "account", "conversations", "messages", "replies_stopped", "exports", "sessions", "login_records",
+        "cache_keys", "budgets", "audit_entries_scrubbed", "usage_records_anonymised", "daily_rollups_anonymised",
+    ]
+    for key in order:
+        if key in receipt:
+            yield key, receipt[key]

@@ -168,8 +168,22 @@ class ErasureRequest(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     steps_done = models.JSONField(default=list, blank=True)
     receipt = models.JSONField(default=dict, blank=True)
+    # Cache key prefixes (stream buffers of the user's conversations, per-user keys) to sweep once
+    # more at the very end, after a reply that was still streaming can no longer write. Ids only.
+    cache_prefixes = models.JSONField(default=list, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.CharField(max_length=200, blank=True)  # exception class only, never data
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # Asking twice (two tabs, the admin and the user) resumes the one open erasure.
+            models.UniqueConstraint(
+                fields=["user_id"], condition=models.Q(status__in=["pending", "running"]), name="erasurerequest_one_open_per_user"
+            ),
+        ]
+
     def __str__(self) -> str:
-        return f"erasure {self.id} ({self.status})"
+        return f"erasure {self.id} of user #{self.user_id} ({self.status})"

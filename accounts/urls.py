@@ -1,7 +1,8 @@
 from django.contrib.auth import views as auth_views
-from django.urls import path, reverse_lazy
+from django.urls import include, path, reverse_lazy
 
 from . import views
+from .data_rights_views import data_rights_urlpatterns
 
 # Django's own auth views reverse these names (password_reset_confirm in the email, the *_done
 # pages), so they keep Django's names.
@@ -20,4 +21,5 @@ urlpatterns = [
         name="password_reset_confirm",
     ),
     path("password/reset/complete/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
+    path("", include(data_rights_urlpatterns)),  # the "Your data" pages: export and erasure
 ]

@@ -1,0 +1,134 @@
+"""Data rights, the billing part: a person's usage for their export, and cutting their link to
+the ledger on erasure.
+
+Erasure never deletes money. Usage records and daily rollups stay, with the user (and the
+conversation and message ids, which would point at deleted rows) removed, so every spend total,
+the site's and each team's, is the same before and after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import Count, F, Sum
+
+from .models import Budget, DailyUsage, Reservation, UsageRecord
+
+USAGE_CSV_FIELDS = [
+    "created_at",
+    "provider",
+    "model",
+    "conversation_id",
+    "message_id",
+    "attempt",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "estimated",
+    "outcome",
+    "error_kind",
+    "latency_ms",
+    "ttft_ms",
+]
+
+
+def usage_cache_prefixes(*, user_id: int) -> list[str]:
+    """The user's rate-limit counters (billing.limits names them `billing:rl:<user id>:...`)."""
+    return [f"billing:rl:{user_id}:"]
+
+
+def usage_counts(*, user_id: int) -> dict[str, int]:
+    return {
+        "usage_records": UsageRecord.objects.filter(user_id=user_id).count(),
+        "daily_rollups": DailyUsage.objects.filter(user_id=user_id).count(),
+        "budgets": Budget.objects.filter(user_id=user_id).count(),
+    }
+
+
+def usage_export_rows(*, user_id: int, chunk_size: int = 1000) -> Iterator[dict]:
+    """The user's ledger rows, oldest first, as the columns of usage.csv (no key names: the
+    provider keys are the site's, not the person's)."""
+    rows = (
+        UsageRecord.objects.filter(user_id=user_id)
+        .order_by("created_at", "id")
+        .values(
+            "created_at", "provider", "model", "conversation_id", "message_id", "attempt", "input_tokens",
+            "output_tokens", "cached_tokens", "cost", "estimated", "outcome", "error_kind", "latency_ms", "ttft_ms",
+        )
+    )
+    for row in rows.iterator(chunk_size=chunk_size):
+        row["created_at"] = row["created_at"].isoformat()
+        row["cost_usd"] = format(row.pop("cost"), "f")
+        row["conversation_id"] = str(row["conversation_id"]) if row["conversation_id"] else ""
+        row["message_id"] = str(row["message_id"]) if row["message_id"] else ""
+        yield row
+
+
+def _fold_daily_rows(user_id: int) -> int:
+    """Move the user's rollup rows to the anonymous bucket. Where an anonymous row already exists
+    for the same day/team/model (an earlier erasure) the two are added together, because the
+    rollup keeps one row per key (NULLS NOT DISTINCT, emulated: see billing.models.DailyUsage)."""
+    moved = 0
+    rows = DailyUsage.objects.select_for_update().filter(user_id=user_id).order_by("pk")
+    for row in list(rows):  # one row per day x model: small
+        target = (
+            DailyUsage.objects.select_for_update()
+            .filter(day=row.day, user__isnull=True, team_id=row.team_id, provider=row.provider, model=row.model)
+            .order_by("pk")
+            .first()
+        )
+        if target is None:
+            row.user = None
+            row.save(update_fields=["user"])
+        else:
+            DailyUsage.objects.filter(pk=target.pk).update(
+                requests=F("requests") + row.requests,
+                errors=F("errors") + row.errors,
+                input_tokens=F("input_tokens") + row.input_tokens,
+                output_tokens=F("output_tokens") + row.output_tokens,
+                cached_tokens=F("cached_tokens") + row.cached_tokens,
+                cost=F("cost") + row.cost,
+            )
+            row.delete()
+        moved += 1
+    return moved
+
+
+def usage_forget_user(*, user_id: int) -> dict[str, int]:
+    """Cut `user_id` out of the ledger, the rollup and reservations, keeping every amount; delete
+    the user's own budgets (a limit on a person who no longer exists). Idempotent: a second run
+    finds nothing and returns zeros."""
+    with transaction.atomic():
+        records = UsageRecord.objects.filter(user_id=user_id).update(user=None, conversation_id=None, message_id=None)
+        rollups = _fold_daily_rows(user_id)
+        Reservation.objects.filter(user_id=user_id).update(user=None)
+        _total, per_model = Budget.objects.filter(user_id=user_id).delete()
+    return {
+        "usage_records": records,
+        "daily_rollups": rollups,
+        "budgets": per_model.get(Budget._meta.label, 0),
+    }
+
+
+def usage_totals() -> dict[str, Decimal | int]:
+    """Site-wide sums of the ledger and of the rollup (what erasure must leave unchanged)."""
+    ledger = UsageRecord.objects.aggregate(
+        cost=Sum("cost"), input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), rows=Count("id")
+    )
+    rollup = DailyUsage.objects.aggregate(
+        cost=Sum("cost"), input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), requests=Sum("requests")
+    )
+    zero = Decimal("0")
+    return {
+        "ledger_cost": ledger["cost"] or zero,
+        "ledger_input_tokens": ledger["input_tokens"] or 0,
+        "ledger_output_tokens": ledger["output_tokens"] or 0,
+        "ledger_rows": ledger["rows"] or 0,
+        "rollup_cost": rollup["cost"] or zero,
+        "rollup_input_tokens": rollup["input_tokens"] or 0,
+        "rollup_output_tokens": rollup["output_tokens"] or 0,
+        "rollup_requests": rollup["requests"] or 0,
+    }

@@ -1,0 +1,313 @@
+"""Export: everything, in order, with usage; the owner's alone; gone after it expires."""
+
+import csv
+import io
+import json
+import threading
+import zipfile
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+
+from accounts import data_rights
+from accounts.models import AuditEvent, DataExport
+from billing.models import UsageRecord
+from conversations.models import Conversation, Message
+
+from .data_rights_fixtures import make_history
+
+PASSWORD = "correct horse battery 9"
+
+
+def _client(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def _start_and_finish(client, django_capture_on_commit_callbacks) -> dict:
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/api/v1/account/export/")
+    assert response.status_code == 202
+    export_id = response.json()["export_id"]
+    status = client.get(f"/api/v1/account/export/{export_id}/")
+    assert status.status_code == 200
+    return status.json()
+
+
+def _download(client, url) -> zipfile.ZipFile:
+    response = client.get(url)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/zip"
+    assert "attachment" in response["Content-Disposition"]
+    return zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+
+
+@pytest.mark.django_db
+def test_export_holds_every_message_in_order_with_usage(user, other_user, django_capture_on_commit_callbacks):
+    make_history(user, conversations=3, messages_each=5)
+    make_history(other_user, conversations=1, messages_each=2, tag="not-yours")
+    client = _client(user)
+
+    status = _start_and_finish(client, django_capture_on_commit_callbacks)
+
+    assert status["status"] == "ready" and status["progress"] == 100
+    archive = _download(client, status["download_url"])
+    names = set(archive.namelist())
+    assert {"README.md", "account.json", "conversations.json", "usage.csv"} <= names
+    data = json.loads(archive.read("conversations.json"))
+    assert data["format"] == "parley.export" and data["version"] == 1
+    expected = list(Conversation.objects.filter(owner=user).order_by("created_at"))
+    assert [c["id"] for c in data["conversations"]] == [str(c.id) for c in expected]
+    for exported, conversation in zip(data["conversations"], expected, strict=True):
+        messages = list(Message.objects.filter(conversation=conversation).order_by("created_at"))
+        assert [m["id"] for m in exported["messages"]] == [str(m.id) for m in messages]
+        assert [m["content"] for m in exported["messages"]] == [m.content for m in messages]
+        assert [m["usage"]["cost"] for m in exported["messages"]] == [format(m.cost, "f") for m in messages]
+        assert exported["system_prompt"] == conversation.system_prompt
+    markdown_files = sorted(n for n in names if n.startswith("conversations/") and n.endswith(".md"))
+    assert len(markdown_files) == 3
+    for name, conversation in zip(markdown_files, expected, strict=True):  # names sort by date
+        text = archive.read(name).decode()
+        contents = [m.content for m in Message.objects.filter(conversation=conversation).order_by("created_at")]
+        positions = [text.index(content) for content in contents]
+        assert positions == sorted(positions)
+        assert text.startswith(f"# {conversation.title}")
+    rows = list(csv.DictReader(io.StringIO(archive.read("usage.csv").decode())))
+    assert len(rows) == UsageRecord.objects.filter(user=user).count() == 6
+    assert {r["conversation_id"] for r in rows} == {str(c.id) for c in expected}
+    assert "not-yours" not in archive.read("conversations.json").decode()
+    account = json.loads(archive.read("account.json"))
+    assert account["username"] == user.username and account["email"] == user.email
+    assert AuditEvent.objects.filter(action="user.export", target_id=str(user.pk)).exists()
+
+
+@pytest.mark.django_db
+def test_another_user_gets_404_for_an_export(user, other_user, django_capture_on_commit_callbacks):
+    make_history(user, conversations=1, messages_each=2)
+    status = _start_and_finish(_client(user), django_capture_on_commit_callbacks)
+    intruder = _client(other_user)
+    export_id = status["download_url"].split("/")[-3]
+    assert intruder.get(f"/api/v1/account/export/{export_id}/").status_code == 404
+    assert intruder.get(f"/api/v1/account/export/{export_id}/").json()["error"]["code"] == "not_found"
+    assert intruder.get(status["download_url"]).status_code == 404
+    anonymous = Client()
+    assert anonymous.get(f"/api/v1/account/export/{export_id}/").status_code == 401
+    assert anonymous.post("/api/v1/account/export/").status_code == 401
+
+
+@pytest.mark.django_db
+def test_an_expired_export_is_refused_clearly_then_purged(user, django_capture_on_commit_callbacks):
+    make_history(user, conversations=1, messages_each=2)
+    client = _client(user)
+    status = _start_and_finish(client, django_capture_on_commit_callbacks)
+    export = DataExport.objects.get(user=user)
+    path = data_rights.export_file_path(export)
+    assert path.exists()
+    DataExport.objects.filter(pk=export.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+
+    download = client.get(status["download_url"])
+    assert download.status_code == 410
+    assert "expired" in download.content.decode()
+    api = client.get(f"/api/v1/account/export/{export.pk}/")
+    assert api.status_code == 410 and api.json()["error"]["code"] == "export_expired"
+    assert path.exists() and DataExport.objects.filter(pk=export.pk).exists()  # refusing changed nothing
+
+    assert data_rights.exports_purge_expired() == 1
+    assert not path.exists() and not DataExport.objects.filter(pk=export.pk).exists()
+    assert client.get(status["download_url"]).status_code == 404
+    assert client.get(f"/api/v1/account/export/{export.pk}/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_purge_keeps_exports_that_have_not_expired(user, django_capture_on_commit_callbacks):
+    make_history(user, conversations=1, messages_each=2)
+    _start_and_finish(_client(user), django_capture_on_commit_callbacks)
+    assert data_rights.exports_purge_expired() == 0
+    export = DataExport.objects.get(user=user)
+    assert data_rights.export_file_path(export).exists()
+    # EXPORT_TTL_HOURS later it goes.
+    assert data_rights.exports_purge_expired(now=timezone.now() + timedelta(hours=24, minutes=1)) == 1
+
+
+@pytest.mark.django_db
+def test_two_exports_requested_at_once_share_the_first_id(user):
+    client = _client(user)
+    first = client.post("/api/v1/account/export/")  # queued on commit: still pending
+    second = client.post("/api/v1/account/export/")
+    assert first.status_code == second.status_code == 202
+    assert first.json()["export_id"] == second.json()["export_id"]
+    assert DataExport.objects.filter(user=user).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_exports_racing_in_two_threads_make_one(user, monkeypatch):
+    from accounts import tasks
+
+    monkeypatch.setattr(tasks.export_build_task, "delay", lambda export_id: None)  # keep both pending
+    barrier = threading.Barrier(2)
+    ids = []
+
+    def ask():
+        try:
+            barrier.wait()
+            ids.append(str(data_rights.export_request(user=user).pk))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(ids) == 2 and ids[0] == ids[1]
+    assert DataExport.objects.filter(user=user).count() == 1
+
+
+@pytest.mark.django_db
+def test_progress_is_written_a_bounded_number_of_times(user, tmp_path):
+    make_history(user, conversations=4, messages_each=60)
+    seen = []
+    data_rights.export_write_zip(user=user, path=tmp_path / "x.zip", on_progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 99
+    assert len(seen) <= 25
+
+
+@pytest.mark.django_db
+def test_a_failed_build_leaves_no_file(user, monkeypatch, settings):
+    make_history(user, conversations=1, messages_each=2)
+    export = DataExport.objects.create(user=user)
+
+    def boom(**kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(data_rights, "export_write_zip", boom)
+    data_rights.export_build(export_id=export.pk)
+    export.refresh_from_db()
+    assert export.status == "failed" and export.error == "OSError"
+    assert list(Path(settings.EXPORT_ROOT).iterdir()) == []
+    # A new export can be asked for after a failure.
+    assert data_rights.export_request(user=user).pk != export.pk
+
+
+@pytest.mark.django_db
+def test_profile_page_starts_an_export_and_shows_progress(user, django_capture_on_commit_callbacks):
+    make_history(user, conversations=1, messages_each=2)
+    client = _client(user)
+    page = client.get("/accounts/data/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Export my data" in html and "Erase my account" in html
+    assert "<script>" not in html and "/static/js/data_rights.js" in html  # no inline script
+    response = client.post("/accounts/data/export/")
+    assert response.status_code == 302
+    export = DataExport.objects.get(user=user)
+    html = client.get("/accounts/data/").content.decode()
+    assert f"/api/v1/account/export/{export.pk}/" in html  # the script polls this
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/accounts/data/export/")  # the same pending one, now built
+    data_rights.export_build(export_id=export.pk)
+    html = client.get("/accounts/data/").content.decode()
+    assert f"/accounts/data/export/{export.pk}/download/" in html
+
+
+def test_the_progress_script_is_a_static_file():
+    script = Path(__file__).resolve().parents[2] / "static" / "js" / "data_rights.js"
+    assert "download_url" in script.read_text()
+
+
+@pytest.mark.django_db
+def test_single_conversation_downloads_as_markdown_and_json(user, other_user):
+    make_history(user, conversations=1, messages_each=4)
+    conversation = Conversation.objects.get(owner=user)
+    client = _client(user)
+    markdown = client.get(f"/api/v1/conversations/{conversation.id}/export.md")
+    assert markdown.status_code == 200 and markdown["Content-Type"].startswith("text/markdown")
+    text = markdown.content.decode()
+    contents = list(Message.objects.filter(conversation=conversation).order_by("created_at").values_list("content", flat=True))
+    assert [text.index(c) for c in contents] == sorted(text.index(c) for c in contents)
+    as_json = client.get(f"/api/v1/conversations/{conversation.id}/export.json")
+    assert as_json.status_code == 200
+    body = json.loads(as_json.content)
+    assert body["id"] == str(conversation.id) and [m["content"] for m in body["messages"]] == contents
+    intruder = _client(other_user)
+    assert intruder.get(f"/api/v1/conversations/{conversation.id}/export.md").status_code == 404
+    assert intruder.get(f"/api/v1/conversations/{conversation.id}/export.json").status_code == 404
+    assert Client().get(f"/api/v1/conversations/{conversation.id}/export.md").status_code == 401
+
+
+@pytest.mark.django_db
+def test_an_empty_account_exports_valid_files(user, tmp_path):
+    data_rights.export_write_zip(user=user, path=tmp_path / "empty.zip")
+    with zipfile.ZipFile(tmp_path / "empty.zip") as archive:
+        assert json.loads(archive.read("conversations.json"))["conversations"] == []
+        assert archive.read("usage.csv").decode().startswith("created_at,")
+
+
+@pytest.mark.django_db
+def test_export_user_data_command(user, tmp_path, capsys):
+    make_history(user, conversations=2, messages_each=2)
+    target = tmp_path / "alice.zip"
+    call_command("export_user_data", user.username, "--output", str(target))
+    with zipfile.ZipFile(target) as archive:
+        assert len(json.loads(archive.read("conversations.json"))["conversations"]) == 2
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.django_db
+def test_export_user_data_command_bad_input_changes_nothing(user, tmp_path):
+    with pytest.raises(CommandError, match="no user named"):
+        call_command("export_user_data", "nobody_here", "--output", str(tmp_path / "x.zip"))
+    existing = tmp_path / "there.zip"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("export_user_data", user.username, "--output", str(existing))
+    assert existing.read_bytes() == b"keep me"
+    with pytest.raises(CommandError, match="does not exist"):
+        call_command("export_user_data", user.username, "--output", str(tmp_path / "no" / "x.zip"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there.zip"]
+    assert not AuditEvent.objects.filter(action="user.export").exists()
+
+
+@pytest.mark.django_db
+def test_admin_export_action_starts_exports(user, make_user, rf):
+    from django.contrib import admin
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.admin import UserAdmin
+    from django.contrib.messages.storage.fallback import FallbackStorage
+
+    from accounts.data_rights_admin import export_selected_users
+
+    staff = make_user("the_admin", is_superuser=True, is_staff=True)
+    request = rf.post("/admin/accounts/user/")
+    request.user = staff
+    request.session = {}
+    request._messages = FallbackStorage(request)
+    export_selected_users(UserAdmin(get_user_model(), admin.site), request, get_user_model().objects.filter(pk=user.pk))
+    assert DataExport.objects.filter(user=user, status="pending").count() == 1
+    event = AuditEvent.objects.get(action="user.export")
+    assert event.actor_id == staff.pk and event.target_id == str(user.pk)
+
+
+@pytest.mark.django_db
+def test_a_korean_title_downloads_with_a_proper_file_name(user):
+    conversation = Conversation.objects.create(owner=user, title="회의 메모", model="demo:echo")
+    response = _client(user).get(f"/api/v1/conversations/{conversation.id}/export.md")
+    assert response.status_code == 200
+    assert "filename*=utf-8''" in response["Content-Disposition"]
+    assert response.content.decode().startswith("# 회의 메모")
+
+
+@pytest.mark.django_db
+def test_a_pending_export_cannot_be_downloaded_yet(user):
+    client = _client(user)
+    export_id = client.post("/api/v1/account/export/").json()["export_id"]
+    status = client.get(f"/api/v1/account/export/{export_id}/").json()
+    assert status["status"] == "pending" and "download_url" not in status and status["progress"] == 0
+    response = client.get(f"/accounts/data/export/{export_id}/download/")
+    assert response.status_code == 409 and "not ready yet" in response.content.decode()
