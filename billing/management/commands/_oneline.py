@@ -1,0 +1,17 @@
+"""Base for billing's commands: every bad input ends in ONE line on stderr and a non-zero exit
+(CONTRACT section 3), argparse's own complaints included (it would print a usage block)."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+
+class OneLineCommand(BaseCommand):
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+
+        def error(message: str):
+            raise CommandError(message)
+
+        parser.error = error
+        return parser
