@@ -79,10 +79,6 @@ def usage_record(
         team_id = primary_team_id(user=user)
 
     with transaction.atomic():
-        if message_id is not None:
-            existing = UsageRecord.objects.filter(message_id=message_id, attempt=attempt).first()
-            if existing is not None:
-                return existing
         record = UsageRecord(
             created_at=at or timezone.now(),
             user=user,
@@ -138,9 +134,14 @@ def _rollup_add(record) -> None:
     matching = DailyUsage.objects.filter(**key)
     for _ in range(3):
         # UPDATE ... SET x = x + n is atomic on its own; it only misses when the row is new.
-        # Erased users' rows (user NULL) are not unique: add to the oldest one.
-        target = matching.order_by("pk").values_list("pk", flat=True)[:1]
-        if DailyUsage.objects.filter(pk__in=list(target)).update(**increments):
+        if record.user_id is not None:
+            # Unique (dailyusage_unique): this updates at most one row.
+            updated = matching.update(**increments)
+        else:
+            # Erased users' rows (user NULL) are not unique: add to the oldest one.
+            target = list(matching.order_by("pk").values_list("pk", flat=True)[:1])
+            updated = DailyUsage.objects.filter(pk__in=target).update(**increments) if target else 0
+        if updated:
             return
         try:
             with transaction.atomic():
