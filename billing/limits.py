@@ -98,7 +98,7 @@ def _count(user_id: int, metric: str, need: int, limit: int, window: int, elapse
     current_key = _key(user_id, metric, window)
     previous = int(cache.get(_key(user_id, metric, window - 1)) or 0)
     current = _incr(current_key, need)
-    weighted = math.floor(previous * (1 - elapsed / WINDOW_SECONDS)) + current
+    weighted = previous * (WINDOW_SECONDS - elapsed) / WINDOW_SECONDS + current
     if weighted <= limit:
         return None
     _undo(current_key, need)
