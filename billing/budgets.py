@@ -273,12 +273,8 @@ def _spent_so_far(*, user=None, team=None, since: dt.datetime | None) -> Decimal
     return quantize_money(records.aggregate(total=Sum("cost"))["total"] or ZERO)
 
 
-def budget_set(*, user=None, team=None, period: str, limit: object, warn_ratio: object = None, actor=None):
-    """Create or change the `period` budget of a user or a team (exactly one). The running
-    spend of an existing budget is kept; a new one starts from the ledger's spend of the
-    running period. Raises BudgetError (changing nothing) on bad input. Audited."""
-    from accounts.audit import audit_record
-
+def budget_validate(*, user=None, team=None, period: str, limit: object, warn_ratio: object = None):
+    """The checked (limit, warn_ratio or None) for budget_set; raises BudgetError."""
     from .models import Budget
 
     if (user is None) == (team is None):
@@ -299,7 +295,18 @@ def budget_set(*, user=None, team=None, period: str, limit: object, warn_ratio: 
         if ratio is None or not Decimal("0") < ratio <= Decimal("1"):
             raise BudgetError(_("the warning threshold must be a fraction above 0 and at most 1"))
         ratio = ratio.quantize(Decimal("0.001"))
+    return value, ratio
 
+
+def budget_set(*, user=None, team=None, period: str, limit: object, warn_ratio: object = None, actor=None):
+    """Create or change the `period` budget of a user or a team (exactly one). The running
+    spend of an existing budget is kept; a new one starts from the ledger's spend of the
+    running period. Raises BudgetError (changing nothing) on bad input. Audited."""
+    from accounts.audit import audit_record
+
+    from .models import Budget
+
+    value, ratio = budget_validate(user=user, team=team, period=period, limit=limit, warn_ratio=warn_ratio)
     now = timezone.now()
     with transaction.atomic():
         owner = {"user": user} if user is not None else {"team": team}

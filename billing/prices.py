@@ -165,6 +165,35 @@ def _positive_int(raw: object, what: str, *, maximum: int) -> int | None:
     return value
 
 
+def price_validate(
+    *,
+    model_id: str,
+    input_per_million: object,
+    output_per_million: object,
+    cached_input_per_million: object = None,
+    context_window: object = None,
+    max_output_tokens: object = None,
+    label: str | None = None,
+):
+    """Checked values for price_set: (provider, model, input, output, cached, context window,
+    max output); raises PriceError with a one-line reason."""
+    parsed = parse_model_id(model_id)
+    if parsed is None:
+        raise PriceError(
+            _("model must look like PROVIDER:MODEL with provider one of %(providers)s")
+            % {"providers": ", ".join(PROVIDERS)}
+        )
+    provider, model = parsed
+    inp = _price(input_per_million, _("input"), required=True)
+    out = _price(output_per_million, _("output"), required=True)
+    cached = _price(cached_input_per_million, _("cached input"), required=False)
+    window = _positive_int(context_window, _("context window"), maximum=MAX_CONTEXT_WINDOW)
+    max_out = _positive_int(max_output_tokens, _("max output tokens"), maximum=MAX_CONTEXT_WINDOW)
+    if label is not None and len(label) > 120:
+        raise PriceError(_("label is longer than 120 characters"))
+    return provider, model, inp, out, cached, window, max_out
+
+
 def price_set(
     *,
     model_id: str,
@@ -186,21 +215,15 @@ def price_set(
 
     from .models import ModelPrice
 
-    parsed = parse_model_id(model_id)
-    if parsed is None:
-        raise PriceError(
-            _("model must look like PROVIDER:MODEL with provider one of %(providers)s")
-            % {"providers": ", ".join(PROVIDERS)}
-        )
-    provider, model = parsed
-    inp = _price(input_per_million, _("input"), required=True)
-    out = _price(output_per_million, _("output"), required=True)
-    cached = _price(cached_input_per_million, _("cached input"), required=False)
-    window = _positive_int(context_window, _("context window"), maximum=MAX_CONTEXT_WINDOW)
-    max_out = _positive_int(max_output_tokens, _("max output tokens"), maximum=MAX_CONTEXT_WINDOW)
-    if label is not None and len(label) > 120:
-        raise PriceError(_("label is longer than 120 characters"))
-
+    provider, model, inp, out, cached, window, max_out = price_validate(
+        model_id=model_id,
+        input_per_million=input_per_million,
+        output_per_million=output_per_million,
+        cached_input_per_million=cached_input_per_million,
+        context_window=context_window,
+        max_output_tokens=max_output_tokens,
+        label=label,
+    )
     now = timezone.now()
     start = effective_from if effective_from and effective_from > now else now
     with transaction.atomic():

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from django.core.management.base import BaseCommand, CommandError
 
 
@@ -11,6 +13,10 @@ class OneLineCommand(BaseCommand):
         parser = super().create_parser(prog_name, subcommand, **kwargs)
 
         def error(message: str):
+            # Parsing runs outside run_from_argv's CommandError handler: print and exit here.
+            if getattr(self, "_called_from_command_line", False):
+                sys.stderr.write(f"CommandError: {message}\n")
+                sys.exit(2)
             raise CommandError(message)
 
         parser.error = error
