@@ -171,7 +171,7 @@ def budget_settle(*, reservation_id: uuid.UUID, actual: Decimal) -> None:
         reservation = Reservation.objects.select_for_update().get(pk=reservation_id)
         if reservation.state == Reservation.State.SETTLED:
             return
-        budgets = list(Budget.objects.select_for_update().filter(reservations=reservation).order_by("pk"))
+        budgets = list(Budget.objects.select_for_update(of=("self",)).filter(reservations=reservation).order_by("pk"))
         for budget in budgets:
             _roll_over(budget, now)
             if reservation.state == Reservation.State.HELD:
@@ -202,7 +202,7 @@ def reservations_expire(*, now: dt.datetime | None = None, batch: int = 500) -> 
             reservation = Reservation.objects.select_for_update().filter(pk=pk).first()
             if reservation is None or reservation.state != Reservation.State.HELD or reservation.expires_at >= now:
                 continue  # settled meanwhile
-            for budget in Budget.objects.select_for_update().filter(reservations=reservation).order_by("pk"):
+            for budget in Budget.objects.select_for_update(of=("self",)).filter(reservations=reservation).order_by("pk"):
                 budget.reserved = max(ZERO, budget.reserved - reservation.amount)
                 budget.save(update_fields=["reserved"])
             reservation.state = Reservation.State.EXPIRED
