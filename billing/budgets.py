@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from decimal import Decimal
 
@@ -49,6 +49,10 @@ class BudgetExceeded(Exception):
         if self.scope == "team":
             return _("The %(period)s budget of team %(name)s (%(limit)s USD) is used up.") % values
         return _("Your %(period)s budget (%(limit)s USD) is used up.") % values
+
+    def __reduce__(self):
+        # Exception's default pickling passes no arguments; a dataclass needs its fields.
+        return (self.__class__, tuple(getattr(self, f.name) for f in fields(self)))
 
     def __str__(self) -> str:
         return f"budget_exceeded: {self.scope} {self.name} {self.period} limit={self.limit} spent={self.spent}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from django.conf import settings
 from django.core.cache import cache
@@ -28,6 +28,10 @@ class RateLimited(Exception):
     @property
     def message(self) -> str:
         return _("Too many requests: try again in %(seconds)s seconds.") % {"seconds": self.retry_after}
+
+    def __reduce__(self):
+        # Exception's default pickling passes no arguments; a dataclass needs its fields.
+        return (self.__class__, tuple(getattr(self, f.name) for f in fields(self)))
 
     def __str__(self) -> str:
         return f"rate_limited: {self.limit}, retry after {self.retry_after}s"

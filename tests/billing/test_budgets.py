@@ -299,3 +299,14 @@ def test_concurrent_settles_of_one_reservation_charge_once(make_user):
     results = _in_threads(8, lambda i: budget_settle(reservation_id=rid, actual=D("0.7")))
     assert results == [None] * 8
     assert (fresh(budget).spent, fresh(budget).reserved) == (D("0.7"), D("0"))
+
+
+def test_refusals_survive_pickling_across_processes():
+    import pickle
+
+    from billing.limits import RateLimited
+
+    exceeded = BudgetExceeded(scope="team", name="ops", period="day", limit=D("2"), spent=D("2"), reserved=D("0.5"))
+    assert pickle.loads(pickle.dumps(exceeded)) == exceeded
+    limited = RateLimited(retry_after=12, limit="tokens_per_minute")
+    assert pickle.loads(pickle.dumps(limited)) == limited
