@@ -1,3 +1,169 @@
-"""Admin registrations of the billing app. (billing helper: prices, budgets; keys: admin_keys.)"""
+"""Admin for prices and budgets. Saving goes through the same services as set_price and
+set_budget, so the rules and the audit entry are the same whichever door is used.
+(ProviderKey's admin is billing/admin_keys.py, owned by the keys work.)"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from . import admin_keys  # noqa: F401 - registers the ProviderKey admin
+from .budgets import BudgetError, budget_delete, budget_set, budget_validate
+from .models import Budget, ModelPrice
+from .prices import PriceError, price_for, price_set, price_validate
+
+
+class ModelPriceForm(forms.ModelForm):
+    class Meta:
+        model = ModelPrice
+        fields = [
+            "provider",
+            "model",
+            "label",
+            "input_per_million",
+            "output_per_million",
+            "cached_input_per_million",
+            "context_window",
+            "max_output_tokens",
+            "enabled",
+            "effective_from",
+        ]
+        help_texts = {
+            "effective_from": _("Saving never rewrites a price: it adds a new one in force from this moment "
+                                "(or from now, if this moment has passed). Earlier calls keep their price."),
+        }
+
+    def clean(self):
+        data = super().clean()
+        try:
+            price_validate(
+                model_id=f"{data.get('provider')}:{data.get('model')}",
+                input_per_million=data.get("input_per_million"),
+                output_per_million=data.get("output_per_million"),
+                cached_input_per_million=data.get("cached_input_per_million"),
+                context_window=data.get("context_window"),
+                max_output_tokens=data.get("max_output_tokens"),
+                label=data.get("label"),
+            )
+        except PriceError as exc:
+            raise ValidationError(str(exc)) from None
+        return data
+
+    def validate_unique(self):
+        # A save makes a new row at max(now, effective_from); the service checks uniqueness.
+        pass
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    form = ModelPriceForm
+    list_display = [
+        "model_id_display",
+        "label",
+        "input_per_million",
+        "output_per_million",
+        "cached_input_per_million",
+        "context_window",
+        "enabled",
+        "effective_from",
+        "in_force",
+    ]
+    list_filter = ["provider", "enabled"]
+    search_fields = ["model", "label"]
+    ordering = ["provider", "model", "-effective_from"]
+
+    @admin.display(description=_("model"), ordering="model")
+    def model_id_display(self, obj: ModelPrice) -> str:
+        return obj.model_id
+
+    @admin.display(description=_("in force"), boolean=True)
+    def in_force(self, obj: ModelPrice) -> bool:
+        if obj.effective_from > timezone.now():
+            return False
+        newest = (
+            ModelPrice.objects.filter(provider=obj.provider, model=obj.model, effective_from__lte=timezone.now())
+            .order_by("-effective_from", "-pk")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        return newest == obj.pk and price_for(model_id=obj.model_id) is not None
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Prices are history: the ledger's past costs were computed from them. Disable instead.
+        return False
+
+    def save_model(self, request, obj: ModelPrice, form, change: bool) -> None:
+        row = price_set(
+            model_id=obj.model_id,
+            input_per_million=obj.input_per_million,
+            output_per_million=obj.output_per_million,
+            cached_input_per_million=obj.cached_input_per_million,
+            context_window=obj.context_window,
+            max_output_tokens=obj.max_output_tokens,
+            label=obj.label,
+            enabled=obj.enabled,
+            effective_from=obj.effective_from,
+            actor=request.user,
+        )
+        # The admin's log entry and redirect then point at the new version.
+        obj.pk, obj.effective_from, obj.created_at = row.pk, row.effective_from, row.created_at
+
+
+class BudgetForm(forms.ModelForm):
+    class Meta:
+        model = Budget
+        fields = ["user", "team", "period", "limit", "warn_ratio"]
+
+    def clean(self):
+        data = super().clean()
+        user = data.get("user", getattr(self.instance, "user", None) if self.instance.pk else None)
+        team = data.get("team", getattr(self.instance, "team", None) if self.instance.pk else None)
+        try:
+            budget_validate(
+                user=user,
+                team=team,
+                period=data.get("period", self.instance.period),
+                limit=data.get("limit"),
+                warn_ratio=data.get("warn_ratio"),
+            )
+        except BudgetError as exc:
+            raise ValidationError(str(exc)) from None
+        return data
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    form = BudgetForm
+    list_display = ["__str__", "period", "limit", "spent", "reserved", "warn_ratio", "period_start"]
+    list_filter = ["period"]
+    search_fields = ["user__username", "team__name"]
+    raw_id_fields = ["user"]
+    readonly_fields = ["spent", "reserved", "period_start", "time_zone", "created_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Owner and period identify a budget; changing them would be a different budget.
+        if obj is not None:
+            return ["user", "team", "period", *self.readonly_fields]
+        return self.readonly_fields
+
+    def save_model(self, request, obj: Budget, form, change: bool) -> None:
+        budget = budget_set(
+            user=obj.user if obj.user_id else None,
+            team=obj.team if obj.team_id else None,
+            period=obj.period,
+            limit=obj.limit,
+            warn_ratio=obj.warn_ratio,
+            actor=request.user,
+        )
+        obj.pk = budget.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request, obj: Budget) -> None:
+        budget_delete(budget=obj, actor=request.user)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for budget in queryset:
+            budget_delete(budget=budget, actor=request.user)

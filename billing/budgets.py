@@ -1,10 +1,36 @@
-"""Budgets and reservations. (Issue 4 owns this.) INTERFACE STUB: signatures agreed with the turn."""
+"""Budgets and reservations: a budget is never overspent by concurrent or streamed calls.
+
+Before a provider call the turn reserves the call's worst case (counted input plus max output at
+the model's price) on EVERY budget covering the user — their own and each of their teams' — in
+one transaction with the budget rows locked (SELECT ... FOR UPDATE in pk order on Postgres; on
+SQLite the IMMEDIATE transaction holds the database write lock from BEGIN, which serializes the
+same read-check-write). After the call it settles to the real cost: the hold is released and the
+actual cost added to each budget's spend. Spend lives on the budget rows, fed only by settle, so
+deleting conversations (or erasing a user's ledger link) never lowers it.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
-from dataclasses import dataclass
+import zoneinfo
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q, Sum
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from .money import ZERO, parse_decimal, quantize_money
+
+# Operators type limits by hand: a per-person budget above this is a typo, not a policy.
+MAX_BUDGET_LIMIT = Decimal("1000000")
+# A reservation outlives the longest provider call by this much before the expiry task frees it.
+RESERVATION_MARGIN_SECONDS = 300
+_PERIOD_ORDER = {"day": 0, "week": 1, "month": 2, "total": 3}
 
 
 @dataclass
@@ -14,14 +40,328 @@ class BudgetExceeded(Exception):
     period: str  # day | week | month | total
     limit: Decimal
     spent: Decimal
+    reserved: Decimal = field(default=ZERO)  # held right now by calls in flight
+
+    @property
+    def message(self) -> str:
+        """One line for the user, naming the budget that blocked."""
+        values = {"name": self.name, "period": _period_label(self.period), "limit": self.limit.quantize(Decimal("0.01"))}
+        if self.scope == "team":
+            return _("The %(period)s budget of team %(name)s (%(limit)s USD) is used up.") % values
+        return _("Your %(period)s budget (%(limit)s USD) is used up.") % values
+
+    def __reduce__(self):
+        # Exception's default pickling passes no arguments; a dataclass needs its fields.
+        return (self.__class__, tuple(getattr(self, f.name) for f in fields(self)))
+
+    def __str__(self) -> str:
+        return f"budget_exceeded: {self.scope} {self.name} {self.period} limit={self.limit} spent={self.spent}"
 
 
-def budget_reserve(*, user, amount: Decimal) -> uuid.UUID:
+class BudgetError(ValueError):
+    """Bad input to budget_set; one line, safe to show."""
+
+
+def _period_label(period: str) -> str:
+    return {"day": _("daily"), "week": _("weekly"), "month": _("monthly"), "total": _("total")}.get(period, period)
+
+
+def _zone(name: str) -> dt.tzinfo:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return dt.UTC
+
+
+def period_bounds(*, period: str, tz_name: str, now: dt.datetime) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """[start, end) of the calendar period holding `now`, at midnight in the budget's time zone;
+    (None, None) for "total", which never rolls over."""
+    if period == "total":
+        return None, None
+    tz = _zone(tz_name)
+    today = now.astimezone(tz).date()
+    if period == "day":
+        first, following = today, today + timedelta(days=1)
+    elif period == "week":  # ISO weeks: Monday to Sunday
+        first = today - timedelta(days=today.weekday())
+        following = first + timedelta(days=7)
+    elif period == "month":
+        first = today.replace(day=1)
+        following = (first + timedelta(days=32)).replace(day=1)
+    else:
+        raise ValueError(f"unknown period {period!r}")
+    return (
+        dt.datetime.combine(first, dt.time(0), tzinfo=tz),
+        dt.datetime.combine(following, dt.time(0), tzinfo=tz),
+    )
+
+
+def _roll_over(budget, now: dt.datetime) -> bool:
+    """Start a new period on `budget` (in memory) when `now` is past its current one. Holds
+    carry over: those calls settle into the period they finish in."""
+    start, _end = period_bounds(period=budget.period, tz_name=budget.time_zone, now=now)
+    if start is None or (budget.period_start is not None and budget.period_start >= start):
+        return False
+    budget.period_start = start
+    budget.spent = ZERO
+    return True
+
+
+def _covering(user):
+    from .models import Budget
+
+    team_ids = list(user.teams.values_list("pk", flat=True))
+    return Budget.objects.filter(Q(user=user) | Q(team_id__in=team_ids))
+
+
+def _owner_name(budget) -> str:
+    return budget.user.get_username() if budget.user_id else budget.team.name
+
+
+def budget_reserve(*, user, amount: Decimal, ttl_seconds: float | None = None) -> uuid.UUID:
     """Atomically hold `amount` on every budget covering `user`; raises BudgetExceeded naming the
-    first budget that cannot take it (and holds nothing then). Returns the reservation id."""
-    raise NotImplementedError
+    first budget that cannot take it (and holds nothing then). Returns the reservation id.
+
+    A free call (amount 0, e.g. the demo model) is never refused. A reservation not settled
+    within `ttl_seconds` (default LLM_TOTAL_TIMEOUT + 5 minutes) is released by
+    billing.tasks.reservations_expire."""
+    from .models import Reservation
+
+    amount = quantize_money(amount)
+    if amount < 0:
+        raise ValueError("a reservation cannot be negative")
+    now = timezone.now()
+    ttl = ttl_seconds if ttl_seconds is not None else settings.LLM_TOTAL_TIMEOUT + RESERVATION_MARGIN_SECONDS
+    with transaction.atomic():
+        # Locked in pk order so two reservations over overlapping budgets cannot deadlock.
+        budgets = list(_covering(user).select_for_update().order_by("pk"))
+        for budget in budgets:
+            _roll_over(budget, now)
+        blocked = [b for b in budgets if amount > 0 and b.spent + b.reserved + amount > b.limit]
+        if blocked:
+            # Name the budget with the least room: the one the user must hear about.
+            worst = min(blocked, key=lambda b: (b.limit - b.spent - b.reserved, b.pk))
+            raise BudgetExceeded(
+                scope=worst.scope,
+                name=_owner_name(worst),
+                period=worst.period,
+                limit=worst.limit,
+                spent=worst.spent,
+                reserved=worst.reserved,
+            )
+        for budget in budgets:
+            budget.reserved += amount
+            budget.save(update_fields=["reserved", "spent", "period_start"])
+        reservation = Reservation.objects.create(
+            user=user, amount=amount, created_at=now, expires_at=now + timedelta(seconds=ttl)
+        )
+        if budgets:
+            reservation.budgets.add(*budgets)
+    return reservation.id
 
 
 def budget_settle(*, reservation_id: uuid.UUID, actual: Decimal) -> None:
-    """Release the hold and add `actual` to each budget's spend. Idempotent."""
-    raise NotImplementedError
+    """Release the hold and add `actual` to each budget's spend. Idempotent: a second settle
+    does nothing. A reservation already expired (its hold released) still gets its real cost
+    charged, so a late settle is never free. Call it after billing.ledger.usage_record when
+    both run in one transaction (see the ledger's lock-order note)."""
+    from .models import Budget, Reservation
+
+    actual = quantize_money(actual)
+    if actual < 0:
+        raise ValueError("a settled cost cannot be negative")
+    now = timezone.now()
+    with transaction.atomic():
+        reservation = Reservation.objects.select_for_update().get(pk=reservation_id)
+        if reservation.state == Reservation.State.SETTLED:
+            return
+        budgets = list(Budget.objects.select_for_update(of=("self",)).filter(reservations=reservation).order_by("pk"))
+        for budget in budgets:
+            _roll_over(budget, now)
+            if reservation.state == Reservation.State.HELD:
+                budget.reserved = max(ZERO, budget.reserved - reservation.amount)
+            budget.spent += actual
+            budget.save(update_fields=["reserved", "spent", "period_start"])
+        reservation.state = Reservation.State.SETTLED
+        reservation.settled_amount = actual
+        reservation.settled_at = now
+        reservation.save(update_fields=["state", "settled_amount", "settled_at"])
+
+
+def reservations_expire(*, now: dt.datetime | None = None, batch: int = 500) -> int:
+    """Release the holds of reservations past their expiry (their process died before settling).
+    Nothing is charged: a dead process left no usage we could price. Returns how many."""
+    from .models import Budget, Reservation
+
+    now = now or timezone.now()
+    released = 0
+    candidates = list(
+        Reservation.objects.filter(state=Reservation.State.HELD, expires_at__lt=now)
+        .order_by("expires_at")
+        .values_list("pk", flat=True)[:batch]
+    )
+    for pk in candidates:
+        # One short transaction each, same lock order as settle (reservation, then budgets).
+        with transaction.atomic():
+            reservation = Reservation.objects.select_for_update().filter(pk=pk).first()
+            if reservation is None or reservation.state != Reservation.State.HELD or reservation.expires_at >= now:
+                continue  # settled meanwhile
+            for budget in Budget.objects.select_for_update(of=("self",)).filter(reservations=reservation).order_by("pk"):
+                budget.reserved = max(ZERO, budget.reserved - reservation.amount)
+                budget.save(update_fields=["reserved"])
+            reservation.state = Reservation.State.EXPIRED
+            reservation.save(update_fields=["state"])
+            released += 1
+    return released
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    scope: str
+    name: str
+    period: str
+    limit: Decimal
+    spent: Decimal
+    reserved: Decimal
+    remaining: Decimal
+    warn_ratio: Decimal
+    warn: bool  # spent reached the warning threshold
+    exceeded: bool  # nothing left to spend
+    period_start: dt.datetime | None
+    period_end: dt.datetime | None
+
+
+def budget_status(*, user) -> list[BudgetStatus]:
+    """Each budget covering `user` in its current period (a period that has ended reads as
+    fresh, without writing): the user's own first, then their teams', shortest period first."""
+    now = timezone.now()
+    statuses = []
+    for budget in _covering(user).select_related("user", "team"):
+        start, end = period_bounds(period=budget.period, tz_name=budget.time_zone, now=now)
+        spent = budget.spent
+        if start is not None and (budget.period_start is None or budget.period_start < start):
+            spent = ZERO
+        remaining = max(ZERO, budget.limit - spent)
+        statuses.append(
+            BudgetStatus(
+                scope=budget.scope,
+                name=_owner_name(budget),
+                period=budget.period,
+                limit=budget.limit,
+                spent=spent,
+                reserved=budget.reserved,
+                remaining=remaining,
+                warn_ratio=budget.warn_ratio,
+                warn=budget.limit > 0 and spent >= budget.limit * budget.warn_ratio,
+                exceeded=remaining <= 0,
+                period_start=start,
+                period_end=end,
+            )
+        )
+    statuses.sort(key=lambda s: (s.scope != "user", s.name.lower(), _PERIOD_ORDER[s.period]))
+    return statuses
+
+
+def _spent_so_far(*, user=None, team=None, since: dt.datetime | None) -> Decimal:
+    """What the owner already spent in the running period, from the ledger: a budget set in the
+    middle of a month starts from the month's real spend, not from zero."""
+    from .models import UsageRecord
+
+    records = UsageRecord.objects.all()
+    if since is not None:
+        records = records.filter(created_at__gte=since)
+    if user is not None:
+        records = records.filter(user=user)
+    else:
+        records = records.filter(user__in=team.members.all())
+    return quantize_money(records.aggregate(total=Sum("cost"))["total"] or ZERO)
+
+
+def budget_validate(*, user=None, team=None, period: str, limit: object, warn_ratio: object = None):
+    """The checked (limit, warn_ratio or None) for budget_set; raises BudgetError."""
+    from .models import Budget
+
+    if (user is None) == (team is None):
+        raise BudgetError(_("a budget belongs to exactly one user or one team"))
+    if period not in Budget.Period.values:
+        raise BudgetError(_("period must be one of %(periods)s") % {"periods": ", ".join(Budget.Period.values)})
+    value = parse_decimal(limit)
+    if value is None:
+        raise BudgetError(_("limit must be a number of USD"))
+    if value < 0:
+        raise BudgetError(_("limit cannot be negative"))
+    if value > MAX_BUDGET_LIMIT:
+        raise BudgetError(_("limit is above %(max)s USD") % {"max": MAX_BUDGET_LIMIT})
+    value = quantize_money(value)
+    ratio = None
+    if warn_ratio is not None and warn_ratio != "":
+        ratio = parse_decimal(warn_ratio)
+        if ratio is None or not Decimal("0") < ratio <= Decimal("1"):
+            raise BudgetError(_("the warning threshold must be a fraction above 0 and at most 1"))
+        ratio = ratio.quantize(Decimal("0.001"))
+    return value, ratio
+
+
+def budget_set(*, user=None, team=None, period: str, limit: object, warn_ratio: object = None, actor=None):
+    """Create or change the `period` budget of a user or a team (exactly one). The running
+    spend of an existing budget is kept; a new one starts from the ledger's spend of the
+    running period. Raises BudgetError (changing nothing) on bad input. Audited."""
+    from accounts.audit import audit_record
+
+    from .models import Budget
+
+    value, ratio = budget_validate(user=user, team=team, period=period, limit=limit, warn_ratio=warn_ratio)
+    now = timezone.now()
+    with transaction.atomic():
+        owner = {"user": user} if user is not None else {"team": team}
+        budget = Budget.objects.select_for_update().filter(**owner, period=period).first()
+        created = budget is None
+        before = None if created else str(budget.limit)
+        if created:
+            tz_name = getattr(user, "timezone", "UTC") if user is not None else "UTC"
+            start, _end = period_bounds(period=period, tz_name=tz_name, now=now)
+            budget = Budget(
+                **owner,
+                period=period,
+                limit=value,
+                time_zone=tz_name,
+                period_start=start,
+                spent=_spent_so_far(user=user, team=team, since=start),
+                created_at=now,
+            )
+            if ratio is not None:
+                budget.warn_ratio = ratio
+        else:
+            budget.limit = value
+            if ratio is not None:
+                budget.warn_ratio = ratio
+        budget.full_clean()
+        budget.save()
+        audit_record(
+            action="budget.set",
+            actor=actor,
+            target=budget,
+            data={
+                "scope": budget.scope,
+                "owner_id": budget.user_id or budget.team_id,
+                "period": period,
+                "limit": str(value),
+                "previous_limit": before,
+                "warn_ratio": str(budget.warn_ratio),
+            },
+        )
+    return budget
+
+
+def budget_delete(*, budget, actor=None) -> None:
+    """Remove a budget (calls in flight settle without it). Audited."""
+    from accounts.audit import audit_record
+
+    with transaction.atomic():
+        audit_record(
+            action="budget.delete",
+            actor=actor,
+            target=budget,
+            data={"scope": budget.scope, "owner_id": budget.user_id or budget.team_id, "period": budget.period},
+        )
+        budget.delete()

@@ -1,9 +1,43 @@
-"""The usage ledger and its daily rollup. (Issue 4 owns this.) INTERFACE STUB."""
+"""The usage ledger and its daily rollup.
+
+One append-only UsageRecord per provider call (retries and failovers included), and in the SAME
+transaction an upsert of the DailyUsage row for (UTC day, user, team, provider, model), so the
+rollup is exact by construction and dashboards never scan the ledger. `rollup_differences`
+proves it (manage.py check_rollups).
+
+Lock order, to stay deadlock-free beside billing.budgets: a turn's closing transaction calls
+usage_record (rollup row) BEFORE budget_settle (reservation, then budgets in pk order).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import Coalesce, TruncDate
+from django.utils import timezone
+
+from .money import ZERO, quantize_money
+
+_PRIMARY_TEAM = object()  # sentinel: attribute the call to the user's first team
+
+
+def primary_team_id(*, user) -> int | None:
+    """The team a user's usage is filed under in the ledger: the team they joined first.
+    (Budgets are different: every team of the user covers every call.)"""
+    if user is None:
+        return None
+    membership = user.teammembership_set.order_by("joined_at", "pk").values_list("team_id", flat=True).first()
+    return membership
+
+
+def _day_of(moment: dt.datetime) -> dt.date:
+    # Rollup days are UTC days: one calendar for every user, so team and site totals add up.
+    return moment.astimezone(dt.UTC).date()
 
 
 def usage_record(
@@ -24,7 +58,167 @@ def usage_record(
     latency_ms: int | None,
     outcome: str,
     error_kind: str = "",
+    team_id: int | None | object = _PRIMARY_TEAM,
+    at: dt.datetime | None = None,
 ):
     """Append one ledger row (idempotent on message_id+attempt) and upsert the daily rollup in the
-    same transaction. Returns the UsageRecord."""
-    raise NotImplementedError
+    same transaction. Returns the UsageRecord (the existing one on a repeat)."""
+    from .models import UsageRecord
+
+    if outcome not in UsageRecord.Outcome.values:
+        raise ValueError(f"unknown outcome {outcome!r}")
+    if not isinstance(attempt, int) or attempt < 1:
+        raise ValueError("attempt counts from 1")
+    for n in (input_tokens, output_tokens, cached_tokens):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError("token counts must be non-negative integers")
+    cost = quantize_money(cost)
+    if cost < 0:
+        raise ValueError("cost cannot be negative")
+    if team_id is _PRIMARY_TEAM:
+        team_id = primary_team_id(user=user)
+
+    with transaction.atomic():
+        record = UsageRecord(
+            created_at=at or timezone.now(),
+            user=user,
+            team_id=team_id,
+            conversation_id=conversation_id,
+            message_id=message_id,
+            attempt=attempt,
+            provider=provider,
+            model=model,
+            key_id=key_id,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_tokens=cached_tokens,
+            cost=cost,
+            estimated=estimated,
+            ttft_ms=ttft_ms,
+            latency_ms=latency_ms,
+            outcome=outcome,
+            error_kind=error_kind or "",
+        )
+        try:
+            # A savepoint: a concurrent writer of the same (message, attempt) wins the unique
+            # constraint, and this call returns its row without touching the rollup.
+            with transaction.atomic():
+                record.save(force_insert=True)
+        except IntegrityError:
+            if message_id is None:
+                raise
+            return UsageRecord.objects.get(message_id=message_id, attempt=attempt)
+        _rollup_add(record)
+    return record
+
+
+def _rollup_add(record) -> None:
+    from .models import DailyUsage, UsageRecord
+
+    key = {
+        "day": _day_of(record.created_at),
+        "user_id": record.user_id,
+        "team_id": record.team_id,
+        "provider": record.provider,
+        "model": record.model,
+    }
+    increments = {
+        "requests": F("requests") + 1,
+        "errors": F("errors") + (1 if record.outcome == UsageRecord.Outcome.ERROR else 0),
+        "input_tokens": F("input_tokens") + record.input_tokens,
+        "output_tokens": F("output_tokens") + record.output_tokens,
+        "cached_tokens": F("cached_tokens") + record.cached_tokens,
+        "cost": F("cost") + record.cost,
+    }
+    # `filter(team_id=None)` means IS NULL in the ORM, which is what we want here.
+    matching = DailyUsage.objects.filter(**key)
+    for _ in range(3):
+        # UPDATE ... SET x = x + n is atomic on its own; it only misses when the row is new.
+        if record.user_id is not None:
+            # Unique (dailyusage_unique): this updates at most one row.
+            updated = matching.update(**increments)
+        else:
+            # Erased users' rows (user NULL) are not unique: add to the oldest one.
+            target = list(matching.order_by("pk").values_list("pk", flat=True)[:1])
+            updated = DailyUsage.objects.filter(pk__in=target).update(**increments) if target else 0
+        if updated:
+            return
+        try:
+            with transaction.atomic():
+                DailyUsage.objects.create(
+                    **key,
+                    requests=1,
+                    errors=1 if record.outcome == UsageRecord.Outcome.ERROR else 0,
+                    input_tokens=record.input_tokens,
+                    output_tokens=record.output_tokens,
+                    cached_tokens=record.cached_tokens,
+                    cost=record.cost,
+                )
+            return
+        except IntegrityError:
+            # Another transaction inserted this key first and has committed: update it instead.
+            continue
+    raise RuntimeError("could not upsert the daily usage rollup")
+
+
+@dataclass(frozen=True)
+class RollupDifference:
+    day: dt.date
+    user_id: int | None
+    team_id: int | None
+    provider: str
+    model: str
+    field: str
+    ledger: object
+    rollup: object
+
+
+_SUMMED = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens", "cost")
+
+
+def rollup_differences(*, since: dt.date | None = None) -> list[RollupDifference]:
+    """Every (day, user, team, model, quantity) where the rollup and the ledger disagree; empty
+    when they agree to the last decimal. Scans the ledger: for the check command, not pages."""
+    from .models import DailyUsage, UsageRecord
+
+    ledger_qs = UsageRecord.objects.annotate(day=TruncDate("created_at", tzinfo=dt.UTC))
+    rollup_qs = DailyUsage.objects.all()
+    if since is not None:
+        ledger_qs = ledger_qs.filter(day__gte=since)
+        rollup_qs = rollup_qs.filter(day__gte=since)
+    group = ("day", "user_id", "team_id", "provider", "model")
+    ledger = {
+        tuple(row[g] for g in group): row
+        for row in ledger_qs.values(*group).annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(outcome=UsageRecord.Outcome.ERROR)),
+            input_tokens=Coalesce(Sum("input_tokens"), 0),
+            output_tokens=Coalesce(Sum("output_tokens"), 0),
+            cached_tokens=Coalesce(Sum("cached_tokens"), 0),
+            cost=Sum("cost"),
+        )
+    }
+    rollup = {
+        tuple(row[g] for g in group): row
+        for row in rollup_qs.values(*group).annotate(
+            s_requests=Sum("requests"),
+            s_errors=Sum("errors"),
+            s_input_tokens=Sum("input_tokens"),
+            s_output_tokens=Sum("output_tokens"),
+            s_cached_tokens=Sum("cached_tokens"),
+            s_cost=Sum("cost"),
+        )
+    }
+    differences = []
+    for key in sorted(set(ledger) | set(rollup), key=lambda k: tuple("" if v is None else str(v) for v in k)):
+        a, b = ledger.get(key), rollup.get(key)
+        for name in _SUMMED:
+            left = a[name] if a else 0
+            right = b[f"s_{name}"] if b else 0
+            if name == "cost":
+                left, right = quantize_money(left or ZERO), quantize_money(right or ZERO)
+            else:
+                left, right = int(left or 0), int(right or 0)
+            if left != right:
+                differences.append(RollupDifference(*key, field=name, ledger=left, rollup=right))
+    return differences

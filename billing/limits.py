@@ -1,8 +1,23 @@
-"""Per-user rate limits in the shared cache. (Issue 4 owns this.) INTERFACE STUB."""
+"""Per-user rate limits in the shared cache (Redis when configured, so every process counts
+together; local memory otherwise).
+
+Two counters per user, requests and tokens, each over a sliding minute approximated from two
+fixed one-minute windows: count = previous_window * (1 - elapsed/60) + current_window. A request
+is counted with an atomic INCR; if that passes the limit it is taken back (DECR) and refused, so
+a refused request counts nothing and concurrent requests can never be admitted past the limit.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, fields
+
+from django.conf import settings
+from django.core.cache import cache
+from django.utils.translation import gettext as _
+
+WINDOW_SECONDS = 60
 
 
 @dataclass
@@ -10,8 +25,106 @@ class RateLimited(Exception):
     retry_after: int  # whole seconds to wait
     limit: str  # "requests_per_minute" | "tokens_per_minute"
 
+    @property
+    def message(self) -> str:
+        return _("Too many requests: try again in %(seconds)s seconds.") % {"seconds": self.retry_after}
+
+    def __reduce__(self):
+        # Exception's default pickling passes no arguments; a dataclass needs its fields.
+        return (self.__class__, tuple(getattr(self, f.name) for f in fields(self)))
+
+    def __str__(self) -> str:
+        return f"rate_limited: {self.limit}, retry after {self.retry_after}s"
+
+
+@dataclass(frozen=True)
+class Limits:
+    requests_per_minute: int
+    tokens_per_minute: int
+
+
+def _clock() -> float:
+    return time.time()  # a function so tests can move time
+
+
+def limits_for(*, user) -> Limits:
+    """The user's own override (else the settings' default), tightened by any team of theirs
+    that sets a lower one: the strictest covering limit applies."""
+    rpm = user.requests_per_minute or settings.RATE_LIMIT_REQUESTS_PER_MINUTE
+    tpm = user.tokens_per_minute or settings.RATE_LIMIT_TOKENS_PER_MINUTE
+    for team_rpm, team_tpm in user.teams.values_list("requests_per_minute", "tokens_per_minute"):
+        if team_rpm:
+            rpm = min(rpm, team_rpm)
+        if team_tpm:
+            tpm = min(tpm, team_tpm)
+    return Limits(requests_per_minute=rpm, tokens_per_minute=tpm)
+
+
+def _key(user_id: int, metric: str, window: int) -> str:
+    return f"billing:rl:{user_id}:{metric}:{window}"
+
+
+def _incr(key: str, delta: int) -> int:
+    # add() creates the counter only if absent; incr() is atomic on locmem and Redis. If the key
+    # expired between the two, create it again.
+    for _attempt in range(3):
+        cache.add(key, 0, timeout=WINDOW_SECONDS * 2 + 10)
+        try:
+            return cache.incr(key, delta)
+        except ValueError:
+            continue
+    raise RuntimeError("rate-limit counter unavailable")
+
+
+def _undo(key: str, delta: int) -> None:
+    try:
+        cache.decr(key, delta)
+    except ValueError:
+        pass  # the window already expired: nothing left to take back
+
+
+def _wait_seconds(*, limit: int, need: int, previous: int, current: int, elapsed: float) -> int:
+    """Seconds until previous*(1-e/W) + current + need fits under `limit` again."""
+    w = WINDOW_SECONDS
+    if need > limit:
+        return w  # larger than a whole minute's allowance: it can never pass; say "a minute"
+    if current + need <= limit and previous > 0:
+        # Wait for the previous window's weight to fade enough.
+        t = w * (1 - (limit - current - need) / previous) - elapsed
+    else:
+        # Wait for this window to end; then it becomes the fading previous one.
+        t = (w - elapsed) + (w * (1 - (limit - need) / current) if current > 0 else 0)
+    return max(1, math.ceil(t))
+
+
+def _count(user_id: int, metric: str, need: int, limit: int, window: int, elapsed: float) -> str | None:
+    """Count `need` on `metric`; when that passes `limit`, take it back and raise RateLimited."""
+    current_key = _key(user_id, metric, window)
+    previous = int(cache.get(_key(user_id, metric, window - 1)) or 0)
+    current = _incr(current_key, need)
+    weighted = previous * (WINDOW_SECONDS - elapsed) / WINDOW_SECONDS + current
+    if weighted <= limit:
+        return None
+    _undo(current_key, need)
+    raise RateLimited(
+        retry_after=_wait_seconds(limit=limit, need=need, previous=previous, current=current - need, elapsed=elapsed),
+        limit=metric,
+    )
+
 
 def rate_limit_check(*, user, tokens: int) -> None:
     """Count one request of `tokens` tokens for `user`; raises RateLimited (counting nothing)
     when either per-minute limit (user's, team's or the default) would be passed."""
-    raise NotImplementedError
+    if not isinstance(tokens, int) or tokens < 0:
+        raise ValueError("tokens must be a non-negative integer")
+    limits = limits_for(user=user)
+    now = _clock()
+    window = int(now // WINDOW_SECONDS)
+    elapsed = now - window * WINDOW_SECONDS
+    _count(user.pk, "requests_per_minute", 1, limits.requests_per_minute, window, elapsed)
+    try:
+        if tokens:
+            _count(user.pk, "tokens_per_minute", tokens, limits.tokens_per_minute, window, elapsed)
+    except RateLimited:
+        _undo(_key(user.pk, "requests_per_minute", window), 1)
+        raise

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -47,12 +48,12 @@ class ModelPrice(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return self.model_id
+
     @property
     def model_id(self) -> str:
         return f"{self.provider}:{self.model}"
-
-    def __str__(self) -> str:
-        return self.model_id
 
 
 class ProviderKey(models.Model):
@@ -157,6 +158,9 @@ class UsageRecord(models.Model):
             models.CheckConstraint(condition=models.Q(cost__gte=0), name="usagerecord_cost_non_negative"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.provider}:{self.model} {self.outcome} {self.cost} USD"
+
 
 class DailyUsage(models.Model):
     """Rollup of the ledger, day x user x team x model, upserted in the ledger's transaction."""
@@ -174,12 +178,33 @@ class DailyUsage(models.Model):
     cost = models.DecimalField(**MONEY, default=ZERO)
 
     class Meta:
-        indexes = [models.Index(fields=["day"], name="daily_day"), models.Index(fields=["user", "day"], name="daily_user_day")]
+        indexes = [
+            models.Index(fields=["day"], name="daily_day"),
+            models.Index(fields=["user", "day"], name="daily_user_day"),
+            models.Index(fields=["team", "day"], name="daily_team_day"),
+        ]
         constraints = [
-            # NULLS NOT DISTINCT semantics are emulated in the service (erased users fold together).
-            models.UniqueConstraint(fields=["day", "user", "team", "provider", "model"], name="dailyusage_unique"),
+            # One row per (day, user, team, model). SQL treats NULLs as distinct, so the team is
+            # compared through COALESCE(team, 0): a user without a team still gets exactly one
+            # row, on Postgres and SQLite alike, and a concurrent first insert of the same key
+            # fails instead of doubling (billing.ledger retries it as an update).
+            # Rows of erased users (user NULL) are deliberately NOT unique: erasing two users
+            # with usage on the same day must not collide. Every reader sums, so several
+            # user-NULL rows for one key are still exact.
+            models.UniqueConstraint(
+                "day",
+                "user",
+                Coalesce("team", models.Value(0), output_field=models.BigIntegerField()),
+                "provider",
+                "model",
+                condition=models.Q(user__isnull=False),
+                name="dailyusage_unique",
+            ),
             models.CheckConstraint(condition=models.Q(cost__gte=0), name="dailyusage_cost_non_negative"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.provider}:{self.model} {self.cost} USD"
 
 
 class Budget(models.Model):
@@ -194,6 +219,9 @@ class Budget(models.Model):
     period = models.CharField(max_length=8, choices=Period.choices)
     limit = models.DecimalField(**MONEY)
     warn_ratio = models.DecimalField(max_digits=4, decimal_places=3, default=Decimal("0.8"))
+    # The calendar periods are counted in, pinned when the budget is set (the user's time zone,
+    # UTC for a team): a user editing their profile time zone cannot restart a day early.
+    time_zone = models.CharField(max_length=64, default="UTC")
     # The running period: its start, what was settled in it, and what is reserved right now.
     period_start = models.DateTimeField(null=True, blank=True)
     spent = models.DecimalField(**MONEY, default=ZERO)
@@ -213,6 +241,14 @@ class Budget(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        owner = self.user if self.user_id else self.team
+        return f"{self.scope} {owner} / {self.period}: {self.limit} USD"
+
+    @property
+    def scope(self) -> str:
+        return "user" if self.user_id else "team"
+
 
 class Reservation(models.Model):
     """A worst-case hold on every budget covering a request, settled to the real cost after."""
@@ -229,8 +265,19 @@ class Reservation(models.Model):
     settled_amount = models.DecimalField(**MONEY, null=True, blank=True)
     state = models.CharField(max_length=8, choices=State.choices, default=State.HELD)
     created_at = models.DateTimeField(default=timezone.now)
+    # After this a hold is released by billing.tasks.reservations_expire (its process died).
     expires_at = models.DateTimeField()
+    settled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["state", "expires_at"], name="reservation_state_expiry")]
-        constraints = [models.CheckConstraint(condition=models.Q(amount__gte=0), name="reservation_amount_non_negative")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(amount__gte=0)
+                & (models.Q(settled_amount__isnull=True) | models.Q(settled_amount__gte=0)),
+                name="reservation_amounts_non_negative",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.state} {self.amount} USD"

@@ -1,10 +1,35 @@
-"""Model prices. (Issue 4 owns this.) INTERFACE STUB: signatures agreed with the turn."""
+"""Model prices: which price is in force, what a call costs, and changing a price.
+
+A price change never rewrites a row: `price_set` adds a new row effective from now (or a future
+moment), so calls already made keep the price they were made at and later calls get the new one.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from .money import ZERO, parse_decimal, quantize_money
+
+# Guards against typos ("--input 25000" meant 2.5): no public model costs near this per million.
+MAX_PRICE_PER_MILLION = Decimal("10000")
+MAX_CONTEXT_WINDOW = 100_000_000
+PRICE_PLACES = Decimal("0.000001")  # billing.models.PRICE
+PROVIDERS = ("openai", "anthropic", "demo")
+# Model names of OpenAI-compatible servers carry colons, slashes and dots ("llama3.1:8b",
+# "meta-llama/Llama-3-8B"); whitespace and control characters never.
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,119}$")
+_MILLION = Decimal(1_000_000)
+
+
+class PriceError(ValueError):
+    """Bad input to price_set; the message is one line, safe to show."""
 
 
 @dataclass(frozen=True)
@@ -23,16 +48,238 @@ class PriceQuote:
         return f"{self.provider}:{self.model}"
 
 
+def parse_model_id(model_id: str) -> tuple[str, str] | None:
+    """("openai", "gpt-4o") from "openai:gpt-4o"; None when malformed or of an unknown provider.
+    The provider ends at the first colon; the model name may hold more."""
+    if not isinstance(model_id, str):
+        return None
+    provider, sep, model = model_id.partition(":")
+    if not sep or provider not in PROVIDERS or not _MODEL_NAME.match(model):
+        return None
+    return provider, model
+
+
+def _quote(row) -> PriceQuote:
+    return PriceQuote(
+        provider=row.provider,
+        model=row.model,
+        label=row.label or row.model,
+        input_per_million=row.input_per_million,
+        output_per_million=row.output_per_million,
+        cached_input_per_million=row.cached_input_per_million,
+        context_window=row.context_window,
+        max_output_tokens=row.max_output_tokens,
+    )
+
+
+def _row_in_force(*, provider: str, model: str, at: datetime):
+    from .models import ModelPrice
+
+    return (
+        ModelPrice.objects.filter(provider=provider, model=model, effective_from__lte=at)
+        .order_by("-effective_from", "-pk")
+        .first()
+    )
+
+
 def price_for(*, model_id: str, at: datetime | None = None) -> PriceQuote | None:
-    """The price in force at `at` (default now) for "provider:model"; None when unpriced."""
-    raise NotImplementedError
+    """The price in force at `at` (default now) for "provider:model"; None when unpriced,
+    malformed or disabled — the caller refuses the model then, never runs it for free."""
+    parsed = parse_model_id(model_id)
+    if parsed is None:
+        return None
+    row = _row_in_force(provider=parsed[0], model=parsed[1], at=at or timezone.now())
+    if row is None or not row.enabled:
+        return None
+    return _quote(row)
 
 
 def cost_of(*, price: PriceQuote, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> Decimal:
-    """Exact Decimal cost in USD, quantized to the ledger's precision."""
-    raise NotImplementedError
+    """Exact Decimal cost in USD, quantized to the ledger's precision.
+
+    `input_tokens` is ALL the input of the call, of which `cached_tokens` were served from the
+    provider's prompt cache (OpenAI's convention; an Anthropic adapter adds cache reads into
+    input_tokens). Cached tokens cost the cached price where the model has one, else the input
+    price."""
+    for n in (input_tokens, output_tokens, cached_tokens):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError("token counts must be non-negative integers")
+    cached = min(cached_tokens, input_tokens)
+    cached_price = price.cached_input_per_million
+    if cached_price is None:
+        cached_price = price.input_per_million
+    micro = (
+        (input_tokens - cached) * price.input_per_million
+        + cached * cached_price
+        + output_tokens * price.output_per_million
+    )
+    return quantize_money(micro / _MILLION)
+
+
+def worst_case_cost(*, price: PriceQuote, input_tokens: int, max_output_tokens: int) -> Decimal:
+    """What a call can cost at most: all input uncached, every allowed output token used.
+    The amount to pass to billing.budgets.budget_reserve."""
+    return cost_of(price=price, input_tokens=input_tokens, output_tokens=max_output_tokens)
 
 
 def prices_available() -> list[PriceQuote]:
-    """Every enabled model with a price in force now (the demo model included)."""
-    raise NotImplementedError
+    """Every enabled model with a price in force now (the demo model included), by provider
+    then label."""
+    from .models import ModelPrice
+
+    now = timezone.now()
+    latest: dict[tuple[str, str], object] = {}
+    # Newest first: the first row seen for a model is the one in force.
+    for row in ModelPrice.objects.filter(effective_from__lte=now).order_by("-effective_from", "-pk"):
+        latest.setdefault((row.provider, row.model), row)
+    quotes = [_quote(row) for row in latest.values() if row.enabled]
+    return sorted(quotes, key=lambda q: (q.provider != "demo", q.provider, q.label.lower()))
+
+
+def _price(raw: object, what: str, *, required: bool) -> Decimal | None:
+    if raw is None or raw == "":
+        if required:
+            raise PriceError(_("%(what)s price is required") % {"what": what})
+        return None
+    value = parse_decimal(raw)
+    if value is None:
+        raise PriceError(_("%(what)s price must be a number of USD per million tokens") % {"what": what})
+    if value < 0:
+        raise PriceError(_("%(what)s price cannot be negative") % {"what": what})
+    if value > MAX_PRICE_PER_MILLION:
+        raise PriceError(
+            _("%(what)s price is above %(max)s USD per million tokens") % {"what": what, "max": MAX_PRICE_PER_MILLION}
+        )
+    return value.quantize(PRICE_PLACES, rounding=ROUND_HALF_UP)
+
+
+def _positive_int(raw: object, what: str, *, maximum: int) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise PriceError(_("%(what)s must be a whole number") % {"what": what}) from None
+    if not 0 < value <= maximum:
+        raise PriceError(_("%(what)s must be between 1 and %(max)s") % {"what": what, "max": maximum})
+    return value
+
+
+def price_validate(
+    *,
+    model_id: str,
+    input_per_million: object,
+    output_per_million: object,
+    cached_input_per_million: object = None,
+    context_window: object = None,
+    max_output_tokens: object = None,
+    label: str | None = None,
+):
+    """Checked values for price_set: (provider, model, input, output, cached, context window,
+    max output); raises PriceError with a one-line reason."""
+    parsed = parse_model_id(model_id)
+    if parsed is None:
+        raise PriceError(
+            _("model must look like PROVIDER:MODEL with provider one of %(providers)s")
+            % {"providers": ", ".join(PROVIDERS)}
+        )
+    provider, model = parsed
+    inp = _price(input_per_million, _("input"), required=True)
+    out = _price(output_per_million, _("output"), required=True)
+    cached = _price(cached_input_per_million, _("cached input"), required=False)
+    window = _positive_int(context_window, _("context window"), maximum=MAX_CONTEXT_WINDOW)
+    max_out = _positive_int(max_output_tokens, _("max output tokens"), maximum=MAX_CONTEXT_WINDOW)
+    if label is not None and len(label) > 120:
+        raise PriceError(_("label is longer than 120 characters"))
+    return provider, model, inp, out, cached, window, max_out
+
+
+def price_set(
+    *,
+    model_id: str,
+    input_per_million: object,
+    output_per_million: object,
+    cached_input_per_million: object = None,
+    context_window: object = None,
+    max_output_tokens: object = None,
+    label: str | None = None,
+    enabled: bool = True,
+    effective_from: datetime | None = None,
+    actor=None,
+):
+    """Put a new price in force for `model_id` from `effective_from` (now when omitted or past:
+    history is never rewritten). Unset context window, max output, label and cached price carry
+    over from the price in force. Raises PriceError (changing nothing) on bad input. Writes an
+    audit entry. Returns the new ModelPrice."""
+    from accounts.audit import audit_record
+
+    from .models import ModelPrice
+
+    provider, model, inp, out, cached, window, max_out = price_validate(
+        model_id=model_id,
+        input_per_million=input_per_million,
+        output_per_million=output_per_million,
+        cached_input_per_million=cached_input_per_million,
+        context_window=context_window,
+        max_output_tokens=max_output_tokens,
+        label=label,
+    )
+    now = timezone.now()
+    start = effective_from if effective_from and effective_from > now else now
+    with transaction.atomic():
+        previous = _row_in_force(provider=provider, model=model, at=start)
+        if previous is not None:
+            window = window or previous.context_window
+            max_out = max_out or previous.max_output_tokens
+            label = label if label is not None else previous.label
+            if cached is None and previous.cached_input_per_million is not None:
+                # A cached price above the new input price would be a discount that costs more.
+                cached = min(previous.cached_input_per_million, inp)
+        row = ModelPrice(
+            provider=provider,
+            model=model,
+            label=label or "",
+            input_per_million=inp,
+            output_per_million=out,
+            cached_input_per_million=cached,
+            context_window=window or 128_000,
+            max_output_tokens=max_out or 4096,
+            enabled=enabled,
+            effective_from=start,
+            created_at=now,
+        )
+        row.full_clean()
+        try:
+            with transaction.atomic():
+                row.save()
+        except IntegrityError:
+            raise PriceError(_("a price for this model already starts at that moment")) from None
+        audit_record(
+            action="price.set",
+            actor=actor,
+            target=row,
+            data={
+                "model": row.model_id,
+                "input_per_million": str(inp),
+                "output_per_million": str(out),
+                "cached_input_per_million": None if cached is None else str(cached),
+                "context_window": row.context_window,
+                "enabled": enabled,
+                "effective_from": start.isoformat(),
+            },
+        )
+    return row
+
+
+__all__ = [
+    "ZERO",
+    "PriceError",
+    "PriceQuote",
+    "cost_of",
+    "parse_model_id",
+    "price_for",
+    "price_set",
+    "prices_available",
+    "quantize_money",
+    "worst_case_cost",
+]

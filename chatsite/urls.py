@@ -11,5 +11,6 @@ urlpatterns = [
     path("api/v1/", include("conversations.api_urls")),
     path("api/v1/", include("billing.api_urls")),
     path("api/v1/", include("accounts.api_urls")),
+    path("", include("billing.urls")),
     path("", include("conversations.urls")),
 ]

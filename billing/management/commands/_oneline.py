@@ -1,0 +1,23 @@
+"""Base for billing's commands: every bad input ends in ONE line on stderr and a non-zero exit
+(CONTRACT section 3), argparse's own complaints included (it would print a usage block)."""
+
+from __future__ import annotations
+
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+
+class OneLineCommand(BaseCommand):
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+
+        def error(message: str):
+            # Parsing runs outside run_from_argv's CommandError handler: print and exit here.
+            if getattr(self, "_called_from_command_line", False):
+                sys.stderr.write(f"CommandError: {message}\n")
+                sys.exit(2)
+            raise CommandError(message)
+
+        parser.error = error
+        return parser

@@ -1,0 +1,40 @@
+"""Money arithmetic: Decimal only, one rounding rule, one string form."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+# The ledger's precision (billing.models.MONEY): 10 decimal places of a US dollar.
+MONEY_PLACES = Decimal("0.0000000001")
+ZERO = Decimal("0")
+
+
+def quantize_money(value: Decimal) -> Decimal:
+    """Round to the ledger's 10 decimal places, half up. Floats are refused: a float has already
+    lost the exact value by the time it gets here."""
+    if isinstance(value, float) or isinstance(value, bool):
+        raise TypeError("money must be a Decimal or an int, never a float")
+    value = Decimal(value)
+    if not value.is_finite():
+        raise ValueError("money must be a finite number")
+    return value.quantize(MONEY_PLACES, rounding=ROUND_HALF_UP)
+
+
+def parse_decimal(raw: object) -> Decimal | None:
+    """A finite Decimal from user input (str/int/Decimal), or None when it is not a number."""
+    if isinstance(raw, float | bool):
+        return None
+    try:
+        value = Decimal(str(raw).strip())
+    except (InvalidOperation, ValueError):
+        return None
+    return value if value.is_finite() else None
+
+
+def money_str(value: Decimal) -> str:
+    """The JSON/string form of an amount: exact, no exponent, at least two decimals
+    ("0.00", "1.25", "0.0000123")."""
+    value = quantize_money(value).normalize()
+    text = format(value, "f")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"

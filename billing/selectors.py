@@ -1,0 +1,94 @@
+"""Reads for pages and APIs. Usage comes from the daily rollup, never the raw ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db.models import Sum
+from django.utils import timezone
+
+from .budgets import BudgetStatus, budget_status
+from .money import ZERO
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    model: str  # "provider:model"
+    label: str
+    spent: Decimal
+    input_tokens: int
+    output_tokens: int
+    requests: int
+
+
+@dataclass(frozen=True)
+class DayUsage:
+    day: dt.date
+    spent: Decimal
+    requests: int
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    date_from: dt.date
+    date_to: dt.date
+    spent: Decimal
+    by_model: list[ModelUsage]
+    daily: list[DayUsage]  # every day of the range, zero days included
+    budgets: list[BudgetStatus]
+
+
+def current_month(*, user) -> tuple[dt.date, dt.date]:
+    """First and last day of the user's current calendar month, in their time zone."""
+    try:
+        tz = zoneinfo.ZoneInfo(user.timezone or "UTC")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        tz = dt.UTC
+    today = timezone.now().astimezone(tz).date()
+    first = today.replace(day=1)
+    last = (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
+    return first, last
+
+
+def usage_summary(*, user, date_from: dt.date, date_to: dt.date) -> UsageSummary:
+    """The user's own spend between two days inclusive (rollup days are UTC days), by model and
+    by day, with every budget covering them."""
+    from .models import DailyUsage
+    from .prices import prices_available
+
+    rows = DailyUsage.objects.filter(user=user, day__gte=date_from, day__lte=date_to)
+    labels = {q.model_id: q.label for q in prices_available()}
+    by_model = [
+        ModelUsage(
+            model=f"{r['provider']}:{r['model']}",
+            label=labels.get(f"{r['provider']}:{r['model']}", r["model"]),
+            spent=r["spent"] or ZERO,
+            input_tokens=r["input_tokens"] or 0,
+            output_tokens=r["output_tokens"] or 0,
+            requests=r["requests"] or 0,
+        )
+        for r in rows.values("provider", "model")
+        .annotate(
+            spent=Sum("cost"), input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), requests=Sum("requests")
+        )
+        .order_by("provider", "model")
+    ]
+    by_model.sort(key=lambda m: (-m.spent, m.model))
+    per_day = {r["day"]: r for r in rows.values("day").annotate(spent=Sum("cost"), requests=Sum("requests"))}
+    daily = []
+    day = date_from
+    while day <= date_to:
+        r = per_day.get(day)
+        daily.append(DayUsage(day=day, spent=(r["spent"] if r else ZERO) or ZERO, requests=(r["requests"] if r else 0) or 0))
+        day += dt.timedelta(days=1)
+    return UsageSummary(
+        date_from=date_from,
+        date_to=date_to,
+        spent=sum((m.spent for m in by_model), ZERO),
+        by_model=by_model,
+        daily=daily,
+        budgets=budget_status(user=user),
+    )

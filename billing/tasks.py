@@ -1,0 +1,15 @@
+"""Periodic billing work. Beat entry (added to CELERY_BEAT_SCHEDULE by the lead):
+    "billing-reservations-expire": {"task": "billing.tasks.reservations_expire", "schedule": 60.0}
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from . import budgets
+
+
+@shared_task(name="billing.tasks.reservations_expire", ignore_result=True)
+def reservations_expire() -> int:
+    """Release holds left by processes that died before settling."""
+    return budgets.reservations_expire()

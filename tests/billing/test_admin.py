@@ -1,0 +1,76 @@
+from decimal import Decimal
+
+from accounts.models import AuditEvent
+from billing.models import Budget, ModelPrice
+from billing.prices import price_for
+
+D = Decimal
+
+PRICE_FORM = {
+    "provider": "openai",
+    "model": "gpt-4o",
+    "label": "GPT-4o",
+    "input_per_million": "2.00",
+    "output_per_million": "9.00",
+    "cached_input_per_million": "",
+    "context_window": "128000",
+    "max_output_tokens": "16384",
+    "enabled": "on",
+    "effective_from_0": "2025-01-01",
+    "effective_from_1": "00:00:00",
+}
+
+
+def test_price_and_budget_lists_load(admin_client, user):
+    from billing.budgets import budget_set
+
+    budget_set(user=user, period="day", limit="3")
+    assert admin_client.get("/admin/billing/modelprice/").status_code == 200
+    assert admin_client.get("/admin/billing/budget/").status_code == 200
+    assert admin_client.get(f"/admin/billing/budget/{Budget.objects.get().pk}/change/").status_code == 200
+
+
+def test_editing_a_price_in_the_admin_adds_a_new_version_through_the_service(admin_client):
+    seeded = ModelPrice.objects.get(provider="openai", model="gpt-4o")
+    response = admin_client.post(f"/admin/billing/modelprice/{seeded.pk}/change/", PRICE_FORM)
+    assert response.status_code == 302, response.content.decode()[:2000]
+
+    seeded.refresh_from_db()
+    assert seeded.input_per_million == D("2.5")  # history untouched
+    assert price_for(model_id="openai:gpt-4o").input_per_million == D("2")
+    assert AuditEvent.objects.get(action="price.set").actor_id is not None
+
+
+def test_the_admin_refuses_a_negative_price(admin_client):
+    count = ModelPrice.objects.count()
+    response = admin_client.post("/admin/billing/modelprice/add/", {**PRICE_FORM, "input_per_million": "-1"})
+    assert response.status_code == 200  # the form again, with the error
+    assert ModelPrice.objects.count() == count
+
+
+def test_prices_cannot_be_deleted(admin_client):
+    seeded = ModelPrice.objects.first()
+    assert admin_client.get(f"/admin/billing/modelprice/{seeded.pk}/delete/").status_code == 403
+
+
+def test_budget_admin_saves_and_deletes_through_the_service_with_audit(admin_client, user):
+    response = admin_client.post(
+        "/admin/billing/budget/add/", {"user": str(user.pk), "team": "", "period": "week", "limit": "7.5", "warn_ratio": "0.8"}
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    budget = Budget.objects.get()
+    assert (budget.limit, budget.period, budget.time_zone) == (D("7.5"), "week", "UTC")
+    assert AuditEvent.objects.filter(action="budget.set").count() == 1
+
+    response = admin_client.post(f"/admin/billing/budget/{budget.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not Budget.objects.exists()
+    assert AuditEvent.objects.filter(action="budget.delete").count() == 1
+
+
+def test_budget_admin_refuses_a_negative_limit(admin_client, user):
+    response = admin_client.post(
+        "/admin/billing/budget/add/", {"user": str(user.pk), "team": "", "period": "week", "limit": "-1", "warn_ratio": "0.8"}
+    )
+    assert response.status_code == 200
+    assert not Budget.objects.exists()

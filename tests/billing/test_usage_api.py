@@ -1,0 +1,107 @@
+import datetime as dt
+import json
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from billing.budgets import budget_reserve, budget_set, budget_settle
+from billing.ledger import usage_record
+
+from .conftest import usage_kwargs
+
+D = Decimal
+
+
+@pytest.fixture
+def alice_client(client, user):
+    client.force_login(user)
+    return client
+
+
+def test_anonymous_gets_401_json(client, db):
+    response = client.get("/api/v1/usage/")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "not_authenticated"
+
+
+def test_usage_this_month_by_model_with_budgets_as_decimal_strings(alice_client, user, other_user, make_team):
+    team = make_team("ops", user)
+    budget_set(user=user, period="month", limit="10")
+    budget_set(team=team, period="day", limit="2")
+    usage_record(**usage_kwargs(user, cost=D("0.0000450000")))
+    usage_record(**usage_kwargs(user, model="gpt-4o", input_tokens=1000, output_tokens=10, cost=D("1.25")))
+    usage_record(**usage_kwargs(other_user, cost=D("5")))  # not alice's
+    budget_settle(reservation_id=budget_reserve(user=user, amount=D("1.3")), actual=D("1.250045"))
+
+    body = alice_client.get("/api/v1/usage/").json()
+
+    today = timezone.now().date()
+    assert body["from"] == today.replace(day=1).isoformat()
+    assert body["to"] >= today.isoformat()
+    assert body["spent"] == "1.250045"
+    assert body["by_model"] == [
+        {"model": "openai:gpt-4o", "spent": "1.25", "input_tokens": 1000, "output_tokens": 10, "requests": 1},
+        {"model": "openai:gpt-4o-mini", "spent": "0.000045", "input_tokens": 100, "output_tokens": 50, "requests": 1},
+    ]
+    assert body["budgets"] == [
+        {"scope": "user", "name": "alice", "period": "month", "limit": "10.00", "spent": "1.250045", "remaining": "8.749955"},
+        {"scope": "team", "name": "ops", "period": "day", "limit": "2.00", "spent": "1.250045", "remaining": "0.749955"},
+    ]
+
+
+def test_usage_for_a_chosen_range(alice_client, user):
+    usage_record(**usage_kwargs(user, cost=D("1"), at=dt.datetime(2026, 2, 3, 12, tzinfo=dt.UTC)))
+    usage_record(**usage_kwargs(user, cost=D("2"), at=dt.datetime(2026, 2, 5, 12, tzinfo=dt.UTC)))
+    body = alice_client.get("/api/v1/usage/?from=2026-02-01&to=2026-02-04").json()
+    assert (body["from"], body["to"], body["spent"]) == ("2026-02-01", "2026-02-04", "1.00")
+
+
+@pytest.mark.parametrize(
+    "query", ["from=2026-13-01", "from=yesterday", "to=2026-02-30", "from=2026-03-02&to=2026-03-01", "from=2020-01-01&to=2026-01-01", "from=2026-3-1"]
+)
+def test_bad_dates_are_a_400_with_a_clear_error(alice_client, query):
+    response = alice_client.get(f"/api/v1/usage/?{query}")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_input"
+
+
+def test_only_get(alice_client):
+    assert alice_client.post("/api/v1/usage/").status_code == 405
+
+
+def test_usage_page_shows_budgets_chart_and_models(alice_client, user, make_team):
+    team = make_team("ops", user)
+    budget_set(team=team, period="month", limit="1", warn_ratio="0.5")
+    usage_record(**usage_kwargs(user, cost=D("0.75")))
+    budget_settle(reservation_id=budget_reserve(user=user, amount=D("0.75")), actual=D("0.75"))
+
+    response = alice_client.get("/usage/")
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Team ops" in html and "$0.75" in html and "budget-warn" in html
+    assert "GPT-4o mini" in html
+    assert '<script src="/static/vendor/chartjs/chart.umd.min.js"></script>' in html
+    assert '<script src="/static/billing/usage.js"></script>' in html
+    # Data for the chart goes in a JSON block, not inline script (strict CSP).
+    start = html.index('<script id="usage-chart-data" type="application/json">') + len(
+        '<script id="usage-chart-data" type="application/json">'
+    )
+    chart = json.loads(html[start : html.index("</script>", start)])
+    assert len(chart["labels"]) == len(chart["spent"]) >= 28
+    assert "0.75" in chart["spent"]
+    assert "<script>" not in html
+
+
+def test_usage_page_in_korean(alice_client, user):
+    user.language = "ko"
+    user.save()
+    response = alice_client.get("/usage/", HTTP_ACCEPT_LANGUAGE="ko")
+    assert response.status_code == 200
+
+
+def test_usage_page_needs_login(client, db, settings):
+    settings.LOGIN_URL = "/accounts/login/"  # the named route is the accounts work's
+    response = client.get("/usage/")
+    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
