@@ -210,3 +210,4 @@ class Reservation(models.Model):
     class Meta:
         indexes = [models.Index(fields=["state", "expires_at"], name="reservation_state_expiry")]
         constraints = [models.CheckConstraint(condition=models.Q(amount__gte=0), name="reservation_amount_non_negative")]
+from .models_stats import KeyDailyStats, LatencyBucket  # noqa: E402,F401  (dashboard rollups, issue 7)
