@@ -45,6 +45,9 @@ class KeyDailyStats(models.Model):
         # The dashboard has no model of its own; its permission lives on its main rollup.
         permissions = [("view_dashboard", _("Can view the cost dashboard"))]
 
+    def __str__(self) -> str:
+        return f"{self.day} {self.provider} {self.key_id or '-'}"
+
 
 class LatencyBucket(models.Model):
     """How many calls of one day x provider x key fell in one latency bucket."""
@@ -73,3 +76,6 @@ class LatencyBucket(models.Model):
             ),
             models.CheckConstraint(condition=models.Q(bucket__lte=OPEN_BUCKET), name="latencybucket_bucket_in_range"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.provider} {self.metric}[{self.bucket}]"
