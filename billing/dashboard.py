@@ -17,13 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.db.models import F, Q, Sum
+from django.db import connection
+from django.db.models import BigIntegerField, Case, DecimalField, ExpressionWrapper, F, Q, Sum, Value, When
+from django.db.models.functions import Cast, Round
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import Team
 
-from .models import Budget, DailyUsage, ProviderKey
+from .models import MONEY, Budget, DailyUsage, ProviderKey
 from .models_stats import LATENCY_BUCKETS_MS, KeyDailyStats, LatencyBucket
 
 ZERO = Decimal("0")
@@ -131,7 +133,7 @@ class Usage:
     cached_tokens: int = 0
 
     def add(self, row: Mapping) -> None:
-        self.cost += row["cost"] or ZERO
+        self.cost += _cost(row["cost"])
         self.requests += row["requests"] or 0
         self.errors += row["errors"] or 0
         self.input_tokens += row["input_tokens"] or 0
@@ -143,14 +145,38 @@ class Usage:
         return _ratio(self.errors, self.requests)
 
 
-_SUMS = {
-    "cost": Sum("cost"),
-    "requests": Sum("requests"),
-    "errors": Sum("errors"),
-    "input_tokens": Sum("input_tokens"),
-    "output_tokens": Sum("output_tokens"),
-    "cached_tokens": Sum("cached_tokens"),
-}
+# SQLite keeps decimals as doubles and SUMs them in floating point, which drifts off the ledger in
+# the last places. There the sum runs over whole 1e-10 dollars (exact 64-bit integers) and is
+# scaled back in Python; PostgreSQL's numeric sum is exact as it is.
+_SCALE = 10 ** MONEY["decimal_places"]
+
+
+def _cost_sum() -> Sum:
+    if connection.vendor == "sqlite":
+        return Sum(Cast(Round(F("cost") * _SCALE), BigIntegerField()))
+    return Sum("cost")
+
+
+def _cost(value) -> Decimal:
+    """A cost sum as the database returned it, as an exact Decimal."""
+    if value is None:
+        return ZERO
+    if isinstance(value, int):
+        return Decimal(value) / _SCALE
+    return value
+
+
+def _sums() -> dict:
+    return {
+        "cost": _cost_sum(),
+        "requests": Sum("requests"),
+        "errors": Sum("errors"),
+        "input_tokens": Sum("input_tokens"),
+        "output_tokens": Sum("output_tokens"),
+        "cached_tokens": Sum("cached_tokens"),
+    }
+
+
 
 
 @dataclass
@@ -168,34 +194,41 @@ def dashboard_spend(*, rng: DashboardRange) -> SpendBreakdown:
     out = SpendBreakdown()
     by_model: dict = defaultdict(lambda: defaultdict(lambda: ZERO))
     by_provider: dict = defaultdict(lambda: defaultdict(lambda: ZERO))
-    rows = _rollup(rng).values("day", "provider", "model").annotate(**_SUMS).order_by()
+    rows = _rollup(rng).values("day", "provider", "model").annotate(**_sums()).order_by()
     for row in rows:
         out.total.add(row)
         out.by_provider.setdefault(row["provider"], Usage()).add(row)
         out.by_model.setdefault((row["provider"], row["model"]), Usage()).add(row)
-        by_model[row["day"]][f"{row['provider']}:{row['model']}"] += row["cost"] or ZERO
-        by_provider[row["day"]][row["provider"]] += row["cost"] or ZERO
+        by_model[row["day"]][f"{row['provider']}:{row['model']}"] += _cost(row["cost"])
+        by_provider[row["day"]][row["provider"]] += _cost(row["cost"])
     out.day_by_model = {d: dict(v) for d, v in by_model.items()}
     out.day_by_provider = {d: dict(v) for d, v in by_provider.items()}
     return out
 
 
+def _exact_costs(rows) -> list[dict]:
+    rows = list(rows)
+    for row in rows:
+        row["cost"] = _cost(row["cost"])
+    return rows
+
+
 def dashboard_top_users(*, rng: DashboardRange, limit: int = TOP_N) -> list[dict]:
     """The biggest spenders: user id and name (None for erased users, folded together)."""
-    return list(
+    return _exact_costs(
         _rollup(rng)
         .values("user_id", "user__username")
-        .annotate(**_SUMS)
+        .annotate(**_sums())
         .order_by("-cost", "user_id")[:limit]
     )
 
 
 def dashboard_top_teams(*, rng: DashboardRange, limit: int = TOP_N) -> list[dict]:
-    return list(
+    return _exact_costs(
         _rollup(rng)
         .filter(team__isnull=False)
         .values("team_id", "team__name")
-        .annotate(**_SUMS)
+        .annotate(**_sums())
         .order_by("-cost", "team_id")[:limit]
     )
 
@@ -266,12 +299,18 @@ def dashboard_budgets_at_risk(*, team: Team | None = None, limit: int = LIST_CAP
     """Budgets whose spend plus holds has reached their warning ratio, fullest first.
     With a team filter: that team's budgets and its members' own."""
     used = F("spent") + F("reserved")
+    # A zero limit is "no spending allowed": any use fills it, so it sorts as fullest.
+    fill = Case(
+        When(limit__lte=0, then=Value(Decimal("1e6"))),
+        default=ExpressionWrapper(used / F("limit"), output_field=DecimalField(**MONEY)),
+        output_field=DecimalField(**MONEY),
+    )
     qs = (
-        Budget.objects.annotate(used=used)
+        Budget.objects.annotate(used=used, fill=fill)
         .filter(used__gte=F("limit") * F("warn_ratio"))
         .select_related("user", "team")
         .only("id", "period", "limit", "spent", "reserved", "warn_ratio", "user__username", "team__name")
-        .order_by("-used", "id")
+        .order_by("-fill", "id")
     )
     if team is not None:
         qs = qs.filter(Q(team=team) | Q(user__teammembership__team=team))
