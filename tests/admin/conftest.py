@@ -15,8 +15,10 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from accounts.models import Team, TeamMembership
-from billing.models import DailyUsage, ProviderKey, UsageRecord
+from accounts import data_rights
+from accounts.models import DataExport, ErasureRequest, Team, TeamMembership
+from billing import budgets
+from billing.models import Budget, DailyUsage, ProviderKey, UsageRecord
 from billing.models_stats import KeyDailyStats, LatencyBucket
 from billing.stats import latency_bucket
 
@@ -142,3 +144,39 @@ def make_staff(make_user):
         return staff
 
     return make
+
+
+# `billing.budgets.budget_set` and `accounts.data_rights.*` belong to other branches and are stubs
+# here: these fixtures monkeypatch a simple behaviour (create the row the real service would).
+@pytest.fixture
+def fake_budget_set(monkeypatch):
+    calls = []
+
+    def budget_set(*, user=None, team=None, period, limit, actor=None):
+        calls.append({"user": user, "team": team, "period": period, "limit": limit, "actor": actor})
+        budget, _ = Budget.objects.update_or_create(user=user, team=team, period=period, defaults={"limit": limit})
+        return budget
+
+    monkeypatch.setattr(budgets, "budget_set", budget_set, raising=False)
+    return calls
+
+
+@pytest.fixture
+def fake_rights(monkeypatch):
+    calls = {"export": [], "erase": []}
+
+    def export_request(*, user):
+        calls["export"].append(user.pk)
+        return DataExport.objects.create(user=user)
+
+    def erasure_preview(*, user):
+        return {"conversations": 3, "messages": 42, "exports": 1}
+
+    def erasure_request(*, user, requested_by=None):
+        calls["erase"].append((user.pk, getattr(requested_by, "pk", None)))
+        return ErasureRequest.objects.create(user_id=user.pk, requested_by_id=getattr(requested_by, "pk", None))
+
+    monkeypatch.setattr(data_rights, "export_request", export_request)
+    monkeypatch.setattr(data_rights, "erasure_preview", erasure_preview)
+    monkeypatch.setattr(data_rights, "erasure_request", erasure_request)
+    return calls

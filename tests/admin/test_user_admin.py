@@ -1,8 +1,5 @@
 """User and team admin: the list (fast, constant queries), the four actions and their audit rows.
-
-`billing.budgets.budget_set` and `accounts.data_rights.*` belong to other branches and are stubs
-here: each test that uses them monkeypatches a simple behaviour (create the row the real service
-would return)."""
+The services of other branches are monkeypatched (fixtures fake_budget_set, fake_rights)."""
 
 from decimal import Decimal
 
@@ -11,46 +8,10 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from accounts import data_rights
-from accounts.models import AuditEvent, DataExport, ErasureRequest, Team, TeamMembership, User
-from billing import budgets
+from accounts.models import AuditEvent, DataExport, Team, TeamMembership, User
 from billing.models import Budget
 
 USERS = "/admin/accounts/user/"
-
-
-@pytest.fixture
-def fake_budget_set(monkeypatch):
-    calls = []
-
-    def budget_set(*, user=None, team=None, period, limit, actor=None):
-        calls.append({"user": user, "team": team, "period": period, "limit": limit, "actor": actor})
-        budget, _ = Budget.objects.update_or_create(user=user, team=team, period=period, defaults={"limit": limit})
-        return budget
-
-    monkeypatch.setattr(budgets, "budget_set", budget_set, raising=False)
-    return calls
-
-
-@pytest.fixture
-def fake_rights(monkeypatch):
-    calls = {"export": [], "erase": []}
-
-    def export_request(*, user):
-        calls["export"].append(user.pk)
-        return DataExport.objects.create(user=user)
-
-    def erasure_preview(*, user):
-        return {"conversations": 3, "messages": 42, "exports": 1}
-
-    def erasure_request(*, user, requested_by=None):
-        calls["erase"].append((user.pk, getattr(requested_by, "pk", None)))
-        return ErasureRequest.objects.create(user_id=user.pk, requested_by_id=getattr(requested_by, "pk", None))
-
-    monkeypatch.setattr(data_rights, "export_request", export_request)
-    monkeypatch.setattr(data_rights, "erasure_preview", erasure_preview)
-    monkeypatch.setattr(data_rights, "erasure_request", erasure_request)
-    return calls
 
 
 def act(client, action, users, **extra):
