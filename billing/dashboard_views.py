@@ -76,7 +76,13 @@ def _csv_cell(value, kind: str) -> str:
     return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
-def _admin_url(name: str, *args, query: dict | None = None) -> str | None:
+def _admin_url(name: str, *args, query: dict | None = None, user=None) -> str | None:
+    """The admin page `name`, or None where it is not registered or `user` may not view it
+    (a link that answers 403 is worse than none)."""
+    if user is not None:
+        app_label, model = name.split("_", 1)[0], name.split("_", 1)[1].rsplit("_", 1)[0]
+        if not user.has_perm(f"{app_label}.view_{model}"):
+            return None
     try:
         url = reverse(f"admin:{name}", args=args)
     except NoReverseMatch:  # that model's admin is not registered on this site
@@ -87,9 +93,9 @@ def _admin_url(name: str, *args, query: dict | None = None) -> str | None:
 class Dashboard:
     """The figures of one range, each table built on first use (a CSV asks for one table)."""
 
-    def __init__(self, rng: d.DashboardRange, operator_tz: datetime.tzinfo):
+    def __init__(self, rng: d.DashboardRange, *, user=None):
         self.rng = rng
-        self.operator_tz = operator_tz
+        self.user = user  # links are shown only to pages this operator may open
         start, end = rng.utc_bounds()
         # The ledger rows behind a figure: the same interval, the same team.
         self.ledger_query = {"created_at__gte": start.isoformat(sep=" "), "created_at__lt": end.isoformat(sep=" ")}
@@ -97,7 +103,7 @@ class Dashboard:
             self.ledger_query["team__id__exact"] = rng.team.pk
 
     def ledger_link(self, **filters) -> str | None:
-        return _admin_url("billing_usagerecord_changelist", query={**self.ledger_query, **filters})
+        return _admin_url("billing_usagerecord_changelist", query={**self.ledger_query, **filters}, user=self.user)
 
     @cached_property
     def spend(self) -> d.SpendBreakdown:
@@ -160,7 +166,7 @@ class Dashboard:
                 name, link = _("(no key)"), None
             else:
                 name = row["name"] or _("(deleted key)")
-                link = _admin_url("billing_usagerecord_changelist", query={**query, "key__id__exact": row["key_id"]})
+                link = _admin_url("billing_usagerecord_changelist", query={**query, "key__id__exact": row["key_id"]}, user=self.user)
             table.add([row["provider"], name, row["requests"], row["errors"], row["cancelled"], row["error_rate"]], link)
         return table
 
@@ -176,7 +182,7 @@ class Dashboard:
         for row in d.dashboard_latency(rng=self.rng):
             table.add(
                 [row["provider"], row["calls"], row["ttft_p50"], row["ttft_p95"], row["total_p50"], row["total_p95"]],
-                _admin_url("billing_usagerecord_changelist", query={**query, "provider__exact": row["provider"]}),
+                _admin_url("billing_usagerecord_changelist", query={**query, "provider__exact": row["provider"]}, user=self.user),
             )
         return table
 
@@ -192,7 +198,7 @@ class Dashboard:
             owner = _("team %(name)s") % {"name": b.team.name} if b.team_id else _("user %(name)s") % {"name": b.user.username}
             used = (b.spent + b.reserved) / b.limit if b.limit else None
             table.add([owner, b.get_period_display(), b.limit, b.spent, b.reserved, used],
-                      _admin_url("billing_budget_change", b.pk))
+                      _admin_url("billing_budget_change", b.pk, user=self.user))
         return table
 
     def table_key_alerts(self) -> Table:
@@ -205,7 +211,7 @@ class Dashboard:
         )
         for k in d.dashboard_keys_unhealthy():
             table.add([k.provider, k.name, k.get_state_display(), k.get_health_display(), k.cooldown_until,
-                       k.last_error_kind, k.consecutive_failures], _admin_url("billing_providerkey_change", k.pk))
+                       k.last_error_kind, k.consecutive_failures], _admin_url("billing_providerkey_change", k.pk, user=self.user))
         return table
 
     TABLES: dict[str, Callable[[Dashboard], Table]] = {
@@ -265,7 +271,7 @@ def dashboard_view(request: HttpRequest, *, site) -> HttpResponse:
     rng, problems = d.dashboard_range_parse(params=request.GET, today=today)
     for problem in problems:
         messages.warning(request, problem)
-    board = Dashboard(rng, operator_tz)
+    board = Dashboard(rng, user=request.user)
 
     if request.GET.get("format") == "csv":
         return _csv(request, board)

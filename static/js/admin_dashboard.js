@@ -33,7 +33,16 @@
     });
   }
 
+  // Typing a date means a custom range: select it, so the dates are not ignored on submit.
+  function customOnDateChange() {
+    var custom = document.querySelector('.dashboard-filters input[name="range"][value="custom"]');
+    document.querySelectorAll('.dashboard-filters input[type="date"]').forEach(function (input) {
+      input.addEventListener("change", function () { if (custom) { custom.checked = true; } });
+    });
+  }
+
   function init() {
+    customOnDateChange();
     var node = document.getElementById("dashboard-chart-data");
     if (!node) { return; }
     var data = JSON.parse(node.textContent);

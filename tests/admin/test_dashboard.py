@@ -93,7 +93,7 @@ def test_dashboard_page_shows_the_ledger_total_to_the_cent_and_the_csv_is_exact(
 def test_dashboard_and_ledger_links_lead_to_the_rows_behind_a_figure(su_client, make_ledger, members, teams):
     make_ledger(50, users=members, teams=teams, days=5)
     response = su_client.get(URL, {"range": "7d"})
-    users = Dashboard(response.context["rng"], datetime.UTC).table_users()
+    users = Dashboard(response.context["rng"], user=response.wsgi_request.user).table_users()
     link = users.links[0]
     assert link.startswith(reverse("admin:billing_usagerecord_changelist"))
     listing = su_client.get(link)
@@ -138,10 +138,16 @@ def test_staff_without_the_dashboard_permission_get_403(client, make_staff):
     assert client.get(URL, {"format": "csv", "table": "users"}).status_code == 403
 
 
-def test_staff_with_the_dashboard_permission_see_it_and_the_index_links_it(client, make_staff):
+def test_staff_with_the_dashboard_permission_see_it_and_the_index_links_it(client, make_staff, make_ledger, members):
+    make_ledger(20, users=members, days=3)
     client.force_login(make_staff("billing.view_dashboard"))
-    assert client.get(URL).status_code == 200
+    response = client.get(URL)
+    assert response.status_code == 200
     assert URL in client.get("/admin/").content.decode()
+    # No links to ledger pages this operator could not open.
+    assert reverse("admin:billing_usagerecord_changelist") not in response.content.decode()
+    client.force_login(make_staff("billing.view_dashboard", "billing.view_usagerecord"))
+    assert reverse("admin:billing_usagerecord_changelist") in client.get(URL).content.decode()
 
 
 @pytest.mark.parametrize(
