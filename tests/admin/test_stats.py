@@ -1,7 +1,11 @@
 """The dashboard rollups' writer, and percentiles from bucket counts."""
 
 import datetime
+import threading
 import uuid
+
+import pytest
+from django.db import connection, transaction
 
 from billing.dashboard import DashboardRange, dashboard_by_key, dashboard_latency, percentile_ms
 from billing.models_stats import LATENCY_BUCKETS_MS, KeyDailyStats, LatencyBucket
@@ -53,3 +57,30 @@ def test_dashboard_reads_what_the_writer_wrote(db):
     assert (latency["total_p50"], latency["total_p95"]) == (200, 1_500)
     [by_key] = dashboard_by_key(rng=rng)
     assert by_key["requests"] == 100 and by_key["name"] is None  # no such key row: shown as deleted
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_first_calls_of_a_day_add_up_instead_of_failing(needs_postgres):
+    """Two calls racing to create the same rollup rows: the loser of the INSERT updates instead."""
+    key = uuid.uuid4()
+    barrier = threading.Barrier(4)
+    errors = []
+
+    def call():
+        try:
+            barrier.wait()
+            with transaction.atomic():  # as inside the ledger's transaction
+                stats_record_call(day=DAY, provider="openai", key_id=key, ttft_ms=300, latency_ms=900, outcome="ok")
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert KeyDailyStats.objects.get(key_id=key).requests == 4
+    assert LatencyBucket.objects.get(key_id=key, metric="total").count == 4
