@@ -101,7 +101,7 @@ class BudgetForm(forms.Form):
 @admin.register(User)
 class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
     list_display = (
-        "username", "email", "is_active", "is_staff", "spend_this_month", "budgets_display", "last_login", "teams_display",
+        "username", "email", "is_active", "is_staff", "spend_this_month", "budgets_display", "last_active", "teams_display",
     )  # fmt: skip
     list_filter = ("is_active", "is_staff", "is_superuser")
     search_fields = ("username", "email", "display_name")
@@ -119,7 +119,11 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
         return (
             super()
             .get_queryset(request)
-            .annotate(month_spend=_spend_since("user", _month_start()))
+            .annotate(
+                month_spend=_spend_since("user", _month_start()),
+                # The last day with usage: one index probe (daily_user_day) per listed user.
+                last_used=Subquery(DailyUsage.objects.filter(user=OuterRef("pk")).order_by("-day").values("day")[:1]),
+            )
             .prefetch_related(
                 Prefetch("budgets", queryset=Budget.objects.only(*_BUDGET_FIELDS).order_by("period")),
                 Prefetch("teams", queryset=Team.objects.only("id", "name")),
@@ -133,6 +137,12 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
     @admin.display(description=gettext_lazy("budgets: spent / limit"))
     def budgets_display(self, obj: User) -> str:
         return _budget_lines(obj.budgets.all())
+
+    @admin.display(description=gettext_lazy("last active"), ordering="last_login")
+    def last_active(self, obj: User) -> str:
+        """The later of the last login and the last day with usage (a session can last weeks)."""
+        days = [d for d in (obj.last_login and timezone.localdate(obj.last_login), getattr(obj, "last_used", None)) if d]
+        return max(days).isoformat() if days else "—"
 
     @admin.display(description=gettext_lazy("teams"))
     def teams_display(self, obj: User) -> str:
@@ -338,7 +348,8 @@ class AuditEventAdmin(BigTableAdminMixin, admin.ModelAdmin):
     def get_queryset(self, request):
         # The actor's name in the same query; an erased actor stays as a bare id.
         username = User.objects.filter(pk=OuterRef("actor_id")).values("username")[:1]
-        return super().get_queryset(request).annotate(actor_username=Subquery(username))
+        # `data` is only shown on the detail page (one more query there): not loaded for lists.
+        return super().get_queryset(request).annotate(actor_username=Subquery(username)).defer("data")
 
     def get_search_results(self, request, queryset, search_term):
         """A term is an actor id, a target id or an action, matched exactly (indexed columns)."""

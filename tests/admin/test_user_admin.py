@@ -7,6 +7,7 @@ import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from accounts.models import AuditEvent, DataExport, Team, TeamMembership, User
 from billing.models import Budget
@@ -185,3 +186,13 @@ def test_staff_with_change_but_not_delete_cannot_erase(client, make_staff, membe
     actions = [name for name, _ in client.get(USERS).context["action_form"].fields["action"].choices]
     assert "disable_users" in actions and "export_data" in actions
     assert "erase_users" not in actions and "set_budget" not in actions
+
+
+
+def test_user_list_shows_last_active_from_usage_when_never_logged_in(su_client, make_ledger, members):
+    records = make_ledger(5, users=[members[1]], days=3)
+    last_day = max(timezone.localdate(r.created_at) for r in records)
+    response = su_client.get(USERS)
+    row = next(u for u in response.context["cl"].result_list if u.pk == members[1].pk)
+    assert members[1].last_login is None
+    assert response.context["cl"].model_admin.last_active(row) == last_day.isoformat()
