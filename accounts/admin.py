@@ -14,7 +14,9 @@ from decimal import Decimal
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import Count, DecimalField, OuterRef, Prefetch, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
@@ -171,6 +173,15 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
             user=form.instance, before=getattr(request, "_parley_roles_before", {}), actor=request.user, ip_address=client_ip(request)
         )
 
+    def user_change_password(self, request, id, form_url=""):
+        response = super().user_change_password(request, id, form_url)
+        if request.method == "POST" and response.status_code == 302:  # the form was accepted
+            audit_record(
+                action="user.password_set_by_admin", actor=request.user, target_type="accounts.user", target_id=str(id),
+                ip_address=client_ip(request),
+            )  # fmt: skip
+        return response
+
     def has_delete_permission(self, request, obj=None):
         # Deleting the row would skip erasure's cleanup of files, caches and ledger links:
         # the "erase" action is the only way an account goes.
@@ -278,6 +289,26 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
             **extra,
         }
         return TemplateResponse(request, template, context)
+
+
+# --- Groups (their permissions are roles) -----------------------------------------------
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(DjangoGroupAdmin):
+    def save_related(self, request, form, formsets, change):
+        group = form.instance
+        before = set(group.permissions.values_list("pk", flat=True)) if change else set()
+        super().save_related(request, form, formsets, change)
+        after = set(group.permissions.values_list("pk", flat=True))
+        if before != after:
+            audit_record(
+                action="group.permissions_changed", actor=request.user, target=group, ip_address=client_ip(request),
+                data={"added": sorted(after - before), "removed": sorted(before - after)},
+            )  # fmt: skip
 
 
 # --- Teams ----------------------------------------------------------------------------------

@@ -196,3 +196,22 @@ def test_user_list_shows_last_active_from_usage_when_never_logged_in(su_client, 
     row = next(u for u in response.context["cl"].result_list if u.pk == members[1].pk)
     assert members[1].last_login is None
     assert response.context["cl"].model_admin.last_active(row) == last_day.isoformat()
+
+
+def test_password_set_by_an_admin_and_group_permission_changes_are_audited(su_client, superuser, members):
+    from django.contrib.auth.models import Group, Permission
+
+    response = su_client.post(
+        f"{USERS}{members[0].pk}/password/",
+        {"password1": "a new Passphrase 42!", "password2": "a new Passphrase 42!", "usable_password": "true"},
+    )
+    assert response.status_code == 302
+    [event] = audits("user.password_set_by_admin")
+    assert event.target_id == str(members[0].pk) and "Passphrase" not in str(event.data)
+
+    perm = Permission.objects.get(codename="view_dashboard")
+    response = su_client.post("/admin/auth/group/add/", {"name": "operators", "permissions": [perm.pk]})
+    assert response.status_code == 302
+    [event] = audits("group.permissions_changed")
+    assert event.data == {"added": [perm.pk], "removed": []}
+    assert event.target_id == str(Group.objects.get(name="operators").pk)
