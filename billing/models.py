@@ -281,3 +281,6 @@ class Reservation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} {self.state} {self.amount} USD"
+
+
+from .models_stats import KeyDailyStats, LatencyBucket  # noqa: E402,F401  (dashboard rollups, issue 7)

@@ -76,7 +76,7 @@ if TESTING and "testserver" not in ALLOWED_HOSTS:
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "chatsite.apps.ParleyAdminConfig",  # django.contrib.admin with the dashboard (issue 7)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -1,0 +1,413 @@
+"""The admin of people: users (spend, budgets, teams; disable, set a budget, export, erase),
+teams with their members, and the read-only audit log.
+
+Actions parse and authorize, then call services: accounts.admin_services (disable, audit of role
+and membership edits), billing.budgets.budget_set, accounts.data_rights (export, erasure). Each
+action also writes an `admin.*` audit row naming the operator and their address."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from decimal import Decimal
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.db.models import Count, DecimalField, OuterRef, Prefetch, Q, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
+
+from billing.models import MONEY, Budget, DailyUsage
+from chatsite.admin_site import BigTableAdminMixin
+
+from . import admin_services, data_rights
+from .audit import audit_record
+from .models import AuditEvent, Team, TeamMembership, User
+
+CENT = Decimal("0.01")
+ZERO = Decimal("0")
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    """The operator's address as django-axes sees it (honours TRUSTED_PROXY_COUNT)."""
+    from axes.helpers import get_client_ip_address
+
+    return get_client_ip_address(request)
+
+
+def _money(value: Decimal | None) -> str:
+    return "—" if value is None else f"${value.quantize(CENT):,}"
+
+
+def _month_start() -> datetime.date:
+    # Rollup days are days in the site's TIME_ZONE (see billing.dashboard).
+    return timezone.localdate().replace(day=1)
+
+
+def _spend_since(owner_field: str, since: datetime.date) -> Coalesce:
+    """This owner's spend from the daily rollup, as one correlated subquery (no query per row)."""
+    spend = (
+        DailyUsage.objects.filter(**{owner_field: OuterRef("pk")}, day__gte=since)
+        .order_by()
+        .values(owner_field)
+        .annotate(total=Sum("cost"))
+        .values("total")
+    )
+    money = DecimalField(**MONEY)
+    return Coalesce(Subquery(spend, output_field=money), Value(ZERO, output_field=money), output_field=money)
+
+
+def _budget_lines(budgets) -> str:
+    """One line per budget: period, spent of limit, what is left (spent and held count)."""
+    if not budgets:
+        return "—"
+    return format_html_join(
+        mark_safe("<br>"),  # noqa: S308 - a constant
+        "{}: {} / {} ({})",
+        (
+            (
+                b.get_period_display(),
+                _money(b.spent),
+                _money(b.limit),
+                _("%(left)s left") % {"left": _money(max(ZERO, b.limit - b.spent - b.reserved))},
+            )
+            for b in budgets
+        ),
+    )
+
+
+_BUDGET_FIELDS = ("id", "user_id", "team_id", "period", "limit", "spent", "reserved")
+
+
+# --- Users ----------------------------------------------------------------------------------
+
+
+class BudgetForm(forms.Form):
+    period = forms.ChoiceField(label=gettext_lazy("Period"), choices=Budget.Period.choices)
+    limit = forms.DecimalField(
+        label=gettext_lazy("Limit (USD)"), min_value=ZERO, max_digits=MONEY["max_digits"] - 4, decimal_places=4
+    )
+
+
+@admin.register(User)
+class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
+    list_display = (
+        "username", "email", "is_active", "is_staff", "spend_this_month", "budgets_display", "last_active", "teams_display",
+    )  # fmt: skip
+    list_filter = ("is_active", "is_staff", "is_superuser")
+    search_fields = ("username", "email", "display_name")
+    ordering = ("username",)
+    actions = ("disable_users", "set_budget", "export_data", "erase_users")
+    readonly_fields = ("last_login", "date_joined", "usage_summary")
+    fieldsets = (
+        *DjangoUserAdmin.fieldsets,
+        (gettext_lazy("Profile"), {"fields": ("display_name", "timezone", "language", "default_model")}),
+        (gettext_lazy("Limits"), {"fields": ("requests_per_minute", "tokens_per_minute")}),
+        (gettext_lazy("Usage"), {"fields": ("usage_summary",)}),
+    )
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                month_spend=_spend_since("user", _month_start()),
+                # The last day with usage: one index probe (daily_user_day) per listed user.
+                last_used=Subquery(DailyUsage.objects.filter(user=OuterRef("pk")).order_by("-day").values("day")[:1]),
+            )
+            .prefetch_related(
+                Prefetch("budgets", queryset=Budget.objects.only(*_BUDGET_FIELDS).order_by("period")),
+                Prefetch("teams", queryset=Team.objects.only("id", "name")),
+            )
+        )
+
+    @admin.display(description=gettext_lazy("spend this month"), ordering="month_spend")
+    def spend_this_month(self, obj: User) -> str:
+        return _money(getattr(obj, "month_spend", None))
+
+    @admin.display(description=gettext_lazy("budgets: spent / limit"))
+    def budgets_display(self, obj: User) -> str:
+        return _budget_lines(obj.budgets.all())
+
+    @admin.display(description=gettext_lazy("last active"), ordering="last_login")
+    def last_active(self, obj: User) -> str:
+        """The later of the last login and the last day with usage (a session can last weeks)."""
+        days = [d for d in (obj.last_login and timezone.localdate(obj.last_login), getattr(obj, "last_used", None)) if d]
+        return max(days).isoformat() if days else "—"
+
+    @admin.display(description=gettext_lazy("teams"))
+    def teams_display(self, obj: User) -> str:
+        return ", ".join(t.name for t in obj.teams.all()) or "—"
+
+    @admin.display(description=gettext_lazy("usage"))
+    def usage_summary(self, obj: User) -> str:
+        if obj.pk is None:
+            return "—"
+        return format_html(
+            "{}: {}<br>{}: {}<br>{}: {}",
+            _("Spend this month"), _money(getattr(obj, "month_spend", None)),
+            _("Budgets"), _budget_lines(obj.budgets.all()),
+            _("Teams"), self.teams_display(obj),
+        )  # fmt: skip
+
+    # Role changes (staff, superuser, active, groups, permissions) are audited. The snapshot is
+    # taken before the form is saved; the comparison after the many-to-many fields are.
+    def save_model(self, request, obj, form, change):
+        request._parley_roles_before = admin_services.user_roles_snapshot(user=User.objects.get(pk=obj.pk)) if change else {}
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        admin_services.user_roles_audit(
+            user=form.instance, before=getattr(request, "_parley_roles_before", {}), actor=request.user, ip_address=client_ip(request)
+        )
+
+    def user_change_password(self, request, id, form_url=""):
+        response = super().user_change_password(request, id, form_url)
+        if request.method == "POST" and response.status_code == 302:  # the form was accepted
+            audit_record(
+                action="user.password_set_by_admin", actor=request.user, target_type="accounts.user", target_id=str(id),
+                ip_address=client_ip(request),
+            )  # fmt: skip
+        return response
+
+    def has_delete_permission(self, request, obj=None):
+        # Deleting the row would skip erasure's cleanup of files, caches and ledger links:
+        # the "erase" action is the only way an account goes.
+        return False
+
+    def has_erase_permission(self, request) -> bool:
+        return request.user.has_perm("accounts.delete_user")
+
+    def has_budget_permission(self, request) -> bool:
+        return request.user.has_perm("billing.add_budget") and request.user.has_perm("billing.change_budget")
+
+    @admin.action(description=gettext_lazy("Disable selected accounts"), permissions=["change"])
+    def disable_users(self, request, queryset):
+        done = 0
+        for user in queryset:
+            try:
+                done += admin_services.user_disable(user=user, actor=request.user, ip_address=client_ip(request))
+            except admin_services.CannotDisableSelf:
+                self.message_user(request, _("You cannot disable your own account."), messages.ERROR)
+        if done:
+            self.message_user(
+                request, ngettext("%(n)d account disabled.", "%(n)d accounts disabled.", done) % {"n": done}, messages.SUCCESS
+            )
+
+    @admin.action(description=gettext_lazy("Set a budget for selected accounts"), permissions=["budget"])
+    def set_budget(self, request, queryset):
+        from billing import budgets
+
+        form = BudgetForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            period, limit = form.cleaned_data["period"], form.cleaned_data["limit"]
+            with transaction.atomic():
+                for user in queryset:
+                    budgets.budget_set(user=user, period=period, limit=limit, actor=request.user)
+                    audit_record(
+                        action="admin.budget_set", actor=request.user, target=user, ip_address=client_ip(request),
+                        data={"period": period, "limit": str(limit)},
+                    )  # fmt: skip
+            n = len(queryset)
+            self.message_user(
+                request,
+                ngettext("Budget set for %(n)d account.", "Budget set for %(n)d accounts.", n) % {"n": n},
+                messages.SUCCESS,
+            )
+            return None
+        return self._intermediate(
+            request, queryset, "admin/parley/set_budget.html", _("Set a budget"), "set_budget", form=form
+        )
+
+    @admin.action(description=gettext_lazy("Export the data of selected accounts"), permissions=["change"])
+    def export_data(self, request, queryset):
+        for user in queryset:
+            export = data_rights.export_request(user=user)
+            audit_record(
+                action="admin.user_export", actor=request.user, target=user, ip_address=client_ip(request),
+                data={"export_id": str(export.pk)},
+            )  # fmt: skip
+        n = len(queryset)
+        self.message_user(
+            request,
+            ngettext(
+                "Export started for %(n)d account; it is delivered to the account holder.",
+                "Exports started for %(n)d accounts; each is delivered to its account holder.",
+                n,
+            )
+            % {"n": n},
+            messages.SUCCESS,
+        )
+
+    @admin.action(description=gettext_lazy("Erase selected accounts…"), permissions=["erase"])
+    def erase_users(self, request, queryset):
+        users = list(queryset)
+        if any(u.pk == request.user.pk for u in users):
+            self.message_user(request, _("You cannot erase your own account from here."), messages.ERROR)
+            return None
+        if request.POST.get("confirm") == "yes":
+            for user in users:
+                erasure = data_rights.erasure_request(user=user, requested_by=request.user)
+                # By id only: the name is about to disappear everywhere.
+                audit_record(
+                    action="admin.user_erase", actor=request.user, target_type="accounts.user", target_id=str(user.pk),
+                    ip_address=client_ip(request), data={"erasure_id": str(erasure.pk)},
+                )  # fmt: skip
+            self.message_user(
+                request,
+                ngettext("Erasure started for %(n)d account.", "Erasure started for %(n)d accounts.", len(users))
+                % {"n": len(users)},
+                messages.SUCCESS,
+            )
+            return None
+        previews = [(u, sorted(data_rights.erasure_preview(user=u).items())) for u in users]
+        return self._intermediate(
+            request, queryset, "admin/parley/erase_confirm.html", _("Erase accounts"), "erase_users", previews=previews
+        )
+
+    def _intermediate(self, request, queryset, template: str, title: str, action: str, **extra):
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "opts": self.model._meta,
+            "queryset": queryset,
+            "action": action,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+            **extra,
+        }
+        return TemplateResponse(request, template, context)
+
+
+# --- Groups (their permissions are roles) -----------------------------------------------
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(DjangoGroupAdmin):
+    def save_related(self, request, form, formsets, change):
+        group = form.instance
+        before = set(group.permissions.values_list("pk", flat=True)) if change else set()
+        super().save_related(request, form, formsets, change)
+        after = set(group.permissions.values_list("pk", flat=True))
+        if before != after:
+            audit_record(
+                action="group.permissions_changed", actor=request.user, target=group, ip_address=client_ip(request),
+                data={"added": sorted(after - before), "removed": sorted(before - after)},
+            )  # fmt: skip
+
+
+# --- Teams ----------------------------------------------------------------------------------
+
+
+class TeamMembershipInline(admin.TabularInline):
+    model = TeamMembership
+    extra = 1
+    raw_id_fields = ("user",)  # a select of every user would not load on a big site
+    fields = ("user", "joined_at")
+    readonly_fields = ("joined_at",)
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    list_display = ("name", "member_count", "spend_this_month", "budgets_display", "created_at")
+    search_fields = ("name",)
+    inlines = (TeamMembershipInline,)
+    show_full_result_count = False
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                n_members=Subquery(
+                    TeamMembership.objects.filter(team=OuterRef("pk")).order_by().values("team").annotate(n=Count("pk")).values("n")
+                ),
+                month_spend=_spend_since("team", _month_start()),
+            )
+            .prefetch_related(Prefetch("budgets", queryset=Budget.objects.only(*_BUDGET_FIELDS).order_by("period")))
+        )
+
+    @admin.display(description=gettext_lazy("members"), ordering="n_members")
+    def member_count(self, obj: Team) -> int:
+        return getattr(obj, "n_members", None) or 0
+
+    @admin.display(description=gettext_lazy("spend this month"), ordering="month_spend")
+    def spend_this_month(self, obj: Team) -> str:
+        return _money(getattr(obj, "month_spend", None))
+
+    @admin.display(description=gettext_lazy("budgets: spent / limit"))
+    def budgets_display(self, obj: Team) -> str:
+        return _budget_lines(obj.budgets.all())
+
+    def save_related(self, request, form, formsets, change):
+        team = form.instance
+        before = list(team.teammembership_set.values_list("user_id", flat=True)) if change else []
+        super().save_related(request, form, formsets, change)
+        admin_services.team_members_audit(team=team, before=before, actor=request.user, ip_address=client_ip(request))
+
+
+# --- Audit log ------------------------------------------------------------------------------
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(BigTableAdminMixin, admin.ModelAdmin):
+    """Read-only for everyone, superusers included: the log is append-only."""
+
+    list_display = ("created_at", "action", "actor_display", "target_type", "target_id", "ip_address")
+    list_filter = ("action", "target_type", "created_at")
+    date_hierarchy = None  # a date drill-down would run DISTINCT over the whole table
+    search_fields = ("action",)  # see get_search_results: exact matches on indexed columns only
+    fields = ("created_at", "action", "actor_display", "target_type", "target_id", "ip_address", "data_display")
+    readonly_fields = fields
+    ordering = ("-created_at",)
+
+    def get_queryset(self, request):
+        # The actor's name in the same query; an erased actor stays as a bare id.
+        username = User.objects.filter(pk=OuterRef("actor_id")).values("username")[:1]
+        # `data` is only shown on the detail page (one more query there): not loaded for lists.
+        return super().get_queryset(request).annotate(actor_username=Subquery(username)).defer("data")
+
+    def get_search_results(self, request, queryset, search_term):
+        """A term is an actor id, a target id or an action, matched exactly (indexed columns)."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        match = Q(target_id=term) | Q(action=term)
+        if term.isdigit() and len(term) < 19:
+            match |= Q(actor_id=int(term))
+        return queryset.filter(match), False
+
+    @admin.display(description=gettext_lazy("actor"), ordering="actor_id")
+    def actor_display(self, obj: AuditEvent) -> str:
+        if obj.actor_id is None:
+            return _("system")
+        name = getattr(obj, "actor_username", None)
+        return f"{name} (#{obj.actor_id})" if name else _("#%(id)s (erased)") % {"id": obj.actor_id}
+
+    @admin.display(description=gettext_lazy("data"))
+    def data_display(self, obj: AuditEvent) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(obj.data, indent=2, sort_keys=True, ensure_ascii=False))
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,66 @@
+"""Writes the admin makes to accounts that no other service covers: disabling an account, and the
+audit entries of an operator's changes to roles and team membership.
+
+Kept apart from accounts/services.py (the sign-up and profile services) so the admin's rules and
+their audit rows live in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db import transaction
+
+from .audit import audit_record
+from .models import Team, User
+
+# The fields of a user whose change is a change of role (what they may do), audited as such.
+ROLE_FIELDS = ("is_active", "is_staff", "is_superuser")
+
+
+class CannotDisableSelf(Exception):
+    """An operator disabling their own account would lock themselves out mid-action."""
+
+
+def user_disable(*, user: User, actor: User | None, ip_address: str | None = None) -> bool:
+    """Disable `user`'s account; their sessions stop working at the next request (Django's
+    ModelBackend refuses inactive users). Returns False when already disabled (no audit row)."""
+    if actor is not None and actor.pk == user.pk:
+        raise CannotDisableSelf
+    with transaction.atomic():
+        changed = User.objects.filter(pk=user.pk, is_active=True).update(is_active=False)
+        if changed:
+            audit_record(action="user.disabled", actor=actor, target=user, ip_address=ip_address)
+    user.is_active = False
+    return bool(changed)
+
+
+def user_roles_snapshot(*, user: User) -> dict:
+    """What a user may do, as plain ids and flags, for comparing before and after an edit."""
+    if user.pk is None:
+        return {}
+    snapshot = {name: getattr(user, name) for name in ROLE_FIELDS}
+    snapshot["groups"] = sorted(user.groups.values_list("pk", flat=True))
+    snapshot["permissions"] = sorted(user.user_permissions.values_list("pk", flat=True))
+    return snapshot
+
+
+def user_roles_audit(*, user: User, before: dict, actor: User | None, ip_address: str | None = None) -> None:
+    """Write one `user.roles_changed` row listing [before, after] of what changed, if anything."""
+    after = user_roles_snapshot(user=user)
+    changes = {name: [before.get(name), value] for name, value in after.items() if before.get(name) != value}
+    if before and changes:
+        audit_record(action="user.roles_changed", actor=actor, target=user, ip_address=ip_address, data=changes)
+    elif not before:
+        audit_record(action="user.created", actor=actor, target=user, ip_address=ip_address, data=after)
+
+
+def team_members_audit(
+    *, team: Team, before: Iterable[int], actor: User | None, ip_address: str | None = None
+) -> None:
+    """Write `team.member_added` / `team.member_removed` rows (user ids only) for an edit."""
+    before_ids = set(before)
+    after_ids = set(team.teammembership_set.values_list("user_id", flat=True))
+    for user_id in sorted(after_ids - before_ids):
+        audit_record(action="team.member_added", actor=actor, target=team, ip_address=ip_address, data={"user_id": user_id})
+    for user_id in sorted(before_ids - after_ids):
+        audit_record(action="team.member_removed", actor=actor, target=team, ip_address=ip_address, data={"user_id": user_id})

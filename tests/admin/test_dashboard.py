@@ -1,0 +1,248 @@
+"""The cost dashboard: figures equal the ledger, constant queries, access rules, bad input."""
+
+import csv
+import datetime
+import io
+import re
+import zoneinfo
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.db.models import Count, Q, Sum
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from billing import dashboard as d
+from billing.dashboard_views import Dashboard
+from billing.models import Budget, ProviderKey, UsageRecord
+
+URL = "/admin/dashboard/"
+
+
+def ledger_sums(rng: d.DashboardRange, **filters) -> dict:
+    start, end = rng.utc_bounds()
+    qs = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end, **filters)
+    if rng.team is not None:
+        qs = qs.filter(team=rng.team)
+    sums = qs.aggregate(
+        requests=Count("id"), errors=Count("id", filter=Q(outcome="error")),
+        input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"),
+    )  # fmt: skip
+    # Added in Python: SQLite's SUM of decimals is floating point, the ledger's truth is not.
+    sums["cost"] = sum(qs.values_list("cost", flat=True), Decimal(0))
+    return sums
+
+
+def messages_of(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]] if response.context else []
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"range": "today"}, {"range": "7d"}, {"range": "30d"}, {"range": "month"}, {"from": "2000-01-01", "to": "2100-01-01"}],
+    ids=["today", "7d", "30d", "month", "custom-all"],
+)
+def test_dashboard_figures_equal_the_ledger_sums_for_the_same_range(params, make_ledger, members, teams, provider_keys):
+    make_ledger(600, users=members, teams=teams, keys=provider_keys, days=45)
+    if "from" in params:  # an over-wide custom range is refused; use the widest allowed one
+        today = timezone.localdate()
+        params = {"from": (today - datetime.timedelta(days=d.MAX_RANGE_DAYS - 1)).isoformat(), "to": today.isoformat()}
+    for team in (None, teams[0]):
+        query = {**params, **({"team": str(team.pk)} if team else {})}
+        rng, problems = d.dashboard_range_parse(params=query, today=timezone.localdate())
+        assert problems == []
+        spend = d.dashboard_spend(rng=rng)
+        expected = ledger_sums(rng)
+        assert spend.total.cost == (expected["cost"] or Decimal(0))  # exact, so also to the cent
+        assert spend.total.requests == expected["requests"]
+        assert spend.total.errors == expected["errors"]
+        assert spend.total.input_tokens == (expected["input_tokens"] or 0)
+        assert spend.total.output_tokens == (expected["output_tokens"] or 0)
+        for provider, usage in spend.by_provider.items():
+            assert usage.cost == ledger_sums(rng, provider=provider)["cost"]
+        for (provider, model), usage in spend.by_model.items():
+            assert usage.cost == ledger_sums(rng, provider=provider, model=model)["cost"]
+        for row in d.dashboard_top_users(rng=rng):
+            assert row["cost"] == ledger_sums(rng, user_id=row["user_id"])["cost"]
+        for row in d.dashboard_top_teams(rng=rng):
+            assert row["cost"] == ledger_sums(rng, team_id=row["team_id"])["cost"]
+        for row in d.dashboard_by_key(rng=rng):
+            start, end = rng.utc_bounds()
+            # Key statistics are kept for all teams together.
+            led = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end, key_id=row["key_id"], provider=row["provider"])
+            assert row["requests"] == led.count()
+            assert row["errors"] == led.filter(outcome="error").count()
+
+
+def test_dashboard_page_shows_the_ledger_total_to_the_cent_and_the_csv_is_exact(su_client, make_ledger, members, teams):
+    make_ledger(300, users=members, teams=teams, days=20)
+    response = su_client.get(URL, {"range": "30d"})
+    assert response.status_code == 200
+    rng = response.context["rng"]
+    total = ledger_sums(rng)["cost"]
+    assert f"${total.quantize(Decimal('0.01')):,}" in response.content.decode()
+
+    csv_response = su_client.get(URL, {"range": "30d", "format": "csv", "table": "models"})
+    assert csv_response["Content-Type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(csv_response.content.decode())))
+    assert sum(Decimal(r[1]) for r in rows[1:]) == total
+
+
+def test_dashboard_and_ledger_links_lead_to_the_rows_behind_a_figure(su_client, make_ledger, members, teams):
+    make_ledger(50, users=members, teams=teams, days=5)
+    response = su_client.get(URL, {"range": "7d"})
+    users = Dashboard(response.context["rng"], user=response.wsgi_request.user).table_users()
+    link = users.links[0]
+    assert link.startswith(reverse("admin:billing_usagerecord_changelist"))
+    listing = su_client.get(link)
+    assert listing.status_code == 200
+    shown = listing.context["cl"].queryset
+    rng = response.context["rng"]
+    user_id = int(re.search(r"user__id__exact=(\d+)", link).group(1))
+    assert shown.count() == ledger_sums(rng, user_id=user_id)["requests"]
+
+
+def _query_count(client, url, params=None) -> int:
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url, params or {})
+    assert response.status_code == 200
+    return len(ctx.captured_queries)
+
+
+def test_dashboard_runs_the_same_small_number_of_queries_with_10_or_10000_ledger_records(
+    su_client, make_ledger, members, teams, provider_keys
+):
+    make_ledger(10, users=members, teams=teams, keys=provider_keys, days=30)
+    Budget.objects.create(user=members[0], period="month", limit=Decimal("1"), spent=Decimal("0.95"))
+    few = _query_count(su_client, URL, {"range": "30d", "team": teams[0].pk})
+    make_ledger(9_990, users=members, teams=teams, keys=provider_keys, days=30, seed=8)
+    Budget.objects.create(team=teams[0], period="month", limit=Decimal("1"), spent=Decimal("2"))
+    many = _query_count(su_client, URL, {"range": "30d", "team": teams[0].pk})
+    assert few == many
+    assert many <= 16
+
+
+def test_anonymous_and_non_staff_get_the_login_page(client, make_user):
+    response = client.get(URL)
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    client.force_login(make_user("plain"))
+    response = client.get(URL)
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_staff_without_the_dashboard_permission_get_403(client, make_staff):
+    client.force_login(make_staff("accounts.view_user"))
+    assert client.get(URL).status_code == 403
+    assert client.get(URL, {"format": "csv", "table": "users"}).status_code == 403
+
+
+def test_staff_with_the_dashboard_permission_see_it_and_the_index_links_it(client, make_staff, make_ledger, members):
+    make_ledger(20, users=members, days=3)
+    client.force_login(make_staff("billing.view_dashboard"))
+    response = client.get(URL)
+    assert response.status_code == 200
+    assert URL in client.get("/admin/").content.decode()
+    # No links to ledger pages this operator could not open.
+    assert reverse("admin:billing_usagerecord_changelist") not in response.content.decode()
+    client.force_login(make_staff("billing.view_dashboard", "billing.view_usagerecord"))
+    assert reverse("admin:billing_usagerecord_changelist") in client.get(URL).content.decode()
+
+
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({"range": "custom", "from": "2025-03-10", "to": "2025-03-01"}, "start date is after the end date"),
+        ({"range": "custom", "from": "0001-01-01", "to": "9999-12-31"}, "at most"),
+        ({"range": "custom", "from": "yesterday", "to": "2025-13-45"}, "Dates must look like"),
+        ({"range": "custom", "from": "2999-01-01", "to": "2999-01-02"}, "starts in the future"),
+        ({"range": "fortnight"}, "Unknown date range"),
+        ({"team": "999999"}, "There is no team"),
+        ({"team": "physics'; --"}, "There is no team"),
+        ({"team": "9" * 40}, "There is no team"),
+    ],
+)
+def test_bad_input_shows_a_clear_message_and_the_default_range(su_client, params, expected):
+    response = su_client.get(URL, params)
+    assert response.status_code == 200
+    assert any(expected in m for m in messages_of(response)), messages_of(response)
+    rng = response.context["rng"]
+    assert rng.preset in {"7d", "custom"} and rng.start <= rng.end
+
+
+def test_csv_of_an_empty_range_says_so_instead_of_an_error(su_client, make_ledger, members):
+    make_ledger(20, users=members, days=3)
+    params = {"range": "custom", "from": "2020-01-01", "to": "2020-01-31", "format": "csv", "table": "users"}
+    response = su_client.get(URL, params, follow=True)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/html")
+    assert any("nothing to download" in m for m in messages_of(response))
+    assert response.context["rng"].start == datetime.date(2020, 1, 1)  # back on the same range
+
+
+def test_csv_of_an_unknown_table_says_so(su_client):
+    response = su_client.get(URL, {"format": "csv", "table": "passwords"}, follow=True)
+    assert response.status_code == 200
+    assert any("no table" in m for m in messages_of(response))
+
+
+def test_csv_cells_that_would_run_as_formulas_are_neutralised(su_client, make_ledger, make_user):
+    from accounts.models import Team
+
+    evil = Team.objects.create(name='=HYPERLINK("http://evil.test","x")')
+    make_ledger(10, users=[make_user("carol")], teams=[evil], days=2)
+    response = su_client.get(URL, {"range": "7d", "format": "csv", "table": "teams"})
+    rows = list(csv.reader(io.StringIO(response.content.decode())))
+    assert rows[0][0] == "Team"
+    assert rows[1][0] == "'" + evil.name
+
+
+def test_every_table_downloads_as_csv(su_client, make_ledger, members, teams, provider_keys):
+    make_ledger(200, users=members, teams=teams, keys=provider_keys, days=5)
+    ProviderKey.objects.filter(name="oa-main").update(health="invalid")
+    Budget.objects.create(user=members[0], period="month", limit=Decimal("1"), spent=Decimal("0.9"))
+    for name in Dashboard.TABLES:
+        response = su_client.get(URL, {"range": "7d", "format": "csv", "table": name})
+        assert response["Content-Type"].startswith("text/csv"), name
+        assert f"parley-{name}-" in response["Content-Disposition"]
+
+
+def test_budgets_near_their_limit_and_unhealthy_keys_are_listed(su_client, members, teams, provider_keys):
+    Budget.objects.create(user=members[0], period="month", limit=Decimal("10"), spent=Decimal("7"), reserved=Decimal("1.5"))
+    Budget.objects.create(user=members[1], period="month", limit=Decimal("10"), spent=Decimal("1"))
+    Budget.objects.create(team=teams[0], period="day", limit=Decimal("5"), spent=Decimal("6"))
+    ProviderKey.objects.filter(name="oa-main").update(health="cooling_down", cooldown_until=timezone.now() + datetime.timedelta(minutes=5))
+    ProviderKey.objects.filter(name="an-main").update(health="invalid", last_error_kind="auth")
+    response = su_client.get(URL)
+    tables = {t.name: t for t in response.context["tables"]}
+    owners = [row[0] for row in tables["budgets"].rows]
+    assert owners == ["team Physics", "user member0"]  # the fuller first; member1 is fine
+    assert sorted(row[1] for row in tables["key_alerts"].rows) == ["an-main", "oa-main"]
+
+
+def test_team_filter_narrows_spend_to_that_team(su_client, make_ledger, members, teams):
+    make_ledger(200, users=members, teams=teams, days=5)
+    response = su_client.get(URL, {"range": "7d", "team": teams[1].pk})
+    rng = response.context["rng"]
+    assert rng.team == teams[1]
+    assert d.dashboard_spend(rng=rng).total.cost == ledger_sums(rng)["cost"]
+    assert [row[0] for row in response.context["tables"][3].rows] == ["Chemistry"]
+
+
+def test_the_range_is_the_operators_today(client, make_staff):
+    staff = make_staff("billing.view_dashboard")
+    staff.timezone = "Pacific/Kiritimati"  # UTC+14: often a different date than UTC
+    staff.save(update_fields=["timezone"])
+    client.force_login(staff)
+    rng = client.get(URL, {"range": "today"}).context["rng"]
+    assert rng.start == rng.end == timezone.localdate(timezone=zoneinfo.ZoneInfo("Pacific/Kiritimati"))
+
+
+def test_page_has_no_inline_script_and_passes_chart_data_as_json(su_client, make_ledger, members):
+    make_ledger(30, users=members, days=5)
+    html = su_client.get(URL).content.decode()
+    for tag in re.findall(r"<script[^>]*>", html):
+        assert "src=" in tag or 'type="application/json"' in tag, tag
+    assert "vendor/chartjs/chart.umd.min.js" in html and "js/admin_dashboard.js" in html
+    assert 'id="dashboard-chart-data"' in html

@@ -1,0 +1,217 @@
+"""User and team admin: the list (fast, constant queries), the four actions and their audit rows.
+The services of other branches are monkeypatched (fixtures fake_budget_set, fake_rights)."""
+
+from decimal import Decimal
+
+import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from accounts.models import AuditEvent, DataExport, Team, TeamMembership, User
+from billing.models import Budget
+
+USERS = "/admin/accounts/user/"
+
+
+def act(client, action, users, **extra):
+    return client.post(USERS, {"action": action, ACTION_CHECKBOX_NAME: [u.pk for u in users], **extra})
+
+
+def audits(action):
+    return list(AuditEvent.objects.filter(action=action))
+
+
+def test_user_list_shows_spend_budget_remaining_and_teams(su_client, make_ledger, members, teams):
+    records = make_ledger(40, users=[members[0]], teams=teams, days=1)
+    Budget.objects.create(user=members[0], period="month", limit=Decimal("50"), spent=Decimal("12.5"), reserved=Decimal("2.5"))
+    response = su_client.get(USERS)
+    assert response.status_code == 200
+    html = response.content.decode()
+    month_spend = sum(r.cost for r in records)
+    assert f"${month_spend.quantize(Decimal('0.01')):,}" in html
+    assert "$12.50 / $50.00 ($35.00 left)" in html
+    assert "Physics" in html
+
+
+def test_user_list_runs_the_same_queries_with_10_or_10000_ledger_records(su_client, make_ledger, members, teams):
+    for i, person in enumerate(members):
+        Budget.objects.create(user=person, period="month", limit=Decimal("10"), spent=Decimal(i))
+    make_ledger(10, users=members, teams=teams, days=20)
+    with CaptureQueriesContext(connection) as few:
+        assert su_client.get(USERS).status_code == 200
+    make_ledger(9_990, users=members, teams=teams, days=20, seed=3)
+    with CaptureQueriesContext(connection) as many:
+        assert su_client.get(USERS).status_code == 200
+    assert len(few) == len(many) <= 12
+
+
+def test_user_list_never_counts_a_whole_big_table(su_client, make_user):
+    User.objects.bulk_create([User(username=f"bulk{i}", email=f"bulk{i}@example.test") for i in range(30)])
+    with CaptureQueriesContext(connection) as ctx:
+        su_client.get(USERS)
+    counts = [q["sql"] for q in ctx.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert counts and all("LIMIT" in sql.upper() for sql in counts), counts
+
+
+def test_disable_action_disables_and_audits_and_refuses_self(su_client, superuser, members):
+    act(su_client, "disable_users", [members[0], superuser])
+    members[0].refresh_from_db()
+    superuser.refresh_from_db()
+    assert not members[0].is_active and superuser.is_active
+    [event] = audits("user.disabled")
+    assert (event.actor_id, event.target_id) == (superuser.pk, str(members[0].pk))
+    act(su_client, "disable_users", [members[0]])  # already disabled: no second record
+    assert len(audits("user.disabled")) == 1
+
+
+def test_set_budget_asks_then_sets_and_audits(su_client, superuser, members, fake_budget_set):
+    response = act(su_client, "set_budget", members[:2])
+    assert response.status_code == 200 and b'name="limit"' in response.content
+    assert fake_budget_set == []
+    act(su_client, "set_budget", members[:2], apply="1", period="month", limit="25.50")
+    assert [(c["user"].pk, c["period"], c["limit"], c["actor"].pk) for c in fake_budget_set] == [
+        (members[0].pk, "month", Decimal("25.50"), superuser.pk),
+        (members[1].pk, "month", Decimal("25.50"), superuser.pk),
+    ]
+    assert sorted(e.target_id for e in audits("admin.budget_set")) == sorted(str(m.pk) for m in members[:2])
+    assert audits("admin.budget_set")[0].data == {"period": "month", "limit": "25.50"}
+
+
+@pytest.mark.parametrize("limit, period", [("-5", "month"), ("lots", "month"), ("1e40", "month"), ("10", "decade")])
+def test_set_budget_with_bad_input_explains_and_changes_nothing(su_client, members, fake_budget_set, limit, period):
+    response = act(su_client, "set_budget", members[:1], apply="1", period=period, limit=limit)
+    assert response.status_code == 200
+    assert response.context["form"].errors
+    assert fake_budget_set == [] and not audits("admin.budget_set")
+
+
+def test_export_action_requests_exports_and_audits(su_client, superuser, members, fake_rights):
+    act(su_client, "export_data", members[:2])
+    assert fake_rights["export"] == [members[0].pk, members[1].pk]
+    events = audits("admin.user_export")
+    assert len(events) == 2 and all(e.actor_id == superuser.pk for e in events)
+    assert {e.data["export_id"] for e in events} == {str(x.pk) for x in DataExport.objects.all()}
+
+
+def test_erase_shows_what_will_be_removed_then_erases_and_audits_by_id(su_client, superuser, members, fake_rights):
+    response = act(su_client, "erase_users", members[:1])
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "member0" in html and "messages: 42" in html and "conversations: 3" in html
+    assert fake_rights["erase"] == [] and not audits("admin.user_erase")
+
+    act(su_client, "erase_users", members[:1], confirm="yes")
+    assert fake_rights["erase"] == [(members[0].pk, superuser.pk)]
+    [event] = audits("admin.user_erase")
+    assert (event.actor_id, event.target_type, event.target_id) == (superuser.pk, "accounts.user", str(members[0].pk))
+    assert "member0" not in str(event.data)
+
+
+def test_erase_refuses_the_operators_own_account(su_client, superuser, fake_rights):
+    response = su_client.post(
+        USERS, {"action": "erase_users", ACTION_CHECKBOX_NAME: [superuser.pk], "confirm": "yes"}, follow=True
+    )
+    assert fake_rights["erase"] == []
+    assert any("cannot erase your own" in str(m) for m in response.context["messages"])
+
+
+def test_users_cannot_be_deleted_only_erased(su_client, members):
+    assert su_client.get(f"{USERS}{members[0].pk}/delete/").status_code == 403
+    assert User.objects.filter(pk=members[0].pk).exists()
+
+
+def test_role_changes_are_audited(su_client, superuser, members):
+    person = members[0]
+    response = su_client.get(f"{USERS}{person.pk}/change/")
+    form = response.context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None and k not in {"password", "groups", "user_permissions"}}
+    data.update({"is_staff": "on", "is_active": "on", "last_login_0": "", "last_login_1": "", "date_joined_0": "2025-01-01",
+                 "date_joined_1": "00:00:00"})
+    data.pop("last_login", None)
+    data.pop("date_joined", None)
+    response = su_client.post(f"{USERS}{person.pk}/change/", data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    [event] = audits("user.roles_changed")
+    assert event.data == {"is_staff": [False, True]} and event.actor_id == superuser.pk
+
+
+def test_team_admin_lists_members_budget_and_spend_and_audits_membership(su_client, superuser, teams, members, make_user):
+    Budget.objects.create(team=teams[0], period="week", limit=Decimal("100"), spent=Decimal("40"))
+    html = su_client.get("/admin/accounts/team/").content.decode()
+    assert "$40.00 / $100.00" in html
+    newcomer = make_user("newcomer")
+    team = teams[0]
+    existing = list(TeamMembership.objects.filter(team=team))
+    data = {
+        "name": team.name, "requests_per_minute": "", "tokens_per_minute": "",
+        "created_at_0": "2025-01-01", "created_at_1": "00:00:00",
+        "teammembership_set-TOTAL_FORMS": str(len(existing) + 1), "teammembership_set-INITIAL_FORMS": str(len(existing)),
+        "teammembership_set-MIN_NUM_FORMS": "0", "teammembership_set-MAX_NUM_FORMS": "1000",
+    }  # fmt: skip
+    for i, m in enumerate(existing):
+        data.update({f"teammembership_set-{i}-id": m.pk, f"teammembership_set-{i}-team": team.pk,
+                     f"teammembership_set-{i}-user": m.user_id, f"teammembership_set-{i}-DELETE": "on" if i == 0 else ""})
+    n = len(existing)
+    data.update({f"teammembership_set-{n}-team": team.pk, f"teammembership_set-{n}-user": newcomer.pk})
+    response = su_client.post(f"/admin/accounts/team/{team.pk}/change/", data)
+    assert response.status_code == 302, response.context and response.context["errors"]
+    assert audits("team.member_added")[0].data == {"user_id": newcomer.pk}
+    assert audits("team.member_removed")[0].data == {"user_id": existing[0].user_id}
+    assert Team.objects.get(pk=team.pk).members.filter(pk=newcomer.pk).exists()
+
+
+def test_staff_without_permission_get_403_on_user_and_team_lists(client, make_staff):
+    client.force_login(make_staff("billing.view_dashboard"))
+    assert client.get(USERS).status_code == 403
+    assert client.get("/admin/accounts/team/").status_code == 403
+
+
+def test_staff_who_may_only_view_users_cannot_run_actions(client, make_staff, members, fake_rights, fake_budget_set):
+    client.force_login(make_staff("accounts.view_user"))
+    response = client.get(USERS)
+    assert response.status_code == 200
+    assert response.context["action_form"] is None  # no action this operator may run
+    act(client, "disable_users", members[:1])
+    act(client, "erase_users", members[:1], confirm="yes")
+    act(client, "set_budget", members[:1], apply="1", period="month", limit="1")
+    members[0].refresh_from_db()
+    assert members[0].is_active and fake_rights["erase"] == [] and fake_budget_set == []
+    assert not AuditEvent.objects.exists()
+
+
+def test_staff_with_change_but_not_delete_cannot_erase(client, make_staff, members, fake_rights):
+    client.force_login(make_staff("accounts.view_user", "accounts.change_user"))
+    actions = [name for name, _ in client.get(USERS).context["action_form"].fields["action"].choices]
+    assert "disable_users" in actions and "export_data" in actions
+    assert "erase_users" not in actions and "set_budget" not in actions
+
+
+
+def test_user_list_shows_last_active_from_usage_when_never_logged_in(su_client, make_ledger, members):
+    records = make_ledger(5, users=[members[1]], days=3)
+    last_day = max(timezone.localdate(r.created_at) for r in records)
+    response = su_client.get(USERS)
+    row = next(u for u in response.context["cl"].result_list if u.pk == members[1].pk)
+    assert members[1].last_login is None
+    assert response.context["cl"].model_admin.last_active(row) == last_day.isoformat()
+
+
+def test_password_set_by_an_admin_and_group_permission_changes_are_audited(su_client, superuser, members):
+    from django.contrib.auth.models import Group, Permission
+
+    response = su_client.post(
+        f"{USERS}{members[0].pk}/password/",
+        {"password1": "a new Passphrase 42!", "password2": "a new Passphrase 42!", "usable_password": "true"},
+    )
+    assert response.status_code == 302
+    [event] = audits("user.password_set_by_admin")
+    assert event.target_id == str(members[0].pk) and "Passphrase" not in str(event.data)
+
+    perm = Permission.objects.get(codename="view_dashboard")
+    response = su_client.post("/admin/auth/group/add/", {"name": "operators", "permissions": [perm.pk]})
+    assert response.status_code == 302
+    [event] = audits("group.permissions_changed")
+    assert event.data == {"added": [perm.pk], "removed": []}
+    assert event.target_id == str(Group.objects.get(name="operators").pk)
