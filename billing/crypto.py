@@ -44,7 +44,7 @@ def _configured_keys() -> tuple[str, ...]:
     keys = tuple(k.strip() for k in (settings.FIELD_ENCRYPTION_KEYS or []) if k and k.strip())
     if keys:
         return keys
-    if not _warned and not getattr(settings, "TESTING", False):
+    if not _warned and getattr(settings, "WARN_DEV_DEFAULTS", False):
         logger.warning(
             "FIELD_ENCRYPTION_KEYS is not set: provider keys are encrypted with a key derived from "
             "DJANGO_SECRET_KEY; set FIELD_ENCRYPTION_KEYS so changing the secret key keeps them readable"

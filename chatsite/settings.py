@@ -366,6 +366,12 @@ LOGGING = {
     },
 }
 
+# Development defaults are announced by the processes that serve (Daphne, Celery, runserver,
+# check), not by every management command: a command's bad input must stay a one-line error.
+_PROCESS = Path(sys.argv[0]).name if sys.argv else ""
+WARN_DEV_DEFAULTS = not TESTING and (
+    _PROCESS in {"daphne", "celery"} or (len(sys.argv) > 1 and sys.argv[1] in {"runserver", "check"})
+)
 # Last, so that a configuration error above stops the process before any warning is printed.
-if USING_DEV_SECRET and not TESTING:
+if USING_DEV_SECRET and WARN_DEV_DEFAULTS:
     sys.stderr.write("parley: warning: DJANGO_SECRET_KEY is not set: using the development key\n")

@@ -44,12 +44,12 @@ def test_unset_keys_derive_from_the_secret_key(settings):
         secret_decrypt(token)
 
 
-def test_unset_keys_warn_outside_tests(settings, caplog, monkeypatch):
+def test_unset_keys_warn_in_serving_processes(settings, caplog, monkeypatch):
     import billing.crypto
 
     monkeypatch.setattr(billing.crypto, "_warned", False)
     settings.FIELD_ENCRYPTION_KEYS = []
-    settings.TESTING = False
+    settings.WARN_DEV_DEFAULTS = True  # as in a serving process (Daphne, Celery)
     with caplog.at_level("WARNING", logger="billing.crypto"):
         secret_encrypt(SECRET)
     assert "FIELD_ENCRYPTION_KEYS is not set" in caplog.text
