@@ -7,7 +7,6 @@ check state first, so a task delivered twice does its work once.
 from __future__ import annotations
 
 from celery import shared_task
-from celery.schedules import crontab
 
 from . import data_rights
 
@@ -43,14 +42,3 @@ def erasures_resume_task() -> None:
 @shared_task(name="accounts.conversations_retention", ignore_result=True)
 def conversations_retention_task() -> None:
     data_rights.retention_purge()
-
-
-# For the lead to merge into settings.CELERY_BEAT_SCHEDULE.
-BEAT_SCHEDULE = {
-    "accounts-exports-purge-expired": {"task": "accounts.exports_purge_expired", "schedule": crontab(minute="*/15")},
-    "accounts-erasures-resume": {"task": "accounts.erasures_resume", "schedule": crontab(minute="*/10")},
-    "accounts-conversations-retention": {
-        "task": "accounts.conversations_retention",
-        "schedule": crontab(hour=3, minute=30),
-    },
-}

@@ -1,7 +1,6 @@
 """Periodic work on provider keys. Thin: each task calls one service in billing.keys.
 
-Schedule (for CELERY_BEAT_SCHEDULE, added by the lead):
-    "billing.keys_health_check": {"task": "billing.keys_health_check", "schedule": 15 * 60}
+Scheduled in settings.CELERY_BEAT_SCHEDULE.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""Periodic billing work. Beat entry (added to CELERY_BEAT_SCHEDULE by the lead):
-    "billing-reservations-expire": {"task": "billing.tasks.reservations_expire", "schedule": 60.0}
+"""Periodic billing work. Scheduled in settings.CELERY_BEAT_SCHEDULE.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -197,8 +198,20 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 # Logging is configured once, by Django (LOGGING below); a worker must not replace it.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-# Periodic tasks. Each app names its entries; they are listed here, in one place, by the lead.
-CELERY_BEAT_SCHEDULE: dict = {}
+# Every periodic job in one place. Each task is idempotent, so a late or doubled run is harmless.
+CELERY_BEAT_SCHEDULE = {
+    # Replies whose process died are marked error instead of streaming forever.
+    "conversations-reap-stale-replies": {"task": "conversations.tasks.replies_reap_stale", "schedule": 60.0},
+    # Budget holds left by a dead process are released.
+    "billing-reservations-expire": {"task": "billing.tasks.reservations_expire", "schedule": 60.0},
+    "billing-keys-health-check": {"task": "billing.keys_health_check", "schedule": 15 * 60.0},
+    "accounts-exports-purge-expired": {"task": "accounts.exports_purge_expired", "schedule": crontab(minute="*/15")},
+    "accounts-erasures-resume": {"task": "accounts.erasures_resume", "schedule": crontab(minute="*/10")},
+    "accounts-conversations-retention": {
+        "task": "accounts.conversations_retention",
+        "schedule": crontab(hour=3, minute=30),
+    },
+}
 
 # --- Auth -----------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
@@ -311,6 +324,8 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="parley@localhost")
 
 # --- Product settings -----------------------------------------------------------------------
 MAX_MESSAGE_CHARS = _int("MAX_MESSAGE_CHARS", 32_000)
+# The offline demo model's pause between words, so streaming and stop are visible.
+DEMO_DELAY_MS = _int("DEMO_DELAY_MS", 20)
 DEFAULT_MODEL = env.str("DEFAULT_MODEL", default="demo:echo")
 FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[])
 ALLOW_PRIVATE_BASE_URLS = _bool("ALLOW_PRIVATE_BASE_URLS", False)

@@ -1,7 +1,6 @@
 """Celery tasks: thin, take ids, call one service. Queued with transaction.on_commit.
 
-Beat entry for settings.CELERY_BEAT_SCHEDULE (the lead adds it):
-    "conversations-reap-stale-replies": {"task": "conversations.tasks.replies_reap_stale", "schedule": 60.0}
+Scheduled in settings.CELERY_BEAT_SCHEDULE.
 """
 
 from celery import shared_task
