@@ -81,7 +81,7 @@ def _export_tasks():
     return tasks
 
 
-def export_request(*, user, requested_by=None) -> DataExport:
+def export_request(*, user, requested_by=None, ip_address: str | None = None) -> DataExport:
     """Start (or return the already running) export of `user`'s data; queued on commit.
 
     Two requests at once get the same export: the database allows one pending/running export per
@@ -99,6 +99,7 @@ def export_request(*, user, requested_by=None) -> DataExport:
                 actor=requested_by or user,
                 target_type="accounts.user",
                 target_id=str(user.pk),
+                ip_address=ip_address,
                 data={"export_id": str(export.id)},
             )
             transaction.on_commit(lambda: _export_tasks().export_build_task.delay(str(export.id)))
@@ -517,7 +518,9 @@ def erasure_preview(*, user, include_sessions: bool = True) -> dict[str, int]:
     return preview
 
 
-def erasure_request(*, user, requested_by=None, queue: bool = True) -> ErasureRequest:
+def erasure_request(
+    *, user, requested_by=None, queue: bool = True, ip_address: str | None = None
+) -> ErasureRequest:
     """Start (idempotently) the erasure of `user`; queued on commit.
 
     The account is locked at once, in this transaction: inactive and with an unusable password,
@@ -542,6 +545,7 @@ def erasure_request(*, user, requested_by=None, queue: bool = True) -> ErasureRe
                     actor=requested_by or user,
                     target_type="accounts.user",
                     target_id=str(user.pk),
+                    ip_address=ip_address,
                     data={"erasure_id": str(erasure.id)},
                 )
         get_user_model().objects.filter(pk=user.pk).update(is_active=False, password=make_password(None))

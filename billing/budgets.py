@@ -302,7 +302,9 @@ def budget_validate(*, user=None, team=None, period: str, limit: object, warn_ra
     return value, ratio
 
 
-def budget_set(*, user=None, team=None, period: str, limit: object, warn_ratio: object = None, actor=None):
+def budget_set(
+    *, user=None, team=None, period: str, limit: object, warn_ratio: object = None, actor=None, ip_address: str | None = None
+):
     """Create or change the `period` budget of a user or a team (exactly one). The running
     spend of an existing budget is kept; a new one starts from the ledger's spend of the
     running period. Raises BudgetError (changing nothing) on bad input. Audited."""
@@ -341,6 +343,7 @@ def budget_set(*, user=None, team=None, period: str, limit: object, warn_ratio: 
             action="budget.set",
             actor=actor,
             target=budget,
+            ip_address=ip_address,
             data={
                 "scope": budget.scope,
                 "owner_id": budget.user_id or budget.team_id,
