@@ -14,6 +14,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from .money import ZERO, parse_decimal, quantize_money
 
@@ -26,6 +27,14 @@ PROVIDERS = ("openai", "anthropic", "demo")
 # "meta-llama/Llama-3-8B"); whitespace and control characters never.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,119}$")
 _MILLION = Decimal(1_000_000)
+# The label the seed migration gives demo:echo. A label is data, but this one is known, so pages
+# show it in the reader's language; a label an admin sets is shown as written.
+DEMO_SEED_LABEL = gettext_noop("Demo (offline echo)")
+
+
+def label_display(label: str) -> str:
+    """A price row's label as a page shows it."""
+    return _(label) if label == DEMO_SEED_LABEL else label
 
 
 class PriceError(ValueError):

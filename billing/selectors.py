@@ -57,10 +57,10 @@ def usage_summary(*, user, date_from: dt.date, date_to: dt.date) -> UsageSummary
     """The user's own spend between two days inclusive (rollup days are UTC days), by model and
     by day, with every budget covering them."""
     from .models import DailyUsage
-    from .prices import prices_available
+    from .prices import label_display, prices_available
 
     rows = DailyUsage.objects.filter(user=user, day__gte=date_from, day__lte=date_to)
-    labels = {q.model_id: q.label for q in prices_available()}
+    labels = {q.model_id: label_display(q.label) for q in prices_available()}
     by_model = [
         ModelUsage(
             model=f"{r['provider']}:{r['model']}",

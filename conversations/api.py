@@ -108,8 +108,9 @@ def models_available() -> list[dict]:
         if not is_demo and quote.provider not in usable:
             continue
         label = quote.label or quote.model_id
-        if is_demo:
-            label = _("%(label)s (demo)") % {"label": label} if "demo" not in label.lower() else label
+        if is_demo and "demo" not in label.lower():
+            label = _("%(label)s (demo)") % {"label": label}
+        label = prices.label_display(label)
         results.append({"id": quote.model_id, "label": label, "context_window": quote.context_window, "demo": is_demo})
     return results
 

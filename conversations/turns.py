@@ -261,7 +261,13 @@ def _reply_prepare(
         return refuse(
             "budget_exceeded",
             _("The %(scope)s budget %(name)s (%(period)s, limit $%(limit)s) cannot cover this reply.")
-            % {"scope": exc.scope, "name": exc.name, "period": exc.period, "limit": format(Decimal(exc.limit).quantize(Decimal("0.01")), "f")},
+            % {
+                # The words for scope and period are translated; the codes stay in "budget".
+                "scope": {"user": _("user"), "team": _("team")}.get(exc.scope, exc.scope),
+                "name": exc.name,
+                "period": {"day": _("day"), "week": _("week"), "month": _("month"), "total": _("total")}.get(exc.period, exc.period),
+                "limit": format(Decimal(exc.limit).quantize(Decimal("0.01")), "f"),
+            },
             budget={"scope": exc.scope, "name": exc.name, "period": exc.period, "limit": money_str(exc.limit)},
         )
     try:

@@ -37,6 +37,8 @@ def _strings() -> dict:
         "saved": _("Settings saved."),
         "tooLong": _("The message is too long."),
         "demo": _("demo"),
+        "offline": _("The server cannot be reached. Check your connection and try again."),
+        "requestFailed": _("The request failed. Please try again."),
     }
 
 

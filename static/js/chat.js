@@ -16,6 +16,7 @@
     settingsToggle: $("settings-toggle"), settings: $("settings-panel"), systemPrompt: $("system-prompt"),
     temperature: $("temperature"), maxTokens: $("max-tokens"), settingsError: $("settings-error"),
     sidebarOpen: $("sidebar-open"), sidebarClose: $("sidebar-close"),
+    downloads: $("chat-downloads"), downloadMd: $("download-md"), downloadJson: $("download-json"),
   };
 
   const state = {
@@ -44,10 +45,16 @@
       options.body = JSON.stringify(body);
     }
     if (method !== "GET") options.headers["X-CSRFToken"] = csrfToken();
-    const response = await fetch(url, options);
+    let response;
+    try {
+      response = await fetch(url, options);
+    } catch (_err) {
+      throw new Error(S.offline); // the browser's own text ("Failed to fetch") is not translated
+    }
     if (response.status === 204) return null;
-    const data = await response.json();
-    if (!response.ok) throw new Error((data.error && data.error.message) || response.statusText);
+    // An error page that is not JSON (a proxy's 502, say) still gets a readable message.
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error((data.error && data.error.message) || S.requestFailed);
     return data;
   }
 
@@ -125,6 +132,16 @@
       document.title = (current.title ? current.title + " · " : "") + "Parley";
     }
     renderList();
+  }
+
+  // The current conversation's downloads (Markdown and JSON), shown once it exists.
+  function updateDownloads() {
+    const c = state.conversation;
+    el.downloads.hidden = !c;
+    if (!c) return;
+    const base = "/api/v1/conversations/" + c.id + "/export.";
+    el.downloadMd.href = base + "md";
+    el.downloadJson.href = base + "json";
   }
 
   // --- model picker and settings -------------------------------------------------------------
@@ -404,6 +421,7 @@
     state.conversations.unshift(created);
     window.history.pushState({}, "", "/c/" + created.id + "/");
     renderList();
+    updateDownloads();
     return created;
   }
 
@@ -469,6 +487,7 @@
     state.running = null;
     window.history.pushState({}, "", "/");
     el.title.textContent = S.untitled;
+    updateDownloads();
     renderPicker();
     fillSettings();
     renderMessages();
@@ -491,6 +510,7 @@
     state.running = null;
     el.title.textContent = state.conversation.title || S.untitled;
     el.chat.classList.remove("sidebar-shown");
+    updateDownloads();
     renderPicker();
     fillSettings();
     renderMessages();
@@ -511,5 +531,6 @@
   fillSettings();
   renderList();
   renderMessages();
+  updateDownloads();
   connect();
 })();
