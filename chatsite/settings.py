@@ -326,6 +326,15 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="parley@localhost")
 MAX_MESSAGE_CHARS = _int("MAX_MESSAGE_CHARS", 32_000)
 # The offline demo model's pause between words, so streaming and stop are visible.
 DEMO_DELAY_MS = _int("DEMO_DELAY_MS", 20)
+# Provider-key health (billing.keys): the circuit breaker and cooldowns, in seconds.
+KEY_FAILURE_THRESHOLD = _int("KEY_FAILURE_THRESHOLD", 3)
+KEY_CIRCUIT_COOLDOWN = _float("KEY_CIRCUIT_COOLDOWN", 60.0)
+KEY_MAX_COOLDOWN = _float("KEY_MAX_COOLDOWN", 3600.0)
+KEY_RATE_LIMIT_COOLDOWN = _float("KEY_RATE_LIMIT_COOLDOWN", 60.0)
+KEY_RETRY_BACKOFF = _float("KEY_RETRY_BACKOFF", 0.25)
+KEY_TEST_TIMEOUT = _float("KEY_TEST_TIMEOUT", 20.0)
+if env.str("KEY_DRAIN_SECONDS", default=""):
+    KEY_DRAIN_SECONDS = _float("KEY_DRAIN_SECONDS", 660.0)
 DEFAULT_MODEL = env.str("DEFAULT_MODEL", default="demo:echo")
 FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[])
 ALLOW_PRIVATE_BASE_URLS = _bool("ALLOW_PRIVATE_BASE_URLS", False)
