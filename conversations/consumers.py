@@ -26,6 +26,7 @@ from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
 from django.contrib.auth.signals import user_logged_out
 from django.core.cache import cache
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.utils.crypto import constant_time_compare
 from django.utils.translation import gettext as _
@@ -107,11 +108,14 @@ def _on_logged_out(sender, request=None, user=None, **kwargs):
 
 def _on_user_saved(sender, instance, created=False, **kwargs):
     if not created and not instance.is_active:
-        _close_group(user_group_name(instance.pk))
+        group = user_group_name(instance.pk)
+        # After the commit: a rolled-back deactivation must not drop anyone's sockets.
+        transaction.on_commit(lambda: _close_group(group))
 
 
 def _on_user_deleted(sender, instance, **kwargs):
-    _close_group(user_group_name(instance.pk))
+    group = user_group_name(instance.pk)
+    transaction.on_commit(lambda: _close_group(group))
 
 
 # Connected here because this module is loaded by chatsite.asgi in every process that serves

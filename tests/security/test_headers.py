@@ -64,7 +64,9 @@ print(json.dumps({
 
 
 def _production_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_DEBUG"}}
+    # Not DJANGO_ALLOW_ASYNC_UNSAFE: the browser tests set it in this process for Playwright.
+    dropped = {"DATABASE_URL", "REDIS_URL", "DJANGO_DEBUG", "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env.update(
         {
             "DJANGO_HTTPS": "true",
