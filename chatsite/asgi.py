@@ -13,6 +13,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from chatsite.middleware import BodySizeLimitMiddleware  # noqa: E402
 from conversations.llm import warm_up  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 
@@ -22,7 +23,8 @@ threading.Thread(target=warm_up, name="llm-warm-up", daemon=True).start()
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Oversized bodies are refused before Django spools them.
+        "http": BodySizeLimitMiddleware(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -13,7 +13,10 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 
 _SECRET_PATTERNS = [
     re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),  # OpenAI / Anthropic style keys
-    re.compile(r"(?i)(sessionid|csrftoken|api[_-]?key|password|secret|authorization)([\"']?\s*[:=]\s*[\"']?)([^\s\"',;&]+)"),
+    re.compile(
+        r"(?i)(sessionid|csrftoken|csrfmiddlewaretoken|x-api-key|api[_-]?key|password\d?|passwd|secret|authorization|cookie)"
+        r"([\"']?\s*[:=]\s*[\"']?)([^\s\"',;&]+)"
+    ),
     re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-]+"),
 ]
 

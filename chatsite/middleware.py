@@ -1,11 +1,16 @@
-"""Project-wide HTTP middleware: a request id on every log line, and the security headers."""
+"""Project-wide HTTP middleware: a request id on every log line, API errors without internals,
+the security headers, and (ASGI, in front of Django) the request body size cap."""
 
+import json
 import logging
 import re
 import time
 import uuid
 
 from django.conf import settings
+from django.http import JsonResponse
+from django.utils import translation
+from django.utils.translation import gettext as _
 
 from .logging import request_id_var
 
@@ -45,6 +50,18 @@ class RequestIdMiddleware:
         response["X-Request-ID"] = rid
         return response
 
+    def process_exception(self, request, exception):
+        """An API view that raised answers the API's JSON error shape, never Django's HTML page
+        (and never, whatever DEBUG says, a stack trace or a setting). The trace goes to the log,
+        where the redaction filter and the request id are."""
+        if settings.DEBUG or not request.path.startswith("/api/"):
+            return None  # pages: Django's handler500 (templates/500.html), plain in production
+        logger.error("unhandled error in %s", getattr(request.resolver_match, "route", "api"), exc_info=exception)
+        return JsonResponse(
+            {"error": {"code": "server_error", "message": _("Something went wrong on our side. Please try again.")}},
+            status=500,
+        )
+
 
 class SecurityHeadersMiddleware:
     """The Content-Security-Policy (no inline script, nothing from other origins)."""
@@ -57,3 +74,95 @@ class SecurityHeadersMiddleware:
         response.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
         response.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
         return response
+
+
+class BodySizeLimitMiddleware:
+    """ASGI middleware in front of Django: a request body larger than DATA_UPLOAD_MAX_MEMORY_SIZE
+    answers 413 before Django reads it. A declared Content-Length is refused without reading a
+    byte; a body without one (chunked) is counted as it streams and refused at the first chunk
+    past the cap. /api/ answers the API's JSON error shape, everything else a plain page.
+
+    Django's own check (RequestDataTooBig) only looks at Content-Length, and only after its ASGI
+    handler has spooled the whole body; this one costs nothing. Parley takes no file uploads, so
+    one cap fits every route."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if limit is None:
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > limit
+            except ValueError:
+                too_big = True  # a malformed length is no length we will read
+            if too_big:
+                return await self._refuse(scope, send, headers)
+            return await self.app(scope, receive, send)
+
+        # No declared length: read (at most the cap, plus one chunk), then replay it to Django.
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break  # a disconnect: hand it on, Django handles it
+            size += len(message.get("body", b""))
+            if size > limit:
+                return await self._refuse(scope, send, headers)
+            if not message.get("more_body", False):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, send, headers):
+        language = _accept_language(headers.get(b"accept-language", b"").decode("latin-1"))
+        with translation.override(language):
+            message = _("The request is too large.")
+        if scope.get("path", "").startswith("/api/"):
+            body = json.dumps({"error": {"code": "too_large", "message": message}}).encode()
+            content_type = b"application/json"
+        else:
+            body = (
+                f"<!doctype html><html lang=\"{language}\"><meta charset=\"utf-8\"><title>413</title>"
+                f"<h1>413</h1><p>{message}</p></html>"
+            ).encode()
+            content_type = b"text/html; charset=utf-8"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                    # The client may still be sending: tell it this connection is done.
+                    (b"connection", b"close"),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"content-security-policy", settings.CONTENT_SECURITY_POLICY.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _accept_language(header: str) -> str:
+    from django.utils.translation.trans_real import get_supported_language_variant, parse_accept_lang_header
+
+    for code, _quality in parse_accept_lang_header(header):
+        if code == "*":
+            break
+        try:
+            return get_supported_language_variant(code)
+        except LookupError:
+            continue
+    return settings.LANGUAGE_CODE

@@ -380,13 +380,31 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # Pinned whatever LOG_LEVEL says: at DEBUG these write SQL with its parameters (message
+    # text), request and response headers (keys, cookies) or bodies (prompts), or full paths
+    # (password-reset tokens). What they say at WARNING and above carries none of that.
     "loggers": {
         "django.db.backends": {"level": "INFO"},
         # Django logs a failed request's POST data at DEBUG in some paths; keep it out.
         "django.request": {"level": "ERROR"},
+        "django.channels.server": {"level": "WARNING"},  # runserver's request lines: full paths
         "axes": {"level": "WARNING"},
         # One line per request comes from chatsite.middleware; Daphne's own would lack the id.
         "daphne": {"level": "WARNING"},
+        "channels": {"level": "WARNING"},
+        "channels_redis": {"level": "WARNING"},
+        # The provider SDKs and their HTTP stacks: headers (Authorization, x-api-key) and bodies.
+        "openai": {"level": "WARNING"},
+        "anthropic": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "httpcore2": {"level": "WARNING"},
+        "urllib3": {"level": "WARNING"},
+        "aiohttp": {"level": "WARNING"},
+        "asyncio": {"level": "WARNING"},
+        # Celery's INFO lines carry task arguments and return values.
+        "celery": {"level": "WARNING"},
     },
 }
 

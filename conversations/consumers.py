@@ -1,23 +1,129 @@
 """The chat socket. Thin: authorize the handshake, validate frames, hand them to the turn
-service, relay what the conversation's group carries. The reply never depends on this socket."""
+service, relay what the conversation's group carries. The reply never depends on this socket.
+
+Abuse limits (SECURITY.md): a user holds at most WS_MAX_SOCKETS_PER_USER sockets across every
+process (slots in the shared cache), sends at most WS_MAX_FRAMES_PER_SECOND frames (past that the
+socket is told `rate_limited` and closed, and the extra frames do nothing), and a socket whose
+session ends (logged out elsewhere, expired, password changed, user deactivated or erased) stops
+serving at once when this process hears of it, and at the latest on its next frame or heartbeat.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import json
 import logging
 import time
 import uuid
 
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
+from django.contrib.auth.signals import user_logged_out
 from django.core.cache import cache
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.utils.crypto import constant_time_compare
 from django.utils.translation import gettext as _
 
 from . import turns
 from .selectors import conversation_get
 
 logger = logging.getLogger(__name__)
+
+# A socket's slot lives this long without a heartbeat: the slots of a process that died free
+# themselves after it, instead of counting against their user forever.
+SLOT_TTL = 90
+HEARTBEAT_SECONDS = 30  # slot refresh and session re-check of an idle socket
+CLOSE_SIGNED_OUT = 4401  # the session ended: the page should sign in again
+CLOSE_TOO_MANY = 4429  # too many sockets or frames: the page should back off
+# One frame holds one message; JSON escaping can make it up to 6 times longer than its text.
+FRAME_MAX_CHARS_OVERHEAD = 4096
+
+
+def session_group_name(session_key: str) -> str:
+    """The sockets of one session. From a hash: the session key itself never leaves the cookie
+    and the session table (no Redis key, no log line)."""
+    return "session." + hashlib.sha256(session_key.encode()).hexdigest()[:40]
+
+
+def user_group_name(user_id) -> str:
+    return f"user.{int(user_id)}"
+
+
+def _slot_key(user_id, n: int) -> str:
+    return f"ws:slot:{int(user_id)}:{n}"
+
+
+def session_user_id(session_key: str | None):
+    """The id of the active user this session still signs in, else None. The same checks as
+    django.contrib.auth.get_user, on a fresh read of the session (never the socket's cached copy)."""
+    if not session_key:
+        return None
+    from importlib import import_module
+
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key=session_key)
+    data = store.load()
+    try:
+        user_id = get_user_model()._meta.pk.to_python(data[SESSION_KEY])
+        backend_path = data[BACKEND_SESSION_KEY]
+    except (KeyError, ValueError, TypeError):
+        return None
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return None
+    user = load_backend(backend_path).get_user(user_id)  # None when inactive or gone
+    if user is None or not user.is_active:
+        return None
+    session_hash = data.get(HASH_SESSION_KEY)
+    hashes = [user.get_session_auth_hash(), *getattr(user, "get_session_auth_fallback_hash", lambda: [])()]
+    if not session_hash or not any(constant_time_compare(session_hash, h) for h in hashes):
+        return None
+    return user.pk
+
+
+def _close_group(group: str) -> None:
+    """Tell every socket in `group` (in any process) to close. Never breaks the caller: a logout
+    or an admin's save must succeed even when the channel layer is down; the sockets then close
+    on their next frame or heartbeat."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(group, {"type": "session.revoked"})
+    except Exception:  # noqa: BLE001
+        logger.warning("could not tell sockets to close (%s); they close on their next check", group.split(".")[0])
+
+
+def _on_logged_out(sender, request=None, user=None, **kwargs):
+    session = getattr(request, "session", None)
+    key = getattr(session, "session_key", None)
+    if key:
+        _close_group(session_group_name(key))
+
+
+def _on_user_saved(sender, instance, created=False, **kwargs):
+    if not created and not instance.is_active:
+        group = user_group_name(instance.pk)
+        # After the commit: a rolled-back deactivation must not drop anyone's sockets.
+        transaction.on_commit(lambda: _close_group(group))
+
+
+def _on_user_deleted(sender, instance, **kwargs):
+    group = user_group_name(instance.pk)
+    transaction.on_commit(lambda: _close_group(group))
+
+
+# Connected here because this module is loaded by chatsite.asgi in every process that serves
+# sockets; the processes that do not (Celery, commands) have no sockets to close, and the
+# sockets they affect notice on their next frame or heartbeat.
+user_logged_out.connect(_on_logged_out, dispatch_uid="chat-sockets-logged-out")
+post_save.connect(_on_user_saved, sender=settings.AUTH_USER_MODEL, dispatch_uid="chat-sockets-user-saved")
+post_delete.connect(_on_user_deleted, sender=settings.AUTH_USER_MODEL, dispatch_uid="chat-sockets-user-deleted")
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -33,14 +139,36 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close()
             return
         self.user = user
+        self.session_key = getattr(self.scope.get("session"), "session_key", None)
+        self.frame_times: list[float] = []
+        self.closing = False
+        if not await self._slot_claim():
+            # Accepted only to say why, then closed: the page shows the reason instead of retrying.
+            await self.accept()
+            await self.send_json(
+                {"type": "error", "code": "rate_limited", "message": _("Too many chat windows are open. Close some and reload.")}
+            )
+            await self.close(code=CLOSE_TOO_MANY)
+            return
         self.group = turns.group_name(self.conversation.id)
         # message id -> the last seq this socket already has (from "resume"); older deltas dropped.
         self.resumed: dict[str, int] = {}
-        self.frame_times: list[float] = []
+        # The session's and the user's groups first: a logout that happens while we connect
+        # must still reach us.
+        self.control_groups = [user_group_name(user.pk)]
+        if self.session_key:
+            self.control_groups.append(session_group_name(self.session_key))
+        for group in self.control_groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        if await self._signed_out():
+            await self._leave()
+            await self.close()
+            return
         # Join first, then read the buffer: every delta after the buffer's seq is then sure to
         # reach us through the group, and the ones at or before it are dropped by seq.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        self.heartbeat = asyncio.create_task(self._heartbeat())
         state = await cache.aget(turns.buffer_key(self.conversation.id))
         if state:
             self.resumed[state["message_id"]] = state["seq"]
@@ -49,21 +177,100 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
 
     async def disconnect(self, code):
-        group = getattr(self, "group", None)
-        if group:
-            await self.channel_layer.group_discard(group, self.channel_name)
+        await self._leave()
+
+    async def _leave(self):
+        heartbeat = getattr(self, "heartbeat", None)
+        if heartbeat is not None and heartbeat is not asyncio.current_task():
+            heartbeat.cancel()
+        for group in [getattr(self, "group", None), *getattr(self, "control_groups", [])]:
+            if group:
+                await self.channel_layer.group_discard(group, self.channel_name)
+        self.group, self.control_groups = None, []
+        await self._slot_release()
+
+    # --- the per-user socket cap: slots in the shared cache -------------------------------------
+    async def _slot_claim(self) -> bool:
+        """One of the user's WS_MAX_SOCKETS_PER_USER slots, taken with an atomic add (Redis SET NX)
+        so two processes never take the same one; each slot expires unless its socket's heartbeat
+        refreshes it."""
+        self.slot = None
+        for n in range(settings.WS_MAX_SOCKETS_PER_USER):
+            key = _slot_key(self.user.pk, n)
+            if await cache.aadd(key, self.channel_name, timeout=SLOT_TTL):
+                self.slot = key
+                return True
+        return False
+
+    async def _slot_refresh(self) -> None:
+        if self.slot and not await cache.atouch(self.slot, SLOT_TTL):
+            # Expired (a very long stall): take it again, or any free one.
+            if not await cache.aadd(self.slot, self.channel_name, timeout=SLOT_TTL):
+                await self._slot_claim()
+
+    async def _slot_release(self) -> None:
+        slot, self.slot = getattr(self, "slot", None), None
+        if slot and await cache.aget(slot) == self.channel_name:
+            await cache.adelete(slot)
+
+    # --- the session: still signed in? ------------------------------------------------------------
+    async def _signed_out(self) -> bool:
+        user_id = await database_sync_to_async(session_user_id)(self.session_key)
+        return user_id is None or user_id != self.user.pk
+
+    async def _close_signed_out(self):
+        if self.closing:
+            return
+        self.closing = True
+        await self._leave()
+        await self.close(code=CLOSE_SIGNED_OUT)
+
+    async def session_revoked(self, event):
+        """From the session's or the user's group: logged out elsewhere, deactivated, erased."""
+        await self._close_signed_out()
+
+    async def _heartbeat(self):
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            with contextlib.suppress(Exception):
+                await self._slot_refresh()
+            try:
+                signed_out = await self._signed_out()
+            except Exception:  # noqa: BLE001 - a database hiccup must not drop a good socket
+                logger.warning("session re-check failed; the socket stays open until the next one")
+                continue
+            if signed_out:
+                await self._close_signed_out()
+                return
 
     async def _invalid(self, message: str, **extra):
         await self.send_json({"type": "error", "code": "invalid_input", "message": message, **extra})
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        if self.closing:
+            return
+        # Counted before anything else, bad frames included: a flood costs no parsing.
+        if self._too_fast():
+            self.closing = True
+            await self.send_json({"type": "error", "code": "rate_limited", "message": _("Too many frames: slow down.")})
+            await self._leave()
+            await self.close(code=CLOSE_TOO_MANY)
+            return
         if text_data is None:
             await self._invalid(_("Frames must be JSON text."))
+            return
+        if len(text_data) > settings.MAX_MESSAGE_CHARS * 6 + FRAME_MAX_CHARS_OVERHEAD:
+            await self._invalid(_("The message is longer than %(n)d characters.") % {"n": settings.MAX_MESSAGE_CHARS})
             return
         try:
             content = json.loads(text_data)
         except ValueError:
             await self._invalid(_("The frame is not valid JSON."))
+            return
+        # Every frame that could act re-reads the session: a logout this process did not hear
+        # about (another process, a dead channel layer, an expiry) ends the socket here.
+        if await self._signed_out():
+            await self._close_signed_out()
             return
         await self.receive_json(content)
 
@@ -76,9 +283,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def receive_json(self, content, **kwargs):
         if not isinstance(content, dict) or not isinstance(content.get("type"), str):
             await self._invalid(_("The frame needs a type."))
-            return
-        if self._too_fast():
-            await self.send_json({"type": "error", "code": "rate_limited", "message": _("Too many frames: slow down.")})
             return
         try:
             await self._dispatch(content)
@@ -136,6 +340,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         return frame
 
     async def chat_frame(self, event):
+        if self.closing:
+            return
         frame = event["frame"]
         message_id = frame.get("message_id")
         if message_id in self.resumed:

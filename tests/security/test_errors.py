@@ -1,0 +1,73 @@
+"""Errors reveal nothing in production (DEBUG=false): no stack trace, no setting, no path."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+pytestmark = pytest.mark.django_db
+
+MARKER = "boom-internal-detail-5c1e"
+
+
+def _leaks(body: str, settings) -> list[str]:
+    found = [
+        needle
+        for needle in (MARKER, "Traceback", "File \"", ".py", settings.SECRET_KEY, "SECRET_KEY", "DATABASES", "INSTALLED_APPS", str(settings.BASE_DIR))
+        if needle in body
+    ]
+    return found
+
+
+@pytest.fixture
+def production(settings):
+    settings.DEBUG = False
+    settings.DEBUG_PROPAGATE_EXCEPTIONS = False
+    return settings
+
+
+def test_an_api_500_is_json_without_internals(production, user, monkeypatch):
+    def explode():
+        raise RuntimeError(f"{MARKER} key={production.SECRET_KEY}")
+
+    monkeypatch.setattr("conversations.api.models_available", explode)
+    client = Client(raise_request_exception=False)
+    client.force_login(user)
+    response = client.get("/api/v1/models/")
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "server_error"
+    assert _leaks(response.content.decode(), production) == []
+
+
+def test_a_page_500_is_plain_without_internals(production, user, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError(f"{MARKER} key={production.SECRET_KEY}")
+
+    monkeypatch.setattr("accounts.views.render", explode)
+    client = Client(raise_request_exception=False)
+    client.force_login(user)
+    response = client.get("/accounts/profile/")
+    assert response.status_code == 500
+    assert _leaks(response.content.decode(), production) == []
+
+
+def test_404_and_api_errors_in_production_show_no_urlconf_or_settings(production, user):
+    client = Client()
+    client.force_login(user)
+    for url in ("/no/such/page/", "/api/v1/no-such-route/", "/api/v1/conversations/not-a-uuid/"):
+        response = client.get(url)
+        assert response.status_code == 404
+        body = response.content.decode()
+        assert "urlpatterns" not in body and "URLconf" not in body and _leaks(body, production) == []
+    response = client.post("/api/v1/conversations/", "{not json", content_type="application/json")
+    assert response.status_code == 400 and set(response.json()["error"]) == {"code", "message"}
+
+
+def test_the_api_500_is_still_logged_for_the_operator(production, user, monkeypatch, caplog):
+    monkeypatch.setattr("conversations.api.models_available", lambda: 1 / 0)
+    client = Client(raise_request_exception=False)
+    client.force_login(user)
+    with caplog.at_level("ERROR"):
+        client.get("/api/v1/models/")
+    assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)

@@ -1,0 +1,250 @@
+"""Websocket attacks, through the whole ASGI application (chatsite.asgi.application): cross-site
+websocket hijacking, a socket outliving its session, too many sockets, a flood of frames."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.contrib.sessions.models import Session
+from django.core.cache import cache
+from django.test import Client
+
+from billing.models import UsageRecord
+from conversations import consumers, turns
+from conversations.models import Conversation, Message
+
+from .conftest import frames_until_close, session_cookie_of, ws_open
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def app():
+    from chatsite.asgi import application
+
+    return application
+
+
+@database_sync_to_async
+def _conversation(owner) -> Conversation:
+    return Conversation.objects.create(owner=owner, model="demo:echo")
+
+
+def _path(conversation) -> str:
+    return f"/ws/chat/{conversation.id}/"
+
+
+def _user_message(text: str = "hello") -> dict:
+    return {"type": "user_message", "content": text, "client_id": str(uuid.uuid4())}
+
+
+@database_sync_to_async
+def _message_count(conversation) -> int:
+    return Message.objects.filter(conversation=conversation).count()
+
+
+# --- cross-site websocket hijacking ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://evil.example",
+        "https://evil.example",
+        "http://testserver.evil.example",
+        "http://evil.example/testserver",
+        "null",
+        "",
+        None,  # no Origin header at all
+    ],
+)
+async def test_a_foreign_or_missing_origin_is_refused_even_with_a_valid_session(app, user, origin):
+    conversation = await _conversation(user)
+    cookie = await session_cookie_of(user)
+    ws, connected, _code = await ws_open(app, _path(conversation), cookie=cookie, origin=origin)
+    assert not connected, f"origin {origin!r} opened a socket with the victim's cookie"
+    await ws.disconnect()
+    # The control: the same cookie from the site's own origin is accepted.
+    ws, connected, _code = await ws_open(app, _path(conversation), cookie=cookie, origin="http://testserver")
+    assert connected
+    await ws.disconnect()
+
+
+# --- a socket outlives its session: never -------------------------------------------------------------
+async def test_a_socket_closes_when_its_session_logs_out_elsewhere(app, user):
+    conversation = await _conversation(user)
+    cookie = await session_cookie_of(user)
+    other_cookie = await session_cookie_of(user)  # the same person on a second device
+    ws, connected, _ = await ws_open(app, _path(conversation), cookie=cookie)
+    other, other_connected, _ = await ws_open(app, _path(conversation), cookie=other_cookie)
+    assert connected and other_connected
+
+    # "Elsewhere": another browser tab holding the same cookie presses "log out".
+    tab = Client()
+    tab.cookies["sessionid"] = cookie
+
+    response = await sync_to_async(tab.post)("/accounts/logout/")
+    assert response.status_code == 302
+
+    frames, code = await frames_until_close(ws, timeout=5)
+    assert code == consumers.CLOSE_SIGNED_OUT
+    assert frames == []
+    # The other device's session is untouched and its socket still serves.
+    await other.send_json_to(_user_message("still here"))
+    ack = await other.receive_json_from(timeout=5)
+    assert ack["type"] == "ack"
+    await turns.replies_wait()
+    await other.disconnect()
+    await ws.disconnect()
+
+
+async def test_a_frame_on_a_session_ended_without_a_signal_closes_and_does_nothing(app, user):
+    """The logout happened in a process this one never heard from: the frame re-reads the session."""
+    conversation = await _conversation(user)
+    cookie = await session_cookie_of(user)
+    ws, connected, _ = await ws_open(app, _path(conversation), cookie=cookie)
+    assert connected
+    await database_sync_to_async(lambda: Session.objects.filter(session_key=cookie).delete())()
+    await ws.send_json_to(_user_message("after logout"))
+    frames, code = await frames_until_close(ws, timeout=5)
+    assert code == consumers.CLOSE_SIGNED_OUT and frames == []
+    assert await _message_count(conversation) == 0
+    await ws.disconnect()
+
+
+async def test_erasing_or_deactivating_the_user_closes_their_sockets(app, make_user):
+    from accounts.data_rights import erasure_request
+
+    erased = await sync_to_async(make_user)("erased")
+    deactivated = await sync_to_async(make_user)("deactivated")
+    sockets = {}
+    for who in (erased, deactivated):
+        conversation = await _conversation(who)
+        ws, connected, _ = await ws_open(app, _path(conversation), cookie=await session_cookie_of(who))
+        assert connected
+        sockets[who.username] = (ws, conversation)
+
+    # An admin unticks "active": the save closes the sockets at once.
+    deactivated.is_active = False
+    await database_sync_to_async(deactivated.save)()
+    ws, conversation = sockets["deactivated"]
+    _frames, code = await frames_until_close(ws, timeout=5)
+    assert code == consumers.CLOSE_SIGNED_OUT
+
+    # Erasure locks the account with a queryset update (no signal): the next frame notices.
+    await database_sync_to_async(erasure_request)(user=erased, queue=False)
+    ws, conversation = sockets["erased"]
+    await ws.send_json_to(_user_message("one more"))
+    frames, code = await frames_until_close(ws, timeout=5)
+    assert code == consumers.CLOSE_SIGNED_OUT and frames == []
+    assert await _message_count(conversation) == 0
+    for ws, _c in sockets.values():
+        await ws.disconnect()
+
+
+async def test_an_idle_socket_closes_at_its_heartbeat_after_the_session_ends(app, user, monkeypatch):
+    monkeypatch.setattr(consumers, "HEARTBEAT_SECONDS", 0.05)
+    conversation = await _conversation(user)
+    cookie = await session_cookie_of(user)
+    ws, connected, _ = await ws_open(app, _path(conversation), cookie=cookie)
+    assert connected
+    await database_sync_to_async(lambda: Session.objects.filter(session_key=cookie).delete())()
+    _frames, code = await frames_until_close(ws, timeout=5)
+    assert code == consumers.CLOSE_SIGNED_OUT
+    await ws.disconnect()
+
+
+# --- per-user socket cap ----------------------------------------------------------------------------
+async def test_open_sockets_are_capped_per_user_across_processes(app, user, other_user, settings):
+    settings.WS_MAX_SOCKETS_PER_USER = 3
+    conversation = await _conversation(user)
+    cookie = await session_cookie_of(user)
+    # A slot held by another Daphne process (its sockets count too: the count lives in the cache).
+    await cache.aadd(consumers._slot_key(user.pk, 0), "specific.other-process!abc", timeout=60)
+
+    open_sockets = []
+    for _ in range(2):
+        ws, connected, _ = await ws_open(app, _path(conversation), cookie=cookie)
+        assert connected
+        open_sockets.append(ws)
+
+    extra, connected, _ = await ws_open(app, _path(conversation), cookie=cookie)
+    frames, code = await frames_until_close(extra, timeout=5)
+    assert code == consumers.CLOSE_TOO_MANY
+    assert [f["code"] for f in frames] == ["rate_limited"]
+    await extra.disconnect()
+
+    # Another user is not affected by this user's sockets.
+    theirs = await _conversation(other_user)
+    ws, connected, _ = await ws_open(app, _path(theirs), cookie=await session_cookie_of(other_user))
+    assert connected
+    await ws.disconnect()
+
+    # Closing one frees its slot.
+    await open_sockets.pop().disconnect()
+    ws, connected, _ = await ws_open(app, _path(conversation), cookie=cookie)
+    assert connected
+    await ws.send_json_to(_user_message("works"))
+    assert (await ws.receive_json_from(timeout=5))["type"] == "ack"
+    await turns.replies_wait()
+    open_sockets.append(ws)
+    for ws in open_sockets:
+        await ws.disconnect()
+
+
+async def test_slots_of_a_crashed_process_expire(app, user, settings):
+    settings.WS_MAX_SOCKETS_PER_USER = 2
+    conversation = await _conversation(user)
+    cookie = await session_cookie_of(user)
+    # A process died holding both slots; they were written with the slot expiry (shortened here).
+    for n in range(2):
+        await cache.aadd(consumers._slot_key(user.pk, n), f"specific.dead!{n}", timeout=1)
+    ws, _connected, _ = await ws_open(app, _path(conversation), cookie=cookie)
+    _frames, code = await frames_until_close(ws, timeout=5)
+    assert code == consumers.CLOSE_TOO_MANY
+    await ws.disconnect()
+    await asyncio.sleep(1.2)
+    ws, connected, _ = await ws_open(app, _path(conversation), cookie=cookie)
+    assert connected
+    await ws.disconnect()
+
+
+# --- a flood of frames -------------------------------------------------------------------------------
+async def test_a_thousand_frames_in_a_second_are_refused_and_charge_nothing(app, user, settings):
+    conversation = await _conversation(user)
+    ws, connected, _ = await ws_open(app, _path(conversation), cookie=await session_cookie_of(user))
+    assert connected
+    for _ in range(1000):
+        await ws.send_json_to(_user_message("flood"))
+    frames, code = await frames_until_close(ws, timeout=20)
+    await turns.replies_wait()
+
+    assert code == consumers.CLOSE_TOO_MANY
+    errors = [f for f in frames if f["type"] == "error"]
+    assert errors and errors[-1]["code"] == "rate_limited"
+    # Only the frames inside the allowance did anything (a message each, answered or "busy");
+    # the other ~980 made no message, no reply and no charge.
+    saved_user_messages = await database_sync_to_async(
+        lambda: Message.objects.filter(conversation=conversation, role="user").count()
+    )()
+    assert 1 <= saved_user_messages <= settings.WS_MAX_FRAMES_PER_SECOND
+    replies = await database_sync_to_async(
+        lambda: Message.objects.filter(conversation=conversation, role="assistant").count()
+    )()
+    assert replies <= saved_user_messages
+    assert await database_sync_to_async(UsageRecord.objects.filter(user=user).count)() <= replies
+    await ws.disconnect()
+
+
+async def test_an_oversized_frame_is_refused_unparsed(app, user, settings):
+    settings.MAX_MESSAGE_CHARS = 100
+    conversation = await _conversation(user)
+    ws, connected, _ = await ws_open(app, _path(conversation), cookie=await session_cookie_of(user))
+    assert connected
+    await ws.send_to(text_data="[" + "1," * 200_000 + "1]")
+    error = await ws.receive_json_from(timeout=5)
+    assert error["type"] == "error" and error["code"] == "invalid_input"
+    assert await _message_count(conversation) == 0
+    await ws.disconnect()
