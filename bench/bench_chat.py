@@ -122,6 +122,8 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if getattr(args, "redis_socket_timeout_fix", False):
+            self.env["DJANGO_SETTINGS_MODULE"] = "bench.settings_redis_timeout"
         if args.db == "postgres":
             self.env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.pg_name}"
             self.env["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis_db}"
@@ -275,7 +277,14 @@ async def run_stream(ws, tag: str, *, first_only: bool = False, timeout: float =
     """Send one user_message and record every frame until done (or error, or timeout)."""
     result = StreamResult(tag=tag)
     result.sent = time.monotonic()
-    await ws.send_str(json.dumps({"type": "user_message", "content": tag, "client_id": str(uuid.uuid4())}))
+    if isinstance(ws, BaseException):  # the handshake failed
+        result.error = f"handshake {type(ws).__name__}"
+        return result
+    try:
+        await ws.send_str(json.dumps({"type": "user_message", "content": tag, "client_id": str(uuid.uuid4())}))
+    except Exception as exc:  # noqa: BLE001 - counted as a failed stream
+        result.error = f"send {type(exc).__name__}"
+        return result
     deadline = result.sent + timeout
     try:
         while True:
@@ -322,9 +331,10 @@ def first_delta_ms(result: StreamResult) -> float | None:
     return None
 
 
-async def direct_first_delta(session, fake_port: int, tag: str) -> float:
+async def direct_first_delta(session, fake_port: int, tag: str, received: list | None = None) -> float:
     """Request sent -> first content chunk parsed, straight to the fake (the request the openai
-    adapter makes: streaming with usage)."""
+    adapter makes: streaming with usage). Appends the receive time of every content chunk to
+    `received` when given."""
     body = {
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": tag}],
@@ -338,10 +348,14 @@ async def direct_first_delta(session, fake_port: int, tag: str) -> float:
         f"http://127.0.0.1:{fake_port}/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-bench"}
     ) as response:
         async for line in response.content:
-            if first is None and line.startswith(b"data: {"):
+            if line.startswith(b"data: {"):
                 chunk = json.loads(line[6:])
                 if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                    first = (time.monotonic() - started) * 1000
+                    now = time.monotonic()
+                    if first is None:
+                        first = (now - started) * 1000
+                    if received is not None:
+                        received.append(now)
     return first
 
 
@@ -356,20 +370,37 @@ async def phase_first_delta(stack: Stack, fake_port: int, n: int) -> dict:
             ws = await ws_open(session, stack.port, *socks[i])
             await run_stream(ws, f"warm parley {i}")
             await ws.close()
-        direct = [await direct_first_delta(session, fake_port, f"direct {i} {uuid.uuid4().hex}") for i in range(n)]
-        cpu0, rss0 = proc_cpu(stack.daphne.pid), proc_rss_mib(stack.daphne.pid)
-        parley, failures = [], 0
+        await session.post(f"http://127.0.0.1:{fake_port}/bench/reset")
+        direct, received = [], {}
         for i in range(n):
-            ws = await ws_open(session, stack.port, *socks[5 + i])
+            tag = f"direct {i} {uuid.uuid4().hex}"
+            received[tag] = []
+            direct.append(await direct_first_delta(session, fake_port, tag, received[tag]))
+        async with session.get(f"http://127.0.0.1:{fake_port}/bench/times") as response:
+            emitted = await response.json()
+        # The lag of a plain client: the reference for the per-delta lag through Parley.
+        direct_lags = [(r - e) * 1000 for tag, times in received.items() for r, e in zip(times, emitted[tag])]
+        rss0 = proc_rss_mib(stack.daphne.pid)
+        cpu_h = proc_cpu(stack.daphne.pid)
+        # Every socket opened first, so the turns' CPU does not include the handshakes.
+        sockets = [await ws_open(session, stack.port, *socks[5 + i]) for i in range(n)]
+        cpu0 = proc_cpu(stack.daphne.pid)
+        parley, failures = [], 0
+        for i, ws in enumerate(sockets):
             result = await run_stream(ws, f"parley {i} {uuid.uuid4().hex}")
-            await ws.close()
             value = first_delta_ms(result)
             if value is None or result.error:
                 failures += 1
             else:
                 parley.append(value)
         cpu1 = proc_cpu(stack.daphne.pid)
-    return {"direct": direct, "parley": parley, "failures": failures, "cpu_per_turn": (cpu1 - cpu0) / n, "rss": rss0}
+        for ws in sockets:
+            await ws.close()
+    return {
+        "cpu_per_handshake": (cpu0 - cpu_h) / n,
+        "direct": direct, "parley": parley, "failures": failures, "cpu_per_turn": (cpu1 - cpu0) / n, "rss": rss0,
+        "direct_lags": direct_lags, "load": loadavg(),
+    }
 
 
 async def phase_concurrency(stack: Stack, fake_port: int, k: int, socks, expected: str) -> dict:
@@ -385,7 +416,9 @@ async def phase_concurrency(stack: Stack, fake_port: int, k: int, socks, expecte
         rss_idle = proc_rss_mib(pid)
         sockets = []
         for i in range(0, k, 50):  # the handshakes, in batches (not measured)
-            sockets += await asyncio.gather(*(ws_open(session, stack.port, *s) for s in socks[i : min(i + 50, k)]))
+            sockets += await asyncio.gather(
+                *(ws_open(session, stack.port, *s) for s in socks[i : min(i + 50, k)]), return_exceptions=True
+            )
         rss_open = proc_rss_mib(pid)
         cpu0 = proc_cpu(pid)
         client_cpu0 = time.process_time()
@@ -416,7 +449,7 @@ async def phase_concurrency(stack: Stack, fake_port: int, k: int, socks, expecte
         rss_after = proc_rss_mib(pid)
         async with session.get(f"http://127.0.0.1:{fake_port}/bench/times") as response:
             emitted = await response.json()
-        await asyncio.gather(*(ws.close() for ws in sockets))
+        await asyncio.gather(*(ws.close() for ws in sockets if not isinstance(ws, BaseException)), return_exceptions=True)
 
     failures: dict[str, int] = {}
     lags, gaps, pace, first, frames_total = [], [], [], [], 0
@@ -458,7 +491,9 @@ def print_first(res: dict, args) -> None:
     print(f"| direct (aiohttp -> fake) | {pct(d, 50):.1f} | {pct(d, 95):.1f} | {pct(d, 99):.1f} |")
     print(f"| Parley (user_message -> first delta) | {pct(p, 50):.1f} | {pct(p, 95):.1f} | {pct(p, 99):.1f} |")
     print(f"| **added** | **{pct(p, 50) - pct(d, 50):.1f}** | **{pct(p, 95) - pct(d, 95):.1f}** | **{pct(p, 99) - pct(d, 99):.1f}** |")
-    print(f"failures: {res['failures']}; Daphne CPU per sequential turn: {res['cpu_per_turn'] * 1000:.1f} ms")
+    lags = res["direct_lags"]
+    print(f"failures: {res['failures']}; Daphne CPU per sequential turn: {res['cpu_per_turn'] * 1000:.1f} ms (+ {res['cpu_per_handshake'] * 1000:.1f} ms per socket handshake); load {res['load']}")
+    print(f"direct client's lag emit->receive per delta: p50 {pct(lags, 50):.2f} ms, p99 {pct(lags, 99):.2f} ms")
 
 
 def print_ramp(rows: list[dict], args) -> None:
@@ -495,7 +530,10 @@ async def amain(args) -> None:
         long_port, stack.fake_long = stack.start_fake(text=long_text)
         await asyncio.to_thread(add_key, name="bench-first", port=short_port, priority=200)
         stack.start_daphne()
-        print(f"# Chat streaming bench: db={args.db}, {os.cpu_count()} cores, load {loadavg()} at start")
+        print(
+            f"# Chat streaming bench: db={args.db}, settings {stack.env['DJANGO_SETTINGS_MODULE']},"
+            f" {os.cpu_count()} cores, load {loadavg()} at start"
+        )
         print(f"Daphne pid {stack.daphne.pid} on port {stack.port}; fake pids {_short.pid}, {stack.fake_long.pid}", flush=True)
         if args.first_n:
             print_first(await phase_first_delta(stack, short_port, args.first_n), args)
@@ -531,6 +569,10 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=0.5, help="seconds over which the K streams start")
     parser.add_argument("--timeout", type=float, default=120, help="per stream")
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument(
+        "--redis-socket-timeout-fix", action="store_true",
+        help="run Daphne with bench/settings_redis_timeout.py (channel layer without redis-py 8's 5 s read timeout)",
+    )
     asyncio.run(amain(parser.parse_args()))
 
 
