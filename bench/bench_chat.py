@@ -364,7 +364,8 @@ async def phase_first_delta(stack: Stack, fake_port: int, n: int) -> dict:
     import aiohttp
 
     socks = await asyncio.to_thread(make_sockets_data, n + 5, "first")
-    async with aiohttp.ClientSession() as session:
+    # limit=0: aiohttp's default pool of 100 connections would hold the 101st handshake forever.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         for i in range(5):  # warm-up both paths: connection pools, imports, SDK client cache
             await direct_first_delta(session, fake_port, f"warm {i}")
             ws = await ws_open(session, stack.port, *socks[i])
@@ -555,6 +556,8 @@ async def amain(args) -> None:
 
 
 def main() -> None:
+    # SIGTERM (a job being stopped) unwinds like Ctrl-C, so the subprocesses are stopped too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=500, help="the largest K of the ramp")
     parser.add_argument("--ramp", default="50,100,200,500")
