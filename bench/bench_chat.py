@@ -538,6 +538,8 @@ async def amain(args) -> None:
         print(f"Daphne pid {stack.daphne.pid} on port {stack.port}; fake pids {_short.pid}, {stack.fake_long.pid}", flush=True)
         if args.first_n:
             print_first(await phase_first_delta(stack, short_port, args.first_n), args)
+        else:  # still warm the process up (imports, SDK client, connection pools) before the ramp
+            await phase_first_delta(stack, short_port, 1)
         await asyncio.to_thread(disable_key, "bench-first")
         await asyncio.to_thread(add_key, name="bench-long", port=long_port, priority=100)
         ramp = [k for k in (int(x) for x in args.ramp.split(",")) if k <= args.streams]
