@@ -315,8 +315,10 @@ def check_stream(result: StreamResult, expected: str) -> str:
     if kinds[:2] != ["ack", "start"] or kinds[-1] != "done":
         return "frame order " + ",".join(kinds[:3]) + "…" + kinds[-1]
     deltas = [f for _t, f in result.frames if f["type"] == "delta"]
-    if [f["seq"] for f in deltas] != list(range(1, len(deltas) + 1)):
-        return "seq not 1,2,3…"
+    seqs = [f["seq"] for f in deltas]
+    if seqs != list(range(1, len(deltas) + 1)):
+        at = next(i for i, seq in enumerate(seqs) if seq != i + 1)
+        return f"seq not 1,2,3…: {seqs[max(at - 2, 0) : at + 3]} at frame {at + 1} of {len(seqs)}"
     if "".join(f["text"] for f in deltas) != expected:
         return "text differs"
     if result.frames[-1][1].get("finish_reason") != "stop":
