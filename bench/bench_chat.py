@@ -1,0 +1,587 @@
+"""Chat streaming benchmark (issue 3): what one Daphne process adds to a streamed reply.
+
+    .venv/bin/python bench/bench_chat.py [--streams 500] [--db sqlite|postgres]
+
+It starts, as subprocesses on free ports, the fake provider (bench/chat_fake.py: the one of
+tests/fakeprovider with emit times recorded) and ONE Daphne process serving chatsite.asgi, on a
+temporary SQLite database with the in-memory channel layer and cache, or on PostgreSQL
+(`--pg-name`, default parley_bench, dropped and re-created) with Redis (`--redis-db`, default 10,
+flushed) for the layer and the cache. It migrates, makes users, sessions, conversations and a
+provider key, and removes all of it afterwards.
+
+1. First delta: N sequential requests straight to the fake with aiohttp (request sent -> first
+   content chunk parsed), then N sequential turns through Parley (`user_message` sent -> first
+   `delta` frame), against the same fake process with the same pace and first-token delay.
+2. Concurrency: for each K of the ramp, K sockets (one conversation each, 10 per user) send a
+   `user_message` within --spread seconds; each reply is --deltas words at --pace-ms. A stream
+   passes when its frames are ack, start, delta seq 1..n, done(stop), no error, and the deltas
+   join to exactly the text the fake sent. Per delta, the lag is (client receive time of the frame
+   carrying it) - (time the fake emitted it), both CLOCK_MONOTONIC.
+3. CPU (utime+stime from /proc/PID/stat) and VmRSS of the Daphne process around every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PYTHON = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MODEL = "openai:gpt-4o-mini"
+STREAMS_PER_USER = 10
+
+
+# --- small helpers --------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args[:3]} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def proc_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def reply_text(words: int) -> str:
+    # Distinct words, so a dropped, repeated or reordered delta cannot go unnoticed.
+    return " ".join(f"w{i:03d}" for i in range(1, words + 1)) + "."
+
+
+# --- the environment ----------------------------------------------------------------------------
+class Stack:
+    """Database, fake provider and one Daphne process; everything undone by close()."""
+
+    def __init__(self, args) -> None:
+        self.args = args
+        self.procs: list[subprocess.Popen] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="parley-bench-chat-"))
+        self.env = dict(os.environ)
+        self.env.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+                "DJANGO_SECRET_KEY": "bench-only-" + uuid.uuid4().hex,
+                "DJANGO_DEBUG": "false",
+                "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "MEDIA_ROOT": str(self.tmp / "media"),
+                "ALLOW_PRIVATE_BASE_URLS": "true",
+                # The bench measures streaming, not the limits: raised out of the way.
+                "RATE_LIMIT_REQUESTS_PER_MINUTE": "1000000",
+                "RATE_LIMIT_TOKENS_PER_MINUTE": "1000000000",
+                "WS_MAX_SOCKETS_PER_USER": "1000",
+                "WS_MAX_FRAMES_PER_SECOND": "1000",
+                "CELERY_TASK_ALWAYS_EAGER": "true",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if getattr(args, "redis_socket_timeout_fix", False):
+            self.env["DJANGO_SETTINGS_MODULE"] = "bench.settings_redis_timeout"
+        if args.db == "postgres":
+            self.env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.pg_name}"
+            self.env["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis_db}"
+            self.env["CACHE_KEY_PREFIX"] = "parley-bench-chat"
+        else:
+            self.env["DATABASE_URL"] = f"sqlite:///{self.tmp / 'bench.sqlite3'}"
+            self.env.pop("REDIS_URL", None)
+        # This process sets up the database with the same settings Daphne runs with.
+        os.environ.update({k: v for k, v in self.env.items() if k in self._ours()})
+        if args.db == "sqlite":
+            os.environ.pop("REDIS_URL", None)
+
+    def _ours(self) -> set[str]:
+        return {
+            "DJANGO_SETTINGS_MODULE", "DJANGO_SECRET_KEY", "DJANGO_DEBUG", "DJANGO_ALLOWED_HOSTS", "MEDIA_ROOT",
+            "ALLOW_PRIVATE_BASE_URLS", "DATABASE_URL", "REDIS_URL", "CACHE_KEY_PREFIX", "RATE_LIMIT_REQUESTS_PER_MINUTE",
+            "RATE_LIMIT_TOKENS_PER_MINUTE", "WS_MAX_SOCKETS_PER_USER", "WS_MAX_FRAMES_PER_SECOND", "CELERY_TASK_ALWAYS_EAGER",
+        }
+
+    def _log(self, name: str):
+        return open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+
+    def start_fake(self, *, text: str) -> tuple[int, subprocess.Popen]:
+        port = free_port()
+        cmd = [
+            PYTHON, str(ROOT / "bench" / "chat_fake.py"), "--port", str(port), "--pace-ms", str(self.args.pace_ms),
+            "--first-delay-ms", str(self.args.first_delay_ms), "--text", text,
+        ]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self._log(f"fake-{port}"), stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        wait_port(port, proc)
+        return port, proc
+
+    def start_daphne(self) -> int:
+        self.port = free_port()
+        cmd = [str(Path(PYTHON).parent / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"]
+        self.daphne = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self._log("daphne"), stderr=subprocess.STDOUT)
+        self.procs.append(self.daphne)
+        wait_port(self.port, self.daphne)
+        return self.port
+
+    def prepare_database(self) -> None:
+        if self.args.db == "postgres":
+            import psycopg
+
+            with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.args.pg_name}" WITH (FORCE)')
+                conn.execute(f'CREATE DATABASE "{self.args.pg_name}"')
+            self._redis_flush()
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0, interactive=False)
+
+    def _redis_flush(self) -> None:
+        subprocess.run(["redis-cli", "-n", str(self.args.redis_db), "flushdb"], check=False, capture_output=True)
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        with contextlib.suppress(Exception):
+            from django.db import connections
+
+            connections.close_all()
+        if self.args.db == "postgres":
+            with contextlib.suppress(Exception):
+                import psycopg
+
+                with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{self.args.pg_name}" WITH (FORCE)')
+            self._redis_flush()
+        if self.args.keep_logs:
+            print(f"logs kept in {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def add_key(*, name: str, port: int, priority: int) -> None:
+    from django.core.management import call_command
+
+    call_command(
+        "add_provider_key", provider="openai", name=name, key="sk-bench", base_url=f"http://127.0.0.1:{port}/v1",
+        priority=priority, stdout=open(os.devnull, "w"),  # noqa: SIM115
+    )
+
+
+def disable_key(name: str) -> None:
+    from django.core.management import call_command
+
+    call_command("disable_provider_key", name=name, stdout=open(os.devnull, "w"))  # noqa: SIM115
+
+
+def make_sockets_data(count: int, label: str) -> list[tuple[str, str]]:
+    """`count` conversations (10 per user, titled so no title call follows the reply), each
+    with the session cookie of its owner: [(conversation id, session key)]."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from conversations.models import Conversation
+
+    User = get_user_model()
+    out = []
+    users = User.objects.bulk_create(
+        [User(username=f"{label}-{i}-{uuid.uuid4().hex[:6]}", password="!") for i in range((count + STREAMS_PER_USER - 1) // STREAMS_PER_USER)]
+    )
+    users = list(User.objects.filter(username__startswith=f"{label}-"))
+    conversations = Conversation.objects.bulk_create(
+        [Conversation(owner=users[i // STREAMS_PER_USER], title=f"bench {i}", model=MODEL) for i in range(count)]
+    )
+    sessions = {}
+    for user in users:
+        store = SessionStore()
+        store[SESSION_KEY] = str(user.pk)
+        store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+        store.create()
+        sessions[user.pk] = store.session_key
+    for conversation in conversations:
+        out.append((str(conversation.id), sessions[conversation.owner_id]))
+    return out
+
+
+# --- the client -------------------------------------------------------------------------------
+@dataclass
+class StreamResult:
+    tag: str
+    sent: float = 0.0
+    frames: list = field(default_factory=list)  # (receive time, frame)
+    error: str = ""
+
+
+async def ws_open(session, port: int, conversation_id: str, session_key: str):
+    return await session.ws_connect(
+        f"ws://127.0.0.1:{port}/ws/chat/{conversation_id}/",
+        headers={"Origin": f"http://127.0.0.1:{port}", "Cookie": f"sessionid={session_key}"},
+        heartbeat=None,
+        max_msg_size=0,
+    )
+
+
+async def run_stream(ws, tag: str, *, first_only: bool = False, timeout: float = 120) -> StreamResult:
+    """Send one user_message and record every frame until done (or error, or timeout)."""
+    result = StreamResult(tag=tag)
+    result.sent = time.monotonic()
+    if isinstance(ws, BaseException):  # the handshake failed
+        result.error = f"handshake {type(ws).__name__}"
+        return result
+    try:
+        await ws.send_str(json.dumps({"type": "user_message", "content": tag, "client_id": str(uuid.uuid4())}))
+    except Exception as exc:  # noqa: BLE001 - counted as a failed stream
+        result.error = f"send {type(exc).__name__}"
+        return result
+    deadline = result.sent + timeout
+    try:
+        while True:
+            msg = await ws.receive(timeout=max(deadline - time.monotonic(), 0.01))
+            now = time.monotonic()
+            if msg.type.name != "TEXT":
+                result.error = f"socket {msg.type.name}"
+                break
+            frame = json.loads(msg.data)
+            result.frames.append((now, frame))
+            if frame["type"] == "done":
+                break
+            if frame["type"] == "error" and "message_id" not in frame:
+                result.error = f"error {frame.get('code')}"
+                break
+    except TimeoutError:
+        result.error = "timeout"
+    return result
+
+
+def check_stream(result: StreamResult, expected: str) -> str:
+    """'' when the reply is complete and in order, else what is wrong."""
+    if result.error:
+        return result.error
+    kinds = [f["type"] for _t, f in result.frames]
+    if "error" in kinds:
+        return "error frame " + next(f.get("code", "") for _t, f in result.frames if f["type"] == "error")
+    if kinds[:2] != ["ack", "start"] or kinds[-1] != "done":
+        return "frame order " + ",".join(kinds[:3]) + "…" + kinds[-1]
+    deltas = [f for _t, f in result.frames if f["type"] == "delta"]
+    seqs = [f["seq"] for f in deltas]
+    if seqs != list(range(1, len(deltas) + 1)):
+        at = next(i for i, seq in enumerate(seqs) if seq != i + 1)
+        return f"seq not 1,2,3…: {seqs[max(at - 2, 0) : at + 3]} at frame {at + 1} of {len(seqs)}"
+    if "".join(f["text"] for f in deltas) != expected:
+        return "text differs"
+    if result.frames[-1][1].get("finish_reason") != "stop":
+        return "finish_reason " + str(result.frames[-1][1].get("finish_reason"))
+    return ""
+
+
+def first_delta_ms(result: StreamResult) -> float | None:
+    for t, frame in result.frames:
+        if frame["type"] == "delta":
+            return (t - result.sent) * 1000
+    return None
+
+
+async def direct_first_delta(session, fake_port: int, tag: str, received: list | None = None) -> float:
+    """Request sent -> first content chunk parsed, straight to the fake (the request the openai
+    adapter makes: streaming with usage). Appends the receive time of every content chunk to
+    `received` when given."""
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": tag}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_completion_tokens": 16384,
+    }
+    started = time.monotonic()
+    first = None
+    async with session.post(
+        f"http://127.0.0.1:{fake_port}/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-bench"}
+    ) as response:
+        async for line in response.content:
+            if line.startswith(b"data: {"):
+                chunk = json.loads(line[6:])
+                if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                    now = time.monotonic()
+                    if first is None:
+                        first = (now - started) * 1000
+                    if received is not None:
+                        received.append(now)
+    return first
+
+
+# --- phases -------------------------------------------------------------------------------------
+async def phase_first_delta(stack: Stack, fake_port: int, n: int) -> dict:
+    import aiohttp
+
+    socks = await asyncio.to_thread(make_sockets_data, n + 5, "first")
+    # limit=0: aiohttp's default pool of 100 connections would hold the 101st handshake forever.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        for i in range(5):  # warm-up both paths: connection pools, imports, SDK client cache
+            await direct_first_delta(session, fake_port, f"warm {i}")
+            ws = await ws_open(session, stack.port, *socks[i])
+            await run_stream(ws, f"warm parley {i}")
+            await ws.close()
+        await session.post(f"http://127.0.0.1:{fake_port}/bench/reset")
+        direct, received = [], {}
+        for i in range(n):
+            tag = f"direct {i} {uuid.uuid4().hex}"
+            received[tag] = []
+            direct.append(await direct_first_delta(session, fake_port, tag, received[tag]))
+        async with session.get(f"http://127.0.0.1:{fake_port}/bench/times") as response:
+            emitted = await response.json()
+        # The lag of a plain client: the reference for the per-delta lag through Parley.
+        direct_lags = [(r - e) * 1000 for tag, times in received.items() for r, e in zip(times, emitted[tag])]
+        rss0 = proc_rss_mib(stack.daphne.pid)
+        cpu_h = proc_cpu(stack.daphne.pid)
+        # Every socket opened first, so the turns' CPU does not include the handshakes.
+        sockets = [await ws_open(session, stack.port, *socks[5 + i]) for i in range(n)]
+        cpu0 = proc_cpu(stack.daphne.pid)
+        parley, failures = [], 0
+        for i, ws in enumerate(sockets):
+            result = await run_stream(ws, f"parley {i} {uuid.uuid4().hex}")
+            value = first_delta_ms(result)
+            if value is None or result.error:
+                failures += 1
+            else:
+                parley.append(value)
+        cpu1 = proc_cpu(stack.daphne.pid)
+        for ws in sockets:
+            await ws.close()
+    return {
+        "cpu_per_handshake": (cpu0 - cpu_h) / n,
+        "direct": direct, "parley": parley, "failures": failures, "cpu_per_turn": (cpu1 - cpu0) / n, "rss": rss0,
+        "direct_lags": direct_lags, "load": loadavg(),
+    }
+
+
+async def phase_concurrency(stack: Stack, fake_port: int, k: int, socks, expected: str) -> dict:
+    import aiohttp
+
+    from tests.fakeprovider.server import _words
+
+    words = _words(expected)
+    pid = stack.daphne.pid
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await session.post(f"http://127.0.0.1:{fake_port}/bench/reset")
+        rss_idle = proc_rss_mib(pid)
+        sockets = []
+        for i in range(0, k, 50):  # the handshakes, in batches (not measured)
+            sockets += await asyncio.gather(
+                *(ws_open(session, stack.port, *s) for s in socks[i : min(i + 50, k)]), return_exceptions=True
+            )
+        rss_open = proc_rss_mib(pid)
+        cpu0 = proc_cpu(pid)
+        client_cpu0 = time.process_time()
+        fake_cpu0 = proc_cpu(stack.fake_long.pid)
+        peak = [rss_open]
+        sampling = True
+
+        async def sample():
+            while sampling:
+                peak.append(proc_rss_mib(pid))
+                await asyncio.sleep(0.1)
+
+        sampler = asyncio.create_task(sample())
+        tags = [f"stream {i} {uuid.uuid4().hex}" for i in range(k)]
+
+        async def one(ws, tag):
+            await asyncio.sleep(random.uniform(0, stack.args.spread))
+            return await run_stream(ws, tag, timeout=stack.args.timeout)
+
+        started = time.monotonic()
+        results = await asyncio.gather(*(one(ws, tag) for ws, tag in zip(sockets, tags)))
+        elapsed = time.monotonic() - started
+        sampling = False
+        await sampler
+        cpu1 = proc_cpu(pid)
+        client_cpu = time.process_time() - client_cpu0
+        fake_cpu = proc_cpu(stack.fake_long.pid) - fake_cpu0
+        rss_after = proc_rss_mib(pid)
+        async with session.get(f"http://127.0.0.1:{fake_port}/bench/times") as response:
+            emitted = await response.json()
+        await asyncio.gather(*(ws.close() for ws in sockets if not isinstance(ws, BaseException)), return_exceptions=True)
+
+    failures: dict[str, int] = {}
+    lags, gaps, pace, first, frames_total = [], [], [], [], 0
+    for result in results:
+        problem = check_stream(result, expected)
+        if problem:
+            failures[problem] = failures.get(problem, 0) + 1
+            continue
+        emits = emitted.get(result.tag) or []
+        if len(emits) != len(words):
+            failures["emit times missing"] = failures.get("emit times missing", 0) + 1
+            continue
+        first.append(first_delta_ms(result))
+        pace += [(b - a) * 1000 for a, b in zip(emits, emits[1:])]
+        delta_frames = [(t, f) for t, f in result.frames if f["type"] == "delta"]
+        frames_total += len(delta_frames)
+        gaps += [(b[0] - a[0]) * 1000 for a, b in zip(delta_frames, delta_frames[1:])]
+        # Which frame carried word i: walk the frames' text against the words.
+        index, carried = 0, ""
+        for t, frame in delta_frames:
+            carried += frame["text"]
+            while index < len(words) and len("".join(words[: index + 1])) <= len(carried):
+                lags.append((t - emits[index]) * 1000)
+                index += 1
+    ok = k - sum(failures.values())
+    return {
+        "k": k, "ok": ok, "failures": failures, "elapsed": elapsed, "first": first, "lags": lags, "gaps": gaps,
+        "pace": pace, "frames": frames_total, "deltas": ok * len(words),
+        "cpu": cpu1 - cpu0, "client_cpu": client_cpu, "fake_cpu": fake_cpu,
+        "rss_idle": rss_idle, "rss_open": rss_open, "rss_peak": max(peak), "rss_after": rss_after, "load": loadavg(),
+    }
+
+
+# --- report ----------------------------------------------------------------------------------------
+def print_first(res: dict, args) -> None:
+    d, p = res["direct"], res["parley"]
+    print(f"\n## First content delta, N={len(d)} sequential, pace {args.pace_ms} ms, first delay {args.first_delay_ms} ms")
+    print("| path | p50 ms | p95 ms | p99 ms |\n|---|---:|---:|---:|")
+    print(f"| direct (aiohttp -> fake) | {pct(d, 50):.1f} | {pct(d, 95):.1f} | {pct(d, 99):.1f} |")
+    print(f"| Parley (user_message -> first delta) | {pct(p, 50):.1f} | {pct(p, 95):.1f} | {pct(p, 99):.1f} |")
+    print(f"| **added** | **{pct(p, 50) - pct(d, 50):.1f}** | **{pct(p, 95) - pct(d, 95):.1f}** | **{pct(p, 99) - pct(d, 99):.1f}** |")
+    lags = res["direct_lags"]
+    print(f"failures: {res['failures']}; Daphne CPU per sequential turn: {res['cpu_per_turn'] * 1000:.1f} ms (+ {res['cpu_per_handshake'] * 1000:.1f} ms per socket handshake); load {res['load']}")
+    print(f"direct client's lag emit->receive per delta: p50 {pct(lags, 50):.2f} ms, p99 {pct(lags, 99):.2f} ms")
+
+
+def print_ramp(rows: list[dict], args) -> None:
+    print(f"\n## Concurrency: {args.deltas} deltas at {args.pace_ms} ms, starts spread over {args.spread} s")
+    print(
+        "| K | complete+in order | first delta p50/p99 ms | lag emit->client p50/p99 ms | frame gap p50/p99 ms"
+        " | fake pace p50/p99 ms | deltas/s | Daphne CPU s/stream | Daphne CPU % | MiB/open socket | MiB/stream (peak) | load |"
+    )
+    print("|" + "---:|" * 12)
+    for r in rows:
+        k = r["k"]
+        print(
+            f"| {k} | {r['ok']}/{k} | {pct(r['first'], 50):.0f} / {pct(r['first'], 99):.0f}"
+            f" | {pct(r['lags'], 50):.0f} / {pct(r['lags'], 99):.0f} | {pct(r['gaps'], 50):.0f} / {pct(r['gaps'], 99):.0f}"
+            f" | {pct(r['pace'], 50):.1f} / {pct(r['pace'], 99):.1f} | {r['deltas'] / r['elapsed']:.0f}"
+            f" | {r['cpu'] / k:.3f} | {100 * r['cpu'] / r['elapsed']:.0f}"
+            f" | {(r['rss_open'] - r['rss_idle']) / k:.3f} | {(r['rss_peak'] - r['rss_idle']) / k:.3f} | {r['load']} |"
+        )
+    for r in rows:
+        extra = f" failures: {r['failures']}" if r["failures"] else ""
+        print(
+            f"K={r['k']}: {r['elapsed']:.1f} s wall; CPU s: Daphne {r['cpu']:.1f}, fake {r['fake_cpu']:.1f},"
+            f" client {r['client_cpu']:.1f}; RSS MiB idle {r['rss_idle']:.0f} open {r['rss_open']:.0f}"
+            f" peak {r['rss_peak']:.0f} after {r['rss_after']:.0f}; frames {r['frames']}{extra}"
+        )
+
+
+async def amain(args) -> None:
+    stack = Stack(args)
+    try:
+        await asyncio.to_thread(stack.prepare_database)
+        short_port, _short = stack.start_fake(text=reply_text(args.first_words))
+        long_text = reply_text(args.deltas)
+        long_port, stack.fake_long = stack.start_fake(text=long_text)
+        await asyncio.to_thread(add_key, name="bench-first", port=short_port, priority=200)
+        stack.start_daphne()
+        print(
+            f"# Chat streaming bench: db={args.db}, settings {stack.env['DJANGO_SETTINGS_MODULE']},"
+            f" {os.cpu_count()} cores, load {loadavg()} at start"
+        )
+        print(f"Daphne pid {stack.daphne.pid} on port {stack.port}; fake pids {_short.pid}, {stack.fake_long.pid}", flush=True)
+        if args.first_n:
+            print_first(await phase_first_delta(stack, short_port, args.first_n), args)
+        else:  # still warm the process up (imports, SDK client, connection pools) before the ramp
+            await phase_first_delta(stack, short_port, 1)
+        await asyncio.to_thread(disable_key, "bench-first")
+        await asyncio.to_thread(add_key, name="bench-long", port=long_port, priority=100)
+        ramp = [k for k in (int(x) for x in args.ramp.split(",")) if k <= args.streams]
+        socks = await asyncio.to_thread(make_sockets_data, max(ramp, default=0) * len(ramp), "ramp")
+        rows, used = [], 0
+        for k in ramp:
+            row = await phase_concurrency(stack, long_port, k, socks[used : used + k], long_text)
+            used += k
+            rows.append(row)
+            print(f"K={k}: {row['ok']}/{k} complete, load {row['load']}", flush=True)
+        print_ramp(rows, args)
+        passing = [r["k"] for r in rows if r["ok"] == r["k"]]
+        print(f"\nLargest K with every reply complete and in order: {max(passing) if passing else 0}")
+    finally:
+        stack.close()
+
+
+def main() -> None:
+    # SIGTERM (a job being stopped) unwinds like Ctrl-C, so the subprocesses are stopped too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=500, help="the largest K of the ramp")
+    parser.add_argument("--ramp", default="50,100,200,500")
+    parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--pg-name", default="parley_bench")
+    parser.add_argument("--redis-db", type=int, default=10)
+    parser.add_argument("--first-n", type=int, default=200, help="sequential samples per path (0: skip)")
+    parser.add_argument("--first-words", type=int, default=5, help="reply length in the first-delta phase")
+    parser.add_argument("--deltas", type=int, default=100)
+    parser.add_argument("--pace-ms", type=float, default=20)
+    parser.add_argument("--first-delay-ms", type=float, default=0)
+    parser.add_argument("--spread", type=float, default=0.5, help="seconds over which the K streams start")
+    parser.add_argument("--timeout", type=float, default=120, help="per stream")
+    parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument(
+        "--redis-socket-timeout-fix", action="store_true",
+        help="run Daphne with bench/settings_redis_timeout.py (channel layer without redis-py 8's 5 s read timeout)",
+    )
+    asyncio.run(amain(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

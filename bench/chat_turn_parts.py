@@ -1,0 +1,149 @@
+"""Where the time of one chat turn goes, part by part, in one process (no Daphne, no sockets).
+
+    .venv/bin/python bench/chat_turn_parts.py [--n 100] [--db sqlite|postgres]
+
+Times, each N times on a fresh conversation, the synchronous pieces bench/bench_chat.py's
+first-delta path runs before and after the provider call (each wrapped exactly as
+channels.db.database_sync_to_async runs it: close_old_connections() around the call, so a new
+database connection per call as CONN_MAX_AGE=0 gives), the key choice, and the openai SDK's
+time to the first delta against the fake provider next to a raw aiohttp request. Wall and CPU
+time, median and p95, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_chat import Stack, make_sockets_data, pct, reply_text  # noqa: E402
+
+
+def timed(fn, n: int) -> tuple[list[float], list[float], int]:
+    """Wall and CPU ms of each of n calls, and the SQL statements of one more (counted apart:
+    capturing queries costs time)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    walls, cpus = [], []
+    for i in range(n):
+        w, c = time.perf_counter(), time.process_time()
+        fn(i)
+        walls.append((time.perf_counter() - w) * 1000)
+        cpus.append((time.process_time() - c) * 1000)
+    with CaptureQueriesContext(connection) as captured:
+        fn(n)
+    return walls, cpus, len(captured.captured_queries)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--pg-name", default="parley_bench")
+    parser.add_argument("--redis-db", type=int, default=10)
+    parser.add_argument("--pace-ms", type=float, default=20)
+    parser.add_argument("--first-delay-ms", type=float, default=0)
+    parser.add_argument("--keep-logs", action="store_true")
+    args = parser.parse_args()
+    stack = Stack(args)
+    try:
+        stack.prepare_database()
+        port, _fake = stack.start_fake(text=reply_text(5))
+        from bench_chat import add_key
+
+        add_key(name="bench-parts", port=port, priority=100)
+        rows = run_parts(args, port)
+    finally:
+        stack.close()
+    print(f"# Parts of one turn, db={args.db}, N={args.n}, load {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    print("| part | wall p50 ms | wall p95 ms | CPU p50 ms | SQL statements |\n|---|---:|---:|---:|---:|")
+    for name, (walls, cpus, queries) in rows:
+        print(f"| {name} | {pct(walls, 50):.2f} | {pct(walls, 95):.2f} | {pct(cpus, 50):.2f} | {queries} |")
+
+
+def run_parts(args, port: int) -> list:
+    from django.contrib.auth import get_user_model
+    from django.db import close_old_connections
+
+    from billing import keys
+    from conversations import turns
+    from conversations.llm import get_adapter
+    from conversations.models import Conversation
+
+    n = args.n
+    socks = make_sockets_data(n + 1, "parts")
+    conversations = {c.id: c for c in Conversation.objects.filter(id__in=[s[0] for s in socks]).select_related("owner")}
+    convs = [conversations[uuid.UUID(s[0])] for s in socks]
+    users = {c.owner_id: get_user_model().objects.get(pk=c.owner_id) for c in convs}
+    plans = []
+    rows = []
+
+    def as_channels(fn):
+        # What database_sync_to_async does around every call.
+        def run(i):
+            close_old_connections()
+            try:
+                return fn(i)
+            finally:
+                close_old_connections()
+
+        return run
+
+    def prepare(i):
+        result, plan = turns._turn_prepare(
+            user=users[convs[i].owner_id], conversation_id=convs[i].id, content=f"parts {i}", client_id=uuid.uuid4()
+        )
+        assert plan is not None, result
+        plans.append(plan)
+
+    rows.append(("`_turn_prepare` (user message, checks, context, reply row)", timed(as_channels(prepare), n)))
+    rows.append(("new DB connection + close (`close_old_connections` around a call)", timed(as_channels(lambda i: Conversation.objects.exists()), n)))
+    leases = []
+    rows.append(("`keys.key_choose` (no connection churn: sync_to_async)", timed(lambda i: leases.append(keys.key_choose(provider="openai")), n)))
+    rows.append(("`_reply_heartbeat` (streaming flip)", timed(as_channels(lambda i: turns._reply_heartbeat(message_id=plans[i].message_id, streaming=True)), n)))
+    rows.append(("`keys.key_report_success`", timed(lambda i: keys.key_report_success(key_id=leases[i].id), n)))
+
+    def finish(i):
+        outcome = turns._Outcome("stop", text="w001 w002 w003 w004 w005.", attempt=1, key_id=leases[i].id)
+        turns._reply_finish(plan=plans[i], outcome=outcome)
+
+    rows.append(("`_reply_finish` (message, ledger, stats, budget settle)", timed(as_channels(finish), n)))
+
+    async def sdk_and_raw():
+        import aiohttp
+        from bench_chat import direct_first_delta
+
+        from conversations.llm.base import TextDelta
+
+        adapter = get_adapter("openai")
+        sdk, raw = [], []
+        async with aiohttp.ClientSession() as session:
+            for i in range(n + 3):
+                started = time.monotonic()
+                async for event in adapter.stream(plans[i % len(plans)].request, key=leases[0]):
+                    if isinstance(event, TextDelta) and event.text:
+                        if i >= 3:
+                            sdk.append((time.monotonic() - started) * 1000)
+                        break
+                value = await direct_first_delta(session, port, f"raw {i}")
+                if i >= 3:
+                    raw.append(value)
+        return sdk, raw
+
+    sdk, raw = asyncio.run(sdk_and_raw())
+    rows.append((f"openai adapter: request -> first delta (fake pace {args.pace_ms} ms)", (sdk, [float("nan")], 0)))
+    rows.append(("raw aiohttp: request -> first delta (same fake)", (raw, [float("nan")], 0)))
+    return rows
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+    main()
