@@ -170,7 +170,21 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1500, "expiry": 30},
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # redis-py 8 gives connections a 5 s read timeout, but the layer blocks up
+                        # to 5 s waiting for a socket's next message: idle sockets would be dropped.
+                        "socket_timeout": None,
+                        # The async pool refuses (not waits) past its cap; hundreds of streams
+                        # publish at once, so leave room well above the default 100.
+                        "max_connections": _int("REDIS_LAYER_MAX_CONNECTIONS", 2000),
+                    }
+                ],
+                "capacity": 1500,
+                "expiry": 30,
+            },
         }
     }
     CACHES = {

@@ -248,3 +248,22 @@ async def test_an_oversized_frame_is_refused_unparsed(app, user, settings):
     assert error["type"] == "error" and error["code"] == "invalid_input"
     assert await _message_count(conversation) == 0
     await ws.disconnect()
+
+
+# --- the Redis channel layer keeps idle sockets ---------------------------------------------------
+async def test_an_idle_socket_on_redis_stays_open_and_answers_after_six_quiet_seconds(app, user, needs_redis):
+    # redis-py 8 gives connections a 5 s read timeout while the layer blocks up to 5 s for the
+    # next message; unless the layer's hosts set socket_timeout=None, the idle receive raises
+    # and Daphne drops the socket (found by bench/bench_chat.py).
+    conversation = await _conversation(user)
+    cookie = await session_cookie_of(user)
+    ws, connected, _code = await ws_open(app, _path(conversation), cookie=cookie)
+    assert connected
+    await asyncio.sleep(6.5)
+    assert await ws.receive_nothing(timeout=0.1), "the idle socket was closed or sent something"
+    await ws.send_json_to(_user_message("still there?"))
+    frames = []
+    while not frames or frames[-1]["type"] not in {"done", "error"}:
+        frames.append(await ws.receive_json_from(timeout=10))
+    assert frames[0]["type"] == "ack" and frames[-1]["type"] == "done"
+    await ws.disconnect()
