@@ -64,7 +64,8 @@ def usage_record(
     at: dt.datetime | None = None,
 ):
     """Append one ledger row (idempotent on message_id+attempt) and upsert the daily rollup in the
-    same transaction. Returns the UsageRecord (the existing one on a repeat)."""
+    same transaction. `provider` and `model` are kept apart: "openai" and "gpt-4o-mini", never
+    "openai:gpt-4o-mini" in `model`. Returns the UsageRecord (the existing one on a repeat)."""
     from .models import UsageRecord
 
     if outcome not in UsageRecord.Outcome.values:

@@ -663,7 +663,7 @@ def _usage_record_failed(*, plan: _ReplyPlan, attempt: int, key_id, exc: Provide
             **_ledger_owner(plan=plan),
             attempt=attempt,
             provider=plan.provider,
-            model=plan.model_id,
+            model=plan.request.model,  # the ledger's model is the name without the provider
             key_id=key_id,
             input_tokens=0,
             output_tokens=0,
@@ -720,7 +720,7 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict:
                 **owner,
                 attempt=outcome.attempt,
                 provider=plan.provider,
-                model=plan.model_id,
+                model=plan.request.model,
                 key_id=outcome.key_id,
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
@@ -773,7 +773,7 @@ def _reap_settle(*, message_id, conversation_id, state: dict, text: str) -> None
     from django.contrib.auth import get_user_model
 
     model_id = state["model"]
-    provider = model_id.partition(":")[0]
+    provider, _sep, model_name = model_id.partition(":")
     price = prices.price_for(model_id=model_id)
     attempt = int(state.get("attempt") or 0)
     input_tokens = int(state.get("input_tokens") or 0) if attempt else 0
@@ -783,7 +783,7 @@ def _reap_settle(*, message_id, conversation_id, state: dict, text: str) -> None
         cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)
         ledger.usage_record(
             user=get_user_model().objects.filter(pk=state.get("user_id")).first(),
-            conversation_id=conversation_id, message_id=message_id, attempt=attempt, provider=provider, model=model_id,
+            conversation_id=conversation_id, message_id=message_id, attempt=attempt, provider=provider, model=model_name,
             key_id=None, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=0, cost=cost, estimated=True,
             ttft_ms=None, latency_ms=None, outcome="error", error_kind="interrupted",
         )

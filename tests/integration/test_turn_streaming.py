@@ -77,6 +77,7 @@ async def test_a_reply_streams_end_to_end_and_costs_what_the_price_row_says(
     record = await db(UsageRecord.objects.get)(message_id=reply.id)
     assert (record.key_id, record.cost, record.estimated, record.outcome) == (key.id, expected, False, "ok")
     assert (record.input_tokens, record.output_tokens) == (input_tokens, output_tokens)
+    assert (record.provider, record.model) == tuple(model_id.split(":"))  # kept apart, as the rollups expect
     assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
     # The dashboard's per-key rollup was written with the ledger row.
     stats = await db(KeyDailyStats.objects.get)(key_id=key.id)
