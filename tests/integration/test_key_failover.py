@@ -23,7 +23,6 @@ from conversations import turns
 from conversations.models import Message
 
 from .conftest import (
-    OPENAI_MODEL,
     db,
     eventually,
     of_type,
