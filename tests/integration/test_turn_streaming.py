@@ -209,3 +209,23 @@ async def test_a_resend_of_the_same_client_id_never_charges_twice(priced, add_ke
     assert await db(UsageRecord.objects.count)() == 1
     assert spent_after_one > 0 and await db(spent_and_reserved)(user) == (spent_after_one, Decimal("0"))
     assert await db(lambda: Budget.objects.get(user=user).spent)() == spent_after_one
+
+
+async def test_an_untitled_conversation_gets_a_title_from_a_real_billed_call(priced, add_key, fake_provider, make_user, conversation_for):
+    user = await db(make_user)("titler")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("openai", "sk-title", text="Paris trip ideas")
+    conversation = await db(conversation_for)(user, title="")
+
+    ws = await ws_open(user, conversation.id)
+    await ws_turn(ws, "Where should I go in Paris?")
+    await replies_finished()
+    await ws.disconnect()
+
+    chat, title = fake_provider.requests_for("sk-title")
+    assert chat.max_tokens == MAX_OUTPUT and title.max_tokens == 24
+    assert (await db(type(conversation).objects.get)(pk=conversation.pk)).title == "Paris trip ideas"
+    # The title call is a provider call like any other: in the ledger and on the budget.
+    costs = await db(list)(UsageRecord.objects.order_by("created_at").values_list("message_id", "cost"))
+    assert len(costs) == 2 and costs[0][0] is not None and costs[1][0] is None
+    assert await db(spent_and_reserved)(user) == (costs[0][1] + costs[1][1], Decimal("0"))
