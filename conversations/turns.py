@@ -146,10 +146,19 @@ async def turn_regenerate(*, user, conversation: Conversation) -> TurnResult:
     return result
 
 
+def _closed_account() -> TurnError:
+    return TurnError("invalid_input", _("This account is closed."))
+
+
 def _turn_prepare(*, user, conversation_id, content: str, client_id: uuid.UUID) -> tuple[TurnResult, _ReplyPlan | None]:
-    conversation = Conversation.objects.filter(id=conversation_id, owner=user).first()
+    # The owner is read with the conversation (one query): a socket opened before the account
+    # was locked (erasure, deactivation) still holds the old user object, and must not start a
+    # reply, or save words, while the erasure waits for its task.
+    conversation = Conversation.objects.filter(id=conversation_id, owner=user).select_related("owner").first()
     if conversation is None:  # deleted in another tab while this socket was open
         return TurnResult(None, client_id, error=TurnError("invalid_input", _("This conversation no longer exists."))), None
+    if not conversation.owner.is_active:
+        return TurnResult(None, client_id, error=_closed_account()), None
     existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
     if existing is None:
         try:
@@ -172,9 +181,11 @@ def _turn_prepare(*, user, conversation_id, content: str, client_id: uuid.UUID) 
 
 
 def _regenerate_prepare(*, user, conversation_id) -> tuple[TurnResult, _ReplyPlan | None]:
-    conversation = Conversation.objects.filter(id=conversation_id, owner=user).first()
+    conversation = Conversation.objects.filter(id=conversation_id, owner=user).select_related("owner").first()
     if conversation is None:
         return TurnResult(None, None, error=TurnError("invalid_input", _("This conversation no longer exists."))), None
+    if not conversation.owner.is_active:
+        return TurnResult(None, None, error=_closed_account()), None
     last_user = (
         Message.objects.filter(conversation=conversation, role=Message.Role.USER).order_by("-created_at", "-id").first()
     )

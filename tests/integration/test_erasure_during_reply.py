@@ -53,8 +53,9 @@ async def test_erasure_during_a_streaming_reply_leaves_nothing_and_stops_the_rep
 
     assert (await db(ErasureRequest.objects.get)(pk=erasure.pk)).status == ErasureRequest.Status.DONE
     assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "cancelled"
-    needles = [user.username, user.email, user.display_name, f"kumquat{tag}", f"step7-{tag}", f"answer1-{tag}", *deltas]
-    needles = [n.strip() for n in needles if n.strip()]
+    # Distinctive needles only (a two-letter word would turn up in any base64 by chance).
+    streamed = [d.strip() for d in deltas if tag in d]
+    needles = [user.username, user.email, user.display_name, f"kumquat{tag}", f"step7-{tag}", f"answer1-{tag}", *streamed]
     assert await db(scan_database)(needles) == []
     assert scan_cache(needles) == []
     assert not await db(get_user_model().objects.filter(pk=user.pk).exists)()
@@ -68,3 +69,21 @@ async def test_erasure_during_a_streaming_reply_leaves_nothing_and_stops_the_rep
         (record,) = await db(list)(UsageRecord.objects.all())
         assert record.user_id is None and record.conversation_id is None and record.message_id is None
         assert record.cost > 0 and record.outcome == "cancelled"
+
+
+async def test_a_socket_opened_before_the_account_was_locked_cannot_start_a_reply(priced, add_key, fake_provider, make_user, conversation_for):
+    """Erasure locks the account at once and erases in a task; a socket already open must not
+    start a reply (or save new words) in between."""
+    user = await db(make_user)("leaving")
+    await db(add_key)("openai", "sk-leaving")
+    conversation = await db(conversation_for)(user)
+    ws = await ws_open(user, conversation.id)
+
+    await db(data_rights.erasure_request)(user=user, queue=False)  # locked; the task has not run
+    await ws.send_json_to({"type": "user_message", "content": "one last thing", "client_id": str(uuid.uuid4())})
+    frames = [await ws.receive_json_from(timeout=10), await ws.receive_json_from(timeout=10)]
+    await ws.disconnect()
+
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "invalid_input"
+    assert await db(Message.objects.count)() == 0
+    assert fake_provider.requests == []
