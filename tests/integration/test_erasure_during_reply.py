@@ -27,13 +27,13 @@ async def test_erasure_during_a_streaming_reply_leaves_nothing_and_stops_the_rep
     model_id, priced, add_key, fake_provider, make_user, conversation_for, settings
 ):
     tag = uuid.uuid4().hex[:8]
-    settings.DEMO_DELAY_MS = 30  # the demo model streams slowly enough to be erased mid-reply
+    settings.DEMO_DELAY_MS = 60  # the demo model streams slowly enough to be erased mid-reply
     user = await db(make_user)(f"erin{tag}", display_name=f"Erin Quill {tag}")
     await db(budgets.budget_set)(user=user, period="month", limit="5")
     said = f"my private plan kumquat{tag} " + " ".join(f"step{i}-{tag}" for i in range(120))
     # The fake provider answers with words that are the person's too (their reply).
     reply_words = " ".join(f"answer{i}-{tag}" for i in range(200))
-    await db(add_key)("openai", f"sk-erase-{tag}", text=reply_words, pace_ms=20)
+    await db(add_key)("openai", f"sk-erase-{tag}", text=reply_words, pace_ms=40)
     conversation = await db(conversation_for)(user, model=model_id, title=f"plans of {tag}")
 
     ws = await ws_open(user, conversation.id)

@@ -14,7 +14,6 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
-from django.utils import timezone
 
 from accounts.models import AuditEvent
 from billing import budgets, keys
@@ -74,7 +73,9 @@ async def test_a_429_fails_over_to_the_next_key_in_the_same_turn_and_cools_the_k
     assert "".join(d["text"] for d in of_type(frames, "delta")) == "Answered by B."
     assert (len(fake_provider.requests_for("sk-key-a")), len(fake_provider.requests_for("sk-key-b"))) == (1, 1)
     key_a = await _key(a.id)
-    assert key_a.health == ProviderKey.Health.COOLING_DOWN and key_a.cooldown_until > timezone.now() + timedelta(seconds=25)
+    # Out for the Retry-After the provider sent (30 s), counted from when it said so.
+    (refused,) = fake_provider.requests_for("sk-key-a")
+    assert key_a.health == ProviderKey.Health.COOLING_DOWN and key_a.cooldown_until.timestamp() >= refused.received_at + 30
     # One ledger row per provider call: the 429 costs nothing, B's answer is what was charged.
     rows = await db(list)(UsageRecord.objects.order_by("attempt").values_list("attempt", "key_id", "outcome", "cost"))
     assert [r[:3] for r in rows] == [(1, a.id, "error"), (2, b.id, "ok")] and rows[0][3] == 0
@@ -171,7 +172,7 @@ async def test_rotation_while_twenty_replies_stream(priced, add_key, fake_provid
     fails, and A gets no new call once it drains."""
     user = await db(make_user)("rotation")
     words = " ".join(f"w{i}" for i in range(20))
-    a = await db(add_key)("openai", "sk-rotate-a", text=words, pace_ms=40)
+    a = await db(add_key)("openai", "sk-rotate-a", text=words, pace_ms=100)
     conversations = [await db(conversation_for)(user) for _ in range(25)]
 
     async def start(conversation, n):
