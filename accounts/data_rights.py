@@ -651,6 +651,10 @@ def _step_audit(erasure: ErasureRequest, user) -> None:
 
 def _step_account(erasure: ErasureRequest, user) -> None:
     with transaction.atomic():
+        # The user row is locked first, as a finishing reply locks it first before writing its
+        # ledger row (conversations.turns._ledger_owner): one of the two waits for the other, so
+        # the ledger row is either written anonymous or committed in time to be forgotten below.
+        get_user_model().objects.select_for_update().filter(pk=erasure.user_id).values_list("pk", flat=True).first()
         # Once more, in the same transaction as the delete: a reply that finished after the usage
         # step wrote a ledger row still linked to the person.
         late = billing_rights.usage_forget_user(user_id=erasure.user_id)

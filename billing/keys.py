@@ -812,7 +812,7 @@ def _test_usage_record(*, key: ProviderKey, model: str, usage, ok: bool, error_k
             message_id=None,
             attempt=1,
             provider=key.provider,
-            model=model_id,
+            model=model,  # the ledger keeps the provider apart: the model's own name
             key_id=key.pk,
             cost=cost,
             estimated=usage is None,

@@ -1,8 +1,9 @@
 """The usage ledger and its daily rollup.
 
 One append-only UsageRecord per provider call (retries and failovers included), and in the SAME
-transaction an upsert of the DailyUsage row for (UTC day, user, team, provider, model), so the
-rollup is exact by construction and dashboards never scan the ledger. `rollup_differences`
+transaction an upsert of the DailyUsage row for (UTC day, user, team, provider, model) and of the
+dashboard's per-key and latency rollups (billing.stats), so the rollups are exact by construction
+and dashboards never scan the ledger. `rollup_differences`
 proves it (manage.py check_rollups).
 
 Lock order, to stay deadlock-free beside billing.budgets: a turn's closing transaction calls
@@ -22,6 +23,7 @@ from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from .money import ZERO, quantize_money
+from .stats import stats_record_call
 
 _PRIMARY_TEAM = object()  # sentinel: attribute the call to the user's first team
 
@@ -62,7 +64,8 @@ def usage_record(
     at: dt.datetime | None = None,
 ):
     """Append one ledger row (idempotent on message_id+attempt) and upsert the daily rollup in the
-    same transaction. Returns the UsageRecord (the existing one on a repeat)."""
+    same transaction. `provider` and `model` are kept apart: "openai" and "gpt-4o-mini", never
+    "openai:gpt-4o-mini" in `model`. Returns the UsageRecord (the existing one on a repeat)."""
     from .models import UsageRecord
 
     if outcome not in UsageRecord.Outcome.values:
@@ -109,6 +112,16 @@ def usage_record(
                 raise
             return UsageRecord.objects.get(message_id=message_id, attempt=attempt)
         _rollup_add(record)
+        # The dashboard's per-key and latency rollups, on the same UTC day as the DailyUsage row:
+        # a call and all its statistics commit together or not at all.
+        stats_record_call(
+            day=_day_of(record.created_at),
+            provider=record.provider,
+            key_id=record.key_id,
+            ttft_ms=record.ttft_ms,
+            latency_ms=record.latency_ms,
+            outcome=record.outcome,
+        )
     return record
 
 

@@ -173,7 +173,7 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
                 keys.key_report_failure(key_id=key.id, kind=str(exc.kind), retry_after=exc.retry_after)
                 tried.append(key.id)
             ledger.usage_record(
-                user=user, conversation_id=conversation_id, message_id=None, attempt=attempt, provider=provider, model=model_id,
+                user=user, conversation_id=conversation_id, message_id=None, attempt=attempt, provider=provider, model=model_name,
                 key_id=key.id if key else None, input_tokens=0, output_tokens=0, cached_tokens=0, cost=Decimal("0"),
                 estimated=False, ttft_ms=None, latency_ms=None, outcome="error", error_kind=str(exc.kind),
             )
@@ -188,7 +188,7 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
         cost = prices.cost_of(price=price, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
         latency = int((timezone.now() - started).total_seconds() * 1000)
         ledger.usage_record(
-            user=user, conversation_id=conversation_id, message_id=None, attempt=attempt, provider=provider, model=model_id,
+            user=user, conversation_id=conversation_id, message_id=None, attempt=attempt, provider=provider, model=model_name,
             key_id=key.id if key else None, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             cached_tokens=usage.cached_tokens, cost=cost, estimated=estimated, ttft_ms=None, latency_ms=latency, outcome="ok",
         )

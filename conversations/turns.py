@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -48,16 +47,8 @@ HEARTBEAT_SECONDS = 5.0  # the running reply's row is touched at most this often
 STOP_POLL_SECONDS = 0.5  # how often the cache stop flag is read (the channel message is instant)
 STALE_SECONDS = 90  # a running reply whose heartbeat is older is reaped as `error`
 BUFFER_TTL = 60 * 60  # the stream buffer outlives any reply; the reaper deletes stale ones
-BACKOFF_BASE = 0.25  # seconds before trying the next key after a 5xx/timeout (with jitter)
 ZERO = Decimal("0")
 MONEY_PLACES = Decimal("0.0000000001")  # the ledger's precision (billing.models.MONEY)
-
-ContextTooLong = getattr(context_mod, "ContextTooLong", None)
-if ContextTooLong is None:  # pragma: no cover - the llm branch adds it to conversations.context
-
-    class ContextTooLong(Exception):  # type: ignore[no-redef]
-        pass
-
 
 # --- names ----------------------------------------------------------------------------------
 def group_name(conversation_id) -> str:
@@ -115,6 +106,7 @@ class _ReplyPlan:
     input_tokens: int
     reservation_id: uuid.UUID
     wants_title: bool
+    team_id: int | None = None  # the team the ledger files this call under (taken at the start)
     summarize_upto: uuid.UUID | None = None  # the last history item trimmed out of the context
     attempt: int = 0  # the provider call in progress (kept in the buffer for the reaper)
 
@@ -154,10 +146,19 @@ async def turn_regenerate(*, user, conversation: Conversation) -> TurnResult:
     return result
 
 
+def _closed_account() -> TurnError:
+    return TurnError("invalid_input", _("This account is closed."))
+
+
 def _turn_prepare(*, user, conversation_id, content: str, client_id: uuid.UUID) -> tuple[TurnResult, _ReplyPlan | None]:
-    conversation = Conversation.objects.filter(id=conversation_id, owner=user).first()
+    # The owner is read with the conversation (one query): a socket opened before the account
+    # was locked (erasure, deactivation) still holds the old user object, and must not start a
+    # reply, or save words, while the erasure waits for its task.
+    conversation = Conversation.objects.filter(id=conversation_id, owner=user).select_related("owner").first()
     if conversation is None:  # deleted in another tab while this socket was open
         return TurnResult(None, client_id, error=TurnError("invalid_input", _("This conversation no longer exists."))), None
+    if not conversation.owner.is_active:
+        return TurnResult(None, client_id, error=_closed_account()), None
     existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
     if existing is None:
         try:
@@ -180,9 +181,11 @@ def _turn_prepare(*, user, conversation_id, content: str, client_id: uuid.UUID) 
 
 
 def _regenerate_prepare(*, user, conversation_id) -> tuple[TurnResult, _ReplyPlan | None]:
-    conversation = Conversation.objects.filter(id=conversation_id, owner=user).first()
+    conversation = Conversation.objects.filter(id=conversation_id, owner=user).select_related("owner").first()
     if conversation is None:
         return TurnResult(None, None, error=TurnError("invalid_input", _("This conversation no longer exists."))), None
+    if not conversation.owner.is_active:
+        return TurnResult(None, None, error=_closed_account()), None
     last_user = (
         Message.objects.filter(conversation=conversation, role=Message.Role.USER).order_by("-created_at", "-id").first()
     )
@@ -251,33 +254,29 @@ def _reply_prepare(
             context_window=price.context_window,
             max_tokens=max_tokens,
         )
-    except ContextTooLong:
-        return refuse("invalid_input", _("This message is too long for the model's context window."))
+    except context_mod.ContextTooLong as exc:
+        # Its message holds numbers only (tokens needed, window): safe to show.
+        return refuse("invalid_input", str(exc))
 
-    worst_case = prices.cost_of(price=price, input_tokens=built.input_tokens, output_tokens=max_tokens)
+    # Rate limit first, budget second. The limiter is a per-user counter in the cache; the budget
+    # reservation locks budget rows that a whole team shares. Checked in this order, one person's
+    # flood of requests is turned away by the cheap check and never queues on the team's rows.
+    # The price: a request the budget then refuses stays counted for the minute. That is
+    # deliberate: it was a request (the user is told why it failed, and resending at once cannot
+    # succeed until the budget changes), and giving it back would let a script hammer the
+    # budget's locked transaction without limit.
+    try:
+        limits.rate_limit_check(user=user, tokens=built.input_tokens)
+    except limits.RateLimited as exc:
+        return refuse("rate_limited", exc.message, retry_after=exc.retry_after)
+    worst_case = prices.worst_case_cost(price=price, input_tokens=built.input_tokens, max_output_tokens=max_tokens)
     try:
         reservation_id = budgets.budget_reserve(user=user, amount=worst_case)
     except budgets.BudgetExceeded as exc:
         return refuse(
             "budget_exceeded",
-            _("The %(scope)s budget %(name)s (%(period)s, limit $%(limit)s) cannot cover this reply.")
-            % {
-                # The words for scope and period are translated; the codes stay in "budget".
-                "scope": {"user": _("user"), "team": _("team")}.get(exc.scope, exc.scope),
-                "name": exc.name,
-                "period": {"day": _("day"), "week": _("week"), "month": _("month"), "total": _("total")}.get(exc.period, exc.period),
-                "limit": format(Decimal(exc.limit).quantize(Decimal("0.01")), "f"),
-            },
+            exc.message,
             budget={"scope": exc.scope, "name": exc.name, "period": exc.period, "limit": money_str(exc.limit)},
-        )
-    try:
-        limits.rate_limit_check(user=user, tokens=built.input_tokens)
-    except limits.RateLimited as exc:
-        budgets.budget_settle(reservation_id=reservation_id, actual=ZERO)
-        return refuse(
-            "rate_limited",
-            _("Too many requests: try again in %(seconds)d seconds.") % {"seconds": exc.retry_after},
-            retry_after=exc.retry_after,
         )
 
     try:
@@ -313,6 +312,7 @@ def _reply_prepare(
         input_tokens=built.input_tokens,
         reservation_id=reservation_id,
         wants_title=not conversation.title,
+        team_id=ledger.primary_team_id(user=user),
         summarize_upto=built.dropped_ids[-1] if built.dropped_ids else None,
     )
     return TurnResult(reply_to.id, client_id, reply_id=reply.id), plan
@@ -583,7 +583,11 @@ def _error_text(exc: ProviderError) -> str:
 
 
 async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Event) -> _Outcome:
-    """The key failover loop. Returns how the last provider call ended."""
+    """The key failover loop. Returns how the last provider call ended.
+
+    What to do after a failure before any output is billing.keys' decision (KeyFailureOutcome):
+    the key state machine knows whether the failure was the request's own (a 400: stop) or the
+    key's (429, 401, 5xx, timeout: the next key, after the backoff it says)."""
     adapter = llm.get_adapter(plan.provider)
     tried: list[uuid.UUID] = []
     attempt = 0
@@ -593,7 +597,7 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
             return _Outcome("cancelled", attempt=attempt, recorded=attempt > 0)
         key = None
         if plan.provider != "demo":  # the demo model runs in-process and needs no key
-            key = await sync_to_async(keys.key_choose)(provider=plan.provider, exclude=tuple(tried))
+            key = await database_sync_to_async(keys.key_choose)(provider=plan.provider, exclude=tuple(tried))
             if key is None:
                 return _Outcome(
                     "error",
@@ -613,16 +617,19 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
         if result.cancelled:
             outcome.finish_reason = "cancelled"
             if key_id:
-                await sync_to_async(keys.key_report_success)(key_id=key_id)
+                await database_sync_to_async(keys.key_report_success)(key_id=key_id)
             return outcome
         if result.error is None:
             outcome.finish_reason = result.finish or "stop"
             if key_id:
-                await sync_to_async(keys.key_report_success)(key_id=key_id)
+                await database_sync_to_async(keys.key_report_success)(key_id=key_id)
             return outcome
         exc = result.error
-        if key_id:
-            await sync_to_async(keys.key_report_failure)(key_id=key_id, kind=str(exc.kind), retry_after=exc.retry_after)
+        decision = None
+        if key is not None:
+            decision = await database_sync_to_async(keys.key_report_failure)(
+                key_id=key.id, kind=str(exc.kind), retry_after=exc.retry_after, attempt=attempt, version=key.version
+            )
         if result.got_output or exc.after_output:
             # Cut mid-reply: keep what arrived and say why; the partial answer is not retried
             # (a second call would bill the input again and repeat the text).
@@ -634,36 +641,59 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
         # Failed before any output: its own ledger row (nothing billed), then maybe the next key.
         await database_sync_to_async(_usage_record_failed)(plan=plan, attempt=attempt, key_id=key_id, exc=exc, result=result)
         last_error = exc
-        if exc.kind in (ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_TOO_LONG) or key is None:
-            code = "provider_error" if exc.kind in (ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_TOO_LONG) else "provider_unavailable"
+        request_refused = exc.kind in (ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_TOO_LONG)
+        if request_refused or decision is None or not decision.retry:
+            code = "provider_error" if request_refused else "provider_unavailable"
             return _Outcome(
                 "error", error_code=code, error_message=_error_text(exc), error_kind=str(exc.kind), attempt=attempt, recorded=True
             )
         tried.append(key.id)
-        if exc.kind in (ErrorKind.UNAVAILABLE, ErrorKind.TIMEOUT):
-            delay = BACKOFF_BASE * (2 ** min(attempt - 1, 3)) * (0.5 + random.random())
-            await _wait_or_cancel(asyncio.sleep(delay), cancel, delay + 1)
+        if decision.backoff > 0:
+            await _wait_or_cancel(asyncio.sleep(decision.backoff), cancel, decision.backoff + 1)
+
+
+def _ledger_owner(*, plan: _ReplyPlan) -> dict:
+    """Who a ledger row of this reply is filed under, decided inside the writing transaction.
+
+    The user row is locked first: an erasure (accounts.data_rights, which locks the same row
+    first too) either deleted the account before this (then the row is written without the
+    person, as erasure leaves every row, and the money stays with the team) or waits until this
+    row is committed and then anonymises it with the rest. Without the lock, a row could be
+    written for a user deleted a moment before, and fail the foreign key at commit.
+
+    FOR NO KEY UPDATE, not FOR UPDATE: it still excludes the erasure's DELETE, but not the
+    FOR KEY SHARE that Postgres takes on the user row to check every foreign key to it. A plain
+    FOR UPDATE here deadlocked against a concurrent budget_reserve of the same user (it holds
+    the budget row and checks its reservation's user key at commit; this holds the user row
+    and waits for the budget row in budget_settle)."""
+    from django.contrib.auth import get_user_model
+
+    alive = (
+        get_user_model().objects.select_for_update(no_key=True).filter(pk=plan.user.pk).values_list("pk", flat=True).first()
+    )
+    if alive is None:
+        return {"user": None, "team_id": plan.team_id, "conversation_id": None, "message_id": None}
+    return {"user": plan.user, "team_id": plan.team_id, "conversation_id": plan.conversation_id, "message_id": plan.message_id}
 
 
 def _usage_record_failed(*, plan: _ReplyPlan, attempt: int, key_id, exc: ProviderError, result: _Attempt) -> None:
-    ledger.usage_record(
-        user=plan.user,
-        conversation_id=plan.conversation_id,
-        message_id=plan.message_id,
-        attempt=attempt,
-        provider=plan.provider,
-        model=plan.model_id,
-        key_id=key_id,
-        input_tokens=0,
-        output_tokens=0,
-        cached_tokens=0,
-        cost=ZERO,
-        estimated=False,
-        ttft_ms=None,
-        latency_ms=result.latency_ms,
-        outcome="error",
-        error_kind=str(exc.kind),
-    )
+    with transaction.atomic():
+        ledger.usage_record(
+            **_ledger_owner(plan=plan),
+            attempt=attempt,
+            provider=plan.provider,
+            model=plan.request.model,  # the ledger's model is the name without the provider
+            key_id=key_id,
+            input_tokens=0,
+            output_tokens=0,
+            cached_tokens=0,
+            cost=ZERO,
+            estimated=False,
+            ttft_ms=None,
+            latency_ms=result.latency_ms,
+            outcome="error",
+            error_kind=str(exc.kind),
+        )
 
 
 def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict:
@@ -691,6 +721,7 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict:
     }.get(outcome.finish_reason, Message.Status.ERROR)
     now = timezone.now()
     with transaction.atomic():
+        owner = _ledger_owner(plan=plan)  # first: the user row's lock orders this before erasure
         Message.objects.filter(id=plan.message_id).update(
             content=outcome.text,
             status=status,
@@ -703,13 +734,12 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict:
         )
         Conversation.objects.filter(id=plan.conversation_id).update(updated_at=now)
         if billable:
+            # The ledger row before the settlement: the lock order billing.ledger documents.
             ledger.usage_record(
-                user=plan.user,
-                conversation_id=plan.conversation_id,
-                message_id=plan.message_id,
+                **owner,
                 attempt=outcome.attempt,
                 provider=plan.provider,
-                model=plan.model_id,
+                model=plan.request.model,
                 key_id=outcome.key_id,
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
@@ -762,7 +792,7 @@ def _reap_settle(*, message_id, conversation_id, state: dict, text: str) -> None
     from django.contrib.auth import get_user_model
 
     model_id = state["model"]
-    provider = model_id.partition(":")[0]
+    provider, _sep, model_name = model_id.partition(":")
     price = prices.price_for(model_id=model_id)
     attempt = int(state.get("attempt") or 0)
     input_tokens = int(state.get("input_tokens") or 0) if attempt else 0
@@ -772,7 +802,7 @@ def _reap_settle(*, message_id, conversation_id, state: dict, text: str) -> None
         cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)
         ledger.usage_record(
             user=get_user_model().objects.filter(pk=state.get("user_id")).first(),
-            conversation_id=conversation_id, message_id=message_id, attempt=attempt, provider=provider, model=model_id,
+            conversation_id=conversation_id, message_id=message_id, attempt=attempt, provider=provider, model=model_name,
             key_id=None, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=0, cost=cost, estimated=True,
             ttft_ms=None, latency_ms=None, outcome="error", error_kind="interrupted",
         )

@@ -174,7 +174,7 @@ def test_the_test_action_makes_a_one_token_call(admin_client, adapter):
     assert adapter.calls == [{"model": "gpt-4o-mini", "max_tokens": 1, "key": "main"}]
     # The call is in the ledger like any other: no user, this key, the provider's token counts.
     [row] = adapter.ledger
-    assert (row["user"], row["key_id"], row["model"], row["outcome"]) == (None, key.pk, "openai:gpt-4o-mini", "ok")
+    assert (row["user"], row["key_id"], row["model"], row["outcome"]) == (None, key.pk, "gpt-4o-mini", "ok")
     assert (row["input_tokens"], row["output_tokens"], row["estimated"]) == (1, 1, False)
     key.refresh_from_db()
     assert key.health == "healthy"  # an administrator's successful test revives an invalid key

@@ -168,9 +168,12 @@ def chat_backends(monkeypatch) -> Backends:
     monkeypatch.setattr(ledger, "usage_record", usage_record)
     monkeypatch.setattr(keys, "key_choose", key_choose)
     monkeypatch.setattr(keys, "key_report_success", lambda *, key_id: b.key_successes.append(key_id))
-    monkeypatch.setattr(
-        keys, "key_report_failure", lambda *, key_id, kind, retry_after=None: b.key_failures.append((key_id, kind))
-    )
+    def key_report_failure(*, key_id, kind, retry_after=None, attempt=1, version=None):
+        b.key_failures.append((key_id, kind))
+        # billing.keys' rule: a refused request is not retried; a key's failure moves on.
+        return keys.KeyFailureOutcome(retry=kind not in ("bad_request", "context_too_long"), backoff=0.001)
+
+    monkeypatch.setattr(keys, "key_report_failure", key_report_failure)
     monkeypatch.setattr(keys, "providers_with_usable_keys", lambda: {k.provider for k in b.key_pool})
     monkeypatch.setattr(llm, "get_adapter", get_adapter)
     monkeypatch.setattr(context_mod, "count_tokens", count_tokens)

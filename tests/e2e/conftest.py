@@ -1,9 +1,10 @@
 """A live Daphne server on a free port serving the test database, and a real Chromium.
 
 The server is a forked process (daphne.testing.DaphneProcess, as channels'
-ChannelsLiveServerTestCase does): it inherits this process's settings and the `chat_backends`
-stand-ins (the single fixture in tests/conversations/conftest.py), including its demo adapter.
-With SQLite the test database is a file, so the server reads what the test writes."""
+ChannelsLiveServerTestCase does): it inherits this process's settings. Nothing is stood in: the
+browser chats with the real demo adapter (`demo:echo`, priced 0 as the seed prices it) through
+the real turn, prices, budgets, rate limits and ledger. With SQLite the test database is a
+file, so the server reads what the test writes."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from pathlib import Path
 
 import pytest
 from django.db import connections
-
-from tests.conversations.conftest import _auth_urls, chat_backends  # noqa: F401 - fixtures used here
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -44,11 +43,20 @@ def _use_test_database():
         settings.DATABASES["default"]["NAME"] = test_name
 
 
+def _demo_priced() -> None:
+    """A transactional test starts from an empty database: put back the seed's demo price."""
+    from billing import prices
+
+    if prices.price_for(model_id="demo:echo") is None:
+        prices.price_set(model_id="demo:echo", input_per_million="0", output_per_million="0", context_window=8192)
+
+
 @pytest.fixture
-def live_server_url(transactional_db, chat_backends, _auth_urls, settings):  # noqa: F811
+def live_server_url(transactional_db, settings):
     from daphne.testing import DaphneProcess
 
-    chat_backends.delta_delay = 0.03  # the demo reply streams visibly, word by word
+    settings.DEMO_DELAY_MS = 30  # the demo reply streams visibly, word by word
+    _demo_priced()
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "localhost", "127.0.0.1"]
     # SQLite must not carry an open connection across fork.
     connections.close_all()

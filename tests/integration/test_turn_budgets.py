@@ -1,0 +1,205 @@
+"""Issue 4 through the real stack: concurrent turns never overspend a budget, a team's spent
+budget refuses over the websocket naming the team, every way a reply ends settles its
+reservation, and the usage API shows what a real turn cost."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import pytest
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.test import Client
+
+from accounts.models import Team, TeamMembership
+from billing import budgets, prices
+from billing.models import Budget, Reservation, UsageRecord
+from conversations import context as context_mod
+from conversations import turns
+from conversations.models import Message
+from conversations.turns import money_str
+
+from .conftest import (
+    MAX_OUTPUT,
+    OPENAI_MODEL,
+    db,
+    of_type,
+    replies_finished,
+    spent_and_reserved,
+    ws_frames_until_end,
+    ws_open,
+    ws_turn,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+QUESTION = "What does a worst case cost?"
+
+
+def _worst_case(price) -> tuple[int, Decimal]:
+    """(counted input, worst-case cost) of QUESTION alone in a new conversation, as the turn
+    counts it: the real context builder, the real price."""
+    built = context_mod.context_build(
+        system_prompt="",
+        summary="",
+        history=[context_mod.HistoryItem(id=uuid.uuid4(), role="user", content=QUESTION)],
+        model_id=OPENAI_MODEL,
+        context_window=price.context_window,
+        max_tokens=MAX_OUTPUT,
+    )
+    return built.input_tokens, prices.worst_case_cost(price=price, input_tokens=built.input_tokens, max_output_tokens=MAX_OUTPUT)
+
+
+async def test_thirty_turns_at_once_never_overspend_a_budget_of_ten_worst_cases(priced, add_key, fake_provider, make_user, conversation_for):
+    user = await db(make_user)("thirty")
+    input_tokens, worst = _worst_case(priced[OPENAI_MODEL])
+    limit = worst * 10
+    await db(budgets.budget_set)(user=user, period="month", limit=limit)
+    # Each admitted call really costs its worst case, so however the 30 interleave (some may
+    # finish before others reserve), the budget holds exactly ten.
+    await db(add_key)("openai", "sk-thirty", text="Ten of us.", input_tokens=input_tokens, output_tokens=MAX_OUTPUT)
+    conversations = [await db(conversation_for)(user) for _ in range(30)]
+
+    async def one(conversation):
+        # Each turn's database work in its own thread, as thirty requests to several server
+        # processes would run: the reservations really race in the database.
+        async with ThreadSensitiveContext():
+            return await turns.turn_start(user=user, conversation=conversation, content=QUESTION, client_id=uuid.uuid4())
+
+    results = await asyncio.gather(*(one(c) for c in conversations))
+    await replies_finished()
+
+    admitted = [r for r in results if r.reply_id is not None]
+    refused = [r for r in results if r.error is not None]
+    assert len(admitted) == 10 and len(refused) == 20
+    assert {r.error.code for r in refused} == {"budget_exceeded"}
+    budget = await db(Budget.objects.get)(user=user)
+    assert budget.spent == limit and budget.spent <= budget.limit and budget.reserved == 0
+    assert sum(await db(list)(UsageRecord.objects.values_list("cost", flat=True))) == limit
+    assert len(fake_provider.requests_for("sk-thirty")) == 10
+    assert not await db(Reservation.objects.filter(state=Reservation.State.HELD).exists)()
+    # Every refused turn kept its user message and made no reply.
+    assert await db(Message.objects.filter(role="user").count)() == 30
+    assert await db(Message.objects.filter(role="assistant").count)() == 10
+
+
+async def test_a_spent_team_budget_refuses_over_the_websocket_naming_the_team(priced, add_key, fake_provider, make_user, conversation_for):
+    user = await db(make_user)("student")
+    team = await db(Team.objects.create)(name="Physics")
+    await db(TeamMembership.objects.create)(team=team, user=user)
+    input_tokens, worst = _worst_case(priced[OPENAI_MODEL])
+    await db(budgets.budget_set)(team=team, period="month", limit=worst)
+    await db(budgets.budget_set)(user=user, period="month", limit="5")  # the user's own has room
+    await db(add_key)("openai", "sk-team", input_tokens=input_tokens, output_tokens=MAX_OUTPUT)
+    conversation = await db(conversation_for)(user)
+
+    ws = await ws_open(user, conversation.id)
+    first = await ws_turn(ws, QUESTION)  # spends the team's whole budget, for real
+    await replies_finished()
+    assert first[-1]["type"] == "done" and first[-1]["finish_reason"] == "stop"
+    refused = await ws_turn(ws, "one more")
+    await ws.disconnect()
+
+    assert [f["type"] for f in refused] == ["ack", "error"]
+    error = refused[-1]
+    assert error["code"] == "budget_exceeded"
+    assert "Physics" in error["message"] and "team" in error["message"]
+    assert error["budget"]["scope"] == "team" and error["budget"]["name"] == "Physics" and error["budget"]["period"] == "month"
+    assert len(fake_provider.requests_for("sk-team")) == 1
+    team_budget = await db(Budget.objects.get)(team=team)
+    assert team_budget.spent == worst and team_budget.reserved == 0
+    assert await db(Message.objects.filter(content="one more").exists)()
+
+
+async def test_a_stopped_reply_settles_its_reservation_and_pays_for_what_was_used(priced, add_key, fake_provider, make_user, conversation_for):
+    user = await db(make_user)("stopper")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("openai", "sk-stop", text=" ".join(f"word{i}" for i in range(200)), pace_ms=20)
+    conversation = await db(conversation_for)(user)
+
+    ws = await ws_open(user, conversation.id)
+    await ws.send_json_to({"type": "user_message", "content": "talk for a long time", "client_id": str(uuid.uuid4())})
+    while (await ws.receive_json_from(timeout=10))["type"] != "delta":
+        pass
+    assert (await db(spent_and_reserved)(user))[1] > 0  # the worst case is held while it streams
+    await ws.send_json_to({"type": "stop"})
+    frames = await ws_frames_until_end(ws)
+    await replies_finished()
+    await ws.disconnect()
+
+    done = frames[-1]
+    assert done["finish_reason"] == "cancelled"
+    reply = await db(Message.objects.get)(id=done["message_id"])
+    assert reply.status == Message.Status.CANCELLED and reply.content.startswith("word0")
+    spent, reserved = await db(spent_and_reserved)(user)
+    # No leak (the hold is gone) and no free ride (the provider billed the input it was sent).
+    assert reserved == 0 and spent > 0
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    assert record.outcome == "cancelled" and record.cost == spent and record.input_tokens > 0
+    assert done["usage"]["cost"] == money_str(spent)
+    assert not await db(Reservation.objects.filter(state=Reservation.State.HELD).exists)()
+
+
+async def test_a_cut_stream_settles_its_reservation(priced, add_key, fake_provider, make_user, conversation_for):
+    user = await db(make_user)("cut")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("openai", "sk-cut", mode="cut", cut_after=4, text="a b c d e f g h")
+    conversation = await db(conversation_for)(user)
+
+    ws = await ws_open(user, conversation.id)
+    frames = await ws_turn(ws, "cut me off")
+    await replies_finished()
+    await ws.disconnect()
+
+    assert frames[-1]["finish_reason"] == "error"
+    spent, reserved = await db(spent_and_reserved)(user)
+    assert reserved == 0 and spent > 0
+    assert not await db(Reservation.objects.filter(state=Reservation.State.HELD).exists)()
+
+
+async def test_a_provider_error_before_any_output_charges_nothing(priced, add_key, fake_provider, make_user, conversation_for):
+    user = await db(make_user)("refused")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("openai", "sk-400", mode="error", status=400, message="Invalid 'temperature'.")
+    conversation = await db(conversation_for)(user)
+
+    ws = await ws_open(user, conversation.id)
+    frames = await ws_turn(ws, "anything")
+    await replies_finished()
+    await ws.disconnect()
+
+    (error,) = of_type(frames, "error")
+    assert error["code"] == "provider_error"
+    assert "temperature" not in error["message"]  # the provider's own words are not passed on
+    assert await db(spent_and_reserved)(user) == (Decimal("0"), Decimal("0"))
+    assert await db(list)(UsageRecord.objects.values_list("cost", "outcome")) == [(Decimal("0"), "error")]
+
+
+async def test_the_usage_api_shows_a_real_turns_spend(priced, add_key, fake_provider, make_user, conversation_for):
+    user = await db(make_user)("reader")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("openai", "sk-usage", text="Counted and shown.")
+    conversation = await db(conversation_for)(user)
+
+    ws = await ws_open(user, conversation.id)
+    done = (await ws_turn(ws, "what did this cost"))[-1]
+    await replies_finished()
+    await ws.disconnect()
+
+    def usage() -> dict:
+        client = Client()
+        client.force_login(user)
+        response = client.get("/api/v1/usage/")
+        assert response.status_code == 200
+        return response.json()
+
+    body = await sync_to_async(usage)()
+    cost = done["usage"]["cost"]
+    assert Decimal(cost) > 0 and Decimal(body["spent"]) == Decimal(cost)
+    (row,) = body["by_model"]
+    assert row["model"] == OPENAI_MODEL and row["requests"] == 1 and Decimal(row["spent"]) == Decimal(cost)
+    assert (row["input_tokens"], row["output_tokens"]) == (done["usage"]["input_tokens"], done["usage"]["output_tokens"])
+    (budget,) = body["budgets"]
+    assert budget["scope"] == "user" and Decimal(budget["spent"]) == Decimal(cost)
+    assert Decimal(budget["remaining"]) == Decimal("5") - Decimal(cost)

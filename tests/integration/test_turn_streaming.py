@@ -1,0 +1,231 @@
+"""Issue 3 over the real adapters: a turn streams through the official OpenAI and Anthropic SDKs
+against the fake provider, end to end, and each way a provider call can go wrong ends the turn
+with the user told why and the money right."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from billing import budgets, prices
+from billing.models import Budget, UsageRecord
+from billing.models_stats import KeyDailyStats
+from conversations.models import Message
+from conversations.turns import money_str
+
+from .conftest import (
+    ANTHROPIC_MODEL,
+    MAX_OUTPUT,
+    OPENAI_MODEL,
+    db,
+    of_type,
+    replies_finished,
+    spent_and_reserved,
+    ws_open,
+    ws_turn,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REPLY = "Streaming works through the real SDK, word by word, to the end."
+
+
+def _fake_usage(request) -> int:
+    """The fake provider's input count: 3 per message plus one per word (system included)."""
+    words = sum(3 + len(str(m["content"]).split()) for m in request.messages)
+    return words + (len(str(request.system).split()) if request.system else 0)
+
+
+@pytest.mark.parametrize("model_id", [OPENAI_MODEL, ANTHROPIC_MODEL])
+async def test_a_reply_streams_end_to_end_and_costs_what_the_price_row_says(
+    model_id, priced, add_key, fake_provider, make_user, conversation_for
+):
+    provider = model_id.partition(":")[0]
+    user = await db(make_user)("streamer")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    key = await db(add_key)(provider, f"sk-{provider}-stream-1", text=REPLY, pace_ms=5)
+    conversation = await db(conversation_for)(user, model=model_id, system_prompt="Be brief and kind.")
+
+    ws = await ws_open(user, conversation.id)
+    client_id = str(uuid.uuid4())
+    frames = await ws_turn(ws, "Tell me how streaming works please", client_id=client_id)
+    await replies_finished()
+    await ws.disconnect()
+
+    ack, start = frames[0], frames[1]
+    assert ack["type"] == "ack" and ack["client_id"] == client_id
+    assert start == {"type": "start", "message_id": start["message_id"], "model": model_id}
+    deltas = of_type(frames, "delta")
+    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1)) and len(deltas) >= 1
+    assert "".join(d["text"] for d in deltas) == REPLY
+    assert of_type(frames, "error") == []
+    done = frames[-1]
+
+    (request,) = fake_provider.requests_for(f"sk-{provider}-stream-1")
+    assert request.model == model_id.partition(":")[2] and request.stream
+    assert request.max_tokens == MAX_OUTPUT  # a non-OpenAI base URL gets the classic parameter
+    input_tokens, output_tokens = _fake_usage(request), len(REPLY.split())
+    expected = prices.cost_of(price=priced[model_id], input_tokens=input_tokens, output_tokens=output_tokens)
+    assert expected > 0
+    assert done["finish_reason"] == "stop"
+    assert done["usage"] == {"input_tokens": input_tokens, "output_tokens": output_tokens, "cost": money_str(expected)}
+
+    reply = await db(Message.objects.get)(id=start["message_id"])
+    assert (reply.content, reply.status, reply.cost) == (REPLY, Message.Status.DONE, expected)
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    assert (record.key_id, record.cost, record.estimated, record.outcome) == (key.id, expected, False, "ok")
+    assert (record.input_tokens, record.output_tokens) == (input_tokens, output_tokens)
+    assert (record.provider, record.model) == tuple(model_id.split(":"))  # kept apart, as the rollups expect
+    assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
+    # The dashboard's per-key rollup was written with the ledger row.
+    stats = await db(KeyDailyStats.objects.get)(key_id=key.id)
+    assert (stats.requests, stats.errors) == (1, 0)
+
+
+async def test_anthropic_cache_reads_count_as_input_and_cost_the_cached_price(priced, add_key, fake_provider, make_user, conversation_for):
+    """Billing's convention: input_tokens is ALL the input, cached_tokens the cached part."""
+    user = await db(make_user)("cacher")
+    await db(prices.price_set)(
+        model_id=ANTHROPIC_MODEL, input_per_million="3", output_per_million="15", cached_input_per_million="0.3"
+    )
+    price = await db(prices.price_for)(model_id=ANTHROPIC_MODEL)
+    await db(add_key)("anthropic", "sk-ant-cache", text="Cached.", input_tokens=100, output_tokens=7, cached_tokens=900)
+    conversation = await db(conversation_for)(user, model=ANTHROPIC_MODEL)
+
+    ws = await ws_open(user, conversation.id)
+    done = (await ws_turn(ws, "hello again"))[-1]
+    await replies_finished()
+    await ws.disconnect()
+
+    expected = prices.cost_of(price=price, input_tokens=1000, output_tokens=7, cached_tokens=900)
+    assert done["usage"] == {"input_tokens": 1000, "output_tokens": 7, "cost": money_str(expected)}
+    record = await db(UsageRecord.objects.get)(outcome="ok")
+    assert (record.input_tokens, record.cached_tokens, record.cost) == (1000, 900, expected)
+
+
+@pytest.mark.parametrize("model_id", [OPENAI_MODEL, ANTHROPIC_MODEL])
+async def test_a_context_too_long_400_tells_the_user_and_charges_nothing(model_id, priced, add_key, fake_provider, make_user, conversation_for):
+    provider = model_id.partition(":")[0]
+    user = await db(make_user)("verbose")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)(provider, f"sk-{provider}-ctx", mode="error", status=400, code="context_length_exceeded")
+    await db(add_key)(provider, f"sk-{provider}-ctx-other", priority=1)
+    conversation = await db(conversation_for)(user, model=model_id)
+
+    ws = await ws_open(user, conversation.id)
+    frames = await ws_turn(ws, "a very long question")
+    await replies_finished()
+    await ws.disconnect()
+
+    (error,) = of_type(frames, "error")
+    assert error["code"] == "provider_error" and "too long" in error["message"]
+    assert frames[-1]["finish_reason"] == "error" and frames[-1]["usage"]["cost"] == money_str(Decimal(0))
+    # The request's own fault: not retried on the other key.
+    assert fake_provider.requests_for(f"sk-{provider}-ctx-other") == []
+    assert await db(spent_and_reserved)(user) == (Decimal("0"), Decimal("0"))
+    records = await db(list)(UsageRecord.objects.values_list("cost", "error_kind"))
+    assert records == [(Decimal("0"), "context_too_long")]
+    user_message = await db(Message.objects.get)(role="user")
+    assert user_message.content == "a very long question"
+
+
+async def test_a_provider_that_hangs_times_out_and_the_user_hears_why(priced, add_key, fake_provider, make_user, conversation_for, settings):
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 0.5
+    user = await db(make_user)("patient")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    key = await db(add_key)("openai", "sk-hangs", mode="hang")
+    conversation = await db(conversation_for)(user)
+
+    ws = await ws_open(user, conversation.id)
+    frames = await ws_turn(ws, "are you there?")
+    await replies_finished()
+    await ws.disconnect()
+
+    (error,) = of_type(frames, "error")
+    assert error["code"] == "provider_unavailable" and "in time" in error["message"]
+    assert frames[-1]["finish_reason"] == "error"
+    reply = await db(Message.objects.get)(id=frames[-1]["message_id"])
+    assert reply.status == Message.Status.ERROR
+    assert await db(spent_and_reserved)(user) == (Decimal("0"), Decimal("0"))
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    assert (record.cost, record.error_kind, record.key_id) == (Decimal("0"), "timeout", key.id)
+
+
+@pytest.mark.parametrize("model_id", [OPENAI_MODEL, ANTHROPIC_MODEL])
+async def test_a_stream_cut_after_some_deltas_keeps_the_text_and_charges_what_was_used(
+    model_id, priced, add_key, fake_provider, make_user, conversation_for
+):
+    provider = model_id.partition(":")[0]
+    user = await db(make_user)("cutoff")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)(provider, f"sk-{provider}-cut", mode="cut", cut_after=3, text="one two three four five six")
+    await db(add_key)(provider, f"sk-{provider}-cut-other", priority=1)
+    conversation = await db(conversation_for)(user, model=model_id)
+
+    ws = await ws_open(user, conversation.id)
+    frames = await ws_turn(ws, "count to six")
+    await replies_finished()
+    await ws.disconnect()
+
+    (error,) = of_type(frames, "error")
+    assert error["code"] == "provider_error" and "cut off" in error["message"]
+    assert "".join(d["text"] for d in of_type(frames, "delta")) == "one two three"
+    done = frames[-1]
+    assert done["finish_reason"] == "error"
+    reply = await db(Message.objects.get)(id=done["message_id"])
+    assert (reply.content, reply.status) == ("one two three", Message.Status.ERROR)
+    # Not retried on the other key: the answer would repeat and the input be billed twice.
+    assert fake_provider.requests_for(f"sk-{provider}-cut-other") == []
+    # The provider billed the input and three words: estimated, charged, the hold released.
+    spent, reserved = await db(spent_and_reserved)(user)
+    assert spent > 0 and reserved == 0
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    assert record.estimated and record.cost == spent and record.outcome == "error"
+    assert done["usage"]["cost"] == money_str(spent)
+
+
+async def test_a_resend_of_the_same_client_id_never_charges_twice(priced, add_key, fake_provider, make_user, conversation_for):
+    user = await db(make_user)("resender")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("openai", "sk-once", text="Only once.")
+    conversation = await db(conversation_for)(user)
+    client_id = str(uuid.uuid4())
+
+    ws = await ws_open(user, conversation.id)
+    first = await ws_turn(ws, "say it once", client_id=client_id)
+    await replies_finished()
+    spent_after_one = (await db(spent_and_reserved)(user))[0]
+    await ws.send_json_to({"type": "user_message", "content": "say it once", "client_id": client_id})
+    again = await ws.receive_json_from(timeout=10)
+    assert await ws.receive_nothing(timeout=0.3)
+    await replies_finished()
+    await ws.disconnect()
+
+    assert again == {"type": "ack", "client_id": client_id, "message_id": first[0]["message_id"]}
+    assert len(fake_provider.requests_for("sk-once")) == 1
+    assert await db(Message.objects.count)() == 2
+    assert await db(UsageRecord.objects.count)() == 1
+    assert spent_after_one > 0 and await db(spent_and_reserved)(user) == (spent_after_one, Decimal("0"))
+    assert await db(lambda: Budget.objects.get(user=user).spent)() == spent_after_one
+
+
+async def test_an_untitled_conversation_gets_a_title_from_a_real_billed_call(priced, add_key, fake_provider, make_user, conversation_for):
+    user = await db(make_user)("titler")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("openai", "sk-title", text="Paris trip ideas")
+    conversation = await db(conversation_for)(user, title="")
+
+    ws = await ws_open(user, conversation.id)
+    await ws_turn(ws, "Where should I go in Paris?")
+    await replies_finished()
+    await ws.disconnect()
+
+    chat, title = fake_provider.requests_for("sk-title")
+    assert chat.max_tokens == MAX_OUTPUT and title.max_tokens == 24
+    assert (await db(type(conversation).objects.get)(pk=conversation.pk)).title == "Paris trip ideas"
+    # The title call is a provider call like any other: in the ledger and on the budget.
+    costs = await db(list)(UsageRecord.objects.order_by("created_at").values_list("message_id", "cost"))
+    assert len(costs) == 2 and costs[0][0] is not None and costs[1][0] is None
+    assert await db(spent_and_reserved)(user) == (costs[0][1] + costs[1][1], Decimal("0"))
