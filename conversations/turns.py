@@ -374,10 +374,12 @@ class _Stream:
         self.pending: list[str] = []
         self.lock = asyncio.Lock()
         self.finished = asyncio.Event()
+        self.wakeup = asyncio.Event()  # set by add(): text is waiting
         self.streaming_marked = False
 
     def add(self, text: str) -> None:
         self.pending.append(text)
+        self.wakeup.set()
 
     @property
     def full_text(self) -> str:
@@ -414,7 +416,11 @@ class _Stream:
         last_beat = time.monotonic()
         last_poll = time.monotonic()
         while not self.finished.is_set():
-            await asyncio.sleep(FRAME_SECONDS)
+            # Text that arrives after a quiet spell goes out at once (the first delta is not held
+            # back a whole frame); text that keeps coming is batched, one frame per FRAME_SECONDS.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), timeout=STOP_POLL_SECONDS)
+            self.wakeup.clear()
             had_text = bool(self.pending)
             await self.flush()
             now = time.monotonic()
@@ -429,6 +435,8 @@ class _Stream:
                 last_poll = now
                 if await cache.aget(_stop_key(self.plan.message_id)):
                     cancel.set()
+            if had_text:
+                await asyncio.sleep(FRAME_SECONDS)
 
 
 def _reply_heartbeat(*, message_id, streaming: bool) -> None:
@@ -441,8 +449,22 @@ def _reply_heartbeat(*, message_id, streaming: bool) -> None:
 async def _listen_stop(layer, channel: str, message_id, cancel: asyncio.Event) -> None:
     while True:
         event = await layer.receive(channel)
+        if event.get("type") == "turn.listener_end":
+            return
         if event.get("type") == "turn.stop" and event.get("message_id") in (None, str(message_id)):
             cancel.set()
+
+
+async def _end_listener(layer, control: str, listener: asyncio.Task, *, conversation_id) -> None:
+    with contextlib.suppress(Exception):
+        await layer.group_discard(control_group_name(conversation_id), control)
+    try:
+        await layer.send(control, {"type": "turn.listener_end"})
+        await asyncio.wait_for(asyncio.shield(listener), timeout=5)
+    except Exception:  # noqa: BLE001 - the layer is away: cancelling is all that is left
+        listener.cancel()
+        with contextlib.suppress(BaseException):
+            await listener
 
 
 async def _reply_run(plan: _ReplyPlan) -> None:
@@ -461,13 +483,17 @@ async def _reply_run(plan: _ReplyPlan) -> None:
         outcome = _Outcome("error", error_code="provider_error", error_message=_("The reply failed."))
     finally:
         stream.finished.set()
-        listener.cancel()
+        stream.wakeup.set()
         with contextlib.suppress(BaseException):
             await flusher
-        with contextlib.suppress(BaseException):
-            await listener
-        await layer.group_discard(control_group_name(plan.conversation_id), control)
-    await stream.flush()
+        # End the listener with a message, not cancel(): on channels_redis a receive cancelled
+        # while it waits on the process's shared inbox loses a message already taken for another
+        # socket of this process (a delta would go missing there).
+        await _end_listener(layer, control, listener, conversation_id=plan.conversation_id)
+    try:
+        await stream.flush()
+    except Exception:  # noqa: BLE001 - the text is in stream.text; saving it matters more than one frame
+        logger.exception("reply %s: the last frame could not be published", plan.message_id)
     outcome.text = stream.text
     try:
         usage = await database_sync_to_async(_reply_finish)(plan=plan, outcome=outcome)
@@ -475,21 +501,26 @@ async def _reply_run(plan: _ReplyPlan) -> None:
         logger.exception("reply %s could not be saved", plan.message_id)
         usage = {"input_tokens": 0, "output_tokens": 0, "cost": money_str(ZERO)}
         outcome = _Outcome("error", error_code="provider_error", error_message=_("The reply could not be saved."))
-    # Buffer gone before "done" goes out: a joiner either read the buffer before (and is in the
-    # group, so hears "done") or finds no buffer (and reads the finished message over HTTP).
-    await cache.adelete(buffer_key(plan.conversation_id))
-    await cache.adelete(_stop_key(plan.message_id))
-    if outcome.error_code:
+    # The reply is saved and settled; what follows only tells the sockets. A cache or layer
+    # failure here (Redis away, pool exhausted) is logged and must not skip the follow-ups.
+    try:
+        # Buffer gone before "done" goes out: a joiner either read the buffer before (and is in
+        # the group, so hears "done") or finds no buffer (and reads the finished message over HTTP).
+        await cache.adelete(buffer_key(plan.conversation_id))
+        await cache.adelete(_stop_key(plan.message_id))
+        if outcome.error_code:
+            await _publish(
+                layer,
+                plan.conversation_id,
+                {"type": "error", "code": outcome.error_code, "message": outcome.error_message, "message_id": str(plan.message_id)},
+            )
         await _publish(
             layer,
             plan.conversation_id,
-            {"type": "error", "code": outcome.error_code, "message": outcome.error_message, "message_id": str(plan.message_id)},
+            {"type": "done", "message_id": str(plan.message_id), "finish_reason": outcome.finish_reason, "usage": usage},
         )
-    await _publish(
-        layer,
-        plan.conversation_id,
-        {"type": "done", "message_id": str(plan.message_id), "finish_reason": outcome.finish_reason, "usage": usage},
-    )
+    except Exception:  # noqa: BLE001
+        logger.exception("reply %s: the end of the reply could not be published", plan.message_id)
     # After "done": with eager Celery (no Redis) these run right here, and must not delay it.
     await database_sync_to_async(_reply_followups)(plan=plan, finish_reason=outcome.finish_reason)
 

@@ -4,6 +4,7 @@ stopped for good, and the money it cost stays in the ledger without them."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -17,7 +18,7 @@ from conversations import turns
 from conversations.models import Conversation, Message
 from tests.accounts.data_rights_fixtures import scan_cache, scan_database
 
-from .conftest import OPENAI_MODEL, db, replies_finished, ws_frames_until_end, ws_open
+from .conftest import OPENAI_MODEL, db, replies_finished, ws_open
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,12 +48,23 @@ async def test_erasure_during_a_streaming_reply_leaves_nothing_and_stops_the_rep
 
     erasure = await db(data_rights.erasure_request)(user=user, requested_by=user)
 
-    frames = await ws_frames_until_end(ws)
+    # The erased person's socket either hears the reply end as cancelled or is closed outright
+    # (the consumer closes every socket of a deactivated account, 4401); both end the stream.
+    ending = []
+    while True:
+        message = await ws.receive_output(timeout=30)
+        if message["type"] == "websocket.close":
+            assert message.get("code") == 4401
+            break
+        frame = json.loads(message["text"])
+        ending.append(frame)
+        if frame["type"] == "done":
+            assert frame["finish_reason"] == "cancelled"
+            break
     await replies_finished()
     await ws.disconnect()
 
     assert (await db(ErasureRequest.objects.get)(pk=erasure.pk)).status == ErasureRequest.Status.DONE
-    assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "cancelled"
     # Distinctive needles only (a two-letter word would turn up in any base64 by chance).
     streamed = [d.strip() for d in deltas if tag in d]
     needles = [user.username, user.email, user.display_name, f"kumquat{tag}", f"step7-{tag}", f"answer1-{tag}", *streamed]
@@ -81,9 +93,15 @@ async def test_a_socket_opened_before_the_account_was_locked_cannot_start_a_repl
 
     await db(data_rights.erasure_request)(user=user, queue=False)  # locked; the task has not run
     await ws.send_json_to({"type": "user_message", "content": "one last thing", "client_id": str(uuid.uuid4())})
-    frames = [await ws.receive_json_from(timeout=10), await ws.receive_json_from(timeout=10)]
+    # The consumer re-reads the session on every frame: a locked account's socket is closed
+    # (4401) before the frame reaches the turn; the turn's own check refuses it otherwise.
+    message = await ws.receive_output(timeout=10)
+    if message["type"] == "websocket.send":
+        frames = [json.loads(message["text"]), await ws.receive_json_from(timeout=10)]
+        assert frames[-1]["type"] == "error" and frames[-1]["code"] == "invalid_input"
+    else:
+        assert message["type"] == "websocket.close" and message.get("code") == 4401
     await ws.disconnect()
 
-    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "invalid_input"
     assert await db(Message.objects.count)() == 0
     assert fake_provider.requests == []

@@ -229,3 +229,30 @@ async def test_an_untitled_conversation_gets_a_title_from_a_real_billed_call(pri
     costs = await db(list)(UsageRecord.objects.order_by("created_at").values_list("message_id", "cost"))
     assert len(costs) == 2 and costs[0][0] is not None and costs[1][0] is None
     assert await db(spent_and_reserved)(user) == (costs[0][1] + costs[1][1], Decimal("0"))
+
+
+async def test_twelve_concurrent_replies_each_arrive_complete_and_in_order(
+    priced, add_key, fake_provider, make_user, conversation_for, settings
+):
+    # On channels_redis, cancelling a receive that waits on the process's shared inbox lost a
+    # message taken for another socket (bench/bench_chat.py saw deltas go missing from ~10
+    # streams). The turn now ends its stop listener with a message; every delta must arrive.
+    import asyncio
+
+    settings.RATE_LIMIT_REQUESTS_PER_MINUTE = 1000
+    words = " ".join(f"w{i}" for i in range(60))
+    user = await db(make_user)("many")
+    await db(add_key)("openai", "sk-many-streams", text=words, pace_ms=5)
+    conversations = [await db(conversation_for)(user) for _ in range(12)]
+    sockets = [await ws_open(user, c.id) for c in conversations]
+
+    results = await asyncio.gather(*(ws_turn(ws, f"question {i}") for i, ws in enumerate(sockets)))
+    await replies_finished()
+    for ws in sockets:
+        await ws.disconnect()
+
+    for frames in results:
+        deltas = of_type(frames, "delta")
+        assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1)), "a delta went missing or came twice"
+        assert "".join(d["text"] for d in deltas).split() == words.split()
+        assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "stop"
