@@ -324,8 +324,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
             return
         result = await turns.turn_start(user=self.user, conversation=self.conversation, content=text, client_id=client_id)
-        # Sent from this handler, so it reaches this socket before the group's "start".
-        await self.send_json({"type": "ack", "client_id": str(client_id), "message_id": str(result.user_message_id)})
+        # Sent from this handler, so it reaches this socket before the group's "start". A turn
+        # refused before the message was saved (conversation gone, account closed) acks nothing.
+        if result.user_message_id is not None:
+            await self.send_json({"type": "ack", "client_id": str(client_id), "message_id": str(result.user_message_id)})
         if result.error:
             await self.send_json(self._error_frame(result))
 

@@ -461,3 +461,19 @@ async def test_a_server_fault_answers_an_error_and_keeps_the_socket(chat_backend
     frames = await _turn(ws, "second")
     assert frames[-1]["finish_reason"] == "stop"
     await ws.disconnect()
+
+
+async def test_a_message_to_a_conversation_deleted_elsewhere_is_refused_without_an_ack(
+    chat_backends, user, conversation_factory
+):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, connected = await ws_connect(user, conversation.id)
+    assert connected
+    await database_sync_to_async(conversation.delete)()  # another tab deleted it
+    await ws.send_json_to({"type": "user_message", "content": "still here?", "client_id": str(uuid.uuid4())})
+    frame = await ws.receive_json_from(timeout=5)
+    assert frame["type"] == "error", "nothing was saved, so nothing may be acknowledged"
+    assert await ws.receive_nothing(timeout=0.2)
+    assert not await database_sync_to_async(Message.objects.filter(conversation_id=conversation.id).exists)()
+    assert chat_backends.usage == [] and chat_backends.reservations == {}
+    await ws.disconnect()
