@@ -7,6 +7,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import ensure_csrf_cookie
 
@@ -39,6 +40,9 @@ def _strings() -> dict:
         "demo": _("demo"),
         "offline": _("The server cannot be reached. Check your connection and try again."),
         "requestFailed": _("The request failed. Please try again."),
+        "signedOut": _("You were signed out. Sign in again to continue."),
+        "tooManyWindows": _("Too many chat windows are open. Close some and reload."),
+        "loginUrl": reverse("login"),
     }
 
 

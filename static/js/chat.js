@@ -336,10 +336,18 @@
       for (const frame of state.unacked.values()) socket.send(JSON.stringify(frame));
     });
     socket.addEventListener("message", (event) => handleFrame(JSON.parse(event.data)));
-    socket.addEventListener("close", () => {
+    socket.addEventListener("close", (event) => {
       if (state.socket !== socket) return; // replaced on purpose
       state.socket = null;
-      setStatus(S.reconnecting);
+      // 4401: the session ended (logged out elsewhere, account closed): sign in again.
+      if (event.code === 4401) {
+        setStatus(S.signedOut);
+        window.location.assign(S.loginUrl + "?next=" + encodeURIComponent(window.location.pathname));
+        return;
+      }
+      // 4429: too many windows or frames; retrying at once would only be refused again.
+      if (event.code === 4429) state.retry = Math.max(state.retry, 4);
+      setStatus(event.code === 4429 ? S.tooManyWindows : S.reconnecting);
       const delay = Math.min(10000, 500 * 2 ** state.retry) * (0.5 + Math.random());
       state.retry += 1;
       setTimeout(() => {
