@@ -7,7 +7,6 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import render
-from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import ensure_csrf_cookie
 
@@ -42,7 +41,6 @@ def _strings() -> dict:
         "requestFailed": _("The request failed. Please try again."),
         "signedOut": _("You were signed out. Sign in again to continue."),
         "tooManyWindows": _("Too many chat windows are open. Close some and reload."),
-        "loginUrl": reverse("login"),
     }
 
 

@@ -342,7 +342,7 @@
       // 4401: the session ended (logged out elsewhere, account closed): sign in again.
       if (event.code === 4401) {
         setStatus(S.signedOut);
-        window.location.assign(S.loginUrl + "?next=" + encodeURIComponent(window.location.pathname));
+        window.location.reload(); // the page is login-required: the server sends them to sign in
         return;
       }
       // 4429: too many windows or frames; retrying at once would only be refused again.
