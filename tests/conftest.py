@@ -2,7 +2,9 @@
 the same absence fails the test, so nothing is silently skipped there."""
 
 import os
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -80,3 +82,32 @@ def user(make_user):
 @pytest.fixture
 def other_user(make_user):
     return make_user("mallory")
+
+
+# --- every log line the suite writes is scanned for the canaries ---------------------------------
+# Tests plant canary secrets, passwords and message texts (all spelled with "canary"); none may
+# reach a log line. A handler with the production filters records everything the suite logs, and
+# the session fails at its end if any line holds a canary.
+CANARY_IN_LOG = re.compile(r"(?i)sk-canary|canary[-_ ]password|canary[- ]message[- ]text|victim-canary")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _suite_log_scan(django_test_environment):
+    import logging
+
+    from chatsite.logging import RedactFilter, RequestIdFilter
+
+    path = Path(settings.BASE_DIR) / "test-artifacts" / "suite.log"
+    path.parent.mkdir(exist_ok=True)
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.addFilter(RequestIdFilter())
+    handler.addFilter(RedactFilter())
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield
+    root.removeHandler(handler)
+    handler.close()
+    leaks = [line for line in path.read_text(encoding="utf-8").splitlines() if CANARY_IN_LOG.search(line)]
+    assert not leaks, f"{len(leaks)} log line(s) of this run hold a canary, e.g. {leaks[0][:300]!r}"
