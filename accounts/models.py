@@ -67,6 +67,8 @@ class Team(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        verbose_name = _("team")
+        verbose_name_plural = _("teams")
         constraints = [models.UniqueConstraint(Lower("name"), name="team_name_ci_unique")]
         ordering = ["name"]
 
@@ -80,6 +82,8 @@ class TeamMembership(models.Model):
     joined_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        verbose_name = _("team membership")
+        verbose_name_plural = _("team memberships")
         constraints = [models.UniqueConstraint(fields=["team", "user"], name="teammembership_unique")]
 
     def __str__(self) -> str:
@@ -94,6 +98,8 @@ class SiteState(models.Model):
     admin_claimed = models.BooleanField(default=False)
 
     class Meta:
+        verbose_name = _("site state")
+        verbose_name_plural = _("site state")
         constraints = [models.CheckConstraint(condition=models.Q(id=1), name="sitestate_singleton")]
 
     def __str__(self) -> str:
@@ -114,6 +120,8 @@ class AuditEvent(models.Model):
     data = models.JSONField(default=dict, blank=True)
 
     class Meta:
+        verbose_name = _("audit event")
+        verbose_name_plural = _("audit log")
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
@@ -141,6 +149,8 @@ class DataExport(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = _("data export")
+        verbose_name_plural = _("data exports")
         ordering = ["-created_at"]
         constraints = [
             # Two requests at once: the second finds the first (the service returns its id).
@@ -177,6 +187,8 @@ class ErasureRequest(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = _("erasure")
+        verbose_name_plural = _("erasures")
         ordering = ["-created_at"]
         constraints = [
             # Asking twice (two tabs, the admin and the user) resumes the one open erasure.

@@ -38,6 +38,8 @@ class ModelPrice(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        verbose_name = _("model price")
+        verbose_name_plural = _("model prices")
         indexes = [models.Index(fields=["provider", "model", "-effective_from"], name="price_lookup")]
         constraints = [
             models.UniqueConstraint(fields=["provider", "model", "effective_from"], name="modelprice_unique_from"),
@@ -101,6 +103,8 @@ class ProviderKey(models.Model):
     origin = models.CharField(max_length=8, choices=Origin.choices, default=Origin.MANUAL)
 
     class Meta:
+        verbose_name = _("provider key")
+        verbose_name_plural = _("provider keys")
         constraints = [
             models.UniqueConstraint(fields=["name"], name="providerkey_name_unique"),
             # A row without a ciphertext could never be used, and would look like a usable key.
@@ -146,6 +150,8 @@ class UsageRecord(models.Model):
     error_kind = models.CharField(max_length=32, blank=True)
 
     class Meta:
+        verbose_name = _("usage record")
+        verbose_name_plural = _("usage ledger")
         indexes = [
             models.Index(fields=["user", "created_at"], name="usage_user_time"),
             models.Index(fields=["team", "created_at"], name="usage_team_time"),
@@ -178,6 +184,8 @@ class DailyUsage(models.Model):
     cost = models.DecimalField(**MONEY, default=ZERO)
 
     class Meta:
+        verbose_name = _("daily usage")
+        verbose_name_plural = _("daily usage")
         indexes = [
             models.Index(fields=["day"], name="daily_day"),
             models.Index(fields=["user", "day"], name="daily_user_day"),
@@ -229,6 +237,8 @@ class Budget(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        verbose_name = _("budget")
+        verbose_name_plural = _("budgets")
         constraints = [
             models.CheckConstraint(
                 condition=(models.Q(user__isnull=False, team__isnull=True) | models.Q(user__isnull=True, team__isnull=False)),
@@ -270,6 +280,8 @@ class Reservation(models.Model):
     settled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = _("budget reservation")
+        verbose_name_plural = _("budget reservations")
         indexes = [models.Index(fields=["state", "expires_at"], name="reservation_state_expiry")]
         constraints = [
             models.CheckConstraint(

@@ -32,6 +32,8 @@ class KeyDailyStats(models.Model):
     cancelled = models.PositiveIntegerField(_("cancelled"), default=0)
 
     class Meta:
+        verbose_name = _("daily key statistics")
+        verbose_name_plural = _("daily key statistics")
         verbose_name = _("key daily statistics")
         verbose_name_plural = _("key daily statistics")
         indexes = [models.Index(fields=["day"], name="keystats_day")]
@@ -64,6 +66,8 @@ class LatencyBucket(models.Model):
     count = models.PositiveIntegerField(_("count"), default=0)
 
     class Meta:
+        verbose_name = _("latency bucket")
+        verbose_name_plural = _("latency buckets")
         verbose_name = _("latency bucket")
         verbose_name_plural = _("latency buckets")
         indexes = [models.Index(fields=["day"], name="latencybucket_day")]

@@ -24,6 +24,8 @@ class Conversation(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        verbose_name = _("conversation")
+        verbose_name_plural = _("conversations")
         indexes = [models.Index(fields=["owner", "-updated_at"], name="conv_owner_updated")]
         constraints = [
             models.CheckConstraint(
@@ -68,6 +70,8 @@ class Message(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = _("message")
+        verbose_name_plural = _("messages")
         ordering = ["created_at"]
         indexes = [
             models.Index(fields=["conversation", "created_at"], name="msg_conv_created"),
