@@ -17,7 +17,7 @@ import re
 import ssl
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -114,12 +114,16 @@ def ssl_context() -> ssl.SSLContext:
     return httpx2.create_ssl_context()
 
 
-def shared_http_client(provider: str, factory: Callable[[], httpx2.AsyncClient]) -> httpx2.AsyncClient:
+def shared_http_client(sdk_name: str) -> httpx2.AsyncClient:
+    """This event loop's pooled HTTP client for one SDK (building one costs ~70 ms of CPU)."""
     loop = asyncio.get_running_loop()
     clients = _http_clients.setdefault(loop, {})
-    client = clients.get(provider)
+    client = clients.get(sdk_name)
     if client is None or client.is_closed:
-        client = clients[provider] = factory()
+        # The SDK's defaults (connection limits), except redirects: a key's base URL is checked
+        # when it is saved, and a redirect must not carry the call (and its key) somewhere that
+        # was not checked.
+        client = clients[sdk_name] = sdk(sdk_name).DefaultAsyncHttpxClient(follow_redirects=False, verify=ssl_context())
     return client
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import httpx2
-
 from . import _common
 from .base import ChatRequest, Finish, ProviderError, StreamEvent, TextDelta, Usage
 
@@ -29,13 +27,6 @@ ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 PROVIDER_LABEL = "Anthropic"
 _LENGTH_STOPS = {"max_tokens", "model_context_window_exceeded"}
 
-
-def _http_client() -> httpx2.AsyncClient:
-    # The SDK's defaults (connection limits), except redirects: a key's base URL is checked when it
-    # is saved, and a redirect must not carry the call (and its key) somewhere that was not checked.
-    return _common.sdk("anthropic").DefaultAsyncHttpxClient(
-        follow_redirects=False, verify=_common.ssl_context()
-    )
 
 
 class AnthropicAdapter(_common.SDKAdapter):
@@ -52,7 +43,7 @@ class AnthropicAdapter(_common.SDKAdapter):
             base_url=key.base_url or ANTHROPIC_BASE_URL,
             max_retries=0,
             timeout=timeouts.httpx(),
-            http_client=_common.shared_http_client(self.provider, _http_client),
+            http_client=_common.shared_http_client(self.sdk_name),
             # No tracing spans: they could carry conversation content to a collector.
             open_telemetry=False,
         )

@@ -16,8 +16,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx2
-
 from . import _common
 from .base import ChatRequest, Finish, ProviderError, StreamEvent, TextDelta, Usage
 
@@ -42,13 +40,6 @@ def _finish_reason(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _http_client() -> httpx2.AsyncClient:
-    # The SDK's defaults (connection limits), except redirects: a key's base URL is checked when it
-    # is saved, and a redirect must not carry the call (and its key) somewhere that was not checked.
-    return _common.sdk("openai").DefaultAsyncHttpxClient(
-        follow_redirects=False, verify=_common.ssl_context()
-    )
-
 
 class OpenAIAdapter(_common.SDKAdapter):
     provider = "openai"
@@ -64,7 +55,7 @@ class OpenAIAdapter(_common.SDKAdapter):
             base_url=key.base_url or OPENAI_BASE_URL,
             max_retries=0,
             timeout=timeouts.httpx(),
-            http_client=_common.shared_http_client(self.provider, _http_client),
+            http_client=_common.shared_http_client(self.sdk_name),
         )
 
     def request_params(self, request: ChatRequest, *, key: KeyLease) -> dict[str, Any]:
