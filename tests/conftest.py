@@ -111,3 +111,20 @@ def _suite_log_scan(django_test_environment):
     handler.close()
     leaks = [line for line in path.read_text(encoding="utf-8").splitlines() if CANARY_IN_LOG.search(line)]
     assert not leaks, f"{len(leaks)} log line(s) of this run hold a canary, e.g. {leaks[0][:300]!r}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """In a CI pass that does not provide a service (CI_SERVICES names those it does), the tests
+    needing that service are deselected, not skipped: they run in the pass that provides it, and
+    no CI pass reports a skip."""
+    if not IN_CI or CI_SERVICES is None:
+        return
+    provided = set(CI_SERVICES.split())
+    needs = {"needs_postgres": "postgres", "needs_redis": "redis"}
+    kept, deselected = [], []
+    for item in items:
+        wanted = {needs[name] for name in getattr(item, "fixturenames", ()) if name in needs}
+        (deselected if wanted - provided else kept).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
