@@ -75,6 +75,7 @@ class ContextTooLong(Exception):
 _lock = threading.Lock()
 _encodings: dict[str, Any] = {}  # encoding name -> tiktoken.Encoding
 _failed: dict[str, float] = {}  # encoding name -> monotonic time of the failure
+_generation = 0  # bumped by _reset_caches(); downloads started before it are ignored
 _pending: dict[str, Future] = {}  # encoding name -> download running in its thread
 _model_plans: dict[str, tuple[str | None, bool]] = {}  # model_id -> (its encoding name, exact when offline)
 
@@ -109,21 +110,25 @@ def _failed_recently(name: str) -> bool:
 
 def _download_in_thread(name: str) -> Future:
     future: Future = Future()
+    generation = _generation
 
     def run() -> None:
         try:
             encoding = _load_web_encoding(name)
         except Exception as exc:  # noqa: BLE001 - any failure means "use the fallback"
             with _lock:
-                _failed[name] = time.monotonic()
-                _pending.pop(name, None)
+                # A download that outlived a _reset_caches() must not write into the fresh caches.
+                if generation == _generation:
+                    _failed[name] = time.monotonic()
+                    _pending.pop(name, None)
             logger.info("tiktoken encoding %s unavailable (%s); counting with the fallback", name, type(exc).__name__)
             future.set_exception(exc)
             return
         with _lock:
-            _encodings[name] = encoding
-            _failed.pop(name, None)
-            _pending.pop(name, None)
+            if generation == _generation:
+                _encodings[name] = encoding
+                _failed.pop(name, None)
+                _pending.pop(name, None)
         future.set_result(encoding)
 
     threading.Thread(target=run, name=f"tiktoken-{name}", daemon=True).start()
@@ -212,7 +217,9 @@ def count_tokens(*, text: str, model_id: str) -> tuple[int, bool]:
 
 def _reset_caches() -> None:
     """Forget loaded and failed encodings (tests simulate failures with it)."""
+    global _generation
     with _lock:
+        _generation += 1
         _encodings.clear()
         _failed.clear()
         _pending.clear()
