@@ -89,14 +89,9 @@ def clock() -> datetime:
 
 
 def _setting(name: str, default: Any) -> Any:
-    # These tunables have defaults here so the key work does not depend on settings.py edits;
-    # the lead may expose them as environment variables.
+    # Only for values that may be unset (the env key variables, KEY_TEST_MODELS); the KEY_*
+    # tunables are read from the environment, with their defaults, in chatsite/settings.py.
     return getattr(settings, name, default)
-
-
-def _seconds(name: str, default: float) -> float:
-    """A duration setting in seconds (durations only: money here is never a float)."""
-    return float(_setting(name, default))
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,7 +225,7 @@ def base_url_validate(url: Any, *, allow_private: bool | None = None) -> str:
     if not url:
         return ""
     if allow_private is None:
-        allow_private = bool(_setting("ALLOW_PRIVATE_BASE_URLS", False))
+        allow_private = settings.ALLOW_PRIVATE_BASE_URLS
     hint = " " + _("Set ALLOW_PRIVATE_BASE_URLS=true to allow it.")
     if len(url) > _URL_MAX_LENGTH or not url.isprintable() or any(ch.isspace() for ch in url):
         raise _invalid("base_url", _("The base URL is too long or holds spaces or control characters."))
@@ -456,7 +451,7 @@ def keys_finish_draining(*, now: datetime | None = None) -> int:
     """Disable keys that have drained long enough for every reply that could hold their lease
     to have ended (the longest a reply may run, plus a margin). Returns how many."""
     now = now or clock()
-    grace = timedelta(seconds=_seconds("KEY_DRAIN_SECONDS", _seconds("LLM_TOTAL_TIMEOUT", 600) + 60))
+    grace = timedelta(seconds=_setting("KEY_DRAIN_SECONDS", settings.LLM_TOTAL_TIMEOUT + 60))
     done = 0
     for key_id in ProviderKey.objects.filter(state=State.DRAINING, state_changed_at__lte=now - grace).values_list(
         "pk", flat=True
@@ -647,7 +642,7 @@ def key_report_success(*, key_id: uuid.UUID) -> None:
 
 
 def _cooldown(seconds: float) -> timedelta:
-    cap = _seconds("KEY_MAX_COOLDOWN", 3600)
+    cap = settings.KEY_MAX_COOLDOWN
     return timedelta(seconds=min(max(seconds, 1.0), cap))
 
 
@@ -679,7 +674,7 @@ def key_report_failure(
             key.health, key.cooldown_until = Health.INVALID, None
             fields += ["consecutive_failures", "health", "cooldown_until"]
         elif kind == ErrorKind.RATE_LIMITED:
-            seconds = retry_after if retry_after and retry_after > 0 else _seconds("KEY_RATE_LIMIT_COOLDOWN", 60)
+            seconds = retry_after if retry_after and retry_after > 0 else settings.KEY_RATE_LIMIT_COOLDOWN
             until = now + _cooldown(seconds)
             if was != Health.INVALID:
                 key.cooldown_until = max(until, key.cooldown_until) if key.cooldown_until else until
@@ -689,14 +684,14 @@ def key_report_failure(
         else:  # unavailable, timeout: the circuit breaker counts these
             key.consecutive_failures += 1
             fields.append("consecutive_failures")
-            threshold = int(_setting("KEY_FAILURE_THRESHOLD", 3))
+            threshold = settings.KEY_FAILURE_THRESHOLD
             if was != Health.INVALID and key.consecutive_failures >= threshold:
                 # Each failure past the threshold doubles the time out (capped).
-                base = _seconds("KEY_CIRCUIT_COOLDOWN", 60)
+                base = settings.KEY_CIRCUIT_COOLDOWN
                 key.health = Health.FAILING
                 key.cooldown_until = now + _cooldown(base * 2 ** min(key.consecutive_failures - threshold, 16))
                 fields += ["health", "cooldown_until"]
-            base_backoff = _seconds("KEY_RETRY_BACKOFF", 0.25)
+            base_backoff = settings.KEY_RETRY_BACKOFF
             # Jitter keeps several turns that failed together from retrying in lockstep.
             backoff = min(base_backoff * 2 ** max(attempt - 1, 0), 4 * base_backoff) * random.uniform(0.5, 1.0)  # noqa: S311
         key.save(update_fields=fields)
@@ -850,7 +845,7 @@ def key_test(*, key_id: uuid.UUID, actor=None) -> KeyTestResult:
         )
         model = _test_model(key.provider)
         started = time.monotonic()
-        usage = async_to_sync(_probe)(lease, model, _seconds("KEY_TEST_TIMEOUT", 20))
+        usage = async_to_sync(_probe)(lease, model, settings.KEY_TEST_TIMEOUT)
     except ValidationError as exc:
         result = KeyTestResult(ok=False, error_kind="base_url", detail=" ".join(exc.messages))
     except SecretUndecryptable as exc:

@@ -28,7 +28,6 @@ PROVIDER_LABEL = "Anthropic"
 _LENGTH_STOPS = {"max_tokens", "model_context_window_exceeded"}
 
 
-
 class AnthropicAdapter(_common.SDKAdapter):
     provider = "anthropic"
     sdk_name = "anthropic"

@@ -40,7 +40,6 @@ def _finish_reason(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
-
 class OpenAIAdapter(_common.SDKAdapter):
     provider = "openai"
     sdk_name = "openai"
