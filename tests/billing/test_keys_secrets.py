@@ -5,7 +5,6 @@ entry, or anything sent to the database in plaintext."""
 
 import io
 import logging
-import traceback
 
 import pytest
 from cryptography.fernet import Fernet
@@ -22,6 +21,7 @@ from billing import keys
 from billing.models import ProviderKey
 from conversations.llm.base import ErrorKind, ProviderError
 from tests.billing.keys_support import no_env_keys  # noqa: F401 - autouse
+from tests.logtext import record_text
 
 pytestmark = pytest.mark.django_db
 CANARIES = ["pk-canary-7f3a9c2e41d8b6aa", "pk-canary-second-55e0c1d9f2", "pk-canary-env-0b9d8e7f6a5c"]
@@ -54,17 +54,6 @@ def every_log_record():
         lg.disabled = disabled
 
 
-def record_text(record: logging.LogRecord) -> str:
-    parts = [str(record.msg), repr(record.args)]
-    try:
-        parts.append(record.getMessage())
-    except Exception:  # noqa: BLE001
-        pass
-    if record.exc_info:
-        parts.append("".join(traceback.format_exception(*record.exc_info)))
-    parts.append(str(record.exc_text or ""))
-    parts += [repr(v) for k, v in vars(record).items() if k not in {"msg", "args", "exc_info"}]
-    return "\n".join(parts)
 
 
 class LeakyAdapter:

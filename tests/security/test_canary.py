@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-import traceback
 import uuid
 
 import pytest
@@ -22,6 +21,7 @@ from django.db import connection
 from django.test import Client
 
 from tests.fakeprovider.server import Script
+from tests.logtext import record_text
 
 CANARY_KEY_CLI = "sk-canary-cli-7d1f0a9be3c24c55"
 CANARY_KEY_ADMIN = "sk-canary-admin-94e2b7c1d0f3aa18"
@@ -30,18 +30,6 @@ CANARY_TEXT = "canary-message-text-3b9e41f7 about my private life"
 PASSWORD = "correct horse battery 9"
 
 
-def record_text(record: logging.LogRecord) -> str:
-    """Everything a record carries, whatever a formatter might print of it."""
-    parts = [str(record.msg), repr(record.args)]
-    try:
-        parts.append(record.getMessage())
-    except Exception:  # noqa: BLE001
-        pass
-    if record.exc_info:
-        parts.append("".join(traceback.format_exception(*record.exc_info)))
-    parts.append(str(record.exc_text or ""))
-    parts += [repr(v) for k, v in vars(record).items() if k not in {"msg", "args", "exc_info"}]
-    return "\n".join(parts)
 
 
 @pytest.fixture
