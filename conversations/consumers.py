@@ -2,7 +2,7 @@
 service, relay what the conversation's group carries. The reply never depends on this socket.
 
 Abuse limits (SECURITY.md): a user holds at most WS_MAX_SOCKETS_PER_USER sockets across every
-process (slots in the shared cache), sends at most WS_MAX_FRAMES_PER_SECOND frames (past that the
+process (slots in the shared cache, conversations/sockets.py), sends at most WS_MAX_FRAMES_PER_SECOND frames (past that the
 socket is told `rate_limited` and closed, and the extra frames do nothing), and a socket whose
 session ends (logged out elsewhere, expired, password changed, user deactivated or erased) stops
 serving at once when this process hears of it, and at the latest on its next frame or heartbeat.
@@ -12,118 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import time
 import uuid
 
-from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from channels.layers import get_channel_layer
 from django.conf import settings
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
-from django.contrib.auth.signals import user_logged_out
 from django.core.cache import cache
-from django.db import transaction
-from django.db.models.signals import post_delete, post_save
-from django.utils.crypto import constant_time_compare
 from django.utils.translation import gettext as _
 
-from . import turns
+from . import sockets, turns
 from .selectors import conversation_get
 
 logger = logging.getLogger(__name__)
 
-# A socket's slot lives this long without a heartbeat: the slots of a process that died free
-# themselves after it, instead of counting against their user forever.
-SLOT_TTL = 90
 HEARTBEAT_SECONDS = 30  # slot refresh and session re-check of an idle socket
 CLOSE_SIGNED_OUT = 4401  # the session ended: the page should sign in again
 CLOSE_TOO_MANY = 4429  # too many sockets or frames: the page should back off
 # One frame holds one message; JSON escaping can make it up to 6 times longer than its text.
 FRAME_MAX_CHARS_OVERHEAD = 4096
-
-
-def session_group_name(session_key: str) -> str:
-    """The sockets of one session. From a hash: the session key itself never leaves the cookie
-    and the session table (no Redis key, no log line)."""
-    return "session." + hashlib.sha256(session_key.encode()).hexdigest()[:40]
-
-
-def user_group_name(user_id) -> str:
-    return f"user.{int(user_id)}"
-
-
-def _slot_key(user_id, n: int) -> str:
-    return f"ws:slot:{int(user_id)}:{n}"
-
-
-def session_user_id(session_key: str | None):
-    """The id of the active user this session still signs in, else None. The same checks as
-    django.contrib.auth.get_user, on a fresh read of the session (never the socket's cached copy)."""
-    if not session_key:
-        return None
-    from importlib import import_module
-
-    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key=session_key)
-    data = store.load()
-    try:
-        user_id = get_user_model()._meta.pk.to_python(data[SESSION_KEY])
-        backend_path = data[BACKEND_SESSION_KEY]
-    except (KeyError, ValueError, TypeError):
-        return None
-    if backend_path not in settings.AUTHENTICATION_BACKENDS:
-        return None
-    user = load_backend(backend_path).get_user(user_id)  # None when inactive or gone
-    if user is None or not user.is_active:
-        return None
-    session_hash = data.get(HASH_SESSION_KEY)
-    hashes = [user.get_session_auth_hash(), *getattr(user, "get_session_auth_fallback_hash", lambda: [])()]
-    if not session_hash or not any(constant_time_compare(session_hash, h) for h in hashes):
-        return None
-    return user.pk
-
-
-def _close_group(group: str) -> None:
-    """Tell every socket in `group` (in any process) to close. Never breaks the caller: a logout
-    or an admin's save must succeed even when the channel layer is down; the sockets then close
-    on their next frame or heartbeat."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(group, {"type": "session.revoked"})
-    except Exception:  # noqa: BLE001
-        logger.warning("could not tell sockets to close (%s); they close on their next check", group.split(".")[0])
-
-
-def _on_logged_out(sender, request=None, user=None, **kwargs):
-    session = getattr(request, "session", None)
-    key = getattr(session, "session_key", None)
-    if key:
-        _close_group(session_group_name(key))
-
-
-def _on_user_saved(sender, instance, created=False, **kwargs):
-    if not created and not instance.is_active:
-        group = user_group_name(instance.pk)
-        # After the commit: a rolled-back deactivation must not drop anyone's sockets.
-        transaction.on_commit(lambda: _close_group(group))
-
-
-def _on_user_deleted(sender, instance, **kwargs):
-    group = user_group_name(instance.pk)
-    transaction.on_commit(lambda: _close_group(group))
-
-
-# Connected here because this module is loaded by chatsite.asgi in every process that serves
-# sockets; the processes that do not (Celery, commands) have no sockets to close, and the
-# sockets they affect notice on their next frame or heartbeat.
-user_logged_out.connect(_on_logged_out, dispatch_uid="chat-sockets-logged-out")
-post_save.connect(_on_user_saved, sender=settings.AUTH_USER_MODEL, dispatch_uid="chat-sockets-user-saved")
-post_delete.connect(_on_user_deleted, sender=settings.AUTH_USER_MODEL, dispatch_uid="chat-sockets-user-deleted")
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -155,9 +64,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.resumed: dict[str, int] = {}
         # The session's and the user's groups first: a logout that happens while we connect
         # must still reach us.
-        self.control_groups = [user_group_name(user.pk)]
+        self.control_groups = [sockets.user_group_name(user.pk)]
         if self.session_key:
-            self.control_groups.append(session_group_name(self.session_key))
+            self.control_groups.append(sockets.session_group_name(self.session_key))
         for group in self.control_groups:
             await self.channel_layer.group_add(group, self.channel_name)
         if await self._signed_out():
@@ -189,33 +98,21 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.group, self.control_groups = None, []
         await self._slot_release()
 
-    # --- the per-user socket cap: slots in the shared cache -------------------------------------
+    # --- the per-user socket cap (conversations.sockets) -----------------------------------------
     async def _slot_claim(self) -> bool:
-        """One of the user's WS_MAX_SOCKETS_PER_USER slots, taken with an atomic add (Redis SET NX)
-        so two processes never take the same one; each slot expires unless its socket's heartbeat
-        refreshes it."""
-        self.slot = None
-        for n in range(settings.WS_MAX_SOCKETS_PER_USER):
-            key = _slot_key(self.user.pk, n)
-            if await cache.aadd(key, self.channel_name, timeout=SLOT_TTL):
-                self.slot = key
-                return True
-        return False
+        self.slot = await sockets.socket_slot_claim(user_id=self.user.pk, channel_name=self.channel_name)
+        return self.slot is not None
 
     async def _slot_refresh(self) -> None:
-        if self.slot and not await cache.atouch(self.slot, SLOT_TTL):
-            # Expired (a very long stall): take it again, or any free one.
-            if not await cache.aadd(self.slot, self.channel_name, timeout=SLOT_TTL):
-                await self._slot_claim()
+        self.slot = await sockets.socket_slot_refresh(slot=self.slot, user_id=self.user.pk, channel_name=self.channel_name)
 
     async def _slot_release(self) -> None:
         slot, self.slot = getattr(self, "slot", None), None
-        if slot and await cache.aget(slot) == self.channel_name:
-            await cache.adelete(slot)
+        await sockets.socket_slot_release(slot=slot, channel_name=self.channel_name)
 
     # --- the session: still signed in? ------------------------------------------------------------
     async def _signed_out(self) -> bool:
-        user_id = await database_sync_to_async(session_user_id)(self.session_key)
+        user_id = await database_sync_to_async(sockets.session_user_id)(self.session_key)
         return user_id is None or user_id != self.user.pk
 
     async def _close_signed_out(self):

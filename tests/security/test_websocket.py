@@ -14,7 +14,7 @@ from django.core.cache import cache
 from django.test import Client
 
 from billing.models import UsageRecord
-from conversations import consumers, turns
+from conversations import consumers, sockets, turns
 from conversations.models import Conversation, Message
 
 from .conftest import frames_until_close, session_cookie_of, ws_open
@@ -162,7 +162,7 @@ async def test_open_sockets_are_capped_per_user_across_processes(app, user, othe
     conversation = await _conversation(user)
     cookie = await session_cookie_of(user)
     # A slot held by another Daphne process (its sockets count too: the count lives in the cache).
-    await cache.aadd(consumers._slot_key(user.pk, 0), "specific.other-process!abc", timeout=60)
+    await cache.aadd(sockets.slot_key(user.pk, 0), "specific.other-process!abc", timeout=60)
 
     open_sockets = []
     for _ in range(2):
@@ -200,7 +200,7 @@ async def test_slots_of_a_crashed_process_expire(app, user, settings):
     cookie = await session_cookie_of(user)
     # A process died holding both slots; they were written with the slot expiry (shortened here).
     for n in range(2):
-        await cache.aadd(consumers._slot_key(user.pk, n), f"specific.dead!{n}", timeout=1)
+        await cache.aadd(sockets.slot_key(user.pk, n), f"specific.dead!{n}", timeout=1)
     ws, _connected, _ = await ws_open(app, _path(conversation), cookie=cookie)
     _frames, code = await frames_until_close(ws, timeout=5)
     assert code == consumers.CLOSE_TOO_MANY
