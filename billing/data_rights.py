@@ -14,6 +14,7 @@ from decimal import Decimal
 from django.db import transaction
 from django.db.models import Count, F, Sum
 
+from .limits import user_key_prefix
 from .models import Budget, DailyUsage, Reservation, UsageRecord
 
 USAGE_CSV_FIELDS = [
@@ -36,8 +37,8 @@ USAGE_CSV_FIELDS = [
 
 
 def usage_cache_prefixes(*, user_id: int) -> list[str]:
-    """The user's rate-limit counters (billing.limits names them `billing:rl:<user id>:...`)."""
-    return [f"billing:rl:{user_id}:"]
+    """The user's rate-limit counters."""
+    return [user_key_prefix(user_id)]
 
 
 def usage_counts(*, user_id: int) -> dict[str, int]:

@@ -60,8 +60,13 @@ def limits_for(*, user) -> Limits:
     return Limits(requests_per_minute=rpm, tokens_per_minute=tpm)
 
 
+def user_key_prefix(user_id: int) -> str:
+    """Every rate-limit counter of a user starts with this (erasure deletes them by it)."""
+    return f"billing:rl:{user_id}:"
+
+
 def _key(user_id: int, metric: str, window: int) -> str:
-    return f"billing:rl:{user_id}:{metric}:{window}"
+    return f"{user_key_prefix(user_id)}{metric}:{window}"
 
 
 def _incr(key: str, delta: int) -> int:
