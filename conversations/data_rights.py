@@ -22,6 +22,7 @@ from django.utils.text import slugify
 from django.utils.translation import gettext as _
 
 from .models import Conversation, Message
+from .turns import buffer_key
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def conversation_ids_of(*, user_id: int, limit: int | None = None) -> list:
 
 def stream_cache_prefixes(*, conversation_ids: Iterable[str]) -> list[str]:
     """Cache key prefixes holding a conversation's live reply (the turn's stream buffer)."""
-    return [f"stream:{cid}" for cid in conversation_ids]
+    return [buffer_key(cid) for cid in conversation_ids]
 
 
 def _scrub_admin_log(object_ids: list[str], model) -> None:
