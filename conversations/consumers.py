@@ -20,8 +20,9 @@ import uuid
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
-from django.core.cache import cache
 from django.utils.translation import gettext as _
+
+from chatsite import asynccache
 
 from . import sockets, turns
 from .selectors import conversation_get
@@ -78,7 +79,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         self.heartbeat = asyncio.create_task(self._heartbeat())
-        state = await cache.aget(turns.buffer_key(self.conversation.id))
+        state = await asynccache.aget(turns.buffer_key(self.conversation.id))
         if state:
             self.resumed[state["message_id"]] = state["seq"]
             await self.send_json(

@@ -33,6 +33,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from billing import budgets, keys, ledger, limits, prices
+from chatsite import asynccache
 
 from . import context as context_mod
 from . import llm
@@ -397,7 +398,7 @@ class _Stream:
             self.text += chunk
             # Buffer first, then publish: a joiner that read seq N is sure to receive N+1.
             plan = self.plan
-            await cache.aset(
+            await asynccache.aset(
                 buffer_key(plan.conversation_id),
                 _buffer_state(
                     plan.message_id, self.seq, self.text, plan.model_id, plan.reservation_id, plan.input_tokens,
@@ -419,7 +420,8 @@ class _Stream:
             # Text that arrives after a quiet spell goes out at once (the first delta is not held
             # back a whole frame); text that keeps coming is batched, one frame per FRAME_SECONDS.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wakeup.wait(), timeout=STOP_POLL_SECONDS)
+                async with asyncio.timeout(STOP_POLL_SECONDS):
+                    await self.wakeup.wait()
             self.wakeup.clear()
             had_text = bool(self.pending)
             await self.flush()
@@ -433,7 +435,7 @@ class _Stream:
                 await database_sync_to_async(_reply_heartbeat)(message_id=self.plan.message_id, streaming=False)
             if now - last_poll >= STOP_POLL_SECONDS:
                 last_poll = now
-                if await cache.aget(_stop_key(self.plan.message_id)):
+                if await asynccache.aget(_stop_key(self.plan.message_id)):
                     cancel.set()
             if had_text:
                 await asyncio.sleep(FRAME_SECONDS)
@@ -506,8 +508,7 @@ async def _reply_run(plan: _ReplyPlan) -> None:
     try:
         # Buffer gone before "done" goes out: a joiner either read the buffer before (and is in
         # the group, so hears "done") or finds no buffer (and reads the finished message over HTTP).
-        await cache.adelete(buffer_key(plan.conversation_id))
-        await cache.adelete(_stop_key(plan.message_id))
+        await asynccache.adelete(buffer_key(plan.conversation_id), _stop_key(plan.message_id))
         if outcome.error_code:
             await _publish(
                 layer,
@@ -564,41 +565,60 @@ async def _wait_or_cancel(awaitable, cancel: asyncio.Event, timeout: float):
 
 
 async def _attempt(adapter, plan: _ReplyPlan, key, stream: _Stream, cancel: asyncio.Event) -> _Attempt:
+    """One provider call, relayed into the stream until it ends, fails, times out or is stopped.
+
+    Its events are read in one task for the whole call (not a task per event: hundreds of replies
+    at 50 events a second each), under one timeout moved forward at every event, and a stop
+    cancels that task."""
     result = _Attempt()
     started = time.monotonic()
-    deadline = started + settings.LLM_TOTAL_TIMEOUT
-    events = adapter.stream(plan.request, key=key).__aiter__()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.LLM_TOTAL_TIMEOUT
+    gap = settings.LLM_FIRST_TOKEN_TIMEOUT
+
+    async def relay() -> None:
+        # The adapter has its own timeouts; this is the net under a provider that hangs.
+        events = adapter.stream(plan.request, key=key)
+        try:
+            async with asyncio.timeout_at(min(loop.time() + gap, deadline)) as scope:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        if event.text:
+                            if not result.got_output:
+                                result.ttft_ms = int((time.monotonic() - started) * 1000)
+                            result.got_output = True
+                            stream.add(event.text)
+                    elif isinstance(event, Usage):
+                        result.usage = event
+                    elif isinstance(event, Finish):
+                        result.finish = event.reason
+                    scope.reschedule(min(loop.time() + gap, deadline))
+        finally:
+            with contextlib.suppress(BaseException):
+                await events.aclose()
+
+    work = asyncio.ensure_future(relay())
+    stopper = asyncio.ensure_future(cancel.wait())
     try:
-        while True:
-            # The adapter has its own timeouts; these are the net under a provider that hangs.
-            wait = min(settings.LLM_FIRST_TOKEN_TIMEOUT, deadline - time.monotonic())
-            try:
-                done, event = await _wait_or_cancel(events.__anext__(), cancel, wait)
-            except StopAsyncIteration:
-                break
-            if not done:
-                if cancel.is_set():
-                    result.cancelled = True
-                    break
-                raise ProviderError(ErrorKind.TIMEOUT, "the provider did not answer in time", after_output=result.got_output)
-            if isinstance(event, TextDelta):
-                if event.text:
-                    if not result.got_output:
-                        result.ttft_ms = int((time.monotonic() - started) * 1000)
-                    result.got_output = True
-                    stream.add(event.text)
-            elif isinstance(event, Usage):
-                result.usage = event
-            elif isinstance(event, Finish):
-                result.finish = event.reason
+        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(BaseException):
+                await work
+    try:
+        if work.cancelled():
+            result.cancelled = True
+        else:
+            work.result()
+    except TimeoutError:
+        result.error = ProviderError(ErrorKind.TIMEOUT, "the provider did not answer in time", after_output=result.got_output)
     except ProviderError as exc:
         result.error = exc
     except Exception as exc:  # noqa: BLE001 - an adapter bug must not leave the reply hanging
         logger.warning("adapter %s raised %s", plan.provider, type(exc).__name__)
         result.error = ProviderError(ErrorKind.UNAVAILABLE, "the provider call failed", after_output=result.got_output)
-    finally:
-        with contextlib.suppress(BaseException):
-            await events.aclose()
     result.latency_ms = int((time.monotonic() - started) * 1000)
     return result
 
@@ -789,11 +809,11 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict:
 # --- stopping -----------------------------------------------------------------------------------
 async def turn_stop_async(*, conversation_id) -> bool:
     """Ask the reply running in this conversation to stop, wherever it runs. False: none runs."""
-    state = await cache.aget(buffer_key(conversation_id))
+    state = await asynccache.aget(buffer_key(conversation_id))
     if not state:
         return False
     # The flag reaches a task in any process (it polls the cache); the message is the fast path.
-    await cache.aset(_stop_key(state["message_id"]), True, BUFFER_TTL)
+    await asynccache.aset(_stop_key(state["message_id"]), True, BUFFER_TTL)
     layer = get_channel_layer()
     await layer.group_send(control_group_name(conversation_id), {"type": "turn.stop", "message_id": state["message_id"]})
     return True

@@ -32,7 +32,7 @@ def test_no_variables_means_the_embedded_defaults():
     assert config["engine"] == "django.db.backends.sqlite3"
     assert config["options"]["transaction_mode"] == "IMMEDIATE"
     assert "journal_mode=WAL" in config["options"]["init_command"]
-    assert config["layer"] == "channels.layers.InMemoryChannelLayer"
+    assert config["layer"] == "chatsite.layers.InMemoryChannelLayer"
     assert config["cache"] == "django.core.cache.backends.locmem.LocMemCache"
     assert config["eager"] is True
 
