@@ -44,15 +44,17 @@ def test_redis_url_switches_layer_cache_and_celery_to_redis():
     assert config["broker"] == "redis://127.0.0.1:6379/3"
 
 
-def test_postgres_url_uses_postgres_without_persistent_connections():
-    config = probe(DATABASE_URL="postgres://parley:pw@db.example.com:5432/parley")
+def test_postgres_url_uses_postgres_with_a_pool_not_persistent_connections():
+    config = probe(DATABASE_URL="postgres://parley:pw@db.example.com:5432/parley", DATABASE_POOL_SIZE="7")
     assert config["engine"] == "django.db.backends.postgresql"
     assert config["conn_max_age"] == 0
+    assert config["options"]["pool"]["max_size"] == 7
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_the_configured_database_runs_as_designed():
-    """SQLite (first CI pass) really is in WAL mode; PostgreSQL (second pass) keeps no connection."""
+    """SQLite (first CI pass) really is in WAL mode; PostgreSQL (second pass) lends pooled
+    connections: a closed one goes back to the pool, open, and the next call gets it again."""
     from django.db import connection
 
     if connection.vendor == "sqlite":
@@ -62,3 +64,9 @@ def test_the_configured_database_runs_as_designed():
     else:
         assert connection.vendor == "postgresql"
         assert connection.settings_dict["CONN_MAX_AGE"] == 0
+        assert connection.pool is not None
+        connection.ensure_connection()
+        lent = connection.connection
+        connection.close()
+        assert not lent.closed  # back in the pool, still logged in
+        assert connection.pool.get_stats()["pool_available"] >= 1
