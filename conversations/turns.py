@@ -110,6 +110,10 @@ class _ReplyPlan:
     team_id: int | None = None  # the team the ledger files this call under (taken at the start)
     summarize_upto: uuid.UUID | None = None  # the last history item trimmed out of the context
     attempt: int = 0  # the provider call in progress (kept in the buffer for the reaper)
+    # The key for the first call, chosen while preparing (one thread hop less before the first
+    # token); None with `first_key_chosen` means no key could serve.
+    first_key: keys.KeyLease | None = None
+    first_key_chosen: bool = False
 
 
 @dataclass
@@ -160,25 +164,21 @@ def _turn_prepare(*, user, conversation_id, content: str, client_id: uuid.UUID) 
         return TurnResult(None, client_id, error=TurnError("invalid_input", _("This conversation no longer exists."))), None
     if not conversation.owner.is_active:
         return TurnResult(None, client_id, error=_closed_account()), None
-    existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
-    if existing is None:
-        try:
-            with transaction.atomic():
-                existing = Message.objects.create(
-                    conversation=conversation, role=Message.Role.USER, content=content, client_id=client_id
-                )
-        except IntegrityError:
-            # The same frame arrived twice at once: the other one made the message.
-            existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
-            if existing is None:
-                raise
-            return TurnResult(existing.id, client_id, duplicate=True), None
-    else:
-        # A resend never makes a second message or charge; if its reply runs, the socket
-        # (already in the group) simply keeps receiving it.
+    # Inserted first, read only if it already exists: the unique (conversation, client_id) decides,
+    # so a resend (or the same frame twice at once) never makes a second message or charge.
+    try:
+        with transaction.atomic():
+            message = Message.objects.create(
+                conversation=conversation, role=Message.Role.USER, content=content, client_id=client_id
+            )
+    except IntegrityError:
+        existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
+        if existing is None:
+            raise
+        # If its reply runs, the socket (already in the group) simply keeps receiving it.
         running = existing.replies.filter(status__in=RUNNING).values_list("id", flat=True).first()
         return TurnResult(existing.id, client_id, reply_id=running, duplicate=True), None
-    return _reply_prepare(user=user, conversation=conversation, reply_to=existing, client_id=client_id)
+    return _reply_prepare(user=user, conversation=conversation, reply_to=message, client_id=client_id)
 
 
 def _regenerate_prepare(*, user, conversation_id) -> tuple[TurnResult, _ReplyPlan | None]:
@@ -195,15 +195,18 @@ def _regenerate_prepare(*, user, conversation_id) -> tuple[TurnResult, _ReplyPla
     return _reply_prepare(user=user, conversation=conversation, reply_to=last_user, client_id=None)
 
 
-def _history(*, conversation: Conversation, upto: Message) -> list:
+def _history(*, conversation: Conversation, upto: Message) -> list | None:
     """The finished exchange up to and including `upto`, newest reply per question, without
-    what the rolling summary already covers and without earlier replies to `upto` itself."""
+    what the rolling summary already covers and without earlier replies to `upto` itself.
+    None when a reply is running in the conversation (read in the same query: one less per turn;
+    the database constraint still decides a race)."""
     messages = list(
         Message.objects.filter(conversation=conversation)
-        .exclude(status__in=RUNNING)
         .order_by("created_at", "id")
-        .only("id", "role", "content", "reply_to_id", "created_at")
+        .only("id", "role", "content", "reply_to_id", "created_at", "status")
     )
+    if any(m.status in RUNNING for m in messages):
+        return None
     latest_reply: dict = {}
     for m in messages:
         if m.role == Message.Role.ASSISTANT and m.reply_to_id:
@@ -241,11 +244,11 @@ def _reply_prepare(
     price = prices.price_for(model_id=model_id)
     if price is None or not _adapter_known(provider):
         return refuse("model_unavailable", _("The model %(model)s is not available.") % {"model": model_id})
-    if Message.objects.filter(conversation=conversation, status__in=RUNNING).exists():
+    history = _history(conversation=conversation, upto=reply_to)
+    if history is None:
         return refuse("busy", _("A reply is already being written in this conversation."))
 
     max_tokens = min(conversation.max_tokens or price.max_output_tokens, price.max_output_tokens)
-    history = _history(conversation=conversation, upto=reply_to)
     try:
         built = context_mod.context_build(
             system_prompt=conversation.system_prompt,
@@ -302,6 +305,7 @@ def _reply_prepare(
         BUFFER_TTL,
     )
     temperature = float(conversation.temperature) if conversation.temperature is not None else None
+    needs_key = _needs_key(provider)
     plan = _ReplyPlan(
         user=user,
         conversation_id=conversation.id,
@@ -315,6 +319,8 @@ def _reply_prepare(
         wants_title=not conversation.title,
         team_id=ledger.primary_team_id(user=user),
         summarize_upto=built.dropped_ids[-1] if built.dropped_ids else None,
+        first_key=keys.key_choose(provider=provider) if needs_key else None,
+        first_key_chosen=needs_key,
     )
     return TurnResult(reply_to.id, client_id, reply_id=reply.id), plan
 
@@ -332,6 +338,10 @@ def _buffer_state(message_id, seq, text, model_id, reservation_id, input_tokens,
         "user_id": user_id,
         "attempt": attempt,
     }
+
+
+def _needs_key(provider: str) -> bool:
+    return provider != "demo"  # the demo model runs in-process and needs no key
 
 
 def _adapter_known(provider: str) -> bool:
@@ -647,8 +657,11 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
         if cancel.is_set():
             return _Outcome("cancelled", attempt=attempt, recorded=attempt > 0)
         key = None
-        if plan.provider != "demo":  # the demo model runs in-process and needs no key
-            key = await database_sync_to_async(keys.key_choose)(provider=plan.provider, exclude=tuple(tried))
+        if _needs_key(plan.provider):
+            if attempt == 0 and plan.first_key_chosen:
+                key, plan.first_key = plan.first_key, None  # the plan outlives the call: not the secret
+            else:
+                key = await database_sync_to_async(keys.key_choose)(provider=plan.provider, exclude=tuple(tried))
             if key is None:
                 return _Outcome(
                     "error",
