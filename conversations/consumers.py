@@ -239,6 +239,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         frame.update({k: v for k, v in result.error.extra.items() if k not in frame})
         return frame
 
+    async def dispatch(self, message):
+        # Channels closes stale database connections before every handler: a trip to the thread
+        # all SQL runs on, for each message. A relayed chat frame touches no database and comes
+        # 25 times a second per running reply; through that thread, hundreds of replies would
+        # queue behind each other and behind every turn's SQL. It goes straight out instead.
+        if message.get("type") == "chat.frame":
+            await self.chat_frame(message)
+            return
+        await super().dispatch(message)
+
     async def chat_frame(self, event):
         if self.closing:
             return

@@ -89,6 +89,33 @@ async def test_two_sockets_receive_the_same_frames(chat_backends, user, conversa
     await b.disconnect()
 
 
+async def test_relaying_frames_makes_no_trip_to_the_database_thread(chat_backends, user, conversation_factory, monkeypatch):
+    """Channels closes stale connections (a sync-thread hop) before every handler; the chat
+    frames a running reply publishes 25 times a second must not pay it."""
+    import channels.consumer
+
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    watcher, _ = await ws_connect(user, conversation.id)
+    hops = []
+    real = channels.consumer.aclose_old_connections
+
+    async def counted():
+        hops.append(1)
+        await real()
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    for seq in range(1, 21):
+        frame = {"type": "delta", "message_id": str(uuid.uuid4()), "seq": seq, "text": f"w{seq} "}
+        await layer.group_send(turns.group_name(conversation.id), {"type": "chat.frame", "frame": frame})
+    received = [await watcher.receive_json_from(timeout=5) for _ in range(20)]
+    assert [f["seq"] for f in received] == list(range(1, 21))
+    assert hops == []
+    await watcher.disconnect()
+
+
 async def test_a_late_joiner_resumes_with_nothing_missing_or_repeated(chat_backends, user, conversation_factory):
     conversation = await database_sync_to_async(conversation_factory)(user)
     chat_backends.scripts.append(
