@@ -108,7 +108,7 @@ def run_parts(args, port: int) -> list:
     rows.append(("new DB connection + close (`close_old_connections` around a call)", timed(as_channels(lambda i: Conversation.objects.exists()), n)))
     leases = []
     rows.append(("`keys.key_choose` (no connection churn: sync_to_async)", timed(lambda i: leases.append(keys.key_choose(provider="openai")), n)))
-    rows.append(("`_reply_heartbeat` (streaming flip)", timed(as_channels(lambda i: turns._reply_heartbeat(message_id=plans[i].message_id, streaming=True)), n)))
+    rows.append(("`_reply_mark_streaming` (the streaming flip)", timed(as_channels(lambda i: turns._reply_mark_streaming(message_id=plans[i].message_id)), n)))
     rows.append(("`keys.key_report_success`", timed(lambda i: keys.key_report_success(key_id=leases[i].id), n)))
 
     def finish(i):

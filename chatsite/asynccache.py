@@ -57,6 +57,19 @@ async def aget(key: str, default: Any = None) -> Any:
     return await cache.aget(key, default)
 
 
+async def aget_many(keys: list[str]) -> dict[str, Any]:
+    """{key: value} of the keys that hold a value, in one call."""
+    cache = caches["default"]
+    if isinstance(cache, LocMemCache):
+        return cache.get_many(keys)
+    if isinstance(cache, RedisCache):
+        if not keys:
+            return {}
+        values = await _redis(cache).mget([cache.make_and_validate_key(key) for key in keys])
+        return {key: _serializer.loads(value) for key, value in zip(keys, values, strict=True) if value is not None}
+    return await cache.aget_many(keys)
+
+
 async def aset(key: str, value: Any, timeout: int | None) -> None:
     cache = caches["default"]
     if isinstance(cache, LocMemCache):

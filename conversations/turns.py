@@ -8,8 +8,8 @@ cache for late joiners, and at the end writes the message, the ledger row and th
 settlement in one transaction. Sockets only relay what the group carries.
 
 Database writes per reply are bounded: the user message, the assistant message, one "streaming"
-flip, a heartbeat every HEARTBEAT_SECONDS, one usage row per failed attempt, and the final
-transaction. Never one per delta.
+flip, one usage row per failed attempt, and the final transaction; and one UPDATE per
+HEARTBEAT_SECONDS touches every reply the process runs. Never one per delta.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -44,7 +45,7 @@ from .selectors import RUNNING
 logger = logging.getLogger(__name__)
 
 FRAME_SECONDS = 0.04  # deltas are batched into one frame per this interval
-HEARTBEAT_SECONDS = 5.0  # the running reply's row is touched at most this often
+HEARTBEAT_SECONDS = 5.0  # the running replies' rows are touched this often (one UPDATE for all)
 STOP_POLL_SECONDS = 0.5  # how often the cache stop flag is read (the channel message is instant)
 STALE_SECONDS = 90  # a running reply whose heartbeat is older is reaped as `error`
 BUFFER_TTL = 60 * 60  # the stream buffer outlives any reply; the reaper deletes stale ones
@@ -356,11 +357,51 @@ def _adapter_known(provider: str) -> bool:
 _RUNNING: dict[uuid.UUID, asyncio.Task] = {}
 
 
+_CANCELS: dict[uuid.UUID, asyncio.Event] = {}  # each running reply's stop, by message id
+_WATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its watcher task
+
+
 def _reply_launch(plan: _ReplyPlan) -> None:
-    task = asyncio.get_running_loop().create_task(_reply_run(plan), name=f"reply-{plan.message_id}")
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(_reply_run(plan), name=f"reply-{plan.message_id}")
     # Held here so the task is not garbage-collected, and so tests can wait for it.
     _RUNNING[plan.message_id] = task
     task.add_done_callback(lambda _t: _RUNNING.pop(plan.message_id, None))
+    watcher = _WATCHERS.get(loop)
+    if watcher is None or watcher.done():
+        _WATCHERS[loop] = loop.create_task(_watch_running(loop), name="replies-watch")
+
+
+async def _watch_running(loop: asyncio.AbstractEventLoop) -> None:
+    """What every reply of this event loop needs now and then, done for all of them at once:
+    read the stop flags another process may have set (one cache call per STOP_POLL_SECONDS) and
+    touch the heartbeat the reaper reads (one UPDATE per HEARTBEAT_SECONDS). Not per reply:
+    hundreds of replies would make that hundreds of calls a second. Ends when none runs."""
+    last_beat = time.monotonic()
+    while True:
+        await asyncio.sleep(STOP_POLL_SECONDS)
+        mine = {
+            mid: cancel
+            for mid, cancel in _CANCELS.items()
+            if (task := _RUNNING.get(mid)) is not None and task.get_loop() is loop
+        }
+        if not mine:
+            return
+        try:
+            flags = await asynccache.aget_many([_stop_key(mid) for mid in mine])
+        except Exception as exc:  # noqa: BLE001 - the cache is away: the channel message still stops
+            logger.warning("reading the stop flags failed: %s", type(exc).__name__)
+        else:
+            for mid, cancel in mine.items():
+                if flags.get(_stop_key(mid)):
+                    cancel.set()
+        now = time.monotonic()
+        if now - last_beat >= HEARTBEAT_SECONDS:
+            last_beat = now
+            try:
+                await database_sync_to_async(_replies_heartbeat)(message_ids=list(mine))
+            except Exception as exc:  # noqa: BLE001 - next time; the reaper waits STALE_SECONDS
+                logger.warning("the running replies' heartbeat failed: %s", type(exc).__name__)
 
 
 async def replies_wait(timeout: float = 30) -> None:
@@ -422,40 +463,28 @@ class _Stream:
                 {"type": "delta", "message_id": str(self.plan.message_id), "seq": self.seq, "text": chunk},
             )
 
-    async def run(self, cancel: asyncio.Event) -> None:
-        """Flush every FRAME_SECONDS; heartbeat the row; notice a stop flag set elsewhere."""
-        last_beat = time.monotonic()
-        last_poll = time.monotonic()
+    async def run(self) -> None:
+        """Flush every FRAME_SECONDS, and flip the row to "streaming" at the first text."""
         while not self.finished.is_set():
             # Text that arrives after a quiet spell goes out at once (the first delta is not held
             # back a whole frame); text that keeps coming is batched, one frame per FRAME_SECONDS.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(STOP_POLL_SECONDS):
-                    await self.wakeup.wait()
+            await self.wakeup.wait()
             self.wakeup.clear()
             had_text = bool(self.pending)
             await self.flush()
-            now = time.monotonic()
             if had_text and not self.streaming_marked:
                 self.streaming_marked = True
-                last_beat = now
-                await database_sync_to_async(_reply_heartbeat)(message_id=self.plan.message_id, streaming=True)
-            elif now - last_beat >= HEARTBEAT_SECONDS:
-                last_beat = now
-                await database_sync_to_async(_reply_heartbeat)(message_id=self.plan.message_id, streaming=False)
-            if now - last_poll >= STOP_POLL_SECONDS:
-                last_poll = now
-                if await asynccache.aget(_stop_key(self.plan.message_id)):
-                    cancel.set()
+                await database_sync_to_async(_reply_mark_streaming)(message_id=self.plan.message_id)
             if had_text:
                 await asyncio.sleep(FRAME_SECONDS)
 
 
-def _reply_heartbeat(*, message_id, streaming: bool) -> None:
-    fields = {"heartbeat_at": timezone.now()}
-    if streaming:
-        fields["status"] = Message.Status.STREAMING
-    Message.objects.filter(id=message_id, status__in=RUNNING).update(**fields)
+def _reply_mark_streaming(*, message_id) -> None:
+    Message.objects.filter(id=message_id, status__in=RUNNING).update(status=Message.Status.STREAMING, heartbeat_at=timezone.now())
+
+
+def _replies_heartbeat(*, message_ids: list) -> None:
+    Message.objects.filter(id__in=message_ids, status__in=RUNNING).update(heartbeat_at=timezone.now())
 
 
 async def _listen_stop(layer, channel: str, message_id, cancel: asyncio.Event) -> None:
@@ -487,13 +516,15 @@ async def _reply_run(plan: _ReplyPlan) -> None:
     control = await layer.new_channel()
     await layer.group_add(control_group_name(plan.conversation_id), control)
     listener = asyncio.create_task(_listen_stop(layer, control, plan.message_id, cancel))
-    flusher = asyncio.create_task(stream.run(cancel))
+    flusher = asyncio.create_task(stream.run())
+    _CANCELS[plan.message_id] = cancel
     try:
         outcome = await _reply_attempts(plan, stream, cancel)
     except Exception:  # noqa: BLE001 - whatever broke, the reply must end and settle
         logger.exception("reply %s failed unexpectedly", plan.message_id)
         outcome = _Outcome("error", error_code="provider_error", error_message=_("The reply failed."))
     finally:
+        _CANCELS.pop(plan.message_id, None)
         stream.finished.set()
         stream.wakeup.set()
         with contextlib.suppress(BaseException):

@@ -28,6 +28,13 @@ async def test_a_value_the_sync_cache_set_is_read_here():
     assert await asynccache.aget("t:missing", "fallback") == "fallback"
 
 
+async def test_get_many_reads_only_the_keys_that_hold_a_value():
+    await asyncio.to_thread(cache.set, "t:a", STATE, 60)
+    await asynccache.aset("t:b", True, 60)
+    assert await asynccache.aget_many(["t:a", "t:b", "t:none"]) == {"t:a": STATE, "t:b": True}
+    assert await asynccache.aget_many([]) == {}
+
+
 async def test_delete_removes_every_key_given_and_a_zero_timeout_deletes():
     for key in ("t:a", "t:b", "t:c"):
         await asynccache.aset(key, key, 60)

@@ -470,6 +470,54 @@ async def test_a_stop_flag_set_by_another_process_reaches_the_reply(chat_backend
     await ws.disconnect()
 
 
+async def test_running_replies_heartbeat_together_in_one_update(chat_backends, user, conversation_factory, monkeypatch):
+    """The reaper takes a reply whose heartbeat is old for a dead process's: while replies run,
+    their rows are touched, and for all of them at once (not one UPDATE per reply)."""
+    monkeypatch.setattr(turns, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(turns, "STOP_POLL_SECONDS", 0.02)
+    beats = []
+    real = turns._replies_heartbeat
+
+    def spy(*, message_ids):
+        beats.append(sorted(message_ids))
+        real(message_ids=message_ids)
+
+    monkeypatch.setattr(turns, "_replies_heartbeat", spy)
+    sockets, starts = [], []
+    for _ in range(2):
+        conversation = await database_sync_to_async(conversation_factory)(user)
+        chat_backends.scripts.append([TextDelta("some "), "gate", TextDelta("more")])
+        ws, _ = await ws_connect(user, conversation.id)
+        await ws.send_json_to(_send("go"))
+        starts.append((await receive_until(ws, "delta"))[-1])
+        sockets.append(ws)
+    both = sorted(uuid.UUID(f["message_id"]) for f in starts)
+    first_beat = None
+    for _ in range(100):
+        if beats and beats[-1] == both:
+            first_beat = await database_sync_to_async(
+                lambda: sorted(Message.objects.filter(id__in=both).values_list("heartbeat_at", flat=True))
+            )()
+            break
+        await asyncio.sleep(0.02)
+    assert first_beat is not None, beats
+    beats.clear()
+    await asyncio.sleep(0.2)
+    assert beats and all(call == both for call in beats)  # one call, both replies, each time
+    later = await database_sync_to_async(
+        lambda: sorted(Message.objects.filter(id__in=both).values_list("heartbeat_at", flat=True))
+    )()
+    assert later[0] > first_beat[0] and later[1] > first_beat[1]
+    chat_backends.open_gate()
+    for ws in sockets:
+        await receive_until(ws, "done")
+        await ws.disconnect()
+    await turns.replies_wait()
+    beats.clear()
+    await asyncio.sleep(0.2)
+    assert beats == []  # nothing runs: the watcher has ended
+
+
 async def test_a_server_fault_answers_an_error_and_keeps_the_socket(chat_backends, user, conversation_factory, monkeypatch):
     from billing import budgets
 
