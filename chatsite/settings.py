@@ -365,6 +365,9 @@ ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
 LLM_CONNECT_TIMEOUT = _float("LLM_CONNECT_TIMEOUT", 10.0)
 LLM_FIRST_TOKEN_TIMEOUT = _float("LLM_FIRST_TOKEN_TIMEOUT", 60.0)
 LLM_TOTAL_TIMEOUT = _float("LLM_TOTAL_TIMEOUT", 600.0)
+# Threads a process gives the chat turns' database calls (conversations.turns), beside the one
+# thread Channels runs other sync code on. Keep it under DATABASE_POOL_SIZE with PostgreSQL.
+TURN_DB_THREADS = _int("TURN_DB_THREADS", 4)
 # Rate limits per user (overridable per user and team in the admin).
 RATE_LIMIT_REQUESTS_PER_MINUTE = _int("RATE_LIMIT_REQUESTS_PER_MINUTE", 20)
 RATE_LIMIT_TOKENS_PER_MINUTE = _int("RATE_LIMIT_TOKENS_PER_MINUTE", 200_000)

@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -51,6 +52,17 @@ STALE_SECONDS = 90  # a running reply whose heartbeat is older is reaped as `err
 BUFFER_TTL = 60 * 60  # the stream buffer outlives any reply; the reaper deletes stale ones
 ZERO = Decimal("0")
 MONEY_PLACES = Decimal("0.0000000001")  # the ledger's precision (billing.models.MONEY)
+
+# The turn's database calls run on threads of their own, not on the one thread Channels runs all
+# sync code on: there, one turn's preparation queued behind every other's (with PostgreSQL most of
+# a call is waiting for the server), and a reply's streaming flip and last save behind all of them.
+# Each call is still one coarse step in one thread, with its own connection (or one from the pool).
+_DB_THREADS = ThreadPoolExecutor(max_workers=settings.TURN_DB_THREADS, thread_name_prefix="turn-db")
+
+
+def _db(fn):
+    return database_sync_to_async(fn, thread_sensitive=False, executor=_DB_THREADS)
+
 
 # --- names ----------------------------------------------------------------------------------
 def group_name(conversation_id) -> str:
@@ -136,7 +148,7 @@ class _Outcome:
 async def turn_start(*, user, conversation: Conversation, content: str, client_id: uuid.UUID) -> TurnResult:
     """Save the user's message (idempotent on client_id) and start its reply. Never raises for a
     refusal: the result carries the error code and message for the sender."""
-    result, plan = await database_sync_to_async(_turn_prepare)(
+    result, plan = await _db(_turn_prepare)(
         user=user, conversation_id=conversation.id, content=content, client_id=client_id
     )
     if plan is not None:
@@ -146,7 +158,7 @@ async def turn_start(*, user, conversation: Conversation, content: str, client_i
 
 async def turn_regenerate(*, user, conversation: Conversation) -> TurnResult:
     """A new reply to the last user message that has one; the old reply stays in the record."""
-    result, plan = await database_sync_to_async(_regenerate_prepare)(user=user, conversation_id=conversation.id)
+    result, plan = await _db(_regenerate_prepare)(user=user, conversation_id=conversation.id)
     if plan is not None:
         _reply_launch(plan)
     return result
@@ -399,7 +411,7 @@ async def _watch_running(loop: asyncio.AbstractEventLoop) -> None:
         if now - last_beat >= HEARTBEAT_SECONDS:
             last_beat = now
             try:
-                await database_sync_to_async(_replies_heartbeat)(message_ids=list(mine))
+                await _db(_replies_heartbeat)(message_ids=list(mine))
             except Exception as exc:  # noqa: BLE001 - next time; the reaper waits STALE_SECONDS
                 logger.warning("the running replies' heartbeat failed: %s", type(exc).__name__)
 
@@ -474,7 +486,7 @@ class _Stream:
             await self.flush()
             if had_text and not self.streaming_marked:
                 self.streaming_marked = True
-                await database_sync_to_async(_reply_mark_streaming)(message_id=self.plan.message_id)
+                await _db(_reply_mark_streaming)(message_id=self.plan.message_id)
             if had_text:
                 await asyncio.sleep(FRAME_SECONDS)
 
@@ -539,7 +551,7 @@ async def _reply_run(plan: _ReplyPlan) -> None:
         logger.exception("reply %s: the last frame could not be published", plan.message_id)
     outcome.text = stream.text
     try:
-        usage = await database_sync_to_async(_reply_finish)(plan=plan, outcome=outcome)
+        usage = await _db(_reply_finish)(plan=plan, outcome=outcome)
     except Exception:  # noqa: BLE001 - the reaper will mark it; the sockets still hear the end
         logger.exception("reply %s could not be saved", plan.message_id)
         usage = {"input_tokens": 0, "output_tokens": 0, "cost": money_str(ZERO)}
@@ -564,7 +576,7 @@ async def _reply_run(plan: _ReplyPlan) -> None:
     except Exception:  # noqa: BLE001
         logger.exception("reply %s: the end of the reply could not be published", plan.message_id)
     # After "done": with eager Celery (no Redis) these run right here, and must not delay it.
-    await database_sync_to_async(_reply_followups)(plan=plan, finish_reason=outcome.finish_reason)
+    await _db(_reply_followups)(plan=plan, finish_reason=outcome.finish_reason)
 
 
 def _reply_followups(*, plan: _ReplyPlan, finish_reason: str) -> None:
@@ -692,7 +704,7 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
             if attempt == 0 and plan.first_key_chosen:
                 key, plan.first_key = plan.first_key, None  # the plan outlives the call: not the secret
             else:
-                key = await database_sync_to_async(keys.key_choose)(provider=plan.provider, exclude=tuple(tried))
+                key = await _db(keys.key_choose)(provider=plan.provider, exclude=tuple(tried))
             if key is None:
                 return _Outcome(
                     "error",
@@ -712,17 +724,17 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
         if result.cancelled:
             outcome.finish_reason = "cancelled"
             if key_id:
-                await database_sync_to_async(keys.key_report_success)(key_id=key_id)
+                await _db(keys.key_report_success)(key_id=key_id)
             return outcome
         if result.error is None:
             outcome.finish_reason = result.finish or "stop"
             if key_id:
-                await database_sync_to_async(keys.key_report_success)(key_id=key_id)
+                await _db(keys.key_report_success)(key_id=key_id)
             return outcome
         exc = result.error
         decision = None
         if key is not None:
-            decision = await database_sync_to_async(keys.key_report_failure)(
+            decision = await _db(keys.key_report_failure)(
                 key_id=key.id, kind=str(exc.kind), retry_after=exc.retry_after, attempt=attempt, version=key.version
             )
         if result.got_output or exc.after_output:
@@ -734,7 +746,7 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
             outcome.error_kind = str(exc.kind)
             return outcome
         # Failed before any output: its own ledger row (nothing billed), then maybe the next key.
-        await database_sync_to_async(_usage_record_failed)(plan=plan, attempt=attempt, key_id=key_id, exc=exc, result=result)
+        await _db(_usage_record_failed)(plan=plan, attempt=attempt, key_id=key_id, exc=exc, result=result)
         last_error = exc
         request_refused = exc.kind in (ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_TOO_LONG)
         if request_refused or decision is None or not decision.retry:
