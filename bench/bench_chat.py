@@ -17,7 +17,10 @@ provider key, and removes all of it afterwards.
    passes when its frames are ack, start, delta seq 1..n, done(stop), no error, and the deltas
    join to exactly the text the fake sent. Per delta, the lag is (client receive time of the frame
    carrying it) - (time the fake emitted it), both CLOCK_MONOTONIC.
-3. CPU (utime+stime from /proc/PID/stat) and VmRSS of the Daphne process around every run.
+3. CPU (utime+stime from /proc/PID/stat) and VmRSS of the Daphne process around every run;
+   Daphne's CPU is also given per delta and per delta frame (the whole run's CPU, turn set-up
+   included, divided by the deltas or frames of the replies that passed), and the fake's and the
+   client's CPU per delta, since on a 2-core machine every µs they spend is taken from Daphne.
 """
 
 from __future__ import annotations
@@ -515,12 +518,24 @@ def print_ramp(rows: list[dict], args) -> None:
             f" | {r['cpu'] / k:.3f} | {100 * r['cpu'] / r['elapsed']:.0f}"
             f" | {(r['rss_open'] - r['rss_idle']) / k:.3f} | {(r['rss_peak'] - r['rss_idle']) / k:.3f} | {r['load']} |"
         )
+    print(
+        "\n| K | Daphne CPU µs/delta (all ÷ deltas) | Daphne CPU µs/frame | fake CPU µs/delta | client CPU µs/delta | deltas per frame |"
+        "\n|---:|---:|---:|---:|---:|---:|"
+    )
+    for r in rows:
+        # Per delta (and per delta frame) of the replies that passed: with every reply complete
+        # they are all the deltas the fake sent and all the frames Daphne sent.
+        deltas, frames = r["deltas"] or float("nan"), r["frames"] or float("nan")
+        print(
+            f"| {r['k']} | {r['cpu'] / deltas * 1e6:.0f} | {r['cpu'] / frames * 1e6:.0f}"
+            f" | {r['fake_cpu'] / deltas * 1e6:.1f} | {r['client_cpu'] / deltas * 1e6:.1f} | {deltas / frames:.2f} |"
+        )
     for r in rows:
         extra = f" failures: {r['failures']}" if r["failures"] else ""
         print(
-            f"K={r['k']}: {r['elapsed']:.1f} s wall; CPU s: Daphne {r['cpu']:.1f}, fake {r['fake_cpu']:.1f},"
-            f" client {r['client_cpu']:.1f}; RSS MiB idle {r['rss_idle']:.0f} open {r['rss_open']:.0f}"
-            f" peak {r['rss_peak']:.0f} after {r['rss_after']:.0f}; frames {r['frames']}{extra}"
+            f"K={r['k']}: {r['elapsed']:.1f} s wall; CPU s: Daphne {r['cpu']:.2f}, fake {r['fake_cpu']:.2f},"
+            f" client {r['client_cpu']:.2f}; RSS MiB idle {r['rss_idle']:.0f} open {r['rss_open']:.0f}"
+            f" peak {r['rss_peak']:.0f} after {r['rss_after']:.0f}; delta frames {r['frames']}{extra}"
         )
 
 
