@@ -16,7 +16,10 @@ provider key, and removes all of it afterwards.
    `user_message` within --spread seconds; each reply is --deltas words at --pace-ms. A stream
    passes when its frames are ack, start, delta seq 1..n, done(stop), no error, and the deltas
    join to exactly the text the fake sent. Per delta, the lag is (client receive time of the frame
-   carrying it) - (time the fake emitted it), both CLOCK_MONOTONIC.
+   carrying it) - (time the fake emitted it), both CLOCK_MONOTONIC. The fake (bench/chat_fake.py,
+   one timer for all due streams) and the client (BenchSocket: a minimal websocket client that
+   does its work in data_received and parses frames after the run) are kept cheap per delta, as
+   they share the machine's cores with Daphne; their CPU per delta is printed.
 3. CPU (utime+stime from /proc/PID/stat) and VmRSS of the Daphne process around every run;
    Daphne's CPU is also given per delta and per delta frame (the whole run's CPU, turn set-up
    included, divided by the deltas or frames of the replies that passed), and the fake's and the
@@ -27,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -46,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PYTHON = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
 MODEL = "openai:gpt-4o-mini"
 STREAMS_PER_USER = 10
 
@@ -259,52 +265,184 @@ def make_sockets_data(count: int, label: str) -> list[tuple[str, str]]:
 
 
 # --- the client -------------------------------------------------------------------------------
+class HandshakeError(Exception):
+    pass
+
+
+class BenchSocket(asyncio.Protocol):
+    """A minimal websocket client (RFC 6455) for one stream, cheap per frame.
+
+    The bench client shares the 2 cores with Daphne, so every µs it spends per frame is taken from
+    the process measured. aiohttp's client costs a task wake-up, a timeout and a parse per frame;
+    this one does its work in `data_received`: it notes the time (so a frame's receive time is when
+    its bytes reached the client, not when a task got round to it), keeps the payload as bytes and
+    parses JSON only for the rare frame that may end the stream (one naming "done" or "error").
+    The stream's frames are parsed after the run, outside the measured window. It answers pings
+    (Daphne closes sockets that do not) and close frames; the server's frames are never masked,
+    and this client sends text frames unfragmented, masked as the RFC requires.
+    """
+
+    def __init__(self, host: str, path: str, headers: dict[str, str]) -> None:
+        loop = asyncio.get_running_loop()
+        self.request = "".join(
+            [f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"]
+            + [f"{name}: {value}\r\n" for name, value in headers.items()]
+        )
+        self.key = base64.b64encode(os.urandom(16)).decode()
+        self.request += f"Sec-WebSocket-Key: {self.key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        self.transport: asyncio.Transport | None = None
+        self.upgraded = loop.create_future()
+        self.ended = loop.create_future()  # result: '' (done) or what went wrong
+        self.closed = loop.create_future()
+        self.raw: list[tuple[float, bytes]] = []  # (receive time, payload) of every text frame
+        self.buffer = b""
+        self.fragments: list[bytes] | None = None
+        self.closing = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self.request.encode())
+
+    def connection_lost(self, exc) -> None:
+        if not self.upgraded.done():
+            self.upgraded.set_exception(HandshakeError(f"connection lost: {exc}"))
+        self._end("socket CLOSED")
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        buf = self.buffer + data if self.buffer else data
+        if not self.upgraded.done():
+            head_end = buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                self.buffer = buf
+                return
+            head, buf = buf[:head_end].decode("latin-1"), buf[head_end + 4 :]
+            accept = base64.b64encode(hashlib.sha1((self.key + WS_GUID).encode()).digest()).decode()
+            if not head.startswith("HTTP/1.1 101") or f"sec-websocket-accept: {accept.lower()}" not in head.lower():
+                self.upgraded.set_exception(HandshakeError(head.split("\r\n", 1)[0]))
+                self.transport.close()
+                return
+            self.upgraded.set_result(None)
+        pos, size, raw = 0, len(buf), self.raw
+        while size - pos >= 2:
+            first, length = buf[pos], buf[pos + 1]
+            start = pos + 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, start = (buf[pos + 2] << 8) | buf[pos + 3], pos + 4
+            elif length > 126:  # 127 (a masked length would be >127: the server never masks)
+                if size - pos < 10:
+                    break
+                length, start = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
+            if start + length > size:
+                break
+            payload, pos = buf[start : start + length], start + length
+            opcode = first & 0x0F
+            if first == 0x81:  # a whole text frame: nearly every frame
+                raw.append((now, payload))
+                if b'"done"' in payload or b'"error"' in payload:
+                    self._maybe_end(payload)
+            elif opcode in (0, 1):  # a fragment of a text frame
+                self.fragments = (self.fragments or []) + [payload]
+                if first & 0x80:
+                    payload, self.fragments = b"".join(self.fragments), None
+                    raw.append((now, payload))
+                    self._maybe_end(payload)
+            elif opcode == 9:
+                self._send(0xA, payload)  # pong
+            elif opcode == 8:
+                self._end("socket CLOSE")
+                if not self.closing:
+                    self._send(0x8, payload[:2])
+                self.transport.close()
+            elif opcode != 0xA:
+                self._end("socket BINARY" if opcode == 2 else f"socket opcode {opcode}")
+        self.buffer = buf[pos:]
+
+    # the stream
+    def _maybe_end(self, payload: bytes) -> None:
+        frame = json.loads(payload)
+        if frame.get("type") == "done":
+            self._end("")
+        elif frame.get("type") == "error" and "message_id" not in frame:
+            self._end(f"error {frame.get('code')}")
+
+    def _end(self, error: str) -> None:
+        if not self.ended.done():
+            self.ended.set_result(error)
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        mask = os.urandom(4)
+        size = len(payload)
+        if size < 126:
+            header = bytes((0x80 | opcode, 0x80 | size))
+        elif size < 65536:
+            header = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
+        else:
+            header = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (size // 4 + 1))[:size], "big")).to_bytes(size, "big")
+        self.transport.write(header + mask + masked)
+
+    def send_text(self, text: str) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("socket closed")
+        self._send(0x1, text.encode())
+
+    async def close(self) -> None:
+        if not self.closed.done():
+            self.closing = True
+            self._send(0x8, (1000).to_bytes(2, "big"))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await asyncio.shield(self.closed)
+            if self.transport is not None:
+                self.transport.close()
+
+
 @dataclass
 class StreamResult:
     tag: str
     sent: float = 0.0
+    raw: list = field(default_factory=list)  # (receive time, payload bytes), parsed by parse()
     frames: list = field(default_factory=list)  # (receive time, frame)
     error: str = ""
 
-
-async def ws_open(session, port: int, conversation_id: str, session_key: str):
-    return await session.ws_connect(
-        f"ws://127.0.0.1:{port}/ws/chat/{conversation_id}/",
-        headers={"Origin": f"http://127.0.0.1:{port}", "Cookie": f"sessionid={session_key}"},
-        heartbeat=None,
-        max_msg_size=0,
-    )
+    def parse(self) -> StreamResult:
+        self.frames = [(t, json.loads(payload)) for t, payload in self.raw]
+        return self
 
 
-async def run_stream(ws, tag: str, *, first_only: bool = False, timeout: float = 120) -> StreamResult:
-    """Send one user_message and record every frame until done (or error, or timeout)."""
+async def ws_open(port: int, conversation_id: str, session_key: str) -> BenchSocket:
+    headers = {"Origin": f"http://127.0.0.1:{port}", "Cookie": f"sessionid={session_key}"}
+    ws = BenchSocket(f"127.0.0.1:{port}", f"/ws/chat/{conversation_id}/", headers)
+    await asyncio.get_running_loop().create_connection(lambda: ws, "127.0.0.1", port)
+    async with asyncio.timeout(30):
+        await ws.upgraded
+    return ws
+
+
+async def run_stream(ws, tag: str, *, timeout: float = 120) -> StreamResult:
+    """Send one user_message and keep every frame until done (or error, or timeout); the frames
+    are left unparsed (`StreamResult.parse`)."""
     result = StreamResult(tag=tag)
     result.sent = time.monotonic()
     if isinstance(ws, BaseException):  # the handshake failed
         result.error = f"handshake {type(ws).__name__}"
         return result
     try:
-        await ws.send_str(json.dumps({"type": "user_message", "content": tag, "client_id": str(uuid.uuid4())}))
+        ws.send_text(json.dumps({"type": "user_message", "content": tag, "client_id": str(uuid.uuid4())}))
     except Exception as exc:  # noqa: BLE001 - counted as a failed stream
         result.error = f"send {type(exc).__name__}"
         return result
-    deadline = result.sent + timeout
-    try:
-        while True:
-            msg = await ws.receive(timeout=max(deadline - time.monotonic(), 0.01))
-            now = time.monotonic()
-            if msg.type.name != "TEXT":
-                result.error = f"socket {msg.type.name}"
-                break
-            frame = json.loads(msg.data)
-            result.frames.append((now, frame))
-            if frame["type"] == "done":
-                break
-            if frame["type"] == "error" and "message_id" not in frame:
-                result.error = f"error {frame.get('code')}"
-                break
-    except TimeoutError:
-        result.error = "timeout"
+    done, _pending = await asyncio.wait((ws.ended,), timeout=timeout)
+    result.error = ws.ended.result() if done else "timeout"
+    result.raw = ws.raw
     return result
 
 
@@ -373,7 +511,7 @@ async def phase_first_delta(stack: Stack, fake_port: int, n: int) -> dict:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         for i in range(5):  # warm-up both paths: connection pools, imports, SDK client cache
             await direct_first_delta(session, fake_port, f"warm {i}")
-            ws = await ws_open(session, stack.port, *socks[i])
+            ws = await ws_open(stack.port, *socks[i])
             await run_stream(ws, f"warm parley {i}")
             await ws.close()
         await session.post(f"http://127.0.0.1:{fake_port}/bench/reset")
@@ -389,11 +527,11 @@ async def phase_first_delta(stack: Stack, fake_port: int, n: int) -> dict:
         rss0 = proc_rss_mib(stack.daphne.pid)
         cpu_h = proc_cpu(stack.daphne.pid)
         # Every socket opened first, so the turns' CPU does not include the handshakes.
-        sockets = [await ws_open(session, stack.port, *socks[5 + i]) for i in range(n)]
+        sockets = [await ws_open(stack.port, *socks[5 + i]) for i in range(n)]
         cpu0 = proc_cpu(stack.daphne.pid)
         parley, failures = [], 0
         for i, ws in enumerate(sockets):
-            result = await run_stream(ws, f"parley {i} {uuid.uuid4().hex}")
+            result = (await run_stream(ws, f"parley {i} {uuid.uuid4().hex}")).parse()
             value = first_delta_ms(result)
             if value is None or result.error:
                 failures += 1
@@ -423,7 +561,7 @@ async def phase_concurrency(stack: Stack, fake_port: int, k: int, socks, expecte
         sockets = []
         for i in range(0, k, 50):  # the handshakes, in batches (not measured)
             sockets += await asyncio.gather(
-                *(ws_open(session, stack.port, *s) for s in socks[i : min(i + 50, k)]), return_exceptions=True
+                *(ws_open(stack.port, *s) for s in socks[i : min(i + 50, k)]), return_exceptions=True
             )
         rss_open = proc_rss_mib(pid)
         cpu0 = proc_cpu(pid)
@@ -457,6 +595,8 @@ async def phase_concurrency(stack: Stack, fake_port: int, k: int, socks, expecte
             emitted = await response.json()
         await asyncio.gather(*(ws.close() for ws in sockets if not isinstance(ws, BaseException)), return_exceptions=True)
 
+    for result in results:  # after the measured window: the client's JSON work takes no core from Daphne
+        result.parse()
     failures: dict[str, int] = {}
     lags, gaps, pace, first, frames_total = [], [], [], [], 0
     for result in results:
@@ -542,6 +682,8 @@ def print_ramp(rows: list[dict], args) -> None:
 async def amain(args) -> None:
     stack = Stack(args)
     try:
+        # The bench's fake must stream exactly what tests/fakeprovider streams.
+        subprocess.run([PYTHON, str(ROOT / "bench" / "chat_fake.py"), "--check-wire"], cwd=ROOT, check=True)
         await asyncio.to_thread(stack.prepare_database)
         short_port, _short = stack.start_fake(text=reply_text(args.first_words))
         long_text = reply_text(args.deltas)
