@@ -9,9 +9,13 @@ temporary SQLite database with the in-memory channel layer and cache, or on Post
 flushed) for the layer and the cache. It migrates, makes users, sessions, conversations and a
 provider key, and removes all of it afterwards.
 
-1. First delta: N sequential requests straight to the fake with aiohttp (request sent -> first
-   content chunk parsed), then N sequential turns through Parley (`user_message` sent -> first
-   `delta` frame), against the same fake process with the same pace and first-token delay.
+1. First delta: N sequential samples of each of three paths, interleaved round-robin (so drift in
+   the machine's load falls on all three alike), against the same fake process with the same pace
+   and first-token delay: straight to the fake with aiohttp ("direct raw": request sent -> first
+   content chunk read); straight to the fake with the official openai SDK as Parley's adapter
+   calls it ("direct SDK": `with_streaming_response`, `iter_lines`; the SDK's own cost is one any
+   direct caller of the provider pays); and a turn through Parley (`user_message` sent -> first
+   `delta` frame). Added = Parley - direct, per percentile, against each baseline.
 2. Concurrency: for each K of the ramp, K sockets (one conversation each, 10 per user) send a
    `user_message` within --spread seconds; each reply is --deltas words at --pace-ms. A stream
    passes when its frames are ack, start, delta seq 1..n, done(stop), no error, and the deltas
@@ -474,76 +478,121 @@ def first_delta_ms(result: StreamResult) -> float | None:
     return None
 
 
-async def direct_first_delta(session, fake_port: int, tag: str, received: list | None = None) -> float:
-    """Request sent -> first content chunk parsed, straight to the fake (the request the openai
-    adapter makes: streaming with usage). Appends the receive time of every content chunk to
-    `received` when given."""
-    body = {
+def direct_request(tag: str) -> dict:
+    """The request the openai adapter makes: streaming, with usage."""
+    return {
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": tag}],
         "stream": True,
         "stream_options": {"include_usage": True},
         "max_completion_tokens": 16384,
     }
+
+
+def _content_time(line, now: float, started: float, first: float | None, received: list | None) -> float | None:
+    """`first` updated for one SSE line read at `now`; `now` appended to `received` if the line
+    carries content."""
+    if line.startswith(b"data: {" if isinstance(line, bytes) else "data: {"):
+        chunk = json.loads(line[6:])
+        if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+            if first is None:
+                first = (now - started) * 1000
+            if received is not None:
+                received.append(now)
+    return first
+
+
+async def direct_first_delta(session, fake_port: int, tag: str, received: list | None = None) -> float | None:
+    """Request sent -> first content chunk read, straight to the fake with aiohttp. Appends the
+    receive time of every content chunk to `received` when given."""
     started = time.monotonic()
     first = None
     async with session.post(
-        f"http://127.0.0.1:{fake_port}/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-bench"}
+        f"http://127.0.0.1:{fake_port}/v1/chat/completions", json=direct_request(tag), headers={"Authorization": "Bearer sk-bench"}
     ) as response:
         async for line in response.content:
-            if line.startswith(b"data: {"):
-                chunk = json.loads(line[6:])
-                if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                    now = time.monotonic()
-                    if first is None:
-                        first = (now - started) * 1000
-                    if received is not None:
-                        received.append(now)
+            first = _content_time(line, time.monotonic(), started, first, received)
+    return first
+
+
+def sdk_client(fake_port: int):
+    """The official SDK's client as Parley's openai adapter makes it (no retries, aiohttp transport)."""
+    import openai
+
+    return openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{fake_port}/v1", api_key="sk-bench", max_retries=0, http_client=openai.DefaultAioHttpClient()
+    )
+
+
+async def sdk_first_delta(client, tag: str, received: list | None = None) -> float | None:
+    """Request sent -> first content chunk read, straight to the fake through the official SDK,
+    as Parley's adapter calls it (`with_streaming_response`, lines read with `iter_lines`): the
+    SDK's own cost, which any direct caller of the provider would pay too."""
+    started = time.monotonic()
+    first = None
+    async with client.chat.completions.with_streaming_response.create(**direct_request(tag)) as response:
+        async for line in response.iter_lines():
+            first = _content_time(line, time.monotonic(), started, first, received)
     return first
 
 
 # --- phases -------------------------------------------------------------------------------------
+PATHS = ("direct", "sdk", "parley")
+
+
 async def phase_first_delta(stack: Stack, fake_port: int, n: int) -> dict:
+    """N samples of each path, interleaved (round k starts with path k mod 3, so load drift and
+    whatever one sample leaves behind fall on every path alike)."""
     import aiohttp
 
     socks = await asyncio.to_thread(make_sockets_data, n + 5, "first")
-    # limit=0: aiohttp's default pool of 100 connections would hold the 101st handshake forever.
+    client = sdk_client(fake_port)
+    # limit=0: aiohttp's default pool of 100 connections would hold the 101st request forever.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        for i in range(5):  # warm-up both paths: connection pools, imports, SDK client cache
+        for i in range(5):  # warm-up every path: connection pools, imports, SDK client cache
             await direct_first_delta(session, fake_port, f"warm {i}")
+            await sdk_first_delta(client, f"warm sdk {i}")
             ws = await ws_open(stack.port, *socks[i])
             await run_stream(ws, f"warm parley {i}")
             await ws.close()
         await session.post(f"http://127.0.0.1:{fake_port}/bench/reset")
-        direct, received = [], {}
-        for i in range(n):
-            tag = f"direct {i} {uuid.uuid4().hex}"
-            received[tag] = []
-            direct.append(await direct_first_delta(session, fake_port, tag, received[tag]))
-        async with session.get(f"http://127.0.0.1:{fake_port}/bench/times") as response:
-            emitted = await response.json()
-        # The lag of a plain client: the reference for the per-delta lag through Parley.
-        direct_lags = [(r - e) * 1000 for tag, times in received.items() for r, e in zip(times, emitted[tag])]
         rss0 = proc_rss_mib(stack.daphne.pid)
         cpu_h = proc_cpu(stack.daphne.pid)
         # Every socket opened first, so the turns' CPU does not include the handshakes.
         sockets = [await ws_open(stack.port, *socks[5 + i]) for i in range(n)]
         cpu0 = proc_cpu(stack.daphne.pid)
-        parley, failures = [], 0
-        for i, ws in enumerate(sockets):
-            result = (await run_stream(ws, f"parley {i} {uuid.uuid4().hex}")).parse()
-            value = first_delta_ms(result)
-            if value is None or result.error:
-                failures += 1
-            else:
-                parley.append(value)
+        samples: dict[str, list[float]] = {path: [] for path in PATHS}
+        received: dict[str, dict[str, list[float]]] = {"direct": {}, "sdk": {}}
+        failures = 0
+        for i in range(n):
+            for path in PATHS[i % 3 :] + PATHS[: i % 3]:
+                tag = f"{path} {i} {uuid.uuid4().hex}"
+                if path == "parley":
+                    result = (await run_stream(sockets[i], tag)).parse()
+                    value = first_delta_ms(result)
+                    if value is None or result.error:
+                        failures += 1
+                        continue
+                else:
+                    times = received[path][tag] = []
+                    if path == "direct":
+                        value = await direct_first_delta(session, fake_port, tag, times)
+                    else:
+                        value = await sdk_first_delta(client, tag, times)
+                samples[path].append(value)
         cpu1 = proc_cpu(stack.daphne.pid)
-        for ws in sockets:
-            await ws.close()
+        async with session.get(f"http://127.0.0.1:{fake_port}/bench/times") as response:
+            emitted = await response.json()
+        await asyncio.gather(*(ws.close() for ws in sockets))
+    await client.close()
+    # The lag of a plain client: the reference for the per-delta lag through Parley.
+    lags = {
+        path: [(r - e) * 1000 for tag, times in by_tag.items() for r, e in zip(times, emitted[tag])]
+        for path, by_tag in received.items()
+    }
     return {
-        "cpu_per_handshake": (cpu0 - cpu_h) / n,
-        "direct": direct, "parley": parley, "failures": failures, "cpu_per_turn": (cpu1 - cpu0) / n, "rss": rss0,
-        "direct_lags": direct_lags, "load": loadavg(),
+        "cpu_per_handshake": (cpu0 - cpu_h) / n, **samples, "failures": failures, "cpu_per_turn": (cpu1 - cpu0) / n,
+        "rss": rss0, "lags": lags, "load": loadavg(),
     }
 
 
@@ -631,15 +680,32 @@ async def phase_concurrency(stack: Stack, fake_port: int, k: int, socks, expecte
 
 # --- report ----------------------------------------------------------------------------------------
 def print_first(res: dict, args) -> None:
-    d, p = res["direct"], res["parley"]
-    print(f"\n## First content delta, N={len(d)} sequential, pace {args.pace_ms} ms, first delay {args.first_delay_ms} ms")
+    d, sdk, p = res["direct"], res["sdk"], res["parley"]
+    print(
+        f"\n## First content delta, N={len(p)} per path, interleaved; pace {args.pace_ms} ms,"
+        f" first delay {args.first_delay_ms} ms"
+    )
     print("| path | p50 ms | p95 ms | p99 ms |\n|---|---:|---:|---:|")
-    print(f"| direct (aiohttp -> fake) | {pct(d, 50):.1f} | {pct(d, 95):.1f} | {pct(d, 99):.1f} |")
-    print(f"| Parley (user_message -> first delta) | {pct(p, 50):.1f} | {pct(p, 95):.1f} | {pct(p, 99):.1f} |")
-    print(f"| **added** | **{pct(p, 50) - pct(d, 50):.1f}** | **{pct(p, 95) - pct(d, 95):.1f}** | **{pct(p, 99) - pct(d, 99):.1f}** |")
-    lags = res["direct_lags"]
-    print(f"failures: {res['failures']}; Daphne CPU per sequential turn: {res['cpu_per_turn'] * 1000:.1f} ms (+ {res['cpu_per_handshake'] * 1000:.1f} ms per socket handshake); load {res['load']}")
-    print(f"direct client's lag emit->receive per delta: p50 {pct(lags, 50):.2f} ms, p99 {pct(lags, 99):.2f} ms")
+
+    def row(label: str, values: list[float]) -> None:
+        print(f"| {label} | {pct(values, 50):.1f} | {pct(values, 95):.1f} | {pct(values, 99):.1f} |")
+
+    def added(label: str, base: list[float]) -> None:
+        cells = " | ".join(f"**{pct(p, q) - pct(base, q):.1f}**" for q in (50, 95, 99))
+        print(f"| {label} | {cells} |")
+
+    row("direct raw (aiohttp -> fake, request sent -> first content chunk)", d)
+    row("direct SDK (openai.AsyncOpenAI, aiohttp transport -> fake)", sdk)
+    row("Parley (user_message -> first delta frame)", p)
+    added("**added vs direct raw** (Parley - raw, per percentile)", d)
+    added("**added vs direct SDK** (Parley - SDK, per percentile: the SDK's own cost not counted)", sdk)
+    print(
+        f"failures: {res['failures']}; Daphne CPU per sequential turn: {res['cpu_per_turn'] * 1000:.1f} ms"
+        f" (+ {res['cpu_per_handshake'] * 1000:.1f} ms per socket handshake); load {res['load']}"
+    )
+    for path, label in (("direct", "raw"), ("sdk", "SDK")):
+        lags = res["lags"][path]
+        print(f"direct {label} client's lag emit->receive per delta: p50 {pct(lags, 50):.2f} ms, p99 {pct(lags, 99):.2f} ms")
 
 
 def print_ramp(rows: list[dict], args) -> None:
@@ -659,8 +725,8 @@ def print_ramp(rows: list[dict], args) -> None:
             f" | {(r['rss_open'] - r['rss_idle']) / k:.3f} | {(r['rss_peak'] - r['rss_idle']) / k:.3f} | {r['load']} |"
         )
     print(
-        "\n| K | Daphne CPU µs/delta (all ÷ deltas) | Daphne CPU µs/frame | fake CPU µs/delta | client CPU µs/delta | deltas per frame |"
-        "\n|---:|---:|---:|---:|---:|---:|"
+        "\n| K | Daphne CPU µs/delta (all ÷ deltas) | Daphne CPU µs/frame | fake CPU µs/delta | client CPU µs/delta"
+        " | client CPU µs/frame | deltas per frame |\n|---:|---:|---:|---:|---:|---:|---:|"
     )
     for r in rows:
         # Per delta (and per delta frame) of the replies that passed: with every reply complete
@@ -668,7 +734,8 @@ def print_ramp(rows: list[dict], args) -> None:
         deltas, frames = r["deltas"] or float("nan"), r["frames"] or float("nan")
         print(
             f"| {r['k']} | {r['cpu'] / deltas * 1e6:.0f} | {r['cpu'] / frames * 1e6:.0f}"
-            f" | {r['fake_cpu'] / deltas * 1e6:.1f} | {r['client_cpu'] / deltas * 1e6:.1f} | {deltas / frames:.2f} |"
+            f" | {r['fake_cpu'] / deltas * 1e6:.1f} | {r['client_cpu'] / deltas * 1e6:.1f}"
+            f" | {r['client_cpu'] / frames * 1e6:.0f} | {deltas / frames:.2f} |"
         )
     for r in rows:
         extra = f" failures: {r['failures']}" if r["failures"] else ""
