@@ -9,22 +9,34 @@ temporary SQLite database with the in-memory channel layer and cache, or on Post
 flushed) for the layer and the cache. It migrates, makes users, sessions, conversations and a
 provider key, and removes all of it afterwards.
 
-1. First delta: N sequential requests straight to the fake with aiohttp (request sent -> first
-   content chunk parsed), then N sequential turns through Parley (`user_message` sent -> first
-   `delta` frame), against the same fake process with the same pace and first-token delay.
+1. First delta: N sequential samples of each of three paths, interleaved round-robin (so drift in
+   the machine's load falls on all three alike), against the same fake process with the same pace
+   and first-token delay: straight to the fake with aiohttp ("direct raw": request sent -> first
+   content chunk read); straight to the fake with the official openai SDK as Parley's adapter
+   calls it ("direct SDK": `with_streaming_response`, `iter_lines`; the SDK's own cost is one any
+   direct caller of the provider pays); and a turn through Parley (`user_message` sent -> first
+   `delta` frame). Added = Parley - direct, per percentile, against each baseline.
 2. Concurrency: for each K of the ramp, K sockets (one conversation each, 10 per user) send a
    `user_message` within --spread seconds; each reply is --deltas words at --pace-ms. A stream
    passes when its frames are ack, start, delta seq 1..n, done(stop), no error, and the deltas
    join to exactly the text the fake sent. Per delta, the lag is (client receive time of the frame
-   carrying it) - (time the fake emitted it), both CLOCK_MONOTONIC.
-3. CPU (utime+stime from /proc/PID/stat) and VmRSS of the Daphne process around every run.
+   carrying it) - (time the fake emitted it), both CLOCK_MONOTONIC. The fake (bench/chat_fake.py,
+   one timer for all due streams) and the client (BenchSocket: a minimal websocket client that
+   does its work in data_received and parses frames after the run) are kept cheap per delta, as
+   they share the machine's cores with Daphne; their CPU per delta is printed.
+3. CPU (utime+stime from /proc/PID/stat) and VmRSS of the Daphne process around every run;
+   Daphne's CPU is also given per delta and per delta frame (the whole run's CPU, turn set-up
+   included, divided by the deltas or frames of the replies that passed), and the fake's and the
+   client's CPU per delta, since on a 2-core machine every µs they spend is taken from Daphne.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -43,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PYTHON = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
 MODEL = "openai:gpt-4o-mini"
 STREAMS_PER_USER = 10
 
@@ -256,52 +269,184 @@ def make_sockets_data(count: int, label: str) -> list[tuple[str, str]]:
 
 
 # --- the client -------------------------------------------------------------------------------
+class HandshakeError(Exception):
+    pass
+
+
+class BenchSocket(asyncio.Protocol):
+    """A minimal websocket client (RFC 6455) for one stream, cheap per frame.
+
+    The bench client shares the 2 cores with Daphne, so every µs it spends per frame is taken from
+    the process measured. aiohttp's client costs a task wake-up, a timeout and a parse per frame;
+    this one does its work in `data_received`: it notes the time (so a frame's receive time is when
+    its bytes reached the client, not when a task got round to it), keeps the payload as bytes and
+    parses JSON only for the rare frame that may end the stream (one naming "done" or "error").
+    The stream's frames are parsed after the run, outside the measured window. It answers pings
+    (Daphne closes sockets that do not) and close frames; the server's frames are never masked,
+    and this client sends text frames unfragmented, masked as the RFC requires.
+    """
+
+    def __init__(self, host: str, path: str, headers: dict[str, str]) -> None:
+        loop = asyncio.get_running_loop()
+        self.request = "".join(
+            [f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"]
+            + [f"{name}: {value}\r\n" for name, value in headers.items()]
+        )
+        self.key = base64.b64encode(os.urandom(16)).decode()
+        self.request += f"Sec-WebSocket-Key: {self.key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        self.transport: asyncio.Transport | None = None
+        self.upgraded = loop.create_future()
+        self.ended = loop.create_future()  # result: '' (done) or what went wrong
+        self.closed = loop.create_future()
+        self.raw: list[tuple[float, bytes]] = []  # (receive time, payload) of every text frame
+        self.buffer = b""
+        self.fragments: list[bytes] | None = None
+        self.closing = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self.request.encode())
+
+    def connection_lost(self, exc) -> None:
+        if not self.upgraded.done():
+            self.upgraded.set_exception(HandshakeError(f"connection lost: {exc}"))
+        self._end("socket CLOSED")
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        buf = self.buffer + data if self.buffer else data
+        if not self.upgraded.done():
+            head_end = buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                self.buffer = buf
+                return
+            head, buf = buf[:head_end].decode("latin-1"), buf[head_end + 4 :]
+            accept = base64.b64encode(hashlib.sha1((self.key + WS_GUID).encode()).digest()).decode()
+            if not head.startswith("HTTP/1.1 101") or f"sec-websocket-accept: {accept.lower()}" not in head.lower():
+                self.upgraded.set_exception(HandshakeError(head.split("\r\n", 1)[0]))
+                self.transport.close()
+                return
+            self.upgraded.set_result(None)
+        pos, size, raw = 0, len(buf), self.raw
+        while size - pos >= 2:
+            first, length = buf[pos], buf[pos + 1]
+            start = pos + 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, start = (buf[pos + 2] << 8) | buf[pos + 3], pos + 4
+            elif length > 126:  # 127 (a masked length would be >127: the server never masks)
+                if size - pos < 10:
+                    break
+                length, start = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
+            if start + length > size:
+                break
+            payload, pos = buf[start : start + length], start + length
+            opcode = first & 0x0F
+            if first == 0x81:  # a whole text frame: nearly every frame
+                raw.append((now, payload))
+                if b'"done"' in payload or b'"error"' in payload:
+                    self._maybe_end(payload)
+            elif opcode in (0, 1):  # a fragment of a text frame
+                self.fragments = (self.fragments or []) + [payload]
+                if first & 0x80:
+                    payload, self.fragments = b"".join(self.fragments), None
+                    raw.append((now, payload))
+                    self._maybe_end(payload)
+            elif opcode == 9:
+                self._send(0xA, payload)  # pong
+            elif opcode == 8:
+                self._end("socket CLOSE")
+                if not self.closing:
+                    self._send(0x8, payload[:2])
+                self.transport.close()
+            elif opcode != 0xA:
+                self._end("socket BINARY" if opcode == 2 else f"socket opcode {opcode}")
+        self.buffer = buf[pos:]
+
+    # the stream
+    def _maybe_end(self, payload: bytes) -> None:
+        frame = json.loads(payload)
+        if frame.get("type") == "done":
+            self._end("")
+        elif frame.get("type") == "error" and "message_id" not in frame:
+            self._end(f"error {frame.get('code')}")
+
+    def _end(self, error: str) -> None:
+        if not self.ended.done():
+            self.ended.set_result(error)
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        mask = os.urandom(4)
+        size = len(payload)
+        if size < 126:
+            header = bytes((0x80 | opcode, 0x80 | size))
+        elif size < 65536:
+            header = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
+        else:
+            header = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (size // 4 + 1))[:size], "big")).to_bytes(size, "big")
+        self.transport.write(header + mask + masked)
+
+    def send_text(self, text: str) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("socket closed")
+        self._send(0x1, text.encode())
+
+    async def close(self) -> None:
+        if not self.closed.done():
+            self.closing = True
+            self._send(0x8, (1000).to_bytes(2, "big"))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await asyncio.shield(self.closed)
+            if self.transport is not None:
+                self.transport.close()
+
+
 @dataclass
 class StreamResult:
     tag: str
     sent: float = 0.0
+    raw: list = field(default_factory=list)  # (receive time, payload bytes), parsed by parse()
     frames: list = field(default_factory=list)  # (receive time, frame)
     error: str = ""
 
-
-async def ws_open(session, port: int, conversation_id: str, session_key: str):
-    return await session.ws_connect(
-        f"ws://127.0.0.1:{port}/ws/chat/{conversation_id}/",
-        headers={"Origin": f"http://127.0.0.1:{port}", "Cookie": f"sessionid={session_key}"},
-        heartbeat=None,
-        max_msg_size=0,
-    )
+    def parse(self) -> StreamResult:
+        self.frames = [(t, json.loads(payload)) for t, payload in self.raw]
+        return self
 
 
-async def run_stream(ws, tag: str, *, first_only: bool = False, timeout: float = 120) -> StreamResult:
-    """Send one user_message and record every frame until done (or error, or timeout)."""
+async def ws_open(port: int, conversation_id: str, session_key: str) -> BenchSocket:
+    headers = {"Origin": f"http://127.0.0.1:{port}", "Cookie": f"sessionid={session_key}"}
+    ws = BenchSocket(f"127.0.0.1:{port}", f"/ws/chat/{conversation_id}/", headers)
+    await asyncio.get_running_loop().create_connection(lambda: ws, "127.0.0.1", port)
+    async with asyncio.timeout(30):
+        await ws.upgraded
+    return ws
+
+
+async def run_stream(ws, tag: str, *, timeout: float = 120) -> StreamResult:
+    """Send one user_message and keep every frame until done (or error, or timeout); the frames
+    are left unparsed (`StreamResult.parse`)."""
     result = StreamResult(tag=tag)
     result.sent = time.monotonic()
     if isinstance(ws, BaseException):  # the handshake failed
         result.error = f"handshake {type(ws).__name__}"
         return result
     try:
-        await ws.send_str(json.dumps({"type": "user_message", "content": tag, "client_id": str(uuid.uuid4())}))
+        ws.send_text(json.dumps({"type": "user_message", "content": tag, "client_id": str(uuid.uuid4())}))
     except Exception as exc:  # noqa: BLE001 - counted as a failed stream
         result.error = f"send {type(exc).__name__}"
         return result
-    deadline = result.sent + timeout
-    try:
-        while True:
-            msg = await ws.receive(timeout=max(deadline - time.monotonic(), 0.01))
-            now = time.monotonic()
-            if msg.type.name != "TEXT":
-                result.error = f"socket {msg.type.name}"
-                break
-            frame = json.loads(msg.data)
-            result.frames.append((now, frame))
-            if frame["type"] == "done":
-                break
-            if frame["type"] == "error" and "message_id" not in frame:
-                result.error = f"error {frame.get('code')}"
-                break
-    except TimeoutError:
-        result.error = "timeout"
+    done, _pending = await asyncio.wait((ws.ended,), timeout=timeout)
+    result.error = ws.ended.result() if done else "timeout"
+    result.raw = ws.raw
     return result
 
 
@@ -333,76 +478,121 @@ def first_delta_ms(result: StreamResult) -> float | None:
     return None
 
 
-async def direct_first_delta(session, fake_port: int, tag: str, received: list | None = None) -> float:
-    """Request sent -> first content chunk parsed, straight to the fake (the request the openai
-    adapter makes: streaming with usage). Appends the receive time of every content chunk to
-    `received` when given."""
-    body = {
+def direct_request(tag: str) -> dict:
+    """The request the openai adapter makes: streaming, with usage."""
+    return {
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": tag}],
         "stream": True,
         "stream_options": {"include_usage": True},
         "max_completion_tokens": 16384,
     }
+
+
+def _content_time(line, now: float, started: float, first: float | None, received: list | None) -> float | None:
+    """`first` updated for one SSE line read at `now`; `now` appended to `received` if the line
+    carries content."""
+    if line.startswith(b"data: {" if isinstance(line, bytes) else "data: {"):
+        chunk = json.loads(line[6:])
+        if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+            if first is None:
+                first = (now - started) * 1000
+            if received is not None:
+                received.append(now)
+    return first
+
+
+async def direct_first_delta(session, fake_port: int, tag: str, received: list | None = None) -> float | None:
+    """Request sent -> first content chunk read, straight to the fake with aiohttp. Appends the
+    receive time of every content chunk to `received` when given."""
     started = time.monotonic()
     first = None
     async with session.post(
-        f"http://127.0.0.1:{fake_port}/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-bench"}
+        f"http://127.0.0.1:{fake_port}/v1/chat/completions", json=direct_request(tag), headers={"Authorization": "Bearer sk-bench"}
     ) as response:
         async for line in response.content:
-            if line.startswith(b"data: {"):
-                chunk = json.loads(line[6:])
-                if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                    now = time.monotonic()
-                    if first is None:
-                        first = (now - started) * 1000
-                    if received is not None:
-                        received.append(now)
+            first = _content_time(line, time.monotonic(), started, first, received)
+    return first
+
+
+def sdk_client(fake_port: int):
+    """The official SDK's client as Parley's openai adapter makes it (no retries, aiohttp transport)."""
+    import openai
+
+    return openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{fake_port}/v1", api_key="sk-bench", max_retries=0, http_client=openai.DefaultAioHttpClient()
+    )
+
+
+async def sdk_first_delta(client, tag: str, received: list | None = None) -> float | None:
+    """Request sent -> first content chunk read, straight to the fake through the official SDK,
+    as Parley's adapter calls it (`with_streaming_response`, lines read with `iter_lines`): the
+    SDK's own cost, which any direct caller of the provider would pay too."""
+    started = time.monotonic()
+    first = None
+    async with client.chat.completions.with_streaming_response.create(**direct_request(tag)) as response:
+        async for line in response.iter_lines():
+            first = _content_time(line, time.monotonic(), started, first, received)
     return first
 
 
 # --- phases -------------------------------------------------------------------------------------
+PATHS = ("direct", "sdk", "parley")
+
+
 async def phase_first_delta(stack: Stack, fake_port: int, n: int) -> dict:
+    """N samples of each path, interleaved (round k starts with path k mod 3, so load drift and
+    whatever one sample leaves behind fall on every path alike)."""
     import aiohttp
 
     socks = await asyncio.to_thread(make_sockets_data, n + 5, "first")
-    # limit=0: aiohttp's default pool of 100 connections would hold the 101st handshake forever.
+    client = sdk_client(fake_port)
+    # limit=0: aiohttp's default pool of 100 connections would hold the 101st request forever.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        for i in range(5):  # warm-up both paths: connection pools, imports, SDK client cache
+        for i in range(5):  # warm-up every path: connection pools, imports, SDK client cache
             await direct_first_delta(session, fake_port, f"warm {i}")
-            ws = await ws_open(session, stack.port, *socks[i])
+            await sdk_first_delta(client, f"warm sdk {i}")
+            ws = await ws_open(stack.port, *socks[i])
             await run_stream(ws, f"warm parley {i}")
             await ws.close()
         await session.post(f"http://127.0.0.1:{fake_port}/bench/reset")
-        direct, received = [], {}
-        for i in range(n):
-            tag = f"direct {i} {uuid.uuid4().hex}"
-            received[tag] = []
-            direct.append(await direct_first_delta(session, fake_port, tag, received[tag]))
-        async with session.get(f"http://127.0.0.1:{fake_port}/bench/times") as response:
-            emitted = await response.json()
-        # The lag of a plain client: the reference for the per-delta lag through Parley.
-        direct_lags = [(r - e) * 1000 for tag, times in received.items() for r, e in zip(times, emitted[tag])]
         rss0 = proc_rss_mib(stack.daphne.pid)
         cpu_h = proc_cpu(stack.daphne.pid)
         # Every socket opened first, so the turns' CPU does not include the handshakes.
-        sockets = [await ws_open(session, stack.port, *socks[5 + i]) for i in range(n)]
+        sockets = [await ws_open(stack.port, *socks[5 + i]) for i in range(n)]
         cpu0 = proc_cpu(stack.daphne.pid)
-        parley, failures = [], 0
-        for i, ws in enumerate(sockets):
-            result = await run_stream(ws, f"parley {i} {uuid.uuid4().hex}")
-            value = first_delta_ms(result)
-            if value is None or result.error:
-                failures += 1
-            else:
-                parley.append(value)
+        samples: dict[str, list[float]] = {path: [] for path in PATHS}
+        received: dict[str, dict[str, list[float]]] = {"direct": {}, "sdk": {}}
+        failures = 0
+        for i in range(n):
+            for path in PATHS[i % 3 :] + PATHS[: i % 3]:
+                tag = f"{path} {i} {uuid.uuid4().hex}"
+                if path == "parley":
+                    result = (await run_stream(sockets[i], tag)).parse()
+                    value = first_delta_ms(result)
+                    if value is None or result.error:
+                        failures += 1
+                        continue
+                else:
+                    times = received[path][tag] = []
+                    if path == "direct":
+                        value = await direct_first_delta(session, fake_port, tag, times)
+                    else:
+                        value = await sdk_first_delta(client, tag, times)
+                samples[path].append(value)
         cpu1 = proc_cpu(stack.daphne.pid)
-        for ws in sockets:
-            await ws.close()
+        async with session.get(f"http://127.0.0.1:{fake_port}/bench/times") as response:
+            emitted = await response.json()
+        await asyncio.gather(*(ws.close() for ws in sockets))
+    await client.close()
+    # The lag of a plain client: the reference for the per-delta lag through Parley.
+    lags = {
+        path: [(r - e) * 1000 for tag, times in by_tag.items() for r, e in zip(times, emitted[tag])]
+        for path, by_tag in received.items()
+    }
     return {
-        "cpu_per_handshake": (cpu0 - cpu_h) / n,
-        "direct": direct, "parley": parley, "failures": failures, "cpu_per_turn": (cpu1 - cpu0) / n, "rss": rss0,
-        "direct_lags": direct_lags, "load": loadavg(),
+        "cpu_per_handshake": (cpu0 - cpu_h) / n, **samples, "failures": failures, "cpu_per_turn": (cpu1 - cpu0) / n,
+        "rss": rss0, "lags": lags, "load": loadavg(),
     }
 
 
@@ -420,7 +610,7 @@ async def phase_concurrency(stack: Stack, fake_port: int, k: int, socks, expecte
         sockets = []
         for i in range(0, k, 50):  # the handshakes, in batches (not measured)
             sockets += await asyncio.gather(
-                *(ws_open(session, stack.port, *s) for s in socks[i : min(i + 50, k)]), return_exceptions=True
+                *(ws_open(stack.port, *s) for s in socks[i : min(i + 50, k)]), return_exceptions=True
             )
         rss_open = proc_rss_mib(pid)
         cpu0 = proc_cpu(pid)
@@ -454,6 +644,8 @@ async def phase_concurrency(stack: Stack, fake_port: int, k: int, socks, expecte
             emitted = await response.json()
         await asyncio.gather(*(ws.close() for ws in sockets if not isinstance(ws, BaseException)), return_exceptions=True)
 
+    for result in results:  # after the measured window: the client's JSON work takes no core from Daphne
+        result.parse()
     failures: dict[str, int] = {}
     lags, gaps, pace, first, frames_total = [], [], [], [], 0
     for result in results:
@@ -488,15 +680,32 @@ async def phase_concurrency(stack: Stack, fake_port: int, k: int, socks, expecte
 
 # --- report ----------------------------------------------------------------------------------------
 def print_first(res: dict, args) -> None:
-    d, p = res["direct"], res["parley"]
-    print(f"\n## First content delta, N={len(d)} sequential, pace {args.pace_ms} ms, first delay {args.first_delay_ms} ms")
+    d, sdk, p = res["direct"], res["sdk"], res["parley"]
+    print(
+        f"\n## First content delta, N={len(p)} per path, interleaved; pace {args.pace_ms} ms,"
+        f" first delay {args.first_delay_ms} ms"
+    )
     print("| path | p50 ms | p95 ms | p99 ms |\n|---|---:|---:|---:|")
-    print(f"| direct (aiohttp -> fake) | {pct(d, 50):.1f} | {pct(d, 95):.1f} | {pct(d, 99):.1f} |")
-    print(f"| Parley (user_message -> first delta) | {pct(p, 50):.1f} | {pct(p, 95):.1f} | {pct(p, 99):.1f} |")
-    print(f"| **added** | **{pct(p, 50) - pct(d, 50):.1f}** | **{pct(p, 95) - pct(d, 95):.1f}** | **{pct(p, 99) - pct(d, 99):.1f}** |")
-    lags = res["direct_lags"]
-    print(f"failures: {res['failures']}; Daphne CPU per sequential turn: {res['cpu_per_turn'] * 1000:.1f} ms (+ {res['cpu_per_handshake'] * 1000:.1f} ms per socket handshake); load {res['load']}")
-    print(f"direct client's lag emit->receive per delta: p50 {pct(lags, 50):.2f} ms, p99 {pct(lags, 99):.2f} ms")
+
+    def row(label: str, values: list[float]) -> None:
+        print(f"| {label} | {pct(values, 50):.1f} | {pct(values, 95):.1f} | {pct(values, 99):.1f} |")
+
+    def added(label: str, base: list[float]) -> None:
+        cells = " | ".join(f"**{pct(p, q) - pct(base, q):.1f}**" for q in (50, 95, 99))
+        print(f"| {label} | {cells} |")
+
+    row("direct raw (aiohttp -> fake, request sent -> first content chunk)", d)
+    row("direct SDK (openai.AsyncOpenAI, aiohttp transport -> fake)", sdk)
+    row("Parley (user_message -> first delta frame)", p)
+    added("**added vs direct raw** (Parley - raw, per percentile)", d)
+    added("**added vs direct SDK** (Parley - SDK, per percentile: the SDK's own cost not counted)", sdk)
+    print(
+        f"failures: {res['failures']}; Daphne CPU per sequential turn: {res['cpu_per_turn'] * 1000:.1f} ms"
+        f" (+ {res['cpu_per_handshake'] * 1000:.1f} ms per socket handshake); load {res['load']}"
+    )
+    for path, label in (("direct", "raw"), ("sdk", "SDK")):
+        lags = res["lags"][path]
+        print(f"direct {label} client's lag emit->receive per delta: p50 {pct(lags, 50):.2f} ms, p99 {pct(lags, 99):.2f} ms")
 
 
 def print_ramp(rows: list[dict], args) -> None:
@@ -515,18 +724,33 @@ def print_ramp(rows: list[dict], args) -> None:
             f" | {r['cpu'] / k:.3f} | {100 * r['cpu'] / r['elapsed']:.0f}"
             f" | {(r['rss_open'] - r['rss_idle']) / k:.3f} | {(r['rss_peak'] - r['rss_idle']) / k:.3f} | {r['load']} |"
         )
+    print(
+        "\n| K | Daphne CPU µs/delta (all ÷ deltas) | Daphne CPU µs/frame | fake CPU µs/delta | client CPU µs/delta"
+        " | client CPU µs/frame | deltas per frame |\n|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    for r in rows:
+        # Per delta (and per delta frame) of the replies that passed: with every reply complete
+        # they are all the deltas the fake sent and all the frames Daphne sent.
+        deltas, frames = r["deltas"] or float("nan"), r["frames"] or float("nan")
+        print(
+            f"| {r['k']} | {r['cpu'] / deltas * 1e6:.0f} | {r['cpu'] / frames * 1e6:.0f}"
+            f" | {r['fake_cpu'] / deltas * 1e6:.1f} | {r['client_cpu'] / deltas * 1e6:.1f}"
+            f" | {r['client_cpu'] / frames * 1e6:.0f} | {deltas / frames:.2f} |"
+        )
     for r in rows:
         extra = f" failures: {r['failures']}" if r["failures"] else ""
         print(
-            f"K={r['k']}: {r['elapsed']:.1f} s wall; CPU s: Daphne {r['cpu']:.1f}, fake {r['fake_cpu']:.1f},"
-            f" client {r['client_cpu']:.1f}; RSS MiB idle {r['rss_idle']:.0f} open {r['rss_open']:.0f}"
-            f" peak {r['rss_peak']:.0f} after {r['rss_after']:.0f}; frames {r['frames']}{extra}"
+            f"K={r['k']}: {r['elapsed']:.1f} s wall; CPU s: Daphne {r['cpu']:.2f}, fake {r['fake_cpu']:.2f},"
+            f" client {r['client_cpu']:.2f}; RSS MiB idle {r['rss_idle']:.0f} open {r['rss_open']:.0f}"
+            f" peak {r['rss_peak']:.0f} after {r['rss_after']:.0f}; delta frames {r['frames']}{extra}"
         )
 
 
 async def amain(args) -> None:
     stack = Stack(args)
     try:
+        # The bench's fake must stream exactly what tests/fakeprovider streams.
+        subprocess.run([PYTHON, str(ROOT / "bench" / "chat_fake.py"), "--check-wire"], cwd=ROOT, check=True)
         await asyncio.to_thread(stack.prepare_database)
         short_port, _short = stack.start_fake(text=reply_text(args.first_words))
         long_text = reply_text(args.deltas)
