@@ -140,6 +140,7 @@ class _Outcome:
     attempt: int = 0  # number of the last provider call (0: none was made)
     recorded: bool = False  # the last attempt's ledger row is already written (failed before output)
     key_id: uuid.UUID | None = None
+    key_served: bool = False  # the key answered (success or a stop): reported by _reply_finish
     ttft_ms: int | None = None
     latency_ms: int | None = None
 
@@ -576,7 +577,8 @@ async def _reply_run(plan: _ReplyPlan) -> None:
     except Exception:  # noqa: BLE001
         logger.exception("reply %s: the end of the reply could not be published", plan.message_id)
     # After "done": with eager Celery (no Redis) these run right here, and must not delay it.
-    await _db(_reply_followups)(plan=plan, finish_reason=outcome.finish_reason)
+    if plan.wants_title or plan.summarize_upto is not None:
+        await _db(_reply_followups)(plan=plan, finish_reason=outcome.finish_reason)
 
 
 def _reply_followups(*, plan: _ReplyPlan, finish_reason: str) -> None:
@@ -721,15 +723,9 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
         outcome = _Outcome(
             "stop", attempt=attempt, key_id=key_id, usage=result.usage, ttft_ms=result.ttft_ms, latency_ms=result.latency_ms
         )
-        if result.cancelled:
-            outcome.finish_reason = "cancelled"
-            if key_id:
-                await _db(keys.key_report_success)(key_id=key_id)
-            return outcome
-        if result.error is None:
-            outcome.finish_reason = result.finish or "stop"
-            if key_id:
-                await _db(keys.key_report_success)(key_id=key_id)
+        if result.cancelled or result.error is None:
+            outcome.finish_reason = "cancelled" if result.cancelled else (result.finish or "stop")
+            outcome.key_served = key_id is not None
             return outcome
         exc = result.error
         decision = None
@@ -859,6 +855,9 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict:
                 error_kind=outcome.error_kind,
             )
         budgets.budget_settle(reservation_id=plan.reservation_id, actual=cost)
+    if outcome.key_served:
+        # In this same trip to the database thread, after the reply is safe.
+        keys.key_report_success(key_id=outcome.key_id)
     return {"input_tokens": input_tokens, "output_tokens": output_tokens, "cost": money_str(cost)}
 
 
