@@ -36,6 +36,10 @@ CLOSE_TOO_MANY = 4429  # too many sockets or frames: the page should back off
 FRAME_MAX_CHARS_OVERHEAD = 4096
 
 
+def _is_user_message(content) -> bool:
+    return isinstance(content, dict) and content.get("type") == "user_message"
+
+
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         user = self.scope.get("user")
@@ -113,8 +117,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     # --- the session: still signed in? ------------------------------------------------------------
     async def _signed_out(self) -> bool:
-        user_id = await database_sync_to_async(sockets.session_user_id)(self.session_key)
-        return user_id is None or user_id != self.user.pk
+        return not await database_sync_to_async(self._signed_in)()
+
+    def _signed_in(self) -> bool:
+        user_id = sockets.session_user_id(self.session_key)
+        return user_id is not None and user_id == self.user.pk
 
     async def _close_signed_out(self):
         if self.closing:
@@ -166,8 +173,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self._invalid(_("The frame is not valid JSON."))
             return
         # Every frame that could act re-reads the session: a logout this process did not hear
-        # about (another process, a dead channel layer, an expiry) ends the socket here.
-        if await self._signed_out():
+        # about (another process, a dead channel layer, an expiry) ends the socket here. A
+        # user_message re-reads it in the same database call that saves it (turn_start's guard).
+        if not _is_user_message(content) and await self._signed_out():
             await self._close_signed_out()
             return
         await self.receive_json(content)
@@ -221,7 +229,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 _("The message is longer than %(n)d characters.") % {"n": settings.MAX_MESSAGE_CHARS}, client_id=str(client_id)
             )
             return
-        result = await turns.turn_start(user=self.user, conversation=self.conversation, content=text, client_id=client_id)
+        result = await turns.turn_start(
+            user=self.user, conversation=self.conversation, content=text, client_id=client_id, guard=self._signed_in
+        )
+        if result.error and result.error.code == turns.SIGNED_OUT:
+            await self._close_signed_out()
+            return
         # Sent from this handler, so it reaches this socket before the group's "start". A turn
         # refused before the message was saved (conversation gone, account closed) acks nothing.
         if result.user_message_id is not None:

@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -146,12 +147,25 @@ class _Outcome:
 
 
 # --- starting a turn ----------------------------------------------------------------------------
-async def turn_start(*, user, conversation: Conversation, content: str, client_id: uuid.UUID) -> TurnResult:
+SIGNED_OUT = "signed_out"  # the guard failed: nothing was saved (never sent; the socket closes)
+
+
+async def turn_start(
+    *, user, conversation: Conversation, content: str, client_id: uuid.UUID, guard: Callable[[], bool] | None = None
+) -> TurnResult:
     """Save the user's message (idempotent on client_id) and start its reply. Never raises for a
-    refusal: the result carries the error code and message for the sender."""
-    result, plan = await _db(_turn_prepare)(
-        user=user, conversation_id=conversation.id, content=content, client_id=client_id
-    )
+    refusal: the result carries the error code and message for the sender.
+
+    `guard`, if given, runs first in the same database call (the socket's "still signed in?"
+    check: one trip to the database thread instead of two); when it fails nothing is saved and
+    the error code is SIGNED_OUT."""
+
+    def prepare() -> tuple[TurnResult, _ReplyPlan | None]:
+        if guard is not None and not guard():
+            return TurnResult(None, client_id, error=TurnError(SIGNED_OUT, "")), None
+        return _turn_prepare(user=user, conversation_id=conversation.id, content=content, client_id=client_id)
+
+    result, plan = await _db(prepare)()
     if plan is not None:
         _reply_launch(plan)
     return result

@@ -100,14 +100,16 @@ async def test_a_socket_closes_when_its_session_logs_out_elsewhere(app, user):
     await ws.disconnect()
 
 
-async def test_a_frame_on_a_session_ended_without_a_signal_closes_and_does_nothing(app, user):
-    """The logout happened in a process this one never heard from: the frame re-reads the session."""
+@pytest.mark.parametrize("frame", ["user_message", "regenerate"])
+async def test_a_frame_on_a_session_ended_without_a_signal_closes_and_does_nothing(app, user, frame):
+    """The logout happened in a process this one never heard from: the frame re-reads the session
+    (a user_message in the same database call that would save it, any other frame before it acts)."""
     conversation = await _conversation(user)
     cookie = await session_cookie_of(user)
     ws, connected, _ = await ws_open(app, _path(conversation), cookie=cookie)
     assert connected
     await database_sync_to_async(lambda: Session.objects.filter(session_key=cookie).delete())()
-    await ws.send_json_to(_user_message("after logout"))
+    await ws.send_json_to(_user_message("after logout") if frame == "user_message" else {"type": frame})
     frames, code = await frames_until_close(ws, timeout=5)
     assert code == consumers.CLOSE_SIGNED_OUT and frames == []
     assert await _message_count(conversation) == 0
