@@ -61,8 +61,14 @@ MONEY_PLACES = Decimal("0.0000000001")  # the ledger's precision (billing.models
 _DB_THREADS = ThreadPoolExecutor(max_workers=settings.TURN_DB_THREADS, thread_name_prefix="turn-db")
 
 
-def _db(fn):
-    return database_sync_to_async(fn, thread_sensitive=False, executor=_DB_THREADS)
+# Follow-ups (title, summary) queue Celery tasks; with eager Celery (the embedded default) the task,
+# a provider call of its own, runs right there: on a thread of its own, not holding one of the
+# turns' threads for seconds.
+_FOLLOWUP_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="turn-followup")
+
+
+def _db(fn, *, executor: ThreadPoolExecutor = _DB_THREADS):
+    return database_sync_to_async(fn, thread_sensitive=False, executor=executor)
 
 
 # --- names ----------------------------------------------------------------------------------
@@ -592,7 +598,7 @@ async def _reply_run(plan: _ReplyPlan) -> None:
         logger.exception("reply %s: the end of the reply could not be published", plan.message_id)
     # After "done": with eager Celery (no Redis) these run right here, and must not delay it.
     if plan.wants_title or plan.summarize_upto is not None:
-        await _db(_reply_followups)(plan=plan, finish_reason=outcome.finish_reason)
+        await _db(_reply_followups, executor=_FOLLOWUP_THREADS)(plan=plan, finish_reason=outcome.finish_reason)
 
 
 def _reply_followups(*, plan: _ReplyPlan, finish_reason: str) -> None:
