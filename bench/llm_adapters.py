@@ -2,12 +2,21 @@
 takes end to end, and how many deltas per second one process relays, for each provider.
 
     .venv/bin/python bench/llm_adapters.py [--calls 200] [--concurrency 20] [--words 200]
+
+`--concurrent-paced` measures instead what a Daphne process pays per relayed delta: N streams at
+once (default 100) of `--words` deltas each, paced by the fake (default 20 ms, as a real model),
+the fake in its own process so that only the adapters' CPU is counted (process CPU time of this
+process, divided by the deltas received), `--rounds` times per provider:
+
+    .venv/bin/python bench/llm_adapters.py --concurrent-paced [--streams 100] [--words 200] [--pace-ms 20]
 """
 
 import argparse
 import asyncio
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -71,16 +80,65 @@ async def run(provider: str, fake: FakeProvider, calls: int, concurrency: int, w
     )
 
 
+async def paced(provider: str, port: int, streams: int, words: int, rounds: int) -> None:
+    base_url = f"http://127.0.0.1:{port}" + ("/v1" if provider == "openai" else "")
+    key = KeyLease(id=uuid.uuid4(), name="bench", provider=provider, base_url=base_url, secret="sk-bench")
+    model = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}[provider]
+    request = ChatRequest(model=model, messages=[ChatMessage(role="user", content="hi")], max_tokens=words + 10)
+    await one_call(provider, key, request)  # first call: pool, SSL context, lazy imports
+    per_delta = []
+    for _ in range(rounds):
+        cpu, wall = time.process_time(), time.perf_counter()
+        results = await asyncio.gather(*(one_call(provider, key, request) for _ in range(streams)))
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        relayed = sum(r[2] for r in results)
+        assert relayed == streams * words, relayed
+        per_delta.append(cpu / relayed * 1e6)
+        print(f"{provider:9} {streams} streams x {words} deltas: wall {wall:5.2f} s, CPU {cpu:5.2f} s, {per_delta[-1]:6.1f} µs/delta")
+    print(f"{provider:9} median {statistics.median(per_delta):6.1f} µs of CPU per delta")
+
+
+def run_paced(args: argparse.Namespace) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    text = " ".join(["word"] * args.words)
+    command = [sys.executable, "-m", "tests.fakeprovider", "--port", str(port), "--pace-ms", str(args.pace_ms), "--text", text]
+    fake = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or fake.poll() is not None:
+                    raise SystemExit("the fake provider did not start") from None
+                time.sleep(0.05)
+        for provider in ("openai", "anthropic"):
+            asyncio.run(paced(provider, port, args.streams, args.words, args.rounds))
+    finally:
+        fake.terminate()
+        fake.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--words", type=int, default=200)
+    parser.add_argument("--concurrent-paced", action="store_true", help="CPU per delta of N paced streams at once")
+    parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--pace-ms", type=float, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     from django.conf import settings
 
     settings.DEMO_DELAY_MS = 0
     warm_up()
+    if args.concurrent_paced:
+        run_paced(args)
+        return
     fake = FakeProvider().start()
     try:
         for provider in ("openai", "anthropic", "demo"):

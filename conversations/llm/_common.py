@@ -1,5 +1,6 @@
-"""What the SDK adapters share: timeouts, deadlines, and turning a provider's failure into a
-ProviderError whose message is safe to show (never the secret, never the request's text).
+"""What the SDK adapters share: timeouts, deadlines, the pooled HTTP client, reading a streamed
+body, and turning a provider's failure into a ProviderError whose message is safe to show (never
+the secret, never the request's text).
 
 Provider error messages are read to classify them (a 400 that names the context length) but never
 passed on: OpenAI's 401 text quotes part of the key, and a 400 may quote the request.
@@ -17,7 +18,7 @@ import re
 import ssl
 import time
 import weakref
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -58,6 +59,9 @@ class Timeouts:
     def httpx(self) -> httpx2.Timeout:
         # The read timeout bounds every wait for bytes: the response headers and each gap between
         # chunks. A stall longer than the first-token allowance mid-stream is a dead stream.
+        # The aiohttp transport takes read as its socket-read timeout, connect as its socket-connect
+        # one and pool as its whole connect (waiting for a pooled connection included); it has no
+        # write timeout, which the deadlines cover.
         return httpx2.Timeout(
             connect=self.connect,
             read=min(self.first_token, self.total),
@@ -103,9 +107,13 @@ def sdk(name: str) -> ModuleType:
 # client costs ~70 ms of CPU (loading the CA bundle into a fresh SSL context) on the event loop, per
 # call; sharing one also reuses kept-alive connections. Only the HTTP layer is shared: the SDK client,
 # which holds the key, is made per call and the key goes in that call's headers.
-_http_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, httpx2.AsyncClient]] = (
-    weakref.WeakKeyDictionary()
-)
+# The client is the SDKs' DefaultAioHttpClient (their `aiohttp` extra): the httpx2 interface they
+# expect over an aiohttp session, which costs a fraction of httpx's own transport per streamed chunk
+# (httpcore and anyio open cancel scopes around every read). Its aiohttp session is made on the first
+# request, in this loop, and must be closed in it: see _closed_with_the_loop.
+_http_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, tuple[httpx2.AsyncClient, AsyncIterator[None]]]
+] = weakref.WeakKeyDictionary()
 
 
 @functools.cache
@@ -114,16 +122,34 @@ def ssl_context() -> ssl.SSLContext:
     return httpx2.create_ssl_context()
 
 
-def shared_http_client(sdk_name: str) -> httpx2.AsyncClient:
+async def _closed_with_the_loop(client: httpx2.AsyncClient) -> AsyncIterator[None]:
+    """Waits at its `yield` for as long as its loop runs, then closes the client.
+
+    An aiohttp session left open when its loop ends logs "Unclosed client session" (httpx's pool
+    was silently dropped). Every short-lived loop that calls the adapters ends through
+    asyncio.run() or asyncio.Runner (asgiref's async_to_sync in Celery tasks and admin actions,
+    pytest-asyncio), which close the loop's async generators before closing the loop
+    (loop.shutdown_asyncgens()): closing this one closes the client, in its loop.
+    """
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+async def shared_http_client(sdk_name: str) -> httpx2.AsyncClient:
     """This event loop's pooled HTTP client for one SDK (building one costs ~70 ms of CPU)."""
     loop = asyncio.get_running_loop()
     clients = _http_clients.setdefault(loop, {})
-    client = clients.get(sdk_name)
+    client, closer = clients.get(sdk_name, (None, None))
     if client is None or client.is_closed:
         # The SDK's defaults (connection limits), except redirects: a key's base URL is checked
         # when it is saved, and a redirect must not carry the call (and its key) somewhere that
-        # was not checked.
-        client = clients[sdk_name] = sdk(sdk_name).DefaultAsyncHttpxClient(follow_redirects=False, verify=ssl_context())
+        # was not checked. (httpx2's client layer follows redirects, never aiohttp itself.)
+        client = sdk(sdk_name).DefaultAioHttpClient(follow_redirects=False, verify=ssl_context())
+        closer = _closed_with_the_loop(client)
+        await anext(closer)  # started, so the loop knows it; held here, as the loop holds it weakly
+        clients[sdk_name] = (client, closer)
     return client
 
 
@@ -156,6 +182,13 @@ class Deadlines:
                 message=f"{self.provider} took too long ({which}).",
                 after_output=self.got_output,
             ) from None
+
+    async def read(self, chunks: AsyncIterator[bytes]) -> bytes | None:
+        """The next chunk of a streamed body under the current deadline; None at its end."""
+        try:
+            return await self.within(anext(chunks))
+        except StopAsyncIteration:
+            return None
 
 
 def safe_token(value: object) -> str | None:
@@ -245,13 +278,46 @@ def status_error(
     return err(ErrorKind.UNAVAILABLE, f"{provider} is unavailable: HTTP {status}{detail}.")
 
 
+def _transport_cause(exc: BaseException) -> tuple[BaseException, bool]:
+    """(the error the transport met, whether it was a timeout) under the wrappers put around it.
+
+    The SDKs raise APIConnectionError or APITimeoutError from an httpx2 error, and the aiohttp
+    transport raises that httpx2 error from aiohttp's own, chosen by class and loosely: openai's copy
+    turns every aiohttp ClientConnectionError, a refused connection or a server hanging up mid-body
+    as much as a connect timeout, into httpx2.ConnectTimeout. So when there is an aiohttp error
+    underneath, it decides; aiohttp's timeouts (a socket read or connect timing out) are TimeoutErrors.
+    """
+    # Imported here, not with this module: importing aiohttp is slow, and an error from it means
+    # the SDK's transport has loaded it already.
+    import aiohttp
+
+    timed_out = False
+    cause = exc
+    for _ in range(10):  # bounded: a cause chain can be made to loop
+        if isinstance(cause, aiohttp.ClientError):
+            return cause, isinstance(cause, TimeoutError)
+        timed_out = timed_out or isinstance(cause, TimeoutError | httpx2.TimeoutException)
+        if cause.__cause__ is None:
+            break
+        cause = cause.__cause__
+    return cause, timed_out
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """An httpx2 or aiohttp error met while reading a streamed body, which no SDK wraps."""
+    import aiohttp  # see _transport_cause
+
+    return isinstance(exc, httpx2.HTTPError | aiohttp.ClientError)
+
+
 def transport_error(*, provider: str, exc: BaseException, after_output: bool) -> ProviderError:
-    """Connection refused, reset, cut mid-body, or an httpx timeout."""
-    if isinstance(exc, httpx2.TimeoutException):
+    """Connection refused, reset, cut mid-body, or a connect or read timeout."""
+    cause, timed_out = _transport_cause(exc)
+    if timed_out:
         return ProviderError(
             kind=ErrorKind.TIMEOUT, message=f"{provider} did not answer in time.", after_output=after_output
         )
-    name = type(exc).__name__
+    name = type(cause).__name__
     text = (
         f"The connection to {provider} broke off mid-reply ({name})."
         if after_output
@@ -268,6 +334,37 @@ def stream_cut(*, provider: str, after_output: bool) -> ProviderError:
     )
 
 
+def malformed(*, provider: str, after_output: bool) -> ProviderError:
+    """A streamed event that is not the JSON object the protocol says. Its text is not quoted: it
+    may hold the reply, or whatever a misconfigured server answers."""
+    return ProviderError(
+        kind=ErrorKind.UNAVAILABLE,
+        message=f"The reply from {provider} could not be read (malformed data in the stream).",
+        after_output=after_output,
+    )
+
+
+def json_object(data: bytes, *, provider: str, after_output: bool) -> dict[str, Any]:
+    """The JSON object of one event's data; a malformed() ProviderError for anything else."""
+    try:
+        value = json.loads(data)
+    except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+        value = None
+    if not isinstance(value, dict):
+        raise malformed(provider=provider, after_output=after_output) from None
+    return value
+
+
+def token_count(value: object) -> int:
+    """A token count from a provider's JSON; absent or null is 0. Raises TypeError for anything
+    that is not a count (the adapters turn it into malformed())."""
+    if value is None:
+        return 0
+    if isinstance(value, int | float) and value >= 0:
+        return int(value)
+    raise TypeError("not a token count")
+
+
 class SDKAdapter:
     """What the OpenAI and Anthropic adapters share: starting a call, turning whatever the SDK or
     the transport raised into a ProviderError, and listing models to test a key."""
@@ -276,12 +373,19 @@ class SDKAdapter:
     sdk_name: str
     label: str
 
-    def client(self, key: KeyLease, *, timeouts: Timeouts | None = None) -> Any:
+    def client(self, key: KeyLease, *, http_client: httpx2.AsyncClient, timeouts: Timeouts | None = None) -> Any:
         raise NotImplementedError
 
     def status_error(self, exc: Any, *, after_output: bool) -> ProviderError:
         """The ProviderError for the SDK's APIStatusError (each SDK exposes the body differently)."""
         raise NotImplementedError
+
+    @staticmethod
+    async def open_stream(deadlines: Deadlines, manager: Any) -> Any:
+        """Send the request of a `with_streaming_response` call under the first deadline: the SDK
+        builds and authenticates it, and raises its APIStatusError for an error answer. Returns the
+        SDK's response, its body unread; the caller closes it."""
+        return await deadlines.within(manager.__aenter__())
 
     async def begin(self, key: KeyLease | None) -> tuple[ModuleType, Deadlines, Any]:
         """(the SDK module, the call's deadlines, an SDK client for the key)."""
@@ -290,7 +394,8 @@ class SDKAdapter:
         sdk = await load_sdk(self.sdk_name)
         timeouts = Timeouts.from_settings()
         # The client is not closed after the call: it only borrows the shared HTTP client.
-        return sdk, Deadlines(timeouts, provider=self.label), self.client(key, timeouts=timeouts)
+        http_client = await shared_http_client(self.sdk_name)
+        return sdk, Deadlines(timeouts, provider=self.label), self.client(key, http_client=http_client, timeouts=timeouts)
 
     def error_from(self, exc: Exception, *, sdk: ModuleType, after_output: bool) -> ProviderError | None:
         """The ProviderError for a failure of the call, or None for an exception that is not one
@@ -299,24 +404,10 @@ class SDKAdapter:
             return exc
         if isinstance(exc, sdk.APIStatusError):
             return self.status_error(exc, after_output=after_output)
-        if isinstance(exc, sdk.APITimeoutError):
-            return ProviderError(
-                kind=ErrorKind.TIMEOUT, message=f"{self.label} did not answer in time.", after_output=after_output
-            )
-        if isinstance(exc, sdk.APIConnectionError):
-            return transport_error(provider=self.label, exc=exc.__cause__ or exc, after_output=after_output)
-        if isinstance(exc, sdk.APIError):
-            # An error object inside a started stream, which the openai SDK raises with no status.
-            body = exc.body if isinstance(exc.body, dict) else {}
-            return status_error(
-                provider=self.label,
-                status=200,
-                error_type=body.get("type") or "server_error",
-                code=body.get("code"),
-                after_output=after_output,
-            )
-        if isinstance(exc, httpx2.HTTPError | json.JSONDecodeError | UnicodeDecodeError):
-            # The anthropic SDK lets transport errors met while reading a stream through unwrapped.
+        if isinstance(exc, sdk.APIConnectionError) or is_transport_error(exc):
+            # APITimeoutError is an APIConnectionError: what is underneath tells whether it timed
+            # out (see _transport_cause). Errors met while reading a raw streamed body come
+            # unwrapped, as httpx2 errors (or aiohttp's, where the transport does not map them).
             return transport_error(provider=self.label, exc=exc, after_output=after_output)
         return None
 

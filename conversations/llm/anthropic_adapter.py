@@ -8,18 +8,27 @@ output count. Anthropic's `input_tokens` leaves out cache reads and cache writes
 
 Temperature: anthropic 2.x removed `temperature` from messages.create (newer Claude models refuse
 it), so it is sent through `extra_body`, and only when the conversation sets one.
+
+Streaming: the SDK sends the request (`with_streaming_response`) and raises its APIStatusError for
+an error answer; the adapter reads the server-sent events itself (see _sse), by their `event:`
+name as the SDK does: message_start (input usage), content_block_delta (text_delta), message_delta
+(stop reason, output usage), message_stop, and error (e.g. overloaded_error after the 200). ping,
+content_block_start/stop and events this adapter does not know are skipped unread.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import _common
+from . import _common, _sse
 from .base import ChatRequest, Finish, ProviderError, StreamEvent, TextDelta, Usage
 
 if TYPE_CHECKING:
     import anthropic
+    import httpx2
 
     from billing.keys import KeyLease
 
@@ -28,13 +37,45 @@ PROVIDER_LABEL = "Anthropic"
 _LENGTH_STOPS = {"max_tokens", "model_context_window_exceeded"}
 
 
+@dataclass
+class _Counts:
+    """The token counts a stream reports: message_start the input (cache reads and writes apart)
+    and the output so far; message_delta the output, cumulative, and in newer API versions the
+    input again."""
+
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reported: bool = False
+
+    def start(self, usage: dict[str, Any]) -> None:
+        cache_read = _common.token_count(usage.get("cache_read_input_tokens"))
+        cache_write = _common.token_count(usage.get("cache_creation_input_tokens"))
+        self.input_tokens = _common.token_count(usage.get("input_tokens")) + cache_read + cache_write
+        self.cached_tokens = cache_read
+        self.output_tokens = _common.token_count(usage.get("output_tokens"))
+        self.reported = True
+
+    def update(self, usage: dict[str, Any]) -> None:
+        self.output_tokens = _common.token_count(usage.get("output_tokens")) or self.output_tokens
+        if usage.get("input_tokens") is not None:
+            cache_read = _common.token_count(usage.get("cache_read_input_tokens")) or self.cached_tokens
+            cache_write = _common.token_count(usage.get("cache_creation_input_tokens"))
+            self.input_tokens = _common.token_count(usage["input_tokens"]) + cache_read + cache_write
+            self.cached_tokens = cache_read
+        self.reported = True
+
+
 class AnthropicAdapter(_common.SDKAdapter):
     provider = "anthropic"
     sdk_name = "anthropic"
     label = PROVIDER_LABEL
 
-    def client(self, key: KeyLease, *, timeouts: _common.Timeouts | None = None) -> anthropic.AsyncAnthropic:
-        """An SDK client for this key, without retries: key failover in the turn owns retrying."""
+    def client(
+        self, key: KeyLease, *, http_client: httpx2.AsyncClient, timeouts: _common.Timeouts | None = None
+    ) -> anthropic.AsyncAnthropic:
+        """An SDK client for this key over the loop's shared HTTP client (_common.shared_http_client),
+        without retries: key failover in the turn owns retrying."""
         timeouts = timeouts or _common.Timeouts.from_settings()
         return _common.sdk("anthropic").AsyncAnthropic(
             api_key=key.secret,
@@ -42,7 +83,7 @@ class AnthropicAdapter(_common.SDKAdapter):
             base_url=key.base_url or ANTHROPIC_BASE_URL,
             max_retries=0,
             timeout=timeouts.httpx(),
-            http_client=_common.shared_http_client(self.sdk_name),
+            http_client=http_client,
             # No tracing spans: they could carry conversation content to a collector.
             open_telemetry=False,
         )
@@ -68,62 +109,98 @@ class AnthropicAdapter(_common.SDKAdapter):
 
     async def stream(self, request: ChatRequest, *, key: KeyLease | None) -> AsyncIterator[StreamEvent]:
         sdk, deadlines, client = await self.begin(key)
-        stream = None
-        input_tokens = cached_tokens = output_tokens = 0
-        saw_usage = False
+        response = None
+        counts = _Counts()
         finish: str | None = None
         stopped = False
         try:
             try:
-                stream = await deadlines.within(client.messages.create(**self.request_params(request), stream=True))
-                events = stream.__aiter__()
-                while True:
-                    try:
-                        event = await deadlines.within(events.__anext__())
-                    except StopAsyncIteration:
-                        break
-                    kind = event.type
-                    if kind == "content_block_delta":
-                        text = getattr(event.delta, "text", None)
-                        if text:
-                            deadlines.got_output = True
-                            yield TextDelta(text)
-                    elif kind == "message_start":
-                        usage = event.message.usage
-                        cache_read = usage.cache_read_input_tokens or 0
-                        cache_write = usage.cache_creation_input_tokens or 0
-                        input_tokens = (usage.input_tokens or 0) + cache_read + cache_write
-                        cached_tokens = cache_read
-                        output_tokens = usage.output_tokens or 0
-                        saw_usage = True
-                    elif kind == "message_delta":
-                        if event.delta.stop_reason:
-                            finish = "length" if event.delta.stop_reason in _LENGTH_STOPS else "stop"
-                            deadlines.got_output = True
-                        if event.usage is not None:
-                            # Counts in message_delta are cumulative for the whole message.
-                            output_tokens = event.usage.output_tokens or output_tokens
-                            if event.usage.input_tokens is not None:
-                                cache_read = event.usage.cache_read_input_tokens or cached_tokens
-                                cache_write = event.usage.cache_creation_input_tokens or 0
-                                input_tokens = event.usage.input_tokens + cache_read + cache_write
-                                cached_tokens = cache_read
-                            saw_usage = True
-                    elif kind == "message_stop":
-                        stopped = True
+                response = await self.open_stream(
+                    deadlines, client.messages.with_streaming_response.create(**self.request_params(request), stream=True)
+                )
+                chunks = response.http_response.aiter_bytes()
+                decoder = _sse.SSEDecoder()
+                while not stopped and (body := await deadlines.read(chunks)) is not None:
+                    for name, data in decoder.feed(body):
+                        if name == b"content_block_delta":
+                            text = self.delta_text(data, after_output=deadlines.got_output)
+                            if text:
+                                deadlines.got_output = True
+                                yield TextDelta(text)
+                        elif name == b"message_start" or name == b"message_delta":
+                            stop_reason = self.count(name, data, counts, after_output=deadlines.got_output)
+                            if stop_reason:
+                                finish = "length" if stop_reason in _LENGTH_STOPS else "stop"
+                                deadlines.got_output = True
+                        elif name == b"message_stop":
+                            stopped = True  # the end: nothing after it is read
+                            break
+                        elif name == b"error":
+                            raise self.stream_error(data, response=response, after_output=deadlines.got_output)
             except Exception as exc:
                 error = self.error_from(exc, sdk=sdk, after_output=deadlines.got_output)
                 if error is None:
                     raise
                 raise error from None
         finally:
-            if stream is not None:
-                await stream.close()
+            if response is not None:
+                await response.close()
         if finish is None or not stopped:
             raise _common.stream_cut(provider=PROVIDER_LABEL, after_output=deadlines.got_output)
-        if saw_usage:
-            yield Usage(input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached_tokens)
+        if counts.reported:
+            yield Usage(input_tokens=counts.input_tokens, output_tokens=counts.output_tokens, cached_tokens=counts.cached_tokens)
         yield Finish(finish)  # type: ignore[arg-type]
+
+    @staticmethod
+    def delta_text(data: bytes, *, after_output: bool) -> str | None:
+        """The text of a content_block_delta (None for the other deltas: tool input, thinking...)."""
+        delta = _common.json_object(data, provider=PROVIDER_LABEL, after_output=after_output).get("delta")
+        if not isinstance(delta, dict):
+            raise _common.malformed(provider=PROVIDER_LABEL, after_output=after_output)
+        if delta.get("type") != "text_delta":
+            return None
+        text = delta.get("text")
+        if text is not None and not isinstance(text, str):
+            raise _common.malformed(provider=PROVIDER_LABEL, after_output=after_output)
+        return text
+
+    @staticmethod
+    def count(name: bytes, data: bytes, counts: _Counts, *, after_output: bool) -> str | None:
+        """Take the usage of a message_start or message_delta into `counts`; the stop reason of a
+        message_delta."""
+        event = _common.json_object(data, provider=PROVIDER_LABEL, after_output=after_output)
+        try:
+            if name == b"message_start":
+                counts.start(event["message"].get("usage") or {})
+                return None
+            usage = event.get("usage")
+            if usage is not None:
+                counts.update(usage)
+            return (event.get("delta") or {}).get("stop_reason")
+        except (AttributeError, KeyError, TypeError):  # a list where an object belongs, text for a count...
+            raise _common.malformed(provider=PROVIDER_LABEL, after_output=after_output) from None
+
+    @staticmethod
+    def stream_error(data: bytes, *, response: Any, after_output: bool) -> ProviderError:
+        """The ProviderError for an `error` event sent after the stream began, classified by its
+        error type as the SDK's APIStatusError (status 200) would be."""
+        try:
+            body = json.loads(data)
+        except ValueError:
+            body = None
+        error = body.get("error") if isinstance(body, dict) else None
+        error = error if isinstance(error, dict) else {}
+        details = error.get("details")
+        return _common.status_error(
+            provider=PROVIDER_LABEL,
+            status=200,
+            error_type=error.get("type"),
+            code=details.get("error_code") if isinstance(details, dict) else None,
+            provider_message=error.get("message"),
+            retry_after=_common.parse_retry_after(response.headers),
+            after_output=after_output,
+            request_id=response.headers.get("request-id"),
+        )
 
     def status_error(self, exc: anthropic.APIStatusError, *, after_output: bool) -> ProviderError:
         return _common.status_error(

@@ -8,6 +8,11 @@ gpt-5) reject it, asking for `max_completion_tokens`; the installed SDK (3.52) t
 OpenAI-compatible servers only know `max_tokens` (older Ollama, LM Studio, llama.cpp builds), and
 would silently ignore the newer name and generate without limit. So the official API (no base URL,
 or api.openai.com) gets `max_completion_tokens` and every other server gets `max_tokens`.
+
+Streaming: the SDK sends the request (`with_streaming_response`) and raises its APIStatusError for
+an error answer; the adapter reads the server-sent events itself (see _sse). Each `data:` line is a
+chat.completion.chunk object, an `{"error": {...}}` object when the server fails after the 200
+(what the SDK raises as APIError), or `[DONE]` at the end.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from . import _common
+from . import _common, _sse
 from .base import ChatRequest, Finish, ProviderError, StreamEvent, TextDelta, Usage
 
 if TYPE_CHECKING:
+    import httpx2
     import openai
 
     from billing.keys import KeyLease
@@ -45,8 +51,11 @@ class OpenAIAdapter(_common.SDKAdapter):
     sdk_name = "openai"
     label = PROVIDER_LABEL
 
-    def client(self, key: KeyLease, *, timeouts: _common.Timeouts | None = None) -> openai.AsyncOpenAI:
-        """An SDK client for this key, without retries: key failover in the turn owns retrying."""
+    def client(
+        self, key: KeyLease, *, http_client: httpx2.AsyncClient, timeouts: _common.Timeouts | None = None
+    ) -> openai.AsyncOpenAI:
+        """An SDK client for this key over the loop's shared HTTP client (_common.shared_http_client),
+        without retries: key failover in the turn owns retrying."""
         timeouts = timeouts or _common.Timeouts.from_settings()
         return _common.sdk("openai").AsyncOpenAI(
             api_key=key.secret or NO_KEY_PLACEHOLDER,
@@ -54,7 +63,7 @@ class OpenAIAdapter(_common.SDKAdapter):
             base_url=key.base_url or OPENAI_BASE_URL,
             max_retries=0,
             timeout=timeouts.httpx(),
-            http_client=_common.shared_http_client(self.sdk_name),
+            http_client=http_client,
         )
 
     def request_params(self, request: ChatRequest, *, key: KeyLease) -> dict[str, Any]:
@@ -72,53 +81,91 @@ class OpenAIAdapter(_common.SDKAdapter):
 
     async def stream(self, request: ChatRequest, *, key: KeyLease | None) -> AsyncIterator[StreamEvent]:
         sdk, deadlines, client = await self.begin(key)
-        stream = None
+        response = None
         usage: Usage | None = None
         finish: str | None = None
         try:
             try:
-                stream = await deadlines.within(
-                    client.chat.completions.create(
+                response = await self.open_stream(
+                    deadlines,
+                    client.chat.completions.with_streaming_response.create(
                         **self.request_params(request, key=key),
                         stream=True,
                         stream_options={"include_usage": True},
-                    )
+                    ),
                 )
-                chunks = stream.__aiter__()
-                while True:
-                    try:
-                        chunk = await deadlines.within(chunks.__anext__())
-                    except StopAsyncIteration:
-                        break
-                    for choice in chunk.choices or ():
-                        text = choice.delta.content if choice.delta is not None else None
+                chunks = response.http_response.aiter_bytes()
+                decoder = _sse.SSEDecoder()
+                done = False
+                while not done and (body := await deadlines.read(chunks)) is not None:
+                    for _name, data in decoder.feed(body):
+                        if data.startswith(b"[DONE]"):
+                            # The end, as the SDK reads it: nothing after it is read.
+                            done = True
+                            break
+                        chunk = _common.json_object(data, provider=PROVIDER_LABEL, after_output=deadlines.got_output)
+                        if chunk.get("error"):
+                            raise self.stream_error(chunk["error"], after_output=deadlines.got_output)
+                        text, reason, chunk_usage = self.chunk_parts(chunk, after_output=deadlines.got_output)
                         if text:
                             deadlines.got_output = True
                             yield TextDelta(text)
-                        if choice.finish_reason:
-                            finish = _finish_reason(choice.finish_reason)
+                        if reason:
+                            finish = _finish_reason(reason)
                             deadlines.got_output = True
-                    if chunk.usage is not None:
-                        details = chunk.usage.prompt_tokens_details
-                        usage = Usage(
-                            input_tokens=chunk.usage.prompt_tokens or 0,
-                            output_tokens=chunk.usage.completion_tokens or 0,
-                            cached_tokens=(details.cached_tokens or 0) if details is not None else 0,
-                        )
+                        if chunk_usage is not None:
+                            usage = chunk_usage
             except Exception as exc:
                 error = self.error_from(exc, sdk=sdk, after_output=deadlines.got_output)
                 if error is None:
                     raise
                 raise error from None
         finally:
-            if stream is not None:
-                await stream.close()
+            if response is not None:
+                await response.close()
         if finish is None:
             # The body ended without a finish reason: the connection was closed early.
             raise _common.stream_cut(provider=PROVIDER_LABEL, after_output=deadlines.got_output)
         if usage is not None:
             yield usage
         yield Finish(finish)  # type: ignore[arg-type]
+
+    @staticmethod
+    def chunk_parts(chunk: dict[str, Any], *, after_output: bool) -> tuple[str, str | None, Usage | None]:
+        """(text, finish reason, usage) of one chat.completion.chunk; malformed() if it is not one."""
+        try:
+            text = ""
+            reason = None
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta")
+                if delta:
+                    text += delta.get("content") or ""
+                if choice.get("finish_reason"):
+                    reason = str(choice["finish_reason"])
+            usage = None
+            counts = chunk.get("usage")
+            if counts:
+                details = counts.get("prompt_tokens_details") or {}
+                usage = Usage(
+                    input_tokens=_common.token_count(counts.get("prompt_tokens")),
+                    output_tokens=_common.token_count(counts.get("completion_tokens")),
+                    cached_tokens=_common.token_count(details.get("cached_tokens")),
+                )
+        except (AttributeError, TypeError):  # a list where an object belongs, a number for text...
+            raise _common.malformed(provider=PROVIDER_LABEL, after_output=after_output) from None
+        return text, reason, usage
+
+    @staticmethod
+    def stream_error(error: object, *, after_output: bool) -> ProviderError:
+        """The ProviderError for an `{"error": {...}}` object sent after the stream began."""
+        body = error if isinstance(error, dict) else {}
+        return _common.status_error(
+            provider=PROVIDER_LABEL,
+            status=200,
+            error_type=body.get("type") or "server_error",
+            code=body.get("code"),
+            after_output=after_output,
+        )
 
     def status_error(self, exc: openai.APIStatusError, *, after_output: bool) -> ProviderError:
         body = exc.body if isinstance(exc.body, dict) else {}

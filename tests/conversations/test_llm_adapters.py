@@ -2,6 +2,7 @@
 real SSE. Each behaviour is checked for both providers."""
 
 import asyncio
+import json
 import logging
 import uuid
 
@@ -355,3 +356,221 @@ async def test_completion_fetch_collects_a_whole_answer(fake_provider, provider)
     assert completion.text == "Foxes and dogs"
     assert completion.finish_reason == "stop"
     assert completion.usage.input_tokens == 9 and completion.usage.output_tokens == 3
+
+
+# --- The streamed body, read by the adapters themselves ------------------------------------------
+# Raw bodies (Script mode "raw") hold what the fake's scripted modes do not: odd line ends, events
+# split across writes, malformed data, usage in other places.
+
+
+def openai_chunk(content=None, finish=None, **extra) -> bytes:
+    delta = {} if content is None else {"content": content}
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + json.dumps({**chunk, **extra}).encode() + b"\n\n"
+
+
+def anthropic_event(name: str, data: dict) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+ANTHROPIC_START = anthropic_event(
+    "message_start",
+    {"type": "message_start", "message": {"id": "m1", "usage": {"input_tokens": 10, "output_tokens": 1}}},
+)
+
+
+def anthropic_text(text: str) -> bytes:
+    return anthropic_event(
+        "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+    )
+
+
+def anthropic_end(stop_reason: str = "end_turn", **usage) -> bytes:
+    delta = {"type": "message_delta", "delta": {"stop_reason": stop_reason}, "usage": {"output_tokens": 2, **usage}}
+    return anthropic_event("message_delta", delta) + anthropic_event("message_stop", {"type": "message_stop"})
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_malformed_json_in_a_data_line_is_a_clear_error(fake_provider, provider):
+    if provider == "openai":
+        raw = [openai_chunk("Hi"), b"data: {not json\n\n", openai_chunk(finish="stop"), b"data: [DONE]\n\n"]
+    else:
+        raw = [ANTHROPIC_START, anthropic_text("Hi"), b"event: content_block_delta\ndata: {not json\n\n", anthropic_end()]
+    fake_provider.script("sk-garbled", Script(mode="raw", raw=raw))
+
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-garbled"))
+
+    assert text_of(events) == "Hi"
+    assert error.kind == ErrorKind.UNAVAILABLE
+    assert error.after_output is True
+    assert "could not be read" in error.message
+    assert "not json" not in str(error)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_json_of_the_wrong_shape_is_a_clear_error(fake_provider, provider):
+    if provider == "openai":
+        raw = [b'data: {"choices": [{"delta": {"content": 42}}]}\n\n', openai_chunk(finish="stop")]
+    else:
+        raw = [ANTHROPIC_START, b'event: content_block_delta\ndata: {"delta": "text"}\n\n', anthropic_end()]
+    fake_provider.script("sk-shape", Script(mode="raw", raw=raw))
+
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-shape"))
+
+    assert events == []
+    assert error.kind == ErrorKind.UNAVAILABLE
+    assert error.after_output is False
+    assert "could not be read" in error.message
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_body_that_ends_cleanly_without_a_finish_is_a_cut(fake_provider, provider):
+    # A whole, well-formed HTTP body that stops early: no finish reason (OpenAI), no message_stop
+    # (Anthropic). Not the same failure as a connection cut mid-body (ClientPayloadError above).
+    if provider == "openai":
+        raw = [openai_chunk("alpha"), openai_chunk(" beta")]
+    else:
+        raw = [ANTHROPIC_START, anthropic_text("alpha"), anthropic_text(" beta")]
+    fake_provider.script("sk-short", Script(mode="raw", raw=raw))
+
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-short"))
+
+    assert text_of(events) == "alpha beta"
+    assert error.kind == ErrorKind.UNAVAILABLE
+    assert error.after_output is True
+    assert "ended before it was complete" in error.message
+
+
+async def test_anthropic_stop_reason_without_message_stop_is_a_cut(fake_provider):
+    delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}
+    raw = [ANTHROPIC_START, anthropic_text("Hi"), anthropic_event("message_delta", delta)]
+    fake_provider.script("sk-nostop", Script(mode="raw", raw=raw))
+
+    events, error = await collect("anthropic", lease(fake_provider, "anthropic", "sk-nostop"))
+
+    assert text_of(events) == "Hi"
+    assert error.kind == ErrorKind.UNAVAILABLE and "ended before it was complete" in error.message
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_rate_limit_error_inside_the_stream_is_rate_limited(fake_provider, provider):
+    error_type = "rate_limit_exceeded" if provider == "openai" else "rate_limit_error"
+    fake_provider.script("sk-mid-429", Script(mode="stream_error", text="alpha beta gamma", cut_after=1, error_type=error_type))
+
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-mid-429"))
+
+    assert text_of(events) == "alpha"
+    assert error.kind == ErrorKind.RATE_LIMITED
+    assert error.status == 200
+    assert error.extra["type"] == error_type
+    assert error.after_output is True
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_crlf_line_ends_and_events_split_across_writes_are_read(fake_provider, provider):
+    if provider == "openai":
+        body = openai_chunk("Hello") + openai_chunk(" world") + openai_chunk(finish="length") + b"data: [DONE]\n\n"
+    else:
+        body = ANTHROPIC_START + anthropic_text("Hello") + anthropic_text(" world") + anthropic_end("max_tokens")
+    body = body.replace(b"\n", b"\r\n")
+    # Cut in the middle of lines, of a CRLF, and of a multi-byte character.
+    body = body.replace(b"world", "wörld".encode())
+    cuts = [7, body.index(b"\r\n") + 1, body.index("ö".encode()) + 1, len(body) - 3]
+    raw = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+    fake_provider.script("sk-crlf", Script(mode="raw", raw=raw, pace_ms=5))
+
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-crlf"))
+
+    assert error is None
+    assert text_of(events) == "Hello wörld"
+    assert events[-1] == Finish("length")
+
+
+async def test_openai_usage_arrives_in_its_own_chunk_after_the_finish(fake_provider):
+    usage = {"prompt_tokens": 30, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 12}}
+    raw = [
+        openai_chunk("Hi", usage=None),
+        openai_chunk(finish="content_filter", usage=None),  # ended on the provider's side: "stop"
+        b"data: " + json.dumps({"id": "c1", "choices": [], "usage": usage}).encode() + b"\n\n",
+        b"data: [DONE]\n\n",
+        openai_chunk("never read"),  # after [DONE], as the SDK does, nothing is read
+    ]
+    fake_provider.script("sk-usage", Script(mode="raw", raw=raw))
+
+    events, error = await collect("openai", lease(fake_provider, "openai", "sk-usage"))
+
+    assert error is None
+    assert events == [TextDelta("Hi"), Usage(input_tokens=30, output_tokens=2, cached_tokens=12), Finish("stop")]
+
+
+async def test_openai_stream_without_usage_still_finishes(fake_provider):
+    # Some compatible servers ignore stream_options.include_usage: no Usage, the turn counts itself.
+    raw = [openai_chunk("Hi"), openai_chunk(finish="stop"), b"data: [DONE]\n\n"]
+    fake_provider.script("sk-nousage", Script(mode="raw", raw=raw))
+
+    events, error = await collect("openai", lease(fake_provider, "openai", "sk-nousage"))
+
+    assert error is None
+    assert events == [TextDelta("Hi"), Finish("stop")]
+
+
+async def test_anthropic_skips_pings_and_non_text_deltas_and_reads_cumulative_usage(fake_provider):
+    thinking = {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hmm"}}
+    raw = [
+        ANTHROPIC_START,
+        b"event: ping\ndata: {\"type\": \"ping\"}\n\n",
+        b": a comment line\n\n",
+        anthropic_event("content_block_delta", thinking),
+        anthropic_event("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {}}),
+        anthropic_text("Answer"),
+        anthropic_event("some_future_event", {"type": "some_future_event"}),
+        # message_delta's counts are cumulative and, in newer API versions, include the input.
+        anthropic_end("end_turn", input_tokens=40, cache_read_input_tokens=8, cache_creation_input_tokens=2),
+    ]
+    fake_provider.script("sk-ant-raw", Script(mode="raw", raw=raw))
+
+    events, error = await collect("anthropic", lease(fake_provider, "anthropic", "sk-ant-raw"))
+
+    assert error is None
+    assert events == [TextDelta("Answer"), Usage(input_tokens=50, output_tokens=2, cached_tokens=8), Finish("stop")]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_connection_dropped_before_the_answer_is_unavailable_not_a_timeout(fake_provider, provider):
+    # aiohttp's ServerDisconnectedError, which openai's copy of the aiohttp transport re-raises as
+    # httpx2.ConnectTimeout (and the SDK as APITimeoutError).
+    fake_provider.script("sk-drop", Script(mode="drop"))
+
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-drop"))
+
+    assert events == []
+    assert error.kind == ErrorKind.UNAVAILABLE
+    assert error.after_output is False
+    assert "ServerDisconnectedError" in error.message
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_connection_cut_mid_reply_says_it_broke_off(fake_provider, provider):
+    fake_provider.script("sk-cut2", Script(mode="cut", text="alpha beta gamma", cut_after=1))
+
+    _, error = await collect(provider, lease(fake_provider, provider, "sk-cut2"))
+
+    assert error.kind == ErrorKind.UNAVAILABLE
+    assert "broke off mid-reply" in error.message
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_the_shared_http_client_is_closed_with_its_event_loop(fake_provider, provider):
+    # A Celery task or an admin action runs the adapter in a loop of its own (async_to_sync), which
+    # ends with asyncio.run's shutdown: the pooled aiohttp session must be closed then, not left
+    # to the garbage collector (which logs "Unclosed client session").
+    from conversations.llm import _common
+
+    async def call():
+        events, error = await collect(provider, lease(fake_provider, provider, "sk-loop"))
+        assert error is None
+        return await _common.shared_http_client(provider)
+
+    client = asyncio.run(call())
+
+    assert client.is_closed

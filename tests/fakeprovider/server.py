@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-Mode = Literal["ok", "error", "cut", "hang", "stream_error"]
+Mode = Literal["ok", "error", "cut", "hang", "stream_error", "raw", "drop"]
 
 
 @dataclass
@@ -39,6 +39,10 @@ class Script:
       cut           stream `cut_after` deltas, then drop the connection without the end events
       hang          accept the request and never answer
       stream_error  stream `cut_after` deltas, then send the provider's in-stream error event
+                    (of type `error_type` if set)
+      raw           answer 200 with a streamed body of exactly the bytes in `raw`, one write each
+                    every `pace_ms` (odd line ends, events split across writes, malformed data...)
+      drop          close the connection without answering, as a crashing proxy does
     """
 
     mode: Mode = "ok"
@@ -55,6 +59,7 @@ class Script:
     input_tokens: int | None = None
     output_tokens: int | None = None
     cached_tokens: int = 0
+    raw: list[bytes] = field(default_factory=list)
 
     @classmethod
     def context_too_long(cls) -> Script:
@@ -260,13 +265,24 @@ class FakeProvider:
         with self._lock:
             self._requests.append(recorded)
 
-    async def _before_answer(self, script: Script) -> None:
+    async def _before_answer(self, script: Script, request: web.Request) -> None:
         if script.first_delay_ms:
             await asyncio.sleep(script.first_delay_ms / 1000)
         if script.mode == "hang":
             assert self._stopping is not None
             await self._stopping.wait()
             raise web.HTTPServiceUnavailable()
+        if script.mode == "drop":
+            self._cut(request)
+            raise web.HTTPServiceUnavailable()  # never sent: the connection is gone
+
+    async def _raw(self, request: web.Request, script: Script) -> web.StreamResponse:
+        response = await self._sse(request)
+        for part in script.raw:
+            await self._pace(script)
+            await response.write(part)
+        await response.write_eof()
+        return response
 
     @staticmethod
     def _plan(script: Script, max_tokens: int | None) -> tuple[list[str], str]:
@@ -345,9 +361,11 @@ class FakeProvider:
         if not key:
             return self._openai_error(Script(mode="error", status=401, message="You didn't provide an API key."))
         script = self._script_for(key)
-        await self._before_answer(script)
+        await self._before_answer(script, request)
         if script.mode == "error":
             return self._openai_error(script)
+        if script.mode == "raw":
+            return await self._raw(request, script)
 
         model = body.get("model") or "unknown"
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -408,7 +426,12 @@ class FakeProvider:
             self._cut(request)
             return response
         if script.mode == "stream_error":
-            error = {"error": {"message": "The server had an error while processing your request.", "type": "server_error"}}
+            error = {
+                "error": {
+                    "message": "The server had an error while processing your request.",
+                    "type": script.error_type or "server_error",
+                }
+            }
             await response.write(f"data: {json.dumps(error)}\n\n".encode())
             await response.write_eof()
             return response
@@ -455,9 +478,11 @@ class FakeProvider:
         if not key:
             return self._anthropic_error(Script(mode="error", status=401))
         script = self._script_for(key)
-        await self._before_answer(script)
+        await self._before_answer(script, request)
         if script.mode == "error":
             return self._anthropic_error(script)
+        if script.mode == "raw":
+            return await self._raw(request, script)
 
         model = body.get("model") or "unknown"
         deltas, finish = self._plan(script, body.get("max_tokens"))
@@ -529,7 +554,8 @@ class FakeProvider:
             self._cut(request)
             return response
         if script.mode == "stream_error":
-            await response.write(event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
+            error = {"type": script.error_type or "overloaded_error", "message": script.message or "Overloaded"}
+            await response.write(event("error", {"type": "error", "error": error}))
             await response.write_eof()
             return response
         await response.write(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
@@ -554,7 +580,7 @@ class FakeProvider:
         key = self._key(request)
         self._record("anthropic" if anthropic else "openai", request, key, {})
         script = self._script_for(key) if key else Script(mode="error", status=401)
-        await self._before_answer(script)
+        await self._before_answer(script, request)
         if script.mode == "error":
             return self._anthropic_error(script) if anthropic else self._openai_error(script)
         if anthropic:
