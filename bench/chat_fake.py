@@ -135,7 +135,7 @@ class TimedFakeProvider(FakeProvider):
         times: list[float] | None = None
         if tag is not None:
             times = self.times[tag] = []
-        await self._before_answer(script)
+        await self._before_answer(script, request)
 
         model = body.get("model") or "unknown"
         deltas, finish = self._plan(script, body.get("max_completion_tokens") or body.get("max_tokens"))
