@@ -263,13 +263,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await super().dispatch(message)
 
     async def chat_frame(self, event):
+        """A frame of the conversation's running reply (turns.frame_event), already encoded."""
         if self.closing:
             return
-        frame = event["frame"]
-        message_id = frame.get("message_id")
+        message_id = event["message_id"]
         if message_id in self.resumed:
-            kind = frame["type"]
+            kind = event["kind"]
             # Already covered by "resume": the start, and every delta up to its seq.
-            if kind == "start" or (kind == "delta" and frame["seq"] <= self.resumed[message_id]):
+            if kind == "start" or (kind == "delta" and event["seq"] <= self.resumed[message_id]):
                 return
-        await self.send_json(frame)
+        await self.send(text_data=event["text"])

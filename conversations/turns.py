@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -444,8 +445,21 @@ async def replies_wait(timeout: float = 30) -> None:
         await asyncio.wait(tasks, timeout=timeout)
 
 
+def frame_event(frame: dict) -> dict:
+    """The channel-layer event carrying one frame to every socket of the conversation: the frame
+    encoded once here (not once per socket), with what a socket needs to drop what it already has
+    (a late joiner's resume covers the start and the deltas up to its seq) beside it."""
+    return {
+        "type": "chat.frame",
+        "kind": frame["type"],
+        "message_id": frame.get("message_id"),
+        "seq": frame.get("seq"),
+        "text": json.dumps(frame, ensure_ascii=False),
+    }
+
+
 async def _publish(layer, conversation_id, frame: dict) -> None:
-    await layer.group_send(group_name(conversation_id), {"type": "chat.frame", "frame": frame})
+    await layer.group_send(group_name(conversation_id), frame_event(frame))
 
 
 class _Stream:
@@ -652,7 +666,10 @@ async def _attempt(adapter, plan: _ReplyPlan, key, stream: _Stream, cancel: asyn
     gap = settings.LLM_FIRST_TOKEN_TIMEOUT
 
     async def relay() -> None:
-        # The adapter has its own timeouts; this is the net under a provider that hangs.
+        # The adapter has its own, exact timeouts; this is the net under a provider that hangs.
+        # Before the first event it fires after `gap`; after an event it is moved on only when
+        # nearer than `gap` (to twice `gap`): once per `gap` of steady output, not a new timer at
+        # every event. So a stall after output fires it between `gap` and twice `gap` later.
         events = adapter.stream(plan.request, key=key)
         try:
             async with asyncio.timeout_at(min(loop.time() + gap, deadline)) as scope:
@@ -667,7 +684,10 @@ async def _attempt(adapter, plan: _ReplyPlan, key, stream: _Stream, cancel: asyn
                         result.usage = event
                     elif isinstance(event, Finish):
                         result.finish = event.reason
-                    scope.reschedule(min(loop.time() + gap, deadline))
+                    now = loop.time()
+                    when = scope.when()
+                    if when - now < gap and when < deadline:
+                        scope.reschedule(min(now + 2 * gap, deadline))
         finally:
             with contextlib.suppress(BaseException):
                 await events.aclose()

@@ -109,7 +109,7 @@ async def test_relaying_frames_makes_no_trip_to_the_database_thread(chat_backend
     layer = get_channel_layer()
     for seq in range(1, 21):
         frame = {"type": "delta", "message_id": str(uuid.uuid4()), "seq": seq, "text": f"w{seq} "}
-        await layer.group_send(turns.group_name(conversation.id), {"type": "chat.frame", "frame": frame})
+        await layer.group_send(turns.group_name(conversation.id), turns.frame_event(frame))
     received = [await watcher.receive_json_from(timeout=5) for _ in range(20)]
     assert [f["seq"] for f in received] == list(range(1, 21))
     assert hops == []

@@ -237,6 +237,25 @@ async def test_stall_after_the_first_tokens_hits_the_total_timeout(fake_provider
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+async def test_the_total_deadline_holds_while_reads_far_from_it_skip_their_timer(fake_provider, provider, settings):
+    """Reads more than the transport's read timeout before the deadline are not wrapped in a
+    timeout scope (Deadlines.read): the deadline must still end the call on time."""
+    import time
+
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 0.3  # also each read's bound
+    settings.LLM_TOTAL_TIMEOUT = 1.0
+    fake_provider.script("sk-steady", Script(text=" ".join(["w"] * 40), pace_ms=100))
+
+    started = time.monotonic()
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-steady"))
+    elapsed = time.monotonic() - started
+
+    assert error.kind == ErrorKind.TIMEOUT and error.after_output is True
+    assert 5 <= len(text_of(events).split()) < 40
+    assert 0.9 <= elapsed < 1.5
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_connection_refused_is_unavailable(provider):
     key = KeyLease(id=uuid.uuid4(), name="gone", provider=provider, base_url="http://127.0.0.1:9/v1", secret="sk-x")
 
