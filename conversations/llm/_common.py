@@ -9,6 +9,7 @@ passed on: OpenAI's 401 text quotes part of the key, and a 400 may quote the req
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import importlib
@@ -197,6 +198,24 @@ class Deadlines:
             return await self.within(anext(chunks))
         except StopAsyncIteration:
             return None
+
+
+# How long to wait for the rest of a body after its last event (see drain).
+DRAIN_SECONDS = 0.1
+
+
+async def drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read what is left of a streamed body after its last event (the end of the chunked body,
+    usually already on its way), for at most DRAIN_SECONDS. An HTTP/1.1 response read to its end
+    gives its connection back to the pool; one closed before is dropped, and the next call pays a
+    new connection and TLS handshake. The SDKs did the same: openai drains after [DONE] for 0.1 s,
+    anthropic read every stream to its end. The reply is complete: a failure here is ignored."""
+    import aiohttp  # see _transport_cause
+
+    with contextlib.suppress(TimeoutError, httpx2.HTTPError, aiohttp.ClientError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in chunks:
+                pass
 
 
 def safe_token(value: object) -> str | None:

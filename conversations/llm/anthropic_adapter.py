@@ -133,10 +133,12 @@ class AnthropicAdapter(_common.SDKAdapter):
                                 finish = "length" if stop_reason in _LENGTH_STOPS else "stop"
                                 deadlines.got_output = True
                         elif name == b"message_stop":
-                            stopped = True  # the end: nothing after it is read
+                            stopped = True  # the end: no event after it is read
                             break
                         elif name == b"error":
                             raise self.stream_error(data, response=response, after_output=deadlines.got_output)
+                if stopped:
+                    await _common.drain(chunks)
             except Exception as exc:
                 error = self.error_from(exc, sdk=sdk, after_output=deadlines.got_output)
                 if error is None:

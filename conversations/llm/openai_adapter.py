@@ -100,7 +100,7 @@ class OpenAIAdapter(_common.SDKAdapter):
                 while not done and (body := await deadlines.read(chunks)) is not None:
                     for _name, data in decoder.feed(body):
                         if data.startswith(b"[DONE]"):
-                            # The end, as the SDK reads it: nothing after it is read.
+                            # The end, as the SDK reads it: no event after it is read.
                             done = True
                             break
                         chunk = _common.json_object(data, provider=PROVIDER_LABEL, after_output=deadlines.got_output)
@@ -115,6 +115,8 @@ class OpenAIAdapter(_common.SDKAdapter):
                             deadlines.got_output = True
                         if chunk_usage is not None:
                             usage = chunk_usage
+                if done:
+                    await _common.drain(chunks)
             except Exception as exc:
                 error = self.error_from(exc, sdk=sdk, after_output=deadlines.got_output)
                 if error is None:

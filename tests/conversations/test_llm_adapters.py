@@ -593,3 +593,17 @@ def test_the_shared_http_client_is_closed_with_its_event_loop(fake_provider, pro
     client = asyncio.run(call())
 
     assert client.is_closed
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_complete_reply_leaves_its_connection_for_the_next_call(fake_provider, provider):
+    # The adapter stops reading at [DONE] / message_stop but reads the end of the body, so the
+    # kept-alive connection goes back to the pool (a closed one costs the next call a handshake).
+    fake_provider.script("sk-reuse", Script(text="one two three"))
+
+    for _ in range(3):
+        events, error = await collect(provider, lease(fake_provider, provider, "sk-reuse"))
+        assert error is None and text_of(events) == "one two three"
+
+    ports = {r.client_port for r in fake_provider.requests_for("sk-reuse")}
+    assert len(ports) == 1

@@ -81,6 +81,7 @@ class RecordedRequest:
     stream: bool
     stream_options: dict | None
     body: dict = field(repr=False)
+    client_port: int | None = None  # the client's end of the connection: tells a reused one
     received_at: float = field(default_factory=time.time)
 
 
@@ -261,6 +262,7 @@ class FakeProvider:
             stream=bool(body.get("stream")),
             stream_options=body.get("stream_options"),
             body=body,
+            client_port=(request.transport.get_extra_info("peername") or (None, None))[1] if request.transport else None,
         )
         with self._lock:
             self._requests.append(recorded)
