@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 import uuid
 import weakref
@@ -59,16 +60,20 @@ MONEY_PLACES = Decimal("0.0000000001")  # the ledger's precision (billing.models
 # sync code on: there, one turn's preparation queued behind every other's (with PostgreSQL most of
 # a call is waiting for the server), and a reply's streaming flip and last save behind all of them.
 # Each call is still one coarse step in one thread, with its own connection (or one from the pool).
-_DB_THREADS = ThreadPoolExecutor(max_workers=settings.TURN_DB_THREADS, thread_name_prefix="turn-db")
-
-
 # Follow-ups (title, summary) queue Celery tasks; with eager Celery (the embedded default) the task,
-# a provider call of its own, runs right there: on a thread of its own, not holding one of the
-# turns' threads for seconds.
-_FOLLOWUP_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="turn-followup")
+# a provider call of its own, runs right there: on threads of their own, not holding a turn's
+# thread for seconds.
+_THREADS = {"turn-db": lambda: settings.TURN_DB_THREADS, "turn-followup": lambda: 2}
+_EXECUTORS: dict[str, ThreadPoolExecutor] = {}
+# A forked child (a Celery prefork worker, a test server) has none of the parent's threads: an
+# executor it inherited would take work and never run it.
+os.register_at_fork(after_in_child=_EXECUTORS.clear)
 
 
-def _db(fn, *, executor: ThreadPoolExecutor = _DB_THREADS):
+def _db(fn, *, threads: str = "turn-db"):
+    executor = _EXECUTORS.get(threads)
+    if executor is None:
+        executor = _EXECUTORS[threads] = ThreadPoolExecutor(max_workers=_THREADS[threads](), thread_name_prefix=threads)
     return database_sync_to_async(fn, thread_sensitive=False, executor=executor)
 
 
@@ -612,7 +617,7 @@ async def _reply_run(plan: _ReplyPlan) -> None:
         logger.exception("reply %s: the end of the reply could not be published", plan.message_id)
     # After "done": with eager Celery (no Redis) these run right here, and must not delay it.
     if plan.wants_title or plan.summarize_upto is not None:
-        await _db(_reply_followups, executor=_FOLLOWUP_THREADS)(plan=plan, finish_reason=outcome.finish_reason)
+        await _db(_reply_followups, threads="turn-followup")(plan=plan, finish_reason=outcome.finish_reason)
 
 
 def _reply_followups(*, plan: _ReplyPlan, finish_reason: str) -> None:
