@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
+import jiter
 from django.conf import settings
 
 from .base import ErrorKind, ProviderError
@@ -374,9 +375,14 @@ def malformed(*, provider: str, after_output: bool) -> ProviderError:
 def json_object(data: bytes, *, provider: str, after_output: bool) -> dict[str, Any]:
     """The JSON object of one event's data; a malformed() ProviderError for anything else."""
     try:
-        value = json.loads(data)
-    except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
-        value = None
+        # jiter (the SDKs' own JSON parser): ~0.7 µs per chunk where json.loads takes ~4. It is
+        # stricter (a lone surrogate escape, which a token boundary can make): json.loads decides.
+        value = jiter.from_json(data)
+    except ValueError:
+        try:
+            value = json.loads(data)
+        except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+            value = None
     if not isinstance(value, dict):
         raise malformed(provider=provider, after_output=after_output) from None
     return value

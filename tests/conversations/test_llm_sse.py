@@ -49,3 +49,15 @@ def test_an_event_the_body_ends_in_the_middle_of_is_dropped():
 
 def test_blank_lines_alone_make_no_events():
     assert decode(b"\n\n\r\n\n") == []
+
+
+def test_a_chunk_json_parses_as_json_loads_would_even_where_jiter_is_stricter():
+    from conversations.llm._common import json_object
+    from conversations.llm.base import ProviderError
+
+    assert json_object(b'{"t": "\\u00e9 ok", "n": [1, 2.5]}', provider="X", after_output=False) == {"t": "é ok", "n": [1, 2.5]}
+    # A lone surrogate escape (an emoji split at a token boundary): jiter refuses it, json.loads reads it.
+    assert json_object(b'{"t": "\\ud83d"}', provider="X", after_output=False) == {"t": "\ud83d"}
+    for bad in (b"not json", b"[1]", b"\xff\xfe"):
+        with pytest.raises(ProviderError):
+            json_object(bad, provider="X", after_output=False)
