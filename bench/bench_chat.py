@@ -135,8 +135,8 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        if getattr(args, "redis_socket_timeout_fix", False):
-            self.env["DJANGO_SETTINGS_MODULE"] = "bench.settings_redis_timeout"
+        if getattr(args, "pubsub_layer", False):
+            self.env["DJANGO_SETTINGS_MODULE"] = "bench.settings_pubsub"
         if args.db == "postgres":
             self.env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.pg_name}"
             self.env["REDIS_URL"] = f"redis://127.0.0.1:6379/{args.redis_db}"
@@ -801,8 +801,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120, help="per stream")
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument(
-        "--redis-socket-timeout-fix", action="store_true",
-        help="run Daphne with bench/settings_redis_timeout.py (channel layer without redis-py 8's 5 s read timeout)",
+        "--pubsub-layer", action="store_true",
+        help="with --db postgres: run Daphne with bench/settings_pubsub.py (channels_redis' pub/sub layer)",
     )
     asyncio.run(amain(parser.parse_args()))
 
