@@ -58,6 +58,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
 MODEL = "openai:gpt-4o-mini"
 STREAMS_PER_USER = 10
+STEADY_AFTER = 1.0  # seconds after the last stream's first delta from which lag counts as steady
 
 
 # --- small helpers --------------------------------------------------------------------------
@@ -648,6 +649,7 @@ async def phase_concurrency(stack: Stack, fake_port: int, k: int, socks, expecte
         result.parse()
     failures: dict[str, int] = {}
     lags, gaps, pace, first, frames_total = [], [], [], [], 0
+    timed_lags, starts = [], []  # (emit time, lag) of every delta; each stream's first emit time
     for result in results:
         problem = check_stream(result, expected)
         if problem:
@@ -658,6 +660,7 @@ async def phase_concurrency(stack: Stack, fake_port: int, k: int, socks, expecte
             failures["emit times missing"] = failures.get("emit times missing", 0) + 1
             continue
         first.append(first_delta_ms(result))
+        starts.append(emits[0])
         pace += [(b - a) * 1000 for a, b in zip(emits, emits[1:])]
         delta_frames = [(t, f) for t, f in result.frames if f["type"] == "delta"]
         frames_total += len(delta_frames)
@@ -668,10 +671,16 @@ async def phase_concurrency(stack: Stack, fake_port: int, k: int, socks, expecte
             carried += frame["text"]
             while index < len(words) and len("".join(words[: index + 1])) <= len(carried):
                 lags.append((t - emits[index]) * 1000)
+                timed_lags.append((emits[index], lags[-1]))
                 index += 1
     ok = k - sum(failures.values())
+    # "Steady": deltas emitted once every stream has started and STEADY_AFTER seconds more have
+    # passed, i.e. without the burst of K turn starts (their preparation) competing for the CPU.
+    steady_from = max(starts, default=0.0) + STEADY_AFTER
+    steady = [lag for emitted_at, lag in timed_lags if emitted_at >= steady_from]
     return {
         "k": k, "ok": ok, "failures": failures, "elapsed": elapsed, "first": first, "lags": lags, "gaps": gaps,
+        "steady": steady,
         "pace": pace, "frames": frames_total, "deltas": ok * len(words),
         "cpu": cpu1 - cpu0, "client_cpu": client_cpu, "fake_cpu": fake_cpu,
         "rss_idle": rss_idle, "rss_open": rss_open, "rss_peak": max(peak), "rss_after": rss_after, "load": loadavg(),
@@ -711,15 +720,18 @@ def print_first(res: dict, args) -> None:
 def print_ramp(rows: list[dict], args) -> None:
     print(f"\n## Concurrency: {args.deltas} deltas at {args.pace_ms} ms, starts spread over {args.spread} s")
     print(
-        "| K | complete+in order | first delta p50/p99 ms | lag emit->client p50/p99 ms | frame gap p50/p99 ms"
+        "| K | complete+in order | first delta p50/p99 ms | lag emit->client p50/p99 ms"
+        f" | lag once all started (+{STEADY_AFTER:g} s) p50/p99 ms (deltas) | frame gap p50/p99 ms"
         " | fake pace p50/p99 ms | deltas/s | Daphne CPU s/stream | Daphne CPU % | MiB/open socket | MiB/stream (peak) | load |"
     )
-    print("|" + "---:|" * 12)
+    print("|" + "---:|" * 13)
     for r in rows:
         k = r["k"]
         print(
             f"| {k} | {r['ok']}/{k} | {pct(r['first'], 50):.0f} / {pct(r['first'], 99):.0f}"
-            f" | {pct(r['lags'], 50):.0f} / {pct(r['lags'], 99):.0f} | {pct(r['gaps'], 50):.0f} / {pct(r['gaps'], 99):.0f}"
+            f" | {pct(r['lags'], 50):.0f} / {pct(r['lags'], 99):.0f}"
+            f" | {pct(r['steady'], 50):.0f} / {pct(r['steady'], 99):.0f} ({len(r['steady'])})"
+            f" | {pct(r['gaps'], 50):.0f} / {pct(r['gaps'], 99):.0f}"
             f" | {pct(r['pace'], 50):.1f} / {pct(r['pace'], 99):.1f} | {r['deltas'] / r['elapsed']:.0f}"
             f" | {r['cpu'] / k:.3f} | {100 * r['cpu'] / r['elapsed']:.0f}"
             f" | {(r['rss_open'] - r['rss_idle']) / k:.3f} | {(r['rss_peak'] - r['rss_idle']) / k:.3f} | {r['load']} |"
