@@ -171,24 +171,16 @@ if REDIS_URL:
         _r.port  # noqa: B018 - raises ValueError on a non-numeric port
     except ValueError:
         raise _config_error("REDIS_URL", "has a port that is not a number") from None
+    # channels_redis' pub/sub layer, not its core one. The core layer reads a process's messages
+    # one at a time from a shared Redis inbox (several round trips each) and drops, without a word,
+    # what arrives while that inbox is at capacity: at 100 streams of 25 frames a second its
+    # process fell behind and streams lost deltas (BENCHMARKS.md, "Chat streaming"). Pub/sub pushes
+    # each frame to the subscribed processes. Delivery is at most once either way; what a socket
+    # missed while away comes back from the stream buffer ("resume") and the saved message.
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        # redis-py 8 gives connections a 5 s read timeout, but the layer blocks up
-                        # to 5 s waiting for a socket's next message: idle sockets would be dropped.
-                        "socket_timeout": None,
-                        # The async pool refuses (not waits) past its cap; hundreds of streams
-                        # publish at once, so leave room well above the default 100.
-                        "max_connections": _int("REDIS_LAYER_MAX_CONNECTIONS", 2000),
-                    }
-                ],
-                "capacity": 1500,
-                "expiry": 30,
-            },
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
     CACHES = {
