@@ -315,16 +315,10 @@ def _reply_prepare(
         return refuse("rate_limited", exc.message, retry_after=exc.retry_after)
     worst_case = prices.worst_case_cost(price=price, input_tokens=built.input_tokens, max_output_tokens=max_tokens)
     try:
-        reservation_id = budgets.budget_reserve(user=user, amount=worst_case)
-    except budgets.BudgetExceeded as exc:
-        return refuse(
-            "budget_exceeded",
-            exc.message,
-            budget={"scope": exc.scope, "name": exc.name, "period": exc.period, "limit": money_str(exc.limit)},
-        )
-
-    try:
+        # The hold and the reply row in one transaction: when another turn won the race for the
+        # conversation (message_one_running_per_conversation), the hold goes with the row.
         with transaction.atomic():
+            reservation_id = budgets.budget_reserve(user=user, amount=worst_case)
             reply = Message.objects.create(
                 conversation=conversation,
                 role=Message.Role.ASSISTANT,
@@ -333,9 +327,13 @@ def _reply_prepare(
                 reply_to=reply_to,
                 heartbeat_at=timezone.now(),
             )
+    except budgets.BudgetExceeded as exc:
+        return refuse(
+            "budget_exceeded",
+            exc.message,
+            budget={"scope": exc.scope, "name": exc.name, "period": exc.period, "limit": money_str(exc.limit)},
+        )
     except IntegrityError:
-        # message_one_running_per_conversation: another turn won the race.
-        budgets.budget_settle(reservation_id=reservation_id, actual=ZERO)
         return refuse("busy", _("A reply is already being written in this conversation."))
 
     # The buffer exists before anyone can hear of the reply, so turn_stop and late joiners find it.

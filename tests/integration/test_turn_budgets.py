@@ -84,6 +84,33 @@ async def test_thirty_turns_at_once_never_overspend_a_budget_of_ten_worst_cases(
     assert await db(Message.objects.filter(role="assistant").count)() == 10
 
 
+async def test_turns_racing_in_one_conversation_start_one_reply_and_hold_nothing_for_the_others(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    """The hold and the reply row are one transaction: a turn that loses the race for the
+    conversation (busy, by the history read or by the one-running-reply constraint) keeps no hold."""
+    user = await db(make_user)("racer")
+    input_tokens, worst = _worst_case(priced[OPENAI_MODEL])
+    await db(budgets.budget_set)(user=user, period="month", limit=worst * 100)
+    await db(add_key)("openai", "sk-race", text="Only one of us.", input_tokens=input_tokens, output_tokens=MAX_OUTPUT)
+    conversation = await db(conversation_for)(user)
+
+    async def one():
+        async with ThreadSensitiveContext():
+            return await turns.turn_start(user=user, conversation=conversation, content=QUESTION, client_id=uuid.uuid4())
+
+    results = await asyncio.gather(*(one() for _ in range(8)))
+    await replies_finished()
+
+    assert len([r for r in results if r.reply_id is not None]) == 1
+    assert {r.error.code for r in results if r.error is not None} == {"busy"}
+    assert len(fake_provider.requests_for("sk-race")) == 1
+    assert not await db(Reservation.objects.filter(state=Reservation.State.HELD).exists)()
+    budget = await db(Budget.objects.get)(user=user)
+    assert budget.reserved == 0 and budget.spent == worst  # the one reply, at its worst case
+    assert await db(Message.objects.filter(role="user").count)() == 8  # every question kept
+
+
 async def test_a_spent_team_budget_refuses_over_the_websocket_naming_the_team(priced, add_key, fake_provider, make_user, conversation_for):
     user = await db(make_user)("student")
     team = await db(Team.objects.create)(name="Physics")
