@@ -477,7 +477,7 @@ class _Stream:
         self.lock = asyncio.Lock()
         self.finished = asyncio.Event()
         self.wakeup = asyncio.Event()  # set by add(): text is waiting
-        self.streaming_marked = False
+        self.marking: asyncio.Task | None = None  # the one "streaming" flip, started at the first text
 
     def add(self, text: str) -> None:
         self.pending.append(text)
@@ -522,9 +522,10 @@ class _Stream:
             self.wakeup.clear()
             had_text = bool(self.pending)
             await self.flush()
-            if had_text and not self.streaming_marked:
-                self.streaming_marked = True
-                await _db(_reply_mark_streaming)(message_id=self.plan.message_id)
+            if had_text and self.marking is None:
+                # Not awaited here: under a burst of new turns the database threads are busy, and
+                # the frames must not wait for them. The UPDATE only touches a running row.
+                self.marking = asyncio.create_task(_db(_reply_mark_streaming)(message_id=self.plan.message_id))
             if had_text:
                 await asyncio.sleep(FRAME_SECONDS)
 
@@ -587,6 +588,10 @@ async def _reply_run(plan: _ReplyPlan) -> None:
         await stream.flush()
     except Exception:  # noqa: BLE001 - the text is in stream.text; saving it matters more than one frame
         logger.exception("reply %s: the last frame could not be published", plan.message_id)
+    if stream.marking is not None:
+        # Done before the closing save (which would make it a no-op anyway: it only flips a running row).
+        with contextlib.suppress(Exception):
+            await stream.marking
     outcome.text = stream.text
     try:
         usage = await _db(_reply_finish)(plan=plan, outcome=outcome)
