@@ -137,9 +137,8 @@ class _ReplyPlan:
     summarize_upto: uuid.UUID | None = None  # the last history item trimmed out of the context
     attempt: int = 0  # the provider call in progress (kept in the buffer for the reaper)
     # The key for the first call, chosen while preparing (one thread hop less before the first
-    # token); None with `first_key_chosen` means no key could serve.
+    # token); None for the demo model, or when no key could serve.
     first_key: keys.KeyLease | None = None
-    first_key_chosen: bool = False
 
 
 @dataclass
@@ -153,7 +152,6 @@ class _Outcome:
     attempt: int = 0  # number of the last provider call (0: none was made)
     recorded: bool = False  # the last attempt's ledger row is already written (failed before output)
     key_id: uuid.UUID | None = None
-    key_served: bool = False  # the key answered (success or a stop): reported by _reply_finish
     ttft_ms: int | None = None
     latency_ms: int | None = None
 
@@ -343,7 +341,6 @@ def _reply_prepare(
         BUFFER_TTL,
     )
     temperature = float(conversation.temperature) if conversation.temperature is not None else None
-    needs_key = _needs_key(provider)
     plan = _ReplyPlan(
         user=user,
         conversation_id=conversation.id,
@@ -357,8 +354,7 @@ def _reply_prepare(
         wants_title=not conversation.title,
         team_id=ledger.primary_team_id(user=user),
         summarize_upto=built.dropped_ids[-1] if built.dropped_ids else None,
-        first_key=keys.key_choose(provider=provider) if needs_key else None,
-        first_key_chosen=needs_key,
+        first_key=keys.key_choose(provider=provider) if _needs_key(provider) else None,
     )
     return TurnResult(reply_to.id, client_id, reply_id=reply.id), plan
 
@@ -751,7 +747,7 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
             return _Outcome("cancelled", attempt=attempt, recorded=attempt > 0)
         key = None
         if _needs_key(plan.provider):
-            if attempt == 0 and plan.first_key_chosen:
+            if attempt == 0:
                 key, plan.first_key = plan.first_key, None  # the plan outlives the call: not the secret
             else:
                 key = await _db(keys.key_choose)(provider=plan.provider, exclude=tuple(tried))
@@ -773,7 +769,6 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
         )
         if result.cancelled or result.error is None:
             outcome.finish_reason = "cancelled" if result.cancelled else (result.finish or "stop")
-            outcome.key_served = key_id is not None
             return outcome
         exc = result.error
         decision = None
@@ -903,7 +898,8 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict:
                 error_kind=outcome.error_kind,
             )
         budgets.budget_settle(reservation_id=plan.reservation_id, actual=cost)
-    if outcome.key_served:
+    if outcome.key_id is not None and outcome.finish_reason != "error":
+        # The key answered (a reply or a stop); its failures were reported as they happened.
         # In this same trip to the database thread, after the reply is safe.
         keys.key_report_success(key_id=outcome.key_id)
     return {"input_tokens": input_tokens, "output_tokens": output_tokens, "cost": money_str(cost)}
