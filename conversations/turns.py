@@ -474,6 +474,10 @@ class _Stream:
         self.finished = asyncio.Event()
         self.wakeup = asyncio.Event()  # set by add(): text is waiting
         self.marking: asyncio.Task | None = None  # the one "streaming" flip, started at the first text
+        # Named once, not at every frame.
+        self.buffer_key = buffer_key(plan.conversation_id)
+        self.group = group_name(plan.conversation_id)
+        self.message_id = str(plan.message_id)
 
     def add(self, text: str) -> None:
         self.pending.append(text)
@@ -496,18 +500,15 @@ class _Stream:
             # Buffer first, then publish: a joiner that read seq N is sure to receive N+1.
             plan = self.plan
             await asynccache.aset(
-                buffer_key(plan.conversation_id),
+                self.buffer_key,
                 _buffer_state(
-                    plan.message_id, self.seq, self.text, plan.model_id, plan.reservation_id, plan.input_tokens,
+                    self.message_id, self.seq, self.text, plan.model_id, plan.reservation_id, plan.input_tokens,
                     plan.user.pk, plan.attempt,
                 ),
                 BUFFER_TTL,
             )
-            await _publish(
-                self.layer,
-                self.plan.conversation_id,
-                {"type": "delta", "message_id": str(self.plan.message_id), "seq": self.seq, "text": chunk},
-            )
+            frame = {"type": "delta", "message_id": self.message_id, "seq": self.seq, "text": chunk}
+            await self.layer.group_send(self.group, frame_event(frame))
 
     async def run(self) -> None:
         """Flush every FRAME_SECONDS, and flip the row to "streaming" at the first text."""
