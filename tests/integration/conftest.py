@@ -112,6 +112,16 @@ async def ws_turn(ws, text: str, *, client_id: str | None = None, timeout: float
     return await ws_frames_until_end(ws, timeout=timeout)
 
 
+async def turn_over_socket(user, conversation_id, text: str) -> list[dict]:
+    """One turn from a socket of its own: opened, one message sent, every reply task of the
+    process ended, closed. The turn's frames (ws_turn)."""
+    ws = await ws_open(user, conversation_id)
+    frames = await ws_turn(ws, text)
+    await replies_finished()
+    await ws.disconnect()
+    return frames
+
+
 async def ws_frames_until_end(ws, *, timeout: float = 30) -> list[dict]:
     frames = []
     while True:

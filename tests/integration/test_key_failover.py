@@ -27,8 +27,7 @@ from .conftest import (
     of_type,
     replies_finished,
     spent_and_reserved,
-    ws_open,
-    ws_turn,
+    turn_over_socket,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -50,10 +49,7 @@ async def _key(key_id) -> ProviderKey:
 
 
 async def _turn(user, conversation, text="hello there"):
-    ws = await ws_open(user, conversation.id)
-    frames = await ws_turn(ws, text)
-    await replies_finished()
-    await ws.disconnect()
+    frames = await turn_over_socket(user, conversation.id, text)
     return frames
 
 
@@ -216,10 +212,7 @@ async def test_a_canary_secret_never_leaks(priced, add_key, fake_provider, make_
     user = await db(make_user)("canary")
     conversation = await db(conversation_for)(user)
 
-    ws = await ws_open(user, conversation.id)
-    frames = await ws_turn(ws, "sing")
-    await replies_finished()
-    await ws.disconnect()
+    frames = await turn_over_socket(user, conversation.id, "sing")
     assert frames[-1]["finish_reason"] == "stop"
     assert {r.key for r in fake_provider.requests} == set(secrets.values())  # all three were really used
 

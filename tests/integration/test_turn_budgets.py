@@ -27,6 +27,7 @@ from .conftest import (
     of_type,
     replies_finished,
     spent_and_reserved,
+    turn_over_socket,
     ws_frames_until_end,
     ws_open,
     ws_turn,
@@ -174,10 +175,7 @@ async def test_a_cut_stream_settles_its_reservation(priced, add_key, fake_provid
     await db(add_key)("openai", "sk-cut", mode="cut", cut_after=4, text="a b c d e f g h")
     conversation = await db(conversation_for)(user)
 
-    ws = await ws_open(user, conversation.id)
-    frames = await ws_turn(ws, "cut me off")
-    await replies_finished()
-    await ws.disconnect()
+    frames = await turn_over_socket(user, conversation.id, "cut me off")
 
     assert frames[-1]["finish_reason"] == "error"
     spent, reserved = await db(spent_and_reserved)(user)
@@ -191,10 +189,7 @@ async def test_a_provider_error_before_any_output_charges_nothing(priced, add_ke
     await db(add_key)("openai", "sk-400", mode="error", status=400, message="Invalid 'temperature'.")
     conversation = await db(conversation_for)(user)
 
-    ws = await ws_open(user, conversation.id)
-    frames = await ws_turn(ws, "anything")
-    await replies_finished()
-    await ws.disconnect()
+    frames = await turn_over_socket(user, conversation.id, "anything")
 
     (error,) = of_type(frames, "error")
     assert error["code"] == "provider_error"

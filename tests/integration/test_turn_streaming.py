@@ -23,6 +23,7 @@ from .conftest import (
     of_type,
     replies_finished,
     spent_and_reserved,
+    turn_over_socket,
     ws_open,
     ws_turn,
 )
@@ -114,10 +115,7 @@ async def test_a_context_too_long_400_tells_the_user_and_charges_nothing(model_i
     await db(add_key)(provider, f"sk-{provider}-ctx-other", priority=1)
     conversation = await db(conversation_for)(user, model=model_id)
 
-    ws = await ws_open(user, conversation.id)
-    frames = await ws_turn(ws, "a very long question")
-    await replies_finished()
-    await ws.disconnect()
+    frames = await turn_over_socket(user, conversation.id, "a very long question")
 
     (error,) = of_type(frames, "error")
     assert error["code"] == "provider_error" and "too long" in error["message"]
@@ -138,10 +136,7 @@ async def test_a_provider_that_hangs_times_out_and_the_user_hears_why(priced, ad
     key = await db(add_key)("openai", "sk-hangs", mode="hang")
     conversation = await db(conversation_for)(user)
 
-    ws = await ws_open(user, conversation.id)
-    frames = await ws_turn(ws, "are you there?")
-    await replies_finished()
-    await ws.disconnect()
+    frames = await turn_over_socket(user, conversation.id, "are you there?")
 
     (error,) = of_type(frames, "error")
     assert error["code"] == "provider_unavailable" and "in time" in error["message"]
@@ -164,10 +159,7 @@ async def test_a_stream_cut_after_some_deltas_keeps_the_text_and_charges_what_wa
     await db(add_key)(provider, f"sk-{provider}-cut-other", priority=1)
     conversation = await db(conversation_for)(user, model=model_id)
 
-    ws = await ws_open(user, conversation.id)
-    frames = await ws_turn(ws, "count to six")
-    await replies_finished()
-    await ws.disconnect()
+    frames = await turn_over_socket(user, conversation.id, "count to six")
 
     (error,) = of_type(frames, "error")
     assert error["code"] == "provider_error" and "cut off" in error["message"]
