@@ -120,8 +120,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         return not await database_sync_to_async(self._signed_in)()
 
     def _signed_in(self) -> bool:
-        user_id = sockets.session_user_id(self.session_key)
-        return user_id is not None and user_id == self.user.pk
+        return sockets.session_signs_in(session_key=self.session_key, user_id=self.user.pk)
 
     async def _close_signed_out(self):
         if self.closing:

@@ -64,6 +64,12 @@ def session_user_id(session_key: str | None):
     return user.pk
 
 
+def session_signs_in(*, session_key: str | None, user_id) -> bool:
+    """A socket opened by `user_id` may go on serving: its session still signs that user in."""
+    found = session_user_id(session_key)
+    return found is not None and found == user_id
+
+
 def _close_group(group: str) -> None:
     """Tell every socket in `group` (in any process) to close. Never breaks the caller: a logout
     or an admin's save must succeed even when the channel layer is down; the sockets then close
