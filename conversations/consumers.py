@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
@@ -252,14 +253,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         return frame
 
     async def dispatch(self, message):
-        # Channels closes stale database connections before every handler: a trip to the thread
-        # all SQL runs on, for each message. A relayed chat frame touches no database and comes
-        # 25 times a second per running reply; through that thread, hundreds of replies would
-        # queue behind each other and behind every turn's SQL. It goes straight out instead.
-        if message.get("type") == "chat.frame":
-            await self.chat_frame(message)
-            return
-        await super().dispatch(message)
+        # Channels closes stale database connections before every handler: a trip to the one
+        # thread it runs sync code on, per message. Here it is a wait and nothing more: this
+        # consumer reaches the database only through database_sync_to_async and the turn's own
+        # threads, which close stale connections around every call themselves. A relayed chat
+        # frame (25 a second per running reply) would queue behind every other socket's SQL on
+        # that thread, and a sent message would wait for it before its turn begins.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def chat_frame(self, event):
         """A frame of the conversation's running reply (turns.frame_event), already encoded."""

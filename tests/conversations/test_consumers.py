@@ -90,8 +90,8 @@ async def test_two_sockets_receive_the_same_frames(chat_backends, user, conversa
 
 
 async def test_relaying_frames_makes_no_trip_to_the_database_thread(chat_backends, user, conversation_factory, monkeypatch):
-    """Channels closes stale connections (a sync-thread hop) before every handler; the chat
-    frames a running reply publishes 25 times a second must not pay it."""
+    """Channels closes stale connections (a sync-thread hop) before every handler; neither the
+    chat frames a running reply publishes 25 times a second nor a sent message must pay it."""
     import channels.consumer
 
     conversation = await database_sync_to_async(conversation_factory)(user)
@@ -112,6 +112,9 @@ async def test_relaying_frames_makes_no_trip_to_the_database_thread(chat_backend
         await layer.group_send(turns.group_name(conversation.id), turns.frame_event(frame))
     received = [await watcher.receive_json_from(timeout=5) for _ in range(20)]
     assert [f["seq"] for f in received] == list(range(1, 21))
+    await watcher.send_json_to(_send("still here?"))
+    frames = await receive_until(watcher, "done")
+    assert [f["type"] for f in frames][0] == "ack" and frames[-1]["finish_reason"] == "stop"
     assert hops == []
     await watcher.disconnect()
 
