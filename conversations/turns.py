@@ -532,12 +532,14 @@ class _Stream:
             self.wakeup.clear()
             had_text = bool(self.pending)
             await self.flush()
-            if had_text and self.marking is None:
-                # Not awaited here: under a burst of new turns the database threads are busy, and
-                # the frames must not wait for them. The UPDATE only touches a running row.
-                self.marking = asyncio.create_task(_db(_reply_mark_streaming)(message_id=self.plan.message_id))
             if had_text:
                 await asyncio.sleep(FRAME_SECONDS)
+                if self.marking is None:
+                    # Not awaited: under a burst of new turns the database threads are busy, and
+                    # the frames must not wait for them. Started a frame after the first text, not
+                    # with it: the thread's ORM work competes for the GIL, and the first frame is
+                    # the one a person waits for. The UPDATE only touches a running row.
+                    self.marking = asyncio.create_task(_db(_reply_mark_streaming)(message_id=self.plan.message_id))
 
 
 def _reply_mark_streaming(*, message_id) -> None:
