@@ -70,14 +70,15 @@ def _key(user_id: int, metric: str, window: int) -> str:
 
 
 def _incr(key: str, delta: int) -> int:
-    # add() creates the counter only if absent; incr() is atomic on locmem and Redis. If the key
-    # expired between the two, create it again.
+    # incr() is atomic on locmem and Redis, and raises ValueError when the counter is absent (the
+    # first request of a window, or it expired): then add() creates it (only if still absent: a
+    # concurrent request may have) and incr() runs again. Tried first, not after an add() every
+    # time: within a window the counter exists, and each cache call is a round trip to Redis.
     for _attempt in range(3):
-        cache.add(key, 0, timeout=WINDOW_SECONDS * 2 + 10)
         try:
             return cache.incr(key, delta)
         except ValueError:
-            continue
+            cache.add(key, 0, timeout=WINDOW_SECONDS * 2 + 10)
     raise RuntimeError("rate-limit counter unavailable")
 
 
@@ -102,10 +103,10 @@ def _wait_seconds(*, limit: int, need: int, previous: int, current: int, elapsed
     return max(1, math.ceil(t))
 
 
-def _count(user_id: int, metric: str, need: int, limit: int, window: int, elapsed: float) -> str | None:
-    """Count `need` on `metric`; when that passes `limit`, take it back and raise RateLimited."""
+def _count(user_id: int, metric: str, need: int, limit: int, window: int, elapsed: float, previous: int) -> None:
+    """Count `need` on `metric` (`previous`: its count in the window before); when that passes
+    `limit`, take it back and raise RateLimited."""
     current_key = _key(user_id, metric, window)
-    previous = int(cache.get(_key(user_id, metric, window - 1)) or 0)
     current = _incr(current_key, need)
     weighted = previous * (WINDOW_SECONDS - elapsed) / WINDOW_SECONDS + current
     if weighted <= limit:
@@ -126,10 +127,15 @@ def rate_limit_check(*, user, tokens: int) -> None:
     now = _clock()
     window = int(now // WINDOW_SECONDS)
     elapsed = now - window * WINDOW_SECONDS
-    _count(user.pk, "requests_per_minute", 1, limits.requests_per_minute, window, elapsed)
+    # Both previous windows in one read (one round trip to Redis, not two).
+    metrics = ("requests_per_minute", "tokens_per_minute")
+    previous_keys = {metric: _key(user.pk, metric, window - 1) for metric in metrics}
+    found = cache.get_many(list(previous_keys.values()))
+    previous = {metric: int(found.get(key) or 0) for metric, key in previous_keys.items()}
+    _count(user.pk, metrics[0], 1, limits.requests_per_minute, window, elapsed, previous[metrics[0]])
     try:
         if tokens:
-            _count(user.pk, "tokens_per_minute", tokens, limits.tokens_per_minute, window, elapsed)
+            _count(user.pk, metrics[1], tokens, limits.tokens_per_minute, window, elapsed, previous[metrics[1]])
     except RateLimited:
         _undo(_key(user.pk, "requests_per_minute", window), 1)
         raise
