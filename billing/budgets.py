@@ -110,8 +110,9 @@ def _roll_over(budget, now: dt.datetime) -> bool:
 def _covering(user):
     from .models import Budget
 
-    team_ids = list(user.teams.values_list("pk", flat=True))
-    return Budget.objects.filter(Q(user=user) | Q(team_id__in=team_ids))
+    # The user's teams as a subquery: one statement, not a read of the team ids first. Under
+    # select_for_update only the budget rows are locked (the subquery's rows are not).
+    return Budget.objects.filter(Q(user=user) | Q(team__in=user.teams.all()))
 
 
 def _owner_name(budget) -> str:
