@@ -61,3 +61,30 @@ async def test_the_sweep_runs_at_most_once_per_interval(monkeypatch):
     for _ in range(50):
         await layer.group_send("chat.g", {"type": "f"})
     assert len(sweeps) == 1
+
+
+async def test_a_flat_message_reaches_each_member_as_its_own_copy():
+    """A chat frame (strings and numbers only) is copied shallowly: still nothing shared with the
+    sender, nor between two receivers."""
+    layer = layers.InMemoryChannelLayer()
+    a, b = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("chat.g", a)
+    await layer.group_add("chat.g", b)
+    message = {"type": "chat.frame", "kind": "delta", "seq": 1, "message_id": None, "text": "hi"}
+    await layer.group_send("chat.g", message)
+    message["seq"] = 99
+    got_a, got_b = await layer.receive(a), await layer.receive(b)
+    got_a["text"] = "changed by a"
+    assert got_b == {"type": "chat.frame", "kind": "delta", "seq": 1, "message_id": None, "text": "hi"}
+    assert got_a["seq"] == 1
+
+
+async def test_a_channel_keeps_one_queue_while_messages_wait():
+    layer = layers.InMemoryChannelLayer()
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "x", "n": 1})
+    queue = layer.channels[channel]
+    await layer.send(channel, {"type": "x", "n": 2})
+    assert layer.channels[channel] is queue and queue.qsize() == 2
+    assert [(await layer.receive(channel))["n"] for _ in range(2)] == [1, 2]
+    assert channel not in layer.channels  # an idle channel keeps no queue
