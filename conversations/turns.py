@@ -952,14 +952,16 @@ def stream_state(*, conversation_id) -> dict | None:
     return cache.get(buffer_key(conversation_id))
 
 
-def _reap_settle(*, message_id, conversation_id, state: dict, text: str) -> None:
+def _reap_settle(*, message_id, conversation_id, started_at, state: dict, text: str) -> None:
     """Settle a dead reply from what its buffer knew: the input it sent (if a call started)
-    and the text that came out, estimated. The reservation is released either way."""
+    and the text that came out, estimated, at the price in force when the reply started (as
+    the turn would have: a price changed since does not apply to it). The reservation is
+    released either way."""
     from django.contrib.auth import get_user_model
 
     model_id = state["model"]
     provider, _sep, model_name = model_id.partition(":")
-    price = prices.price_for(model_id=model_id)
+    price = prices.price_for(model_id=model_id, at=started_at)
     attempt = int(state.get("attempt") or 0)
     input_tokens = int(state.get("input_tokens") or 0) if attempt else 0
     output_tokens = context_mod.count_tokens(text=text, model_id=model_id)[0] if text else 0
@@ -981,15 +983,14 @@ def replies_reap_stale(*, stale_seconds: int = STALE_SECONDS) -> int:
     """Mark replies whose process stopped heartbeating as `error`, keeping the text the buffer
     holds, and tell any open socket. Running twice does nothing more."""
     cutoff = timezone.now() - timedelta(seconds=stale_seconds)
-    stale = list(Message.objects.filter(status__in=RUNNING, heartbeat_at__lt=cutoff).values_list("id", "conversation_id", "content"))
+    fields = ("id", "conversation_id", "content", "created_at")
+    stale = list(Message.objects.filter(status__in=RUNNING, heartbeat_at__lt=cutoff).values_list(*fields))
     stale += list(
-        Message.objects.filter(status__in=RUNNING, heartbeat_at__isnull=True, created_at__lt=cutoff).values_list(
-            "id", "conversation_id", "content"
-        )
+        Message.objects.filter(status__in=RUNNING, heartbeat_at__isnull=True, created_at__lt=cutoff).values_list(*fields)
     )
     reaped = 0
     layer = get_channel_layer()
-    for message_id, conversation_id, content in stale:
+    for message_id, conversation_id, content, started_at in stale:
         state = cache.get(buffer_key(conversation_id)) or {}
         text = state.get("text", content) if state.get("message_id") == str(message_id) else content
         with transaction.atomic():
@@ -997,7 +998,7 @@ def replies_reap_stale(*, stale_seconds: int = STALE_SECONDS) -> int:
                 status=Message.Status.ERROR, finish_reason="error", error_code="interrupted", content=text, heartbeat_at=None
             )
             if changed and state.get("message_id") == str(message_id) and state.get("reservation_id"):
-                _reap_settle(message_id=message_id, conversation_id=conversation_id, state=state, text=text)
+                _reap_settle(message_id=message_id, conversation_id=conversation_id, started_at=started_at, state=state, text=text)
         if not changed:
             continue
         reaped += 1
