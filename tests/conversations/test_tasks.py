@@ -60,22 +60,31 @@ def test_the_rolling_summary_folds_dropped_turns_once(chat_backends, user):
     assert services.conversation_summary_update(conversation_id=conversation.id, upto_message_id=first.id) is False
 
 
-@pytest.mark.django_db
-def test_the_reaper_marks_stale_replies_error_keeping_the_buffered_text(chat_backends, user):
+def _dead_reply(user):
+    """A reply on openai:gpt-test whose process died 10 minutes ago, after 1000 input tokens and
+    the text "so far" (in its stream buffer). Returns (conversation, reply, reservation id)."""
+    from django.core.cache import cache
+
     conversation = Conversation.objects.create(owner=user, model="openai:gpt-test")
     question = Message.objects.create(conversation=conversation, role="user", content="q")
     stale = Message.objects.create(
         conversation=conversation, role="assistant", status="streaming", reply_to=question,
         heartbeat_at=timezone.now() - timedelta(minutes=10),
     )
-    from django.core.cache import cache
-
     reservation = uuid.uuid4()
     cache.set(
         turns.buffer_key(conversation.id),
         {"message_id": str(stale.id), "seq": 3, "text": "so far", "model": "openai:gpt-test",
          "reservation_id": str(reservation), "input_tokens": 1000, "user_id": user.pk, "attempt": 1},
     )
+    return conversation, stale, reservation
+
+
+@pytest.mark.django_db
+def test_the_reaper_marks_stale_replies_error_keeping_the_buffered_text(chat_backends, user):
+    from django.core.cache import cache
+
+    conversation, stale, reservation = _dead_reply(user)
     fresh_conv = Conversation.objects.create(owner=user, model="demo:echo")
     fresh = Message.objects.create(conversation=fresh_conv, role="assistant", status="streaming", heartbeat_at=timezone.now())
 
@@ -96,27 +105,14 @@ def test_the_reaper_marks_stale_replies_error_keeping_the_buffered_text(chat_bac
 @pytest.mark.django_db
 def test_the_reaper_charges_a_dead_reply_the_price_in_force_when_it_started(chat_backends, user, monkeypatch):
     """A price raised while the reply ran (or before the reaper came) does not apply to it."""
-    from django.core.cache import cache
-
     from billing import prices
 
     from .conftest import _quote
 
-    conversation = Conversation.objects.create(owner=user, model="openai:gpt-test")
-    question = Message.objects.create(conversation=conversation, role="user", content="q")
-    stale = Message.objects.create(
-        conversation=conversation, role="assistant", status="streaming", reply_to=question,
-        heartbeat_at=timezone.now() - timedelta(minutes=10),
-    )
+    _conversation, stale, reservation = _dead_reply(user)
     raised_at = timezone.now()
     old, new = chat_backends.price_table["openai:gpt-test"], _quote("openai", "gpt-test", "GPT test", "100", "200")
     monkeypatch.setattr(prices, "price_for", lambda *, model_id, at=None: old if at is not None and at < raised_at else new)
-    reservation = uuid.uuid4()
-    cache.set(
-        turns.buffer_key(conversation.id),
-        {"message_id": str(stale.id), "seq": 3, "text": "so far", "model": "openai:gpt-test",
-         "reservation_id": str(reservation), "input_tokens": 1000, "user_id": user.pk, "attempt": 1},
-    )
     assert tasks.replies_reap_stale() == 1
     # 1000 input tokens at $1/M + 2 output tokens at $2/M: the old price, not $100/M and $200/M.
     assert chat_backends.settlements == [(reservation, Decimal("0.001004"))]
