@@ -657,20 +657,24 @@ class _Attempt:
     latency_ms: int | None = None
 
 
-async def _wait_or_cancel(awaitable, cancel: asyncio.Event, timeout: float):
-    """(done, value): the awaitable's value, or done=False on cancel/timeout (then cancelled)."""
+async def _wait_or_cancel(awaitable, cancel: asyncio.Event, timeout: float | None = None):
+    """(done, value): the awaitable's value (or its exception, raised), or done=False when `cancel`
+    is set or `timeout` passes first; the work is cancelled then, and also when this is."""
     work = asyncio.ensure_future(awaitable)
     stopper = asyncio.ensure_future(cancel.wait())
     try:
-        finished, _pending = await asyncio.wait({work, stopper}, timeout=max(timeout, 0.001), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {work, stopper}, timeout=None if timeout is None else max(timeout, 0.001), return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         stopper.cancel()
-    if work in finished:
-        return True, work.result()
-    work.cancel()
-    with contextlib.suppress(BaseException):
-        await work
-    return False, None
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(BaseException):
+                await work
+    if work.cancelled():
+        return False, None
+    return True, work.result()
 
 
 async def _attempt(adapter, plan: _ReplyPlan, key, stream: _Stream, cancel: asyncio.Event) -> _Attempt:
@@ -712,21 +716,9 @@ async def _attempt(adapter, plan: _ReplyPlan, key, stream: _Stream, cancel: asyn
             with contextlib.suppress(BaseException):
                 await events.aclose()
 
-    work = asyncio.ensure_future(relay())
-    stopper = asyncio.ensure_future(cancel.wait())
     try:
-        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(BaseException):
-                await work
-    try:
-        if work.cancelled():
-            result.cancelled = True
-        else:
-            work.result()
+        finished, _ = await _wait_or_cancel(relay(), cancel)
+        result.cancelled = not finished
     except TimeoutError:
         result.error = ProviderError(ErrorKind.TIMEOUT, "the provider did not answer in time", after_output=result.got_output)
     except ProviderError as exc:
