@@ -32,7 +32,6 @@ import re
 import socket
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from aiohttp import web
@@ -137,38 +136,14 @@ class TimedFakeProvider(FakeProvider):
             times = self.times[tag] = []
         await self._before_answer(script, request)
 
-        model = body.get("model") or "unknown"
-        deltas, finish = self._plan(script, body.get("max_completion_tokens") or body.get("max_tokens"))
-        input_tokens, output_tokens, cached = self._usage(script, body, deltas)
-        usage = {
-            "prompt_tokens": input_tokens,
-            "completion_tokens": output_tokens,
-            "total_tokens": input_tokens + output_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached},
-        }
-        completion_id = f"chatcmpl-{uuid.uuid4().hex[:16]}"
-        created = int(time.time())
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-
-        def chunk(delta: dict, finish_reason: str | None = None, *, choices: bool = True, usage_value=None) -> bytes:
-            data: dict = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
-                if choices
-                else [],
-            }
-            if include_usage or usage_value is not None:
-                data["usage"] = usage_value
-            return f"data: {json.dumps(data)}\n\n".encode()
+        answer = self._openai_answer(script, body)
+        deltas, chunk = answer.deltas, answer.chunk
 
         # Every content chunk is the same JSON but for its text: encoded once around a marker.
         head, tail = chunk({"content": "\0"}).split(b'"\\u0000"')
-        tail_events = chunk({}, finish)
-        if include_usage:
-            tail_events = _framed(tail_events) + _framed(chunk({}, choices=False, usage_value=usage))
+        tail_events = chunk({}, answer.finish)
+        if answer.include_usage:
+            tail_events = _framed(tail_events) + _framed(chunk({}, choices=False, usage=answer.usage))
         else:
             tail_events = _framed(tail_events)
         tail_events += _framed(b"data: [DONE]\n\n")

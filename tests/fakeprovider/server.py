@@ -101,6 +101,32 @@ def _content_words(content: Any) -> int:
     return 0
 
 
+@dataclass
+class OpenAIAnswer:
+    """One scripted chat completion: its words, finish reason, usage and ids, and its chunks as
+    the streaming API encodes them (bench/chat_fake.py writes the same bytes its own way)."""
+
+    model: str
+    deltas: list[str]
+    finish: str
+    usage: dict[str, Any]
+    completion_id: str
+    created: int
+    include_usage: bool  # stream_options.include_usage: every chunk carries "usage" (null but the last)
+
+    def chunk(self, delta: dict, finish_reason: str | None = None, *, choices: bool = True, usage: dict | None = None) -> bytes:
+        data: dict[str, Any] = {
+            "id": self.completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}] if choices else [],
+        }
+        if self.include_usage or usage is not None:
+            data["usage"] = usage
+        return f"data: {json.dumps(data)}\n\n".encode()
+
+
 class FakeProvider:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, default: Script | None = None) -> None:
         self.host = host
@@ -332,6 +358,24 @@ class FakeProvider:
         auth = request.headers.get("Authorization", "")
         return auth[7:] if auth.startswith("Bearer ") else ""
 
+    def _openai_answer(self, script: Script, body: dict) -> OpenAIAnswer:
+        deltas, finish = self._plan(script, body.get("max_completion_tokens") or body.get("max_tokens"))
+        input_tokens, output_tokens, cached = self._usage(script, body, deltas)
+        return OpenAIAnswer(
+            model=body.get("model") or "unknown",
+            deltas=deltas,
+            finish=finish,
+            usage={
+                "prompt_tokens": input_tokens,
+                "completion_tokens": output_tokens,
+                "total_tokens": input_tokens + output_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached},
+            },
+            completion_id=f"chatcmpl-{uuid.uuid4().hex[:16]}",
+            created=int(time.time()),
+            include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+        )
+
     def _openai_error(self, script: Script) -> web.Response:
         defaults = {
             400: ("invalid_request_error", "Invalid request."),
@@ -369,61 +413,33 @@ class FakeProvider:
         if script.mode == "raw":
             return await self._raw(request, script)
 
-        model = body.get("model") or "unknown"
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        deltas, finish = self._plan(script, limit)
-        input_tokens, output_tokens, cached = self._usage(script, body, deltas)
-        usage = {
-            "prompt_tokens": input_tokens,
-            "completion_tokens": output_tokens,
-            "total_tokens": input_tokens + output_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached},
-        }
-        completion_id = f"chatcmpl-{uuid.uuid4().hex[:16]}"
-        created = int(time.time())
-
+        answer = self._openai_answer(script, body)
         if not body.get("stream"):
             return web.json_response(
                 {
-                    "id": completion_id,
+                    "id": answer.completion_id,
                     "object": "chat.completion",
-                    "created": created,
-                    "model": model,
+                    "created": answer.created,
+                    "model": answer.model,
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": "".join(deltas), "refusal": None},
-                            "finish_reason": finish,
+                            "message": {"role": "assistant", "content": "".join(answer.deltas), "refusal": None},
+                            "finish_reason": answer.finish,
                             "logprobs": None,
                         }
                     ],
-                    "usage": usage,
+                    "usage": answer.usage,
                 }
             )
 
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-
-        def chunk(delta: dict, finish_reason: str | None = None, *, choices: bool = True) -> bytes:
-            data: dict[str, Any] = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
-                if choices
-                else [],
-            }
-            if include_usage:
-                data["usage"] = None
-            return f"data: {json.dumps(data)}\n\n".encode()
-
         response = await self._sse(request)
-        await response.write(chunk({"role": "assistant", "content": ""}))
-        for index, text in enumerate(deltas):
+        await response.write(answer.chunk({"role": "assistant", "content": ""}))
+        for index, text in enumerate(answer.deltas):
             if script.mode in ("cut", "stream_error") and index >= script.cut_after:
                 break
             await self._pace(script)
-            await response.write(chunk({"content": text}))
+            await response.write(answer.chunk({"content": text}))
         if script.mode == "cut":
             self._cut(request)
             return response
@@ -437,17 +453,9 @@ class FakeProvider:
             await response.write(f"data: {json.dumps(error)}\n\n".encode())
             await response.write_eof()
             return response
-        await response.write(chunk({}, finish))
-        if include_usage:
-            final = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": usage,
-            }
-            await response.write(f"data: {json.dumps(final)}\n\n".encode())
+        await response.write(answer.chunk({}, answer.finish))
+        if answer.include_usage:
+            await response.write(answer.chunk({}, choices=False, usage=answer.usage))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
