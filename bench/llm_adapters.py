@@ -14,9 +14,7 @@ process, divided by the deltas received), `--rounds` times per provider:
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -33,6 +31,7 @@ from billing.keys import KeyLease  # noqa: E402
 from conversations.llm import get_adapter, warm_up  # noqa: E402
 from conversations.llm.base import ChatMessage, ChatRequest, TextDelta  # noqa: E402
 from tests.fakeprovider import FakeProvider, Script  # noqa: E402
+from tests.fakeprovider.standalone import standalone  # noqa: E402
 
 
 async def one_call(provider: str, key: KeyLease, request: ChatRequest) -> tuple[float, float, int]:
@@ -99,27 +98,9 @@ async def paced(provider: str, port: int, streams: int, words: int, rounds: int)
 
 
 def run_paced(args: argparse.Namespace) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    text = " ".join(["word"] * args.words)
-    command = [sys.executable, "-m", "tests.fakeprovider", "--port", str(port), "--pace-ms", str(args.pace_ms), "--text", text]
-    fake = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or fake.poll() is not None:
-                    raise SystemExit("the fake provider did not start") from None
-                time.sleep(0.05)
+    with standalone(text=" ".join(["word"] * args.words), pace_ms=args.pace_ms) as port:
         for provider in ("openai", "anthropic"):
             asyncio.run(paced(provider, port, args.streams, args.words, args.rounds))
-    finally:
-        fake.terminate()
-        fake.wait(10)
 
 
 def main() -> None:

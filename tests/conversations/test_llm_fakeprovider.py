@@ -1,19 +1,13 @@
 """The fake provider itself: non-streaming answers and the models list through the real SDKs
 (what title/summary generation and a "test key" action use), and the standalone server."""
 
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import anthropic
 import openai
 import pytest
 
 from tests.fakeprovider import Script
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.fakeprovider.standalone import standalone
 
 
 async def test_openai_non_streaming_answer_and_usage(fake_provider):
@@ -66,34 +60,12 @@ async def test_models_list_answers_a_good_key_and_refuses_a_bad_one(fake_provide
 
 
 def test_standalone_server_answers_the_sdk():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakeprovider", "--port", str(port), "--pace-ms", "1", "--text", "bench reply"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail(f"standalone fake provider did not start: {server.stdout.read()!r}")
-                time.sleep(0.05)
+    with standalone(text="bench reply", pace_ms=1) as port:
         client = openai.OpenAI(api_key="any", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
         chunks = client.chat.completions.create(
             model="m", messages=[{"role": "user", "content": "hi"}], stream=True, max_tokens=50
         )
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         client.close()
-    finally:
-        server.terminate()
-        server.wait(10)
-        server.stdout.close()
 
     assert text == "bench reply"
