@@ -780,7 +780,7 @@ async def amain(args) -> None:
             await phase_first_delta(stack, short_port, 1)
         await asyncio.to_thread(disable_key, "bench-first")
         await asyncio.to_thread(add_key, name="bench-long", port=long_port, priority=100)
-        ramp = [k for k in (int(x) for x in args.ramp.split(",")) if k <= args.streams]
+        ramp = [k for k in (int(x) for x in args.ramp.split(",")) if 0 < k <= args.streams]  # "0": none
         socks = await asyncio.to_thread(make_sockets_data, max(ramp, default=0) * len(ramp), "ramp")
         rows, used = [], 0
         for k in ramp:
@@ -788,6 +788,8 @@ async def amain(args) -> None:
             used += k
             rows.append(row)
             print(f"K={k}: {row['ok']}/{k} complete, load {row['load']}", flush=True)
+        if not rows:
+            return
         print_ramp(rows, args)
         passing = [r["k"] for r in rows if r["ok"] == r["k"]]
         print(f"\nLargest K with every reply complete and in order: {max(passing) if passing else 0}")
@@ -800,7 +802,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=500, help="the largest K of the ramp")
-    parser.add_argument("--ramp", default="50,100,200,500")
+    parser.add_argument("--ramp", default="50,100,200,500", help="Ks to run, comma-separated; 0 for none")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--pg-name", default="parley_bench")
     parser.add_argument("--redis-db", type=int, default=10)
