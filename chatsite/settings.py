@@ -258,6 +258,11 @@ AXES_CLIENT_IP_CALLABLE = "chatsite.net.client_ip"
 AXES_VERBOSE = False  # axes prints a banner at start; our logging says what matters
 
 # --- Sessions, CSRF, security headers -------------------------------------------------------
+# Read through the cache, kept in the database (Django's cached_db, made safe on cache faults):
+# every chat message re-checks its socket's session, and a cache read is far cheaper than a query.
+# Logouts clear both, so with Redis every process agrees; on the embedded defaults the
+# local-memory cache serves the one process there is.
+SESSION_ENGINE = "accounts.sessions"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_AGE = 60 * 60 * 24 * 14
