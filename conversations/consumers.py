@@ -120,8 +120,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _signed_out(self) -> bool:
         return not await database_sync_to_async(self._signed_in)()
 
-    def _signed_in(self) -> bool:
-        return sockets.session_signs_in(session_key=self.session_key, user_id=self.user.pk)
+    def _signed_in(self, user_row=None) -> bool:
+        return sockets.session_signs_in(session_key=self.session_key, user_id=self.user.pk, user_row=user_row)
 
     async def _close_signed_out(self):
         if self.closing:

@@ -38,9 +38,11 @@ def slot_key(user_id, n: int) -> str:
     return f"ws:slot:{int(user_id)}:{n}"
 
 
-def session_user_id(session_key: str | None):
+def session_user_id(session_key: str | None, *, user_row=None):
     """The id of the active user this session still signs in, else None. The same checks as
-    django.contrib.auth.get_user, on a fresh read of the session (never the socket's cached copy)."""
+    django.contrib.auth.get_user, on a fresh read of the session (never the socket's cached copy).
+    `user_row`: that user freshly read by the caller (with a conversation, say), so it is not
+    read again; used only when it is the session's user."""
     if not session_key:
         return None
     from importlib import import_module
@@ -54,7 +56,10 @@ def session_user_id(session_key: str | None):
         return None
     if backend_path not in settings.AUTHENTICATION_BACKENDS:
         return None
-    user = load_backend(backend_path).get_user(user_id)  # None when inactive or gone
+    if user_row is not None and user_row.pk == user_id:
+        user = user_row
+    else:
+        user = load_backend(backend_path).get_user(user_id)  # None when inactive or gone
     if user is None or not user.is_active:
         return None
     session_hash = data.get(HASH_SESSION_KEY)
@@ -64,9 +69,9 @@ def session_user_id(session_key: str | None):
     return user.pk
 
 
-def session_signs_in(*, session_key: str | None, user_id) -> bool:
+def session_signs_in(*, session_key: str | None, user_id, user_row=None) -> bool:
     """A socket opened by `user_id` may go on serving: its session still signs that user in."""
-    found = session_user_id(session_key)
+    found = session_user_id(session_key, user_row=user_row)
     return found is not None and found == user_id
 
 

@@ -174,21 +174,18 @@ SIGNED_OUT = "signed_out"  # the guard failed: nothing was saved (never sent; th
 
 
 async def turn_start(
-    *, user, conversation: Conversation, content: str, client_id: uuid.UUID, guard: Callable[[], bool] | None = None
+    *, user, conversation: Conversation, content: str, client_id: uuid.UUID, guard: Callable[[object], bool] | None = None
 ) -> TurnResult:
     """Save the user's message (idempotent on client_id) and start its reply. Never raises for a
     refusal: the result carries the error code and message for the sender.
 
     `guard`, if given, runs first in the same database call (the socket's "still signed in?"
-    check: one trip to the database thread instead of two); when it fails nothing is saved and
-    the error code is SIGNED_OUT."""
-
-    def prepare() -> tuple[TurnResult, _ReplyPlan | None]:
-        if guard is not None and not guard():
-            return TurnResult(None, client_id, error=TurnError(SIGNED_OUT, "")), None
-        return _turn_prepare(user=user, conversation_id=conversation.id, content=content, client_id=client_id)
-
-    result, plan = await _db(prepare)()
+    check: one trip to the database thread instead of two). It is given the owner's row as read
+    with the conversation (None when the conversation is gone), so it need not read it again;
+    when it fails nothing is saved and the error code is SIGNED_OUT."""
+    result, plan = await _db(_turn_prepare)(
+        user=user, conversation_id=conversation.id, content=content, client_id=client_id, guard=guard
+    )
     if plan is not None:
         _reply_launch(plan)
     return result
@@ -206,11 +203,15 @@ def _closed_account() -> TurnError:
     return TurnError("invalid_input", _("This account is closed."))
 
 
-def _turn_prepare(*, user, conversation_id, content: str, client_id: uuid.UUID) -> tuple[TurnResult, _ReplyPlan | None]:
+def _turn_prepare(
+    *, user, conversation_id, content: str, client_id: uuid.UUID, guard: Callable[[object], bool] | None = None
+) -> tuple[TurnResult, _ReplyPlan | None]:
     # The owner is read with the conversation (one query): a socket opened before the account
     # was locked (erasure, deactivation) still holds the old user object, and must not start a
     # reply, or save words, while the erasure waits for its task.
     conversation = Conversation.objects.filter(id=conversation_id, owner=user).select_related("owner").first()
+    if guard is not None and not guard(conversation.owner if conversation is not None else None):
+        return TurnResult(None, client_id, error=TurnError(SIGNED_OUT, "")), None
     if conversation is None:  # deleted in another tab while this socket was open
         return TurnResult(None, client_id, error=TurnError("invalid_input", _("This conversation no longer exists."))), None
     if not conversation.owner.is_active:

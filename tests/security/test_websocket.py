@@ -124,6 +124,24 @@ async def test_a_frame_on_a_session_ended_without_a_signal_closes_and_does_nothi
     await ws.disconnect()
 
 
+async def test_a_password_changed_without_a_signal_ends_the_socket_at_its_next_message(app, user):
+    """Another process changed the password (the session's hash no longer matches): the message
+    is refused unsaved, read against the user row as it is now."""
+    from django.contrib.auth.hashers import make_password
+
+    conversation = await _conversation(user)
+    ws, connected, _ = await ws_open(app, _path(conversation), cookie=await session_cookie_of(user))
+    assert connected
+    await database_sync_to_async(
+        lambda: type(user).objects.filter(pk=user.pk).update(password=make_password("a new password 42"))
+    )()
+    await ws.send_json_to(_user_message("after the change"))
+    frames, code = await frames_until_close(ws, timeout=5)
+    assert code == consumers.CLOSE_SIGNED_OUT and frames == []
+    assert await _message_count(conversation) == 0
+    await ws.disconnect()
+
+
 async def test_erasing_or_deactivating_the_user_closes_their_sockets(app, make_user):
     from accounts.data_rights import erasure_request
 
