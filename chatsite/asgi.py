@@ -1,5 +1,6 @@
 """HTTP and websockets on one ASGI application, served by Daphne."""
 
+import gc
 import os
 import threading
 
@@ -17,9 +18,20 @@ from chatsite.middleware import BodySizeLimitMiddleware  # noqa: E402
 from conversations.llm import warm_up  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 
-# Importing the provider SDKs and loading the token encoding takes seconds; do it beside
-# startup, not inside the first person's chat turn.
-threading.Thread(target=warm_up, name="llm-warm-up", daemon=True).start()
+
+def warm_up_and_freeze() -> None:
+    """Importing the provider SDKs and loading the token encoding takes seconds: done beside
+    startup, not inside the first person's chat turn. Then what startup made (modules, Django's
+    registries, the SDKs, the encodings: ~290,000 objects) is frozen, as it lives as long as the
+    process: a full garbage collection no longer walks it. Every frame in flight waits out such a
+    collection; at 200 streams they took 150-210 ms each, and 20-55 ms with the heap frozen
+    (BENCHMARKS.md, "Chat streaming")."""
+    warm_up()
+    gc.collect()  # what is garbage now is not frozen with the rest
+    gc.freeze()
+
+
+threading.Thread(target=warm_up_and_freeze, name="llm-warm-up", daemon=True).start()
 
 application = ProtocolTypeRouter(
     {
