@@ -179,10 +179,10 @@ async def turn_start(
     """Save the user's message (idempotent on client_id) and start its reply. Never raises for a
     refusal: the result carries the error code and message for the sender.
 
-    `guard`, if given, runs first in the same database call (the socket's "still signed in?"
-    check: one trip to the database thread instead of two). It is given the owner's row as read
-    with the conversation (None when the conversation is gone), so it need not read it again;
-    when it fails nothing is saved and the error code is SIGNED_OUT."""
+    `guard`, if given, runs in the same database call before anything is saved (the socket's
+    "still signed in?" check: one trip to the database thread instead of two). It is given the
+    owner's row as read with the conversation (None when the conversation is gone), so it need
+    not read it again; when it fails nothing is saved and the error code is SIGNED_OUT."""
     result, plan = await _db(_turn_prepare)(
         user=user, conversation_id=conversation.id, content=content, client_id=client_id, guard=guard
     )
