@@ -111,7 +111,7 @@ def run_parts(args, port: int) -> list:
         connection.close()  # what a thread without a kept connection pays on every call
         Conversation.objects.exists()
 
-    rows.append(("a new DB connection for a call (not paid on turn threads)", timed(fresh_connection, n)))
+    rows.append(("a connection opened for a call (SQLite; turn threads keep theirs) or borrowed (PostgreSQL pool)", timed(fresh_connection, n)))
     leases = []
     rows.append(("`keys.key_choose` (part of the preparation above)", timed(lambda i: leases.append(keys.key_choose(provider="openai")), n)))
     rows.append(("`_reply_mark_streaming` (the streaming flip)", timed(as_channels(lambda i: turns._reply_mark_streaming(message_id=plans[i].message_id)), n)))
