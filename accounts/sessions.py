@@ -6,8 +6,9 @@ cache that is a lookup instead of a query. Django's engine, when the cache fails
 - on a read that missed, raises from the cache write after the database read (the page fails);
 - on a logout, has already deleted the database row when the cache delete raises, and the
   cached copy then goes on signing the session in until it expires.
-Here a read falls back to the database alone, and a logout forgets the cached copy first: if the
-cache cannot, the logout fails whole and nothing changed.
+Here a read (and the check that a new session key is free) falls back to the database alone,
+and a logout forgets the cached copy first: if the cache cannot, the logout fails whole and
+nothing changed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ class SessionStore(cached_db.SessionStore):
         except Exception:  # noqa: BLE001
             logger.warning("session cache unavailable; the session was read from the database")
         return data
+
+    def exists(self, session_key):
+        # Asked for every new session key (a login makes one); the database has them all.
+        try:
+            return super().exists(session_key)
+        except Exception:  # noqa: BLE001
+            logger.warning("session cache unavailable; checking the new session key in the database")
+            return DBStore.exists(self, session_key)
 
     def delete(self, session_key=None):
         session_key = session_key or self.session_key

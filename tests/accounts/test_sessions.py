@@ -27,6 +27,11 @@ class FailingCache:
             return fail
         return getattr(cache, name)
 
+    def __contains__(self, key):  # `key in cache` skips __getattr__
+        if "__contains__" in self.failing:
+            raise ConnectionError("cache down (__contains__)")
+        return key in cache
+
 
 def _signed_in_session(client, user) -> str:
     client.force_login(user)
@@ -72,6 +77,16 @@ def test_the_pages_work_while_the_session_cache_is_down(client, user, monkeypatc
     monkeypatch.setattr(cached_db, "caches", {settings.SESSION_CACHE_ALIAS: FailingCache("get", "set")})
     response = client.get("/accounts/profile/")
     assert response.status_code == 200 and response.context["user"] == user
+
+
+def test_a_login_works_while_the_session_cache_is_down(client, user, monkeypatch, settings):
+    from django.contrib.sessions.backends import cached_db
+
+    monkeypatch.setattr(cached_db, "caches", {settings.SESSION_CACHE_ALIAS: FailingCache("get", "set", "__contains__")})
+    response = client.post("/accounts/login/", {"username": "alice", "password": "correct horse battery 9"})
+    assert response.status_code == 302
+    key = client.cookies["sessionid"].value
+    assert Session.objects.get(session_key=key).get_decoded()["_auth_user_id"] == str(user.pk)
 
 
 def test_a_logout_the_cache_cannot_record_fails_whole(client, user):
