@@ -45,6 +45,22 @@ def needs_chromium():
     need(os.path.exists(CHROMIUM) or bool(shutil.which("chromium")), f"needs Debian's chromium at {CHROMIUM}")
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database, whose PostgreSQL connections still held by other threads
+    (turn threads, Channels' and asgiref's executors) are ended when the session ends: Django can
+    drop a database only when no one else is connected to it."""
+    yield
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(settings):
     """Each test starts with an empty cache (rate limits, stream buffers live there)."""
