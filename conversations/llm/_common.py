@@ -19,7 +19,7 @@ import re
 import ssl
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -413,13 +413,6 @@ class SDKAdapter:
         """The ProviderError for the SDK's APIStatusError (each SDK exposes the body differently)."""
         raise NotImplementedError
 
-    @staticmethod
-    async def open_stream(deadlines: Deadlines, manager: Any) -> Any:
-        """Send the request of a `with_streaming_response` call under the first deadline: the SDK
-        builds and authenticates it, and raises its APIStatusError for an error answer. Returns the
-        SDK's response, its body unread; the caller closes it."""
-        return await deadlines.within(manager.__aenter__())
-
     async def begin(self, key: KeyLease | None) -> tuple[ModuleType, Deadlines, Any]:
         """(the SDK module, the call's deadlines, an SDK client for the key)."""
         if key is None:
@@ -444,15 +437,38 @@ class SDKAdapter:
             return transport_error(provider=self.label, exc=exc, after_output=after_output)
         return None
 
+    @contextlib.contextmanager
+    def provider_errors(self, sdk: ModuleType, deadlines: Deadlines) -> Iterator[None]:
+        """Whatever the SDK or the transport raises in the block comes out as a ProviderError
+        (error_from; whether output had arrived is read when it fails); anything else, a bug, as
+        it is."""
+        try:
+            yield
+        except Exception as exc:
+            error = self.error_from(exc, sdk=sdk, after_output=deadlines.got_output)
+            if error is None:
+                raise
+            raise error from None
+
+    @contextlib.asynccontextmanager
+    async def streamed_response(self, sdk: ModuleType, deadlines: Deadlines, manager: Any) -> AsyncIterator[Any]:
+        """The SDK's response to a `with_streaming_response` call, its body unread, for the block to
+        read. The request is sent under the first deadline (the SDK builds and authenticates it,
+        and raises its APIStatusError for an error answer); failures, sending or in the block, come
+        out as ProviderErrors (provider_errors); the response is closed after the block."""
+        response = None
+        try:
+            with self.provider_errors(sdk, deadlines):
+                response = await deadlines.within(manager.__aenter__())
+                yield response
+        finally:
+            if response is not None:
+                await response.close()
+
     async def ping(self, *, key: KeyLease) -> list[str]:
         """The model names the key can list (GET /v1/models): a cheap check that a key and its base
         URL work, costing no tokens. Raises ProviderError like stream()."""
         sdk, deadlines, client = await self.begin(key)
-        try:
+        with self.provider_errors(sdk, deadlines):
             page = await deadlines.within(client.models.list())
-        except Exception as exc:
-            error = self.error_from(exc, sdk=sdk, after_output=False)
-            if error is None:
-                raise
-            raise error from None
         return [model.id for model in page.data]

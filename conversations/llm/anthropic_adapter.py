@@ -109,44 +109,32 @@ class AnthropicAdapter(_common.SDKAdapter):
 
     async def stream(self, request: ChatRequest, *, key: KeyLease | None) -> AsyncIterator[StreamEvent]:
         sdk, deadlines, client = await self.begin(key)
-        response = None
         counts = _Counts()
         finish: str | None = None
         stopped = False
-        try:
-            try:
-                response = await self.open_stream(
-                    deadlines, client.messages.with_streaming_response.create(**self.request_params(request), stream=True)
-                )
-                chunks = response.http_response.aiter_bytes()
-                decoder = _sse.SSEDecoder()
-                while not stopped and (body := await deadlines.read(chunks)) is not None:
-                    for name, data in decoder.feed(body):
-                        if name == b"content_block_delta":
-                            text = self.delta_text(data, after_output=deadlines.got_output)
-                            if text:
-                                deadlines.got_output = True
-                                yield TextDelta(text)
-                        elif name == b"message_start" or name == b"message_delta":
-                            stop_reason = self.count(name, data, counts, after_output=deadlines.got_output)
-                            if stop_reason:
-                                finish = "length" if stop_reason in _LENGTH_STOPS else "stop"
-                                deadlines.got_output = True
-                        elif name == b"message_stop":
-                            stopped = True  # the end: no event after it is read
-                            break
-                        elif name == b"error":
-                            raise self.stream_error(data, response=response, after_output=deadlines.got_output)
-                if stopped:
-                    await _common.drain(chunks)
-            except Exception as exc:
-                error = self.error_from(exc, sdk=sdk, after_output=deadlines.got_output)
-                if error is None:
-                    raise
-                raise error from None
-        finally:
-            if response is not None:
-                await response.close()
+        manager = client.messages.with_streaming_response.create(**self.request_params(request), stream=True)
+        async with self.streamed_response(sdk, deadlines, manager) as response:
+            chunks = response.http_response.aiter_bytes()
+            decoder = _sse.SSEDecoder()
+            while not stopped and (body := await deadlines.read(chunks)) is not None:
+                for name, data in decoder.feed(body):
+                    if name == b"content_block_delta":
+                        text = self.delta_text(data, after_output=deadlines.got_output)
+                        if text:
+                            deadlines.got_output = True
+                            yield TextDelta(text)
+                    elif name == b"message_start" or name == b"message_delta":
+                        stop_reason = self.count(name, data, counts, after_output=deadlines.got_output)
+                        if stop_reason:
+                            finish = "length" if stop_reason in _LENGTH_STOPS else "stop"
+                            deadlines.got_output = True
+                    elif name == b"message_stop":
+                        stopped = True  # the end: no event after it is read
+                        break
+                    elif name == b"error":
+                        raise self.stream_error(data, response=response, after_output=deadlines.got_output)
+            if stopped:
+                await _common.drain(chunks)
         if finish is None or not stopped:
             raise _common.stream_cut(provider=PROVIDER_LABEL, after_output=deadlines.got_output)
         if counts.reported:

@@ -81,50 +81,35 @@ class OpenAIAdapter(_common.SDKAdapter):
 
     async def stream(self, request: ChatRequest, *, key: KeyLease | None) -> AsyncIterator[StreamEvent]:
         sdk, deadlines, client = await self.begin(key)
-        response = None
         usage: Usage | None = None
         finish: str | None = None
-        try:
-            try:
-                response = await self.open_stream(
-                    deadlines,
-                    client.chat.completions.with_streaming_response.create(
-                        **self.request_params(request, key=key),
-                        stream=True,
-                        stream_options={"include_usage": True},
-                    ),
-                )
-                chunks = response.http_response.aiter_bytes()
-                decoder = _sse.SSEDecoder()
-                done = False
-                while not done and (body := await deadlines.read(chunks)) is not None:
-                    for _name, data in decoder.feed(body):
-                        if data.startswith(b"[DONE]"):
-                            # The end, as the SDK reads it: no event after it is read.
-                            done = True
-                            break
-                        chunk = _common.json_object(data, provider=PROVIDER_LABEL, after_output=deadlines.got_output)
-                        if chunk.get("error"):
-                            raise self.stream_error(chunk["error"], after_output=deadlines.got_output)
-                        text, reason, chunk_usage = self.chunk_parts(chunk, after_output=deadlines.got_output)
-                        if text:
-                            deadlines.got_output = True
-                            yield TextDelta(text)
-                        if reason:
-                            finish = _finish_reason(reason)
-                            deadlines.got_output = True
-                        if chunk_usage is not None:
-                            usage = chunk_usage
-                if done:
-                    await _common.drain(chunks)
-            except Exception as exc:
-                error = self.error_from(exc, sdk=sdk, after_output=deadlines.got_output)
-                if error is None:
-                    raise
-                raise error from None
-        finally:
-            if response is not None:
-                await response.close()
+        manager = client.chat.completions.with_streaming_response.create(
+            **self.request_params(request, key=key), stream=True, stream_options={"include_usage": True}
+        )
+        async with self.streamed_response(sdk, deadlines, manager) as response:
+            chunks = response.http_response.aiter_bytes()
+            decoder = _sse.SSEDecoder()
+            done = False
+            while not done and (body := await deadlines.read(chunks)) is not None:
+                for _name, data in decoder.feed(body):
+                    if data.startswith(b"[DONE]"):
+                        # The end, as the SDK reads it: no event after it is read.
+                        done = True
+                        break
+                    chunk = _common.json_object(data, provider=PROVIDER_LABEL, after_output=deadlines.got_output)
+                    if chunk.get("error"):
+                        raise self.stream_error(chunk["error"], after_output=deadlines.got_output)
+                    text, reason, chunk_usage = self.chunk_parts(chunk, after_output=deadlines.got_output)
+                    if text:
+                        deadlines.got_output = True
+                        yield TextDelta(text)
+                    if reason:
+                        finish = _finish_reason(reason)
+                        deadlines.got_output = True
+                    if chunk_usage is not None:
+                        usage = chunk_usage
+            if done:
+                await _common.drain(chunks)
         if finish is None:
             # The body ended without a finish reason: the connection was closed early.
             raise _common.stream_cut(provider=PROVIDER_LABEL, after_output=deadlines.got_output)
