@@ -34,6 +34,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -976,26 +977,25 @@ def replies_reap_stale(*, stale_seconds: int = STALE_SECONDS) -> int:
     """Mark replies whose process stopped heartbeating as `error`, keeping the text the buffer
     holds, and tell any open socket. Running twice does nothing more."""
     cutoff = timezone.now() - timedelta(seconds=stale_seconds)
-    fields = ("id", "conversation_id", "content", "created_at")
-    stale = list(Message.objects.filter(status__in=RUNNING, heartbeat_at__lt=cutoff).values_list(*fields))
-    stale += list(
-        Message.objects.filter(status__in=RUNNING, heartbeat_at__isnull=True, created_at__lt=cutoff).values_list(*fields)
-    )
+    # Silent since the cutoff, or (never heartbeated) created before it.
+    silent = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
+    stale = Message.objects.filter(silent, status__in=RUNNING).values_list("id", "conversation_id", "content", "created_at")
     reaped = 0
     layer = get_channel_layer()
-    for message_id, conversation_id, content, started_at in stale:
+    for message_id, conversation_id, content, started_at in list(stale):
         state = cache.get(buffer_key(conversation_id)) or {}
-        text = state.get("text", content) if state.get("message_id") == str(message_id) else content
+        buffered = state.get("message_id") == str(message_id)  # the buffer is this reply's
+        text = state.get("text", content) if buffered else content
         with transaction.atomic():
             changed = Message.objects.filter(id=message_id, status__in=RUNNING).update(
                 status=Message.Status.ERROR, finish_reason="error", error_code="interrupted", content=text, heartbeat_at=None
             )
-            if changed and state.get("message_id") == str(message_id) and state.get("reservation_id"):
+            if changed and buffered and state.get("reservation_id"):
                 _reap_settle(message_id=message_id, conversation_id=conversation_id, started_at=started_at, state=state, text=text)
         if not changed:
             continue
         reaped += 1
-        if state.get("message_id") == str(message_id):
+        if buffered:
             cache.delete(buffer_key(conversation_id))
         frame_usage = {"input_tokens": 0, "output_tokens": 0, "cost": money_str(ZERO)}
         with contextlib.suppress(Exception):

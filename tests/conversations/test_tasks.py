@@ -103,6 +103,24 @@ def test_the_reaper_marks_stale_replies_error_keeping_the_buffered_text(chat_bac
 
 
 @pytest.mark.django_db
+def test_the_reaper_takes_a_reply_that_never_heartbeated_once_it_is_older_than_the_cutoff(chat_backends, user):
+    old, young = (  # one running reply per conversation
+        Message.objects.create(
+            conversation=Conversation.objects.create(owner=user, model="demo:echo"), role="assistant", status="pending", content=text
+        )
+        for text in ("old", "young")
+    )
+    Message.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(minutes=10), heartbeat_at=None)
+    Message.objects.filter(pk=young.pk).update(heartbeat_at=None)
+
+    assert tasks.replies_reap_stale() == 1
+    old.refresh_from_db()
+    young.refresh_from_db()
+    assert (old.status, old.error_code, old.content) == ("error", "interrupted", "old")
+    assert young.status == "pending"
+
+
+@pytest.mark.django_db
 def test_the_reaper_charges_a_dead_reply_the_price_in_force_when_it_started(chat_backends, user, monkeypatch):
     """A price raised while the reply ran (or before the reaper came) does not apply to it."""
     from billing import prices
