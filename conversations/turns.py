@@ -491,7 +491,6 @@ class _Stream:
         self.marking: asyncio.Task | None = None  # the one "streaming" flip, started at the first text
         # Named once, not at every frame.
         self.buffer_key = buffer_key(plan.conversation_id)
-        self.group = group_name(plan.conversation_id)
         self.message_id = str(plan.message_id)
 
     def add(self, text: str) -> None:
@@ -523,7 +522,7 @@ class _Stream:
                 BUFFER_TTL,
             )
             frame = {"type": "delta", "message_id": self.message_id, "seq": self.seq, "text": chunk}
-            await self.layer.group_send(self.group, frame_event(frame))
+            await _publish(self.layer, self.plan.conversation_id, frame)
 
     async def run(self) -> None:
         """Flush every FRAME_SECONDS, and flip the row to "streaming" at the first text."""
