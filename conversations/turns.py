@@ -572,31 +572,69 @@ async def _end_listener(layer, control: str, listener: asyncio.Task, *, conversa
             await listener
 
 
+@dataclass
+class _Wiring:
+    """What a running reply sets up on the channel layer beside its provider call."""
+
+    control: str | None = None  # the channel its stop listener reads
+    listener: asyncio.Task | None = None
+    flusher: asyncio.Task | None = None
+    failed: bool = False
+
+
+async def _reply_wire(plan: _ReplyPlan, layer, stream: _Stream, cancel: asyncio.Event, wiring: _Wiring) -> None:
+    """The "start" frame, the stop listener and the flusher. Only the flusher publishes deltas,
+    and it starts after "start" went out: text that arrives sooner waits in the stream. When the
+    layer fails here the provider call is stopped: nobody could hear the reply or stop it."""
+    try:
+        await _publish(layer, plan.conversation_id, {"type": "start", "message_id": str(plan.message_id), "model": plan.model_id})
+        wiring.control = await layer.new_channel()
+        await layer.group_add(control_group_name(plan.conversation_id), wiring.control)
+        wiring.listener = asyncio.create_task(_listen_stop(layer, wiring.control, plan.message_id, cancel))
+        wiring.flusher = asyncio.create_task(stream.run())
+    except Exception:  # noqa: BLE001 - the reply ends as an error below, billed for any call made
+        logger.exception("reply %s: the channel layer failed as it started", plan.message_id)
+        wiring.failed = True
+        cancel.set()
+
+
 async def _reply_run(plan: _ReplyPlan) -> None:
     layer = get_channel_layer()
     stream = _Stream(plan, layer)
     cancel = asyncio.Event()
-    await _publish(layer, plan.conversation_id, {"type": "start", "message_id": str(plan.message_id), "model": plan.model_id})
-    control = await layer.new_channel()
-    await layer.group_add(control_group_name(plan.conversation_id), control)
-    listener = asyncio.create_task(_listen_stop(layer, control, plan.message_id, cancel))
-    flusher = asyncio.create_task(stream.run())
     _CANCELS[plan.message_id] = cancel
+    # The provider call goes out first: the wiring's task runs once the call waits on the
+    # network, so its layer round trips (three on Redis) overlap the provider's time to its first
+    # token instead of adding to the first delta's.
+    wiring = _Wiring()
+    wire = asyncio.create_task(_reply_wire(plan, layer, stream, cancel, wiring))
     try:
         outcome = await _reply_attempts(plan, stream, cancel)
     except Exception:  # noqa: BLE001 - whatever broke, the reply must end and settle
         logger.exception("reply %s failed unexpectedly", plan.message_id)
         outcome = _Outcome("error", error_code="provider_error", error_message=_("The reply failed."))
     finally:
+        with contextlib.suppress(BaseException):
+            await wire  # long done, unless the call ended at once
         _CANCELS.pop(plan.message_id, None)
         stream.finished.set()
         stream.wakeup.set()
-        with contextlib.suppress(BaseException):
-            await flusher
-        # End the listener with a message, not cancel(): on channels_redis a receive cancelled
-        # while it waits on the process's shared inbox loses a message already taken for another
-        # socket of this process (a delta would go missing there).
-        await _end_listener(layer, control, listener, conversation_id=plan.conversation_id)
+        if wiring.flusher is not None:
+            with contextlib.suppress(BaseException):
+                await wiring.flusher
+        if wiring.listener is not None:
+            # End the listener with a message, not cancel(): on channels_redis a receive cancelled
+            # while it waits on the process's shared inbox loses a message already taken for
+            # another socket of this process (a delta would go missing there).
+            await _end_listener(layer, wiring.control, wiring.listener, conversation_id=plan.conversation_id)
+        elif wiring.control is not None:
+            with contextlib.suppress(Exception):
+                await layer.group_discard(control_group_name(plan.conversation_id), wiring.control)
+    if wiring.failed:
+        # The call was stopped (or had ended); what it did is kept for the bill, not the reason.
+        outcome.finish_reason = "error"
+        outcome.error_code = "provider_error"
+        outcome.error_message = _("The reply failed.")
     try:
         await stream.flush()
     except Exception:  # noqa: BLE001 - the text is in stream.text; saving it matters more than one frame

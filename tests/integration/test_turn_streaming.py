@@ -4,6 +4,7 @@ with the user told why and the money right."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
 
@@ -176,6 +177,59 @@ async def test_a_stream_cut_after_some_deltas_keeps_the_text_and_charges_what_wa
     record = await db(UsageRecord.objects.get)(message_id=reply.id)
     assert record.estimated and record.cost == spent and record.outcome == "error"
     assert done["usage"]["cost"] == money_str(spent)
+
+
+async def test_a_channel_layer_failing_as_the_reply_starts_ends_it_billed_and_keeps_the_socket_usable(
+    priced, add_key, fake_provider, make_user, conversation_for, monkeypatch
+):
+    # The provider request goes out before the reply's layer set-up (the stop listener's group):
+    # when that set-up fails, the call already made must be stopped, billed and settled, and
+    # the reply end as an error the user hears, not hang until the reaper.
+    from channels.layers import get_channel_layer
+
+    from conversations import turns
+
+    user = await db(make_user)("layerfault")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("openai", "sk-layer-fault", text="a slow reply that never gets to finish", pace_ms=200)
+    conversation = await db(conversation_for)(user)
+    layer = get_channel_layer()
+    real_group_add = layer.group_add
+
+    async def group_add(group, channel):
+        if group == turns.control_group_name(conversation.id):
+            # As a layer over the network fails: after a while, the request already out.
+            for _ in range(200):
+                if fake_provider.requests_for("sk-layer-fault"):
+                    break
+                await asyncio.sleep(0.01)
+            raise ConnectionError("the channel layer is away")
+        return await real_group_add(group, channel)
+
+    ws = await ws_open(user, conversation.id)
+    monkeypatch.setattr(layer, "group_add", group_add)
+    frames = await ws_turn(ws, "start and fail", timeout=10)
+    await replies_finished()
+    monkeypatch.setattr(layer, "group_add", real_group_add)
+
+    (error,) = of_type(frames, "error")
+    assert error["code"] == "provider_error" and error["message_id"] == frames[-1]["message_id"]
+    assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "error"
+    reply = await db(Message.objects.get)(id=frames[-1]["message_id"])
+    assert reply.status == Message.Status.ERROR
+    assert await db(Message.objects.filter(role="user", content="start and fail").exists)()
+    # The request was made: billed as the estimate of its input, the hold released.
+    assert len(fake_provider.requests_for("sk-layer-fault")) == 1
+    spent, reserved = await db(spent_and_reserved)(user)
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    assert reserved == 0 and spent == record.cost > 0 and record.estimated
+    # The socket still works: the next message streams a whole reply.
+    await db(add_key)("openai", "sk-layer-back", text="Back again.", priority=200)
+    again = await ws_turn(ws, "and now?")
+    await replies_finished()
+    await ws.disconnect()
+    assert "".join(d["text"] for d in of_type(again, "delta")) == "Back again."
+    assert again[-1]["finish_reason"] == "stop"
 
 
 async def test_a_resend_of_the_same_client_id_never_charges_twice(priced, add_key, fake_provider, make_user, conversation_for):
