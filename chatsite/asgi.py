@@ -4,6 +4,7 @@ import gc
 import os
 import threading
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
@@ -14,6 +15,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from chatsite.celery import beat_embedded_start  # noqa: E402
 from chatsite.middleware import BodySizeLimitMiddleware  # noqa: E402
 from conversations.llm import warm_up  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
@@ -32,6 +34,8 @@ def warm_up_and_freeze() -> None:
 
 
 threading.Thread(target=warm_up_and_freeze, name="llm-warm-up", daemon=True).start()
+if settings.CELERY_BEAT_EMBEDDED:
+    beat_embedded_start()
 
 application = ProtocolTypeRouter(
     {

@@ -201,6 +201,10 @@ else:
     CELERY_RESULT_BACKEND = None
     # No broker: tasks run in-process, in the thread that queued them (after commit).
     CELERY_TASK_ALWAYS_EAGER = True
+# Without a broker no Celery beat runs beside the site: the ASGI process runs the schedule below
+# in a thread of its own (chatsite.celery.beat_embedded_start), so the embedded default reaps dead
+# replies and releases stale holds too. With Redis, the `beat` service runs it, once.
+CELERY_BEAT_EMBEDDED = _bool("CELERY_BEAT_EMBEDDED", not REDIS_URL and not TESTING)
 CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

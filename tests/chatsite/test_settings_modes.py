@@ -13,7 +13,8 @@ PROBE = (
     "import json; from django.conf import settings as s; print(json.dumps({"
     "'engine': s.DATABASES['default']['ENGINE'], 'conn_max_age': s.DATABASES['default'].get('CONN_MAX_AGE'),"
     "'options': s.DATABASES['default'].get('OPTIONS', {}), 'layer': s.CHANNEL_LAYERS['default']['BACKEND'],"
-    "'cache': s.CACHES['default']['BACKEND'], 'eager': s.CELERY_TASK_ALWAYS_EAGER, 'broker': s.CELERY_BROKER_URL}))"
+    "'cache': s.CACHES['default']['BACKEND'], 'eager': s.CELERY_TASK_ALWAYS_EAGER, 'broker': s.CELERY_BROKER_URL,"
+    "'beat_embedded': s.CELERY_BEAT_EMBEDDED}))"
 )
 
 
@@ -35,6 +36,7 @@ def test_no_variables_means_the_embedded_defaults():
     assert config["layer"] == "chatsite.layers.InMemoryChannelLayer"
     assert config["cache"] == "django.core.cache.backends.locmem.LocMemCache"
     assert config["eager"] is True
+    assert config["beat_embedded"] is True  # no beat process exists: the site runs the schedule
 
 
 def test_redis_url_switches_layer_cache_and_celery_to_redis():
@@ -42,6 +44,7 @@ def test_redis_url_switches_layer_cache_and_celery_to_redis():
     assert config["layer"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
     assert config["cache"] == "django.core.cache.backends.redis.RedisCache"
     assert config["broker"] == "redis://127.0.0.1:6379/3"
+    assert config["beat_embedded"] is False  # the `beat` service runs it, once for all processes
 
 
 def test_postgres_url_uses_postgres_with_a_pool_not_persistent_connections():
