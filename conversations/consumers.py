@@ -27,13 +27,16 @@ from chatsite import asynccache
 
 from . import sockets, turns
 from .selectors import conversation_get
+from .services import text_storable
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 30  # slot refresh and session re-check of an idle socket
 CLOSE_SIGNED_OUT = 4401  # the session ended: the page should sign in again
 CLOSE_TOO_MANY = 4429  # too many sockets or frames: the page should back off
-# One frame holds one message; JSON escaping can make it up to 6 times longer than its text.
+# One frame holds one message. JSON escaping can make it up to 12 times longer than its text:
+# a character beyond the BMP is escaped as two \uXXXX (an emoji from Python's json.dumps, say).
+FRAME_MAX_CHARS_PER_CHAR = 12
 FRAME_MAX_CHARS_OVERHEAD = 4096
 
 
@@ -164,12 +167,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if text_data is None:
             await self._invalid(_("Frames must be JSON text."))
             return
-        if len(text_data) > settings.MAX_MESSAGE_CHARS * 6 + FRAME_MAX_CHARS_OVERHEAD:
+        if len(text_data) > settings.MAX_MESSAGE_CHARS * FRAME_MAX_CHARS_PER_CHAR + FRAME_MAX_CHARS_OVERHEAD:
             await self._invalid(_("The message is longer than %(n)d characters.") % {"n": settings.MAX_MESSAGE_CHARS})
             return
         try:
             content = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the parser's depth
             await self._invalid(_("The frame is not valid JSON."))
             return
         # Every frame that could act re-reads the session: a logout this process did not hear
@@ -220,14 +223,20 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if client_id is None:
             await self._invalid(_("client_id must be a UUID."))
             return
+        # Echoed as sent (upper case, braces): a client matches its acks by its own string. The
+        # message is keyed by the UUID it names, so any spelling of it is the same resend.
+        echo = raw_client_id
         text = content.get("content")
         if not isinstance(text, str) or not text.strip():
-            await self._invalid(_("The message is empty."), client_id=str(client_id))
+            await self._invalid(_("The message is empty."), client_id=echo)
             return
         if len(text) > settings.MAX_MESSAGE_CHARS:
             await self._invalid(
-                _("The message is longer than %(n)d characters.") % {"n": settings.MAX_MESSAGE_CHARS}, client_id=str(client_id)
+                _("The message is longer than %(n)d characters.") % {"n": settings.MAX_MESSAGE_CHARS}, client_id=echo
             )
+            return
+        if not text_storable(text):
+            await self._invalid(_("The message contains characters that cannot be stored."), client_id=echo)
             return
         result = await turns.turn_start(
             user=self.user, conversation=self.conversation, content=text, client_id=client_id, guard=self._signed_in
@@ -238,15 +247,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         # Sent from this handler, so it reaches this socket before the group's "start". A turn
         # refused before the message was saved (conversation gone, account closed) acks nothing.
         if result.user_message_id is not None:
-            await self.send_json({"type": "ack", "client_id": str(client_id), "message_id": str(result.user_message_id)})
+            await self.send_json({"type": "ack", "client_id": echo, "message_id": str(result.user_message_id)})
         if result.error:
-            await self.send_json(self._error_frame(result))
+            await self.send_json(self._error_frame(result, client_id=echo))
 
     @staticmethod
-    def _error_frame(result: turns.TurnResult) -> dict:
+    def _error_frame(result: turns.TurnResult, *, client_id: str | None = None) -> dict:
         frame = {"type": "error", "code": result.error.code, "message": result.error.message}
-        if result.client_id:
-            frame["client_id"] = str(result.client_id)
+        if client_id:
+            frame["client_id"] = client_id
         if result.user_message_id:
             frame["user_message_id"] = str(result.user_message_id)
         frame.update({k: v for k, v in result.error.extra.items() if k not in frame})

@@ -18,6 +18,19 @@ EDITABLE_FIELDS = ("title", "model", "system_prompt", "temperature", "max_tokens
 MAX_TOKENS_CEILING = 1_000_000
 
 
+def text_storable(text: str) -> bool:
+    """Whether every database Parley runs on can store `text` as it is: no NUL (PostgreSQL's text
+    refuses it; SQLite would keep it, so both refuse it alike) and no lone surrogate (valid in a
+    JSON escape, "\\ud800", but not encodable as UTF-8)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass
 class InvalidField(Exception):
     field: str

@@ -349,13 +349,22 @@ def _reply_prepare(
     except IntegrityError:
         return refuse("busy", _("A reply is already being written in this conversation."))
 
-    # The buffer exists before anyone can hear of the reply, so turn_stop and late joiners find it.
-    cache.set(
-        buffer_key(conversation.id),
-        _buffer_state(reply.id, 0, "", model_id, reservation_id, built.input_tokens, user.pk, 0),
-        BUFFER_TTL,
-    )
     temperature = float(conversation.temperature) if conversation.temperature is not None else None
+    try:
+        team_id = ledger.primary_team_id(user=user)
+        first_key = keys.key_choose(provider=provider) if _needs_key(provider) else None
+        # The buffer exists before anyone can hear of the reply, so turn_stop and late joiners find it.
+        cache.set(
+            buffer_key(conversation.id),
+            _buffer_state(reply.id, 0, "", model_id, reservation_id, built.input_tokens, user.pk, 0),
+            BUFFER_TTL,
+        )
+    except Exception:  # noqa: BLE001 - a cache or database fault after the reply row was committed
+        # Undone at once, or the row would hold the conversation "busy" and the hold the budget
+        # until the reaper. The user's message stays; regenerating (or a new message) retries.
+        logger.exception("reply %s could not start", reply.id)
+        _reply_abandon(message_id=reply.id, reservation_id=reservation_id)
+        return refuse("provider_error", _("The reply could not be started. Please try again."))
     plan = _ReplyPlan(
         user=user,
         conversation_id=conversation.id,
@@ -367,11 +376,20 @@ def _reply_prepare(
         input_tokens=built.input_tokens,
         reservation_id=reservation_id,
         wants_title=not conversation.title,
-        team_id=ledger.primary_team_id(user=user),
+        team_id=team_id,
         summarize_upto=built.dropped_ids[-1] if built.dropped_ids else None,
-        first_key=keys.key_choose(provider=provider) if _needs_key(provider) else None,
+        first_key=first_key,
     )
     return TurnResult(reply_to.id, client_id, reply_id=reply.id), plan
+
+
+def _reply_abandon(*, message_id, reservation_id) -> None:
+    """A reply row that could not start: ended as an error, its hold released, nothing billed."""
+    with transaction.atomic():
+        Message.objects.filter(id=message_id, status__in=RUNNING).update(
+            status=Message.Status.ERROR, finish_reason="error", error_code="provider_error", heartbeat_at=None
+        )
+        budgets.budget_settle(reservation_id=reservation_id, actual=ZERO)
 
 
 def _buffer_state(message_id, seq, text, model_id, reservation_id, input_tokens, user_id, attempt) -> dict:

@@ -279,6 +279,10 @@ async def test_handshake_refused_for_anonymous_other_user_bad_origin_and_unknown
         json.dumps({"type": "user_message", "content": 42, "client_id": str(uuid.uuid4())}),
         json.dumps({"type": "user_message", "content": "hi", "client_id": "not-a-uuid"}),
         json.dumps({"type": "user_message", "content": "hi"}),
+        "[" * 50_000 + "]" * 50_000,  # nested past the JSON parser's depth: RecursionError, not ValueError
+        # Valid JSON escapes, but text no database here can store: a lone surrogate, a NUL.
+        json.dumps({"type": "user_message", "content": "hi \ud800 there", "client_id": str(uuid.uuid4())}),
+        json.dumps({"type": "user_message", "content": "nul\u0000byte", "client_id": str(uuid.uuid4())}),
     ],
 )
 async def test_bad_frames_get_invalid_input_and_the_socket_stays_usable(raw, chat_backends, user, conversation_factory):
@@ -311,6 +315,72 @@ async def test_text_over_max_message_chars_is_refused(chat_backends, user, conve
     assert await _messages(conversation) == []
     frames = await _turn(ws, "x" * 10)
     assert frames[-1]["type"] == "done"
+    await ws.disconnect()
+
+
+async def test_a_message_at_the_limit_is_accepted_however_its_json_escapes_it(chat_backends, user, conversation_factory, settings):
+    # Python's json.dumps writes each emoji as two \\uXXXX escapes: 12 characters of frame for
+    # one of text. The limit counts characters of text.
+    settings.MAX_MESSAGE_CHARS = 1000
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    text = "\U0001F600" * 1000
+    await ws.send_to(text_data=json.dumps({"type": "user_message", "content": text, "client_id": str(uuid.uuid4())}))
+    frames = await receive_until(ws, "done")
+    await turns.replies_wait()
+    await ws.disconnect()
+    assert frames[0]["type"] == "ack" and frames[-1]["finish_reason"] == "stop"
+    assert (await _messages(conversation))[0].content == text
+
+
+async def test_the_ack_and_errors_echo_the_client_id_as_the_client_spelled_it(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    client_id = str(uuid.uuid4()).upper()  # Swift's UUID().uuidString, say
+    frames = await _turn(ws, "hello", client_id)
+    assert frames[0] == {"type": "ack", "client_id": client_id, "message_id": frames[0]["message_id"]}
+    # The same UUID in lower case is the same message: a resend, acked as this one spelled it.
+    await ws.send_json_to(_send("hello", client_id.lower()))
+    again = await ws.receive_json_from(timeout=5)
+    assert again == {"type": "ack", "client_id": client_id.lower(), "message_id": frames[0]["message_id"]}
+    await ws.send_json_to({"type": "user_message", "content": " ", "client_id": client_id})
+    assert (await ws.receive_json_from(timeout=5))["client_id"] == client_id
+    await ws.disconnect()
+    assert len(await _messages(conversation)) == 2
+
+
+async def test_a_cache_fault_as_a_reply_starts_undoes_it_and_the_next_message_is_answered(
+    chat_backends, user, conversation_factory, monkeypatch
+):
+    # The reply row and its hold are committed before the stream buffer is written: when that
+    # write fails they must not stay behind, holding the conversation "busy" and the budget.
+    from django.core.cache.backends.locmem import LocMemCache
+
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    real_set = LocMemCache.set
+    failed = []
+
+    def flaky_set(self, key, *args, **kwargs):
+        if ":stream:" in str(self.make_key(key)) and not failed:
+            failed.append(key)
+            raise ConnectionError("the cache is away")
+        return real_set(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocMemCache, "set", flaky_set)
+    client_id = str(uuid.uuid4())
+    await ws.send_json_to(_send("first", client_id))
+    ack = await ws.receive_json_from(timeout=5)
+    error = await ws.receive_json_from(timeout=5)
+    assert failed and ack["type"] == "ack"
+    assert (error["type"], error["code"], error["client_id"]) == ("error", "provider_error", client_id)
+    assert error["user_message_id"] == ack["message_id"]
+    question, abandoned = await _messages(conversation)
+    assert (question.content, abandoned.status, abandoned.heartbeat_at) == ("first", "error", None)
+    assert len(chat_backends.settlements) == 1 and chat_backends.settlements[0][1] == 0  # the hold released
+    assert chat_backends.usage == []  # no call was made: nothing billed
+    frames = await _turn(ws, "second")
+    assert frames[1]["type"] == "start" and frames[-1]["finish_reason"] == "stop"
     await ws.disconnect()
 
 
