@@ -55,12 +55,18 @@ def _clean(data: dict) -> dict:
                 raise InvalidField(name, _("The temperature must be a number from 0 to 2."))
             try:
                 # Via str: a float like 0.7 becomes Decimal("0.7"), not its binary expansion.
-                temp = Decimal(str(value)).quantize(Decimal("0.01"))
+                temp = Decimal(str(value))
+                # NaN and infinities first: a quiet NaN quantizes fine and only fails the range
+                # comparison below, which raises InvalidOperation instead of answering False.
+                if not temp.is_finite():
+                    raise InvalidOperation
+                temp = temp.quantize(Decimal("0.01"))
             except (InvalidOperation, ValueError):
                 raise InvalidField(name, _("The temperature must be a number from 0 to 2.")) from None
             if not (Decimal("0") <= temp <= Decimal("2")):
                 raise InvalidField(name, _("The temperature must be a number from 0 to 2."))
-            out[name] = temp
+            # -0 is in range; copy_abs stores and answers it as 0, never as -0.0.
+            out[name] = temp.copy_abs()
         elif name == "max_tokens":
             if value is None:
                 out[name] = None

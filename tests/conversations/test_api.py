@@ -168,3 +168,38 @@ def test_unsafe_methods_need_the_csrf_token(user, chat_backends):
     client.cookies["csrftoken"] = "a" * 32
     ok = client.post("/api/v1/conversations/", data="{}", content_type="application/json", HTTP_X_CSRFTOKEN="a" * 32)
     assert ok.status_code == 201
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"temperature": NaN}',
+        '{"temperature": "NaN"}',
+        '{"temperature": "nan"}',
+        '{"temperature": "sNaN"}',
+        '{"temperature": "-NaN"}',
+        '{"temperature": Infinity}',
+        '{"temperature": -Infinity}',
+        '{"temperature": "Infinity"}',
+        '{"temperature": "-inf"}',
+        '{"temperature": 1e400}',
+    ],
+)
+def test_a_temperature_that_is_not_a_finite_number_is_400_on_create_and_patch(api, user, raw, chat_backends):
+    response = _json(api, "post", "/api/v1/conversations/", raw)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_input"
+    assert not Conversation.objects.exists()
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", temperature=Decimal("0.50"))
+    patched = _json(api, "patch", f"/api/v1/conversations/{conversation.id}/", raw)
+    assert patched.status_code == 400 and patched.json()["error"]["code"] == "invalid_input"
+    conversation.refresh_from_db()
+    assert conversation.temperature == Decimal("0.50")
+
+
+@pytest.mark.parametrize("value", [-0.0, "-0", "-0.00"])
+def test_a_negative_zero_temperature_is_saved_and_answered_as_zero(api, value, chat_backends):
+    response = _json(api, "post", "/api/v1/conversations/", {"temperature": value})
+    assert response.status_code == 201
+    assert response.content.count(b'"temperature": 0.0') == 1, response.content
+    conversation = Conversation.objects.get()
+    assert conversation.temperature == 0 and not conversation.temperature.is_signed()
