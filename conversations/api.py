@@ -57,6 +57,10 @@ def _body(request: HttpRequest) -> dict | JsonResponse:
         data = json.loads(request.body or b"{}")
     except (ValueError, UnicodeDecodeError):
         return error(400, "invalid_input", _("The body must be JSON."))
+    except RecursionError:
+        # json.loads recurses once per nesting level; a body of ~1,000 nested arrays or more
+        # (well under the body size cap) exhausts the stack. Refused, not a 500.
+        return error(400, "invalid_input", _("The body is nested too deeply."))
     if not isinstance(data, dict):
         return error(400, "invalid_input", _("The body must be a JSON object."))
     return data

@@ -203,3 +203,15 @@ def test_a_negative_zero_temperature_is_saved_and_answered_as_zero(api, value, c
     assert response.content.count(b'"temperature": 0.0') == 1, response.content
     conversation = Conversation.objects.get()
     assert conversation.temperature == 0 and not conversation.temperature.is_signed()
+
+
+@pytest.mark.parametrize("raw", ["[" * 100_000 + "]" * 100_000, '{"a": ' * 100_000 + "1" + "}" * 100_000])
+def test_a_body_nested_too_deep_to_parse_is_400_on_create_and_patch(api, user, raw, chat_backends):
+    response = _json(api, "post", "/api/v1/conversations/", raw)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_input"
+    assert not Conversation.objects.exists()
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="kept")
+    patched = _json(api, "patch", f"/api/v1/conversations/{conversation.id}/", raw)
+    assert patched.status_code == 400 and patched.json()["error"]["code"] == "invalid_input"
+    conversation.refresh_from_db()
+    assert conversation.title == "kept"
