@@ -21,6 +21,9 @@ from .models import Conversation, Message
 from .turns import money_str
 
 PAGE_SIZE = 50
+# The last page whose rows (offset and one row past the page) a signed 64-bit integer, SQLite's
+# and PostgreSQL's LIMIT/OFFSET type, can address. A page past it cannot exist: 400, not a 500.
+MAX_PAGE = (2**63 - 2) // PAGE_SIZE
 _csrf = CsrfViewMiddleware(lambda request: None)
 
 
@@ -140,6 +143,8 @@ def conversations_collection(request):
         page = max(1, int(request.GET.get("page", "1")))
     except ValueError:
         return error(400, "invalid_input", _("page must be a whole number."))
+    if page > MAX_PAGE:
+        return error(400, "invalid_input", _("page must be at most %(n)d.") % {"n": MAX_PAGE})
     query = request.GET.get("q", "")[:200]
     rows = list(selectors.conversation_list(owner=request.user, title_contains=query)[(page - 1) * PAGE_SIZE : page * PAGE_SIZE + 1])
     next_url = None

@@ -215,3 +215,19 @@ def test_a_body_nested_too_deep_to_parse_is_400_on_create_and_patch(api, user, r
     assert patched.status_code == 400 and patched.json()["error"]["code"] == "invalid_input"
     conversation.refresh_from_db()
     assert conversation.title == "kept"
+
+
+@pytest.mark.parametrize("page", ["99999999999999999999", str(2**63), "9" * 5000])
+def test_a_page_beyond_what_the_database_can_address_is_400(api, user, page, chat_backends):
+    Conversation.objects.create(owner=user, model="demo:echo", title="mine")
+    response = api.get("/api/v1/conversations/", {"page": page})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_input" and "page" in response.json()["error"]["message"]
+
+
+def test_the_last_addressable_page_is_an_empty_page(api, user, chat_backends):
+    from conversations.api import MAX_PAGE
+
+    Conversation.objects.create(owner=user, model="demo:echo", title="mine")
+    response = api.get("/api/v1/conversations/", {"page": str(MAX_PAGE)})
+    assert response.status_code == 200 and response.json() == {"results": [], "next": None}
