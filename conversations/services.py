@@ -24,6 +24,18 @@ class InvalidField(Exception):
     message: str
 
 
+def _storable_text(name: str, value: str) -> None:
+    """Refuses text a database cannot store the same everywhere: a lone surrogate (a JSON escape
+    like "\\ud800" decodes to one) cannot be encoded as UTF-8, and PostgreSQL text cannot hold
+    NUL while SQLite can; refused on both so the two backends answer alike."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidField(name, _("The text holds an unpaired surrogate, which is not a character.")) from None
+    if "\x00" in value:
+        raise InvalidField(name, _("The text must not contain NUL characters."))
+
+
 def _clean(data: dict) -> dict:
     """Type-checks and normalizes the editable fields present in `data`; raises InvalidField."""
     out: dict = {}
@@ -34,10 +46,12 @@ def _clean(data: dict) -> dict:
         if name == "title":
             if not isinstance(value, str) or len(value) > 200:
                 raise InvalidField(name, _("The title must be text of at most 200 characters."))
+            _storable_text(name, value)
             out[name] = value.strip()
         elif name == "system_prompt":
             if not isinstance(value, str) or len(value) > settings.MAX_MESSAGE_CHARS:
                 raise InvalidField(name, _("The system prompt must be text of at most %(n)d characters.") % {"n": settings.MAX_MESSAGE_CHARS})
+            _storable_text(name, value)
             out[name] = value
         elif name == "model":
             if not isinstance(value, str) or ":" not in value or len(value) > 120:

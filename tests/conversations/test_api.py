@@ -231,3 +231,26 @@ def test_the_last_addressable_page_is_an_empty_page(api, user, chat_backends):
     Conversation.objects.create(owner=user, model="demo:echo", title="mine")
     response = api.get("/api/v1/conversations/", {"page": str(MAX_PAGE)})
     assert response.status_code == 200 and response.json() == {"results": [], "next": None}
+
+
+@pytest.mark.parametrize("field", ["title", "system_prompt"])
+@pytest.mark.parametrize("escaped", ["a\\ud800b", "\\udc00", "\\udc00\\ud83d", "a\\u0000b", "\\u0000"])
+def test_text_with_a_lone_surrogate_or_a_nul_is_400_on_create_and_patch(api, user, field, escaped, chat_backends):
+    raw = f'{{"{field}": "{escaped}"}}'  # JSON escapes: json.loads makes the lone surrogate / NUL
+    response = _json(api, "post", "/api/v1/conversations/", raw)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input" and error["message"].startswith(f"{field}:")
+    assert not Conversation.objects.exists()
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="kept", system_prompt="kept")
+    patched = _json(api, "patch", f"/api/v1/conversations/{conversation.id}/", raw)
+    assert patched.status_code == 400 and patched.json()["error"]["code"] == "invalid_input"
+    conversation.refresh_from_db()
+    assert (conversation.title, conversation.system_prompt) == ("kept", "kept")
+
+
+def test_text_with_a_surrogate_pair_escape_is_the_character_it_names(api, chat_backends):
+    response = _json(api, "post", "/api/v1/conversations/", '{"title": "hi \\ud83d\\ude00", "system_prompt": "\\ud83d\\ude00"}')
+    assert response.status_code == 201
+    conversation = Conversation.objects.get()
+    assert (conversation.title, conversation.system_prompt) == ("hi \U0001f600", "\U0001f600")
