@@ -146,6 +146,10 @@ def conversations_collection(request):
     if page > MAX_PAGE:
         return error(400, "invalid_input", _("page must be at most %(n)d.") % {"n": MAX_PAGE})
     query = request.GET.get("q", "")[:200]
+    if "\x00" in query:
+        # PostgreSQL cannot take NUL in a text parameter; refused on every backend alike, as
+        # titles are (a title never holds one, so the search could match nothing anyway).
+        return error(400, "invalid_input", _("q: The text must not contain NUL characters."))
     rows = list(selectors.conversation_list(owner=request.user, title_contains=query)[(page - 1) * PAGE_SIZE : page * PAGE_SIZE + 1])
     next_url = None
     if len(rows) > PAGE_SIZE:

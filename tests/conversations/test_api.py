@@ -254,3 +254,11 @@ def test_text_with_a_surrogate_pair_escape_is_the_character_it_names(api, chat_b
     assert response.status_code == 201
     conversation = Conversation.objects.get()
     assert (conversation.title, conversation.system_prompt) == ("hi \U0001f600", "\U0001f600")
+
+
+def test_a_search_with_a_nul_is_400_on_every_database(api, user, chat_backends):
+    # PostgreSQL cannot take NUL in a text parameter (it answered 500); SQLite answers the same.
+    Conversation.objects.create(owner=user, model="demo:echo", title="mine")
+    response = api.get("/api/v1/conversations/", {"q": "mi\x00ne"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_input" and response.json()["error"]["message"].startswith("q:")
