@@ -21,6 +21,9 @@ from .models import Conversation, Message
 from .turns import money_str
 
 PAGE_SIZE = 50
+# The last page whose rows (offset and one row past the page) a signed 64-bit integer, SQLite's
+# and PostgreSQL's LIMIT/OFFSET type, can address. A page past it cannot exist: 400, not a 500.
+MAX_PAGE = (2**63 - 2) // PAGE_SIZE
 _csrf = CsrfViewMiddleware(lambda request: None)
 
 
@@ -57,6 +60,10 @@ def _body(request: HttpRequest) -> dict | JsonResponse:
         data = json.loads(request.body or b"{}")
     except (ValueError, UnicodeDecodeError):
         return error(400, "invalid_input", _("The body must be JSON."))
+    except RecursionError:
+        # json.loads recurses once per nesting level; a body of ~1,000 nested arrays or more
+        # (well under the body size cap) exhausts the stack. Refused, not a 500.
+        return error(400, "invalid_input", _("The body is nested too deeply."))
     if not isinstance(data, dict):
         return error(400, "invalid_input", _("The body must be a JSON object."))
     return data
@@ -136,7 +143,13 @@ def conversations_collection(request):
         page = max(1, int(request.GET.get("page", "1")))
     except ValueError:
         return error(400, "invalid_input", _("page must be a whole number."))
+    if page > MAX_PAGE:
+        return error(400, "invalid_input", _("page must be at most %(n)d.") % {"n": MAX_PAGE})
     query = request.GET.get("q", "")[:200]
+    if "\x00" in query:
+        # PostgreSQL cannot take NUL in a text parameter; refused on every backend alike, as
+        # titles are (a title never holds one, so the search could match nothing anyway).
+        return error(400, "invalid_input", _("q: The text must not contain NUL characters."))
     rows = list(selectors.conversation_list(owner=request.user, title_contains=query)[(page - 1) * PAGE_SIZE : page * PAGE_SIZE + 1])
     next_url = None
     if len(rows) > PAGE_SIZE:

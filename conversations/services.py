@@ -37,6 +37,18 @@ class InvalidField(Exception):
     message: str
 
 
+def _storable_text(name: str, value: str) -> None:
+    """Refuses text a database cannot store the same everywhere: a lone surrogate (a JSON escape
+    like "\\ud800" decodes to one) cannot be encoded as UTF-8, and PostgreSQL text cannot hold
+    NUL while SQLite can; refused on both so the two backends answer alike."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidField(name, _("The text holds an unpaired surrogate, which is not a character.")) from None
+    if "\x00" in value:
+        raise InvalidField(name, _("The text must not contain NUL characters."))
+
+
 def _clean(data: dict) -> dict:
     """Type-checks and normalizes the editable fields present in `data`; raises InvalidField."""
     out: dict = {}
@@ -47,10 +59,12 @@ def _clean(data: dict) -> dict:
         if name == "title":
             if not isinstance(value, str) or len(value) > 200:
                 raise InvalidField(name, _("The title must be text of at most 200 characters."))
+            _storable_text(name, value)
             out[name] = value.strip()
         elif name == "system_prompt":
             if not isinstance(value, str) or len(value) > settings.MAX_MESSAGE_CHARS:
                 raise InvalidField(name, _("The system prompt must be text of at most %(n)d characters.") % {"n": settings.MAX_MESSAGE_CHARS})
+            _storable_text(name, value)
             out[name] = value
         elif name == "model":
             if not isinstance(value, str) or ":" not in value or len(value) > 120:
@@ -68,12 +82,18 @@ def _clean(data: dict) -> dict:
                 raise InvalidField(name, _("The temperature must be a number from 0 to 2."))
             try:
                 # Via str: a float like 0.7 becomes Decimal("0.7"), not its binary expansion.
-                temp = Decimal(str(value)).quantize(Decimal("0.01"))
+                temp = Decimal(str(value))
+                # NaN and infinities first: a quiet NaN quantizes fine and only fails the range
+                # comparison below, which raises InvalidOperation instead of answering False.
+                if not temp.is_finite():
+                    raise InvalidOperation
+                temp = temp.quantize(Decimal("0.01"))
             except (InvalidOperation, ValueError):
                 raise InvalidField(name, _("The temperature must be a number from 0 to 2.")) from None
             if not (Decimal("0") <= temp <= Decimal("2")):
                 raise InvalidField(name, _("The temperature must be a number from 0 to 2."))
-            out[name] = temp
+            # -0 is in range; copy_abs stores and answers it as 0, never as -0.0.
+            out[name] = temp.copy_abs()
         elif name == "max_tokens":
             if value is None:
                 out[name] = None

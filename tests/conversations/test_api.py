@@ -168,3 +168,97 @@ def test_unsafe_methods_need_the_csrf_token(user, chat_backends):
     client.cookies["csrftoken"] = "a" * 32
     ok = client.post("/api/v1/conversations/", data="{}", content_type="application/json", HTTP_X_CSRFTOKEN="a" * 32)
     assert ok.status_code == 201
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"temperature": NaN}',
+        '{"temperature": "NaN"}',
+        '{"temperature": "nan"}',
+        '{"temperature": "sNaN"}',
+        '{"temperature": "-NaN"}',
+        '{"temperature": Infinity}',
+        '{"temperature": -Infinity}',
+        '{"temperature": "Infinity"}',
+        '{"temperature": "-inf"}',
+        '{"temperature": 1e400}',
+    ],
+)
+def test_a_temperature_that_is_not_a_finite_number_is_400_on_create_and_patch(api, user, raw, chat_backends):
+    response = _json(api, "post", "/api/v1/conversations/", raw)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_input"
+    assert not Conversation.objects.exists()
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", temperature=Decimal("0.50"))
+    patched = _json(api, "patch", f"/api/v1/conversations/{conversation.id}/", raw)
+    assert patched.status_code == 400 and patched.json()["error"]["code"] == "invalid_input"
+    conversation.refresh_from_db()
+    assert conversation.temperature == Decimal("0.50")
+
+
+@pytest.mark.parametrize("value", [-0.0, "-0", "-0.00"])
+def test_a_negative_zero_temperature_is_saved_and_answered_as_zero(api, value, chat_backends):
+    response = _json(api, "post", "/api/v1/conversations/", {"temperature": value})
+    assert response.status_code == 201
+    assert response.content.count(b'"temperature": 0.0') == 1, response.content
+    conversation = Conversation.objects.get()
+    assert conversation.temperature == 0 and not conversation.temperature.is_signed()
+
+
+@pytest.mark.parametrize("raw", ["[" * 100_000 + "]" * 100_000, '{"a": ' * 100_000 + "1" + "}" * 100_000])
+def test_a_body_nested_too_deep_to_parse_is_400_on_create_and_patch(api, user, raw, chat_backends):
+    response = _json(api, "post", "/api/v1/conversations/", raw)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_input"
+    assert not Conversation.objects.exists()
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="kept")
+    patched = _json(api, "patch", f"/api/v1/conversations/{conversation.id}/", raw)
+    assert patched.status_code == 400 and patched.json()["error"]["code"] == "invalid_input"
+    conversation.refresh_from_db()
+    assert conversation.title == "kept"
+
+
+@pytest.mark.parametrize("page", ["99999999999999999999", str(2**63), "9" * 5000])
+def test_a_page_beyond_what_the_database_can_address_is_400(api, user, page, chat_backends):
+    Conversation.objects.create(owner=user, model="demo:echo", title="mine")
+    response = api.get("/api/v1/conversations/", {"page": page})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_input" and "page" in response.json()["error"]["message"]
+
+
+def test_the_last_addressable_page_is_an_empty_page(api, user, chat_backends):
+    from conversations.api import MAX_PAGE
+
+    Conversation.objects.create(owner=user, model="demo:echo", title="mine")
+    response = api.get("/api/v1/conversations/", {"page": str(MAX_PAGE)})
+    assert response.status_code == 200 and response.json() == {"results": [], "next": None}
+
+
+@pytest.mark.parametrize("field", ["title", "system_prompt"])
+@pytest.mark.parametrize("escaped", ["a\\ud800b", "\\udc00", "\\udc00\\ud83d", "a\\u0000b", "\\u0000"])
+def test_text_with_a_lone_surrogate_or_a_nul_is_400_on_create_and_patch(api, user, field, escaped, chat_backends):
+    raw = f'{{"{field}": "{escaped}"}}'  # JSON escapes: json.loads makes the lone surrogate / NUL
+    response = _json(api, "post", "/api/v1/conversations/", raw)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input" and error["message"].startswith(f"{field}:")
+    assert not Conversation.objects.exists()
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="kept", system_prompt="kept")
+    patched = _json(api, "patch", f"/api/v1/conversations/{conversation.id}/", raw)
+    assert patched.status_code == 400 and patched.json()["error"]["code"] == "invalid_input"
+    conversation.refresh_from_db()
+    assert (conversation.title, conversation.system_prompt) == ("kept", "kept")
+
+
+def test_text_with_a_surrogate_pair_escape_is_the_character_it_names(api, chat_backends):
+    response = _json(api, "post", "/api/v1/conversations/", '{"title": "hi \\ud83d\\ude00", "system_prompt": "\\ud83d\\ude00"}')
+    assert response.status_code == 201
+    conversation = Conversation.objects.get()
+    assert (conversation.title, conversation.system_prompt) == ("hi \U0001f600", "\U0001f600")
+
+
+def test_a_search_with_a_nul_is_400_on_every_database(api, user, chat_backends):
+    # PostgreSQL cannot take NUL in a text parameter (it answered 500); SQLite answers the same.
+    Conversation.objects.create(owner=user, model="demo:echo", title="mine")
+    response = api.get("/api/v1/conversations/", {"q": "mi\x00ne"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_input" and response.json()["error"]["message"].startswith("q:")
