@@ -54,10 +54,18 @@ def api_login_required(view):
     return wrapper
 
 
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _json_body(request) -> dict | None:
     try:
         body = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[..." too deep
         return None
     return body if isinstance(body, dict) else None
 
@@ -105,7 +113,10 @@ class EraseForm(forms.Form):
         if self.errors or "password" not in cleaned:
             return cleaned
         user = self.request.user
-        if authenticate(self.request, username=user.get_username(), password=cleaned["password"]) != user:
+        password = cleaned["password"]
+        if not _is_text(password) or authenticate(self.request, username=user.get_username(), password=password) != user:
+            # Not text (a lone surrogate from a JSON escape) matches no password, and would fail
+            # the hasher's UTF-8 encoding with a 500.
             self.add_error("password", forms.ValidationError(_("That password is not right."), code="wrong_password"))
         return cleaned
 

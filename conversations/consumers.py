@@ -27,7 +27,7 @@ from chatsite import asynccache
 
 from . import sockets, turns
 from .selectors import conversation_get
-from .services import text_storable
+from .services import text_unstorable
 
 logger = logging.getLogger(__name__)
 
@@ -235,8 +235,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 _("The message is longer than %(n)d characters.") % {"n": settings.MAX_MESSAGE_CHARS}, client_id=echo
             )
             return
-        if not text_storable(text):
-            await self._invalid(_("The message contains characters that cannot be stored."), client_id=echo)
+        if (why := text_unstorable(text)) is not None:
+            await self._invalid(why, client_id=echo)
             return
         result = await turns.turn_start(
             user=self.user, conversation=self.conversation, content=text, client_id=client_id, guard=self._signed_in

@@ -18,17 +18,17 @@ EDITABLE_FIELDS = ("title", "model", "system_prompt", "temperature", "max_tokens
 MAX_TOKENS_CEILING = 1_000_000
 
 
-def text_storable(text: str) -> bool:
-    """Whether every database Parley runs on can store `text` as it is: no NUL (PostgreSQL's text
-    refuses it; SQLite would keep it, so both refuse it alike) and no lone surrogate (valid in a
-    JSON escape, "\\ud800", but not encodable as UTF-8)."""
-    if "\x00" in text:
-        return False
+def text_unstorable(text: str) -> str | None:
+    """Why not every database Parley runs on can store `text` as it is, or None when all can.
+    A lone surrogate (a JSON escape like "\\ud800" decodes to one) cannot be encoded as UTF-8;
+    PostgreSQL text cannot hold NUL while SQLite can: refused on both, so the two answer alike."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return False
-    return True
+        return _("The text holds an unpaired surrogate, which is not a character.")
+    if "\x00" in text:
+        return _("The text must not contain NUL characters.")
+    return None
 
 
 @dataclass
@@ -38,15 +38,8 @@ class InvalidField(Exception):
 
 
 def _storable_text(name: str, value: str) -> None:
-    """Refuses text a database cannot store the same everywhere: a lone surrogate (a JSON escape
-    like "\\ud800" decodes to one) cannot be encoded as UTF-8, and PostgreSQL text cannot hold
-    NUL while SQLite can; refused on both so the two backends answer alike."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidField(name, _("The text holds an unpaired surrogate, which is not a character.")) from None
-    if "\x00" in value:
-        raise InvalidField(name, _("The text must not contain NUL characters."))
+    if (why := text_unstorable(value)) is not None:
+        raise InvalidField(name, why)
 
 
 def _clean(data: dict) -> dict:

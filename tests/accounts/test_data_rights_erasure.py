@@ -298,6 +298,16 @@ def test_api_erase_not_json_and_anonymous(victim):
     client = _logged_in(victim)
     response = client.post("/api/v1/account/erase/", "nope", content_type="application/json")
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_input"
+    # Nested past the JSON parser's depth (RecursionError, not a ValueError): still a 400.
+    response = client.post("/api/v1/account/erase/", "[" * 100_000 + "]" * 100_000, content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_input"
+    # A password that is not text (a lone surrogate escape): the password is wrong, no 500.
+    response = client.post(
+        "/api/v1/account/erase/", '{"password": "\\ud800", "confirm": "ERASE"}', content_type="application/json"
+    )
+    assert response.status_code == 400 and response.json()["error"]["code"] == "wrong_password"
+    victim.refresh_from_db()
+    assert victim.is_active
     anonymous = Client().post("/api/v1/account/erase/", {"password": PASSWORD, "confirm": "ERASE"}, content_type="application/json")
     assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "not_authenticated"
 
