@@ -662,10 +662,12 @@ async def _reply_run(plan: _ReplyPlan) -> None:
         with contextlib.suppress(Exception):
             await stream.marking
     outcome.text = stream.text
+    saved = True
     try:
         usage = await _db(_reply_finish)(plan=plan, outcome=outcome)
     except Exception:  # noqa: BLE001 - the reaper will mark it; the sockets still hear the end
         logger.exception("reply %s could not be saved", plan.message_id)
+        saved = False
         usage = {"input_tokens": 0, "output_tokens": 0, "cost": money_str(ZERO)}
         outcome = _Outcome("error", error_code="provider_error", error_message=_("The reply could not be saved."))
     # The reply is saved and settled; what follows only tells the sockets. A cache or layer
@@ -673,7 +675,10 @@ async def _reply_run(plan: _ReplyPlan) -> None:
     try:
         # Buffer gone before "done" goes out: a joiner either read the buffer before (and is in
         # the group, so hears "done") or finds no buffer (and reads the finished message over HTTP).
-        await asynccache.adelete(buffer_key(plan.conversation_id), _stop_key(plan.message_id))
+        # Unless the save failed: then the buffer (its text, hold, input and attempt) is what
+        # the reaper saves the reply from, and bills the call by.
+        gone = (buffer_key(plan.conversation_id), _stop_key(plan.message_id)) if saved else (_stop_key(plan.message_id),)
+        await asynccache.adelete(*gone)
         if outcome.error_code:
             await _publish(
                 layer,

@@ -388,6 +388,35 @@ def json_object(data: bytes, *, provider: str, after_output: bool) -> dict[str, 
     return value
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+class TextDeltas:
+    """A reply's text deltas, made well-formed. A server that writes its JSON with ASCII escapes
+    can cut a token between the two halves of a surrogate pair: one chunk ends with "\\ud83d",
+    the next starts with "\\ude00", and each parses to a lone half, text that can neither be
+    saved nor sent as UTF-8. So a trailing high half waits for the next delta and is joined to
+    it; a half still alone, and a NUL (PostgreSQL text cannot hold one), become U+FFFD."""
+
+    def __init__(self) -> None:
+        self.held = ""
+
+    def feed(self, text: str) -> str:
+        if self.held:
+            text, self.held = self.held + text, ""
+        if not _UNSTORABLE.search(text):  # nearly every delta: one scan
+            return text
+        if "\ud800" <= text[-1] <= "\udbff":
+            text, self.held = text[:-1], text[-1]
+        # Through UTF-16, pairs become the characters they name and lone halves U+FFFD.
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace").replace("\x00", "\ufffd")
+
+    def end(self) -> str:
+        """What is still held when the reply ends: a lone half, shown as U+FFFD."""
+        held, self.held = self.held, ""
+        return "\ufffd" if held else ""
+
+
 def token_count(value: object) -> int:
     """A token count from a provider's JSON; absent or null is 0. Raises TypeError for anything
     that is not a count (the adapters turn it into malformed())."""

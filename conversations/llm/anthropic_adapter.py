@@ -116,10 +116,12 @@ class AnthropicAdapter(_common.SDKAdapter):
         async with self.streamed_response(sdk, deadlines, manager) as response:
             chunks = response.http_response.aiter_bytes()
             decoder = _sse.SSEDecoder()
+            texts = _common.TextDeltas()
             while not stopped and (body := await deadlines.read(chunks)) is not None:
                 for name, data in decoder.feed(body):
                     if name == b"content_block_delta":
                         text = self.delta_text(data, after_output=deadlines.got_output)
+                        text = texts.feed(text) if text else text
                         if text:
                             deadlines.got_output = True
                             yield TextDelta(text)
@@ -137,6 +139,8 @@ class AnthropicAdapter(_common.SDKAdapter):
                 await _common.drain(chunks)
         if finish is None or not stopped:
             raise _common.stream_cut(provider=PROVIDER_LABEL, after_output=deadlines.got_output)
+        if tail := texts.end():
+            yield TextDelta(tail)
         if counts.reported:
             yield Usage(input_tokens=counts.input_tokens, output_tokens=counts.output_tokens, cached_tokens=counts.cached_tokens)
         yield Finish(finish)  # type: ignore[arg-type]

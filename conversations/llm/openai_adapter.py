@@ -89,6 +89,7 @@ class OpenAIAdapter(_common.SDKAdapter):
         async with self.streamed_response(sdk, deadlines, manager) as response:
             chunks = response.http_response.aiter_bytes()
             decoder = _sse.SSEDecoder()
+            texts = _common.TextDeltas()
             done = False
             while not done and (body := await deadlines.read(chunks)) is not None:
                 for _name, data in decoder.feed(body):
@@ -100,6 +101,7 @@ class OpenAIAdapter(_common.SDKAdapter):
                     if chunk.get("error"):
                         raise self.stream_error(chunk["error"], after_output=deadlines.got_output)
                     text, reason, chunk_usage = self.chunk_parts(chunk, after_output=deadlines.got_output)
+                    text = texts.feed(text) if text else text
                     if text:
                         deadlines.got_output = True
                         yield TextDelta(text)
@@ -113,6 +115,8 @@ class OpenAIAdapter(_common.SDKAdapter):
         if finish is None:
             # The body ended without a finish reason: the connection was closed early.
             raise _common.stream_cut(provider=PROVIDER_LABEL, after_output=deadlines.got_output)
+        if tail := texts.end():
+            yield TextDelta(tail)
         if usage is not None:
             yield usage
         yield Finish(finish)  # type: ignore[arg-type]

@@ -384,6 +384,34 @@ async def test_a_cache_fault_as_a_reply_starts_undoes_it_and_the_next_message_is
     await ws.disconnect()
 
 
+async def test_a_reply_whose_closing_save_fails_is_left_for_the_reaper_to_save_and_bill(
+    chat_backends, user, conversation_factory, monkeypatch
+):
+    # The database refuses the one closing transaction (message, ledger, settlement). The
+    # stream buffer then stays: it is what the reaper saves the text and bills the call from.
+    chat_backends.key("only")
+    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
+    ws, _ = await ws_connect(user, conversation.id)
+
+    def finish_fails(**kwargs):
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(turns, "_reply_finish", finish_fails)
+    frames = await _turn(ws, "one two three")
+    await ws.disconnect()
+    (error,) = [f for f in frames if f["type"] == "error"]
+    assert "could not be saved" in error["message"] and frames[-1]["finish_reason"] == "error"
+    streamed = "".join(f["text"] for f in frames if f["type"] == "delta")
+    assert streamed == "You said: one two three" and chat_backends.usage == [] and chat_backends.settlements == []
+
+    assert await database_sync_to_async(turns.replies_reap_stale)(stale_seconds=0) == 1
+    question, reply = await _messages(conversation)
+    assert (reply.status, reply.content) == ("error", streamed)
+    (usage,) = chat_backends.usage
+    assert usage["estimated"] and usage["output_tokens"] == len(streamed.split()) and usage["cost"] == reply.cost > 0
+    assert [actual for _rid, actual in chat_backends.settlements] == [reply.cost]
+
+
 # --- refusals before the provider: the user's message is kept, nothing charged -----------------------
 @pytest.mark.parametrize("model", ["nosuch:model", "openai:unpriced-model"])
 async def test_an_unknown_or_unpriced_model_is_model_unavailable(model, chat_backends, user, conversation_factory):

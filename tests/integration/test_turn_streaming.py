@@ -302,3 +302,60 @@ async def test_twelve_concurrent_replies_each_arrive_complete_and_in_order(
         assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1)), "a delta went missing or came twice"
         assert "".join(d["text"] for d in deltas).split() == words.split()
         assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "stop"
+
+
+_OPENAI_CHUNK = b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":'
+
+
+def _openai_raw(parts: list[bytes]) -> list[bytes]:
+    return [
+        _OPENAI_CHUNK + b'[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n',
+        *(_OPENAI_CHUNK + b'[{"index":0,"delta":{"content":"' + p + b'"},"finish_reason":null}]}\n\n' for p in parts),
+        _OPENAI_CHUNK + b'[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+        _OPENAI_CHUNK + b'[],"usage":{"prompt_tokens":10,"completion_tokens":3,"total_tokens":13}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+
+
+def _anthropic_raw(parts: list[bytes]) -> list[bytes]:
+    def event(name: bytes, data: bytes) -> bytes:
+        return b"event: " + name + b"\ndata: " + data + b"\n\n"
+
+    return [
+        event(b"message_start", b'{"type":"message_start","message":{"id":"m1","type":"message","role":"assistant",'
+              b'"content":[],"model":"m","usage":{"input_tokens":10,"output_tokens":0}}}'),
+        event(b"content_block_start", b'{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'),
+        *(event(b"content_block_delta", b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"'
+                + p + b'"}}') for p in parts),
+        event(b"content_block_stop", b'{"type":"content_block_stop","index":0}'),
+        event(b"message_delta", b'{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":3}}'),
+        event(b"message_stop", b'{"type":"message_stop"}'),
+    ]
+
+
+@pytest.mark.parametrize("model_id", [OPENAI_MODEL, ANTHROPIC_MODEL])
+async def test_an_emoji_cut_between_two_stream_events_is_joined_saved_and_billed(
+    model_id, priced, add_key, fake_provider, make_user, conversation_for
+):
+    # A server that writes ASCII-escaped JSON (Python's json.dumps) and cuts a token between the
+    # two halves of a surrogate pair: each half parses alone, text no database or socket takes.
+    provider = model_id.partition(":")[0]
+    build = _openai_raw if provider == "openai" else _anthropic_raw
+    user = await db(make_user)("emoji")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    parts = [b"smile \\ud83d", b"\\ude00! lone \\udc00 nul \\u0000 end \\ud83d"]
+    await db(add_key)(provider, f"sk-{provider}-emoji", mode="raw", raw=build(parts), pace_ms=20)
+    conversation = await db(conversation_for)(user, model=model_id)
+
+    frames = await turn_over_socket(user, conversation.id, "smile please")
+
+    assert of_type(frames, "error") == [], frames
+    expected = "smile \U0001F600! lone \ufffd nul \ufffd end \ufffd"
+    assert "".join(d["text"] for d in of_type(frames, "delta")) == expected
+    done = frames[-1]
+    assert done["finish_reason"] == "stop"
+    reply = await db(Message.objects.get)(id=done["message_id"])
+    assert (reply.status, reply.content) == (Message.Status.DONE, expected)
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    spent, reserved = await db(spent_and_reserved)(user)
+    assert (record.input_tokens, record.output_tokens) == (10, 3) and spent == record.cost > 0 and reserved == 0
