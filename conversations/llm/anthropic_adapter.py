@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 PROVIDER_LABEL = "Anthropic"
 _LENGTH_STOPS = {"max_tokens", "model_context_window_exceeded"}
+ANTHROPIC_MAX_TEMPERATURE = 1.0  # the API's range is 0 to 1
 
 
 @dataclass
@@ -104,7 +105,10 @@ class AnthropicAdapter(_common.SDKAdapter):
         if system:
             params["system"] = system
         if request.temperature is not None:
-            params["extra_body"] = {"temperature": float(request.temperature)}
+            # Anthropic takes 0 to 1; a conversation may hold up to 2 (OpenAI's range, kept when
+            # the model is switched). Above 1 is sent as 1, the most varied Anthropic allows,
+            # rather than have every turn refused with a 400.
+            params["extra_body"] = {"temperature": min(float(request.temperature), ANTHROPIC_MAX_TEMPERATURE)}
         return params
 
     async def stream(self, request: ChatRequest, *, key: KeyLease | None) -> AsyncIterator[StreamEvent]:

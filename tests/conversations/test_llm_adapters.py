@@ -109,6 +109,14 @@ async def test_temperature_is_sent_when_set(fake_provider, provider):
     assert sent.temperature == pytest.approx(0.3)
 
 
+async def test_a_temperature_above_anthropics_range_is_sent_as_its_highest(fake_provider):
+    # A conversation may hold up to 2 (OpenAI's range); Anthropic refuses more than 1 with a 400.
+    fake_provider.script("sk-hot", Script(text="ok"))
+    await collect("anthropic", lease(fake_provider, "anthropic", "sk-hot"), chat_request("anthropic", temperature=1.7))
+    [sent] = fake_provider.requests_for("sk-hot")
+    assert sent.temperature == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_max_tokens_reached_finishes_with_length(fake_provider, provider):
     fake_provider.script("sk-long", Script(text="one two three four five six"))
