@@ -196,6 +196,10 @@ def price_validate(
     inp = _price(input_per_million, _("input"), required=True)
     out = _price(output_per_million, _("output"), required=True)
     cached = _price(cached_input_per_million, _("cached input"), required=False)
+    if cached is not None and cached > inp:
+        # worst_case_cost counts all input at the input price: a dearer cached price would make
+        # the real cost exceed the budget hold.
+        raise PriceError(_("cached input price cannot be above the input price"))
     window = _positive_int(context_window, _("context window"), maximum=MAX_CONTEXT_WINDOW)
     max_out = _positive_int(max_output_tokens, _("max output tokens"), maximum=MAX_CONTEXT_WINDOW)
     if label is not None and len(label) > 120:

@@ -74,3 +74,13 @@ def test_budget_admin_refuses_a_negative_limit(admin_client, user):
     )
     assert response.status_code == 200
     assert not Budget.objects.exists()
+
+
+def test_the_admin_refuses_a_cached_price_above_the_input_price(admin_client):
+    count = ModelPrice.objects.count()
+    response = admin_client.post(
+        "/admin/billing/modelprice/add/", {**PRICE_FORM, "cached_input_per_million": "2.5", "effective_from_0": "2025-06-01"}
+    )
+    assert response.status_code == 200
+    assert "cached input price cannot be above the input price" in response.content.decode()
+    assert ModelPrice.objects.count() == count

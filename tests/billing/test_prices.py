@@ -113,3 +113,19 @@ def test_prices_available_lists_the_demo_first_and_every_priced_model():
     assert quotes[0].model_id == "demo:echo"
     assert {"openai:gpt-4o-mini", "anthropic:claude-sonnet-4-5"} <= {q.model_id for q in quotes}
     assert len({q.model_id for q in quotes}) == len(quotes)
+
+
+@pytest.mark.django_db
+def test_a_cached_input_price_above_the_input_price_is_refused():
+    """A reservation counts every input token at the input price; a dearer cached price would let
+    the real cost exceed the hold and overspend the budget."""
+    count = ModelPrice.objects.count()
+    with pytest.raises(PriceError, match="cached input price cannot be above the input price"):
+        price_set(
+            model_id="openai:gpt-4o", input_per_million="1", output_per_million="2", cached_input_per_million="1.5"
+        )
+    assert ModelPrice.objects.count() == count
+    assert not AuditEvent.objects.exists()
+
+    price_set(model_id="openai:gpt-4o", input_per_million="1", output_per_million="2", cached_input_per_million="1")
+    assert price_for(model_id="openai:gpt-4o").cached_input_per_million == D("1")
