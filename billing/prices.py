@@ -21,6 +21,9 @@ from .money import ZERO, parse_decimal, quantize_money
 # Guards against typos ("--input 25000" meant 2.5): no public model costs near this per million.
 MAX_PRICE_PER_MILLION = Decimal("10000")
 MAX_CONTEXT_WINDOW = 100_000_000
+# What a new model gets when set_price is not told (billing.models.ModelPrice's field defaults).
+DEFAULT_CONTEXT_WINDOW = 128_000
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
 PRICE_PLACES = Decimal("0.000001")  # billing.models.PRICE
 PROVIDERS = ("openai", "anthropic", "demo")
 # Model names of OpenAI-compatible servers carry colons, slashes and dots ("llama3.1:8b",
@@ -174,6 +177,13 @@ def _positive_int(raw: object, what: str, *, maximum: int) -> int | None:
     return value
 
 
+def _check_output_fits(*, window: int, max_out: int) -> None:
+    # The context builder keeps max_out tokens of the window free for the reply; a reply as large
+    # as the window leaves no room for the question, and every message would be refused.
+    if max_out >= window:
+        raise PriceError(_("max output tokens must be below the context window (%(window)s)") % {"window": window})
+
+
 def price_validate(
     *,
     model_id: str,
@@ -202,6 +212,8 @@ def price_validate(
         raise PriceError(_("cached input price cannot be above the input price"))
     window = _positive_int(context_window, _("context window"), maximum=MAX_CONTEXT_WINDOW)
     max_out = _positive_int(max_output_tokens, _("max output tokens"), maximum=MAX_CONTEXT_WINDOW)
+    if window is not None and max_out is not None:
+        _check_output_fits(window=window, max_out=max_out)
     if label is not None and len(label) > 120:
         raise PriceError(_("label is longer than 120 characters"))
     return provider, model, inp, out, cached, window, max_out
@@ -241,6 +253,7 @@ def price_set(
     start = effective_from if effective_from and effective_from > now else now
     with transaction.atomic():
         previous = _row_in_force(provider=provider, model=model, at=start)
+        given_max_out = max_out
         if previous is not None:
             window = window or previous.context_window
             max_out = max_out or previous.max_output_tokens
@@ -248,6 +261,13 @@ def price_set(
             if cached is None and previous.cached_input_per_million is not None:
                 # A cached price above the new input price would be a discount that costs more.
                 cached = min(previous.cached_input_per_million, inp)
+        window = window or DEFAULT_CONTEXT_WINDOW
+        max_out = max_out or DEFAULT_MAX_OUTPUT_TOKENS
+        if given_max_out is None and max_out >= window:
+            # Only the window was given (a small local model): the default or carried-over reply
+            # size is cut to half the window rather than making the model unusable.
+            max_out = max(1, window // 2)
+        _check_output_fits(window=window, max_out=max_out)
         row = ModelPrice(
             provider=provider,
             model=model,
@@ -255,8 +275,8 @@ def price_set(
             input_per_million=inp,
             output_per_million=out,
             cached_input_per_million=cached,
-            context_window=window or 128_000,
-            max_output_tokens=max_out or 4096,
+            context_window=window,
+            max_output_tokens=max_out,
             enabled=enabled,
             effective_from=start,
             created_at=now,

@@ -129,3 +129,44 @@ def test_a_cached_input_price_above_the_input_price_is_refused():
 
     price_set(model_id="openai:gpt-4o", input_per_million="1", output_per_million="2", cached_input_per_million="1")
     assert price_for(model_id="openai:gpt-4o").cached_input_per_million == D("1")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("model_id", ["openai:llama3.1:8b", "openai:gpt-4o-mini"])  # new model; carried 16384
+def test_a_context_window_set_alone_leaves_room_for_the_question(model_id):
+    """An operator giving only the window of a small local model must get a usable model: the
+    default (or carried-over) reply size is cut to fit, or every message would be refused."""
+    import uuid
+
+    from conversations.context import HistoryItem, context_build
+
+    price_set(model_id=model_id, input_per_million="0", output_per_million="0", context_window="2048")
+    quote = price_for(model_id=model_id)
+    assert quote.context_window == 2048
+    assert 0 < quote.max_output_tokens < 2048
+    built = context_build(
+        system_prompt="",
+        summary="",
+        history=[HistoryItem(id=uuid.uuid4(), role="user", content="hello there")],
+        model_id=model_id,
+        context_window=quote.context_window,
+        max_tokens=quote.max_output_tokens,
+    )
+    assert len(built.messages) == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"context_window": "2048", "max_output_tokens": "4096"},
+        {"context_window": "2048", "max_output_tokens": "2048"},
+        {"max_output_tokens": "128000"},  # the window of 128000 carried over from gpt-4o
+    ],
+)
+def test_a_max_output_that_fills_the_context_window_is_refused(kwargs):
+    count = ModelPrice.objects.count()
+    with pytest.raises(PriceError, match="max output tokens must be below the context window"):
+        price_set(model_id="openai:gpt-4o", input_per_million="1", output_per_million="2", **kwargs)
+    assert ModelPrice.objects.count() == count
+    assert not AuditEvent.objects.exists()
