@@ -27,8 +27,9 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4096
 PRICE_PLACES = Decimal("0.000001")  # billing.models.PRICE
 PROVIDERS = ("openai", "anthropic", "demo")
 # Model names of OpenAI-compatible servers carry colons, slashes and dots ("llama3.1:8b",
-# "meta-llama/Llama-3-8B"); whitespace and control characters never.
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,119}$")
+# "meta-llama/Llama-3-8B"); whitespace and control characters never. Matched with fullmatch:
+# `$` would also match before a trailing newline and let "gpt-4o\n" in as a separate model.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,119}")
 _MILLION = Decimal(1_000_000)
 # The label the seed migration gives demo:echo. A label is data, but this one is known, so pages
 # show it in the reader's language; a label an admin sets is shown as written.
@@ -66,7 +67,7 @@ def parse_model_id(model_id: str) -> tuple[str, str] | None:
     if not isinstance(model_id, str):
         return None
     provider, sep, model = model_id.partition(":")
-    if not sep or provider not in PROVIDERS or not _MODEL_NAME.match(model):
+    if not sep or provider not in PROVIDERS or not _MODEL_NAME.fullmatch(model):
         return None
     return provider, model
 

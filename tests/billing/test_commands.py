@@ -68,6 +68,7 @@ def test_set_price_puts_a_new_price_in_force():
     [
         (["--model", "gpt-4o", "--input", "1", "--output", "1"], "PROVIDER:MODEL"),
         (["--model", "openai:bad model", "--input", "1", "--output", "1"], "PROVIDER:MODEL"),
+        (["--model", "openai:gpt-4o\n", "--input", "1", "--output", "1"], "PROVIDER:MODEL"),
         (["--model", "openai:gpt-4o", "--input", "-1", "--output", "1"], "negative"),
         (["--model", "openai:gpt-4o", "--input", "1", "--output", "-2"], "negative"),
         (["--model", "openai:gpt-4o", "--input", "x", "--output", "1"], "number"),

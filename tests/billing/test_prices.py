@@ -89,6 +89,7 @@ def test_a_new_model_can_be_priced_including_compatible_server_names():
         ({"model_id": "gpt-4o"}, "PROVIDER:MODEL"),
         ({"model_id": "openai:gpt 4o"}, "PROVIDER:MODEL"),
         ({"model_id": "acme:gpt-4o"}, "PROVIDER:MODEL"),
+        ({"model_id": "openai:gpt-4o\n"}, "PROVIDER:MODEL"),  # a pasted line end is not part of the name
         ({"input_per_million": "-1"}, "negative"),
         ({"output_per_million": "-0.01"}, "negative"),
         ({"input_per_million": "cheap"}, "number"),
