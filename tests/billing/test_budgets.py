@@ -221,6 +221,7 @@ def test_budget_status_reads_an_ended_period_as_fresh(user):
         ({"limit": "1e30", "period": "day"}, "above"),
         ({"limit": "5", "period": "fortnight"}, "period"),
         ({"limit": "5", "period": "day", "warn_ratio": "1.5"}, "threshold"),
+        ({"limit": "5", "period": "day", "warn_ratio": "0.0004"}, "threshold"),  # rounds to 0: never off
     ],
 )
 def test_budget_set_refuses_bad_input_and_changes_nothing(user, kwargs, error):

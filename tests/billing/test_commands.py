@@ -45,6 +45,7 @@ def test_set_budget_for_a_user_and_a_team(user, make_team):
         (["--user", "nobody", "--limit", "5", "--period", "day"], "unknown user"),
         (["--team", "nowhere", "--limit", "5", "--period", "day"], "unknown team"),
         (["--user", "alice", "--limit", "5", "--period", "fortnight"], "period"),
+        (["--user", "alice", "--limit", "5", "--period", "day", "--warn", "0.0004"], "threshold"),
         (["--user", "alice", "--team", "x", "--limit", "5", "--period", "day"], "not allowed with"),
         (["--limit", "5", "--period", "day"], "one of the arguments --user --team is required"),
     ],
