@@ -18,7 +18,7 @@ from billing.models import DailyUsage, UsageRecord
 from conversations import data_rights as conversation_rights
 from conversations.models import Conversation, Message
 
-from .data_rights_fixtures import make_history, scan_cache, scan_database, scan_media
+from .data_rights_fixtures import error_lines, make_history, manage_py, scan_cache, scan_database, scan_media
 
 PASSWORD = "correct horse battery 9"
 User = get_user_model()
@@ -371,6 +371,14 @@ def test_erase_user_command_bad_input_changes_nothing(victim):
     victim.refresh_from_db()
     assert victim.is_active and Conversation.objects.filter(owner=victim).exists()
     assert not ErasureRequest.objects.exists()
+
+
+def test_erase_user_answers_a_bad_command_line_in_one_line():
+    """The real command line: argparse's refusal is one line too, not its usage block."""
+    proc = manage_py("erase_user", "--yes")  # no username
+    errors = error_lines(proc)
+    assert proc.returncode != 0
+    assert errors == ["CommandError: the following arguments are required: username"], proc.stderr
 
 
 @pytest.mark.django_db

@@ -1,12 +1,13 @@
 """manage.py erase_user USERNAME --yes: erase an account and everything in it, now."""
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from accounts import data_rights
+from chatsite.commands import OneLineCommand
 
 
-class Command(BaseCommand):
+class Command(OneLineCommand):
     help = "Erase USERNAME: conversations, messages, exports, sessions, cache, login records, profile."
 
     def add_arguments(self, parser):
