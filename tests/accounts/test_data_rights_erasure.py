@@ -1,5 +1,6 @@
 """Erasure: nothing of the person is left anywhere, and no money is lost."""
 
+import io
 import sys
 import types
 
@@ -379,6 +380,20 @@ def test_erase_user_answers_a_bad_command_line_in_one_line():
     errors = error_lines(proc)
     assert proc.returncode != 0
     assert errors == ["CommandError: the following arguments are required: username"], proc.stderr
+
+
+@pytest.mark.django_db
+def test_erase_user_fails_when_another_run_holds_the_erasure(victim):
+    """A second erase_user while a worker is erasing the same account must not report success:
+    nothing was erased by it, and the account is still there until the other run ends."""
+    erasure = data_rights.erasure_request(user=victim, queue=False)
+    cache.add(f"erasure-run:{erasure.pk}", 1)
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="already running") as error:
+        call_command("erase_user", victim.username, "--yes", stdout=out)
+    assert "\n" not in str(error.value)
+    assert out.getvalue() == ""
+    assert User.objects.filter(pk=victim.pk).exists()
 
 
 @pytest.mark.django_db
