@@ -275,7 +275,9 @@ def _spent_so_far(*, user=None, team=None, since: dt.datetime | None) -> Decimal
     if user is not None:
         records = records.filter(user=user)
     else:
-        records = records.filter(user__in=team.members.all())
+        # Erased members' records keep their team but lose their user: counted through the team
+        # they were filed under (their first team; for another team of theirs that link is gone).
+        records = records.filter(Q(user__in=team.members.all()) | Q(user__isnull=True, team=team))
     return quantize_money(records.aggregate(total=Sum("cost"))["total"] or ZERO)
 
 
