@@ -64,6 +64,18 @@ def test_set_price_puts_a_new_price_in_force():
     assert (quote.input_per_million, quote.output_per_million, quote.context_window) == (D("3"), D("12"), 64000)
 
 
+def test_a_negative_zero_is_stored_and_shown_as_zero(user):
+    """-0 is a valid zero, but it must not surface as "-0.00" in output or the audit log."""
+    out = run("set_budget", "--user", "alice", "--limit", "-0", "--period", "day")
+    assert "day budget 0.00 USD" in out and "-0" not in out
+    out = run("set_price", "--model", "openai:gpt-4o", "--input", "-0", "--output", "-0.000")
+    assert out.startswith("openai:gpt-4o: input 0.000000, output 0.000000")
+    assert Budget.objects.get().limit.is_signed() is False
+    assert price_for(model_id="openai:gpt-4o").input_per_million.is_signed() is False
+    for event in AuditEvent.objects.all():
+        assert not any(str(value).startswith("-") for value in event.data.values()), event.data
+
+
 @pytest.mark.parametrize(
     ("args", "error"),
     [
