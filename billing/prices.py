@@ -234,9 +234,10 @@ def price_set(
     actor=None,
 ):
     """Put a new price in force for `model_id` from `effective_from` (now when omitted or past:
-    history is never rewritten). Unset context window, max output, label and cached price carry
-    over from the price in force. Raises PriceError (changing nothing) on bad input. Writes an
-    audit entry. Returns the new ModelPrice."""
+    history is never rewritten). A price already scheduled for that same future moment is
+    replaced instead: no call has used it yet. Unset context window, max output, label and cached
+    price carry over from the price in force then. Raises PriceError (changing nothing) on bad
+    input. Writes an audit entry. Returns the new (or replaced) ModelPrice."""
     from accounts.audit import audit_record
 
     from .models import ModelPrice
@@ -253,6 +254,15 @@ def price_set(
     now = timezone.now()
     start = effective_from if effective_from and effective_from > now else now
     with transaction.atomic():
+        scheduled = None
+        if start > now:
+            # Not in force yet, so not history: correcting it (the admin saving a scheduled row
+            # again) must not fail on modelprice_unique_from. Locked: two corrections queue.
+            scheduled = (
+                ModelPrice.objects.select_for_update()
+                .filter(provider=provider, model=model, effective_from=start)
+                .first()
+            )
         previous = _row_in_force(provider=provider, model=model, at=start)
         given_max_out = max_out
         if previous is not None:
@@ -269,20 +279,25 @@ def price_set(
             # size is cut to half the window rather than making the model unusable.
             max_out = max(1, window // 2)
         _check_output_fits(window=window, max_out=max_out)
-        row = ModelPrice(
-            provider=provider,
-            model=model,
-            label=label or "",
-            input_per_million=inp,
-            output_per_million=out,
-            cached_input_per_million=cached,
-            context_window=window,
-            max_output_tokens=max_out,
-            enabled=enabled,
-            effective_from=start,
-            created_at=now,
-        )
-        row.full_clean()
+        values = {
+            "label": label or "",
+            "input_per_million": inp,
+            "output_per_million": out,
+            "cached_input_per_million": cached,
+            "context_window": window,
+            "max_output_tokens": max_out,
+            "enabled": enabled,
+            "created_at": now,
+        }
+        if scheduled is not None:
+            row = scheduled
+            for name, value in values.items():
+                setattr(row, name, value)
+        else:
+            row = ModelPrice(provider=provider, model=model, effective_from=start, **values)
+        # Constraints are left to the database: the values were checked above, and the unique
+        # moment can then only clash with a concurrent price_set, which the save reports.
+        row.full_clean(validate_constraints=False)
         try:
             with transaction.atomic():
                 row.save()
@@ -300,6 +315,7 @@ def price_set(
                 "context_window": row.context_window,
                 "enabled": enabled,
                 "effective_from": start.isoformat(),
+                "replaced_scheduled": scheduled is not None,
             },
         )
     return row

@@ -171,3 +171,14 @@ def test_a_max_output_that_fills_the_context_window_is_refused(kwargs):
         price_set(model_id="openai:gpt-4o", input_per_million="1", output_per_million="2", **kwargs)
     assert ModelPrice.objects.count() == count
     assert not AuditEvent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_scheduled_price_set_again_at_its_moment_is_corrected_in_place():
+    later = timezone.now() + dt.timedelta(days=2)
+    first = price_set(model_id="openai:gpt-4o", input_per_million="1", output_per_million="2", effective_from=later)
+    again = price_set(model_id="openai:gpt-4o", input_per_million="1.2", output_per_million="2", effective_from=later)
+    assert again.pk == first.pk
+    assert price_for(model_id="openai:gpt-4o", at=later).input_per_million == D("1.2")
+    assert ModelPrice.objects.filter(provider="openai", model="gpt-4o", effective_from=later).count() == 1
+    assert [e.data["replaced_scheduled"] for e in AuditEvent.objects.order_by("created_at", "pk")] == [False, True]
