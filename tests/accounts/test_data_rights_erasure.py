@@ -115,6 +115,29 @@ def test_erasure_leaves_nothing_and_keeps_the_money(victim, other_user, team, dj
     assert receipt["login_records"] == 4 and receipt["usage_records_anonymised"] == 9
 
 
+@pytest.mark.django_db
+def test_erasure_leaves_no_name_in_the_admin_history_of_the_persons_budgets(victim, admin_client):
+    """A budget is shown in the admin history as "user <username> / month: ..."; the budget goes
+    with the person, and so must the name in its history entries."""
+    from django.contrib.admin.models import LogEntry
+
+    for period in ("day", "month"):
+        response = admin_client.post(
+            "/admin/billing/budget/add/", {"user": str(victim.pk), "team": "", "period": period, "limit": "5", "warn_ratio": "0.8"}
+        )
+        assert response.status_code == 302
+    # One budget deleted before the erasure: its history entries still name the person.
+    day_budget = victim.budgets.get(period="day")
+    assert admin_client.post(f"/admin/billing/budget/{day_budget.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert LogEntry.objects.filter(object_repr__contains=victim.username).count() == 3  # what is to be erased
+
+    erasure = data_rights.erasure_request(user=victim, queue=False)
+    data_rights.erasure_run(erasure_id=erasure.pk)
+
+    assert scan_database([victim.username, victim.email]) == []
+    assert LogEntry.objects.count() == 3  # the history entries stay, without the name
+
+
 @pytest.mark.django_db(transaction=True)
 def test_erasure_interrupted_midway_then_run_again_completes(victim, other_user, team, monkeypatch):
     texts, clients, _other = _populate(victim, other_user, team)
