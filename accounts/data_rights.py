@@ -623,7 +623,7 @@ def _step_conversations(erasure: ErasureRequest, user) -> None:
 
 def _step_usage(erasure: ErasureRequest, user) -> None:
     with transaction.atomic():
-        kept = billing_rights.usage_forget_user(user_id=erasure.user_id)
+        kept = billing_rights.usage_forget_user(user_id=erasure.user_id, username=user.username if user else "")
         _add_counts(
             erasure.pk,
             {"usage_records_anonymised": kept["usage_records"], "daily_rollups_anonymised": kept["daily_rollups"], "budgets": kept["budgets"]},
@@ -657,7 +657,7 @@ def _step_account(erasure: ErasureRequest, user) -> None:
         get_user_model().objects.select_for_update().filter(pk=erasure.user_id).values_list("pk", flat=True).first()
         # Once more, in the same transaction as the delete: a reply that finished after the usage
         # step wrote a ledger row still linked to the person.
-        late = billing_rights.usage_forget_user(user_id=erasure.user_id)
+        late = billing_rights.usage_forget_user(user_id=erasure.user_id, username=user.username if user else "")
         removed = 0
         if user is not None:
             _total, per_model = get_user_model().objects.filter(pk=erasure.user_id).delete()

@@ -7,6 +7,7 @@ import zoneinfo
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -30,6 +31,13 @@ def validate_model_id(value: str) -> None:
         )
 
 
+RATE_LIMIT_HELP = _("At least 1. Empty: the site's default.")
+TEAM_RATE_LIMIT_HELP = _("At least 1; the strictest of a member's own and their teams' limits applies. Empty: no team limit.")
+_RATE_LIMITS_POSITIVE = (models.Q(requests_per_minute__isnull=True) | models.Q(requests_per_minute__gte=1)) & (
+    models.Q(tokens_per_minute__isnull=True) | models.Q(tokens_per_minute__gte=1)
+)
+
+
 class User(AbstractUser):
     """The account. Profile settings live here: one row per person, no join on every request."""
 
@@ -38,9 +46,15 @@ class User(AbstractUser):
     # Empty: follow the browser's Accept-Language.
     language = models.CharField(_("language"), max_length=8, blank=True, choices=settings.LANGUAGES)
     default_model = models.CharField(_("default model"), max_length=120, blank=True, validators=[validate_model_id])
-    # Per-user overrides of the settings' rate limits; null means "use the default".
-    requests_per_minute = models.PositiveIntegerField(_("requests per minute"), null=True, blank=True)
-    tokens_per_minute = models.PositiveIntegerField(_("tokens per minute"), null=True, blank=True)
+    # Per-user overrides of the settings' rate limits; null means "use the default". 0 is
+    # refused (validator and constraint): it reads as "blocked" to one operator and "unlimited"
+    # to another; an account is blocked by deactivating it, spending by a budget of 0.
+    requests_per_minute = models.PositiveIntegerField(
+        _("requests per minute"), null=True, blank=True, validators=[MinValueValidator(1)], help_text=RATE_LIMIT_HELP
+    )
+    tokens_per_minute = models.PositiveIntegerField(
+        _("tokens per minute"), null=True, blank=True, validators=[MinValueValidator(1)], help_text=RATE_LIMIT_HELP
+    )
 
     class Meta:
         constraints = [
@@ -49,6 +63,7 @@ class User(AbstractUser):
             models.UniqueConstraint(
                 Lower("email"), condition=~models.Q(email=""), name="user_email_ci_unique"
             ),
+            models.CheckConstraint(condition=_RATE_LIMITS_POSITIVE, name="user_rate_limits_positive"),
         ]
 
     def __str__(self) -> str:
@@ -62,14 +77,22 @@ class User(AbstractUser):
 class Team(models.Model):
     name = models.CharField(_("name"), max_length=80)
     members = models.ManyToManyField(User, through="TeamMembership", related_name="teams")
-    requests_per_minute = models.PositiveIntegerField(_("requests per minute"), null=True, blank=True)
-    tokens_per_minute = models.PositiveIntegerField(_("tokens per minute"), null=True, blank=True)
+    # The team's rate limits tighten its members' (billing.limits); null: no team limit.
+    requests_per_minute = models.PositiveIntegerField(
+        _("requests per minute"), null=True, blank=True, validators=[MinValueValidator(1)], help_text=TEAM_RATE_LIMIT_HELP
+    )
+    tokens_per_minute = models.PositiveIntegerField(
+        _("tokens per minute"), null=True, blank=True, validators=[MinValueValidator(1)], help_text=TEAM_RATE_LIMIT_HELP
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         verbose_name = _("team")
         verbose_name_plural = _("teams")
-        constraints = [models.UniqueConstraint(Lower("name"), name="team_name_ci_unique")]
+        constraints = [
+            models.UniqueConstraint(Lower("name"), name="team_name_ci_unique"),
+            models.CheckConstraint(condition=_RATE_LIMITS_POSITIVE, name="team_rate_limits_positive"),
+        ]
         ordering = ["name"]
 
     def __str__(self) -> str:

@@ -33,7 +33,9 @@ class ModelPriceForm(forms.ModelForm):
         ]
         help_texts = {
             "effective_from": _("Saving never rewrites a price: it adds a new one in force from this moment "
-                                "(or from now, if this moment has passed). Earlier calls keep their price."),
+                                "(or from now, if this moment has passed). Earlier calls keep their price. "
+                                "A price scheduled for a future moment and saved again at that moment is "
+                                "corrected in place: no call has used it yet."),
         }
 
     def clean(self):

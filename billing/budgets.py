@@ -16,7 +16,7 @@ import uuid
 import zoneinfo
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.db import transaction
@@ -30,6 +30,7 @@ from .money import ZERO, parse_decimal, quantize_money
 MAX_BUDGET_LIMIT = Decimal("1000000")
 # A reservation outlives the longest provider call by this much before the expiry task frees it.
 RESERVATION_MARGIN_SECONDS = 300
+WARN_RATIO_PLACES = Decimal("0.001")  # billing.models.Budget.warn_ratio
 _PERIOD_ORDER = {"day": 0, "week": 1, "month": 2, "total": 3}
 
 
@@ -274,7 +275,9 @@ def _spent_so_far(*, user=None, team=None, since: dt.datetime | None) -> Decimal
     if user is not None:
         records = records.filter(user=user)
     else:
-        records = records.filter(user__in=team.members.all())
+        # Erased members' records keep their team but lose their user: counted through the team
+        # they were filed under (their first team; for another team of theirs that link is gone).
+        records = records.filter(Q(user__in=team.members.all()) | Q(user__isnull=True, team=team))
     return quantize_money(records.aggregate(total=Sum("cost"))["total"] or ZERO)
 
 
@@ -297,9 +300,12 @@ def budget_validate(*, user=None, team=None, period: str, limit: object, warn_ra
     ratio = None
     if warn_ratio is not None and warn_ratio != "":
         ratio = parse_decimal(warn_ratio)
+        # Checked again after rounding to the column's 3 places: 0.0004 would be stored as 0,
+        # a threshold that warns before anything is spent.
+        if ratio is not None and Decimal("0") < ratio <= Decimal("1"):
+            ratio = ratio.quantize(WARN_RATIO_PLACES, rounding=ROUND_HALF_UP)
         if ratio is None or not Decimal("0") < ratio <= Decimal("1"):
             raise BudgetError(_("the warning threshold must be a fraction above 0 and at most 1"))
-        ratio = ratio.quantize(Decimal("0.001"))
     return value, ratio
 
 

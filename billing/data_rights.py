@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 from django.db import transaction
-from django.db.models import Count, F, Sum
+from django.db.models import Count, F, Q, Sum
 
 from .limits import user_key_prefix
 from .models import Budget, DailyUsage, Reservation, UsageRecord
@@ -98,15 +98,33 @@ def _fold_daily_rows(user_id: int) -> int:
     return moved
 
 
-def usage_forget_user(*, user_id: int) -> dict[str, int]:
+def _scrub_budget_admin_log(*, budget_ids: list[str], username: str) -> None:
+    """The admin history names changed objects by their str(), and a budget's names its owner
+    ("user <username> / month: ...", billing.models.Budget.__str__): keep the entries, drop the
+    words. By id for the budgets there are; by that prefix for those an admin deleted earlier."""
+    from django.contrib.admin.models import LogEntry
+    from django.contrib.contenttypes.models import ContentType
+
+    entries = Q(object_id__in=budget_ids)
+    if username:
+        entries |= Q(object_repr__istartswith=f"user {username} /")
+    LogEntry.objects.filter(entries, content_type=ContentType.objects.get_for_model(Budget)).update(
+        object_repr="(erased budget)", change_message=""
+    )
+
+
+def usage_forget_user(*, user_id: int, username: str = "") -> dict[str, int]:
     """Cut `user_id` out of the ledger, the rollup and reservations, keeping every amount; delete
-    the user's own budgets (a limit on a person who no longer exists). Idempotent: a second run
+    the user's own budgets (a limit on a person who no longer exists) and `username` in their
+    admin history. Idempotent: a second run
     finds nothing and returns zeros."""
     with transaction.atomic():
         records = UsageRecord.objects.filter(user_id=user_id).update(user=None, conversation_id=None, message_id=None)
         rollups = _fold_daily_rows(user_id)
         Reservation.objects.filter(user_id=user_id).update(user=None)
-        _total, per_model = Budget.objects.filter(user_id=user_id).delete()
+        budgets = Budget.objects.filter(user_id=user_id)
+        _scrub_budget_admin_log(budget_ids=[str(pk) for pk in budgets.values_list("pk", flat=True)], username=username)
+        _total, per_model = budgets.delete()
     return {
         "usage_records": records,
         "daily_rollups": rollups,

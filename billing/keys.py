@@ -499,12 +499,17 @@ def _env_import_one(provider: str, secret: str, base_url: str) -> str:
             .filter(provider=provider, origin=ProviderKey.Origin.ENV)
             .order_by("created_at")
         )
-        for key in existing:
+        # Only the newest env key stands for the variable's current value. An older one holding
+        # the same secret was rotated away from: the variable going back to it is a new rotation
+        # (a fresh key, the newer one drained), or the site would keep using the secret the
+        # variable no longer names.
+        current = existing[-1] if existing else None
+        if current is not None and current.base_url == base_url:
             try:
-                same = hmac.compare_digest(secret_decrypt(key.secret_encrypted).encode(), secret.encode())
+                same = hmac.compare_digest(secret_decrypt(current.secret_encrypted).encode(), secret.encode())
             except SecretUndecryptable:
-                continue
-            if same and key.base_url == base_url:
+                same = False
+            if same:
                 # Already imported. Whatever state an administrator put it in since, stands.
                 return "unchanged"
         base = f"env-{provider}"
@@ -521,7 +526,8 @@ def _env_import_one(provider: str, secret: str, base_url: str) -> str:
 
 def keys_import_from_env() -> dict[str, str]:
     """Import OPENAI_API_KEY / ANTHROPIC_API_KEY (with their *_BASE_URL). Idempotent: the same
-    secret and base URL add nothing; a changed one adds a new key and drains the old. Returns
+    secret and base URL add nothing; a changed one (going back to an earlier one included) adds
+    a new key and drains the old. Returns
     {provider: "added" | "rotated" | "unchanged" | "refused: <why>"} for each variable set."""
     results: dict[str, str] = {}
     for provider, secret_name, url_name in _ENV_KEYS:

@@ -50,12 +50,13 @@ def _clock() -> float:
 def limits_for(*, user) -> Limits:
     """The user's own override (else the settings' default), tightened by any team of theirs
     that sets a lower one: the strictest covering limit applies."""
-    rpm = user.requests_per_minute or settings.RATE_LIMIT_REQUESTS_PER_MINUTE
-    tpm = user.tokens_per_minute or settings.RATE_LIMIT_TOKENS_PER_MINUTE
+    # None is "not set"; 0 cannot be stored (accounts' *_rate_limits_positive constraints).
+    rpm = user.requests_per_minute if user.requests_per_minute is not None else settings.RATE_LIMIT_REQUESTS_PER_MINUTE
+    tpm = user.tokens_per_minute if user.tokens_per_minute is not None else settings.RATE_LIMIT_TOKENS_PER_MINUTE
     for team_rpm, team_tpm in user.teams.values_list("requests_per_minute", "tokens_per_minute"):
-        if team_rpm:
+        if team_rpm is not None:
             rpm = min(rpm, team_rpm)
-        if team_tpm:
+        if team_tpm is not None:
             tpm = min(tpm, team_tpm)
     return Limits(requests_per_minute=rpm, tokens_per_minute=tpm)
 

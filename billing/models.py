@@ -252,6 +252,8 @@ class Budget(models.Model):
         ]
 
     def __str__(self) -> str:
+        # Shown in the admin history; erasure finds a person's entries by "user <username> /"
+        # (billing.data_rights._scrub_budget_admin_log).
         owner = self.user if self.user_id else self.team
         return f"{self.scope} {owner} / {self.period}: {self.limit} USD"
 

@@ -21,14 +21,19 @@ def quantize_money(value: Decimal) -> Decimal:
 
 
 def parse_decimal(raw: object) -> Decimal | None:
-    """A finite Decimal from user input (str/int/Decimal), or None when it is not a number."""
+    """A finite Decimal from user input (str/int/Decimal), or None when it is not a number.
+    A negative zero ("-0", "-0.00") comes back as plain zero."""
     if isinstance(raw, float | bool):
         return None
     try:
         value = Decimal(str(raw).strip())
     except (InvalidOperation, ValueError):
         return None
-    return value if value.is_finite() else None
+    if not value.is_finite():
+        return None
+    # Decimal keeps the sign of zero through quantize and str(): "-0" passes every "not
+    # negative" check and would then be shown and audited as "-0.00" / "-0E-10".
+    return value.copy_abs() if value.is_zero() else value
 
 
 def money_str(value: Decimal) -> str:

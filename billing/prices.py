@@ -21,11 +21,15 @@ from .money import ZERO, parse_decimal, quantize_money
 # Guards against typos ("--input 25000" meant 2.5): no public model costs near this per million.
 MAX_PRICE_PER_MILLION = Decimal("10000")
 MAX_CONTEXT_WINDOW = 100_000_000
+# What a new model gets when set_price is not told (billing.models.ModelPrice's field defaults).
+DEFAULT_CONTEXT_WINDOW = 128_000
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
 PRICE_PLACES = Decimal("0.000001")  # billing.models.PRICE
 PROVIDERS = ("openai", "anthropic", "demo")
 # Model names of OpenAI-compatible servers carry colons, slashes and dots ("llama3.1:8b",
-# "meta-llama/Llama-3-8B"); whitespace and control characters never.
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,119}$")
+# "meta-llama/Llama-3-8B"); whitespace and control characters never. Matched with fullmatch:
+# `$` would also match before a trailing newline and let "gpt-4o\n" in as a separate model.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,119}")
 _MILLION = Decimal(1_000_000)
 # The label the seed migration gives demo:echo. A label is data, but this one is known, so pages
 # show it in the reader's language; a label an admin sets is shown as written.
@@ -63,7 +67,7 @@ def parse_model_id(model_id: str) -> tuple[str, str] | None:
     if not isinstance(model_id, str):
         return None
     provider, sep, model = model_id.partition(":")
-    if not sep or provider not in PROVIDERS or not _MODEL_NAME.match(model):
+    if not sep or provider not in PROVIDERS or not _MODEL_NAME.fullmatch(model):
         return None
     return provider, model
 
@@ -174,6 +178,13 @@ def _positive_int(raw: object, what: str, *, maximum: int) -> int | None:
     return value
 
 
+def _check_output_fits(*, window: int, max_out: int) -> None:
+    # The context builder keeps max_out tokens of the window free for the reply; a reply as large
+    # as the window leaves no room for the question, and every message would be refused.
+    if max_out >= window:
+        raise PriceError(_("max output tokens must be below the context window (%(window)s)") % {"window": window})
+
+
 def price_validate(
     *,
     model_id: str,
@@ -196,8 +207,14 @@ def price_validate(
     inp = _price(input_per_million, _("input"), required=True)
     out = _price(output_per_million, _("output"), required=True)
     cached = _price(cached_input_per_million, _("cached input"), required=False)
+    if cached is not None and cached > inp:
+        # worst_case_cost counts all input at the input price: a dearer cached price would make
+        # the real cost exceed the budget hold.
+        raise PriceError(_("cached input price cannot be above the input price"))
     window = _positive_int(context_window, _("context window"), maximum=MAX_CONTEXT_WINDOW)
     max_out = _positive_int(max_output_tokens, _("max output tokens"), maximum=MAX_CONTEXT_WINDOW)
+    if window is not None and max_out is not None:
+        _check_output_fits(window=window, max_out=max_out)
     if label is not None and len(label) > 120:
         raise PriceError(_("label is longer than 120 characters"))
     return provider, model, inp, out, cached, window, max_out
@@ -217,9 +234,10 @@ def price_set(
     actor=None,
 ):
     """Put a new price in force for `model_id` from `effective_from` (now when omitted or past:
-    history is never rewritten). Unset context window, max output, label and cached price carry
-    over from the price in force. Raises PriceError (changing nothing) on bad input. Writes an
-    audit entry. Returns the new ModelPrice."""
+    history is never rewritten). A price already scheduled for that same future moment is
+    replaced instead: no call has used it yet. Unset context window, max output, label and cached
+    price carry over from the price in force then. Raises PriceError (changing nothing) on bad
+    input. Writes an audit entry. Returns the new (or replaced) ModelPrice."""
     from accounts.audit import audit_record
 
     from .models import ModelPrice
@@ -236,7 +254,17 @@ def price_set(
     now = timezone.now()
     start = effective_from if effective_from and effective_from > now else now
     with transaction.atomic():
+        scheduled = None
+        if start > now:
+            # Not in force yet, so not history: correcting it (the admin saving a scheduled row
+            # again) must not fail on modelprice_unique_from. Locked: two corrections queue.
+            scheduled = (
+                ModelPrice.objects.select_for_update()
+                .filter(provider=provider, model=model, effective_from=start)
+                .first()
+            )
         previous = _row_in_force(provider=provider, model=model, at=start)
+        given_max_out = max_out
         if previous is not None:
             window = window or previous.context_window
             max_out = max_out or previous.max_output_tokens
@@ -244,20 +272,32 @@ def price_set(
             if cached is None and previous.cached_input_per_million is not None:
                 # A cached price above the new input price would be a discount that costs more.
                 cached = min(previous.cached_input_per_million, inp)
-        row = ModelPrice(
-            provider=provider,
-            model=model,
-            label=label or "",
-            input_per_million=inp,
-            output_per_million=out,
-            cached_input_per_million=cached,
-            context_window=window or 128_000,
-            max_output_tokens=max_out or 4096,
-            enabled=enabled,
-            effective_from=start,
-            created_at=now,
-        )
-        row.full_clean()
+        window = window or DEFAULT_CONTEXT_WINDOW
+        max_out = max_out or DEFAULT_MAX_OUTPUT_TOKENS
+        if given_max_out is None and max_out >= window:
+            # Only the window was given (a small local model): the default or carried-over reply
+            # size is cut to half the window rather than making the model unusable.
+            max_out = max(1, window // 2)
+        _check_output_fits(window=window, max_out=max_out)
+        values = {
+            "label": label or "",
+            "input_per_million": inp,
+            "output_per_million": out,
+            "cached_input_per_million": cached,
+            "context_window": window,
+            "max_output_tokens": max_out,
+            "enabled": enabled,
+            "created_at": now,
+        }
+        if scheduled is not None:
+            row = scheduled
+            for name, value in values.items():
+                setattr(row, name, value)
+        else:
+            row = ModelPrice(provider=provider, model=model, effective_from=start, **values)
+        # Constraints are left to the database: the values were checked above, and the unique
+        # moment can then only clash with a concurrent price_set, which the save reports.
+        row.full_clean(validate_constraints=False)
         try:
             with transaction.atomic():
                 row.save()
@@ -275,6 +315,7 @@ def price_set(
                 "context_window": row.context_window,
                 "enabled": enabled,
                 "effective_from": start.isoformat(),
+                "replaced_scheduled": scheduled is not None,
             },
         )
     return row

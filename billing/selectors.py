@@ -1,4 +1,9 @@
-"""Reads for pages and APIs. Usage comes from the daily rollup, never the raw ledger."""
+"""Reads for pages and APIs.
+
+A person's own usage is read from their ledger rows (index usage_user_time), counted in their own
+calendar: the daily rollup's days are UTC days, which would put a call made just after midnight
+in Auckland into the previous month, unlike the monthly budget beside it. Site and team totals
+(the admin dashboards) stay on the rollup."""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ import zoneinfo
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db.models import Sum
+from django.db.models import Count, Sum
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from .budgets import BudgetStatus, budget_status
@@ -41,25 +47,31 @@ class UsageSummary:
     budgets: list[BudgetStatus]
 
 
+def _user_zone(user) -> dt.tzinfo:
+    try:
+        return zoneinfo.ZoneInfo(user.timezone or "UTC")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return dt.UTC
+
+
 def current_month(*, user) -> tuple[dt.date, dt.date]:
     """First and last day of the user's current calendar month, in their time zone."""
-    try:
-        tz = zoneinfo.ZoneInfo(user.timezone or "UTC")
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        tz = dt.UTC
-    today = timezone.now().astimezone(tz).date()
+    today = timezone.now().astimezone(_user_zone(user)).date()
     first = today.replace(day=1)
     last = (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
     return first, last
 
 
 def usage_summary(*, user, date_from: dt.date, date_to: dt.date) -> UsageSummary:
-    """The user's own spend between two days inclusive (rollup days are UTC days), by model and
-    by day, with every budget covering them."""
-    from .models import DailyUsage
+    """The user's own spend between two days inclusive of their calendar (their time zone), by
+    model and by day, with every budget covering them."""
+    from .models import UsageRecord
     from .prices import label_display, prices_available
 
-    rows = DailyUsage.objects.filter(user=user, day__gte=date_from, day__lte=date_to)
+    tz = _user_zone(user)
+    start = dt.datetime.combine(date_from, dt.time(0), tzinfo=tz)
+    end = dt.datetime.combine(date_to + dt.timedelta(days=1), dt.time(0), tzinfo=tz)
+    rows = UsageRecord.objects.filter(user=user, created_at__gte=start, created_at__lt=end)
     labels = {q.model_id: label_display(q.label) for q in prices_available()}
     by_model = [
         ModelUsage(
@@ -72,12 +84,18 @@ def usage_summary(*, user, date_from: dt.date, date_to: dt.date) -> UsageSummary
         )
         for r in rows.values("provider", "model")
         .annotate(
-            spent=Sum("cost"), input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), requests=Sum("requests")
+            spent=Sum("cost"), input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), requests=Count("id")
         )
         .order_by("provider", "model")
     ]
     by_model.sort(key=lambda m: (-m.spent, m.model))
-    per_day = {r["day"]: r for r in rows.values("day").annotate(spent=Sum("cost"), requests=Sum("requests"))}
+    per_day = {
+        r["day"]: r
+        for r in rows.annotate(day=TruncDate("created_at", tzinfo=tz))
+        .values("day")
+        .annotate(spent=Sum("cost"), requests=Count("id"))
+        .order_by()
+    }
     daily = []
     day = date_from
     while day <= date_to:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import uuid
 import zipfile
 from datetime import timedelta
@@ -22,6 +24,26 @@ from django.utils import timezone
 
 from billing.models import DailyUsage, UsageRecord
 from conversations.models import Conversation, Message
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def manage_py(*args: str) -> subprocess.CompletedProcess:
+    """A real `manage.py` run, for what argparse does before Django's error handling. Only for
+    command lines refused before the database is opened: it points at an unused SQLite file."""
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{ROOT / 'unused-cli-test.sqlite3'}"}
+    env.pop("REDIS_URL", None)
+    try:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        (ROOT / "unused-cli-test.sqlite3").unlink(missing_ok=True)
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """stderr without the dev-default warnings the settings print on every start."""
+    return [line for line in proc.stderr.splitlines() if line and "Warning" not in line and "warnings.warn" not in line]
 
 
 def make_history(user, *, conversations: int = 3, messages_each: int = 4, tag: str = "", start=None, team=None):

@@ -1,5 +1,6 @@
 """Erasure: nothing of the person is left anywhere, and no money is lost."""
 
+import io
 import sys
 import types
 
@@ -18,7 +19,7 @@ from billing.models import DailyUsage, UsageRecord
 from conversations import data_rights as conversation_rights
 from conversations.models import Conversation, Message
 
-from .data_rights_fixtures import make_history, scan_cache, scan_database, scan_media
+from .data_rights_fixtures import error_lines, make_history, manage_py, scan_cache, scan_database, scan_media
 
 PASSWORD = "correct horse battery 9"
 User = get_user_model()
@@ -112,6 +113,29 @@ def test_erasure_leaves_nothing_and_keeps_the_money(victim, other_user, team, dj
     assert receipt["sessions"] == 2 and receipt["exports"] == 1 and receipt["account"] == 1
     # Two written here, two by the logins themselves (django-axes logs every login).
     assert receipt["login_records"] == 4 and receipt["usage_records_anonymised"] == 9
+
+
+@pytest.mark.django_db
+def test_erasure_leaves_no_name_in_the_admin_history_of_the_persons_budgets(victim, admin_client):
+    """A budget is shown in the admin history as "user <username> / month: ..."; the budget goes
+    with the person, and so must the name in its history entries."""
+    from django.contrib.admin.models import LogEntry
+
+    for period in ("day", "month"):
+        response = admin_client.post(
+            "/admin/billing/budget/add/", {"user": str(victim.pk), "team": "", "period": period, "limit": "5", "warn_ratio": "0.8"}
+        )
+        assert response.status_code == 302
+    # One budget deleted before the erasure: its history entries still name the person.
+    day_budget = victim.budgets.get(period="day")
+    assert admin_client.post(f"/admin/billing/budget/{day_budget.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert LogEntry.objects.filter(object_repr__contains=victim.username).count() == 3  # what is to be erased
+
+    erasure = data_rights.erasure_request(user=victim, queue=False)
+    data_rights.erasure_run(erasure_id=erasure.pk)
+
+    assert scan_database([victim.username, victim.email]) == []
+    assert LogEntry.objects.count() == 3  # the history entries stay, without the name
 
 
 @pytest.mark.django_db(transaction=True)
@@ -381,6 +405,28 @@ def test_erase_user_command_bad_input_changes_nothing(victim):
     victim.refresh_from_db()
     assert victim.is_active and Conversation.objects.filter(owner=victim).exists()
     assert not ErasureRequest.objects.exists()
+
+
+def test_erase_user_answers_a_bad_command_line_in_one_line():
+    """The real command line: argparse's refusal is one line too, not its usage block."""
+    proc = manage_py("erase_user", "--yes")  # no username
+    errors = error_lines(proc)
+    assert proc.returncode != 0
+    assert errors == ["CommandError: the following arguments are required: username"], proc.stderr
+
+
+@pytest.mark.django_db
+def test_erase_user_fails_when_another_run_holds_the_erasure(victim):
+    """A second erase_user while a worker is erasing the same account must not report success:
+    nothing was erased by it, and the account is still there until the other run ends."""
+    erasure = data_rights.erasure_request(user=victim, queue=False)
+    cache.add(f"erasure-run:{erasure.pk}", 1)
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="already running") as error:
+        call_command("erase_user", victim.username, "--yes", stdout=out)
+    assert "\n" not in str(error.value)
+    assert out.getvalue() == ""
+    assert User.objects.filter(pk=victim.pk).exists()
 
 
 @pytest.mark.django_db

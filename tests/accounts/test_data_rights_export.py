@@ -19,7 +19,7 @@ from accounts.models import AuditEvent, DataExport
 from billing.models import UsageRecord
 from conversations.models import Conversation, Message
 
-from .data_rights_fixtures import make_history
+from .data_rights_fixtures import error_lines, make_history, manage_py
 
 PASSWORD = "correct horse battery 9"
 
@@ -272,6 +272,12 @@ def test_export_user_data_command_bad_input_changes_nothing(user, tmp_path):
         call_command("export_user_data", user.username, "--output", str(tmp_path / "no" / "x.zip"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["there.zip"]
     assert not AuditEvent.objects.filter(action="user.export").exists()
+
+
+def test_export_user_data_answers_a_bad_command_line_in_one_line():
+    proc = manage_py("export_user_data", "alice")  # no --output
+    assert proc.returncode != 0
+    assert error_lines(proc) == ["CommandError: the following arguments are required: --output"], proc.stderr
 
 
 @pytest.mark.django_db

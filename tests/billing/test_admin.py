@@ -74,3 +74,41 @@ def test_budget_admin_refuses_a_negative_limit(admin_client, user):
     )
     assert response.status_code == 200
     assert not Budget.objects.exists()
+
+
+def test_the_admin_refuses_a_cached_price_above_the_input_price(admin_client):
+    count = ModelPrice.objects.count()
+    response = admin_client.post(
+        "/admin/billing/modelprice/add/", {**PRICE_FORM, "cached_input_per_million": "2.5", "effective_from_0": "2025-06-01"}
+    )
+    assert response.status_code == 200
+    assert "cached input price cannot be above the input price" in response.content.decode()
+    assert ModelPrice.objects.count() == count
+
+
+def test_editing_a_scheduled_price_in_the_admin_changes_that_scheduled_price(admin_client):
+    """A price not yet in force is not history (no call used it): saving it again at the same
+    moment corrects it, where it used to fail with a 500."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from billing.prices import price_set
+
+    later = (timezone.now() + dt.timedelta(days=3)).replace(microsecond=0)
+    scheduled = price_set(model_id="openai:gpt-4o", input_per_million="1", output_per_million="2", effective_from=later)
+    local = timezone.localtime(later)
+    form = {
+        **PRICE_FORM,
+        "input_per_million": "1.5",
+        "effective_from_0": local.strftime("%Y-%m-%d"),
+        "effective_from_1": local.strftime("%H:%M:%S"),
+    }
+    count = ModelPrice.objects.count()
+    response = admin_client.post(f"/admin/billing/modelprice/{scheduled.pk}/change/", form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+
+    assert ModelPrice.objects.count() == count
+    assert price_for(model_id="openai:gpt-4o", at=later).input_per_million == D("1.5")
+    assert price_for(model_id="openai:gpt-4o").input_per_million == D("2.5")  # today's price untouched
+    assert AuditEvent.objects.filter(action="price.set").count() == 2

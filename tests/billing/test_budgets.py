@@ -190,6 +190,20 @@ def test_new_budget_starts_from_what_was_already_spent_this_period(user, make_te
     assert budget_set(team=team, period="month", limit="1").spent == D("0.5")
 
 
+def test_a_team_budget_set_later_counts_what_an_erased_member_spent(user, make_team, make_user):
+    """Erasure keeps the money (the record loses its user, keeps its team): a budget the team
+    sets afterwards must not hand out that spend a second time."""
+    from billing.data_rights import usage_forget_user
+
+    colleague = make_user("bob")
+    team = make_team("ops", user, colleague)
+    usage_record(**usage_kwargs(user, cost=D("0.4")))
+    usage_record(**usage_kwargs(colleague, cost=D("0.1")))
+    usage_forget_user(user_id=colleague.pk)
+    colleague.delete()
+    assert budget_set(team=team, period="month", limit="1").spent == D("0.5")
+
+
 def test_budget_status_lists_every_covering_budget_with_the_warning(user, make_team):
     team = make_team("ops", user)
     budget_set(user=user, period="month", limit="10")
@@ -221,6 +235,7 @@ def test_budget_status_reads_an_ended_period_as_fresh(user):
         ({"limit": "1e30", "period": "day"}, "above"),
         ({"limit": "5", "period": "fortnight"}, "period"),
         ({"limit": "5", "period": "day", "warn_ratio": "1.5"}, "threshold"),
+        ({"limit": "5", "period": "day", "warn_ratio": "0.0004"}, "threshold"),  # rounds to 0: never off
     ],
 )
 def test_budget_set_refuses_bad_input_and_changes_nothing(user, kwargs, error):

@@ -45,6 +45,7 @@ def test_set_budget_for_a_user_and_a_team(user, make_team):
         (["--user", "nobody", "--limit", "5", "--period", "day"], "unknown user"),
         (["--team", "nowhere", "--limit", "5", "--period", "day"], "unknown team"),
         (["--user", "alice", "--limit", "5", "--period", "fortnight"], "period"),
+        (["--user", "alice", "--limit", "5", "--period", "day", "--warn", "0.0004"], "threshold"),
         (["--user", "alice", "--team", "x", "--limit", "5", "--period", "day"], "not allowed with"),
         (["--limit", "5", "--period", "day"], "one of the arguments --user --team is required"),
     ],
@@ -63,11 +64,24 @@ def test_set_price_puts_a_new_price_in_force():
     assert (quote.input_per_million, quote.output_per_million, quote.context_window) == (D("3"), D("12"), 64000)
 
 
+def test_a_negative_zero_is_stored_and_shown_as_zero(user):
+    """-0 is a valid zero, but it must not surface as "-0.00" in output or the audit log."""
+    out = run("set_budget", "--user", "alice", "--limit", "-0", "--period", "day")
+    assert "day budget 0.00 USD" in out and "-0" not in out
+    out = run("set_price", "--model", "openai:gpt-4o", "--input", "-0", "--output", "-0.000")
+    assert out.startswith("openai:gpt-4o: input 0.000000, output 0.000000")
+    assert Budget.objects.get().limit.is_signed() is False
+    assert price_for(model_id="openai:gpt-4o").input_per_million.is_signed() is False
+    for event in AuditEvent.objects.all():
+        assert not any(str(value).startswith("-") for value in event.data.values()), event.data
+
+
 @pytest.mark.parametrize(
     ("args", "error"),
     [
         (["--model", "gpt-4o", "--input", "1", "--output", "1"], "PROVIDER:MODEL"),
         (["--model", "openai:bad model", "--input", "1", "--output", "1"], "PROVIDER:MODEL"),
+        (["--model", "openai:gpt-4o\n", "--input", "1", "--output", "1"], "PROVIDER:MODEL"),
         (["--model", "openai:gpt-4o", "--input", "-1", "--output", "1"], "negative"),
         (["--model", "openai:gpt-4o", "--input", "1", "--output", "-2"], "negative"),
         (["--model", "openai:gpt-4o", "--input", "x", "--output", "1"], "number"),

@@ -498,6 +498,22 @@ def test_a_changed_env_secret_rotates(settings):
     assert keys.keys_import_from_env() == {"openai": "unchanged"}
 
 
+def test_reverting_the_env_secret_puts_the_previous_secret_back_in_use(settings):
+    """Rolling OPENAI_API_KEY back (the new secret was wrong, or leaked) must make the site use
+    the variable's secret again, not keep the one the variable no longer names."""
+    settings.OPENAI_API_KEY = "sk-first-0123456789"
+    keys.keys_import_from_env()
+    settings.OPENAI_API_KEY = "sk-second-0123456789"
+    keys.keys_import_from_env()
+    keys.keys_finish_draining(now=timezone.now() + timedelta(days=1))  # the first is disabled by now
+
+    settings.OPENAI_API_KEY = "sk-first-0123456789"
+    assert keys.keys_import_from_env() == {"openai": "rotated"}
+    assert keys.key_choose(provider="openai").secret == "sk-first-0123456789"
+    assert ProviderKey.objects.get(name="env-openai-2").state == State.DRAINING
+    assert keys.keys_import_from_env() == {"openai": "unchanged"}
+
+
 def test_an_env_key_an_admin_disabled_is_not_brought_back(settings):
     settings.OPENAI_API_KEY = "sk-first-0123456789"
     keys.keys_import_from_env()

@@ -90,6 +90,44 @@ def test_user_override_replaces_the_default_and_the_strictest_team_applies(user,
     assert limits_for(user=user) == limits.Limits(5, 300)
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("field", ["requests_per_minute", "tokens_per_minute"])
+def test_a_rate_limit_of_zero_is_refused_rather_than_read_as_the_default(user, make_team, field):
+    """Empty means the site default; 0 would read as "blocked" to one operator and "unlimited" to
+    another, and was silently the default. It is refused, by validation and by the database."""
+    from django.core.exceptions import ValidationError
+    from django.db import IntegrityError, transaction
+
+    team = make_team("ops", user)
+    for owner in (user, team):
+        setattr(owner, field, 0)
+        with pytest.raises(ValidationError) as refused:
+            owner.full_clean()
+        assert field in refused.value.message_dict
+        with pytest.raises(IntegrityError), transaction.atomic():
+            owner.save()
+
+
+def test_the_team_admin_refuses_a_rate_limit_of_zero(admin_client):
+    from accounts.models import Team
+
+    response = admin_client.post(
+        "/admin/accounts/team/add/",
+        {
+            "name": "ops",
+            "requests_per_minute": "0",
+            "tokens_per_minute": "",
+            "created_at_0": "2026-01-05",
+            "created_at_1": "10:00:00",
+            "teammembership_set-TOTAL_FORMS": "0",
+            "teammembership_set-INITIAL_FORMS": "0",
+        },
+    )
+    assert response.status_code == 200
+    assert "greater than or equal to 1" in response.content.decode()
+    assert not Team.objects.exists()
+
+
 def test_users_are_counted_apart(user, other_user, clock, settings):
     settings.RATE_LIMIT_REQUESTS_PER_MINUTE = 1
     rate_limit_check(user=user, tokens=0)

@@ -89,6 +89,7 @@ def test_a_new_model_can_be_priced_including_compatible_server_names():
         ({"model_id": "gpt-4o"}, "PROVIDER:MODEL"),
         ({"model_id": "openai:gpt 4o"}, "PROVIDER:MODEL"),
         ({"model_id": "acme:gpt-4o"}, "PROVIDER:MODEL"),
+        ({"model_id": "openai:gpt-4o\n"}, "PROVIDER:MODEL"),  # a pasted line end is not part of the name
         ({"input_per_million": "-1"}, "negative"),
         ({"output_per_million": "-0.01"}, "negative"),
         ({"input_per_million": "cheap"}, "number"),
@@ -113,3 +114,71 @@ def test_prices_available_lists_the_demo_first_and_every_priced_model():
     assert quotes[0].model_id == "demo:echo"
     assert {"openai:gpt-4o-mini", "anthropic:claude-sonnet-4-5"} <= {q.model_id for q in quotes}
     assert len({q.model_id for q in quotes}) == len(quotes)
+
+
+@pytest.mark.django_db
+def test_a_cached_input_price_above_the_input_price_is_refused():
+    """A reservation counts every input token at the input price; a dearer cached price would let
+    the real cost exceed the hold and overspend the budget."""
+    count = ModelPrice.objects.count()
+    with pytest.raises(PriceError, match="cached input price cannot be above the input price"):
+        price_set(
+            model_id="openai:gpt-4o", input_per_million="1", output_per_million="2", cached_input_per_million="1.5"
+        )
+    assert ModelPrice.objects.count() == count
+    assert not AuditEvent.objects.exists()
+
+    price_set(model_id="openai:gpt-4o", input_per_million="1", output_per_million="2", cached_input_per_million="1")
+    assert price_for(model_id="openai:gpt-4o").cached_input_per_million == D("1")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("model_id", ["openai:llama3.1:8b", "openai:gpt-4o-mini"])  # new model; carried 16384
+def test_a_context_window_set_alone_leaves_room_for_the_question(model_id):
+    """An operator giving only the window of a small local model must get a usable model: the
+    default (or carried-over) reply size is cut to fit, or every message would be refused."""
+    import uuid
+
+    from conversations.context import HistoryItem, context_build
+
+    price_set(model_id=model_id, input_per_million="0", output_per_million="0", context_window="2048")
+    quote = price_for(model_id=model_id)
+    assert quote.context_window == 2048
+    assert 0 < quote.max_output_tokens < 2048
+    built = context_build(
+        system_prompt="",
+        summary="",
+        history=[HistoryItem(id=uuid.uuid4(), role="user", content="hello there")],
+        model_id=model_id,
+        context_window=quote.context_window,
+        max_tokens=quote.max_output_tokens,
+    )
+    assert len(built.messages) == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"context_window": "2048", "max_output_tokens": "4096"},
+        {"context_window": "2048", "max_output_tokens": "2048"},
+        {"max_output_tokens": "128000"},  # the window of 128000 carried over from gpt-4o
+    ],
+)
+def test_a_max_output_that_fills_the_context_window_is_refused(kwargs):
+    count = ModelPrice.objects.count()
+    with pytest.raises(PriceError, match="max output tokens must be below the context window"):
+        price_set(model_id="openai:gpt-4o", input_per_million="1", output_per_million="2", **kwargs)
+    assert ModelPrice.objects.count() == count
+    assert not AuditEvent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_scheduled_price_set_again_at_its_moment_is_corrected_in_place():
+    later = timezone.now() + dt.timedelta(days=2)
+    first = price_set(model_id="openai:gpt-4o", input_per_million="1", output_per_million="2", effective_from=later)
+    again = price_set(model_id="openai:gpt-4o", input_per_million="1.2", output_per_million="2", effective_from=later)
+    assert again.pk == first.pk
+    assert price_for(model_id="openai:gpt-4o", at=later).input_per_million == D("1.2")
+    assert ModelPrice.objects.filter(provider="openai", model="gpt-4o", effective_from=later).count() == 1
+    assert [e.data["replaced_scheduled"] for e in AuditEvent.objects.order_by("created_at", "pk")] == [False, True]

@@ -57,6 +57,30 @@ def test_usage_for_a_chosen_range(alice_client, user):
     assert (body["from"], body["to"], body["spent"]) == ("2026-02-01", "2026-02-04", "1.00")
 
 
+def test_usage_is_counted_in_the_users_own_calendar_like_their_monthly_budget(client, make_user, monkeypatch):
+    """At 01:00 on 1 December in Auckland (still 30 November in UTC) "this month" is December
+    there: the page must show the call made at 00:30, as the monthly budget does."""
+    from billing.selectors import usage_summary
+
+    kiwi = make_user("kiwi", timezone="Pacific/Auckland")
+    now = dt.datetime(2025, 11, 30, 12, 0, tzinfo=dt.UTC)
+    monkeypatch.setattr(timezone, "now", lambda: now)
+    budget_set(user=kiwi, period="month", limit="10")
+    usage_record(**usage_kwargs(kiwi, cost=D("2"), at=dt.datetime(2025, 11, 30, 10, 0, tzinfo=dt.UTC)))  # 23:00, 30 Nov
+    usage_record(**usage_kwargs(kiwi, cost=D("1"), at=dt.datetime(2025, 11, 30, 11, 30, tzinfo=dt.UTC)))  # 00:30, 1 Dec
+    budget_settle(reservation_id=budget_reserve(user=kiwi, amount=D("1")), actual=D("1"))
+    client.force_login(kiwi)
+
+    body = client.get("/api/v1/usage/").json()
+    assert (body["from"], body["to"], body["spent"]) == ("2025-12-01", "2025-12-31", "1.00")
+    assert body["by_model"][0]["requests"] == 1
+    assert (body["budgets"][0]["period"], body["budgets"][0]["spent"]) == ("month", "1.00")
+    # A chosen range is read in the same calendar, and so is the page's daily chart.
+    assert client.get("/api/v1/usage/?from=2025-11-30&to=2025-11-30").json()["spent"] == "2.00"
+    daily = usage_summary(user=kiwi, date_from=dt.date(2025, 11, 30), date_to=dt.date(2025, 12, 1)).daily
+    assert [(d.day.isoformat(), d.spent, d.requests) for d in daily] == [("2025-11-30", D("2"), 1), ("2025-12-01", D("1"), 1)]
+
+
 @pytest.mark.parametrize(
     "query", ["from=2026-13-01", "from=yesterday", "to=2026-02-30", "from=2026-03-02&to=2026-03-01", "from=2020-01-01&to=2026-01-01", "from=2026-3-1"]
 )

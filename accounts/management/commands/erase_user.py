@@ -1,12 +1,14 @@
 """manage.py erase_user USERNAME --yes: erase an account and everything in it, now."""
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from accounts import data_rights
+from accounts.models import ErasureRequest
+from chatsite.commands import OneLineCommand
 
 
-class Command(BaseCommand):
+class Command(OneLineCommand):
     help = "Erase USERNAME: conversations, messages, exports, sessions, cache, login records, profile."
 
     def add_arguments(self, parser):
@@ -24,6 +26,11 @@ class Command(BaseCommand):
         except data_rights.DataRightsError as exc:
             raise CommandError(exc.message) from None
         # Run here rather than on a worker: the command ends when the account is gone.
-        erasure = data_rights.erasure_run(erasure_id=erasure.pk)
+        erasure_id = erasure.pk
+        erasure = data_rights.erasure_run(erasure_id=erasure_id)
+        if erasure is None or erasure.status != ErasureRequest.Status.DONE:
+            # erasure_run returns without running when another process holds the erasure's run
+            # lock: nothing was erased here, and saying "erased" would be false.
+            raise CommandError(f"erasure {erasure_id} is already running in another process; nothing was erased here")
         counts = ", ".join(f"{key} {value}" for key, value in data_rights.iter_receipt(erasure.receipt))
         self.stdout.write(f"erased user #{erasure.user_id} ({erasure.id}): {counts}")

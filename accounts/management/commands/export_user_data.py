@@ -3,12 +3,13 @@
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from accounts import data_rights
+from chatsite.commands import OneLineCommand
 
 
-class Command(BaseCommand):
+class Command(OneLineCommand):
     help = "Write the data export of USERNAME (conversations, messages, usage) to a zip file."
 
     def add_arguments(self, parser):

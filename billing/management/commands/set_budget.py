@@ -4,8 +4,7 @@ from django.core.management.base import CommandError
 from accounts.models import Team
 from billing.budgets import BudgetError, budget_set
 from billing.money import money_str
-
-from ._oneline import OneLineCommand
+from chatsite.commands import OneLineCommand
 
 
 class Command(OneLineCommand):

@@ -1,8 +1,7 @@
 from django.core.management.base import CommandError
 
 from billing.prices import PriceError, price_set
-
-from ._oneline import OneLineCommand
+from chatsite.commands import OneLineCommand
 
 
 class Command(OneLineCommand):

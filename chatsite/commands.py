@@ -1,5 +1,7 @@
-"""Base for billing's commands: every bad input ends in ONE line on stderr and a non-zero exit
-(CONTRACT section 3), argparse's own complaints included (it would print a usage block)."""
+"""Base for the project's management commands (billing's and accounts'): every bad input ends in
+ONE line on stderr and a non-zero exit (CONTRACT section 3), argparse's own complaints included
+(it would print a usage block). Here, in the project package, so no app imports another's
+command internals."""
 
 from __future__ import annotations
 
