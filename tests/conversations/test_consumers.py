@@ -354,11 +354,12 @@ async def test_a_cache_fault_as_a_reply_starts_undoes_it_and_the_next_message_is
 ):
     # The reply row and its hold are committed before the stream buffer is written: when that
     # write fails they must not stay behind, holding the conversation "busy" and the budget.
-    from django.core.cache.backends.locmem import LocMemCache
+    from django.core.cache import caches
 
+    backend = type(caches["default"])  # LocMemCache, or RedisCache under REDIS_URL
     conversation = await database_sync_to_async(conversation_factory)(user)
     ws, _ = await ws_connect(user, conversation.id)
-    real_set = LocMemCache.set
+    real_set = backend.set
     failed = []
 
     def flaky_set(self, key, *args, **kwargs):
@@ -367,7 +368,7 @@ async def test_a_cache_fault_as_a_reply_starts_undoes_it_and_the_next_message_is
             raise ConnectionError("the cache is away")
         return real_set(self, key, *args, **kwargs)
 
-    monkeypatch.setattr(LocMemCache, "set", flaky_set)
+    monkeypatch.setattr(backend, "set", flaky_set)
     client_id = str(uuid.uuid4())
     await ws.send_json_to(_send("first", client_id))
     ack = await ws.receive_json_from(timeout=5)
