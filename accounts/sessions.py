@@ -9,6 +9,12 @@ cache that is a lookup instead of a query. Django's engine, when the cache fails
 Here a read (and the check that a new session key is free) falls back to the database alone,
 and a logout forgets the cached copy first: if the cache cannot, the logout fails whole and
 nothing changed.
+
+Not every ended session needs that: one whose cached copy could sign nobody in (anonymous, or
+holding a password hash that no longer matches: a session ended by a password change, or the
+old key a password change cycles away from) is ended in the database even when the cache is
+down. Failing those too made every page of a device signed out by a password change a 500,
+and a password change itself a 500 after the new password was saved.
 """
 
 from __future__ import annotations
@@ -16,13 +22,51 @@ from __future__ import annotations
 import logging
 
 from asgiref.sync import sync_to_async
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.contrib.sessions.backends import cached_db
 from django.contrib.sessions.backends.db import SessionStore as DBStore
+from django.utils.crypto import constant_time_compare
 
 logger = logging.getLogger(__name__)
 
 
+def _signs_in(data: dict) -> bool:
+    """Whether session data could sign its user in: django.contrib.auth.get_user's own check (the
+    user exists and the stored hash matches their password now, or under a fallback secret)."""
+    user_id = data.get(SESSION_KEY)
+    if user_id is None:
+        return False
+    user_model = get_user_model()
+    try:
+        user = user_model._default_manager.filter(pk=user_model._meta.pk.to_python(user_id)).first()
+    except Exception:  # noqa: BLE001 - cannot tell: assume it could
+        return True
+    if user is None:
+        return False
+    stored = data.get(HASH_SESSION_KEY) or ""
+    return any(constant_time_compare(stored, h) for h in (user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()))
+
+
 class SessionStore(cached_db.SessionStore):
+    # The data of the session flush() or cycle_key() is ending, while they run: what delete()
+    # judges a cache fault by. None otherwise: a key deleted from outside (an erasure ending a
+    # user's sessions) is treated as one that could sign in.
+    _ending: dict | None = None
+
+    def flush(self):
+        self._ending = dict(self._session)
+        try:
+            super().flush()
+        finally:
+            self._ending = None
+
+    def cycle_key(self):
+        self._ending = dict(self._session)
+        try:
+            super().cycle_key()
+        finally:
+            self._ending = None
+
     def load(self):
         try:
             data = self._cache.get(self.cache_key)
@@ -54,7 +98,12 @@ class SessionStore(cached_db.SessionStore):
         if session_key is None:
             return
         cache_key = self.cache_key_prefix + session_key
-        self._cache.delete(cache_key)  # raises on a cache fault: the logout fails, nothing changed
+        try:
+            self._cache.delete(cache_key)
+        except Exception:
+            if self._ending is None or _signs_in(self._ending):
+                raise  # a copy left cached would keep signing in: the logout fails, nothing changed
+            logger.warning("session cache unavailable; ended a session whose cached copy signs nobody in")
         DBStore.delete(self, session_key)
         # A request that read the row just before it went may have cached it again meanwhile.
         try:
@@ -68,3 +117,9 @@ class SessionStore(cached_db.SessionStore):
 
     async def adelete(self, session_key=None):
         await sync_to_async(self.delete)(session_key)
+
+    async def aflush(self):
+        await sync_to_async(self.flush)()
+
+    async def acycle_key(self):
+        await sync_to_async(self.cycle_key)()

@@ -115,3 +115,48 @@ def test_a_read_racing_a_logout_does_not_keep_the_session_alive(client, user, mo
     monkeypatch.setattr(DBStore, "delete", delete_while_another_request_reads)
     _store(key).delete()
     assert _store(key).load() == {}
+
+
+def test_a_session_ended_by_a_password_change_goes_to_login_while_the_cache_is_down(client, user, monkeypatch, settings):
+    # Its cached copy holds the old password's hash: it can sign nobody in, so ending it need
+    # not wait for the cache (Django's get_user flushes it on every request otherwise: a 500).
+    from django.contrib.sessions.backends import cached_db
+
+    key = _signed_in_session(client, user)
+    user.set_password("a brand new pw 4242")  # changed on another device, or by an admin
+    user.save()
+    monkeypatch.setattr(cached_db, "caches", {settings.SESSION_CACHE_ALIAS: FailingCache("get", "set", "delete")})
+    response = client.get("/accounts/profile/")
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    assert not Session.objects.filter(session_key=key).exists()
+
+
+def test_a_password_change_while_the_cache_is_down_keeps_this_device_signed_in(client, user, monkeypatch, settings):
+    # The change cycles the session key; the old key's copy holds the old password's hash.
+    from django.contrib.sessions.backends import cached_db
+
+    old_key = _signed_in_session(client, user)
+    monkeypatch.setattr(cached_db, "caches", {settings.SESSION_CACHE_ALIAS: FailingCache("get", "set", "delete")})
+    new = "a brand new pw 4242"
+    response = client.post(
+        "/accounts/password/change/", {"old_password": "correct horse battery 9", "new_password1": new, "new_password2": new}
+    )
+    assert response.status_code == 302
+    user.refresh_from_db()
+    assert user.check_password(new)
+    assert client.get("/accounts/profile/").status_code == 200  # still signed in, on a new key
+    assert client.cookies["sessionid"].value != old_key
+    assert not Session.objects.filter(session_key=old_key).exists()
+
+
+def test_a_logout_still_fails_whole_when_the_cache_is_down(client, user, monkeypatch, settings):
+    # A signed-in session's cached copy would go on signing in: the logout must not half-happen.
+    from django.contrib.sessions.backends import cached_db
+
+    key = _signed_in_session(client, user)
+    assert _store(key).load()  # cached
+    monkeypatch.setattr(cached_db, "caches", {settings.SESSION_CACHE_ALIAS: FailingCache("delete")})
+    client.raise_request_exception = False
+    response = client.post("/accounts/logout/")
+    assert response.status_code == 500
+    assert Session.objects.filter(session_key=key).exists()
