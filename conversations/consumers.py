@@ -23,8 +23,6 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.utils.translation import gettext as _
 
-from chatsite import asynccache
-
 from . import sockets, turns
 from .selectors import conversation_get
 from .services import text_unstorable
@@ -87,7 +85,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         self.heartbeat = asyncio.create_task(self._heartbeat())
-        state = await asynccache.aget(turns.buffer_key(self.conversation.id))
+        state = await turns.stream_resume_state(conversation_id=self.conversation.id)
         if state:
             self.resumed[state["message_id"]] = state["seq"]
             await self.send_json(

@@ -22,7 +22,7 @@ import os
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -507,6 +507,11 @@ class _Stream:
         self.finished = asyncio.Event()
         self.wakeup = asyncio.Event()  # set by add(): text is waiting
         self.marking: asyncio.Task | None = None  # the one "streaming" flip, started at the first text
+        # Frames numbered but not yet published, oldest first, and whether the buffer lags the
+        # text: a cache or layer fault holds them here, in order, until a flush gets through.
+        self.unsent: list[dict] = []
+        self.buffer_behind = False
+        self.failing = False
         # Named once, not at every frame.
         self.buffer_key = buffer_key(plan.conversation_id)
         self.message_id = str(plan.message_id)
@@ -520,27 +525,34 @@ class _Stream:
         return self.text + "".join(self.pending)
 
     async def flush(self) -> None:
+        """Number what arrived as the next frame, write the buffer, publish every unsent frame.
+        Raises on a cache or layer fault, losing nothing: the frames wait for the next flush,
+        so every socket still gets seq 1, 2, 3... with no gap once the fault passes."""
         # Serialized: the buffer must never show an older seq than a delta already published,
         # or a late joiner reading it would miss that delta.
         async with self.lock:
-            if not self.pending:
-                return
-            chunk = "".join(self.pending)
-            self.pending.clear()
-            self.seq += 1
-            self.text += chunk
-            # Buffer first, then publish: a joiner that read seq N is sure to receive N+1.
-            plan = self.plan
-            await asynccache.aset(
-                self.buffer_key,
-                _buffer_state(
-                    self.message_id, self.seq, self.text, plan.model_id, plan.reservation_id, plan.input_tokens,
-                    plan.user.pk, plan.attempt,
-                ),
-                BUFFER_TTL,
-            )
-            frame = {"type": "delta", "message_id": self.message_id, "seq": self.seq, "text": chunk}
-            await _publish(self.layer, self.plan.conversation_id, frame)
+            if self.pending:
+                chunk = "".join(self.pending)
+                self.pending.clear()
+                self.seq += 1
+                self.text += chunk
+                self.unsent.append({"type": "delta", "message_id": self.message_id, "seq": self.seq, "text": chunk})
+                self.buffer_behind = True
+            if self.buffer_behind:
+                # Buffer first, then publish: a joiner that read seq N is sure to receive N+1.
+                plan = self.plan
+                await asynccache.aset(
+                    self.buffer_key,
+                    _buffer_state(
+                        self.message_id, self.seq, self.text, plan.model_id, plan.reservation_id, plan.input_tokens,
+                        plan.user.pk, plan.attempt,
+                    ),
+                    BUFFER_TTL,
+                )
+                self.buffer_behind = False
+            while self.unsent:
+                await _publish(self.layer, self.plan.conversation_id, self.unsent[0])
+                del self.unsent[0]
 
     async def run(self) -> None:
         """Flush every FRAME_SECONDS, and flip the row to "streaming" at the first text."""
@@ -550,7 +562,18 @@ class _Stream:
             await self.wakeup.wait()
             self.wakeup.clear()
             had_text = bool(self.pending)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as exc:  # noqa: BLE001 - the frames wait in order; tried again next frame
+                if not self.failing:  # once a spell, not 25 times a second
+                    logger.warning("reply %s: frames held back, the cache or layer failed (%s)", self.message_id, type(exc).__name__)
+                self.failing = True
+                self.wakeup.set()
+                had_text = True
+            else:
+                if self.failing:
+                    logger.warning("reply %s: held-back frames went out", self.message_id)
+                self.failing = False
             if had_text:
                 await asyncio.sleep(FRAME_SECONDS)
                 if self.marking is None:
@@ -588,6 +611,20 @@ async def _end_listener(layer, control: str, listener: asyncio.Task, *, conversa
         listener.cancel()
         with contextlib.suppress(BaseException):
             await listener
+
+
+END_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)  # a step of the reply's end is tried again after these
+
+
+async def _retried(step: Callable[[], Awaitable]) -> None:
+    """Await step(); on a failure, again after each of END_RETRY_DELAYS; the last failure raises."""
+    for delay in END_RETRY_DELAYS:
+        try:
+            return await step()
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("a cache or layer call failed (%s); trying again in %.2f s", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+    return await step()
 
 
 @dataclass
@@ -654,7 +691,7 @@ async def _reply_run(plan: _ReplyPlan) -> None:
         outcome.error_code = "provider_error"
         outcome.error_message = _("The reply failed.")
     try:
-        await stream.flush()
+        await _retried(stream.flush)
     except Exception:  # noqa: BLE001 - the text is in stream.text; saving it matters more than one frame
         logger.exception("reply %s: the last frame could not be published", plan.message_id)
     if stream.marking is not None:
@@ -672,26 +709,25 @@ async def _reply_run(plan: _ReplyPlan) -> None:
         outcome = _Outcome("error", error_code="provider_error", error_message=_("The reply could not be saved."))
     # The reply is saved and settled; what follows only tells the sockets. A cache or layer
     # failure here (Redis away, pool exhausted) is logged and must not skip the follow-ups.
-    try:
-        # Buffer gone before "done" goes out: a joiner either read the buffer before (and is in
-        # the group, so hears "done") or finds no buffer (and reads the finished message over HTTP).
-        # Unless the save failed: then the buffer (its text, hold, input and attempt) is what
-        # the reaper saves the reply from, and bills the call by.
-        gone = (buffer_key(plan.conversation_id), _stop_key(plan.message_id)) if saved else (_stop_key(plan.message_id),)
-        await asynccache.adelete(*gone)
-        if outcome.error_code:
-            await _publish(
-                layer,
-                plan.conversation_id,
-                {"type": "error", "code": outcome.error_code, "message": outcome.error_message, "message_id": str(plan.message_id)},
-            )
-        await _publish(
-            layer,
-            plan.conversation_id,
-            {"type": "done", "message_id": str(plan.message_id), "finish_reason": outcome.finish_reason, "usage": usage},
-        )
-    except Exception:  # noqa: BLE001
-        logger.exception("reply %s: the end of the reply could not be published", plan.message_id)
+    # Each step retried over a few seconds (a Redis blip as the reply ends must not leave the
+    # sockets without "done"), and a step that still fails does not skip the next.
+    # Buffer gone before "done" goes out: a joiner either read the buffer before (and is in the
+    # group, so hears "done") or finds no buffer (and reads the finished message over HTTP).
+    # Unless the save failed: then the buffer (its text, hold, input and attempt) is what the
+    # reaper saves the reply from, and bills the call by. A buffer whose delete is lost is not
+    # resumed from: stream_resume_state checks the reply still runs.
+    gone = (buffer_key(plan.conversation_id), _stop_key(plan.message_id)) if saved else (_stop_key(plan.message_id),)
+    ending = [lambda: asynccache.adelete(*gone)]
+    if outcome.error_code:
+        error = {"type": "error", "code": outcome.error_code, "message": outcome.error_message, "message_id": str(plan.message_id)}
+        ending.append(lambda: _publish(layer, plan.conversation_id, error))
+    done = {"type": "done", "message_id": str(plan.message_id), "finish_reason": outcome.finish_reason, "usage": usage}
+    ending.append(lambda: _publish(layer, plan.conversation_id, done))
+    for step in ending:
+        try:
+            await _retried(step)
+        except Exception:  # noqa: BLE001
+            logger.exception("reply %s: the end of the reply could not be published", plan.message_id)
     # After "done": with eager Celery (no Redis) these run right here, and must not delay it.
     if plan.wants_title or plan.summarize_upto is not None:
         await _db(_reply_followups, threads="turn-followup")(plan=plan, finish_reason=outcome.finish_reason)
@@ -1004,6 +1040,28 @@ def turns_stop_for_user(*, user_id) -> int:
 def stream_state(*, conversation_id) -> dict | None:
     """The running reply's buffer: {"message_id", "seq", "text", "model"}, or None."""
     return cache.get(buffer_key(conversation_id))
+
+
+def _reply_running(*, message_id) -> bool:
+    return Message.objects.filter(id=message_id, status__in=RUNNING).exists()
+
+
+async def stream_resume_state(*, conversation_id) -> dict | None:
+    """What a socket opening on the conversation resumes from: the buffer of a reply that is
+    still running, else None. A buffer can outlive its reply when the cache failed as the reply
+    ended (its delete lost): the reply's row decides. Such a buffer is left alone (the next
+    reply overwrites it; deleting it here could race that reply's new one). A cache fault here
+    means no resume, not a failed socket: the reply's frames still arrive."""
+    try:
+        state = await asynccache.aget(buffer_key(conversation_id))
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("reading the stream buffer failed: %s", type(exc).__name__)
+        return None
+    if not state:
+        return None
+    if not await _db(_reply_running)(message_id=state["message_id"]):
+        return None
+    return state
 
 
 def _reap_settle(*, message_id, conversation_id, started_at, state: dict, text: str) -> None:

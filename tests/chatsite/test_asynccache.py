@@ -74,3 +74,16 @@ async def test_on_redis_the_key_expires_as_django_would_set_it():
     assert 0 < ttl <= 120
     await asynccache.aset("t:forever", STATE, None)
     assert await asyncio.to_thread(lambda: backend._cache.get_client().ttl(backend.make_and_validate_key("t:forever"))) == -1
+
+
+@pytest.mark.usefixtures("needs_redis")
+async def test_on_redis_a_connection_the_server_closed_is_replaced_not_failed():
+    # As after a Redis restart: the pooled connection is dead, and its next command must not be
+    # the caller's failure (a socket opening then was dropped with "Connection closed by server").
+    backend = caches["default"]
+    await asynccache.aset("t:kept", STATE, 60)
+    client = asynccache._redis(backend)
+    connection_id = await client.client_id()  # the pool's one idle connection, used again next
+    killed = await asyncio.to_thread(lambda: backend._cache.get_client().client_kill_filter(_id=connection_id))
+    assert killed == 1
+    assert await asynccache.aget("t:kept") == STATE

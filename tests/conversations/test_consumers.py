@@ -413,6 +413,75 @@ async def test_a_reply_whose_closing_save_fails_is_left_for_the_reaper_to_save_a
     assert [actual for _rid, actual in chat_backends.settlements] == [reply.cost]
 
 
+async def test_frames_held_back_by_a_cache_fault_go_out_in_order_once_it_passes(
+    chat_backends, user, conversation_factory, monkeypatch
+):
+    # Two buffer writes fail mid-reply (a Redis blip). Before, the flusher died at the first and
+    # that frame was lost: every socket then missed a seq and heard nothing more until the end.
+    from chatsite import asynccache
+
+    words = [f"w{i} " for i in range(8)]
+    script = []
+    for word in words:
+        script += [TextDelta(word), ("sleep", 0.06)]
+    chat_backends.scripts.append([*script, Usage(5, 8), Finish("stop")])
+    real_aset, calls = asynccache.aset, []
+
+    async def blip(key, value, timeout):
+        calls.append(key)
+        if key.startswith("stream:") and len(calls) in (3, 4):
+            raise ConnectionError("the cache is away")
+        return await real_aset(key, value, timeout)
+
+    monkeypatch.setattr(asynccache, "aset", blip)
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    frames = await _turn(ws, "count")
+    await ws.disconnect()
+    deltas = [f for f in frames if f["type"] == "delta"]
+    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1))
+    assert "".join(d["text"] for d in deltas) == "".join(words)
+    assert frames[-1]["finish_reason"] == "stop"
+
+
+async def test_a_buffer_left_behind_by_a_finished_reply_is_not_resumed(chat_backends, user, conversation_factory):
+    # The cache failed as a reply ended, so its buffer's delete was lost: a socket opening now
+    # must not be told a reply is running.
+    from django.core.cache import cache
+
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    frames = await _turn(ws, "hello")
+    await ws.disconnect()
+    finished = frames[-1]["message_id"]
+    await database_sync_to_async(cache.set)(
+        turns.buffer_key(conversation.id), {"message_id": finished, "seq": 2, "text": "You said", "model": "demo:echo"}, 60
+    )
+    late, _ = await ws_connect(user, conversation.id)
+    assert await late.receive_nothing(timeout=0.3)
+    frames = await _turn(late, "again")  # and the conversation is not busy
+    assert frames[1]["type"] == "start" and frames[-1]["finish_reason"] == "stop"
+    await late.disconnect()
+
+
+async def test_the_end_of_a_reply_reaches_the_sockets_through_a_layer_blip(chat_backends, user, conversation_factory, monkeypatch):
+    monkeypatch.setattr(turns, "END_RETRY_DELAYS", (0.01, 0.01))
+    real_publish, failed = turns._publish, []
+
+    async def blip(layer, conversation_id, frame):
+        if frame["type"] == "done" and not failed:
+            failed.append(frame)
+            raise ConnectionError("the layer is away")
+        return await real_publish(layer, conversation_id, frame)
+
+    monkeypatch.setattr(turns, "_publish", blip)
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    frames = await _turn(ws, "hello")
+    await ws.disconnect()
+    assert failed and frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "stop"
+
+
 # --- refusals before the provider: the user's message is kept, nothing charged -----------------------
 @pytest.mark.parametrize("model", ["nosuch:model", "openai:unpriced-model"])
 async def test_an_unknown_or_unpriced_model_is_model_unavailable(model, chat_backends, user, conversation_factory):
