@@ -356,7 +356,9 @@ def _reply_prepare(
         # The buffer exists before anyone can hear of the reply, so turn_stop and late joiners find it.
         cache.set(
             buffer_key(conversation.id),
-            _buffer_state(reply.id, 0, "", model_id, reservation_id, built.input_tokens, user.pk, 0),
+            # attempt 1: the first call goes out right after this; a process that dies once it
+            # is sent, before any text, has still made a call the reaper must bill.
+            _buffer_state(reply.id, 0, "", model_id, reservation_id, built.input_tokens, user.pk, 1),
             BUFFER_TTL,
         )
     except Exception:  # noqa: BLE001 - a cache or database fault after the reply row was committed
@@ -465,9 +467,12 @@ async def _watch_running(loop: asyncio.AbstractEventLoop) -> None:
         if now - last_beat >= HEARTBEAT_SECONDS:
             last_beat = now
             try:
-                await _db(_replies_heartbeat)(message_ids=list(mine))
+                reaped = await _db(_replies_heartbeat)(message_ids=list(mine))
             except Exception as exc:  # noqa: BLE001 - next time; the reaper waits STALE_SECONDS
                 logger.warning("the running replies' heartbeat failed: %s", type(exc).__name__)
+            else:
+                for mid in reaped:
+                    mine[mid].set()
 
 
 async def replies_wait(timeout: float = 30) -> None:
@@ -588,8 +593,11 @@ def _reply_mark_streaming(*, message_id) -> None:
     Message.objects.filter(id=message_id, status__in=RUNNING).update(status=Message.Status.STREAMING, heartbeat_at=timezone.now())
 
 
-def _replies_heartbeat(*, message_ids: list) -> None:
+def _replies_heartbeat(*, message_ids: list) -> set:
+    """Touch the running replies' rows; the ids among `message_ids` no longer running (reaped
+    while this process stalled) are returned, to be stopped."""
     Message.objects.filter(id__in=message_ids, status__in=RUNNING).update(heartbeat_at=timezone.now())
+    return set(message_ids) - set(Message.objects.filter(id__in=message_ids, status__in=RUNNING).values_list("id", flat=True))
 
 
 async def _listen_stop(layer, channel: str, message_id, cancel: asyncio.Event) -> None:
@@ -702,6 +710,11 @@ async def _reply_run(plan: _ReplyPlan) -> None:
     saved = True
     try:
         usage = await _db(_reply_finish)(plan=plan, outcome=outcome)
+        if usage is None:
+            # Reaped meanwhile: its buffer may be a newer reply's now; the sockets heard the end.
+            with contextlib.suppress(Exception):
+                await asynccache.adelete(_stop_key(plan.message_id))
+            return
     except Exception:  # noqa: BLE001 - the reaper will mark it; the sockets still hear the end
         logger.exception("reply %s could not be saved", plan.message_id)
         saved = False
@@ -868,6 +881,12 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
                 )
         attempt += 1
         plan.attempt = attempt
+        if attempt > 1:
+            # The buffer names the call in progress before it goes out (the first's is named
+            # when the reply is prepared): the reaper bills a dead process's call by it.
+            stream.buffer_behind = True
+            with contextlib.suppress(Exception):  # held back, it goes with the next frame
+                await stream.flush()
         key_id = key.id if key is not None else None
         result = await _attempt(adapter, plan, key, stream, cancel)
         outcome = _Outcome(
@@ -948,9 +967,9 @@ def _usage_record_failed(*, plan: _ReplyPlan, attempt: int, key_id, exc: Provide
         )
 
 
-def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict:
+def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
     """The one closing transaction: message, ledger row, budget settlement. Returns the usage
-    as it goes on the wire."""
+    as it goes on the wire; None when the reaper already ended the reply."""
     input_tokens = output_tokens = cached = 0
     cost = ZERO
     estimated = False
@@ -974,7 +993,7 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict:
     now = timezone.now()
     with transaction.atomic():
         owner = _ledger_owner(plan=plan)  # first: the user row's lock orders this before erasure
-        Message.objects.filter(id=plan.message_id).update(
+        finished = Message.objects.filter(id=plan.message_id, status__in=RUNNING).update(
             content=outcome.text,
             status=status,
             finish_reason=outcome.finish_reason,
@@ -984,6 +1003,12 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict:
             cost=cost,
             heartbeat_at=None,
         )
+        if not finished and Message.objects.filter(id=plan.message_id).exists():
+            # Ended already: the reaper took this reply for a dead process's (this one stalled
+            # past STALE_SECONDS), saved, billed and settled it and told the sockets. Nothing
+            # more. (A row that is gone was erased with its conversation: the call is still
+            # billed and its hold settled below.)
+            return None
         Conversation.objects.filter(id=plan.conversation_id).update(updated_at=now)
         if billable:
             # The ledger row before the settlement: the lock order billing.ledger documents.
@@ -1064,11 +1089,11 @@ async def stream_resume_state(*, conversation_id) -> dict | None:
     return state
 
 
-def _reap_settle(*, message_id, conversation_id, started_at, state: dict, text: str) -> None:
+def _reap_settle(*, message_id, conversation_id, started_at, state: dict, text: str) -> dict:
     """Settle a dead reply from what its buffer knew: the input it sent (if a call started)
     and the text that came out, estimated, at the price in force when the reply started (as
     the turn would have: a price changed since does not apply to it). The reservation is
-    released either way."""
+    released either way. Returns the usage as it goes on the wire."""
     from django.contrib.auth import get_user_model
 
     model_id = state["model"]
@@ -1087,7 +1112,10 @@ def _reap_settle(*, message_id, conversation_id, started_at, state: dict, text: 
             ttft_ms=None, latency_ms=None, outcome="error", error_kind="interrupted",
         )
         Message.objects.filter(id=message_id).update(input_tokens=input_tokens, output_tokens=output_tokens, cost=cost)
+    else:
+        input_tokens = output_tokens = 0
     budgets.budget_settle(reservation_id=uuid.UUID(state["reservation_id"]), actual=cost)
+    return {"input_tokens": input_tokens, "output_tokens": output_tokens, "cost": money_str(cost)}
 
 
 # --- the reaper ---------------------------------------------------------------------------------
@@ -1104,18 +1132,24 @@ def replies_reap_stale(*, stale_seconds: int = STALE_SECONDS) -> int:
         state = cache.get(buffer_key(conversation_id)) or {}
         buffered = state.get("message_id") == str(message_id)  # the buffer is this reply's
         text = state.get("text", content) if buffered else content
+        frame_usage = {"input_tokens": 0, "output_tokens": 0, "cost": money_str(ZERO)}
         with transaction.atomic():
             changed = Message.objects.filter(id=message_id, status__in=RUNNING).update(
                 status=Message.Status.ERROR, finish_reason="error", error_code="interrupted", content=text, heartbeat_at=None
             )
             if changed and buffered and state.get("reservation_id"):
-                _reap_settle(message_id=message_id, conversation_id=conversation_id, started_at=started_at, state=state, text=text)
+                frame_usage = _reap_settle(
+                    message_id=message_id, conversation_id=conversation_id, started_at=started_at, state=state, text=text
+                )
         if not changed:
             continue
         reaped += 1
+        # A process that only stalled (not died) stops the reply when it wakes: this flag, or
+        # its next heartbeat finding the row ended. Its own end then changes nothing.
+        with contextlib.suppress(Exception):
+            cache.set(_stop_key(message_id), 1, BUFFER_TTL)
         if buffered:
             cache.delete(buffer_key(conversation_id))
-        frame_usage = {"input_tokens": 0, "output_tokens": 0, "cost": money_str(ZERO)}
         with contextlib.suppress(Exception):
             async_to_sync(_publish)(
                 layer,

@@ -482,6 +482,45 @@ async def test_the_end_of_a_reply_reaches_the_sockets_through_a_layer_blip(chat_
     assert failed and frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "stop"
 
 
+async def test_a_reply_reaped_while_its_process_stalled_is_billed_once_and_stays_ended(
+    chat_backends, user, conversation_factory
+):
+    # The call went out, no text yet, and the process stalled past STALE_SECONDS: the reaper
+    # must bill that call (its buffer names attempt 1 from the start) and say what it billed;
+    # the process, waking, must not overwrite the row, bill or settle again, or end it twice.
+    chat_backends.key("only")
+    chat_backends.scripts.append(["gate", TextDelta("words after waking"), Usage(5, 3), Finish("stop")])
+    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("a question of some words"))
+    start = (await receive_until(ws, "start"))[-1]
+    for _ in range(100):
+        if chat_backends.calls:
+            break
+        await asyncio.sleep(0.01)
+    assert len(chat_backends.calls) == 1
+    assert turns.stream_state(conversation_id=conversation.id)["attempt"] == 1
+
+    assert await database_sync_to_async(turns.replies_reap_stale)(stale_seconds=0) == 1
+    ending = await receive_until(ws, "done")
+    (billed,) = chat_backends.usage
+    assert billed["estimated"] and billed["input_tokens"] > 0 and billed["cost"] > 0
+    assert ending[-1]["finish_reason"] == "error"
+    assert ending[-1]["usage"] == {"input_tokens": billed["input_tokens"], "output_tokens": 0, "cost": str(billed["cost"])}
+
+    chat_backends.open_gate()  # the stalled process wakes up
+    await turns.replies_wait()
+    later = []
+    while not await ws.receive_nothing(timeout=0.3):
+        later.append(await ws.receive_json_from())
+    await ws.disconnect()
+    assert [f for f in later if f["type"] == "done"] == []
+    reply = (await _messages(conversation))[1]
+    assert str(reply.id) == start["message_id"]
+    assert (reply.status, reply.error_code, reply.cost) == ("error", "interrupted", billed["cost"])
+    assert len(chat_backends.usage) == 1 and len(chat_backends.settlements) == 1
+
+
 # --- refusals before the provider: the user's message is kept, nothing charged -----------------------
 @pytest.mark.parametrize("model", ["nosuch:model", "openai:unpriced-model"])
 async def test_an_unknown_or_unpriced_model_is_model_unavailable(model, chat_backends, user, conversation_factory):
@@ -651,7 +690,7 @@ async def test_running_replies_heartbeat_together_in_one_update(chat_backends, u
 
     def spy(*, message_ids):
         beats.append(sorted(message_ids))
-        real(message_ids=message_ids)
+        return real(message_ids=message_ids)
 
     monkeypatch.setattr(turns, "_replies_heartbeat", spy)
     sockets, starts = [], []
