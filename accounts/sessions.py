@@ -19,6 +19,7 @@ and a password change itself a 500 after the new password was saved.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from asgiref.sync import sync_to_async
@@ -53,19 +54,21 @@ class SessionStore(cached_db.SessionStore):
     # user's sessions) is treated as one that could sign in.
     _ending: dict | None = None
 
-    def flush(self):
+    @contextlib.contextmanager
+    def _ending_this_session(self):
         self._ending = dict(self._session)
         try:
-            super().flush()
+            yield
         finally:
             self._ending = None
 
+    def flush(self):
+        with self._ending_this_session():
+            super().flush()
+
     def cycle_key(self):
-        self._ending = dict(self._session)
-        try:
+        with self._ending_this_session():
             super().cycle_key()
-        finally:
-            self._ending = None
 
     def load(self):
         try:
