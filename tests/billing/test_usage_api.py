@@ -90,8 +90,10 @@ def test_bad_dates_are_a_400_with_a_clear_error(alice_client, query):
     assert response.json()["error"]["code"] == "invalid_input"
 
 
-def test_only_get(alice_client):
-    assert alice_client.post("/api/v1/usage/").status_code == 405
+def test_only_get_and_another_method_is_a_405_in_json(alice_client):
+    response = alice_client.post("/api/v1/usage/")
+    assert response.status_code == 405 and response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "method_not_allowed" and response["Allow"] == "GET"
 
 
 def test_usage_page_shows_budgets_chart_and_models(alice_client, user, make_team):
