@@ -4,10 +4,12 @@ import zoneinfo
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth import forms as auth_forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.utils.translation import gettext_lazy as _
 
+from . import services
 from .models import User, validate_model_id
 
 # A password longer than this is refused before hashing: hashing megabytes is a cheap way to
@@ -82,3 +84,19 @@ class ProfileForm(forms.Form):
         help_text=_("The model new conversations start with, as provider:model (for example demo:echo)."),
         widget=forms.TextInput(attrs={"autocapitalize": "none", "spellcheck": "false"}),
     )
+
+
+class _PasswordSavedByService:
+    """Django's password forms save the user themselves; these hand the new password to
+    accounts.services.user_password_change, which also closes the user's other chat sockets."""
+
+    def save(self, commit=True):
+        return services.user_password_change(user=self.user, password=self.cleaned_data["new_password1"])
+
+
+class PasswordChangeForm(_PasswordSavedByService, auth_forms.PasswordChangeForm):
+    pass
+
+
+class SetPasswordForm(_PasswordSavedByService, auth_forms.SetPasswordForm):
+    """The last step of a password reset."""

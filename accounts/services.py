@@ -12,6 +12,8 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils.translation import gettext as _
 
+from conversations import sockets
+
 from .audit import audit_record
 from .models import SiteState, Team, TeamMembership, User
 
@@ -113,6 +115,19 @@ def user_update_profile(
             setattr(user, name, value)
         raise
     user.save(update_fields=list(changes))
+    return user
+
+
+def user_password_change(*, user: User, password: str) -> User:
+    """Set the user's new password (already validated by the form). Every session signed in with
+    the old one stops signing in (Django's session hash changes); their open chat sockets are
+    told at once rather than at their next frame or heartbeat. The caller keeps its own session
+    with update_session_auth_hash, which gives it a new key: its sockets close too, and the page
+    reconnects signed in."""
+    user.set_password(password)
+    with transaction.atomic():
+        user.save(update_fields=["password"])
+        sockets.user_sockets_close(user_id=user.pk)
     return user
 
 

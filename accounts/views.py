@@ -21,7 +21,7 @@ from django.views.i18n import set_language as django_set_language
 from chatsite.net import client_ip
 
 from . import services
-from .forms import ProfileForm, SignupForm
+from .forms import PasswordChangeForm, ProfileForm, SignupForm
 
 
 def home_url() -> str:
@@ -106,6 +106,7 @@ def set_language(request):
 
 
 class PasswordChangeView(auth_views.PasswordChangeView):
+    form_class = PasswordChangeForm
     success_url = reverse_lazy("profile")
 
     def form_valid(self, form):
