@@ -46,7 +46,9 @@ def user_signup(*, username: str, email: str, password: str, language: str = "",
     password or an invalid field; nothing is written then."""
     if not settings.SIGNUP_OPEN:
         raise SignupClosed(_("Sign-up is closed on this site. Ask an administrator for an account."), code="closed")
-    username, email = username.strip(), email.strip()
+    # NFKC first, as full_clean() will before the insert: a fullwidth "ＡLICE" is stored as "ALICE",
+    # so it must be checked as "ALICE" (else the constraint, not the check, refuses it: a 500).
+    username, email = User.normalize_username(username.strip()), email.strip()
     _check_identity_free(username=username, email=email)
     user = User(username=username, email=email, language=language if language in dict(settings.LANGUAGES) else "")
     validate_password(password, user=user)
