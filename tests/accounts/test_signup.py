@@ -60,6 +60,23 @@ def test_taken_username_or_email_in_another_case_is_refused(client, user, make_u
     assert User.objects.count() == before
 
 
+@pytest.mark.parametrize(
+    "taken, overrides, field",
+    [
+        (("émile", "emile@example.test"), {"username": "Émile"}, "username"),
+        (("ΣΩΚΡΑΤΗΣ", "sokrates@example.test"), {"username": "σωκρατης"}, "username"),
+        (("zoe", "zoe@zoë.example"), {"email": "zoe@ZOË.example"}, "email"),
+    ],
+)
+def test_a_name_or_email_differing_only_in_the_case_of_non_ascii_letters_is_refused(client, make_user, taken, overrides, field):
+    """On every database: SQLite's own case folding stops at ASCII."""
+    make_user(taken[0], email=taken[1])
+    before = User.objects.count()
+    response = post_signup(client, **overrides)
+    assert response.status_code == 400 and response.context["form"].errors[field]
+    assert User.objects.count() == before
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     "overrides, message",
