@@ -11,7 +11,7 @@ from chatsite.api import api_error as _error
 from chatsite.api import api_view
 
 from .money import money_str
-from .selectors import current_month, usage_summary
+from .selectors import USAGE_DATE_MAX, USAGE_DATE_MIN, current_month, usage_summary
 
 MAX_RANGE_DAYS = 366
 
@@ -31,6 +31,12 @@ def usage(request):
     date_to = _date(raw_to) if raw_to is not None else default_to
     if date_from is None or date_to is None:
         return _error(400, "invalid_input", _("from and to must be dates written YYYY-MM-DD."))
+    if not (USAGE_DATE_MIN <= date_from and date_to <= USAGE_DATE_MAX):
+        return _error(
+            400,
+            "invalid_input",
+            _("from and to must be between %(min)s and %(max)s.") % {"min": USAGE_DATE_MIN.isoformat(), "max": USAGE_DATE_MAX.isoformat()},
+        )
     if date_from > date_to:
         return _error(400, "invalid_input", _("from must not be after to."))
     if (date_to - date_from).days >= MAX_RANGE_DAYS:
