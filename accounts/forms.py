@@ -86,6 +86,20 @@ class ProfileForm(forms.Form):
     )
 
 
+class LoginForm(auth_forms.AuthenticationForm):
+    """Django's login form, with its username capped for real. Django sets the field's max_length
+    (the User model's) only after the field is built, so no validator enforces it: a name of any
+    length reached authenticate(), and django-axes then wrote it into its varchar(255) username
+    column, a DataError (500) on PostgreSQL. No account has such a name: the usual
+    wrong-credentials answer, without asking authenticate()."""
+
+    def clean(self):
+        username = self.cleaned_data.get("username")
+        if username is not None and len(username) > self.fields["username"].max_length:
+            raise self.get_invalid_login_error()
+        return super().clean()
+
+
 class _PasswordSavedByService:
     """Django's password forms save the user themselves; these hand the new password to
     accounts.services.user_password_change, which also closes the user's other chat sockets."""

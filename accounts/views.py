@@ -21,7 +21,7 @@ from django.views.i18n import set_language as django_set_language
 from chatsite.net import client_ip
 
 from . import services
-from .forms import PasswordChangeForm, ProfileForm, SignupForm
+from .forms import LoginForm, PasswordChangeForm, ProfileForm, SignupForm
 
 
 def home_url() -> str:
@@ -33,6 +33,7 @@ def home_url() -> str:
 
 
 class LoginView(auth_views.LoginView):
+    authentication_form = LoginForm
     redirect_authenticated_user = True
 
     def get_default_redirect_url(self):

@@ -14,6 +14,19 @@ def test_login_with_the_right_password_goes_home(client, user):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("length", [151, 256, 5000])
+def test_a_username_longer_than_any_account_can_have_is_just_wrong_credentials(client, user, length):
+    """Not passed to authenticate(): django-axes would write it to a varchar(255) (a 500 on
+    PostgreSQL). 150 is the longest username an account can have."""
+    from axes.models import AccessAttempt
+
+    response = client.post("/accounts/login/", {"username": "a" * length, "password": "whatever"})
+    assert response.status_code == 200
+    assert response.context["form"].non_field_errors() and "correct username and password" in response.content.decode()
+    assert not AccessAttempt.objects.filter(username__startswith="a" * 151).exists()
+
+
+@pytest.mark.django_db
 def test_logout_is_a_post(client, user):
     client.force_login(user)
     assert client.get("/accounts/logout/").status_code == 405
