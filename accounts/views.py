@@ -1,6 +1,7 @@
 """Account pages: thin views over accounts.services and Django's own auth views."""
 
 import math
+from urllib.parse import urlsplit
 
 from axes.helpers import get_cool_off
 from django.conf import settings
@@ -38,6 +39,12 @@ class LoginView(auth_views.LoginView):
 
     def get_default_redirect_url(self):
         return home_url()
+
+    def get_redirect_url(self):
+        # A next= leading back to this page would send a signed-in person in a circle (Django
+        # raises ValueError for it, a 500): they go home instead.
+        url = super().get_redirect_url()
+        return "" if url and urlsplit(url).path == self.request.path else url
 
 
 @sensitive_post_parameters("password1", "password2")
