@@ -85,6 +85,17 @@ class ProfileForm(forms.Form):
         widget=forms.TextInput(attrs={"autocapitalize": "none", "spellcheck": "false"}),
     )
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The list holds the usual Area/City names; the model accepts every zone Python knows,
+        # and an admin may have set one of the others ("Japan", "EST5EDT"). It is offered too,
+        # so the page shows it selected and saving the profile keeps it (a browser submits the
+        # first option when none is selected).
+        current = self.initial.get("timezone")
+        field = self.fields["timezone"]
+        if current and current not in dict(field.choices) and current in zoneinfo.available_timezones():
+            field.choices = sorted([*field.choices, (current, current)])
+
 
 class LoginForm(auth_forms.AuthenticationForm):
     """Django's login form, with its username capped for real. Django sets the field's max_length
