@@ -176,10 +176,7 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
     def user_change_password(self, request, id, form_url=""):
         response = super().user_change_password(request, id, form_url)
         if request.method == "POST" and response.status_code == 302:  # the form was accepted
-            audit_record(
-                action="user.password_set_by_admin", actor=request.user, target_type="accounts.user", target_id=str(id),
-                ip_address=client_ip(request),
-            )  # fmt: skip
+            admin_services.user_password_set_by_admin(user_id=int(id), actor=request.user, ip_address=client_ip(request))
         return response
 
     def has_delete_permission(self, request, obj=None):

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 from django.db import transaction
 
+from conversations import sockets
+
 from .audit import audit_record
 from .models import Team, User
 
@@ -23,15 +25,24 @@ class CannotDisableSelf(Exception):
 
 def user_disable(*, user: User, actor: User | None, ip_address: str | None = None) -> bool:
     """Disable `user`'s account; their sessions stop working at the next request (Django's
-    ModelBackend refuses inactive users). Returns False when already disabled (no audit row)."""
+    ModelBackend refuses inactive users) and their open chat sockets close at once (the
+    conditional update sends no save signal). Returns False when already disabled (no audit row)."""
     if actor is not None and actor.pk == user.pk:
         raise CannotDisableSelf
     with transaction.atomic():
         changed = User.objects.filter(pk=user.pk, is_active=True).update(is_active=False)
         if changed:
             audit_record(action="user.disabled", actor=actor, target=user, ip_address=ip_address)
+            sockets.user_sockets_close(user_id=user.pk)
     user.is_active = False
     return bool(changed)
+
+
+def user_password_set_by_admin(*, user_id: int, actor: User | None, ip_address: str | None = None) -> None:
+    """After Django's admin form saved a new password for a user: the audit row (ids only), and
+    their open chat sockets closed at once, since their sessions no longer sign them in."""
+    audit_record(action="user.password_set_by_admin", actor=actor, target_type="accounts.user", target_id=str(user_id), ip_address=ip_address)
+    sockets.user_sockets_close(user_id=user_id)
 
 
 def user_roles_snapshot(*, user: User) -> dict:

@@ -9,7 +9,6 @@ Two URL lists: `data_rights_urlpatterns` (pages, mounted under /accounts/) and
 from __future__ import annotations
 
 import json
-from functools import wraps
 
 from django import forms
 from django.conf import settings
@@ -25,8 +24,9 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_POST
 
+from chatsite.api import api_error, api_view
 from conversations import data_rights as conversation_rights
 
 from . import data_rights
@@ -39,19 +39,7 @@ CONFIRM_WORD = "ERASE"
 
 
 def _error(code: str, message: str, status: int) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
-
-
-def api_login_required(view):
-    """An anonymous API call answers 401 JSON, never a redirect to the login page."""
-
-    @wraps(view)
-    def wrapper(request, *args, **kwargs):
-        if not request.user.is_authenticated:
-            return _error("not_authenticated", _("Log in first."), 401)
-        return view(request, *args, **kwargs)
-
-    return wrapper
+    return api_error(status, code, message)
 
 
 def _is_text(value: str) -> bool:
@@ -233,8 +221,7 @@ def data_erasure_receipt(request, token: str):
 
 
 @never_cache
-@api_login_required
-@require_POST
+@api_view(("POST",))
 def api_export_start(request):
     try:
         export = data_rights.export_request(user=request.user)
@@ -244,8 +231,7 @@ def api_export_start(request):
 
 
 @never_cache
-@api_login_required
-@require_GET
+@api_view(("GET",))
 def api_export_status(request, export_id):
     export = data_rights.export_get_for_owner(export_id=export_id, user=request.user)
     if export is None:
@@ -257,8 +243,7 @@ def api_export_status(request, export_id):
 
 @sensitive_post_parameters("password")
 @never_cache
-@api_login_required
-@require_POST
+@api_view(("POST",))
 def api_erase(request):
     body = _json_body(request)
     if body is None:
@@ -304,15 +289,13 @@ def _conversation_download(request, conversation_id, kind: str):
 
 
 @never_cache
-@api_login_required
-@require_http_methods(["GET", "HEAD"])
+@api_view(("GET", "HEAD"))
 def api_conversation_markdown(request, conversation_id):
     return _conversation_download(request, conversation_id, "md")
 
 
 @never_cache
-@api_login_required
-@require_http_methods(["GET", "HEAD"])
+@api_view(("GET", "HEAD"))
 def api_conversation_json(request, conversation_id):
     return _conversation_download(request, conversation_id, "json")
 

@@ -4,10 +4,12 @@ import zoneinfo
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth import forms as auth_forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.utils.translation import gettext_lazy as _
 
+from . import services
 from .models import User, validate_model_id
 
 # A password longer than this is refused before hashing: hashing megabytes is a cheap way to
@@ -82,3 +84,44 @@ class ProfileForm(forms.Form):
         help_text=_("The model new conversations start with, as provider:model (for example demo:echo)."),
         widget=forms.TextInput(attrs={"autocapitalize": "none", "spellcheck": "false"}),
     )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The list holds the usual Area/City names; the model accepts every zone Python knows,
+        # and an admin may have set one of the others ("Japan", "EST5EDT"). It is offered too,
+        # so the page shows it selected and saving the profile keeps it (a browser submits the
+        # first option when none is selected).
+        current = self.initial.get("timezone")
+        field = self.fields["timezone"]
+        if current and current not in dict(field.choices) and current in zoneinfo.available_timezones():
+            field.choices = sorted([*field.choices, (current, current)])
+
+
+class LoginForm(auth_forms.AuthenticationForm):
+    """Django's login form, with its username capped for real. Django sets the field's max_length
+    (the User model's) only after the field is built, so no validator enforces it: a name of any
+    length reached authenticate(), and django-axes then wrote it into its varchar(255) username
+    column, a DataError (500) on PostgreSQL. No account has such a name: the usual
+    wrong-credentials answer, without asking authenticate()."""
+
+    def clean(self):
+        username = self.cleaned_data.get("username")
+        if username is not None and len(username) > self.fields["username"].max_length:
+            raise self.get_invalid_login_error()
+        return super().clean()
+
+
+class _PasswordSavedByService:
+    """Django's password forms save the user themselves; these hand the new password to
+    accounts.services.user_password_change, which also closes the user's other chat sockets."""
+
+    def save(self, commit=True):
+        return services.user_password_change(user=self.user, password=self.cleaned_data["new_password1"])
+
+
+class PasswordChangeForm(_PasswordSavedByService, auth_forms.PasswordChangeForm):
+    pass
+
+
+class SetPasswordForm(_PasswordSavedByService, auth_forms.SetPasswordForm):
+    """The last step of a password reset."""

@@ -5,12 +5,15 @@ Views, admin actions and commands parse and authorize, then call one of these.""
 from __future__ import annotations
 
 import logging
+import re
 
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils.translation import gettext as _
+
+from conversations import sockets
 
 from .audit import audit_record
 from .models import SiteState, Team, TeamMembership, User
@@ -24,13 +27,23 @@ class SignupClosed(ValidationError):
     """Sign-up is closed (SIGNUP_OPEN=false): only an administrator makes accounts."""
 
 
+def _taken(field: str, value: str) -> bool:
+    """Some account's `field` equals `value` in any letter case, in every script."""
+    if connection.vendor == "sqlite":
+        # SQLite's LOWER (behind iexact, and user_username_ci_unique/user_email_ci_unique there)
+        # folds ASCII letters only: "Émile" would pass beside "émile". Django's REGEXP on SQLite
+        # is Python's re, whose (?i) folds every script. A scan, fine for the embedded database.
+        return User.objects.filter(**{f"{field}__iregex": rf"^{re.escape(value)}\Z"}).exists()
+    return User.objects.filter(**{f"{field}__iexact": value}).exists()
+
+
 def _check_identity_free(*, username: str, email: str) -> None:
     # The database holds the same rule (user_username_ci_unique, user_email_ci_unique); checking
     # first gives a message a person can act on instead of a constraint name.
     errors: dict[str, list[str]] = {}
-    if User.objects.filter(username__iexact=username).exists():
+    if _taken("username", username):
         errors["username"] = [_("This username is already taken.")]
-    if email and User.objects.filter(email__iexact=email).exists():
+    if email and _taken("email", email):
         errors["email"] = [_("An account with this email address already exists.")]
     if errors:
         raise ValidationError(errors)
@@ -44,7 +57,9 @@ def user_signup(*, username: str, email: str, password: str, language: str = "",
     password or an invalid field; nothing is written then."""
     if not settings.SIGNUP_OPEN:
         raise SignupClosed(_("Sign-up is closed on this site. Ask an administrator for an account."), code="closed")
-    username, email = username.strip(), email.strip()
+    # NFKC first, as full_clean() will before the insert: a fullwidth "ＡLICE" is stored as "ALICE",
+    # so it must be checked as "ALICE" (else the constraint, not the check, refuses it: a 500).
+    username, email = User.normalize_username(username.strip()), email.strip()
     _check_identity_free(username=username, email=email)
     user = User(username=username, email=email, language=language if language in dict(settings.LANGUAGES) else "")
     validate_password(password, user=user)
@@ -52,6 +67,10 @@ def user_signup(*, username: str, email: str, password: str, language: str = "",
     user.full_clean(exclude=["password"], validate_constraints=False)
     try:
         with transaction.atomic():
+            # Again inside the transaction: on SQLite (IMMEDIATE transactions) it holds the write
+            # lock, so no other sign-up inserts between this check and ours. That is what keeps
+            # non-ASCII case variants apart there; on PostgreSQL the constraints do.
+            _check_identity_free(username=username, email=email)
             user.save()
             made_admin = _claim_first_admin(user=user)
     except IntegrityError:
@@ -113,6 +132,19 @@ def user_update_profile(
             setattr(user, name, value)
         raise
     user.save(update_fields=list(changes))
+    return user
+
+
+def user_password_change(*, user: User, password: str) -> User:
+    """Set the user's new password (already validated by the form). Every session signed in with
+    the old one stops signing in (Django's session hash changes); their open chat sockets are
+    told at once rather than at their next frame or heartbeat. The caller keeps its own session
+    with update_session_auth_hash, which gives it a new key: its sockets close too, and the page
+    reconnects signed in."""
+    user.set_password(password)
+    with transaction.atomic():
+        user.save(update_fields=["password"])
+        sockets.user_sockets_close(user_id=user.pk)
     return user
 
 

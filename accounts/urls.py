@@ -3,6 +3,7 @@ from django.urls import include, path, reverse_lazy
 
 from . import views
 from .data_rights_views import data_rights_urlpatterns
+from .forms import SetPasswordForm
 
 # Django's own auth views reverse these names (password_reset_confirm in the email, the *_done
 # pages), so they keep Django's names.
@@ -17,7 +18,9 @@ urlpatterns = [
     path("password/reset/sent/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
     path(
         "password/reset/<uidb64>/<token>/",
-        auth_views.PasswordResetConfirmView.as_view(success_url=reverse_lazy("password_reset_complete")),
+        auth_views.PasswordResetConfirmView.as_view(
+            form_class=SetPasswordForm, success_url=reverse_lazy("password_reset_complete")
+        ),
         name="password_reset_confirm",
     ),
     path("password/reset/complete/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),

@@ -1,6 +1,7 @@
 """Account pages: thin views over accounts.services and Django's own auth views."""
 
 import math
+from urllib.parse import urlsplit
 
 from axes.helpers import get_cool_off
 from django.conf import settings
@@ -21,7 +22,7 @@ from django.views.i18n import set_language as django_set_language
 from chatsite.net import client_ip
 
 from . import services
-from .forms import ProfileForm, SignupForm
+from .forms import LoginForm, PasswordChangeForm, ProfileForm, SignupForm
 
 
 def home_url() -> str:
@@ -33,10 +34,17 @@ def home_url() -> str:
 
 
 class LoginView(auth_views.LoginView):
+    authentication_form = LoginForm
     redirect_authenticated_user = True
 
     def get_default_redirect_url(self):
         return home_url()
+
+    def get_redirect_url(self):
+        # A next= leading back to this page would send a signed-in person in a circle (Django
+        # raises ValueError for it, a 500): they go home instead.
+        url = super().get_redirect_url()
+        return "" if url and urlsplit(url).path == self.request.path else url
 
 
 @sensitive_post_parameters("password1", "password2")
@@ -106,6 +114,7 @@ def set_language(request):
 
 
 class PasswordChangeView(auth_views.PasswordChangeView):
+    form_class = PasswordChangeForm
     success_url = reverse_lazy("profile")
 
     def form_valid(self, form):

@@ -6,16 +6,14 @@ import datetime as dt
 
 from django.http import JsonResponse
 from django.utils.translation import gettext as _
-from django.views.decorators.http import require_GET
+
+from chatsite.api import api_error as _error
+from chatsite.api import api_view
 
 from .money import money_str
-from .selectors import current_month, usage_summary
+from .selectors import USAGE_DATE_MAX, USAGE_DATE_MIN, current_month, usage_summary
 
 MAX_RANGE_DAYS = 366
-
-
-def _error(status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
 
 
 def _date(raw: str | None) -> dt.date | None:
@@ -25,16 +23,20 @@ def _date(raw: str | None) -> dt.date | None:
         return None
 
 
-@require_GET
+@api_view(("GET",))
 def usage(request):
-    if not request.user.is_authenticated:
-        return _error(401, "not_authenticated", _("Log in first."))
     default_from, default_to = current_month(user=request.user)
     raw_from, raw_to = request.GET.get("from"), request.GET.get("to")
     date_from = _date(raw_from) if raw_from is not None else default_from
     date_to = _date(raw_to) if raw_to is not None else default_to
     if date_from is None or date_to is None:
         return _error(400, "invalid_input", _("from and to must be dates written YYYY-MM-DD."))
+    if not (USAGE_DATE_MIN <= date_from and date_to <= USAGE_DATE_MAX):
+        return _error(
+            400,
+            "invalid_input",
+            _("from and to must be between %(min)s and %(max)s.") % {"min": USAGE_DATE_MIN.isoformat(), "max": USAGE_DATE_MAX.isoformat()},
+        )
     if date_from > date_to:
         return _error(400, "invalid_input", _("from must not be after to."))
     if (date_to - date_from).days >= MAX_RANGE_DAYS:

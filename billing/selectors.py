@@ -62,9 +62,16 @@ def current_month(*, user) -> tuple[dt.date, dt.date]:
     return first, last
 
 
+# The days usage_summary can be asked about. Its range ends at midnight after the last day, in
+# the user's zone, and the database compares in UTC: at year 1 or 9999 those instants fall off
+# Python's calendar (OverflowError). No usage predates this software or lies that far ahead.
+USAGE_DATE_MIN = dt.date(2000, 1, 1)
+USAGE_DATE_MAX = dt.date(9998, 12, 31)
+
+
 def usage_summary(*, user, date_from: dt.date, date_to: dt.date) -> UsageSummary:
     """The user's own spend between two days inclusive of their calendar (their time zone), by
-    model and by day, with every budget covering them."""
+    model and by day, with every budget covering them. Both days within USAGE_DATE_MIN..USAGE_DATE_MAX."""
     from .models import UsageRecord
     from .prices import label_display, prices_available
 

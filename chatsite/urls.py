@@ -3,6 +3,9 @@ from django.urls import include, path
 
 from . import health
 
+# A route under /api/ that does not exist answers the API's JSON error; pages keep Django's 404.
+handler404 = "chatsite.api.page_not_found"
+
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

@@ -3,17 +3,16 @@ errors as {"error": {"code", "message"}}. Entry points only: parse, authorize, c
 
 from __future__ import annotations
 
-import functools
 import json
 from urllib.parse import urlencode
 
 from django.http import HttpRequest, JsonResponse
-from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
 from django.utils.translation import gettext as _
-from django.views.decorators.csrf import csrf_exempt
 
 from billing import keys, prices
+from chatsite.api import api_error as error
+from chatsite.api import api_view
 
 from . import selectors, services
 from .markdown import markdown_render
@@ -24,35 +23,6 @@ PAGE_SIZE = 50
 # The last page whose rows (offset and one row past the page) a signed 64-bit integer, SQLite's
 # and PostgreSQL's LIMIT/OFFSET type, can address. A page past it cannot exist: 400, not a 500.
 MAX_PAGE = (2**63 - 2) // PAGE_SIZE
-_csrf = CsrfViewMiddleware(lambda request: None)
-
-
-def error(status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
-
-
-def api_view(methods: tuple[str, ...]):
-    """401 JSON for anonymous callers (never a login redirect), CSRF on unsafe methods answered
-    in JSON too, 405 for other methods."""
-
-    def decorate(view):
-        @csrf_exempt  # checked below, so a failure answers JSON instead of Django's HTML page
-        @functools.wraps(view)
-        def wrapper(request: HttpRequest, *args, **kwargs):
-            if not request.user.is_authenticated:
-                return error(401, "not_authenticated", _("Sign in first."))
-            if request.method not in methods:
-                response = error(405, "method_not_allowed", _("Method not allowed."))
-                response["Allow"] = ", ".join(methods)
-                return response
-            if request.method not in {"GET", "HEAD", "OPTIONS"}:
-                if _csrf.process_view(request, None, (), {}) is not None:
-                    return error(403, "csrf_failed", _("The CSRF token is missing or wrong."))
-            return view(request, *args, **kwargs)
-
-        return wrapper
-
-    return decorate
 
 
 def _body(request: HttpRequest) -> dict | JsonResponse:

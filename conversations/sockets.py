@@ -95,16 +95,22 @@ def _on_logged_out(sender, request=None, user=None, **kwargs):
         _close_group(session_group_name(key))
 
 
+def user_sockets_close(*, user_id) -> None:
+    """Close every chat socket of this user, in every process, once the current transaction
+    commits (a rolled-back change must not drop anyone's sockets). For the services whose change
+    ends the user's sessions without a save signal saying so: an account disabled with a queryset
+    update, a password changed (the other sessions' hash no longer matches)."""
+    group = user_group_name(user_id)
+    transaction.on_commit(lambda: _close_group(group))
+
+
 def _on_user_saved(sender, instance, created=False, **kwargs):
     if not created and not instance.is_active:
-        group = user_group_name(instance.pk)
-        # After the commit: a rolled-back deactivation must not drop anyone's sockets.
-        transaction.on_commit(lambda: _close_group(group))
+        user_sockets_close(user_id=instance.pk)
 
 
 def _on_user_deleted(sender, instance, **kwargs):
-    group = user_group_name(instance.pk)
-    transaction.on_commit(lambda: _close_group(group))
+    user_sockets_close(user_id=instance.pk)
 
 
 # Connected here because this module is loaded by chatsite.asgi in every process that serves

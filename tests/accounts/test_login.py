@@ -14,6 +14,33 @@ def test_login_with_the_right_password_goes_home(client, user):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("length", [151, 256, 5000])
+def test_a_username_longer_than_any_account_can_have_is_just_wrong_credentials(client, user, length):
+    """Not passed to authenticate(): django-axes would write it to a varchar(255) (a 500 on
+    PostgreSQL). 150 is the longest username an account can have."""
+    from axes.models import AccessAttempt
+
+    response = client.post("/accounts/login/", {"username": "a" * length, "password": "whatever"})
+    assert response.status_code == 200
+    assert response.context["form"].non_field_errors() and "correct username and password" in response.content.decode()
+    assert not AccessAttempt.objects.filter(username__startswith="a" * 151).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("next_url", ["/accounts/login/", "/accounts/login/?next=/accounts/login/", "http://testserver/accounts/login/"])
+def test_the_login_page_with_next_pointing_at_itself_sends_a_signed_in_person_home(client, user, next_url):
+    client.force_login(user)
+    response = client.get("/accounts/login/", {"next": next_url})
+    assert response.status_code == 302 and response["Location"] == "/"
+
+
+@pytest.mark.django_db
+def test_signing_in_with_next_pointing_at_the_login_page_goes_home(client, user):
+    response = client.post("/accounts/login/?next=/accounts/login/", {"username": "alice", "password": PASSWORD})
+    assert response.status_code == 302 and response["Location"] == "/"
+
+
+@pytest.mark.django_db
 def test_logout_is_a_post(client, user):
     client.force_login(user)
     assert client.get("/accounts/logout/").status_code == 405

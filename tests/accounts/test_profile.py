@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from accounts import services
@@ -27,6 +29,22 @@ def test_profile_saves_settings_and_links_to_data_and_usage(client, user):
         "ko",
         "openai:gpt-4o-mini",
     )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("zone", ["Japan", "EST5EDT", "GMT"])
+def test_a_valid_zone_outside_the_usual_list_is_shown_selected_and_kept(client, user, zone):
+    user.timezone = zone  # as the admin's user form may set it: the model accepts every zone
+    user.full_clean()
+    user.save()
+    client.force_login(user)
+    page = client.get("/accounts/profile/").content.decode()
+    select = re.search(r'<select name="timezone".*?</select>', page, re.S).group(0)
+    assert re.findall(r'<option value="([^"]*)" selected>', select) == [zone]
+    response = client.post("/accounts/profile/", {"display_name": "A", "timezone": zone, "language": "", "default_model": ""})
+    assert response.status_code == 302
+    user.refresh_from_db()
+    assert (user.display_name, user.timezone) == ("A", zone)
 
 
 @pytest.mark.django_db

@@ -45,14 +45,35 @@ def test_an_existing_superuser_means_no_signup_becomes_admin(client):
     [
         ({"username": "ALICE"}, "username"),
         ({"email": "ALICE@Example.Test"}, "email"),
+        # Stored NFKC-normalized: a fullwidth Ａ is an A, a KELVIN SIGN a K.
+        ({"username": "\uff21LICE"}, "username"),
+        ({"username": "\u212aATE"}, "username"),
     ],
 )
-def test_taken_username_or_email_in_another_case_is_refused(client, user, overrides, field):
+def test_taken_username_or_email_in_another_case_is_refused(client, user, make_user, overrides, field):
+    make_user("kate")
     before = User.objects.count()
     response = post_signup(client, **overrides)
     assert response.status_code == 400
-    assert response.context["form"].errors
+    assert response.context["form"].errors[field]
     assert "already" in response.content.decode()
+    assert User.objects.count() == before
+
+
+@pytest.mark.parametrize(
+    "taken, overrides, field",
+    [
+        (("émile", "emile@example.test"), {"username": "Émile"}, "username"),
+        (("ΣΩΚΡΑΤΗΣ", "sokrates@example.test"), {"username": "σωκρατης"}, "username"),
+        (("zoe", "zoe@zoë.example"), {"email": "zoe@ZOË.example"}, "email"),
+    ],
+)
+def test_a_name_or_email_differing_only_in_the_case_of_non_ascii_letters_is_refused(client, make_user, taken, overrides, field):
+    """On every database: SQLite's own case folding stops at ASCII."""
+    make_user(taken[0], email=taken[1])
+    before = User.objects.count()
+    response = post_signup(client, **overrides)
+    assert response.status_code == 400 and response.context["form"].errors[field]
     assert User.objects.count() == before
 
 

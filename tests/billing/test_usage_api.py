@@ -90,8 +90,28 @@ def test_bad_dates_are_a_400_with_a_clear_error(alice_client, query):
     assert response.json()["error"]["code"] == "invalid_input"
 
 
-def test_only_get(alice_client):
-    assert alice_client.post("/api/v1/usage/").status_code == 405
+@pytest.mark.parametrize("zone", ["Asia/Tokyo", "Pacific/Kiritimati", "Etc/GMT+12", "UTC"])
+@pytest.mark.parametrize("query", ["from=9999-12-01&to=9999-12-31", "from=0001-01-01&to=0001-01-31", "from=1999-12-31&to=2000-01-01"])
+def test_days_at_the_ends_of_the_calendar_are_a_400_not_a_500(alice_client, user, zone, query):
+    user.timezone = zone
+    user.save(update_fields=["timezone"])
+    response = alice_client.get(f"/api/v1/usage/?{query}")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_input"
+
+
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "Etc/GMT+12"])  # UTC+14 and UTC-12
+def test_the_first_and_last_days_allowed_answer_in_every_zone(alice_client, user, zone):
+    user.timezone = zone
+    user.save(update_fields=["timezone"])
+    for query in ("from=2000-01-01&to=2000-01-31", "from=9998-12-01&to=9998-12-31"):
+        response = alice_client.get(f"/api/v1/usage/?{query}")
+        assert response.status_code == 200 and response.json()["spent"] == "0.00", response.json()
+
+
+def test_only_get_and_another_method_is_a_405_in_json(alice_client):
+    response = alice_client.post("/api/v1/usage/")
+    assert response.status_code == 405 and response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "method_not_allowed" and response["Allow"] == "GET"
 
 
 def test_usage_page_shows_budgets_chart_and_models(alice_client, user, make_team):

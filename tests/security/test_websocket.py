@@ -172,6 +172,90 @@ async def test_erasing_or_deactivating_the_user_closes_their_sockets(app, make_u
         await ws.disconnect()
 
 
+async def test_the_admin_disable_action_closes_the_users_sockets_at_once(app, make_user):
+    """The "Disable selected accounts" action (a queryset update, no save signal) closes them as
+    unticking "active" on the change form does, not at their next frame or heartbeat."""
+    from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+
+    admin = await sync_to_async(make_user)("root", is_staff=True, is_superuser=True)
+    victim = await sync_to_async(make_user)("victim")
+    conversation = await _conversation(victim)
+    ws, connected, _ = await ws_open(app, _path(conversation), cookie=await session_cookie_of(victim))
+    assert connected
+
+    def disable():
+        client = Client()
+        client.force_login(admin)
+        response = client.post("/admin/accounts/user/", {"action": "disable_users", ACTION_CHECKBOX_NAME: [victim.pk]})
+        assert response.status_code == 302
+        victim.refresh_from_db()
+        assert not victim.is_active
+
+    await sync_to_async(disable)()
+    _frames, code = await frames_until_close(ws, timeout=5)
+    assert code == consumers.CLOSE_SIGNED_OUT
+    await ws.disconnect()
+
+
+PASSWORD, NEW_PASSWORD = "correct horse battery 9", "a brand new pw 4242"
+
+
+async def test_a_password_change_closes_the_other_devices_sockets_at_once(app, user):
+    conversation = await _conversation(user)
+    ws, connected, _ = await ws_open(app, _path(conversation), cookie=await session_cookie_of(user))
+    assert connected
+
+    def change():
+        client = Client()
+        client.force_login(user)
+        response = client.post(
+            "/accounts/password/change/",
+            {"old_password": PASSWORD, "new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD},
+        )
+        assert response.status_code == 302
+        assert client.get("/accounts/profile/").status_code == 200  # the changer stays signed in
+
+    await sync_to_async(change)()
+    _frames, code = await frames_until_close(ws, timeout=5)
+    assert code == consumers.CLOSE_SIGNED_OUT
+    await ws.disconnect()
+
+
+async def test_a_password_reset_or_one_set_by_an_admin_closes_the_users_sockets_at_once(app, make_user):
+    from django.contrib.auth.tokens import default_token_generator
+    from django.utils.encoding import force_bytes
+    from django.utils.http import urlsafe_base64_encode
+
+    admin = await sync_to_async(make_user)("root", is_staff=True, is_superuser=True)
+    user = await sync_to_async(make_user)("forgetful")
+    conversation = await _conversation(user)
+
+    def reset():
+        client = Client()
+        url = f"/accounts/password/reset/{urlsafe_base64_encode(force_bytes(user.pk))}/{default_token_generator.make_token(user)}/"
+        form_url = client.get(url)["Location"]  # Django moves the token into the session first
+        response = client.post(form_url, {"new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD})
+        assert response.status_code == 302 and response["Location"] == "/accounts/password/reset/complete/"
+
+    def set_by_admin():
+        client = Client()
+        client.force_login(admin)
+        response = client.post(
+            f"/admin/accounts/user/{user.pk}/password/",
+            {"password1": "an admin's pw 5151", "password2": "an admin's pw 5151", "usable_password": "true"},
+        )
+        assert response.status_code == 302
+
+    for change in (reset, set_by_admin):
+        await database_sync_to_async(user.refresh_from_db)()  # signed in with the password as it is now
+        ws, connected, _ = await ws_open(app, _path(conversation), cookie=await session_cookie_of(user))
+        assert connected
+        await sync_to_async(change)()
+        _frames, code = await frames_until_close(ws, timeout=5)
+        assert code == consumers.CLOSE_SIGNED_OUT, change.__name__
+        await ws.disconnect()
+
+
 async def test_an_idle_socket_closes_at_its_heartbeat_after_the_session_ends(app, user, monkeypatch):
     monkeypatch.setattr(consumers, "HEARTBEAT_SECONDS", 0.05)
     conversation = await _conversation(user)
