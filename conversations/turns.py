@@ -53,6 +53,7 @@ FRAME_SECONDS = 0.04  # deltas are batched into one frame per this interval
 HEARTBEAT_SECONDS = 5.0  # the running replies' rows are touched this often (one UPDATE for all)
 STOP_POLL_SECONDS = 0.5  # how often the cache stop flag is read (the channel message is instant)
 STALE_SECONDS = 90  # a running reply whose heartbeat is older is reaped as `error`
+REAPED = "interrupted"  # the error_code of a reply the reaper ended
 BUFFER_TTL = 60 * 60  # the stream buffer outlives any reply; the reaper deletes stale ones
 ZERO = Decimal("0")
 MONEY_PLACES = Decimal("0.0000000001")  # the ledger's precision (billing.models.MONEY)
@@ -1003,11 +1004,11 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
             cost=cost,
             heartbeat_at=None,
         )
-        if not finished and Message.objects.filter(id=plan.message_id).exists():
-            # Ended already: the reaper took this reply for a dead process's (this one stalled
-            # past STALE_SECONDS), saved, billed and settled it and told the sockets. Nothing
-            # more. (A row that is gone was erased with its conversation: the call is still
-            # billed and its hold settled below.)
+        if not finished and Message.objects.filter(id=plan.message_id, error_code=REAPED).exists():
+            # The reaper took this reply for a dead process's (this one stalled past
+            # STALE_SECONDS), saved, billed and settled it and told the sockets. Nothing more.
+            # (A row an erasure cancelled, or already deleted, is not rewritten, but its call is
+            # still billed and its hold settled below.)
             return None
         Conversation.objects.filter(id=plan.conversation_id).update(updated_at=now)
         if billable:
@@ -1135,7 +1136,7 @@ def replies_reap_stale(*, stale_seconds: int = STALE_SECONDS) -> int:
         frame_usage = {"input_tokens": 0, "output_tokens": 0, "cost": money_str(ZERO)}
         with transaction.atomic():
             changed = Message.objects.filter(id=message_id, status__in=RUNNING).update(
-                status=Message.Status.ERROR, finish_reason="error", error_code="interrupted", content=text, heartbeat_at=None
+                status=Message.Status.ERROR, finish_reason="error", error_code=REAPED, content=text, heartbeat_at=None
             )
             if changed and buffered and state.get("reservation_id"):
                 frame_usage = _reap_settle(

@@ -4,6 +4,8 @@ websocket hijacking, a socket outliving its session, too many sockets, a flood o
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 import uuid
 from importlib import import_module
 
@@ -328,9 +330,13 @@ async def test_a_thousand_frames_in_a_second_are_refused_and_charge_nothing(app,
     conversation = await _conversation(user)
     ws, connected, _ = await ws_open(app, _path(conversation), cookie=await session_cookie_of(user))
     assert connected
+    started = time.monotonic()
     for _ in range(1000):
         await ws.send_json_to(_user_message("flood"))
     frames, code = await frames_until_close(ws, timeout=20)
+    # The allowance is per second of the socket's own clock: on a loaded machine the flood is
+    # read over more than one second, and each second may pass its allowance.
+    seconds = math.ceil(time.monotonic() - started)
     await turns.replies_wait()
 
     assert code == consumers.CLOSE_TOO_MANY
@@ -341,7 +347,8 @@ async def test_a_thousand_frames_in_a_second_are_refused_and_charge_nothing(app,
     saved_user_messages = await database_sync_to_async(
         lambda: Message.objects.filter(conversation=conversation, role="user").count()
     )()
-    assert 1 <= saved_user_messages <= settings.WS_MAX_FRAMES_PER_SECOND
+    assert 1 <= saved_user_messages <= settings.WS_MAX_FRAMES_PER_SECOND * seconds
+    assert saved_user_messages < 100  # and far from the thousand sent
     replies = await database_sync_to_async(
         lambda: Message.objects.filter(conversation=conversation, role="assistant").count()
     )()
