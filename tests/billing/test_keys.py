@@ -291,6 +291,20 @@ def test_rotate_encryption_keys_then_dropping_the_old_key_still_decrypts(setting
     assert AuditEvent.objects.filter(action="provider_key.reencrypt").count() == 1
 
 
+def test_moving_off_the_derived_default_key_rotates_secrets_onto_the_configured_key(settings, caplog):
+    from cryptography.fernet import Fernet
+
+    settings.FIELD_ENCRYPTION_KEYS = []  # the embedded default: a key derived from SECRET_KEY
+    add("a", secret="sk-derived-0123456789abc")
+    new = Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new]  # README: set the variable, then rotate
+    assert keys.key_choose(provider="openai").secret == "sk-derived-0123456789abc"
+    assert keys.key_rotate_encryption() == 1
+    token = ProviderKey.objects.get(name="a").secret_encrypted
+    assert Fernet(new.encode()).decrypt(token.encode()).decode() == "sk-derived-0123456789abc"
+    assert "sk-derived" not in caplog.text
+
+
 def test_rotate_encryption_keys_is_all_or_nothing(settings):
     from cryptography.fernet import Fernet
 
