@@ -837,6 +837,7 @@ def key_test(*, key_id: uuid.UUID, actor=None) -> KeyTestResult:
     key = ProviderKey.objects.get(pk=key_id)
     result: KeyTestResult
     secret, model, usage, started = "", "", None, None
+    retry_after: float | None = None  # the provider's Retry-After, for the cooldown like a turn's
     try:
         if key.base_url:
             base_url_validate(key.base_url)  # names can be re-pointed since the key was saved
@@ -858,6 +859,7 @@ def key_test(*, key_id: uuid.UUID, actor=None) -> KeyTestResult:
         result = KeyTestResult(ok=False, error_kind="undecryptable", detail=str(exc))
     except ProviderError as exc:
         result = KeyTestResult(ok=False, error_kind=str(exc.kind), detail=_scrub(exc.message or "", secret))
+        retry_after = exc.retry_after
     except TimeoutError:
         result = KeyTestResult(ok=False, error_kind=ErrorKind.TIMEOUT.value, detail=_("No answer in time."))
     except Exception as exc:  # noqa: BLE001 - any adapter failure is a failed test, shown by type only
@@ -875,7 +877,9 @@ def key_test(*, key_id: uuid.UUID, actor=None) -> KeyTestResult:
             health=Health.HEALTHY, cooldown_until=None, consecutive_failures=0, last_used_at=clock()
         )
     elif result.error_kind in ErrorKind._value2member_map_:
-        key_report_failure(key_id=key.pk, kind=result.error_kind, version=key.secret_version)
+        key_report_failure(
+            key_id=key.pk, kind=result.error_kind, retry_after=retry_after, version=key.secret_version
+        )
     _audit("test", key, actor, ok=result.ok, error_kind=result.error_kind)
     return result
 

@@ -191,6 +191,22 @@ def test_the_test_action_reports_a_refused_key(admin_client, adapter):
     assert key.health == "invalid"
 
 
+def test_a_rate_limited_test_keeps_the_key_out_as_long_as_the_provider_asked(admin_client, adapter, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.KEY_RATE_LIMIT_COOLDOWN = 60
+    adapter.error = ProviderError(kind=ErrorKind.RATE_LIMITED, message="429", status=429, retry_after=600)
+    key = keys.key_add(provider="openai", name="main", secret=SECRET)
+    before = timezone.now()
+    admin_client.post(CHANGELIST, {"action": "test_keys", "_selected_action": [key.pk]})
+    key.refresh_from_db()
+    assert key.health == "cooling_down"
+    # Retry-After said 600 s, not the 60 s default.
+    assert key.cooldown_until >= before + timedelta(seconds=600)
+
+
 def test_drain_disable_and_enable_actions(admin_client):
     key = keys.key_add(provider="openai", name="main", secret=SECRET)
     for action, state in [("drain_keys", "draining"), ("disable_keys", "disabled"), ("enable_keys", "enabled")]:
