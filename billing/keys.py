@@ -603,10 +603,11 @@ def key_choose(*, provider: str, exclude: Collection[uuid.UUID] = ()) -> KeyLeas
     )
     while rows:
         top = [r for r in rows if r["priority"] == rows[0]["priority"]]
-        # A key back from a cooldown is tried when it is the best there is; a healthy one of
-        # the same priority goes first.
-        healthy = [r for r in top if r["health"] == Health.HEALTHY] or top
-        row = healthy[_spread_index(provider, top[0]["priority"], len(healthy))]
+        # A key whose cooldown has ended (rate limit over, or circuit half-open) takes its turn
+        # in the spread like a healthy one: only a success with it clears its state, so keeping
+        # it behind its healthy peers would leave it out until the periodic health check. A
+        # failed trial reopens it at once, and the turn moves on to the next key.
+        row = top[_spread_index(provider, top[0]["priority"], len(top))]
         try:
             secret = secret_decrypt(row["secret_encrypted"])
         except SecretUndecryptable:

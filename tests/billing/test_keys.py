@@ -146,6 +146,29 @@ def test_a_rate_limited_key_is_skipped_until_its_cooldown_ends(clock):
     assert row.health == Health.HEALTHY and row.cooldown_until is None
 
 
+def test_a_key_back_from_a_rate_limit_cooldown_shares_the_load_again(clock):
+    a = add("a")
+    add("b")
+    keys.key_report_failure(key_id=a.pk, kind="rate_limited", retry_after=10)
+    assert {keys.key_choose(provider="openai").name for _ in range(4)} == {"b"}
+    clock.advance(11)
+    chosen = [keys.key_choose(provider="openai").name for _ in range(20)]
+    assert chosen.count("a") == chosen.count("b") == 10
+
+
+def test_a_half_open_key_gets_its_share_of_trials_beside_an_equal_healthy_one(clock, settings):
+    settings.KEY_FAILURE_THRESHOLD = 1
+    settings.KEY_CIRCUIT_COOLDOWN = 60
+    a = add("a")
+    add("b")
+    keys.key_report_failure(key_id=a.pk, kind="unavailable")
+    clock.advance(61)
+    chosen = [keys.key_choose(provider="openai").name for _ in range(4)]
+    assert chosen.count("a") == 2
+    keys.key_report_success(key_id=a.pk)
+    assert reload(a).health == Health.HEALTHY
+
+
 def test_rate_limit_without_retry_after_uses_the_setting(clock, settings):
     settings.KEY_RATE_LIMIT_COOLDOWN = 45
     a = add("a")
