@@ -3,7 +3,9 @@
 FIELD_ENCRYPTION_KEYS is a list of Fernet keys: the first encrypts, every one decrypts, so an
 operator rotates by putting a new key first, running `manage.py rotate_encryption_keys`, and
 then dropping the old key. Unset, one key is derived from SECRET_KEY (with a warning): the
-embedded default then works, but changing SECRET_KEY makes stored secrets unreadable.
+embedded default then works, but changing SECRET_KEY makes stored secrets unreadable. Set, the
+derived key still decrypts (last, never encrypts), so moving off the embedded default is the
+same rotation: set FIELD_ENCRYPTION_KEYS, run `rotate_encryption_keys`.
 
 Nothing here logs or returns a key or a plaintext except `secret_decrypt`'s return value.
 """
@@ -43,7 +45,13 @@ def _configured_keys() -> tuple[str, ...]:
     global _warned
     keys = tuple(k.strip() for k in (settings.FIELD_ENCRYPTION_KEYS or []) if k and k.strip())
     if keys:
-        return keys
+        # Secrets stored under the embedded default were encrypted with the derived key; keeping
+        # it as the last, decrypt-only entry lets rotate_encryption_keys move them onto the
+        # configured keys instead of stranding them (MultiFernet encrypts with the first only).
+        # Appended after the operator's entries, so "entry N" in fernet()'s error still counts
+        # their own list.
+        derived = _derived_key()
+        return keys if derived in keys else (*keys, derived)
     if not _warned and getattr(settings, "WARN_DEV_DEFAULTS", False):
         logger.warning(
             "FIELD_ENCRYPTION_KEYS is not set: provider keys are encrypted with a key derived from "

@@ -3,9 +3,11 @@ LatencyBucket) plus the small Budget and ProviderKey tables, never from the Usag
 the number of rows read grows with days x users x models, not with calls, and the number of
 queries is fixed.
 
-Dates: the range is chosen in the operator's time zone ("today" is their today), and covers
-whole rollup days. Rollup days are calendar days in the site's TIME_ZONE (UTC), as written by the
-ledger, so a figure for a day equals the ledger's sum between that day's UTC midnights.
+Dates: every date on the dashboard is a UTC day, "today" included (dashboard_today), because
+the rollups are kept by UTC day (billing.ledger). A figure for a day equals the ledger's sum
+between that day's UTC midnights. Days in the operator's own zone cannot be cut from UTC-day
+rollups: "today" there would leave out the latest hours west of UTC, or be a day with no rows
+yet east of it.
 """
 
 from __future__ import annotations
@@ -49,11 +51,15 @@ class DashboardRange:
         return [self.start + datetime.timedelta(days=i) for i in range((self.end - self.start).days + 1)]
 
     def utc_bounds(self) -> tuple[datetime.datetime, datetime.datetime]:
-        """The ledger interval these rollup days cover: [start 00:00, end+1 00:00) in TIME_ZONE."""
-        tz = timezone.get_default_timezone()
-        start = datetime.datetime.combine(self.start, datetime.time.min, tzinfo=tz)
-        end = datetime.datetime.combine(self.end + datetime.timedelta(days=1), datetime.time.min, tzinfo=tz)
+        """The ledger interval these rollup days cover: [start 00:00, end+1 00:00) UTC."""
+        start = datetime.datetime.combine(self.start, datetime.time.min, tzinfo=datetime.UTC)
+        end = datetime.datetime.combine(self.end + datetime.timedelta(days=1), datetime.time.min, tzinfo=datetime.UTC)
         return start, end
+
+
+def dashboard_today(*, now: datetime.datetime | None = None) -> datetime.date:
+    """Today on the rollup's calendar: the current UTC day, whatever the operator's time zone."""
+    return (now or timezone.now()).astimezone(datetime.UTC).date()
 
 
 def _preset_bounds(preset: str, today: datetime.date) -> tuple[datetime.date, datetime.date]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -256,19 +255,10 @@ def _series(days: list[datetime.date], per_day: dict[datetime.date, dict[str, De
     ]
 
 
-def _operator_tz(user) -> datetime.tzinfo:
-    try:
-        return zoneinfo.ZoneInfo(getattr(user, "timezone", "") or "UTC")
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return datetime.UTC
-
-
 def dashboard_view(request: HttpRequest, *, site) -> HttpResponse:
     if not request.user.has_perm(PERMISSION):
         raise PermissionDenied
-    operator_tz = _operator_tz(request.user)
-    today = timezone.localdate(timezone=operator_tz)
-    rng, problems = d.dashboard_range_parse(params=request.GET, today=today)
+    rng, problems = d.dashboard_range_parse(params=request.GET, today=d.dashboard_today())
     for problem in problems:
         messages.warning(request, problem)
     board = Dashboard(rng, user=request.user)
@@ -286,7 +276,8 @@ def dashboard_view(request: HttpRequest, *, site) -> HttpResponse:
         "figures": board.figures,
         "tables": [board.table(name) for name in Dashboard.TABLES],
         "chart_data": board.chart_data(),
-        "operator_tz": str(operator_tz),
+        # Said on the page: the dates are UTC days, the rollup's calendar (billing.dashboard).
+        "calendar_tz": "UTC",
         "query_base": _query_base(rng),
     }
     return TemplateResponse(request, "admin/parley/dashboard.html", context)

@@ -1,5 +1,5 @@
 """Data rights, the billing part: a person's usage for their export, and cutting their link to
-the ledger on erasure.
+the ledger on erasure (and a deleted team's, the same way).
 
 Erasure never deletes money. Usage records and daily rollups stay, with the user (and the
 conversation and message ids, which would point at deleted rows) removed, so every spend total,
@@ -68,22 +68,21 @@ def usage_export_rows(*, user_id: int, chunk_size: int = 1000) -> Iterator[dict]
         yield row
 
 
-def _fold_daily_rows(user_id: int) -> int:
-    """Move the user's rollup rows to the anonymous bucket. Where an anonymous row already exists
-    for the same day/team/model (an earlier erasure) the two are added together, because the
+def _fold_daily_rows(rows, **moved_to) -> int:
+    """Move these rollup rows to the key `moved_to` says (user=None on erasure, team=None when a
+    team is deleted). Where a row already exists for the resulting day/user/team/model (an earlier
+    erasure, or the member's usage outside the team) the two are added together, because the
     rollup keeps one row per key (NULLS NOT DISTINCT, emulated: see billing.models.DailyUsage)."""
     moved = 0
-    rows = DailyUsage.objects.select_for_update().filter(user_id=user_id).order_by("pk")
-    for row in list(rows):  # one row per day x model: small
-        target = (
-            DailyUsage.objects.select_for_update()
-            .filter(day=row.day, user__isnull=True, team_id=row.team_id, provider=row.provider, model=row.model)
-            .order_by("pk")
-            .first()
-        )
+    for row in list(rows.select_for_update().order_by("pk")):  # one row per day x user x model: small
+        key = {"day": row.day, "user_id": row.user_id, "team_id": row.team_id, "provider": row.provider, "model": row.model}
+        key.update({f"{name}_id": value for name, value in moved_to.items()})
+        # `filter(x_id=None)` means IS NULL in the ORM, which is what we want here.
+        target = DailyUsage.objects.select_for_update().filter(**key).exclude(pk=row.pk).order_by("pk").first()
         if target is None:
-            row.user = None
-            row.save(update_fields=["user"])
+            for name, value in moved_to.items():
+                setattr(row, name, value)
+            row.save(update_fields=list(moved_to))
         else:
             DailyUsage.objects.filter(pk=target.pk).update(
                 requests=F("requests") + row.requests,
@@ -120,7 +119,7 @@ def usage_forget_user(*, user_id: int, username: str = "") -> dict[str, int]:
     finds nothing and returns zeros."""
     with transaction.atomic():
         records = UsageRecord.objects.filter(user_id=user_id).update(user=None, conversation_id=None, message_id=None)
-        rollups = _fold_daily_rows(user_id)
+        rollups = _fold_daily_rows(DailyUsage.objects.filter(user_id=user_id), user=None)
         Reservation.objects.filter(user_id=user_id).update(user=None)
         budgets = Budget.objects.filter(user_id=user_id)
         _scrub_budget_admin_log(budget_ids=[str(pk) for pk in budgets.values_list("pk", flat=True)], username=username)
@@ -151,3 +150,13 @@ def usage_totals() -> dict[str, Decimal | int]:
         "rollup_output_tokens": rollup["output_tokens"] or 0,
         "rollup_requests": rollup["requests"] or 0,
     }
+
+
+def usage_forget_team(*, team_id: int) -> int:
+    """Before a team is deleted: its spend stays, filed under no team. The ledger's team link is
+    cleared, and the team's rollup rows merge into the members' no-team rows of the same day and
+    model (the database's SET NULL alone would collide with dailyusage_unique). Team budgets go
+    with the team (CASCADE). Returns how many rollup rows moved."""
+    with transaction.atomic():
+        UsageRecord.objects.filter(team_id=team_id).update(team=None)
+        return _fold_daily_rows(DailyUsage.objects.filter(team_id=team_id), team=None)

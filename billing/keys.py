@@ -603,10 +603,11 @@ def key_choose(*, provider: str, exclude: Collection[uuid.UUID] = ()) -> KeyLeas
     )
     while rows:
         top = [r for r in rows if r["priority"] == rows[0]["priority"]]
-        # A key back from a cooldown is tried when it is the best there is; a healthy one of
-        # the same priority goes first.
-        healthy = [r for r in top if r["health"] == Health.HEALTHY] or top
-        row = healthy[_spread_index(provider, top[0]["priority"], len(healthy))]
+        # A key whose cooldown has ended (rate limit over, or circuit half-open) takes its turn
+        # in the spread like a healthy one: only a success with it clears its state, so keeping
+        # it behind its healthy peers would leave it out until the periodic health check. A
+        # failed trial reopens it at once, and the turn moves on to the next key.
+        row = top[_spread_index(provider, top[0]["priority"], len(top))]
         try:
             secret = secret_decrypt(row["secret_encrypted"])
         except SecretUndecryptable:
@@ -763,15 +764,34 @@ def keys_needing_attention() -> list[ProviderKey]:
 _TEST_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
 
 
-def _test_model(provider: str) -> str:
-    """The cheapest priced model of the provider (what this deployment actually uses), else a
-    small default."""
+def _test_models(provider: str) -> list[str]:
+    """The provider's priced models, cheapest first (what this deployment actually uses), else a
+    small default. Which of them a key serves is for the key to say (_served_model): one
+    provider name covers the official API and any OpenAI-compatible server."""
     from billing.prices import prices_available
 
-    priced = [p for p in prices_available() if p.provider == provider]
-    if priced:
-        return min(priced, key=lambda p: (p.input_per_million + p.output_per_million, p.model)).model
-    return _setting("KEY_TEST_MODELS", _TEST_MODELS)[provider]
+    priced = sorted(
+        (p for p in prices_available() if p.provider == provider),
+        key=lambda p: (p.input_per_million + p.output_per_million, p.model),
+    )
+    return [p.model for p in priced] or [_setting("KEY_TEST_MODELS", _TEST_MODELS)[provider]]
+
+
+async def _served_model(adapter, lease: KeyLease, candidates: list[str]) -> str | None:
+    """The first candidate the key lists (GET /v1/models: no tokens), or None when it lists none
+    of them; its failure is the test's verdict (a 429, an outage, a timeout). Where the list
+    itself is refused or missing (a restricted OpenAI key without the Models permission answers
+    403; some compatible servers have no /v1/models) the cheapest candidate is tried instead,
+    so a key that can chat is never marked invalid for being unable to list."""
+    from conversations.llm.base import ProviderError
+
+    try:
+        served = set(await adapter.ping(key=lease))
+    except ProviderError as exc:
+        if exc.kind not in (ErrorKind.AUTH, ErrorKind.BAD_REQUEST):
+            raise
+        return candidates[0]
+    return next((model for model in candidates if model in served), None)
 
 
 def _scrub(text: str, secret: str) -> str:
@@ -780,18 +800,32 @@ def _scrub(text: str, secret: str) -> str:
     return text[:300]
 
 
-async def _probe(lease: KeyLease, model: str, timeout: float):
-    """Stream a one-token reply to completion; return the provider's Usage if it reported one."""
+@dataclass
+class _ProbeCall:
+    """What a key test sent, filled in as it goes, so a failure still knows what to record."""
+
+    model: str = ""  # the model of the one-token call; "" until it is sent (or when none is served)
+    usage: Any = None  # the provider's Usage, if it reported one
+    started: float = 0.0  # time.monotonic() when the one-token call was sent: its latency
+
+
+async def _probe(lease: KeyLease, candidates: list[str], timeout: float, call: _ProbeCall) -> None:
+    """Ask the key which candidate model it serves, then stream a one-token reply from it to
+    completion. When the key answers but serves none of the candidates, that answer is the test:
+    the key works, and there is nothing priced to chat with."""
     from conversations import llm
     from conversations.llm.base import ChatMessage, ChatRequest, Usage
 
-    usage = None
-    request = ChatRequest(model=model, messages=[ChatMessage(role="user", content="ping")], max_tokens=1)
+    adapter = llm.get_adapter(lease.provider)
     async with asyncio.timeout(timeout):
-        async for event in llm.get_adapter(lease.provider).stream(request, key=lease):
+        model = await _served_model(adapter, lease, candidates)
+        if model is None:
+            return
+        call.model, call.started = model, time.monotonic()
+        request = ChatRequest(model=model, messages=[ChatMessage(role="user", content="ping")], max_tokens=1)
+        async for event in adapter.stream(request, key=lease):
             if isinstance(event, Usage):
-                usage = event
-    return usage
+                call.usage = event
 
 
 def _test_usage_record(*, key: ProviderKey, model: str, usage, ok: bool, error_kind: str, latency_ms: int) -> None:
@@ -828,15 +862,16 @@ def _test_usage_record(*, key: ProviderKey, model: str, usage, ok: bool, error_k
 
 
 def key_test(*, key_id: uuid.UUID, actor=None) -> KeyTestResult:
-    """A cheap real call (one output token) with this key. Success makes it healthy again, even
-    from invalid (an administrator asked, and the provider said yes); a failure is reported to the
+    """A cheap real call with this key: list its models, then one output token from the cheapest
+    priced model it serves (_probe). Success makes it healthy again, even from invalid (an administrator asked, and the provider said yes); a failure is reported to the
     state machine like any call's. Audited."""
     from conversations.llm.base import ProviderError
 
     _authorize(actor, "billing.change_providerkey")
     key = ProviderKey.objects.get(pk=key_id)
     result: KeyTestResult
-    secret, model, usage, started = "", "", None, None
+    secret, call = "", _ProbeCall()
+    retry_after: float | None = None  # the provider's Retry-After, for the cooldown like a turn's
     try:
         if key.base_url:
             base_url_validate(key.base_url)  # names can be re-pointed since the key was saved
@@ -849,15 +884,15 @@ def key_test(*, key_id: uuid.UUID, actor=None) -> KeyTestResult:
             secret=secret,
             version=key.secret_version,
         )
-        model = _test_model(key.provider)
-        started = time.monotonic()
-        usage = async_to_sync(_probe)(lease, model, settings.KEY_TEST_TIMEOUT)
+        candidates = _test_models(key.provider)
+        async_to_sync(_probe)(lease, candidates, settings.KEY_TEST_TIMEOUT, call)
     except ValidationError as exc:
         result = KeyTestResult(ok=False, error_kind="base_url", detail=" ".join(exc.messages))
     except SecretUndecryptable as exc:
         result = KeyTestResult(ok=False, error_kind="undecryptable", detail=str(exc))
     except ProviderError as exc:
         result = KeyTestResult(ok=False, error_kind=str(exc.kind), detail=_scrub(exc.message or "", secret))
+        retry_after = exc.retry_after
     except TimeoutError:
         result = KeyTestResult(ok=False, error_kind=ErrorKind.TIMEOUT.value, detail=_("No answer in time."))
     except Exception as exc:  # noqa: BLE001 - any adapter failure is a failed test, shown by type only
@@ -865,17 +900,20 @@ def key_test(*, key_id: uuid.UUID, actor=None) -> KeyTestResult:
         result = KeyTestResult(ok=False, error_kind=ErrorKind.UNAVAILABLE.value, detail=type(exc).__name__)
     else:
         result = KeyTestResult(ok=True)
-    if started is not None:
-        latency_ms = int((time.monotonic() - started) * 1000)
+    if call.model:
+        # Only the chat call is a priced call for the ledger; listing models costs nothing.
+        latency_ms = int((time.monotonic() - call.started) * 1000)
         _test_usage_record(
-            key=key, model=model, usage=usage, ok=result.ok, error_kind=result.error_kind, latency_ms=latency_ms
+            key=key, model=call.model, usage=call.usage, ok=result.ok, error_kind=result.error_kind, latency_ms=latency_ms
         )
     if result.ok:
         ProviderKey.objects.filter(pk=key.pk).update(
             health=Health.HEALTHY, cooldown_until=None, consecutive_failures=0, last_used_at=clock()
         )
     elif result.error_kind in ErrorKind._value2member_map_:
-        key_report_failure(key_id=key.pk, kind=result.error_kind, version=key.secret_version)
+        key_report_failure(
+            key_id=key.pk, kind=result.error_kind, retry_after=retry_after, version=key.secret_version
+        )
     _audit("test", key, actor, ok=result.ok, error_kind=result.error_kind)
     return result
 

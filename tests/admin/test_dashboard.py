@@ -4,7 +4,6 @@ import csv
 import datetime
 import io
 import re
-import zoneinfo
 from decimal import Decimal
 
 import pytest
@@ -230,13 +229,41 @@ def test_team_filter_narrows_spend_to_that_team(su_client, make_ledger, members,
     assert [row[0] for row in response.context["tables"][3].rows] == ["Chemistry"]
 
 
-def test_the_range_is_the_operators_today(client, make_staff):
+def test_dashboard_days_are_utc_days_whatever_the_operators_time_zone(client, make_staff, monkeypatch):
     staff = make_staff("billing.view_dashboard")
-    staff.timezone = "Pacific/Kiritimati"  # UTC+14: often a different date than UTC
+    staff.timezone = "Pacific/Kiritimati"  # UTC+14
     staff.save(update_fields=["timezone"])
+    # 12:00 UTC on 10 June is 02:00 on 11 June in Kiritimati.
+    monkeypatch.setattr(timezone, "now", lambda: datetime.datetime(2025, 6, 10, 12, 0, tzinfo=datetime.UTC))
     client.force_login(staff)
-    rng = client.get(URL, {"range": "today"}).context["rng"]
-    assert rng.start == rng.end == timezone.localdate(timezone=zoneinfo.ZoneInfo("Pacific/Kiritimati"))
+    response = client.get(URL, {"range": "today"})
+    rng = response.context["rng"]
+    # The rollup is kept by UTC day: the operator's own date (11 June) has no rows yet.
+    assert rng.start == rng.end == datetime.date(2025, 6, 10)
+    assert "dates in UTC" in response.content.decode()
+
+
+def test_an_operator_west_of_utc_sees_the_spend_of_the_last_hours(client, make_staff, make_user, monkeypatch):
+    from billing import ledger
+
+    staff = make_staff("billing.view_dashboard")
+    staff.timezone = "America/Los_Angeles"
+    staff.save(update_fields=["timezone"])
+    # 03:00 UTC on 10 June is 20:00 on 9 June in Los Angeles; the call was an hour ago.
+    now = datetime.datetime(2025, 6, 10, 3, 0, tzinfo=datetime.UTC)
+    monkeypatch.setattr(timezone, "now", lambda: now)
+    ledger.usage_record(
+        user=make_user("spender"), conversation_id=None, message_id=None, attempt=1, provider="openai",
+        model="gpt-4o-mini", key_id=None, input_tokens=1000, output_tokens=500, cached_tokens=0,
+        cost=Decimal("1.25"), estimated=False, ttft_ms=100, latency_ms=900, outcome="ok",
+        at=now - datetime.timedelta(hours=1),
+    )  # fmt: skip
+    client.force_login(staff)
+    shown = [
+        client.get(URL, params).context["figures"][0][1]
+        for params in ({"range": "today"}, {"range": "7d"}, {"from": "2025-06-09", "to": "2025-06-10"})
+    ]
+    assert shown == ["$1.25", "$1.25", "$1.25"]
 
 
 def test_page_has_no_inline_script_and_passes_chart_data_as_json(su_client, make_ledger, members):

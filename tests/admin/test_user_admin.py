@@ -226,3 +226,22 @@ def test_password_set_by_an_admin_and_group_permission_changes_are_audited(su_cl
     [event] = audits("group.permissions_changed")
     assert event.data == {"added": [perm.pk], "removed": []}
     assert event.target_id == str(Group.objects.get(name="operators").pk)
+
+
+def test_deleting_a_team_in_the_admin_keeps_its_spend_on_the_dashboard(su_client, make_user):
+    from billing import dashboard, ledger
+
+    alice = make_user("alice")
+    team = Team.objects.create(name="Biology")
+    call = dict(conversation_id=None, message_id=None, attempt=1, provider="openai", model="gpt-4o-mini", key_id=None,
+                input_tokens=10, output_tokens=5, cached_tokens=0, estimated=False, ttft_ms=100, latency_ms=900,
+                outcome="ok")  # fmt: skip
+    # Before and after alice joined the team, on the same UTC day: two rollup rows.
+    ledger.usage_record(user=alice, cost=Decimal("1.00"), **call)
+    TeamMembership.objects.create(team=team, user=alice)
+    ledger.usage_record(user=alice, cost=Decimal("2.00"), **call)
+    response = su_client.post(f"/admin/accounts/team/{team.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not Team.objects.filter(pk=team.pk).exists()
+    rng, _errors = dashboard.dashboard_range_parse(params={"range": "today"}, today=timezone.now().date())
+    assert dashboard.dashboard_spend(rng=rng).total.cost == Decimal("3.00")

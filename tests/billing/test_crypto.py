@@ -81,3 +81,15 @@ def test_a_malformed_key_fails_the_system_check(settings):
     assert error.id == "billing.E001" and "entry 1" in error.msg and "CANARY" not in error.msg
     settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
     assert check_field_encryption_keys() == []
+
+
+def test_a_secret_from_the_derived_default_still_decrypts_once_keys_are_configured(settings):
+    settings.FIELD_ENCRYPTION_KEYS = []
+    token = secret_encrypt(SECRET)
+    new = Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new]
+    assert secret_decrypt(token) == SECRET
+    rotated = secret_reencrypt(token)
+    # Re-encrypted under the configured key, which alone now opens it.
+    assert Fernet(new.encode()).decrypt(rotated.encode()).decode() == SECRET
+    assert Fernet(new.encode()).decrypt(secret_encrypt(SECRET).encode()).decode() == SECRET

@@ -146,6 +146,29 @@ def test_a_rate_limited_key_is_skipped_until_its_cooldown_ends(clock):
     assert row.health == Health.HEALTHY and row.cooldown_until is None
 
 
+def test_a_key_back_from_a_rate_limit_cooldown_shares_the_load_again(clock):
+    a = add("a")
+    add("b")
+    keys.key_report_failure(key_id=a.pk, kind="rate_limited", retry_after=10)
+    assert {keys.key_choose(provider="openai").name for _ in range(4)} == {"b"}
+    clock.advance(11)
+    chosen = [keys.key_choose(provider="openai").name for _ in range(20)]
+    assert chosen.count("a") == chosen.count("b") == 10
+
+
+def test_a_half_open_key_gets_its_share_of_trials_beside_an_equal_healthy_one(clock, settings):
+    settings.KEY_FAILURE_THRESHOLD = 1
+    settings.KEY_CIRCUIT_COOLDOWN = 60
+    a = add("a")
+    add("b")
+    keys.key_report_failure(key_id=a.pk, kind="unavailable")
+    clock.advance(61)
+    chosen = [keys.key_choose(provider="openai").name for _ in range(4)]
+    assert chosen.count("a") == 2
+    keys.key_report_success(key_id=a.pk)
+    assert reload(a).health == Health.HEALTHY
+
+
 def test_rate_limit_without_retry_after_uses_the_setting(clock, settings):
     settings.KEY_RATE_LIMIT_COOLDOWN = 45
     a = add("a")
@@ -289,6 +312,20 @@ def test_rotate_encryption_keys_then_dropping_the_old_key_still_decrypts(setting
     assert keys.key_choose(provider="openai").secret == "sk-one-0123456789abc"
     assert keys.key_choose(provider="anthropic").secret == "sk-two-0123456789abc"
     assert AuditEvent.objects.filter(action="provider_key.reencrypt").count() == 1
+
+
+def test_moving_off_the_derived_default_key_rotates_secrets_onto_the_configured_key(settings, caplog):
+    from cryptography.fernet import Fernet
+
+    settings.FIELD_ENCRYPTION_KEYS = []  # the embedded default: a key derived from SECRET_KEY
+    add("a", secret="sk-derived-0123456789abc")
+    new = Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new]  # README: set the variable, then rotate
+    assert keys.key_choose(provider="openai").secret == "sk-derived-0123456789abc"
+    assert keys.key_rotate_encryption() == 1
+    token = ProviderKey.objects.get(name="a").secret_encrypted
+    assert Fernet(new.encode()).decrypt(token.encode()).decode() == "sk-derived-0123456789abc"
+    assert "sk-derived" not in caplog.text
 
 
 def test_rotate_encryption_keys_is_all_or_nothing(settings):

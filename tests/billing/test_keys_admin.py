@@ -25,10 +25,18 @@ def change_url(key):
 
 
 class FakeAdapter:
-    """Stands in for a provider adapter: answers one token, or raises the error given."""
+    """Stands in for a provider adapter: lists `served`, answers one token, or raises the error
+    given (to the listing too: a refused key is refused everywhere)."""
 
     def __init__(self, error=None):
-        self.error, self.calls = error, []
+        self.error, self.calls, self.pings = error, [], []
+        self.served = ["gpt-4o-mini", "claude-3-5-haiku-latest"]
+
+    async def ping(self, *, key):
+        self.pings.append(key.name)
+        if self.error:
+            raise self.error
+        return list(self.served)
 
     async def stream(self, request, *, key):
         self.calls.append({"model": request.model, "max_tokens": request.max_tokens, "key": key.name})
@@ -189,6 +197,61 @@ def test_the_test_action_reports_a_refused_key(admin_client, adapter):
     assert [(r["outcome"], r["error_kind"]) for r in adapter.ledger] == [("error", "auth")]
     key.refresh_from_db()
     assert key.health == "invalid"
+
+
+def test_a_rate_limited_test_keeps_the_key_out_as_long_as_the_provider_asked(admin_client, adapter, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.KEY_RATE_LIMIT_COOLDOWN = 60
+    adapter.error = ProviderError(kind=ErrorKind.RATE_LIMITED, message="429", status=429, retry_after=600)
+    key = keys.key_add(provider="openai", name="main", secret=SECRET)
+    before = timezone.now()
+    admin_client.post(CHANGELIST, {"action": "test_keys", "_selected_action": [key.pk]})
+    key.refresh_from_db()
+    assert key.health == "cooling_down"
+    # Retry-After said 600 s, not the 60 s default.
+    assert key.cooldown_until >= before + timedelta(seconds=600)
+
+
+def test_testing_a_key_asks_only_for_a_model_that_key_serves(adapter, monkeypatch):
+    from decimal import Decimal
+    from types import SimpleNamespace
+
+    def priced(model, cost):
+        return SimpleNamespace(provider="openai", model=model, input_per_million=Decimal(cost), output_per_million=Decimal(0))
+
+    # A free local model served through an OpenAI-compatible key is priced under "openai" too.
+    monkeypatch.setattr("billing.prices.prices_available", lambda: [priced("gpt-4o-mini", "0.15"), priced("llama3.2", "0")])
+    official = keys.key_add(provider="openai", name="official", secret=SECRET)
+    adapter.served = ["gpt-4o-mini", "gpt-4o"]  # api.openai.com has no llama3.2
+    assert keys.key_test(key_id=official.pk).ok
+    local = keys.key_add(provider="openai", name="ollama", secret="ollama", base_url="http://127.0.0.1:11434/v1")
+    adapter.served = ["llama3.2:latest", "llama3.2"]
+    assert keys.key_test(key_id=local.pk).ok
+    assert [(c["key"], c["model"]) for c in adapter.calls] == [("official", "gpt-4o-mini"), ("ollama", "llama3.2")]
+
+
+def test_a_key_serving_no_priced_model_passes_on_its_model_list_alone(adapter):
+    key = keys.key_add(provider="openai", name="main", secret=SECRET)
+    adapter.served = ["some-other-model"]
+    assert keys.key_test(key_id=key.pk).ok
+    assert adapter.pings == ["main"] and adapter.calls == [] and adapter.ledger == []
+
+
+def test_a_key_that_may_not_list_models_is_tested_with_one_token_instead(adapter):
+    key = keys.key_add(provider="openai", name="main", secret=SECRET)
+
+    async def refuse_listing(*, key):
+        # An OpenAI restricted key without the Models permission: 403 on /v1/models only.
+        raise ProviderError(kind=ErrorKind.AUTH, message="403", status=403)
+
+    adapter.ping = refuse_listing
+    assert keys.key_test(key_id=key.pk).ok
+    assert [c["model"] for c in adapter.calls] == ["gpt-4o-mini"]
+    key.refresh_from_db()
+    assert key.health == "healthy"
 
 
 def test_drain_disable_and_enable_actions(admin_client):

@@ -62,6 +62,11 @@ class LeakyAdapter:
     def __init__(self):
         self.error: Exception | None = None
 
+    async def ping(self, *, key):
+        if self.error is not None:
+            raise self.error
+        return ["gpt-4o-mini"]
+
     async def stream(self, request, *, key):
         if self.error is not None:
             raise self.error

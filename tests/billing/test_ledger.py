@@ -76,6 +76,19 @@ def test_records_of_erased_users_fold_into_exact_rollups(make_user, make_team):
     assert rollup_differences() == []
 
 
+def test_deleting_a_team_keeps_its_spend_merged_into_the_members_no_team_rows(make_user, make_team):
+    alice = make_user("a")
+    # Morning: alice has no team. Afternoon: she joined one. Same UTC day, same model.
+    usage_record(**usage_kwargs(alice, cost=D("1.00")))
+    team = make_team("biology", alice)
+    usage_record(**usage_kwargs(alice, cost=D("2.00")))
+    team.delete()
+    row = DailyUsage.objects.get()
+    assert (row.user, row.team, row.requests, row.cost) == (alice, None, 2, D("3.00"))
+    assert not UsageRecord.objects.filter(team__isnull=False).exists()
+    assert rollup_differences() == []
+
+
 def test_ten_thousand_records_roll_up_to_the_last_decimal(make_user, make_team):
     rng = random.Random(4)
     users = [make_user(f"u{i}") for i in range(7)]
