@@ -255,6 +255,25 @@ def conversation_title_generate(*, conversation_id) -> str | None:
     return title if updated else None
 
 
+def _turns_to_summarize(*, conversation: Conversation, previous, upto) -> list:
+    """The turns after `previous` up to and including `upto`, as the model was shown them
+    (selectors.messages_seen_by_model, the rule the turn's history uses): a reply regenerated
+    away or a question never answered was never in a context, so it is not in the summary."""
+    from .models import Message
+    from .selectors import messages_seen_by_model
+
+    messages = list(
+        Message.objects.filter(conversation=conversation)
+        .order_by("created_at", "id")
+        .only("id", "role", "content", "reply_to_id", "created_at", "status")
+    )
+    ids = [m.id for m in messages]
+    first = ids.index(previous.id) + 1 if previous is not None and previous.id in ids else 0
+    # Positions, not times: the turn's history leaves out what the summary covers the same way.
+    window = set(ids[first : ids.index(upto.id) + 1])
+    return [m for m in messages_seen_by_model(messages=messages) if m.id in window]
+
+
 def conversation_summary_update(*, conversation_id, upto_message_id) -> bool:
     """Fold the turns trimmed out of the context (up to `upto_message_id`) into the rolling
     summary. Idempotent: a summary that already reaches that message is left alone."""
@@ -268,10 +287,8 @@ def conversation_summary_update(*, conversation_id, upto_message_id) -> bool:
     previous = conversation.summary_upto
     if previous is not None and (previous.created_at, str(previous.id)) >= (upto.created_at, str(upto.id)):
         return False
-    turns_qs = Message.objects.filter(conversation=conversation, created_at__lte=upto.created_at).exclude(content="")
-    if previous is not None:
-        turns_qs = turns_qs.filter(created_at__gt=previous.created_at)
-    transcript = "\n".join(f"{m.role}: {m.content}" for m in turns_qs.order_by("created_at", "id"))
+    turns = _turns_to_summarize(conversation=conversation, previous=previous, upto=upto)
+    transcript = "\n".join(f"{m.role}: {m.content}" for m in turns)
     summary = ""
     if not conversation.model.startswith("demo:"):
         prompt = [
@@ -288,7 +305,7 @@ def conversation_summary_update(*, conversation_id, upto_message_id) -> bool:
         )
     if not summary:
         # Offline fallback: the first words of each turn, newest kept when it grows too long.
-        lines = [f"{m.role}: {_first_words(m.content, 30)}" for m in turns_qs.order_by("created_at", "id")]
+        lines = [f"{m.role}: {_first_words(m.content, 30)}" for m in turns]
         summary = "\n".join(filter(None, [conversation.summary, *lines]))[-SUMMARY_CHARS:]
     updated = Conversation.objects.filter(id=conversation.id, summary_upto=previous).update(summary=summary, summary_upto=upto)
     return bool(updated)

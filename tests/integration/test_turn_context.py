@@ -13,6 +13,7 @@ import pytest
 from django.utils import timezone
 
 from billing import budgets, prices
+from conversations import services
 from conversations.models import Message
 
 from .conftest import OPENAI_MODEL, db, replies_finished, ws_frames_until_end, ws_open, ws_turn
@@ -119,3 +120,23 @@ async def test_a_stopped_regeneration_with_partial_text_does_not_replace_a_compl
     assert _sent(_chats(fake_provider, "sk-partial")[-1]) == [
         ("user", "What is 2+2?"), ("assistant", "It is four."), ("user", "And times 3?"),
     ]
+
+
+def test_the_summary_leaves_out_a_reply_that_was_regenerated_away(priced, add_key, fake_provider, make_user, conversation_for):
+    user = make_user("superseded")
+    add_key("openai", "sk-superseded", text="a summary")
+    conversation = conversation_for(user)
+    question = _written(conversation, "user", "What is 2+2?", seconds_ago=30)
+    _written(conversation, "assistant", "REJECTED-ANSWER five", reply_to=question, seconds_ago=29)
+    _written(conversation, "assistant", "It is four.", reply_to=question, seconds_ago=28)
+    unanswered = _written(conversation, "user", "REFUSED-QUESTION", seconds_ago=27)
+    _written(conversation, "user", "Next?", seconds_ago=26)
+
+    assert services.conversation_summary_update(conversation_id=conversation.id, upto_message_id=unanswered.id) is True
+
+    (request,) = fake_provider.requests_for("sk-superseded")
+    sent = request.messages[-1]["content"]
+    assert "It is four." in sent and "What is 2+2?" in sent
+    assert "REJECTED-ANSWER" not in sent and "REFUSED-QUESTION" not in sent
+    conversation.refresh_from_db()
+    assert conversation.summary == "a summary" and conversation.summary_upto_id == unanswered.id
