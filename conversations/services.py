@@ -175,14 +175,16 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
         return None
     request = ChatRequest(model=model_name, messages=messages, max_tokens=max_tokens)
 
-    async def collect(key):
-        parts, usage = [], None
+    async def collect(key, parts: list[str]):
+        # Into `parts` as it arrives: a call cut off after some text must still bill that text.
+        usage = None
         async for event in adapter.stream(request, key=key):
             if isinstance(event, TextDelta):
-                parts.append(event.text)
+                if event.text:
+                    parts.append(event.text)
             elif isinstance(event, Usage):
                 usage = event
-        return "".join(parts), usage
+        return usage
 
     tried: list = []
     cost = Decimal("0")
@@ -192,20 +194,43 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
         if provider != "demo" and key is None:
             break
         started = timezone.now()
+        parts: list[str] = []
         try:
-            text, usage = async_to_sync(collect)(key)
+            usage = async_to_sync(collect)(key, parts)
         except ProviderError as exc:
+            decision = None
             if key is not None:
-                keys.key_report_failure(key_id=key.id, kind=str(exc.kind), retry_after=exc.retry_after)
+                # The lease's version: a refusal of a secret rotated while this call ran must not
+                # mark the new secret invalid (as the turn's failover does).
+                decision = keys.key_report_failure(
+                    key_id=key.id, kind=str(exc.kind), retry_after=exc.retry_after, attempt=attempt, version=key.version
+                )
                 tried.append(key.id)
+            latency = int((timezone.now() - started).total_seconds() * 1000)
+            received = "".join(parts)
+            if received or exc.after_output:
+                # Cut off after the provider began answering: it has billed the input and the text
+                # it sent, so this is billed like a cut turn (turns._reply_finish): counted here,
+                # estimated. And not retried: a second call would bill the input again.
+                output_tokens = context_mod.count_tokens(text=received, model_id=model_id)[0]
+                cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)
+                ledger.usage_record(
+                    user=user, conversation_id=conversation_id, message_id=None, attempt=attempt, provider=provider,
+                    model=model_name, key_id=key.id if key else None, input_tokens=input_tokens, output_tokens=output_tokens,
+                    cached_tokens=0, cost=cost, estimated=True, ttft_ms=None, latency_ms=latency, outcome="error",
+                    error_kind=str(exc.kind),
+                )
+                break
             ledger.usage_record(
                 user=user, conversation_id=conversation_id, message_id=None, attempt=attempt, provider=provider, model=model_name,
                 key_id=key.id if key else None, input_tokens=0, output_tokens=0, cached_tokens=0, cost=Decimal("0"),
-                estimated=False, ttft_ms=None, latency_ms=None, outcome="error", error_kind=str(exc.kind),
+                estimated=False, ttft_ms=None, latency_ms=latency, outcome="error", error_kind=str(exc.kind),
             )
-            if key is None:
+            # billing.keys decides, as for a turn: a refused request (400) is not sent to another key.
+            if key is None or (decision is not None and not decision.retry):
                 break
             continue
+        text = "".join(parts)
         if key is not None:
             keys.key_report_success(key_id=key.id)
         estimated = usage is None
