@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -147,6 +148,37 @@ def _first_words(text: str, n: int = TITLE_WORDS) -> str:
     return (title[:77] + "…") if len(title) > 80 else title
 
 
+# Quotes a model wraps a title in, opening -> closing (a straight quote closes itself).
+_TITLE_QUOTES = {'"': '"', "'": "'", "`": "`", "\u201c": "\u201d", "\u2018": "\u2019", "\u201e": "\u201c", "\u00ab": "\u00bb",
+                 "\u300c": "\u300d", "\u300e": "\u300f"}
+_TITLE_EMPHASIS = ("***", "**", "__", "*", "_", "~~")
+_TITLE_LABEL = re.compile(r"^(?:title|subject|topic)\s*:\s*", re.IGNORECASE)
+
+
+def _title_clean(answer: str) -> str:
+    """The title in a model's answer, as plain text: models asked for "the title only" still
+    answer "**Trip to Busan**", "# Trip to Busan", "\u201cTrip to Busan\u201d." or "Title: Trip to
+    Busan", and the title is shown as plain text everywhere. Only wrappers are taken off: quotes
+    and markup around the title, never inside it ("Mina's trip" keeps its apostrophe)."""
+    line = next((line for line in answer.splitlines() if line.strip()), "")
+    title = " ".join(line.split())
+    while True:
+        before = title
+        title = re.sub(r"^#{1,6}\s+", "", title)  # a Markdown heading
+        title = _TITLE_LABEL.sub("", title)
+        if title.endswith(".") and not title.endswith(".."):
+            title = title[:-1].rstrip()  # a title is not a sentence ("Busan." or "\u201cBusan\u201d.")
+        for mark in _TITLE_EMPHASIS:
+            if len(title) > 2 * len(mark) and title.startswith(mark) and title.endswith(mark):
+                title = title[len(mark) : -len(mark)].strip()
+                break
+        closing = _TITLE_QUOTES.get(title[:1])
+        if closing and len(title) > 1 and title.endswith(closing):
+            title = title[1:-1].strip()
+        if title == before:
+            return title
+
+
 def _complete(*, user, conversation_id, model_id: str, messages: list, max_tokens: int) -> str | None:
     """A short non-streamed completion (the stream joined), billed like any provider call:
     reserved first, recorded in the ledger, settled. None when it cannot or should not run."""
@@ -273,7 +305,7 @@ def conversation_title_generate(*, conversation_id) -> str | None:
             )
             or ""
         )
-        title = " ".join(title.strip().strip('"').split())[:200]
+        title = _title_clean(title)[:200]
     # The demo model (and any failure) falls back to the first words of the question.
     title = title or _first_words(first.content)
     updated = Conversation.objects.filter(id=conversation.id, title="").update(title=title)
