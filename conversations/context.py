@@ -55,19 +55,41 @@ class BuiltContext:
 
 class ContextTooLong(Exception):
     """Even the system prompt, the summary note and the newest message (plus the reply's max_tokens)
-    do not fit the model's context window. The message is safe to show: numbers only."""
+    do not fit the model's context window. The message is safe to show: numbers only.
 
-    def __init__(self, *, needed_tokens: int, context_window: int, max_tokens: int) -> None:
+    `reason` says what to shorten, so the message names it: "max_tokens" (the reply's max tokens
+    alone leave no room), "system_prompt" (the conversation's system prompt, with the summary
+    note, does not fit before any message), "summary" (the summary note alone, when there is no
+    system prompt), else "message" (the newest message does not fit)."""
+
+    def __init__(self, *, needed_tokens: int, context_window: int, max_tokens: int, reason: str = "message") -> None:
         self.needed_tokens = needed_tokens
         self.context_window = context_window
         self.max_tokens = max_tokens
-        super().__init__(
-            _(
+        self.reason = reason
+        numbers = {"needed": needed_tokens, "reply": max_tokens, "window": context_window}
+        if reason == "max_tokens":
+            text = _(
+                "The reply's max tokens (%(reply)d) leave no room in this model's context window of %(window)d tokens. "
+                "Lower the conversation's max tokens."
+            )
+        elif reason == "system_prompt":
+            text = _(
+                "The system prompt is too long for this model: it needs about %(needed)d tokens plus %(reply)d for "
+                "the reply, and the model's context window is %(window)d tokens. Shorten the system prompt."
+            )
+        elif reason == "summary":
+            text = _(
+                "The summary of this conversation's earlier messages is too long for this model: it needs about "
+                "%(needed)d tokens plus %(reply)d for the reply, and the model's context window is %(window)d tokens. "
+                "Start a new conversation or choose a model with a larger context window."
+            )
+        else:
+            text = _(
                 "The message is too long for this model: it needs about %(needed)d tokens plus %(reply)d for "
                 "the reply, and the model's context window is %(window)d tokens."
             )
-            % {"needed": needed_tokens, "reply": max_tokens, "window": context_window}
-        )
+        super().__init__(text % numbers)
 
 
 # --- Encodings ------------------------------------------------------------------------------
@@ -293,6 +315,14 @@ def context_build(
         estimated = estimated or was_estimated
 
     budget = context_window - max_tokens
+    # Before the newest message: when what is there already does not fit, say what it is, not
+    # "the message is too long" to someone who typed "hi".
+    if TOKENS_REPLY_PRIMING > budget:
+        raise ContextTooLong(needed_tokens=used, context_window=context_window, max_tokens=max_tokens, reason="max_tokens")
+    if used > budget:
+        # With no system prompt, what fills the window is the summary note of earlier turns.
+        reason = "system_prompt" if system_prompt.strip() else "summary"
+        raise ContextTooLong(needed_tokens=used, context_window=context_window, max_tokens=max_tokens, reason=reason)
     kept: list[HistoryItem] = []
     if history:
         newest = history[-1]

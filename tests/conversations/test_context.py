@@ -275,3 +275,37 @@ def test_trimming_to_an_answer_drops_it_and_counts_only_what_is_sent():
     assert [m.content for m in built.messages] == [history[2].content]
     assert built.dropped_ids == [history[0].id, history[1].id]
     assert built.input_tokens == 3 + message_cost("user", history[2].content)
+
+
+def test_a_system_prompt_larger_than_the_window_is_named_in_the_error_not_the_message():
+    with pytest.raises(ContextTooLong) as caught:
+        context_build(
+            system_prompt="rule " * 3000, summary="", history=items("hi"), model_id="demo:echo", context_window=1000, max_tokens=100
+        )
+
+    assert caught.value.reason == "system_prompt"
+    assert "system prompt" in str(caught.value) and "message is too long" not in str(caught.value)
+    assert "rule" not in str(caught.value)  # numbers, never the text
+
+
+def test_max_tokens_leaving_no_room_is_named_in_the_error():
+    with pytest.raises(ContextTooLong) as caught:
+        context_build(system_prompt="", summary="", history=items("hi"), model_id="demo:echo", context_window=1000, max_tokens=1000)
+
+    assert caught.value.reason == "max_tokens" and "max tokens" in str(caught.value)
+
+
+def test_a_message_too_long_is_still_named_as_the_message():
+    with pytest.raises(ContextTooLong) as caught:
+        context_build(
+            system_prompt="Be brief.", summary="", history=items("word " * 3000), model_id="demo:echo", context_window=1000, max_tokens=100
+        )
+
+    assert caught.value.reason == "message" and "message is too long" in str(caught.value)
+
+
+def test_a_summary_note_filling_the_window_is_named_in_the_error():
+    with pytest.raises(ContextTooLong) as caught:
+        context_build(system_prompt="", summary="fact " * 3000, history=items("hi"), model_id="demo:echo", context_window=1000, max_tokens=100)
+
+    assert caught.value.reason == "summary" and "summary" in str(caught.value)
