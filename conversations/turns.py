@@ -45,7 +45,7 @@ from . import context as context_mod
 from . import llm
 from .llm.base import ChatRequest, ErrorKind, Finish, ProviderError, TextDelta, Usage
 from .models import Conversation, Message
-from .selectors import RUNNING
+from .selectors import RUNNING, messages_seen_by_model
 
 logger = logging.getLogger(__name__)
 
@@ -250,10 +250,10 @@ def _regenerate_prepare(*, user, conversation_id) -> tuple[TurnResult, _ReplyPla
 
 
 def _history(*, conversation: Conversation, upto: Message) -> list | None:
-    """The finished exchange up to and including `upto`, newest reply per question, without
-    what the rolling summary already covers and without earlier replies to `upto` itself.
-    None when a reply is running in the conversation (read in the same query: one less per turn;
-    the database constraint still decides a race)."""
+    """The conversation as the model sees it (selectors.messages_seen_by_model) up to and
+    including `upto`, the question being answered, without what the rolling summary already
+    covers. None when a reply is running in the conversation (read in the same query: one less
+    per turn; the database constraint still decides a race)."""
     messages = list(
         Message.objects.filter(conversation=conversation)
         .order_by("created_at", "id")
@@ -261,30 +261,18 @@ def _history(*, conversation: Conversation, upto: Message) -> list | None:
     )
     if any(m.status in RUNNING for m in messages):
         return None
-    latest_reply: dict = {}
-    for m in messages:
-        if m.role == Message.Role.ASSISTANT and m.reply_to_id:
-            latest_reply[m.reply_to_id] = m.id
-    skip_before = None
-    if conversation.summary_upto_id:
-        ids = [m.id for m in messages]
-        if conversation.summary_upto_id in ids:
-            skip_before = ids.index(conversation.summary_upto_id)
-    items = []
-    for index, m in enumerate(messages):
-        if skip_before is not None and index <= skip_before:
-            continue
-        if m.role == Message.Role.ASSISTANT:
-            if not m.content or m.reply_to_id == upto.id:
-                continue
-            if m.reply_to_id and latest_reply.get(m.reply_to_id) != m.id:
-                continue
-        elif not m.content:
-            continue
-        items.append(context_mod.HistoryItem(id=m.id, role=m.role, content=m.content))
-        if m.id == upto.id:
-            break
-    return items
+    ids = [m.id for m in messages]
+    if upto.id in ids:
+        # Anything after the question being answered is its own earlier replies (a regeneration).
+        messages = messages[: ids.index(upto.id) + 1]
+    summarized: set = set()
+    if conversation.summary_upto_id in ids:
+        summarized = set(ids[: ids.index(conversation.summary_upto_id) + 1])
+    return [
+        context_mod.HistoryItem(id=m.id, role=m.role, content=m.content)
+        for m in messages_seen_by_model(messages=messages, answering_id=upto.id)
+        if m.id not in summarized
+    ]
 
 
 def _reply_prepare(

