@@ -1,0 +1,71 @@
+"""The chat page's layout and behaviour in a real browser: the message column, sending once,
+titles reaching the sidebar and the tab, the phone's slide-over list, a refused message, the
+usage tables on a phone, and the message length counted as the server counts it."""
+
+import os
+
+import pytest
+from django.test import Client
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+# Playwright's sync API runs its own event loop; Django's async-safety check would see it.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+# reduced_motion: the phone's slide-over list moves without a transition, so its place can be
+# read as soon as the click is handled.
+PHONE = {"viewport": {"width": 375, "height": 667}, "is_mobile": True, "has_touch": True, "reduced_motion": "reduce"}
+DESKTOP = {"viewport": {"width": 1280, "height": 800}}
+
+# Records every frame the page sends on a websocket, as window.__sentFrames.
+RECORD_SENT_FRAMES = """
+  window.__sentFrames = [];
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) { window.__sentFrames.push(String(data)); return send.call(this, data); };
+"""
+
+
+def _signed_in_context(browser, live_server_url, user, **options):
+    client = Client()
+    client.force_login(user)
+    context = browser.new_context(**options)
+    context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server_url}])
+    return context
+
+
+def _finished_replies(page):
+    return page.locator(".message-assistant .message-meta").filter(has_text="tokens")
+
+
+def _send_and_wait(page, text, nth_reply):
+    page.fill("#message-input", text)
+    page.press("#message-input", "Enter")
+    _finished_replies(page).nth(nth_reply).wait_for()
+
+
+# --- layout ----------------------------------------------------------------------------------------
+def test_message_column_fills_the_chat_area_on_desktop(browser, live_server_url, make_user):
+    user = make_user("layout-desk")
+    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    _send_and_wait(page, "hi", 0)
+    main = page.locator(".chat-main").bounding_box()
+    column = page.locator("#messages").bounding_box()
+    assert column["width"] >= main["width"] - 2, (column, main)
+    # The person's own message sits at the right edge of the column, the reply at the left.
+    mine = page.locator(".message-user").bounding_box()
+    reply = page.locator(".message-assistant").bounding_box()
+    assert mine["x"] + mine["width"] > column["x"] + column["width"] - 40, (mine, column)
+    assert reply["x"] < column["x"] + 40, (reply, column)
+
+
+def test_long_code_line_scrolls_inside_its_block_on_a_phone(browser, live_server_url, make_user):
+    user = make_user("layout-phone")
+    page = _signed_in_context(browser, live_server_url, user, **PHONE).new_page()
+    page.goto(live_server_url + "/")
+    _send_and_wait(page, "```python\na = '" + "y" * 300 + "'\n```", 0)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 375
+    assert page.locator("#messages").bounding_box()["width"] <= 375
+    code = page.locator(".message-assistant pre")
+    assert code.bounding_box()["width"] <= 375
+    assert code.evaluate("pre => pre.scrollWidth > pre.clientWidth")  # the block itself scrolls
