@@ -199,7 +199,7 @@
       max_tokens: el.maxTokens.value === "" ? null : Number(el.maxTokens.value),
     };
     try {
-      if (!state.conversation) await createConversation();
+      await ensureConversation();
       state.conversation = await api("PATCH", "/api/v1/conversations/" + state.conversation.id + "/", body);
       el.settingsError.textContent = S.saved;
     } catch (err) {
@@ -324,6 +324,7 @@
 
   function connect() {
     if (!state.conversation) return;
+    disconnect(); // one socket at a time: an old one left open would deliver its frames too
     const conversationId = state.conversation.id;
     const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
     const socket = new WebSocket(scheme + window.location.host + "/ws/chat/" + conversationId + "/");
@@ -333,6 +334,8 @@
       state.retry = 0;
       setStatus(S.connected);
       if (reconnected) reloadMessages().catch(() => {});
+      // The one place a frame written while the socket was not open goes out (send() leaves
+      // it here), and where an unacked one is resent after a reconnect.
       for (const frame of state.unacked.values()) socket.send(JSON.stringify(frame));
     });
     socket.addEventListener("message", (event) => handleFrame(JSON.parse(event.data)));
@@ -422,6 +425,19 @@
   }
 
   // --- sending -------------------------------------------------------------------------------
+  let creating = null; // the conversation being created: a second send waits for it, not another
+
+  function ensureConversation() {
+    if (state.conversation) return Promise.resolve(state.conversation);
+    if (!creating) {
+      creating = createConversation().then((created) => {
+        connect();
+        return created;
+      }).finally(() => (creating = null));
+    }
+    return creating;
+  }
+
   async function createConversation() {
     const created = await api("POST", "/api/v1/conversations/", { model: el.picker.value });
     state.conversation = created;
@@ -433,11 +449,6 @@
     return created;
   }
 
-  function waitOpen(socket) {
-    if (socket.readyState === WebSocket.OPEN) return Promise.resolve();
-    return new Promise((resolve) => socket.addEventListener("open", () => resolve(), { once: true }));
-  }
-
   async function send() {
     const text = el.input.value;
     if (!text.trim()) return;
@@ -446,12 +457,12 @@
       return;
     }
     showError("");
+    // Emptied before anything is awaited: a second click or Enter meanwhile finds nothing to send.
+    el.input.value = "";
     try {
-      if (!state.conversation) {
-        await createConversation();
-        connect();
-      }
+      await ensureConversation();
     } catch (err) {
+      if (!el.input.value) el.input.value = text;
       showError(err.message);
       return;
     }
@@ -461,12 +472,10 @@
     state.messages.push(m);
     renderMessage(m);
     scrollDown();
-    el.input.value = "";
     state.unacked.set(clientId, frame);
+    // Sent here only on an open socket; otherwise its "open" handler sends it, once.
     if (!state.socket) connect();
-    await waitOpen(state.socket);
-    // Sent once here; the "open" handler resends anything still unacked after a reconnect.
-    if (state.unacked.has(clientId) && state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify(frame));
+    else if (state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify(frame));
   }
 
   el.composer.addEventListener("submit", (event) => {

@@ -69,3 +69,27 @@ def test_long_code_line_scrolls_inside_its_block_on_a_phone(browser, live_server
     code = page.locator(".message-assistant pre")
     assert code.bounding_box()["width"] <= 375
     assert code.evaluate("pre => pre.scrollWidth > pre.clientWidth")  # the block itself scrolls
+
+
+# --- sending ---------------------------------------------------------------------------------------
+def test_double_click_send_on_a_new_chat_sends_once(browser, live_server_url, make_user):
+    from conversations.models import Conversation, Message
+
+    user = make_user("double")
+    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script(RECORD_SENT_FRAMES)
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", "only once please")
+    page.dblclick("#send-button")
+    _finished_replies(page).first.wait_for()
+    # A second message after the first reply: anything the double click set off has long
+    # arrived by the time this one's reply is done.
+    _send_and_wait(page, "and a second one", 1)
+    assert Conversation.objects.filter(owner=user).count() == 1
+    assert Message.objects.filter(conversation__owner=user, role="user").count() == 2
+    assert page.locator(".message-user").count() == 2
+    assert page.locator("#chat-error").is_hidden()
+    # Each message went out in exactly one frame (the server would drop a repeat, but it should
+    # never have to).
+    sent = page.evaluate("() => window.__sentFrames.map((f) => JSON.parse(f)).filter((f) => f.type === 'user_message')")
+    assert [frame["content"] for frame in sent] == ["only once please", "and a second one"]
