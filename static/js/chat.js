@@ -63,6 +63,12 @@
     el.error.hidden = !message;
   }
 
+  // The header and the browser tab both name the open conversation, as the server renders them.
+  function showTitle(title) {
+    el.title.textContent = title || S.untitled;
+    document.title = (title || S.untitled) + " · Parley";
+  }
+
   // --- sidebar -----------------------------------------------------------------------------
   function renderList() {
     el.list.replaceChildren();
@@ -88,7 +94,7 @@
           c.title = updated.title;
           if (state.conversation && state.conversation.id === c.id) {
             state.conversation.title = updated.title;
-            el.title.textContent = updated.title || S.untitled;
+            showTitle(updated.title);
           }
           renderList();
         } catch (err) {
@@ -128,8 +134,7 @@
     const current = state.conversation && data.results.find((c) => c.id === state.conversation.id);
     if (current && current.title !== state.conversation.title) {
       state.conversation.title = current.title;
-      el.title.textContent = current.title || S.untitled;
-      document.title = (current.title ? current.title + " · " : "") + "Parley";
+      showTitle(current.title);
     }
     renderList();
   }
@@ -443,6 +448,7 @@
     state.conversation = created;
     state.messages = [];
     state.conversations.unshift(created);
+    showTitle(created.title);
     window.history.pushState({}, "", "/c/" + created.id + "/");
     renderList();
     updateDownloads();
@@ -503,7 +509,7 @@
     state.messages = [];
     state.running = null;
     window.history.pushState({}, "", "/");
-    el.title.textContent = S.untitled;
+    showTitle("");
     updateDownloads();
     renderPicker();
     fillSettings();
@@ -525,7 +531,7 @@
     }
     if (push) window.history.pushState({}, "", "/c/" + id + "/");
     state.running = null;
-    el.title.textContent = state.conversation.title || S.untitled;
+    showTitle(state.conversation.title);
     el.chat.classList.remove("sidebar-shown");
     updateDownloads();
     renderPicker();

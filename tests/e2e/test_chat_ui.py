@@ -6,6 +6,7 @@ import os
 
 import pytest
 from django.test import Client
+from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -93,3 +94,36 @@ def test_double_click_send_on_a_new_chat_sends_once(browser, live_server_url, ma
     # never have to).
     sent = page.evaluate("() => window.__sentFrames.map((f) => JSON.parse(f)).filter((f) => f.type === 'user_message')")
     assert [frame["content"] for frame in sent] == ["only once please", "and a second one"]
+
+
+def test_tab_title_follows_the_open_conversation(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("tabtitle")
+    first = Conversation.objects.create(owner=user, model="demo:echo", title="Alpha")
+    Conversation.objects.create(owner=user, model="demo:echo", title="Beta")
+    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(f"{live_server_url}/c/{first.id}/")
+    expect(page).to_have_title("Alpha · Parley")
+
+    page.locator("#conversation-list li a", has_text="Beta").click()
+    expect(page.locator("#chat-title")).to_have_text("Beta")
+    expect(page).to_have_title("Beta · Parley")
+
+    page.once("dialog", lambda dialog: dialog.accept("Gamma"))
+    page.locator("#conversation-list li.active button", has_text="Rename").click()
+    expect(page.locator("#chat-title")).to_have_text("Gamma")
+    expect(page).to_have_title("Gamma · Parley")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#conversation-list li.active button", has_text="Delete").click()
+    expect(page.locator("#chat-title")).to_have_text("New conversation")
+    expect(page).to_have_title("New conversation · Parley")
+
+    page.locator("#conversation-list li a", has_text="Alpha").click()
+    expect(page).to_have_title("Alpha · Parley")
+    page.click("#new-conversation")
+    expect(page).to_have_title("New conversation · Parley")
+    # The server names a new chat's tab the same way.
+    page.reload()
+    expect(page).to_have_title("New conversation · Parley")
