@@ -139,6 +139,23 @@
     renderList();
   }
 
+  // A new conversation's title is written by a task after its first reply is "done", and no
+  // frame announces it (the websocket protocol is fixed): ask for the list again after 1, 3 and
+  // 8 more seconds, until the conversation has a title, another is opened or the tries run out.
+  const TITLE_RETRY_MS = [1000, 3000, 8000];
+  let titleTimer = null;
+
+  function awaitTitle(conversationId, attempt = 0) {
+    clearTimeout(titleTimer);
+    const waiting = () => state.conversation && state.conversation.id === conversationId && !state.conversation.title;
+    if (attempt >= TITLE_RETRY_MS.length || !waiting()) return;
+    titleTimer = setTimeout(async () => {
+      if (!waiting()) return;
+      await refreshList().catch(() => {});
+      awaitTitle(conversationId, attempt + 1);
+    }, TITLE_RETRY_MS[attempt]);
+  }
+
   // The current conversation's downloads (Markdown and JSON), shown once it exists.
   function updateDownloads() {
     const c = state.conversation;
@@ -416,7 +433,11 @@
         if (state.running === frame.message_id) state.running = null;
         updateButtons();
         // The final text, rendered and sanitized by the server, replaces the streamed text.
-        reloadMessages().then(() => refreshList()).catch(() => {});
+        const conversationId = state.conversation && state.conversation.id;
+        reloadMessages()
+          .then(() => refreshList())
+          .then(() => awaitTitle(conversationId))
+          .catch(() => {});
         break;
       }
       case "error": {

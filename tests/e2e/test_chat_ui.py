@@ -3,6 +3,7 @@ titles reaching the sidebar and the tab, the phone's slide-over list, a refused 
 usage tables on a phone, and the message length counted as the server counts it."""
 
 import os
+import time
 
 import pytest
 from django.test import Client
@@ -94,6 +95,38 @@ def test_double_click_send_on_a_new_chat_sends_once(browser, live_server_url, ma
     # never have to).
     sent = page.evaluate("() => window.__sentFrames.map((f) => JSON.parse(f)).filter((f) => f.type === 'user_message')")
     assert [frame["content"] for frame in sent] == ["only once please", "and a second one"]
+
+
+@pytest.fixture
+def fake_openai(settings, transactional_db, fake_provider):
+    from billing import keys, prices
+
+    settings.ALLOW_PRIVATE_BASE_URLS = True
+    prices.price_set(model_id="openai:gpt-4o-mini", input_per_million="2", output_per_million="8",
+                     context_window=128000, max_output_tokens=200, label="GPT-4o mini")
+    fake_provider.script("sk-fake", text="Planning a trip to Busan in spring", pace_ms=40)
+    keys.key_add(provider="openai", name="fake", secret="sk-fake", base_url=fake_provider.openai_base_url)
+    return fake_provider
+
+
+def test_generated_title_reaches_the_sidebar_header_and_tab(fake_openai, browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("titles")
+    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    page.select_option("#model-picker", "openai:gpt-4o-mini")
+    _send_and_wait(page, "help me plan a trip", 0)
+    # The title is written after "done", by a task of its own; no frame announces it.
+    deadline = time.monotonic() + 15
+    while not Conversation.objects.get(owner=user).title and time.monotonic() < deadline:
+        time.sleep(0.2)
+    title = Conversation.objects.get(owner=user).title
+    assert title
+    # The page asks again after 1 s, 3 s and 8 s until the conversation has a title.
+    expect(page.locator("#conversation-list li.active a")).to_have_text(title, timeout=15_000)
+    expect(page.locator("#chat-title")).to_have_text(title)
+    expect(page).to_have_title(title + " · Parley")
 
 
 def test_tab_title_follows_the_open_conversation(browser, live_server_url, make_user):
