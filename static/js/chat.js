@@ -531,6 +531,7 @@
     state.running = null;
     window.history.pushState({}, "", "/");
     showTitle("");
+    el.chat.classList.remove("sidebar-shown"); // on a phone the list would still cover the chat
     updateDownloads();
     renderPicker();
     fillSettings();

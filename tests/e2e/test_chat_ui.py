@@ -160,3 +160,16 @@ def test_tab_title_follows_the_open_conversation(browser, live_server_url, make_
     # The server names a new chat's tab the same way.
     page.reload()
     expect(page).to_have_title("New conversation · Parley")
+
+
+def test_new_chat_closes_the_list_on_a_phone(browser, live_server_url, make_user):
+    user = make_user("phone-new")
+    page = _signed_in_context(browser, live_server_url, user, **PHONE).new_page()
+    page.goto(live_server_url + "/")
+    _send_and_wait(page, "hello", 0)
+    page.click("#sidebar-open")
+    page.wait_for_function("() => document.getElementById('sidebar').getBoundingClientRect().left >= 0")
+    page.click("#new-conversation")
+    box = page.locator("#sidebar").bounding_box()
+    assert box["x"] + box["width"] <= 0, box  # off screen, to the left
+    expect(page.locator(".message")).to_have_count(0)
