@@ -393,6 +393,25 @@
     return state.messages.find((m) => m.id === id);
   }
 
+  // An error about a message that was never acked (and names no saved message) means the server
+  // did not keep it: it must not look sent, and its text must not be lost. Back into the input
+  // it goes, if that is still empty; else the bubble stays, marked as not sent.
+  function refused(frame) {
+    const m = state.messages.find((x) => x.client_id === frame.client_id);
+    if (!m || !m.id.startsWith("pending-") || frame.user_message_id) return;
+    const node = messageNode(m.id);
+    if (!el.input.value) {
+      el.input.value = m.content;
+      state.messages = state.messages.filter((x) => x !== m);
+      if (node) node.remove();
+      el.empty.hidden = state.messages.length > 0;
+      updateButtons();
+    } else if (node) {
+      node.dataset.status = "unsent";
+      node.querySelector(".message-meta").textContent = S.error + ": " + frame.code;
+    }
+  }
+
   function handleFrame(frame) {
     switch (frame.type) {
       case "ack": {
@@ -441,7 +460,10 @@
         break;
       }
       case "error": {
-        if (frame.client_id) state.unacked.delete(frame.client_id);
+        if (frame.client_id) {
+          state.unacked.delete(frame.client_id);
+          refused(frame);
+        }
         showError(frame.message);
         break;
       }

@@ -173,3 +173,25 @@ def test_new_chat_closes_the_list_on_a_phone(browser, live_server_url, make_user
     box = page.locator("#sidebar").bounding_box()
     assert box["x"] + box["width"] <= 0, box  # off screen, to the left
     expect(page.locator(".message")).to_have_count(0)
+
+
+def test_refused_unsaved_message_goes_back_into_the_input(browser, live_server_url, make_user):
+    user = make_user("lost-text")
+    context = _signed_in_context(browser, live_server_url, user, **DESKTOP)
+    page = context.new_page()
+    page.goto(live_server_url + "/")
+    _send_and_wait(page, "first", 0)
+    # The conversation is deleted in another tab; this one still shows it.
+    other = context.new_page()
+    other.goto(page.url)
+    other.once("dialog", lambda dialog: dialog.accept())
+    other.locator("#conversation-list li.active button", has_text="Delete").click()
+    other.wait_for_url(live_server_url + "/")
+
+    page.fill("#message-input", "my carefully written paragraph")
+    page.press("#message-input", "Enter")
+    expect(page.locator("#chat-error")).to_contain_text("no longer exists")
+    # Not saved, so not shown as sent; the text is back where it was written.
+    expect(page.locator("#message-input")).to_have_value("my carefully written paragraph")
+    expect(page.locator(".message-user")).to_have_count(1)
+    assert page.locator(".message-user").inner_text().endswith("first")
