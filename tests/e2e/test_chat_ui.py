@@ -195,3 +195,21 @@ def test_refused_unsaved_message_goes_back_into_the_input(browser, live_server_u
     expect(page.locator("#message-input")).to_have_value("my carefully written paragraph")
     expect(page.locator(".message-user")).to_have_count(1)
     assert page.locator(".message-user").inner_text().endswith("first")
+
+
+def test_usage_amounts_are_not_broken_on_a_phone(browser, live_server_url, make_user):
+    from billing import budgets
+
+    user = make_user("usage-phone")
+    budgets.budget_set(user=user, period="month", limit="12.5")
+    page = _signed_in_context(browser, live_server_url, user, **PHONE).new_page()
+    page.goto(live_server_url + "/usage/")
+    broken = page.evaluate("""() => [...document.querySelectorAll('table td, table th')].filter(cell => {
+        const r = document.createRange(); r.selectNodeContents(cell);
+        const text = cell.textContent.trim();
+        return /^\\$[0-9.,]+$/.test(text) && new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1;
+      }).map(c => c.textContent.trim())""")
+    # Seen before: ['$0.00', '$12.50', '$12.50'] each over 2-3 lines.
+    assert broken == []
+    # A table wider than the phone scrolls in its own box; the page does not.
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 375
