@@ -501,7 +501,9 @@
   async function send() {
     const text = el.input.value;
     if (!text.trim()) return;
-    if (text.length > config.maxChars) {
+    // Counted in characters (code points), as the server counts: text.length counts UTF-16
+    // units, two for an emoji, and would refuse what the server accepts.
+    if ([...text].length > config.maxChars) {
       showError(S.tooLong);
       return;
     }

@@ -213,3 +213,33 @@ def test_usage_amounts_are_not_broken_on_a_phone(browser, live_server_url, make_
     assert broken == []
     # A table wider than the phone scrolls in its own box; the page does not.
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 375
+
+
+# --- the length limit ------------------------------------------------------------------------------
+@pytest.fixture
+def short_messages(settings):
+    """Set before live_server_url: the forked server inherits the settings at its start."""
+    settings.MAX_MESSAGE_CHARS = 10
+    return settings.MAX_MESSAGE_CHARS
+
+
+def test_message_length_is_counted_in_characters_as_the_server_counts(short_messages, browser, live_server_url, make_user):
+    user = make_user("emoji")
+    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    # Ten emoji: ten characters for the server, twenty UTF-16 code units for the browser.
+    emoji = "😀" * short_messages
+    page.focus("#message-input")
+    page.keyboard.insert_text(emoji)  # typed, so a maxlength would cut it
+    expect(page.locator("#message-input")).to_have_value(emoji)
+    page.press("#message-input", "Enter")
+    _finished_replies(page).first.wait_for()
+    assert page.locator("#chat-error").is_hidden()
+    assert page.locator(".message-user").inner_text().endswith(emoji)
+
+    # One character more is refused on the page, and the text stays to be shortened.
+    page.fill("#message-input", emoji + "a")
+    page.press("#message-input", "Enter")
+    expect(page.locator("#chat-error")).to_be_visible()
+    expect(page.locator("#message-input")).to_have_value(emoji + "a")
+    expect(page.locator(".message-user")).to_have_count(1)
