@@ -63,6 +63,12 @@
     el.error.hidden = !message;
   }
 
+  // The header and the browser tab both name the open conversation, as the server renders them.
+  function showTitle(title) {
+    el.title.textContent = title || S.untitled;
+    document.title = (title || S.untitled) + " · Parley";
+  }
+
   // --- sidebar -----------------------------------------------------------------------------
   function renderList() {
     el.list.replaceChildren();
@@ -88,7 +94,7 @@
           c.title = updated.title;
           if (state.conversation && state.conversation.id === c.id) {
             state.conversation.title = updated.title;
-            el.title.textContent = updated.title || S.untitled;
+            showTitle(updated.title);
           }
           renderList();
         } catch (err) {
@@ -128,10 +134,26 @@
     const current = state.conversation && data.results.find((c) => c.id === state.conversation.id);
     if (current && current.title !== state.conversation.title) {
       state.conversation.title = current.title;
-      el.title.textContent = current.title || S.untitled;
-      document.title = (current.title ? current.title + " · " : "") + "Parley";
+      showTitle(current.title);
     }
     renderList();
+  }
+
+  // A new conversation's title is written by a task after its first reply is "done", and no
+  // frame announces it (the websocket protocol is fixed): ask for the list again after 1, 3 and
+  // 8 more seconds, until the conversation has a title, another is opened or the tries run out.
+  const TITLE_RETRY_MS = [1000, 3000, 8000];
+  let titleTimer = null;
+
+  function awaitTitle(conversationId, attempt = 0) {
+    clearTimeout(titleTimer);
+    const waiting = () => state.conversation && state.conversation.id === conversationId && !state.conversation.title;
+    if (attempt >= TITLE_RETRY_MS.length || !waiting()) return;
+    titleTimer = setTimeout(async () => {
+      if (!waiting()) return;
+      await refreshList().catch(() => {});
+      awaitTitle(conversationId, attempt + 1);
+    }, TITLE_RETRY_MS[attempt]);
   }
 
   // The current conversation's downloads (Markdown and JSON), shown once it exists.
@@ -199,7 +221,7 @@
       max_tokens: el.maxTokens.value === "" ? null : Number(el.maxTokens.value),
     };
     try {
-      if (!state.conversation) await createConversation();
+      await ensureConversation();
       state.conversation = await api("PATCH", "/api/v1/conversations/" + state.conversation.id + "/", body);
       el.settingsError.textContent = S.saved;
     } catch (err) {
@@ -324,6 +346,7 @@
 
   function connect() {
     if (!state.conversation) return;
+    disconnect(); // one socket at a time: an old one left open would deliver its frames too
     const conversationId = state.conversation.id;
     const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
     const socket = new WebSocket(scheme + window.location.host + "/ws/chat/" + conversationId + "/");
@@ -333,6 +356,8 @@
       state.retry = 0;
       setStatus(S.connected);
       if (reconnected) reloadMessages().catch(() => {});
+      // The one place a frame written while the socket was not open goes out (send() leaves
+      // it here), and where an unacked one is resent after a reconnect.
       for (const frame of state.unacked.values()) socket.send(JSON.stringify(frame));
     });
     socket.addEventListener("message", (event) => handleFrame(JSON.parse(event.data)));
@@ -366,6 +391,25 @@
 
   function findMessage(id) {
     return state.messages.find((m) => m.id === id);
+  }
+
+  // An error about a message that was never acked (and names no saved message) means the server
+  // did not keep it: it must not look sent, and its text must not be lost. Back into the input
+  // it goes, if that is still empty; else the bubble stays, marked as not sent.
+  function refused(frame) {
+    const m = state.messages.find((x) => x.client_id === frame.client_id);
+    if (!m || !m.id.startsWith("pending-") || frame.user_message_id) return;
+    const node = messageNode(m.id);
+    if (!el.input.value) {
+      el.input.value = m.content;
+      state.messages = state.messages.filter((x) => x !== m);
+      if (node) node.remove();
+      el.empty.hidden = state.messages.length > 0;
+      updateButtons();
+    } else if (node) {
+      node.dataset.status = "unsent";
+      node.querySelector(".message-meta").textContent = S.error + ": " + frame.code;
+    }
   }
 
   function handleFrame(frame) {
@@ -408,11 +452,18 @@
         if (state.running === frame.message_id) state.running = null;
         updateButtons();
         // The final text, rendered and sanitized by the server, replaces the streamed text.
-        reloadMessages().then(() => refreshList()).catch(() => {});
+        const conversationId = state.conversation && state.conversation.id;
+        reloadMessages()
+          .then(() => refreshList())
+          .then(() => awaitTitle(conversationId))
+          .catch(() => {});
         break;
       }
       case "error": {
-        if (frame.client_id) state.unacked.delete(frame.client_id);
+        if (frame.client_id) {
+          state.unacked.delete(frame.client_id);
+          refused(frame);
+        }
         showError(frame.message);
         break;
       }
@@ -422,36 +473,47 @@
   }
 
   // --- sending -------------------------------------------------------------------------------
+  let creating = null; // the conversation being created: a second send waits for it, not another
+
+  function ensureConversation() {
+    if (state.conversation) return Promise.resolve(state.conversation);
+    if (!creating) {
+      creating = createConversation().then((created) => {
+        connect();
+        return created;
+      }).finally(() => (creating = null));
+    }
+    return creating;
+  }
+
   async function createConversation() {
     const created = await api("POST", "/api/v1/conversations/", { model: el.picker.value });
     state.conversation = created;
     state.messages = [];
     state.conversations.unshift(created);
+    showTitle(created.title);
     window.history.pushState({}, "", "/c/" + created.id + "/");
     renderList();
     updateDownloads();
     return created;
   }
 
-  function waitOpen(socket) {
-    if (socket.readyState === WebSocket.OPEN) return Promise.resolve();
-    return new Promise((resolve) => socket.addEventListener("open", () => resolve(), { once: true }));
-  }
-
   async function send() {
     const text = el.input.value;
     if (!text.trim()) return;
-    if (text.length > config.maxChars) {
+    // Counted in characters (code points), as the server counts: text.length counts UTF-16
+    // units, two for an emoji, and would refuse what the server accepts.
+    if ([...text].length > config.maxChars) {
       showError(S.tooLong);
       return;
     }
     showError("");
+    // Emptied before anything is awaited: a second click or Enter meanwhile finds nothing to send.
+    el.input.value = "";
     try {
-      if (!state.conversation) {
-        await createConversation();
-        connect();
-      }
+      await ensureConversation();
     } catch (err) {
+      if (!el.input.value) el.input.value = text;
       showError(err.message);
       return;
     }
@@ -461,12 +523,10 @@
     state.messages.push(m);
     renderMessage(m);
     scrollDown();
-    el.input.value = "";
     state.unacked.set(clientId, frame);
+    // Sent here only on an open socket; otherwise its "open" handler sends it, once.
     if (!state.socket) connect();
-    await waitOpen(state.socket);
-    // Sent once here; the "open" handler resends anything still unacked after a reconnect.
-    if (state.unacked.has(clientId) && state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify(frame));
+    else if (state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify(frame));
   }
 
   el.composer.addEventListener("submit", (event) => {
@@ -494,7 +554,8 @@
     state.messages = [];
     state.running = null;
     window.history.pushState({}, "", "/");
-    el.title.textContent = S.untitled;
+    showTitle("");
+    el.chat.classList.remove("sidebar-shown"); // on a phone the list would still cover the chat
     updateDownloads();
     renderPicker();
     fillSettings();
@@ -516,7 +577,7 @@
     }
     if (push) window.history.pushState({}, "", "/c/" + id + "/");
     state.running = null;
-    el.title.textContent = state.conversation.title || S.untitled;
+    showTitle(state.conversation.title);
     el.chat.classList.remove("sidebar-shown");
     updateDownloads();
     renderPicker();

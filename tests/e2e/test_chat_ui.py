@@ -1,0 +1,245 @@
+"""The chat page's layout and behaviour in a real browser: the message column, sending once,
+titles reaching the sidebar and the tab, the phone's slide-over list, a refused message, the
+usage tables on a phone, and the message length counted as the server counts it."""
+
+import os
+import time
+
+import pytest
+from django.test import Client
+from playwright.sync_api import expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+# Playwright's sync API runs its own event loop; Django's async-safety check would see it.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+# reduced_motion: the phone's slide-over list moves without a transition, so its place can be
+# read as soon as the click is handled.
+PHONE = {"viewport": {"width": 375, "height": 667}, "is_mobile": True, "has_touch": True, "reduced_motion": "reduce"}
+DESKTOP = {"viewport": {"width": 1280, "height": 800}}
+
+# Records every frame the page sends on a websocket, as window.__sentFrames.
+RECORD_SENT_FRAMES = """
+  window.__sentFrames = [];
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) { window.__sentFrames.push(String(data)); return send.call(this, data); };
+"""
+
+
+def _signed_in_context(browser, live_server_url, user, **options):
+    client = Client()
+    client.force_login(user)
+    context = browser.new_context(**options)
+    context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server_url}])
+    return context
+
+
+def _finished_replies(page):
+    return page.locator(".message-assistant .message-meta").filter(has_text="tokens")
+
+
+def _send_and_wait(page, text, nth_reply):
+    page.fill("#message-input", text)
+    page.press("#message-input", "Enter")
+    _finished_replies(page).nth(nth_reply).wait_for()
+
+
+# --- layout ----------------------------------------------------------------------------------------
+def test_message_column_fills_the_chat_area_on_desktop(browser, live_server_url, make_user):
+    user = make_user("layout-desk")
+    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    _send_and_wait(page, "hi", 0)
+    main = page.locator(".chat-main").bounding_box()
+    column = page.locator("#messages").bounding_box()
+    assert column["width"] >= main["width"] - 2, (column, main)
+    # The person's own message sits at the right edge of the column, the reply at the left.
+    mine = page.locator(".message-user").bounding_box()
+    reply = page.locator(".message-assistant").bounding_box()
+    assert mine["x"] + mine["width"] > column["x"] + column["width"] - 40, (mine, column)
+    assert reply["x"] < column["x"] + 40, (reply, column)
+
+
+def test_long_code_line_scrolls_inside_its_block_on_a_phone(browser, live_server_url, make_user):
+    user = make_user("layout-phone")
+    page = _signed_in_context(browser, live_server_url, user, **PHONE).new_page()
+    page.goto(live_server_url + "/")
+    _send_and_wait(page, "```python\na = '" + "y" * 300 + "'\n```", 0)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 375
+    assert page.locator("#messages").bounding_box()["width"] <= 375
+    code = page.locator(".message-assistant pre")
+    assert code.bounding_box()["width"] <= 375
+    assert code.evaluate("pre => pre.scrollWidth > pre.clientWidth")  # the block itself scrolls
+
+
+# --- sending ---------------------------------------------------------------------------------------
+def test_double_click_send_on_a_new_chat_sends_once(browser, live_server_url, make_user):
+    from conversations.models import Conversation, Message
+
+    user = make_user("double")
+    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script(RECORD_SENT_FRAMES)
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", "only once please")
+    page.dblclick("#send-button")
+    _finished_replies(page).first.wait_for()
+    # A second message after the first reply: anything the double click set off has long
+    # arrived by the time this one's reply is done.
+    _send_and_wait(page, "and a second one", 1)
+    assert Conversation.objects.filter(owner=user).count() == 1
+    assert Message.objects.filter(conversation__owner=user, role="user").count() == 2
+    assert page.locator(".message-user").count() == 2
+    assert page.locator("#chat-error").is_hidden()
+    # Each message went out in exactly one frame (the server would drop a repeat, but it should
+    # never have to).
+    sent = page.evaluate("() => window.__sentFrames.map((f) => JSON.parse(f)).filter((f) => f.type === 'user_message')")
+    assert [frame["content"] for frame in sent] == ["only once please", "and a second one"]
+
+
+@pytest.fixture
+def fake_openai(settings, transactional_db, fake_provider):
+    from billing import keys, prices
+
+    settings.ALLOW_PRIVATE_BASE_URLS = True
+    prices.price_set(model_id="openai:gpt-4o-mini", input_per_million="2", output_per_million="8",
+                     context_window=128000, max_output_tokens=200, label="GPT-4o mini")
+    fake_provider.script("sk-fake", text="Planning a trip to Busan in spring", pace_ms=40)
+    keys.key_add(provider="openai", name="fake", secret="sk-fake", base_url=fake_provider.openai_base_url)
+    return fake_provider
+
+
+def test_generated_title_reaches_the_sidebar_header_and_tab(fake_openai, browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("titles")
+    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    page.select_option("#model-picker", "openai:gpt-4o-mini")
+    _send_and_wait(page, "help me plan a trip", 0)
+    # The title is written after "done", by a task of its own; no frame announces it.
+    deadline = time.monotonic() + 15
+    while not Conversation.objects.get(owner=user).title and time.monotonic() < deadline:
+        time.sleep(0.2)
+    title = Conversation.objects.get(owner=user).title
+    assert title
+    # The page asks again after 1 s, 3 s and 8 s until the conversation has a title.
+    expect(page.locator("#conversation-list li.active a")).to_have_text(title, timeout=15_000)
+    expect(page.locator("#chat-title")).to_have_text(title)
+    expect(page).to_have_title(title + " · Parley")
+
+
+def test_tab_title_follows_the_open_conversation(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("tabtitle")
+    first = Conversation.objects.create(owner=user, model="demo:echo", title="Alpha")
+    Conversation.objects.create(owner=user, model="demo:echo", title="Beta")
+    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(f"{live_server_url}/c/{first.id}/")
+    expect(page).to_have_title("Alpha · Parley")
+
+    page.locator("#conversation-list li a", has_text="Beta").click()
+    expect(page.locator("#chat-title")).to_have_text("Beta")
+    expect(page).to_have_title("Beta · Parley")
+
+    page.once("dialog", lambda dialog: dialog.accept("Gamma"))
+    page.locator("#conversation-list li.active button", has_text="Rename").click()
+    expect(page.locator("#chat-title")).to_have_text("Gamma")
+    expect(page).to_have_title("Gamma · Parley")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#conversation-list li.active button", has_text="Delete").click()
+    expect(page.locator("#chat-title")).to_have_text("New conversation")
+    expect(page).to_have_title("New conversation · Parley")
+
+    page.locator("#conversation-list li a", has_text="Alpha").click()
+    expect(page).to_have_title("Alpha · Parley")
+    page.click("#new-conversation")
+    expect(page).to_have_title("New conversation · Parley")
+    # The server names a new chat's tab the same way.
+    page.reload()
+    expect(page).to_have_title("New conversation · Parley")
+
+
+def test_new_chat_closes_the_list_on_a_phone(browser, live_server_url, make_user):
+    user = make_user("phone-new")
+    page = _signed_in_context(browser, live_server_url, user, **PHONE).new_page()
+    page.goto(live_server_url + "/")
+    _send_and_wait(page, "hello", 0)
+    page.click("#sidebar-open")
+    page.wait_for_function("() => document.getElementById('sidebar').getBoundingClientRect().left >= 0")
+    page.click("#new-conversation")
+    box = page.locator("#sidebar").bounding_box()
+    assert box["x"] + box["width"] <= 0, box  # off screen, to the left
+    expect(page.locator(".message")).to_have_count(0)
+
+
+def test_refused_unsaved_message_goes_back_into_the_input(browser, live_server_url, make_user):
+    user = make_user("lost-text")
+    context = _signed_in_context(browser, live_server_url, user, **DESKTOP)
+    page = context.new_page()
+    page.goto(live_server_url + "/")
+    _send_and_wait(page, "first", 0)
+    # The conversation is deleted in another tab; this one still shows it.
+    other = context.new_page()
+    other.goto(page.url)
+    other.once("dialog", lambda dialog: dialog.accept())
+    other.locator("#conversation-list li.active button", has_text="Delete").click()
+    other.wait_for_url(live_server_url + "/")
+
+    page.fill("#message-input", "my carefully written paragraph")
+    page.press("#message-input", "Enter")
+    expect(page.locator("#chat-error")).to_contain_text("no longer exists")
+    # Not saved, so not shown as sent; the text is back where it was written.
+    expect(page.locator("#message-input")).to_have_value("my carefully written paragraph")
+    expect(page.locator(".message-user")).to_have_count(1)
+    assert page.locator(".message-user").inner_text().endswith("first")
+
+
+def test_usage_amounts_are_not_broken_on_a_phone(browser, live_server_url, make_user):
+    from billing import budgets
+
+    user = make_user("usage-phone")
+    budgets.budget_set(user=user, period="month", limit="12.5")
+    page = _signed_in_context(browser, live_server_url, user, **PHONE).new_page()
+    page.goto(live_server_url + "/usage/")
+    broken = page.evaluate("""() => [...document.querySelectorAll('table td, table th')].filter(cell => {
+        const r = document.createRange(); r.selectNodeContents(cell);
+        const text = cell.textContent.trim();
+        return /^\\$[0-9.,]+$/.test(text) && new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1;
+      }).map(c => c.textContent.trim())""")
+    # Seen before: ['$0.00', '$12.50', '$12.50'] each over 2-3 lines.
+    assert broken == []
+    # A table wider than the phone scrolls in its own box; the page does not.
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 375
+
+
+# --- the length limit ------------------------------------------------------------------------------
+@pytest.fixture
+def short_messages(settings):
+    """Set before live_server_url: the forked server inherits the settings at its start."""
+    settings.MAX_MESSAGE_CHARS = 10
+    return settings.MAX_MESSAGE_CHARS
+
+
+def test_message_length_is_counted_in_characters_as_the_server_counts(short_messages, browser, live_server_url, make_user):
+    user = make_user("emoji")
+    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    # Ten emoji: ten characters for the server, twenty UTF-16 code units for the browser.
+    emoji = "😀" * short_messages
+    page.focus("#message-input")
+    page.keyboard.insert_text(emoji)  # typed, so a maxlength would cut it
+    expect(page.locator("#message-input")).to_have_value(emoji)
+    page.press("#message-input", "Enter")
+    _finished_replies(page).first.wait_for()
+    assert page.locator("#chat-error").is_hidden()
+    assert page.locator(".message-user").inner_text().endswith(emoji)
+
+    # One character more is refused on the page, and the text stays to be shortened.
+    page.fill("#message-input", emoji + "a")
+    page.press("#message-input", "Enter")
+    expect(page.locator("#chat-error")).to_be_visible()
+    expect(page.locator("#message-input")).to_have_value(emoji + "a")
+    expect(page.locator(".message-user")).to_have_count(1)
