@@ -26,7 +26,9 @@
     socket: null,
     retry: 0,
     running: null, // id of the reply being streamed
-    unacked: new Map(), // client_id -> frame, resent after a reconnect (idempotent on client_id)
+    // client_id -> {conversationId, frame}: resent after a reconnect (idempotent on client_id),
+    // and only on a socket of the conversation it was written in.
+    unacked: new Map(),
   };
 
   function fmt(template, values) {
@@ -358,7 +360,9 @@
       if (reconnected) reloadMessages().catch(() => {});
       // The one place a frame written while the socket was not open goes out (send() leaves
       // it here), and where an unacked one is resent after a reconnect.
-      for (const frame of state.unacked.values()) socket.send(JSON.stringify(frame));
+      for (const entry of state.unacked.values()) {
+        if (entry.conversationId === conversationId) socket.send(JSON.stringify(entry.frame));
+      }
     });
     socket.addEventListener("message", (event) => handleFrame(JSON.parse(event.data)));
     socket.addEventListener("close", (event) => {
@@ -523,7 +527,7 @@
     state.messages.push(m);
     renderMessage(m);
     scrollDown();
-    state.unacked.set(clientId, frame);
+    state.unacked.set(clientId, { conversationId: state.conversation.id, frame });
     // Sent here only on an open socket; otherwise its "open" handler sends it, once.
     if (!state.socket) connect();
     else if (state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify(frame));

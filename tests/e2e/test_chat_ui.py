@@ -243,3 +243,26 @@ def test_message_length_is_counted_in_characters_as_the_server_counts(short_mess
     expect(page.locator("#chat-error")).to_be_visible()
     expect(page.locator("#message-input")).to_have_value(emoji + "a")
     expect(page.locator(".message-user")).to_have_count(1)
+
+
+def test_a_message_not_yet_acknowledged_is_never_sent_to_another_conversation(browser, live_server_url, make_user):
+    # A message written in A waits for its ack (A's socket here answers nothing); the person
+    # opens B. B's socket must not carry A's message: unacknowledged frames belong to the
+    # conversation they were written in.
+    from conversations.models import Conversation, Message
+
+    user = make_user("two-rooms")
+    first = Conversation.objects.create(owner=user, model="demo:echo", title="Alpha")
+    second = Conversation.objects.create(owner=user, model="demo:echo", title="Beta")
+    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.route_web_socket(f"**/ws/chat/{first.id}/", lambda ws: None)  # open, and silent
+    page.goto(f"{live_server_url}/c/{first.id}/")
+    page.fill("#message-input", "meant for Alpha")
+    page.press("#message-input", "Enter")
+    page.locator(".message-user", has_text="meant for Alpha").wait_for()
+    page.locator("#conversation-list li a", has_text="Beta").click()
+    page.wait_for_url(f"**/c/{second.id}/")
+    _send_and_wait(page, "meant for Beta", 0)
+    assert list(Message.objects.filter(conversation=second, role="user").values_list("content", flat=True)) == [
+        "meant for Beta"
+    ]
