@@ -88,3 +88,14 @@ def browser(needs_chromium):
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+def signed_in_context(browser, live_server_url, user, **options):
+    """A browser context carrying `user`'s session cookie (signed in without the login form)."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    context = browser.new_context(**options)
+    context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server_url}])
+    return context

@@ -4,7 +4,8 @@ it stream, stop one, reload and see the history."""
 import os
 
 import pytest
-from django.test import Client
+
+from .conftest import signed_in_context
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -12,12 +13,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
-def _signed_in_context(browser, live_server_url, user, **options):
-    client = Client()
-    client.force_login(user)
-    context = browser.new_context(**options)
-    context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server_url}])
-    return context
 
 
 def test_chat_in_the_browser(browser, live_server_url, make_user, artifacts):
@@ -34,7 +29,7 @@ def test_chat_in_the_browser(browser, live_server_url, make_user, artifacts):
 
 def _chat_in_the_browser(browser, live_server_url, make_user, artifacts):
     user = make_user("carol")
-    context = _signed_in_context(browser, live_server_url, user, viewport={"width": 1200, "height": 800})
+    context = signed_in_context(browser, live_server_url, user, viewport={"width": 1200, "height": 800})
     page = context.new_page()
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -91,7 +86,7 @@ def _chat_in_the_browser(browser, live_server_url, make_user, artifacts):
     assert all(cost == 0 and tokens > 0 for _m, _o, cost, tokens in rows)
 
     # The same page on a phone-sized screen.
-    phone = _signed_in_context(browser, live_server_url, user, viewport={"width": 390, "height": 844}, is_mobile=True)
+    phone = signed_in_context(browser, live_server_url, user, viewport={"width": 390, "height": 844}, is_mobile=True)
     phone_page = phone.new_page()
     phone_page.goto(page.url)
     phone_page.locator(".message-assistant").nth(1).wait_for()

@@ -6,8 +6,9 @@ import os
 import time
 
 import pytest
-from django.test import Client
 from playwright.sync_api import expect
+
+from .conftest import signed_in_context
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -27,12 +28,6 @@ RECORD_SENT_FRAMES = """
 """
 
 
-def _signed_in_context(browser, live_server_url, user, **options):
-    client = Client()
-    client.force_login(user)
-    context = browser.new_context(**options)
-    context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server_url}])
-    return context
 
 
 def _finished_replies(page):
@@ -48,7 +43,7 @@ def _send_and_wait(page, text, nth_reply):
 # --- layout ----------------------------------------------------------------------------------------
 def test_message_column_fills_the_chat_area_on_desktop(browser, live_server_url, make_user):
     user = make_user("layout-desk")
-    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
     page.goto(live_server_url + "/")
     _send_and_wait(page, "hi", 0)
     main = page.locator(".chat-main").bounding_box()
@@ -63,7 +58,7 @@ def test_message_column_fills_the_chat_area_on_desktop(browser, live_server_url,
 
 def test_long_code_line_scrolls_inside_its_block_on_a_phone(browser, live_server_url, make_user):
     user = make_user("layout-phone")
-    page = _signed_in_context(browser, live_server_url, user, **PHONE).new_page()
+    page = signed_in_context(browser, live_server_url, user, **PHONE).new_page()
     page.goto(live_server_url + "/")
     _send_and_wait(page, "```python\na = '" + "y" * 300 + "'\n```", 0)
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 375
@@ -78,7 +73,7 @@ def test_double_click_send_on_a_new_chat_sends_once(browser, live_server_url, ma
     from conversations.models import Conversation, Message
 
     user = make_user("double")
-    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
     page.add_init_script(RECORD_SENT_FRAMES)
     page.goto(live_server_url + "/")
     page.fill("#message-input", "only once please")
@@ -113,7 +108,7 @@ def test_generated_title_reaches_the_sidebar_header_and_tab(fake_openai, browser
     from conversations.models import Conversation
 
     user = make_user("titles")
-    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
     page.goto(live_server_url + "/")
     page.select_option("#model-picker", "openai:gpt-4o-mini")
     _send_and_wait(page, "help me plan a trip", 0)
@@ -135,7 +130,7 @@ def test_tab_title_follows_the_open_conversation(browser, live_server_url, make_
     user = make_user("tabtitle")
     first = Conversation.objects.create(owner=user, model="demo:echo", title="Alpha")
     Conversation.objects.create(owner=user, model="demo:echo", title="Beta")
-    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
     page.goto(f"{live_server_url}/c/{first.id}/")
     expect(page).to_have_title("Alpha · Parley")
 
@@ -164,7 +159,7 @@ def test_tab_title_follows_the_open_conversation(browser, live_server_url, make_
 
 def test_new_chat_closes_the_list_on_a_phone(browser, live_server_url, make_user):
     user = make_user("phone-new")
-    page = _signed_in_context(browser, live_server_url, user, **PHONE).new_page()
+    page = signed_in_context(browser, live_server_url, user, **PHONE).new_page()
     page.goto(live_server_url + "/")
     _send_and_wait(page, "hello", 0)
     page.click("#sidebar-open")
@@ -177,7 +172,7 @@ def test_new_chat_closes_the_list_on_a_phone(browser, live_server_url, make_user
 
 def test_refused_unsaved_message_goes_back_into_the_input(browser, live_server_url, make_user):
     user = make_user("lost-text")
-    context = _signed_in_context(browser, live_server_url, user, **DESKTOP)
+    context = signed_in_context(browser, live_server_url, user, **DESKTOP)
     page = context.new_page()
     page.goto(live_server_url + "/")
     _send_and_wait(page, "first", 0)
@@ -202,7 +197,7 @@ def test_usage_amounts_are_not_broken_on_a_phone(browser, live_server_url, make_
 
     user = make_user("usage-phone")
     budgets.budget_set(user=user, period="month", limit="12.5")
-    page = _signed_in_context(browser, live_server_url, user, **PHONE).new_page()
+    page = signed_in_context(browser, live_server_url, user, **PHONE).new_page()
     page.goto(live_server_url + "/usage/")
     broken = page.evaluate("""() => [...document.querySelectorAll('table td, table th')].filter(cell => {
         const r = document.createRange(); r.selectNodeContents(cell);
@@ -225,7 +220,7 @@ def short_messages(settings):
 
 def test_message_length_is_counted_in_characters_as_the_server_counts(short_messages, browser, live_server_url, make_user):
     user = make_user("emoji")
-    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
     page.goto(live_server_url + "/")
     # Ten emoji: ten characters for the server, twenty UTF-16 code units for the browser.
     emoji = "😀" * short_messages
@@ -254,7 +249,7 @@ def test_a_message_not_yet_acknowledged_is_never_sent_to_another_conversation(br
     user = make_user("two-rooms")
     first = Conversation.objects.create(owner=user, model="demo:echo", title="Alpha")
     second = Conversation.objects.create(owner=user, model="demo:echo", title="Beta")
-    page = _signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
     page.route_web_socket(f"**/ws/chat/{first.id}/", lambda ws: None)  # open, and silent
     page.goto(f"{live_server_url}/c/{first.id}/")
     page.fill("#message-input", "meant for Alpha")
