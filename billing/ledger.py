@@ -37,6 +37,27 @@ def primary_team_id(*, user) -> int | None:
     return membership
 
 
+def ledger_user_lock(*, user) -> bool:
+    """Lock `user`'s row for a ledger write, inside the writing transaction; False when the
+    account is gone. Call it first in that transaction: an erasure (accounts.data_rights, which
+    locks the same row first too) either deleted the account before this (then the row is
+    written without the person, as erasure leaves every row, and the money stays with the team)
+    or waits until this row is committed and then anonymises it with the rest. Without the
+    lock, a row could be written for a user deleted a moment before, and fail the foreign key
+    at commit.
+
+    FOR NO KEY UPDATE, not FOR UPDATE: it still excludes the erasure's DELETE, but not the
+    FOR KEY SHARE that Postgres takes on the user row to check every foreign key to it. A plain
+    FOR UPDATE here deadlocked against a concurrent budget_reserve of the same user (it holds
+    the budget row and checks its reservation's user key at commit; this holds the user row
+    and waits for the budget row in budget_settle)."""
+    from django.contrib.auth import get_user_model
+
+    if user is None:
+        return False
+    return get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).exists()
+
+
 def _day_of(moment: dt.datetime) -> dt.date:
     # Rollup days are UTC days: one calendar for every user, so team and site totals add up.
     return moment.astimezone(dt.UTC).date()

@@ -126,11 +126,13 @@ def conversation_update(*, conversation: Conversation, data: dict) -> Conversati
 def conversation_delete(*, conversation: Conversation) -> None:
     # A running reply is stopped first so its task settles the budget instead of writing into a
     # deleted row; recorded spend lives in the ledger and is untouched by the delete.
+    from .data_rights import conversations_delete
     from .turns import turn_stop
 
     turn_stop(conversation_id=conversation.id)
-    with transaction.atomic():
-        conversation.delete()
+    # Through data rights' delete: it also takes the title out of the admin history, which an
+    # erasure later could no longer find (it only sees the conversations still there).
+    conversations_delete(conversation_ids=[conversation.id])
 
 
 def conversation_touch(*, conversation_id) -> None:
@@ -179,12 +181,26 @@ def _title_clean(answer: str) -> str:
             return title
 
 
+def _followup_usage(*, user, conversation_id, **fields) -> None:
+    """A title or summary call's ledger row. The account may have been erased while the call
+    ran: the row is then written without the person or the conversation, as erasure leaves
+    every row (billing.ledger.ledger_user_lock; before, the insert failed the foreign key and
+    the paid call went unrecorded)."""
+    from billing import ledger
+
+    with transaction.atomic():
+        alive = ledger.ledger_user_lock(user=user)
+        ledger.usage_record(
+            user=user if alive else None, conversation_id=conversation_id if alive else None, message_id=None, **fields
+        )
+
+
 def _complete(*, user, conversation_id, model_id: str, messages: list, max_tokens: int) -> str | None:
     """A short non-streamed completion (the stream joined), billed like any provider call:
     reserved first, recorded in the ledger, settled. None when it cannot or should not run."""
     from asgiref.sync import async_to_sync
 
-    from billing import budgets, keys, ledger, prices
+    from billing import budgets, keys, prices
 
     from . import context as context_mod
     from . import llm
@@ -246,15 +262,15 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
                 # estimated. And not retried: a second call would bill the input again.
                 output_tokens = context_mod.count_tokens(text=received, model_id=model_id)[0]
                 cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)
-                ledger.usage_record(
-                    user=user, conversation_id=conversation_id, message_id=None, attempt=attempt, provider=provider,
+                _followup_usage(
+                    user=user, conversation_id=conversation_id, attempt=attempt, provider=provider,
                     model=model_name, key_id=key.id if key else None, input_tokens=input_tokens, output_tokens=output_tokens,
                     cached_tokens=0, cost=cost, estimated=True, ttft_ms=None, latency_ms=latency, outcome="error",
                     error_kind=str(exc.kind),
                 )
                 break
-            ledger.usage_record(
-                user=user, conversation_id=conversation_id, message_id=None, attempt=attempt, provider=provider, model=model_name,
+            _followup_usage(
+                user=user, conversation_id=conversation_id, attempt=attempt, provider=provider, model=model_name,
                 key_id=key.id if key else None, input_tokens=0, output_tokens=0, cached_tokens=0, cost=Decimal("0"),
                 estimated=False, ttft_ms=None, latency_ms=latency, outcome="error", error_kind=str(exc.kind),
             )
@@ -270,8 +286,8 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
             usage = Usage(input_tokens=input_tokens, output_tokens=context_mod.count_tokens(text=text, model_id=model_id)[0])
         cost = prices.cost_of(price=price, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
         latency = int((timezone.now() - started).total_seconds() * 1000)
-        ledger.usage_record(
-            user=user, conversation_id=conversation_id, message_id=None, attempt=attempt, provider=provider, model=model_name,
+        _followup_usage(
+            user=user, conversation_id=conversation_id, attempt=attempt, provider=provider, model=model_name,
             key_id=key.id if key else None, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             cached_tokens=usage.cached_tokens, cost=cost, estimated=estimated, ttft_ms=None, latency_ms=latency, outcome="ok",
         )

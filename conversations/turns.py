@@ -913,25 +913,9 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
 
 
 def _ledger_owner(*, plan: _ReplyPlan) -> dict:
-    """Who a ledger row of this reply is filed under, decided inside the writing transaction.
-
-    The user row is locked first: an erasure (accounts.data_rights, which locks the same row
-    first too) either deleted the account before this (then the row is written without the
-    person, as erasure leaves every row, and the money stays with the team) or waits until this
-    row is committed and then anonymises it with the rest. Without the lock, a row could be
-    written for a user deleted a moment before, and fail the foreign key at commit.
-
-    FOR NO KEY UPDATE, not FOR UPDATE: it still excludes the erasure's DELETE, but not the
-    FOR KEY SHARE that Postgres takes on the user row to check every foreign key to it. A plain
-    FOR UPDATE here deadlocked against a concurrent budget_reserve of the same user (it holds
-    the budget row and checks its reservation's user key at commit; this holds the user row
-    and waits for the budget row in budget_settle)."""
-    from django.contrib.auth import get_user_model
-
-    alive = (
-        get_user_model().objects.select_for_update(no_key=True).filter(pk=plan.user.pk).values_list("pk", flat=True).first()
-    )
-    if alive is None:
+    """Who a ledger row of this reply is filed under, decided inside the writing transaction
+    (billing.ledger.ledger_user_lock: the account may have been erased meanwhile)."""
+    if not ledger.ledger_user_lock(user=plan.user):
         return {"user": None, "team_id": plan.team_id, "conversation_id": None, "message_id": None}
     return {"user": plan.user, "team_id": plan.team_id, "conversation_id": plan.conversation_id, "message_id": plan.message_id}
 

@@ -1,0 +1,63 @@
+"""Data rights at the edges: a conversation deleted before the erasure, and a title or summary
+call whose account is erased while the provider answers."""
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+
+from billing.models import Reservation, UsageRecord
+from conversations.models import Conversation, Message
+
+from .data_rights_fixtures import scan_database
+
+
+@pytest.mark.django_db
+def test_the_title_of_a_conversation_its_owner_deleted_is_gone_after_erasure(make_user, admin_client):
+    # The admin history names a conversation by its title. An erasure only sees the
+    # conversations still there, so the title must leave that history when the owner deletes it.
+    victim = make_user("zed_erasable")
+    conversation = Conversation.objects.create(owner=victim, title="my secret plan kumquat", model="demo:echo")
+    response = admin_client.post(
+        f"/admin/conversations/conversation/{conversation.pk}/change/",
+        {"owner": str(victim.pk), "title": "my secret plan kumquat", "model": "demo:echo", "system_prompt": "",
+         "temperature": "", "max_tokens": "", "summary_upto": ""},
+    )
+    assert response.status_code == 302
+    owner = Client()
+    owner.force_login(victim)
+    assert owner.delete(f"/api/v1/conversations/{conversation.pk}/").status_code == 204
+
+    call_command("erase_user", victim.username, "--yes")
+
+    assert scan_database(["my secret plan kumquat"]) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_title_call_answered_after_its_account_was_erased_is_still_recorded(make_user, monkeypatch):
+    from billing import prices
+    from conversations import services
+    from conversations.llm.base import ChatMessage
+
+    prices.price_set(model_id="demo:echo", input_per_million="1000", output_per_million="1000", context_window=8192)
+    make_user("root_admin", is_superuser=True)
+    victim = make_user("zed_erasable")
+    conversation = Conversation.objects.create(owner=victim, title="", model="demo:echo")
+    calls = {"n": 0}
+    original = prices.cost_of
+
+    def cost_of(**kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the provider has answered, the ledger row is next: the erasure runs now
+            call_command("erase_user", "zed_erasable", "--yes")
+        return original(**kwargs)
+
+    monkeypatch.setattr(prices, "cost_of", cost_of)
+    text = services._complete(
+        user=victim, conversation_id=conversation.id, model_id="demo:echo",
+        messages=[ChatMessage("user", "name this conversation please")], max_tokens=24,
+    )
+    assert text
+    row = UsageRecord.objects.get()  # the paid call is recorded, without the person
+    assert (row.user_id, row.conversation_id) == (None, None) and row.cost > 0
+    assert not Reservation.objects.filter(state=Reservation.State.HELD).exists()
+    assert not Message.objects.exists()
