@@ -58,8 +58,13 @@ def live_server_url(transactional_db, settings):
     settings.DEMO_DELAY_MS = 30  # the demo reply streams visibly, word by word
     _demo_priced()
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "localhost", "127.0.0.1"]
-    # SQLite must not carry an open connection across fork.
+    # No open connection may cross the fork: SQLite's, and PostgreSQL's pool, whose idle
+    # connections the server would otherwise share with this process (two processes speaking on
+    # one socket: "the last operation didn't produce records (command status: BEGIN)").
     connections.close_all()
+    for connection in connections.all():
+        if hasattr(connection, "close_pool"):
+            connection.close_pool()
     process = DaphneProcess("127.0.0.1", partial(_application), setup=_use_test_database)
     process.start()
     try:
