@@ -34,6 +34,7 @@ from chatsite.admin_site import BigTableAdminMixin
 from . import admin_services, data_rights
 from .audit import audit_record
 from .models import AuditEvent, Team, TeamMembership, User
+from .services import OnlyAdmin, user_only_admins_among
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0")
@@ -250,21 +251,41 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
         if any(u.pk == request.user.pk for u in users):
             self.message_user(request, _("You cannot erase your own account from here."), messages.ERROR)
             return None
-        if request.POST.get("confirm") == "yes":
-            for user in users:
-                # The service writes the one audit row (user.erase, by id only), naming the operator.
-                data_rights.erasure_request(user=user, requested_by=request.user, ip_address=client_ip(request))
+        try:
+            if request.POST.get("confirm") != "yes":
+                # Refused as a whole already here, before the page lists anyone as going.
+                only = user_only_admins_among(user_ids=[u.pk for u in users])
+                if only:
+                    raise OnlyAdmin(only)
+                previews = [(u, sorted(data_rights.erasure_preview(user=u).items())) for u in users]
+                return self._intermediate(
+                    request, queryset, "admin/parley/erase_confirm.html", _("Erase accounts"), "erase_users",
+                    previews=previews,
+                )  # fmt: skip
+            # All or none; the service writes the audit rows (user.erase, by id only), naming the operator.
+            admin_services.users_erase(users=users, actor=request.user, ip_address=client_ip(request))
+        except OnlyAdmin as refused:
             self.message_user(
                 request,
-                ngettext("Erasure started for %(n)d account.", "Erasure started for %(n)d accounts.", len(users))
-                % {"n": len(users)},
-                messages.SUCCESS,
+                ngettext(
+                    "%(names)s is the only administrator account: make another administrator first. Nothing was erased.",
+                    "%(names)s are the only administrator accounts: make another administrator first. Nothing was erased.",
+                    len(refused.users),
+                )
+                % {"names": ", ".join(u.username for u in refused.users)},
+                messages.ERROR,
             )
             return None
-        previews = [(u, sorted(data_rights.erasure_preview(user=u).items())) for u in users]
-        return self._intermediate(
-            request, queryset, "admin/parley/erase_confirm.html", _("Erase accounts"), "erase_users", previews=previews
+        except data_rights.DataRightsError as refused:  # the service's own refusal, nothing done either
+            self.message_user(request, refused.message, messages.ERROR)
+            return None
+        self.message_user(
+            request,
+            ngettext("Erasure started for %(n)d account.", "Erasure started for %(n)d accounts.", len(users))
+            % {"n": len(users)},
+            messages.SUCCESS,
         )
+        return None
 
     def _intermediate(self, request, queryset, template: str, title: str, action: str, **extra):
         context = {

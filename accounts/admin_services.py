@@ -12,8 +12,10 @@ from django.db import transaction
 
 from conversations import sockets
 
+from . import data_rights
 from .audit import audit_record
 from .models import Team, User
+from .services import OnlyAdmin, user_only_admins_among
 
 # The fields of a user whose change is a change of role (what they may do), audited as such.
 ROLE_FIELDS = ("is_active", "is_staff", "is_superuser")
@@ -36,6 +38,21 @@ def user_disable(*, user: User, actor: User | None, ip_address: str | None = Non
             sockets.user_sockets_close(user_id=user.pk)
     user.is_active = False
     return bool(changed)
+
+
+def users_erase(*, users: list[User], actor: User | None, ip_address: str | None = None) -> int:
+    """Start the erasure of every account in `users`, or of none: when the selection holds every
+    active administrator, OnlyAdmin is raised before anything is done (erasing them one by one
+    would lock the first ones, then be refused at the last). One transaction, so a refusal met
+    midway (data_rights.DataRightsError) undoes the locks and audit rows already written.
+    data_rights.erasure_request writes each audit row (user.erase, by id only)."""
+    with transaction.atomic():
+        only = user_only_admins_among(user_ids=[u.pk for u in users], lock=True)
+        if only:
+            raise OnlyAdmin(only)
+        for user in users:
+            data_rights.erasure_request(user=user, requested_by=actor, ip_address=ip_address)
+    return len(users)
 
 
 def user_password_set_by_admin(*, user_id: int, actor: User | None, ip_address: str | None = None) -> None:

@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from accounts.models import AuditEvent, DataExport, Team, TeamMembership, User
+from accounts.models import AuditEvent, DataExport, ErasureRequest, Team, TeamMembership, User
 from billing.models import Budget
 
 USERS = "/admin/accounts/user/"
@@ -126,6 +126,26 @@ def test_erase_refuses_the_operators_own_account(su_client, superuser):
     )
     assert User.objects.get(pk=superuser.pk).is_active and not audits("user.erase")
     assert any("cannot erase your own" in str(m) for m in response.context["messages"])
+
+
+@pytest.mark.parametrize("other_admins", [0, 1], ids=["the-only-admin", "every-admin"])
+def test_erase_refuses_the_whole_selection_when_it_would_leave_no_administrator(
+    client, make_staff, make_user, superuser, members, other_admins
+):
+    # A staff member (not an administrator) may erase; the selection sorts member0 first, so a
+    # per-user loop would have locked member0 before reaching the administrator(s).
+    admins = [superuser, *(make_user(f"root{i}", is_staff=True, is_superuser=True) for i in range(other_admins))]
+    client.force_login(make_staff("accounts.view_user", "accounts.delete_user"))
+    for step in ({"confirm": "yes"}, {}):  # refused when confirmed, and already on the confirmation page
+        response = client.post(
+            USERS, {"action": "erase_users", ACTION_CHECKBOX_NAME: [members[0].pk, *(a.pk for a in admins)], **step},
+            follow=True,
+        )
+        assert response.status_code == 200
+        [message] = [str(m) for m in response.context["messages"]]
+        assert "only administrator" in message and all(a.username in message for a in admins)
+    assert not ErasureRequest.objects.exists() and not audits("user.erase")
+    assert all(User.objects.get(pk=u.pk).is_active for u in [members[0], *admins]), "nothing half done"
 
 
 def test_users_cannot_be_deleted_only_erased(su_client, members):
