@@ -199,6 +199,13 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
                 done += admin_services.user_disable(user=user, actor=request.user, ip_address=client_ip(request))
             except admin_services.CannotDisableSelf:
                 self.message_user(request, _("You cannot disable your own account."), messages.ERROR)
+            except OnlyAdmin:
+                self.message_user(
+                    request,
+                    _("%(name)s is the only administrator account: make another administrator first.")
+                    % {"name": user.username},
+                    messages.ERROR,
+                )
         if done:
             self.message_user(
                 request, ngettext("%(n)d account disabled.", "%(n)d accounts disabled.", done) % {"n": done}, messages.SUCCESS

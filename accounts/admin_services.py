@@ -25,13 +25,29 @@ class CannotDisableSelf(Exception):
     """An operator disabling their own account would lock themselves out mid-action."""
 
 
+def user_access_check(*, user: User, actor: User | None, is_active: bool, is_superuser: bool) -> None:
+    """The rule for taking access away from an account, shared by the Disable action and the user
+    form: an operator cannot disable their own account (CannotDisableSelf), and the last active
+    administrator can be neither disabled nor demoted (OnlyAdmin). `is_active`/`is_superuser`
+    are the flags the account is to have. Call inside the transaction making the change: it
+    locks the administrators' rows."""
+    if user.pk is None:
+        return
+    if not is_active and actor is not None and actor.pk == user.pk:
+        raise CannotDisableSelf
+    if not (is_active and is_superuser):
+        only = user_only_admins_among(user_ids=[user.pk], lock=True)
+        if only:
+            raise OnlyAdmin(only)
+
+
 def user_disable(*, user: User, actor: User | None, ip_address: str | None = None) -> bool:
     """Disable `user`'s account; their sessions stop working at the next request (Django's
     ModelBackend refuses inactive users) and their open chat sockets close at once (the
-    conditional update sends no save signal). Returns False when already disabled (no audit row)."""
-    if actor is not None and actor.pk == user.pk:
-        raise CannotDisableSelf
+    conditional update sends no save signal). Returns False when already disabled (no audit row).
+    Raises CannotDisableSelf or OnlyAdmin (see user_access_check), changing nothing."""
     with transaction.atomic():
+        user_access_check(user=user, actor=actor, is_active=False, is_superuser=user.is_superuser)
         changed = User.objects.filter(pk=user.pk, is_active=True).update(is_active=False)
         if changed:
             audit_record(action="user.disabled", actor=actor, target=user, ip_address=ip_address)

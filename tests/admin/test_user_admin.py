@@ -148,6 +148,20 @@ def test_erase_refuses_the_whole_selection_when_it_would_leave_no_administrator(
     assert all(User.objects.get(pk=u.pk).is_active for u in [members[0], *admins]), "nothing half done"
 
 
+def test_disable_refuses_the_last_active_administrator_but_disables_the_others(client, make_staff, make_user, superuser, members):
+    client.force_login(make_staff("accounts.view_user", "accounts.change_user"))
+    act(client, "disable_users", [members[0], superuser])
+    messages = [str(m) for m in client.get(USERS).context["messages"]]
+    assert User.objects.get(pk=superuser.pk).is_active
+    assert not User.objects.get(pk=members[0].pk).is_active
+    assert [e.target_id for e in audits("user.disabled")] == [str(members[0].pk)]
+    assert any("root" in m and "only administrator" in m for m in messages), messages
+
+    make_user("root2", is_staff=True, is_superuser=True)  # with another administrator, it may go
+    act(client, "disable_users", [superuser])
+    assert not User.objects.get(pk=superuser.pk).is_active
+
+
 def test_users_cannot_be_deleted_only_erased(su_client, members):
     assert su_client.get(f"{USERS}{members[0].pk}/delete/").status_code == 403
     assert User.objects.filter(pk=members[0].pk).exists()
