@@ -16,6 +16,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import UserChangeForm as DjangoUserChangeForm
 from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import Count, DecimalField, OuterRef, Prefetch, Q, Subquery, Sum, Value
@@ -101,6 +102,30 @@ class BudgetForm(forms.Form):
     )
 
 
+class UserChangeForm(DjangoUserChangeForm):
+    """Django's form, refusing what the Disable action refuses (admin_services.user_access_check):
+    unticking "active" on the operator's own account, and disabling or demoting the last active
+    administrator. Runs inside the admin's save transaction, before anything is saved."""
+
+    actor: User | None = None  # the operator, set for each request by UserAdmin.get_form
+
+    def clean(self):
+        cleaned = super().clean()
+        user = self.instance  # still as loaded: the form's values are copied onto it after clean()
+        is_active = cleaned.get("is_active", user.is_active)
+        is_superuser = cleaned.get("is_superuser", user.is_superuser)
+        try:
+            admin_services.user_access_check(user=user, actor=self.actor, is_active=is_active, is_superuser=is_superuser)
+        except admin_services.CannotDisableSelf:
+            self.add_error("is_active", _("You cannot disable your own account."))
+        except OnlyAdmin:
+            self.add_error(
+                "is_active" if not is_active else "is_superuser",
+                _("This is the only administrator account: make another administrator first."),
+            )
+        return cleaned
+
+
 @admin.register(User)
 class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
     list_display = (
@@ -110,6 +135,7 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
     search_fields = ("username", "email", "display_name")
     ordering = ("username",)
     actions = ("disable_users", "set_budget", "export_data", "erase_users")
+    form = UserChangeForm
     readonly_fields = ("last_login", "date_joined", "usage_summary")
     fieldsets = (
         *DjangoUserAdmin.fieldsets,
@@ -117,6 +143,12 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
         (gettext_lazy("Limits"), {"fields": ("requests_per_minute", "tokens_per_minute")}),
         (gettext_lazy("Usage"), {"fields": ("usage_summary",)}),
     )
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        if obj is None:  # the add form: nobody's access is taken away
+            return form
+        return type(form.__name__, (form,), {"actor": request.user})
 
     def get_queryset(self, request):
         return (

@@ -162,6 +162,37 @@ def test_disable_refuses_the_last_active_administrator_but_disables_the_others(c
     assert not User.objects.get(pk=superuser.pk).is_active
 
 
+def _change_form_data(client, person, **changes):
+    """The user change form as the admin shows it, with `changes` (None: unticked) applied."""
+    form = client.get(f"{USERS}{person.pk}/change/").context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v not in (None, False) and k not in {"password", "groups", "user_permissions", "last_login", "date_joined"}}
+    data.update({"last_login_0": "", "last_login_1": "", "date_joined_0": "2025-01-01", "date_joined_1": "00:00:00"})
+    for name, value in changes.items():
+        data.pop(name, None)
+        if value is not None:
+            data[name] = value
+    return data
+
+
+def test_user_form_refuses_unticking_active_on_the_operators_own_account(su_client, superuser, make_user):
+    make_user("root2", is_staff=True, is_superuser=True)  # not the only administrator: the self rule alone
+    response = su_client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(su_client, superuser, is_active=None))
+    assert response.status_code == 200
+    assert "You cannot disable your own account." in response.context["adminform"].form.errors["is_active"]
+    assert User.objects.get(pk=superuser.pk).is_active and not audits("user.roles_changed")
+
+
+@pytest.mark.parametrize("change", [{"is_active": None}, {"is_superuser": None}], ids=["disable", "demote"])
+def test_user_form_refuses_to_take_the_last_administrator_away(client, make_staff, superuser, change):
+    client.force_login(make_staff("accounts.view_user", "accounts.change_user"))
+    response = client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(client, superuser, **change))
+    assert response.status_code == 200
+    [field] = change
+    assert any("only administrator" in e for e in response.context["adminform"].form.errors[field])
+    superuser.refresh_from_db()
+    assert superuser.is_active and superuser.is_superuser and not audits("user.roles_changed")
+
+
 def test_users_cannot_be_deleted_only_erased(su_client, members):
     assert su_client.get(f"{USERS}{members[0].pk}/delete/").status_code == 403
     assert User.objects.filter(pk=members[0].pk).exists()
