@@ -21,7 +21,8 @@ class ConversationAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).defer("system_prompt", "summary")
 
-    @admin.action(description=_("Stop the running reply"))
+    # Stopping a reply changes someone's conversation: not for staff who may only look.
+    @admin.action(description=_("Stop the running reply"), permissions=["change"])
     def stop_replies(self, request, queryset):
         stopped = sum(1 for c in queryset if turns.turn_stop(conversation_id=c.id))
         self.message_user(request, _("%(n)d replies asked to stop.") % {"n": stopped}, messages.INFO)
