@@ -195,6 +195,30 @@ def test_staff_who_may_only_view_conversations_cannot_stop_someone_elses_reply(m
     assert stopped == [conversation.id]
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "url, lookup",
+    [
+        ("/admin/conversations/message/", "content"),
+        ("/admin/conversations/message/", "content__startswith"),
+        ("/admin/conversations/message/", "reply_to__content__startswith"),
+        ("/admin/conversations/message/", "conversation__summary__contains"),
+        ("/admin/conversations/conversation/", "summary__startswith"),
+        ("/admin/conversations/conversation/", "system_prompt__startswith"),
+        ("/admin/conversations/conversation/", "messages__content__startswith"),
+    ],
+)
+def test_the_admin_refuses_filters_on_hidden_text(make_user, victim_world, url, lookup):
+    # Counting the rows a prefix matches would spell out words the admin never shows.
+    _victim, conversation, *_rest = victim_world
+    Conversation.objects.filter(pk=conversation.pk).update(summary=f"summary {CANARY}", system_prompt=f"prompt {CANARY}")
+    viewer = _staff(make_user, "conversations.view_conversation", "conversations.view_message")
+    assert viewer.get(url, {"status__exact": "done"} if "message" in url else {"model__exact": "demo:echo"}).status_code == 200
+    response = viewer.get(url, {lookup: "s"})
+    assert response.status_code == 400
+    assert CANARY not in response.content.decode()
+
+
 def websocket_routes() -> list[str]:
     from conversations.routing import websocket_urlpatterns
 
