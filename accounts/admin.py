@@ -32,7 +32,7 @@ from django.utils.translation import gettext_lazy, ngettext
 from billing.models import MONEY, Budget, DailyUsage
 from chatsite.admin_site import BigTableAdminMixin
 
-from . import admin_services, data_rights
+from . import admin_services, data_rights, services
 from .audit import audit_record
 from .models import AuditEvent, Team, TeamMembership, User
 from .services import OnlyAdmin, user_only_admins_among
@@ -402,6 +402,14 @@ class TeamAdmin(admin.ModelAdmin):
     @admin.display(description=gettext_lazy("budgets: spent / limit"))
     def budgets_display(self, obj: Team) -> str:
         return _budget_lines(obj.budgets.all())
+
+    # Every way the admin deletes a team goes through the service (audited, budgets included).
+    def delete_model(self, request, obj: Team) -> None:
+        services.team_delete(team=obj, actor=request.user, ip_address=client_ip(request))
+
+    def delete_queryset(self, request, queryset) -> None:
+        for team in queryset:
+            services.team_delete(team=team, actor=request.user, ip_address=client_ip(request))
 
     def save_related(self, request, form, formsets, change):
         team = form.instance

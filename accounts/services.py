@@ -198,3 +198,22 @@ def team_remove_member(*, team: Team, user: User, actor: User | None = None) -> 
     if deleted:
         audit_record(action="team.remove_member", actor=actor, target=team, data={"user_id": user.pk})
     return bool(deleted)
+
+
+def team_delete(*, team: Team, actor: User | None = None, ip_address: str | None = None) -> None:
+    """Delete a team, audited: one `team.delete` row (its name and member ids), and one
+    `budget.delete` row per budget, removed through billing's service. The spend stays on the
+    dashboard, filed under no team (billing folds it on the team's pre_delete signal)."""
+    from billing import budgets  # billing's models point at accounts': imported when needed
+
+    with transaction.atomic():
+        budgets.budgets_delete_for_team(team=team, actor=actor)
+        member_ids = sorted(TeamMembership.objects.filter(team=team).values_list("user_id", flat=True))
+        audit_record(
+            action="team.delete",
+            actor=actor,
+            target=team,
+            ip_address=ip_address,
+            data={"name": team.name, "member_ids": member_ids},
+        )
+        team.delete()
