@@ -16,6 +16,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import UserChangeForm as DjangoUserChangeForm
 from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import Count, DecimalField, OuterRef, Prefetch, Q, Subquery, Sum, Value
@@ -31,9 +32,10 @@ from django.utils.translation import gettext_lazy, ngettext
 from billing.models import MONEY, Budget, DailyUsage
 from chatsite.admin_site import BigTableAdminMixin
 
-from . import admin_services, data_rights
+from . import admin_services, data_rights, services
 from .audit import audit_record
 from .models import AuditEvent, Team, TeamMembership, User
+from .services import OnlyAdmin, user_only_admins_among
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0")
@@ -100,6 +102,30 @@ class BudgetForm(forms.Form):
     )
 
 
+class UserChangeForm(DjangoUserChangeForm):
+    """Django's form, refusing what the Disable action refuses (admin_services.user_access_check):
+    unticking "active" on the operator's own account, and disabling or demoting the last active
+    administrator. Runs inside the admin's save transaction, before anything is saved."""
+
+    actor: User | None = None  # the operator, set for each request by UserAdmin.get_form
+
+    def clean(self):
+        cleaned = super().clean()
+        user = self.instance  # still as loaded: the form's values are copied onto it after clean()
+        is_active = cleaned.get("is_active", user.is_active)
+        is_superuser = cleaned.get("is_superuser", user.is_superuser)
+        try:
+            admin_services.user_access_check(user=user, actor=self.actor, is_active=is_active, is_superuser=is_superuser)
+        except admin_services.CannotDisableSelf:
+            self.add_error("is_active", _("You cannot disable your own account."))
+        except OnlyAdmin:
+            self.add_error(
+                "is_active" if not is_active else "is_superuser",
+                _("This is the only administrator account: make another administrator first."),
+            )
+        return cleaned
+
+
 @admin.register(User)
 class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
     list_display = (
@@ -109,6 +135,7 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
     search_fields = ("username", "email", "display_name")
     ordering = ("username",)
     actions = ("disable_users", "set_budget", "export_data", "erase_users")
+    form = UserChangeForm
     readonly_fields = ("last_login", "date_joined", "usage_summary")
     fieldsets = (
         *DjangoUserAdmin.fieldsets,
@@ -116,6 +143,12 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
         (gettext_lazy("Limits"), {"fields": ("requests_per_minute", "tokens_per_minute")}),
         (gettext_lazy("Usage"), {"fields": ("usage_summary",)}),
     )
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        if obj is None:  # the add form: nobody's access is taken away
+            return form
+        return type(form.__name__, (form,), {"actor": request.user})
 
     def get_queryset(self, request):
         return (
@@ -198,6 +231,13 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
                 done += admin_services.user_disable(user=user, actor=request.user, ip_address=client_ip(request))
             except admin_services.CannotDisableSelf:
                 self.message_user(request, _("You cannot disable your own account."), messages.ERROR)
+            except OnlyAdmin:
+                self.message_user(
+                    request,
+                    _("%(name)s is the only administrator account: make another administrator first.")
+                    % {"name": user.username},
+                    messages.ERROR,
+                )
         if done:
             self.message_user(
                 request, ngettext("%(n)d account disabled.", "%(n)d accounts disabled.", done) % {"n": done}, messages.SUCCESS
@@ -250,21 +290,41 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
         if any(u.pk == request.user.pk for u in users):
             self.message_user(request, _("You cannot erase your own account from here."), messages.ERROR)
             return None
-        if request.POST.get("confirm") == "yes":
-            for user in users:
-                # The service writes the one audit row (user.erase, by id only), naming the operator.
-                data_rights.erasure_request(user=user, requested_by=request.user, ip_address=client_ip(request))
+        try:
+            if request.POST.get("confirm") != "yes":
+                # Refused as a whole already here, before the page lists anyone as going.
+                only = user_only_admins_among(user_ids=[u.pk for u in users])
+                if only:
+                    raise OnlyAdmin(only)
+                previews = [(u, sorted(data_rights.erasure_preview(user=u).items())) for u in users]
+                return self._intermediate(
+                    request, queryset, "admin/parley/erase_confirm.html", _("Erase accounts"), "erase_users",
+                    previews=previews,
+                )  # fmt: skip
+            # All or none; the service writes the audit rows (user.erase, by id only), naming the operator.
+            admin_services.users_erase(users=users, actor=request.user, ip_address=client_ip(request))
+        except OnlyAdmin as refused:
             self.message_user(
                 request,
-                ngettext("Erasure started for %(n)d account.", "Erasure started for %(n)d accounts.", len(users))
-                % {"n": len(users)},
-                messages.SUCCESS,
+                ngettext(
+                    "%(names)s is the only administrator account: make another administrator first. Nothing was erased.",
+                    "%(names)s are the only administrator accounts: make another administrator first. Nothing was erased.",
+                    len(refused.users),
+                )
+                % {"names": ", ".join(u.username for u in refused.users)},
+                messages.ERROR,
             )
             return None
-        previews = [(u, sorted(data_rights.erasure_preview(user=u).items())) for u in users]
-        return self._intermediate(
-            request, queryset, "admin/parley/erase_confirm.html", _("Erase accounts"), "erase_users", previews=previews
+        except data_rights.DataRightsError as refused:  # the service's own refusal, nothing done either
+            self.message_user(request, refused.message, messages.ERROR)
+            return None
+        self.message_user(
+            request,
+            ngettext("Erasure started for %(n)d account.", "Erasure started for %(n)d accounts.", len(users))
+            % {"n": len(users)},
+            messages.SUCCESS,
         )
+        return None
 
     def _intermediate(self, request, queryset, template: str, title: str, action: str, **extra):
         context = {
@@ -342,6 +402,14 @@ class TeamAdmin(admin.ModelAdmin):
     @admin.display(description=gettext_lazy("budgets: spent / limit"))
     def budgets_display(self, obj: Team) -> str:
         return _budget_lines(obj.budgets.all())
+
+    # Every way the admin deletes a team goes through the service (audited, budgets included).
+    def delete_model(self, request, obj: Team) -> None:
+        services.team_delete(team=obj, actor=request.user, ip_address=client_ip(request))
+
+    def delete_queryset(self, request, queryset) -> None:
+        for team in queryset:
+            services.team_delete(team=team, actor=request.user, ip_address=client_ip(request))
 
     def save_related(self, request, form, formsets, change):
         team = form.instance

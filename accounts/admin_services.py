@@ -12,8 +12,10 @@ from django.db import transaction
 
 from conversations import sockets
 
+from . import data_rights
 from .audit import audit_record
 from .models import Team, User
+from .services import OnlyAdmin, user_only_admins_among
 
 # The fields of a user whose change is a change of role (what they may do), audited as such.
 ROLE_FIELDS = ("is_active", "is_staff", "is_superuser")
@@ -23,19 +25,50 @@ class CannotDisableSelf(Exception):
     """An operator disabling their own account would lock themselves out mid-action."""
 
 
+def user_access_check(*, user: User, actor: User | None, is_active: bool, is_superuser: bool) -> None:
+    """The rule for taking access away from an account, shared by the Disable action and the user
+    form: an operator cannot disable their own account (CannotDisableSelf), and the last active
+    administrator can be neither disabled nor demoted (OnlyAdmin). `is_active`/`is_superuser`
+    are the flags the account is to have. Call inside the transaction making the change: it
+    locks the administrators' rows."""
+    if user.pk is None:
+        return
+    if not is_active and actor is not None and actor.pk == user.pk:
+        raise CannotDisableSelf
+    if not (is_active and is_superuser):
+        only = user_only_admins_among(user_ids=[user.pk], lock=True)
+        if only:
+            raise OnlyAdmin(only)
+
+
 def user_disable(*, user: User, actor: User | None, ip_address: str | None = None) -> bool:
     """Disable `user`'s account; their sessions stop working at the next request (Django's
     ModelBackend refuses inactive users) and their open chat sockets close at once (the
-    conditional update sends no save signal). Returns False when already disabled (no audit row)."""
-    if actor is not None and actor.pk == user.pk:
-        raise CannotDisableSelf
+    conditional update sends no save signal). Returns False when already disabled (no audit row).
+    Raises CannotDisableSelf or OnlyAdmin (see user_access_check), changing nothing."""
     with transaction.atomic():
+        user_access_check(user=user, actor=actor, is_active=False, is_superuser=user.is_superuser)
         changed = User.objects.filter(pk=user.pk, is_active=True).update(is_active=False)
         if changed:
             audit_record(action="user.disabled", actor=actor, target=user, ip_address=ip_address)
             sockets.user_sockets_close(user_id=user.pk)
     user.is_active = False
     return bool(changed)
+
+
+def users_erase(*, users: list[User], actor: User | None, ip_address: str | None = None) -> int:
+    """Start the erasure of every account in `users`, or of none: when the selection holds every
+    active administrator, OnlyAdmin is raised before anything is done (erasing them one by one
+    would lock the first ones, then be refused at the last). One transaction, so a refusal met
+    midway (data_rights.DataRightsError) undoes the locks and audit rows already written.
+    data_rights.erasure_request writes each audit row (user.erase, by id only)."""
+    with transaction.atomic():
+        only = user_only_admins_among(user_ids=[u.pk for u in users], lock=True)
+        if only:
+            raise OnlyAdmin(only)
+        for user in users:
+            data_rights.erasure_request(user=user, requested_by=actor, ip_address=ip_address)
+    return len(users)
 
 
 def user_password_set_by_admin(*, user_id: int, actor: User | None, ip_address: str | None = None) -> None:

@@ -49,6 +49,7 @@ from conversations import data_rights as conversation_rights
 
 from .audit import audit_record
 from .models import AuditEvent, DataExport, ErasureRequest
+from .services import user_only_admins_among
 
 logger = logging.getLogger(__name__)
 
@@ -494,9 +495,8 @@ _OPEN = [ErasureRequest.Status.PENDING, ErasureRequest.Status.RUNNING]
 
 
 def _only_admin(user) -> bool:
-    if not (user.is_superuser and user.is_active):
-        return False
-    return not get_user_model().objects.filter(is_superuser=True, is_active=True).exclude(pk=user.pk).exists()
+    # The rule shared with the admin's Disable action and user form (called in a transaction).
+    return bool(user_only_admins_among(user_ids=[user.pk], lock=True))
 
 
 def erasure_preview(*, user, include_sessions: bool = True) -> dict[str, int]:

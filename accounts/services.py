@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Collection
 
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
@@ -25,6 +26,30 @@ _UNSET = object()
 
 class SignupClosed(ValidationError):
     """Sign-up is closed (SIGNUP_OPEN=false): only an administrator makes accounts."""
+
+
+class OnlyAdmin(Exception):
+    """Taking these accounts away (disabling, erasing, demoting) would leave the site with no
+    active administrator, and nobody could make another. `users`: the administrators in question."""
+
+    def __init__(self, users: list[User]) -> None:
+        super().__init__(", ".join(u.username for u in users))
+        self.users = users
+
+
+def user_only_admins_among(*, user_ids: Collection[int], lock: bool = False) -> list[User]:
+    """The site's active administrators (superusers) when all of them are among `user_ids`: taking
+    those accounts away would leave none. Empty when another active administrator would remain.
+
+    The one rule behind the Disable action, the user form and erasure. With `lock` (inside the
+    transaction that makes the change) the administrators' rows are locked in pk order, so two
+    operators taking away the last two administrators at once queue, and the second is refused."""
+    admins = User.objects.filter(is_superuser=True, is_active=True).order_by("pk")
+    if lock:
+        admins = admins.select_for_update()
+    found = list(admins)  # a handful of rows on any site
+    ids = set(user_ids)
+    return found if found and all(admin.pk in ids for admin in found) else []
 
 
 def _taken(field: str, value: str) -> bool:
@@ -173,3 +198,22 @@ def team_remove_member(*, team: Team, user: User, actor: User | None = None) -> 
     if deleted:
         audit_record(action="team.remove_member", actor=actor, target=team, data={"user_id": user.pk})
     return bool(deleted)
+
+
+def team_delete(*, team: Team, actor: User | None = None, ip_address: str | None = None) -> None:
+    """Delete a team, audited: one `team.delete` row (its name and member ids), and one
+    `budget.delete` row per budget, removed through billing's service. The spend stays on the
+    dashboard, filed under no team (billing folds it on the team's pre_delete signal)."""
+    from billing import budgets  # billing's models point at accounts': imported when needed
+
+    with transaction.atomic():
+        budgets.budgets_delete_for_team(team=team, actor=actor)
+        member_ids = sorted(TeamMembership.objects.filter(team=team).values_list("user_id", flat=True))
+        audit_record(
+            action="team.delete",
+            actor=actor,
+            target=team,
+            ip_address=ip_address,
+            data={"name": team.name, "member_ids": member_ids},
+        )
+        team.delete()

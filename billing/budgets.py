@@ -375,3 +375,15 @@ def budget_delete(*, budget, actor=None) -> None:
             data={"scope": budget.scope, "owner_id": budget.user_id or budget.team_id, "period": budget.period},
         )
         budget.delete()
+
+
+def budgets_delete_for_team(*, team, actor=None) -> int:
+    """Before a team is deleted: remove its budgets one by one through budget_delete, so each
+    deletion is audited (the team's CASCADE alone would remove them silently). Returns how many."""
+    from .models import Budget
+
+    with transaction.atomic():
+        budgets = list(Budget.objects.filter(team=team).order_by("pk"))
+        for budget in budgets:
+            budget_delete(budget=budget, actor=actor)
+    return len(budgets)

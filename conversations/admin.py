@@ -2,14 +2,38 @@
 deferred and not searchable). Stopping a running reply goes through the turn service."""
 
 from django.contrib import admin, messages
+from django.core.exceptions import FieldDoesNotExist
+from django.db.models.constants import LOOKUP_SEP
 from django.utils.translation import gettext_lazy as _
 
 from . import turns
 from .models import Conversation, Message
 
+# People's words, never shown in the admin's lists: no filter may touch them either, or counting
+# the rows that ?content__startswith=... matches would spell them out one letter at a time.
+HIDDEN_TEXT = {Conversation: {"summary", "system_prompt"}, Message: {"content"}}
+
+
+class HiddenTextLookupsMixin:
+    def lookup_allowed(self, lookup, value, request=None):
+        """Refuse (a 400) any URL filter whose path reaches a HIDDEN_TEXT field, from this model
+        or across its relations; other lookups are Django's to judge."""
+        model = self.model
+        for part in lookup.split(LOOKUP_SEP):
+            if part in HIDDEN_TEXT.get(model, ()):
+                return False
+            try:
+                field = model._meta.get_field(part)
+            except FieldDoesNotExist:
+                break
+            if field.related_model is None:
+                break
+            model = field.related_model
+        return super().lookup_allowed(lookup, value, request)
+
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(HiddenTextLookupsMixin, admin.ModelAdmin):
     list_display = ("id", "owner", "model", "created_at", "updated_at")
     list_filter = ("model",)
     search_fields = ("=id", "owner__username")
@@ -21,14 +45,15 @@ class ConversationAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).defer("system_prompt", "summary")
 
-    @admin.action(description=_("Stop the running reply"))
+    # Stopping a reply changes someone's conversation: not for staff who may only look.
+    @admin.action(description=_("Stop the running reply"), permissions=["change"])
     def stop_replies(self, request, queryset):
         stopped = sum(1 for c in queryset if turns.turn_stop(conversation_id=c.id))
         self.message_user(request, _("%(n)d replies asked to stop.") % {"n": stopped}, messages.INFO)
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(HiddenTextLookupsMixin, admin.ModelAdmin):
     list_display = ("id", "conversation", "role", "status", "model", "input_tokens", "output_tokens", "cost", "created_at")
     list_filter = ("status", "role")
     search_fields = ("=id", "=conversation__id")

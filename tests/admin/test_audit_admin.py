@@ -8,8 +8,8 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.serializers.json import DjangoJSONEncoder
 
 from accounts.audit import audit_record
-from accounts.models import AuditEvent, Team, User
-from billing.models import ProviderKey
+from accounts.models import AuditEvent, Team, TeamMembership, User
+from billing.models import Budget, ProviderKey
 from conversations.models import Conversation, Message
 
 AUDIT = "/admin/accounts/auditevent/"
@@ -107,3 +107,26 @@ def test_no_audit_record_contains_the_canary_secret_or_message_text(
     html = su_client.get(AUDIT).content.decode()
     assert CANARY_SECRET not in html and "heron" not in html
     assert AuditEvent.objects.filter(action="budget.set", data__period="day").exists()
+
+
+@pytest.mark.parametrize("way", ["delete-page", "bulk-action"])
+def test_deleting_a_team_is_audited_with_its_budgets(su_client, superuser, teams, members, way):
+    team = teams[0]
+    budgets = [Budget.objects.create(team=team, period=p, limit=10) for p in ("day", "month")]
+    other = Budget.objects.create(team=teams[1], period="day", limit=10)
+    member_ids = sorted(TeamMembership.objects.filter(team=team).values_list("user_id", flat=True))
+    if way == "delete-page":
+        response = su_client.post(f"/admin/accounts/team/{team.pk}/delete/", {"post": "yes"})
+    else:
+        response = su_client.post(
+            "/admin/accounts/team/", {"action": "delete_selected", ACTION_CHECKBOX_NAME: [team.pk], "post": "yes"}
+        )
+    assert response.status_code == 302
+    assert not Team.objects.filter(pk=team.pk).exists() and Budget.objects.filter(pk=other.pk).exists()
+    [event] = AuditEvent.objects.filter(action="team.delete")
+    assert (event.actor_id, event.target_type, event.target_id) == (superuser.pk, "accounts.team", str(team.pk))
+    assert event.ip_address == "127.0.0.1"
+    assert event.data == {"name": "Physics", "member_ids": member_ids}
+    gone = AuditEvent.objects.filter(action="budget.delete")
+    assert sorted(e.target_id for e in gone) == sorted(str(b.pk) for b in budgets)
+    assert all(e.actor_id == superuser.pk for e in gone)

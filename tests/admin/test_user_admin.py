@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from accounts.models import AuditEvent, DataExport, Team, TeamMembership, User
+from accounts.models import AuditEvent, DataExport, ErasureRequest, Team, TeamMembership, User
 from billing.models import Budget
 
 USERS = "/admin/accounts/user/"
@@ -126,6 +126,71 @@ def test_erase_refuses_the_operators_own_account(su_client, superuser):
     )
     assert User.objects.get(pk=superuser.pk).is_active and not audits("user.erase")
     assert any("cannot erase your own" in str(m) for m in response.context["messages"])
+
+
+@pytest.mark.parametrize("other_admins", [0, 1], ids=["the-only-admin", "every-admin"])
+def test_erase_refuses_the_whole_selection_when_it_would_leave_no_administrator(
+    client, make_staff, make_user, superuser, members, other_admins
+):
+    # A staff member (not an administrator) may erase; the selection sorts member0 first, so a
+    # per-user loop would have locked member0 before reaching the administrator(s).
+    admins = [superuser, *(make_user(f"root{i}", is_staff=True, is_superuser=True) for i in range(other_admins))]
+    client.force_login(make_staff("accounts.view_user", "accounts.delete_user"))
+    for step in ({"confirm": "yes"}, {}):  # refused when confirmed, and already on the confirmation page
+        response = client.post(
+            USERS, {"action": "erase_users", ACTION_CHECKBOX_NAME: [members[0].pk, *(a.pk for a in admins)], **step},
+            follow=True,
+        )
+        assert response.status_code == 200
+        [message] = [str(m) for m in response.context["messages"]]
+        assert "only administrator" in message and all(a.username in message for a in admins)
+    assert not ErasureRequest.objects.exists() and not audits("user.erase")
+    assert all(User.objects.get(pk=u.pk).is_active for u in [members[0], *admins]), "nothing half done"
+
+
+def test_disable_refuses_the_last_active_administrator_but_disables_the_others(client, make_staff, make_user, superuser, members):
+    client.force_login(make_staff("accounts.view_user", "accounts.change_user"))
+    act(client, "disable_users", [members[0], superuser])
+    messages = [str(m) for m in client.get(USERS).context["messages"]]
+    assert User.objects.get(pk=superuser.pk).is_active
+    assert not User.objects.get(pk=members[0].pk).is_active
+    assert [e.target_id for e in audits("user.disabled")] == [str(members[0].pk)]
+    assert any("root" in m and "only administrator" in m for m in messages), messages
+
+    make_user("root2", is_staff=True, is_superuser=True)  # with another administrator, it may go
+    act(client, "disable_users", [superuser])
+    assert not User.objects.get(pk=superuser.pk).is_active
+
+
+def _change_form_data(client, person, **changes):
+    """The user change form as the admin shows it, with `changes` (None: unticked) applied."""
+    form = client.get(f"{USERS}{person.pk}/change/").context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v not in (None, False) and k not in {"password", "groups", "user_permissions", "last_login", "date_joined"}}
+    data.update({"last_login_0": "", "last_login_1": "", "date_joined_0": "2025-01-01", "date_joined_1": "00:00:00"})
+    for name, value in changes.items():
+        data.pop(name, None)
+        if value is not None:
+            data[name] = value
+    return data
+
+
+def test_user_form_refuses_unticking_active_on_the_operators_own_account(su_client, superuser, make_user):
+    make_user("root2", is_staff=True, is_superuser=True)  # not the only administrator: the self rule alone
+    response = su_client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(su_client, superuser, is_active=None))
+    assert response.status_code == 200
+    assert "You cannot disable your own account." in response.context["adminform"].form.errors["is_active"]
+    assert User.objects.get(pk=superuser.pk).is_active and not audits("user.roles_changed")
+
+
+@pytest.mark.parametrize("change", [{"is_active": None}, {"is_superuser": None}], ids=["disable", "demote"])
+def test_user_form_refuses_to_take_the_last_administrator_away(client, make_staff, superuser, change):
+    client.force_login(make_staff("accounts.view_user", "accounts.change_user"))
+    response = client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(client, superuser, **change))
+    assert response.status_code == 200
+    [field] = change
+    assert any("only administrator" in e for e in response.context["adminform"].form.errors[field])
+    superuser.refresh_from_db()
+    assert superuser.is_active and superuser.is_superuser and not audits("user.roles_changed")
 
 
 def test_users_cannot_be_deleted_only_erased(su_client, members):

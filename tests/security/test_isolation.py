@@ -159,6 +159,66 @@ def test_admin_is_staff_only(client, make_user):
         assert response.status_code in {302, 404}, f"/{route}: {response.status_code}"
 
 
+def _staff(make_user, *perms: str):
+    """A signed-in staff member (not a superuser) with exactly these 'app.codename' permissions."""
+    from django.contrib.auth.models import Permission
+    from django.test import Client
+
+    staff = make_user(f"staff{uuid.uuid4().hex[:6]}", is_staff=True)
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        staff.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    client = Client()
+    client.force_login(staff)
+    return client
+
+
+@pytest.mark.django_db
+def test_staff_who_may_only_view_conversations_cannot_stop_someone_elses_reply(make_user, victim_world, monkeypatch):
+    from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+
+    from conversations import turns
+
+    _victim, conversation, *_rest = victim_world
+    stopped = []
+    monkeypatch.setattr(turns, "turn_stop", lambda *, conversation_id: stopped.append(conversation_id) or True)
+    url = "/admin/conversations/conversation/"
+    body = {"action": "stop_replies", ACTION_CHECKBOX_NAME: [str(conversation.id)]}
+
+    viewer = _staff(make_user, "conversations.view_conversation")
+    assert viewer.get(url).context["action_form"] is None, "no action this operator may run"
+    viewer.post(url, body)
+    assert stopped == []
+
+    editor = _staff(make_user, "conversations.view_conversation", "conversations.change_conversation")
+    editor.post(url, body)
+    assert stopped == [conversation.id]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "url, lookup",
+    [
+        ("/admin/conversations/message/", "content"),
+        ("/admin/conversations/message/", "content__startswith"),
+        ("/admin/conversations/message/", "reply_to__content__startswith"),
+        ("/admin/conversations/message/", "conversation__summary__contains"),
+        ("/admin/conversations/conversation/", "summary__startswith"),
+        ("/admin/conversations/conversation/", "system_prompt__startswith"),
+        ("/admin/conversations/conversation/", "messages__content__startswith"),
+    ],
+)
+def test_the_admin_refuses_filters_on_hidden_text(make_user, victim_world, url, lookup):
+    # Counting the rows a prefix matches would spell out words the admin never shows.
+    _victim, conversation, *_rest = victim_world
+    Conversation.objects.filter(pk=conversation.pk).update(summary=f"summary {CANARY}", system_prompt=f"prompt {CANARY}")
+    viewer = _staff(make_user, "conversations.view_conversation", "conversations.view_message")
+    assert viewer.get(url, {"status__exact": "done"} if "message" in url else {"model__exact": "demo:echo"}).status_code == 200
+    response = viewer.get(url, {lookup: "s"})
+    assert response.status_code == 400
+    assert CANARY not in response.content.decode()
+
+
 def websocket_routes() -> list[str]:
     from conversations.routing import websocket_urlpatterns
 
