@@ -61,3 +61,47 @@ def test_a_title_call_answered_after_its_account_was_erased_is_still_recorded(ma
     assert (row.user_id, row.conversation_id) == (None, None) and row.cost > 0
     assert not Reservation.objects.filter(state=Reservation.State.HELD).exists()
     assert not Message.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_administrators_erased_at_once_leave_one(make_user, monkeypatch):
+    # Both requests pass "is another administrator left?" at the same moment unless the check
+    # locks: then the second waits for the first, sees it gone, and is refused.
+    import threading
+
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    from accounts import data_rights
+
+    first = make_user("admin_a", is_superuser=True, is_staff=True)
+    second = make_user("admin_b", is_superuser=True, is_staff=True)
+    barrier = threading.Barrier(2, timeout=3)
+    original = data_rights._only_admin
+
+    def only_admin_then_meet(user):
+        result = original(user)
+        try:  # both past the check together, if nothing makes one wait (the bug)
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            pass
+        return result
+
+    monkeypatch.setattr(data_rights, "_only_admin", only_admin_then_meet)
+    refused = []
+
+    def erase(user):
+        try:
+            data_rights.erasure_request(user=user, queue=False)
+        except data_rights.DataRightsError as exc:
+            refused.append(exc.code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=erase, args=(u,)) for u in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert refused == ["only_admin"]
+    assert get_user_model().objects.filter(is_superuser=True, is_active=True).count() == 1
