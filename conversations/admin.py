@@ -6,7 +6,7 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db.models.constants import LOOKUP_SEP
 from django.utils.translation import gettext_lazy as _
 
-from . import turns
+from . import services, turns
 from .models import Conversation, Message
 
 # People's words, never shown in the admin's lists: no filter may touch them either, or counting
@@ -44,6 +44,15 @@ class ConversationAdmin(HiddenTextLookupsMixin, admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).defer("system_prompt", "summary")
+
+    # Deleted through the service a person's own delete uses: it stops a running reply, and the
+    # admin history loses the title (an erasure later would no longer find this conversation).
+    def delete_model(self, request, obj):
+        services.conversation_delete(conversation=obj)
+
+    def delete_queryset(self, request, queryset):
+        for conversation in queryset:
+            services.conversation_delete(conversation=conversation)
 
     # Stopping a reply changes someone's conversation: not for staff who may only look.
     @admin.action(description=_("Stop the running reply"), permissions=["change"])

@@ -32,6 +32,26 @@ def test_the_title_of_a_conversation_its_owner_deleted_is_gone_after_erasure(mak
     assert scan_database(["my secret plan kumquat"]) == []
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("how", ["delete page", "bulk action"])
+def test_the_title_of_a_conversation_deleted_in_the_admin_is_gone_after_erasure(how, make_user, admin_client):
+    victim = make_user("zed_erasable")
+    conversation = Conversation.objects.create(owner=victim, title="my divorce lawyer kumquat", model="demo:echo")
+    Message.objects.create(conversation=conversation, role="user", content="hello")
+    if how == "delete page":
+        response = admin_client.post(f"/admin/conversations/conversation/{conversation.pk}/delete/", {"post": "yes"})
+    else:
+        response = admin_client.post(
+            "/admin/conversations/conversation/",
+            {"action": "delete_selected", "_selected_action": [str(conversation.pk)], "post": "yes"},
+        )
+    assert response.status_code == 302 and not Conversation.objects.filter(pk=conversation.pk).exists()
+
+    call_command("erase_user", victim.username, "--yes")
+
+    assert scan_database(["my divorce lawyer kumquat"]) == []
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_title_call_answered_after_its_account_was_erased_is_still_recorded(make_user, monkeypatch):
     from billing import prices
