@@ -548,6 +548,12 @@ class _Stream:
                 await _publish(self.layer, self.plan.conversation_id, self.unsent[0])
                 del self.unsent[0]
 
+    async def note_attempt(self) -> None:
+        """Write the buffer now, naming plan.attempt. On a fault it is written with the next frame."""
+        self.buffer_behind = True
+        with contextlib.suppress(Exception):
+            await self.flush()
+
     async def run(self) -> None:
         """Flush every FRAME_SECONDS, and flip the row to "streaming" at the first text."""
         while not self.finished.is_set():
@@ -873,9 +879,7 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
         if attempt > 1:
             # The buffer names the call in progress before it goes out (the first's is named
             # when the reply is prepared): the reaper bills a dead process's call by it.
-            stream.buffer_behind = True
-            with contextlib.suppress(Exception):  # held back, it goes with the next frame
-                await stream.flush()
+            await stream.note_attempt()
         key_id = key.id if key is not None else None
         result = await _attempt(adapter, plan, key, stream, cancel)
         outcome = _Outcome(
@@ -1082,7 +1086,7 @@ def _reap_settle(*, message_id, conversation_id, started_at, state: dict, text: 
             user=get_user_model().objects.filter(pk=state.get("user_id")).first(),
             conversation_id=conversation_id, message_id=message_id, attempt=attempt, provider=provider, model=model_name,
             key_id=None, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=0, cost=cost, estimated=True,
-            ttft_ms=None, latency_ms=None, outcome="error", error_kind="interrupted",
+            ttft_ms=None, latency_ms=None, outcome="error", error_kind=REAPED,
         )
         Message.objects.filter(id=message_id).update(input_tokens=input_tokens, output_tokens=output_tokens, cost=cost)
     else:
