@@ -333,12 +333,7 @@ def context_build(
     if summary.strip():
         head.append(ChatMessage(role="system", content=SUMMARY_NOTE_PREFIX + summary))
 
-    estimated = False
-    used = TOKENS_REPLY_PRIMING
-    for message in head:
-        tokens, was_estimated = _message_tokens(role=message.role, content=message.content, model_id=model_id)
-        used += tokens
-        estimated = estimated or was_estimated
+    used, estimated = messages_tokens(messages=head, model_id=model_id)
 
     budget = context_window - max_tokens
     # Before the newest message: when what is there already does not fit, say what it is, not
