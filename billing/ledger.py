@@ -37,14 +37,14 @@ def primary_team_id(*, user) -> int | None:
     return membership
 
 
-def ledger_user_lock(*, user) -> bool:
-    """Lock `user`'s row for a ledger write, inside the writing transaction; False when the
-    account is gone. Call it first in that transaction: an erasure (accounts.data_rights, which
-    locks the same row first too) either deleted the account before this (then the row is
-    written without the person, as erasure leaves every row, and the money stays with the team)
-    or waits until this row is committed and then anonymises it with the rest. Without the
-    lock, a row could be written for a user deleted a moment before, and fail the foreign key
-    at commit.
+def ledger_owner(*, user, team_id, conversation_id, message_id) -> dict:
+    """Who a ledger row is filed under, as usage_record's owner arguments; call it first in the
+    writing transaction. The user row is locked: an erasure (accounts.data_rights, which locks
+    the same row first too) either deleted the account before this (then the row is written
+    without the person, the conversation or the message, as erasure leaves every row, and the
+    money stays with the team) or waits until this row is committed and then anonymises it with
+    the rest. Without the lock, a row could be written for a user deleted a moment before, and
+    fail the foreign key at commit.
 
     FOR NO KEY UPDATE, not FOR UPDATE: it still excludes the erasure's DELETE, but not the
     FOR KEY SHARE that Postgres takes on the user row to check every foreign key to it. A plain
@@ -53,9 +53,9 @@ def ledger_user_lock(*, user) -> bool:
     and waits for the budget row in budget_settle)."""
     from django.contrib.auth import get_user_model
 
-    if user is None:
-        return False
-    return get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).exists()
+    if user is None or not get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).exists():
+        return {"user": None, "team_id": team_id, "conversation_id": None, "message_id": None}
+    return {"user": user, "team_id": team_id, "conversation_id": conversation_id, "message_id": message_id}
 
 
 def _day_of(moment: dt.datetime) -> dt.date:

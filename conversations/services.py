@@ -181,18 +181,15 @@ def _title_clean(answer: str) -> str:
             return title
 
 
-def _followup_usage(*, user, conversation_id, **fields) -> None:
+def _followup_usage(*, user, team_id, conversation_id, **fields) -> None:
     """A title or summary call's ledger row. The account may have been erased while the call
-    ran: the row is then written without the person or the conversation, as erasure leaves
-    every row (billing.ledger.ledger_user_lock; before, the insert failed the foreign key and
-    the paid call went unrecorded)."""
+    ran: the row is then written without the person or the conversation, and stays with the
+    team (billing.ledger.ledger_owner)."""
     from billing import ledger
 
     with transaction.atomic():
-        alive = ledger.ledger_user_lock(user=user)
-        ledger.usage_record(
-            user=user if alive else None, conversation_id=conversation_id if alive else None, message_id=None, **fields
-        )
+        owner = ledger.ledger_owner(user=user, team_id=team_id, conversation_id=conversation_id, message_id=None)
+        ledger.usage_record(**owner, **fields)
 
 
 def _complete(*, user, conversation_id, model_id: str, messages: list, max_tokens: int) -> str | None:
@@ -200,7 +197,7 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
     reserved first, recorded in the ledger, settled. None when it cannot or should not run."""
     from asgiref.sync import async_to_sync
 
-    from billing import budgets, keys, prices
+    from billing import budgets, keys, ledger, prices
 
     from . import context as context_mod
     from . import llm
@@ -222,6 +219,9 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
     except budgets.BudgetExceeded:
         return None
     request = ChatRequest(model=model_name, messages=messages, max_tokens=max_tokens)
+    # Taken at the start, as a turn takes it: the money stays with the team if the account is
+    # erased while the call runs (and the memberships are read once, not at every ledger row).
+    team_id = ledger.primary_team_id(user=user)
 
     async def collect(key, parts: list[str]):
         # Into `parts` as it arrives: a call cut off after some text must still bill that text.
@@ -263,14 +263,14 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
                 output_tokens = context_mod.count_tokens(text=received, model_id=model_id)[0]
                 cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)
                 _followup_usage(
-                    user=user, conversation_id=conversation_id, attempt=attempt, provider=provider,
+                    user=user, team_id=team_id, conversation_id=conversation_id, attempt=attempt, provider=provider,
                     model=model_name, key_id=key.id if key else None, input_tokens=input_tokens, output_tokens=output_tokens,
                     cached_tokens=0, cost=cost, estimated=True, ttft_ms=None, latency_ms=latency, outcome="error",
                     error_kind=str(exc.kind),
                 )
                 break
             _followup_usage(
-                user=user, conversation_id=conversation_id, attempt=attempt, provider=provider, model=model_name,
+                user=user, team_id=team_id, conversation_id=conversation_id, attempt=attempt, provider=provider, model=model_name,
                 key_id=key.id if key else None, input_tokens=0, output_tokens=0, cached_tokens=0, cost=Decimal("0"),
                 estimated=False, ttft_ms=None, latency_ms=latency, outcome="error", error_kind=str(exc.kind),
             )
@@ -287,7 +287,7 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
         cost = prices.cost_of(price=price, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
         latency = int((timezone.now() - started).total_seconds() * 1000)
         _followup_usage(
-            user=user, conversation_id=conversation_id, attempt=attempt, provider=provider, model=model_name,
+            user=user, team_id=team_id, conversation_id=conversation_id, attempt=attempt, provider=provider, model=model_name,
             key_id=key.id if key else None, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             cached_tokens=usage.cached_tokens, cost=cost, estimated=estimated, ttft_ms=None, latency_ms=latency, outcome="ok",
         )

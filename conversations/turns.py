@@ -917,11 +917,10 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
 
 
 def _ledger_owner(*, plan: _ReplyPlan) -> dict:
-    """Who a ledger row of this reply is filed under, decided inside the writing transaction
-    (billing.ledger.ledger_user_lock: the account may have been erased meanwhile)."""
-    if not ledger.ledger_user_lock(user=plan.user):
-        return {"user": None, "team_id": plan.team_id, "conversation_id": None, "message_id": None}
-    return {"user": plan.user, "team_id": plan.team_id, "conversation_id": plan.conversation_id, "message_id": plan.message_id}
+    """Who a ledger row of this reply is filed under (billing.ledger.ledger_owner)."""
+    return ledger.ledger_owner(
+        user=plan.user, team_id=plan.team_id, conversation_id=plan.conversation_id, message_id=plan.message_id
+    )
 
 
 def _usage_record_failed(*, plan: _ReplyPlan, attempt: int, key_id, exc: ProviderError, result: _Attempt) -> None:
