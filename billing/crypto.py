@@ -13,6 +13,7 @@ Nothing here logs or returns a key or a plaintext except `secret_decrypt`'s retu
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -37,8 +38,15 @@ class SecretUndecryptable(Exception):  # noqa: N818 - reads as a state, like Inv
 
 
 def _derived_key() -> str:
+    return _derived_key_for(settings.SECRET_KEY)
+
+
+@functools.lru_cache(maxsize=4)
+def _derived_key_for(secret: str) -> str:
+    # Cached by secret: with FIELD_ENCRYPTION_KEYS set, every decryption (each turn's key
+    # choice) appends this key as the fallback, and HKDF need not run each time.
     hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_DERIVATION_INFO)
-    return base64.urlsafe_b64encode(hkdf.derive(settings.SECRET_KEY.encode())).decode()
+    return base64.urlsafe_b64encode(hkdf.derive(secret.encode())).decode()
 
 
 def _configured_keys() -> tuple[str, ...]:
