@@ -67,7 +67,7 @@ def _period_label(period: str) -> str:
     return {"day": _("daily"), "week": _("weekly"), "month": _("monthly"), "total": _("total")}.get(period, period)
 
 
-def _zone(name: str) -> dt.tzinfo:
+def time_zone(name: str) -> dt.tzinfo:
     try:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -79,7 +79,7 @@ def period_bounds(*, period: str, tz_name: str, now: dt.datetime) -> tuple[dt.da
     (None, None) for "total", which never rolls over."""
     if period == "total":
         return None, None
-    tz = _zone(tz_name)
+    tz = time_zone(tz_name)
     today = now.astimezone(tz).date()
     if period == "day":
         first, following = today, today + timedelta(days=1)

@@ -8,7 +8,6 @@ in Auckland into the previous month, unlike the monthly budget beside it. Site a
 from __future__ import annotations
 
 import datetime as dt
-import zoneinfo
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -16,7 +15,7 @@ from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from .budgets import BudgetStatus, budget_status
+from .budgets import BudgetStatus, budget_status, time_zone
 from .money import ZERO
 
 
@@ -47,16 +46,9 @@ class UsageSummary:
     budgets: list[BudgetStatus]
 
 
-def _user_zone(user) -> dt.tzinfo:
-    try:
-        return zoneinfo.ZoneInfo(user.timezone or "UTC")
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return dt.UTC
-
-
 def current_month(*, user) -> tuple[dt.date, dt.date]:
     """First and last day of the user's current calendar month, in their time zone."""
-    today = timezone.now().astimezone(_user_zone(user)).date()
+    today = timezone.now().astimezone(time_zone(user.timezone or "UTC")).date()
     first = today.replace(day=1)
     last = (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
     return first, last
@@ -75,7 +67,7 @@ def usage_summary(*, user, date_from: dt.date, date_to: dt.date) -> UsageSummary
     from .models import UsageRecord
     from .prices import label_display, prices_available
 
-    tz = _user_zone(user)
+    tz = time_zone(user.timezone or "UTC")
     start = dt.datetime.combine(date_from, dt.time(0), tzinfo=tz)
     end = dt.datetime.combine(date_to + dt.timedelta(days=1), dt.time(0), tzinfo=tz)
     rows = UsageRecord.objects.filter(user=user, created_at__gte=start, created_at__lt=end)
