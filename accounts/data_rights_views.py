@@ -38,10 +38,6 @@ CONFIRM_WORD = "ERASE"
 # --- Shared -------------------------------------------------------------------------------------
 
 
-def _error(code: str, message: str, status: int) -> JsonResponse:
-    return api_error(status, code, message)
-
-
 def _is_text(value: str) -> bool:
     try:
         value.encode("utf-8")
@@ -226,7 +222,7 @@ def api_export_start(request):
     try:
         export = data_rights.export_request(user=request.user)
     except data_rights.DataRightsError as exc:
-        return _error(exc.code, exc.message, 409)
+        return api_error(409, exc.code, exc.message)
     return JsonResponse(_export_json(export), status=202)
 
 
@@ -235,9 +231,9 @@ def api_export_start(request):
 def api_export_status(request, export_id):
     export = data_rights.export_get_for_owner(export_id=export_id, user=request.user)
     if export is None:
-        return _error("not_found", _("No such export. Exports are deleted after they expire."), 404)
+        return api_error(404, "not_found", _("No such export. Exports are deleted after they expire."))
     if data_rights.export_is_expired(export):
-        return _error("export_expired", _expired_message(), 410)
+        return api_error(410, "export_expired", _expired_message())
     return JsonResponse(_export_json(export))
 
 
@@ -247,9 +243,9 @@ def api_export_status(request, export_id):
 def api_erase(request):
     body = _json_body(request)
     if body is None:
-        return _error("invalid_input", _("The body must be a JSON object."), 400)
+        return api_error(400, "invalid_input", _("The body must be a JSON object."))
     if not isinstance(body.get("password"), str) or not isinstance(body.get("confirm"), str):
-        return _error("invalid_input", _('Send {"password": "...", "confirm": "ERASE"}.'), 400)
+        return api_error(400, "invalid_input", _('Send {"password": "...", "confirm": "ERASE"}.'))
     form = EraseForm({"password": body["password"], "confirm": body["confirm"]}, request=request)
     if not form.is_valid():
         errors = form.errors.as_data()
@@ -258,11 +254,11 @@ def api_erase(request):
         else:
             error = next(iter(errors.values()))[0]
             code = "wrong_password" if error.code == "wrong_password" else "invalid_input"
-        return _error(code, str(error.message % (error.params or {})), 400)
+        return api_error(400, code, str(error.message % (error.params or {})))
     try:
         erasure = _start_erasure(request)
     except data_rights.DataRightsError as exc:
-        return _error(exc.code, exc.message, 409)
+        return api_error(409, exc.code, exc.message)
     receipt = reverse("data_rights_receipt", kwargs={"token": data_rights.erasure_receipt_token(erasure)})
     return JsonResponse({"erasure_id": str(erasure.id), "status": erasure.status, "receipt_url": receipt}, status=202)
 
@@ -272,7 +268,7 @@ def _conversation_download(request, conversation_id, kind: str):
         conversation_id=conversation_id, user_id=request.user.pk
     )
     if conversation is None:
-        return _error("not_found", _("No such conversation."), 404)
+        return api_error(404, "not_found", _("No such conversation."))
     stem = conversation_rights.conversation_file_stem(conversation)
     if kind == "md":
         chunks = conversation_rights.conversation_markdown_chunks(conversation=conversation, tz_name=request.user.timezone)
