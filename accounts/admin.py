@@ -35,7 +35,7 @@ from chatsite.admin_site import BigTableAdminMixin
 from . import admin_services, data_rights, services
 from .audit import audit_record
 from .models import AuditEvent, Team, TeamMembership, User
-from .services import OnlyAdmin, user_only_admins_among
+from .services import OnlyAdmin
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0")
@@ -292,11 +292,7 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
             return None
         try:
             if request.POST.get("confirm") != "yes":
-                # Refused as a whole already here, before the page lists anyone as going.
-                only = user_only_admins_among(user_ids=[u.pk for u in users])
-                if only:
-                    raise OnlyAdmin(only)
-                previews = [(u, sorted(data_rights.erasure_preview(user=u).items())) for u in users]
+                previews = admin_services.users_erase_preview(users=users)
                 return self._intermediate(
                     request, queryset, "admin/parley/erase_confirm.html", _("Erase accounts"), "erase_users",
                     previews=previews,

@@ -56,6 +56,16 @@ def user_disable(*, user: User, actor: User | None, ip_address: str | None = Non
     return bool(changed)
 
 
+def users_erase_preview(*, users: list[User]) -> list[tuple[User, list]]:
+    """What erasing each of `users` would remove (for the confirmation page), or OnlyAdmin when
+    the selection holds every active administrator: refused as a whole before the page lists
+    anyone as going. users_erase checks again, locked, when it is confirmed."""
+    only = user_only_admins_among(user_ids=[u.pk for u in users])
+    if only:
+        raise OnlyAdmin(only)
+    return [(u, sorted(data_rights.erasure_preview(user=u).items())) for u in users]
+
+
 def users_erase(*, users: list[User], actor: User | None, ip_address: str | None = None) -> int:
     """Start the erasure of every account in `users`, or of none: when the selection holds every
     active administrator, OnlyAdmin is raised before anything is done (erasing them one by one
