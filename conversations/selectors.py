@@ -37,6 +37,16 @@ def message_running(*, conversation_id) -> Message | None:
     return Message.objects.filter(conversation_id=conversation_id, status__in=RUNNING).first()
 
 
+def conversation_timeline(*, conversation) -> list[Message]:
+    """Every message of `conversation`, oldest first, with what messages_seen_by_model and the
+    positions around summary_upto need (the turn's history and the rolling summary read it)."""
+    return list(
+        Message.objects.filter(conversation=conversation)
+        .order_by("created_at", "id")
+        .only("id", "role", "content", "reply_to_id", "created_at", "status")
+    )
+
+
 def messages_seen_by_model(*, messages: Sequence[Message], answering_id: uuid.UUID | None = None) -> list[Message]:
     """The conversation as the model sees it: from `messages` (one conversation's, oldest first),
     each question that has an answer, followed by that one answer, in the order they were written.

@@ -332,14 +332,9 @@ def _turns_to_summarize(*, conversation: Conversation, previous, upto) -> list:
     """The turns after `previous` up to and including `upto`, as the model was shown them
     (selectors.messages_seen_by_model, the rule the turn's history uses): a reply regenerated
     away or a question never answered was never in a context, so it is not in the summary."""
-    from .models import Message
-    from .selectors import messages_seen_by_model
+    from .selectors import conversation_timeline, messages_seen_by_model
 
-    messages = list(
-        Message.objects.filter(conversation=conversation)
-        .order_by("created_at", "id")
-        .only("id", "role", "content", "reply_to_id", "created_at", "status")
-    )
+    messages = conversation_timeline(conversation=conversation)
     ids = [m.id for m in messages]
     first = ids.index(previous.id) + 1 if previous is not None and previous.id in ids else 0
     # Positions, not times: the turn's history leaves out what the summary covers the same way.

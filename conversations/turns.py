@@ -45,7 +45,7 @@ from . import context as context_mod
 from . import llm
 from .llm.base import ChatRequest, ErrorKind, Finish, ProviderError, TextDelta, Usage
 from .models import Conversation, Message
-from .selectors import RUNNING, messages_seen_by_model
+from .selectors import RUNNING, conversation_timeline, messages_seen_by_model
 
 logger = logging.getLogger(__name__)
 
@@ -254,11 +254,7 @@ def _history(*, conversation: Conversation, upto: Message) -> list | None:
     including `upto`, the question being answered, without what the rolling summary already
     covers. None when a reply is running in the conversation (read in the same query: one less
     per turn; the database constraint still decides a race)."""
-    messages = list(
-        Message.objects.filter(conversation=conversation)
-        .order_by("created_at", "id")
-        .only("id", "role", "content", "reply_to_id", "created_at", "status")
-    )
+    messages = conversation_timeline(conversation=conversation)
     if any(m.status in RUNNING for m in messages):
         return None
     ids = [m.id for m in messages]
