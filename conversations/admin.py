@@ -51,8 +51,7 @@ class ConversationAdmin(HiddenTextLookupsMixin, admin.ModelAdmin):
         services.conversation_delete(conversation=obj)
 
     def delete_queryset(self, request, queryset):
-        for conversation in queryset:
-            services.conversation_delete(conversation=conversation)
+        services.conversations_delete_stopping_replies(conversation_ids=list(queryset.values_list("id", flat=True)))
 
     # Stopping a reply changes someone's conversation: not for staff who may only look.
     @admin.action(description=_("Stop the running reply"), permissions=["change"])

@@ -124,15 +124,20 @@ def conversation_update(*, conversation: Conversation, data: dict) -> Conversati
 
 
 def conversation_delete(*, conversation: Conversation) -> None:
+    conversations_delete_stopping_replies(conversation_ids=[conversation.id])
+
+
+def conversations_delete_stopping_replies(*, conversation_ids: list) -> None:
     # A running reply is stopped first so its task settles the budget instead of writing into a
-    # deleted row; recorded spend lives in the ledger and is untouched by the delete.
+    # deleted row; recorded spend lives in the ledger and is untouched by the delete. Then data
+    # rights' delete, which also takes the titles out of the admin history (an erasure later
+    # could no longer find them: it only sees the conversations still there).
     from .data_rights import conversations_delete
     from .turns import turn_stop
 
-    turn_stop(conversation_id=conversation.id)
-    # Through data rights' delete: it also takes the title out of the admin history, which an
-    # erasure later could no longer find (it only sees the conversations still there).
-    conversations_delete(conversation_ids=[conversation.id])
+    for conversation_id in conversation_ids:
+        turn_stop(conversation_id=conversation_id)
+    conversations_delete(conversation_ids=conversation_ids)
 
 
 def conversation_touch(*, conversation_id) -> None:
