@@ -90,10 +90,11 @@ class ProfileForm(forms.Form):
         # The list holds the usual Area/City names; the model accepts every zone Python knows,
         # and an admin may have set one of the others ("Japan", "EST5EDT"). It is offered too,
         # so the page shows it selected and saving the profile keeps it (a browser submits the
-        # first option when none is selected).
+        # first option when none is selected). It passed the model's validate_timezone when saved:
+        # no second walk of the zone database here.
         current = self.initial.get("timezone")
         field = self.fields["timezone"]
-        if current and current not in dict(field.choices) and current in zoneinfo.available_timezones():
+        if current and current not in dict(field.choices):
             field.choices = sorted([*field.choices, (current, current)])
 
 
