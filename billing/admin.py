@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from . import admin_keys  # noqa: F401 - registers the ProviderKey admin
 from .budgets import BudgetError, budget_delete, budget_set, budget_validate
 from .models import Budget, ModelPrice
-from .prices import PriceError, price_for, price_set, price_validate
+from .prices import PriceError, price_for, price_set, price_unschedule, price_validate
 
 
 class ModelPriceForm(forms.ModelForm):
@@ -34,15 +34,18 @@ class ModelPriceForm(forms.ModelForm):
         help_texts = {
             "effective_from": _("Saving never rewrites a price: it adds a new one in force from this moment "
                                 "(or from now, if this moment has passed). Earlier calls keep their price. "
-                                "A price scheduled for a future moment and saved again at that moment is "
-                                "corrected in place: no call has used it yet."),
+                                "A price scheduled for a future moment and not in force yet is changed, "
+                                "moved or deleted instead: no call has used it yet."),
         }
 
     def clean(self):
         data = super().clean()
+        # On a change the model is read-only, so it comes from the row, not the form.
+        provider = data.get("provider", self.instance.provider if self.instance.pk else None)
+        model = data.get("model", self.instance.model if self.instance.pk else None)
         try:
             price_validate(
-                model_id=f"{data.get('provider')}:{data.get('model')}",
+                model_id=f"{provider}:{model}",
                 input_per_million=data.get("input_per_million"),
                 output_per_million=data.get("output_per_million"),
                 cached_input_per_million=data.get("cached_input_per_million"),
@@ -93,9 +96,24 @@ class ModelPriceAdmin(admin.ModelAdmin):
         )
         return newest == obj.pk and price_for(model_id=obj.model_id) is not None
 
+    def get_readonly_fields(self, request, obj=None):
+        # A price row belongs to its model: saving one under another model's name would copy it.
+        if obj is not None:
+            return ["provider", "model"]
+        return []
+
     def has_delete_permission(self, request, obj=None) -> bool:
-        # Prices are history: the ledger's past costs were computed from them. Disable instead.
-        return False
+        # Prices in force are history: the ledger's past costs were computed from them (disable
+        # instead). A price scheduled for later is not yet, and can be cancelled, one at a time.
+        if obj is None or obj.effective_from <= timezone.now():
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def delete_model(self, request, obj: ModelPrice) -> None:
+        try:
+            price_unschedule(price_id=obj.pk, actor=request.user)
+        except PriceError as exc:  # it came into force while the page was open
+            raise PermissionDenied(str(exc)) from None
 
     def save_model(self, request, obj: ModelPrice, form, change: bool) -> None:
         row = price_set(
@@ -108,6 +126,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
             label=obj.label,
             enabled=obj.enabled,
             effective_from=obj.effective_from,
+            moving_id=obj.pk if change else None,
             actor=request.user,
         )
         # The admin's log entry and redirect then point at the new version.

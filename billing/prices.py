@@ -231,13 +231,17 @@ def price_set(
     label: str | None = None,
     enabled: bool = True,
     effective_from: datetime | None = None,
+    moving_id: int | None = None,
     actor=None,
 ):
     """Put a new price in force for `model_id` from `effective_from` (now when omitted or past:
     history is never rewritten). A price already scheduled for that same future moment is
-    replaced instead: no call has used it yet. Unset context window, max output, label and cached
-    price carry over from the price in force then. Raises PriceError (changing nothing) on bad
-    input. Writes an audit entry. Returns the new (or replaced) ModelPrice."""
+    replaced instead: no call has used it yet. `moving_id` names a scheduled price of the same
+    model that this one replaces (the admin editing a scheduled row to another moment): it is
+    removed in the same transaction, so the change moves instead of being scheduled twice; a row
+    that has come into force meanwhile is history and stays. Unset context window, max output,
+    label and cached price carry over from the price in force then. Raises PriceError (changing
+    nothing) on bad input. Writes an audit entry. Returns the new (or replaced) ModelPrice."""
     from accounts.audit import audit_record
 
     from .models import ModelPrice
@@ -254,6 +258,15 @@ def price_set(
     now = timezone.now()
     start = effective_from if effective_from and effective_from > now else now
     with transaction.atomic():
+        moved = None
+        if moving_id is not None:
+            moved = _scheduled_locked(price_id=moving_id, now=now)
+            if moved is not None and (moved.provider, moved.model) != (provider, model):
+                raise PriceError(_("a scheduled price can only be moved for its own model"))
+            if moved is not None and moved.effective_from != start:
+                moved.delete()
+            else:
+                moved = None  # already in force (history), or saved again at its own moment
         scheduled = None
         if start > now:
             # Not in force yet, so not history: correcting it (the admin saving a scheduled row
@@ -316,9 +329,35 @@ def price_set(
                 "enabled": enabled,
                 "effective_from": start.isoformat(),
                 "replaced_scheduled": scheduled is not None,
+                "moved_from": moved.effective_from.isoformat() if moved is not None else None,
             },
         )
     return row
+
+
+def _scheduled_locked(*, price_id: int, now: datetime):
+    """The price row `price_id`, locked, if it is still scheduled (not in force yet); else None."""
+    from .models import ModelPrice
+
+    return ModelPrice.objects.select_for_update().filter(pk=price_id, effective_from__gt=now).first()
+
+
+def price_unschedule(*, price_id: int, actor=None) -> None:
+    """Cancel a price scheduled for a future moment. No call has used it, so it is not history;
+    a price already in force is, and raises PriceError (changing nothing)."""
+    from accounts.audit import audit_record
+
+    with transaction.atomic():
+        row = _scheduled_locked(price_id=price_id, now=timezone.now())
+        if row is None:
+            raise PriceError(_("only a price that is not in force yet can be deleted"))
+        audit_record(
+            action="price.unschedule",
+            actor=actor,
+            target=row,
+            data={"model": row.model_id, "effective_from": row.effective_from.isoformat()},
+        )
+        row.delete()
 
 
 __all__ = [
@@ -329,6 +368,7 @@ __all__ = [
     "parse_model_id",
     "price_for",
     "price_set",
+    "price_unschedule",
     "prices_available",
     "quantize_money",
     "worst_case_cost",

@@ -112,3 +112,103 @@ def test_editing_a_scheduled_price_in_the_admin_changes_that_scheduled_price(adm
     assert price_for(model_id="openai:gpt-4o", at=later).input_per_million == D("1.5")
     assert price_for(model_id="openai:gpt-4o").input_per_million == D("2.5")  # today's price untouched
     assert AuditEvent.objects.filter(action="price.set").count() == 2
+
+
+def _scheduled(days: int, input_price: str = "1"):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from billing.prices import price_set
+
+    moment = (timezone.now() + dt.timedelta(days=days)).replace(microsecond=0)
+    return price_set(model_id="openai:gpt-4o", input_per_million=input_price, output_per_million="2", effective_from=moment)
+
+
+def _moment_fields(moment) -> dict:
+    from django.utils import timezone
+
+    local = timezone.localtime(moment)
+    return {"effective_from_0": local.strftime("%Y-%m-%d"), "effective_from_1": local.strftime("%H:%M:%S")}
+
+
+def test_moving_a_scheduled_price_in_the_admin_moves_it_instead_of_scheduling_it_twice(admin_client):
+    import datetime as dt
+
+    scheduled = _scheduled(days=3)
+    later = scheduled.effective_from + dt.timedelta(days=4)
+    count = ModelPrice.objects.count()
+
+    response = admin_client.post(
+        f"/admin/billing/modelprice/{scheduled.pk}/change/", {**PRICE_FORM, "input_per_million": "1.5", **_moment_fields(later)}
+    )
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert ModelPrice.objects.count() == count  # moved, not added beside it
+    assert not ModelPrice.objects.filter(pk=scheduled.pk).exists()
+    # Between the old moment and the new one, today's price still holds.
+    assert price_for(model_id="openai:gpt-4o", at=scheduled.effective_from + dt.timedelta(days=1)).input_per_million == D("2.5")
+    assert price_for(model_id="openai:gpt-4o", at=later).input_per_million == D("1.5")
+    moves = [e.data.get("moved_from") for e in AuditEvent.objects.filter(action="price.set")]
+    assert moves.count(scheduled.effective_from.isoformat()) == 1
+
+
+def test_moving_a_scheduled_price_to_a_past_moment_puts_it_in_force_now_once(admin_client):
+    scheduled = _scheduled(days=3, input_price="1.25")
+    count = ModelPrice.objects.count()
+
+    response = admin_client.post(f"/admin/billing/modelprice/{scheduled.pk}/change/", {**PRICE_FORM, "input_per_million": "1.25"})
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert ModelPrice.objects.count() == count
+    assert price_for(model_id="openai:gpt-4o").input_per_million == D("1.25")
+
+
+def test_editing_a_price_in_force_keeps_it_as_history_and_cannot_change_its_model(admin_client):
+    seeded = ModelPrice.objects.get(provider="openai", model="gpt-4o")
+    page = admin_client.get(f"/admin/billing/modelprice/{seeded.pk}/change/").content.decode()
+    assert 'name="model"' not in page and 'name="provider"' not in page
+
+    # A crafted form naming another model changes this model's price, and only that.
+    response = admin_client.post(
+        f"/admin/billing/modelprice/{seeded.pk}/change/", {**PRICE_FORM, "provider": "anthropic", "model": "x-1"}
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert price_for(model_id="openai:gpt-4o").input_per_million == D("2")
+    assert price_for(model_id="anthropic:x-1") is None
+    seeded.refresh_from_db()
+    assert seeded.input_per_million == D("2.5")
+
+
+def test_a_scheduled_price_can_be_deleted_but_a_price_in_force_cannot(admin_client):
+    import datetime as dt
+
+    scheduled = _scheduled(days=3)
+    seeded = ModelPrice.objects.get(provider="openai", model="gpt-4o", effective_from__lte=scheduled.created_at)
+
+    assert admin_client.get(f"/admin/billing/modelprice/{seeded.pk}/delete/").status_code == 403
+    assert admin_client.post(f"/admin/billing/modelprice/{seeded.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert ModelPrice.objects.filter(pk=seeded.pk).exists()
+
+    response = admin_client.post(f"/admin/billing/modelprice/{scheduled.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not ModelPrice.objects.filter(pk=scheduled.pk).exists()
+    assert price_for(model_id="openai:gpt-4o", at=scheduled.effective_from + dt.timedelta(days=1)).input_per_million == D("2.5")
+    assert AuditEvent.objects.filter(action="price.unschedule").count() == 1
+    # The bulk action stays off: it would reach prices in force.
+    assert "delete_selected" not in admin_client.get("/admin/billing/modelprice/").content.decode()
+
+
+def test_unscheduling_a_price_that_came_into_force_is_refused_and_changes_nothing(db):
+    import datetime as dt
+
+    import pytest
+
+    from billing.prices import PriceError, price_unschedule
+
+    scheduled = _scheduled(days=3)
+    ModelPrice.objects.filter(pk=scheduled.pk).update(effective_from=scheduled.effective_from - dt.timedelta(days=4))
+    with pytest.raises(PriceError):
+        price_unschedule(price_id=scheduled.pk)
+    assert ModelPrice.objects.filter(pk=scheduled.pk).exists()
+    assert not AuditEvent.objects.filter(action="price.unschedule").exists()
