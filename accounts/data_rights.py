@@ -46,6 +46,7 @@ from django.utils.translation import gettext as _
 
 from billing import data_rights as billing_rights
 from conversations import data_rights as conversation_rights
+from conversations import sockets
 
 from .audit import audit_record
 from .models import AuditEvent, DataExport, ErasureRequest
@@ -553,6 +554,9 @@ def erasure_request(
                     data={"erasure_id": str(erasure.id)},
                 )
         get_user_model().objects.filter(pk=user.pk).update(is_active=False, password=make_password(None))
+        # A queryset update sends no save signal: the open chat sockets are told here (on commit),
+        # so every tab closes now, not at its next frame or heartbeat.
+        sockets.user_sockets_close(user_id=user.pk)
         if queue:
             erasure_id = str(erasure.id)
             transaction.on_commit(lambda: _export_tasks().erasure_run_task.delay(erasure_id))
