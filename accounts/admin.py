@@ -144,6 +144,11 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
         (gettext_lazy("Usage"), {"fields": ("usage_summary",)}),
     )
 
+    def get_readonly_fields(self, request, obj=None):
+        # Roles are granted by superusers only (admin_services.roles_grantable_by). For anyone
+        # else they are shown but are not fields of the form, so a crafted POST sets nothing.
+        return (*super().get_readonly_fields(request, obj), *admin_services.user_fields_locked_for(actor=request.user))
+
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)
         if obj is None:  # the add form: nobody's access is taken away

@@ -1,5 +1,8 @@
 """Writes the admin makes to accounts that no other service covers: disabling an account, and the
-audit entries of an operator's changes to roles and team membership.
+audit entries of an operator's changes to roles and team membership; and who may grant roles.
+
+Roles (superuser and staff status, groups, individual permissions) are granted by a superuser
+only: anyone else holding `change_user` could otherwise make themselves a superuser.
 
 Kept apart from accounts/services.py (the sign-up and profile services) so the admin's rules and
 their audit rows live in one place."""
@@ -8,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.utils.translation import gettext as _
 
 from conversations import sockets
 
@@ -19,6 +24,21 @@ from .services import OnlyAdmin, user_only_admins_among
 
 # The fields of a user whose change is a change of role (what they may do), audited as such.
 ROLE_FIELDS = ("is_active", "is_staff", "is_superuser")
+# The fields (of the form) and snapshot keys that grant powers: only a superuser changes them.
+# `is_active` is not among them: switching an account off or on grants nothing it did not have.
+GRANTING_FIELDS = ("is_staff", "is_superuser", "groups", "user_permissions")
+_GRANTING_KEYS = ("is_staff", "is_superuser", "groups", "permissions")
+
+
+def roles_grantable_by(*, actor: User | None) -> bool:
+    """Whether `actor` may grant or change roles: superuser and staff status, groups (whose
+    permissions are roles) and individual permissions. An active superuser, or the system (None)."""
+    return actor is None or (actor.is_active and actor.is_superuser)
+
+
+def user_fields_locked_for(*, actor: User | None) -> tuple[str, ...]:
+    """The fields of the user form that `actor` sees but may not change."""
+    return () if roles_grantable_by(actor=actor) else GRANTING_FIELDS
 
 
 class CannotDisableSelf(Exception):
@@ -99,9 +119,17 @@ def user_roles_snapshot(*, user: User) -> dict:
 
 
 def user_roles_audit(*, user: User, before: dict, actor: User | None, ip_address: str | None = None) -> None:
-    """Write one `user.roles_changed` row listing [before, after] of what changed, if anything."""
+    """Write one `user.roles_changed` row listing [before, after] of what changed, if anything
+    (`user.created` for a new account, with its roles).
+
+    The second lock behind the form's read-only fields: a grant by someone who may not grant
+    roles (a new account made staff, superuser, or given groups or permissions included) raises
+    PermissionDenied, which undoes the admin's save transaction."""
     after = user_roles_snapshot(user=user)
     changes = {name: [before.get(name), value] for name, value in after.items() if before.get(name) != value}
+    granted = [key for key in _GRANTING_KEYS if (key in changes if before else after.get(key))]
+    if granted and not roles_grantable_by(actor=actor):
+        raise PermissionDenied(_("Only a superuser may change staff or superuser status, groups or permissions."))
     if before and changes:
         audit_record(action="user.roles_changed", actor=actor, target=user, ip_address=ip_address, data=changes)
     elif not before:

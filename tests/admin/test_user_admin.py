@@ -184,7 +184,9 @@ def test_user_form_refuses_unticking_active_on_the_operators_own_account(su_clie
 
 @pytest.mark.parametrize("change", [{"is_active": None}, {"is_superuser": None}], ids=["disable", "demote"])
 def test_user_form_refuses_to_take_the_last_administrator_away(client, make_staff, superuser, change):
-    client.force_login(make_staff("accounts.view_user", "accounts.change_user"))
+    # Only a superuser changes superuser status: the last one demoting themselves.
+    operator = superuser if "is_superuser" in change else make_staff("accounts.view_user", "accounts.change_user")
+    client.force_login(operator)
     response = client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(client, superuser, **change))
     assert response.status_code == 200
     [field] = change
@@ -310,3 +312,124 @@ def test_deleting_a_team_in_the_admin_keeps_its_spend_on_the_dashboard(su_client
     assert not Team.objects.filter(pk=team.pk).exists()
     rng, _errors = dashboard.dashboard_range_parse(params={"range": "today"}, today=timezone.now().date())
     assert dashboard.dashboard_spend(rng=rng).total.cost == Decimal("3.00")
+
+
+# --- Who grants roles: superusers only ------------------------------------------------------
+
+HELPDESK = ("accounts.view_user", "accounts.change_user")
+ROLE_FIELDS = {"is_staff", "is_superuser", "groups", "user_permissions"}
+
+
+@pytest.fixture
+def powerful_group(db):
+    from django.contrib.auth.models import Group, Permission
+
+    group = Group.objects.create(name="key managers")
+    group.permissions.add(Permission.objects.get(codename="change_providerkey"))
+    return group
+
+
+def _crafted_roles(powerful_group):
+    from django.contrib.auth.models import Permission
+
+    return {
+        "is_staff": "on", "is_superuser": "on", "groups": [powerful_group.pk],
+        "user_permissions": [Permission.objects.get(codename="delete_user").pk],
+    }  # fmt: skip
+
+
+def _roles(person):
+    person = User.objects.get(pk=person.pk)
+    return (person.is_staff, person.is_superuser, list(person.groups.all()), list(person.user_permissions.all()))
+
+
+def test_helpdesk_sees_roles_but_cannot_edit_them(client, make_staff, members):
+    client.force_login(make_staff(*HELPDESK))
+    response = client.get(f"{USERS}{members[0].pk}/change/")
+    assert response.status_code == 200
+    form = response.context["adminform"].form
+    assert not ROLE_FIELDS & set(form.fields), "roles are not fields of a non-superuser's form"
+    assert {"is_active", "email", "username"} <= set(form.fields), "the legitimate edits stay"
+    html = response.content.decode()
+    assert 'name="is_superuser"' not in html and 'name="groups"' not in html
+    assert "Superuser status" in html, "shown read-only, so the helpdesk knows who is staff"
+
+
+@pytest.mark.parametrize("whose", ["own", "another"])
+def test_helpdesk_crafted_post_grants_no_role(client, make_staff, members, powerful_group, whose):
+    staff = make_staff(*HELPDESK)
+    person = staff if whose == "own" else members[0]
+    client.force_login(staff)
+    before = _roles(person)
+    data = {**_change_form_data(client, person), **_crafted_roles(powerful_group)}
+    response = client.post(f"{USERS}{person.pk}/change/", data)
+    assert response.status_code == 302  # the rest of the form is fine: the role fields are ignored
+    assert _roles(person) == before
+    staff = User.objects.get(pk=staff.pk)
+    assert not staff.is_superuser and not staff.has_perm("billing.change_providerkey")
+    assert not audits("user.roles_changed")
+
+
+def test_helpdesk_crafted_add_form_makes_a_plain_account(client, make_staff, powerful_group):
+    client.force_login(make_staff("accounts.add_user", *HELPDESK))
+    response = client.post(
+        f"{USERS}add/",
+        {"username": "newbie", "usable_password": "true", "password1": "a new Passphrase 42!",
+         "password2": "a new Passphrase 42!", **_crafted_roles(powerful_group)},
+    )  # fmt: skip
+    assert response.status_code == 302
+    newbie = User.objects.get(username="newbie")
+    assert _roles(newbie) == (False, False, [], [])
+    [event] = audits("user.created")
+    assert event.target_id == str(newbie.pk)
+
+
+def test_superuser_still_grants_roles_and_they_are_audited(su_client, superuser, members, powerful_group):
+    person = members[0]
+    data = {**_change_form_data(su_client, person), **_crafted_roles(powerful_group)}
+    response = su_client.post(f"{USERS}{person.pk}/change/", data)
+    assert response.status_code == 302, response.context and response.context["adminform"].form.errors
+    is_staff, is_superuser, groups, permissions = _roles(person)
+    assert is_staff and is_superuser and groups == [powerful_group]
+    assert [p.codename for p in permissions] == ["delete_user"]
+    [event] = audits("user.roles_changed")
+    assert set(event.data) == {"is_staff", "is_superuser", "groups", "permissions"} and event.actor_id == superuser.pk
+
+
+def test_helpdesk_still_disables_and_resets_the_password_of_a_plain_account(client, make_staff, members):
+    staff = make_staff(*HELPDESK)
+    client.force_login(staff)
+    person = members[0]
+    response = client.post(f"{USERS}{person.pk}/change/", _change_form_data(client, person, is_active=None))
+    assert response.status_code == 302
+    assert not User.objects.get(pk=person.pk).is_active
+    [event] = audits("user.roles_changed")
+    assert event.data == {"is_active": [True, False]} and event.actor_id == staff.pk
+
+    new = "a new Passphrase 42!"
+    response = client.post(
+        f"{USERS}{person.pk}/password/", {"password1": new, "password2": new, "usable_password": "true"}
+    )
+    assert response.status_code == 302
+    assert User.objects.get(pk=person.pk).check_password(new)
+    assert audits("user.password_set_by_admin")[0].actor_id == staff.pk
+
+
+def test_role_audit_refuses_a_grant_by_someone_who_may_not_grant_roles(make_staff, members):
+    """The second lock behind the read-only fields: whatever form or door made the change."""
+    from django.core.exceptions import PermissionDenied
+
+    from accounts import admin_services
+
+    staff = make_staff(*HELPDESK)
+    person = members[0]
+    before = admin_services.user_roles_snapshot(user=person)
+    person.is_staff = True
+    person.save(update_fields=["is_staff"])
+    with pytest.raises(PermissionDenied):
+        admin_services.user_roles_audit(user=person, before=before, actor=staff)
+    with pytest.raises(PermissionDenied):  # a new account with a role, too
+        admin_services.user_roles_audit(user=person, before={}, actor=staff)
+    assert not AuditEvent.objects.exists()
+    admin_services.user_roles_audit(user=person, before=before, actor=None)  # the system may
+    assert audits("user.roles_changed")[0].data == {"is_staff": [False, True]}
