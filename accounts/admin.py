@@ -217,6 +217,14 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
             admin_services.user_password_set_by_admin(user_id=int(id), actor=request.user, ip_address=client_ip(request))
         return response
 
+    def has_change_permission(self, request, obj=None):
+        # An account that can do more than the operator (admin_services.users_outranking) is
+        # read-only to them, its password page included: whoever sets its password or email
+        # could sign in as it.
+        if not super().has_change_permission(request, obj):
+            return False
+        return obj is None or not admin_services.users_outranking(actor=request.user, users=[obj])
+
     def has_delete_permission(self, request, obj=None):
         # Deleting the row would skip erasure's cleanup of files, caches and ledger links:
         # the "erase" action is the only way an account goes.
@@ -236,6 +244,16 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
                 done += admin_services.user_disable(user=user, actor=request.user, ip_address=client_ip(request))
             except admin_services.CannotDisableSelf:
                 self.message_user(request, _("You cannot disable your own account."), messages.ERROR)
+            except admin_services.OutranksOperator:
+                self.message_user(
+                    request,
+                    _(
+                        "%(name)s is an administrator or holds permissions you do not: only a superuser can "
+                        "disable this account."
+                    )
+                    % {"name": user.username},
+                    messages.ERROR,
+                )
             except OnlyAdmin:
                 self.message_user(
                     request,
@@ -297,13 +315,27 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
             return None
         try:
             if request.POST.get("confirm") != "yes":
-                previews = admin_services.users_erase_preview(users=users)
+                previews = admin_services.users_erase_preview(users=users, actor=request.user)
                 return self._intermediate(
                     request, queryset, "admin/parley/erase_confirm.html", _("Erase accounts"), "erase_users",
                     previews=previews,
                 )  # fmt: skip
             # All or none; the service writes the audit rows (user.erase, by id only), naming the operator.
             admin_services.users_erase(users=users, actor=request.user, ip_address=client_ip(request))
+        except admin_services.OutranksOperator as refused:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(names)s is an administrator or holds permissions you do not: only a superuser can erase "
+                    "this account. Nothing was erased.",
+                    "%(names)s are administrators or hold permissions you do not: only a superuser can erase "
+                    "these accounts. Nothing was erased.",
+                    len(refused.users),
+                )
+                % {"names": ", ".join(u.username for u in refused.users)},
+                messages.ERROR,
+            )
+            return None
         except OnlyAdmin as refused:
             self.message_user(
                 request,

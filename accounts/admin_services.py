@@ -2,14 +2,17 @@
 audit entries of an operator's changes to roles and team membership; and who may grant roles.
 
 Roles (superuser and staff status, groups, individual permissions) are granted by a superuser
-only: anyone else holding `change_user` could otherwise make themselves a superuser.
+only: anyone else holding `change_user` could otherwise make themselves a superuser. And an
+account that can do more than the operator is changed by a superuser only: whoever sets its
+password or email, or switches it on, can act as it.
 
 Kept apart from accounts/services.py (the sign-up and profile services) so the admin's rules and
 their audit rows live in one place."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
@@ -41,6 +44,44 @@ def user_fields_locked_for(*, actor: User | None) -> tuple[str, ...]:
     return () if roles_grantable_by(actor=actor) else GRANTING_FIELDS
 
 
+class OutranksOperator(Exception):
+    """These accounts can do more than the operator (see users_outranking): only a superuser
+    changes, disables or erases them. `users`: the accounts in question."""
+
+    def __init__(self, users: list[User]) -> None:
+        super().__init__(", ".join(u.username for u in users))
+        self.users = users
+
+
+def users_outranking(*, actor: User | None, users: Sequence[User]) -> list[User]:
+    """Those of `users` that can do more than `actor`: superusers, and accounts holding (directly
+    or through a group) a permission `actor` does not hold. Changing such an account's password,
+    email or active flag would let `actor` act as it, so only a superuser may. A disabled account
+    counts with what it would hold once enabled again. Two queries for the whole selection."""
+    if roles_grantable_by(actor=actor) or not users:
+        return []
+    held = actor.get_all_permissions()
+    ids = [u.pk for u in users]
+    granted: dict[int, set[str]] = defaultdict(set)
+    direct = User.user_permissions.through.objects.filter(user_id__in=ids).values_list(
+        "user_id", "permission__content_type__app_label", "permission__codename"
+    )
+    via_groups = User.groups.through.objects.filter(user_id__in=ids, group__permissions__isnull=False).values_list(
+        "user_id", "group__permissions__content_type__app_label", "group__permissions__codename"
+    )
+    for rows in (direct, via_groups):
+        for user_id, app_label, codename in rows:
+            granted[user_id].add(f"{app_label}.{codename}")
+    return [u for u in users if u.is_superuser or not granted[u.pk] <= held]
+
+
+def users_manage_check(*, actor: User | None, users: Sequence[User]) -> None:
+    """Raise OutranksOperator naming those of `users` that `actor` may not change."""
+    outranking = users_outranking(actor=actor, users=users)
+    if outranking:
+        raise OutranksOperator(outranking)
+
+
 class CannotDisableSelf(Exception):
     """An operator disabling their own account would lock themselves out mid-action."""
 
@@ -65,7 +106,9 @@ def user_disable(*, user: User, actor: User | None, ip_address: str | None = Non
     """Disable `user`'s account; their sessions stop working at the next request (Django's
     ModelBackend refuses inactive users) and their open chat sockets close at once (the
     conditional update sends no save signal). Returns False when already disabled (no audit row).
-    Raises CannotDisableSelf or OnlyAdmin (see user_access_check), changing nothing."""
+    Raises OutranksOperator (see users_outranking), CannotDisableSelf or OnlyAdmin (see
+    user_access_check), changing nothing."""
+    users_manage_check(actor=actor, users=[user])
     with transaction.atomic():
         user_access_check(user=user, actor=actor, is_active=False, is_superuser=user.is_superuser)
         changed = User.objects.filter(pk=user.pk, is_active=True).update(is_active=False)
@@ -76,10 +119,12 @@ def user_disable(*, user: User, actor: User | None, ip_address: str | None = Non
     return bool(changed)
 
 
-def users_erase_preview(*, users: list[User]) -> list[tuple[User, list]]:
-    """What erasing each of `users` would remove (for the confirmation page), or OnlyAdmin when
-    the selection holds every active administrator: refused as a whole before the page lists
-    anyone as going. users_erase checks again, locked, when it is confirmed."""
+def users_erase_preview(*, users: list[User], actor: User | None) -> list[tuple[User, list]]:
+    """What erasing each of `users` would remove (for the confirmation page); or OutranksOperator
+    when the selection holds accounts `actor` may not change, OnlyAdmin when it holds every active
+    administrator: refused as a whole before the page lists anyone as going. users_erase checks
+    again, locked, when it is confirmed."""
+    users_manage_check(actor=actor, users=users)
     only = user_only_admins_among(user_ids=[u.pk for u in users])
     if only:
         raise OnlyAdmin(only)
@@ -87,11 +132,13 @@ def users_erase_preview(*, users: list[User]) -> list[tuple[User, list]]:
 
 
 def users_erase(*, users: list[User], actor: User | None, ip_address: str | None = None) -> int:
-    """Start the erasure of every account in `users`, or of none: when the selection holds every
-    active administrator, OnlyAdmin is raised before anything is done (erasing them one by one
+    """Start the erasure of every account in `users`, or of none: when the selection holds an
+    account `actor` may not change, OutranksOperator is raised, and when it holds every active
+    administrator, OnlyAdmin, before anything is done (erasing them one by one
     would lock the first ones, then be refused at the last). One transaction, so a refusal met
     midway (data_rights.DataRightsError) undoes the locks and audit rows already written.
     data_rights.erasure_request writes each audit row (user.erase, by id only)."""
+    users_manage_check(actor=actor, users=users)
     with transaction.atomic():
         only = user_only_admins_among(user_ids=[u.pk for u in users], lock=True)
         if only:

@@ -10,10 +10,30 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from accounts import admin_services
 from accounts.models import AuditEvent, DataExport, ErasureRequest, Team, TeamMembership, User
+from accounts.services import OnlyAdmin
 from billing.models import Budget
 
 USERS = "/admin/accounts/user/"
+HELPDESK = ("accounts.view_user", "accounts.change_user")  # e.g. resets passwords, disables accounts
+
+
+@pytest.fixture
+def powerful_group(db):
+    from django.contrib.auth.models import Group, Permission
+
+    group = Group.objects.create(name="key managers")
+    group.permissions.add(Permission.objects.get(codename="change_providerkey"))
+    return group
+
+
+@pytest.fixture
+def key_manager(make_user, powerful_group):
+    """Staff who may change provider keys (through a group): more than the helpdesk may."""
+    person = make_user("keyman", is_staff=True)
+    person.groups.add(powerful_group)
+    return person
 
 
 def act(client, action, users, **extra):
@@ -128,38 +148,64 @@ def test_erase_refuses_the_operators_own_account(su_client, superuser):
     assert any("cannot erase your own" in str(m) for m in response.context["messages"])
 
 
-@pytest.mark.parametrize("other_admins", [0, 1], ids=["the-only-admin", "every-admin"])
-def test_erase_refuses_the_whole_selection_when_it_would_leave_no_administrator(
-    client, make_staff, make_user, superuser, members, other_admins
+@pytest.mark.parametrize("whom", ["administrator", "key-manager"])
+def test_staff_erase_refuses_the_whole_selection_when_it_holds_an_account_that_can_do_more(
+    client, make_staff, superuser, key_manager, members, whom
 ):
-    # A staff member (not an administrator) may erase; the selection sorts member0 first, so a
-    # per-user loop would have locked member0 before reaching the administrator(s).
-    admins = [superuser, *(make_user(f"root{i}", is_staff=True, is_superuser=True) for i in range(other_admins))]
+    # A staff member (not an administrator) may erase plain accounts; the selection sorts member0
+    # first, so a per-user loop would have started member0's erasure before reaching the other.
+    target = superuser if whom == "administrator" else key_manager
     client.force_login(make_staff("accounts.view_user", "accounts.delete_user"))
     for step in ({"confirm": "yes"}, {}):  # refused when confirmed, and already on the confirmation page
         response = client.post(
-            USERS, {"action": "erase_users", ACTION_CHECKBOX_NAME: [members[0].pk, *(a.pk for a in admins)], **step},
-            follow=True,
+            USERS, {"action": "erase_users", ACTION_CHECKBOX_NAME: [members[0].pk, target.pk], **step}, follow=True
         )
         assert response.status_code == 200
         [message] = [str(m) for m in response.context["messages"]]
-        assert "only administrator" in message and all(a.username in message for a in admins)
+        assert "only a superuser can erase" in message and target.username in message
+        assert members[0].username not in message
+    assert not ErasureRequest.objects.exists() and not audits("user.erase")
+    assert all(User.objects.get(pk=u.pk).is_active for u in [members[0], target]), "nothing half done"
+
+
+@pytest.mark.parametrize("other_admins", [0, 1], ids=["the-only-admin", "every-admin"])
+def test_erase_refuses_the_whole_selection_when_it_would_leave_no_administrator(
+    make_user, superuser, members, other_admins
+):
+    # Through the admin only a superuser may erase an administrator, and never themselves, so one
+    # always remains; the rule still holds for any other caller (the shell), and under races.
+    admins = [superuser, *(make_user(f"root{i}", is_staff=True, is_superuser=True) for i in range(other_admins))]
+    for call in (admin_services.users_erase_preview, admin_services.users_erase):
+        with pytest.raises(OnlyAdmin) as refused:
+            call(users=[members[0], *admins], actor=None)
+        assert refused.value.users == admins
     assert not ErasureRequest.objects.exists() and not audits("user.erase")
     assert all(User.objects.get(pk=u.pk).is_active for u in [members[0], *admins]), "nothing half done"
 
 
-def test_disable_refuses_the_last_active_administrator_but_disables_the_others(client, make_staff, make_user, superuser, members):
-    client.force_login(make_staff("accounts.view_user", "accounts.change_user"))
-    act(client, "disable_users", [members[0], superuser])
+def test_staff_disable_skips_the_accounts_that_can_do_more_and_disables_the_others(
+    client, make_staff, make_user, superuser, key_manager, members
+):
+    make_user("root2", is_staff=True, is_superuser=True)  # not the last administrator: not why it is refused
+    client.force_login(make_staff(*HELPDESK))
+    act(client, "disable_users", [members[0], superuser, key_manager])
     messages = [str(m) for m in client.get(USERS).context["messages"]]
-    assert User.objects.get(pk=superuser.pk).is_active
+    assert User.objects.get(pk=superuser.pk).is_active and User.objects.get(pk=key_manager.pk).is_active
     assert not User.objects.get(pk=members[0].pk).is_active
     assert [e.target_id for e in audits("user.disabled")] == [str(members[0].pk)]
-    assert any("root" in m and "only administrator" in m for m in messages), messages
+    for name in ("root", "keyman"):
+        assert any(m.startswith(name) and "only a superuser can disable" in m for m in messages), messages
 
-    make_user("root2", is_staff=True, is_superuser=True)  # with another administrator, it may go
-    act(client, "disable_users", [superuser])
-    assert not User.objects.get(pk=superuser.pk).is_active
+
+def test_a_superuser_disables_another_but_never_the_last_administrator(su_client, superuser, make_user):
+    root2 = make_user("root2", is_staff=True, is_superuser=True)
+    act(su_client, "disable_users", [root2])
+    assert not User.objects.get(pk=root2.pk).is_active
+    # Through the admin the operator is an active administrator who cannot disable themselves;
+    # the last-administrator rule holds for any other caller (the shell), and under races.
+    with pytest.raises(OnlyAdmin):
+        admin_services.user_disable(user=superuser, actor=None)
+    assert User.objects.get(pk=superuser.pk).is_active
 
 
 def _change_form_data(client, person, **changes):
@@ -182,15 +228,11 @@ def test_user_form_refuses_unticking_active_on_the_operators_own_account(su_clie
     assert User.objects.get(pk=superuser.pk).is_active and not audits("user.roles_changed")
 
 
-@pytest.mark.parametrize("change", [{"is_active": None}, {"is_superuser": None}], ids=["disable", "demote"])
-def test_user_form_refuses_to_take_the_last_administrator_away(client, make_staff, superuser, change):
-    # Only a superuser changes superuser status: the last one demoting themselves.
-    operator = superuser if "is_superuser" in change else make_staff("accounts.view_user", "accounts.change_user")
-    client.force_login(operator)
-    response = client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(client, superuser, **change))
+def test_user_form_refuses_the_last_administrator_demoting_themselves(su_client, superuser):
+    # Nobody else may: only a superuser changes superuser status, or changes a superuser's account.
+    response = su_client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(su_client, superuser, is_superuser=None))
     assert response.status_code == 200
-    [field] = change
-    assert any("only administrator" in e for e in response.context["adminform"].form.errors[field])
+    assert any("only administrator" in e for e in response.context["adminform"].form.errors["is_superuser"])
     superuser.refresh_from_db()
     assert superuser.is_active and superuser.is_superuser and not audits("user.roles_changed")
 
@@ -316,17 +358,7 @@ def test_deleting_a_team_in_the_admin_keeps_its_spend_on_the_dashboard(su_client
 
 # --- Who grants roles: superusers only ------------------------------------------------------
 
-HELPDESK = ("accounts.view_user", "accounts.change_user")
 ROLE_FIELDS = {"is_staff", "is_superuser", "groups", "user_permissions"}
-
-
-@pytest.fixture
-def powerful_group(db):
-    from django.contrib.auth.models import Group, Permission
-
-    group = Group.objects.create(name="key managers")
-    group.permissions.add(Permission.objects.get(codename="change_providerkey"))
-    return group
 
 
 def _crafted_roles(powerful_group):
@@ -419,8 +451,6 @@ def test_role_audit_refuses_a_grant_by_someone_who_may_not_grant_roles(make_staf
     """The second lock behind the read-only fields: whatever form or door made the change."""
     from django.core.exceptions import PermissionDenied
 
-    from accounts import admin_services
-
     staff = make_staff(*HELPDESK)
     person = members[0]
     before = admin_services.user_roles_snapshot(user=person)
@@ -433,3 +463,49 @@ def test_role_audit_refuses_a_grant_by_someone_who_may_not_grant_roles(make_staf
     assert not AuditEvent.objects.exists()
     admin_services.user_roles_audit(user=person, before=before, actor=None)  # the system may
     assert audits("user.roles_changed")[0].data == {"is_staff": [False, True]}
+
+
+# --- Accounts that can do more than the operator: a superuser's to change -------------------
+
+
+@pytest.mark.parametrize("whom", ["administrator", "key-manager", "disabled-key-manager"])
+def test_helpdesk_cannot_change_an_account_that_can_do_more(client, make_staff, superuser, key_manager, whom):
+    target = superuser if whom == "administrator" else key_manager
+    if whom.startswith("disabled"):  # switching it back on would hand over what it holds
+        User.objects.filter(pk=target.pk).update(is_active=False)
+    client.force_login(make_staff(*HELPDESK))
+    page = client.get(f"{USERS}{target.pk}/change/")
+    assert page.status_code == 200 and not page.context["has_change_permission"], "shown, read-only"
+    assert 'name="email"' not in page.content.decode() and 'name="_save"' not in page.content.decode()
+
+    before = User.objects.get(pk=target.pk)
+    hijack = {"username": target.username, "email": "helpdesk@example.test", "is_active": "on",
+              "timezone": "UTC", "date_joined_0": "2025-01-01", "date_joined_1": "00:00:00"}  # fmt: skip
+    assert client.post(f"{USERS}{target.pk}/change/", hijack).status_code == 403
+    new = "a new Passphrase 42!"
+    password = {"password1": new, "password2": new, "usable_password": "true"}
+    assert client.post(f"{USERS}{target.pk}/password/", password).status_code == 403
+    after = User.objects.get(pk=target.pk)
+    assert (after.email, after.is_active, after.password) == (before.email, before.is_active, before.password)
+    assert not AuditEvent.objects.exists()
+
+
+def test_helpdesk_may_change_a_colleague_who_can_do_no_more(client, make_staff):
+    colleague = make_staff("accounts.view_user", username="colleague")
+    client.force_login(make_staff(*HELPDESK))
+    new = "a new Passphrase 42!"
+    response = client.post(
+        f"{USERS}{colleague.pk}/password/", {"password1": new, "password2": new, "usable_password": "true"}
+    )
+    assert response.status_code == 302
+    assert User.objects.get(pk=colleague.pk).check_password(new)
+
+
+def test_a_superuser_changes_any_account(su_client, key_manager, make_user):
+    root2 = make_user("root2", is_staff=True, is_superuser=True)
+    for target in (key_manager, root2):
+        email, groups = f"new-{target.username}@example.test", [g.pk for g in target.groups.all()] or None
+        response = su_client.post(f"{USERS}{target.pk}/change/", _change_form_data(su_client, target, email=email, groups=groups))
+        assert response.status_code == 302, response.context and response.context["adminform"].form.errors
+        assert User.objects.get(pk=target.pk).email == email
+    assert not audits("user.roles_changed"), "their roles stay as they were"
