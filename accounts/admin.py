@@ -1,8 +1,12 @@
 """The admin of people: users (spend, budgets, teams; disable, set a budget, export, erase),
-teams with their members, and the read-only audit log.
+groups (roles), teams with their members, and the read-only audit log.
 
-Actions parse and authorize, then call services: accounts.admin_services (disable, audit of role
-and membership edits), billing.budgets.budget_set, accounts.data_rights (export, erasure). Each
+Who may grant roles or change an account is admin_services' rule (roles_grantable_by,
+users_outranking): only a superuser grants staff or superuser status, groups or permissions, or
+changes an account that can do more than they can.
+
+Actions parse and authorize, then call services: accounts.admin_services (disable, audit of role,
+group and membership edits), billing.budgets.budget_set, accounts.data_rights (export, erasure). Each
 action also writes an `admin.*` audit row naming the operator and their address."""
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from billing.models import MONEY, Budget, DailyUsage
 from chatsite.admin_site import BigTableAdminMixin
 
 from . import admin_services, data_rights, services
-from .audit import audit_record
 from .models import AuditEvent, Team, TeamMembership, User
 from .services import OnlyAdmin
 
@@ -381,16 +384,26 @@ admin.site.unregister(Group)
 
 @admin.register(Group)
 class GroupAdmin(DjangoGroupAdmin):
+    """Groups are roles: only a superuser adds, changes or deletes one (admin_services.
+    roles_grantable_by). Anyone else holding change_group could grant their own group, and so
+    themselves, any permission; to them the groups are read-only."""
+
+    def has_add_permission(self, request):
+        return super().has_add_permission(request) and admin_services.roles_grantable_by(actor=request.user)
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and admin_services.roles_grantable_by(actor=request.user)
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and admin_services.roles_grantable_by(actor=request.user)
+
     def save_related(self, request, form, formsets, change):
         group = form.instance
         before = set(group.permissions.values_list("pk", flat=True)) if change else set()
         super().save_related(request, form, formsets, change)
-        after = set(group.permissions.values_list("pk", flat=True))
-        if before != after:
-            audit_record(
-                action="group.permissions_changed", actor=request.user, target=group, ip_address=client_ip(request),
-                data={"added": sorted(after - before), "removed": sorted(before - after)},
-            )  # fmt: skip
+        admin_services.group_permissions_audit(
+            group=group, before=before, actor=request.user, ip_address=client_ip(request)
+        )
 
 
 # --- Teams ----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Writes the admin makes to accounts that no other service covers: disabling an account, and the
-audit entries of an operator's changes to roles and team membership; and who may grant roles.
+audit entries of an operator's changes to roles, groups and team membership; and who may grant
+roles.
 
 Roles (superuser and staff status, groups, individual permissions) are granted by a superuser
 only: anyone else holding `change_user` could otherwise make themselves a superuser. And an
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
+from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.utils.translation import gettext as _
@@ -181,6 +183,24 @@ def user_roles_audit(*, user: User, before: dict, actor: User | None, ip_address
         audit_record(action="user.roles_changed", actor=actor, target=user, ip_address=ip_address, data=changes)
     elif not before:
         audit_record(action="user.created", actor=actor, target=user, ip_address=ip_address, data=after)
+
+
+def group_permissions_audit(
+    *, group: Group, before: Iterable[int], actor: User | None, ip_address: str | None = None
+) -> None:
+    """Write one `group.permissions_changed` row (permission ids added and removed) for an edit,
+    if anything changed. The second lock behind GroupAdmin's permissions: a change by someone who
+    may not grant roles raises PermissionDenied, which undoes the admin's save transaction."""
+    before_ids = set(before)
+    after_ids = set(group.permissions.values_list("pk", flat=True))
+    if before_ids == after_ids:
+        return
+    if not roles_grantable_by(actor=actor):
+        raise PermissionDenied(_("Only a superuser may change staff or superuser status, groups or permissions."))
+    audit_record(
+        action="group.permissions_changed", actor=actor, target=group, ip_address=ip_address,
+        data={"added": sorted(after_ids - before_ids), "removed": sorted(before_ids - after_ids)},
+    )  # fmt: skip
 
 
 def team_members_audit(

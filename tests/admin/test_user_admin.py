@@ -1,4 +1,5 @@
-"""User and team admin: the list (fast, constant queries), the four actions and their audit rows.
+"""User, group and team admin: the list (fast, constant queries), the four actions and their audit
+rows, and who may grant roles (superusers only) or change an account that can do more than they can.
 Actions run the real services (billing.budgets, accounts.data_rights), which write the one audit
 row of each action."""
 
@@ -509,3 +510,62 @@ def test_a_superuser_changes_any_account(su_client, key_manager, make_user):
         assert response.status_code == 302, response.context and response.context["adminform"].form.errors
         assert User.objects.get(pk=target.pk).email == email
     assert not audits("user.roles_changed"), "their roles stay as they were"
+
+
+# --- Groups are roles: a superuser's to edit ------------------------------------------------
+
+GROUPS = "/admin/auth/group/"
+
+
+def test_staff_with_change_group_cannot_grant_their_own_group_permissions(client, make_user, powerful_group):
+    from django.contrib.auth.models import Group, Permission
+
+    helpdesk = Group.objects.create(name="helpdesk")
+    helpdesk.permissions.add(
+        *Permission.objects.filter(
+            content_type__app_label="auth", codename__in=["view_group", "add_group", "change_group", "delete_group"]
+        )
+    )
+    staff = make_user("groupie", is_staff=True)
+    staff.groups.add(helpdesk)
+    client.force_login(staff)
+    page = client.get(f"{GROUPS}{helpdesk.pk}/change/")
+    assert page.status_code == 200 and not page.context["has_change_permission"], "shown, read-only"
+
+    superuser_perm = Permission.objects.get(codename="change_providerkey")
+    before = sorted(helpdesk.permissions.values_list("pk", flat=True))
+    crafted = {"name": "helpdesk", "permissions": [*before, superuser_perm.pk]}
+    assert client.post(f"{GROUPS}{helpdesk.pk}/change/", crafted).status_code == 403
+    assert client.post(f"{GROUPS}add/", {"name": "mine", "permissions": [superuser_perm.pk]}).status_code == 403
+    assert client.post(f"{GROUPS}{powerful_group.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert sorted(Group.objects.get(pk=helpdesk.pk).permissions.values_list("pk", flat=True)) == before
+    assert not Group.objects.filter(name="mine").exists() and Group.objects.filter(pk=powerful_group.pk).exists()
+    assert not User.objects.get(pk=staff.pk).has_perm("billing.change_providerkey")
+    assert not audits("group.permissions_changed")
+
+
+def test_a_superuser_edits_a_groups_permissions_and_it_is_audited(su_client, superuser, powerful_group):
+    from django.contrib.auth.models import Permission
+
+    perm = Permission.objects.get(codename="view_dashboard")
+    old = list(powerful_group.permissions.values_list("pk", flat=True))
+    data = {"name": powerful_group.name, "permissions": [perm.pk]}
+    response = su_client.post(f"{GROUPS}{powerful_group.pk}/change/", data)
+    assert response.status_code == 302
+    assert list(powerful_group.permissions.values_list("pk", flat=True)) == [perm.pk]
+    [event] = audits("group.permissions_changed")
+    assert event.data == {"added": [perm.pk], "removed": old} and event.actor_id == superuser.pk
+
+
+def test_group_permission_audit_refuses_a_change_by_someone_who_may_not_grant_roles(make_staff, powerful_group):
+    """The second lock behind the group admin's permissions."""
+    from django.contrib.auth.models import Permission
+    from django.core.exceptions import PermissionDenied
+
+    before = list(powerful_group.permissions.values_list("pk", flat=True))
+    powerful_group.permissions.add(Permission.objects.get(codename="view_dashboard"))
+    with pytest.raises(PermissionDenied):
+        admin_services.group_permissions_audit(
+            group=powerful_group, before=before, actor=make_staff("auth.change_group")
+        )
+    assert not audits("group.permissions_changed")
