@@ -1,8 +1,12 @@
 """The admin of people: users (spend, budgets, teams; disable, set a budget, export, erase),
-teams with their members, and the read-only audit log.
+groups (roles), teams with their members, and the read-only audit log.
 
-Actions parse and authorize, then call services: accounts.admin_services (disable, audit of role
-and membership edits), billing.budgets.budget_set, accounts.data_rights (export, erasure). Each
+Who may grant roles or change an account is admin_services' rule (roles_grantable_by,
+users_outranking): only a superuser grants staff or superuser status, groups or permissions, or
+changes an account that can do more than they can.
+
+Actions parse and authorize, then call services: accounts.admin_services (disable, audit of role,
+group and membership edits), billing.budgets.budget_set, accounts.data_rights (export, erasure). Each
 action also writes an `admin.*` audit row naming the operator and their address."""
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from billing.models import MONEY, Budget, DailyUsage
 from chatsite.admin_site import BigTableAdminMixin
 
 from . import admin_services, data_rights, services
-from .audit import audit_record
 from .models import AuditEvent, Team, TeamMembership, User
 from .services import OnlyAdmin
 
@@ -144,6 +147,11 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
         (gettext_lazy("Usage"), {"fields": ("usage_summary",)}),
     )
 
+    def get_readonly_fields(self, request, obj=None):
+        # Roles are granted by superusers only (admin_services.roles_grantable_by). For anyone
+        # else they are shown but are not fields of the form, so a crafted POST sets nothing.
+        return (*super().get_readonly_fields(request, obj), *admin_services.user_fields_locked_for(actor=request.user))
+
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)
         if obj is None:  # the add form: nobody's access is taken away
@@ -212,6 +220,14 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
             admin_services.user_password_set_by_admin(user_id=int(id), actor=request.user, ip_address=client_ip(request))
         return response
 
+    def has_change_permission(self, request, obj=None):
+        # An account that can do more than the operator (admin_services.users_outranking) is
+        # read-only to them, its password page included: whoever sets its password or email
+        # could sign in as it.
+        if not super().has_change_permission(request, obj):
+            return False
+        return obj is None or not admin_services.users_outranking(actor=request.user, users=[obj])
+
     def has_delete_permission(self, request, obj=None):
         # Deleting the row would skip erasure's cleanup of files, caches and ledger links:
         # the "erase" action is the only way an account goes.
@@ -231,6 +247,16 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
                 done += admin_services.user_disable(user=user, actor=request.user, ip_address=client_ip(request))
             except admin_services.CannotDisableSelf:
                 self.message_user(request, _("You cannot disable your own account."), messages.ERROR)
+            except admin_services.OutranksOperator:
+                self.message_user(
+                    request,
+                    _(
+                        "%(name)s is an administrator or holds permissions you do not: only a superuser can "
+                        "disable this account."
+                    )
+                    % {"name": user.username},
+                    messages.ERROR,
+                )
             except OnlyAdmin:
                 self.message_user(
                     request,
@@ -292,13 +318,27 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
             return None
         try:
             if request.POST.get("confirm") != "yes":
-                previews = admin_services.users_erase_preview(users=users)
+                previews = admin_services.users_erase_preview(users=users, actor=request.user)
                 return self._intermediate(
                     request, queryset, "admin/parley/erase_confirm.html", _("Erase accounts"), "erase_users",
                     previews=previews,
                 )  # fmt: skip
             # All or none; the service writes the audit rows (user.erase, by id only), naming the operator.
             admin_services.users_erase(users=users, actor=request.user, ip_address=client_ip(request))
+        except admin_services.OutranksOperator as refused:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(names)s is an administrator or holds permissions you do not: only a superuser can erase "
+                    "this account. Nothing was erased.",
+                    "%(names)s are administrators or hold permissions you do not: only a superuser can erase "
+                    "these accounts. Nothing was erased.",
+                    len(refused.users),
+                )
+                % {"names": ", ".join(u.username for u in refused.users)},
+                messages.ERROR,
+            )
+            return None
         except OnlyAdmin as refused:
             self.message_user(
                 request,
@@ -344,16 +384,26 @@ admin.site.unregister(Group)
 
 @admin.register(Group)
 class GroupAdmin(DjangoGroupAdmin):
+    """Groups are roles: only a superuser adds, changes or deletes one (admin_services.
+    roles_grantable_by). Anyone else holding change_group could grant their own group, and so
+    themselves, any permission; to them the groups are read-only."""
+
+    def has_add_permission(self, request):
+        return super().has_add_permission(request) and admin_services.roles_grantable_by(actor=request.user)
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and admin_services.roles_grantable_by(actor=request.user)
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and admin_services.roles_grantable_by(actor=request.user)
+
     def save_related(self, request, form, formsets, change):
         group = form.instance
         before = set(group.permissions.values_list("pk", flat=True)) if change else set()
         super().save_related(request, form, formsets, change)
-        after = set(group.permissions.values_list("pk", flat=True))
-        if before != after:
-            audit_record(
-                action="group.permissions_changed", actor=request.user, target=group, ip_address=client_ip(request),
-                data={"added": sorted(after - before), "removed": sorted(before - after)},
-            )  # fmt: skip
+        admin_services.group_permissions_audit(
+            group=group, before=before, actor=request.user, ip_address=client_ip(request)
+        )
 
 
 # --- Teams ----------------------------------------------------------------------------------

@@ -1,14 +1,24 @@
 """Writes the admin makes to accounts that no other service covers: disabling an account, and the
-audit entries of an operator's changes to roles and team membership.
+audit entries of an operator's changes to roles, groups and team membership; and who may grant
+roles.
+
+Roles (superuser and staff status, groups, individual permissions) are granted by a superuser
+only: anyone else holding `change_user` could otherwise make themselves a superuser. And an
+account that can do more than the operator is changed by a superuser only: whoever sets its
+password or email, or switches it on, can act as it.
 
 Kept apart from accounts/services.py (the sign-up and profile services) so the admin's rules and
 their audit rows live in one place."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.utils.translation import gettext as _
 
 from conversations import sockets
 
@@ -19,6 +29,59 @@ from .services import OnlyAdmin, user_only_admins_among
 
 # The fields of a user whose change is a change of role (what they may do), audited as such.
 ROLE_FIELDS = ("is_active", "is_staff", "is_superuser")
+# The fields (of the form) and snapshot keys that grant powers: only a superuser changes them.
+# `is_active` is not among them: switching an account off or on grants nothing it did not have.
+GRANTING_FIELDS = ("is_staff", "is_superuser", "groups", "user_permissions")
+_GRANTING_KEYS = ("is_staff", "is_superuser", "groups", "permissions")
+
+
+def roles_grantable_by(*, actor: User | None) -> bool:
+    """Whether `actor` may grant or change roles: superuser and staff status, groups (whose
+    permissions are roles) and individual permissions. An active superuser, or the system (None)."""
+    return actor is None or (actor.is_active and actor.is_superuser)
+
+
+def user_fields_locked_for(*, actor: User | None) -> tuple[str, ...]:
+    """The fields of the user form that `actor` sees but may not change."""
+    return () if roles_grantable_by(actor=actor) else GRANTING_FIELDS
+
+
+class OutranksOperator(Exception):
+    """These accounts can do more than the operator (see users_outranking): only a superuser
+    changes, disables or erases them. `users`: the accounts in question."""
+
+    def __init__(self, users: list[User]) -> None:
+        super().__init__(", ".join(u.username for u in users))
+        self.users = users
+
+
+def users_outranking(*, actor: User | None, users: Sequence[User]) -> list[User]:
+    """Those of `users` that can do more than `actor`: superusers, and accounts holding (directly
+    or through a group) a permission `actor` does not hold. Changing such an account's password,
+    email or active flag would let `actor` act as it, so only a superuser may. A disabled account
+    counts with what it would hold once enabled again. Two queries for the whole selection."""
+    if roles_grantable_by(actor=actor) or not users:
+        return []
+    held = actor.get_all_permissions()
+    ids = [u.pk for u in users]
+    granted: dict[int, set[str]] = defaultdict(set)
+    direct = User.user_permissions.through.objects.filter(user_id__in=ids).values_list(
+        "user_id", "permission__content_type__app_label", "permission__codename"
+    )
+    via_groups = User.groups.through.objects.filter(user_id__in=ids, group__permissions__isnull=False).values_list(
+        "user_id", "group__permissions__content_type__app_label", "group__permissions__codename"
+    )
+    for rows in (direct, via_groups):
+        for user_id, app_label, codename in rows:
+            granted[user_id].add(f"{app_label}.{codename}")
+    return [u for u in users if u.is_superuser or not granted[u.pk] <= held]
+
+
+def users_manage_check(*, actor: User | None, users: Sequence[User]) -> None:
+    """Raise OutranksOperator naming those of `users` that `actor` may not change."""
+    outranking = users_outranking(actor=actor, users=users)
+    if outranking:
+        raise OutranksOperator(outranking)
 
 
 class CannotDisableSelf(Exception):
@@ -45,7 +108,9 @@ def user_disable(*, user: User, actor: User | None, ip_address: str | None = Non
     """Disable `user`'s account; their sessions stop working at the next request (Django's
     ModelBackend refuses inactive users) and their open chat sockets close at once (the
     conditional update sends no save signal). Returns False when already disabled (no audit row).
-    Raises CannotDisableSelf or OnlyAdmin (see user_access_check), changing nothing."""
+    Raises OutranksOperator (see users_outranking), CannotDisableSelf or OnlyAdmin (see
+    user_access_check), changing nothing."""
+    users_manage_check(actor=actor, users=[user])
     with transaction.atomic():
         user_access_check(user=user, actor=actor, is_active=False, is_superuser=user.is_superuser)
         changed = User.objects.filter(pk=user.pk, is_active=True).update(is_active=False)
@@ -56,10 +121,12 @@ def user_disable(*, user: User, actor: User | None, ip_address: str | None = Non
     return bool(changed)
 
 
-def users_erase_preview(*, users: list[User]) -> list[tuple[User, list]]:
-    """What erasing each of `users` would remove (for the confirmation page), or OnlyAdmin when
-    the selection holds every active administrator: refused as a whole before the page lists
-    anyone as going. users_erase checks again, locked, when it is confirmed."""
+def users_erase_preview(*, users: list[User], actor: User | None) -> list[tuple[User, list]]:
+    """What erasing each of `users` would remove (for the confirmation page); or OutranksOperator
+    when the selection holds accounts `actor` may not change, OnlyAdmin when it holds every active
+    administrator: refused as a whole before the page lists anyone as going. users_erase checks
+    again, locked, when it is confirmed."""
+    users_manage_check(actor=actor, users=users)
     only = user_only_admins_among(user_ids=[u.pk for u in users])
     if only:
         raise OnlyAdmin(only)
@@ -67,11 +134,13 @@ def users_erase_preview(*, users: list[User]) -> list[tuple[User, list]]:
 
 
 def users_erase(*, users: list[User], actor: User | None, ip_address: str | None = None) -> int:
-    """Start the erasure of every account in `users`, or of none: when the selection holds every
-    active administrator, OnlyAdmin is raised before anything is done (erasing them one by one
+    """Start the erasure of every account in `users`, or of none: when the selection holds an
+    account `actor` may not change, OutranksOperator is raised, and when it holds every active
+    administrator, OnlyAdmin, before anything is done (erasing them one by one
     would lock the first ones, then be refused at the last). One transaction, so a refusal met
     midway (data_rights.DataRightsError) undoes the locks and audit rows already written.
     data_rights.erasure_request writes each audit row (user.erase, by id only)."""
+    users_manage_check(actor=actor, users=users)
     with transaction.atomic():
         only = user_only_admins_among(user_ids=[u.pk for u in users], lock=True)
         if only:
@@ -99,13 +168,39 @@ def user_roles_snapshot(*, user: User) -> dict:
 
 
 def user_roles_audit(*, user: User, before: dict, actor: User | None, ip_address: str | None = None) -> None:
-    """Write one `user.roles_changed` row listing [before, after] of what changed, if anything."""
+    """Write one `user.roles_changed` row listing [before, after] of what changed, if anything
+    (`user.created` for a new account, with its roles).
+
+    The second lock behind the form's read-only fields: a grant by someone who may not grant
+    roles (a new account made staff, superuser, or given groups or permissions included) raises
+    PermissionDenied, which undoes the admin's save transaction."""
     after = user_roles_snapshot(user=user)
     changes = {name: [before.get(name), value] for name, value in after.items() if before.get(name) != value}
+    granted = [key for key in _GRANTING_KEYS if (key in changes if before else after.get(key))]
+    if granted and not roles_grantable_by(actor=actor):
+        raise PermissionDenied(_("Only a superuser may change staff or superuser status, groups or permissions."))
     if before and changes:
         audit_record(action="user.roles_changed", actor=actor, target=user, ip_address=ip_address, data=changes)
     elif not before:
         audit_record(action="user.created", actor=actor, target=user, ip_address=ip_address, data=after)
+
+
+def group_permissions_audit(
+    *, group: Group, before: Iterable[int], actor: User | None, ip_address: str | None = None
+) -> None:
+    """Write one `group.permissions_changed` row (permission ids added and removed) for an edit,
+    if anything changed. The second lock behind GroupAdmin's permissions: a change by someone who
+    may not grant roles raises PermissionDenied, which undoes the admin's save transaction."""
+    before_ids = set(before)
+    after_ids = set(group.permissions.values_list("pk", flat=True))
+    if before_ids == after_ids:
+        return
+    if not roles_grantable_by(actor=actor):
+        raise PermissionDenied(_("Only a superuser may change staff or superuser status, groups or permissions."))
+    audit_record(
+        action="group.permissions_changed", actor=actor, target=group, ip_address=ip_address,
+        data={"added": sorted(after_ids - before_ids), "removed": sorted(before_ids - after_ids)},
+    )  # fmt: skip
 
 
 def team_members_audit(

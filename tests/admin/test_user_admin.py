@@ -1,4 +1,5 @@
-"""User and team admin: the list (fast, constant queries), the four actions and their audit rows.
+"""User, group and team admin: the list (fast, constant queries), the four actions and their audit
+rows, and who may grant roles (superusers only) or change an account that can do more than they can.
 Actions run the real services (billing.budgets, accounts.data_rights), which write the one audit
 row of each action."""
 
@@ -10,10 +11,30 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from accounts import admin_services
 from accounts.models import AuditEvent, DataExport, ErasureRequest, Team, TeamMembership, User
+from accounts.services import OnlyAdmin
 from billing.models import Budget
 
 USERS = "/admin/accounts/user/"
+HELPDESK = ("accounts.view_user", "accounts.change_user")  # e.g. resets passwords, disables accounts
+
+
+@pytest.fixture
+def powerful_group(db):
+    from django.contrib.auth.models import Group, Permission
+
+    group = Group.objects.create(name="key managers")
+    group.permissions.add(Permission.objects.get(codename="change_providerkey"))
+    return group
+
+
+@pytest.fixture
+def key_manager(make_user, powerful_group):
+    """Staff who may change provider keys (through a group): more than the helpdesk may."""
+    person = make_user("keyman", is_staff=True)
+    person.groups.add(powerful_group)
+    return person
 
 
 def act(client, action, users, **extra):
@@ -128,38 +149,64 @@ def test_erase_refuses_the_operators_own_account(su_client, superuser):
     assert any("cannot erase your own" in str(m) for m in response.context["messages"])
 
 
-@pytest.mark.parametrize("other_admins", [0, 1], ids=["the-only-admin", "every-admin"])
-def test_erase_refuses_the_whole_selection_when_it_would_leave_no_administrator(
-    client, make_staff, make_user, superuser, members, other_admins
+@pytest.mark.parametrize("whom", ["administrator", "key-manager"])
+def test_staff_erase_refuses_the_whole_selection_when_it_holds_an_account_that_can_do_more(
+    client, make_staff, superuser, key_manager, members, whom
 ):
-    # A staff member (not an administrator) may erase; the selection sorts member0 first, so a
-    # per-user loop would have locked member0 before reaching the administrator(s).
-    admins = [superuser, *(make_user(f"root{i}", is_staff=True, is_superuser=True) for i in range(other_admins))]
+    # A staff member (not an administrator) may erase plain accounts; the selection sorts member0
+    # first, so a per-user loop would have started member0's erasure before reaching the other.
+    target = superuser if whom == "administrator" else key_manager
     client.force_login(make_staff("accounts.view_user", "accounts.delete_user"))
     for step in ({"confirm": "yes"}, {}):  # refused when confirmed, and already on the confirmation page
         response = client.post(
-            USERS, {"action": "erase_users", ACTION_CHECKBOX_NAME: [members[0].pk, *(a.pk for a in admins)], **step},
-            follow=True,
+            USERS, {"action": "erase_users", ACTION_CHECKBOX_NAME: [members[0].pk, target.pk], **step}, follow=True
         )
         assert response.status_code == 200
         [message] = [str(m) for m in response.context["messages"]]
-        assert "only administrator" in message and all(a.username in message for a in admins)
+        assert "only a superuser can erase" in message and target.username in message
+        assert members[0].username not in message
+    assert not ErasureRequest.objects.exists() and not audits("user.erase")
+    assert all(User.objects.get(pk=u.pk).is_active for u in [members[0], target]), "nothing half done"
+
+
+@pytest.mark.parametrize("other_admins", [0, 1], ids=["the-only-admin", "every-admin"])
+def test_erase_refuses_the_whole_selection_when_it_would_leave_no_administrator(
+    make_user, superuser, members, other_admins
+):
+    # Through the admin only a superuser may erase an administrator, and never themselves, so one
+    # always remains; the rule still holds for any other caller (the shell), and under races.
+    admins = [superuser, *(make_user(f"root{i}", is_staff=True, is_superuser=True) for i in range(other_admins))]
+    for call in (admin_services.users_erase_preview, admin_services.users_erase):
+        with pytest.raises(OnlyAdmin) as refused:
+            call(users=[members[0], *admins], actor=None)
+        assert refused.value.users == admins
     assert not ErasureRequest.objects.exists() and not audits("user.erase")
     assert all(User.objects.get(pk=u.pk).is_active for u in [members[0], *admins]), "nothing half done"
 
 
-def test_disable_refuses_the_last_active_administrator_but_disables_the_others(client, make_staff, make_user, superuser, members):
-    client.force_login(make_staff("accounts.view_user", "accounts.change_user"))
-    act(client, "disable_users", [members[0], superuser])
+def test_staff_disable_skips_the_accounts_that_can_do_more_and_disables_the_others(
+    client, make_staff, make_user, superuser, key_manager, members
+):
+    make_user("root2", is_staff=True, is_superuser=True)  # not the last administrator: not why it is refused
+    client.force_login(make_staff(*HELPDESK))
+    act(client, "disable_users", [members[0], superuser, key_manager])
     messages = [str(m) for m in client.get(USERS).context["messages"]]
-    assert User.objects.get(pk=superuser.pk).is_active
+    assert User.objects.get(pk=superuser.pk).is_active and User.objects.get(pk=key_manager.pk).is_active
     assert not User.objects.get(pk=members[0].pk).is_active
     assert [e.target_id for e in audits("user.disabled")] == [str(members[0].pk)]
-    assert any("root" in m and "only administrator" in m for m in messages), messages
+    for name in ("root", "keyman"):
+        assert any(m.startswith(name) and "only a superuser can disable" in m for m in messages), messages
 
-    make_user("root2", is_staff=True, is_superuser=True)  # with another administrator, it may go
-    act(client, "disable_users", [superuser])
-    assert not User.objects.get(pk=superuser.pk).is_active
+
+def test_a_superuser_disables_another_but_never_the_last_administrator(su_client, superuser, make_user):
+    root2 = make_user("root2", is_staff=True, is_superuser=True)
+    act(su_client, "disable_users", [root2])
+    assert not User.objects.get(pk=root2.pk).is_active
+    # Through the admin the operator is an active administrator who cannot disable themselves;
+    # the last-administrator rule holds for any other caller (the shell), and under races.
+    with pytest.raises(OnlyAdmin):
+        admin_services.user_disable(user=superuser, actor=None)
+    assert User.objects.get(pk=superuser.pk).is_active
 
 
 def _change_form_data(client, person, **changes):
@@ -182,13 +229,11 @@ def test_user_form_refuses_unticking_active_on_the_operators_own_account(su_clie
     assert User.objects.get(pk=superuser.pk).is_active and not audits("user.roles_changed")
 
 
-@pytest.mark.parametrize("change", [{"is_active": None}, {"is_superuser": None}], ids=["disable", "demote"])
-def test_user_form_refuses_to_take_the_last_administrator_away(client, make_staff, superuser, change):
-    client.force_login(make_staff("accounts.view_user", "accounts.change_user"))
-    response = client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(client, superuser, **change))
+def test_user_form_refuses_the_last_administrator_demoting_themselves(su_client, superuser):
+    # Nobody else may: only a superuser changes superuser status, or changes a superuser's account.
+    response = su_client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(su_client, superuser, is_superuser=None))
     assert response.status_code == 200
-    [field] = change
-    assert any("only administrator" in e for e in response.context["adminform"].form.errors[field])
+    assert any("only administrator" in e for e in response.context["adminform"].form.errors["is_superuser"])
     superuser.refresh_from_db()
     assert superuser.is_active and superuser.is_superuser and not audits("user.roles_changed")
 
@@ -310,3 +355,217 @@ def test_deleting_a_team_in_the_admin_keeps_its_spend_on_the_dashboard(su_client
     assert not Team.objects.filter(pk=team.pk).exists()
     rng, _errors = dashboard.dashboard_range_parse(params={"range": "today"}, today=timezone.now().date())
     assert dashboard.dashboard_spend(rng=rng).total.cost == Decimal("3.00")
+
+
+# --- Who grants roles: superusers only ------------------------------------------------------
+
+ROLE_FIELDS = {"is_staff", "is_superuser", "groups", "user_permissions"}
+
+
+def _crafted_roles(powerful_group):
+    from django.contrib.auth.models import Permission
+
+    return {
+        "is_staff": "on", "is_superuser": "on", "groups": [powerful_group.pk],
+        "user_permissions": [Permission.objects.get(codename="delete_user").pk],
+    }  # fmt: skip
+
+
+def _roles(person):
+    person = User.objects.get(pk=person.pk)
+    return (person.is_staff, person.is_superuser, list(person.groups.all()), list(person.user_permissions.all()))
+
+
+def test_helpdesk_sees_roles_but_cannot_edit_them(client, make_staff, members):
+    client.force_login(make_staff(*HELPDESK))
+    response = client.get(f"{USERS}{members[0].pk}/change/")
+    assert response.status_code == 200
+    form = response.context["adminform"].form
+    assert not ROLE_FIELDS & set(form.fields), "roles are not fields of a non-superuser's form"
+    assert {"is_active", "email", "username"} <= set(form.fields), "the legitimate edits stay"
+    html = response.content.decode()
+    assert 'name="is_superuser"' not in html and 'name="groups"' not in html
+    assert "Superuser status" in html, "shown read-only, so the helpdesk knows who is staff"
+
+
+@pytest.mark.parametrize("whose", ["own", "another"])
+def test_helpdesk_crafted_post_grants_no_role(client, make_staff, members, powerful_group, whose):
+    staff = make_staff(*HELPDESK)
+    person = staff if whose == "own" else members[0]
+    client.force_login(staff)
+    before = _roles(person)
+    data = {**_change_form_data(client, person), **_crafted_roles(powerful_group)}
+    response = client.post(f"{USERS}{person.pk}/change/", data)
+    assert response.status_code == 302  # the rest of the form is fine: the role fields are ignored
+    assert _roles(person) == before
+    staff = User.objects.get(pk=staff.pk)
+    assert not staff.is_superuser and not staff.has_perm("billing.change_providerkey")
+    assert not audits("user.roles_changed")
+
+
+def test_helpdesk_crafted_add_form_makes_a_plain_account(client, make_staff, powerful_group):
+    client.force_login(make_staff("accounts.add_user", *HELPDESK))
+    response = client.post(
+        f"{USERS}add/",
+        {"username": "newbie", "usable_password": "true", "password1": "a new Passphrase 42!",
+         "password2": "a new Passphrase 42!", **_crafted_roles(powerful_group)},
+    )  # fmt: skip
+    assert response.status_code == 302
+    newbie = User.objects.get(username="newbie")
+    assert _roles(newbie) == (False, False, [], [])
+    [event] = audits("user.created")
+    assert event.target_id == str(newbie.pk)
+
+
+def test_superuser_still_grants_roles_and_they_are_audited(su_client, superuser, members, powerful_group):
+    person = members[0]
+    data = {**_change_form_data(su_client, person), **_crafted_roles(powerful_group)}
+    response = su_client.post(f"{USERS}{person.pk}/change/", data)
+    assert response.status_code == 302, response.context and response.context["adminform"].form.errors
+    is_staff, is_superuser, groups, permissions = _roles(person)
+    assert is_staff and is_superuser and groups == [powerful_group]
+    assert [p.codename for p in permissions] == ["delete_user"]
+    [event] = audits("user.roles_changed")
+    assert set(event.data) == {"is_staff", "is_superuser", "groups", "permissions"} and event.actor_id == superuser.pk
+
+
+def test_helpdesk_still_disables_and_resets_the_password_of_a_plain_account(client, make_staff, members):
+    staff = make_staff(*HELPDESK)
+    client.force_login(staff)
+    person = members[0]
+    response = client.post(f"{USERS}{person.pk}/change/", _change_form_data(client, person, is_active=None))
+    assert response.status_code == 302
+    assert not User.objects.get(pk=person.pk).is_active
+    [event] = audits("user.roles_changed")
+    assert event.data == {"is_active": [True, False]} and event.actor_id == staff.pk
+
+    new = "a new Passphrase 42!"
+    response = client.post(
+        f"{USERS}{person.pk}/password/", {"password1": new, "password2": new, "usable_password": "true"}
+    )
+    assert response.status_code == 302
+    assert User.objects.get(pk=person.pk).check_password(new)
+    assert audits("user.password_set_by_admin")[0].actor_id == staff.pk
+
+
+def test_role_audit_refuses_a_grant_by_someone_who_may_not_grant_roles(make_staff, members):
+    """The second lock behind the read-only fields: whatever form or door made the change."""
+    from django.core.exceptions import PermissionDenied
+
+    staff = make_staff(*HELPDESK)
+    person = members[0]
+    before = admin_services.user_roles_snapshot(user=person)
+    person.is_staff = True
+    person.save(update_fields=["is_staff"])
+    with pytest.raises(PermissionDenied):
+        admin_services.user_roles_audit(user=person, before=before, actor=staff)
+    with pytest.raises(PermissionDenied):  # a new account with a role, too
+        admin_services.user_roles_audit(user=person, before={}, actor=staff)
+    assert not AuditEvent.objects.exists()
+    admin_services.user_roles_audit(user=person, before=before, actor=None)  # the system may
+    assert audits("user.roles_changed")[0].data == {"is_staff": [False, True]}
+
+
+# --- Accounts that can do more than the operator: a superuser's to change -------------------
+
+
+@pytest.mark.parametrize("whom", ["administrator", "key-manager", "disabled-key-manager"])
+def test_helpdesk_cannot_change_an_account_that_can_do_more(client, make_staff, superuser, key_manager, whom):
+    target = superuser if whom == "administrator" else key_manager
+    if whom.startswith("disabled"):  # switching it back on would hand over what it holds
+        User.objects.filter(pk=target.pk).update(is_active=False)
+    client.force_login(make_staff(*HELPDESK))
+    page = client.get(f"{USERS}{target.pk}/change/")
+    assert page.status_code == 200 and not page.context["has_change_permission"], "shown, read-only"
+    assert 'name="email"' not in page.content.decode() and 'name="_save"' not in page.content.decode()
+
+    before = User.objects.get(pk=target.pk)
+    hijack = {"username": target.username, "email": "helpdesk@example.test", "is_active": "on",
+              "timezone": "UTC", "date_joined_0": "2025-01-01", "date_joined_1": "00:00:00"}  # fmt: skip
+    assert client.post(f"{USERS}{target.pk}/change/", hijack).status_code == 403
+    new = "a new Passphrase 42!"
+    password = {"password1": new, "password2": new, "usable_password": "true"}
+    assert client.post(f"{USERS}{target.pk}/password/", password).status_code == 403
+    after = User.objects.get(pk=target.pk)
+    assert (after.email, after.is_active, after.password) == (before.email, before.is_active, before.password)
+    assert not AuditEvent.objects.exists()
+
+
+def test_helpdesk_may_change_a_colleague_who_can_do_no_more(client, make_staff):
+    colleague = make_staff("accounts.view_user", username="colleague")
+    client.force_login(make_staff(*HELPDESK))
+    new = "a new Passphrase 42!"
+    response = client.post(
+        f"{USERS}{colleague.pk}/password/", {"password1": new, "password2": new, "usable_password": "true"}
+    )
+    assert response.status_code == 302
+    assert User.objects.get(pk=colleague.pk).check_password(new)
+
+
+def test_a_superuser_changes_any_account(su_client, key_manager, make_user):
+    root2 = make_user("root2", is_staff=True, is_superuser=True)
+    for target in (key_manager, root2):
+        email, groups = f"new-{target.username}@example.test", [g.pk for g in target.groups.all()] or None
+        response = su_client.post(f"{USERS}{target.pk}/change/", _change_form_data(su_client, target, email=email, groups=groups))
+        assert response.status_code == 302, response.context and response.context["adminform"].form.errors
+        assert User.objects.get(pk=target.pk).email == email
+    assert not audits("user.roles_changed"), "their roles stay as they were"
+
+
+# --- Groups are roles: a superuser's to edit ------------------------------------------------
+
+GROUPS = "/admin/auth/group/"
+
+
+def test_staff_with_change_group_cannot_grant_their_own_group_permissions(client, make_user, powerful_group):
+    from django.contrib.auth.models import Group, Permission
+
+    helpdesk = Group.objects.create(name="helpdesk")
+    helpdesk.permissions.add(
+        *Permission.objects.filter(
+            content_type__app_label="auth", codename__in=["view_group", "add_group", "change_group", "delete_group"]
+        )
+    )
+    staff = make_user("groupie", is_staff=True)
+    staff.groups.add(helpdesk)
+    client.force_login(staff)
+    page = client.get(f"{GROUPS}{helpdesk.pk}/change/")
+    assert page.status_code == 200 and not page.context["has_change_permission"], "shown, read-only"
+
+    superuser_perm = Permission.objects.get(codename="change_providerkey")
+    before = sorted(helpdesk.permissions.values_list("pk", flat=True))
+    crafted = {"name": "helpdesk", "permissions": [*before, superuser_perm.pk]}
+    assert client.post(f"{GROUPS}{helpdesk.pk}/change/", crafted).status_code == 403
+    assert client.post(f"{GROUPS}add/", {"name": "mine", "permissions": [superuser_perm.pk]}).status_code == 403
+    assert client.post(f"{GROUPS}{powerful_group.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert sorted(Group.objects.get(pk=helpdesk.pk).permissions.values_list("pk", flat=True)) == before
+    assert not Group.objects.filter(name="mine").exists() and Group.objects.filter(pk=powerful_group.pk).exists()
+    assert not User.objects.get(pk=staff.pk).has_perm("billing.change_providerkey")
+    assert not audits("group.permissions_changed")
+
+
+def test_a_superuser_edits_a_groups_permissions_and_it_is_audited(su_client, superuser, powerful_group):
+    from django.contrib.auth.models import Permission
+
+    perm = Permission.objects.get(codename="view_dashboard")
+    old = list(powerful_group.permissions.values_list("pk", flat=True))
+    data = {"name": powerful_group.name, "permissions": [perm.pk]}
+    response = su_client.post(f"{GROUPS}{powerful_group.pk}/change/", data)
+    assert response.status_code == 302
+    assert list(powerful_group.permissions.values_list("pk", flat=True)) == [perm.pk]
+    [event] = audits("group.permissions_changed")
+    assert event.data == {"added": [perm.pk], "removed": old} and event.actor_id == superuser.pk
+
+
+def test_group_permission_audit_refuses_a_change_by_someone_who_may_not_grant_roles(make_staff, powerful_group):
+    """The second lock behind the group admin's permissions."""
+    from django.contrib.auth.models import Permission
+    from django.core.exceptions import PermissionDenied
+
+    before = list(powerful_group.permissions.values_list("pk", flat=True))
+    powerful_group.permissions.add(Permission.objects.get(codename="view_dashboard"))
+    with pytest.raises(PermissionDenied):
+        admin_services.group_permissions_audit(
+            group=powerful_group, before=before, actor=make_staff("auth.change_group")
+        )
+    assert not audits("group.permissions_changed")
