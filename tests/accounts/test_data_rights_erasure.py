@@ -437,35 +437,6 @@ def test_erasure_request_twice_returns_the_open_one(victim):
     assert AuditEvent.objects.filter(action="user.erase").count() == 1
 
 
-@pytest.mark.django_db
-def test_admin_erase_action_confirms_then_erases(victim, make_user, rf):
-    from django.contrib import admin
-    from django.contrib.auth.admin import UserAdmin
-    from django.contrib.messages.storage.fallback import FallbackStorage
-
-    from accounts.data_rights_admin import erase_selected_users
-
-    staff = make_user("the_admin", is_superuser=True, is_staff=True)
-    make_history(victim, conversations=2, messages_each=2)
-    model_admin = UserAdmin(User, admin.site)
-
-    def request(data):
-        req = rf.post("/admin/accounts/user/", data)
-        req.user = staff
-        req.session = {}
-        req._messages = FallbackStorage(req)
-        return req
-
-    queryset = User.objects.filter(pk=victim.pk)
-    confirm = erase_selected_users(model_admin, request({}), queryset)
-    confirm.render()
-    assert confirm.status_code == 200 and b"Yes, erase them" in confirm.content
-    assert User.objects.get(pk=victim.pk).is_active  # nothing yet
-    erase_selected_users(model_admin, request({"post": "yes"}), queryset)
-    assert ErasureRequest.objects.filter(user_id=victim.pk, requested_by_id=staff.pk).exists()
-    assert not User.objects.get(pk=victim.pk).is_active  # locked at once; the task does the rest
-
-
 @pytest.mark.django_db(transaction=True)
 def test_erasure_logs_out_sessions_kept_only_in_the_cache(victim, other_user, settings):
     settings.SESSION_ENGINE = "django.contrib.sessions.backends.cache"

@@ -281,26 +281,6 @@ def test_export_user_data_answers_a_bad_command_line_in_one_line():
 
 
 @pytest.mark.django_db
-def test_admin_export_action_starts_exports(user, make_user, rf):
-    from django.contrib import admin
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.admin import UserAdmin
-    from django.contrib.messages.storage.fallback import FallbackStorage
-
-    from accounts.data_rights_admin import export_selected_users
-
-    staff = make_user("the_admin", is_superuser=True, is_staff=True)
-    request = rf.post("/admin/accounts/user/")
-    request.user = staff
-    request.session = {}
-    request._messages = FallbackStorage(request)
-    export_selected_users(UserAdmin(get_user_model(), admin.site), request, get_user_model().objects.filter(pk=user.pk))
-    assert DataExport.objects.filter(user=user, status="pending").count() == 1
-    event = AuditEvent.objects.get(action="user.export")
-    assert event.actor_id == staff.pk and event.target_id == str(user.pk)
-
-
-@pytest.mark.django_db
 def test_a_korean_title_downloads_with_a_proper_file_name(user):
     conversation = Conversation.objects.create(owner=user, title="회의 메모", model="demo:echo")
     response = _client(user).get(f"/api/v1/conversations/{conversation.id}/export.md")
