@@ -229,10 +229,32 @@ def _turn_prepare(
         existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
         if existing is None:
             raise
-        # If its reply runs, the socket (already in the group) simply keeps receiving it.
-        running = existing.replies.filter(status__in=RUNNING).values_list("id", flat=True).first()
-        return TurnResult(existing.id, client_id, reply_id=running, duplicate=True), None
+        return _resend(user=user, conversation=conversation, existing=existing, client_id=client_id)
     return _reply_prepare(user=user, conversation=conversation, reply_to=message, client_id=client_id)
+
+
+def _resend(*, user, conversation: Conversation, existing: Message, client_id) -> tuple[TurnResult, _ReplyPlan | None]:
+    """The same message sent again (same client_id): never a second message. If its reply runs,
+    the socket (already in the group) simply keeps receiving it; if it has an answer, the resend
+    is only acknowledged. A message that was never answered (refused: busy, budget, rate limit;
+    or failed before any text) is what a client retries: while it is still the newest message,
+    its reply is attempted again (no second charge: the first attempt cost nothing). Once the
+    conversation has moved on, answering it would answer an old question out of place."""
+    replies = list(existing.replies.values_list("id", "status", "content"))
+    running = next((pk for pk, status, _text in replies if status in RUNNING), None)
+    if running is not None or any(status == Message.Status.DONE or text for _pk, status, text in replies):
+        return TurnResult(existing.id, client_id, reply_id=running, duplicate=True), None
+    newest = (
+        Message.objects.filter(conversation=conversation)
+        .exclude(reply_to_id=existing.id)  # its own failed attempts come after it
+        .order_by("-created_at", "-id")
+        .values_list("id", flat=True)
+        .first()
+    )
+    if newest != existing.id:
+        error = TurnError("invalid_input", _("This message was not answered and the conversation has moved on: send it as a new message."))
+        return TurnResult(existing.id, client_id, error=error, duplicate=True), None
+    return _reply_prepare(user=user, conversation=conversation, reply_to=existing, client_id=client_id)
 
 
 def _regenerate_prepare(*, user, conversation_id) -> tuple[TurnResult, _ReplyPlan | None]:

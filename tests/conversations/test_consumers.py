@@ -234,6 +234,77 @@ async def test_a_resent_client_id_makes_no_second_message_or_charge(chat_backend
     await ws.disconnect()
 
 
+async def test_a_message_refused_as_busy_and_resent_with_its_client_id_is_answered_once(chat_backends, user, conversation_factory):
+    """A client retrying a refused message (same client_id) gets its reply, not an ack and then
+    silence; it is still one message, and the refusal reserved nothing."""
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    chat_backends.scripts.append([TextDelta("slow"), "gate", Finish("stop")])
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("first"))
+    await receive_until(ws, "start")
+    second = uuid.uuid4()
+    await ws.send_json_to(_send("second", second))
+    assert (await receive_until(ws, "error"))[-1]["code"] == "busy"
+    chat_backends.open_gate()
+    await receive_until(ws, "done")
+    await turns.replies_wait()
+
+    frames = await _turn(ws, "second", second)
+
+    ack, start, *_deltas, done = frames
+    messages = await _messages(conversation)
+    assert [(m.role, m.content) for m in messages] == [
+        ("user", "first"), ("assistant", "slow"), ("user", "second"), ("assistant", "You said: second")
+    ]
+    assert ack == {"type": "ack", "client_id": str(second), "message_id": str(messages[2].id)}
+    assert start["message_id"] == str(messages[3].id) and messages[3].reply_to_id == messages[2].id
+    assert done["finish_reason"] == "stop"
+    assert len(chat_backends.reservations) == 2 and len(chat_backends.usage) == 2
+    # Sent a third time, now answered: acknowledged only.
+    await ws.send_json_to(_send("second", second))
+    assert await ws.receive_json_from(timeout=5) == ack
+    assert await ws.receive_nothing(timeout=0.3)
+    assert len(await _messages(conversation)) == 4
+    await ws.disconnect()
+
+
+async def test_a_message_whose_reply_failed_before_any_text_is_retried_when_resent(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
+    chat_backends.key("a")
+    chat_backends.scripts.append([ProviderError(ErrorKind.BAD_REQUEST, "400", status=400)])
+    ws, _ = await ws_connect(user, conversation.id)
+    client_id = uuid.uuid4()
+    assert (await _turn(ws, "hello", client_id))[-1]["finish_reason"] == "error"
+
+    frames = await _turn(ws, "hello", client_id)
+
+    assert [f["type"] for f in frames][:2] == ["ack", "start"] and frames[-1]["finish_reason"] == "stop"
+    question, failed, answered = await _messages(conversation)
+    assert (failed.status, answered.status) == ("error", "done")
+    assert failed.reply_to_id == answered.reply_to_id == question.id
+    await ws.disconnect()
+
+
+async def test_a_refused_message_resent_after_the_conversation_moved_on_is_refused_not_answered(
+    chat_backends, user, conversation_factory
+):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    chat_backends.budget_error = BudgetExceeded(scope="user", name="u", period="day", limit=Decimal("1"), spent=Decimal("1"))
+    ws, _ = await ws_connect(user, conversation.id)
+    refused = uuid.uuid4()
+    await ws.send_json_to(_send("too dear", refused))
+    assert (await receive_until(ws, "error"))[-1]["code"] == "budget_exceeded"
+    chat_backends.budget_error = None
+    await _turn(ws, "something else")
+
+    await ws.send_json_to(_send("too dear", refused))
+    frames = await receive_until(ws, "error")
+
+    assert [f["type"] for f in frames] == ["ack", "error"] and frames[-1]["code"] == "invalid_input"
+    assert len(await _messages(conversation)) == 3 and len(chat_backends.reservations) == 1
+    await ws.disconnect()
+
+
 async def test_regenerate_makes_a_new_reply_to_the_same_question(chat_backends, user, conversation_factory):
     conversation = await database_sync_to_async(conversation_factory)(user)
     ws, _ = await ws_connect(user, conversation.id)
