@@ -7,6 +7,9 @@ Export: `export_request` makes a DataExport row and queues `accounts.tasks.expor
 which writes the zip to settings.EXPORT_ROOT entry by entry (messages read with .iterator(), the
 JSON spooled to an anonymous temporary file), so memory stays flat however long the history. The
 file is served only to its owner by an authenticated view, and removed after EXPORT_TTL_HOURS.
+A build holds a lease on its row (DataExport.lease_until), renewed as it writes: when its worker
+is killed, the redelivered task, the next request for an export or the periodic purge starts it
+again once the lease has run out, from a clean file.
 
 Erasure: `erasure_request` locks the account at once (inactive, unusable password: every session
 stops authenticating) and queues `accounts.tasks.erasure_run_task`. `erasure_run` walks a fixed
@@ -23,8 +26,9 @@ import io
 import json
 import logging
 import os
-import shutil
 import tempfile
+import time
+import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -56,7 +60,13 @@ logger = logging.getLogger(__name__)
 EXPORT_FORMAT = "parley.export"
 EXPORT_VERSION = 1
 PROGRESS_STEP = 5  # percent between two progress writes: at most ~20 writes per export
-STALE_EXPORT_HOURS = 2  # a build still pending/running after this died with its worker
+STALE_EXPORT_HOURS = 2  # a build still pending, or running without a live lease, after this is failed for good
+# How long a run's claim on its export holds without being renewed. A run renews it every
+# LEASE_RENEW_SECONDS, so one silent for a whole lease died with its worker; two minutes keeps a
+# person waiting on a dead build briefly, and is far above any pause between two renewals.
+LEASE = timedelta(minutes=2)
+LEASE_RENEW_SECONDS = 15  # at most one lease write this often per run, however many messages it reads
+LEASE_RETRY_MARGIN_SECONDS = 5  # a task that found a lease held comes back this long after it runs out
 RECEIPT_SALT = "accounts.data_rights.erasure_receipt"
 ERASED = "[erased]"
 
@@ -70,6 +80,22 @@ class DataRightsError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class LeaseHeld(Exception):
+    """Another run holds the lease of this export or erasure (it is at work, or died less than a
+    lease ago): nothing was done here. Try again in `retry_in` seconds, when a dead run's lease
+    has run out; the tasks turn this into a Celery retry."""
+
+    def __init__(self, *, lease_until: datetime | None, now: datetime) -> None:
+        left = (lease_until - now).total_seconds() if lease_until else 0
+        self.retry_in = max(0, int(left) + 1) + LEASE_RETRY_MARGIN_SECONDS
+        super().__init__(f"held by another run; retry in {self.retry_in}s")
+
+
+def _lease_over(now: datetime) -> Q:
+    """Rows no live run holds: never leased, released, or leased by a run that stopped renewing."""
+    return Q(lease_until__isnull=True) | Q(lease_until__lte=now)
 
 
 # --- Export -------------------------------------------------------------------------------------
@@ -86,11 +112,14 @@ def export_request(*, user, requested_by=None, ip_address: str | None = None) ->
     """Start (or return the already running) export of `user`'s data; queued on commit.
 
     Two requests at once get the same export: the database allows one pending/running export per
-    user (constraint dataexport_one_active_per_user) and the loser of the race returns the winner."""
+    user (constraint dataexport_one_active_per_user) and the loser of the race returns the winner.
+    An active export whose worker died (its lease ran out) is queued again, not handed back dead."""
     if ErasureRequest.objects.filter(user_id=user.pk, status__in=_OPEN).exists():
         raise DataRightsError("account_closing", _("This account is being erased."))
     active = DataExport.objects.filter(user=user, status__in=_ACTIVE_EXPORT).first()
     if active is not None:
+        if _export_requeue_if_dead(active.pk, now=timezone.now()):
+            active.refresh_from_db()
         return active
     try:
         with transaction.atomic():
@@ -115,12 +144,32 @@ def export_request(*, user, requested_by=None, ip_address: str | None = None) ->
 _ACTIVE_EXPORT = [DataExport.Status.PENDING, DataExport.Status.RUNNING]
 
 
+def _export_requeue_if_dead(export_id, *, now: datetime) -> bool:
+    """A running export whose lease ran out (its worker died) goes back to pending and is queued
+    again. A conditional UPDATE: of several callers at once, one queues it."""
+    revived = (
+        DataExport.objects.filter(pk=export_id, status=DataExport.Status.RUNNING)
+        .filter(_lease_over(now))
+        .update(status=DataExport.Status.PENDING, progress=0, lease_until=None, lease_token=None)
+    )
+    if revived:
+        logger.warning("export %s: its build stopped renewing its lease, queued again", export_id)
+        transaction.on_commit(lambda: _export_tasks().export_build_task.delay(str(export_id)))
+    return bool(revived)
+
+
 def export_file_path(export: DataExport) -> Path:
     return Path(settings.EXPORT_ROOT) / f"{export.id}.zip"
 
 
-def _partial_path(export_id) -> Path:
-    return Path(settings.EXPORT_ROOT) / f"{export_id}.zip.partial"
+def _partial_path(export_id, run: uuid.UUID) -> Path:
+    # One name per run: a run that stalled past its lease and was replaced keeps writing only to
+    # its own file, never into the one its replacement is building (nor renames that one).
+    return Path(settings.EXPORT_ROOT) / f"{export_id}.{run.hex}.zip.partial"
+
+
+class _BuildLost(Exception):
+    """This run no longer holds its export: erased, expired, or taken over after a stall."""
 
 
 def export_get_for_owner(*, export_id, user) -> DataExport | None:
@@ -133,45 +182,79 @@ def export_is_expired(export: DataExport, *, now: datetime | None = None) -> boo
 
 
 def export_build(*, export_id) -> DataExport | None:
-    """Write the zip of a pending export. Only one worker wins the pending -> running claim, so a
-    task delivered twice builds once. Progress is written a bounded number of times."""
-    claimed = DataExport.objects.filter(pk=export_id, status=DataExport.Status.PENDING).update(
-        status=DataExport.Status.RUNNING, progress=0
+    """Write the zip of an export. The claim is a conditional UPDATE taking a pending export, or a
+    running one whose lease ran out (its worker died): one run builds at a time, and a task
+    delivered twice builds once. A live lease held by another run raises LeaseHeld. Progress and
+    the lease are written a bounded number of times."""
+    run = uuid.uuid4()
+    now = timezone.now()
+    claimed = (
+        DataExport.objects.filter(pk=export_id)
+        .filter(Q(status=DataExport.Status.PENDING) | Q(_lease_over(now), status=DataExport.Status.RUNNING))
+        .update(status=DataExport.Status.RUNNING, progress=0, lease_token=run, lease_until=now + LEASE)
     )
     if not claimed:
-        return DataExport.objects.filter(pk=export_id).first()
+        export = DataExport.objects.filter(pk=export_id).first()
+        if export is not None and export.status == DataExport.Status.RUNNING:
+            raise LeaseHeld(lease_until=export.lease_until, now=now)
+        return export
     export = DataExport.objects.select_related("user").get(pk=export_id)
     root = Path(settings.EXPORT_ROOT)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    partial, final = _partial_path(export.id), export_file_path(export)
+    # A dead run's files go before anything is written: its half zip is never served or kept.
+    _export_files_delete(export.pk)
+    partial, final = _partial_path(export.pk, run), export_file_path(export)
+    mine = DataExport.objects.filter(pk=export.pk, status=DataExport.Status.RUNNING, lease_token=run)
+    renewed = time.monotonic()
+
+    def renew(**fields) -> None:
+        nonlocal renewed
+        if not mine.update(lease_until=timezone.now() + LEASE, **fields):
+            raise _BuildLost
+        renewed = time.monotonic()
 
     def on_progress(percent: int) -> None:
-        DataExport.objects.filter(pk=export.pk, status=DataExport.Status.RUNNING).update(progress=percent)
+        renew(progress=percent)
 
+    def heartbeat() -> None:
+        if time.monotonic() - renewed >= LEASE_RENEW_SECONDS:
+            renew()
+
+    published = False
     try:
         with translation.override(export.user.language or settings.LANGUAGE_CODE):
-            size = export_write_zip(user=export.user, path=partial, on_progress=on_progress)
-        os.replace(partial, final)
+            size = export_write_zip(user=export.user, path=partial, on_progress=on_progress, heartbeat=heartbeat)
+        with transaction.atomic():
+            # Under the row's lock: an erasure deleting the user's exports (which locks them
+            # first), a purge or a run that took over either went before (then the row is not
+            # this run's, and its file is dropped) or waits until the file and row agree.
+            if mine.select_for_update().values_list("pk", flat=True).first() is None:
+                raise _BuildLost
+            os.replace(partial, final)
+            published = True
+            now = timezone.now()
+            mine.update(
+                status=DataExport.Status.READY,
+                progress=100,
+                file_name=final.name,
+                size_bytes=size,
+                finished_at=now,
+                expires_at=now + timedelta(hours=settings.EXPORT_TTL_HOURS),
+                lease_until=None,
+            )
+    except _BuildLost:
+        partial.unlink(missing_ok=True)
     except Exception as exc:  # noqa: BLE001 - any failure ends as a failed export, never a half file
         partial.unlink(missing_ok=True)
+        if published:  # renamed, but the row never said ready: the file must not outlive that
+            final.unlink(missing_ok=True)
         # The class name only: an exception's text can quote the data being written.
         logger.error("export %s failed: %s", export.pk, type(exc).__name__)
-        DataExport.objects.filter(pk=export.pk).update(
-            status=DataExport.Status.FAILED, error=type(exc).__name__[:200], finished_at=timezone.now()
+        mine.update(
+            status=DataExport.Status.FAILED, error=type(exc).__name__[:200], finished_at=timezone.now(), lease_until=None
         )
-        return DataExport.objects.filter(pk=export.pk).first()
-    now = timezone.now()
-    done = DataExport.objects.filter(pk=export.pk, status=DataExport.Status.RUNNING).update(
-        status=DataExport.Status.READY,
-        progress=100,
-        file_name=final.name,
-        size_bytes=size,
-        finished_at=now,
-        expires_at=now + timedelta(hours=settings.EXPORT_TTL_HOURS),
-    )
-    if not done:
-        # Erased or expired while it was being written: the file must not outlive its row.
-        final.unlink(missing_ok=True)
+    # Anything else (BaseException: the worker being killed or shut down) is left to the lease:
+    # a killed worker runs no handler at all, and both are recovered the same way.
     return DataExport.objects.filter(pk=export.pk).first()
 
 
@@ -192,18 +275,28 @@ def _account_dict(user) -> dict[str, Any]:
     }
 
 
-def export_write_zip(*, user, path: Path, on_progress: Callable[[int], None] | None = None) -> int:
+def export_write_zip(
+    *,
+    user,
+    path: Path,
+    on_progress: Callable[[int], None] | None = None,
+    heartbeat: Callable[[], None] | None = None,
+) -> int:
     """Write the export zip of `user` to `path` and return its size in bytes. The layout is the
-    one documented in templates/accounts/data/export_readme.md (copied into the zip)."""
+    one documented in templates/accounts/data/export_readme.md (copied into the zip).
+    `on_progress` gets each step of PROGRESS_STEP percent; `heartbeat` is called for every
+    message, usage row and copied chunk (it decides itself when to write anything)."""
     counts = conversation_rights.conversations_counts(user_id=user.pk)
     total = max(counts["messages"], 1)
     done = 0
     reported = 0
+    beat = heartbeat or (lambda: None)
     if on_progress:
         on_progress(0)
 
     def tick() -> None:
         nonlocal done, reported
+        beat()
         done += 1
         percent = min(95, done * 95 // total)
         if on_progress and percent >= reported + PROGRESS_STEP:
@@ -243,12 +336,15 @@ def export_write_zip(*, user, path: Path, on_progress: Callable[[int], None] | N
         spool.write("\n]}\n")
         spool.seek(0)
         with io.TextIOWrapper(archive.open("conversations.json", "w", force_zip64=True), encoding="utf-8") as out:
-            shutil.copyfileobj(spool, out, length=1024 * 1024)
+            while chunk := spool.read(1024 * 1024):
+                out.write(chunk)
+                beat()
         with io.TextIOWrapper(archive.open("usage.csv", "w", force_zip64=True), encoding="utf-8", newline="") as out:
             writer = csv.DictWriter(out, fieldnames=billing_rights.USAGE_CSV_FIELDS)
             writer.writeheader()
             for row in billing_rights.usage_export_rows(user_id=user.pk):
                 writer.writerow(row)
+                beat()
     if on_progress:
         on_progress(99)
     return path.stat().st_size
@@ -271,32 +367,43 @@ def export_write_file(*, user, output: Path, actor=None) -> int:
 
 
 def _export_files_delete(export_id) -> None:
-    (Path(settings.EXPORT_ROOT) / f"{export_id}.zip").unlink(missing_ok=True)
-    _partial_path(export_id).unlink(missing_ok=True)
+    """The export's zip and every run's partial file (`<id>.zip`, `<id>.<run>.zip.partial`)."""
+    root = Path(settings.EXPORT_ROOT)
+    if root.is_dir():
+        for path in root.glob(f"{export_id}.*"):  # a UUID: no glob metacharacters
+            path.unlink(missing_ok=True)
 
 
 def exports_delete_for_user(*, user_id: int) -> int:
     """Delete every export of `user_id`, files first (a file without a row is unreachable but
     still data; a row without a file is harmless)."""
-    ids = list(DataExport.objects.filter(user_id=user_id).values_list("id", flat=True))
-    for export_id in ids:
-        _export_files_delete(export_id)
-    DataExport.objects.filter(id__in=ids).delete()
+    with transaction.atomic():
+        # The rows are locked before their files go: a build publishing its zip right now (it
+        # locks its row to do so) either finished first, and its file is deleted here, or waits
+        # and then finds its row gone and drops its file.
+        ids = list(DataExport.objects.select_for_update().filter(user_id=user_id).values_list("id", flat=True))
+        for export_id in ids:
+            _export_files_delete(export_id)
+        DataExport.objects.filter(id__in=ids).delete()
     return len(ids)
 
 
 def exports_purge_expired(*, now: datetime | None = None) -> int:
-    """Periodic: delete exports past their expiry (file and row), fail builds whose worker died,
-    and remove stray files in EXPORT_ROOT that belong to no export. Returns how many went."""
+    """Periodic: delete exports past their expiry (file and row), build again those whose worker
+    died (lease run out), fail those still not built after STALE_EXPORT_HOURS (a build that
+    kills its worker every time must end), and remove stray files in EXPORT_ROOT that belong to
+    no export. Returns how many went."""
     now = now or timezone.now()
     stale = now - timedelta(hours=STALE_EXPORT_HOURS)
-    for export_id in DataExport.objects.filter(status__in=_ACTIVE_EXPORT, created_at__lt=stale).values_list(
-        "id", flat=True
-    ):
-        _export_files_delete(export_id)
-        DataExport.objects.filter(pk=export_id, status__in=_ACTIVE_EXPORT).update(
-            status=DataExport.Status.FAILED, error="timeout", finished_at=now, expires_at=now
-        )
+    # A build with a live lease is at work, however old: it is left alone.
+    unbuilt = DataExport.objects.filter(_lease_over(now), status__in=_ACTIVE_EXPORT)
+    for export_id in unbuilt.filter(created_at__lt=stale).values_list("id", flat=True):
+        if DataExport.objects.filter(_lease_over(now), pk=export_id, status__in=_ACTIVE_EXPORT).update(
+            status=DataExport.Status.FAILED, error="timeout", finished_at=now, expires_at=now, lease_until=None
+        ):
+            _export_files_delete(export_id)
+    for export_id in unbuilt.filter(status=DataExport.Status.RUNNING, created_at__gte=stale).values_list("id", flat=True):
+        _export_requeue_if_dead(export_id, now=now)
     expired = DataExport.objects.filter(
         Q(expires_at__lte=now) | Q(status=DataExport.Status.FAILED, created_at__lt=now - timedelta(hours=settings.EXPORT_TTL_HOURS))
     )

@@ -170,6 +170,11 @@ class DataExport(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # The running build's claim, renewed as it writes: past lease_until its worker is taken for
+    # dead and the build is started again. lease_token names the run holding it, so a run that
+    # stalled past its lease and was replaced can no longer write progress or publish its file.
+    lease_until = models.DateTimeField(null=True, blank=True)
+    lease_token = models.UUIDField(null=True, blank=True)
 
     class Meta:
         verbose_name = _("data export")
