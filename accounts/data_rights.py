@@ -14,9 +14,11 @@ again once the lease has run out, from a clean file.
 Erasure: `erasure_request` locks the account at once (inactive, unusable password: every session
 stops authenticating) and queues `accounts.tasks.erasure_run_task`. `erasure_run` walks a fixed
 list of steps; each step is idempotent and is recorded in ErasureRequest.steps_done in the same
-transaction as its counts, so a run that dies midway is simply run again (the periodic
-`erasures_resume_task` does that) and finishes the rest. Money is never deleted: usage records
-and daily rollups stay with the user's link removed.
+transaction as its counts, so a run that dies midway is simply run again and finishes the rest:
+one run at a time holds the erasure's lease (ErasureRequest.lease_until); the redelivered task
+retries until a dead run's lease has run out, and the periodic `erasures_resume_task` catches
+the rest. Money is never deleted: usage records and daily rollups stay with the user's link
+removed.
 """
 
 from __future__ import annotations
@@ -61,9 +63,10 @@ EXPORT_FORMAT = "parley.export"
 EXPORT_VERSION = 1
 PROGRESS_STEP = 5  # percent between two progress writes: at most ~20 writes per export
 STALE_EXPORT_HOURS = 2  # a build still pending, or running without a live lease, after this is failed for good
-# How long a run's claim on its export holds without being renewed. A run renews it every
-# LEASE_RENEW_SECONDS, so one silent for a whole lease died with its worker; two minutes keeps a
-# person waiting on a dead build briefly, and is far above any pause between two renewals.
+# How long a run's claim on its export or erasure holds without being renewed. A run renews it
+# every LEASE_RENEW_SECONDS (exports) or before each erasure step and batch, so one silent for a
+# whole lease died with its worker; two minutes keeps a person waiting on a dead run briefly, and
+# is well above the longest pause between two renewals.
 LEASE = timedelta(minutes=2)
 LEASE_RENEW_SECONDS = 15  # at most one lease write this often per run, however many messages it reads
 LEASE_RETRY_MARGIN_SECONDS = 5  # a task that found a lease held comes back this long after it runs out
@@ -666,20 +669,37 @@ def erasure_request(
     return erasure
 
 
-def _add_counts(erasure_id, counts: dict[str, int], *, step: str | None = None, **fields) -> bool:
-    """Add `counts` to the receipt (and mark `step` done) under the row lock. Returns False when
-    the step was already done by another run (then nothing is added)."""
-    erasure = ErasureRequest.objects.select_for_update().get(pk=erasure_id)
-    if step is not None and step in erasure.steps_done:
+def _add_counts(erasure: ErasureRequest, counts: dict[str, int], *, step: str | None = None, **fields) -> bool:
+    """Add `counts` to the receipt (and mark `step` done) under the row lock, renewing the run's
+    lease. Returns False when the step was already done by another run (then nothing is added).
+
+    Raises LeaseHeld when the run no longer holds the erasure (it stalled past its lease and
+    another run took over): the step's transaction, and what the step did in it, rolls back, so
+    two runs never both record a batch or a step."""
+    row = ErasureRequest.objects.select_for_update().get(pk=erasure.pk)
+    now = timezone.now()
+    if row.lease_token != erasure.lease_token:
+        raise LeaseHeld(lease_until=row.lease_until, now=now)
+    if step is not None and step in row.steps_done:
         return False
     for key, value in counts.items():
-        erasure.receipt[key] = erasure.receipt.get(key, 0) + value
+        row.receipt[key] = row.receipt.get(key, 0) + value
     if step is not None:
-        erasure.steps_done = [*erasure.steps_done, step]
+        row.steps_done = [*row.steps_done, step]
     for name, value in fields.items():
-        setattr(erasure, name, value)
-    erasure.save(update_fields=["receipt", "steps_done", *fields])
+        setattr(row, name, value)
+    row.lease_until = now + LEASE
+    row.save(update_fields=["receipt", "steps_done", "lease_until", *fields])
     return True
+
+
+def _erasure_lease_renew(erasure: ErasureRequest) -> None:
+    """Renew the run's lease before a step; LeaseHeld if another run has taken the erasure over."""
+    now = timezone.now()
+    mine = ErasureRequest.objects.filter(pk=erasure.pk, lease_token=erasure.lease_token)
+    if not mine.update(lease_until=now + LEASE):
+        held = ErasureRequest.objects.filter(pk=erasure.pk).values_list("lease_until", flat=True).first()
+        raise LeaseHeld(lease_until=held, now=now)
 
 
 def _stop_turns(user_id: int) -> None:
@@ -711,13 +731,13 @@ def _step_streams(erasure: ErasureRequest, user) -> None:
     # The live buffers hold the reply's words: gone now, and swept again by the last step.
     swept = sum(cache_delete_prefix(prefix) for prefix in prefixes)
     with transaction.atomic():
-        _add_counts(erasure.pk, {"replies_stopped": stopped, "cache_keys": swept}, step="streams")
+        _add_counts(erasure, {"replies_stopped": stopped, "cache_keys": swept}, step="streams")
 
 
 def _step_exports(erasure: ErasureRequest, user) -> None:
     with transaction.atomic():
         removed = exports_delete_for_user(user_id=erasure.user_id)
-        _add_counts(erasure.pk, {"exports": removed}, step="exports")
+        _add_counts(erasure, {"exports": removed}, step="exports")
 
 
 def _step_conversations(erasure: ErasureRequest, user) -> None:
@@ -726,17 +746,17 @@ def _step_conversations(erasure: ErasureRequest, user) -> None:
         with transaction.atomic():
             ids = conversation_rights.conversation_ids_of(user_id=erasure.user_id, limit=20)
             if not ids:
-                _add_counts(erasure.pk, {}, step="conversations")
+                _add_counts(erasure, {}, step="conversations")
                 return
             batch = conversation_rights.conversations_delete(conversation_ids=ids)
-            _add_counts(erasure.pk, {"conversations": batch.conversations, "messages": batch.messages})
+            _add_counts(erasure, {"conversations": batch.conversations, "messages": batch.messages})
 
 
 def _step_usage(erasure: ErasureRequest, user) -> None:
     with transaction.atomic():
         kept = billing_rights.usage_forget_user(user_id=erasure.user_id, username=user.username if user else "")
         _add_counts(
-            erasure.pk,
+            erasure,
             {"usage_records_anonymised": kept["usage_records"], "daily_rollups_anonymised": kept["daily_rollups"], "budgets": kept["budgets"]},
             step="usage",
         )
@@ -745,19 +765,19 @@ def _step_usage(erasure: ErasureRequest, user) -> None:
 def _step_sessions(erasure: ErasureRequest, user) -> None:
     removed = sessions_delete_for_user(user_id=erasure.user_id)
     with transaction.atomic():
-        _add_counts(erasure.pk, {"sessions": removed}, step="sessions")
+        _add_counts(erasure, {"sessions": removed}, step="sessions")
 
 
 def _step_login_records(erasure: ErasureRequest, user) -> None:
     with transaction.atomic():
         removed = login_records_delete(username=user.username, email=user.email) if user else 0
-        _add_counts(erasure.pk, {"login_records": removed}, step="login_records")
+        _add_counts(erasure, {"login_records": removed}, step="login_records")
 
 
 def _step_audit(erasure: ErasureRequest, user) -> None:
     with transaction.atomic():
         scrubbed = audit_scrub_user(user_id=erasure.user_id, username=user.username, email=user.email) if user else 0
-        _add_counts(erasure.pk, {"audit_entries_scrubbed": scrubbed}, step="audit")
+        _add_counts(erasure, {"audit_entries_scrubbed": scrubbed}, step="audit")
 
 
 def _step_account(erasure: ErasureRequest, user) -> None:
@@ -774,7 +794,7 @@ def _step_account(erasure: ErasureRequest, user) -> None:
             _total, per_model = get_user_model().objects.filter(pk=erasure.user_id).delete()
             removed = per_model.get(get_user_model()._meta.label, 0)
         _add_counts(
-            erasure.pk,
+            erasure,
             {
                 "usage_records_anonymised": late["usage_records"],
                 "daily_rollups_anonymised": late["daily_rollups"],
@@ -789,7 +809,7 @@ def _step_cache(erasure: ErasureRequest, user) -> None:
     erasure.refresh_from_db(fields=["cache_prefixes"])
     removed = sum(cache_delete_prefix(prefix) for prefix in erasure.cache_prefixes)
     with transaction.atomic():
-        _add_counts(erasure.pk, {"cache_keys": removed}, step="cache", cache_prefixes=[])
+        _add_counts(erasure, {"cache_keys": removed}, step="cache", cache_prefixes=[])
 
 
 ERASURE_STEPS: list[tuple[str, Callable[[ErasureRequest, Any], None]]] = [
@@ -807,31 +827,49 @@ ERASURE_STEPS: list[tuple[str, Callable[[ErasureRequest, Any], None]]] = [
 
 def erasure_run(*, erasure_id) -> ErasureRequest | None:
     """Carry out an erasure, skipping the steps already done. Running it again after a crash
-    (or twice at once: a cache lock keeps one runner) finishes what is left and changes nothing
-    else."""
+    finishes what is left and changes nothing else.
+
+    One run at a time: the claim is a conditional UPDATE taking the erasure's lease, which the run
+    renews before each step and with each batch it records. While another run holds a live lease
+    this raises LeaseHeld and does nothing; the task retries when that lease would have run out,
+    so an erasure whose worker was killed resumes about a LEASE later.
+
+    The lease is a database row, not a cache key: every process and the periodic resume see it,
+    a cache flush or restart cannot drop it (letting a second run in), and with the cache down
+    the claim still works; the steps that sweep the cache then fail and are retried, as before."""
     erasure = ErasureRequest.objects.filter(pk=erasure_id).first()
     if erasure is None or erasure.status == ErasureRequest.Status.DONE:
         return erasure
-    lock = f"erasure-run:{erasure.pk}"
-    cache = caches["default"]
-    if not cache.add(lock, 1, timeout=15 * 60):
-        return erasure
+    run = uuid.uuid4()
+    now = timezone.now()
+    claimed = ErasureRequest.objects.filter(_lease_over(now), pk=erasure.pk, status__in=_OPEN).update(
+        status=ErasureRequest.Status.RUNNING,
+        attempts=F("attempts") + 1,
+        last_error="",
+        lease_token=run,
+        lease_until=now + LEASE,
+    )
+    if not claimed:
+        erasure.refresh_from_db()
+        if erasure.status == ErasureRequest.Status.DONE:
+            return erasure
+        raise LeaseHeld(lease_until=erasure.lease_until, now=now)
+    erasure.lease_token = run
     try:
-        ErasureRequest.objects.filter(pk=erasure.pk).update(
-            status=ErasureRequest.Status.RUNNING, attempts=F("attempts") + 1, last_error=""
-        )
         user = get_user_model().objects.filter(pk=erasure.user_id).first()
         for name, step in ERASURE_STEPS:
             erasure.refresh_from_db(fields=["steps_done"])
             if name in erasure.steps_done:
                 continue
+            _erasure_lease_renew(erasure)
             step(erasure, user)
         with transaction.atomic():
             erasure = ErasureRequest.objects.select_for_update().get(pk=erasure.pk)
             if erasure.status != ErasureRequest.Status.DONE:
                 erasure.status = ErasureRequest.Status.DONE
                 erasure.finished_at = timezone.now()
-                erasure.save(update_fields=["status", "finished_at"])
+                erasure.lease_until = erasure.lease_token = None
+                erasure.save(update_fields=["status", "finished_at", "lease_until", "lease_token"])
                 audit_record(
                     action="user.erase_done",
                     actor=None,
@@ -840,18 +878,26 @@ def erasure_run(*, erasure_id) -> ErasureRequest | None:
                     data={"erasure_id": str(erasure.id), "removed": erasure.receipt},
                 )
         return erasure
+    except LeaseHeld:
+        raise  # another run took over while this one stalled: the erasure is in its hands
     except Exception as exc:
-        ErasureRequest.objects.filter(pk=erasure.pk).update(last_error=type(exc).__name__[:200])
+        # Released, so the task's own retry (or anyone) can resume at once.
+        ErasureRequest.objects.filter(pk=erasure.pk, lease_token=run).update(
+            last_error=type(exc).__name__[:200], lease_until=None, lease_token=None
+        )
         logger.error("erasure %s stopped: %s (it resumes on the next run)", erasure.pk, type(exc).__name__)
         raise
-    finally:
-        cache.delete(lock)
+    # Anything else (BaseException: the worker being killed or shut down) is left to the lease:
+    # a killed worker runs no handler at all, and both are recovered the same way.
 
 
 def erasures_resume_stuck(*, older_than: timedelta = timedelta(minutes=10)) -> list[str]:
-    """Periodic: queue again every erasure still open after `older_than` (its worker died)."""
-    cutoff = timezone.now() - older_than
-    ids = [str(pk) for pk in ErasureRequest.objects.filter(status__in=_OPEN, created_at__lt=cutoff).values_list("id", flat=True)]
+    """Periodic: queue again every open erasure no run holds: its lease ran out (the worker died
+    mid-run), or it has waited `older_than` without a live lease (its task was lost, or failed
+    past its retries). Queuing one twice is harmless: one run takes the lease."""
+    now = timezone.now()
+    dead = Q(lease_until__lte=now) | Q(lease_until__isnull=True, created_at__lt=now - older_than)
+    ids = [str(pk) for pk in ErasureRequest.objects.filter(dead, status__in=_OPEN).values_list("id", flat=True)]
     tasks = _export_tasks()
     for erasure_id in ids:
         tasks.erasure_run_task.delay(erasure_id)

@@ -32,6 +32,7 @@ def export_build_task(self, export_id: str) -> None:
 
 
 @shared_task(
+    bind=True,
     name="accounts.erasure_run",
     ignore_result=True,
     autoretry_for=(Exception,),
@@ -39,9 +40,14 @@ def export_build_task(self, export_id: str) -> None:
     retry_backoff_max=600,
     max_retries=10,
 )
-def erasure_run_task(erasure_id: str) -> None:
+def erasure_run_task(self, erasure_id: str) -> None:
     # Each retry resumes after the last finished step; erasures_resume_task catches the rest.
-    data_rights.erasure_run(erasure_id=erasure_id)
+    # Redelivered after its worker was killed, it finds the dead run's lease live and retries
+    # when it runs out, instead of being acked having done nothing.
+    try:
+        data_rights.erasure_run(erasure_id=erasure_id)
+    except data_rights.LeaseHeld as held:
+        _retry_when_free(self, held)
 
 
 @shared_task(name="accounts.exports_purge_expired", ignore_result=True)
