@@ -7,13 +7,18 @@ Export: `export_request` makes a DataExport row and queues `accounts.tasks.expor
 which writes the zip to settings.EXPORT_ROOT entry by entry (messages read with .iterator(), the
 JSON spooled to an anonymous temporary file), so memory stays flat however long the history. The
 file is served only to its owner by an authenticated view, and removed after EXPORT_TTL_HOURS.
+A build holds a lease on its row (DataExport.lease_until), renewed as it writes: when its worker
+is killed, the redelivered task, the next request for an export or the periodic purge starts it
+again once the lease has run out, from a clean file.
 
 Erasure: `erasure_request` locks the account at once (inactive, unusable password: every session
 stops authenticating) and queues `accounts.tasks.erasure_run_task`. `erasure_run` walks a fixed
 list of steps; each step is idempotent and is recorded in ErasureRequest.steps_done in the same
-transaction as its counts, so a run that dies midway is simply run again (the periodic
-`erasures_resume_task` does that) and finishes the rest. Money is never deleted: usage records
-and daily rollups stay with the user's link removed.
+transaction as its counts, so a run that dies midway is simply run again and finishes the rest:
+one run at a time holds the erasure's lease (ErasureRequest.lease_until); the redelivered task
+retries until a dead run's lease has run out, and the periodic `erasures_resume_task` catches
+the rest. Money is never deleted: usage records and daily rollups stay with the user's link
+removed.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import io
 import json
 import logging
 import os
-import shutil
 import tempfile
+import time
+import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -57,7 +63,14 @@ logger = logging.getLogger(__name__)
 EXPORT_FORMAT = "parley.export"
 EXPORT_VERSION = 1
 PROGRESS_STEP = 5  # percent between two progress writes: at most ~20 writes per export
-STALE_EXPORT_HOURS = 2  # a build still pending/running after this died with its worker
+STALE_EXPORT_HOURS = 2  # a build still pending, or running without a live lease, after this is failed for good
+# How long a run's claim on its export or erasure holds without being renewed. A run renews it
+# every LEASE_RENEW_SECONDS (exports) or before each erasure step and batch, so one silent for a
+# whole lease died with its worker; two minutes keeps a person waiting on a dead run briefly, and
+# is well above the longest pause between two renewals.
+LEASE = timedelta(minutes=2)
+LEASE_RENEW_SECONDS = 15  # at most one lease write this often per run, however many messages it reads
+LEASE_RETRY_MARGIN_SECONDS = 5  # a task that found a lease held comes back this long after it runs out
 RECEIPT_SALT = "accounts.data_rights.erasure_receipt"
 ERASED = "[erased]"
 
@@ -71,6 +84,22 @@ class DataRightsError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class LeaseHeld(Exception):
+    """Another run holds the lease of this export or erasure (it is at work, or died less than a
+    lease ago): nothing was done here. Try again in `retry_in` seconds, when a dead run's lease
+    has run out; the tasks turn this into a Celery retry."""
+
+    def __init__(self, *, lease_until: datetime | None, now: datetime) -> None:
+        left = (lease_until - now).total_seconds() if lease_until else 0
+        self.retry_in = max(0, int(left) + 1) + LEASE_RETRY_MARGIN_SECONDS
+        super().__init__(f"held by another run; retry in {self.retry_in}s")
+
+
+def _lease_over(now: datetime) -> Q:
+    """Rows no live run holds: never leased, released, or leased by a run that stopped renewing."""
+    return Q(lease_until__isnull=True) | Q(lease_until__lte=now)
 
 
 # --- Export -------------------------------------------------------------------------------------
@@ -87,11 +116,14 @@ def export_request(*, user, requested_by=None, ip_address: str | None = None) ->
     """Start (or return the already running) export of `user`'s data; queued on commit.
 
     Two requests at once get the same export: the database allows one pending/running export per
-    user (constraint dataexport_one_active_per_user) and the loser of the race returns the winner."""
+    user (constraint dataexport_one_active_per_user) and the loser of the race returns the winner.
+    An active export whose worker died (its lease ran out) is queued again, not handed back dead."""
     if ErasureRequest.objects.filter(user_id=user.pk, status__in=_OPEN).exists():
         raise DataRightsError("account_closing", _("This account is being erased."))
     active = DataExport.objects.filter(user=user, status__in=_ACTIVE_EXPORT).first()
     if active is not None:
+        if _export_requeue_if_dead(active.pk, now=timezone.now()):
+            active.refresh_from_db()
         return active
     try:
         with transaction.atomic():
@@ -116,12 +148,32 @@ def export_request(*, user, requested_by=None, ip_address: str | None = None) ->
 _ACTIVE_EXPORT = [DataExport.Status.PENDING, DataExport.Status.RUNNING]
 
 
+def _export_requeue_if_dead(export_id, *, now: datetime) -> bool:
+    """A running export whose lease ran out (its worker died) goes back to pending and is queued
+    again. A conditional UPDATE: of several callers at once, one queues it."""
+    revived = (
+        DataExport.objects.filter(pk=export_id, status=DataExport.Status.RUNNING)
+        .filter(_lease_over(now))
+        .update(status=DataExport.Status.PENDING, progress=0, lease_until=None, lease_token=None)
+    )
+    if revived:
+        logger.warning("export %s: its build stopped renewing its lease, queued again", export_id)
+        transaction.on_commit(lambda: _export_tasks().export_build_task.delay(str(export_id)))
+    return bool(revived)
+
+
 def export_file_path(export: DataExport) -> Path:
     return Path(settings.EXPORT_ROOT) / f"{export.id}.zip"
 
 
-def _partial_path(export_id) -> Path:
-    return Path(settings.EXPORT_ROOT) / f"{export_id}.zip.partial"
+def _partial_path(export_id, run: uuid.UUID) -> Path:
+    # One name per run: a run that stalled past its lease and was replaced keeps writing only to
+    # its own file, never into the one its replacement is building (nor renames that one).
+    return Path(settings.EXPORT_ROOT) / f"{export_id}.{run.hex}.zip.partial"
+
+
+class _BuildLost(Exception):
+    """This run no longer holds its export: erased, expired, or taken over after a stall."""
 
 
 def export_get_for_owner(*, export_id, user) -> DataExport | None:
@@ -134,45 +186,79 @@ def export_is_expired(export: DataExport, *, now: datetime | None = None) -> boo
 
 
 def export_build(*, export_id) -> DataExport | None:
-    """Write the zip of a pending export. Only one worker wins the pending -> running claim, so a
-    task delivered twice builds once. Progress is written a bounded number of times."""
-    claimed = DataExport.objects.filter(pk=export_id, status=DataExport.Status.PENDING).update(
-        status=DataExport.Status.RUNNING, progress=0
+    """Write the zip of an export. The claim is a conditional UPDATE taking a pending export, or a
+    running one whose lease ran out (its worker died): one run builds at a time, and a task
+    delivered twice builds once. A live lease held by another run raises LeaseHeld. Progress and
+    the lease are written a bounded number of times."""
+    run = uuid.uuid4()
+    now = timezone.now()
+    claimed = (
+        DataExport.objects.filter(pk=export_id)
+        .filter(Q(status=DataExport.Status.PENDING) | Q(_lease_over(now), status=DataExport.Status.RUNNING))
+        .update(status=DataExport.Status.RUNNING, progress=0, lease_token=run, lease_until=now + LEASE)
     )
     if not claimed:
-        return DataExport.objects.filter(pk=export_id).first()
+        export = DataExport.objects.filter(pk=export_id).first()
+        if export is not None and export.status == DataExport.Status.RUNNING:
+            raise LeaseHeld(lease_until=export.lease_until, now=now)
+        return export
     export = DataExport.objects.select_related("user").get(pk=export_id)
     root = Path(settings.EXPORT_ROOT)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    partial, final = _partial_path(export.id), export_file_path(export)
+    # A dead run's files go before anything is written: its half zip is never served or kept.
+    _export_files_delete(export.pk)
+    partial, final = _partial_path(export.pk, run), export_file_path(export)
+    mine = DataExport.objects.filter(pk=export.pk, status=DataExport.Status.RUNNING, lease_token=run)
+    renewed = time.monotonic()
+
+    def renew(**fields) -> None:
+        nonlocal renewed
+        if not mine.update(lease_until=timezone.now() + LEASE, **fields):
+            raise _BuildLost
+        renewed = time.monotonic()
 
     def on_progress(percent: int) -> None:
-        DataExport.objects.filter(pk=export.pk, status=DataExport.Status.RUNNING).update(progress=percent)
+        renew(progress=percent)
 
+    def heartbeat() -> None:
+        if time.monotonic() - renewed >= LEASE_RENEW_SECONDS:
+            renew()
+
+    published = False
     try:
         with translation.override(export.user.language or settings.LANGUAGE_CODE):
-            size = export_write_zip(user=export.user, path=partial, on_progress=on_progress)
-        os.replace(partial, final)
+            size = export_write_zip(user=export.user, path=partial, on_progress=on_progress, heartbeat=heartbeat)
+        with transaction.atomic():
+            # Under the row's lock: an erasure deleting the user's exports (which locks them
+            # first), a purge or a run that took over either went before (then the row is not
+            # this run's, and its file is dropped) or waits until the file and row agree.
+            if mine.select_for_update().values_list("pk", flat=True).first() is None:
+                raise _BuildLost
+            os.replace(partial, final)
+            published = True
+            now = timezone.now()
+            mine.update(
+                status=DataExport.Status.READY,
+                progress=100,
+                file_name=final.name,
+                size_bytes=size,
+                finished_at=now,
+                expires_at=now + timedelta(hours=settings.EXPORT_TTL_HOURS),
+                lease_until=None,
+            )
+    except _BuildLost:
+        partial.unlink(missing_ok=True)
     except Exception as exc:  # noqa: BLE001 - any failure ends as a failed export, never a half file
         partial.unlink(missing_ok=True)
+        if published:  # renamed, but the row never said ready: the file must not outlive that
+            final.unlink(missing_ok=True)
         # The class name only: an exception's text can quote the data being written.
         logger.error("export %s failed: %s", export.pk, type(exc).__name__)
-        DataExport.objects.filter(pk=export.pk).update(
-            status=DataExport.Status.FAILED, error=type(exc).__name__[:200], finished_at=timezone.now()
+        mine.update(
+            status=DataExport.Status.FAILED, error=type(exc).__name__[:200], finished_at=timezone.now(), lease_until=None
         )
-        return DataExport.objects.filter(pk=export.pk).first()
-    now = timezone.now()
-    done = DataExport.objects.filter(pk=export.pk, status=DataExport.Status.RUNNING).update(
-        status=DataExport.Status.READY,
-        progress=100,
-        file_name=final.name,
-        size_bytes=size,
-        finished_at=now,
-        expires_at=now + timedelta(hours=settings.EXPORT_TTL_HOURS),
-    )
-    if not done:
-        # Erased or expired while it was being written: the file must not outlive its row.
-        final.unlink(missing_ok=True)
+    # Anything else (BaseException: the worker being killed or shut down) is left to the lease:
+    # a killed worker runs no handler at all, and both are recovered the same way.
     return DataExport.objects.filter(pk=export.pk).first()
 
 
@@ -193,18 +279,28 @@ def _account_dict(user) -> dict[str, Any]:
     }
 
 
-def export_write_zip(*, user, path: Path, on_progress: Callable[[int], None] | None = None) -> int:
+def export_write_zip(
+    *,
+    user,
+    path: Path,
+    on_progress: Callable[[int], None] | None = None,
+    heartbeat: Callable[[], None] | None = None,
+) -> int:
     """Write the export zip of `user` to `path` and return its size in bytes. The layout is the
-    one documented in templates/accounts/data/export_readme.md (copied into the zip)."""
+    one documented in templates/accounts/data/export_readme.md (copied into the zip).
+    `on_progress` gets each step of PROGRESS_STEP percent; `heartbeat` is called for every
+    message, usage row and copied chunk (it decides itself when to write anything)."""
     counts = conversation_rights.conversations_counts(user_id=user.pk)
     total = max(counts["messages"], 1)
     done = 0
     reported = 0
+    beat = heartbeat or (lambda: None)
     if on_progress:
         on_progress(0)
 
     def tick() -> None:
         nonlocal done, reported
+        beat()
         done += 1
         percent = min(95, done * 95 // total)
         if on_progress and percent >= reported + PROGRESS_STEP:
@@ -244,12 +340,15 @@ def export_write_zip(*, user, path: Path, on_progress: Callable[[int], None] | N
         spool.write("\n]}\n")
         spool.seek(0)
         with io.TextIOWrapper(archive.open("conversations.json", "w", force_zip64=True), encoding="utf-8") as out:
-            shutil.copyfileobj(spool, out, length=1024 * 1024)
+            while chunk := spool.read(1024 * 1024):
+                out.write(chunk)
+                beat()
         with io.TextIOWrapper(archive.open("usage.csv", "w", force_zip64=True), encoding="utf-8", newline="") as out:
             writer = csv.DictWriter(out, fieldnames=billing_rights.USAGE_CSV_FIELDS)
             writer.writeheader()
             for row in billing_rights.usage_export_rows(user_id=user.pk):
                 writer.writerow(row)
+                beat()
     if on_progress:
         on_progress(99)
     return path.stat().st_size
@@ -272,32 +371,43 @@ def export_write_file(*, user, output: Path, actor=None) -> int:
 
 
 def _export_files_delete(export_id) -> None:
-    (Path(settings.EXPORT_ROOT) / f"{export_id}.zip").unlink(missing_ok=True)
-    _partial_path(export_id).unlink(missing_ok=True)
+    """The export's zip and every run's partial file (`<id>.zip`, `<id>.<run>.zip.partial`)."""
+    root = Path(settings.EXPORT_ROOT)
+    if root.is_dir():
+        for path in root.glob(f"{export_id}.*"):  # a UUID: no glob metacharacters
+            path.unlink(missing_ok=True)
 
 
 def exports_delete_for_user(*, user_id: int) -> int:
     """Delete every export of `user_id`, files first (a file without a row is unreachable but
     still data; a row without a file is harmless)."""
-    ids = list(DataExport.objects.filter(user_id=user_id).values_list("id", flat=True))
-    for export_id in ids:
-        _export_files_delete(export_id)
-    DataExport.objects.filter(id__in=ids).delete()
+    with transaction.atomic():
+        # The rows are locked before their files go: a build publishing its zip right now (it
+        # locks its row to do so) either finished first, and its file is deleted here, or waits
+        # and then finds its row gone and drops its file.
+        ids = list(DataExport.objects.select_for_update().filter(user_id=user_id).values_list("id", flat=True))
+        for export_id in ids:
+            _export_files_delete(export_id)
+        DataExport.objects.filter(id__in=ids).delete()
     return len(ids)
 
 
 def exports_purge_expired(*, now: datetime | None = None) -> int:
-    """Periodic: delete exports past their expiry (file and row), fail builds whose worker died,
-    and remove stray files in EXPORT_ROOT that belong to no export. Returns how many went."""
+    """Periodic: delete exports past their expiry (file and row), build again those whose worker
+    died (lease run out), fail those still not built after STALE_EXPORT_HOURS (a build that
+    kills its worker every time must end), and remove stray files in EXPORT_ROOT that belong to
+    no export. Returns how many went."""
     now = now or timezone.now()
     stale = now - timedelta(hours=STALE_EXPORT_HOURS)
-    for export_id in DataExport.objects.filter(status__in=_ACTIVE_EXPORT, created_at__lt=stale).values_list(
-        "id", flat=True
-    ):
-        _export_files_delete(export_id)
-        DataExport.objects.filter(pk=export_id, status__in=_ACTIVE_EXPORT).update(
-            status=DataExport.Status.FAILED, error="timeout", finished_at=now, expires_at=now
-        )
+    # A build with a live lease is at work, however old: it is left alone.
+    unbuilt = DataExport.objects.filter(_lease_over(now), status__in=_ACTIVE_EXPORT)
+    for export_id in unbuilt.filter(created_at__lt=stale).values_list("id", flat=True):
+        if DataExport.objects.filter(_lease_over(now), pk=export_id, status__in=_ACTIVE_EXPORT).update(
+            status=DataExport.Status.FAILED, error="timeout", finished_at=now, expires_at=now, lease_until=None
+        ):
+            _export_files_delete(export_id)
+    for export_id in unbuilt.filter(status=DataExport.Status.RUNNING, created_at__gte=stale).values_list("id", flat=True):
+        _export_requeue_if_dead(export_id, now=now)
     expired = DataExport.objects.filter(
         Q(expires_at__lte=now) | Q(status=DataExport.Status.FAILED, created_at__lt=now - timedelta(hours=settings.EXPORT_TTL_HOURS))
     )
@@ -563,20 +673,37 @@ def erasure_request(
     return erasure
 
 
-def _add_counts(erasure_id, counts: dict[str, int], *, step: str | None = None, **fields) -> bool:
-    """Add `counts` to the receipt (and mark `step` done) under the row lock. Returns False when
-    the step was already done by another run (then nothing is added)."""
-    erasure = ErasureRequest.objects.select_for_update().get(pk=erasure_id)
-    if step is not None and step in erasure.steps_done:
+def _add_counts(erasure: ErasureRequest, counts: dict[str, int], *, step: str | None = None, **fields) -> bool:
+    """Add `counts` to the receipt (and mark `step` done) under the row lock, renewing the run's
+    lease. Returns False when the step was already done by another run (then nothing is added).
+
+    Raises LeaseHeld when the run no longer holds the erasure (it stalled past its lease and
+    another run took over): the step's transaction, and what the step did in it, rolls back, so
+    two runs never both record a batch or a step."""
+    row = ErasureRequest.objects.select_for_update().get(pk=erasure.pk)
+    now = timezone.now()
+    if row.lease_token != erasure.lease_token:
+        raise LeaseHeld(lease_until=row.lease_until, now=now)
+    if step is not None and step in row.steps_done:
         return False
     for key, value in counts.items():
-        erasure.receipt[key] = erasure.receipt.get(key, 0) + value
+        row.receipt[key] = row.receipt.get(key, 0) + value
     if step is not None:
-        erasure.steps_done = [*erasure.steps_done, step]
+        row.steps_done = [*row.steps_done, step]
     for name, value in fields.items():
-        setattr(erasure, name, value)
-    erasure.save(update_fields=["receipt", "steps_done", *fields])
+        setattr(row, name, value)
+    row.lease_until = now + LEASE
+    row.save(update_fields=["receipt", "steps_done", "lease_until", *fields])
     return True
+
+
+def _erasure_lease_renew(erasure: ErasureRequest) -> None:
+    """Renew the run's lease before a step; LeaseHeld if another run has taken the erasure over."""
+    now = timezone.now()
+    mine = ErasureRequest.objects.filter(pk=erasure.pk, lease_token=erasure.lease_token)
+    if not mine.update(lease_until=now + LEASE):
+        held = ErasureRequest.objects.filter(pk=erasure.pk).values_list("lease_until", flat=True).first()
+        raise LeaseHeld(lease_until=held, now=now)
 
 
 def _stop_turns(user_id: int) -> None:
@@ -608,13 +735,13 @@ def _step_streams(erasure: ErasureRequest, user) -> None:
     # The live buffers hold the reply's words: gone now, and swept again by the last step.
     swept = sum(cache_delete_prefix(prefix) for prefix in prefixes)
     with transaction.atomic():
-        _add_counts(erasure.pk, {"replies_stopped": stopped, "cache_keys": swept}, step="streams")
+        _add_counts(erasure, {"replies_stopped": stopped, "cache_keys": swept}, step="streams")
 
 
 def _step_exports(erasure: ErasureRequest, user) -> None:
     with transaction.atomic():
         removed = exports_delete_for_user(user_id=erasure.user_id)
-        _add_counts(erasure.pk, {"exports": removed}, step="exports")
+        _add_counts(erasure, {"exports": removed}, step="exports")
 
 
 def _step_conversations(erasure: ErasureRequest, user) -> None:
@@ -623,17 +750,17 @@ def _step_conversations(erasure: ErasureRequest, user) -> None:
         with transaction.atomic():
             ids = conversation_rights.conversation_ids_of(user_id=erasure.user_id, limit=20)
             if not ids:
-                _add_counts(erasure.pk, {}, step="conversations")
+                _add_counts(erasure, {}, step="conversations")
                 return
             batch = conversation_rights.conversations_delete(conversation_ids=ids)
-            _add_counts(erasure.pk, {"conversations": batch.conversations, "messages": batch.messages})
+            _add_counts(erasure, {"conversations": batch.conversations, "messages": batch.messages})
 
 
 def _step_usage(erasure: ErasureRequest, user) -> None:
     with transaction.atomic():
         kept = billing_rights.usage_forget_user(user_id=erasure.user_id, username=user.username if user else "")
         _add_counts(
-            erasure.pk,
+            erasure,
             {"usage_records_anonymised": kept["usage_records"], "daily_rollups_anonymised": kept["daily_rollups"], "budgets": kept["budgets"]},
             step="usage",
         )
@@ -642,19 +769,19 @@ def _step_usage(erasure: ErasureRequest, user) -> None:
 def _step_sessions(erasure: ErasureRequest, user) -> None:
     removed = sessions_delete_for_user(user_id=erasure.user_id)
     with transaction.atomic():
-        _add_counts(erasure.pk, {"sessions": removed}, step="sessions")
+        _add_counts(erasure, {"sessions": removed}, step="sessions")
 
 
 def _step_login_records(erasure: ErasureRequest, user) -> None:
     with transaction.atomic():
         removed = login_records_delete(username=user.username, email=user.email) if user else 0
-        _add_counts(erasure.pk, {"login_records": removed}, step="login_records")
+        _add_counts(erasure, {"login_records": removed}, step="login_records")
 
 
 def _step_audit(erasure: ErasureRequest, user) -> None:
     with transaction.atomic():
         scrubbed = audit_scrub_user(user_id=erasure.user_id, username=user.username, email=user.email) if user else 0
-        _add_counts(erasure.pk, {"audit_entries_scrubbed": scrubbed}, step="audit")
+        _add_counts(erasure, {"audit_entries_scrubbed": scrubbed}, step="audit")
 
 
 def _step_account(erasure: ErasureRequest, user) -> None:
@@ -671,7 +798,7 @@ def _step_account(erasure: ErasureRequest, user) -> None:
             _total, per_model = get_user_model().objects.filter(pk=erasure.user_id).delete()
             removed = per_model.get(get_user_model()._meta.label, 0)
         _add_counts(
-            erasure.pk,
+            erasure,
             {
                 "usage_records_anonymised": late["usage_records"],
                 "daily_rollups_anonymised": late["daily_rollups"],
@@ -686,7 +813,7 @@ def _step_cache(erasure: ErasureRequest, user) -> None:
     erasure.refresh_from_db(fields=["cache_prefixes"])
     removed = sum(cache_delete_prefix(prefix) for prefix in erasure.cache_prefixes)
     with transaction.atomic():
-        _add_counts(erasure.pk, {"cache_keys": removed}, step="cache", cache_prefixes=[])
+        _add_counts(erasure, {"cache_keys": removed}, step="cache", cache_prefixes=[])
 
 
 ERASURE_STEPS: list[tuple[str, Callable[[ErasureRequest, Any], None]]] = [
@@ -704,31 +831,49 @@ ERASURE_STEPS: list[tuple[str, Callable[[ErasureRequest, Any], None]]] = [
 
 def erasure_run(*, erasure_id) -> ErasureRequest | None:
     """Carry out an erasure, skipping the steps already done. Running it again after a crash
-    (or twice at once: a cache lock keeps one runner) finishes what is left and changes nothing
-    else."""
+    finishes what is left and changes nothing else.
+
+    One run at a time: the claim is a conditional UPDATE taking the erasure's lease, which the run
+    renews before each step and with each batch it records. While another run holds a live lease
+    this raises LeaseHeld and does nothing; the task retries when that lease would have run out,
+    so an erasure whose worker was killed resumes about a LEASE later.
+
+    The lease is a database row, not a cache key: every process and the periodic resume see it,
+    a cache flush or restart cannot drop it (letting a second run in), and with the cache down
+    the claim still works; the steps that sweep the cache then fail and are retried, as before."""
     erasure = ErasureRequest.objects.filter(pk=erasure_id).first()
     if erasure is None or erasure.status == ErasureRequest.Status.DONE:
         return erasure
-    lock = f"erasure-run:{erasure.pk}"
-    cache = caches["default"]
-    if not cache.add(lock, 1, timeout=15 * 60):
-        return erasure
+    run = uuid.uuid4()
+    now = timezone.now()
+    claimed = ErasureRequest.objects.filter(_lease_over(now), pk=erasure.pk, status__in=_OPEN).update(
+        status=ErasureRequest.Status.RUNNING,
+        attempts=F("attempts") + 1,
+        last_error="",
+        lease_token=run,
+        lease_until=now + LEASE,
+    )
+    if not claimed:
+        erasure.refresh_from_db()
+        if erasure.status == ErasureRequest.Status.DONE:
+            return erasure
+        raise LeaseHeld(lease_until=erasure.lease_until, now=now)
+    erasure.lease_token = run
     try:
-        ErasureRequest.objects.filter(pk=erasure.pk).update(
-            status=ErasureRequest.Status.RUNNING, attempts=F("attempts") + 1, last_error=""
-        )
         user = get_user_model().objects.filter(pk=erasure.user_id).first()
         for name, step in ERASURE_STEPS:
             erasure.refresh_from_db(fields=["steps_done"])
             if name in erasure.steps_done:
                 continue
+            _erasure_lease_renew(erasure)
             step(erasure, user)
         with transaction.atomic():
             erasure = ErasureRequest.objects.select_for_update().get(pk=erasure.pk)
             if erasure.status != ErasureRequest.Status.DONE:
                 erasure.status = ErasureRequest.Status.DONE
                 erasure.finished_at = timezone.now()
-                erasure.save(update_fields=["status", "finished_at"])
+                erasure.lease_until = erasure.lease_token = None
+                erasure.save(update_fields=["status", "finished_at", "lease_until", "lease_token"])
                 audit_record(
                     action="user.erase_done",
                     actor=None,
@@ -737,18 +882,26 @@ def erasure_run(*, erasure_id) -> ErasureRequest | None:
                     data={"erasure_id": str(erasure.id), "removed": erasure.receipt},
                 )
         return erasure
+    except LeaseHeld:
+        raise  # another run took over while this one stalled: the erasure is in its hands
     except Exception as exc:
-        ErasureRequest.objects.filter(pk=erasure.pk).update(last_error=type(exc).__name__[:200])
+        # Released, so the task's own retry (or anyone) can resume at once.
+        ErasureRequest.objects.filter(pk=erasure.pk, lease_token=run).update(
+            last_error=type(exc).__name__[:200], lease_until=None, lease_token=None
+        )
         logger.error("erasure %s stopped: %s (it resumes on the next run)", erasure.pk, type(exc).__name__)
         raise
-    finally:
-        cache.delete(lock)
+    # Anything else (BaseException: the worker being killed or shut down) is left to the lease:
+    # a killed worker runs no handler at all, and both are recovered the same way.
 
 
 def erasures_resume_stuck(*, older_than: timedelta = timedelta(minutes=10)) -> list[str]:
-    """Periodic: queue again every erasure still open after `older_than` (its worker died)."""
-    cutoff = timezone.now() - older_than
-    ids = [str(pk) for pk in ErasureRequest.objects.filter(status__in=_OPEN, created_at__lt=cutoff).values_list("id", flat=True)]
+    """Periodic: queue again every open erasure no run holds: its lease ran out (the worker died
+    mid-run), or it has waited `older_than` without a live lease (its task was lost, or failed
+    past its retries). Queuing one twice is harmless: one run takes the lease."""
+    now = timezone.now()
+    dead = Q(lease_until__lte=now) | Q(lease_until__isnull=True, created_at__lt=now - older_than)
+    ids = [str(pk) for pk in ErasureRequest.objects.filter(dead, status__in=_OPEN).values_list("id", flat=True)]
     tasks = _export_tasks()
     for erasure_id in ids:
         tasks.erasure_run_task.delay(erasure_id)

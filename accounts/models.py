@@ -170,6 +170,11 @@ class DataExport(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # The running build's claim, renewed as it writes: past lease_until its worker is taken for
+    # dead and the build is started again. lease_token names the run holding it, so a run that
+    # stalled past its lease and was replaced can no longer write progress or publish its file.
+    lease_until = models.DateTimeField(null=True, blank=True)
+    lease_token = models.UUIDField(null=True, blank=True)
 
     class Meta:
         verbose_name = _("data export")
@@ -208,6 +213,11 @@ class ErasureRequest(models.Model):
     last_error = models.CharField(max_length=200, blank=True)  # exception class only, never data
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The running erasure's claim, renewed between steps and batches: past lease_until its worker
+    # is taken for dead and the next run resumes. lease_token names the run holding it, so a run
+    # that stalled past its lease and was replaced can no longer record a step.
+    lease_until = models.DateTimeField(null=True, blank=True)
+    lease_token = models.UUIDField(null=True, blank=True)
 
     class Meta:
         verbose_name = _("erasure")

@@ -16,6 +16,8 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+from celery.app.trace import build_tracer
 from django.apps import apps
 from django.conf import settings
 from django.core.cache import caches
@@ -44,6 +46,74 @@ def manage_py(*args: str) -> subprocess.CompletedProcess:
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
     """stderr without the dev-default warnings the settings print on every start."""
     return [line for line in proc.stderr.splitlines() if line and "Warning" not in line and "warnings.warn" not in line]
+
+
+# --- Dead workers, clocks and redeliveries ----------------------------------------------------------
+
+
+class WorkerKilled(BaseException):  # noqa: N818 - named for what it stands for, as SystemExit is
+    """A worker killed mid-task, seen from inside: no `except Exception` of the code catches it,
+    so the run stops where it is and leaves its row and files as a killed process would."""
+
+
+def dies_on_call(n: int, real):
+    """`real`, except that its `n`-th call kills the worker (raises WorkerKilled)."""
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise WorkerKilled
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+def travel(monkeypatch, delta: timedelta) -> None:
+    """Move this process's clock (django.utils.timezone.now, which the leases read) by `delta`."""
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + delta)
+
+
+def run_as_worker(task, *args) -> list[float]:
+    """Run `task` as a worker runs a delivered message: through Celery's own tracer, not eagerly.
+    Returns the countdowns of the retries it schedules; they are recorded, not sent."""
+    task = getattr(task, "_get_current_object", lambda: task)()
+    retries: list[float] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(task, "apply_async", lambda *a, countdown=None, **options: retries.append(countdown))
+        tracer = build_tracer(task.name, task, eager=False, store_errors=False, app=task.app)
+        result = tracer(str(uuid.uuid4()), list(args), {}, {"retries": 0, "delivery_info": {"redelivered": True}})
+    assert result.info is None or result.info.state == "RETRY", result.retval
+    return retries
+
+
+def database_url() -> str:
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def other_process(code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (Django set up) on this test's database, cache and
+    MEDIA_ROOT: a second worker, which can be really killed (SIGKILL: no handler runs)."""
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"}}
+    env.update(
+        {
+            "DATABASE_URL": database_url(),
+            "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+            "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
+    if settings.REDIS_URL:
+        env["REDIS_URL"] = settings.REDIS_URL
+    prelude = "import django\ndjango.setup()\n"
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def make_history(user, *, conversations: int = 3, messages_each: int = 4, tag: str = "", start=None, team=None):

@@ -1,5 +1,7 @@
-"""Data rights at the edges: a conversation deleted before the erasure, and a title or summary
-call whose account is erased while the provider answers."""
+"""Data rights at the edges: a conversation deleted before the erasure, a title or summary call
+whose account is erased while the provider answers, and two runs of one erasure at once."""
+
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
@@ -125,3 +127,126 @@ def test_two_administrators_erased_at_once_leave_one(make_user, monkeypatch):
         thread.join()
     assert refused == ["only_admin"]
     assert get_user_model().objects.filter(is_superuser=True, is_active=True).count() == 1
+
+
+# --- Two runs of one erasure ----------------------------------------------------------------------
+
+
+def _paused_sessions_step(monkeypatch):
+    """The first run to reach the sessions step waits there (outside any transaction, as a slow
+    step would) until `go_on` is set; `inside` says it got there."""
+    import threading
+
+    from accounts import data_rights
+
+    inside, go_on = threading.Event(), threading.Event()
+    real = data_rights.sessions_delete_for_user
+
+    def sessions_delete_for_user(**kwargs):
+        if not inside.is_set():
+            inside.set()
+            go_on.wait(10)
+        return real(**kwargs)
+
+    monkeypatch.setattr(data_rights, "sessions_delete_for_user", sessions_delete_for_user)
+    return inside, go_on
+
+
+def _steps_recorded(monkeypatch) -> list[tuple[str, str]]:
+    """(thread, step) for every step run, in the order they start."""
+    import threading
+
+    from accounts import data_rights
+
+    ran: list[tuple[str, str]] = []
+
+    def recorded(name, step):
+        def run(erasure, user):
+            ran.append((threading.current_thread().name, name))
+            step(erasure, user)
+
+        return run
+
+    monkeypatch.setattr(data_rights, "ERASURE_STEPS", [(name, recorded(name, step)) for name, step in data_rights.ERASURE_STEPS])
+    return ran
+
+
+def _in_thread(name, target, outcome):
+    import threading
+
+    from django.db import connection
+
+    def run():
+        try:
+            outcome.append(target())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test to assert on
+            outcome.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    return thread
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_run_of_an_erasure_never_runs_beside_a_live_one(make_user, monkeypatch):
+    from accounts import data_rights, tasks
+    from accounts.models import ErasureRequest
+
+    from .data_rights_fixtures import make_history, run_as_worker
+
+    victim = make_user("zed_erasable")
+    make_history(victim, conversations=2, messages_each=2)
+    erasure = data_rights.erasure_request(user=victim, queue=False)
+    inside, go_on = _paused_sessions_step(monkeypatch)
+    ran = _steps_recorded(monkeypatch)
+    outcome = []
+    first = _in_thread("first", lambda: data_rights.erasure_run(erasure_id=erasure.pk), outcome)
+    try:
+        assert inside.wait(10)
+        held = ErasureRequest.objects.get(pk=erasure.pk)
+        # The same erasure run again meanwhile (a redelivery, the periodic resume, erase_user):
+        with pytest.raises(data_rights.LeaseHeld):
+            data_rights.erasure_run(erasure_id=erasure.pk)
+        assert len(run_as_worker(tasks.erasure_run_task, str(erasure.pk))) == 1
+        assert ErasureRequest.objects.get(pk=erasure.pk).lease_token == held.lease_token
+    finally:
+        go_on.set()
+        first.join()
+    erasure.refresh_from_db()
+    assert outcome == [erasure] and erasure.status == ErasureRequest.Status.DONE
+    assert {thread for thread, _step in ran} == {"first"}
+    assert [step for _thread, step in ran] == [name for name, _step in data_rights.ERASURE_STEPS]
+    assert erasure.attempts == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_that_stalled_past_its_lease_and_was_replaced_records_nothing(make_user, client, monkeypatch):
+    from accounts import data_rights
+    from accounts.models import ErasureRequest
+
+    from .data_rights_fixtures import make_history, travel
+
+    victim = make_user("zed_erasable")
+    make_history(victim, conversations=2, messages_each=2)
+    client.force_login(victim)
+    erasure = data_rights.erasure_request(user=victim, queue=False)
+    inside, go_on = _paused_sessions_step(monkeypatch)
+    outcome = []
+    stalled = _in_thread("stalled", lambda: data_rights.erasure_run(erasure_id=erasure.pk), outcome)
+    try:
+        assert inside.wait(10)
+        travel(monkeypatch, data_rights.LEASE + timedelta(seconds=1))  # it stays silent a whole lease
+        replacement = data_rights.erasure_run(erasure_id=erasure.pk)
+        assert replacement.status == ErasureRequest.Status.DONE
+    finally:
+        go_on.set()
+        stalled.join()
+    # The stalled run wakes up and finishes its step: it is told another run has the erasure,
+    # and the step it was in is not recorded a second time.
+    assert len(outcome) == 1 and isinstance(outcome[0], data_rights.LeaseHeld)
+    erasure.refresh_from_db()
+    assert erasure.status == ErasureRequest.Status.DONE and erasure.attempts == 2
+    assert erasure.steps_done == [name for name, _step in data_rights.ERASURE_STEPS]
+    assert erasure.receipt["sessions"] == 1 and erasure.last_error == ""

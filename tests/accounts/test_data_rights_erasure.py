@@ -1,8 +1,11 @@
 """Erasure: nothing of the person is left anywhere, and no money is lost."""
 
 import io
+import signal
 import sys
 import types
+import uuid
+from datetime import timedelta
 
 import pytest
 from axes.models import AccessAttempt, AccessLog
@@ -10,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.test import Client
+from django.utils import timezone
 
 from accounts import data_rights
 from accounts.audit import audit_record
@@ -19,7 +23,19 @@ from billing.models import DailyUsage, UsageRecord
 from conversations import data_rights as conversation_rights
 from conversations.models import Conversation, Message
 
-from .data_rights_fixtures import error_lines, make_history, manage_py, scan_cache, scan_database, scan_media
+from .data_rights_fixtures import (
+    WorkerKilled,
+    dies_on_call,
+    error_lines,
+    make_history,
+    manage_py,
+    other_process,
+    run_as_worker,
+    scan_cache,
+    scan_database,
+    scan_media,
+    travel,
+)
 
 PASSWORD = "correct horse battery 9"
 User = get_user_model()
@@ -420,7 +436,10 @@ def test_erase_user_fails_when_another_run_holds_the_erasure(victim):
     """A second erase_user while a worker is erasing the same account must not report success:
     nothing was erased by it, and the account is still there until the other run ends."""
     erasure = data_rights.erasure_request(user=victim, queue=False)
-    cache.add(f"erasure-run:{erasure.pk}", 1)
+    # Another process's run holds the erasure's lease (and keeps renewing it).
+    ErasureRequest.objects.filter(pk=erasure.pk).update(
+        status=ErasureRequest.Status.RUNNING, lease_token=uuid.uuid4(), lease_until=timezone.now() + data_rights.LEASE
+    )
     out = io.StringIO()
     with pytest.raises(CommandError, match="already running") as error:
         call_command("erase_user", victim.username, "--yes", stdout=out)
@@ -467,3 +486,100 @@ def test_a_stuck_erasure_is_resumed_by_the_periodic_task(victim):
     erasures_resume_task.delay()
     assert ErasureRequest.objects.get(pk=erasure.pk).status == ErasureRequest.Status.DONE
     _assert_nothing_left([victim.username, victim.email, *texts])
+
+
+# --- A run whose worker died ----------------------------------------------------------------------
+
+STEPS = [name for name, _step in data_rights.ERASURE_STEPS]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_erasure_whose_worker_was_killed_resumes_once_its_lease_runs_out(victim, other_user, team, monkeypatch):
+    from accounts import tasks
+
+    texts, _clients, _other = _populate(victim, other_user, team)
+    make_history(victim, conversations=22, messages_each=2, tag="many")  # more than one batch of 20
+    texts += [f"secret-many-{c}-{m} 비밀" for c in range(22) for m in range(2)]
+    totals = billing_rights.usage_totals()
+    erasure = data_rights.erasure_request(user=victim, queue=False)
+    # A real worker process, killed (SIGKILL) in the middle of the second batch of conversations.
+    killed = other_process(
+        "import os, signal\n"
+        "from accounts import data_rights\n"
+        "from conversations import data_rights as conversation_rights\n"
+        "real, calls = conversation_rights.conversations_delete, []\n"
+        "def conversations_delete(**kwargs):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(**kwargs)\n"
+        "conversation_rights.conversations_delete = conversations_delete\n"
+        f"data_rights.erasure_run(erasure_id='{erasure.pk}')\n"
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    erasure.refresh_from_db()
+    assert erasure.status == ErasureRequest.Status.RUNNING and erasure.lease_until > timezone.now()
+    assert erasure.steps_done == ["streams", "exports"] and erasure.receipt["conversations"] == 20
+
+    # Redelivered at once (acks late, reject on worker lost): the dead run's lease is live, so the
+    # task is not acked having done nothing; it comes back when that lease has run out.
+    retries = run_as_worker(tasks.erasure_run_task, str(erasure.pk))
+    assert len(retries) == 1
+    assert 0 < retries[0] <= data_rights.LEASE.total_seconds() + data_rights.LEASE_RETRY_MARGIN_SECONDS + 1
+    assert ErasureRequest.objects.get(pk=erasure.pk).steps_done == ["streams", "exports"]
+
+    travel(monkeypatch, timedelta(seconds=retries[0]))
+    assert run_as_worker(tasks.erasure_run_task, str(erasure.pk)) == []  # the retry, due now
+
+    erasure.refresh_from_db()
+    assert erasure.status == ErasureRequest.Status.DONE and erasure.attempts == 2
+    assert erasure.steps_done == STEPS  # every step once, in order
+    assert erasure.receipt["conversations"] == 25 and erasure.receipt["messages"] == 18 + 44
+    assert erasure.receipt["exports"] == 1 and erasure.receipt["account"] == 1
+    assert erasure.lease_until is None and erasure.last_error == ""
+    _assert_nothing_left(_needles(victim, texts))
+    assert billing_rights.usage_totals() == totals
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_redelivered_erasure_task_retries_while_the_lease_is_live(victim, monkeypatch):
+    from accounts import tasks
+
+    make_history(victim, conversations=2, messages_each=2)
+    erasure = data_rights.erasure_request(user=victim, queue=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(data_rights, "sessions_delete_for_user", dies_on_call(1, data_rights.sessions_delete_for_user))
+        with pytest.raises(WorkerKilled):
+            data_rights.erasure_run(erasure_id=erasure.pk)
+    held = ErasureRequest.objects.get(pk=erasure.pk)
+    assert held.status == ErasureRequest.Status.RUNNING and "sessions" not in held.steps_done
+
+    retries = run_as_worker(tasks.erasure_run_task, str(erasure.pk))
+
+    assert len(retries) == 1  # a retry is scheduled: the task does not return as if done
+    left = (held.lease_until - timezone.now()).total_seconds()
+    assert left < retries[0] <= left + data_rights.LEASE_RETRY_MARGIN_SECONDS + 1
+    now = ErasureRequest.objects.get(pk=erasure.pk)  # and nothing was run or taken
+    assert (now.attempts, now.steps_done, now.lease_token, now.receipt) == (
+        held.attempts, held.steps_done, held.lease_token, held.receipt
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_periodic_resume_takes_up_an_erasure_as_soon_as_its_lease_runs_out(victim, monkeypatch):
+    texts = make_history(victim, conversations=2, messages_each=2)
+    erasure = data_rights.erasure_request(user=victim, queue=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(data_rights, "sessions_delete_for_user", dies_on_call(1, data_rights.sessions_delete_for_user))
+        with pytest.raises(WorkerKilled):
+            data_rights.erasure_run(erasure_id=erasure.pk)
+    assert data_rights.erasures_resume_stuck() == []  # a live lease: its run may be at work
+
+    # Minutes after the request, not the ten the resume waits for an erasure that never started.
+    travel(monkeypatch, data_rights.LEASE + timedelta(seconds=1))
+    assert data_rights.erasures_resume_stuck() == [str(erasure.pk)]
+
+    erasure.refresh_from_db()
+    assert erasure.status == ErasureRequest.Status.DONE and erasure.steps_done == STEPS
+    _assert_nothing_left([victim.username, victim.email, *texts])
+    assert data_rights.erasures_resume_stuck() == []  # done: never queued again

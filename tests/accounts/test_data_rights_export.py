@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import signal
 import threading
 import zipfile
 from datetime import timedelta
@@ -19,7 +20,16 @@ from accounts.models import AuditEvent, DataExport
 from billing.models import UsageRecord
 from conversations.models import Conversation, Message
 
-from .data_rights_fixtures import error_lines, make_history, manage_py
+from .data_rights_fixtures import (
+    WorkerKilled,
+    dies_on_call,
+    error_lines,
+    make_history,
+    manage_py,
+    other_process,
+    run_as_worker,
+    travel,
+)
 
 PASSWORD = "correct horse battery 9"
 
@@ -297,3 +307,201 @@ def test_a_pending_export_cannot_be_downloaded_yet(user):
     assert status["status"] == "pending" and "download_url" not in status and status["progress"] == 0
     response = client.get(f"/accounts/data/export/{export_id}/download/")
     assert response.status_code == 409 and "not ready yet" in response.content.decode()
+
+
+# --- A build whose worker died --------------------------------------------------------------------
+
+
+def _files(settings) -> list[str]:
+    root = Path(settings.EXPORT_ROOT)
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def _assert_whole_export(archive: zipfile.ZipFile, user) -> None:
+    """Every conversation and message of `user`, in order, and every usage row: nothing of a
+    half-written run."""
+    assert archive.testzip() is None
+    data = json.loads(archive.read("conversations.json"))
+    conversations = list(Conversation.objects.filter(owner=user).order_by("created_at"))
+    assert [c["id"] for c in data["conversations"]] == [str(c.id) for c in conversations]
+    for exported, conversation in zip(data["conversations"], conversations, strict=True):
+        contents = list(Message.objects.filter(conversation=conversation).order_by("created_at").values_list("content", flat=True))
+        assert [m["content"] for m in exported["messages"]] == contents
+    markdown = [n for n in archive.namelist() if n.startswith("conversations/")]
+    assert len(markdown) == len(conversations)
+    rows = list(csv.DictReader(io.StringIO(archive.read("usage.csv").decode())))
+    assert len(rows) == UsageRecord.objects.filter(user=user).count()
+
+
+def _killed_mid_build(export, monkeypatch) -> None:
+    """The build's worker dies at its third message, in this process (see WorkerKilled)."""
+    from conversations import data_rights as conversation_rights
+
+    with monkeypatch.context() as patch:
+        patch.setattr(conversation_rights, "message_json", dies_on_call(3, conversation_rights.message_json))
+        with pytest.raises(WorkerKilled):
+            data_rights.export_build(export_id=export.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_build_whose_worker_was_killed_is_rebuilt_by_the_redelivered_task_once_its_lease_runs_out(
+    user, monkeypatch, settings
+):
+    from accounts import tasks
+
+    make_history(user, conversations=3, messages_each=6)
+    export = DataExport.objects.create(user=user)
+    # A real worker process, killed (SIGKILL) halfway through the history: no handler runs.
+    killed = other_process(
+        "import os, signal\n"
+        "from accounts import data_rights\n"
+        "from conversations import data_rights as conversation_rights\n"
+        "real, seen = conversation_rights.message_json, []\n"
+        "def message_json(message, **kwargs):\n"
+        "    seen.append(message.pk)\n"
+        "    if len(seen) == 10:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(message, **kwargs)\n"
+        "conversation_rights.message_json = message_json\n"
+        f"data_rights.export_build(export_id='{export.pk}')\n"
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    export.refresh_from_db()
+    assert export.status == "running" and export.lease_until > timezone.now()
+    dead_files = _files(settings)
+    assert len(dead_files) == 1 and dead_files[0].startswith(str(export.pk)) and dead_files[0].endswith(".partial")
+
+    # Redelivered at once (acks late, reject on worker lost): the dead run's lease is still live,
+    # so nothing is built yet and the task comes back when that lease has run out.
+    retries = run_as_worker(tasks.export_build_task, str(export.pk))
+    assert len(retries) == 1
+    assert 0 < retries[0] <= data_rights.LEASE.total_seconds() + data_rights.LEASE_RETRY_MARGIN_SECONDS + 1
+    assert _files(settings) == dead_files
+
+    travel(monkeypatch, timedelta(seconds=retries[0]))
+    assert run_as_worker(tasks.export_build_task, str(export.pk)) == []  # the retry, due now
+
+    export.refresh_from_db()
+    assert export.status == "ready" and export.progress == 100 and export.lease_until is None
+    assert _files(settings) == [f"{export.pk}.zip"]  # the dead run's half zip is gone
+    with zipfile.ZipFile(data_rights.export_file_path(export)) as archive:
+        _assert_whole_export(archive, user)
+
+
+@pytest.mark.django_db
+def test_asking_again_rebuilds_an_export_whose_worker_died(user, monkeypatch, settings, django_capture_on_commit_callbacks):
+    make_history(user, conversations=2, messages_each=4)
+    client = _client(user)
+    export = DataExport.objects.create(user=user)
+    _killed_mid_build(export, monkeypatch)
+    export.refresh_from_db()
+    assert export.status == "running" and len(_files(settings)) == 1  # and a half zip on disk
+
+    # Within the lease the build may be alive: asking again answers the same export, untouched.
+    with django_capture_on_commit_callbacks(execute=True) as queued:
+        response = client.post("/api/v1/account/export/")
+    assert response.status_code == 202 and response.json()["export_id"] == str(export.pk)
+    assert queued == [] and DataExport.objects.get(pk=export.pk).lease_token == export.lease_token
+
+    travel(monkeypatch, data_rights.LEASE + timedelta(seconds=1))
+    with django_capture_on_commit_callbacks(execute=True) as queued:
+        response = client.post("/api/v1/account/export/")
+    assert response.status_code == 202 and response.json()["export_id"] == str(export.pk)
+    assert len(queued) == 1  # built again (eagerly here), under the same id the page polls
+
+    status = client.get(f"/api/v1/account/export/{export.pk}/").json()
+    assert status["status"] == "ready"
+    _assert_whole_export(_download(client, status["download_url"]), user)
+    assert _files(settings) == [f"{export.pk}.zip"]
+    assert DataExport.objects.filter(user=user).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_worker_leaves_a_live_build_alone(user, monkeypatch, settings):
+    from accounts import tasks
+    from conversations import data_rights as conversation_rights
+
+    make_history(user, conversations=2, messages_each=4)
+    export = DataExport.objects.create(user=user)
+    inside, go_on = threading.Event(), threading.Event()
+    real = conversation_rights.message_json
+
+    def paused(message, **kwargs):
+        if not inside.is_set():  # the first worker is mid-build, alive, when the second comes
+            inside.set()
+            go_on.wait(10)
+        return real(message, **kwargs)
+
+    monkeypatch.setattr(conversation_rights, "message_json", paused)
+
+    def first_worker():
+        try:
+            data_rights.export_build(export_id=export.pk)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=first_worker)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        held = DataExport.objects.get(pk=export.pk)
+        files = _files(settings)
+        # The same task delivered to a second worker (a duplicate delivery): it builds nothing,
+        # steals nothing, and comes back after the lease to find the export built.
+        with pytest.raises(data_rights.LeaseHeld):
+            data_rights.export_build(export_id=export.pk)
+        assert len(run_as_worker(tasks.export_build_task, str(export.pk))) == 1
+        now = DataExport.objects.get(pk=export.pk)
+        assert (now.status, now.lease_token) == ("running", held.lease_token)
+        assert _files(settings) == files and len(files) == 1
+    finally:
+        go_on.set()
+        thread.join()
+    export.refresh_from_db()
+    assert export.status == "ready"
+    assert _files(settings) == [f"{export.pk}.zip"]
+    with zipfile.ZipFile(data_rights.export_file_path(export)) as archive:
+        _assert_whole_export(archive, user)
+    assert run_as_worker(tasks.export_build_task, str(export.pk)) == []  # the retry: nothing to do
+
+
+@pytest.mark.django_db
+def test_the_periodic_purge_rebuilds_a_build_whose_worker_died(
+    user, monkeypatch, settings, django_capture_on_commit_callbacks
+):
+    # The embedded default has no broker to redeliver the task: after a restart, the periodic
+    # purge is what notices the dead build.
+    make_history(user, conversations=2, messages_each=4)
+    export = DataExport.objects.create(user=user)
+    _killed_mid_build(export, monkeypatch)
+    with django_capture_on_commit_callbacks(execute=True) as queued:
+        assert data_rights.exports_purge_expired() == 0
+    assert queued == [] and DataExport.objects.get(pk=export.pk).status == "running"  # live lease: left alone
+
+    travel(monkeypatch, data_rights.LEASE + timedelta(seconds=1))
+    with django_capture_on_commit_callbacks(execute=True) as queued:
+        assert data_rights.exports_purge_expired() == 0
+    assert len(queued) == 1
+
+    export.refresh_from_db()
+    assert export.status == "ready"
+    assert _files(settings) == [f"{export.pk}.zip"]
+    with zipfile.ZipFile(data_rights.export_file_path(export)) as archive:
+        _assert_whole_export(archive, user)
+
+
+@pytest.mark.django_db
+def test_a_build_alive_past_the_stale_limit_is_not_failed_but_a_dead_one_is(user, monkeypatch, settings):
+    make_history(user, conversations=1, messages_each=4)
+    export = DataExport.objects.create(user=user)
+    _killed_mid_build(export, monkeypatch)
+    DataExport.objects.filter(pk=export.pk).update(created_at=timezone.now() - timedelta(hours=3))
+    data_rights.exports_purge_expired()
+    assert DataExport.objects.get(pk=export.pk).status == "running"  # a live lease: still at work
+
+    travel(monkeypatch, data_rights.LEASE + timedelta(seconds=1))
+    # Dead, and still not built after STALE_EXPORT_HOURS: given up (failed, and purged at once).
+    assert data_rights.exports_purge_expired() == 1
+    assert not DataExport.objects.filter(pk=export.pk).exists()
+    assert _files(settings) == []
+    assert data_rights.export_request(user=user).pk != export.pk

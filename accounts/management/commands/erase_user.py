@@ -27,10 +27,13 @@ class Command(OneLineCommand):
             raise CommandError(exc.message) from None
         # Run here rather than on a worker: the command ends when the account is gone.
         erasure_id = erasure.pk
-        erasure = data_rights.erasure_run(erasure_id=erasure_id)
+        try:
+            erasure = data_rights.erasure_run(erasure_id=erasure_id)
+        except data_rights.LeaseHeld:
+            erasure = None
         if erasure is None or erasure.status != ErasureRequest.Status.DONE:
-            # erasure_run returns without running when another process holds the erasure's run
-            # lock: nothing was erased here, and saying "erased" would be false.
+            # Another process holds the erasure's lease: nothing was erased here, and saying
+            # "erased" would be false.
             raise CommandError(f"erasure {erasure_id} is already running in another process; nothing was erased here")
         counts = ", ".join(f"{key} {value}" for key, value in data_rights.iter_receipt(erasure.receipt))
         self.stdout.write(f"erased user #{erasure.user_id} ({erasure.id}): {counts}")
