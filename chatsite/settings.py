@@ -220,7 +220,8 @@ CELERY_BEAT_SCHEDULE = {
     "billing-reservations-expire": {"task": "billing.tasks.reservations_expire", "schedule": 60.0},
     "billing-keys-health-check": {"task": "billing.keys_health_check", "schedule": 15 * 60.0},
     "accounts-exports-purge-expired": {"task": "accounts.exports_purge_expired", "schedule": crontab(minute="*/15")},
-    "accounts-erasures-resume": {"task": "accounts.erasures_resume", "schedule": crontab(minute="*/10")},
+    # Every 2 minutes, as a dead run's lease (accounts.data_rights.LEASE) lasts 2: one read of a small table.
+    "accounts-erasures-resume": {"task": "accounts.erasures_resume", "schedule": crontab(minute="*/2")},
     "accounts-conversations-retention": {
         "task": "accounts.conversations_retention",
         "schedule": crontab(hour=3, minute=30),
