@@ -4,10 +4,10 @@ groups (roles), teams with their members, and the read-only audit log.
 Who may grant roles or change an account is admin_services' rule (roles_grantable_by,
 users_outranking): only a superuser grants staff or superuser status, groups or permissions, or
 changes an account that can do more than they can. Likewise only a superuser changes the
-constraints on their own spending (admin_services.constraints_locked_for): their own rate
-limits, their team memberships, and the limits and existence of their teams; to anyone else
-those are read-only, or refused with the reason, and the services refuse them again whatever
-the door.
+constraints on their own spending (admin_services.constraints_locked_for, billing.budgets.
+budget_locked_for): their own rate limits and budget, their team memberships, and the limits,
+budgets and existence of their teams; to anyone else those are read-only, or refused with the
+reason, and the services refuse them again whatever the door.
 
 Actions parse and authorize, then call services: accounts.admin_services (disable, audit of role,
 group and membership edits), billing.budgets.budget_set, accounts.data_rights (export, erasure). Each
@@ -290,18 +290,28 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
         form = BudgetForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
             period, limit = form.cleaned_data["period"], form.cleaned_data["limit"]
+            n = 0
             with transaction.atomic():
                 for user in queryset:
                     # The service writes the one audit row (budget.set), with the operator's address.
-                    budgets.budget_set(
-                        user=user, period=period, limit=limit, actor=request.user, ip_address=client_ip(request)
-                    )
-            n = len(queryset)
-            self.message_user(
-                request,
-                ngettext("Budget set for %(n)d account.", "Budget set for %(n)d accounts.", n) % {"n": n},
-                messages.SUCCESS,
-            )
+                    # It refuses, before writing anything, the operator's own budget unless they are
+                    # a superuser (budgets.budget_locked_for): skipped, as Disable skips them.
+                    try:
+                        budgets.budget_set(
+                            user=user, period=period, limit=limit, actor=request.user, ip_address=client_ip(request)
+                        )
+                    except budgets.BudgetCoversOperator:
+                        self.message_user(
+                            request, _("You cannot set your own budget: only a superuser can."), messages.ERROR
+                        )
+                    else:
+                        n += 1
+            if n:
+                self.message_user(
+                    request,
+                    ngettext("Budget set for %(n)d account.", "Budget set for %(n)d accounts.", n) % {"n": n},
+                    messages.SUCCESS,
+                )
             return None
         return self._intermediate(
             request, queryset, "admin/parley/set_budget.html", _("Set a budget"), "set_budget", form=form

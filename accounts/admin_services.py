@@ -8,7 +8,8 @@ account that can do more than the operator is changed by a superuser only: whoev
 password or email, or switches it on, can act as it.
 
 Likewise the constraints on an operator's own spending are a superuser's to change: their own
-rate limits, their own team memberships, and the limits of the teams they belong to. Otherwise a helpdesk member
+rate limits, their own team memberships, and the limits of the teams they belong to (billing's
+budgets follow the same rule, billing.budgets.budget_locked_for). Otherwise a helpdesk member
 with `change_user` could raise their own rate limit, or one with `change_team` leave the team
 whose limits hold them.
 

@@ -574,6 +574,7 @@ def test_group_permission_audit_refuses_a_change_by_someone_who_may_not_grant_ro
 # --- The limits on one's own spending: a superuser's to change -------------------------------
 
 LIMITS = {"requests_per_minute", "tokens_per_minute"}
+BUDGETEER = ("accounts.view_user", "billing.add_budget", "billing.change_budget")  # may run "Set a budget"
 TEAMS = "/admin/accounts/team/"
 # Who manages teams: the inline's rows need the membership permissions too (Django asks them of
 # an inline of an explicit model).
@@ -639,6 +640,33 @@ def test_limits_audit_refuses_a_change_of_ones_own_limits_by_a_non_superuser(mak
     other.tokens_per_minute = 5
     admin_services.user_limits_audit(user=other, before=before, actor=staff)  # another's: theirs to manage
     assert sorted(e.target_id for e in audits("user.limits_changed")) == sorted([str(staff.pk), str(other.pk)])
+
+
+def test_set_budget_skips_the_operators_own_account_with_a_message_and_sets_the_others(client, make_staff, members):
+    staff = make_staff(*BUDGETEER)
+    Budget.objects.create(user=staff, period="month", limit=Decimal("5"))
+    client.force_login(staff)
+    act(client, "set_budget", [staff, members[0]], apply="1", period="month", limit="900")
+    messages = [str(m) for m in client.get(USERS).context["messages"]]
+    assert Budget.objects.get(user=staff, period="month").limit == Decimal("5")
+    assert Budget.objects.get(user=members[0], period="month").limit == Decimal("900")
+    assert "You cannot set your own budget: only a superuser can." in messages
+    assert "Budget set for 1 account." in messages
+    assert [e.data["owner_id"] for e in audits("budget.set")] == [members[0].pk]
+
+
+def test_set_budget_on_only_the_operators_own_account_sets_nothing(client, make_staff):
+    staff = make_staff(*BUDGETEER)
+    client.force_login(staff)
+    act(client, "set_budget", [staff], apply="1", period="day", limit="900")
+    messages = [str(m) for m in client.get(USERS).context["messages"]]
+    assert messages == ["You cannot set your own budget: only a superuser can."]
+    assert not Budget.objects.exists() and not audits("budget.set")
+
+
+def test_a_superuser_sets_their_own_budget(su_client, superuser):
+    act(su_client, "set_budget", [superuser], apply="1", period="day", limit="900")
+    assert Budget.objects.get(user=superuser, period="day").limit == Decimal("900")
 
 
 def _team_form_data(team, *, remove=(), add=(), **changes):
