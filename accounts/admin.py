@@ -3,7 +3,11 @@ groups (roles), teams with their members, and the read-only audit log.
 
 Who may grant roles or change an account is admin_services' rule (roles_grantable_by,
 users_outranking): only a superuser grants staff or superuser status, groups or permissions, or
-changes an account that can do more than they can.
+changes an account that can do more than they can. Likewise only a superuser changes the
+constraints on their own spending (admin_services.constraints_locked_for, billing.budgets.
+budget_locked_for): their own rate limits and budget, their team memberships, and the limits,
+budgets and existence of their teams; to anyone else those are read-only, or refused with the
+reason, and the services refuse them again whatever the door.
 
 Actions parse and authorize, then call services: accounts.admin_services (disable, audit of role,
 group and membership edits), billing.budgets.budget_set, accounts.data_rights (export, erasure). Each
@@ -22,6 +26,7 @@ from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import UserChangeForm as DjangoUserChangeForm
 from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, DecimalField, OuterRef, Prefetch, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
@@ -148,9 +153,11 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
     )
 
     def get_readonly_fields(self, request, obj=None):
-        # Roles are granted by superusers only (admin_services.roles_grantable_by). For anyone
-        # else they are shown but are not fields of the form, so a crafted POST sets nothing.
-        return (*super().get_readonly_fields(request, obj), *admin_services.user_fields_locked_for(actor=request.user))
+        # Roles are granted by superusers only (admin_services.roles_grantable_by), and only a
+        # superuser changes their own rate limits. For anyone else they are shown but are not
+        # fields of the form, so a crafted POST sets nothing.
+        locked = admin_services.user_fields_locked_for(actor=request.user, user=obj)
+        return (*super().get_readonly_fields(request, obj), *locked)
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)
@@ -202,16 +209,23 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
             _("Teams"), self.teams_display(obj),
         )  # fmt: skip
 
-    # Role changes (staff, superuser, active, groups, permissions) are audited. The snapshot is
-    # taken before the form is saved; the comparison after the many-to-many fields are.
+    # Role changes (staff, superuser, active, groups, permissions) and rate-limit changes are
+    # audited. The snapshots are taken before the form is saved; the comparison after the
+    # many-to-many fields are.
     def save_model(self, request, obj, form, change):
-        request._parley_roles_before = admin_services.user_roles_snapshot(user=User.objects.get(pk=obj.pk)) if change else {}
+        stored = User.objects.get(pk=obj.pk) if change else None
+        request._parley_roles_before = admin_services.user_roles_snapshot(user=stored) if stored else {}
+        request._parley_limits_before = admin_services.limits_snapshot(owner=stored) if stored else {}
         super().save_model(request, obj, form, change)
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
+        ip_address = client_ip(request)
         admin_services.user_roles_audit(
-            user=form.instance, before=getattr(request, "_parley_roles_before", {}), actor=request.user, ip_address=client_ip(request)
+            user=form.instance, before=getattr(request, "_parley_roles_before", {}), actor=request.user, ip_address=ip_address
+        )
+        admin_services.user_limits_audit(
+            user=form.instance, before=getattr(request, "_parley_limits_before", {}), actor=request.user, ip_address=ip_address
         )
 
     def user_change_password(self, request, id, form_url=""):
@@ -276,18 +290,28 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
         form = BudgetForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
             period, limit = form.cleaned_data["period"], form.cleaned_data["limit"]
+            n = 0
             with transaction.atomic():
                 for user in queryset:
                     # The service writes the one audit row (budget.set), with the operator's address.
-                    budgets.budget_set(
-                        user=user, period=period, limit=limit, actor=request.user, ip_address=client_ip(request)
-                    )
-            n = len(queryset)
-            self.message_user(
-                request,
-                ngettext("Budget set for %(n)d account.", "Budget set for %(n)d accounts.", n) % {"n": n},
-                messages.SUCCESS,
-            )
+                    # It refuses, before writing anything, the operator's own budget unless they are
+                    # a superuser (budgets.budget_locked_for): skipped, as Disable skips them.
+                    try:
+                        budgets.budget_set(
+                            user=user, period=period, limit=limit, actor=request.user, ip_address=client_ip(request)
+                        )
+                    except budgets.BudgetCoversOperator:
+                        self.message_user(
+                            request, _("You cannot set your own budget: only a superuser can."), messages.ERROR
+                        )
+                    else:
+                        n += 1
+            if n:
+                self.message_user(
+                    request,
+                    ngettext("Budget set for %(n)d account.", "Budget set for %(n)d accounts.", n) % {"n": n},
+                    messages.SUCCESS,
+                )
             return None
         return self._intermediate(
             request, queryset, "admin/parley/set_budget.html", _("Set a budget"), "set_budget", form=form
@@ -409,12 +433,41 @@ class GroupAdmin(DjangoGroupAdmin):
 # --- Teams ----------------------------------------------------------------------------------
 
 
+class TeamMembershipFormSet(forms.BaseInlineFormSet):
+    """Refuses, with the reason, the operator adding or removing themselves (a new row, a deleted
+    row, or a row switched to or from them) when they may not change the constraints on their own
+    spending (admin_services.own_constraints_changeable_by). admin_services.team_members_audit
+    refuses it again after the save (team_membership_check)."""
+
+    actor: User | None = None  # the operator, set for each request by TeamMembershipInline.get_formset
+
+    def clean(self):
+        super().clean()
+        if admin_services.own_constraints_changeable_by(actor=self.actor):
+            return
+        for form in self.forms:
+            deleted = self.can_delete and self._should_delete_form(form)
+            if form.errors and not deleted:
+                continue  # its own error is shown; nothing of it is saved
+            was_mine = form.instance.pk is not None and form.initial.get("user") == self.actor.pk
+            user = None if deleted else form.cleaned_data.get("user")
+            if was_mine != (user is not None and user.pk == self.actor.pk):
+                raise ValidationError(
+                    _("You cannot add yourself to a team or remove yourself from one: only a superuser can.")
+                )
+
+
 class TeamMembershipInline(admin.TabularInline):
     model = TeamMembership
+    formset = TeamMembershipFormSet
     extra = 1
     raw_id_fields = ("user",)  # a select of every user would not load on a big site
     fields = ("user", "joined_at")
     readonly_fields = ("joined_at",)
+
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)
+        return type(formset.__name__, (formset,), {"actor": request.user})
 
 
 @admin.register(Team)
@@ -449,19 +502,52 @@ class TeamAdmin(admin.ModelAdmin):
     def budgets_display(self, obj: Team) -> str:
         return _budget_lines(obj.budgets.all())
 
+    # The limits of a team the operator belongs to are a superuser's to change (admin_services.
+    # team_fields_locked_for): shown, but not fields of the form, so a crafted POST sets nothing.
+    def get_readonly_fields(self, request, obj=None):
+        return (*super().get_readonly_fields(request, obj), *admin_services.team_fields_locked_for(actor=request.user, team=obj))
+
+    # Nor may they delete it, which would lift its limits and budgets: services.team_delete refuses
+    # it, and "delete selected" asks this of each team, refusing the whole selection.
+    def has_delete_permission(self, request, obj=None):
+        if not super().has_delete_permission(request, obj):
+            return False
+        return obj is None or not admin_services.constraints_locked_for(actor=request.user, team=obj)
+
+    def get_deleted_objects(self, objs, request):
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # Django's page names the permission lacking; this says why, when it is one of these.
+        if perms_needed and any(admin_services.constraints_locked_for(actor=request.user, team=t) for t in objs):
+            self.message_user(
+                request, _("You cannot delete a team you belong to: only a superuser can."), messages.ERROR
+            )
+        return deleted, model_count, perms_needed, protected
+
     # Every way the admin deletes a team goes through the service (audited, budgets included).
     def delete_model(self, request, obj: Team) -> None:
         services.team_delete(team=obj, actor=request.user, ip_address=client_ip(request))
 
     def delete_queryset(self, request, queryset) -> None:
-        for team in queryset:
-            services.team_delete(team=team, actor=request.user, ip_address=client_ip(request))
+        # All or none: a refusal midway (ConstrainsOperator) undoes the deletions before it.
+        with transaction.atomic():
+            for team in queryset:
+                services.team_delete(team=team, actor=request.user, ip_address=client_ip(request))
+
+    # Membership and limit changes are audited; the snapshots are taken before the form is saved.
+    def save_model(self, request, obj, form, change):
+        request._parley_limits_before = admin_services.limits_snapshot(owner=Team.objects.get(pk=obj.pk)) if change else {}
+        super().save_model(request, obj, form, change)
 
     def save_related(self, request, form, formsets, change):
         team = form.instance
         before = list(team.teammembership_set.values_list("user_id", flat=True)) if change else []
         super().save_related(request, form, formsets, change)
-        admin_services.team_members_audit(team=team, before=before, actor=request.user, ip_address=client_ip(request))
+        ip_address = client_ip(request)
+        # Memberships first: the limits' check asks whether the operator is a member.
+        admin_services.team_members_audit(team=team, before=before, actor=request.user, ip_address=ip_address)
+        admin_services.team_limits_audit(
+            team=team, before=getattr(request, "_parley_limits_before", {}), actor=request.user, ip_address=ip_address
+        )
 
 
 # --- Audit log ------------------------------------------------------------------------------

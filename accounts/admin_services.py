@@ -1,11 +1,17 @@
 """Writes the admin makes to accounts that no other service covers: disabling an account, and the
-audit entries of an operator's changes to roles, groups and team membership; and who may grant
-roles.
+audit entries of an operator's changes to roles, groups, rate limits and team membership; who may
+grant roles; and who may change the constraints on their own spending.
 
 Roles (superuser and staff status, groups, individual permissions) are granted by a superuser
 only: anyone else holding `change_user` could otherwise make themselves a superuser. And an
 account that can do more than the operator is changed by a superuser only: whoever sets its
 password or email, or switches it on, can act as it.
+
+Likewise the constraints on an operator's own spending are a superuser's to change: their own
+rate limits, their own team memberships, and the limits of the teams they belong to (billing's
+budgets follow the same rule, billing.budgets.budget_locked_for). Otherwise a helpdesk member
+with `change_user` could raise their own rate limit, or one with `change_team` leave the team
+whose limits hold them.
 
 Kept apart from accounts/services.py (the sign-up and profile services) so the admin's rules and
 their audit rows live in one place."""
@@ -33,6 +39,8 @@ ROLE_FIELDS = ("is_active", "is_staff", "is_superuser")
 # `is_active` is not among them: switching an account off or on grants nothing it did not have.
 GRANTING_FIELDS = ("is_staff", "is_superuser", "groups", "user_permissions")
 _GRANTING_KEYS = ("is_staff", "is_superuser", "groups", "permissions")
+# The rate-limit fields of a user and of a team (billing.limits reads them): spending constraints.
+LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute")
 
 
 def roles_grantable_by(*, actor: User | None) -> bool:
@@ -41,9 +49,98 @@ def roles_grantable_by(*, actor: User | None) -> bool:
     return actor is None or (actor.is_active and actor.is_superuser)
 
 
-def user_fields_locked_for(*, actor: User | None) -> tuple[str, ...]:
-    """The fields of the user form that `actor` sees but may not change."""
-    return () if roles_grantable_by(actor=actor) else GRANTING_FIELDS
+def user_fields_locked_for(*, actor: User | None, user: User | None = None) -> tuple[str, ...]:
+    """The fields of the form of `user` (None: a new account) that `actor` sees but may not
+    change: the roles, and on their own account their rate limits (constraints_locked_for)."""
+    locked = () if roles_grantable_by(actor=actor) else GRANTING_FIELDS
+    if user is not None and constraints_locked_for(actor=actor, user=user):
+        locked += LIMIT_FIELDS
+    return locked
+
+
+# --- The constraints on the operator's own spending -------------------------------------------
+
+
+class ConstrainsOperator(PermissionDenied):
+    """The change would alter a constraint on the operator's own spending (their rate limits,
+    their team memberships, their teams' limits or existence): only a superuser may. A
+    PermissionDenied, so a refusal that reaches the admin answers 403 and undoes its save."""
+
+    def __init__(self) -> None:
+        super().__init__(_("Only a superuser can change the limits on their own spending."))
+
+
+def own_constraints_changeable_by(*, actor: User | None) -> bool:
+    """Whether `actor` may change the constraints on their own spending: an active superuser (who
+    is bound by none they could not lift anyway), or the system (None: commands, tasks)."""
+    return roles_grantable_by(actor=actor)
+
+
+def constraints_locked_for(*, actor: User | None, user: User | None = None, team: Team | None = None) -> bool:
+    """Whether the spending constraints of `user` (their rate limits, their budgets) or of `team`
+    (its limits, its budgets, its existence) bind `actor`, who may not change their own: `user` is
+    the operator, or the operator is a member of `team`. Everyone else's stay theirs to manage,
+    within their permissions."""
+    if own_constraints_changeable_by(actor=actor):
+        return False
+    if user is not None:
+        return user.pk is not None and user.pk == actor.pk
+    return team is not None and team.pk is not None and team.teammembership_set.filter(user_id=actor.pk).exists()
+
+
+def team_fields_locked_for(*, actor: User | None, team: Team | None) -> tuple[str, ...]:
+    """The fields of the team form that `actor` sees but may not change: the limits of a team
+    they belong to."""
+    return LIMIT_FIELDS if team is not None and constraints_locked_for(actor=actor, team=team) else ()
+
+
+def team_membership_check(*, actor: User | None, user_ids: Iterable[int]) -> None:
+    """Raise ConstrainsOperator when the memberships to add or remove (`user_ids`) include the
+    operator's own and they may not change their constraints. Both ways: leaving a team escapes
+    its limits and budgets; joining one spends from the budgets its other members share, and can
+    file the operator's spending under it in the ledger (billing.ledger.primary_team_id). One
+    rule both ways is also the simpler one to audit. A superuser does either."""
+    if actor is not None and actor.pk in set(user_ids) and not own_constraints_changeable_by(actor=actor):
+        raise ConstrainsOperator
+
+
+def limits_snapshot(*, owner: User | Team) -> dict:
+    """A user's or a team's rate limits, for comparing before and after an edit."""
+    if owner.pk is None:
+        return {}
+    return {name: getattr(owner, name) for name in LIMIT_FIELDS}
+
+
+def _limits_changes(*, owner: User | Team, before: dict) -> dict:
+    """[before, after] of each rate limit of `owner` that an edit changed (none for a new one)."""
+    if not before:
+        return {}
+    return {name: [before.get(name), value] for name, value in limits_snapshot(owner=owner).items() if before.get(name) != value}
+
+
+def user_limits_audit(*, user: User, before: dict, actor: User | None, ip_address: str | None = None) -> None:
+    """Write one `user.limits_changed` row ([before, after] of each rate limit that changed) for an
+    edit of an existing account. The second lock behind the form's read-only fields: a change of
+    the operator's own limits by someone who may not raises ConstrainsOperator, which undoes the
+    admin's save transaction."""
+    changes = _limits_changes(owner=user, before=before)
+    if not changes:
+        return
+    if constraints_locked_for(actor=actor, user=user):
+        raise ConstrainsOperator
+    audit_record(action="user.limits_changed", actor=actor, target=user, ip_address=ip_address, data=changes)
+
+
+def team_limits_audit(*, team: Team, before: dict, actor: User | None, ip_address: str | None = None) -> None:
+    """Write one `team.limits_changed` row for an edit of an existing team. The second lock behind
+    the team form's read-only fields: a change of the limits of a team the operator belongs to, by
+    someone who may not, raises ConstrainsOperator, which undoes the admin's save transaction."""
+    changes = _limits_changes(owner=team, before=before)
+    if not changes:
+        return
+    if constraints_locked_for(actor=actor, team=team):
+        raise ConstrainsOperator
+    audit_record(action="team.limits_changed", actor=actor, target=team, ip_address=ip_address, data=changes)
 
 
 class OutranksOperator(Exception):
@@ -206,9 +303,12 @@ def group_permissions_audit(
 def team_members_audit(
     *, team: Team, before: Iterable[int], actor: User | None, ip_address: str | None = None
 ) -> None:
-    """Write `team.member_added` / `team.member_removed` rows (user ids only) for an edit."""
+    """Write `team.member_added` / `team.member_removed` rows (user ids only) for an edit. The
+    second lock behind the membership form: the operator adding or removing themselves, when they
+    may not, raises ConstrainsOperator (team_membership_check), undoing the admin's save."""
     before_ids = set(before)
     after_ids = set(team.teammembership_set.values_list("user_id", flat=True))
+    team_membership_check(actor=actor, user_ids=after_ids ^ before_ids)
     for user_id in sorted(after_ids - before_ids):
         audit_record(action="team.member_added", actor=actor, target=team, ip_address=ip_address, data={"user_id": user_id})
     for user_id in sorted(before_ids - after_ids):

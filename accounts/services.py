@@ -186,7 +186,11 @@ def team_create(*, name: str, actor: User | None = None) -> Team:
 
 def team_add_member(*, team: Team, user: User, actor: User | None = None) -> TeamMembership:
     """Idempotent: adding someone already in the team returns their membership. A person may be
-    in several teams; each team's budget applies to them."""
+    in several teams; each team's budget applies to them. Raises ConstrainsOperator when `actor`
+    adds themselves and may not (admin_services.team_membership_check)."""
+    from .admin_services import team_membership_check  # it imports this module
+
+    team_membership_check(actor=actor, user_ids=[user.pk])
     membership, created = TeamMembership.objects.get_or_create(team=team, user=user)
     if created:
         audit_record(action="team.add_member", actor=actor, target=team, data={"user_id": user.pk})
@@ -194,6 +198,11 @@ def team_add_member(*, team: Team, user: User, actor: User | None = None) -> Tea
 
 
 def team_remove_member(*, team: Team, user: User, actor: User | None = None) -> bool:
+    """Raises ConstrainsOperator when `actor` removes themselves and may not
+    (admin_services.team_membership_check): leaving a team escapes its limits and budgets."""
+    from .admin_services import team_membership_check  # it imports this module
+
+    team_membership_check(actor=actor, user_ids=[user.pk])
     deleted, _rows = TeamMembership.objects.filter(team=team, user=user).delete()
     if deleted:
         audit_record(action="team.remove_member", actor=actor, target=team, data={"user_id": user.pk})
@@ -203,9 +212,16 @@ def team_remove_member(*, team: Team, user: User, actor: User | None = None) -> 
 def team_delete(*, team: Team, actor: User | None = None, ip_address: str | None = None) -> None:
     """Delete a team, audited: one `team.delete` row (its name and member ids), and one
     `budget.delete` row per budget, removed through billing's service. The spend stays on the
-    dashboard, filed under no team (billing folds it on the team's pre_delete signal)."""
+    dashboard, filed under no team (billing folds it on the team's pre_delete signal).
+
+    Raises ConstrainsOperator, deleting nothing, when `actor` is a member and may not change the
+    constraints on their own spending: deleting the team would lift its limits and budgets."""
     from billing import budgets  # billing's models point at accounts': imported when needed
 
+    from .admin_services import ConstrainsOperator, constraints_locked_for  # it imports this module
+
+    if constraints_locked_for(actor=actor, team=team):
+        raise ConstrainsOperator
     with transaction.atomic():
         budgets.budgets_delete_for_team(team=team, actor=actor)
         member_ids = sorted(TeamMembership.objects.filter(team=team).values_list("user_id", flat=True))

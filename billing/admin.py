@@ -1,17 +1,22 @@
 """Admin for prices and budgets. Saving goes through the same services as set_price and
 set_budget, so the rules and the audit entry are the same whichever door is used.
-(ProviderKey's admin is billing/admin_keys.py, owned by the keys work.)"""
+(ProviderKey's admin is billing/admin_keys.py, owned by the keys work.)
+
+A budget covering the operator (their own, or their team's) is a superuser's to change
+(budgets.budget_locked_for): to anyone else its page is view-only and cannot be deleted, and the
+add form refuses it with the reason; budget_set and budget_delete refuse it again whatever the door."""
 
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from . import admin_keys  # noqa: F401 - registers the ProviderKey admin
-from .budgets import BudgetError, budget_delete, budget_set, budget_validate
+from .budgets import BudgetCoversOperator, BudgetError, budget_delete, budget_locked_for, budget_set, budget_validate
 from .models import Budget, ModelPrice
 from .prices import PriceError, price_for, price_set, price_unschedule, price_validate
 
@@ -134,6 +139,8 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
 
 class BudgetForm(forms.ModelForm):
+    actor = None  # the operator, set for each request by BudgetAdmin.get_form
+
     class Meta:
         model = Budget
         fields = ["user", "team", "period", "limit", "warn_ratio"]
@@ -142,6 +149,8 @@ class BudgetForm(forms.ModelForm):
         data = super().clean()
         user = data.get("user", getattr(self.instance, "user", None) if self.instance.pk else None)
         team = data.get("team", getattr(self.instance, "team", None) if self.instance.pk else None)
+        if (user is None) != (team is None) and budget_locked_for(actor=self.actor, user=user, team=team):
+            raise ValidationError(BudgetCoversOperator().message)
         try:
             budget_validate(
                 user=user,
@@ -170,6 +179,29 @@ class BudgetAdmin(admin.ModelAdmin):
             return ["user", "team", "period", *self.readonly_fields]
         return self.readonly_fields
 
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        return type(form.__name__, (form,), {"actor": request.user})
+
+    def _locked(self, request, obj: Budget) -> bool:
+        owner = {"user": obj.user} if obj.user_id else {"team": obj.team}
+        return budget_locked_for(actor=request.user, **owner)
+
+    # A budget covering the operator is read-only to them, and cannot be deleted by them (the
+    # "delete selected" action asks this of each budget, and refuses the whole selection).
+    def has_change_permission(self, request, obj=None) -> bool:
+        return super().has_change_permission(request, obj) and (obj is None or not self._locked(request, obj))
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return super().has_delete_permission(request, obj) and (obj is None or not self._locked(request, obj))
+
+    def get_deleted_objects(self, objs, request):
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # Django's page names the permission lacking; this says why, when it is one of these.
+        if perms_needed and any(self._locked(request, b) for b in objs):
+            self.message_user(request, BudgetCoversOperator().message, messages.ERROR)
+        return deleted, model_count, perms_needed, protected
+
     def save_model(self, request, obj: Budget, form, change: bool) -> None:
         budget = budget_set(
             user=obj.user if obj.user_id else None,
@@ -186,5 +218,7 @@ class BudgetAdmin(admin.ModelAdmin):
         budget_delete(budget=obj, actor=request.user)
 
     def delete_queryset(self, request, queryset) -> None:
-        for budget in queryset:
-            budget_delete(budget=budget, actor=request.user)
+        # All or none: a refusal midway (BudgetCoversOperator) undoes the deletions before it.
+        with transaction.atomic():
+            for budget in queryset:
+                budget_delete(budget=budget, actor=request.user)

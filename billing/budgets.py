@@ -7,6 +7,10 @@ SQLite the IMMEDIATE transaction holds the database write lock from BEGIN, which
 same read-check-write). After the call it settles to the real cost: the hold is released and the
 actual cost added to each budget's spend. Spend lives on the budget rows, fed only by settle, so
 deleting conversations (or erasing a user's ledger link) never lowers it.
+
+Who may set or remove a budget: anyone the entry point lets in (the admin's permissions), except
+that a budget covering the operator themselves (their own, or one of a team they belong to) is a
+superuser's to change (budget_locked_for); the system (no actor: commands, tasks) may always.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
@@ -61,6 +66,36 @@ class BudgetExceeded(Exception):
 
 class BudgetError(ValueError):
     """Bad input to budget_set; one line, safe to show."""
+
+
+class BudgetCoversOperator(PermissionDenied):
+    """The budget covers the operator (it is their own, or their team's), who may not change the
+    constraints on their own spending. A PermissionDenied, so a refusal that reaches the admin
+    answers 403 and undoes its transaction. One line, safe to show."""
+
+    def __init__(self) -> None:
+        super().__init__(_("This budget applies to you (it is yours, or your team's): only a superuser can set, change or remove it."))
+
+    @property
+    def message(self) -> str:
+        return self.args[0]
+
+
+def budget_locked_for(*, actor, user=None, team=None) -> bool:
+    """Whether the budgets of `user` or `team` (exactly one) cover `actor`, who may not change
+    them: only a superuser sets, raises, lowers or removes a budget on their own spending, or
+    their team's; anyone may be given a new one by someone else. The rule of whose constraints
+    bind whom is accounts' (admin_services.constraints_locked_for, also used for rate limits and
+    team memberships)."""
+    from accounts.admin_services import constraints_locked_for  # accounts' admin imports billing
+
+    return constraints_locked_for(actor=actor, user=user, team=team)
+
+
+def budget_change_check(*, actor, user=None, team=None) -> None:
+    """Raise BudgetCoversOperator when `actor` may not change the budgets of `user` or `team`."""
+    if budget_locked_for(actor=actor, user=user, team=team):
+        raise BudgetCoversOperator
 
 
 def _period_label(period: str) -> str:
@@ -314,11 +349,13 @@ def budget_set(
 ):
     """Create or change the `period` budget of a user or a team (exactly one). The running
     spend of an existing budget is kept; a new one starts from the ledger's spend of the
-    running period. Raises BudgetError (changing nothing) on bad input. Audited."""
+    running period. Raises BudgetError (changing nothing) on bad input, and BudgetCoversOperator
+    when the budget covers `actor` and they may not change it (budget_locked_for). Audited."""
     from accounts.audit import audit_record
 
     from .models import Budget
 
+    budget_change_check(actor=actor, user=user, team=team)
     value, ratio = budget_validate(user=user, team=team, period=period, limit=limit, warn_ratio=warn_ratio)
     now = timezone.now()
     with transaction.atomic():
@@ -364,9 +401,11 @@ def budget_set(
 
 
 def budget_delete(*, budget, actor=None) -> None:
-    """Remove a budget (calls in flight settle without it). Audited."""
+    """Remove a budget (calls in flight settle without it). Audited. Raises BudgetCoversOperator,
+    removing nothing, when the budget covers `actor` and they may not change it."""
     from accounts.audit import audit_record
 
+    budget_change_check(actor=actor, **({"user": budget.user} if budget.user_id else {"team": budget.team}))
     with transaction.atomic():
         audit_record(
             action="budget.delete",

@@ -91,6 +91,23 @@ def make_user(db, django_user_model):
 
 
 @pytest.fixture
+def make_staff(make_user):
+    """A staff member (not a superuser) holding exactly the given 'app.codename' permissions."""
+    import uuid
+
+    from django.contrib.auth.models import Permission
+
+    def make(*perms: str, username: str | None = None):
+        staff = make_user(username or f"staff{uuid.uuid4().hex[:6]}", is_staff=True)
+        for perm in perms:
+            app_label, codename = perm.split(".")
+            staff.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+        return staff
+
+    return make
+
+
+@pytest.fixture
 def user(make_user):
     return make_user("alice")
 

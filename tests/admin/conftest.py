@@ -7,12 +7,10 @@ model; KeyDailyStats and LatencyBucket through billing.stats.latency_bucket)."""
 
 import datetime
 import random
-import uuid
 from collections import defaultdict
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from accounts import data_rights
@@ -130,20 +128,6 @@ def superuser(make_user):
 def su_client(client, superuser):
     client.force_login(superuser)
     return client
-
-
-@pytest.fixture
-def make_staff(make_user):
-    """A staff member (not a superuser) holding exactly the given 'app.codename' permissions."""
-
-    def make(*perms: str, username: str | None = None):
-        staff = make_user(username or f"staff{uuid.uuid4().hex[:6]}", is_staff=True)
-        for perm in perms:
-            app_label, codename = perm.split(".")
-            staff.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-        return staff
-
-    return make
 
 
 # `billing.budgets.budget_set` and `accounts.data_rights.*` belong to other branches and are stubs

@@ -569,3 +569,266 @@ def test_group_permission_audit_refuses_a_change_by_someone_who_may_not_grant_ro
             group=powerful_group, before=before, actor=make_staff("auth.change_group")
         )
     assert not audits("group.permissions_changed")
+
+
+# --- The limits on one's own spending: a superuser's to change -------------------------------
+
+LIMITS = {"requests_per_minute", "tokens_per_minute"}
+BUDGETEER = ("accounts.view_user", "billing.add_budget", "billing.change_budget")  # may run "Set a budget"
+TEAMS = "/admin/accounts/team/"
+# Who manages teams: the inline's rows need the membership permissions too (Django asks them of
+# an inline of an explicit model).
+TEAM_DESK = (
+    "accounts.view_team", "accounts.change_team",
+    "accounts.add_teammembership", "accounts.change_teammembership", "accounts.delete_teammembership",
+)  # fmt: skip
+
+
+def _limits(owner):
+    owner = type(owner).objects.get(pk=owner.pk)
+    return owner.requests_per_minute, owner.tokens_per_minute
+
+
+def test_helpdesk_sees_their_own_rate_limits_but_a_crafted_post_changes_nothing(client, make_staff):
+    staff = make_staff(*HELPDESK)
+    User.objects.filter(pk=staff.pk).update(requests_per_minute=5, tokens_per_minute=1000)
+    client.force_login(staff)
+    page = client.get(f"{USERS}{staff.pk}/change/")
+    assert page.status_code == 200
+    assert not LIMITS & set(page.context["adminform"].form.fields), "shown read-only, not fields of the form"
+    assert "requests per minute" in page.content.decode().lower()
+
+    data = _change_form_data(client, staff, requests_per_minute="100000", tokens_per_minute="99999999")
+    response = client.post(f"{USERS}{staff.pk}/change/", data)
+    assert response.status_code == 302  # the rest of the form is fine: the limit fields are ignored
+    assert _limits(staff) == (5, 1000)
+    assert not audits("user.limits_changed")
+
+
+def test_helpdesk_still_changes_another_accounts_rate_limits_and_it_is_audited(client, make_staff, members):
+    staff = make_staff(*HELPDESK)
+    client.force_login(staff)
+    person = members[0]
+    assert LIMITS <= set(client.get(f"{USERS}{person.pk}/change/").context["adminform"].form.fields)
+    response = client.post(f"{USERS}{person.pk}/change/", _change_form_data(client, person, requests_per_minute="7"))
+    assert response.status_code == 302, response.context and response.context["adminform"].form.errors
+    assert _limits(person) == (7, None)
+    [event] = audits("user.limits_changed")
+    assert (event.actor_id, event.target_id, event.data) == (staff.pk, str(person.pk), {"requests_per_minute": [None, 7]})
+
+
+def test_a_superuser_changes_their_own_rate_limits(su_client, superuser):
+    data = _change_form_data(su_client, superuser, requests_per_minute="500", tokens_per_minute="900000")
+    response = su_client.post(f"{USERS}{superuser.pk}/change/", data)
+    assert response.status_code == 302, response.context and response.context["adminform"].form.errors
+    assert _limits(superuser) == (500, 900000)
+    assert audits("user.limits_changed")[0].actor_id == superuser.pk
+
+
+def test_limits_audit_refuses_a_change_of_ones_own_limits_by_a_non_superuser(make_staff, members):
+    """The second lock behind the read-only fields, whatever form or door made the change."""
+    from django.core.exceptions import PermissionDenied
+
+    staff = make_staff(*HELPDESK)
+    before = admin_services.limits_snapshot(owner=staff)
+    staff.requests_per_minute = 10_000
+    with pytest.raises(PermissionDenied):
+        admin_services.user_limits_audit(user=staff, before=before, actor=staff)
+    admin_services.user_limits_audit(user=staff, before=before, actor=None)  # the system may
+    other = members[0]
+    before = admin_services.limits_snapshot(owner=other)
+    other.tokens_per_minute = 5
+    admin_services.user_limits_audit(user=other, before=before, actor=staff)  # another's: theirs to manage
+    assert sorted(e.target_id for e in audits("user.limits_changed")) == sorted([str(staff.pk), str(other.pk)])
+
+
+def test_set_budget_skips_the_operators_own_account_with_a_message_and_sets_the_others(client, make_staff, members):
+    staff = make_staff(*BUDGETEER)
+    Budget.objects.create(user=staff, period="month", limit=Decimal("5"))
+    client.force_login(staff)
+    act(client, "set_budget", [staff, members[0]], apply="1", period="month", limit="900")
+    messages = [str(m) for m in client.get(USERS).context["messages"]]
+    assert Budget.objects.get(user=staff, period="month").limit == Decimal("5")
+    assert Budget.objects.get(user=members[0], period="month").limit == Decimal("900")
+    assert "You cannot set your own budget: only a superuser can." in messages
+    assert "Budget set for 1 account." in messages
+    assert [e.data["owner_id"] for e in audits("budget.set")] == [members[0].pk]
+
+
+def test_set_budget_on_only_the_operators_own_account_sets_nothing(client, make_staff):
+    staff = make_staff(*BUDGETEER)
+    client.force_login(staff)
+    act(client, "set_budget", [staff], apply="1", period="day", limit="900")
+    messages = [str(m) for m in client.get(USERS).context["messages"]]
+    assert messages == ["You cannot set your own budget: only a superuser can."]
+    assert not Budget.objects.exists() and not audits("budget.set")
+
+
+def test_a_superuser_sets_their_own_budget(su_client, superuser):
+    act(su_client, "set_budget", [superuser], apply="1", period="day", limit="900")
+    assert Budget.objects.get(user=superuser, period="day").limit == Decimal("900")
+
+
+def _team_form_data(team, *, remove=(), add=(), **changes):
+    """The team change form as the admin shows it: members in `remove` ticked for deletion,
+    users in `add` on new rows, and field `changes`."""
+    existing = list(TeamMembership.objects.filter(team=team).order_by("pk"))
+    data = {
+        "name": team.name, "requests_per_minute": team.requests_per_minute or "",
+        "tokens_per_minute": team.tokens_per_minute or "", "created_at_0": "2025-01-01", "created_at_1": "00:00:00",
+        "teammembership_set-TOTAL_FORMS": str(len(existing) + len(add)),
+        "teammembership_set-INITIAL_FORMS": str(len(existing)),
+        "teammembership_set-MIN_NUM_FORMS": "0", "teammembership_set-MAX_NUM_FORMS": "1000",
+    }  # fmt: skip
+    for i, m in enumerate(existing):
+        data.update({f"teammembership_set-{i}-id": m.pk, f"teammembership_set-{i}-team": team.pk,
+                     f"teammembership_set-{i}-user": m.user_id})  # fmt: skip
+        if m.user_id in {u.pk for u in remove}:
+            data[f"teammembership_set-{i}-DELETE"] = "on"
+    for j, person in enumerate(add, start=len(existing)):
+        data.update({f"teammembership_set-{j}-team": team.pk, f"teammembership_set-{j}-user": person.pk})
+    data.update(changes)
+    return data
+
+
+def _member_ids(team):
+    return set(TeamMembership.objects.filter(team=team).values_list("user_id", flat=True))
+
+
+@pytest.mark.parametrize("how", ["deleted", "switched-to-another"])
+def test_staff_cannot_leave_their_own_team_and_are_told_why(client, make_staff, make_user, teams, members, how):
+    staff = make_staff(*TEAM_DESK)
+    team = teams[0]
+    mine = TeamMembership.objects.create(team=team, user=staff)
+    before = _member_ids(team)
+    client.force_login(staff)
+    if how == "deleted":
+        data = _team_form_data(team, remove=[staff])
+    else:  # their row now names someone else: they are gone all the same
+        data = _team_form_data(team)
+        row = next(k for k, v in data.items() if k.endswith("-id") and v == mine.pk)
+        data[row.replace("-id", "-user")] = make_user("standin").pk
+    response = client.post(f"{TEAMS}{team.pk}/change/", data)
+    assert response.status_code == 200
+    errors = [str(e) for formset in response.context["inline_admin_formsets"] for e in formset.formset.non_form_errors()]
+    assert errors == ["You cannot add yourself to a team or remove yourself from one: only a superuser can."]
+    assert _member_ids(team) == before
+    assert not audits("team.member_removed")
+
+
+def test_staff_cannot_join_a_team(client, make_staff, teams):
+    staff = make_staff(*TEAM_DESK)
+    team = teams[1]
+    before = _member_ids(team)
+    client.force_login(staff)
+    response = client.post(f"{TEAMS}{team.pk}/change/", _team_form_data(team, add=[staff]))
+    assert response.status_code == 200
+    assert _member_ids(team) == before and not audits("team.member_added")
+
+
+def test_staff_cannot_change_the_limits_of_their_own_team(client, make_staff, teams):
+    staff = make_staff(*TEAM_DESK)
+    team = teams[0]
+    Team.objects.filter(pk=team.pk).update(requests_per_minute=3)
+    team.refresh_from_db()
+    TeamMembership.objects.create(team=team, user=staff)
+    client.force_login(staff)
+    page = client.get(f"{TEAMS}{team.pk}/change/")
+    assert not LIMITS & set(page.context["adminform"].form.fields), "shown read-only, not fields of the form"
+    response = client.post(
+        f"{TEAMS}{team.pk}/change/", _team_form_data(team, requests_per_minute="900", tokens_per_minute="")
+    )
+    assert response.status_code == 302  # the rest of the form is fine: the limit fields are ignored
+    assert _limits(team) == (3, None)
+    assert not audits("team.limits_changed")
+
+
+def test_staff_still_manage_the_members_and_limits_of_a_team_they_are_not_in(client, make_staff, teams, members, make_user):
+    staff = make_staff(*TEAM_DESK)
+    team = teams[0]
+    TeamMembership.objects.create(team=teams[1], user=staff)  # in another team: no matter here
+    newcomer = make_user("newcomer")
+    leaving = members[0]
+    client.force_login(staff)
+    data = _team_form_data(team, remove=[leaving], add=[newcomer], requests_per_minute="9")
+    response = client.post(f"{TEAMS}{team.pk}/change/", data)
+    assert response.status_code == 302, response.context and response.context["errors"]
+    assert leaving.pk not in _member_ids(team) and newcomer.pk in _member_ids(team)
+    assert _limits(team) == (9, None)
+    [event] = audits("team.limits_changed")
+    assert event.actor_id == staff.pk and event.data == {"requests_per_minute": [None, 9]}
+
+
+def test_staff_may_remove_another_member_of_their_own_team(client, make_staff, teams, members):
+    staff = make_staff(*TEAM_DESK)
+    team = teams[0]
+    TeamMembership.objects.create(team=team, user=staff)
+    client.force_login(staff)
+    response = client.post(f"{TEAMS}{team.pk}/change/", _team_form_data(team, remove=[members[0]]))
+    assert response.status_code == 302, response.context and response.context["errors"]
+    assert _member_ids(team) == {staff.pk, members[2].pk}
+
+
+def test_a_superuser_leaves_their_own_team_and_changes_its_limits(su_client, superuser, teams):
+    team = teams[0]
+    TeamMembership.objects.create(team=team, user=superuser)
+    response = su_client.post(f"{TEAMS}{team.pk}/change/", _team_form_data(team, remove=[superuser], tokens_per_minute="50"))
+    assert response.status_code == 302, response.context and response.context["errors"]
+    assert superuser.pk not in _member_ids(team) and _limits(team) == (None, 50)
+    assert audits("team.member_removed")[0].data == {"user_id": superuser.pk}
+
+
+def test_staff_cannot_delete_their_own_team_but_may_delete_another(client, make_staff, teams, members):
+    staff = make_staff("accounts.view_team", "accounts.delete_team")
+    mine, other = teams
+    TeamMembership.objects.create(team=mine, user=staff)
+    client.force_login(staff)
+    assert client.get(f"{TEAMS}{mine.pk}/delete/").status_code == 403
+    assert client.post(f"{TEAMS}{mine.pk}/delete/", {"post": "yes"}).status_code == 403
+    selection = {"action": "delete_selected", ACTION_CHECKBOX_NAME: [mine.pk, other.pk]}
+    page = client.post(TEAMS, selection)
+    assert page.status_code == 200 and page.context["perms_lacking"]
+    assert "You cannot delete a team you belong to: only a superuser can." in [str(m) for m in page.context["messages"]]
+    assert client.post(TEAMS, {**selection, "post": "yes"}).status_code == 403
+    assert Team.objects.filter(pk__in=[mine.pk, other.pk]).count() == 2 and not audits("team.delete")
+
+    assert client.post(f"{TEAMS}{other.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert not Team.objects.filter(pk=other.pk).exists()
+
+
+def test_team_services_refuse_the_operator_changing_their_own_membership_or_deleting_their_team(make_staff, teams):
+    from accounts import services
+
+    staff = make_staff(*TEAM_DESK, "accounts.delete_team")
+    mine, other = teams
+    TeamMembership.objects.create(team=mine, user=staff)
+    with pytest.raises(admin_services.ConstrainsOperator):
+        services.team_remove_member(team=mine, user=staff, actor=staff)
+    with pytest.raises(admin_services.ConstrainsOperator):
+        services.team_add_member(team=other, user=staff, actor=staff)
+    with pytest.raises(admin_services.ConstrainsOperator):
+        services.team_delete(team=mine, actor=staff)
+    assert _member_ids(mine) == {staff.pk} and _member_ids(other) == set()
+    assert Team.objects.filter(pk=mine.pk).exists() and not AuditEvent.objects.exists()
+    services.team_remove_member(team=mine, user=staff, actor=None)  # the system may
+    assert _member_ids(mine) == set()
+
+
+def test_team_audits_refuse_the_operators_own_membership_or_team_limits_whatever_the_door(make_staff, teams):
+    """The second lock behind the membership form and the read-only team limits."""
+    staff = make_staff(*TEAM_DESK)
+    mine = teams[0]
+    TeamMembership.objects.create(team=mine, user=staff)  # as a save that slipped through would have
+    with pytest.raises(admin_services.ConstrainsOperator):  # joined
+        admin_services.team_members_audit(team=mine, before=[], actor=staff)
+    TeamMembership.objects.filter(team=mine, user=staff).delete()
+    with pytest.raises(admin_services.ConstrainsOperator):  # left
+        admin_services.team_members_audit(team=mine, before=[staff.pk], actor=staff)
+
+    TeamMembership.objects.create(team=mine, user=staff)
+    before = admin_services.limits_snapshot(owner=mine)
+    mine.requests_per_minute = 10_000
+    with pytest.raises(admin_services.ConstrainsOperator):
+        admin_services.team_limits_audit(team=mine, before=before, actor=staff)
+    admin_services.team_limits_audit(team=mine, before=before, actor=None)  # the system may
+    assert [e.action for e in AuditEvent.objects.all()] == ["team.limits_changed"]

@@ -1,5 +1,8 @@
 from decimal import Decimal
 
+import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+
 from accounts.models import AuditEvent
 from billing.models import Budget, ModelPrice
 from billing.prices import price_for
@@ -212,3 +215,94 @@ def test_unscheduling_a_price_that_came_into_force_is_refused_and_changes_nothin
         price_unschedule(price_id=scheduled.pk)
     assert ModelPrice.objects.filter(pk=scheduled.pk).exists()
     assert not AuditEvent.objects.filter(action="price.unschedule").exists()
+
+
+# --- A budget covering the operator is a superuser's to change --------------------------------
+
+BUDGETS = "/admin/billing/budget/"
+BUDGET_DESK = ("billing.view_budget", "billing.add_budget", "billing.change_budget", "billing.delete_budget")
+COVERS_YOU = "This budget applies to you (it is yours, or your team&#x27;s): only a superuser can set, change or remove it."
+
+
+@pytest.fixture
+def budget_staff(make_staff, make_team, user, client):
+    """Staff who manage budgets, in team Physics with alice; their own and their team's budgets."""
+    from billing.budgets import budget_set
+
+    staff = make_staff(*BUDGET_DESK)
+    physics = make_team("Physics", staff, user)
+    budget_set(user=staff, period="month", limit="5")
+    budget_set(team=physics, period="month", limit="50")
+    client.force_login(staff)
+    return staff, physics
+
+
+def _limits():
+    return sorted((b.scope, b.period, b.limit) for b in Budget.objects.all())
+
+
+@pytest.mark.parametrize("whose", ["own", "team"])
+def test_staff_cannot_add_a_budget_covering_themselves_and_are_told_why(client, budget_staff, whose):
+    staff, physics = budget_staff
+    before = _limits()
+    owner = {"user": str(staff.pk), "team": ""} if whose == "own" else {"user": "", "team": str(physics.pk)}
+    response = client.post(f"{BUDGETS}add/", {**owner, "period": "day", "limit": "900", "warn_ratio": "0.8"})
+    assert response.status_code == 200
+    assert COVERS_YOU in response.content.decode()
+    assert _limits() == before and not AuditEvent.objects.filter(action="budget.set", actor_id=staff.pk).exists()
+
+
+@pytest.mark.parametrize("whose", ["user", "team"])
+def test_staff_cannot_raise_or_delete_a_budget_covering_themselves(client, budget_staff, whose):
+    staff, _physics = budget_staff
+    budget = Budget.objects.get(**({"user": staff} if whose == "user" else {"team__isnull": False}))
+    before = _limits()
+    page = client.get(f"{BUDGETS}{budget.pk}/change/")
+    assert page.status_code == 200 and not page.context["has_change_permission"], "shown, read-only"
+    assert 'name="limit"' not in page.content.decode()
+    assert client.post(f"{BUDGETS}{budget.pk}/change/", {"limit": "900", "warn_ratio": "0.8"}).status_code == 403
+    assert client.post(f"{BUDGETS}{budget.pk}/delete/", {"post": "yes"}).status_code == 403
+
+    selection = {"action": "delete_selected", ACTION_CHECKBOX_NAME: [budget.pk]}
+    page = client.post(BUDGETS, selection)
+    assert page.status_code == 200 and page.context["perms_lacking"]
+    assert COVERS_YOU.replace("&#x27;", "'") in [str(m) for m in page.context["messages"]]
+    assert client.post(BUDGETS, {**selection, "post": "yes"}).status_code == 403
+    assert _limits() == before
+    assert not AuditEvent.objects.filter(actor_id=staff.pk).exists()
+
+
+def test_staff_still_set_change_and_delete_the_budgets_of_others(client, budget_staff, make_user, make_team):
+    staff, _physics = budget_staff
+    other = make_user("bob")
+    chemistry = make_team("Chemistry", other)
+    for owner in ({"user": str(other.pk), "team": ""}, {"user": "", "team": str(chemistry.pk)}):
+        response = client.post(f"{BUDGETS}add/", {**owner, "period": "week", "limit": "9", "warn_ratio": "0.8"})
+        assert response.status_code == 302, response.content.decode()[:2000]
+    theirs = Budget.objects.get(user=other)
+    response = client.post(f"{BUDGETS}{theirs.pk}/change/", {"limit": "12", "warn_ratio": "0.8"})
+    assert response.status_code == 302
+    assert Budget.objects.get(pk=theirs.pk).limit == D("12")
+    response = client.post(
+        BUDGETS, {"action": "delete_selected", ACTION_CHECKBOX_NAME: [theirs.pk, Budget.objects.get(team=chemistry).pk], "post": "yes"}
+    )
+    assert response.status_code == 302
+    assert not Budget.objects.filter(user=other).exists() and not Budget.objects.filter(team=chemistry).exists()
+    assert AuditEvent.objects.filter(action="budget.delete", actor_id=staff.pk).count() == 2
+
+
+def test_a_superuser_changes_and_deletes_their_own_and_their_teams_budgets(admin_client, admin_user, make_team):
+    from billing.budgets import budget_set
+
+    team = make_team("Physics", admin_user)
+    own = budget_set(user=admin_user, period="month", limit="5")
+    response = admin_client.post(f"{BUDGETS}{own.pk}/change/", {"limit": "900", "warn_ratio": "0.8"})
+    assert response.status_code == 302
+    assert Budget.objects.get(pk=own.pk).limit == D("900")
+    response = admin_client.post(
+        f"{BUDGETS}add/", {"user": "", "team": str(team.pk), "period": "day", "limit": "70", "warn_ratio": "0.8"}
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    selection = [own.pk, Budget.objects.get(team=team).pk]
+    response = admin_client.post(BUDGETS, {"action": "delete_selected", ACTION_CHECKBOX_NAME: selection, "post": "yes"})
+    assert response.status_code == 302 and not Budget.objects.exists()

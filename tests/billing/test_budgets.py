@@ -256,6 +256,43 @@ def test_budget_set_changes_the_limit_and_keeps_the_spend(user):
     assert AuditEvent.objects.filter(action="budget.set").count() == 2
 
 
+# --- Who may set or remove a budget: not the people it covers, unless a superuser ---------------
+
+
+def test_a_budget_covering_the_operator_is_refused_to_them_and_changes_nothing(make_staff, make_team, user):
+    from accounts.models import AuditEvent
+    from billing.budgets import BudgetCoversOperator, budget_delete
+
+    staff = make_staff("billing.add_budget", "billing.change_budget", "billing.delete_budget")
+    team = make_team("Physics", staff, user)
+    own = budget_set(user=staff, period="month", limit="5")  # the system (a command) may
+    teams = budget_set(team=team, period="month", limit="50")
+    for owner in ({"user": staff}, {"team": team}):
+        with pytest.raises(BudgetCoversOperator):
+            budget_set(**owner, period="month", limit="900", actor=staff)
+        with pytest.raises(BudgetCoversOperator):
+            budget_set(**owner, period="day", limit="900", actor=staff)  # a new one, too: one rule
+    for budget in (own, teams):
+        with pytest.raises(BudgetCoversOperator):
+            budget_delete(budget=budget, actor=staff)
+    assert sorted((b.period, b.limit) for b in Budget.objects.all()) == [("month", D("5")), ("month", D("50"))]
+    assert AuditEvent.objects.filter(actor_id=staff.pk).count() == 0
+
+
+def test_others_budgets_stay_the_operators_to_manage_and_a_superuser_manages_their_own(make_staff, make_team, make_user, user):
+    from billing.budgets import budget_delete
+
+    staff = make_staff("billing.add_budget", "billing.change_budget", "billing.delete_budget")
+    make_team("Chemistry", staff)
+    physics = make_team("Physics", user)
+    budget_set(user=user, period="month", limit="7", actor=staff)
+    budget_delete(budget=budget_set(team=physics, period="week", limit="70", actor=staff), actor=staff)
+    root = make_user("root", is_staff=True, is_superuser=True)
+    make_team("Maths", root)
+    budget_delete(budget=budget_set(user=root, period="day", limit="1000", actor=root), actor=root)
+    assert [(b.user_id, b.limit) for b in Budget.objects.all()] == [(user.pk, D("7"))]
+
+
 # --- Concurrency: real threads, real transactions (SQLite by default, Postgres with DATABASE_URL) ---
 
 
