@@ -156,6 +156,8 @@ else:
     # each call a connection that is already open: without it, every database call of a chat turn
     # paid a new TCP connection and login (5-10 ms each, several per turn).
     _db["CONN_MAX_AGE"] = 0
+    # "timeout": how long a request waits for a connection, enough to ride out a load spike
+    # (/readyz waits only 2 s: chatsite.health.READY_DATABASE_TIMEOUT).
     _db["OPTIONS"] = {"pool": {"min_size": 1, "max_size": _int("DATABASE_POOL_SIZE", 20), "timeout": 10}}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
