@@ -86,6 +86,18 @@ def test_add_provider_key_refuses_bad_input_and_changes_nothing(args, stdin, say
     assert not ProviderKey.objects.exists()
 
 
+def test_add_provider_key_refuses_a_metadata_base_url_with_private_base_urls_allowed(settings):
+    settings.ALLOW_PRIVATE_BASE_URLS = True
+    with pytest.raises(CommandError) as excinfo:
+        run("add_provider_key", "--provider", "openai", "--name", "meta", "--key", SECRET, "--base-url", "http://169.254.169.254/v1")
+    message = str(excinfo.value)
+    assert "metadata" in message and "ALLOW_PRIVATE_BASE_URLS" not in message and "\n" not in message
+    assert not ProviderKey.objects.exists()
+    # The setting still does what it is for: a model server on the private network.
+    run("add_provider_key", "--provider", "openai", "--name", "ollama", "--key", "unused", "--base-url", "http://10.1.2.3:11434/v1")
+    assert ProviderKey.objects.get().base_url == "http://10.1.2.3:11434/v1"
+
+
 def test_add_provider_key_refuses_a_duplicate_name():
     run("add_provider_key", "--provider", "openai", "--name", "main", "--key", SECRET)
     with pytest.raises(CommandError, match="already exists"):
