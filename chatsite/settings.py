@@ -116,6 +116,7 @@ MIDDLEWARE = [
     "chatsite.middleware.SecurityHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
+    "chatsite.middleware.NoContentMiddleware",  # above CommonMiddleware: strips what it adds to a 204
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
