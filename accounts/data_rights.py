@@ -355,15 +355,27 @@ def export_write_zip(
 
 
 def export_write_file(*, user, output: Path, actor=None) -> int:
-    """The `export_user_data` command: write the zip straight to `output` (not kept by the site).
-    Written beside the target and renamed, so a failure never leaves half a file."""
+    """The `export_user_data` command: write the zip to `output` (not kept by the site), which
+    must not exist (FileExistsError, changing nothing). The file holds a person's whole history:
+    it is readable by this account only (0600) from its first byte. `output` is claimed first
+    (O_EXCL: a file, or a symlink, that appears after the command looked is never overwritten),
+    the zip is written to a temporary file beside it and renamed over the claim, so a failure
+    never leaves half a file."""
     output = Path(output)
-    partial = output.with_name(output.name + ".partial")
+    os.close(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    partial: Path | None = None
     try:
+        # mkstemp: a name no one else has, created 0600; the zip is written into it as it is.
+        handle, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial")
+        os.close(handle)
+        partial = Path(name)
         size = export_write_zip(user=user, path=partial)
         os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)
+    except BaseException:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        output.unlink(missing_ok=True)  # the claim made above: the file is this call's own
+        raise
     audit_record(
         action="user.export", actor=actor, target_type="accounts.user", target_id=str(user.pk), data={"via": "command"}
     )

@@ -8,6 +8,8 @@ add form refuses it with the reason; budget_set and budget_delete refuse it agai
 
 from __future__ import annotations
 
+from decimal import InvalidOperation
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -18,12 +20,32 @@ from django.utils.translation import gettext_lazy as _
 from . import admin_keys  # noqa: F401 - registers the ProviderKey admin
 from .budgets import BudgetCoversOperator, BudgetError, budget_delete, budget_locked_for, budget_set, budget_validate
 from .models import Budget, ModelPrice
-from .prices import PriceError, price_for, price_set, price_unschedule, price_validate
+from .prices import PRICE_PLACES, PriceError, price_for, price_set, price_unschedule, price_validate
+
+
+class PriceField(forms.DecimalField):
+    """A price as set_price takes it: zeros past the stored places ("1.50000000") are dropped,
+    not counted as decimal places; a digit past them is still refused, never rounded."""
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        if value is None or not value.is_finite():
+            return value
+        try:
+            exact = value.quantize(PRICE_PLACES)
+        except InvalidOperation:  # too large to hold 6 places: the field's max_digits says so
+            return value
+        return exact if exact == value else value
 
 
 class ModelPriceForm(forms.ModelForm):
     class Meta:
         model = ModelPrice
+        field_classes = {
+            "input_per_million": PriceField,
+            "output_per_million": PriceField,
+            "cached_input_per_million": PriceField,
+        }
         fields = [
             "provider",
             "model",
@@ -45,6 +67,10 @@ class ModelPriceForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        if self.errors.keys() & {*self.Meta.field_classes, "context_window", "max_output_tokens"}:
+            # That field's own error says what is wrong; the service would add a misleading
+            # "price is required" for the value the field refused.
+            return data
         # On a change the model is read-only, so it comes from the row, not the form.
         provider = data.get("provider", self.instance.provider if self.instance.pk else None)
         model = data.get("model", self.instance.model if self.instance.pk else None)

@@ -64,8 +64,9 @@ _NAME_MAX_LENGTH = ProviderKey._meta.get_field("name").max_length
 _URL_MAX_LENGTH = ProviderKey._meta.get_field("base_url").max_length
 PRIORITY_RANGE = (-1_000_000, 1_000_000)
 
-# Cloud metadata endpoints by name and by address. They are link-local or private anyway, but
-# named here so the refusal says what they are, and so a setting can never forget one.
+# Cloud metadata and credential endpoints by name and by address. Refused whatever
+# ALLOW_PRIVATE_BASE_URLS says: that setting is for a model server on the private network, and
+# these hand out the machine's cloud credentials to whoever can make it call them.
 _METADATA_HOSTS = {
     "metadata.google.internal",
     "metadata.goog",
@@ -76,6 +77,9 @@ _METADATA_HOSTS = {
 _METADATA_ADDRESSES = {
     ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack
     ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
+    ipaddress.ip_address("169.254.170.2"),  # AWS ECS task metadata and credentials
+    ipaddress.ip_address("169.254.170.23"),  # AWS EKS Pod Identity credentials
+    ipaddress.ip_address("fd00:ec2::23"),  # the same over IPv6
     ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
     ipaddress.ip_address("192.0.0.192"),  # Oracle Cloud (classic)
 }
@@ -187,6 +191,11 @@ def priority_validate(priority: Any) -> int:
     return priority
 
 
+def _always_refused() -> str:
+    # Ends a metadata refusal, so the administrator does not look for a setting that would lift it.
+    return " " + _("Cloud metadata addresses are always refused.")
+
+
 def _address_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str, bool] | None:
     """Why a base URL may not point at `address` and whether ALLOW_PRIVATE_BASE_URLS lifts
     that; None when it may."""
@@ -205,7 +214,7 @@ def _address_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> 
     if address.is_unspecified or address.is_multicast or (address.is_reserved and not address.is_private):
         return _("%(addr)s is not an address a model server can have.") % {"addr": address}, False
     if address in _METADATA_ADDRESSES:
-        return _("%(addr)s is a cloud metadata address.") % {"addr": address}, True
+        return _("%(addr)s is a cloud metadata address.") % {"addr": address} + _always_refused(), False
     if address.is_link_local:
         return _("%(addr)s is a link-local address.") % {"addr": address}, True
     if address.is_private or address in _CGNAT:
@@ -215,8 +224,9 @@ def _address_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> 
 
 def base_url_validate(url: Any, *, allow_private: bool | None = None) -> str:
     """The base URL, normalised ("" for none). http/https only, no credentials, and a host that
-    is (or resolves only to) a public address or loopback; link-local, metadata and private
-    addresses only with ALLOW_PRIVATE_BASE_URLS=true. A name that does not resolve is refused."""
+    is (or resolves only to) a public address or loopback; link-local and private addresses only
+    with ALLOW_PRIVATE_BASE_URLS=true; cloud metadata names and addresses never. A name that does
+    not resolve is refused."""
     if url is None:
         return ""
     if not isinstance(url, str):
@@ -243,8 +253,8 @@ def base_url_validate(url: Any, *, allow_private: bool | None = None) -> str:
     host = (parts.hostname or "").rstrip(".").lower()
     if not host:
         raise _invalid("base_url", _("The base URL has no host."))
-    if host in _METADATA_HOSTS and not allow_private:
-        raise _invalid("base_url", _("%(host)s is a cloud metadata service.") % {"host": host} + hint)
+    if host in _METADATA_HOSTS:
+        raise _invalid("base_url", _("%(host)s is a cloud metadata service.") % {"host": host} + _always_refused())
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -25,6 +25,7 @@ MAX_CONTEXT_WINDOW = 100_000_000
 DEFAULT_CONTEXT_WINDOW = 128_000
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 PRICE_PLACES = Decimal("0.000001")  # billing.models.PRICE
+_PRICE_DECIMALS = -PRICE_PLACES.as_tuple().exponent
 PROVIDERS = ("openai", "anthropic", "demo")
 # Model names of OpenAI-compatible servers carry colons, slashes and dots ("llama3.1:8b",
 # "meta-llama/Llama-3-8B"); whitespace and control characters never. Matched with fullmatch:
@@ -163,7 +164,14 @@ def _price(raw: object, what: str, *, required: bool) -> Decimal | None:
         raise PriceError(
             _("%(what)s price is above %(max)s USD per million tokens") % {"what": what, "max": MAX_PRICE_PER_MILLION}
         )
-    return value.quantize(PRICE_PLACES, rounding=ROUND_HALF_UP)
+    exact = value.quantize(PRICE_PLACES)
+    if exact != value:
+        # Never rounded: 0.0000004 would be stored as 0, a paid model made free. Zeros past the
+        # last place ("1.50000000") change nothing and are accepted.
+        raise PriceError(
+            _("%(what)s price has more than %(places)s decimal places") % {"what": what, "places": _PRICE_DECIMALS}
+        )
+    return exact
 
 
 def _positive_int(raw: object, what: str, *, maximum: int) -> int | None:

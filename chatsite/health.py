@@ -13,8 +13,18 @@ def healthz(request):
     return JsonResponse({"status": "ok"})
 
 
+# How long the probe waits for a PostgreSQL connection: requests keep the pool's 10 s through a
+# load spike, but docker-compose's healthcheck gives up at 6 s, so "database down" must come sooner.
+READY_DATABASE_TIMEOUT = 2.0
+
+
 def _database_ok() -> bool:
     try:
+        pool = getattr(connection, "pool", None)
+        if pool is not None:
+            pool.open()  # as Django does before its first connection; no-op once open
+            with pool.connection(timeout=READY_DATABASE_TIMEOUT) as conn:
+                return conn.execute("SELECT 1").fetchone() == (1,)
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
             return cursor.fetchone() == (1,)

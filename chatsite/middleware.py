@@ -1,5 +1,5 @@
 """Project-wide HTTP middleware: a request id on every log line, API errors without internals,
-the security headers, and (ASGI, in front of Django) the request body size cap."""
+the security headers, bodiless 204s, and (ASGI, in front of Django) the request body size cap."""
 
 import json
 import logging
@@ -73,6 +73,25 @@ class SecurityHeadersMiddleware:
         response = self.get_response(request)
         response.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
         response.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+        return response
+
+
+class NoContentMiddleware:
+    """A 204 goes out with no body, no Content-Length and no Content-Type (RFC 9110 6.4.1, 8.6):
+    CommonMiddleware gives every response a Content-Length, and a client that believes one on
+    a 204 reads the next response on a keep-alive connection wrongly. Listed above
+    CommonMiddleware, so it runs after it on the way out."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if response.status_code == 204 and not response.streaming:
+            response.content = b""
+            for header in ("Content-Length", "Content-Type"):
+                if response.has_header(header):
+                    del response[header]
         return response
 
 

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import environ
 from celery.schedules import crontab
+from cryptography.fernet import Fernet
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -53,6 +54,23 @@ def _float(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise _config_error(name, f"must be a number, not {raw!r}") from None
+
+
+def _fernet_keys(name: str) -> list[str]:
+    # Checked here, not at the first provider call: every process (Daphne, Celery, manage.py)
+    # loads settings, and none may run with provider secrets it cannot encrypt or read.
+    keys = [k.strip() for k in env.list(name, default=[]) if k.strip()]
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            # Never echo the key: name its position only.
+            raise _config_error(
+                name,
+                f"entry {position} is not a Fernet key (32 url-safe base64-encoded bytes; "
+                "make one with Fernet.generate_key())",
+            ) from None
+    return keys
 
 
 DEBUG = _bool("DJANGO_DEBUG", False)
@@ -98,6 +116,7 @@ MIDDLEWARE = [
     "chatsite.middleware.SecurityHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
+    "chatsite.middleware.NoContentMiddleware",  # above CommonMiddleware: strips what it adds to a 204
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -156,6 +175,8 @@ else:
     # each call a connection that is already open: without it, every database call of a chat turn
     # paid a new TCP connection and login (5-10 ms each, several per turn).
     _db["CONN_MAX_AGE"] = 0
+    # "timeout": how long a request waits for a connection, enough to ride out a load spike
+    # (/readyz waits only 2 s: chatsite.health.READY_DATABASE_TIMEOUT).
     _db["OPTIONS"] = {"pool": {"min_size": 1, "max_size": _int("DATABASE_POOL_SIZE", 20), "timeout": 10}}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -356,7 +377,7 @@ KEY_TEST_TIMEOUT = _float("KEY_TEST_TIMEOUT", 20.0)
 if env.str("KEY_DRAIN_SECONDS", default=""):
     KEY_DRAIN_SECONDS = _float("KEY_DRAIN_SECONDS", 660.0)
 DEFAULT_MODEL = env.str("DEFAULT_MODEL", default="demo:echo")
-FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[])
+FIELD_ENCRYPTION_KEYS = _fernet_keys("FIELD_ENCRYPTION_KEYS")
 ALLOW_PRIVATE_BASE_URLS = _bool("ALLOW_PRIVATE_BASE_URLS", False)
 CONVERSATION_RETENTION_DAYS = _int("CONVERSATION_RETENTION_DAYS", 0) or None
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from urllib.parse import urlencode
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.utils.translation import gettext as _
 
@@ -135,7 +135,7 @@ def conversation_item(request, conversation_id):
         return error(404, "not_found", _("No such conversation."))
     if request.method == "DELETE":
         services.conversation_delete(conversation=conversation)
-        return JsonResponse({}, status=204)
+        return HttpResponse(status=204)
     if request.method == "PATCH":
         data = _body(request)
         if isinstance(data, JsonResponse):

@@ -284,6 +284,63 @@ def test_export_user_data_command_bad_input_changes_nothing(user, tmp_path):
     assert not AuditEvent.objects.filter(action="user.export").exists()
 
 
+@pytest.mark.django_db
+def test_export_user_data_writes_a_file_only_its_owner_can_read(user, tmp_path, capsys):
+    """It holds a person's whole history: 0600 whatever the umask, never 0644."""
+    import os
+    import stat
+
+    make_history(user, conversations=1, messages_each=2)
+    target = tmp_path / "alice.zip"
+    previous = os.umask(0o000)  # the most permissive umask: the mode must not depend on it
+    try:
+        call_command("export_user_data", user.username, "--output", str(target))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    with zipfile.ZipFile(target) as archive:
+        assert len(json.loads(archive.read("conversations.json"))["conversations"]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["alice.zip"]  # no partial file left beside it
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("output", ["", "   "])
+def test_export_user_data_refuses_an_empty_output_in_one_line(user, tmp_path, monkeypatch, output):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CommandError) as excinfo:
+        call_command("export_user_data", user.username, "--output", output)
+    assert str(excinfo.value) == "--output is empty: name the zip file to write"
+    assert list(tmp_path.iterdir()) == []
+    assert not AuditEvent.objects.filter(action="user.export").exists()
+
+
+@pytest.mark.django_db
+def test_export_write_file_never_overwrites_a_file_or_symlink_that_appeared_and_leaves_nothing_on_failure(
+    user, tmp_path, monkeypatch
+):
+    there = tmp_path / "there.zip"
+    there.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError):
+        data_rights.export_write_file(user=user, output=there)
+    assert there.read_bytes() == b"keep me"
+    link = tmp_path / "link.zip"
+    link.symlink_to(tmp_path / "elsewhere.zip")
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("export_user_data", user.username, "--output", str(link))
+    with pytest.raises(FileExistsError):
+        data_rights.export_write_file(user=user, output=link)
+    assert not (tmp_path / "elsewhere.zip").exists()
+
+    def broken(**kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(data_rights, "export_write_zip", broken)
+    with pytest.raises(CommandError, match="cannot write .*No space left on device"):
+        call_command("export_user_data", user.username, "--output", str(tmp_path / "new.zip"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.zip", "there.zip"]
+    assert not AuditEvent.objects.filter(action="user.export").exists()
+
+
 def test_export_user_data_answers_a_bad_command_line_in_one_line():
     proc = manage_py("export_user_data", "alice")  # no --output
     assert proc.returncode != 0

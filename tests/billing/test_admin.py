@@ -51,6 +51,22 @@ def test_the_admin_refuses_a_negative_price(admin_client):
     assert ModelPrice.objects.count() == count
 
 
+def test_the_admin_refuses_a_price_with_more_places_than_stored_and_takes_trailing_zeros(admin_client):
+    count = ModelPrice.objects.count()
+    for field in ("input_per_million", "output_per_million", "cached_input_per_million"):
+        response = admin_client.post("/admin/billing/modelprice/add/", {**PRICE_FORM, "model": "tiny", field: "0.0000004"})
+        html = response.content.decode()
+        assert response.status_code == 200 and "6 decimal places" in html and "price is required" not in html
+    assert ModelPrice.objects.count() == count and price_for(model_id="openai:tiny") is None
+    response = admin_client.post(
+        "/admin/billing/modelprice/add/",
+        {**PRICE_FORM, "model": "tiny", "input_per_million": "1.50000000", "cached_input_per_million": "0.7500000"},
+    )
+    assert response.status_code == 302
+    quote = price_for(model_id="openai:tiny")
+    assert (quote.input_per_million, quote.cached_input_per_million) == (D("1.5"), D("0.75"))
+
+
 def test_prices_cannot_be_deleted(admin_client):
     seeded = ModelPrice.objects.first()
     assert admin_client.get(f"/admin/billing/modelprice/{seeded.pk}/delete/").status_code == 403

@@ -86,13 +86,22 @@ def test_a_negative_zero_is_stored_and_shown_as_zero(user):
         (["--model", "openai:gpt-4o", "--input", "1", "--output", "-2"], "negative"),
         (["--model", "openai:gpt-4o", "--input", "x", "--output", "1"], "number"),
         (["--model", "openai:gpt-4o", "--input", "1", "--output", "1", "--context-window", "-5"], "between"),
+        (["--model", "openai:gpt-4o", "--input", "0.0000004", "--output", "0.0000004"], "more than 6 decimal places"),
+        (["--model", "openai:gpt-4o", "--input", "1", "--output", "0.123456789012345"], "more than 6 decimal places"),
     ],
 )
 def test_set_price_refuses_bad_input_and_changes_nothing(args, error):
     count = ModelPrice.objects.count()
-    with pytest.raises(CommandError, match=error):
+    with pytest.raises(CommandError, match=error) as excinfo:
         run("set_price", *args)
+    assert "\n" not in str(excinfo.value)
     assert ModelPrice.objects.count() == count
+    assert not AuditEvent.objects.filter(action="price.set").exists()
+
+
+def test_set_price_takes_zeros_past_the_sixth_place_as_the_same_price():
+    out = run("set_price", "--model", "openai:gpt-4o", "--input", "1.50000000", "--output", "2.0000000000")
+    assert out.startswith("openai:gpt-4o: input 1.500000, output 2.000000")
 
 
 def test_a_bad_command_line_exits_non_zero_with_one_line():

@@ -427,10 +427,80 @@ def test_loopback_and_public_base_urls_are_accepted(base_url):
     assert add("a", base_url=base_url).base_url == base_url.rstrip("/")
 
 
-@pytest.mark.parametrize("base_url", ["http://10.1.2.3:11434/v1", "http://169.254.10.20/", "http://169.254.169.254/"])
+@pytest.mark.parametrize(
+    "base_url", ["http://10.1.2.3:11434/v1", "http://169.254.10.20/", "http://[fd12:3456::1]:11434/v1", "http://localhost:11434"]
+)
 def test_allow_private_base_urls_lets_private_and_link_local_through(settings, base_url):
     settings.ALLOW_PRIVATE_BASE_URLS = True
     assert add("a", base_url=base_url).base_url == base_url.rstrip("/")
+
+
+METADATA_BASE_URLS = [
+    "http://169.254.169.254/v1",
+    "http://[fd00:ec2::254]/",
+    "http://100.100.100.200/latest/meta-data/",
+    "http://192.0.0.192/",
+    "http://169.254.170.2/v2/credentials",
+    "http://[::ffff:169.254.169.254]/",
+    "http://2852039166/",
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://metadata/",
+    "http://instance-data.ec2.internal./",
+]
+
+
+@pytest.fixture
+def private_names_resolve(monkeypatch):
+    """Every name resolves to a private address, as the metadata names do inside a cloud (or
+    in a cluster whose DNS answers them): only the name itself can refuse them then."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        if host.replace(".", "").isdigit() or ":" in host:
+            return real(host, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.9.8.7", 80))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+
+
+@pytest.mark.parametrize("allow_private", [False, True])
+@pytest.mark.parametrize("base_url", METADATA_BASE_URLS)
+def test_cloud_metadata_base_urls_are_refused_whatever_allow_private_base_urls_says(
+    settings, private_names_resolve, base_url, allow_private
+):
+    """README: "cloud metadata addresses are always refused"; the refusal does not send the
+    administrator to a setting that would not (and must not) lift it."""
+    settings.ALLOW_PRIVATE_BASE_URLS = allow_private
+    with pytest.raises(ValidationError) as excinfo:
+        add("meta", base_url=base_url)
+    message = " ".join(excinfo.value.message_dict["base_url"])
+    assert "metadata" in message and "always refused" in message
+    assert "ALLOW_PRIVATE_BASE_URLS" not in message
+    assert not ProviderKey.objects.exists()
+
+
+def test_a_name_resolving_to_a_metadata_address_is_refused_with_private_base_urls_allowed(settings, monkeypatch):
+    import socket
+
+    settings.ALLOW_PRIVATE_BASE_URLS = True
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", 80))]
+    )
+    with pytest.raises(ValidationError, match="metadata"):
+        add("a", base_url="http://sneaky.example/v1")
+    assert not ProviderKey.objects.exists()
+
+
+def test_a_key_cannot_be_repointed_at_a_metadata_address_with_private_base_urls_allowed(settings):
+    settings.ALLOW_PRIVATE_BASE_URLS = True
+    key = add("ollama", base_url="http://10.1.2.3:11434/v1")
+    with pytest.raises(ValidationError) as excinfo:
+        keys.key_update(key_id=key.pk, base_url="http://169.254.169.254/v1", secret="sk-rotated-0123456789")
+    assert "metadata" in " ".join(excinfo.value.message_dict["base_url"])
+    key = reload(key)
+    assert key.base_url == "http://10.1.2.3:11434/v1" and secret_decrypt(key.secret_encrypted) == "sk-ollama-0123456789abcdef"
 
 
 @pytest.mark.parametrize("secret", ["", "   ", "\n\t", None, "two words", "sk-ünïcode-0123456789"])
@@ -557,6 +627,16 @@ def test_an_env_key_an_admin_disabled_is_not_brought_back(settings):
     keys.key_disable(name="env-openai")
     assert keys.keys_import_from_env() == {"openai": "unchanged"}
     assert ProviderKey.objects.get().state == State.DISABLED
+
+
+def test_an_env_base_url_on_a_metadata_address_is_refused_with_private_base_urls_allowed(settings):
+    settings.ALLOW_PRIVATE_BASE_URLS = True
+    settings.OPENAI_API_KEY = "sk-first-0123456789"
+    settings.OPENAI_BASE_URL = "http://169.254.169.254/v1"
+    result = keys.keys_import_from_env()
+    assert result["openai"].startswith("refused") and "metadata" in result["openai"]
+    assert "ALLOW_PRIVATE_BASE_URLS" not in result["openai"]
+    assert not ProviderKey.objects.exists()
 
 
 def test_a_refused_env_base_url_imports_nothing_and_says_why(settings, caplog):

@@ -109,6 +109,19 @@ def test_a_refused_form_does_not_send_the_secret_back(admin_client):
     assert not ProviderKey.objects.exists()
 
 
+def test_the_admin_refuses_a_metadata_base_url_with_private_base_urls_allowed(admin_client, settings):
+    settings.ALLOW_PRIVATE_BASE_URLS = True
+    response = admin_client.post(ADD, form_data(base_url="http://169.254.169.254/v1"))
+    html = response.content.decode()
+    assert response.status_code == 200 and "metadata" in html and "ALLOW_PRIVATE_BASE_URLS" not in html
+    assert not ProviderKey.objects.exists()
+    key = keys.key_add(provider="openai", name="ollama", secret=SECRET, base_url="http://10.1.2.3:11434/v1")
+    response = admin_client.post(change_url(key), form_data(name="ollama", base_url="http://[fd00:ec2::254]/"))
+    assert response.status_code == 200 and "metadata" in response.content.decode()
+    key.refresh_from_db()
+    assert key.base_url == "http://10.1.2.3:11434/v1"
+
+
 @pytest.mark.parametrize(
     ("overrides", "says"),
     [

@@ -44,6 +44,12 @@ def test_add_provider_key_reads_the_secret_from_stdin():
     assert SECRET not in output
 
 
+@pytest.mark.parametrize("stdin", [SECRET, SECRET + "\n", SECRET + "\r\n", "\n" + SECRET + "\n\n", "  " + SECRET + "  \n"])
+def test_add_provider_key_takes_one_line_from_stdin_with_blank_lines_around_it(stdin):
+    run("add_provider_key", "--provider", "openai", "--name", "a", "--key", "-", stdin=io.StringIO(stdin))
+    assert secret_decrypt(ProviderKey.objects.get(name="a").secret_encrypted) == SECRET
+
+
 def test_add_provider_key_with_a_base_url():
     run(
         "add_provider_key",
@@ -65,6 +71,10 @@ def test_add_provider_key_with_a_base_url():
         (["--key", "   "], None, "secret"),
         (["--key", "-"], "\n", "secret"),
         (["--key", "-"], "", "secret"),
+        # A second line would be dropped without a word: the key stored would not be the one pasted.
+        (["--key", "-"], SECRET + "\nsk-second-line-0123456789\n", "more than one line"),
+        (["--key", "-"], SECRET + "\n\nsk-second-line-0123456789", "more than one line"),
+        (["--key", "-"], "\n" + SECRET + "\r\nx\n", "more than one line"),
         (["--key", SECRET, "--base-url", "http://169.254.169.254/"], None, "metadata"),
         (["--key", SECRET, "--base-url", "ftp://x/"], None, "http"),
         (["--key", SECRET, "--base-url", "http://u:p@127.0.0.1/"], None, "credentials"),
@@ -84,6 +94,18 @@ def test_add_provider_key_refuses_bad_input_and_changes_nothing(args, stdin, say
     message = str(excinfo.value)
     assert says in message and "\n" not in message and SECRET not in message
     assert not ProviderKey.objects.exists()
+
+
+def test_add_provider_key_refuses_a_metadata_base_url_with_private_base_urls_allowed(settings):
+    settings.ALLOW_PRIVATE_BASE_URLS = True
+    with pytest.raises(CommandError) as excinfo:
+        run("add_provider_key", "--provider", "openai", "--name", "meta", "--key", SECRET, "--base-url", "http://169.254.169.254/v1")
+    message = str(excinfo.value)
+    assert "metadata" in message and "ALLOW_PRIVATE_BASE_URLS" not in message and "\n" not in message
+    assert not ProviderKey.objects.exists()
+    # The setting still does what it is for: a model server on the private network.
+    run("add_provider_key", "--provider", "openai", "--name", "ollama", "--key", "unused", "--base-url", "http://10.1.2.3:11434/v1")
+    assert ProviderKey.objects.get().base_url == "http://10.1.2.3:11434/v1"
 
 
 def test_add_provider_key_refuses_a_duplicate_name():
@@ -174,3 +196,20 @@ def test_bad_arguments_exit_non_zero_with_one_line(args):
     ]
     assert len(lines) == 1, result.stderr
     assert SECRET not in result.stdout + result.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_lines_piped_to_key_dash_exit_non_zero_with_one_line_and_add_nothing():
+    """As an operator pipes it: `printf 'sk-a\nsk-b\n' | manage.py add_provider_key ... --key -`."""
+    from tests.billing.test_keys_processes import _database_url, _encryption_keys
+
+    env = {"DATABASE_URL": _database_url(), "FIELD_ENCRYPTION_KEYS": _encryption_keys(), "PYTHONWARNINGS": "ignore"}
+    args = ["add_provider_key", "--provider", "openai", "--name", "piped", "--key", "-"]
+    result = manage(*args, stdin=SECRET + "\nsk-second-line-0123456789\n", env=env)
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1 and "more than one line" in lines[0], lines
+    assert SECRET not in result.stdout + result.stderr
+    assert not ProviderKey.objects.exists()
+    result = manage(*args, stdin=SECRET + "\n", env=env)
+    assert result.returncode == 0, result.stderr
+    assert secret_decrypt(ProviderKey.objects.get(name="piped").secret_encrypted) == SECRET

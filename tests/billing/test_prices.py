@@ -97,6 +97,11 @@ def test_a_new_model_can_be_priced_including_compatible_server_names():
         ({"output_per_million": "1e9"}, "above"),
         ({"context_window": "0"}, "between"),
         ({"context_window": "lots"}, "whole number"),
+        # More places than a price holds: rounding would store 0.0000004 as 0, a paid model free.
+        ({"input_per_million": "0.0000004", "output_per_million": "0.0000004"}, "input price has more than 6 decimal places"),
+        ({"output_per_million": "0.123456789012345"}, "output price has more than 6 decimal places"),
+        ({"cached_input_per_million": "0.0000001"}, "cached input price has more than 6 decimal places"),
+        ({"input_per_million": "4E-7"}, "more than 6 decimal places"),
     ],
 )
 def test_price_set_refuses_bad_input_and_changes_nothing(kwargs, error):
@@ -106,6 +111,14 @@ def test_price_set_refuses_bad_input_and_changes_nothing(kwargs, error):
         price_set(**args)
     assert ModelPrice.objects.count() == count
     assert not AuditEvent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_zeros_past_the_sixth_decimal_place_are_accepted_as_the_same_price():
+    row = price_set(model_id="openai:gpt-4o", input_per_million="1.50000000", output_per_million="0.000001000")
+    assert (row.input_per_million, row.output_per_million) == (Decimal("1.5"), Decimal("0.000001"))
+    quote = price_for(model_id="openai:gpt-4o")
+    assert (quote.input_per_million, quote.output_per_million) == (Decimal("1.5"), Decimal("0.000001"))
 
 
 @pytest.mark.django_db

@@ -35,6 +35,7 @@ def run_check(**env_overrides: str) -> subprocess.CompletedProcess:
         ("LOG_LEVEL", "loud"),
         ("DJANGO_DEBUG", "perhaps"),
         ("AXES_FAILURE_LIMIT", "five"),
+        ("FIELD_ENCRYPTION_KEYS", "not-a-fernet-key"),
     ],
 )
 def test_malformed_setting_stops_with_one_line_naming_it(variable, value):
@@ -85,3 +86,48 @@ def test_console_email_by_default():
     from django.conf import settings
 
     assert settings.EMAIL_BACKEND in {"django.core.mail.backends.console.EmailBackend", "django.core.mail.backends.locmem.EmailBackend"}
+
+
+BIN = Path(sys.executable).parent
+SERVING_PROCESSES = {
+    "daphne": [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", "0", "chatsite.asgi:application"],
+    "celery worker": [str(BIN / "celery"), "-A", "chatsite", "worker", "-P", "solo", "--loglevel", "WARNING"],
+    "asgi import": [sys.executable, "-c", "import chatsite.asgi"],
+    "manage.py": [sys.executable, "manage.py", "shell", "-c", "print('started')"],
+}
+
+
+def run_process(command: list[str], tmp_path, **env_overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_HTTPS", "FIELD_ENCRYPTION_KEYS"}}
+    env.update({"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "PYTHONWARNINGS": "ignore"})
+    env.update(env_overrides)
+    try:
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{command[0]} kept running instead of stopping at start")
+
+
+@pytest.mark.parametrize("process", SERVING_PROCESSES)
+@pytest.mark.parametrize("value", ["not-a-fernet-key-CANARY", "{good},not-a-fernet-key-CANARY"])
+def test_malformed_field_encryption_keys_stop_every_process_at_start_with_one_line(process, value, tmp_path):
+    """README: "A malformed value stops the process at start with one line naming the variable":
+    Daphne and Celery run no system checks, so settings refuse it, as they do DJANGO_HTTPS."""
+    from cryptography.fernet import Fernet
+
+    value = value.format(good=Fernet.generate_key().decode())
+    result = run_process(SERVING_PROCESSES[process], tmp_path, FIELD_ENCRYPTION_KEYS=value)
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode != 0
+    assert len(lines) == 1 and "FIELD_ENCRYPTION_KEYS" in lines[0], lines
+    assert f"entry {value.count(',') + 1}" in lines[0]
+    assert "CANARY" not in result.stdout + result.stderr  # the key itself is never echoed
+
+
+def test_valid_field_encryption_keys_let_the_asgi_application_load(tmp_path):
+    from cryptography.fernet import Fernet
+
+    keys = f" {Fernet.generate_key().decode()} , {Fernet.generate_key().decode()} ,"
+    code = "import chatsite.asgi; from django.conf import settings; print(len(settings.FIELD_ENCRYPTION_KEYS))"
+    result = run_process([sys.executable, "-c", code], tmp_path, FIELD_ENCRYPTION_KEYS=keys, DJANGO_SETTINGS_MODULE="chatsite.settings")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "2"

@@ -22,6 +22,7 @@ from billing.keys import KeyLease
 from conversations import context as context_mod
 from conversations import llm
 from conversations.llm.base import ChatMessage, Finish, ProviderError, TextDelta, Usage
+from tests.e2e.conftest import live_server_url  # noqa: F401 - a live Daphne, for the API's wire-level tests
 
 PER_MILLION = Decimal("1000000")
 

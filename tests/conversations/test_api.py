@@ -158,6 +158,46 @@ def test_delete_answers_204_and_removes_messages(api, user, chat_backends):
     assert not Conversation.objects.exists() and not Message.objects.exists()
 
 
+def test_delete_answers_a_204_without_body_length_or_type(api, user, chat_backends):
+    """RFC 9110: a 204 has no content, and a server must not send Content-Length with one."""
+    conversation = Conversation.objects.create(owner=user, model="demo:echo")
+    response = api.delete(f"/api/v1/conversations/{conversation.id}/")
+    assert response.status_code == 204
+    assert response.content == b""
+    assert not response.has_header("Content-Length") and not response.has_header("Content-Type")
+    assert response.has_header("X-Request-ID")  # the other middleware still runs
+
+
+@pytest.mark.django_db(transaction=True)
+def test_delete_answers_a_bodiless_204_on_the_wire(live_server_url, user):
+    """As Daphne sends it: stray bytes after a 204 (the "{}" that was sent) would be read as the
+    start of the next response on a keep-alive connection."""
+    import socket
+    from urllib.parse import urlsplit
+
+    conversation = Conversation.objects.create(owner=user, model="demo:echo")
+    client = Client()
+    client.force_login(user)
+    host = urlsplit(live_server_url).netloc
+    csrf = "a" * 32
+    request = (
+        f"DELETE /api/v1/conversations/{conversation.id}/ HTTP/1.1\r\nHost: {host}\r\n"
+        f"Cookie: sessionid={client.cookies['sessionid'].value}; csrftoken={csrf}\r\nX-CSRFToken: {csrf}\r\n"
+        f"Origin: {live_server_url}\r\nReferer: {live_server_url}/\r\nConnection: close\r\n\r\n"
+    ).encode()
+    raw = b""
+    with socket.create_connection((urlsplit(live_server_url).hostname, urlsplit(live_server_url).port), timeout=10) as s:
+        s.sendall(request)
+        while chunk := s.recv(65536):  # the server closes: Connection: close
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    headers = {line.split(b":", 1)[0].strip().lower() for line in head.split(b"\r\n")[1:]}
+    assert head.startswith(b"HTTP/1.1 204"), head
+    assert body == b"", body
+    assert not headers & {b"content-length", b"content-type", b"transfer-encoding"}, head
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+
+
 def test_unsafe_methods_need_the_csrf_token(user, chat_backends):
     client = Client(enforce_csrf_checks=True)
     client.force_login(user)

@@ -6,6 +6,10 @@ from billing.keys import KEY_PROVIDERS, key_add
 
 from ._keycommand import KeyCommand
 
+# Far more than any secret (billing.keys refuses one past 4,096 characters): what is past this is
+# not read, and what is read is then refused as too long or as more than one line.
+_STDIN_MAX_CHARS = 64 * 1024
+
 
 class Command(KeyCommand):
     help = (
@@ -27,11 +31,7 @@ class Command(KeyCommand):
     def handle(self, *args, **options):
         secret = options["key"]
         if secret == "-":  # noqa: S105 - the "read from stdin" marker, not a password
-            stream = options.get("stdin") or sys.stdin
-            # One line: the secret, with its newline (and any surrounding blanks) stripped.
-            secret = stream.readline()
-            if not secret.strip():
-                raise CommandError("secret: The secret is empty (nothing on standard input).")
+            secret = self._secret_from(options.get("stdin") or sys.stdin)
         key = key_add(
             provider=options["provider"],
             name=options["name"],
@@ -40,3 +40,16 @@ class Command(KeyCommand):
             priority=options["priority"],
         )
         self.stdout.write(f"Added provider key {key.name} ({key.provider}, priority {key.priority}).")
+
+    @staticmethod
+    def _secret_from(stream) -> str:
+        """The one line on standard input (its newline and blank lines around it are fine).
+        Piped input is read whole: a second line would otherwise be dropped without a word, and
+        the key stored would not be the one the operator pasted. A terminal gives one line."""
+        text = stream.readline() if stream.isatty() else stream.read(_STDIN_MAX_CHARS)
+        lines = [line for line in text.splitlines() if line.strip()]
+        if not lines:
+            raise CommandError("secret: The secret is empty (nothing on standard input).")
+        if len(lines) > 1:
+            raise CommandError("secret: Standard input holds more than one line; give the secret alone on one line.")
+        return lines[0]
