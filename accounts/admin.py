@@ -110,12 +110,35 @@ class BudgetForm(forms.Form):
     )
 
 
+def _identity_free(form, field: str):
+    # Django's forms check a username with iexact (and the email not at all), which on SQLite
+    # folds ASCII letters only; sign-up's rule (services.identity_taken) folds every script.
+    value = form.cleaned_data.get(field)
+    if value and services.identity_taken(field=field, value=value, exclude_pk=form.instance.pk):
+        if field == "username":
+            raise ValidationError(_("This username is already taken."))
+        raise ValidationError(_("An account with this email address already exists."))
+    return value
+
+
+class UserAddForm(DjangoUserAdmin.add_form):
+    def clean_username(self):
+        # In place of Django's (iexact only): the same rule, every script, one message.
+        return _identity_free(self, "username")
+
+
 class UserChangeForm(DjangoUserChangeForm):
     """Django's form, refusing what the Disable action refuses (admin_services.user_access_check):
     unticking "active" on the operator's own account, and disabling or demoting the last active
     administrator. Runs inside the admin's save transaction, before anything is saved."""
 
     actor: User | None = None  # the operator, set for each request by UserAdmin.get_form
+
+    def clean_username(self):
+        return _identity_free(self, "username")
+
+    def clean_email(self):
+        return _identity_free(self, "email")
 
     def clean(self):
         cleaned = super().clean()
@@ -144,6 +167,7 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
     ordering = ("username",)
     actions = ("disable_users", "set_budget", "export_data", "erase_users")
     form = UserChangeForm
+    add_form = UserAddForm
     readonly_fields = ("last_login", "date_joined", "usage_summary")
     fieldsets = (
         *DjangoUserAdmin.fieldsets,

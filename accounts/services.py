@@ -52,23 +52,25 @@ def user_only_admins_among(*, user_ids: Collection[int], lock: bool = False) -> 
     return found if found and all(admin.pk in ids for admin in found) else []
 
 
-def _taken(field: str, value: str) -> bool:
-    """Some account's `field` equals `value` in any letter case, in every script."""
+def identity_taken(*, field: str, value: str, exclude_pk: int | None = None) -> bool:
+    """Some account (other than `exclude_pk`) has `field` ("username" or "email") equal to
+    `value` in any letter case, in every script. Sign-up and the admin's user forms both ask."""
+    others = User.objects.exclude(pk=exclude_pk) if exclude_pk is not None else User.objects.all()
     if connection.vendor == "sqlite":
         # SQLite's LOWER (behind iexact, and user_username_ci_unique/user_email_ci_unique there)
         # folds ASCII letters only: "Émile" would pass beside "émile". Django's REGEXP on SQLite
         # is Python's re, whose (?i) folds every script. A scan, fine for the embedded database.
-        return User.objects.filter(**{f"{field}__iregex": rf"^{re.escape(value)}\Z"}).exists()
-    return User.objects.filter(**{f"{field}__iexact": value}).exists()
+        return others.filter(**{f"{field}__iregex": rf"^{re.escape(value)}\Z"}).exists()
+    return others.filter(**{f"{field}__iexact": value}).exists()
 
 
 def _check_identity_free(*, username: str, email: str) -> None:
     # The database holds the same rule (user_username_ci_unique, user_email_ci_unique); checking
     # first gives a message a person can act on instead of a constraint name.
     errors: dict[str, list[str]] = {}
-    if _taken("username", username):
+    if identity_taken(field="username", value=username):
         errors["username"] = [_("This username is already taken.")]
-    if email and _taken("email", email):
+    if email and identity_taken(field="email", value=email):
         errors["email"] = [_("An account with this email address already exists.")]
     if errors:
         raise ValidationError(errors)

@@ -832,3 +832,29 @@ def test_team_audits_refuse_the_operators_own_membership_or_team_limits_whatever
         admin_services.team_limits_audit(team=mine, before=before, actor=staff)
     admin_services.team_limits_audit(team=mine, before=before, actor=None)  # the system may
     assert [e.action for e in AuditEvent.objects.all()] == ["team.limits_changed"]
+
+
+def test_the_admin_refuses_a_username_or_email_taken_in_another_letter_case_in_any_script(su_client, make_user, members):
+    """Sign-up's rule (accounts.services.identity_taken): on SQLite, whose LOWER folds ASCII only,
+    Django's own forms let "Émile" in beside "émile"."""
+    make_user("émile", email="mina@exämple.org")
+    count = User.objects.count()
+
+    response = su_client.post(
+        f"{USERS}add/",
+        {"username": "ÉMILE", "usable_password": "true", "password1": "a new Passphrase 42!", "password2": "a new Passphrase 42!"},
+    )
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["username"] == ["This username is already taken."]
+
+    person = members[0]
+    response = su_client.post(f"{USERS}{person.pk}/change/", _change_form_data(su_client, person, username="Émile"))
+    assert response.context["adminform"].form.errors["username"] == ["This username is already taken."]
+    response = su_client.post(f"{USERS}{person.pk}/change/", _change_form_data(su_client, person, email="MINA@EXÄMPLE.ORG"))
+    assert response.context["adminform"].form.errors["email"] == ["An account with this email address already exists."]
+    assert User.objects.count() == count
+    assert User.objects.get(pk=person.pk).username == person.username
+
+    # Saving an account under its own name, in another case, is a rename, not a clash.
+    response = su_client.post(f"{USERS}{person.pk}/change/", _change_form_data(su_client, person, username=person.username.upper()))
+    assert response.status_code == 302
