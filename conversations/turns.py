@@ -234,15 +234,14 @@ def _turn_prepare(
 
 
 def _resend(*, user, conversation: Conversation, existing: Message, client_id) -> tuple[TurnResult, _ReplyPlan | None]:
-    """The same message sent again (same client_id): never a second message. If its reply runs,
-    the socket (already in the group) simply keeps receiving it; if it has an answer, the resend
-    is only acknowledged. A message that was never answered (refused: busy, budget, rate limit;
-    or failed before any text) is what a client retries: while it is still the newest message,
-    its reply is attempted again (no second charge: the first attempt cost nothing). Once the
-    conversation has moved on, answering it would answer an old question out of place."""
-    replies = list(existing.replies.values_list("id", "status", "content"))
-    running = next((pk for pk, status, _text in replies if status in RUNNING), None)
-    if running is not None or any(status == Message.Status.DONE or text for _pk, status, text in replies):
+    """The same message sent again (same client_id): never a second message, nor a second
+    charge. If its reply runs, the socket (already in the group) simply keeps receiving it; if it
+    was answered, stopped or billed, the resend is only acknowledged. A message no call was ever
+    billed for (refused: busy, budget, rate limit; or failed before the provider answered) is
+    what a client retries: while it is still the newest message, its reply is attempted again.
+    Once the conversation has moved on, answering it would answer an old question out of place."""
+    running, settled = _resend_state(question_id=existing.id)
+    if running is not None or settled:
         return TurnResult(existing.id, client_id, reply_id=running, duplicate=True), None
     newest = (
         Message.objects.filter(conversation=conversation)
@@ -254,7 +253,27 @@ def _resend(*, user, conversation: Conversation, existing: Message, client_id) -
     if newest != existing.id:
         error = TurnError("invalid_input", _("This message was not answered and the conversation has moved on: send it as a new message."))
         return TurnResult(existing.id, client_id, error=error, duplicate=True), None
-    return _reply_prepare(user=user, conversation=conversation, reply_to=existing, client_id=client_id)
+    return _reply_prepare(user=user, conversation=conversation, reply_to=existing, client_id=client_id, resend=True)
+
+
+def _resend_state(*, question_id) -> tuple[uuid.UUID | None, bool]:
+    """(the running reply's id, whether a reply settled it) for a resent question. Settled: a
+    reply finished, has text, was stopped by the user, or cost anything (the reaper bills the
+    input of a call whose process died; a stop before the first token is billed its input)."""
+    running, settled = None, False
+    for pk, status, text, cost in Message.objects.filter(reply_to_id=question_id).values_list("id", "status", "content", "cost"):
+        if status in RUNNING:
+            running = pk
+        elif status in (Message.Status.DONE, Message.Status.CANCELLED) or text or cost:
+            settled = True
+    return running, settled
+
+
+class _ResendSettled(Exception):
+    """A resend's question was answered (or its reply started) by a racing resend."""
+
+    def __init__(self, running) -> None:
+        self.running = running
 
 
 def _regenerate_prepare(*, user, conversation_id) -> tuple[TurnResult, _ReplyPlan | None]:
@@ -294,7 +313,7 @@ def _history(*, conversation: Conversation, upto: Message) -> list | None:
 
 
 def _reply_prepare(
-    *, user, conversation: Conversation, reply_to: Message, client_id
+    *, user, conversation: Conversation, reply_to: Message, client_id, resend: bool = False
 ) -> tuple[TurnResult, _ReplyPlan | None]:
     def refuse(code: str, message: str, **extra) -> tuple[TurnResult, None]:
         return TurnResult(reply_to.id, client_id, error=TurnError(code, message, extra)), None
@@ -304,9 +323,16 @@ def _reply_prepare(
     price = prices.price_for(model_id=model_id)
     if price is None or not _adapter_known(provider):
         return refuse("model_unavailable", _("The model %(model)s is not available.") % {"model": model_id})
+    def busy() -> tuple[TurnResult, None]:
+        if resend:  # perhaps busy with this very question, started by a racing resend
+            running, settled = _resend_state(question_id=reply_to.id)
+            if running is not None or settled:
+                return TurnResult(reply_to.id, client_id, reply_id=running, duplicate=True), None
+        return refuse("busy", _("A reply is already being written in this conversation."))
+
     history = _history(conversation=conversation, upto=reply_to)
     if history is None:
-        return refuse("busy", _("A reply is already being written in this conversation."))
+        return busy()
 
     max_tokens = min(conversation.max_tokens or price.max_output_tokens, price.max_output_tokens)
     try:
@@ -338,6 +364,13 @@ def _reply_prepare(
         # The hold and the reply row in one transaction: when another turn won the race for the
         # conversation (message_one_running_per_conversation), the hold goes with the row.
         with transaction.atomic():
+            if resend:
+                # Checked again with the question locked (SQLite: the immediate transaction's
+                # write lock): two resends at once, or one racing a fast reply, start one reply.
+                Message.objects.select_for_update().filter(id=reply_to.id).values_list("id", flat=True).first()
+                running, settled = _resend_state(question_id=reply_to.id)
+                if running is not None or settled:
+                    raise _ResendSettled(running)
             reservation_id = budgets.budget_reserve(user=user, amount=worst_case)
             reply = Message.objects.create(
                 conversation=conversation,
@@ -354,7 +387,9 @@ def _reply_prepare(
             budget={"scope": exc.scope, "name": exc.name, "period": exc.period, "limit": money_str(exc.limit)},
         )
     except IntegrityError:
-        return refuse("busy", _("A reply is already being written in this conversation."))
+        return busy()
+    except _ResendSettled as settled:
+        return TurnResult(reply_to.id, client_id, reply_id=settled.running, duplicate=True), None
 
     temperature = float(conversation.temperature) if conversation.temperature is not None else None
     try:

@@ -305,6 +305,97 @@ async def test_a_refused_message_resent_after_the_conversation_moved_on_is_refus
     await ws.disconnect()
 
 
+async def test_a_message_whose_reply_was_stopped_before_any_text_is_only_acknowledged_when_resent(
+    chat_backends, user, conversation_factory
+):
+    """A stop before the first token is billed its input: the same client_id again must not make
+    a second call or charge (the user stopped it; regenerate is the way to ask again)."""
+    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
+    chat_backends.key("a")
+    chat_backends.scripts.append(["gate", TextDelta("late"), Finish("stop")])
+    ws, _ = await ws_connect(user, conversation.id)
+    client_id = uuid.uuid4()
+    await ws.send_json_to(_send("hello there", client_id))
+    await receive_until(ws, "start")
+    await ws.send_json_to({"type": "stop"})
+    assert (await receive_until(ws, "done"))[-1]["finish_reason"] == "cancelled"
+    await turns.replies_wait()
+    calls, reservations = len(chat_backends.calls), len(chat_backends.reservations)
+
+    await ws.send_json_to(_send("hello there", client_id))
+
+    assert (await ws.receive_json_from(timeout=5))["type"] == "ack"
+    assert await ws.receive_nothing(timeout=0.5)
+    assert (len(chat_backends.calls), len(chat_backends.reservations)) == (calls, reservations)
+    assert len(await _messages(conversation)) == 2
+    await ws.disconnect()
+
+
+def _billed_empty_reply(question, *, status, error_code=""):
+    Message.objects.create(
+        conversation=question.conversation, role=Message.Role.ASSISTANT, model=question.conversation.model,
+        reply_to=question, status=status, error_code=error_code, input_tokens=1000, cost=Decimal("0.001"),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("status, error_code", [("error", "interrupted"), ("error", "provider_error")])
+async def test_a_resent_message_whose_empty_reply_was_billed_is_not_charged_again(
+    chat_backends, user, conversation_factory, status, error_code
+):
+    """The reaper bills the input of a call whose process died after it went out; a call cut
+    before any text may be billed too. Such a reply has no text but did cost: no retry."""
+    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
+    chat_backends.key("a")
+    client_id = uuid.uuid4()
+    question = await database_sync_to_async(Message.objects.create)(
+        conversation=conversation, role=Message.Role.USER, content="hello", client_id=client_id
+    )
+    await database_sync_to_async(_billed_empty_reply)(question, status=status, error_code=error_code)
+    ws, _ = await ws_connect(user, conversation.id)
+
+    await ws.send_json_to(_send("hello", client_id))
+
+    assert await ws.receive_json_from(timeout=5) == {"type": "ack", "client_id": str(client_id), "message_id": str(question.id)}
+    assert await ws.receive_nothing(timeout=0.5)
+    assert chat_backends.calls == [] and chat_backends.reservations == {}
+    await ws.disconnect()
+
+
+async def test_two_resends_racing_a_fast_reply_start_one_reply(chat_backends, user, conversation_factory, monkeypatch):
+    """Resend B finds the question unanswered; resend A's reply starts and finishes before B
+    goes on. B looks again with the question locked, in the transaction that would start its
+    reply, and only acknowledges."""
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    client_id = uuid.uuid4()
+    question = await database_sync_to_async(Message.objects.create)(
+        conversation=conversation, role=Message.Role.USER, content="hello", client_id=client_id
+    )
+    first_look = turns._resend_state
+    looks = []
+
+    def then_a_finishes(*, question_id):
+        state = first_look(question_id=question_id)
+        if not looks:  # right after B's first look: A's whole reply
+            Message.objects.create(
+                conversation=conversation, role=Message.Role.ASSISTANT, model="demo:echo", reply_to=question,
+                status=Message.Status.DONE, content="You said: hello",
+            )  # fmt: skip
+        looks.append(state)
+        return state
+
+    monkeypatch.setattr(turns, "_resend_state", then_a_finishes)
+    ws, _ = await ws_connect(user, conversation.id)
+
+    await ws.send_json_to(_send("hello", client_id))
+
+    assert (await ws.receive_json_from(timeout=5))["type"] == "ack"
+    assert await ws.receive_nothing(timeout=0.5)
+    replies = await database_sync_to_async(lambda: list(Message.objects.filter(reply_to=question)))()
+    assert [r.status for r in replies] == ["done"] and chat_backends.reservations == {}
+    assert looks == [(None, False), (None, True)]
+    await ws.disconnect()
+
+
 async def test_regenerate_makes_a_new_reply_to_the_same_question(chat_backends, user, conversation_factory):
     conversation = await database_sync_to_async(conversation_factory)(user)
     ws, _ = await ws_connect(user, conversation.id)
