@@ -205,10 +205,16 @@ def export_build(*, export_id) -> DataExport | None:
     export = DataExport.objects.select_related("user").get(pk=export_id)
     root = Path(settings.EXPORT_ROOT)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # A dead run's files go before anything is written: its half zip is never served or kept.
-    _export_files_delete(export.pk)
     partial, final = _partial_path(export.pk, run), export_file_path(export)
     mine = DataExport.objects.filter(pk=export.pk, status=DataExport.Status.RUNNING, lease_token=run)
+    # A dead run's files go before anything is written: its half zip is never served or kept.
+    # Only while this run still holds the export, checked under the row's lock: a run that
+    # stalled after its claim and was taken over would otherwise delete its replacement's
+    # partial, or the zip it has published since.
+    with transaction.atomic():
+        if mine.select_for_update().values_list("pk", flat=True).first() is None:
+            return DataExport.objects.filter(pk=export.pk).first()
+        _export_files_delete(export.pk)
     renewed = time.monotonic()
 
     def renew(**fields) -> None:
@@ -383,7 +389,10 @@ def export_write_file(*, user, output: Path, actor=None) -> int:
 
 
 def _export_files_delete(export_id) -> None:
-    """The export's zip and every run's partial file (`<id>.zip`, `<id>.<run>.zip.partial`)."""
+    """The export's zip and every run's partial file (`<id>.zip`, `<id>.<run>.zip.partial`).
+    Callers hold the row's lock, or no run can hold the export any more (failed, expired, or its
+    row is being deleted): a build publishes its zip under that lock, and only while it holds
+    the row."""
     root = Path(settings.EXPORT_ROOT)
     if root.is_dir():
         for path in root.glob(f"{export_id}.*"):  # a UUID: no glob metacharacters

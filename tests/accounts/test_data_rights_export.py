@@ -562,3 +562,58 @@ def test_a_build_alive_past_the_stale_limit_is_not_failed_but_a_dead_one_is(user
     assert not DataExport.objects.filter(pk=export.pk).exists()
     assert _files(settings) == []
     assert data_rights.export_request(user=user).pk != export.pk
+
+
+def _stalls_after_its_claim(monkeypatch, while_stalled) -> None:
+    """The next build stalls (GC pause, VM suspended, slow disk) right after claiming its export,
+    before it has touched any file: `while_stalled()` runs then, past that build's lease."""
+    real_mkdir = Path.mkdir
+    calls = {"n": 0}
+
+    def mkdir(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            travel(monkeypatch, data_rights.LEASE + timedelta(seconds=1))
+            while_stalled()
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+@pytest.mark.django_db
+def test_a_stalled_build_waking_after_a_takeover_leaves_the_published_zip_alone(user, monkeypatch, settings):
+    make_history(user, conversations=2, messages_each=4)
+    export = DataExport.objects.create(user=user)
+
+    def another_run_builds_it():
+        data_rights.export_build(export_id=export.pk)
+        assert DataExport.objects.get(pk=export.pk).status == "ready"
+        assert _files(settings) == [f"{export.pk}.zip"]
+
+    _stalls_after_its_claim(monkeypatch, another_run_builds_it)
+    data_rights.export_build(export_id=export.pk)  # the stalled run, which no longer holds the export
+
+    export.refresh_from_db()
+    assert export.status == "ready" and export.lease_until is None
+    assert _files(settings) == [f"{export.pk}.zip"]
+    _assert_whole_export(_download(_client(user), f"/accounts/data/export/{export.pk}/download/"), user)
+
+
+@pytest.mark.django_db
+def test_a_stalled_build_waking_after_a_takeover_leaves_the_new_runs_partial_alone(user, monkeypatch, settings):
+    make_history(user, conversations=2, messages_each=4)
+    export = DataExport.objects.create(user=user)
+    taken_over = {}
+
+    def another_run_starts_building():
+        _killed_mid_build(export, monkeypatch)  # alive as far as anyone can tell: its lease is live
+        taken_over["token"] = DataExport.objects.get(pk=export.pk).lease_token
+        taken_over["files"] = _files(settings)
+        assert len(taken_over["files"]) == 1 and taken_over["files"][0].endswith(".partial")
+
+    _stalls_after_its_claim(monkeypatch, another_run_starts_building)
+    data_rights.export_build(export_id=export.pk)
+
+    now = DataExport.objects.get(pk=export.pk)
+    assert (now.status, now.lease_token) == ("running", taken_over["token"])
+    assert _files(settings) == taken_over["files"]  # the live run's file, untouched
