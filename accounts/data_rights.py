@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import os
+import stat
 import tempfile
 import time
 import uuid
@@ -441,8 +442,14 @@ def exports_purge_expired(*, now: datetime | None = None) -> int:
         known = {str(pk) for pk in DataExport.objects.values_list("id", flat=True)}
         for entry in root.iterdir():
             stem = entry.name.split(".", 1)[0]
-            old = entry.stat().st_mtime < (now - timedelta(hours=STALE_EXPORT_HOURS)).timestamp()
-            if entry.is_file() and stem not in known and old:
+            try:
+                info = entry.stat()
+            except FileNotFoundError:
+                # Gone since the listing (a build renaming its partial into place, or removing
+                # it; another purge): nothing to sweep, and the rest of the folder still is.
+                continue
+            old = info.st_mtime < (now - timedelta(hours=STALE_EXPORT_HOURS)).timestamp()
+            if stat.S_ISREG(info.st_mode) and stem not in known and old:
                 entry.unlink(missing_ok=True)
     return removed
 

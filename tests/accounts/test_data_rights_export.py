@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import signal
 import threading
 import zipfile
@@ -143,6 +144,28 @@ def test_purge_keeps_exports_that_have_not_expired(user, django_capture_on_commi
     assert data_rights.export_file_path(export).exists()
     # EXPORT_TTL_HOURS later it goes.
     assert data_rights.exports_purge_expired(now=timezone.now() + timedelta(hours=24, minutes=1)) == 1
+
+
+@pytest.mark.django_db
+def test_the_purge_skips_a_file_that_vanished_since_it_listed_the_folder(user, monkeypatch, settings):
+    root = Path(settings.EXPORT_ROOT)
+    root.mkdir(parents=True, exist_ok=True)
+    long_ago = (timezone.now() - timedelta(hours=data_rights.STALE_EXPORT_HOURS + 1)).timestamp()
+    strays = [root / "0a-stray.zip", root / "zz-stray.zip.partial"]  # belong to no export
+    for stray in strays:
+        stray.write_bytes(b"old")
+        os.utime(stray, (long_ago, long_ago))
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        # A build renamed (or removed) its partial between the listing and the look at it.
+        listing = sorted(real_iterdir(self))
+        return iter([listing[0], self / "00000000-gone.zip.partial", *listing[1:]])
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    assert data_rights.exports_purge_expired() == 0  # no crash midway
+    monkeypatch.undo()
+    assert _files(settings) == []  # the strays before and after the vanished one went
 
 
 @pytest.mark.django_db
