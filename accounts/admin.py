@@ -319,7 +319,9 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
                 for user in queryset:
                     # The service writes the one audit row (budget.set), with the operator's address.
                     # It refuses, before writing anything, the operator's own budget unless they are
-                    # a superuser (budgets.budget_locked_for): skipped, as Disable skips them.
+                    # a superuser (budgets.budget_locked_for), and the budget of an account that can
+                    # do more than the operator (budgets.budget_owner_outranks): skipped, as Disable
+                    # skips them.
                     try:
                         budgets.budget_set(
                             user=user, period=period, limit=limit, actor=request.user, ip_address=client_ip(request)
@@ -327,6 +329,16 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
                     except budgets.BudgetCoversOperator:
                         self.message_user(
                             request, _("You cannot set your own budget: only a superuser can."), messages.ERROR
+                        )
+                    except admin_services.OutranksOperator:
+                        self.message_user(
+                            request,
+                            _(
+                                "%(name)s is an administrator or holds permissions you do not: only a superuser can "
+                                "set this account's budget."
+                            )
+                            % {"name": user.username},
+                            messages.ERROR,
                         )
                     else:
                         n += 1
@@ -458,27 +470,45 @@ class GroupAdmin(DjangoGroupAdmin):
 
 
 class TeamMembershipFormSet(forms.BaseInlineFormSet):
-    """Refuses, with the reason, the operator adding or removing themselves (a new row, a deleted
-    row, or a row switched to or from them) when they may not change the constraints on their own
-    spending (admin_services.own_constraints_changeable_by). admin_services.team_members_audit
-    refuses it again after the save (team_membership_check)."""
+    """Refuses, with the reason, the memberships added or removed (a new row, a deleted row, or a
+    row switched from one account to another) that the operator may not change
+    (admin_services.team_membership_check): their own, when they may not change the constraints
+    on their own spending, and those of accounts that can do more than they can.
+    admin_services.team_members_audit refuses them again after the save."""
 
     actor: User | None = None  # the operator, set for each request by TeamMembershipInline.get_formset
 
     def clean(self):
         super().clean()
-        if admin_services.own_constraints_changeable_by(actor=self.actor):
+        if admin_services.roles_grantable_by(actor=self.actor):  # a superuser: bound by neither rule
             return
+        changed: set[int] = set()
         for form in self.forms:
             deleted = self.can_delete and self._should_delete_form(form)
             if form.errors and not deleted:
                 continue  # its own error is shown; nothing of it is saved
-            was_mine = form.instance.pk is not None and form.initial.get("user") == self.actor.pk
+            was = form.initial.get("user") if form.instance.pk is not None else None
             user = None if deleted else form.cleaned_data.get("user")
-            if was_mine != (user is not None and user.pk == self.actor.pk):
-                raise ValidationError(
-                    _("You cannot add yourself to a team or remove yourself from one: only a superuser can.")
+            now = user.pk if user is not None else None
+            if was != now:
+                changed.update(pk for pk in (was, now) if pk is not None)
+        try:
+            admin_services.team_membership_check(actor=self.actor, user_ids=changed)
+        except admin_services.ConstrainsOperator:
+            raise ValidationError(
+                _("You cannot add yourself to a team or remove yourself from one: only a superuser can.")
+            ) from None
+        except admin_services.OutranksOperator as refused:
+            raise ValidationError(
+                ngettext(
+                    "%(names)s is an administrator or holds permissions you do not: only a superuser can add "
+                    "this account to a team or remove it from one.",
+                    "%(names)s are administrators or hold permissions you do not: only a superuser can add "
+                    "these accounts to a team or remove them from one.",
+                    len(refused.users),
                 )
+                % {"names": ", ".join(u.username for u in refused.users)}
+            ) from None
 
 
 class TeamMembershipInline(admin.TabularInline):

@@ -11,7 +11,11 @@ Likewise the constraints on an operator's own spending are a superuser's to chan
 rate limits, their own team memberships, and the limits of the teams they belong to (billing's
 budgets follow the same rule, billing.budgets.budget_locked_for). Otherwise a helpdesk member
 with `change_user` could raise their own rate limit, or one with `change_team` leave the team
-whose limits hold them.
+whose limits hold them. And the constraints put on one account, its own budget and its team
+memberships, are changed by a superuser only when that account outranks the operator: otherwise
+a budgets clerk could put every administrator on a $0 budget, or a team clerk file them in a team
+held to one request a minute. A team's own limits and budgets bind all its members, superusers
+included, and stay the team clerk's to manage.
 
 Kept apart from accounts/services.py (the sign-up and profile services) so the admin's rules and
 their audit rows live in one place."""
@@ -99,9 +103,16 @@ def team_membership_check(*, actor: User | None, user_ids: Iterable[int]) -> Non
     operator's own and they may not change their constraints. Both ways: leaving a team escapes
     its limits and budgets; joining one spends from the budgets its other members share, and can
     file the operator's spending under it in the ledger (billing.ledger.primary_team_id). One
-    rule both ways is also the simpler one to audit. A superuser does either."""
-    if actor is not None and actor.pk in set(user_ids) and not own_constraints_changeable_by(actor=actor):
+    rule both ways is also the simpler one to audit. A superuser does either.
+
+    Raise OutranksOperator when they include accounts that can do more than the operator
+    (users_outranking): joining a team puts its limits and budgets on them, leaving one lifts
+    them; either is a superuser's to do, as any other change to such an account."""
+    ids = set(user_ids)
+    if actor is not None and actor.pk in ids and not own_constraints_changeable_by(actor=actor):
         raise ConstrainsOperator
+    if ids and not roles_grantable_by(actor=actor):  # the query only for those it could refuse
+        users_manage_check(actor=actor, users=list(User.objects.filter(pk__in=ids).order_by("username")))
 
 
 def limits_snapshot(*, owner: User | Team) -> dict:
@@ -143,9 +154,11 @@ def team_limits_audit(*, team: Team, before: dict, actor: User | None, ip_addres
     audit_record(action="team.limits_changed", actor=actor, target=team, ip_address=ip_address, data=changes)
 
 
-class OutranksOperator(Exception):
+class OutranksOperator(PermissionDenied):
     """These accounts can do more than the operator (see users_outranking): only a superuser
-    changes, disables or erases them. `users`: the accounts in question."""
+    changes, disables or erases them, or changes their budgets and team memberships. `users`: the
+    accounts in question. A PermissionDenied, so a refusal that reaches the admin past its forms
+    (the second lock, after a save) answers 403 and undoes the save."""
 
     def __init__(self, users: list[User]) -> None:
         super().__init__(", ".join(u.username for u in users))

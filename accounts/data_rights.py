@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import os
+import stat
 import tempfile
 import time
 import uuid
@@ -65,11 +66,11 @@ EXPORT_VERSION = 1
 PROGRESS_STEP = 5  # percent between two progress writes: at most ~20 writes per export
 STALE_EXPORT_HOURS = 2  # a build still pending, or running without a live lease, after this is failed for good
 # How long a run's claim on its export or erasure holds without being renewed. A run renews it
-# every LEASE_RENEW_SECONDS (exports) or before each erasure step and batch, so one silent for a
-# whole lease died with its worker; two minutes keeps a person waiting on a dead run briefly, and
-# is well above the longest pause between two renewals.
+# before each erasure step and batch, and within a long step or build at most every
+# LEASE_RENEW_SECONDS, so one silent for a whole lease died with its worker; two minutes keeps a
+# person waiting on a dead run briefly, and is well above the longest pause between two renewals.
 LEASE = timedelta(minutes=2)
-LEASE_RENEW_SECONDS = 15  # at most one lease write this often per run, however many messages it reads
+LEASE_RENEW_SECONDS = 15  # at most one lease write this often per run, however many rows it reads
 LEASE_RETRY_MARGIN_SECONDS = 5  # a task that found a lease held comes back this long after it runs out
 RECEIPT_SALT = "accounts.data_rights.erasure_receipt"
 ERASED = "[erased]"
@@ -205,10 +206,16 @@ def export_build(*, export_id) -> DataExport | None:
     export = DataExport.objects.select_related("user").get(pk=export_id)
     root = Path(settings.EXPORT_ROOT)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # A dead run's files go before anything is written: its half zip is never served or kept.
-    _export_files_delete(export.pk)
     partial, final = _partial_path(export.pk, run), export_file_path(export)
     mine = DataExport.objects.filter(pk=export.pk, status=DataExport.Status.RUNNING, lease_token=run)
+    # A dead run's files go before anything is written: its half zip is never served or kept.
+    # Only while this run still holds the export, checked under the row's lock: a run that
+    # stalled after its claim and was taken over would otherwise delete its replacement's
+    # partial, or the zip it has published since.
+    with transaction.atomic():
+        if mine.select_for_update().values_list("pk", flat=True).first() is None:
+            return DataExport.objects.filter(pk=export.pk).first()
+        _export_files_delete(export.pk)
     renewed = time.monotonic()
 
     def renew(**fields) -> None:
@@ -383,7 +390,10 @@ def export_write_file(*, user, output: Path, actor=None) -> int:
 
 
 def _export_files_delete(export_id) -> None:
-    """The export's zip and every run's partial file (`<id>.zip`, `<id>.<run>.zip.partial`)."""
+    """The export's zip and every run's partial file (`<id>.zip`, `<id>.<run>.zip.partial`).
+    Callers hold the row's lock, or no run can hold the export any more (failed, expired, or its
+    row is being deleted): a build publishes its zip under that lock, and only while it holds
+    the row."""
     root = Path(settings.EXPORT_ROOT)
     if root.is_dir():
         for path in root.glob(f"{export_id}.*"):  # a UUID: no glob metacharacters
@@ -432,8 +442,14 @@ def exports_purge_expired(*, now: datetime | None = None) -> int:
         known = {str(pk) for pk in DataExport.objects.values_list("id", flat=True)}
         for entry in root.iterdir():
             stem = entry.name.split(".", 1)[0]
-            old = entry.stat().st_mtime < (now - timedelta(hours=STALE_EXPORT_HOURS)).timestamp()
-            if entry.is_file() and stem not in known and old:
+            try:
+                info = entry.stat()
+            except FileNotFoundError:
+                # Gone since the listing (a build renaming its partial into place, or removing
+                # it; another purge): nothing to sweep, and the rest of the folder still is.
+                continue
+            old = info.st_mtime < (now - timedelta(hours=STALE_EXPORT_HOURS)).timestamp()
+            if stat.S_ISREG(info.st_mode) and stem not in known and old:
                 entry.unlink(missing_ok=True)
     return removed
 
@@ -514,10 +530,12 @@ def _cache_session_prefix() -> str | None:
     return None
 
 
-def session_keys_of(*, user_id: int) -> list[str]:
+def session_keys_of(*, user_id: int, heartbeat: Callable[[], None] | None = None) -> list[str]:
     """Keys of every session logged in as `user_id`. Sessions are signed blobs, so each is
     decoded: rows of the session table (db and cached_db engines), or the cache's entries when
-    sessions live only in the cache."""
+    sessions live only in the cache. `heartbeat` is called for each one (a whole table: an
+    erasure renews its lease from it)."""
+    beat = heartbeat or (lambda: None)
     store = _session_store()
     wanted = str(user_id)
     keys = []
@@ -525,6 +543,7 @@ def session_keys_of(*, user_id: int) -> list[str]:
     if prefix is not None:
         cache = caches[settings.SESSION_CACHE_ALIAS]
         for cache_key in cache_keys_with_prefix(prefix, alias=settings.SESSION_CACHE_ALIAS):
+            beat()
             data = cache.get(cache_key) or {}
             if str(data.get(SESSION_KEY, "")) == wanted:
                 keys.append(cache_key[len(prefix) :])
@@ -534,17 +553,20 @@ def session_keys_of(*, user_id: int) -> list[str]:
     decoder = store()
     rows = store.get_model_class().objects.values_list("session_key", "session_data")
     for key, data in rows.iterator(chunk_size=2000):
+        beat()
         if str(decoder.decode(data).get(SESSION_KEY, "")) == wanted:
             keys.append(key)
     return keys
 
 
-def sessions_delete_for_user(*, user_id: int) -> int:
+def sessions_delete_for_user(*, user_id: int, heartbeat: Callable[[], None] | None = None) -> int:
     """Log `user_id` out everywhere (the account is already inactive, so even a session this
-    misses, such as a signed cookie, no longer authenticates)."""
+    misses, such as a signed cookie, no longer authenticates). `heartbeat`: see session_keys_of."""
     store = _session_store()
-    keys = session_keys_of(user_id=user_id)
+    keys = session_keys_of(user_id=user_id, heartbeat=heartbeat)
     for key in keys:
+        if heartbeat:
+            heartbeat()
         store(session_key=key).delete()
     return len(keys)
 
@@ -582,10 +604,11 @@ def _scrub(value: Any, needles: list[str]) -> Any:
     return value
 
 
-def audit_scrub_user(*, user_id: int, username: str, email: str) -> int:
+def audit_scrub_user(*, user_id: int, username: str, email: str, heartbeat: Callable[[], None] | None = None) -> int:
     """The audit log keeps what happened and the ids; it must not keep who the person was. Any
     value naming the user is replaced, their IP addresses dropped, and the admin history entries
-    about the account lose the name they were shown under."""
+    about the account lose the name they were shown under. `heartbeat` is called for each
+    entry read (an erasure renews its lease from it)."""
     from django.contrib.admin.models import LogEntry
     from django.contrib.contenttypes.models import ContentType
 
@@ -598,6 +621,8 @@ def audit_scrub_user(*, user_id: int, username: str, email: str) -> int:
             query |= Q(data__icontains=escaped)
     changed = 0
     for event in AuditEvent.objects.filter(query).iterator(chunk_size=500):
+        if heartbeat:
+            heartbeat()
         data = _scrub(event.data, needles)
         if data != event.data or (event.actor_id == user_id and event.ip_address):
             event.data = data
@@ -718,6 +743,28 @@ def _erasure_lease_renew(erasure: ErasureRequest) -> None:
         raise LeaseHeld(lease_until=held, now=now)
 
 
+def _erasure_heartbeat(erasure: ErasureRequest) -> Callable[[], None]:
+    """For the loops of a step that can outlast a lease (every session decoded, every rollup row
+    folded, every audit entry scrubbed): renews the run's lease at most every
+    LEASE_RENEW_SECONDS, so a long step is not taken for a dead run, its work redone by another
+    and its own rolled back. Raises LeaseHeld, stopping the step, once another run has taken over.
+
+    Called inside a step's transaction, the renewal is seen by others only at the commit, but it
+    locks the erasure's row from the first one: a run trying to claim the erasure waits for that
+    commit and then finds the lease renewed (on SQLite the transaction holds the database's write
+    lock, so no claim is written meanwhile). The step starts right after erasure_run renewed it."""
+    renewed = timezone.now()
+
+    def beat() -> None:
+        nonlocal renewed
+        now = timezone.now()
+        if now - renewed >= timedelta(seconds=LEASE_RENEW_SECONDS):
+            _erasure_lease_renew(erasure)
+            renewed = now
+
+    return beat
+
+
 def _stop_turns(user_id: int) -> None:
     """Ask the chat to stop every reply streaming for the user. Guarded: erasure must go on
     even if the chat part is missing or fails (the rows go anyway)."""
@@ -770,7 +817,9 @@ def _step_conversations(erasure: ErasureRequest, user) -> None:
 
 def _step_usage(erasure: ErasureRequest, user) -> None:
     with transaction.atomic():
-        kept = billing_rights.usage_forget_user(user_id=erasure.user_id, username=user.username if user else "")
+        kept = billing_rights.usage_forget_user(
+            user_id=erasure.user_id, username=user.username if user else "", heartbeat=_erasure_heartbeat(erasure)
+        )
         _add_counts(
             erasure,
             {"usage_records_anonymised": kept["usage_records"], "daily_rollups_anonymised": kept["daily_rollups"], "budgets": kept["budgets"]},
@@ -779,7 +828,8 @@ def _step_usage(erasure: ErasureRequest, user) -> None:
 
 
 def _step_sessions(erasure: ErasureRequest, user) -> None:
-    removed = sessions_delete_for_user(user_id=erasure.user_id)
+    # Outside a transaction: each renewal is committed as it is made.
+    removed = sessions_delete_for_user(user_id=erasure.user_id, heartbeat=_erasure_heartbeat(erasure))
     with transaction.atomic():
         _add_counts(erasure, {"sessions": removed}, step="sessions")
 
@@ -792,7 +842,13 @@ def _step_login_records(erasure: ErasureRequest, user) -> None:
 
 def _step_audit(erasure: ErasureRequest, user) -> None:
     with transaction.atomic():
-        scrubbed = audit_scrub_user(user_id=erasure.user_id, username=user.username, email=user.email) if user else 0
+        scrubbed = (
+            audit_scrub_user(
+                user_id=erasure.user_id, username=user.username, email=user.email, heartbeat=_erasure_heartbeat(erasure)
+            )
+            if user
+            else 0
+        )
         _add_counts(erasure, {"audit_entries_scrubbed": scrubbed}, step="audit")
 
 
@@ -804,7 +860,9 @@ def _step_account(erasure: ErasureRequest, user) -> None:
         get_user_model().objects.select_for_update().filter(pk=erasure.user_id).values_list("pk", flat=True).first()
         # Once more, in the same transaction as the delete: a reply that finished after the usage
         # step wrote a ledger row still linked to the person.
-        late = billing_rights.usage_forget_user(user_id=erasure.user_id, username=user.username if user else "")
+        late = billing_rights.usage_forget_user(
+            user_id=erasure.user_id, username=user.username if user else "", heartbeat=_erasure_heartbeat(erasure)
+        )
         removed = 0
         if user is not None:
             _total, per_model = get_user_model().objects.filter(pk=erasure.user_id).delete()
@@ -846,7 +904,8 @@ def erasure_run(*, erasure_id) -> ErasureRequest | None:
     finishes what is left and changes nothing else.
 
     One run at a time: the claim is a conditional UPDATE taking the erasure's lease, which the run
-    renews before each step and with each batch it records. While another run holds a live lease
+    renews before each step, with each batch it records, and within a step's long loops
+    (_erasure_heartbeat). While another run holds a live lease
     this raises LeaseHeld and does nothing; the task retries when that lease would have run out,
     so an erasure whose worker was killed resumes about a LEASE later.
 

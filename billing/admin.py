@@ -3,8 +3,10 @@ set_budget, so the rules and the audit entry are the same whichever door is used
 (ProviderKey's admin is billing/admin_keys.py, owned by the keys work.)
 
 A budget covering the operator (their own, or their team's) is a superuser's to change
-(budgets.budget_locked_for): to anyone else its page is view-only and cannot be deleted, and the
-add form refuses it with the reason; budget_set and budget_delete refuse it again whatever the door."""
+(budgets.budget_locked_for), and so is the budget of an account that can do more than the
+operator (budgets.budget_owner_outranks): to anyone else its page is view-only and cannot be
+deleted, and the add form refuses it with the reason; budget_set and budget_delete refuse it
+again whatever the door."""
 
 from __future__ import annotations
 
@@ -18,9 +20,22 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from . import admin_keys  # noqa: F401 - registers the ProviderKey admin
-from .budgets import BudgetCoversOperator, BudgetError, budget_delete, budget_locked_for, budget_set, budget_validate
+from .budgets import (
+    BudgetCoversOperator,
+    BudgetError,
+    budget_delete,
+    budget_locked_for,
+    budget_owner_outranks,
+    budget_set,
+    budget_validate,
+)
 from .models import Budget, ModelPrice
 from .prices import PRICE_PLACES, PriceError, price_for, price_set, price_unschedule, price_validate
+
+OUTRANKS_YOU = _(
+    "This account is an administrator or holds permissions you do not: only a superuser can set, change or "
+    "remove its budget."
+)
 
 
 class PriceField(forms.DecimalField):
@@ -177,6 +192,8 @@ class BudgetForm(forms.ModelForm):
         team = data.get("team", getattr(self.instance, "team", None) if self.instance.pk else None)
         if (user is None) != (team is None) and budget_locked_for(actor=self.actor, user=user, team=team):
             raise ValidationError(BudgetCoversOperator().message)
+        if team is None and budget_owner_outranks(actor=self.actor, user=user):
+            raise ValidationError(OUTRANKS_YOU)
         try:
             budget_validate(
                 user=user,
@@ -209,12 +226,19 @@ class BudgetAdmin(admin.ModelAdmin):
         form = super().get_form(request, obj, **kwargs)
         return type(form.__name__, (form,), {"actor": request.user})
 
-    def _locked(self, request, obj: Budget) -> bool:
+    def _covers_operator(self, request, obj: Budget) -> bool:
         owner = {"user": obj.user} if obj.user_id else {"team": obj.team}
         return budget_locked_for(actor=request.user, **owner)
 
-    # A budget covering the operator is read-only to them, and cannot be deleted by them (the
-    # "delete selected" action asks this of each budget, and refuses the whole selection).
+    def _outranks_operator(self, request, obj: Budget) -> bool:
+        return bool(obj.user_id) and budget_owner_outranks(actor=request.user, user=obj.user)
+
+    def _locked(self, request, obj: Budget) -> bool:
+        return self._covers_operator(request, obj) or self._outranks_operator(request, obj)
+
+    # A budget covering the operator, or an account that outranks them, is read-only to them, and
+    # cannot be deleted by them (the "delete selected" action asks this of each budget, and
+    # refuses the whole selection).
     def has_change_permission(self, request, obj=None) -> bool:
         return super().has_change_permission(request, obj) and (obj is None or not self._locked(request, obj))
 
@@ -224,8 +248,10 @@ class BudgetAdmin(admin.ModelAdmin):
     def get_deleted_objects(self, objs, request):
         deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
         # Django's page names the permission lacking; this says why, when it is one of these.
-        if perms_needed and any(self._locked(request, b) for b in objs):
+        if perms_needed and any(self._covers_operator(request, b) for b in objs):
             self.message_user(request, BudgetCoversOperator().message, messages.ERROR)
+        if perms_needed and any(self._outranks_operator(request, b) for b in objs):
+            self.message_user(request, OUTRANKS_YOU, messages.ERROR)
         return deleted, model_count, perms_needed, protected
 
     def save_model(self, request, obj: Budget, form, change: bool) -> None:

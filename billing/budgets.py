@@ -92,10 +92,25 @@ def budget_locked_for(*, actor, user=None, team=None) -> bool:
     return constraints_locked_for(actor=actor, user=user, team=team)
 
 
+def budget_owner_outranks(*, actor, user) -> bool:
+    """Whether `user` (a user budget's owner) can do more than `actor`, who then may not set,
+    change or remove their budget: a $0 budget would lock an administrator out of the chat. The
+    rule is accounts' (admin_services.users_outranking, also behind Disable and Erase). A team's
+    budgets bind every member, superusers included, and are not refused for that."""
+    from accounts.admin_services import users_outranking  # accounts' admin imports billing
+
+    return user is not None and bool(users_outranking(actor=actor, users=[user]))
+
+
 def budget_change_check(*, actor, user=None, team=None) -> None:
-    """Raise BudgetCoversOperator when `actor` may not change the budgets of `user` or `team`."""
+    """Raise BudgetCoversOperator when `actor` may not change the budgets of `user` or `team`
+    because they cover `actor`; accounts' OutranksOperator when `user` can do more than `actor`."""
+    from accounts.admin_services import OutranksOperator
+
     if budget_locked_for(actor=actor, user=user, team=team):
         raise BudgetCoversOperator
+    if budget_owner_outranks(actor=actor, user=user):
+        raise OutranksOperator([user])
 
 
 def _period_label(period: str) -> str:
@@ -349,8 +364,9 @@ def budget_set(
 ):
     """Create or change the `period` budget of a user or a team (exactly one). The running
     spend of an existing budget is kept; a new one starts from the ledger's spend of the
-    running period. Raises BudgetError (changing nothing) on bad input, and BudgetCoversOperator
-    when the budget covers `actor` and they may not change it (budget_locked_for). Audited."""
+    running period. Raises BudgetError (changing nothing) on bad input, BudgetCoversOperator
+    when the budget covers `actor` and they may not change it (budget_locked_for), and accounts'
+    OutranksOperator when its user can do more than `actor` (budget_owner_outranks). Audited."""
     from accounts.audit import audit_record
 
     from .models import Budget
@@ -402,7 +418,8 @@ def budget_set(
 
 def budget_delete(*, budget, actor=None) -> None:
     """Remove a budget (calls in flight settle without it). Audited. Raises BudgetCoversOperator,
-    removing nothing, when the budget covers `actor` and they may not change it."""
+    removing nothing, when the budget covers `actor` and they may not change it, and accounts'
+    OutranksOperator when its user can do more than `actor`."""
     from accounts.audit import audit_record
 
     budget_change_check(actor=actor, **({"user": budget.user} if budget.user_id else {"team": budget.team}))

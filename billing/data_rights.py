@@ -8,7 +8,7 @@ the site's and each team's, is the same before and after.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 
 from django.db import transaction
@@ -16,6 +16,8 @@ from django.db.models import Count, F, Q, Sum
 
 from .limits import user_key_prefix
 from .models import Budget, DailyUsage, Reservation, UsageRecord
+
+FORGET_BATCH = 1000  # ledger rows unlinked per UPDATE, the heartbeat called between two
 
 USAGE_CSV_FIELDS = [
     "created_at",
@@ -68,13 +70,15 @@ def usage_export_rows(*, user_id: int, chunk_size: int = 1000) -> Iterator[dict]
         yield row
 
 
-def _fold_daily_rows(rows, **moved_to) -> int:
+def _fold_daily_rows(rows, heartbeat: Callable[[], None] | None = None, **moved_to) -> int:
     """Move these rollup rows to the key `moved_to` says (user=None on erasure, team=None when a
     team is deleted). Where a row already exists for the resulting day/user/team/model (an earlier
     erasure, or the member's usage outside the team) the two are added together, because the
     rollup keeps one row per key (NULLS NOT DISTINCT, emulated: see billing.models.DailyUsage)."""
     moved = 0
     for row in list(rows.select_for_update().order_by("pk")):  # one row per day x user x model: small
+        if heartbeat:
+            heartbeat()
         key = {"day": row.day, "user_id": row.user_id, "team_id": row.team_id, "provider": row.provider, "model": row.model}
         key.update({f"{name}_id": value for name, value in moved_to.items()})
         # `filter(x_id=None)` means IS NULL in the ORM, which is what we want here.
@@ -112,14 +116,24 @@ def _scrub_budget_admin_log(*, budget_ids: list[str], username: str) -> None:
     )
 
 
-def usage_forget_user(*, user_id: int, username: str = "") -> dict[str, int]:
+def usage_forget_user(*, user_id: int, username: str = "", heartbeat: Callable[[], None] | None = None) -> dict[str, int]:
     """Cut `user_id` out of the ledger, the rollup and reservations, keeping every amount; delete
     the user's own budgets (a limit on a person who no longer exists) and `username` in their
-    admin history. Idempotent: a second run
-    finds nothing and returns zeros."""
+    admin history. Idempotent: a second run finds nothing and returns zeros. One transaction;
+    `heartbeat` is called between batches of ledger rows and for each rollup row (an erasure
+    renews its lease from it: years of usage can take longer than the lease)."""
+    beat = heartbeat or (lambda: None)
     with transaction.atomic():
-        records = UsageRecord.objects.filter(user_id=user_id).update(user=None, conversation_id=None, message_id=None)
-        rollups = _fold_daily_rows(DailyUsage.objects.filter(user_id=user_id), user=None)
+        records = 0
+        while True:
+            ids = list(UsageRecord.objects.filter(user_id=user_id).order_by().values_list("pk", flat=True)[:FORGET_BATCH])
+            if not ids:
+                break
+            records += UsageRecord.objects.filter(pk__in=ids, user_id=user_id).update(
+                user=None, conversation_id=None, message_id=None
+            )
+            beat()
+        rollups = _fold_daily_rows(DailyUsage.objects.filter(user_id=user_id), heartbeat=beat, user=None)
         Reservation.objects.filter(user_id=user_id).update(user=None)
         budgets = Budget.objects.filter(user_id=user_id)
         _scrub_budget_admin_log(budget_ids=[str(pk) for pk in budgets.values_list("pk", flat=True)], username=username)

@@ -250,3 +250,95 @@ def test_a_run_that_stalled_past_its_lease_and_was_replaced_records_nothing(make
     assert erasure.status == ErasureRequest.Status.DONE and erasure.attempts == 2
     assert erasure.steps_done == [name for name, _step in data_rights.ERASURE_STEPS]
     assert erasure.receipt["sessions"] == 1 and erasure.last_error == ""
+
+
+# --- A step longer than the lease -------------------------------------------------------------------
+
+ROWS = 30  # rows the step goes through, each taking SECONDS_PER_ROW: 5 minutes, over two leases
+SECONDS_PER_ROW = 10
+
+
+def _sessions_rows(victim, others):
+    from django.contrib.auth import SESSION_KEY
+
+    from accounts.sessions import SessionStore
+
+    for index in range(ROWS):
+        store = SessionStore()
+        store[SESSION_KEY] = str((victim if index % 10 == 0 else others[index % len(others)]).pk)
+        store.create()
+    return SessionStore, "decode", "sessions", ROWS // 10
+
+
+def _usage_rows(victim, others):
+    from datetime import date
+
+    from billing.models import DailyUsage
+
+    for day in range(ROWS):
+        DailyUsage.objects.create(day=date(2024, 1, 1) + timedelta(days=day), user=victim, provider="demo", model="echo")
+    return DailyUsage, "save", "daily_rollups_anonymised", ROWS
+
+
+def _audit_rows(victim, others):
+    from accounts.audit import audit_record
+    from accounts.models import AuditEvent
+
+    for index in range(ROWS):
+        audit_record(action="note", actor=others[0], data={"about": victim.username, "n": index})
+    return AuditEvent, "save", "audit_entries_scrubbed", ROWS
+
+
+@pytest.mark.parametrize("rows", [_sessions_rows, _usage_rows, _audit_rows], ids=["sessions", "usage", "audit"])
+@pytest.mark.django_db
+def test_a_step_longer_than_the_lease_renews_it_and_is_not_taken_over(rows, make_user, monkeypatch):
+    """Every session decoded, every rollup row folded, every audit entry scrubbed takes time: a
+    step over many rows can outlast the lease. The run renews it as it goes (at most every
+    LEASE_RENEW_SECONDS), so the periodic resume or a redelivered task arriving meanwhile finds
+    it held, instead of taking the erasure over and having the long step's work rolled back."""
+    from django.utils import timezone
+
+    from accounts import data_rights
+    from accounts.models import ErasureRequest
+
+    victim = make_user("zed_erasable")
+    others = [make_user("other_a"), make_user("other_b")]
+    model, method, receipt_key, expected = rows(victim, others)
+    erasure = data_rights.erasure_request(user=victim, queue=False)
+
+    real_now, clock = timezone.now, {"seconds": 0}
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(seconds=clock["seconds"]))
+    renewals = []
+    real_renew = data_rights._erasure_lease_renew
+    monkeypatch.setattr(data_rights, "_erasure_lease_renew", lambda e: (renewals.append(clock["seconds"]), real_renew(e)))
+    seen, attempts = [], []
+    real_method = getattr(model, method)
+
+    def slow(self, *args, **kwargs):
+        seen.append(1)
+        clock["seconds"] += SECONDS_PER_ROW
+        if len(seen) == ROWS * 2 // 3:  # 200 s into the step: a lease not renewed ran out at 120 s
+            held = ErasureRequest.objects.get(pk=erasure.pk)
+            attempts.append(held.lease_until > timezone.now())
+            try:
+                data_rights.erasure_run(erasure_id=erasure.pk)  # the periodic resume, a redelivery
+            except data_rights.LeaseHeld:
+                attempts.append("held")
+            else:
+                attempts.append("taken over")
+        return real_method(self, *args, **kwargs)
+
+    monkeypatch.setattr(model, method, slow)
+    try:
+        done = data_rights.erasure_run(erasure_id=erasure.pk)
+    except data_rights.LeaseHeld:
+        done = None  # it was taken over midway: what it did in its step was undone
+
+    assert attempts == [True, "held"], "the lease ran out during a long step and another run took over"
+    assert len(seen) >= ROWS
+    assert done.status == ErasureRequest.Status.DONE and done.attempts == 1
+    assert done.steps_done == [name for name, _step in data_rights.ERASURE_STEPS]
+    assert done.receipt[receipt_key] == expected
+    # Renewed while the step ran, and a bounded number of times (not once a row).
+    during = [at for at in renewals if 0 < at]
+    assert 1 <= len(during) <= ROWS * SECONDS_PER_ROW // data_rights.LEASE_RENEW_SECONDS + len(data_rights.ERASURE_STEPS)

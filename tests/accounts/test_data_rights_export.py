@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import signal
 import threading
 import zipfile
@@ -143,6 +144,28 @@ def test_purge_keeps_exports_that_have_not_expired(user, django_capture_on_commi
     assert data_rights.export_file_path(export).exists()
     # EXPORT_TTL_HOURS later it goes.
     assert data_rights.exports_purge_expired(now=timezone.now() + timedelta(hours=24, minutes=1)) == 1
+
+
+@pytest.mark.django_db
+def test_the_purge_skips_a_file_that_vanished_since_it_listed_the_folder(user, monkeypatch, settings):
+    root = Path(settings.EXPORT_ROOT)
+    root.mkdir(parents=True, exist_ok=True)
+    long_ago = (timezone.now() - timedelta(hours=data_rights.STALE_EXPORT_HOURS + 1)).timestamp()
+    strays = [root / "0a-stray.zip", root / "zz-stray.zip.partial"]  # belong to no export
+    for stray in strays:
+        stray.write_bytes(b"old")
+        os.utime(stray, (long_ago, long_ago))
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        # A build renamed (or removed) its partial between the listing and the look at it.
+        listing = sorted(real_iterdir(self))
+        return iter([listing[0], self / "00000000-gone.zip.partial", *listing[1:]])
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    assert data_rights.exports_purge_expired() == 0  # no crash midway
+    monkeypatch.undo()
+    assert _files(settings) == []  # the strays before and after the vanished one went
 
 
 @pytest.mark.django_db
@@ -562,3 +585,58 @@ def test_a_build_alive_past_the_stale_limit_is_not_failed_but_a_dead_one_is(user
     assert not DataExport.objects.filter(pk=export.pk).exists()
     assert _files(settings) == []
     assert data_rights.export_request(user=user).pk != export.pk
+
+
+def _stalls_after_its_claim(monkeypatch, while_stalled) -> None:
+    """The next build stalls (GC pause, VM suspended, slow disk) right after claiming its export,
+    before it has touched any file: `while_stalled()` runs then, past that build's lease."""
+    real_mkdir = Path.mkdir
+    calls = {"n": 0}
+
+    def mkdir(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            travel(monkeypatch, data_rights.LEASE + timedelta(seconds=1))
+            while_stalled()
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+@pytest.mark.django_db
+def test_a_stalled_build_waking_after_a_takeover_leaves_the_published_zip_alone(user, monkeypatch, settings):
+    make_history(user, conversations=2, messages_each=4)
+    export = DataExport.objects.create(user=user)
+
+    def another_run_builds_it():
+        data_rights.export_build(export_id=export.pk)
+        assert DataExport.objects.get(pk=export.pk).status == "ready"
+        assert _files(settings) == [f"{export.pk}.zip"]
+
+    _stalls_after_its_claim(monkeypatch, another_run_builds_it)
+    data_rights.export_build(export_id=export.pk)  # the stalled run, which no longer holds the export
+
+    export.refresh_from_db()
+    assert export.status == "ready" and export.lease_until is None
+    assert _files(settings) == [f"{export.pk}.zip"]
+    _assert_whole_export(_download(_client(user), f"/accounts/data/export/{export.pk}/download/"), user)
+
+
+@pytest.mark.django_db
+def test_a_stalled_build_waking_after_a_takeover_leaves_the_new_runs_partial_alone(user, monkeypatch, settings):
+    make_history(user, conversations=2, messages_each=4)
+    export = DataExport.objects.create(user=user)
+    taken_over = {}
+
+    def another_run_starts_building():
+        _killed_mid_build(export, monkeypatch)  # alive as far as anyone can tell: its lease is live
+        taken_over["token"] = DataExport.objects.get(pk=export.pk).lease_token
+        taken_over["files"] = _files(settings)
+        assert len(taken_over["files"]) == 1 and taken_over["files"][0].endswith(".partial")
+
+    _stalls_after_its_claim(monkeypatch, another_run_starts_building)
+    data_rights.export_build(export_id=export.pk)
+
+    now = DataExport.objects.get(pk=export.pk)
+    assert (now.status, now.lease_token) == ("running", taken_over["token"])
+    assert _files(settings) == taken_over["files"]  # the live run's file, untouched

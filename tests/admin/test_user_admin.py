@@ -664,6 +664,34 @@ def test_set_budget_on_only_the_operators_own_account_sets_nothing(client, make_
     assert not Budget.objects.exists() and not audits("budget.set")
 
 
+def test_set_budget_skips_accounts_that_outrank_the_operator_with_a_message_and_sets_the_others(
+    client, make_staff, superuser, key_manager, members
+):
+    """Disable and Erase refuse an account that can do more than the operator: so does "Set a
+    budget" (a $0 budget would lock every administrator out of the chat)."""
+    staff = make_staff(*BUDGETEER)
+    Budget.objects.create(user=key_manager, period="day", limit=Decimal("5"))
+    client.force_login(staff)
+    act(client, "set_budget", [superuser, key_manager, members[0]], apply="1", period="day", limit="0")
+    messages = [str(m) for m in client.get(USERS).context["messages"]]
+    assert not Budget.objects.filter(user=superuser).exists()
+    assert Budget.objects.get(user=key_manager, period="day").limit == Decimal("5")
+    assert Budget.objects.get(user=members[0], period="day").limit == Decimal("0")
+    for name in (superuser.username, key_manager.username):
+        assert (
+            f"{name} is an administrator or holds permissions you do not: only a superuser can set this account's budget."
+            in messages
+        )
+    assert "Budget set for 1 account." in messages
+    assert [e.data["owner_id"] for e in audits("budget.set")] == [members[0].pk]
+
+
+def test_a_superuser_sets_the_budget_of_another_superuser(su_client, make_user):
+    root2 = make_user("root2", is_staff=True, is_superuser=True)
+    act(su_client, "set_budget", [root2], apply="1", period="day", limit="900")
+    assert Budget.objects.get(user=root2, period="day").limit == Decimal("900")
+
+
 def test_a_superuser_sets_their_own_budget(su_client, superuser):
     act(su_client, "set_budget", [superuser], apply="1", period="day", limit="900")
     assert Budget.objects.get(user=superuser, period="day").limit == Decimal("900")
@@ -858,3 +886,94 @@ def test_the_admin_refuses_a_username_or_email_taken_in_another_letter_case_in_a
     # Saving an account under its own name, in another case, is a rename, not a clash.
     response = su_client.post(f"{USERS}{person.pk}/change/", _change_form_data(su_client, person, username=person.username.upper()))
     assert response.status_code == 302
+
+
+# --- Memberships of accounts that can do more than the operator: a superuser's to change -------
+
+
+OUTRANKS_TEAM = (
+    "{} is an administrator or holds permissions you do not: only a superuser can add this account to a team or "
+    "remove it from one."
+)
+
+
+@pytest.mark.parametrize("how", ["add-superuser", "remove-superuser", "add-key-manager", "switch-to-superuser"])
+def test_team_clerk_cannot_add_or_remove_an_account_that_outranks_them_and_is_told_why(
+    client, make_staff, superuser, key_manager, teams, members, how
+):
+    """Joining a team puts its limits and budgets on an account (a team held to 1 request a
+    minute); leaving one lifts them. For an account that can do more than the operator, either
+    is a superuser's to do."""
+    staff = make_staff(*TEAM_DESK)
+    team = teams[0]
+    if how == "remove-superuser":
+        TeamMembership.objects.create(team=team, user=superuser)
+    before = _member_ids(team)
+    client.force_login(staff)
+    target = key_manager if how == "add-key-manager" else superuser
+    if how == "remove-superuser":
+        data = _team_form_data(team, remove=[superuser], requests_per_minute="1")
+    elif how == "switch-to-superuser":  # a member's row now names the superuser
+        data = _team_form_data(team)
+        row = next(k for k, v in data.items() if k.endswith("-user") and v == members[0].pk)
+        data[row] = superuser.pk
+    else:
+        data = _team_form_data(team, add=[target], requests_per_minute="1")
+    response = client.post(f"{TEAMS}{team.pk}/change/", data)
+    assert response.status_code == 200
+    errors = [str(e) for formset in response.context["inline_admin_formsets"] for e in formset.formset.non_form_errors()]
+    assert errors == [OUTRANKS_TEAM.format(target.username)]
+    assert _member_ids(team) == before and _limits(team) == (None, None)
+    assert not AuditEvent.objects.exists()
+
+
+def test_team_limits_and_budgets_bind_a_superuser_member_and_stay_the_team_clerks(client, make_staff, superuser, teams):
+    """A team's own limits hold every member, superusers included: a team with a superuser in it
+    is managed as any other, members who do not outrank the operator included."""
+    from billing.budgets import budget_set
+
+    staff = make_staff(*TEAM_DESK, "billing.add_budget", "billing.change_budget")
+    team = teams[0]
+    TeamMembership.objects.create(team=team, user=superuser)
+    newcomer = User.objects.create_user("newcomer")
+    client.force_login(staff)
+    response = client.post(f"{TEAMS}{team.pk}/change/", _team_form_data(team, add=[newcomer], requests_per_minute="1"))
+    assert response.status_code == 302, response.context and response.context["errors"]
+    assert _member_ids(team) == {superuser.pk, newcomer.pk} and _limits(team) == (1, None)
+    assert budget_set(team=team, period="day", limit="0", actor=staff).limit == Decimal("0")
+
+
+def test_a_superuser_adds_and_removes_a_superuser_in_a_team(su_client, make_user, teams):
+    root2 = make_user("root2", is_staff=True, is_superuser=True)
+    team = teams[0]
+    response = su_client.post(f"{TEAMS}{team.pk}/change/", _team_form_data(team, add=[root2]))
+    assert response.status_code == 302, response.context and response.context["errors"]
+    assert _member_ids(team) == {root2.pk}
+    response = su_client.post(f"{TEAMS}{team.pk}/change/", _team_form_data(team, remove=[root2]))
+    assert response.status_code == 302 and _member_ids(team) == set()
+
+
+def test_team_services_and_audit_refuse_memberships_of_accounts_that_outrank_the_operator(
+    make_staff, superuser, key_manager, teams
+):
+    """Whatever the door: the services, and the second lock behind the membership form."""
+    from accounts import services
+
+    staff = make_staff(*TEAM_DESK)
+    team, other = teams
+    TeamMembership.objects.create(team=team, user=superuser)
+    with pytest.raises(admin_services.OutranksOperator):
+        services.team_remove_member(team=team, user=superuser, actor=staff)
+    for person in (superuser, key_manager):
+        with pytest.raises(admin_services.OutranksOperator):
+            services.team_add_member(team=other, user=person, actor=staff)
+    assert _member_ids(team) == {superuser.pk} and _member_ids(other) == set()
+    TeamMembership.objects.create(team=other, user=key_manager)  # as a save that slipped through would have
+    with pytest.raises(admin_services.OutranksOperator) as refused:
+        admin_services.team_members_audit(team=other, before=[], actor=staff)
+    assert refused.value.users == [key_manager]
+    assert not AuditEvent.objects.exists()
+
+    services.team_add_member(team=other, user=superuser, actor=None)  # the system may
+    services.team_remove_member(team=team, user=superuser, actor=superuser)  # and a superuser
+    assert _member_ids(team) == set() and superuser.pk in _member_ids(other)

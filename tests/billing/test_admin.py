@@ -322,3 +322,60 @@ def test_a_superuser_changes_and_deletes_their_own_and_their_teams_budgets(admin
     selection = [own.pk, Budget.objects.get(team=team).pk]
     response = admin_client.post(BUDGETS, {"action": "delete_selected", ACTION_CHECKBOX_NAME: selection, "post": "yes"})
     assert response.status_code == 302 and not Budget.objects.exists()
+
+
+# --- The budget of an account that can do more than the operator is a superuser's to change -----
+
+OUTRANKS_YOU = (
+    "This account is an administrator or holds permissions you do not: only a superuser can set, change or remove "
+    "its budget."
+)
+
+
+@pytest.fixture
+def budget_clerk(make_staff, client):
+    staff = make_staff(*BUDGET_DESK)
+    client.force_login(staff)
+    return staff
+
+
+@pytest.mark.parametrize("whom", ["superuser", "key-manager"])
+def test_staff_cannot_add_a_budget_on_an_account_that_outranks_them_and_are_told_why(client, budget_clerk, make_user, whom):
+    from django.contrib.auth.models import Permission
+
+    if whom == "superuser":
+        target = make_user("root", is_staff=True, is_superuser=True)
+    else:  # holds a permission the budgets clerk does not
+        target = make_user("keyman", is_staff=True)
+        target.user_permissions.add(Permission.objects.get(codename="change_providerkey"))
+    response = client.post(f"{BUDGETS}add/", {"user": str(target.pk), "team": "", "period": "day", "limit": "0", "warn_ratio": "0.8"})
+    assert response.status_code == 200
+    assert OUTRANKS_YOU.replace("'", "&#x27;") in response.content.decode()
+    assert not Budget.objects.exists() and not AuditEvent.objects.exists()
+
+
+def test_staff_cannot_change_or_delete_the_budget_of_an_account_that_outranks_them(client, budget_clerk, make_user):
+    from billing.budgets import budget_set
+
+    root = make_user("root", is_staff=True, is_superuser=True)
+    budget = budget_set(user=root, period="month", limit="500")  # the system (a command) may
+    before = _limits()
+    page = client.get(f"{BUDGETS}{budget.pk}/change/")
+    assert page.status_code == 200 and not page.context["has_change_permission"], "shown, read-only"
+    assert client.post(f"{BUDGETS}{budget.pk}/change/", {"limit": "0", "warn_ratio": "0.8"}).status_code == 403
+    assert client.post(f"{BUDGETS}{budget.pk}/delete/", {"post": "yes"}).status_code == 403
+    selection = {"action": "delete_selected", ACTION_CHECKBOX_NAME: [budget.pk]}
+    page = client.post(BUDGETS, selection)
+    assert page.status_code == 200 and page.context["perms_lacking"]
+    assert OUTRANKS_YOU in [str(m) for m in page.context["messages"]]
+    assert client.post(BUDGETS, {**selection, "post": "yes"}).status_code == 403
+    assert _limits() == before and not AuditEvent.objects.filter(actor_id=budget_clerk.pk).exists()
+
+
+def test_staff_still_set_the_budget_of_a_team_with_a_superuser_in_it(client, budget_clerk, make_user, make_team):
+    """A team's budget binds every member, superusers included: the team clerk's to manage."""
+    root = make_user("root", is_staff=True, is_superuser=True)
+    team = make_team("Ops", root)
+    response = client.post(f"{BUDGETS}add/", {"user": "", "team": str(team.pk), "period": "day", "limit": "0", "warn_ratio": "0.8"})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert Budget.objects.get(team=team).limit == D("0")

@@ -293,6 +293,31 @@ def test_others_budgets_stay_the_operators_to_manage_and_a_superuser_manages_the
     assert [(b.user_id, b.limit) for b in Budget.objects.all()] == [(user.pk, D("7"))]
 
 
+def test_the_budget_of_an_account_that_outranks_the_operator_is_refused_to_them_and_changes_nothing(
+    make_staff, make_team, make_user
+):
+    from accounts.admin_services import OutranksOperator
+    from accounts.models import AuditEvent
+    from billing.budgets import budget_delete
+
+    staff = make_staff("billing.add_budget", "billing.change_budget", "billing.delete_budget")
+    root = make_user("root", is_staff=True, is_superuser=True)
+    existing = budget_set(user=root, period="month", limit="500")  # the system (a command) may
+    for period in ("month", "day"):  # a change, and a new one
+        with pytest.raises(OutranksOperator) as refused:
+            budget_set(user=root, period=period, limit="0", actor=staff)
+        assert refused.value.users == [root]
+    with pytest.raises(OutranksOperator):
+        budget_delete(budget=existing, actor=staff)
+    assert [(b.period, b.limit) for b in Budget.objects.all()] == [("month", D("500"))]
+    assert not AuditEvent.objects.filter(actor_id=staff.pk).exists()
+
+    team = make_team("Ops", root)  # a team's budget binds its superuser members too: not refused
+    budget_delete(budget=budget_set(team=team, period="day", limit="0", actor=staff), actor=staff)
+    other_root = make_user("root2", is_staff=True, is_superuser=True)
+    budget_delete(budget=budget_set(user=root, period="day", limit="0", actor=other_root), actor=other_root)
+
+
 # --- Concurrency: real threads, real transactions (SQLite by default, Postgres with DATABASE_URL) ---
 
 
