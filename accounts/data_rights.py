@@ -65,6 +65,10 @@ EXPORT_FORMAT = "parley.export"
 EXPORT_VERSION = 1
 PROGRESS_STEP = 5  # percent between two progress writes: at most ~20 writes per export
 STALE_EXPORT_HOURS = 2  # a build still pending, or running without a live lease, after this is failed for good
+# A queued build not claimed by then is queued again: its task was lost (the broker was down when
+# it was sent, or the message went with a broker that lost it). Long enough that a busy queue
+# rarely gets a second copy, which would be harmless (one claim builds).
+QUEUE_GRACE = timedelta(minutes=5)
 # How long a run's claim on its export or erasure holds without being renewed. A run renews it
 # before each erasure step and batch, and within a long step or build at most every
 # LEASE_RENEW_SECONDS, so one silent for a whole lease died with its worker; two minutes keeps a
@@ -128,7 +132,7 @@ def export_request(*, user, requested_by=None, ip_address: str | None = None) ->
         return active
     try:
         with transaction.atomic():
-            export = DataExport.objects.create(user=user)
+            export = DataExport.objects.create(user=user, lease_until=timezone.now() + QUEUE_GRACE)
             audit_record(
                 action="user.export",
                 actor=requested_by or user,
@@ -137,7 +141,9 @@ def export_request(*, user, requested_by=None, ip_address: str | None = None) ->
                 ip_address=ip_address,
                 data={"export_id": str(export.id)},
             )
-            transaction.on_commit(lambda: _export_tasks().export_build_task.delay(str(export.id)))
+            # Robust: the export is recorded either way. If the broker cannot take the task now,
+            # asking again or the periodic purge queues it once QUEUE_GRACE has passed.
+            transaction.on_commit(lambda: _export_tasks().export_build_task.delay(str(export.id)), robust=True)
     except IntegrityError:
         active = DataExport.objects.filter(user=user, status__in=_ACTIVE_EXPORT).first()
         if active is None:  # the other one finished in between: extremely unlikely, try once more
@@ -149,17 +155,23 @@ def export_request(*, user, requested_by=None, ip_address: str | None = None) ->
 _ACTIVE_EXPORT = [DataExport.Status.PENDING, DataExport.Status.RUNNING]
 
 
+def _export_dead(now: datetime) -> Q:
+    """Active exports no run is at: a build whose lease ran out (its worker died), or a queued one
+    no worker claimed within QUEUE_GRACE (its task was lost)."""
+    unclaimed = Q(lease_until__lte=now) | Q(lease_until__isnull=True, created_at__lt=now - QUEUE_GRACE)
+    return Q(_lease_over(now), status=DataExport.Status.RUNNING) | Q(unclaimed, status=DataExport.Status.PENDING)
+
+
 def _export_requeue_if_dead(export_id, *, now: datetime) -> bool:
-    """A running export whose lease ran out (its worker died) goes back to pending and is queued
-    again. A conditional UPDATE: of several callers at once, one queues it."""
+    """An export no run is at (_export_dead) goes back to pending and is queued again. A
+    conditional UPDATE: of several callers at once, one queues it."""
     revived = (
-        DataExport.objects.filter(pk=export_id, status=DataExport.Status.RUNNING)
-        .filter(_lease_over(now))
-        .update(status=DataExport.Status.PENDING, progress=0, lease_until=None, lease_token=None)
+        DataExport.objects.filter(_export_dead(now), pk=export_id)
+        .update(status=DataExport.Status.PENDING, progress=0, lease_until=now + QUEUE_GRACE, lease_token=None)
     )
     if revived:
-        logger.warning("export %s: its build stopped renewing its lease, queued again", export_id)
-        transaction.on_commit(lambda: _export_tasks().export_build_task.delay(str(export_id)))
+        logger.warning("export %s: no build is at it (its worker died or its task was lost), queued again", export_id)
+        transaction.on_commit(lambda: _export_tasks().export_build_task.delay(str(export_id)), robust=True)
     return bool(revived)
 
 
@@ -428,7 +440,7 @@ def exports_purge_expired(*, now: datetime | None = None) -> int:
             status=DataExport.Status.FAILED, error="timeout", finished_at=now, expires_at=now, lease_until=None
         ):
             _export_files_delete(export_id)
-    for export_id in unbuilt.filter(status=DataExport.Status.RUNNING, created_at__gte=stale).values_list("id", flat=True):
+    for export_id in DataExport.objects.filter(_export_dead(now), created_at__gte=stale).values_list("id", flat=True):
         _export_requeue_if_dead(export_id, now=now)
     expired = DataExport.objects.filter(
         Q(expires_at__lte=now) | Q(status=DataExport.Status.FAILED, created_at__lt=now - timedelta(hours=settings.EXPORT_TTL_HOURS))
@@ -706,7 +718,9 @@ def erasure_request(
         sockets.user_sockets_close(user_id=user.pk)
         if queue:
             erasure_id = str(erasure.id)
-            transaction.on_commit(lambda: _export_tasks().erasure_run_task.delay(erasure_id))
+            # Robust: the erasure is recorded and the account locked either way; if the broker
+            # cannot take the task now, erasures_resume_stuck queues it again.
+            transaction.on_commit(lambda: _export_tasks().erasure_run_task.delay(erasure_id), robust=True)
     return erasure
 
 

@@ -293,6 +293,38 @@ def test_erasure_preview_counts_what_would_go(victim, other_user, team):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_an_erasure_whose_task_the_broker_refused_is_recorded_and_resumed_later(victim, other_user, team, monkeypatch):
+    """With the broker down when the task is sent, the request is still answered 202 (the
+    erasure is recorded and the account locked) and the periodic resume finishes it."""
+    from kombu.exceptions import OperationalError
+
+    from accounts import tasks
+
+    texts, _c, _o = _populate(victim, other_user, team, export=False)
+    real, sent = tasks.erasure_run_task.delay, []
+
+    def delay(*args):
+        sent.append(args)
+        if len(sent) == 1:
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return real(*args)
+
+    monkeypatch.setattr(tasks.erasure_run_task, "delay", delay)
+    response = _logged_in(victim).post(
+        "/api/v1/account/erase/", {"password": PASSWORD, "confirm": "ERASE"}, content_type="application/json"
+    )
+    assert response.status_code == 202
+    erasure = ErasureRequest.objects.get(pk=response.json()["erasure_id"])
+    assert erasure.status == "pending" and not User.objects.get(pk=victim.pk).is_active
+
+    travel(monkeypatch, timedelta(minutes=11))
+    assert data_rights.erasures_resume_stuck() == [str(erasure.pk)]
+    erasure.refresh_from_db()
+    assert erasure.status == "done" and len(sent) == 2
+    _assert_nothing_left(_needles(victim, texts))
+
+
+@pytest.mark.django_db(transaction=True)
 def test_api_erase_with_password_and_erase_word(victim, other_user, team):
     texts, _c, _o = _populate(victim, other_user, team, export=False)
     client = _logged_in(victim)

@@ -640,3 +640,67 @@ def test_a_stalled_build_waking_after_a_takeover_leaves_the_new_runs_partial_alo
     now = DataExport.objects.get(pk=export.pk)
     assert (now.status, now.lease_token) == ("running", taken_over["token"])
     assert _files(settings) == taken_over["files"]  # the live run's file, untouched
+
+
+def _broker_down_once(monkeypatch, task) -> list:
+    """The task's first send fails as with Redis down (kombu's OperationalError); later sends go."""
+    from kombu.exceptions import OperationalError
+
+    real, sent = task.delay, []
+
+    def delay(*args):
+        sent.append(args)
+        if len(sent) == 1:
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return real(*args)
+
+    monkeypatch.setattr(task, "delay", delay)
+    return sent
+
+
+@pytest.mark.django_db
+def test_an_export_whose_task_the_broker_refused_is_recorded_and_queued_again_after_the_grace(
+    user, monkeypatch, settings, django_capture_on_commit_callbacks
+):
+    from accounts import tasks
+
+    make_history(user, conversations=1, messages_each=2)
+    client = _client(user)
+    sent = _broker_down_once(monkeypatch, tasks.export_build_task)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/api/v1/account/export/")
+    assert response.status_code == 202  # recorded: not a 500 after the row was committed
+    export = DataExport.objects.get(pk=response.json()["export_id"])
+    assert export.status == "pending" and len(sent) == 1
+
+    # Asked again within the grace: the task may just be waiting in a busy queue.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post("/api/v1/account/export/").json()["export_id"] == str(export.pk)
+    assert len(sent) == 1
+
+    travel(monkeypatch, data_rights.QUEUE_GRACE + timedelta(seconds=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post("/api/v1/account/export/").json()["export_id"] == str(export.pk)
+    assert len(sent) == 2
+    status = client.get(f"/api/v1/account/export/{export.pk}/").json()
+    assert status["status"] == "ready"
+    _assert_whole_export(_download(client, status["download_url"]), user)
+
+
+@pytest.mark.django_db
+def test_the_purge_queues_again_an_export_no_worker_claimed(user, monkeypatch, settings, django_capture_on_commit_callbacks):
+    from accounts import tasks
+
+    make_history(user, conversations=1, messages_each=2)
+    sent = _broker_down_once(monkeypatch, tasks.export_build_task)
+    with django_capture_on_commit_callbacks(execute=True):
+        export = data_rights.export_request(user=user)
+
+    data_rights.exports_purge_expired()
+    assert DataExport.objects.get(pk=export.pk).status == "pending" and len(sent) == 1  # within the grace
+
+    travel(monkeypatch, data_rights.QUEUE_GRACE + timedelta(seconds=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        data_rights.exports_purge_expired()
+    assert len(sent) == 2 and DataExport.objects.get(pk=export.pk).status == "ready"
