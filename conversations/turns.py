@@ -797,12 +797,15 @@ async def _reply_run(plan: _ReplyPlan) -> None:
 def _reply_followups(*, plan: _ReplyPlan, finish_reason: str) -> None:
     from .tasks import conversation_summarize, conversation_title
 
+    # Robust: a broker that cannot take one task (Redis down) must not lose the other, nor fail
+    # the reply already done. Both come back: the next reply of an untitled conversation asks for
+    # its title, and the next trimmed turn for the summary.
     conversation_id = str(plan.conversation_id)
     if plan.wants_title and finish_reason in ("stop", "length"):
-        transaction.on_commit(lambda: conversation_title.delay(conversation_id))
+        transaction.on_commit(lambda: conversation_title.delay(conversation_id), robust=True)
     if plan.summarize_upto is not None:
         upto = str(plan.summarize_upto)
-        transaction.on_commit(lambda: conversation_summarize.delay(conversation_id, upto))
+        transaction.on_commit(lambda: conversation_summarize.delay(conversation_id, upto), robust=True)
 
 
 @dataclass

@@ -27,6 +27,26 @@ async def test_the_first_reply_gives_a_demo_conversation_a_title_from_its_first_
     assert title == "Plan a trip to Busan in"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_title_task_the_broker_refuses_does_not_lose_the_summary_task(monkeypatch, caplog):
+    """Redis down as a reply ends: the title's send fails (logged); the summary's still goes."""
+    from kombu.exceptions import OperationalError
+
+    def refused(*args):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    summaries = []
+    monkeypatch.setattr(tasks.conversation_title, "delay", refused)
+    monkeypatch.setattr(tasks.conversation_summarize, "delay", lambda *args: summaries.append(args))
+    conversation_id, upto = uuid.uuid4(), uuid.uuid4()
+    plan = type("Plan", (), {"conversation_id": conversation_id, "wants_title": True, "summarize_upto": upto})()
+
+    turns._reply_followups(plan=plan, finish_reason="stop")
+
+    assert summaries == [(str(conversation_id), str(upto))]
+    assert "Connection refused" in caplog.text
+
+
 @pytest.mark.django_db
 def test_a_titled_conversation_keeps_its_title(chat_backends, user):
     conversation = Conversation.objects.create(owner=user, model="demo:echo", title="Mine")
