@@ -29,7 +29,7 @@ from django.db.models import Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from .money import ZERO, parse_decimal, quantize_money
+from .money import MONEY_PLACES, ZERO, parse_decimal, quantize_money
 
 # Operators type limits by hand: a per-person budget above this is a typo, not a policy.
 MAX_BUDGET_LIMIT = Decimal("1000000")
@@ -346,7 +346,12 @@ def budget_validate(*, user=None, team=None, period: str, limit: object, warn_ra
         raise BudgetError(_("limit cannot be negative"))
     if value > MAX_BUDGET_LIMIT:
         raise BudgetError(_("limit is above %(max)s USD") % {"max": MAX_BUDGET_LIMIT})
-    value = quantize_money(value)
+    exact = quantize_money(value)
+    if exact != value:
+        # Never rounded: a limit is what a person may spend, and a stored figure other than the
+        # one typed would be a surprise (as with prices, trailing zeros change nothing).
+        raise BudgetError(_("limit has more than %(places)s decimal places") % {"places": -MONEY_PLACES.as_tuple().exponent})
+    value = exact
     ratio = None
     if warn_ratio is not None and warn_ratio != "":
         ratio = parse_decimal(warn_ratio)

@@ -236,6 +236,8 @@ def test_budget_status_reads_an_ended_period_as_fresh(user):
         ({"limit": "5", "period": "fortnight"}, "period"),
         ({"limit": "5", "period": "day", "warn_ratio": "1.5"}, "threshold"),
         ({"limit": "5", "period": "day", "warn_ratio": "0.0004"}, "threshold"),  # rounds to 0: never off
+        ({"limit": "0.00000000004", "period": "day"}, "decimal places"),  # would be stored as 0
+        ({"limit": "1.23456789012", "period": "day"}, "decimal places"),
     ],
 )
 def test_budget_set_refuses_bad_input_and_changes_nothing(user, kwargs, error):
@@ -387,3 +389,8 @@ def test_refusals_survive_pickling_across_processes():
     assert pickle.loads(pickle.dumps(exceeded)) == exceeded
     limited = RateLimited(retry_after=12, limit="tokens_per_minute")
     assert pickle.loads(pickle.dumps(limited)) == limited
+
+
+def test_a_budget_limit_with_zeros_past_the_stored_places_is_the_same_limit(user):
+    budget = budget_set(user=user, period="day", limit="2.500000000000")
+    assert budget.limit == D("2.5")
