@@ -129,29 +129,26 @@ def _limits_changes(*, owner: User | Team, before: dict) -> dict:
     return {name: [before.get(name), value] for name, value in limits_snapshot(owner=owner).items() if before.get(name) != value}
 
 
-def user_limits_audit(*, user: User, before: dict, actor: User | None, ip_address: str | None = None) -> None:
-    """Write one `user.limits_changed` row ([before, after] of each rate limit that changed) for an
-    edit of an existing account. The second lock behind the form's read-only fields: a change of
-    the operator's own limits by someone who may not raises ConstrainsOperator, which undoes the
-    admin's save transaction."""
-    changes = _limits_changes(owner=user, before=before)
+def _limits_audit(*, owner: User | Team, before: dict, actor: User | None, ip_address: str | None) -> None:
+    """Write one `<user|team>.limits_changed` row ([before, after] of each rate limit that
+    changed) for an edit of an existing account or team. The second lock behind the forms'
+    read-only fields: a change of limits that bind the operator (their own, or a team they belong
+    to) by someone who may not raises ConstrainsOperator, which undoes the admin's save."""
+    changes = _limits_changes(owner=owner, before=before)
     if not changes:
         return
-    if constraints_locked_for(actor=actor, user=user):
+    kind = "user" if isinstance(owner, User) else "team"
+    if constraints_locked_for(actor=actor, **{kind: owner}):
         raise ConstrainsOperator
-    audit_record(action="user.limits_changed", actor=actor, target=user, ip_address=ip_address, data=changes)
+    audit_record(action=f"{kind}.limits_changed", actor=actor, target=owner, ip_address=ip_address, data=changes)
+
+
+def user_limits_audit(*, user: User, before: dict, actor: User | None, ip_address: str | None = None) -> None:
+    _limits_audit(owner=user, before=before, actor=actor, ip_address=ip_address)
 
 
 def team_limits_audit(*, team: Team, before: dict, actor: User | None, ip_address: str | None = None) -> None:
-    """Write one `team.limits_changed` row for an edit of an existing team. The second lock behind
-    the team form's read-only fields: a change of the limits of a team the operator belongs to, by
-    someone who may not, raises ConstrainsOperator, which undoes the admin's save transaction."""
-    changes = _limits_changes(owner=team, before=before)
-    if not changes:
-        return
-    if constraints_locked_for(actor=actor, team=team):
-        raise ConstrainsOperator
-    audit_record(action="team.limits_changed", actor=actor, target=team, ip_address=ip_address, data=changes)
+    _limits_audit(owner=team, before=before, actor=actor, ip_address=ip_address)
 
 
 class OutranksOperator(PermissionDenied):

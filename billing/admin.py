@@ -19,10 +19,13 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from accounts.admin_services import OutranksOperator
+
 from . import admin_keys  # noqa: F401 - registers the ProviderKey admin
 from .budgets import (
     BudgetCoversOperator,
     BudgetError,
+    budget_change_check,
     budget_delete,
     budget_locked_for,
     budget_owner_outranks,
@@ -190,10 +193,13 @@ class BudgetForm(forms.ModelForm):
         data = super().clean()
         user = data.get("user", getattr(self.instance, "user", None) if self.instance.pk else None)
         team = data.get("team", getattr(self.instance, "team", None) if self.instance.pk else None)
-        if (user is None) != (team is None) and budget_locked_for(actor=self.actor, user=user, team=team):
-            raise ValidationError(BudgetCoversOperator().message)
-        if team is None and budget_owner_outranks(actor=self.actor, user=user):
-            raise ValidationError(OUTRANKS_YOU)
+        if (user is None) != (team is None):  # else budget_validate says a budget has one owner
+            try:
+                budget_change_check(actor=self.actor, user=user, team=team)
+            except BudgetCoversOperator as exc:
+                raise ValidationError(exc.message) from None
+            except OutranksOperator:
+                raise ValidationError(OUTRANKS_YOU) from None
         try:
             budget_validate(
                 user=user,
