@@ -266,15 +266,15 @@ def price_set(
     now = timezone.now()
     start = effective_from if effective_from and effective_from > now else now
     with transaction.atomic():
-        moved = None
-        if moving_id is not None:
-            moved = _scheduled_locked(price_id=moving_id, now=now)
-            if moved is not None and (moved.provider, moved.model) != (provider, model):
+        # None when it is already in force (history, kept) or there is nothing to move.
+        moved = _scheduled_locked(price_id=moving_id, now=now) if moving_id is not None else None
+        if moved is not None:
+            if (moved.provider, moved.model) != (provider, model):
                 raise PriceError(_("a scheduled price can only be moved for its own model"))
-            if moved is not None and moved.effective_from != start:
-                moved.delete()
+            if moved.effective_from == start:
+                moved = None  # saved again at its own moment: corrected in place below
             else:
-                moved = None  # already in force (history), or saved again at its own moment
+                moved.delete()
         scheduled = None
         if start > now:
             # Not in force yet, so not history: correcting it (the admin saving a scheduled row
