@@ -282,3 +282,20 @@ def scan_media(needles: list[str]) -> list[tuple[str, str]]:
                 for needle in _hits(_text_of(blob), needles):
                     found.append((str(path), needle))
     return found
+
+
+def broker_down_once(monkeypatch, task) -> list:
+    """The task's first send fails as with Redis down (kombu's OperationalError); later sends go.
+    Returns the list of sends' arguments, failed one included."""
+    from kombu.exceptions import OperationalError
+
+    real, sent = task.delay, []
+
+    def delay(*args):
+        sent.append(args)
+        if len(sent) == 1:
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return real(*args)
+
+    monkeypatch.setattr(task, "delay", delay)
+    return sent

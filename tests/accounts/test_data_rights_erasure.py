@@ -25,6 +25,7 @@ from conversations.models import Conversation, Message
 
 from .data_rights_fixtures import (
     WorkerKilled,
+    broker_down_once,
     dies_on_call,
     error_lines,
     make_history,
@@ -296,20 +297,10 @@ def test_erasure_preview_counts_what_would_go(victim, other_user, team):
 def test_an_erasure_whose_task_the_broker_refused_is_recorded_and_resumed_later(victim, other_user, team, monkeypatch):
     """With the broker down when the task is sent, the request is still answered 202 (the
     erasure is recorded and the account locked) and the periodic resume finishes it."""
-    from kombu.exceptions import OperationalError
-
     from accounts import tasks
 
     texts, _c, _o = _populate(victim, other_user, team, export=False)
-    real, sent = tasks.erasure_run_task.delay, []
-
-    def delay(*args):
-        sent.append(args)
-        if len(sent) == 1:
-            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-        return real(*args)
-
-    monkeypatch.setattr(tasks.erasure_run_task, "delay", delay)
+    sent = broker_down_once(monkeypatch, tasks.erasure_run_task)
     response = _logged_in(victim).post(
         "/api/v1/account/erase/", {"password": PASSWORD, "confirm": "ERASE"}, content_type="application/json"
     )

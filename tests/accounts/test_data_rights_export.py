@@ -23,6 +23,7 @@ from conversations.models import Conversation, Message
 
 from .data_rights_fixtures import (
     WorkerKilled,
+    broker_down_once,
     dies_on_call,
     error_lines,
     make_history,
@@ -642,22 +643,6 @@ def test_a_stalled_build_waking_after_a_takeover_leaves_the_new_runs_partial_alo
     assert _files(settings) == taken_over["files"]  # the live run's file, untouched
 
 
-def _broker_down_once(monkeypatch, task) -> list:
-    """The task's first send fails as with Redis down (kombu's OperationalError); later sends go."""
-    from kombu.exceptions import OperationalError
-
-    real, sent = task.delay, []
-
-    def delay(*args):
-        sent.append(args)
-        if len(sent) == 1:
-            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-        return real(*args)
-
-    monkeypatch.setattr(task, "delay", delay)
-    return sent
-
-
 @pytest.mark.django_db
 def test_an_export_whose_task_the_broker_refused_is_recorded_and_queued_again_after_the_grace(
     user, monkeypatch, settings, django_capture_on_commit_callbacks
@@ -666,7 +651,7 @@ def test_an_export_whose_task_the_broker_refused_is_recorded_and_queued_again_af
 
     make_history(user, conversations=1, messages_each=2)
     client = _client(user)
-    sent = _broker_down_once(monkeypatch, tasks.export_build_task)
+    sent = broker_down_once(monkeypatch, tasks.export_build_task)
 
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post("/api/v1/account/export/")
@@ -693,7 +678,7 @@ def test_the_purge_queues_again_an_export_no_worker_claimed(user, monkeypatch, s
     from accounts import tasks
 
     make_history(user, conversations=1, messages_each=2)
-    sent = _broker_down_once(monkeypatch, tasks.export_build_task)
+    sent = broker_down_once(monkeypatch, tasks.export_build_task)
     with django_capture_on_commit_callbacks(execute=True):
         export = data_rights.export_request(user=user)
 
