@@ -22,7 +22,7 @@ from django.utils.text import slugify
 from django.utils.translation import gettext as _
 
 from .models import Conversation, Message
-from .turns import buffer_key
+from .turns import buffer_key, stream_state
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +56,21 @@ def conversations_for_export(*, user_id: int) -> Iterator[Conversation]:
 
 
 def conversation_messages(*, conversation: Conversation) -> Iterator[Message]:
-    """Every message of `conversation`, in the order they were said, streamed from the database."""
-    return (
-        Message.objects.filter(conversation=conversation)
-        .order_by("created_at", "id")
-        .iterator(chunk_size=MESSAGE_CHUNK)
-    )
+    """Every message of `conversation`, in the order they were said, streamed from the database.
+    A reply still being written holds its words so far in the stream buffer, not in its row
+    (the row is written when it ends): those words are what the person has seen, so they are
+    what its content says here (the row itself is not changed)."""
+    messages = Message.objects.filter(conversation=conversation).order_by("created_at", "id")
+    for message in messages.iterator(chunk_size=MESSAGE_CHUNK):
+        if message.status in RUNNING and not message.content:
+            try:
+                state = stream_state(conversation_id=conversation.id)
+            except Exception:  # noqa: BLE001 - a cache fault leaves the row's own (empty) content
+                logger.warning("stream buffer of conversation %s unreadable while exporting", conversation.id)
+                state = None
+            if state is not None and str(state.get("message_id")) == str(message.id):
+                message.content = state.get("text") or ""
+        yield message
 
 
 def conversation_as_dict(conversation: Conversation) -> dict:

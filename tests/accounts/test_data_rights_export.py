@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+import uuid
 import zipfile
 from datetime import timedelta
 from pathlib import Path
@@ -689,3 +690,50 @@ def test_the_purge_queues_again_an_export_no_worker_claimed(user, monkeypatch, s
     with django_capture_on_commit_callbacks(execute=True):
         data_rights.exports_purge_expired()
     assert len(sent) == 2 and DataExport.objects.get(pk=export.pk).status == "ready"
+
+
+@pytest.mark.django_db
+def test_a_reply_still_streaming_is_exported_with_the_words_written_so_far(user, tmp_path):
+    from django.core.cache import cache
+
+    from conversations import turns
+
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="live")
+    question = Message.objects.create(conversation=conversation, role=Message.Role.USER, content="tell me", client_id=None)
+    reply = Message.objects.create(
+        conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, model="demo:echo", reply_to=question
+    )
+    cache.set(
+        turns.buffer_key(conversation.id),
+        turns._buffer_state(reply.id, 3, "the words so far", "demo:echo", reply.id, 5, user.pk, 1),
+        60,
+    )
+    data_rights.export_write_zip(user=user, path=tmp_path / "live.zip")
+    with zipfile.ZipFile(tmp_path / "live.zip") as archive:
+        (exported,) = json.loads(archive.read("conversations.json"))["conversations"]
+        markdown = next(archive.read(n).decode() for n in archive.namelist() if n.endswith(".md") and "live" in n)
+    assert [(m["status"], m["content"]) for m in exported["messages"]] == [("done", "tell me"), ("streaming", "the words so far")]
+    assert "the words so far" in markdown
+    reply.refresh_from_db()
+    assert reply.content == ""  # the export reads the buffer; the reply's row is the turn's to write
+    as_json = _client(user).get(f"/api/v1/conversations/{conversation.id}/export.json")
+    assert json.loads(as_json.content)["messages"][1]["content"] == "the words so far"
+
+
+@pytest.mark.django_db
+def test_a_buffer_naming_another_reply_is_not_exported_as_this_ones_text(user, tmp_path):
+    from django.core.cache import cache
+
+    from conversations import turns
+
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="stale")
+    question = Message.objects.create(conversation=conversation, role=Message.Role.USER, content="q", client_id=None)
+    reply = Message.objects.create(
+        conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.PENDING, model="demo:echo", reply_to=question
+    )
+    other = uuid.uuid4()
+    cache.set(turns.buffer_key(conversation.id), turns._buffer_state(other, 1, "not this one", "demo:echo", other, 5, user.pk, 1), 60)
+    data_rights.export_write_zip(user=user, path=tmp_path / "stale.zip")
+    with zipfile.ZipFile(tmp_path / "stale.zip") as archive:
+        (exported,) = json.loads(archive.read("conversations.json"))["conversations"]
+    assert exported["messages"][1]["content"] == "" and reply.id
