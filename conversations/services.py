@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -282,6 +283,10 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
             # billing.keys decides, as for a turn: a refused request (400) is not sent to another key.
             if key is None or (decision is not None and not decision.retry):
                 break
+            if decision is not None and decision.backoff > 0:
+                # The keys module's pause before the next key, as the turn's failover takes it
+                # (this runs on a worker's or a follow-up thread, never on the event loop).
+                time.sleep(decision.backoff)
             continue
         text = "".join(parts)
         if key is not None:

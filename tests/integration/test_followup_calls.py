@@ -141,3 +141,22 @@ def test_the_summary_calls_fit_the_models_window_and_output_limit_and_cover_ever
         assert question[:12] in sent and answer in sent
     assert "tail-marker" in sent
     assert len(requests) > 1  # it could not all go in one
+
+
+def test_a_title_call_waits_the_keys_backoff_before_the_next_key(priced, add_key, fake_provider, make_user, conversation_for, settings):
+    settings.KEY_RETRY_BACKOFF = 0.4
+    user = make_user("backoff")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("openai", "sk-title-busy", priority=200, mode="error", status=503)
+    add_key("openai", "sk-title-next", priority=100, text="Busan in spring")
+    conversation = _untitled_with_a_question(conversation_for, user)
+
+    services.conversation_title_generate(conversation_id=conversation.id)
+
+    (refused,) = fake_provider.requests_for("sk-title-busy")
+    (answered,) = fake_provider.requests_for("sk-title-next")
+    # billing.keys asks for a jittered pause of 0.5-1x the base after a failure, as in a turn's
+    # failover: the next key is not asked at once.
+    assert answered.received_at - refused.received_at >= 0.2
+    conversation.refresh_from_db()
+    assert conversation.title == "Busan in spring"
