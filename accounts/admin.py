@@ -38,6 +38,7 @@ from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
+from billing.budgets import budget_spent_now
 from billing.models import MONEY, Budget, DailyUsage
 from chatsite.admin_site import BigTableAdminMixin
 
@@ -79,25 +80,28 @@ def _spend_since(owner_field: str, since: datetime.date) -> Coalesce:
 
 
 def _budget_lines(budgets) -> str:
-    """One line per budget: period, spent of limit, what is left (spent and held count)."""
+    """One line per budget: period, spent in the current period of limit, what is left (spent
+    and held count)."""
     if not budgets:
         return "—"
+    now = timezone.now()
     return format_html_join(
         mark_safe("<br>"),  # noqa: S308 - a constant
         "{}: {} / {} ({})",
         (
             (
                 b.get_period_display(),
-                _money(b.spent),
+                _money(spent),
                 _money(b.limit),
-                _("%(left)s left") % {"left": _money(max(ZERO, b.limit - b.spent - b.reserved))},
+                _("%(left)s left") % {"left": _money(max(ZERO, b.limit - spent - b.reserved))},
             )
             for b in budgets
+            for spent in [budget_spent_now(b, now=now)]
         ),
     )
 
 
-_BUDGET_FIELDS = ("id", "user_id", "team_id", "period", "limit", "spent", "reserved")
+_BUDGET_FIELDS = ("id", "user_id", "team_id", "period", "limit", "spent", "reserved", "period_start", "time_zone")
 
 
 # --- Users ----------------------------------------------------------------------------------

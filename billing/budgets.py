@@ -158,6 +158,40 @@ def _roll_over(budget, now: dt.datetime) -> bool:
     return True
 
 
+def _period_ended(budget, now: dt.datetime) -> bool:
+    """Whether `budget`'s stored spend belongs to a period that has ended (it rolls over at its
+    next reservation or settlement; until then it reads as fresh)."""
+    start, _end = period_bounds(period=budget.period, tz_name=budget.time_zone, now=now)
+    return start is not None and (budget.period_start is None or budget.period_start < start)
+
+
+def budget_spent_now(budget, *, now: dt.datetime | None = None) -> Decimal:
+    """What `budget` has spent in its current period, without writing: zero when the stored
+    spend is a period that has ended. Every page showing a budget's spend reads it through this
+    (or budgets_with_spent_now), as the budget check does."""
+    return ZERO if _period_ended(budget, now or timezone.now()) else budget.spent
+
+
+def budgets_with_spent_now(queryset, *, now: dt.datetime | None = None):
+    """`queryset` of budgets annotated with `spent_now` (budget_spent_now, in SQL), for lists
+    that filter or sort on it. The periods end at each budget's own midnight: one condition per
+    (period, time zone) in use, a handful."""
+    from django.db.models import Case, DecimalField, F, Value, When
+
+    from .models import MONEY, Budget
+
+    now = now or timezone.now()
+    ended = Q(pk__in=[])
+    pairs = Budget.objects.exclude(period="total").values_list("period", "time_zone").distinct().order_by()
+    for period, tz_name in pairs:
+        start, _end = period_bounds(period=period, tz_name=tz_name, now=now)
+        ended |= Q(period=period, time_zone=tz_name) & (Q(period_start__isnull=True) | Q(period_start__lt=start))
+    money = DecimalField(**MONEY)
+    return queryset.annotate(
+        spent_now=Case(When(ended, then=Value(ZERO, output_field=money)), default=F("spent"), output_field=money)
+    )
+
+
 def _covering(user):
     from .models import Budget
 
@@ -290,9 +324,7 @@ def budget_status(*, user) -> list[BudgetStatus]:
     statuses = []
     for budget in _covering(user).select_related("user", "team"):
         start, end = period_bounds(period=budget.period, tz_name=budget.time_zone, now=now)
-        spent = budget.spent
-        if start is not None and (budget.period_start is None or budget.period_start < start):
-            spent = ZERO
+        spent = budget_spent_now(budget, now=now)
         remaining = max(ZERO, budget.limit - spent)
         statuses.append(
             BudgetStatus(

@@ -3,6 +3,7 @@ rows, and who may grant roles (superusers only) or change an account that can do
 Actions run the real services (billing.budgets, accounts.data_rights), which write the one audit
 row of each action."""
 
+import datetime
 from decimal import Decimal
 
 import pytest
@@ -47,7 +48,7 @@ def audits(action):
 
 def test_user_list_shows_spend_budget_remaining_and_teams(su_client, make_ledger, members, teams):
     records = make_ledger(40, users=[members[0]], teams=teams, days=1)
-    Budget.objects.create(user=members[0], period="month", limit=Decimal("50"), spent=Decimal("12.5"), reserved=Decimal("2.5"))
+    Budget.objects.create(user=members[0], period="month", limit=Decimal("50"), spent=Decimal("12.5"), period_start=timezone.now(), reserved=Decimal("2.5"))
     response = su_client.get(USERS)
     assert response.status_code == 200
     html = response.content.decode()
@@ -59,7 +60,7 @@ def test_user_list_shows_spend_budget_remaining_and_teams(su_client, make_ledger
 
 def test_user_list_runs_the_same_queries_with_10_or_10000_ledger_records(su_client, make_ledger, members, teams):
     for i, person in enumerate(members):
-        Budget.objects.create(user=person, period="month", limit=Decimal("10"), spent=Decimal(i))
+        Budget.objects.create(user=person, period="month", limit=Decimal("10"), spent=Decimal(i), period_start=timezone.now())
     make_ledger(10, users=members, teams=teams, days=20)
     with CaptureQueriesContext(connection) as few:
         assert su_client.get(USERS).status_code == 200
@@ -259,7 +260,7 @@ def test_role_changes_are_audited(su_client, superuser, members):
 
 
 def test_team_admin_lists_members_budget_and_spend_and_audits_membership(su_client, superuser, teams, members, make_user):
-    Budget.objects.create(team=teams[0], period="week", limit=Decimal("100"), spent=Decimal("40"))
+    Budget.objects.create(team=teams[0], period="week", limit=Decimal("100"), spent=Decimal("40"), period_start=timezone.now())
     html = su_client.get("/admin/accounts/team/").content.decode()
     assert "$40.00 / $100.00" in html
     newcomer = make_user("newcomer")
@@ -977,3 +978,12 @@ def test_team_services_and_audit_refuse_memberships_of_accounts_that_outrank_the
     services.team_add_member(team=other, user=superuser, actor=None)  # the system may
     services.team_remove_member(team=team, user=superuser, actor=superuser)  # and a superuser
     assert _member_ids(team) == set() and superuser.pk in _member_ids(other)
+
+
+def test_user_list_shows_a_budget_whose_period_ended_as_fresh(su_client, members):
+    """Yesterday's spend of a day budget is not today's: the list reads the current period, as
+    the budget check and the user's usage page do."""
+    yesterday = timezone.now() - datetime.timedelta(days=1, hours=1)
+    Budget.objects.create(user=members[0], period="day", limit=Decimal("5"), spent=Decimal("5"), period_start=yesterday)
+    html = su_client.get(USERS).content.decode()
+    assert "$0.00 / $5.00 ($5.00 left)" in html
