@@ -39,6 +39,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from billing.budgets import budget_spent_now
+from billing.dashboard import dashboard_today
 from billing.models import MONEY, Budget, DailyUsage
 from chatsite.admin_site import BigTableAdminMixin
 
@@ -62,8 +63,10 @@ def _money(value: Decimal | None) -> str:
 
 
 def _month_start() -> datetime.date:
-    # Rollup days are days in the site's TIME_ZONE (see billing.dashboard).
-    return timezone.localdate().replace(day=1)
+    # Rollup days are UTC days (billing.ledger), so "this month" is the UTC month, as on the
+    # dashboard: timezone.localdate() is the operator's own zone here (accounts' middleware
+    # activates it), which near a month's end cut the rollup a day off.
+    return dashboard_today().replace(day=1)
 
 
 def _spend_since(owner_field: str, since: datetime.date) -> Coalesce:

@@ -987,3 +987,35 @@ def test_user_list_shows_a_budget_whose_period_ended_as_fresh(su_client, members
     Budget.objects.create(user=members[0], period="day", limit=Decimal("5"), spent=Decimal("5"), period_start=yesterday)
     html = su_client.get(USERS).content.decode()
     assert "$0.00 / $5.00 ($5.00 left)" in html
+
+
+@pytest.mark.parametrize(
+    ("zone", "now"),
+    [
+        # 20:00 on 30 June in Los Angeles: the UTC month (July) began four hours ago.
+        ("America/Los_Angeles", datetime.datetime(2025, 7, 1, 3, 0, tzinfo=datetime.UTC)),
+        # 02:00 on 1 July in Kiritimati (UTC+14): the UTC month is still June.
+        ("Pacific/Kiritimati", datetime.datetime(2025, 6, 30, 12, 0, tzinfo=datetime.UTC)),
+    ],
+)
+def test_spend_this_month_is_the_utc_month_of_the_rollup_whatever_the_operators_zone(
+    client, superuser, make_user, monkeypatch, zone, now
+):
+    """The rollup is kept by UTC day (billing.ledger), like the dashboard's "month": the list
+    must not cut it at the operator's own midnight."""
+    from billing import ledger
+
+    superuser.timezone = zone
+    superuser.save(update_fields=["timezone"])
+    spender = make_user("spender")
+    for at, cost in ((now.replace(day=1, hour=0) - datetime.timedelta(days=1), "100"), (now - datetime.timedelta(hours=1), "1.25")):
+        ledger.usage_record(
+            user=spender, conversation_id=None, message_id=None, attempt=1, provider="openai",
+            model="gpt-4o-mini", key_id=None, input_tokens=1000, output_tokens=500, cached_tokens=0,
+            cost=Decimal(cost), estimated=False, ttft_ms=100, latency_ms=900, outcome="ok", at=at,
+        )  # fmt: skip
+    monkeypatch.setattr(timezone, "now", lambda: now)
+    client.force_login(superuser)
+    response = client.get(USERS, {"q": "spender"})
+    (row,) = [u for u in response.context["cl"].result_list if u.username == "spender"]
+    assert row.month_spend == Decimal("1.25")
