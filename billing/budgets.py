@@ -401,12 +401,13 @@ def budget_set(
 ):
     """Create or change the `period` budget of a user or a team (exactly one). The running
     spend of an existing budget is kept; a new one starts from the ledger's spend of the
-    running period. Raises BudgetError (changing nothing) on bad input, BudgetCoversOperator
-    when the budget covers `actor` and they may not change it (budget_locked_for), and accounts'
-    OutranksOperator when its user can do more than `actor` (budget_owner_outranks). Audited."""
+    running period and holds what the calls in flight reserved. Raises BudgetError (changing
+    nothing) on bad input, BudgetCoversOperator when the budget covers `actor` and they may not
+    change it (budget_locked_for), and accounts' OutranksOperator when its user can do more than
+    `actor` (budget_owner_outranks). Audited."""
     from accounts.audit import audit_record
 
-    from .models import Budget
+    from .models import Budget, Reservation
 
     budget_change_check(actor=actor, user=user, team=team)
     value, ratio = budget_validate(user=user, team=team, period=period, limit=limit, warn_ratio=warn_ratio)
@@ -416,7 +417,17 @@ def budget_set(
         budget = Budget.objects.select_for_update().filter(**owner, period=period).first()
         created = budget is None
         before = None if created else str(budget.limit)
+        in_flight = []
         if created:
+            # Calls already in flight have no ledger row until they settle, so the starting
+            # spend below cannot count them: the new budget takes over their holds, and their
+            # settlement charges it. Locked before the ledger is read: a call that settles
+            # meanwhile is either in that read (committed first) or waits and settles here.
+            in_flight = list(
+                Reservation.objects.select_for_update()
+                .filter(Q(user=user) if user is not None else Q(user__in=team.members.all()), state=Reservation.State.HELD)
+                .order_by("pk")
+            )
             tz_name = getattr(user, "timezone", "UTC") if user is not None else "UTC"
             start, _end = period_bounds(period=period, tz_name=tz_name, now=now)
             budget = Budget(
@@ -426,6 +437,7 @@ def budget_set(
                 time_zone=tz_name,
                 period_start=start,
                 spent=_spent_so_far(user=user, team=team, since=start),
+                reserved=sum((r.amount for r in in_flight), ZERO),
                 created_at=now,
             )
             if ratio is not None:
@@ -436,6 +448,8 @@ def budget_set(
                 budget.warn_ratio = ratio
         budget.full_clean()
         budget.save()
+        if in_flight:
+            budget.reservations.add(*in_flight)
         audit_record(
             action="budget.set",
             actor=actor,
