@@ -29,7 +29,7 @@ from django.db.models import Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from .money import MONEY_PLACES, ZERO, parse_decimal, quantize_money
+from .money import MONEY_PLACES, ZERO, money_str, parse_decimal, quantize_money
 
 # Operators type limits by hand: a per-person budget above this is a typo, not a policy.
 MAX_BUDGET_LIMIT = Decimal("1000000")
@@ -47,14 +47,45 @@ class BudgetExceeded(Exception):
     limit: Decimal
     spent: Decimal
     reserved: Decimal = field(default=ZERO)  # held right now by calls in flight
+    amount: Decimal = field(default=ZERO)  # what the refused call asked to hold (its worst case)
 
     @property
     def message(self) -> str:
-        """One line for the user, naming the budget that blocked."""
-        values = {"name": self.name, "period": _period_label(self.period), "limit": self.limit.quantize(Decimal("0.01"))}
-        if self.scope == "team":
-            return _("The %(period)s budget of team %(name)s (%(limit)s USD) is used up.") % values
-        return _("Your %(period)s budget (%(limit)s USD) is used up.") % values
+        """One line for the user, naming the budget that blocked and why: used up, held by
+        replies being written, or too small for this reply's worst case (then "used up" would
+        be false, and would not tell them to ask for shorter replies)."""
+        left = max(ZERO, self.limit - self.spent - self.reserved)
+        values = {
+            "name": self.name,
+            "period": _period_label(self.period),
+            "limit": self.limit.quantize(Decimal("0.01")),
+            "amount": money_str(self.amount),
+            "left": money_str(left),
+        }
+        team = self.scope == "team"
+        if self.spent >= self.limit or self.amount <= 0:
+            if team:
+                return _("The %(period)s budget of team %(name)s (%(limit)s USD) is used up.") % values
+            return _("Your %(period)s budget (%(limit)s USD) is used up.") % values
+        if left <= 0:
+            if team:
+                return _(
+                    "The rest of the %(period)s budget of team %(name)s (%(limit)s USD) is held by replies being "
+                    "written: try again when they finish."
+                ) % values
+            return _(
+                "The rest of your %(period)s budget (%(limit)s USD) is held by replies being written: "
+                "try again when they finish."
+            ) % values
+        if team:
+            return _(
+                "This reply could cost up to %(amount)s USD, more than the %(left)s USD left of the %(period)s "
+                "budget of team %(name)s (%(limit)s USD). Ask for shorter replies (maximum tokens)."
+            ) % values
+        return _(
+            "This reply could cost up to %(amount)s USD, more than the %(left)s USD left of your %(period)s "
+            "budget (%(limit)s USD). Ask for shorter replies (maximum tokens)."
+        ) % values
 
     def __reduce__(self):
         # Exception's default pickling passes no arguments; a dataclass needs its fields.
@@ -234,6 +265,7 @@ def budget_reserve(*, user, amount: Decimal, ttl_seconds: float | None = None) -
                 limit=worst.limit,
                 spent=worst.spent,
                 reserved=worst.reserved,
+                amount=amount,
             )
         for budget in budgets:
             budget.reserved += amount

@@ -434,3 +434,30 @@ def test_a_budget_set_while_calls_settle_counts_each_call_exactly_once(make_user
     results = _in_threads(len(rids) + 1, work)
     budget = Budget.objects.get(pk=results[-1])
     assert (budget.spent, budget.reserved) == (sum(D("0.1") * (i + 1) for i in range(12)), D("0"))
+
+
+def test_a_refusal_with_room_left_says_the_reply_could_cost_more_not_that_the_budget_is_used_up(user, make_team):
+    """Nothing spent, but one reply's worst case is more than the limit (or than what holds
+    leave): "used up" would be false, and would not say what to do."""
+    budget_set(user=user, period="day", limit="0.01")
+    with pytest.raises(BudgetExceeded) as refused:
+        budget_reserve(user=user, amount=D("0.05"))
+    message = refused.value.message
+    assert "used up" not in message
+    assert "0.05" in message and "0.01" in message
+
+    team = make_team("ops", user)
+    budget_set(team=team, period="week", limit="1")
+    rid = budget_reserve(user=user, amount=D("0.009"))
+    budget_settle(reservation_id=rid, actual=D("0.009"))
+    with pytest.raises(BudgetExceeded) as used_up:
+        budget_reserve(user=user, amount=D("0.002"))
+    assert "used up" not in used_up.value.message  # 0.001 left: still not used up
+    held = budget_reserve(user=user, amount=D("0.001"))
+    with pytest.raises(BudgetExceeded) as busy:
+        budget_reserve(user=user, amount=D("0.001"))
+    assert "held by replies being written" in busy.value.message
+    budget_settle(reservation_id=held, actual=D("0.001"))
+    with pytest.raises(BudgetExceeded) as used_up:
+        budget_reserve(user=user, amount=D("0.001"))
+    assert "used up" in used_up.value.message
