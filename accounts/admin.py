@@ -38,6 +38,8 @@ from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
+from billing.budgets import budget_spent_now
+from billing.dashboard import dashboard_today
 from billing.models import MONEY, Budget, DailyUsage
 from chatsite.admin_site import BigTableAdminMixin
 
@@ -61,8 +63,10 @@ def _money(value: Decimal | None) -> str:
 
 
 def _month_start() -> datetime.date:
-    # Rollup days are days in the site's TIME_ZONE (see billing.dashboard).
-    return timezone.localdate().replace(day=1)
+    # Rollup days are UTC days (billing.ledger), so "this month" is the UTC month, as on the
+    # dashboard: timezone.localdate() is the operator's own zone here (accounts' middleware
+    # activates it), which near a month's end cut the rollup a day off.
+    return dashboard_today().replace(day=1)
 
 
 def _spend_since(owner_field: str, since: datetime.date) -> Coalesce:
@@ -79,25 +83,28 @@ def _spend_since(owner_field: str, since: datetime.date) -> Coalesce:
 
 
 def _budget_lines(budgets) -> str:
-    """One line per budget: period, spent of limit, what is left (spent and held count)."""
+    """One line per budget: period, spent in the current period of limit, what is left (spent
+    and held count)."""
     if not budgets:
         return "—"
+    now = timezone.now()
     return format_html_join(
         mark_safe("<br>"),  # noqa: S308 - a constant
         "{}: {} / {} ({})",
         (
             (
                 b.get_period_display(),
-                _money(b.spent),
+                _money(spent),
                 _money(b.limit),
-                _("%(left)s left") % {"left": _money(max(ZERO, b.limit - b.spent - b.reserved))},
+                _("%(left)s left") % {"left": _money(max(ZERO, b.limit - spent - b.reserved))},
             )
             for b in budgets
+            for spent in [budget_spent_now(b, now=now)]
         ),
     )
 
 
-_BUDGET_FIELDS = ("id", "user_id", "team_id", "period", "limit", "spent", "reserved")
+_BUDGET_FIELDS = ("id", "user_id", "team_id", "period", "limit", "spent", "reserved", "period_start", "time_zone")
 
 
 # --- Users ----------------------------------------------------------------------------------

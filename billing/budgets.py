@@ -29,7 +29,7 @@ from django.db.models import Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from .money import MONEY_PLACES, ZERO, parse_decimal, quantize_money
+from .money import MONEY_PLACES, ZERO, money_str, parse_decimal, quantize_money
 
 # Operators type limits by hand: a per-person budget above this is a typo, not a policy.
 MAX_BUDGET_LIMIT = Decimal("1000000")
@@ -47,14 +47,45 @@ class BudgetExceeded(Exception):
     limit: Decimal
     spent: Decimal
     reserved: Decimal = field(default=ZERO)  # held right now by calls in flight
+    amount: Decimal = field(default=ZERO)  # what the refused call asked to hold (its worst case)
 
     @property
     def message(self) -> str:
-        """One line for the user, naming the budget that blocked."""
-        values = {"name": self.name, "period": _period_label(self.period), "limit": self.limit.quantize(Decimal("0.01"))}
-        if self.scope == "team":
-            return _("The %(period)s budget of team %(name)s (%(limit)s USD) is used up.") % values
-        return _("Your %(period)s budget (%(limit)s USD) is used up.") % values
+        """One line for the user, naming the budget that blocked and why: used up, held by
+        replies being written, or too small for this reply's worst case (then "used up" would
+        be false, and would not tell them to ask for shorter replies)."""
+        left = max(ZERO, self.limit - self.spent - self.reserved)
+        values = {
+            "name": self.name,
+            "period": _period_label(self.period),
+            "limit": self.limit.quantize(Decimal("0.01")),
+            "amount": money_str(self.amount),
+            "left": money_str(left),
+        }
+        team = self.scope == "team"
+        if self.spent >= self.limit or self.amount <= 0:
+            if team:
+                return _("The %(period)s budget of team %(name)s (%(limit)s USD) is used up.") % values
+            return _("Your %(period)s budget (%(limit)s USD) is used up.") % values
+        if left <= 0:
+            if team:
+                return _(
+                    "The rest of the %(period)s budget of team %(name)s (%(limit)s USD) is held by replies being "
+                    "written: try again when they finish."
+                ) % values
+            return _(
+                "The rest of your %(period)s budget (%(limit)s USD) is held by replies being written: "
+                "try again when they finish."
+            ) % values
+        if team:
+            return _(
+                "This reply could cost up to %(amount)s USD, more than the %(left)s USD left of the %(period)s "
+                "budget of team %(name)s (%(limit)s USD). Ask for shorter replies (maximum tokens)."
+            ) % values
+        return _(
+            "This reply could cost up to %(amount)s USD, more than the %(left)s USD left of your %(period)s "
+            "budget (%(limit)s USD). Ask for shorter replies (maximum tokens)."
+        ) % values
 
     def __reduce__(self):
         # Exception's default pickling passes no arguments; a dataclass needs its fields.
@@ -158,6 +189,40 @@ def _roll_over(budget, now: dt.datetime) -> bool:
     return True
 
 
+def _period_ended(budget, now: dt.datetime) -> bool:
+    """Whether `budget`'s stored spend belongs to a period that has ended (it rolls over at its
+    next reservation or settlement; until then it reads as fresh)."""
+    start, _end = period_bounds(period=budget.period, tz_name=budget.time_zone, now=now)
+    return start is not None and (budget.period_start is None or budget.period_start < start)
+
+
+def budget_spent_now(budget, *, now: dt.datetime | None = None) -> Decimal:
+    """What `budget` has spent in its current period, without writing: zero when the stored
+    spend is a period that has ended. Every page showing a budget's spend reads it through this
+    (or budgets_with_spent_now), as the budget check does."""
+    return ZERO if _period_ended(budget, now or timezone.now()) else budget.spent
+
+
+def budgets_with_spent_now(queryset, *, now: dt.datetime | None = None):
+    """`queryset` of budgets annotated with `spent_now` (budget_spent_now, in SQL), for lists
+    that filter or sort on it. The periods end at each budget's own midnight: one condition per
+    (period, time zone) in use, a handful."""
+    from django.db.models import Case, DecimalField, F, Value, When
+
+    from .models import MONEY, Budget
+
+    now = now or timezone.now()
+    ended = Q(pk__in=[])
+    pairs = Budget.objects.exclude(period="total").values_list("period", "time_zone").distinct().order_by()
+    for period, tz_name in pairs:
+        start, _end = period_bounds(period=period, tz_name=tz_name, now=now)
+        ended |= Q(period=period, time_zone=tz_name) & (Q(period_start__isnull=True) | Q(period_start__lt=start))
+    money = DecimalField(**MONEY)
+    return queryset.annotate(
+        spent_now=Case(When(ended, then=Value(ZERO, output_field=money)), default=F("spent"), output_field=money)
+    )
+
+
 def _covering(user):
     from .models import Budget
 
@@ -200,6 +265,7 @@ def budget_reserve(*, user, amount: Decimal, ttl_seconds: float | None = None) -
                 limit=worst.limit,
                 spent=worst.spent,
                 reserved=worst.reserved,
+                amount=amount,
             )
         for budget in budgets:
             budget.reserved += amount
@@ -290,9 +356,7 @@ def budget_status(*, user) -> list[BudgetStatus]:
     statuses = []
     for budget in _covering(user).select_related("user", "team"):
         start, end = period_bounds(period=budget.period, tz_name=budget.time_zone, now=now)
-        spent = budget.spent
-        if start is not None and (budget.period_start is None or budget.period_start < start):
-            spent = ZERO
+        spent = budget_spent_now(budget, now=now)
         remaining = max(ZERO, budget.limit - spent)
         statuses.append(
             BudgetStatus(
@@ -369,12 +433,13 @@ def budget_set(
 ):
     """Create or change the `period` budget of a user or a team (exactly one). The running
     spend of an existing budget is kept; a new one starts from the ledger's spend of the
-    running period. Raises BudgetError (changing nothing) on bad input, BudgetCoversOperator
-    when the budget covers `actor` and they may not change it (budget_locked_for), and accounts'
-    OutranksOperator when its user can do more than `actor` (budget_owner_outranks). Audited."""
+    running period and holds what the calls in flight reserved. Raises BudgetError (changing
+    nothing) on bad input, BudgetCoversOperator when the budget covers `actor` and they may not
+    change it (budget_locked_for), and accounts' OutranksOperator when its user can do more than
+    `actor` (budget_owner_outranks). Audited."""
     from accounts.audit import audit_record
 
-    from .models import Budget
+    from .models import Budget, Reservation
 
     budget_change_check(actor=actor, user=user, team=team)
     value, ratio = budget_validate(user=user, team=team, period=period, limit=limit, warn_ratio=warn_ratio)
@@ -384,7 +449,17 @@ def budget_set(
         budget = Budget.objects.select_for_update().filter(**owner, period=period).first()
         created = budget is None
         before = None if created else str(budget.limit)
+        in_flight = []
         if created:
+            # Calls already in flight have no ledger row until they settle, so the starting
+            # spend below cannot count them: the new budget takes over their holds, and their
+            # settlement charges it. Locked before the ledger is read: a call that settles
+            # meanwhile is either in that read (committed first) or waits and settles here.
+            in_flight = list(
+                Reservation.objects.select_for_update()
+                .filter(Q(user=user) if user is not None else Q(user__in=team.members.all()), state=Reservation.State.HELD)
+                .order_by("pk")
+            )
             tz_name = getattr(user, "timezone", "UTC") if user is not None else "UTC"
             start, _end = period_bounds(period=period, tz_name=tz_name, now=now)
             budget = Budget(
@@ -394,6 +469,7 @@ def budget_set(
                 time_zone=tz_name,
                 period_start=start,
                 spent=_spent_so_far(user=user, team=team, since=start),
+                reserved=sum((r.amount for r in in_flight), ZERO),
                 created_at=now,
             )
             if ratio is not None:
@@ -404,6 +480,8 @@ def budget_set(
                 budget.warn_ratio = ratio
         budget.full_clean()
         budget.save()
+        if in_flight:
+            budget.reservations.add(*in_flight)
         audit_record(
             action="budget.set",
             actor=actor,

@@ -27,6 +27,7 @@ from django.utils.translation import gettext as _
 
 from accounts.models import Team
 
+from .budgets import budgets_with_spent_now
 from .models import MONEY, Budget, DailyUsage, ProviderKey
 from .models_stats import LATENCY_BUCKETS_MS, KeyDailyStats, LatencyBucket
 
@@ -302,9 +303,11 @@ def dashboard_latency(*, rng: DashboardRange) -> list[dict]:
 
 
 def dashboard_budgets_at_risk(*, team: Team | None = None, limit: int = LIST_CAP) -> list[Budget]:
-    """Budgets whose spend plus holds has reached their warning ratio, fullest first.
-    With a team filter: that team's budgets and its members' own."""
-    used = F("spent") + F("reserved")
+    """Budgets whose spend in their current period plus holds has reached their warning ratio,
+    fullest first; each with `spent_now` (billing.budgets.budgets_with_spent_now: a period that
+    has ended counts nothing, as at the budget check). With a team filter: that team's budgets
+    and its members' own."""
+    used = F("spent_now") + F("reserved")
     # A zero limit is "no spending allowed": any use fills it, so it sorts as fullest.
     fill = Case(
         When(limit__lte=0, then=Value(Decimal("1e6"))),
@@ -312,7 +315,8 @@ def dashboard_budgets_at_risk(*, team: Team | None = None, limit: int = LIST_CAP
         output_field=DecimalField(**MONEY),
     )
     qs = (
-        Budget.objects.annotate(used=used, fill=fill)
+        budgets_with_spent_now(Budget.objects.all())
+        .annotate(used=used, fill=fill)
         .filter(used__gte=F("limit") * F("warn_ratio"))
         .select_related("user", "team")
         .only("id", "period", "limit", "spent", "reserved", "warn_ratio", "user__username", "team__name")

@@ -195,8 +195,8 @@ class Dashboard:
         )
         for b in d.dashboard_budgets_at_risk(team=self.rng.team):
             owner = _("team %(name)s") % {"name": b.team.name} if b.team_id else _("user %(name)s") % {"name": b.user.username}
-            used = (b.spent + b.reserved) / b.limit if b.limit else None
-            table.add([owner, b.get_period_display(), b.limit, b.spent, b.reserved, used],
+            used = (b.spent_now + b.reserved) / b.limit if b.limit else None
+            table.add([owner, b.get_period_display(), b.limit, b.spent_now, b.reserved, used],
                       _admin_url("billing_budget_change", b.pk, user=self.user))
         return table
 

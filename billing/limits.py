@@ -24,9 +24,18 @@ WINDOW_SECONDS = 60
 class RateLimited(Exception):
     retry_after: int  # whole seconds to wait
     limit: str  # "requests_per_minute" | "tokens_per_minute"
+    # Set when one request needs more than a whole minute's allowance (`allowed`): waiting
+    # never lets it through, and the message says so instead of "try again".
+    needed: int | None = None
+    allowed: int | None = None
 
     @property
     def message(self) -> str:
+        if self.needed is not None:
+            return _(
+                "This request needs %(needed)s tokens, more than the %(allowed)s tokens a minute you may use: "
+                "waiting will not help. Start a new conversation or send a shorter message."
+            ) % {"needed": self.needed, "allowed": self.allowed}
         return _("Too many requests: try again in %(seconds)s seconds.") % {"seconds": self.retry_after}
 
     def __reduce__(self):
@@ -107,6 +116,9 @@ def _wait_seconds(*, limit: int, need: int, previous: int, current: int, elapsed
 def _count(user_id: int, metric: str, need: int, limit: int, window: int, elapsed: float, previous: int) -> None:
     """Count `need` on `metric` (`previous`: its count in the window before); when that passes
     `limit`, take it back and raise RateLimited."""
+    if need > limit:
+        # Counted or not, it can never pass: nothing to count, nothing to take back.
+        raise RateLimited(retry_after=WINDOW_SECONDS, limit=metric, needed=need, allowed=limit)
     current_key = _key(user_id, metric, window)
     current = _incr(current_key, need)
     weighted = previous * (WINDOW_SECONDS - elapsed) / WINDOW_SECONDS + current

@@ -114,10 +114,10 @@ def test_dashboard_runs_the_same_small_number_of_queries_with_10_or_10000_ledger
     su_client, make_ledger, members, teams, provider_keys
 ):
     make_ledger(10, users=members, teams=teams, keys=provider_keys, days=30)
-    Budget.objects.create(user=members[0], period="month", limit=Decimal("1"), spent=Decimal("0.95"))
+    Budget.objects.create(user=members[0], period="month", limit=Decimal("1"), spent=Decimal("0.95"), period_start=timezone.now())
     few = _query_count(su_client, URL, {"range": "30d", "team": teams[0].pk})
     make_ledger(9_990, users=members, teams=teams, keys=provider_keys, days=30, seed=8)
-    Budget.objects.create(team=teams[0], period="month", limit=Decimal("1"), spent=Decimal("2"))
+    Budget.objects.create(team=teams[0], period="month", limit=Decimal("1"), spent=Decimal("2"), period_start=timezone.now())
     many = _query_count(su_client, URL, {"range": "30d", "team": teams[0].pk})
     assert few == many
     assert many <= 16
@@ -200,7 +200,7 @@ def test_csv_cells_that_would_run_as_formulas_are_neutralised(su_client, make_le
 def test_every_table_downloads_as_csv(su_client, make_ledger, members, teams, provider_keys):
     make_ledger(200, users=members, teams=teams, keys=provider_keys, days=5)
     ProviderKey.objects.filter(name="oa-main").update(health="invalid")
-    Budget.objects.create(user=members[0], period="month", limit=Decimal("1"), spent=Decimal("0.9"))
+    Budget.objects.create(user=members[0], period="month", limit=Decimal("1"), spent=Decimal("0.9"), period_start=timezone.now())
     for name in Dashboard.TABLES:
         response = su_client.get(URL, {"range": "7d", "format": "csv", "table": name})
         assert response["Content-Type"].startswith("text/csv"), name
@@ -208,9 +208,9 @@ def test_every_table_downloads_as_csv(su_client, make_ledger, members, teams, pr
 
 
 def test_budgets_near_their_limit_and_unhealthy_keys_are_listed(su_client, members, teams, provider_keys):
-    Budget.objects.create(user=members[0], period="month", limit=Decimal("10"), spent=Decimal("7"), reserved=Decimal("1.5"))
-    Budget.objects.create(user=members[1], period="month", limit=Decimal("10"), spent=Decimal("1"))
-    Budget.objects.create(team=teams[0], period="day", limit=Decimal("5"), spent=Decimal("6"))
+    Budget.objects.create(user=members[0], period="month", limit=Decimal("10"), spent=Decimal("7"), period_start=timezone.now(), reserved=Decimal("1.5"))
+    Budget.objects.create(user=members[1], period="month", limit=Decimal("10"), spent=Decimal("1"), period_start=timezone.now())
+    Budget.objects.create(team=teams[0], period="day", limit=Decimal("5"), spent=Decimal("6"), period_start=timezone.now())
     ProviderKey.objects.filter(name="oa-main").update(health="cooling_down", cooldown_until=timezone.now() + datetime.timedelta(minutes=5))
     ProviderKey.objects.filter(name="an-main").update(health="invalid", last_error_kind="auth")
     response = su_client.get(URL)
@@ -273,3 +273,16 @@ def test_page_has_no_inline_script_and_passes_chart_data_as_json(su_client, make
         assert "src=" in tag or 'type="application/json"' in tag, tag
     assert "vendor/chartjs/chart.umd.min.js" in html and "js/admin_dashboard.js" in html
     assert 'id="dashboard-chart-data"' in html
+
+
+def test_a_budget_whose_period_ended_is_not_listed_with_last_periods_spend(su_client, members, teams):
+    """The table is "current period": a day budget used up yesterday has nothing spent today,
+    as the budget check (billing.budgets) and the user's own usage page both read it."""
+    yesterday = timezone.now() - datetime.timedelta(days=1)
+    Budget.objects.create(team=teams[0], period="day", limit=Decimal("5"), spent=Decimal("6"), period_start=yesterday - datetime.timedelta(hours=1))
+    Budget.objects.create(user=members[0], period="week", limit=Decimal("10"), spent=Decimal("9"), reserved=Decimal("1"), period_start=timezone.now() - datetime.timedelta(days=8))
+    Budget.objects.create(user=members[1], period="total", limit=Decimal("10"), spent=Decimal("9"), period_start=None)
+    response = su_client.get(URL)
+    rows = {t.name: t for t in response.context["tables"]}["budgets"].rows
+    # The week budget still holds 1 of 10 in flight (not near 80%); the total never rolls over.
+    assert [row[0] for row in rows] == ["user member1"]

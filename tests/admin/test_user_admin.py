@@ -3,6 +3,7 @@ rows, and who may grant roles (superusers only) or change an account that can do
 Actions run the real services (billing.budgets, accounts.data_rights), which write the one audit
 row of each action."""
 
+import datetime
 from decimal import Decimal
 
 import pytest
@@ -47,7 +48,7 @@ def audits(action):
 
 def test_user_list_shows_spend_budget_remaining_and_teams(su_client, make_ledger, members, teams):
     records = make_ledger(40, users=[members[0]], teams=teams, days=1)
-    Budget.objects.create(user=members[0], period="month", limit=Decimal("50"), spent=Decimal("12.5"), reserved=Decimal("2.5"))
+    Budget.objects.create(user=members[0], period="month", limit=Decimal("50"), spent=Decimal("12.5"), period_start=timezone.now(), reserved=Decimal("2.5"))
     response = su_client.get(USERS)
     assert response.status_code == 200
     html = response.content.decode()
@@ -59,7 +60,7 @@ def test_user_list_shows_spend_budget_remaining_and_teams(su_client, make_ledger
 
 def test_user_list_runs_the_same_queries_with_10_or_10000_ledger_records(su_client, make_ledger, members, teams):
     for i, person in enumerate(members):
-        Budget.objects.create(user=person, period="month", limit=Decimal("10"), spent=Decimal(i))
+        Budget.objects.create(user=person, period="month", limit=Decimal("10"), spent=Decimal(i), period_start=timezone.now())
     make_ledger(10, users=members, teams=teams, days=20)
     with CaptureQueriesContext(connection) as few:
         assert su_client.get(USERS).status_code == 200
@@ -259,7 +260,7 @@ def test_role_changes_are_audited(su_client, superuser, members):
 
 
 def test_team_admin_lists_members_budget_and_spend_and_audits_membership(su_client, superuser, teams, members, make_user):
-    Budget.objects.create(team=teams[0], period="week", limit=Decimal("100"), spent=Decimal("40"))
+    Budget.objects.create(team=teams[0], period="week", limit=Decimal("100"), spent=Decimal("40"), period_start=timezone.now())
     html = su_client.get("/admin/accounts/team/").content.decode()
     assert "$40.00 / $100.00" in html
     newcomer = make_user("newcomer")
@@ -977,3 +978,44 @@ def test_team_services_and_audit_refuse_memberships_of_accounts_that_outrank_the
     services.team_add_member(team=other, user=superuser, actor=None)  # the system may
     services.team_remove_member(team=team, user=superuser, actor=superuser)  # and a superuser
     assert _member_ids(team) == set() and superuser.pk in _member_ids(other)
+
+
+def test_user_list_shows_a_budget_whose_period_ended_as_fresh(su_client, members):
+    """Yesterday's spend of a day budget is not today's: the list reads the current period, as
+    the budget check and the user's usage page do."""
+    yesterday = timezone.now() - datetime.timedelta(days=1, hours=1)
+    Budget.objects.create(user=members[0], period="day", limit=Decimal("5"), spent=Decimal("5"), period_start=yesterday)
+    html = su_client.get(USERS).content.decode()
+    assert "$0.00 / $5.00 ($5.00 left)" in html
+
+
+@pytest.mark.parametrize(
+    ("zone", "now"),
+    [
+        # 20:00 on 30 June in Los Angeles: the UTC month (July) began four hours ago.
+        ("America/Los_Angeles", datetime.datetime(2025, 7, 1, 3, 0, tzinfo=datetime.UTC)),
+        # 02:00 on 1 July in Kiritimati (UTC+14): the UTC month is still June.
+        ("Pacific/Kiritimati", datetime.datetime(2025, 6, 30, 12, 0, tzinfo=datetime.UTC)),
+    ],
+)
+def test_spend_this_month_is_the_utc_month_of_the_rollup_whatever_the_operators_zone(
+    client, superuser, make_user, monkeypatch, zone, now
+):
+    """The rollup is kept by UTC day (billing.ledger), like the dashboard's "month": the list
+    must not cut it at the operator's own midnight."""
+    from billing import ledger
+
+    superuser.timezone = zone
+    superuser.save(update_fields=["timezone"])
+    spender = make_user("spender")
+    for at, cost in ((now.replace(day=1, hour=0) - datetime.timedelta(days=1), "100"), (now - datetime.timedelta(hours=1), "1.25")):
+        ledger.usage_record(
+            user=spender, conversation_id=None, message_id=None, attempt=1, provider="openai",
+            model="gpt-4o-mini", key_id=None, input_tokens=1000, output_tokens=500, cached_tokens=0,
+            cost=Decimal(cost), estimated=False, ttft_ms=100, latency_ms=900, outcome="ok", at=at,
+        )  # fmt: skip
+    monkeypatch.setattr(timezone, "now", lambda: now)
+    client.force_login(superuser)
+    response = client.get(USERS, {"q": "spender"})
+    (row,) = [u for u in response.context["cl"].result_list if u.username == "spender"]
+    assert row.month_spend == Decimal("1.25")

@@ -394,3 +394,70 @@ def test_refusals_survive_pickling_across_processes():
 def test_a_budget_limit_with_zeros_past_the_stored_places_is_the_same_limit(user):
     budget = budget_set(user=user, period="day", limit="2.500000000000")
     assert budget.limit == D("2.5")
+
+
+@pytest.mark.parametrize("scope", ["user", "team"])
+def test_a_budget_set_while_a_call_is_in_flight_holds_and_charges_that_call(user, make_team, scope):
+    """The call started before the budget existed: it has no ledger row yet (that is written
+    when it settles), so the budget's starting spend cannot count it. Without taking over its
+    hold, the budget would never see that call's cost, and would let new calls spend its room."""
+    team = make_team("ops", user)
+    rid = budget_reserve(user=user, amount=D("1"))
+    owner = {"user": user} if scope == "user" else {"team": team}
+    budget = budget_set(**owner, period="day", limit="1.5")
+    assert fresh(budget).reserved == D("1")
+    with pytest.raises(BudgetExceeded):
+        budget_reserve(user=user, amount=D("1"))
+
+    usage_record(**usage_kwargs(user, cost=D("0.8")))
+    budget_settle(reservation_id=rid, actual=D("0.8"))
+
+    assert (fresh(budget).spent, fresh(budget).reserved) == (D("0.8"), D("0"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_budget_set_while_calls_settle_counts_each_call_exactly_once(make_user):
+    """Each call is counted either by the ledger read that starts the budget (settled first)
+    or by its settlement (settled after): never both, never neither."""
+    from django.db import transaction
+
+    user = make_user("busy")
+    rids = [budget_reserve(user=user, amount=D("1")) for _ in range(12)]
+
+    def work(i):
+        if i == len(rids):
+            return budget_set(user=user, period="month", limit="100").pk
+        with transaction.atomic():
+            usage_record(**usage_kwargs(user, cost=D("0.1") * (i + 1)))
+            budget_settle(reservation_id=rids[i], actual=D("0.1") * (i + 1))
+
+    results = _in_threads(len(rids) + 1, work)
+    budget = Budget.objects.get(pk=results[-1])
+    assert (budget.spent, budget.reserved) == (sum(D("0.1") * (i + 1) for i in range(12)), D("0"))
+
+
+def test_a_refusal_with_room_left_says_the_reply_could_cost_more_not_that_the_budget_is_used_up(user, make_team):
+    """Nothing spent, but one reply's worst case is more than the limit (or than what holds
+    leave): "used up" would be false, and would not say what to do."""
+    budget_set(user=user, period="day", limit="0.01")
+    with pytest.raises(BudgetExceeded) as refused:
+        budget_reserve(user=user, amount=D("0.05"))
+    message = refused.value.message
+    assert "used up" not in message
+    assert "0.05" in message and "0.01" in message
+
+    team = make_team("ops", user)
+    budget_set(team=team, period="week", limit="1")
+    rid = budget_reserve(user=user, amount=D("0.009"))
+    budget_settle(reservation_id=rid, actual=D("0.009"))
+    with pytest.raises(BudgetExceeded) as used_up:
+        budget_reserve(user=user, amount=D("0.002"))
+    assert "used up" not in used_up.value.message  # 0.001 left: still not used up
+    held = budget_reserve(user=user, amount=D("0.001"))
+    with pytest.raises(BudgetExceeded) as busy:
+        budget_reserve(user=user, amount=D("0.001"))
+    assert "held by replies being written" in busy.value.message
+    budget_settle(reservation_id=held, actual=D("0.001"))
+    with pytest.raises(BudgetExceeded) as used_up:
+        budget_reserve(user=user, amount=D("0.001"))
+    assert "used up" in used_up.value.message

@@ -79,6 +79,21 @@ def test_a_request_larger_than_a_minute_of_tokens_is_refused(user, clock, settin
     assert refused.value.retry_after == 60
 
 
+def test_a_request_larger_than_a_minute_of_tokens_says_waiting_will_not_help(user, clock, settings):
+    """Waiting never lets it through: "try again in 60 seconds" would send the person round in
+    circles. The message names the sizes and what to do instead."""
+    settings.RATE_LIMIT_TOKENS_PER_MINUTE = 1000
+    with pytest.raises(RateLimited) as refused:
+        rate_limit_check(user=user, tokens=1001)
+    message = refused.value.message
+    assert "try again" not in message.lower()
+    assert "1001" in message and "1000" in message
+    clock["t"] += 3600
+    with pytest.raises(RateLimited) as again:
+        rate_limit_check(user=user, tokens=1001)
+    assert again.value.message == message
+
+
 def test_user_override_replaces_the_default_and_the_strictest_team_applies(user, make_team, settings):
     settings.RATE_LIMIT_REQUESTS_PER_MINUTE = 20
     settings.RATE_LIMIT_TOKENS_PER_MINUTE = 1000
