@@ -13,12 +13,13 @@ from django.core.exceptions import ValidationError
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse, reverse_lazy
 from django.utils import timezone
-from django.utils.translation import check_for_language
+from django.utils.translation import check_for_language, ngettext
 from django.utils.translation import gettext as _
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 from django.views.i18n import set_language as django_set_language
 
+from chatsite.api import API_PREFIX, api_error
 from chatsite.net import client_ip
 
 from . import services
@@ -130,11 +131,18 @@ def lockout(request, original_response=None, credentials=None, *args, **kwargs):
     started = getattr(request, "axes_attempt_time", None) or timezone.now()
     retry_at = started + cool_off
     seconds = max(1, math.ceil((retry_at - timezone.now()).total_seconds()))
-    response = render(
-        request,
-        "registration/locked_out.html",
-        {"retry_at": retry_at, "minutes": max(1, math.ceil(seconds / 60))},
-        status=429,
-    )
+    minutes = max(1, math.ceil(seconds / 60))
+    if request.path.startswith(API_PREFIX):
+        # The erase API checks a password through axes too: a program gets the API's JSON error.
+        message = ngettext(
+            "Logging in to this account from your address is paused. Try again in %(minutes)s minute.",
+            "Logging in to this account from your address is paused. Try again in %(minutes)s minutes.",
+            minutes,
+        ) % {"minutes": minutes}
+        response = api_error(429, "locked_out", message)
+    else:
+        response = render(
+            request, "registration/locked_out.html", {"retry_at": retry_at, "minutes": minutes}, status=429
+        )
     response["Retry-After"] = str(seconds)
     return response

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from django.contrib.auth import get_user_model
 
@@ -117,3 +119,19 @@ def test_password_change_and_reset_pages_work(client, user, mailoutbox):
     assert response.status_code == 302
     user.refresh_from_db()
     assert user.check_password(final)
+
+
+@pytest.mark.django_db
+def test_a_lockout_reached_through_the_erase_api_answers_the_apis_json_error(client, user, settings):
+    # The erase API checks the password through django-axes too; its lockout is an API answer,
+    # not the HTML page a program cannot read.
+    client.force_login(user)
+    body = json.dumps({"password": "wrong", "confirm": "ERASE"})
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        response = client.post("/api/v1/account/erase/", body, content_type="application/json", REMOTE_ADDR="203.0.113.5")
+    assert response.status_code == 429
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "locked_out"
+    assert "15 minutes" in response.json()["error"]["message"]
+    assert 0 < int(response["Retry-After"]) <= 15 * 60
+    assert type(user).objects.filter(pk=user.pk).exists()
