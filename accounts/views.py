@@ -23,7 +23,7 @@ from chatsite.api import API_PREFIX, api_error
 from chatsite.net import client_ip
 
 from . import services
-from .forms import LoginForm, PasswordChangeForm, ProfileForm, SignupForm
+from .forms import AdminPasswordChangeForm, LoginForm, PasswordChangeForm, ProfileForm, SignupForm
 
 
 def home_url() -> str:
@@ -114,9 +114,21 @@ def set_language(request):
     return response
 
 
-class PasswordChangeView(auth_views.PasswordChangeView):
+class _PasswordChangeFormGetsRequest:
+    # The form checks the current password through authenticate(request, ...), for django-axes.
+    def get_form_kwargs(self):
+        return {**super().get_form_kwargs(), "request": self.request}
+
+
+class PasswordChangeView(_PasswordChangeFormGetsRequest, auth_views.PasswordChangeView):
     form_class = PasswordChangeForm
     success_url = reverse_lazy("profile")
+
+
+class AdminPasswordChangeView(_PasswordChangeFormGetsRequest, auth_views.PasswordChangeView):
+    """The admin's own password page (ParleyAdminSite.password_change): the same form and service."""
+
+    form_class = AdminPasswordChangeForm
 
     def form_valid(self, form):
         response = super().form_valid(form)

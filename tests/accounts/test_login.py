@@ -135,3 +135,38 @@ def test_a_lockout_reached_through_the_erase_api_answers_the_apis_json_error(cli
     assert "15 minutes" in response.json()["error"]["message"]
     assert 0 < int(response["Retry-After"]) <= 15 * 60
     assert type(user).objects.filter(pk=user.pk).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", ["/accounts/password/change/", "/admin/password_change/"])
+def test_guesses_of_the_current_password_on_a_password_change_page_are_throttled(client, make_user, settings, url):
+    # Whoever holds a signed-in browser must not be able to try passwords there without limit
+    # and learn the account's password (the erase form is throttled the same way).
+    user = make_user("alice", is_staff=True)
+    client.force_login(user)
+    new = "quiet river 42 stones"
+    for n in range(settings.AXES_FAILURE_LIMIT):
+        response = client.post(
+            url, {"old_password": f"guess {n}", "new_password1": new, "new_password2": new}, REMOTE_ADDR="203.0.113.5"
+        )
+    assert response.status_code == 429
+    response = client.post(url, {"old_password": PASSWORD, "new_password1": new, "new_password2": new}, REMOTE_ADDR="203.0.113.5")
+    assert response.status_code == 429
+    user.refresh_from_db()
+    assert user.check_password(PASSWORD)
+
+
+@pytest.mark.django_db
+def test_the_admins_own_password_change_goes_through_the_service(client, make_user, monkeypatch):
+    from accounts import services
+
+    closed = []
+    monkeypatch.setattr(services.sockets, "user_sockets_close", lambda *, user_id: closed.append(user_id))
+    user = make_user("alice", is_staff=True)
+    client.force_login(user)
+    new = "quiet river 42 stones"
+    response = client.post("/admin/password_change/", {"old_password": PASSWORD, "new_password1": new, "new_password2": new})
+    assert response.status_code == 302 and response["Location"] == "/admin/password_change/done/"
+    user.refresh_from_db()
+    assert user.check_password(new) and closed == [user.pk]
+    assert client.get("/admin/").status_code == 200  # this browser stays signed in
