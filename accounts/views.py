@@ -23,7 +23,7 @@ from chatsite.api import API_PREFIX, api_error
 from chatsite.net import client_ip
 
 from . import services
-from .forms import AdminPasswordChangeForm, LoginForm, PasswordChangeForm, ProfileForm, SignupForm
+from .forms import AdminPasswordChangeForm, LoginForm, PasswordChangeForm, ProfileForm, SetPasswordForm, SignupForm
 
 
 def home_url() -> str:
@@ -134,6 +134,18 @@ class AdminPasswordChangeView(_PasswordChangeFormGetsRequest, auth_views.Passwor
         response = super().form_valid(form)
         messages.success(self.request, _("Your password is changed."))
         return response
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    form_class = SetPasswordForm
+    success_url = reverse_lazy("password_reset_complete")
+
+    def get_user(self, uidb64):
+        # Django's view finds the account by id alone, active or not; the token does not change
+        # when an administrator disables an account. No reset is sent to a disabled account
+        # (PasswordResetForm skips them), and a link sent before it was disabled stops working.
+        user = super().get_user(uidb64)
+        return user if user is not None and user.is_active else None
 
 
 def lockout(request, original_response=None, credentials=None, *args, **kwargs):

@@ -122,6 +122,23 @@ def test_password_change_and_reset_pages_work(client, user, mailoutbox):
 
 
 @pytest.mark.django_db
+def test_a_reset_link_sent_before_the_account_was_disabled_no_longer_sets_a_password(client, user, mailoutbox):
+    # No reset is sent to a disabled account; one sent before an administrator disabled it must
+    # not work afterwards either.
+    client.post("/accounts/password/reset/", {"email": user.email})
+    link = next(line for line in mailoutbox[0].body.splitlines() if "/accounts/password/reset/" in line)
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    path = link.split("testserver", 1)[1]
+    form_page = client.get(path, follow=True)
+    assert not form_page.context["validlink"]
+    final = "brave meadow 77 kites"
+    client.post(path.rsplit("/", 2)[0] + "/set-password/", {"new_password1": final, "new_password2": final})
+    user.refresh_from_db()
+    assert user.check_password(PASSWORD)
+
+
+@pytest.mark.django_db
 def test_a_lockout_reached_through_the_erase_api_answers_the_apis_json_error(client, user, settings):
     # The erase API checks the password through django-axes too; its lockout is an API answer,
     # not the HTML page a program cannot read.
