@@ -144,3 +144,10 @@ class AdminPasswordChangeForm(PasswordChangeForm):
 
 class SetPasswordForm(_PasswordSavedByService, auth_forms.SetPasswordForm):
     """The last step of a password reset."""
+
+
+class PasswordResetForm(auth_forms.PasswordResetForm):
+    """Django's form, mailing from a task: accounts.services.password_reset_request."""
+
+    def save(self, *, request, use_https=False, **kwargs):
+        services.password_reset_request(email=self.cleaned_data["email"], domain=request.get_host(), use_https=use_https)

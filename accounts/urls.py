@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from . import views
 from .data_rights_views import data_rights_urlpatterns
+from .forms import PasswordResetForm
 
 # Django's own auth views reverse these names (password_reset_confirm in the email, the *_done
 # pages), so they keep Django's names.
@@ -13,7 +14,7 @@ urlpatterns = [
     path("profile/", views.profile, name="profile"),
     path("language/", views.set_language, name="set_language"),
     path("password/change/", views.PasswordChangeView.as_view(), name="password_change"),
-    path("password/reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
+    path("password/reset/", auth_views.PasswordResetView.as_view(form_class=PasswordResetForm), name="password_reset"),
     path("password/reset/sent/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
     path(
         "password/reset/<uidb64>/<token>/",
