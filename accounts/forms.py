@@ -4,8 +4,8 @@ import zoneinfo
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth import authenticate, password_validation
 from django.contrib.auth import forms as auth_forms
-from django.contrib.auth import password_validation
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.utils.translation import gettext_lazy as _
 
@@ -121,8 +121,33 @@ class _PasswordSavedByService:
 
 
 class PasswordChangeForm(_PasswordSavedByService, auth_forms.PasswordChangeForm):
-    pass
+    """The current password is checked through authenticate(), as at login: django-axes counts
+    wrong guesses and locks them out, so whoever holds a signed-in browser cannot try passwords
+    here without limit (Django's form asks check_password(), which nothing throttles)."""
+
+    def __init__(self, user, *args, request=None, **kwargs):
+        super().__init__(user, *args, **kwargs)
+        self.request = request
+
+    def clean_old_password(self):
+        old_password = self.cleaned_data["old_password"]
+        if authenticate(self.request, username=self.user.get_username(), password=old_password) != self.user:
+            raise forms.ValidationError(self.error_messages["password_incorrect"], code="password_incorrect")
+        return old_password
+
+
+class AdminPasswordChangeForm(PasswordChangeForm):
+    """The admin's own "Change password" page, with the admin's form styling."""
+
+    required_css_class = "required"
 
 
 class SetPasswordForm(_PasswordSavedByService, auth_forms.SetPasswordForm):
     """The last step of a password reset."""
+
+
+class PasswordResetForm(auth_forms.PasswordResetForm):
+    """Django's form, mailing from a task: accounts.services.password_reset_request."""
+
+    def save(self, *, request, use_https=False, **kwargs):
+        services.password_reset_request(email=self.cleaned_data["email"], domain=request.get_host(), use_https=use_https)

@@ -175,6 +175,27 @@ def user_password_change(*, user: User, password: str) -> User:
     return user
 
 
+def password_reset_request(*, email: str, domain: str, use_https: bool) -> None:
+    """Queue the password-reset mail for `email`, whether or not an account has it: the request
+    does the same work either way, so neither its answer nor its timing tells which addresses
+    have an account (mailing in the request took as long as the mail server for a known one).
+    The task makes the link itself: no reset token passes through the broker. (On the embedded
+    default, with no broker, tasks run eagerly at commit: the mail still goes out in the request.)"""
+    from .tasks import password_reset_send_task  # the tasks module imports the services
+
+    transaction.on_commit(lambda: password_reset_send_task.delay(email, domain, use_https), robust=True)
+
+
+def password_reset_send(*, email: str, domain: str, use_https: bool) -> None:
+    """Mail a reset link to every active account with this address (Django's PasswordResetForm:
+    its token, its templates, its choice of accounts); nothing when there is none."""
+    from django.contrib.auth.forms import PasswordResetForm
+
+    form = PasswordResetForm({"email": email})
+    if form.is_valid():
+        form.save(domain_override=domain, use_https=use_https)
+
+
 def team_create(*, name: str, actor: User | None = None) -> Team:
     name = name.strip()
     if Team.objects.filter(name__iexact=name).exists():

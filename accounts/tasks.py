@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from . import data_rights
+from . import data_rights, services
 
 
 def _retry_when_free(task, held: data_rights.LeaseHeld) -> None:
@@ -63,3 +63,8 @@ def erasures_resume_task() -> None:
 @shared_task(name="accounts.conversations_retention", ignore_result=True)
 def conversations_retention_task() -> None:
     data_rights.retention_purge()
+
+
+@shared_task(name="accounts.password_reset_send", ignore_result=True)
+def password_reset_send_task(email: str, domain: str, use_https: bool) -> None:
+    services.password_reset_send(email=email, domain=domain, use_https=use_https)

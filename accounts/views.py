@@ -13,16 +13,17 @@ from django.core.exceptions import ValidationError
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse, reverse_lazy
 from django.utils import timezone
-from django.utils.translation import check_for_language
+from django.utils.translation import check_for_language, ngettext
 from django.utils.translation import gettext as _
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 from django.views.i18n import set_language as django_set_language
 
+from chatsite.api import API_PREFIX, api_error
 from chatsite.net import client_ip
 
 from . import services
-from .forms import LoginForm, PasswordChangeForm, ProfileForm, SignupForm
+from .forms import AdminPasswordChangeForm, LoginForm, PasswordChangeForm, ProfileForm, SetPasswordForm, SignupForm
 
 
 def home_url() -> str:
@@ -113,14 +114,38 @@ def set_language(request):
     return response
 
 
-class PasswordChangeView(auth_views.PasswordChangeView):
+class _PasswordChangeFormGetsRequest:
+    # The form checks the current password through authenticate(request, ...), for django-axes.
+    def get_form_kwargs(self):
+        return {**super().get_form_kwargs(), "request": self.request}
+
+
+class PasswordChangeView(_PasswordChangeFormGetsRequest, auth_views.PasswordChangeView):
     form_class = PasswordChangeForm
     success_url = reverse_lazy("profile")
+
+
+class AdminPasswordChangeView(_PasswordChangeFormGetsRequest, auth_views.PasswordChangeView):
+    """The admin's own password page (ParleyAdminSite.password_change): the same form and service."""
+
+    form_class = AdminPasswordChangeForm
 
     def form_valid(self, form):
         response = super().form_valid(form)
         messages.success(self.request, _("Your password is changed."))
         return response
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    form_class = SetPasswordForm
+    success_url = reverse_lazy("password_reset_complete")
+
+    def get_user(self, uidb64):
+        # Django's view finds the account by id alone, active or not; the token does not change
+        # when an administrator disables an account. No reset is sent to a disabled account
+        # (PasswordResetForm skips them), and a link sent before it was disabled stops working.
+        user = super().get_user(uidb64)
+        return user if user is not None and user.is_active else None
 
 
 def lockout(request, original_response=None, credentials=None, *args, **kwargs):
@@ -130,11 +155,18 @@ def lockout(request, original_response=None, credentials=None, *args, **kwargs):
     started = getattr(request, "axes_attempt_time", None) or timezone.now()
     retry_at = started + cool_off
     seconds = max(1, math.ceil((retry_at - timezone.now()).total_seconds()))
-    response = render(
-        request,
-        "registration/locked_out.html",
-        {"retry_at": retry_at, "minutes": max(1, math.ceil(seconds / 60))},
-        status=429,
-    )
+    minutes = max(1, math.ceil(seconds / 60))
+    if request.path.startswith(API_PREFIX):
+        # The erase API checks a password through axes too: a program gets the API's JSON error.
+        message = ngettext(
+            "Logging in to this account from your address is paused. Try again in %(minutes)s minute.",
+            "Logging in to this account from your address is paused. Try again in %(minutes)s minutes.",
+            minutes,
+        ) % {"minutes": minutes}
+        response = api_error(429, "locked_out", message)
+    else:
+        response = render(
+            request, "registration/locked_out.html", {"retry_at": retry_at, "minutes": minutes}, status=429
+        )
     response["Retry-After"] = str(seconds)
     return response

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.core.paginator import Paginator
-from django.urls import path
+from django.urls import path, reverse
 from django.utils.functional import cached_property
 from django.utils.translation import gettext_lazy as _
 
@@ -46,6 +46,21 @@ class ParleyAdminSite(admin.AdminSite):
             return dashboard_view(request, site=self)
 
         return [path("dashboard/", self.admin_view(dashboard), name="dashboard"), *super().get_urls()]
+
+    def password_change(self, request, extra_context=None):
+        """Django's page, with accounts' form: the new password is saved by
+        accounts.services.user_password_change (the account's other chat sockets close at once)
+        and the current one is checked through django-axes, as everywhere else."""
+        from accounts.views import AdminPasswordChangeView  # the accounts app loads first
+
+        defaults = {
+            "success_url": reverse("admin:password_change_done", current_app=self.name),
+            "extra_context": {**self.each_context(request), **(extra_context or {})},
+        }
+        if self.password_change_template is not None:
+            defaults["template_name"] = self.password_change_template
+        request.current_app = self.name
+        return AdminPasswordChangeView.as_view(**defaults)(request)
 
     def each_context(self, request):
         context = super().each_context(request)

@@ -6,6 +6,7 @@ import threading
 
 from django.conf import settings
 from django.core.asgi import get_asgi_application
+from django.urls import re_path
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 # Django must be set up before anything imports models (routing -> consumers -> models).
@@ -37,10 +38,18 @@ threading.Thread(target=warm_up_and_freeze, name="llm-warm-up", daemon=True).sta
 if settings.CELERY_BEAT_EMBEDDED:
     beat_embedded_start()
 
+async def refuse_unrouted_websocket(scope, receive, send) -> None:
+    """Last websocket route: a path no route serves is refused like any bad handshake. Channels'
+    router would raise ValueError instead, which Daphne logs as an ERROR with its traceback: any
+    visitor could fill the error log with them."""
+    if (await receive())["type"] == "websocket.connect":  # the first message of every socket
+        await send({"type": "websocket.close"})
+
+
 application = ProtocolTypeRouter(
     {
         # Oversized bodies are refused before Django spools them.
         "http": BodySizeLimitMiddleware(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter([*websocket_urlpatterns, re_path(r"", refuse_unrouted_websocket)]))),
     }
 )

@@ -10,6 +10,7 @@ import uuid
 from django.conf import settings
 from django.http import JsonResponse
 from django.utils import translation
+from django.utils.cache import add_never_cache_headers, has_vary_header
 from django.utils.translation import gettext as _
 
 from .logging import request_id_var
@@ -64,7 +65,14 @@ class RequestIdMiddleware:
 
 
 class SecurityHeadersMiddleware:
-    """The Content-Security-Policy (no inline script, nothing from other origins)."""
+    """The Content-Security-Policy (no inline script, nothing from other origins), and no caching
+    of what depends on who asks.
+
+    A response that read the session (SessionMiddleware then adds `Vary: Cookie`: the chat page,
+    the API, the profile, the usage page) and says nothing itself about caching is marked as
+    never_cache would: without it a browser keeps someone's conversations in its disk cache, where
+    the next person at a shared computer finds them after the sign-out. Listed above
+    SessionMiddleware, so it sees the Vary header that one adds on the way out."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -73,6 +81,8 @@ class SecurityHeadersMiddleware:
         response = self.get_response(request)
         response.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
         response.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+        if not response.has_header("Cache-Control") and has_vary_header(response, "Cookie"):
+            add_never_cache_headers(response)
         return response
 
 

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from django.contrib.auth import get_user_model
 
@@ -94,7 +96,7 @@ def test_client_ip_believes_only_the_trusted_proxies(rf, settings):
 
 
 @pytest.mark.django_db
-def test_password_change_and_reset_pages_work(client, user, mailoutbox):
+def test_password_change_and_reset_pages_work(client, user, mailoutbox, django_capture_on_commit_callbacks):
     client.force_login(user)
     new = "quiet river 42 stones"
     response = client.post(
@@ -105,7 +107,8 @@ def test_password_change_and_reset_pages_work(client, user, mailoutbox):
     assert user.check_password(new)
 
     client.logout()
-    response = client.post("/accounts/password/reset/", {"email": "ALICE@example.test"})
+    with django_capture_on_commit_callbacks(execute=True):  # the mail is sent by a task
+        response = client.post("/accounts/password/reset/", {"email": "ALICE@example.test"})
     assert response.status_code == 302
     assert len(mailoutbox) == 1
     link = next(line for line in mailoutbox[0].body.splitlines() if "/accounts/password/reset/" in line)
@@ -117,3 +120,92 @@ def test_password_change_and_reset_pages_work(client, user, mailoutbox):
     assert response.status_code == 302
     user.refresh_from_db()
     assert user.check_password(final)
+
+
+@pytest.mark.django_db
+def test_a_reset_link_sent_before_the_account_was_disabled_no_longer_sets_a_password(
+    client, user, mailoutbox, django_capture_on_commit_callbacks
+):
+    # No reset is sent to a disabled account; one sent before an administrator disabled it must
+    # not work afterwards either.
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/accounts/password/reset/", {"email": user.email})
+    link = next(line for line in mailoutbox[0].body.splitlines() if "/accounts/password/reset/" in line)
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    path = link.split("testserver", 1)[1]
+    form_page = client.get(path, follow=True)
+    assert not form_page.context["validlink"]
+    final = "brave meadow 77 kites"
+    client.post(path.rsplit("/", 2)[0] + "/set-password/", {"new_password1": final, "new_password2": final})
+    user.refresh_from_db()
+    assert user.check_password(PASSWORD)
+
+
+@pytest.mark.django_db
+def test_a_lockout_reached_through_the_erase_api_answers_the_apis_json_error(client, user, settings):
+    # The erase API checks the password through django-axes too; its lockout is an API answer,
+    # not the HTML page a program cannot read.
+    client.force_login(user)
+    body = json.dumps({"password": "wrong", "confirm": "ERASE"})
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        response = client.post("/api/v1/account/erase/", body, content_type="application/json", REMOTE_ADDR="203.0.113.5")
+    assert response.status_code == 429
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "locked_out"
+    assert "15 minutes" in response.json()["error"]["message"]
+    assert 0 < int(response["Retry-After"]) <= 15 * 60
+    assert type(user).objects.filter(pk=user.pk).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", ["/accounts/password/change/", "/admin/password_change/"])
+def test_guesses_of_the_current_password_on_a_password_change_page_are_throttled(client, make_user, settings, url):
+    # Whoever holds a signed-in browser must not be able to try passwords there without limit
+    # and learn the account's password (the erase form is throttled the same way).
+    user = make_user("alice", is_staff=True)
+    client.force_login(user)
+    new = "quiet river 42 stones"
+    for n in range(settings.AXES_FAILURE_LIMIT):
+        response = client.post(
+            url, {"old_password": f"guess {n}", "new_password1": new, "new_password2": new}, REMOTE_ADDR="203.0.113.5"
+        )
+    assert response.status_code == 429
+    response = client.post(url, {"old_password": PASSWORD, "new_password1": new, "new_password2": new}, REMOTE_ADDR="203.0.113.5")
+    assert response.status_code == 429
+    user.refresh_from_db()
+    assert user.check_password(PASSWORD)
+
+
+@pytest.mark.django_db
+def test_the_admins_own_password_change_goes_through_the_service(client, make_user, monkeypatch):
+    from accounts import services
+
+    closed = []
+    monkeypatch.setattr(services.sockets, "user_sockets_close", lambda *, user_id: closed.append(user_id))
+    user = make_user("alice", is_staff=True)
+    client.force_login(user)
+    new = "quiet river 42 stones"
+    response = client.post("/admin/password_change/", {"old_password": PASSWORD, "new_password1": new, "new_password2": new})
+    assert response.status_code == 302 and response["Location"] == "/admin/password_change/done/"
+    user.refresh_from_db()
+    assert user.check_password(new) and closed == [user.pk]
+    assert client.get("/admin/").status_code == 200  # this browser stays signed in
+
+
+@pytest.mark.django_db
+def test_the_reset_page_does_the_same_work_for_a_known_and_an_unknown_address(client, user, mailoutbox, django_capture_on_commit_callbacks):
+    # Mailing in the request made the answer for a known address as slow as the mail server
+    # (with SMTP: a second or more), the answer for an unknown one quick: which addresses have
+    # an account showed in the timing. Both now queue the same task and mail nothing in the request.
+    for email in ("nobody@example.test", user.email.upper()):
+        with django_capture_on_commit_callbacks(execute=False) as queued:
+            response = client.post("/accounts/password/reset/", {"email": email})
+        assert response.status_code == 302 and response["Location"] == "/accounts/password/reset/sent/"
+        assert len(queued) == 1 and mailoutbox == []
+        last = queued[0]
+    last()  # the worker sends it
+    assert len(mailoutbox) == 1 and mailoutbox[0].to == [user.email]
+    link = next(line for line in mailoutbox[0].body.splitlines() if "/accounts/password/reset/" in line)
+    assert link.startswith("http://testserver/")
+    assert client.get(link.split("testserver", 1)[1], follow=True).context["validlink"]

@@ -40,6 +40,32 @@ def test_every_response_carries_the_security_headers(client, user, url):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    "url",
+    ["/", "/c/{id}/", "/usage/", "/accounts/profile/", "/api/v1/conversations/", "/api/v1/conversations/{id}/", "/api/v1/usage/", "/api/v1/models/"],
+)
+def test_a_signed_in_persons_pages_and_api_answers_are_never_stored_by_a_cache(client, user, url):
+    # A browser on a shared computer (or a proxy) must not keep someone's conversations on disk,
+    # nor show them from its cache after they signed out.
+    from conversations.models import Conversation
+
+    conversation = Conversation.objects.create(owner=user, title="private words", model="demo:echo")
+    client.force_login(user)
+    response = client.get(url.format(id=conversation.id))
+    assert response.status_code == 200, url
+    directives = {d.strip() for d in response.get("Cache-Control", "").split(",")}
+    assert {"private", "no-store"} <= directives, (url, response.get("Cache-Control"))
+
+
+@pytest.mark.django_db
+def test_static_files_stay_cacheable_for_a_signed_in_person(client, user):
+    client.force_login(user)
+    response = client.get("/static/css/app.css")
+    assert response.status_code == 200
+    assert "no-store" not in response.get("Cache-Control", "")
+
+
+@pytest.mark.django_db
 def test_the_session_and_csrf_cookies_are_httponly_or_samesite(client, user):
     response = client.post("/accounts/login/", {"username": user.username, "password": "correct horse battery 9"})
     assert response.status_code == 302

@@ -82,6 +82,17 @@ async def test_a_foreign_or_missing_origin_is_refused_even_with_a_valid_session(
     await ws.disconnect()
 
 
+@pytest.mark.parametrize("path", ["/ws/chat/not-a-uuid/", "/ws/chat/", "/ws/chat/../../admin/", "/ws/else/"])
+@pytest.mark.parametrize("signed_in", [True, False])
+async def test_a_socket_to_a_path_no_route_serves_is_refused_without_an_error(app, user, path, signed_in):
+    # Channels' router raises ValueError for such a path, which Daphne logs as an ERROR with its
+    # traceback: any visitor could fill the error log. It is refused like any other bad socket.
+    cookie = await session_cookie_of(user) if signed_in else None
+    ws, connected, _code = await ws_open(app, path, cookie=cookie)
+    assert not connected
+    await ws.disconnect()
+
+
 # --- a socket outlives its session: never -------------------------------------------------------------
 async def test_a_socket_closes_when_its_session_logs_out_elsewhere(app, user):
     conversation = await _conversation(user)
