@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -130,9 +130,20 @@ def cost_of(*, price: PriceQuote, input_tokens: int, output_tokens: int, cached_
     return quantize_money(micro / _MILLION)
 
 
-def worst_case_cost(*, price: PriceQuote, input_tokens: int, max_output_tokens: int) -> Decimal:
-    """What a call can cost at most: all input uncached, every allowed output token used.
-    The amount to pass to billing.budgets.budget_reserve."""
+# How far a provider's own count of the input may exceed ours when ours is not made with the
+# model's tokenizer (Anthropic's, a local model's, or OpenAI's while its encoding cannot load):
+# cl100k or the character estimate stands in, and the provider bills by its own count. The hold
+# covers that, or the call's settlement could take a budget past its limit; it is released at
+# settlement, so a generous margin costs only room near a budget's end.
+ESTIMATED_INPUT_MARGIN = Decimal("1.5")
+
+
+def worst_case_cost(*, price: PriceQuote, input_tokens: int, max_output_tokens: int, input_estimated: bool = False) -> Decimal:
+    """What a call can cost at most: all input uncached, every allowed output token used, and
+    the input counted ESTIMATED_INPUT_MARGIN times over when `input_estimated` (counted without
+    the model's own tokenizer). The amount to pass to billing.budgets.budget_reserve."""
+    if input_estimated:
+        input_tokens = int((input_tokens * ESTIMATED_INPUT_MARGIN).to_integral_value(rounding=ROUND_CEILING))
     return cost_of(price=price, input_tokens=input_tokens, output_tokens=max_output_tokens)
 
 

@@ -217,10 +217,13 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
         adapter = llm.get_adapter(provider)
     except KeyError:
         return None
-    input_tokens, _estimated = context_mod.messages_tokens(messages=messages, model_id=model_id)
+    input_tokens, estimated = context_mod.messages_tokens(messages=messages, model_id=model_id)
     try:
         reservation_id = budgets.budget_reserve(
-            user=user, amount=prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=max_tokens)
+            user=user,
+            amount=prices.worst_case_cost(
+                price=price, input_tokens=input_tokens, max_output_tokens=max_tokens, input_estimated=estimated
+            ),
         )
     except budgets.BudgetExceeded:
         return None

@@ -359,7 +359,9 @@ def _reply_prepare(
         limits.rate_limit_check(user=user, tokens=built.input_tokens)
     except limits.RateLimited as exc:
         return refuse("rate_limited", exc.message, retry_after=exc.retry_after)
-    worst_case = prices.worst_case_cost(price=price, input_tokens=built.input_tokens, max_output_tokens=max_tokens)
+    worst_case = prices.worst_case_cost(
+        price=price, input_tokens=built.input_tokens, max_output_tokens=max_tokens, input_estimated=built.estimated
+    )
     try:
         # The hold and the reply row in one transaction: when another turn won the race for the
         # conversation (message_one_running_per_conversation), the hold goes with the row.

@@ -21,6 +21,7 @@ from conversations.models import Message
 from conversations.turns import money_str
 
 from .conftest import (
+    ANTHROPIC_MODEL,
     MAX_OUTPUT,
     OPENAI_MODEL,
     db,
@@ -38,18 +39,31 @@ pytestmark = pytest.mark.django_db(transaction=True)
 QUESTION = "What does a worst case cost?"
 
 
-def _worst_case(price) -> tuple[int, Decimal]:
-    """(counted input, worst-case cost) of QUESTION alone in a new conversation, as the turn
-    counts it: the real context builder, the real price."""
-    built = context_mod.context_build(
+def _counted(price, model_id: str = OPENAI_MODEL):
+    """QUESTION alone in a new conversation, as the turn counts it: the real context builder."""
+    return context_mod.context_build(
         system_prompt="",
         summary="",
         history=[context_mod.HistoryItem(id=uuid.uuid4(), role="user", content=QUESTION)],
-        model_id=OPENAI_MODEL,
+        model_id=model_id,
         context_window=price.context_window,
         max_tokens=MAX_OUTPUT,
     )
-    return built.input_tokens, prices.worst_case_cost(price=price, input_tokens=built.input_tokens, max_output_tokens=MAX_OUTPUT)
+
+
+def _worst_case(price) -> tuple[int, Decimal]:
+    """(the input a provider may bill, worst-case cost) of QUESTION alone in a new conversation:
+    the turn's count, with the margin its hold adds when that count is an estimate, so a call
+    billed that input and MAX_OUTPUT costs exactly the hold."""
+    built = _counted(price)
+    worst = prices.worst_case_cost(
+        price=price, input_tokens=built.input_tokens, max_output_tokens=MAX_OUTPUT, input_estimated=built.estimated
+    )
+    billed = built.input_tokens
+    if built.estimated:
+        billed = int((built.input_tokens * prices.ESTIMATED_INPUT_MARGIN).to_integral_value(rounding="ROUND_CEILING"))
+    assert prices.cost_of(price=price, input_tokens=billed, output_tokens=MAX_OUTPUT) == worst
+    return billed, worst
 
 
 async def test_thirty_turns_at_once_never_overspend_a_budget_of_ten_worst_cases(priced, add_key, fake_provider, make_user, conversation_for):
@@ -225,3 +239,38 @@ async def test_the_usage_api_shows_a_real_turns_spend(priced, add_key, fake_prov
     (budget,) = body["budgets"]
     assert budget["scope"] == "user" and Decimal(budget["spent"]) == Decimal(cost)
     assert Decimal(budget["remaining"]) == Decimal("5") - Decimal(cost)
+
+
+async def test_a_provider_counting_more_input_than_our_estimate_never_takes_a_budget_past_its_limit(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # Anthropic publishes no tiktoken encoding: the turn counts with cl100k, an estimate, and
+    # Anthropic bills by its own tokenizer's count, here a third more.
+    price = priced[ANTHROPIC_MODEL]
+    built = _counted(price, ANTHROPIC_MODEL)
+    assert built.estimated
+    billed_input = built.input_tokens * 4 // 3 + 1
+    user = await db(make_user)("tokenizer")
+    # Room for the call as we count it, not as the provider will bill it.
+    limit = prices.cost_of(price=price, input_tokens=built.input_tokens, output_tokens=MAX_OUTPUT)
+    await db(budgets.budget_set)(user=user, period="month", limit=limit)
+    await db(add_key)("anthropic", "sk-ant-more", input_tokens=billed_input, output_tokens=MAX_OUTPUT)
+    conversation = await db(conversation_for)(user, model=ANTHROPIC_MODEL)
+
+    refused = await turn_over_socket(user, conversation.id, QUESTION)
+
+    assert [f["type"] for f in refused] == ["ack", "error"] and refused[-1]["code"] == "budget_exceeded"
+    assert "could cost up to" in refused[-1]["message"]
+    assert fake_provider.requests_for("sk-ant-more") == []
+    budget = await db(Budget.objects.get)(user=user)
+    assert budget.spent == 0 and budget.reserved == 0
+
+    # With room for the hold's margin, the call runs, and what the provider billed fits.
+    worst = prices.worst_case_cost(price=price, input_tokens=built.input_tokens, max_output_tokens=MAX_OUTPUT, input_estimated=True)
+    await db(budgets.budget_set)(user=user, period="month", limit=worst)
+    answered = await turn_over_socket(user, conversation.id, QUESTION)
+
+    assert answered[-1]["type"] == "done" and answered[-1]["finish_reason"] in ("stop", "length")
+    budget = await db(Budget.objects.get)(user=user)
+    billed = prices.cost_of(price=price, input_tokens=billed_input, output_tokens=MAX_OUTPUT)
+    assert budget.spent == billed and billed <= budget.limit and budget.reserved == 0
