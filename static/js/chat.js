@@ -334,9 +334,19 @@
 
   async function reloadMessages() {
     if (!state.conversation) return;
-    const data = await api("GET", "/api/v1/conversations/" + state.conversation.id + "/");
-    state.messages = data.messages;
-    const running = data.messages.find((m) => m.status === "pending" || m.status === "streaming");
+    const conversationId = state.conversation.id;
+    const data = await api("GET", "/api/v1/conversations/" + conversationId + "/");
+    // Another conversation was opened while this one was asked for: it is not this page's now.
+    if (!state.conversation || state.conversation.id !== conversationId) return;
+    // What the socket knows and the database does not yet: a running reply's row holds its text
+    // only when it ends (the streamed text arrived as "resume" and deltas), and a message not
+    // yet acknowledged is not saved. Both stay as they are, or a reconnect would blank the reply
+    // until "done" and hide the message just sent.
+    const live = state.running ? findMessage(state.running) : null;
+    const unacked = state.messages.filter((m) => m.id.startsWith("pending-"));
+    const isRunning = (m) => m.status === "pending" || m.status === "streaming";
+    state.messages = data.messages.map((m) => (live && m.id === live.id && isRunning(m) ? live : m)).concat(unacked);
+    const running = state.messages.find(isRunning);
     state.running = running ? running.id : null;
     renderMessages();
   }
@@ -423,8 +433,14 @@
         const pending = state.messages.find((m) => m.client_id === frame.client_id);
         if (pending) {
           const node = messageNode(pending.id);
-          pending.id = frame.message_id;
-          if (node) node.dataset.id = frame.message_id;
+          if (findMessage(frame.message_id)) {
+            // A resend of a message a reload already showed from the database: shown once.
+            state.messages = state.messages.filter((m) => m !== pending);
+            if (node) node.remove();
+          } else {
+            pending.id = frame.message_id;
+            if (node) node.dataset.id = frame.message_id;
+          }
         }
         break;
       }

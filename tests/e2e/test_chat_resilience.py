@@ -1,0 +1,85 @@
+"""The chat page when things go wrong under a person's hands: the socket drops mid-reply, a
+Korean input method confirms a syllable with Enter, another tab changes the conversation."""
+
+import os
+
+import pytest
+from playwright.sync_api import expect
+
+from .conftest import signed_in_context
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+DESKTOP = {"viewport": {"width": 1280, "height": 800}}
+
+# Keeps every socket the page opens as window.__sockets, and every text the streaming reply
+# showed as window.__shown (the body of the last assistant message, at each change).
+WATCH = """
+  window.__sockets = [];
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(...args) { super(...args); window.__sockets.push(this); }
+  };
+  window.__shown = [];
+  document.addEventListener("DOMContentLoaded", () => {
+    new MutationObserver(() => {
+      const bodies = document.querySelectorAll(".message-assistant .message-body");
+      const last = bodies[bodies.length - 1];
+      const node = last && last.closest(".message");
+      if (node && node.dataset.status === "streaming") window.__shown.push(last.textContent);
+    }).observe(document.getElementById("messages"), {childList: true, subtree: true, characterData: true, attributes: true});
+  });
+"""
+
+
+def _finished_replies(page):
+    return page.locator(".message-assistant .message-meta").filter(has_text="tokens")
+
+
+def test_a_dropped_socket_resumes_the_reply_with_no_text_missing(browser, live_server_url, make_user):
+    user = make_user("drop")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script(WATCH)
+    page.goto(live_server_url + "/")
+    text = " ".join(f"w{i}" for i in range(80))
+    page.fill("#message-input", text)
+    page.press("#message-input", "Enter")
+    expect(page.locator(".message-assistant .message-body")).to_contain_text("w10 ")
+    page.evaluate("() => window.__sockets[window.__sockets.length - 1].close()")  # the network blips
+    _finished_replies(page).first.wait_for(timeout=20_000)
+    assert page.evaluate("() => window.__sockets.length") >= 2  # it did reconnect
+    shown = page.evaluate("() => window.__shown")
+    assert shown
+    wrong = [s for s in shown if not text.startswith(s)]
+    assert wrong == [], wrong[:3]
+    expect(page.locator(".message-assistant .message-body")).to_have_text(text)
+
+
+def test_a_message_sent_while_the_socket_is_down_stays_shown_and_goes_out_once(browser, live_server_url, make_user):
+    from conversations.models import Message
+
+    user = make_user("offline-send")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script(WATCH)
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", "first")
+    page.press("#message-input", "Enter")
+    _finished_replies(page).first.wait_for()
+    page.evaluate("""() => {
+      window.__seen = false; window.__vanished = 0;
+      new MutationObserver(() => {
+        const shown = [...document.querySelectorAll(".message-user")].some((n) => n.textContent.includes("written while offline"));
+        if (shown) window.__seen = true;
+        else if (window.__seen) window.__vanished += 1;
+      }).observe(document.getElementById("messages"), {childList: true, subtree: true});
+      window.__sockets[window.__sockets.length - 1].close();  // the network blips
+    }""")
+    page.fill("#message-input", "written while offline")
+    page.press("#message-input", "Enter")
+    _finished_replies(page).nth(1).wait_for(timeout=20_000)
+    assert page.evaluate("() => window.__seen")
+    assert page.evaluate("() => window.__vanished") == 0  # shown from the moment it was sent
+    expect(page.locator(".message-user")).to_have_count(2)
+    assert Message.objects.filter(conversation__owner=user, role="user").count() == 2
