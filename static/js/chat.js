@@ -332,12 +332,15 @@
     el.regen.hidden = Boolean(state.running) || !hasReply;
   }
 
+  let reloads = 0; // only the newest reload's answer is drawn: an older one can arrive last
+
   async function reloadMessages() {
     if (!state.conversation) return;
     const conversationId = state.conversation.id;
+    const asked = ++reloads;
     const data = await api("GET", "/api/v1/conversations/" + conversationId + "/");
     // Another conversation was opened while this one was asked for: it is not this page's now.
-    if (!state.conversation || state.conversation.id !== conversationId) return;
+    if (asked !== reloads || !state.conversation || state.conversation.id !== conversationId) return;
     // What the socket knows and the database does not yet: a running reply's row holds its text
     // only when it ends (the streamed text arrived as "resume" and deltas), and a message not
     // yet acknowledged is not saved. Both stay as they are, or a reconnect would blank the reply
@@ -447,6 +450,11 @@
       case "start":
       case "resume": {
         let m = findMessage(frame.message_id);
+        // A reply to a question this tab did not send (another tab's, or a regenerate): the
+        // question is only in the database so far. Asked for now, not at "done", or the reply
+        // would stream under the previous one with nothing asking it.
+        const last = state.messages[state.messages.length - 1];
+        const catchUp = !m && frame.type === "start" && (!last || last.role !== "user");
         if (!m) {
           m = { id: frame.message_id, role: "assistant", content: "", status: "streaming", html: null };
           state.messages.push(m);
@@ -457,6 +465,7 @@
         renderMessage(m);
         updateButtons();
         scrollDown();
+        if (catchUp) reloadMessages().catch(() => {});
         break;
       }
       case "delta": {

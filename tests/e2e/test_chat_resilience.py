@@ -83,3 +83,23 @@ def test_a_message_sent_while_the_socket_is_down_stays_shown_and_goes_out_once(b
     assert page.evaluate("() => window.__vanished") == 0  # shown from the moment it was sent
     expect(page.locator(".message-user")).to_have_count(2)
     assert Message.objects.filter(conversation__owner=user, role="user").count() == 2
+
+
+def test_a_second_tab_shows_the_question_with_the_reply_it_streams(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("two-tabs")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="Shared")
+    context = signed_in_context(browser, live_server_url, user, **DESKTOP)
+    first, second = context.new_page(), context.new_page()
+    for page in (first, second):
+        page.goto(f"{live_server_url}/c/{conversation.id}/")
+        expect(page.locator("#connection-status")).to_have_text("Connected")
+    question = "asked in the first tab " + " ".join(f"w{i}" for i in range(60))
+    first.fill("#message-input", question)
+    first.press("#message-input", "Enter")
+    # While the reply still streams, the other tab shows what it answers, above it.
+    expect(second.locator(".message-assistant[data-status=streaming]")).to_have_count(1)
+    expect(second.locator(".message-user")).to_have_text([f"You{question}"], timeout=1500)
+    assert second.locator(".message-assistant[data-status=streaming]").count() == 1
+    expect(second.locator(".message").first).to_have_class("message message-user")
