@@ -22,6 +22,7 @@
   const state = {
     conversation: config.conversation,
     conversations: config.conversations,
+    nextConversations: config.conversationsNext, // the API's next page of the list, or null
     messages: config.messages, // as the API returns them
     socket: null,
     retry: 0,
@@ -121,6 +122,34 @@
       li.append(link, rename, remove);
       el.list.append(li);
     }
+    if (state.nextConversations) {
+      const li = document.createElement("li");
+      li.className = "conversation-more";
+      const more = document.createElement("button");
+      more.type = "button";
+      more.className = "btn btn-small";
+      more.textContent = S.showMore;
+      more.addEventListener("click", () => moreConversations().catch((err) => showError(err.message)));
+      li.append(more);
+      el.list.append(li);
+    }
+  }
+
+  // The API's "next" is an absolute URL; only its path and query are followed (same origin,
+  // whatever scheme a proxy in front made the server believe).
+  function sameOrigin(url) {
+    const parsed = new URL(url, window.location.href);
+    return parsed.pathname + parsed.search;
+  }
+
+  async function moreConversations() {
+    const asked = state.nextConversations;
+    const data = await api("GET", sameOrigin(asked));
+    if (state.nextConversations !== asked) return; // the list was refreshed meanwhile
+    const known = new Set(state.conversations.map((c) => c.id));
+    state.conversations.push(...data.results.filter((c) => !known.has(c.id)));
+    state.nextConversations = data.next;
+    renderList();
   }
 
   let filterTimer = null;
@@ -133,6 +162,7 @@
     const q = el.filter.value.trim();
     const data = await api("GET", "/api/v1/conversations/" + (q ? "?q=" + encodeURIComponent(q) : ""));
     state.conversations = data.results;
+    state.nextConversations = data.next;
     const current = state.conversation && data.results.find((c) => c.id === state.conversation.id);
     if (current && current.title !== state.conversation.title) {
       state.conversation.title = current.title;

@@ -103,3 +103,21 @@ def test_a_second_tab_shows_the_question_with_the_reply_it_streams(browser, live
     expect(second.locator(".message-user")).to_have_text([f"You{question}"], timeout=1500)
     assert second.locator(".message-assistant[data-status=streaming]").count() == 1
     expect(second.locator(".message").first).to_have_class("message message-user")
+
+
+def test_the_sidebar_reaches_conversations_past_the_first_page(browser, live_server_url, make_user):
+    from conversations.api import PAGE_SIZE
+    from conversations.models import Conversation
+
+    user = make_user("many-chats")
+    Conversation.objects.bulk_create(
+        [Conversation(owner=user, model="demo:echo", title=f"대화 {i}") for i in range(PAGE_SIZE + 5)]
+    )
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    expect(page.locator("#conversation-list li.conversation-item")).to_have_count(PAGE_SIZE)
+    page.locator("#conversation-list button", has_text="Show more").click()
+    expect(page.locator("#conversation-list li.conversation-item")).to_have_count(PAGE_SIZE + 5)
+    expect(page.locator("#conversation-list button", has_text="Show more")).to_have_count(0)
+    titles = page.locator("#conversation-list li.conversation-item a").all_inner_texts()
+    assert len(set(titles)) == PAGE_SIZE + 5
