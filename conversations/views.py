@@ -37,7 +37,8 @@ def _strings() -> dict:
         "reconnecting": _("Connection lost, reconnecting…"),
         "connected": _("Connected"),
         "saved": _("Settings saved."),
-        "tooLong": _("The message is too long."),
+        # The limit named, as the server names it (one translation for both).
+        "tooLong": _("The message is longer than %(n)d characters.") % {"n": settings.MAX_MESSAGE_CHARS},
         "demo": _("demo"),
         "offline": _("The server cannot be reached. Check your connection and try again."),
         "requestFailed": _("The request failed. Please try again."),
