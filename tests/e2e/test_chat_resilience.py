@@ -121,3 +121,24 @@ def test_the_sidebar_reaches_conversations_past_the_first_page(browser, live_ser
     expect(page.locator("#conversation-list button", has_text="Show more")).to_have_count(0)
     titles = page.locator("#conversation-list li.conversation-item a").all_inner_texts()
     assert len(set(titles)) == PAGE_SIZE + 5
+
+
+def test_settings_take_a_temperature_to_the_hundredth_as_the_server_does(browser, live_server_url, make_user):
+    from decimal import Decimal
+
+    from conversations.models import Conversation
+
+    user = make_user("temperature")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="T", temperature=Decimal("0.75"))
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    page.click("#settings-toggle")
+    expect(page.locator("#temperature")).to_have_value("0.75")
+    page.fill("#system-prompt", "Answer in Korean.")
+    page.click("#settings-panel button[type=submit]")
+    expect(page.locator("#settings-error")).to_have_text("Settings saved.")
+    page.fill("#temperature", "0.35")
+    page.click("#settings-panel button[type=submit]")
+    expect(page.locator("#settings-error")).to_have_text("Settings saved.")
+    conversation.refresh_from_db()
+    assert (conversation.system_prompt, conversation.temperature) == ("Answer in Korean.", Decimal("0.35"))
