@@ -22,6 +22,7 @@ def _strings() -> dict:
         "assistant": _("Assistant"),
         "send": _("Send"),
         "stop": _("Stop"),
+        "busy": _("A reply is already being written in this conversation."),
         "regenerate": _("Regenerate"),
         "rename": _("Rename"),
         "showMore": _("Show more"),

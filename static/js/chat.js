@@ -509,6 +509,7 @@
       }
       case "done": {
         if (state.running === frame.message_id) state.running = null;
+        if (el.error.textContent === S.busy) showError(""); // the message waiting can go now
         updateButtons();
         // The final text, rendered and sanitized by the server, replaces the streamed text.
         const conversationId = state.conversation && state.conversation.id;
@@ -564,6 +565,12 @@
     // units, two for an emoji, and would refuse what the server accepts.
     if ([...text].length > config.maxChars) {
       showError(S.tooLong);
+      return;
+    }
+    // The server would save it and then refuse it as busy: a question in the record that no
+    // reply answers. It waits in the input until this reply is done.
+    if (state.running) {
+      showError(S.busy);
       return;
     }
     showError("");

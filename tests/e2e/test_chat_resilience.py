@@ -142,3 +142,28 @@ def test_settings_take_a_temperature_to_the_hundredth_as_the_server_does(browser
     expect(page.locator("#settings-error")).to_have_text("Settings saved.")
     conversation.refresh_from_db()
     assert (conversation.system_prompt, conversation.temperature) == ("Answer in Korean.", Decimal("0.35"))
+
+
+def test_enter_while_a_reply_is_written_keeps_the_next_message_in_the_input(browser, live_server_url, make_user):
+    from conversations.models import Message
+
+    user = make_user("busy")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", " ".join(f"w{i}" for i in range(100)))
+    page.press("#message-input", "Enter")
+    expect(page.locator(".message-assistant[data-status=streaming]")).to_have_count(1)
+    # Typed while the answer streams, and sent out of habit: refused on the page, not saved as a
+    # question that no reply will ever answer.
+    page.fill("#message-input", "다음 질문")
+    page.press("#message-input", "Enter")
+    expect(page.locator("#chat-error")).to_have_text("A reply is already being written in this conversation.")
+    expect(page.locator("#message-input")).to_have_value("다음 질문")
+    expect(page.locator(".message-user")).to_have_count(1)
+    _finished_replies(page).first.wait_for(timeout=20_000)
+    assert Message.objects.filter(conversation__owner=user, role="user").count() == 1
+    # Once the reply is done it goes out as usual.
+    page.press("#message-input", "Enter")
+    _finished_replies(page).nth(1).wait_for()
+    assert page.locator("#chat-error").is_hidden()
+    assert Message.objects.filter(conversation__owner=user, role="user").count() == 2
