@@ -262,6 +262,24 @@
   });
 
   // --- messages ------------------------------------------------------------------------------
+  async function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
+    // Served over plain http (a LAN address, not localhost) a page has no Clipboard API; the
+    // older copy command, on a selected textarea out of sight, still works there.
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    const focused = document.activeElement;
+    document.body.append(area);
+    area.select();
+    const copied = document.execCommand("copy");
+    area.remove();
+    if (focused) focused.focus();
+    if (!copied) throw new Error("copy refused");
+  }
+
   function addCopyButtons(container) {
     for (const pre of container.querySelectorAll("pre")) {
       const button = document.createElement("button");
@@ -271,11 +289,11 @@
       button.addEventListener("click", async () => {
         const code = pre.querySelector("code") || pre;
         try {
-          await navigator.clipboard.writeText(code.textContent);
+          await copyText(code.textContent);
           button.textContent = S.copied;
           setTimeout(() => (button.textContent = S.copy), 1500);
         } catch (_err) {
-          /* clipboard refused (insecure context): the text stays selectable */
+          /* clipboard refused: the text stays selectable */
         }
       });
       pre.prepend(button);

@@ -167,3 +167,40 @@ def test_enter_while_a_reply_is_written_keeps_the_next_message_in_the_input(brow
     _finished_replies(page).nth(1).wait_for()
     assert page.locator("#chat-error").is_hidden()
     assert Message.objects.filter(conversation__owner=user, role="user").count() == 2
+
+
+def test_copy_works_on_a_plain_http_address_without_the_clipboard_api(browser, live_server_url, make_user):
+    # Served at http://<LAN address>:8000 a page is not a secure context: navigator.clipboard
+    # does not exist there. The copy button must still copy.
+    user = make_user("copy-http")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script("""
+      Object.defineProperty(Navigator.prototype, "clipboard", {get: () => undefined});
+      window.__copied = [];
+      const exec = document.execCommand.bind(document);
+      document.execCommand = (command, ...rest) => {
+        if (command === "copy") window.__copied.push(String(window.getSelection()) || document.activeElement.value);
+        return exec(command, ...rest);
+      };
+    """)
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", "```\nprint('안녕')\n```")
+    page.press("#message-input", "Enter")
+    _finished_replies(page).first.wait_for()
+    page.click(".message-assistant .copy-code")
+    expect(page.locator(".message-assistant .copy-code")).to_have_text("Copied")
+    assert page.evaluate("() => window.__copied") == ["print('안녕')\n"]
+
+
+def test_copy_puts_the_code_alone_on_the_clipboard(browser, live_server_url, make_user):
+    user = make_user("copy-https")
+    context = signed_in_context(browser, live_server_url, user, **DESKTOP)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server_url)
+    page = context.new_page()
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", "```\nprint('안녕')\n```")
+    page.press("#message-input", "Enter")
+    _finished_replies(page).first.wait_for()
+    page.click(".message-assistant .copy-code")
+    expect(page.locator(".message-assistant .copy-code")).to_have_text("Copied")
+    assert page.evaluate("() => navigator.clipboard.readText()") == "print('안녕')\n"  # not the button's label
