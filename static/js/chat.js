@@ -158,9 +158,13 @@
     filterTimer = setTimeout(refreshList, 200);
   });
 
+  let listRefreshes = 0; // only the newest answer is drawn: an older query's can arrive last
+
   async function refreshList() {
     const q = el.filter.value.trim();
+    const asked = ++listRefreshes;
     const data = await api("GET", "/api/v1/conversations/" + (q ? "?q=" + encodeURIComponent(q) : ""));
+    if (asked !== listRefreshes) return;
     state.conversations = data.results;
     state.nextConversations = data.next;
     const current = state.conversation && data.results.find((c) => c.id === state.conversation.id);

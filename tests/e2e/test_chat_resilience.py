@@ -204,3 +204,30 @@ def test_copy_puts_the_code_alone_on_the_clipboard(browser, live_server_url, mak
     page.click(".message-assistant .copy-code")
     expect(page.locator(".message-assistant .copy-code")).to_have_text("Copied")
     assert page.evaluate("() => navigator.clipboard.readText()") == "print('안녕')\n"  # not the button's label
+
+
+def test_the_sidebar_filter_shows_the_last_query_typed_even_if_an_earlier_answer_comes_last(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("filter")
+    for title in ("회의 준비", "회의록 정리", "점심 메뉴"):
+        Conversation.objects.create(owner=user, model="demo:echo", title=title)
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    held = []
+
+    def hold_the_first_query(route):
+        if not held:
+            held.append((route, route.fetch()))  # answered later, after the second query's answer
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/conversations/?q=*", hold_the_first_query)
+    page.goto(live_server_url + "/")
+    page.fill("#conversation-filter", "회의")
+    page.wait_for_timeout(600)  # past the 200 ms pause: the first query went out
+    page.fill("#conversation-filter", "회의록")
+    expect(page.locator("#conversation-list li.conversation-item")).to_have_count(1)
+    route, response = held[0]
+    route.fulfill(response=response)
+    page.wait_for_timeout(500)
+    assert page.locator("#conversation-list li.conversation-item a").all_inner_texts() == ["회의록 정리"]
