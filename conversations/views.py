@@ -7,6 +7,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import ensure_csrf_cookie
 
@@ -21,8 +22,10 @@ def _strings() -> dict:
         "assistant": _("Assistant"),
         "send": _("Send"),
         "stop": _("Stop"),
+        "busy": _("A reply is already being written in this conversation."),
         "regenerate": _("Regenerate"),
         "rename": _("Rename"),
+        "showMore": _("Show more"),
         "delete": _("Delete"),
         "renamePrompt": _("New title:"),
         "deleteConfirm": _("Delete this conversation? This cannot be undone."),
@@ -35,7 +38,8 @@ def _strings() -> dict:
         "reconnecting": _("Connection lost, reconnecting…"),
         "connected": _("Connected"),
         "saved": _("Settings saved."),
-        "tooLong": _("The message is too long."),
+        # The limit named, as the server names it (one translation for both).
+        "tooLong": _("The message is longer than %(n)d characters.") % {"n": settings.MAX_MESSAGE_CHARS},
         "demo": _("demo"),
         "offline": _("The server cannot be reached. Check your connection and try again."),
         "requestFailed": _("The request failed. Please try again."),
@@ -54,11 +58,14 @@ def chat(request, conversation_id=None):
         if conversation is None:
             raise Http404
         messages = [api.message_data(m) for m in selectors.message_list(conversation=conversation)]
-    conversations = [api.conversation_summary_data(c) for c in selectors.conversation_list(owner=request.user)[: api.PAGE_SIZE]]
+    # One row past the page says whether the sidebar offers the next one (as the API's "next").
+    rows = list(selectors.conversation_list(owner=request.user)[: api.PAGE_SIZE + 1])
+    conversations = [api.conversation_summary_data(c) for c in rows[: api.PAGE_SIZE]]
     config = {
         "conversation": api.conversation_data(conversation) if conversation else None,
         "messages": messages,
         "conversations": conversations,
+        "conversationsNext": reverse("api-conversations") + "?page=2" if len(rows) > api.PAGE_SIZE else None,
         "models": api.models_available(),
         "defaultModel": request.user.default_model or settings.DEFAULT_MODEL,
         "maxChars": settings.MAX_MESSAGE_CHARS,

@@ -22,6 +22,7 @@
   const state = {
     conversation: config.conversation,
     conversations: config.conversations,
+    nextConversations: config.conversationsNext, // the API's next page of the list, or null
     messages: config.messages, // as the API returns them
     socket: null,
     retry: 0,
@@ -121,6 +122,34 @@
       li.append(link, rename, remove);
       el.list.append(li);
     }
+    if (state.nextConversations) {
+      const li = document.createElement("li");
+      li.className = "conversation-more";
+      const more = document.createElement("button");
+      more.type = "button";
+      more.className = "btn btn-small";
+      more.textContent = S.showMore;
+      more.addEventListener("click", () => moreConversations().catch((err) => showError(err.message)));
+      li.append(more);
+      el.list.append(li);
+    }
+  }
+
+  // The API's "next" is an absolute URL; only its path and query are followed (same origin,
+  // whatever scheme a proxy in front made the server believe).
+  function sameOrigin(url) {
+    const parsed = new URL(url, window.location.href);
+    return parsed.pathname + parsed.search;
+  }
+
+  async function moreConversations() {
+    const asked = state.nextConversations;
+    const data = await api("GET", sameOrigin(asked));
+    if (state.nextConversations !== asked) return; // the list was refreshed meanwhile
+    const known = new Set(state.conversations.map((c) => c.id));
+    state.conversations.push(...data.results.filter((c) => !known.has(c.id)));
+    state.nextConversations = data.next;
+    renderList();
   }
 
   let filterTimer = null;
@@ -129,10 +158,15 @@
     filterTimer = setTimeout(refreshList, 200);
   });
 
+  let listRefreshes = 0; // only the newest answer is drawn: an older query's can arrive last
+
   async function refreshList() {
     const q = el.filter.value.trim();
+    const asked = ++listRefreshes;
     const data = await api("GET", "/api/v1/conversations/" + (q ? "?q=" + encodeURIComponent(q) : ""));
+    if (asked !== listRefreshes) return;
     state.conversations = data.results;
+    state.nextConversations = data.next;
     const current = state.conversation && data.results.find((c) => c.id === state.conversation.id);
     if (current && current.title !== state.conversation.title) {
       state.conversation.title = current.title;
@@ -232,6 +266,24 @@
   });
 
   // --- messages ------------------------------------------------------------------------------
+  async function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
+    // Served over plain http (a LAN address, not localhost) a page has no Clipboard API; the
+    // older copy command, on a selected textarea out of sight, still works there.
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    const focused = document.activeElement;
+    document.body.append(area);
+    area.select();
+    const copied = document.execCommand("copy");
+    area.remove();
+    if (focused) focused.focus();
+    if (!copied) throw new Error("copy refused");
+  }
+
   function addCopyButtons(container) {
     for (const pre of container.querySelectorAll("pre")) {
       const button = document.createElement("button");
@@ -241,11 +293,11 @@
       button.addEventListener("click", async () => {
         const code = pre.querySelector("code") || pre;
         try {
-          await navigator.clipboard.writeText(code.textContent);
+          await copyText(code.textContent);
           button.textContent = S.copied;
           setTimeout(() => (button.textContent = S.copy), 1500);
         } catch (_err) {
-          /* clipboard refused (insecure context): the text stays selectable */
+          /* clipboard refused: the text stays selectable */
         }
       });
       pre.prepend(button);
@@ -332,11 +384,24 @@
     el.regen.hidden = Boolean(state.running) || !hasReply;
   }
 
+  let reloads = 0; // only the newest reload's answer is drawn: an older one can arrive last
+
   async function reloadMessages() {
     if (!state.conversation) return;
-    const data = await api("GET", "/api/v1/conversations/" + state.conversation.id + "/");
-    state.messages = data.messages;
-    const running = data.messages.find((m) => m.status === "pending" || m.status === "streaming");
+    const conversationId = state.conversation.id;
+    const asked = ++reloads;
+    const data = await api("GET", "/api/v1/conversations/" + conversationId + "/");
+    // Another conversation was opened while this one was asked for: it is not this page's now.
+    if (asked !== reloads || !state.conversation || state.conversation.id !== conversationId) return;
+    // What the socket knows and the database does not yet: a running reply's row holds its text
+    // only when it ends (the streamed text arrived as "resume" and deltas), and a message not
+    // yet acknowledged is not saved. Both stay as they are, or a reconnect would blank the reply
+    // until "done" and hide the message just sent.
+    const live = state.running ? findMessage(state.running) : null;
+    const unacked = state.messages.filter((m) => m.id.startsWith("pending-"));
+    const isRunning = (m) => m.status === "pending" || m.status === "streaming";
+    state.messages = data.messages.map((m) => (live && m.id === live.id && isRunning(m) ? live : m)).concat(unacked);
+    const running = state.messages.find(isRunning);
     state.running = running ? running.id : null;
     renderMessages();
   }
@@ -423,14 +488,25 @@
         const pending = state.messages.find((m) => m.client_id === frame.client_id);
         if (pending) {
           const node = messageNode(pending.id);
-          pending.id = frame.message_id;
-          if (node) node.dataset.id = frame.message_id;
+          if (findMessage(frame.message_id)) {
+            // A resend of a message a reload already showed from the database: shown once.
+            state.messages = state.messages.filter((m) => m !== pending);
+            if (node) node.remove();
+          } else {
+            pending.id = frame.message_id;
+            if (node) node.dataset.id = frame.message_id;
+          }
         }
         break;
       }
       case "start":
       case "resume": {
         let m = findMessage(frame.message_id);
+        // A reply to a question this tab did not send (another tab's, or a regenerate): the
+        // question is only in the database so far. Asked for now, not at "done", or the reply
+        // would stream under the previous one with nothing asking it.
+        const last = state.messages[state.messages.length - 1];
+        const catchUp = !m && frame.type === "start" && (!last || last.role !== "user");
         if (!m) {
           m = { id: frame.message_id, role: "assistant", content: "", status: "streaming", html: null };
           state.messages.push(m);
@@ -441,6 +517,7 @@
         renderMessage(m);
         updateButtons();
         scrollDown();
+        if (catchUp) reloadMessages().catch(() => {});
         break;
       }
       case "delta": {
@@ -454,6 +531,7 @@
       }
       case "done": {
         if (state.running === frame.message_id) state.running = null;
+        if (el.error.textContent === S.busy) showError(""); // the message waiting can go now
         updateButtons();
         // The final text, rendered and sanitized by the server, replaces the streamed text.
         const conversationId = state.conversation && state.conversation.id;
@@ -509,6 +587,12 @@
     // units, two for an emoji, and would refuse what the server accepts.
     if ([...text].length > config.maxChars) {
       showError(S.tooLong);
+      return;
+    }
+    // The server would save it and then refuse it as busy: a question in the record that no
+    // reply answers. It waits in the input until this reply is done.
+    if (state.running) {
+      showError(S.busy);
       return;
     }
     showError("");

@@ -235,7 +235,8 @@ def test_message_length_is_counted_in_characters_as_the_server_counts(short_mess
     # One character more is refused on the page, and the text stays to be shortened.
     page.fill("#message-input", emoji + "a")
     page.press("#message-input", "Enter")
-    expect(page.locator("#chat-error")).to_be_visible()
+    # It says how long a message may be: "too long" alone leaves the person guessing what to cut.
+    expect(page.locator("#chat-error")).to_have_text(f"The message is longer than {short_messages} characters.")
     expect(page.locator("#message-input")).to_have_value(emoji + "a")
     expect(page.locator(".message-user")).to_have_count(1)
 

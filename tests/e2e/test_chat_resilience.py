@@ -1,0 +1,233 @@
+"""The chat page when things go wrong under a person's hands: the socket drops mid-reply, a
+Korean input method confirms a syllable with Enter, another tab changes the conversation."""
+
+import os
+
+import pytest
+from playwright.sync_api import expect
+
+from .conftest import signed_in_context
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+DESKTOP = {"viewport": {"width": 1280, "height": 800}}
+
+# Keeps every socket the page opens as window.__sockets, and every text the streaming reply
+# showed as window.__shown (the body of the last assistant message, at each change).
+WATCH = """
+  window.__sockets = [];
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(...args) { super(...args); window.__sockets.push(this); }
+  };
+  window.__shown = [];
+  document.addEventListener("DOMContentLoaded", () => {
+    new MutationObserver(() => {
+      const bodies = document.querySelectorAll(".message-assistant .message-body");
+      const last = bodies[bodies.length - 1];
+      const node = last && last.closest(".message");
+      if (node && node.dataset.status === "streaming") window.__shown.push(last.textContent);
+    }).observe(document.getElementById("messages"), {childList: true, subtree: true, characterData: true, attributes: true});
+  });
+"""
+
+
+def _finished_replies(page):
+    return page.locator(".message-assistant .message-meta").filter(has_text="tokens")
+
+
+def test_a_dropped_socket_resumes_the_reply_with_no_text_missing(browser, live_server_url, make_user):
+    user = make_user("drop")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script(WATCH)
+    page.goto(live_server_url + "/")
+    text = " ".join(f"w{i}" for i in range(80))
+    page.fill("#message-input", text)
+    page.press("#message-input", "Enter")
+    expect(page.locator(".message-assistant .message-body")).to_contain_text("w10 ")
+    page.evaluate("() => window.__sockets[window.__sockets.length - 1].close()")  # the network blips
+    _finished_replies(page).first.wait_for(timeout=20_000)
+    assert page.evaluate("() => window.__sockets.length") >= 2  # it did reconnect
+    shown = page.evaluate("() => window.__shown")
+    assert shown
+    wrong = [s for s in shown if not text.startswith(s)]
+    assert wrong == [], wrong[:3]
+    expect(page.locator(".message-assistant .message-body")).to_have_text(text)
+
+
+def test_a_message_sent_while_the_socket_is_down_stays_shown_and_goes_out_once(browser, live_server_url, make_user):
+    from conversations.models import Message
+
+    user = make_user("offline-send")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script(WATCH)
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", "first")
+    page.press("#message-input", "Enter")
+    _finished_replies(page).first.wait_for()
+    page.evaluate("""() => {
+      window.__seen = false; window.__vanished = 0;
+      new MutationObserver(() => {
+        const shown = [...document.querySelectorAll(".message-user")].some((n) => n.textContent.includes("written while offline"));
+        if (shown) window.__seen = true;
+        else if (window.__seen) window.__vanished += 1;
+      }).observe(document.getElementById("messages"), {childList: true, subtree: true});
+      window.__sockets[window.__sockets.length - 1].close();  // the network blips
+    }""")
+    page.fill("#message-input", "written while offline")
+    page.press("#message-input", "Enter")
+    _finished_replies(page).nth(1).wait_for(timeout=20_000)
+    assert page.evaluate("() => window.__seen")
+    assert page.evaluate("() => window.__vanished") == 0  # shown from the moment it was sent
+    expect(page.locator(".message-user")).to_have_count(2)
+    assert Message.objects.filter(conversation__owner=user, role="user").count() == 2
+
+
+def test_a_second_tab_shows_the_question_with_the_reply_it_streams(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("two-tabs")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="Shared")
+    context = signed_in_context(browser, live_server_url, user, **DESKTOP)
+    first, second = context.new_page(), context.new_page()
+    for page in (first, second):
+        page.goto(f"{live_server_url}/c/{conversation.id}/")
+        expect(page.locator("#connection-status")).to_have_text("Connected")
+    question = "asked in the first tab " + " ".join(f"w{i}" for i in range(60))
+    first.fill("#message-input", question)
+    first.press("#message-input", "Enter")
+    # While the reply still streams, the other tab shows what it answers, above it.
+    expect(second.locator(".message-assistant[data-status=streaming]")).to_have_count(1)
+    expect(second.locator(".message-user")).to_have_text([f"You{question}"], timeout=1500)
+    assert second.locator(".message-assistant[data-status=streaming]").count() == 1
+    expect(second.locator(".message").first).to_have_class("message message-user")
+
+
+def test_the_sidebar_reaches_conversations_past_the_first_page(browser, live_server_url, make_user):
+    from conversations.api import PAGE_SIZE
+    from conversations.models import Conversation
+
+    user = make_user("many-chats")
+    Conversation.objects.bulk_create(
+        [Conversation(owner=user, model="demo:echo", title=f"대화 {i}") for i in range(PAGE_SIZE + 5)]
+    )
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    expect(page.locator("#conversation-list li.conversation-item")).to_have_count(PAGE_SIZE)
+    page.locator("#conversation-list button", has_text="Show more").click()
+    expect(page.locator("#conversation-list li.conversation-item")).to_have_count(PAGE_SIZE + 5)
+    expect(page.locator("#conversation-list button", has_text="Show more")).to_have_count(0)
+    titles = page.locator("#conversation-list li.conversation-item a").all_inner_texts()
+    assert len(set(titles)) == PAGE_SIZE + 5
+
+
+def test_settings_take_a_temperature_to_the_hundredth_as_the_server_does(browser, live_server_url, make_user):
+    from decimal import Decimal
+
+    from conversations.models import Conversation
+
+    user = make_user("temperature")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="T", temperature=Decimal("0.75"))
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    page.click("#settings-toggle")
+    expect(page.locator("#temperature")).to_have_value("0.75")
+    page.fill("#system-prompt", "Answer in Korean.")
+    page.click("#settings-panel button[type=submit]")
+    expect(page.locator("#settings-error")).to_have_text("Settings saved.")
+    page.fill("#temperature", "0.35")
+    page.click("#settings-panel button[type=submit]")
+    expect(page.locator("#settings-error")).to_have_text("Settings saved.")
+    conversation.refresh_from_db()
+    assert (conversation.system_prompt, conversation.temperature) == ("Answer in Korean.", Decimal("0.35"))
+
+
+def test_enter_while_a_reply_is_written_keeps_the_next_message_in_the_input(browser, live_server_url, make_user):
+    from conversations.models import Message
+
+    user = make_user("busy")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", " ".join(f"w{i}" for i in range(100)))
+    page.press("#message-input", "Enter")
+    expect(page.locator(".message-assistant[data-status=streaming]")).to_have_count(1)
+    # Typed while the answer streams, and sent out of habit: refused on the page, not saved as a
+    # question that no reply will ever answer.
+    page.fill("#message-input", "다음 질문")
+    page.press("#message-input", "Enter")
+    expect(page.locator("#chat-error")).to_have_text("A reply is already being written in this conversation.")
+    expect(page.locator("#message-input")).to_have_value("다음 질문")
+    expect(page.locator(".message-user")).to_have_count(1)
+    _finished_replies(page).first.wait_for(timeout=20_000)
+    assert Message.objects.filter(conversation__owner=user, role="user").count() == 1
+    # Once the reply is done it goes out as usual.
+    page.press("#message-input", "Enter")
+    _finished_replies(page).nth(1).wait_for()
+    assert page.locator("#chat-error").is_hidden()
+    assert Message.objects.filter(conversation__owner=user, role="user").count() == 2
+
+
+def test_copy_works_on_a_plain_http_address_without_the_clipboard_api(browser, live_server_url, make_user):
+    # Served at http://<LAN address>:8000 a page is not a secure context: navigator.clipboard
+    # does not exist there. The copy button must still copy.
+    user = make_user("copy-http")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script("""
+      Object.defineProperty(Navigator.prototype, "clipboard", {get: () => undefined});
+      window.__copied = [];
+      const exec = document.execCommand.bind(document);
+      document.execCommand = (command, ...rest) => {
+        if (command === "copy") window.__copied.push(String(window.getSelection()) || document.activeElement.value);
+        return exec(command, ...rest);
+      };
+    """)
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", "```\nprint('안녕')\n```")
+    page.press("#message-input", "Enter")
+    _finished_replies(page).first.wait_for()
+    page.click(".message-assistant .copy-code")
+    expect(page.locator(".message-assistant .copy-code")).to_have_text("Copied")
+    assert page.evaluate("() => window.__copied") == ["print('안녕')\n"]
+
+
+def test_copy_puts_the_code_alone_on_the_clipboard(browser, live_server_url, make_user):
+    user = make_user("copy-https")
+    context = signed_in_context(browser, live_server_url, user, **DESKTOP)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server_url)
+    page = context.new_page()
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", "```\nprint('안녕')\n```")
+    page.press("#message-input", "Enter")
+    _finished_replies(page).first.wait_for()
+    page.click(".message-assistant .copy-code")
+    expect(page.locator(".message-assistant .copy-code")).to_have_text("Copied")
+    assert page.evaluate("() => navigator.clipboard.readText()") == "print('안녕')\n"  # not the button's label
+
+
+def test_the_sidebar_filter_shows_the_last_query_typed_even_if_an_earlier_answer_comes_last(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("filter")
+    for title in ("회의 준비", "회의록 정리", "점심 메뉴"):
+        Conversation.objects.create(owner=user, model="demo:echo", title=title)
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    held = []
+
+    def hold_the_first_query(route):
+        if not held:
+            held.append((route, route.fetch()))  # answered later, after the second query's answer
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/conversations/?q=*", hold_the_first_query)
+    page.goto(live_server_url + "/")
+    page.fill("#conversation-filter", "회의")
+    page.wait_for_timeout(600)  # past the 200 ms pause: the first query went out
+    page.fill("#conversation-filter", "회의록")
+    expect(page.locator("#conversation-list li.conversation-item")).to_have_count(1)
+    route, response = held[0]
+    route.fulfill(response=response)
+    page.wait_for_timeout(500)
+    assert page.locator("#conversation-list li.conversation-item a").all_inner_texts() == ["회의록 정리"]
