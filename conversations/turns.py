@@ -1121,6 +1121,18 @@ async def stream_resume_state(*, conversation_id) -> dict | None:
     return state
 
 
+def reply_end_frame(*, message_id) -> dict | None:
+    """The "done" frame of a reply that has ended, built from its saved row; None while it still
+    runs (or when it is gone). For a socket that missed the published one (consumers.py)."""
+    row = Message.objects.filter(id=message_id).exclude(status__in=RUNNING).values(
+        "finish_reason", "input_tokens", "output_tokens", "cost"
+    ).first()
+    if row is None:
+        return None
+    usage = {"input_tokens": row["input_tokens"], "output_tokens": row["output_tokens"], "cost": money_str(row["cost"])}
+    return {"type": "done", "message_id": str(message_id), "finish_reason": row["finish_reason"] or "error", "usage": usage}
+
+
 def _reap_settle(*, message_id, conversation_id, started_at, state: dict, text: str) -> dict:
     """Settle a dead reply from what its buffer knew: the input it sent (if a call started)
     and the text that came out, estimated, at the price in force when the reply started (as

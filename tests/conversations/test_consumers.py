@@ -644,6 +644,47 @@ async def test_the_end_of_a_reply_reaches_the_sockets_through_a_layer_blip(chat_
     assert failed and frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "stop"
 
 
+async def test_a_socket_that_missed_the_end_of_a_reply_is_told_at_its_heartbeat(
+    chat_backends, user, conversation_factory, monkeypatch
+):
+    # Redis restarted mid-reply: each process resubscribes up to a second after it is back, and
+    # pub/sub keeps nothing for a process not subscribed yet. The "done" published then never
+    # reaches this socket, which stays open: the page would show the reply streaming (and the
+    # composer busy) until reloaded. The socket's heartbeat sees the reply has ended and says so.
+    from conversations import consumers
+
+    monkeypatch.setattr(consumers, "HEARTBEAT_SECONDS", 0.05)
+    real_publish = turns._publish
+
+    async def lost_at_the_end(layer, conversation_id, frame):
+        if frame["type"] == "done":
+            return  # published, but this process was not subscribed at that moment
+        return await real_publish(layer, conversation_id, frame)
+
+    monkeypatch.setattr(turns, "_publish", lost_at_the_end)
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("hello there"))
+    frames = await receive_until(ws, "done", timeout=5)
+    await turns.replies_wait()
+    reply = (await _messages(conversation))[1]
+    done = frames[-1]
+    assert done == {
+        "type": "done",
+        "message_id": str(reply.id),
+        "finish_reason": "stop",
+        "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens, "cost": turns.money_str(reply.cost)},
+    }
+    assert [f["type"] for f in frames].count("done") == 1
+    assert await ws.receive_nothing(timeout=0.3)  # told once, not at every heartbeat
+
+    monkeypatch.setattr(turns, "_publish", real_publish)  # delivered: one "done", never a second
+    frames = await _turn(ws, "and again")
+    assert [f["type"] for f in frames].count("done") == 1
+    assert await ws.receive_nothing(timeout=0.3)
+    await ws.disconnect()
+
+
 async def test_a_reply_reaped_while_its_process_stalled_is_billed_once_and_stays_ended(
     chat_backends, user, conversation_factory
 ):
