@@ -468,6 +468,8 @@ _RUNNING: dict[uuid.UUID, asyncio.Task] = {}
 
 
 _CANCELS: dict[uuid.UUID, asyncio.Event] = {}  # each running reply's stop, by message id
+_INTERRUPTED: set[uuid.UUID] = set()  # the replies replies_shutdown stopped (not a person)
+SHUTDOWN_GRACE_SECONDS = 5.0  # under Docker's 10 s between SIGTERM and SIGKILL, with room to save
 _WATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its watcher task
 
 
@@ -522,6 +524,29 @@ async def replies_wait(timeout: float = 30) -> None:
     tasks = list(_RUNNING.values())
     if tasks:
         await asyncio.wait(tasks, timeout=timeout)
+
+
+async def replies_shutdown(*, grace: float = SHUTDOWN_GRACE_SECONDS) -> int:
+    """The process is stopping (SIGTERM: a deploy, a restart; chatsite.asgi calls this). The
+    replies running on this event loop get `grace` seconds to end; the rest are stopped and end
+    now as interrupted: saved with their text, billed, settled and told to their sockets, instead
+    of streaming into nothing until the reaper's check (STALE_SECONDS and more) ends them. Returns
+    how many were stopped."""
+    loop = asyncio.get_running_loop()
+    tasks = {mid: task for mid, task in _RUNNING.items() if task.get_loop() is loop}
+    if not tasks:
+        return 0
+    _done, pending = await asyncio.wait(tasks.values(), timeout=grace)
+    stopped = 0
+    for mid, task in tasks.items():
+        cancel = _CANCELS.get(mid)
+        if task in pending and cancel is not None and not cancel.is_set():
+            _INTERRUPTED.add(mid)
+            cancel.set()
+            stopped += 1
+    if pending:
+        await asyncio.wait(pending, timeout=grace)
+    return stopped
 
 
 def frame_event(frame: dict) -> dict:
@@ -741,6 +766,13 @@ async def _reply_run(plan: _ReplyPlan) -> None:
         elif wiring.control is not None:
             with contextlib.suppress(Exception):
                 await layer.group_discard(control_group_name(plan.conversation_id), wiring.control)
+    if plan.message_id in _INTERRUPTED:
+        _INTERRUPTED.discard(plan.message_id)
+        if outcome.finish_reason == "cancelled":  # stopped by the process's shutdown, not by a person
+            outcome.finish_reason = "error"
+            outcome.error_code = "provider_error"
+            outcome.error_message = _("The reply was interrupted.")
+            outcome.error_kind = REAPED
     if wiring.failed:
         # The call was stopped (or had ended); what it did is kept for the bill, not the reason.
         outcome.finish_reason = "error"

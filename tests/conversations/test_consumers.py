@@ -685,6 +685,42 @@ async def test_a_socket_that_missed_the_end_of_a_reply_is_told_at_its_heartbeat(
     await ws.disconnect()
 
 
+async def test_a_process_stopping_ends_its_running_replies_now_not_at_the_reaper(chat_backends, user, conversation_factory):
+    # SIGTERM (a deploy, a restart): the replies running here get a short grace, then are ended
+    # as interrupted, saved with their text, billed and settled, and their sockets told, before
+    # the process exits; not left streaming until the reaper's check minutes later.
+    chat_backends.key("only")
+    chat_backends.scripts.append([TextDelta("half an answer"), "gate", TextDelta(" never sent"), Usage(5, 3), Finish("stop")])
+    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("a question"))
+    frames = await receive_until(ws, "delta")
+
+    assert await turns.replies_shutdown(grace=0.05) == 1
+    frames += await receive_until(ws, "done", timeout=5)
+    error, done = frames[-2:]
+    assert error["type"] == "error" and error["code"] == "provider_error"
+    assert done["finish_reason"] == "error"
+    reply = (await _messages(conversation))[1]
+    assert (reply.status, reply.content) == ("error", "half an answer")
+    (billed,) = chat_backends.usage
+    assert billed["outcome"] == "error" and billed["estimated"] and billed["cost"] == reply.cost
+    assert len(chat_backends.settlements) == 1
+    assert await turns.replies_shutdown(grace=0.05) == 0  # nothing left running
+    await ws.disconnect()
+
+
+async def test_a_reply_that_ends_within_the_grace_ends_as_it_would_have(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("hello there"))
+    await receive_until(ws, "start")
+    assert await turns.replies_shutdown(grace=10) == 0
+    frames = await receive_until(ws, "done")
+    assert frames[-1]["finish_reason"] == "stop"
+    await ws.disconnect()
+
+
 async def test_a_reply_reaped_while_its_process_stalled_is_billed_once_and_stays_ended(
     chat_backends, user, conversation_factory
 ):
