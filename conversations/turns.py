@@ -151,6 +151,7 @@ class _ReplyPlan:
     team_id: int | None = None  # the team the ledger files this call under (taken at the start)
     summarize_upto: uuid.UUID | None = None  # the last history item trimmed out of the context
     attempt: int = 0  # the provider call in progress (kept in the buffer for the reaper)
+    key_id: uuid.UUID | None = None  # the key of that call (also in the buffer: the reaper's ledger row names it)
     # The key for the first call, chosen while preparing (one thread hop less before the first
     # token); None for the demo model, or when no key could serve.
     first_key: keys.KeyLease | None = None
@@ -400,7 +401,9 @@ def _reply_prepare(
             buffer_key(conversation.id),
             # attempt 1: the first call goes out right after this; a process that dies once it
             # is sent, before any text, has still made a call the reaper must bill.
-            _buffer_state(reply.id, 0, "", model_id, reservation_id, built.input_tokens, user.pk, 1),
+            _buffer_state(
+                reply.id, 0, "", model_id, reservation_id, built.input_tokens, user.pk, 1, first_key.id if first_key else None
+            ),
             BUFFER_TTL,
         )
     except Exception:  # noqa: BLE001 - a cache or database fault after the reply row was committed
@@ -423,6 +426,7 @@ def _reply_prepare(
         team_id=team_id,
         summarize_upto=built.dropped_ids[-1] if built.dropped_ids else None,
         first_key=first_key,
+        key_id=first_key.id if first_key else None,
     )
     return TurnResult(reply_to.id, client_id, reply_id=reply.id), plan
 
@@ -436,9 +440,9 @@ def _reply_abandon(*, message_id, reservation_id) -> None:
         budgets.budget_settle(reservation_id=reservation_id, actual=ZERO)
 
 
-def _buffer_state(message_id, seq, text, model_id, reservation_id, input_tokens, user_id, attempt) -> dict:
+def _buffer_state(message_id, seq, text, model_id, reservation_id, input_tokens, user_id, attempt, key_id) -> dict:
     # What a late joiner needs (message_id, seq, text, model), and what the reaper needs to
-    # settle a reply whose process died (reservation, counted input, user, attempt).
+    # settle a reply whose process died (reservation, counted input, user, attempt, its key).
     return {
         "message_id": str(message_id),
         "seq": seq,
@@ -448,6 +452,7 @@ def _buffer_state(message_id, seq, text, model_id, reservation_id, input_tokens,
         "input_tokens": input_tokens,
         "user_id": user_id,
         "attempt": attempt,
+        "key_id": str(key_id) if key_id else None,
     }
 
 
@@ -617,7 +622,7 @@ class _Stream:
                     self.buffer_key,
                     _buffer_state(
                         self.message_id, self.seq, self.text, plan.model_id, plan.reservation_id, plan.input_tokens,
-                        plan.user.pk, plan.attempt,
+                        plan.user.pk, plan.attempt, plan.key_id,
                     ),
                     BUFFER_TTL,
                 )
@@ -964,6 +969,7 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
                 )
         attempt += 1
         plan.attempt = attempt
+        plan.key_id = key.id if key is not None else None
         if attempt > 1:
             # The buffer names the call in progress before it goes out (the first's is named
             # when the reply is prepared): the reaper bills a dead process's call by it.
@@ -1184,7 +1190,8 @@ def _reap_settle(*, message_id, conversation_id, started_at, state: dict, text: 
         ledger.usage_record(
             user=get_user_model().objects.filter(pk=state.get("user_id")).first(),
             conversation_id=conversation_id, message_id=message_id, attempt=attempt, provider=provider, model=model_name,
-            key_id=None, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=0, cost=cost, estimated=True,
+            key_id=uuid.UUID(state["key_id"]) if state.get("key_id") else None,
+            input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=0, cost=cost, estimated=True,
             ttft_ms=None, latency_ms=None, outcome="error", error_kind=REAPED,
         )
         Message.objects.filter(id=message_id).update(input_tokens=input_tokens, output_tokens=output_tokens, cost=cost)

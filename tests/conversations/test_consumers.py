@@ -727,7 +727,7 @@ async def test_a_reply_reaped_while_its_process_stalled_is_billed_once_and_stays
     # The call went out, no text yet, and the process stalled past STALE_SECONDS: the reaper
     # must bill that call (its buffer names attempt 1 from the start) and say what it billed;
     # the process, waking, must not overwrite the row, bill or settle again, or end it twice.
-    chat_backends.key("only")
+    key = chat_backends.key("only")
     chat_backends.scripts.append(["gate", TextDelta("words after waking"), Usage(5, 3), Finish("stop")])
     conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
     ws, _ = await ws_connect(user, conversation.id)
@@ -744,6 +744,7 @@ async def test_a_reply_reaped_while_its_process_stalled_is_billed_once_and_stays
     ending = await receive_until(ws, "done")
     (billed,) = chat_backends.usage
     assert billed["estimated"] and billed["input_tokens"] > 0 and billed["cost"] > 0
+    assert billed["key_id"] == key.id  # the key the dead call used, as every ledger row names it
     assert ending[-1]["finish_reason"] == "error"
     assert ending[-1]["usage"] == {"input_tokens": billed["input_tokens"], "output_tokens": 0, "cost": str(billed["cost"])}
 
