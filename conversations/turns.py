@@ -538,19 +538,23 @@ async def replies_shutdown(*, grace: float = SHUTDOWN_GRACE_SECONDS) -> int:
     of streaming into nothing until the reaper's check (STALE_SECONDS and more) ends them. Returns
     how many were stopped."""
     loop = asyncio.get_running_loop()
-    tasks = {mid: task for mid, task in _RUNNING.items() if task.get_loop() is loop}
-    if not tasks:
+
+    def running() -> dict:
+        return {mid: task for mid, task in _RUNNING.items() if task.get_loop() is loop and not task.done()}
+
+    if not running():
         return 0
-    _done, pending = await asyncio.wait(tasks.values(), timeout=grace)
+    await asyncio.wait(running().values(), timeout=grace)
     stopped = 0
-    for mid, task in tasks.items():
+    tasks = running()  # those started meanwhile too: the server listens until the reactor stops
+    for mid in tasks:
         cancel = _CANCELS.get(mid)
-        if task in pending and cancel is not None and not cancel.is_set():
+        if cancel is not None and not cancel.is_set():
             _INTERRUPTED.add(mid)
             cancel.set()
             stopped += 1
-    if pending:
-        await asyncio.wait(pending, timeout=grace)
+    if tasks:
+        await asyncio.wait(tasks.values(), timeout=grace)
     return stopped
 
 
