@@ -87,7 +87,7 @@ def usage_record(
     """Append one ledger row (idempotent on message_id+attempt) and upsert the daily rollup in the
     same transaction. `provider` and `model` are kept apart: "openai" and "gpt-4o-mini", never
     "openai:gpt-4o-mini" in `model`. Returns the UsageRecord (the existing one on a repeat)."""
-    from .models import UsageRecord
+    from .models import ProviderKey, UsageRecord
 
     if outcome not in UsageRecord.Outcome.values:
         raise ValueError(f"unknown outcome {outcome!r}")
@@ -103,6 +103,10 @@ def usage_record(
         team_id = primary_team_id(user=user)
 
     with transaction.atomic():
+        # A key deleted while its call ran (key_delete, from the admin) would fail the row's
+        # foreign key, and with it the reply's closing save: the row keeps its numbers without the
+        # link, as key_delete leaves the older ones; the per-key statistics keep the bare id.
+        linked_key_id = key_id if key_id is not None and ProviderKey.objects.filter(pk=key_id).exists() else None
         record = UsageRecord(
             created_at=at or timezone.now(),
             user=user,
@@ -112,7 +116,7 @@ def usage_record(
             attempt=attempt,
             provider=provider,
             model=model,
-            key_id=key_id,
+            key_id=linked_key_id,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cached_tokens=cached_tokens,
@@ -138,7 +142,7 @@ def usage_record(
         stats_record_call(
             day=_day_of(record.created_at),
             provider=record.provider,
-            key_id=record.key_id,
+            key_id=key_id,
             ttft_ms=record.ttft_ms,
             latency_ms=record.latency_ms,
             outcome=record.outcome,

@@ -1,7 +1,9 @@
 """HTTP and websockets on one ASGI application, served by Daphne."""
 
+import asyncio
 import gc
 import os
+import sys
 import threading
 
 from django.conf import settings
@@ -34,6 +36,26 @@ def warm_up_and_freeze() -> None:
     gc.freeze()
 
 
+def replies_end_at_shutdown() -> None:
+    """Under Daphne, SIGTERM (a deploy, `docker compose restart`) stops the reactor: the replies
+    running here would die with the process, to be reaped as errors minutes later. Before the
+    reactor stops, they get a few seconds to end, and the rest are ended as interrupted (saved,
+    billed, settled, their sockets told): turns.replies_shutdown. Daphne installs its reactor
+    before it loads this module; elsewhere (Celery, tests) the trigger never fires."""
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None:
+        return
+    from twisted.internet import defer
+
+    from conversations import turns
+
+    def before_shutdown():
+        return defer.Deferred.fromFuture(asyncio.ensure_future(turns.replies_shutdown()))
+
+    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+
+
+replies_end_at_shutdown()
 threading.Thread(target=warm_up_and_freeze, name="llm-warm-up", daemon=True).start()
 if settings.CELERY_BEAT_EMBEDDED:
     beat_embedded_start()

@@ -175,6 +175,10 @@ else:
     # each call a connection that is already open: without it, every database call of a chat turn
     # paid a new TCP connection and login (5-10 ms each, several per turn).
     _db["CONN_MAX_AGE"] = 0
+    # The pool checks a connection before lending it (an empty query, well under a millisecond):
+    # after PostgreSQL restarts, or a proxy drops idle connections, every idle one in the pool is
+    # dead, and without the check each was lent once more, to fail its request with a 500.
+    _db["CONN_HEALTH_CHECKS"] = True
     # "timeout": how long a request waits for a connection, enough to ride out a load spike
     # (/readyz waits only 2 s: chatsite.health.READY_DATABASE_TIMEOUT).
     _db["OPTIONS"] = {"pool": {"min_size": 1, "max_size": _int("DATABASE_POOL_SIZE", 20), "timeout": 10}}

@@ -69,6 +69,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.group = turns.group_name(self.conversation.id)
         # message id -> the last seq this socket already has (from "resume"); older deltas dropped.
         self.resumed: dict[str, int] = {}
+        # The reply this socket saw start (or resumed) and has not heard the end of; whether a
+        # heartbeat already found it ended; the replies whose end a heartbeat told.
+        self.running: str | None = None
+        self.running_ended = False
+        self.told_ended: set[str] = set()
         # The session's and the user's groups first: a logout that happens while we connect
         # must still reach us.
         self.control_groups = [sockets.user_group_name(user.pk)]
@@ -88,6 +93,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         state = await turns.stream_resume_state(conversation_id=self.conversation.id)
         if state:
             self.resumed[state["message_id"]] = state["seq"]
+            self.running, self.running_ended = state["message_id"], False
             await self.send_json(
                 {"type": "resume", "message_id": state["message_id"], "seq": state["seq"], "text": state["text"], "model": state.get("model", "")}
             )
@@ -148,6 +154,27 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if signed_out:
                 await self._close_signed_out()
                 return
+            with contextlib.suppress(Exception):  # next time: a database hiccup changes nothing
+                await self._running_check()
+
+    async def _running_check(self):
+        """Pub/sub delivers at most once: frames published while this process was not subscribed
+        (Redis restarted, the process resubscribing) are lost, "done" among them, and the page
+        would show the reply streaming until reloaded. A reply this socket saw start, found
+        ended by two heartbeats in a row (the published "done" follows the save within seconds:
+        one would race it), is told here from its saved row; the page then reloads the messages."""
+        message_id = self.running
+        if message_id is None:
+            return
+        frame = await database_sync_to_async(turns.reply_end_frame)(message_id=message_id)
+        if frame is None or self.running != message_id or self.closing:
+            return
+        if not self.running_ended:
+            self.running_ended = True
+            return
+        self.running = None
+        self.told_ended.add(message_id)
+        await self.send_json(frame)
 
     async def _invalid(self, message: str, **extra):
         await self.send_json({"type": "error", "code": "invalid_input", "message": message, **extra})
@@ -276,8 +303,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if self.closing:
             return
         message_id = event["message_id"]
+        kind = event["kind"]
+        if kind == "done" and message_id in self.told_ended:
+            return  # already told by the heartbeat
+        if kind == "start":
+            self.running, self.running_ended = message_id, False
+        elif kind == "done" and self.running == message_id:
+            self.running = None
         if message_id in self.resumed:
-            kind = event["kind"]
             # Already covered by "resume": the start, and every delta up to its seq.
             if kind == "start" or (kind == "delta" and event["seq"] <= self.resumed[message_id]):
                 return

@@ -151,6 +151,7 @@ class _ReplyPlan:
     team_id: int | None = None  # the team the ledger files this call under (taken at the start)
     summarize_upto: uuid.UUID | None = None  # the last history item trimmed out of the context
     attempt: int = 0  # the provider call in progress (kept in the buffer for the reaper)
+    key_id: uuid.UUID | None = None  # the key of that call (also in the buffer: the reaper's ledger row names it)
     # The key for the first call, chosen while preparing (one thread hop less before the first
     # token); None for the demo model, or when no key could serve.
     first_key: keys.KeyLease | None = None
@@ -402,7 +403,9 @@ def _reply_prepare(
             buffer_key(conversation.id),
             # attempt 1: the first call goes out right after this; a process that dies once it
             # is sent, before any text, has still made a call the reaper must bill.
-            _buffer_state(reply.id, 0, "", model_id, reservation_id, built.input_tokens, user.pk, 1),
+            _buffer_state(
+                reply.id, 0, "", model_id, reservation_id, built.input_tokens, user.pk, 1, first_key.id if first_key else None
+            ),
             BUFFER_TTL,
         )
     except Exception:  # noqa: BLE001 - a cache or database fault after the reply row was committed
@@ -425,6 +428,7 @@ def _reply_prepare(
         team_id=team_id,
         summarize_upto=built.dropped_ids[-1] if built.dropped_ids else None,
         first_key=first_key,
+        key_id=first_key.id if first_key else None,
     )
     return TurnResult(reply_to.id, client_id, reply_id=reply.id), plan
 
@@ -438,9 +442,9 @@ def _reply_abandon(*, message_id, reservation_id) -> None:
         budgets.budget_settle(reservation_id=reservation_id, actual=ZERO)
 
 
-def _buffer_state(message_id, seq, text, model_id, reservation_id, input_tokens, user_id, attempt) -> dict:
+def _buffer_state(message_id, seq, text, model_id, reservation_id, input_tokens, user_id, attempt, key_id) -> dict:
     # What a late joiner needs (message_id, seq, text, model), and what the reaper needs to
-    # settle a reply whose process died (reservation, counted input, user, attempt).
+    # settle a reply whose process died (reservation, counted input, user, attempt, its key).
     return {
         "message_id": str(message_id),
         "seq": seq,
@@ -450,6 +454,7 @@ def _buffer_state(message_id, seq, text, model_id, reservation_id, input_tokens,
         "input_tokens": input_tokens,
         "user_id": user_id,
         "attempt": attempt,
+        "key_id": str(key_id) if key_id else None,
     }
 
 
@@ -470,6 +475,8 @@ _RUNNING: dict[uuid.UUID, asyncio.Task] = {}
 
 
 _CANCELS: dict[uuid.UUID, asyncio.Event] = {}  # each running reply's stop, by message id
+_INTERRUPTED: set[uuid.UUID] = set()  # the replies replies_shutdown stopped (not a person)
+SHUTDOWN_GRACE_SECONDS = 5.0  # under Docker's 10 s between SIGTERM and SIGKILL, with room to save
 _WATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its watcher task
 
 
@@ -524,6 +531,33 @@ async def replies_wait(timeout: float = 30) -> None:
     tasks = list(_RUNNING.values())
     if tasks:
         await asyncio.wait(tasks, timeout=timeout)
+
+
+async def replies_shutdown(*, grace: float = SHUTDOWN_GRACE_SECONDS) -> int:
+    """The process is stopping (SIGTERM: a deploy, a restart; chatsite.asgi calls this). The
+    replies running on this event loop get `grace` seconds to end; the rest are stopped and end
+    now as interrupted: saved with their text, billed, settled and told to their sockets, instead
+    of streaming into nothing until the reaper's check (STALE_SECONDS and more) ends them. Returns
+    how many were stopped."""
+    loop = asyncio.get_running_loop()
+
+    def running() -> dict:
+        return {mid: task for mid, task in _RUNNING.items() if task.get_loop() is loop and not task.done()}
+
+    if not running():
+        return 0
+    await asyncio.wait(running().values(), timeout=grace)
+    stopped = 0
+    tasks = running()  # those started meanwhile too: the server listens until the reactor stops
+    for mid in tasks:
+        cancel = _CANCELS.get(mid)
+        if cancel is not None and not cancel.is_set():
+            _INTERRUPTED.add(mid)
+            cancel.set()
+            stopped += 1
+    if tasks:
+        await asyncio.wait(tasks.values(), timeout=grace)
+    return stopped
 
 
 def frame_event(frame: dict) -> dict:
@@ -594,7 +628,7 @@ class _Stream:
                     self.buffer_key,
                     _buffer_state(
                         self.message_id, self.seq, self.text, plan.model_id, plan.reservation_id, plan.input_tokens,
-                        plan.user.pk, plan.attempt,
+                        plan.user.pk, plan.attempt, plan.key_id,
                     ),
                     BUFFER_TTL,
                 )
@@ -743,6 +777,13 @@ async def _reply_run(plan: _ReplyPlan) -> None:
         elif wiring.control is not None:
             with contextlib.suppress(Exception):
                 await layer.group_discard(control_group_name(plan.conversation_id), wiring.control)
+    if plan.message_id in _INTERRUPTED:
+        _INTERRUPTED.discard(plan.message_id)
+        if outcome.finish_reason == "cancelled":  # stopped by the process's shutdown, not by a person
+            outcome.finish_reason = "error"
+            outcome.error_code = "provider_error"
+            outcome.error_message = _("The reply was interrupted.")
+            outcome.error_kind = REAPED
     if wiring.failed:
         # The call was stopped (or had ended); what it did is kept for the bill, not the reason.
         outcome.finish_reason = "error"
@@ -934,6 +975,7 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
                 )
         attempt += 1
         plan.attempt = attempt
+        plan.key_id = key.id if key is not None else None
         if attempt > 1:
             # The buffer names the call in progress before it goes out (the first's is named
             # when the reply is prepared): the reaper bills a dead process's call by it.
@@ -1123,6 +1165,18 @@ async def stream_resume_state(*, conversation_id) -> dict | None:
     return state
 
 
+def reply_end_frame(*, message_id) -> dict | None:
+    """The "done" frame of a reply that has ended, built from its saved row; None while it still
+    runs (or when it is gone). For a socket that missed the published one (consumers.py)."""
+    row = Message.objects.filter(id=message_id).exclude(status__in=RUNNING).values(
+        "finish_reason", "input_tokens", "output_tokens", "cost"
+    ).first()
+    if row is None:
+        return None
+    usage = {"input_tokens": row["input_tokens"], "output_tokens": row["output_tokens"], "cost": money_str(row["cost"])}
+    return {"type": "done", "message_id": str(message_id), "finish_reason": row["finish_reason"] or "error", "usage": usage}
+
+
 def _reap_settle(*, message_id, conversation_id, started_at, state: dict, text: str) -> dict:
     """Settle a dead reply from what its buffer knew: the input it sent (if a call started)
     and the text that came out, estimated, at the price in force when the reply started (as
@@ -1142,7 +1196,8 @@ def _reap_settle(*, message_id, conversation_id, started_at, state: dict, text: 
         ledger.usage_record(
             user=get_user_model().objects.filter(pk=state.get("user_id")).first(),
             conversation_id=conversation_id, message_id=message_id, attempt=attempt, provider=provider, model=model_name,
-            key_id=None, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=0, cost=cost, estimated=True,
+            key_id=uuid.UUID(state["key_id"]) if state.get("key_id") else None,
+            input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=0, cost=cost, estimated=True,
             ttft_ms=None, latency_ms=None, outcome="error", error_kind=REAPED,
         )
         Message.objects.filter(id=message_id).update(input_tokens=input_tokens, output_tokens=output_tokens, cost=cost)

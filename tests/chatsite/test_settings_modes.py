@@ -73,3 +73,26 @@ def test_the_configured_database_runs_as_designed():
         connection.close()
         assert not lent.closed  # back in the pool, still logged in
         assert connection.pool.get_stats()["pool_available"] >= 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pooled_connection_the_server_ended_is_replaced_not_lent(needs_postgres):
+    """PostgreSQL restarted (or a proxy dropped idle connections): the pool's idle connections
+    are dead. The next request must get a live one, not a 500 per dead connection."""
+    import psycopg
+    from django.db import connection
+
+    for _ in range(3):  # a few idle connections in the pool
+        connection.ensure_connection()
+        connection.close()
+    assert connection.pool.get_stats()["pool_available"] >= 1
+    params = {k: v for k, v in connection.get_connection_params().items() if k in {"dbname", "user", "password", "host", "port"}}
+    with psycopg.connect(**params, autocommit=True) as killer:
+        killer.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    for _ in range(3):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            assert cursor.fetchone() == (1,)
+        connection.close()

@@ -644,13 +644,90 @@ async def test_the_end_of_a_reply_reaches_the_sockets_through_a_layer_blip(chat_
     assert failed and frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "stop"
 
 
+async def test_a_socket_that_missed_the_end_of_a_reply_is_told_at_its_heartbeat(
+    chat_backends, user, conversation_factory, monkeypatch
+):
+    # Redis restarted mid-reply: each process resubscribes up to a second after it is back, and
+    # pub/sub keeps nothing for a process not subscribed yet. The "done" published then never
+    # reaches this socket, which stays open: the page would show the reply streaming (and the
+    # composer busy) until reloaded. The socket's heartbeat sees the reply has ended and says so.
+    from conversations import consumers
+
+    monkeypatch.setattr(consumers, "HEARTBEAT_SECONDS", 0.05)
+    real_publish = turns._publish
+
+    async def lost_at_the_end(layer, conversation_id, frame):
+        if frame["type"] == "done":
+            return  # published, but this process was not subscribed at that moment
+        return await real_publish(layer, conversation_id, frame)
+
+    monkeypatch.setattr(turns, "_publish", lost_at_the_end)
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("hello there"))
+    frames = await receive_until(ws, "done", timeout=5)
+    await turns.replies_wait()
+    reply = (await _messages(conversation))[1]
+    done = frames[-1]
+    assert done == {
+        "type": "done",
+        "message_id": str(reply.id),
+        "finish_reason": "stop",
+        "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens, "cost": turns.money_str(reply.cost)},
+    }
+    assert [f["type"] for f in frames].count("done") == 1
+    assert await ws.receive_nothing(timeout=0.3)  # told once, not at every heartbeat
+
+    monkeypatch.setattr(turns, "_publish", real_publish)  # delivered: one "done", never a second
+    frames = await _turn(ws, "and again")
+    assert [f["type"] for f in frames].count("done") == 1
+    assert await ws.receive_nothing(timeout=0.3)
+    await ws.disconnect()
+
+
+async def test_a_process_stopping_ends_its_running_replies_now_not_at_the_reaper(chat_backends, user, conversation_factory):
+    # SIGTERM (a deploy, a restart): the replies running here get a short grace, then are ended
+    # as interrupted, saved with their text, billed and settled, and their sockets told, before
+    # the process exits; not left streaming until the reaper's check minutes later.
+    chat_backends.key("only")
+    chat_backends.scripts.append([TextDelta("half an answer"), "gate", TextDelta(" never sent"), Usage(5, 3), Finish("stop")])
+    conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("a question"))
+    frames = await receive_until(ws, "delta")
+
+    assert await turns.replies_shutdown(grace=0.05) == 1
+    frames += await receive_until(ws, "done", timeout=5)
+    error, done = frames[-2:]
+    assert error["type"] == "error" and error["code"] == "provider_error"
+    assert done["finish_reason"] == "error"
+    reply = (await _messages(conversation))[1]
+    assert (reply.status, reply.content) == ("error", "half an answer")
+    (billed,) = chat_backends.usage
+    assert billed["outcome"] == "error" and billed["estimated"] and billed["cost"] == reply.cost
+    assert len(chat_backends.settlements) == 1
+    assert await turns.replies_shutdown(grace=0.05) == 0  # nothing left running
+    await ws.disconnect()
+
+
+async def test_a_reply_that_ends_within_the_grace_ends_as_it_would_have(chat_backends, user, conversation_factory):
+    conversation = await database_sync_to_async(conversation_factory)(user)
+    ws, _ = await ws_connect(user, conversation.id)
+    await ws.send_json_to(_send("hello there"))
+    await receive_until(ws, "start")
+    assert await turns.replies_shutdown(grace=10) == 0
+    frames = await receive_until(ws, "done")
+    assert frames[-1]["finish_reason"] == "stop"
+    await ws.disconnect()
+
+
 async def test_a_reply_reaped_while_its_process_stalled_is_billed_once_and_stays_ended(
     chat_backends, user, conversation_factory
 ):
     # The call went out, no text yet, and the process stalled past STALE_SECONDS: the reaper
     # must bill that call (its buffer names attempt 1 from the start) and say what it billed;
     # the process, waking, must not overwrite the row, bill or settle again, or end it twice.
-    chat_backends.key("only")
+    key = chat_backends.key("only")
     chat_backends.scripts.append(["gate", TextDelta("words after waking"), Usage(5, 3), Finish("stop")])
     conversation = await database_sync_to_async(conversation_factory)(user, model="openai:gpt-test")
     ws, _ = await ws_connect(user, conversation.id)
@@ -667,6 +744,7 @@ async def test_a_reply_reaped_while_its_process_stalled_is_billed_once_and_stays
     ending = await receive_until(ws, "done")
     (billed,) = chat_backends.usage
     assert billed["estimated"] and billed["input_tokens"] > 0 and billed["cost"] > 0
+    assert billed["key_id"] == key.id  # the key the dead call used, as every ledger row names it
     assert ending[-1]["finish_reason"] == "error"
     assert ending[-1]["usage"] == {"input_tokens": billed["input_tokens"], "output_tokens": 0, "cost": str(billed["cost"])}
 

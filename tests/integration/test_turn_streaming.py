@@ -359,3 +359,34 @@ async def test_an_emoji_cut_between_two_stream_events_is_joined_saved_and_billed
     record = await db(UsageRecord.objects.get)(message_id=reply.id)
     spent, reserved = await db(spent_and_reserved)(user)
     assert (record.input_tokens, record.output_tokens) == (10, 3) and spent == record.cost > 0 and reserved == 0
+
+
+async def test_a_key_deleted_while_its_reply_streams_does_not_lose_the_reply(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # An administrator deletes a provider key (admin, key_delete) while a reply it serves
+    # streams. The reply must still be saved, billed and settled when it ends (its ledger row
+    # without the key, as key_delete leaves the older rows), not fail its closing save.
+    from billing import keys
+
+    user = await db(make_user)("deleted-key")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    key = await db(add_key)("openai", "sk-openai-deleted-1", text=REPLY, pace_ms=60)
+    conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
+    ws = await ws_open(user, conversation.id)
+    await ws.send_json_to({"type": "user_message", "content": "hello there", "client_id": str(uuid.uuid4())})
+    while (await ws.receive_json_from(timeout=10))["type"] != "delta":
+        pass
+    await db(keys.key_delete)(key_id=key.id)
+    frames = []
+    while not frames or frames[-1]["type"] != "done":
+        frames.append(await ws.receive_json_from(timeout=20))
+    await replies_finished()
+    await ws.disconnect()
+
+    assert of_type(frames, "error") == [] and frames[-1]["finish_reason"] == "stop"
+    reply = await db(lambda: Message.objects.get(conversation=conversation, role="assistant"))()
+    assert reply.status == "done" and reply.content == REPLY
+    row = await db(lambda: UsageRecord.objects.get(message_id=reply.id))()
+    assert row.key_id is None and row.cost == reply.cost and row.cost > 0
+    assert await db(spent_and_reserved)(user) == (row.cost, Decimal("0"))

@@ -1,0 +1,89 @@
+"""Daphne stopped with SIGTERM (a deploy, `docker compose restart`) while a reply streams: the
+reply ends before the process exits, saved, billed and settled, not left for the reaper."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+from django.db import connection, connections
+from django.test import Client
+
+from billing import prices
+from billing.models import Reservation
+from conversations.models import Conversation, Message
+from tests.fakeprovider.standalone import NotStarted, free_port, wait_port
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _database_url() -> str:
+    """The test database, as the server process's DATABASE_URL."""
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    return f"postgres://{s['USER']}{password}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+async def _chat_until_streaming(port: int, conversation_id, cookie: str) -> None:
+    origin = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+        f"ws://127.0.0.1:{port}/ws/chat/{conversation_id}/", headers={"Origin": origin, "Cookie": f"sessionid={cookie}"}
+    ) as ws:
+        words = " ".join(f"word{n}" for n in range(200))
+        await ws.send_json({"type": "user_message", "content": words, "client_id": str(uuid.uuid4())})
+        deltas = 0
+        while deltas < 3:
+            frame = json.loads((await ws.receive(timeout=20)).data)
+            deltas += frame["type"] == "delta"
+
+
+def test_sigterm_ends_the_running_reply_before_the_process_exits(user, settings):
+    if prices.price_for(model_id="demo:echo") is None:
+        prices.price_set(model_id="demo:echo", input_per_million="0", output_per_million="0", context_window=8192)
+    conversation = Conversation.objects.create(owner=user, model="demo:echo")
+    client = Client()
+    client.force_login(user)
+    cookie = client.cookies["sessionid"].value
+    connections.close_all()
+
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
+        "DATABASE_URL": _database_url(),
+        "DJANGO_SECRET_KEY": settings.SECRET_KEY,
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DEMO_DELAY_MS": "200",  # 200 words: 40 s, far longer than the shutdown's grace
+        "CELERY_TASK_ALWAYS_EAGER": "true",
+    }
+    output = tempfile.TemporaryFile()
+    daphne = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"]
+    server = subprocess.Popen(daphne, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_port(port, server, timeout=60)
+        except NotStarted:
+            output.seek(0)
+            raise AssertionError(output.read().decode(errors="replace")[-3000:]) from None
+        asyncio.run(_chat_until_streaming(port, conversation.id, cookie))
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=20)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+        output.close()
+
+    reply = Message.objects.get(conversation=conversation, role="assistant")
+    assert reply.status == Message.Status.ERROR, reply.status  # not left "streaming" for the reaper
+    assert reply.content.startswith("word0 word1") and reply.heartbeat_at is None  # the text so far, kept
+    assert not Reservation.objects.filter(user=user).exclude(state="settled").exists()
