@@ -705,7 +705,7 @@ def test_a_reply_still_streaming_is_exported_with_the_words_written_so_far(user,
     )
     cache.set(
         turns.buffer_key(conversation.id),
-        turns._buffer_state(reply.id, 3, "the words so far", "demo:echo", reply.id, 5, user.pk, 1),
+        turns._buffer_state(reply.id, 3, "the words so far", "demo:echo", reply.id, 5, user.pk, 1, None),
         60,
     )
     data_rights.export_write_zip(user=user, path=tmp_path / "live.zip")
@@ -732,7 +732,7 @@ def test_a_buffer_naming_another_reply_is_not_exported_as_this_ones_text(user, t
         conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.PENDING, model="demo:echo", reply_to=question
     )
     other = uuid.uuid4()
-    cache.set(turns.buffer_key(conversation.id), turns._buffer_state(other, 1, "not this one", "demo:echo", other, 5, user.pk, 1), 60)
+    cache.set(turns.buffer_key(conversation.id), turns._buffer_state(other, 1, "not this one", "demo:echo", other, 5, user.pk, 1, None), 60)
     data_rights.export_write_zip(user=user, path=tmp_path / "stale.zip")
     with zipfile.ZipFile(tmp_path / "stale.zip") as archive:
         (exported,) = json.loads(archive.read("conversations.json"))["conversations"]
