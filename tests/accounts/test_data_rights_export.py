@@ -692,48 +692,50 @@ def test_the_purge_queues_again_an_export_no_worker_claimed(user, monkeypatch, s
     assert len(sent) == 2 and DataExport.objects.get(pk=export.pk).status == "ready"
 
 
-@pytest.mark.django_db
-def test_a_reply_still_streaming_is_exported_with_the_words_written_so_far(user, tmp_path):
+def _running_reply(user, *, title: str, buffered_for=None, text: str) -> Message:
+    """A conversation whose reply is being written: its row empty (the turn writes it at the
+    end), its words so far in the stream buffer, which names `buffered_for` (the reply itself
+    unless given)."""
     from django.core.cache import cache
 
     from conversations import turns
 
-    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="live")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title=title)
     question = Message.objects.create(conversation=conversation, role=Message.Role.USER, content="tell me", client_id=None)
     reply = Message.objects.create(
         conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, model="demo:echo", reply_to=question
     )
-    cache.set(
-        turns.buffer_key(conversation.id),
-        turns._buffer_state(reply.id, 3, "the words so far", "demo:echo", reply.id, 5, user.pk, 1, None),
-        60,
-    )
-    data_rights.export_write_zip(user=user, path=tmp_path / "live.zip")
-    with zipfile.ZipFile(tmp_path / "live.zip") as archive:
+    named = buffered_for or reply.id
+    cache.set(turns.buffer_key(conversation.id), turns._buffer_state(named, 3, text, "demo:echo", named, 5, user.pk, 1, None), 60)
+    return reply
+
+
+def _exported_messages(user, path) -> tuple[list, str]:
+    data_rights.export_write_zip(user=user, path=path)
+    with zipfile.ZipFile(path) as archive:
         (exported,) = json.loads(archive.read("conversations.json"))["conversations"]
-        markdown = next(archive.read(n).decode() for n in archive.namelist() if n.endswith(".md") and "live" in n)
-    assert [(m["status"], m["content"]) for m in exported["messages"]] == [("done", "tell me"), ("streaming", "the words so far")]
+        markdown = next(archive.read(n).decode() for n in archive.namelist() if n.endswith(".md") and not n.endswith("README.md"))
+    return exported["messages"], markdown
+
+
+@pytest.mark.django_db
+def test_a_reply_still_streaming_is_exported_with_the_words_written_so_far(user, tmp_path):
+    reply = _running_reply(user, title="live", text="the words so far")
+
+    messages, markdown = _exported_messages(user, tmp_path / "live.zip")
+
+    assert [(m["status"], m["content"]) for m in messages] == [("done", "tell me"), ("streaming", "the words so far")]
     assert "the words so far" in markdown
     reply.refresh_from_db()
     assert reply.content == ""  # the export reads the buffer; the reply's row is the turn's to write
-    as_json = _client(user).get(f"/api/v1/conversations/{conversation.id}/export.json")
+    as_json = _client(user).get(f"/api/v1/conversations/{reply.conversation_id}/export.json")
     assert json.loads(as_json.content)["messages"][1]["content"] == "the words so far"
 
 
 @pytest.mark.django_db
 def test_a_buffer_naming_another_reply_is_not_exported_as_this_ones_text(user, tmp_path):
-    from django.core.cache import cache
+    _running_reply(user, title="stale", buffered_for=uuid.uuid4(), text="not this one")
 
-    from conversations import turns
+    messages, markdown = _exported_messages(user, tmp_path / "stale.zip")
 
-    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="stale")
-    question = Message.objects.create(conversation=conversation, role=Message.Role.USER, content="q", client_id=None)
-    reply = Message.objects.create(
-        conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.PENDING, model="demo:echo", reply_to=question
-    )
-    other = uuid.uuid4()
-    cache.set(turns.buffer_key(conversation.id), turns._buffer_state(other, 1, "not this one", "demo:echo", other, 5, user.pk, 1, None), 60)
-    data_rights.export_write_zip(user=user, path=tmp_path / "stale.zip")
-    with zipfile.ZipFile(tmp_path / "stale.zip") as archive:
-        (exported,) = json.loads(archive.read("conversations.json"))["conversations"]
-    assert exported["messages"][1]["content"] == "" and reply.id
+    assert messages[1]["content"] == "" and "not this one" not in markdown
