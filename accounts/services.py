@@ -4,12 +4,14 @@ Views, admin actions and commands parse and authorize, then call one of these.""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Collection
 
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils.translation import gettext as _
@@ -183,7 +185,29 @@ def password_reset_request(*, email: str, domain: str, use_https: bool) -> None:
     default, with no broker, tasks run eagerly at commit: the mail still goes out in the request.)"""
     from .tasks import password_reset_send_task  # the tasks module imports the services
 
+    if not _password_reset_mail_allowed(email=email):
+        logger.info("password reset not mailed: %s asked for that address this hour", PASSWORD_RESET_MAILS_PER_HOUR)
+        return
     transaction.on_commit(lambda: password_reset_send_task.delay(email, domain, use_https), robust=True)
+
+
+# Reset mails to one address in an hour. Past it, the form still says "sent" and mails nothing:
+# anyone can type someone's address, and the form must not become a way to flood their inbox.
+PASSWORD_RESET_MAILS_PER_HOUR = 3
+
+
+def _password_reset_mail_allowed(*, email: str) -> bool:
+    """Counts this request against the address (known or not: the same work either way), by a
+    hash of it, so no address sits in the cache. A cache fault lets the mail go: a person locked
+    out of their account matters more than a flood the fault makes possible for its duration."""
+    address = email.strip().lower().encode()
+    key = "password-reset:" + hashlib.sha256(address).hexdigest()
+    try:
+        cache.add(key, 0, timeout=3600)  # the hour starts at the first request; incr keeps it
+        return cache.incr(key) <= PASSWORD_RESET_MAILS_PER_HOUR
+    except Exception:  # noqa: BLE001 - see above
+        logger.warning("password reset limit unavailable (cache fault); mailing anyway")
+        return True
 
 
 def password_reset_send(*, email: str, domain: str, use_https: bool) -> None:

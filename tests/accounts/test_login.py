@@ -209,3 +209,19 @@ def test_the_reset_page_does_the_same_work_for_a_known_and_an_unknown_address(cl
     link = next(line for line in mailoutbox[0].body.splitlines() if "/accounts/password/reset/" in line)
     assert link.startswith("http://testserver/")
     assert client.get(link.split("testserver", 1)[1], follow=True).context["validlink"]
+
+
+@pytest.mark.django_db
+def test_the_reset_form_mails_one_address_at_most_three_times_an_hour(
+    client, user, other_user, mailoutbox, django_capture_on_commit_callbacks
+):
+    # Anyone can type someone's address into the form: without a limit it mailed them as often
+    # as it was posted. Past three an hour it still answers "sent" and mails nothing.
+    for _i in range(5):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client.post("/accounts/password/reset/", {"email": f" {user.email.upper()}"})
+        assert response.status_code == 302 and response["Location"] == "/accounts/password/reset/sent/"
+    assert [m.to for m in mailoutbox] == [[user.email]] * 3
+    with django_capture_on_commit_callbacks(execute=True):  # another address is not held back
+        client.post("/accounts/password/reset/", {"email": other_user.email})
+    assert mailoutbox[-1].to == [other_user.email]
