@@ -10,7 +10,7 @@ from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.utils.translation import gettext_lazy as _
 
 from . import services
-from .models import User, validate_model_id
+from .models import User, validate_model_id, validate_username_unmistakable
 
 # A password longer than this is refused before hashing: hashing megabytes is a cheap way to
 # burn a server's CPU, and no password manager makes one this long.
@@ -21,7 +21,7 @@ class SignupForm(forms.Form):
     username = forms.CharField(
         label=_("Username"),
         max_length=150,
-        validators=[UnicodeUsernameValidator()],
+        validators=[UnicodeUsernameValidator(), validate_username_unmistakable],
         help_text=_("Up to 150 characters: letters, digits and @ . + - _ only."),
         widget=forms.TextInput(attrs={"autocomplete": "username", "autocapitalize": "none", "autofocus": True}),
     )

@@ -4,8 +4,10 @@ import re
 import uuid
 import zoneinfo
 
+from confusable_homoglyphs import confusables
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
@@ -31,6 +33,23 @@ def validate_model_id(value: str) -> None:
         )
 
 
+# Hangul fillers: letters to Unicode (so usernames may hold them), blank on the screen.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+
+
+def validate_username_unmistakable(value: str) -> None:
+    """Refuse a username that can pass for another on the screen: letters of one alphabet that
+    look like another's mixed in ("аdmin" with a Cyrillic "а" reads as "admin" in every list an
+    administrator checks), or blank letters. Latin mixed with Hangul stays allowed ("kim김"): they
+    share no look-alikes. (A name wholly in another alphabet that looks like a Latin one is not
+    caught; only mixtures are.)"""
+    if _BLANK_LETTERS.intersection(value) or confusables.is_dangerous(value, preferred_aliases=["latin", "hangul"]):
+        raise ValidationError(
+            _("This username mixes look-alike letters of different alphabets (such as a Cyrillic “а” among Latin letters). Use the letters of one alphabet."),
+            code="confusable_username",
+        )
+
+
 RATE_LIMIT_HELP = _("At least 1. Empty: the site's default.")
 TEAM_RATE_LIMIT_HELP = _("At least 1; the strictest of a member's own and their teams' limits applies. Empty: no team limit.")
 _RATE_LIMITS_POSITIVE = (models.Q(requests_per_minute__isnull=True) | models.Q(requests_per_minute__gte=1)) & (
@@ -41,6 +60,15 @@ _RATE_LIMITS_POSITIVE = (models.Q(requests_per_minute__isnull=True) | models.Q(r
 class User(AbstractUser):
     """The account. Profile settings live here: one row per person, no join on every request."""
 
+    # AbstractUser's field, with look-alike names refused (sign-up, the admin, createsuperuser).
+    username = models.CharField(
+        _("username"),
+        max_length=150,
+        unique=True,
+        help_text=_("Required. 150 characters or fewer. Letters, digits and @/./+/-/_ only."),
+        validators=[UnicodeUsernameValidator(), validate_username_unmistakable],
+        error_messages={"unique": _("A user with that username already exists.")},
+    )
     display_name = models.CharField(_("display name"), max_length=80, blank=True)
     timezone = models.CharField(_("time zone"), max_length=64, default="UTC", validators=[validate_timezone])
     # Empty: follow the browser's Accept-Language.

@@ -90,6 +90,10 @@ def test_a_name_or_email_differing_only_in_the_case_of_non_ascii_letters_is_refu
         ({"password1": "p" * 1025, "password2": "p" * 1025}, "at most 1024"),
         ({"username": "bad name!"}, "Enter a valid username"),
         ({"email": "not-an-email"}, "valid email"),
+        # "аdmin" with a Cyrillic "а" reads as "admin" in every list; a Hangul filler is blank.
+        ({"username": "\u0430dmin"}, "look-alike letters"),
+        ({"username": "p\u0430yp\u0430l"}, "look-alike letters"),
+        ({"username": "\u115fadmin"}, "look-alike letters"),
     ],
 )
 def test_bad_signup_input_shows_a_message_and_makes_nothing(client, overrides, message):
@@ -130,3 +134,10 @@ def test_signup_service_reports_a_race_on_the_same_name_as_taken(user, monkeypat
     with pytest.raises(IntegrityError):
         services.user_signup(username="Alice", email="other@example.test", password=STRONG)
     assert User.objects.filter(username__iexact="alice").count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("username", ["김철수", "kim김", "Алиса", "jo.sé"])
+def test_names_in_one_alphabet_or_latin_with_hangul_are_welcome(client, username):
+    response = post_signup(client, username=username)
+    assert response.status_code == 302 and User.objects.filter(username=username).exists()

@@ -222,6 +222,13 @@ def _change_form_data(client, person, **changes):
     return data
 
 
+def test_the_admin_refuses_renaming_a_person_to_a_look_alike_of_another(su_client, make_user):
+    person = make_user("bob")
+    response = su_client.post(f"{USERS}{person.pk}/change/", _change_form_data(su_client, person, username="\u0430dmin"))
+    assert response.status_code == 200 and "look-alike letters" in str(response.context["adminform"].form.errors["username"])
+    assert User.objects.get(pk=person.pk).username == "bob"
+
+
 def test_user_form_refuses_unticking_active_on_the_operators_own_account(su_client, superuser, make_user):
     make_user("root2", is_staff=True, is_superuser=True)  # not the only administrator: the self rule alone
     response = su_client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(su_client, superuser, is_active=None))
