@@ -152,13 +152,16 @@ class UserChangeForm(DjangoUserChangeForm):
         user = self.instance  # still as loaded: the form's values are copied onto it after clean()
         is_active = cleaned.get("is_active", user.is_active)
         is_superuser = cleaned.get("is_superuser", user.is_superuser)
+        is_staff = cleaned.get("is_staff", user.is_staff)
         try:
-            admin_services.user_access_check(user=user, actor=self.actor, is_active=is_active, is_superuser=is_superuser)
+            admin_services.user_access_check(
+                user=user, actor=self.actor, is_active=is_active, is_superuser=is_superuser, is_staff=is_staff
+            )
         except admin_services.CannotDisableSelf:
             self.add_error("is_active", _("You cannot disable your own account."))
         except OnlyAdmin:
             self.add_error(
-                "is_active" if not is_active else "is_superuser",
+                "is_active" if not is_active else "is_superuser" if not is_superuser else "is_staff",
                 _("This is the only administrator account: make another administrator first."),
             )
         return cleaned

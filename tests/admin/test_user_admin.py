@@ -239,6 +239,25 @@ def test_user_form_refuses_the_last_administrator_demoting_themselves(su_client,
     assert superuser.is_active and superuser.is_superuser and not audits("user.roles_changed")
 
 
+def test_user_form_refuses_the_last_administrator_removing_their_own_staff_status(su_client, superuser, make_user):
+    # Without staff status the admin refuses them at once, and nobody is left to give it back. A
+    # superuser who is not staff cannot open the admin either, so they do not count as another.
+    make_user("backstage", is_superuser=True)
+    response = su_client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(su_client, superuser, is_staff=None))
+    assert response.status_code == 200
+    assert any("only administrator" in e for e in response.context["adminform"].form.errors["is_staff"])
+    superuser.refresh_from_db()
+    assert superuser.is_staff and not audits("user.roles_changed")
+    assert su_client.get("/admin/").status_code == 200
+
+
+def test_the_last_administrator_may_drop_staff_status_once_another_administrator_exists(su_client, superuser, make_user):
+    make_user("root2", is_staff=True, is_superuser=True)
+    response = su_client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(su_client, superuser, is_staff=None))
+    assert response.status_code == 302
+    assert not User.objects.get(pk=superuser.pk).is_staff
+
+
 def test_users_cannot_be_deleted_only_erased(su_client, members):
     assert su_client.get(f"{USERS}{members[0].pk}/delete/").status_code == 403
     assert User.objects.filter(pk=members[0].pk).exists()
