@@ -38,7 +38,7 @@ from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from billing.budgets import budget_spent_now
+from billing.budgets import BudgetError, budget_limit_validate, budget_spent_now
 from billing.dashboard import dashboard_today
 from billing.models import MONEY, Budget, DailyUsage
 from chatsite.admin_site import BigTableAdminMixin
@@ -115,6 +115,14 @@ class BudgetForm(forms.Form):
     limit = forms.DecimalField(
         label=gettext_lazy("Limit (USD)"), min_value=ZERO, max_digits=MONEY["max_digits"] - 4, decimal_places=4
     )
+
+    def clean_limit(self):
+        # The service's own rule (a ceiling among others), checked once before any account is
+        # touched: budget_set would refuse it for each of them.
+        try:
+            return budget_limit_validate(self.cleaned_data["limit"])
+        except BudgetError as exc:
+            raise ValidationError(str(exc)) from None
 
 
 def _identity_free(form, field: str):

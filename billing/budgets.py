@@ -395,14 +395,9 @@ def _spent_so_far(*, user=None, team=None, since: dt.datetime | None) -> Decimal
     return quantize_money(records.aggregate(total=Sum("cost"))["total"] or ZERO)
 
 
-def budget_validate(*, user=None, team=None, period: str, limit: object, warn_ratio: object = None):
-    """The checked (limit, warn_ratio or None) for budget_set; raises BudgetError."""
-    from .models import Budget
-
-    if (user is None) == (team is None):
-        raise BudgetError(_("a budget belongs to exactly one user or one team"))
-    if period not in Budget.Period.values:
-        raise BudgetError(_("period must be one of %(periods)s") % {"periods": ", ".join(Budget.Period.values)})
+def budget_limit_validate(limit: object) -> Decimal:
+    """The checked limit of a budget, whoever it is for; raises BudgetError. Forms that take a
+    limit for several owners at once (the admin's "set a budget" action) check it here first."""
     value = parse_decimal(limit)
     if value is None:
         raise BudgetError(_("limit must be a number of USD"))
@@ -415,7 +410,18 @@ def budget_validate(*, user=None, team=None, period: str, limit: object, warn_ra
         # Never rounded: a limit is what a person may spend, and a stored figure other than the
         # one typed would be a surprise (as with prices, trailing zeros change nothing).
         raise BudgetError(_("limit has more than %(places)s decimal places") % {"places": -MONEY_PLACES.as_tuple().exponent})
-    value = exact
+    return exact
+
+
+def budget_validate(*, user=None, team=None, period: str, limit: object, warn_ratio: object = None):
+    """The checked (limit, warn_ratio or None) for budget_set; raises BudgetError."""
+    from .models import Budget
+
+    if (user is None) == (team is None):
+        raise BudgetError(_("a budget belongs to exactly one user or one team"))
+    if period not in Budget.Period.values:
+        raise BudgetError(_("period must be one of %(periods)s") % {"periods": ", ".join(Budget.Period.values)})
+    value = budget_limit_validate(limit)
     ratio = None
     if warn_ratio is not None and warn_ratio != "":
         ratio = parse_decimal(warn_ratio)

@@ -111,6 +111,15 @@ def test_set_budget_with_bad_input_explains_and_changes_nothing(su_client, membe
     assert not Budget.objects.exists() and not audits("budget.set")
 
 
+def test_set_budget_above_the_largest_limit_says_so_and_changes_nothing(su_client, members):
+    # The form took any 16-digit figure; the service refuses more than MAX_BUDGET_LIMIT, which
+    # the action did not catch: a server error instead of the reason.
+    response = act(su_client, "set_budget", members[:2], apply="1", period="month", limit="2000000")
+    assert response.status_code == 200
+    assert "limit is above 1000000 USD" in response.context["form"].errors["limit"]
+    assert not Budget.objects.exists() and not audits("budget.set")
+
+
 def test_export_action_requests_exports_and_audits(su_client, superuser, members, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=False):
         act(su_client, "export_data", members[:2])
