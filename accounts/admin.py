@@ -373,20 +373,30 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
 
     @admin.action(description=gettext_lazy("Export the data of selected accounts"), permissions=["change"])
     def export_data(self, request, queryset):
+        n = 0
         for user in queryset:
-            # The service writes the one audit row (user.export), naming the operator.
-            data_rights.export_request(user=user, requested_by=request.user, ip_address=client_ip(request))
-        n = len(queryset)
-        self.message_user(
-            request,
-            ngettext(
-                "Export started for %(n)d account; it is delivered to the account holder.",
-                "Exports started for %(n)d accounts; each is delivered to its account holder.",
-                n,
+            # The service writes the one audit row (user.export), naming the operator. It refuses
+            # an account whose erasure has begun (still listed until its worker finishes): that
+            # one is skipped with the reason, as Disable skips those it may not change.
+            try:
+                data_rights.export_request(user=user, requested_by=request.user, ip_address=client_ip(request))
+            except data_rights.DataRightsError as refused:
+                self.message_user(
+                    request, _("%(name)s: %(reason)s") % {"name": user.username, "reason": refused.message}, messages.ERROR
+                )
+            else:
+                n += 1
+        if n:
+            self.message_user(
+                request,
+                ngettext(
+                    "Export started for %(n)d account; it is delivered to the account holder.",
+                    "Exports started for %(n)d accounts; each is delivered to its account holder.",
+                    n,
+                )
+                % {"n": n},
+                messages.SUCCESS,
             )
-            % {"n": n},
-            messages.SUCCESS,
-        )
 
     @admin.action(description=gettext_lazy("Erase selected accounts…"), permissions=["erase"])
     def erase_users(self, request, queryset):

@@ -130,6 +130,20 @@ def test_export_action_requests_exports_and_audits(su_client, superuser, members
     assert {e.data["export_id"] for e in events} == {str(x.pk) for x in exports}
 
 
+def test_export_action_skips_an_account_being_erased_with_a_message_and_exports_the_others(
+    su_client, members, django_capture_on_commit_callbacks
+):
+    # An erasure waits for a worker (or resumes after a crash): its account is still listed.
+    ErasureRequest.objects.create(user_id=members[0].pk)
+    with django_capture_on_commit_callbacks(execute=False):
+        response = act(su_client, "export_data", members[:2])
+    assert response.status_code == 302
+    shown = [str(m) for m in response.wsgi_request._messages]
+    assert any(members[0].username in m and "being erased" in m for m in shown), shown
+    assert list(DataExport.objects.values_list("user_id", flat=True)) == [members[1].pk]
+    assert [e.target_id for e in audits("user.export")] == [str(members[1].pk)]
+
+
 def test_erase_shows_what_will_be_removed_then_erases_and_audits_by_id(
     su_client, superuser, members, django_capture_on_commit_callbacks
 ):
