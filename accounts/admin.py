@@ -149,6 +149,16 @@ class UserChangeForm(DjangoUserChangeForm):
 
     actor: User | None = None  # the operator, set for each request by UserAdmin.get_form
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The page carries the values it was shown with (hidden "initial-" inputs), so
+        # changed_data is what this operator changed since opening it; clean() keeps every
+        # other field as it is now. Otherwise a page opened before a colleague disabled the
+        # account (or changed its roles) would undo that on any save.
+        for field in self.fields.values():
+            if not field.disabled:
+                field.show_hidden_initial = True
+
     def clean_username(self):
         return _identity_free(self, "username")
 
@@ -157,6 +167,13 @@ class UserChangeForm(DjangoUserChangeForm):
 
     def clean(self):
         cleaned = super().clean()
+        # Only for a POST from the page (it carries the hidden values; a bare POST has no record
+        # of what was shown, and an unticked box would look unchanged): fields its operator did
+        # not change keep the row as loaded for this save.
+        if self.add_initial_prefix("username") in self.data:
+            for name in self.fields:
+                if name in cleaned and name in self.initial and name not in self.changed_data:
+                    cleaned[name] = self.initial[name]
         user = self.instance  # still as loaded: the form's values are copied onto it after clean()
         is_active = cleaned.get("is_active", user.is_active)
         is_superuser = cleaned.get("is_superuser", user.is_superuser)

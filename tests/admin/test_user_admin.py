@@ -16,6 +16,7 @@ from accounts import admin_services
 from accounts.models import AuditEvent, DataExport, ErasureRequest, Team, TeamMembership, User
 from accounts.services import OnlyAdmin
 from billing.models import Budget
+from tests.formpage import page_form
 
 USERS = "/admin/accounts/user/"
 HELPDESK = ("accounts.view_user", "accounts.change_user")  # e.g. resets passwords, disables accounts
@@ -279,6 +280,43 @@ def test_the_last_administrator_may_drop_staff_status_once_another_administrator
     response = su_client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(su_client, superuser, is_staff=None))
     assert response.status_code == 302
     assert not User.objects.get(pk=superuser.pk).is_staff
+
+
+def test_saving_a_user_page_opened_before_a_colleague_disabled_the_account_keeps_it_disabled(su_client, members):
+    # The page was opened with "active" ticked; meanwhile another operator disabled the account
+    # (someone who left, an abuse report). Saving a new display name must not switch it back on.
+    person = members[0]
+    data = page_form(su_client, f"{USERS}{person.pk}/change/", "user_form")
+    assert data["is_active"] == "on"
+    admin_services.user_disable(user=person, actor=None)
+    data["display_name"] = "Renamed"
+    response = su_client.post(f"{USERS}{person.pk}/change/", data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    person.refresh_from_db()
+    assert person.display_name == "Renamed" and not person.is_active
+    assert not audits("user.roles_changed")
+
+
+def test_saving_a_user_page_opened_before_a_colleague_made_the_account_staff_keeps_it_staff(
+    su_client, make_user, members, powerful_group
+):
+    person = members[0]
+    data = page_form(su_client, f"{USERS}{person.pk}/change/", "user_form")
+    User.objects.filter(pk=person.pk).update(is_staff=True)
+    person.groups.add(powerful_group)
+    data["display_name"] = "Renamed"
+    assert su_client.post(f"{USERS}{person.pk}/change/", data).status_code == 302
+    person.refresh_from_db()
+    assert person.display_name == "Renamed" and person.is_staff
+    assert list(person.groups.all()) == [powerful_group]
+
+
+def test_a_change_made_on_the_user_page_is_still_applied(su_client, members):
+    person = members[0]
+    data = page_form(su_client, f"{USERS}{person.pk}/change/", "user_form")
+    data.pop("is_active")  # unticked on the page
+    assert su_client.post(f"{USERS}{person.pk}/change/", data).status_code == 302
+    assert not User.objects.get(pk=person.pk).is_active
 
 
 def test_users_cannot_be_deleted_only_erased(su_client, members):
