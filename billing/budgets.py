@@ -24,7 +24,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -480,14 +480,28 @@ def budget_set(
             )
             if ratio is not None:
                 budget.warn_ratio = ratio
-        else:
+            # The unique owner-and-period rule is left to the database: the values were checked
+            # above, and it can only clash with a concurrent budget_set, handled below.
+            budget.full_clean(validate_constraints=False)
+            try:
+                with transaction.atomic():  # a savepoint: only the insert is undone if it loses
+                    budget.save(force_insert=True)
+                    if in_flight:
+                        budget.reservations.add(*in_flight)
+            except IntegrityError:
+                # Another operator created this budget at the same moment (neither saw one; the
+                # unique constraint made this insert wait for theirs): change theirs instead,
+                # as if this call had come second, which it did. Theirs took over the holds.
+                budget = Budget.objects.select_for_update().filter(**owner, period=period).first()
+                if budget is None:
+                    raise
+                created, before = False, str(budget.limit)
+        if not created:
             budget.limit = value
             if ratio is not None:
                 budget.warn_ratio = ratio
-        budget.full_clean()
-        budget.save()
-        if in_flight:
-            budget.reservations.add(*in_flight)
+            budget.full_clean()
+            budget.save()
         audit_record(
             action="budget.set",
             actor=actor,
