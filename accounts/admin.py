@@ -38,7 +38,7 @@ from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from billing.budgets import budget_spent_now
+from billing.budgets import BudgetError, budget_limit_validate, budget_spent_now
 from billing.dashboard import dashboard_today
 from billing.models import MONEY, Budget, DailyUsage
 from chatsite.admin_site import BigTableAdminMixin
@@ -116,6 +116,14 @@ class BudgetForm(forms.Form):
         label=gettext_lazy("Limit (USD)"), min_value=ZERO, max_digits=MONEY["max_digits"] - 4, decimal_places=4
     )
 
+    def clean_limit(self):
+        # The service's own rule (a ceiling among others), checked once before any account is
+        # touched: budget_set would refuse it for each of them.
+        try:
+            return budget_limit_validate(self.cleaned_data["limit"])
+        except BudgetError as exc:
+            raise ValidationError(str(exc)) from None
+
 
 def _identity_free(form, field: str):
     # Django's forms check a username with iexact (and the email not at all), which on SQLite
@@ -141,6 +149,16 @@ class UserChangeForm(DjangoUserChangeForm):
 
     actor: User | None = None  # the operator, set for each request by UserAdmin.get_form
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The page carries the values it was shown with (hidden "initial-" inputs), so
+        # changed_data is what this operator changed since opening it; clean() keeps every
+        # other field as it is now. Otherwise a page opened before a colleague disabled the
+        # account (or changed its roles) would undo that on any save.
+        for field in self.fields.values():
+            if not field.disabled:
+                field.show_hidden_initial = True
+
     def clean_username(self):
         return _identity_free(self, "username")
 
@@ -149,16 +167,26 @@ class UserChangeForm(DjangoUserChangeForm):
 
     def clean(self):
         cleaned = super().clean()
+        # Only for a POST from the page (it carries the hidden values; a bare POST has no record
+        # of what was shown, and an unticked box would look unchanged): fields its operator did
+        # not change keep the row as loaded for this save.
+        if self.add_initial_prefix("username") in self.data:
+            for name in self.fields:
+                if name in cleaned and name in self.initial and name not in self.changed_data:
+                    cleaned[name] = self.initial[name]
         user = self.instance  # still as loaded: the form's values are copied onto it after clean()
         is_active = cleaned.get("is_active", user.is_active)
         is_superuser = cleaned.get("is_superuser", user.is_superuser)
+        is_staff = cleaned.get("is_staff", user.is_staff)
         try:
-            admin_services.user_access_check(user=user, actor=self.actor, is_active=is_active, is_superuser=is_superuser)
+            admin_services.user_access_check(
+                user=user, actor=self.actor, is_active=is_active, is_superuser=is_superuser, is_staff=is_staff
+            )
         except admin_services.CannotDisableSelf:
             self.add_error("is_active", _("You cannot disable your own account."))
         except OnlyAdmin:
             self.add_error(
-                "is_active" if not is_active else "is_superuser",
+                "is_active" if not is_active else "is_superuser" if not is_superuser else "is_staff",
                 _("This is the only administrator account: make another administrator first."),
             )
         return cleaned
@@ -362,20 +390,30 @@ class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
 
     @admin.action(description=gettext_lazy("Export the data of selected accounts"), permissions=["change"])
     def export_data(self, request, queryset):
+        n = 0
         for user in queryset:
-            # The service writes the one audit row (user.export), naming the operator.
-            data_rights.export_request(user=user, requested_by=request.user, ip_address=client_ip(request))
-        n = len(queryset)
-        self.message_user(
-            request,
-            ngettext(
-                "Export started for %(n)d account; it is delivered to the account holder.",
-                "Exports started for %(n)d accounts; each is delivered to its account holder.",
-                n,
+            # The service writes the one audit row (user.export), naming the operator. It refuses
+            # an account whose erasure has begun (still listed until its worker finishes): that
+            # one is skipped with the reason, as Disable skips those it may not change.
+            try:
+                data_rights.export_request(user=user, requested_by=request.user, ip_address=client_ip(request))
+            except data_rights.DataRightsError as refused:
+                self.message_user(
+                    request, _("%(name)s: %(reason)s") % {"name": user.username, "reason": refused.message}, messages.ERROR
+                )
+            else:
+                n += 1
+        if n:
+            self.message_user(
+                request,
+                ngettext(
+                    "Export started for %(n)d account; it is delivered to the account holder.",
+                    "Exports started for %(n)d accounts; each is delivered to its account holder.",
+                    n,
+                )
+                % {"n": n},
+                messages.SUCCESS,
             )
-            % {"n": n},
-            messages.SUCCESS,
-        )
 
     @admin.action(description=gettext_lazy("Erase selected accounts…"), permissions=["erase"])
     def erase_users(self, request, queryset):

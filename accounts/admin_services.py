@@ -195,17 +195,22 @@ class CannotDisableSelf(Exception):
     """An operator disabling their own account would lock themselves out mid-action."""
 
 
-def user_access_check(*, user: User, actor: User | None, is_active: bool, is_superuser: bool) -> None:
+def user_access_check(
+    *, user: User, actor: User | None, is_active: bool, is_superuser: bool, is_staff: bool | None = None
+) -> None:
     """The rule for taking access away from an account, shared by the Disable action and the user
     form: an operator cannot disable their own account (CannotDisableSelf), and the last active
-    administrator can be neither disabled nor demoted (OnlyAdmin). `is_active`/`is_superuser`
-    are the flags the account is to have. Call inside the transaction making the change: it
-    locks the administrators' rows."""
+    administrator can be neither disabled nor demoted, from superuser or from staff, which shuts
+    them out of the admin (OnlyAdmin). `is_active`/`is_superuser`/`is_staff` are the flags the
+    account is to have (`is_staff` None: unchanged). Call inside the transaction making the
+    change: it locks the administrators' rows."""
     if user.pk is None:
         return
+    if is_staff is None:
+        is_staff = user.is_staff
     if not is_active and actor is not None and actor.pk == user.pk:
         raise CannotDisableSelf
-    if not (is_active and is_superuser):
+    if not (is_active and is_superuser and is_staff):
         only = user_only_admins_among(user_ids=[user.pk], lock=True)
         if only:
             raise OnlyAdmin(only)

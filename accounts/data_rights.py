@@ -658,7 +658,7 @@ def _only_admin(user) -> bool:
     # The rule shared with the admin's Disable action and user form (called in a transaction).
     # Someone who is not an administrator cannot be the last one: no lock over the admins' rows
     # for every person erasing their own account.
-    if not (user.is_superuser and user.is_active):
+    if not (user.is_superuser and user.is_staff and user.is_active):
         return False
     return bool(user_only_admins_among(user_ids=[user.pk], lock=True))
 

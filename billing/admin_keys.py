@@ -33,11 +33,21 @@ class ProviderKeyForm(forms.ModelForm):
         model = ProviderKey
         fields = ["name", "provider", "secret", "base_url", "priority", "state"]
 
+    # On a change the page carries the values it was shown with (hidden "initial-" inputs), so
+    # changed_data is what this operator changed, not every field another operator (or the
+    # system) changed since the page was opened: saving a new priority must not undo a
+    # colleague's "disable" of a leaked key, or their rename.
+    EDITABLE = ("name", "base_url", "priority", "state")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.instance._state.adding:
             self.fields["secret"].required = True
             self.fields["secret"].help_text = _("Write-only: it is never shown again, only its last four characters.")
+        else:
+            for name in self.EDITABLE:
+                if name in self.fields:
+                    self.fields[name].show_hidden_initial = True
 
     def _run(self, field_name: str, check, value):
         try:
@@ -152,7 +162,7 @@ class ProviderKeyAdmin(admin.ModelAdmin):
                 base_url=data["base_url"] if can_set_url and "base_url" in form.changed_data else None,
                 secret=data["secret"] or None,
             )
-        if data.get("state") and data["state"] != key.state:
+        if data.get("state") and (not change or "state" in form.changed_data) and data["state"] != key.state:
             key = keys.key_set_state(key_id=key.pk, state=data["state"], actor=request.user)
         # The admin goes on with `obj` (its log entry, its redirect): make it the saved row.
         for f in ProviderKey._meta.concrete_fields:

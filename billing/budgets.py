@@ -24,7 +24,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -395,14 +395,9 @@ def _spent_so_far(*, user=None, team=None, since: dt.datetime | None) -> Decimal
     return quantize_money(records.aggregate(total=Sum("cost"))["total"] or ZERO)
 
 
-def budget_validate(*, user=None, team=None, period: str, limit: object, warn_ratio: object = None):
-    """The checked (limit, warn_ratio or None) for budget_set; raises BudgetError."""
-    from .models import Budget
-
-    if (user is None) == (team is None):
-        raise BudgetError(_("a budget belongs to exactly one user or one team"))
-    if period not in Budget.Period.values:
-        raise BudgetError(_("period must be one of %(periods)s") % {"periods": ", ".join(Budget.Period.values)})
+def budget_limit_validate(limit: object) -> Decimal:
+    """The checked limit of a budget, whoever it is for; raises BudgetError. Forms that take a
+    limit for several owners at once (the admin's "set a budget" action) check it here first."""
     value = parse_decimal(limit)
     if value is None:
         raise BudgetError(_("limit must be a number of USD"))
@@ -415,7 +410,18 @@ def budget_validate(*, user=None, team=None, period: str, limit: object, warn_ra
         # Never rounded: a limit is what a person may spend, and a stored figure other than the
         # one typed would be a surprise (as with prices, trailing zeros change nothing).
         raise BudgetError(_("limit has more than %(places)s decimal places") % {"places": -MONEY_PLACES.as_tuple().exponent})
-    value = exact
+    return exact
+
+
+def budget_validate(*, user=None, team=None, period: str, limit: object, warn_ratio: object = None):
+    """The checked (limit, warn_ratio or None) for budget_set; raises BudgetError."""
+    from .models import Budget
+
+    if (user is None) == (team is None):
+        raise BudgetError(_("a budget belongs to exactly one user or one team"))
+    if period not in Budget.Period.values:
+        raise BudgetError(_("period must be one of %(periods)s") % {"periods": ", ".join(Budget.Period.values)})
+    value = budget_limit_validate(limit)
     ratio = None
     if warn_ratio is not None and warn_ratio != "":
         ratio = parse_decimal(warn_ratio)
@@ -474,14 +480,28 @@ def budget_set(
             )
             if ratio is not None:
                 budget.warn_ratio = ratio
-        else:
+            # The unique owner-and-period rule is left to the database: the values were checked
+            # above, and it can only clash with a concurrent budget_set, handled below.
+            budget.full_clean(validate_constraints=False)
+            try:
+                with transaction.atomic():  # a savepoint: only the insert is undone if it loses
+                    budget.save(force_insert=True)
+                    if in_flight:
+                        budget.reservations.add(*in_flight)
+            except IntegrityError:
+                # Another operator created this budget at the same moment (neither saw one; the
+                # unique constraint made this insert wait for theirs): change theirs instead,
+                # as if this call had come second, which it did. Theirs took over the holds.
+                budget = Budget.objects.select_for_update().filter(**owner, period=period).first()
+                if budget is None:
+                    raise
+                created, before = False, str(budget.limit)
+        if not created:
             budget.limit = value
             if ratio is not None:
                 budget.warn_ratio = ratio
-        budget.full_clean()
-        budget.save()
-        if in_flight:
-            budget.reservations.add(*in_flight)
+            budget.full_clean()
+            budget.save()
         audit_record(
             action="budget.set",
             actor=actor,

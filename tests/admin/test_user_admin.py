@@ -16,6 +16,7 @@ from accounts import admin_services
 from accounts.models import AuditEvent, DataExport, ErasureRequest, Team, TeamMembership, User
 from accounts.services import OnlyAdmin
 from billing.models import Budget
+from tests.formpage import page_form
 
 USERS = "/admin/accounts/user/"
 HELPDESK = ("accounts.view_user", "accounts.change_user")  # e.g. resets passwords, disables accounts
@@ -111,6 +112,15 @@ def test_set_budget_with_bad_input_explains_and_changes_nothing(su_client, membe
     assert not Budget.objects.exists() and not audits("budget.set")
 
 
+def test_set_budget_above_the_largest_limit_says_so_and_changes_nothing(su_client, members):
+    # The form took any 16-digit figure; the service refuses more than MAX_BUDGET_LIMIT, which
+    # the action did not catch: a server error instead of the reason.
+    response = act(su_client, "set_budget", members[:2], apply="1", period="month", limit="2000000")
+    assert response.status_code == 200
+    assert "limit is above 1000000 USD" in response.context["form"].errors["limit"]
+    assert not Budget.objects.exists() and not audits("budget.set")
+
+
 def test_export_action_requests_exports_and_audits(su_client, superuser, members, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=False):
         act(su_client, "export_data", members[:2])
@@ -119,6 +129,20 @@ def test_export_action_requests_exports_and_audits(su_client, superuser, members
     events = audits("user.export")
     assert len(events) == 2 and all(e.actor_id == superuser.pk for e in events)
     assert {e.data["export_id"] for e in events} == {str(x.pk) for x in exports}
+
+
+def test_export_action_skips_an_account_being_erased_with_a_message_and_exports_the_others(
+    su_client, members, django_capture_on_commit_callbacks
+):
+    # An erasure waits for a worker (or resumes after a crash): its account is still listed.
+    ErasureRequest.objects.create(user_id=members[0].pk)
+    with django_capture_on_commit_callbacks(execute=False):
+        response = act(su_client, "export_data", members[:2])
+    assert response.status_code == 302
+    shown = [str(m) for m in response.wsgi_request._messages]
+    assert any(members[0].username in m and "being erased" in m for m in shown), shown
+    assert list(DataExport.objects.values_list("user_id", flat=True)) == [members[1].pk]
+    assert [e.target_id for e in audits("user.export")] == [str(members[1].pk)]
 
 
 def test_erase_shows_what_will_be_removed_then_erases_and_audits_by_id(
@@ -244,6 +268,62 @@ def test_user_form_refuses_the_last_administrator_demoting_themselves(su_client,
     assert any("only administrator" in e for e in response.context["adminform"].form.errors["is_superuser"])
     superuser.refresh_from_db()
     assert superuser.is_active and superuser.is_superuser and not audits("user.roles_changed")
+
+
+def test_user_form_refuses_the_last_administrator_removing_their_own_staff_status(su_client, superuser, make_user):
+    # Without staff status the admin refuses them at once, and nobody is left to give it back. A
+    # superuser who is not staff cannot open the admin either, so they do not count as another.
+    make_user("backstage", is_superuser=True)
+    response = su_client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(su_client, superuser, is_staff=None))
+    assert response.status_code == 200
+    assert any("only administrator" in e for e in response.context["adminform"].form.errors["is_staff"])
+    superuser.refresh_from_db()
+    assert superuser.is_staff and not audits("user.roles_changed")
+    assert su_client.get("/admin/").status_code == 200
+
+
+def test_the_last_administrator_may_drop_staff_status_once_another_administrator_exists(su_client, superuser, make_user):
+    make_user("root2", is_staff=True, is_superuser=True)
+    response = su_client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(su_client, superuser, is_staff=None))
+    assert response.status_code == 302
+    assert not User.objects.get(pk=superuser.pk).is_staff
+
+
+def test_saving_a_user_page_opened_before_a_colleague_disabled_the_account_keeps_it_disabled(su_client, members):
+    # The page was opened with "active" ticked; meanwhile another operator disabled the account
+    # (someone who left, an abuse report). Saving a new display name must not switch it back on.
+    person = members[0]
+    data = page_form(su_client, f"{USERS}{person.pk}/change/", "user_form")
+    assert data["is_active"] == "on"
+    admin_services.user_disable(user=person, actor=None)
+    data["display_name"] = "Renamed"
+    response = su_client.post(f"{USERS}{person.pk}/change/", data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    person.refresh_from_db()
+    assert person.display_name == "Renamed" and not person.is_active
+    assert not audits("user.roles_changed")
+
+
+def test_saving_a_user_page_opened_before_a_colleague_made_the_account_staff_keeps_it_staff(
+    su_client, make_user, members, powerful_group
+):
+    person = members[0]
+    data = page_form(su_client, f"{USERS}{person.pk}/change/", "user_form")
+    User.objects.filter(pk=person.pk).update(is_staff=True)
+    person.groups.add(powerful_group)
+    data["display_name"] = "Renamed"
+    assert su_client.post(f"{USERS}{person.pk}/change/", data).status_code == 302
+    person.refresh_from_db()
+    assert person.display_name == "Renamed" and person.is_staff
+    assert list(person.groups.all()) == [powerful_group]
+
+
+def test_a_change_made_on_the_user_page_is_still_applied(su_client, members):
+    person = members[0]
+    data = page_form(su_client, f"{USERS}{person.pk}/change/", "user_form")
+    data.pop("is_active")  # unticked on the page
+    assert su_client.post(f"{USERS}{person.pk}/change/", data).status_code == 302
+    assert not User.objects.get(pk=person.pk).is_active
 
 
 def test_users_cannot_be_deleted_only_erased(su_client, members):

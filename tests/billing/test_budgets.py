@@ -380,6 +380,64 @@ def test_concurrent_settles_of_one_reservation_charge_once(make_user):
     assert (fresh(budget).spent, fresh(budget).reserved) == (D("0.7"), D("0"))
 
 
+def _wait_until_a_session_waits_for_a_lock() -> None:
+    """Return once another session of this database waits for a row or transaction lock."""
+    import time
+
+    with connection.cursor() as cursor:
+        for _ in range(200):
+            # Inside a transaction PostgreSQL keeps its first look at pg_stat_activity: drop it.
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.05)
+    raise AssertionError("the second operator's save never waited for the first")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_operators_setting_the_same_new_budget_at_once_both_succeed_and_the_last_stands(needs_postgres, make_user):
+    # Neither sees a budget yet, so both create one: the second insert waits for the first on
+    # budget_user_period_unique, then failed with an IntegrityError (a 500 in the admin).
+    from django.db import transaction
+
+    user = make_user("contested")
+    inserted = threading.Event()
+    results: dict = {}
+
+    def first():
+        try:
+            with transaction.atomic():
+                results["first"] = budget_set(user=user, period="month", limit="10")
+                inserted.set()
+                _wait_until_a_session_waits_for_a_lock()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            results["first"] = exc
+        finally:
+            inserted.set()
+            connection.close()
+
+    def second():
+        try:
+            inserted.wait()
+            results["second"] = budget_set(user=user, period="month", limit="20")
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            results["second"] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(r, Budget) for r in results.values()), results
+    [budget] = Budget.objects.filter(user=user)
+    assert budget.limit == D("20") and results["second"].pk == budget.pk
+
+
 def test_refusals_survive_pickling_across_processes():
     import pickle
 

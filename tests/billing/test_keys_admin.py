@@ -13,6 +13,7 @@ from billing.crypto import secret_decrypt
 from billing.models import ProviderKey
 from conversations.llm.base import ErrorKind, Finish, ProviderError, TextDelta, Usage
 from tests.billing.keys_support import no_env_keys  # noqa: F401 - autouse
+from tests.formpage import page_form
 
 pytestmark = pytest.mark.django_db
 SECRET = "sk-admin-canary-0123456789wxyz"
@@ -274,6 +275,36 @@ def test_drain_disable_and_enable_actions(admin_client):
         key.refresh_from_db()
         assert key.state == state
     assert AuditEvent.objects.filter(action="provider_key.state").count() == 3
+
+
+@pytest.mark.parametrize(
+    "colleague, field, expected",
+    [
+        (lambda key: keys.key_disable(key_id=key.pk), "state", "disabled"),
+        (lambda key: keys.key_update(key_id=key.pk, name="main-old"), "name", "main-old"),
+        (lambda key: keys.key_update(key_id=key.pk, base_url="http://127.0.0.1:8080/v1"), "base_url", "http://127.0.0.1:8080/v1"),
+    ],
+)
+def test_saving_a_key_page_opened_before_a_colleagues_change_keeps_that_change(admin_client, colleague, field, expected):
+    # A leaked key disabled by one operator must not come back because another, whose page was
+    # opened before, saved a new priority: only what this operator changed on the page is applied.
+    key = keys.key_add(provider="openai", name="main", secret=SECRET)
+    data = page_form(admin_client, change_url(key), "providerkey_form")
+    colleague(key)
+    data["priority"] = "5"
+    response = admin_client.post(change_url(key), data)
+    assert response.status_code == 302
+    key.refresh_from_db()
+    assert key.priority == 5 and getattr(key, field) == expected
+
+
+def test_a_state_chosen_on_the_key_page_is_still_applied(admin_client):
+    key = keys.key_add(provider="openai", name="main", secret=SECRET)
+    data = page_form(admin_client, change_url(key), "providerkey_form")
+    data["state"] = "draining"
+    assert admin_client.post(change_url(key), data).status_code == 302
+    key.refresh_from_db()
+    assert key.state == "draining"
 
 
 def test_delete_through_the_admin_is_audited(admin_client):
