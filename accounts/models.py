@@ -87,9 +87,16 @@ class User(AbstractUser):
     class Meta:
         constraints = [
             # Usernames and emails are unique whatever their letter case ("Alice" == "alice").
-            models.UniqueConstraint(Lower("username"), name="user_username_ci_unique"),
             models.UniqueConstraint(
-                Lower("email"), condition=~models.Q(email=""), name="user_email_ci_unique"
+                Lower("username"),
+                name="user_username_ci_unique",
+                violation_error_message=_("This username is already taken."),
+            ),
+            models.UniqueConstraint(
+                Lower("email"),
+                condition=~models.Q(email=""),
+                name="user_email_ci_unique",
+                violation_error_message=_("An account with this email address already exists."),
             ),
             models.CheckConstraint(condition=_RATE_LIMITS_POSITIVE, name="user_rate_limits_positive"),
         ]
@@ -118,7 +125,9 @@ class Team(models.Model):
         verbose_name = _("team")
         verbose_name_plural = _("teams")
         constraints = [
-            models.UniqueConstraint(Lower("name"), name="team_name_ci_unique"),
+            models.UniqueConstraint(
+                Lower("name"), name="team_name_ci_unique", violation_error_message=_("A team with this name already exists.")
+            ),
             models.CheckConstraint(condition=_RATE_LIMITS_POSITIVE, name="team_rate_limits_positive"),
         ]
         ordering = ["name"]

@@ -10,6 +10,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from .money import money_str
+
 # Money: USD with 10 decimal places (a token of a cheap model costs ~1e-8 USD), 20 digits.
 MONEY = {"max_digits": 20, "decimal_places": 10}
 PRICE = {"max_digits": 14, "decimal_places": 6}  # USD per million tokens
@@ -165,7 +167,7 @@ class UsageRecord(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M} {self.provider}:{self.model} {self.outcome} {self.cost} USD"
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.provider}:{self.model} {self.outcome} {money_str(self.cost)} USD"
 
 
 class DailyUsage(models.Model):
@@ -212,7 +214,7 @@ class DailyUsage(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.day} {self.provider}:{self.model} {self.cost} USD"
+        return f"{self.day} {self.provider}:{self.model} {money_str(self.cost)} USD"
 
 
 class Budget(models.Model):
@@ -244,8 +246,18 @@ class Budget(models.Model):
                 condition=(models.Q(user__isnull=False, team__isnull=True) | models.Q(user__isnull=True, team__isnull=False)),
                 name="budget_exactly_one_owner",
             ),
-            models.UniqueConstraint(fields=["user", "period"], condition=models.Q(user__isnull=False), name="budget_user_period_unique"),
-            models.UniqueConstraint(fields=["team", "period"], condition=models.Q(team__isnull=False), name="budget_team_period_unique"),
+            models.UniqueConstraint(
+                fields=["user", "period"],
+                condition=models.Q(user__isnull=False),
+                name="budget_user_period_unique",
+                violation_error_message=_("This person already has a budget for this period: change that one."),
+            ),
+            models.UniqueConstraint(
+                fields=["team", "period"],
+                condition=models.Q(team__isnull=False),
+                name="budget_team_period_unique",
+                violation_error_message=_("This team already has a budget for this period: change that one."),
+            ),
             models.CheckConstraint(
                 condition=models.Q(limit__gte=0, spent__gte=0, reserved__gte=0), name="budget_amounts_non_negative"
             ),
@@ -255,7 +267,7 @@ class Budget(models.Model):
         # Shown in the admin history; erasure finds a person's entries by "user <username> /"
         # (billing.data_rights._scrub_budget_admin_log).
         owner = self.user if self.user_id else self.team
-        return f"{self.scope} {owner} / {self.period}: {self.limit} USD"
+        return f"{self.scope} {owner} / {self.period}: {money_str(self.limit)} USD"
 
     @property
     def scope(self) -> str:

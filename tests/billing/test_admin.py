@@ -379,3 +379,20 @@ def test_staff_still_set_the_budget_of_a_team_with_a_superuser_in_it(client, bud
     response = client.post(f"{BUDGETS}add/", {"user": "", "team": str(team.pk), "period": "day", "limit": "0", "warn_ratio": "0.8"})
     assert response.status_code == 302, response.content.decode()[:2000]
     assert Budget.objects.get(team=team).limit == D("0")
+
+
+def test_a_second_budget_for_the_same_person_and_period_is_refused_in_words(admin_client, user):
+    # The admin showed the database constraint's name ("Constraint “budget_user_period_unique”
+    # is violated."): a sentence now, and the first budget unchanged.
+    data = {"user": str(user.pk), "team": "", "period": "week", "limit": "7.5", "warn_ratio": "0.8"}
+    assert admin_client.post("/admin/billing/budget/add/", data).status_code == 302
+    response = admin_client.post("/admin/billing/budget/add/", {**data, "limit": "9"})
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "already has a budget for this period" in page and "budget_user_period_unique" not in page
+    assert [b.limit for b in Budget.objects.all()] == [D("7.5")]
+
+
+def test_a_budgets_name_shows_its_limit_as_money(user):
+    assert str(Budget(user=user, period="week", limit=D("5.0000000000"))) == "user alice / week: 5.00 USD"
+    assert str(Budget(user=user, period="day", limit=D("0E-10"))) == "user alice / day: 0.00 USD"

@@ -192,3 +192,25 @@ def test_rate_limits_use_the_shared_redis_cache(needs_redis, user, clock, settin
     rate_limit_check(user=user, tokens=0)
     with pytest.raises(RateLimited):
         rate_limit_check(user=user, tokens=0)
+
+
+def test_the_team_admin_refuses_a_taken_name_in_words(admin_client):
+    from accounts.models import Team
+
+    Team.objects.create(name="Ops")
+    response = admin_client.post(
+        "/admin/accounts/team/add/",
+        {
+            "name": "ops",
+            "requests_per_minute": "",
+            "tokens_per_minute": "",
+            "created_at_0": "2026-01-05",
+            "created_at_1": "10:00:00",
+            "teammembership_set-TOTAL_FORMS": "0",
+            "teammembership_set-INITIAL_FORMS": "0",
+        },
+    )
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "A team with this name already exists." in page and "team_name_ci_unique" not in page
+    assert Team.objects.count() == 1
