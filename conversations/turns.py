@@ -43,7 +43,7 @@ from chatsite import asynccache
 
 from . import context as context_mod
 from . import llm
-from .llm.base import ChatRequest, ErrorKind, Finish, ProviderError, TextDelta, Usage
+from .llm.base import ChatRequest, ErrorKind, Finish, ProviderError, ReasoningDelta, TextDelta, Usage
 from .models import Conversation, Message
 from .selectors import RUNNING, conversation_timeline, messages_seen_by_model
 
@@ -161,6 +161,7 @@ class _ReplyPlan:
 class _Outcome:
     finish_reason: str  # stop | length | cancelled | error
     text: str = ""
+    thinking: str = ""  # the last call's reasoning, never shown or saved: counted when no usage came
     error_code: str = ""
     error_message: str = ""
     error_kind: str = ""
@@ -853,7 +854,8 @@ def _reply_followups(*, plan: _ReplyPlan, finish_reason: str) -> None:
 
 @dataclass
 class _Attempt:
-    got_output: bool = False
+    got_output: bool = False  # the provider began answering: text, or thinking
+    thinking: list[str] = field(default_factory=list)
     usage: Usage | None = None
     finish: str = ""
     error: ProviderError | None = None
@@ -905,10 +907,15 @@ async def _attempt(adapter, plan: _ReplyPlan, key, stream: _Stream, cancel: asyn
                 async for event in events:
                     if isinstance(event, TextDelta):
                         if event.text:
-                            if not result.got_output:
+                            if result.ttft_ms is None:
                                 result.ttft_ms = int((time.monotonic() - started) * 1000)
                             result.got_output = True
                             stream.add(event.text)
+                    elif isinstance(event, ReasoningDelta):
+                        # Not shown; but the model is answering, and a failure now is not retried
+                        # on another key (the provider bills this thinking).
+                        result.got_output = True
+                        result.thinking.append(event.text)
                     elif isinstance(event, Usage):
                         result.usage = event
                     elif isinstance(event, Finish):
@@ -983,7 +990,13 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
         key_id = key.id if key is not None else None
         result = await _attempt(adapter, plan, key, stream, cancel)
         outcome = _Outcome(
-            "stop", attempt=attempt, key_id=key_id, usage=result.usage, ttft_ms=result.ttft_ms, latency_ms=result.latency_ms
+            "stop",
+            thinking="".join(result.thinking),
+            attempt=attempt,
+            key_id=key_id,
+            usage=result.usage,
+            ttft_ms=result.ttft_ms,
+            latency_ms=result.latency_ms,
         )
         if result.cancelled or result.error is None:
             outcome.finish_reason = "cancelled" if result.cancelled else (result.finish or "stop")
@@ -1058,8 +1071,10 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
             # it was sent plus the text that came out, counted here and marked estimated.
             estimated = True
             input_tokens = plan.input_tokens
-            if outcome.text:
-                output_tokens, _est = context_mod.count_tokens(text=outcome.text, model_id=plan.model_id)
+            # A reasoning model's thinking is output the provider bills, as much as the text.
+            for billed in (outcome.text, outcome.thinking):
+                if billed:
+                    output_tokens += context_mod.count_tokens(text=billed, model_id=plan.model_id)[0]
         cost = prices.cost_of(price=plan.price, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached)
     status = {
         "stop": Message.Status.DONE,

@@ -1,7 +1,7 @@
 """One async streaming interface, one adapter per provider (openai, anthropic, demo).
 
     adapter = get_adapter("openai")
-    async for event in adapter.stream(ChatRequest(...), key=lease):  # TextDelta*, Usage?, Finish
+    async for event in adapter.stream(ChatRequest(...), key=lease):  # (TextDelta | ReasoningDelta)*, Usage?, Finish
         ...
 
 Adapters are stateless (a client is made per call from the key), so one instance per provider

@@ -1,7 +1,7 @@
 """The interface every provider adapter speaks. The turn (conversations.turns) sees only this.
 
 An adapter's `stream(request, key=...)` is an async iterator yielding, in order:
-    TextDelta* , then Usage (when the provider reports it), then Finish.
+    (TextDelta | ReasoningDelta)* , then Usage (when the provider reports it), then Finish.
 It raises ProviderError for anything that went wrong, with one of a few kinds; the message is
 safe to show and log (never a secret, never the request's text).
 """
@@ -37,6 +37,16 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ReasoningDelta:
+    """Thinking a reasoning model streams apart from its answer (the reasoning parsers of vLLM and
+    llama.cpp, DeepSeek's API). Not part of the reply: never shown, saved or sent back as context
+    (DeepSeek refuses it there). But it is the model at work, so it meets the first-token
+    deadline, and the provider bills it as output, so it is counted when no usage is reported."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Usage:
     input_tokens: int
     output_tokens: int
@@ -48,7 +58,7 @@ class Finish:
     reason: Literal["stop", "length"]
 
 
-StreamEvent = TextDelta | Usage | Finish
+StreamEvent = TextDelta | ReasoningDelta | Usage | Finish
 
 
 class ErrorKind(StrEnum):

@@ -13,6 +13,11 @@ Streaming: the SDK sends the request (`with_streaming_response`) and raises its 
 an error answer; the adapter reads the server-sent events itself (see _sse). Each `data:` line is a
 chat.completion.chunk object, an `{"error": {...}}` object when the server fails after the 200
 (what the SDK raises as APIError), or `[DONE]` at the end.
+
+Thinking: a reasoning model behind a reasoning parser (vLLM, llama.cpp server, Ollama) or
+DeepSeek's API streams its thinking apart from the answer, in `delta.reasoning_content` (newer
+vLLM and Ollama: `delta.reasoning`), often for longer than the first-token allowance. It comes out
+as ReasoningDelta: not the reply's text, but the model answering (the deadline is met) and billed.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import _common, _sse
-from .base import ChatRequest, Finish, ProviderError, StreamEvent, TextDelta, Usage
+from .base import ChatRequest, Finish, ProviderError, ReasoningDelta, StreamEvent, TextDelta, Usage
 
 if TYPE_CHECKING:
     import httpx2
@@ -90,6 +95,7 @@ class OpenAIAdapter(_common.SDKAdapter):
             chunks = response.http_response.aiter_bytes()
             decoder = _sse.SSEDecoder()
             texts = _common.TextDeltas()
+            thoughts = _common.TextDeltas()
             done = False
             while not done and (body := await deadlines.read(chunks)) is not None:
                 for _name, data in decoder.feed(body):
@@ -100,7 +106,10 @@ class OpenAIAdapter(_common.SDKAdapter):
                     chunk = _common.json_object(data, provider=PROVIDER_LABEL, after_output=deadlines.got_output)
                     if chunk.get("error"):
                         raise self.stream_error(chunk["error"], after_output=deadlines.got_output)
-                    text, reason, chunk_usage = self.chunk_parts(chunk, after_output=deadlines.got_output)
+                    text, thought, reason, chunk_usage = self.chunk_parts(chunk, after_output=deadlines.got_output)
+                    if thought and (thought := thoughts.feed(thought)):
+                        deadlines.got_output = True
+                        yield ReasoningDelta(thought)
                     text = texts.feed(text) if text else text
                     if text:
                         deadlines.got_output = True
@@ -122,15 +131,20 @@ class OpenAIAdapter(_common.SDKAdapter):
         yield Finish(finish)  # type: ignore[arg-type]
 
     @staticmethod
-    def chunk_parts(chunk: dict[str, Any], *, after_output: bool) -> tuple[str, str | None, Usage | None]:
-        """(text, finish reason, usage) of one chat.completion.chunk; malformed() if it is not one."""
+    def chunk_parts(chunk: dict[str, Any], *, after_output: bool) -> tuple[str, str, str | None, Usage | None]:
+        """(text, thinking, finish reason, usage) of one chat.completion.chunk; malformed() if it
+        is not one."""
         try:
-            text = ""
+            text = thought = ""
             reason = None
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta")
                 if delta:
                     text += delta.get("content") or ""
+                    # One name or the other (a proxy may send both, the same text twice).
+                    thinking = delta.get("reasoning_content") or delta.get("reasoning")
+                    if isinstance(thinking, str):
+                        thought += thinking
                 if choice.get("finish_reason"):
                     reason = str(choice["finish_reason"])
             usage = None
@@ -144,7 +158,7 @@ class OpenAIAdapter(_common.SDKAdapter):
                 )
         except (AttributeError, TypeError):  # a list where an object belongs, a number for text...
             raise _common.malformed(provider=PROVIDER_LABEL, after_output=after_output) from None
-        return text, reason, usage
+        return text, thought, reason, usage
 
     @staticmethod
     def stream_error(error: object, *, after_output: bool) -> ProviderError:

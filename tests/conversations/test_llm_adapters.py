@@ -562,6 +562,25 @@ async def test_anthropic_skips_pings_and_non_text_deltas_and_reads_cumulative_us
     assert events == [TextDelta("Answer"), Usage(input_tokens=50, output_tokens=2, cached_tokens=8), Finish("stop")]
 
 
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_openai_compatible_thinking_keeps_the_call_alive_and_is_kept_apart_from_the_answer(fake_provider, settings, field):
+    # A reasoning model (vLLM's or llama.cpp's reasoning parser, DeepSeek) thinks for longer than
+    # the first-token allowance before its answer starts: its thinking is the model answering.
+    from conversations.llm.base import ReasoningDelta
+
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 0.3
+    thinking = "Let me think about this step by step before I answer"
+    fake_provider.script("sk-think", Script(text="가나다 answer.", reasoning=thinking, reasoning_field=field, pace_ms=60))
+
+    events, error = await collect("openai", lease(fake_provider, "openai", "sk-think"))
+
+    assert error is None
+    assert text_of(events) == "가나다 answer."  # the thinking is not part of the reply's text
+    assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == thinking
+    assert events[-2] == Usage(input_tokens=events[-2].input_tokens, output_tokens=len(thinking.split()) + 2)
+    assert events[-1] == Finish("stop")
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_connection_dropped_before_the_answer_is_unavailable_not_a_timeout(fake_provider, provider):
     # aiohttp's ServerDisconnectedError, which openai's copy of the aiohttp transport re-raises as

@@ -60,6 +60,14 @@ class Script:
     output_tokens: int | None = None
     cached_tokens: int = 0
     raw: list[bytes] = field(default_factory=list)
+    # OpenAI-compatible: thinking streamed before the answer, word by word, as the reasoning
+    # parsers of vLLM and llama.cpp and DeepSeek's API send it: in `delta.reasoning_content`
+    # (newer vLLM and Ollama name it `reasoning`), counted in completion_tokens like the answer.
+    reasoning: str = ""
+    reasoning_field: str = "reasoning_content"
+    # OpenAI-compatible: False is a server that sends no usage in a stream, whatever
+    # stream_options asks (older Ollama, LM Studio and llama.cpp builds).
+    reports_usage: bool = True
 
     @classmethod
     def context_too_long(cls) -> Script:
@@ -109,6 +117,7 @@ class OpenAIAnswer:
     model: str
     deltas: list[str]
     finish: str
+    thinking: list[str]  # reasoning deltas, streamed before `deltas`
     usage: dict[str, Any]
     completion_id: str
     created: int
@@ -359,21 +368,31 @@ class FakeProvider:
         return auth[7:] if auth.startswith("Bearer ") else ""
 
     def _openai_answer(self, script: Script, body: dict) -> OpenAIAnswer:
-        deltas, finish = self._plan(script, body.get("max_completion_tokens") or body.get("max_tokens"))
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        # The thinking comes first and takes its share of max_tokens, as with a real reasoning model.
+        thinking = _words(script.reasoning)
+        if max_tokens is not None and len(thinking) >= max_tokens:
+            thinking, deltas, finish = thinking[:max_tokens], [], "length"
+        else:
+            deltas, finish = self._plan(script, None if max_tokens is None else max_tokens - len(thinking))
         input_tokens, output_tokens, cached = self._usage(script, body, deltas)
+        if script.output_tokens is None:
+            output_tokens += len(thinking)
         return OpenAIAnswer(
             model=body.get("model") or "unknown",
             deltas=deltas,
             finish=finish,
+            thinking=thinking,
             usage={
                 "prompt_tokens": input_tokens,
                 "completion_tokens": output_tokens,
                 "total_tokens": input_tokens + output_tokens,
                 "prompt_tokens_details": {"cached_tokens": cached},
+                "completion_tokens_details": {"reasoning_tokens": len(thinking)},
             },
             completion_id=f"chatcmpl-{uuid.uuid4().hex[:16]}",
             created=int(time.time()),
-            include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+            include_usage=script.reports_usage and bool((body.get("stream_options") or {}).get("include_usage")),
         )
 
     def _openai_error(self, script: Script) -> web.Response:
@@ -424,7 +443,12 @@ class FakeProvider:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": "".join(answer.deltas), "refusal": None},
+                            "message": {
+                                "role": "assistant",
+                                "content": "".join(answer.deltas),
+                                "refusal": None,
+                                **({script.reasoning_field: "".join(answer.thinking)} if answer.thinking else {}),
+                            },
                             "finish_reason": answer.finish,
                             "logprobs": None,
                         }
@@ -435,6 +459,9 @@ class FakeProvider:
 
         response = await self._sse(request)
         await response.write(answer.chunk({"role": "assistant", "content": ""}))
+        for thought in answer.thinking:
+            await self._pace(script)
+            await response.write(answer.chunk({script.reasoning_field: thought}))
         for index, text in enumerate(answer.deltas):
             if script.mode in ("cut", "stream_error") and index >= script.cut_after:
                 break

@@ -390,3 +390,36 @@ async def test_a_key_deleted_while_its_reply_streams_does_not_lose_the_reply(
     row = await db(lambda: UsageRecord.objects.get(message_id=reply.id))()
     assert row.key_id is None and row.cost == reply.cost and row.cost > 0
     assert await db(spent_and_reserved)(user) == (row.cost, Decimal("0"))
+
+
+async def test_a_reasoning_model_thinking_past_the_first_token_allowance_answers_once_and_bills_its_thinking(
+    priced, add_key, fake_provider, make_user, conversation_for, settings
+):
+    # A local reasoning model (vLLM with a reasoning parser) that thinks for longer than the
+    # first-token allowance, and reports no usage: the reply arrives from the one call, the
+    # thinking is not shown or saved, and what the provider bills for it is counted as output.
+    from conversations.context import count_tokens
+
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 0.3
+    thinking = "The user greets me in Korean so I should greet them back briefly and kindly"
+    answer = "안녕하세요! Nice to meet you."
+    user = await db(make_user)("thinker")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    key = await db(add_key)("openai", "sk-openai-thinks", text=answer, reasoning=thinking, pace_ms=60, reports_usage=False)
+    await db(add_key)("openai", "sk-openai-thinks-other", priority=1)
+    conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
+
+    frames = await turn_over_socket(user, conversation.id, "안녕")
+
+    assert of_type(frames, "error") == [], frames
+    assert "".join(d["text"] for d in of_type(frames, "delta")) == answer
+    done = frames[-1]
+    assert done["finish_reason"] == "stop"
+    assert fake_provider.requests_for("sk-openai-thinks-other") == []  # answered by the one call
+    reply = await db(Message.objects.get)(id=done["message_id"])
+    assert (reply.status, reply.content) == (Message.Status.DONE, answer)
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    output_tokens = count_tokens(text=thinking, model_id=OPENAI_MODEL)[0] + count_tokens(text=answer, model_id=OPENAI_MODEL)[0]
+    assert (record.key_id, record.outcome, record.estimated, record.output_tokens) == (key.id, "ok", True, output_tokens)
+    assert done["usage"]["output_tokens"] == output_tokens
+    assert await db(spent_and_reserved)(user) == (record.cost, Decimal("0"))
