@@ -106,6 +106,8 @@ class OpenAIAdapter(_common.SDKAdapter):
                     chunk = _common.json_object(data, provider=PROVIDER_LABEL, after_output=deadlines.got_output)
                     if chunk.get("error"):
                         raise self.stream_error(chunk["error"], after_output=deadlines.got_output)
+                    if chunk.get("object") == "error":  # the bare form (servers derived from older vLLM)
+                        raise self.stream_error(chunk, after_output=deadlines.got_output)
                     text, thought, reason, chunk_usage = self.chunk_parts(chunk, after_output=deadlines.got_output)
                     if thought and (thought := thoughts.feed(thought)):
                         deadlines.got_output = True
@@ -121,8 +123,11 @@ class OpenAIAdapter(_common.SDKAdapter):
                         usage = chunk_usage
             if done:
                 await _common.drain(chunks)
+                # [DONE] is the stream's end: a server whose chunks all say finish_reason null
+                # (some proxies do) has answered in full.
+                finish = finish or "stop"
         if finish is None:
-            # The body ended without a finish reason: the connection was closed early.
+            # The body ended without [DONE] or a finish reason: the connection was closed early.
             raise _common.stream_cut(provider=PROVIDER_LABEL, after_output=deadlines.got_output)
         if tail := texts.end():
             yield TextDelta(tail)

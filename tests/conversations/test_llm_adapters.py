@@ -468,6 +468,24 @@ async def test_body_that_ends_cleanly_without_a_finish_is_a_cut(fake_provider, p
     assert "ended before it was complete" in error.message
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        # vLLM: the error object, then [DONE]. And the bare form of servers derived from older vLLM.
+        {"error": {"object": "error", "message": "boom", "type": "InternalServerError", "param": None, "code": 500}},
+        {"object": "error", "message": "boom", "type": "InternalServerError", "param": None, "code": 500},
+    ],
+)
+async def test_openai_error_object_followed_by_done_is_an_error_not_an_end(fake_provider, error):
+    raw = [openai_chunk("alpha"), b"data: " + json.dumps(error).encode() + b"\n\n", b"data: [DONE]\n\n"]
+    fake_provider.script("sk-err-done", Script(mode="raw", raw=raw))
+
+    events, error = await collect("openai", lease(fake_provider, "openai", "sk-err-done"))
+
+    assert text_of(events) == "alpha"
+    assert error.kind == ErrorKind.UNAVAILABLE and error.after_output is True
+
+
 async def test_anthropic_stop_reason_without_message_stop_is_a_cut(fake_provider):
     delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}
     raw = [ANTHROPIC_START, anthropic_text("Hi"), anthropic_event("message_delta", delta)]

@@ -68,6 +68,9 @@ class Script:
     # OpenAI-compatible: False is a server that sends no usage in a stream, whatever
     # stream_options asks (older Ollama, LM Studio and llama.cpp builds).
     reports_usage: bool = True
+    # OpenAI-compatible: False is a server whose chunks all say finish_reason null, ending the
+    # stream with `data: [DONE]` alone (some Gemini and other proxies).
+    sends_finish_reason: bool = True
 
     @classmethod
     def context_too_long(cls) -> Script:
@@ -480,7 +483,8 @@ class FakeProvider:
             await response.write(f"data: {json.dumps(error)}\n\n".encode())
             await response.write_eof()
             return response
-        await response.write(answer.chunk({}, answer.finish))
+        if script.sends_finish_reason:
+            await response.write(answer.chunk({}, answer.finish))
         if answer.include_usage:
             await response.write(answer.chunk({}, choices=False, usage=answer.usage))
         await response.write(b"data: [DONE]\n\n")

@@ -423,3 +423,29 @@ async def test_a_reasoning_model_thinking_past_the_first_token_allowance_answers
     assert (record.key_id, record.outcome, record.estimated, record.output_tokens) == (key.id, "ok", True, output_tokens)
     assert done["usage"]["output_tokens"] == output_tokens
     assert await db(spent_and_reserved)(user) == (record.cost, Decimal("0"))
+
+
+async def test_a_server_that_ends_its_stream_with_done_but_no_finish_reason_answers_and_keeps_its_key_healthy(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # `data: [DONE]` is the end of an OpenAI stream; a server whose chunks all say finish_reason
+    # null has still answered completely. Its replies are not errors, nor its key failing.
+    from billing.models import ProviderKey
+
+    user = await db(make_user)("nofinish")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    key = await db(add_key)("openai", "sk-openai-nofinish", text=REPLY, sends_finish_reason=False)
+    conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
+
+    for question in ("first question", "second question", "third question"):
+        frames = await turn_over_socket(user, conversation.id, question)
+        assert of_type(frames, "error") == [], frames
+        assert "".join(d["text"] for d in of_type(frames, "delta")) == REPLY
+        assert frames[-1]["finish_reason"] == "stop"
+
+    replies = await db(list)(Message.objects.filter(role="assistant").values_list("status", "content"))
+    assert replies == [(Message.Status.DONE, REPLY)] * 3
+    records = await db(list)(UsageRecord.objects.values_list("outcome", "estimated"))
+    assert records == [("ok", False)] * 3  # the usage chunk the server sent is the provider's count
+    stored = await db(ProviderKey.objects.get)(id=key.id)
+    assert (stored.health, stored.consecutive_failures) == (ProviderKey.Health.HEALTHY, 0)
