@@ -117,7 +117,7 @@ class AnthropicAdapter(_common.SDKAdapter):
         finish: str | None = None
         stopped = False
         manager = client.messages.with_streaming_response.create(**self.request_params(request), stream=True)
-        async with self.streamed_response(sdk, deadlines, manager) as response:
+        async with self.streamed_response(sdk, deadlines, manager.__aenter__()) as response:
             chunks = response.http_response.aiter_bytes()
             decoder = _sse.SSEDecoder()
             texts = _common.TextDeltas()

@@ -23,6 +23,7 @@ as ReasoningDelta: not the reply's text, but the model answering (the deadline i
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -39,6 +40,10 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 PROVIDER_LABEL = "OpenAI"
 # Local servers (Ollama...) need no key, but the SDK refuses to start without one.
 NO_KEY_PLACEHOLDER = "no-key"
+# The base URLs of servers that refused stream_options (OpenAIAdapter.send), in this process: each
+# refusal costs a request, once. Bounded, though base URLs are the few an administrator set.
+_REFUSE_STREAM_OPTIONS: set[str] = set()
+_REFUSE_STREAM_OPTIONS_MAX = 1000
 
 
 def is_official_api(base_url: str) -> bool:
@@ -88,10 +93,8 @@ class OpenAIAdapter(_common.SDKAdapter):
         sdk, deadlines, client = await self.begin(key)
         usage: Usage | None = None
         finish: str | None = None
-        manager = client.chat.completions.with_streaming_response.create(
-            **self.request_params(request, key=key), stream=True, stream_options={"include_usage": True}
-        )
-        async with self.streamed_response(sdk, deadlines, manager) as response:
+        send = self.send(sdk, client, self.request_params(request, key=key), base_url=key.base_url)
+        async with self.streamed_response(sdk, deadlines, send) as response:
             chunks = response.http_response.aiter_bytes()
             decoder = _sse.SSEDecoder()
             texts = _common.TextDeltas()
@@ -134,6 +137,24 @@ class OpenAIAdapter(_common.SDKAdapter):
         if usage is not None:
             yield usage
         yield Finish(finish)  # type: ignore[arg-type]
+
+    @staticmethod
+    async def send(sdk: ModuleType, client: openai.AsyncOpenAI, params: dict[str, Any], *, base_url: str) -> Any:
+        """Send the streamed request and return the SDK's response, its body unread. It asks for the
+        usage (stream_options) unless the server refused that before: vLLM before 0.5 and some
+        other servers answer a field they do not know with a 400 (422 at Mistral), and must still
+        answer, the turn counting the tokens itself. The refusal costs nothing and no tokens; it is
+        sent once per server and process, not once per call."""
+        create = client.chat.completions.with_streaming_response.create
+        if base_url not in _REFUSE_STREAM_OPTIONS:
+            try:
+                return await create(**params, stream=True, stream_options={"include_usage": True}).__aenter__()
+            except sdk.APIStatusError as exc:
+                if exc.status_code not in (400, 422) or "stream_options" not in f"{exc.param} {exc.body}":
+                    raise
+            if len(_REFUSE_STREAM_OPTIONS) < _REFUSE_STREAM_OPTIONS_MAX:
+                _REFUSE_STREAM_OPTIONS.add(base_url)
+        return await create(**params, stream=True).__aenter__()
 
     @staticmethod
     def chunk_parts(chunk: dict[str, Any], *, after_output: bool) -> tuple[str, str, str | None, Usage | None]:

@@ -71,6 +71,9 @@ class Script:
     # OpenAI-compatible: False is a server whose chunks all say finish_reason null, ending the
     # stream with `data: [DONE]` alone (some Gemini and other proxies).
     sends_finish_reason: bool = True
+    # OpenAI-compatible: True is a server that refuses a request carrying `stream_options` with
+    # a 400, as vLLM before 0.5 (its request models forbid unknown fields) did.
+    refuses_stream_options: bool = False
 
     @classmethod
     def context_too_long(cls) -> Script:
@@ -422,6 +425,14 @@ class FakeProvider:
             headers["Retry-After"] = script.retry_after
         return web.json_response(body, status=script.status, headers=headers)
 
+    @staticmethod
+    def _vllm_extra_forbidden(name: str, value: Any) -> web.Response:
+        """vLLM 0.4's 400 for a request field it does not know: its own error object, not nested
+        under "error", with pydantic's complaint as the message."""
+        complaint = [{"type": "extra_forbidden", "loc": ("body", name), "msg": "Extra inputs are not permitted", "input": value}]
+        body = {"object": "error", "message": str(complaint), "type": "BadRequestError", "param": None, "code": 400}
+        return web.json_response(body, status=400)
+
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
         key = self._key(request)
         body = await self._body(request)
@@ -432,6 +443,8 @@ class FakeProvider:
         await self._before_answer(script, request)
         if script.mode == "error":
             return self._openai_error(script)
+        if script.refuses_stream_options and "stream_options" in body:
+            return self._vllm_extra_forbidden("stream_options", body["stream_options"])
         if script.mode == "raw":
             return await self._raw(request, script)
 

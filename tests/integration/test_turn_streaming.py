@@ -449,3 +449,30 @@ async def test_a_server_that_ends_its_stream_with_done_but_no_finish_reason_answ
     assert records == [("ok", False)] * 3  # the usage chunk the server sent is the provider's count
     stored = await db(ProviderKey.objects.get)(id=key.id)
     assert (stored.health, stored.consecutive_failures) == (ProviderKey.Health.HEALTHY, 0)
+
+
+async def test_a_server_that_refuses_stream_options_still_answers_and_is_billed_on_the_count(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # vLLM before 0.5 answers a request carrying stream_options (asked for the usage) with a
+    # 400. The reply must still come, billed on our own count; the server is not asked again.
+    from conversations.context import count_tokens
+
+    user = await db(make_user)("oldvllm")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    key = await db(add_key)("openai", "sk-openai-oldvllm", text=REPLY, refuses_stream_options=True)
+    conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
+
+    for question in ("first question", "second question"):
+        frames = await turn_over_socket(user, conversation.id, question)
+        assert of_type(frames, "error") == [], frames
+        assert "".join(d["text"] for d in of_type(frames, "delta")) == REPLY
+        assert frames[-1]["finish_reason"] == "stop"
+
+    asked = [r.stream_options for r in fake_provider.requests_for("sk-openai-oldvllm")]
+    assert asked == [{"include_usage": True}, None, None]  # refused once, then never sent again
+    records = await db(list)(UsageRecord.objects.order_by("created_at").values_list("key_id", "outcome", "estimated", "output_tokens"))
+    output_tokens = count_tokens(text=REPLY, model_id=OPENAI_MODEL)[0]
+    assert records == [(key.id, "ok", True, output_tokens)] * 2
+    spent, reserved = await db(spent_and_reserved)(user)
+    assert spent > 0 and reserved == 0
