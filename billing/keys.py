@@ -860,7 +860,7 @@ def _test_usage_record(*, key: ProviderKey, model: str, usage, ok: bool, error_k
             model=model,  # the ledger keeps the provider apart: the model's own name
             key_id=key.pk,
             cost=cost,
-            estimated=usage is None,
+            estimated=usage is None or not usage.final,
             ttft_ms=None,
             latency_ms=latency_ms,
             outcome="ok" if ok else "error",

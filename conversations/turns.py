@@ -1064,17 +1064,22 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
     estimated = False
     billable = outcome.attempt > 0 and not outcome.recorded
     if billable:
-        if outcome.usage is not None:
-            input_tokens, output_tokens, cached = outcome.usage.input_tokens, outcome.usage.output_tokens, outcome.usage.cached_tokens
+        usage = outcome.usage
+        if usage is not None and usage.final:
+            input_tokens, output_tokens, cached = usage.input_tokens, usage.output_tokens, usage.cached_tokens
         else:
             # No usage from the provider (stopped or cut early): what it has billed is the input
-            # it was sent plus the text that came out, counted here and marked estimated.
+            # it was sent plus the text that came out, counted here and marked estimated. The
+            # input as the provider counted it, where it said so before the end (Anthropic).
             estimated = True
-            input_tokens = plan.input_tokens
+            input_tokens = usage.input_tokens if usage is not None else plan.input_tokens
+            cached = usage.cached_tokens if usage is not None else 0
             # A reasoning model's thinking is output the provider bills, as much as the text.
             for billed in (outcome.text, outcome.thinking):
                 if billed:
                     output_tokens += context_mod.count_tokens(text=billed, model_id=plan.model_id)[0]
+            if usage is not None:
+                output_tokens = max(output_tokens, usage.output_tokens)
         cost = prices.cost_of(price=plan.price, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached)
     status = {
         "stop": Message.Status.DONE,

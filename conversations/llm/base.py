@@ -2,6 +2,8 @@
 
 An adapter's `stream(request, key=...)` is an async iterator yielding, in order:
     (TextDelta | ReasoningDelta)* , then Usage (when the provider reports it), then Finish.
+An adapter whose provider counts the input before the reply (Anthropic) also yields that early,
+as a Usage with final=False among the deltas: what a reply ended early is billed for.
 It raises ProviderError for anything that went wrong, with one of a few kinds; the message is
 safe to show and log (never a secret, never the request's text).
 """
@@ -51,6 +53,9 @@ class Usage:
     input_tokens: int
     output_tokens: int
     cached_tokens: int = 0
+    # False: counted by the provider before the reply's end. Its input is the provider's own
+    # count; its output only what was written then, so a reply ended early counts its text.
+    final: bool = True
 
 
 @dataclass(frozen=True)
