@@ -45,7 +45,7 @@ from . import context as context_mod
 from . import llm
 from .llm.base import ChatRequest, ErrorKind, Finish, ProviderError, ReasoningDelta, TextDelta, Usage
 from .models import Conversation, Message
-from .selectors import RUNNING, conversation_timeline, messages_seen_by_model
+from .selectors import REFUSED, RUNNING, conversation_timeline, messages_seen_by_model
 
 logger = logging.getLogger(__name__)
 
@@ -1000,6 +1000,14 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
         )
         if result.cancelled or result.error is None:
             outcome.finish_reason = "cancelled" if result.cancelled else (result.finish or "stop")
+            if outcome.finish_reason == "refused":
+                # The provider said nothing about why: the person hears it here. The key is fine.
+                outcome.finish_reason = "error"
+                outcome.error_code = "provider_error"
+                outcome.error_message = _(
+                    "The model declined to continue this reply. Rephrase your message or start a new conversation."
+                )
+                outcome.error_kind = REFUSED
             return outcome
         exc = result.error
         decision = None
@@ -1093,7 +1101,8 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
             content=outcome.text,
             status=status,
             finish_reason=outcome.finish_reason,
-            error_code=outcome.error_code,
+            # Told as provider_error; saved as refused, so the context builder leaves the turn out.
+            error_code=REFUSED if outcome.error_kind == REFUSED else outcome.error_code,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cost=cost,

@@ -74,6 +74,16 @@ class _Counts:
         self.reported = True
 
 
+def _finish_reason(stop_reason: str) -> str:
+    if stop_reason in _LENGTH_STOPS:
+        return "length"
+    # Claude's streaming classifiers ended the reply, with no words of their own: the person must
+    # be told, and the turn left out of the next requests' context (or they are refused too).
+    if stop_reason == "refusal":
+        return "refused"
+    return "stop"  # end_turn, stop_sequence, pause_turn, tool_use: ended on the model's side
+
+
 class AnthropicAdapter(_common.SDKAdapter):
     provider = "anthropic"
     sdk_name = "anthropic"
@@ -139,7 +149,7 @@ class AnthropicAdapter(_common.SDKAdapter):
                     elif name == b"message_start" or name == b"message_delta":
                         stop_reason = self.count(name, data, counts, after_output=deadlines.got_output)
                         if stop_reason:
-                            finish = "length" if stop_reason in _LENGTH_STOPS else "stop"
+                            finish = _finish_reason(stop_reason)
                             deadlines.got_output = True
                         elif name == b"message_start":
                             # Anthropic's count of the input, for a reply stopped or cut before its end.

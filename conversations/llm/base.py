@@ -60,7 +60,8 @@ class Usage:
 
 @dataclass(frozen=True)
 class Finish:
-    reason: Literal["stop", "length"]
+    # refused: the provider's safety filter ended the reply (Anthropic's stop_reason "refusal").
+    reason: Literal["stop", "length", "refused"]
 
 
 StreamEvent = TextDelta | ReasoningDelta | Usage | Finish

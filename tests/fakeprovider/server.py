@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-Mode = Literal["ok", "error", "cut", "hang", "stream_error", "raw", "drop"]
+Mode = Literal["ok", "error", "cut", "hang", "stream_error", "refusal", "raw", "drop"]
 
 
 @dataclass
@@ -43,6 +43,9 @@ class Script:
       raw           answer 200 with a streamed body of exactly the bytes in `raw`, one write each
                     every `pace_ms` (odd line ends, events split across writes, malformed data...)
       drop          close the connection without answering, as a crashing proxy does
+      refusal       stream `cut_after` deltas, then end the reply as the provider's safety filter
+                    does: Anthropic's stop_reason "refusal" (Claude 4 streaming classifiers),
+                    OpenAI's finish_reason "content_filter"
     """
 
     mode: Mode = "ok"
@@ -479,7 +482,7 @@ class FakeProvider:
             await self._pace(script)
             await response.write(answer.chunk({script.reasoning_field: thought}))
         for index, text in enumerate(answer.deltas):
-            if script.mode in ("cut", "stream_error") and index >= script.cut_after:
+            if script.mode in ("cut", "stream_error", "refusal") and index >= script.cut_after:
                 break
             await self._pace(script)
             await response.write(answer.chunk({"content": text}))
@@ -497,7 +500,7 @@ class FakeProvider:
             await response.write_eof()
             return response
         if script.sends_finish_reason:
-            await response.write(answer.chunk({}, answer.finish))
+            await response.write(answer.chunk({}, "content_filter" if script.mode == "refusal" else answer.finish))
         if answer.include_usage:
             await response.write(answer.chunk({}, choices=False, usage=answer.usage))
         await response.write(b"data: [DONE]\n\n")
@@ -594,6 +597,11 @@ class FakeProvider:
             event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
         )
         await response.write(event("ping", {"type": "ping"}))
+        if script.mode == "refusal":
+            deltas = deltas[: script.cut_after]
+            stop_reason = "refusal"
+            if script.output_tokens is None:
+                output_tokens = len(deltas)
         for index, text in enumerate(deltas):
             if script.mode in ("cut", "stream_error") and index >= script.cut_after:
                 break
@@ -618,7 +626,15 @@ class FakeProvider:
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                    "delta": {
+                        "stop_reason": stop_reason,
+                        "stop_sequence": None,
+                        **(
+                            {"stop_details": {"type": "refusal", "category": "cyber", "explanation": "This request was declined."}}
+                            if stop_reason == "refusal"
+                            else {}
+                        ),
+                    },
                     "usage": {"output_tokens": output_tokens},
                 },
             )

@@ -476,3 +476,37 @@ async def test_a_server_that_refuses_stream_options_still_answers_and_is_billed_
     assert records == [(key.id, "ok", True, output_tokens)] * 2
     spent, reserved = await db(spent_and_reserved)(user)
     assert spent > 0 and reserved == 0
+
+
+async def test_an_anthropic_refusal_tells_the_user_bills_the_call_and_leaves_the_turn_out_of_the_context(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # Claude's streaming classifiers end a reply with stop_reason "refusal", no message of their
+    # own. Anthropic: the person must be told, and the refused turn taken out of the context,
+    # or every later message of the conversation is refused too.
+    user = await db(make_user)("refused-ant")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("anthropic", "sk-ant-refuses", mode="refusal", cut_after=2, text="Here is how you would", input_tokens=40)
+    conversation = await db(conversation_for)(user, model=ANTHROPIC_MODEL)
+
+    frames = await turn_over_socket(user, conversation.id, "the question it refuses")
+
+    assert "".join(d["text"] for d in of_type(frames, "delta")) == "Here is"
+    (error,) = of_type(frames, "error")
+    assert error["code"] == "provider_error" and "declined" in error["message"]
+    done = frames[-1]
+    assert done["finish_reason"] == "error"
+    reply = await db(Message.objects.get)(id=done["message_id"])
+    assert (reply.status, reply.content) == (Message.Status.ERROR, "Here is")  # what came stays on the page
+    # Billed as Anthropic reported it: the input and the two words up to the refusal.
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    expected = prices.cost_of(price=priced[ANTHROPIC_MODEL], input_tokens=40, output_tokens=2)
+    assert (record.input_tokens, record.output_tokens, record.estimated, record.cost) == (40, 2, False, expected)
+    assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
+
+    fake_provider.script("sk-ant-refuses", text="Happy to help with that.")
+    frames = await turn_over_socket(user, conversation.id, "a different question")
+
+    assert of_type(frames, "error") == [] and frames[-1]["finish_reason"] == "stop"
+    sent = fake_provider.requests_for("sk-ant-refuses")[-1].messages
+    assert sent == [{"role": "user", "content": "a different question"}]
