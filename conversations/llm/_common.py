@@ -297,6 +297,8 @@ def status_error(
         return err(ErrorKind.RATE_LIMITED, f"{provider} rate limit: HTTP 429{detail}.")
     if status == 408:
         return err(ErrorKind.TIMEOUT, f"{provider} timed out: HTTP 408{detail}.")
+    if status == 404:
+        return err(ErrorKind.MODEL_NOT_FOUND, f"{provider} does not serve this model here: HTTP 404{detail}.")
     if status == 413 or (
         400 <= status < 500 and looks_like_context_too_long(message=provider_message, code=code)
     ):

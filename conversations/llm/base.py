@@ -73,6 +73,9 @@ class ErrorKind(StrEnum):
     UNAVAILABLE = "unavailable"  # 5xx, connection refused, stream cut: next key after a backoff
     TIMEOUT = "timeout"  # connect / first token / total timeout
     BAD_REQUEST = "bad_request"  # 400: the user's request; not retried
+    # 404: this key's server does not serve the model (never had it, retired it, a local server
+    # never pulled it; or the base URL is wrong). The key is fine, and another key may serve it.
+    MODEL_NOT_FOUND = "model_not_found"
     CONTEXT_TOO_LONG = "context_too_long"  # 400 naming the context length; not retried
 
 

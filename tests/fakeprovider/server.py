@@ -77,6 +77,10 @@ class Script:
     # OpenAI-compatible: True is a server that refuses a request carrying `stream_options` with
     # a 400, as vLLM before 0.5 (its request models forbid unknown fields) did.
     refuses_stream_options: bool = False
+    # The models this key's server serves (its /v1/models list); None: any model asked for. Any
+    # other model is answered with the provider's 404 (OpenAI's model_not_found, Anthropic's
+    # not_found_error), as a server that never had the model, or retired it, does.
+    models: list[str] | None = None
 
     @classmethod
     def context_too_long(cls) -> Script:
@@ -446,6 +450,15 @@ class FakeProvider:
         await self._before_answer(script, request)
         if script.mode == "error":
             return self._openai_error(script)
+        if script.models is not None and body.get("model") not in script.models:
+            return self._openai_error(
+                Script(
+                    mode="error",
+                    status=404,
+                    code="model_not_found",
+                    message=f"The model `{body.get('model')}` does not exist or you do not have access to it.",
+                )
+            )
         if script.refuses_stream_options and "stream_options" in body:
             return self._vllm_extra_forbidden("stream_options", body["stream_options"])
         if script.mode == "raw":
@@ -538,6 +551,8 @@ class FakeProvider:
         await self._before_answer(script, request)
         if script.mode == "error":
             return self._anthropic_error(script)
+        if script.models is not None and body.get("model") not in script.models:
+            return self._anthropic_error(Script(mode="error", status=404, message=f"model: {body.get('model')}"))
         if script.mode == "raw":
             return await self._raw(request, script)
 
@@ -656,9 +671,9 @@ class FakeProvider:
         if anthropic:
             data = [
                 {"type": "model", "id": name, "display_name": name, "created_at": "2025-01-01T00:00:00Z"}
-                for name in ("claude-sonnet-4-6", "claude-haiku-4-5")
+                for name in script.models or ("claude-sonnet-4-6", "claude-haiku-4-5")
             ]
             return web.json_response({"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]})
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in ("gpt-4o-mini", "gpt-4o")]
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in script.models or ("gpt-4o-mini", "gpt-4o")]
         return web.json_response({"object": "list", "data": data})
 
