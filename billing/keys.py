@@ -15,6 +15,8 @@ The state machine, driven by `key_report_failure(kind=...)`:
   auth              -> invalid: never chosen again until an administrator replaces its secret or a
                        "test key" succeeds; audited, and listed by keys_needing_attention().
   bad_request/context_too_long -> the user's request: the key is fine, nothing is retried.
+  model_not_found   -> this key's server does not serve the model: the key is fine (another
+                       model may be served by it), try the next key now.
 
 Secrets: decrypted only into a KeyLease handed to the provider call; never logged, printed,
 returned by a service other than key_choose, or written to the audit log.
@@ -676,6 +678,11 @@ def key_report_failure(
         # The provider understood the key and refused the request: the key is fine.
         ProviderKey.objects.filter(pk=key_id).update(last_used_at=now)
         return KeyFailureOutcome(retry=False)
+    if kind == ErrorKind.MODEL_NOT_FOUND:
+        # One "openai" provider covers the official API and local servers, each serving its own
+        # models: this one does not have the model, another key may. Nothing wrong with the key.
+        ProviderKey.objects.filter(pk=key_id).update(last_used_at=now)
+        return KeyFailureOutcome(retry=True)
     with transaction.atomic():
         key = ProviderKey.objects.select_for_update().filter(pk=key_id).first()
         if key is None:  # deleted while the call ran
@@ -798,7 +805,7 @@ async def _served_model(adapter, lease: KeyLease, candidates: list[str]) -> str 
     try:
         served = set(await adapter.ping(key=lease))
     except ProviderError as exc:
-        if exc.kind not in (ErrorKind.AUTH, ErrorKind.BAD_REQUEST):
+        if exc.kind not in (ErrorKind.AUTH, ErrorKind.BAD_REQUEST, ErrorKind.MODEL_NOT_FOUND):
             raise
         return candidates[0]
     return next((model for model in candidates if model in served), None)
@@ -860,7 +867,7 @@ def _test_usage_record(*, key: ProviderKey, model: str, usage, ok: bool, error_k
             model=model,  # the ledger keeps the provider apart: the model's own name
             key_id=key.pk,
             cost=cost,
-            estimated=usage is None,
+            estimated=usage is None or not usage.final,
             ttft_ms=None,
             latency_ms=latency_ms,
             outcome="ok" if ok else "error",

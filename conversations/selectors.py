@@ -11,6 +11,9 @@ from django.db.models import QuerySet
 from .models import Conversation, Message
 
 RUNNING = (Message.Status.PENDING, Message.Status.STREAMING)
+# The error_code of a reply the provider's safety filter ended (Anthropic's stop_reason "refusal").
+# Anthropic: the refused turn must leave the context, or every later request is refused as well.
+REFUSED = "refused"
 
 
 def conversation_get(*, owner, conversation_id) -> Conversation | None:
@@ -43,7 +46,7 @@ def conversation_timeline(*, conversation) -> list[Message]:
     return list(
         Message.objects.filter(conversation=conversation)
         .order_by("created_at", "id")
-        .only("id", "role", "content", "reply_to_id", "created_at", "status")
+        .only("id", "role", "content", "reply_to_id", "created_at", "status", "error_code")
     )
 
 
@@ -58,7 +61,9 @@ def messages_seen_by_model(*, messages: Sequence[Message], answering_id: uuid.UU
     text (a cut or stopped reply keeps what it said): a failed or stopped regeneration does not
     replace a complete answer, and leaves the question answered. A question with no reply with
     text (refused as too long, over budget, failed before any output) is left out: the model never
-    answered it, and it must not push answered turns out of the window nor be summarised. The one
+    answered it, and it must not push answered turns out of the window nor be summarised. A reply
+    the provider's safety filter ended (REFUSED) counts as none: its text stays on the page, but
+    the model is never shown the turn again (Anthropic refuses every later request else). The one
     exception is `answering_id`, the question being answered now: it is kept, and its earlier
     replies are not (a regeneration asks afresh).
     """
@@ -70,6 +75,7 @@ def messages_seen_by_model(*, messages: Sequence[Message], answering_id: uuid.UU
             or message.reply_to_id == answering_id
             or not message.content
             or message.status in RUNNING
+            or message.error_code == REFUSED
         ):
             continue
         current = chosen.get(message.reply_to_id)

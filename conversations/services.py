@@ -207,7 +207,7 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
 
     from . import context as context_mod
     from . import llm
-    from .llm.base import ChatRequest, ProviderError, TextDelta, Usage
+    from .llm.base import ChatRequest, ProviderError, ReasoningDelta, TextDelta, Usage
 
     price = prices.price_for(model_id=model_id)
     provider, _sep, model_name = model_id.partition(":")
@@ -232,16 +232,22 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
     # erased while the call runs (and the memberships are read once, not at every ledger row).
     team_id = ledger.primary_team_id(user=user)
 
-    async def collect(key, parts: list[str]):
-        # Into `parts` as it arrives: a call cut off after some text must still bill that text.
+    async def collect(key, parts: list[str], thinking: list[str]):
+        # Into `parts` as it arrives: a call cut off after some text must still bill that text,
+        # and a reasoning model's thinking (never part of the text) as much.
         usage = None
         async for event in adapter.stream(request, key=key):
             if isinstance(event, TextDelta):
                 if event.text:
                     parts.append(event.text)
+            elif isinstance(event, ReasoningDelta):
+                thinking.append(event.text)
             elif isinstance(event, Usage):
                 usage = event
         return usage
+
+    def counted_output(*, text: str, thinking: list[str]) -> int:
+        return sum(context_mod.count_tokens(text=t, model_id=model_id)[0] for t in (text, "".join(thinking)) if t)
 
     tried: list = []
     cost = Decimal("0")
@@ -252,8 +258,9 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
             break
         started = timezone.now()
         parts: list[str] = []
+        thinking: list[str] = []
         try:
-            usage = async_to_sync(collect)(key, parts)
+            usage = async_to_sync(collect)(key, parts, thinking)
         except ProviderError as exc:
             decision = None
             if key is not None:
@@ -265,11 +272,11 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
                 tried.append(key.id)
             latency = int((timezone.now() - started).total_seconds() * 1000)
             received = "".join(parts)
-            if received or exc.after_output:
+            if received or thinking or exc.after_output:
                 # Cut off after the provider began answering: it has billed the input and the text
                 # it sent, so this is billed like a cut turn (turns._reply_finish): counted here,
                 # estimated. And not retried: a second call would bill the input again.
-                output_tokens = context_mod.count_tokens(text=received, model_id=model_id)[0]
+                output_tokens = counted_output(text=received, thinking=thinking)
                 cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)
                 _followup_usage(
                     user=user, team_id=team_id, conversation_id=conversation_id, attempt=attempt, provider=provider,
@@ -296,7 +303,7 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
             keys.key_report_success(key_id=key.id)
         estimated = usage is None
         if usage is None:
-            usage = Usage(input_tokens=input_tokens, output_tokens=context_mod.count_tokens(text=text, model_id=model_id)[0])
+            usage = Usage(input_tokens=input_tokens, output_tokens=counted_output(text=text, thinking=thinking))
         cost = prices.cost_of(price=price, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
         latency = int((timezone.now() - started).total_seconds() * 1000)
         _followup_usage(

@@ -43,9 +43,9 @@ from chatsite import asynccache
 
 from . import context as context_mod
 from . import llm
-from .llm.base import ChatRequest, ErrorKind, Finish, ProviderError, TextDelta, Usage
+from .llm.base import ChatRequest, ErrorKind, Finish, ProviderError, ReasoningDelta, TextDelta, Usage
 from .models import Conversation, Message
-from .selectors import RUNNING, conversation_timeline, messages_seen_by_model
+from .selectors import REFUSED, RUNNING, conversation_timeline, messages_seen_by_model
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,7 @@ class _ReplyPlan:
 class _Outcome:
     finish_reason: str  # stop | length | cancelled | error
     text: str = ""
+    thinking: str = ""  # the last call's reasoning, never shown or saved: counted when no usage came
     error_code: str = ""
     error_message: str = ""
     error_kind: str = ""
@@ -853,7 +854,8 @@ def _reply_followups(*, plan: _ReplyPlan, finish_reason: str) -> None:
 
 @dataclass
 class _Attempt:
-    got_output: bool = False
+    got_output: bool = False  # the provider began answering: text, or thinking
+    thinking: list[str] = field(default_factory=list)
     usage: Usage | None = None
     finish: str = ""
     error: ProviderError | None = None
@@ -905,10 +907,15 @@ async def _attempt(adapter, plan: _ReplyPlan, key, stream: _Stream, cancel: asyn
                 async for event in events:
                     if isinstance(event, TextDelta):
                         if event.text:
-                            if not result.got_output:
+                            if result.ttft_ms is None:
                                 result.ttft_ms = int((time.monotonic() - started) * 1000)
                             result.got_output = True
                             stream.add(event.text)
+                    elif isinstance(event, ReasoningDelta):
+                        # Not shown; but the model is answering, and a failure now is not retried
+                        # on another key (the provider bills this thinking).
+                        result.got_output = True
+                        result.thinking.append(event.text)
                     elif isinstance(event, Usage):
                         result.usage = event
                     elif isinstance(event, Finish):
@@ -964,6 +971,16 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
                 key, plan.first_key = plan.first_key, None  # the plan outlives the call: not the secret
             else:
                 key = await _db(keys.key_choose)(provider=plan.provider, exclude=tuple(tried))
+            if key is None and last_error is not None and last_error.kind == ErrorKind.MODEL_NOT_FOUND:
+                # Every key that could be tried answered that its server does not have the model.
+                return _Outcome(
+                    "error",
+                    error_code="model_unavailable",
+                    error_message=_("The model %(model)s is not available.") % {"model": plan.model_id},
+                    error_kind=str(last_error.kind),
+                    attempt=attempt,
+                    recorded=True,
+                )
             if key is None:
                 return _Outcome(
                     "error",
@@ -983,10 +1000,24 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
         key_id = key.id if key is not None else None
         result = await _attempt(adapter, plan, key, stream, cancel)
         outcome = _Outcome(
-            "stop", attempt=attempt, key_id=key_id, usage=result.usage, ttft_ms=result.ttft_ms, latency_ms=result.latency_ms
+            "stop",
+            thinking="".join(result.thinking),
+            attempt=attempt,
+            key_id=key_id,
+            usage=result.usage,
+            ttft_ms=result.ttft_ms,
+            latency_ms=result.latency_ms,
         )
         if result.cancelled or result.error is None:
             outcome.finish_reason = "cancelled" if result.cancelled else (result.finish or "stop")
+            if outcome.finish_reason == "refused":
+                # The provider said nothing about why: the person hears it here. The key is fine.
+                outcome.finish_reason = "error"
+                outcome.error_code = "provider_error"
+                outcome.error_message = _(
+                    "The model declined to continue this reply. Rephrase your message or start a new conversation."
+                )
+                outcome.error_kind = REFUSED
             return outcome
         exc = result.error
         decision = None
@@ -1051,15 +1082,22 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
     estimated = False
     billable = outcome.attempt > 0 and not outcome.recorded
     if billable:
-        if outcome.usage is not None:
-            input_tokens, output_tokens, cached = outcome.usage.input_tokens, outcome.usage.output_tokens, outcome.usage.cached_tokens
+        usage = outcome.usage
+        if usage is not None and usage.final:
+            input_tokens, output_tokens, cached = usage.input_tokens, usage.output_tokens, usage.cached_tokens
         else:
             # No usage from the provider (stopped or cut early): what it has billed is the input
-            # it was sent plus the text that came out, counted here and marked estimated.
+            # it was sent plus the text that came out, counted here and marked estimated. The
+            # input as the provider counted it, where it said so before the end (Anthropic).
             estimated = True
-            input_tokens = plan.input_tokens
-            if outcome.text:
-                output_tokens, _est = context_mod.count_tokens(text=outcome.text, model_id=plan.model_id)
+            input_tokens = usage.input_tokens if usage is not None else plan.input_tokens
+            cached = usage.cached_tokens if usage is not None else 0
+            # A reasoning model's thinking is output the provider bills, as much as the text.
+            for billed in (outcome.text, outcome.thinking):
+                if billed:
+                    output_tokens += context_mod.count_tokens(text=billed, model_id=plan.model_id)[0]
+            if usage is not None:
+                output_tokens = max(output_tokens, usage.output_tokens)
         cost = prices.cost_of(price=plan.price, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached)
     status = {
         "stop": Message.Status.DONE,
@@ -1073,7 +1111,8 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
             content=outcome.text,
             status=status,
             finish_reason=outcome.finish_reason,
-            error_code=outcome.error_code,
+            # Told as provider_error; saved as refused, so the context builder leaves the turn out.
+            error_code=REFUSED if outcome.error_kind == REFUSED else outcome.error_code,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cost=cost,

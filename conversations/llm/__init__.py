@@ -1,7 +1,7 @@
 """One async streaming interface, one adapter per provider (openai, anthropic, demo).
 
     adapter = get_adapter("openai")
-    async for event in adapter.stream(ChatRequest(...), key=lease):  # TextDelta*, Usage?, Finish
+    async for event in adapter.stream(ChatRequest(...), key=lease):  # (TextDelta | ReasoningDelta)*, Usage?, Finish
         ...
 
 Adapters are stateless (a client is made per call from the key), so one instance per provider
@@ -50,7 +50,7 @@ def get_adapter(provider: str) -> Adapter:
 class Completion:
     text: str
     usage: Usage | None  # None when the provider reported none (count it, marked estimated)
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" | "refused"
 
 
 async def completion_fetch(*, provider: str, request: ChatRequest, key: KeyLease | None) -> Completion:

@@ -297,6 +297,8 @@ def status_error(
         return err(ErrorKind.RATE_LIMITED, f"{provider} rate limit: HTTP 429{detail}.")
     if status == 408:
         return err(ErrorKind.TIMEOUT, f"{provider} timed out: HTTP 408{detail}.")
+    if status == 404:
+        return err(ErrorKind.MODEL_NOT_FOUND, f"{provider} does not serve this model here: HTTP 404{detail}.")
     if status == 413 or (
         400 <= status < 500 and looks_like_context_too_long(message=provider_message, code=code)
     ):
@@ -480,15 +482,16 @@ class SDKAdapter:
             raise error from None
 
     @contextlib.asynccontextmanager
-    async def streamed_response(self, sdk: ModuleType, deadlines: Deadlines, manager: Any) -> AsyncIterator[Any]:
+    async def streamed_response(self, sdk: ModuleType, deadlines: Deadlines, send: Awaitable[Any]) -> AsyncIterator[Any]:
         """The SDK's response to a `with_streaming_response` call, its body unread, for the block to
-        read. The request is sent under the first deadline (the SDK builds and authenticates it,
-        and raises its APIStatusError for an error answer); failures, sending or in the block, come
-        out as ProviderErrors (provider_errors); the response is closed after the block."""
+        read. `send` sends the request (a manager's `__aenter__()`), under the first deadline: the
+        SDK builds and authenticates it, and raises its APIStatusError for an error answer.
+        Failures, sending or in the block, come out as ProviderErrors (provider_errors); the
+        response is closed after the block."""
         response = None
         try:
             with self.provider_errors(sdk, deadlines):
-                response = await deadlines.within(manager.__aenter__())
+                response = await deadlines.within(send)
                 yield response
         finally:
             if response is not None:

@@ -11,9 +11,11 @@ it), so it is sent through `extra_body`, and only when the conversation sets one
 
 Streaming: the SDK sends the request (`with_streaming_response`) and raises its APIStatusError for
 an error answer; the adapter reads the server-sent events itself (see _sse), by their `event:`
-name as the SDK does: message_start (input usage), content_block_delta (text_delta), message_delta
-(stop reason, output usage), message_stop, and error (e.g. overloaded_error after the 200). ping,
-content_block_start/stop and events this adapter does not know are skipped unread.
+name as the SDK does: message_start (input usage, yielded at once as a Usage with final=False: a
+reply stopped or cut before its end is billed Anthropic's count of its input), content_block_delta
+(text_delta), message_delta (stop reason, output usage), message_stop, and error (e.g.
+overloaded_error after the 200). ping, content_block_start/stop and events this adapter does not
+know are skipped unread.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ class _Counts:
         self.output_tokens = _common.token_count(usage.get("output_tokens"))
         self.reported = True
 
+    def usage(self, *, final: bool = True) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens, output_tokens=self.output_tokens, cached_tokens=self.cached_tokens, final=final
+        )
+
     def update(self, usage: dict[str, Any]) -> None:
         self.output_tokens = _common.token_count(usage.get("output_tokens")) or self.output_tokens
         if usage.get("input_tokens") is not None:
@@ -65,6 +72,16 @@ class _Counts:
             self.input_tokens = _common.token_count(usage["input_tokens"]) + cache_read + cache_write
             self.cached_tokens = cache_read
         self.reported = True
+
+
+def _finish_reason(stop_reason: str) -> str:
+    if stop_reason in _LENGTH_STOPS:
+        return "length"
+    # Claude's streaming classifiers ended the reply, with no words of their own: the person must
+    # be told, and the turn left out of the next requests' context (or they are refused too).
+    if stop_reason == "refusal":
+        return "refused"
+    return "stop"  # end_turn, stop_sequence, pause_turn, tool_use: ended on the model's side
 
 
 class AnthropicAdapter(_common.SDKAdapter):
@@ -117,7 +134,7 @@ class AnthropicAdapter(_common.SDKAdapter):
         finish: str | None = None
         stopped = False
         manager = client.messages.with_streaming_response.create(**self.request_params(request), stream=True)
-        async with self.streamed_response(sdk, deadlines, manager) as response:
+        async with self.streamed_response(sdk, deadlines, manager.__aenter__()) as response:
             chunks = response.http_response.aiter_bytes()
             decoder = _sse.SSEDecoder()
             texts = _common.TextDeltas()
@@ -132,8 +149,11 @@ class AnthropicAdapter(_common.SDKAdapter):
                     elif name == b"message_start" or name == b"message_delta":
                         stop_reason = self.count(name, data, counts, after_output=deadlines.got_output)
                         if stop_reason:
-                            finish = "length" if stop_reason in _LENGTH_STOPS else "stop"
+                            finish = _finish_reason(stop_reason)
                             deadlines.got_output = True
+                        elif name == b"message_start":
+                            # Anthropic's count of the input, for a reply stopped or cut before its end.
+                            yield counts.usage(final=False)
                     elif name == b"message_stop":
                         stopped = True  # the end: no event after it is read
                         break
@@ -146,7 +166,7 @@ class AnthropicAdapter(_common.SDKAdapter):
         if tail := texts.end():
             yield TextDelta(tail)
         if counts.reported:
-            yield Usage(input_tokens=counts.input_tokens, output_tokens=counts.output_tokens, cached_tokens=counts.cached_tokens)
+            yield counts.usage()
         yield Finish(finish)  # type: ignore[arg-type]
 
     @staticmethod

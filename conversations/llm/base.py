@@ -1,7 +1,9 @@
 """The interface every provider adapter speaks. The turn (conversations.turns) sees only this.
 
 An adapter's `stream(request, key=...)` is an async iterator yielding, in order:
-    TextDelta* , then Usage (when the provider reports it), then Finish.
+    (TextDelta | ReasoningDelta)* , then Usage (when the provider reports it), then Finish.
+An adapter whose provider counts the input before the reply (Anthropic) also yields that early,
+as a Usage with final=False among the deltas: what a reply ended early is billed for.
 It raises ProviderError for anything that went wrong, with one of a few kinds; the message is
 safe to show and log (never a secret, never the request's text).
 """
@@ -37,18 +39,32 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ReasoningDelta:
+    """Thinking a reasoning model streams apart from its answer (the reasoning parsers of vLLM and
+    llama.cpp, DeepSeek's API). Not part of the reply: never shown, saved or sent back as context
+    (DeepSeek refuses it there). But it is the model at work, so it meets the first-token
+    deadline, and the provider bills it as output, so it is counted when no usage is reported."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Usage:
     input_tokens: int
     output_tokens: int
     cached_tokens: int = 0
+    # False: counted by the provider before the reply's end. Its input is the provider's own
+    # count; its output only what was written then, so a reply ended early counts its text.
+    final: bool = True
 
 
 @dataclass(frozen=True)
 class Finish:
-    reason: Literal["stop", "length"]
+    # refused: the provider's safety filter ended the reply (Anthropic's stop_reason "refusal").
+    reason: Literal["stop", "length", "refused"]
 
 
-StreamEvent = TextDelta | Usage | Finish
+StreamEvent = TextDelta | ReasoningDelta | Usage | Finish
 
 
 class ErrorKind(StrEnum):
@@ -57,6 +73,9 @@ class ErrorKind(StrEnum):
     UNAVAILABLE = "unavailable"  # 5xx, connection refused, stream cut: next key after a backoff
     TIMEOUT = "timeout"  # connect / first token / total timeout
     BAD_REQUEST = "bad_request"  # 400: the user's request; not retried
+    # 404: this key's server does not serve the model (never had it, retired it, a local server
+    # never pulled it; or the base URL is wrong). The key is fine, and another key may serve it.
+    MODEL_NOT_FOUND = "model_not_found"
     CONTEXT_TOO_LONG = "context_too_long"  # 400 naming the context length; not retried
 
 

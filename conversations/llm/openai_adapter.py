@@ -13,16 +13,22 @@ Streaming: the SDK sends the request (`with_streaming_response`) and raises its 
 an error answer; the adapter reads the server-sent events itself (see _sse). Each `data:` line is a
 chat.completion.chunk object, an `{"error": {...}}` object when the server fails after the 200
 (what the SDK raises as APIError), or `[DONE]` at the end.
+
+Thinking: a reasoning model behind a reasoning parser (vLLM, llama.cpp server, Ollama) or
+DeepSeek's API streams its thinking apart from the answer, in `delta.reasoning_content` (newer
+vLLM and Ollama: `delta.reasoning`), often for longer than the first-token allowance. It comes out
+as ReasoningDelta: not the reply's text, but the model answering (the deadline is met) and billed.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import _common, _sse
-from .base import ChatRequest, Finish, ProviderError, StreamEvent, TextDelta, Usage
+from .base import ChatRequest, Finish, ProviderError, ReasoningDelta, StreamEvent, TextDelta, Usage
 
 if TYPE_CHECKING:
     import httpx2
@@ -34,6 +40,10 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 PROVIDER_LABEL = "OpenAI"
 # Local servers (Ollama...) need no key, but the SDK refuses to start without one.
 NO_KEY_PLACEHOLDER = "no-key"
+# The base URLs of servers that refused stream_options (OpenAIAdapter.send), in this process: each
+# refusal costs a request, once. Bounded, though base URLs are the few an administrator set.
+_REFUSE_STREAM_OPTIONS: set[str] = set()
+_REFUSE_STREAM_OPTIONS_MAX = 1000
 
 
 def is_official_api(base_url: str) -> bool:
@@ -83,13 +93,12 @@ class OpenAIAdapter(_common.SDKAdapter):
         sdk, deadlines, client = await self.begin(key)
         usage: Usage | None = None
         finish: str | None = None
-        manager = client.chat.completions.with_streaming_response.create(
-            **self.request_params(request, key=key), stream=True, stream_options={"include_usage": True}
-        )
-        async with self.streamed_response(sdk, deadlines, manager) as response:
+        send = self.send(sdk, client, self.request_params(request, key=key), base_url=key.base_url)
+        async with self.streamed_response(sdk, deadlines, send) as response:
             chunks = response.http_response.aiter_bytes()
             decoder = _sse.SSEDecoder()
             texts = _common.TextDeltas()
+            thoughts = _common.TextDeltas()
             done = False
             while not done and (body := await deadlines.read(chunks)) is not None:
                 for _name, data in decoder.feed(body):
@@ -100,7 +109,12 @@ class OpenAIAdapter(_common.SDKAdapter):
                     chunk = _common.json_object(data, provider=PROVIDER_LABEL, after_output=deadlines.got_output)
                     if chunk.get("error"):
                         raise self.stream_error(chunk["error"], after_output=deadlines.got_output)
-                    text, reason, chunk_usage = self.chunk_parts(chunk, after_output=deadlines.got_output)
+                    if chunk.get("object") == "error":  # the bare form (servers derived from older vLLM)
+                        raise self.stream_error(chunk, after_output=deadlines.got_output)
+                    text, thought, reason, chunk_usage = self.chunk_parts(chunk, after_output=deadlines.got_output)
+                    if thought and (thought := thoughts.feed(thought)):
+                        deadlines.got_output = True
+                        yield ReasoningDelta(thought)
                     text = texts.feed(text) if text else text
                     if text:
                         deadlines.got_output = True
@@ -112,8 +126,11 @@ class OpenAIAdapter(_common.SDKAdapter):
                         usage = chunk_usage
             if done:
                 await _common.drain(chunks)
+                # [DONE] is the stream's end: a server whose chunks all say finish_reason null
+                # (some proxies do) has answered in full.
+                finish = finish or "stop"
         if finish is None:
-            # The body ended without a finish reason: the connection was closed early.
+            # The body ended without [DONE] or a finish reason: the connection was closed early.
             raise _common.stream_cut(provider=PROVIDER_LABEL, after_output=deadlines.got_output)
         if tail := texts.end():
             yield TextDelta(tail)
@@ -122,15 +139,38 @@ class OpenAIAdapter(_common.SDKAdapter):
         yield Finish(finish)  # type: ignore[arg-type]
 
     @staticmethod
-    def chunk_parts(chunk: dict[str, Any], *, after_output: bool) -> tuple[str, str | None, Usage | None]:
-        """(text, finish reason, usage) of one chat.completion.chunk; malformed() if it is not one."""
+    async def send(sdk: ModuleType, client: openai.AsyncOpenAI, params: dict[str, Any], *, base_url: str) -> Any:
+        """Send the streamed request and return the SDK's response, its body unread. It asks for the
+        usage (stream_options) unless the server refused that before: vLLM before 0.5 and some
+        other servers answer a field they do not know with a 400 (422 at Mistral), and must still
+        answer, the turn counting the tokens itself. The refusal costs nothing and no tokens; it is
+        sent once per server and process, not once per call."""
+        create = client.chat.completions.with_streaming_response.create
+        if base_url not in _REFUSE_STREAM_OPTIONS:
+            try:
+                return await create(**params, stream=True, stream_options={"include_usage": True}).__aenter__()
+            except sdk.APIStatusError as exc:
+                if exc.status_code not in (400, 422) or "stream_options" not in f"{exc.param} {exc.body}":
+                    raise
+            if len(_REFUSE_STREAM_OPTIONS) < _REFUSE_STREAM_OPTIONS_MAX:
+                _REFUSE_STREAM_OPTIONS.add(base_url)
+        return await create(**params, stream=True).__aenter__()
+
+    @staticmethod
+    def chunk_parts(chunk: dict[str, Any], *, after_output: bool) -> tuple[str, str, str | None, Usage | None]:
+        """(text, thinking, finish reason, usage) of one chat.completion.chunk; malformed() if it
+        is not one."""
         try:
-            text = ""
+            text = thought = ""
             reason = None
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta")
                 if delta:
                     text += delta.get("content") or ""
+                    # One name or the other (a proxy may send both, the same text twice).
+                    thinking = delta.get("reasoning_content") or delta.get("reasoning")
+                    if isinstance(thinking, str):
+                        thought += thinking
                 if choice.get("finish_reason"):
                     reason = str(choice["finish_reason"])
             usage = None
@@ -144,7 +184,7 @@ class OpenAIAdapter(_common.SDKAdapter):
                 )
         except (AttributeError, TypeError):  # a list where an object belongs, a number for text...
             raise _common.malformed(provider=PROVIDER_LABEL, after_output=after_output) from None
-        return text, reason, usage
+        return text, thought, reason, usage
 
     @staticmethod
     def stream_error(error: object, *, after_output: bool) -> ProviderError:

@@ -310,6 +310,8 @@ async def test_closing_the_stream_midway_hangs_up_on_the_provider(fake_provider,
     stream = get_adapter(provider).stream(chat_request(provider), key=lease(fake_provider, provider, "sk-stop"))
 
     first = await stream.__anext__()
+    while isinstance(first, Usage):  # Anthropic's input count, from message_start
+        first = await stream.__anext__()
     await stream.aclose()
     for _ in range(200):  # the fake notices on its next write
         if fake_provider.disconnected:
@@ -444,7 +446,7 @@ async def test_json_of_the_wrong_shape_is_a_clear_error(fake_provider, provider)
 
     events, error = await collect(provider, lease(fake_provider, provider, "sk-shape"))
 
-    assert events == []
+    assert [e for e in events if not isinstance(e, Usage)] == []  # (Anthropic's input count comes first)
     assert error.kind == ErrorKind.UNAVAILABLE
     assert error.after_output is False
     assert "could not be read" in error.message
@@ -466,6 +468,24 @@ async def test_body_that_ends_cleanly_without_a_finish_is_a_cut(fake_provider, p
     assert error.kind == ErrorKind.UNAVAILABLE
     assert error.after_output is True
     assert "ended before it was complete" in error.message
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        # vLLM: the error object, then [DONE]. And the bare form of servers derived from older vLLM.
+        {"error": {"object": "error", "message": "boom", "type": "InternalServerError", "param": None, "code": 500}},
+        {"object": "error", "message": "boom", "type": "InternalServerError", "param": None, "code": 500},
+    ],
+)
+async def test_openai_error_object_followed_by_done_is_an_error_not_an_end(fake_provider, error):
+    raw = [openai_chunk("alpha"), b"data: " + json.dumps(error).encode() + b"\n\n", b"data: [DONE]\n\n"]
+    fake_provider.script("sk-err-done", Script(mode="raw", raw=raw))
+
+    events, error = await collect("openai", lease(fake_provider, "openai", "sk-err-done"))
+
+    assert text_of(events) == "alpha"
+    assert error.kind == ErrorKind.UNAVAILABLE and error.after_output is True
 
 
 async def test_anthropic_stop_reason_without_message_stop_is_a_cut(fake_provider):
@@ -559,7 +579,31 @@ async def test_anthropic_skips_pings_and_non_text_deltas_and_reads_cumulative_us
     events, error = await collect("anthropic", lease(fake_provider, "anthropic", "sk-ant-raw"))
 
     assert error is None
-    assert events == [TextDelta("Answer"), Usage(input_tokens=50, output_tokens=2, cached_tokens=8), Finish("stop")]
+    assert events == [
+        Usage(input_tokens=10, output_tokens=1, final=False),  # message_start's count, yielded at once
+        TextDelta("Answer"),
+        Usage(input_tokens=50, output_tokens=2, cached_tokens=8),
+        Finish("stop"),
+    ]
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_openai_compatible_thinking_keeps_the_call_alive_and_is_kept_apart_from_the_answer(fake_provider, settings, field):
+    # A reasoning model (vLLM's or llama.cpp's reasoning parser, DeepSeek) thinks for longer than
+    # the first-token allowance before its answer starts: its thinking is the model answering.
+    from conversations.llm.base import ReasoningDelta
+
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 0.3
+    thinking = "Let me think about this step by step before I answer"
+    fake_provider.script("sk-think", Script(text="가나다 answer.", reasoning=thinking, reasoning_field=field, pace_ms=60))
+
+    events, error = await collect("openai", lease(fake_provider, "openai", "sk-think"))
+
+    assert error is None
+    assert text_of(events) == "가나다 answer."  # the thinking is not part of the reply's text
+    assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == thinking
+    assert events[-2] == Usage(input_tokens=events[-2].input_tokens, output_tokens=len(thinking.split()) + 2)
+    assert events[-1] == Finish("stop")
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

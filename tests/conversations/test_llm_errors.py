@@ -31,7 +31,7 @@ async def error_for(fake, provider: str, script: Script) -> ProviderError:
     ("status", "kind"),
     [
         (402, ErrorKind.AUTH),  # the key's account cannot pay: no use retrying with it
-        (404, ErrorKind.BAD_REQUEST),  # no such model
+        (404, ErrorKind.MODEL_NOT_FOUND),  # no such model here: another key may serve it
         (408, ErrorKind.TIMEOUT),
         (413, ErrorKind.CONTEXT_TOO_LONG),
         (422, ErrorKind.BAD_REQUEST),

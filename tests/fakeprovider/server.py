@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-Mode = Literal["ok", "error", "cut", "hang", "stream_error", "raw", "drop"]
+Mode = Literal["ok", "error", "cut", "hang", "stream_error", "refusal", "raw", "drop"]
 
 
 @dataclass
@@ -43,6 +43,9 @@ class Script:
       raw           answer 200 with a streamed body of exactly the bytes in `raw`, one write each
                     every `pace_ms` (odd line ends, events split across writes, malformed data...)
       drop          close the connection without answering, as a crashing proxy does
+      refusal       stream `cut_after` deltas, then end the reply as the provider's safety filter
+                    does: Anthropic's stop_reason "refusal" (Claude 4 streaming classifiers),
+                    OpenAI's finish_reason "content_filter"
     """
 
     mode: Mode = "ok"
@@ -60,6 +63,24 @@ class Script:
     output_tokens: int | None = None
     cached_tokens: int = 0
     raw: list[bytes] = field(default_factory=list)
+    # OpenAI-compatible: thinking streamed before the answer, word by word, as the reasoning
+    # parsers of vLLM and llama.cpp and DeepSeek's API send it: in `delta.reasoning_content`
+    # (newer vLLM and Ollama name it `reasoning`), counted in completion_tokens like the answer.
+    reasoning: str = ""
+    reasoning_field: str = "reasoning_content"
+    # OpenAI-compatible: False is a server that sends no usage in a stream, whatever
+    # stream_options asks (older Ollama, LM Studio and llama.cpp builds).
+    reports_usage: bool = True
+    # OpenAI-compatible: False is a server whose chunks all say finish_reason null, ending the
+    # stream with `data: [DONE]` alone (some Gemini and other proxies).
+    sends_finish_reason: bool = True
+    # OpenAI-compatible: True is a server that refuses a request carrying `stream_options` with
+    # a 400, as vLLM before 0.5 (its request models forbid unknown fields) did.
+    refuses_stream_options: bool = False
+    # The models this key's server serves (its /v1/models list); None: any model asked for. Any
+    # other model is answered with the provider's 404 (OpenAI's model_not_found, Anthropic's
+    # not_found_error), as a server that never had the model, or retired it, does.
+    models: list[str] | None = None
 
     @classmethod
     def context_too_long(cls) -> Script:
@@ -109,6 +130,7 @@ class OpenAIAnswer:
     model: str
     deltas: list[str]
     finish: str
+    thinking: list[str]  # reasoning deltas, streamed before `deltas`
     usage: dict[str, Any]
     completion_id: str
     created: int
@@ -359,21 +381,31 @@ class FakeProvider:
         return auth[7:] if auth.startswith("Bearer ") else ""
 
     def _openai_answer(self, script: Script, body: dict) -> OpenAIAnswer:
-        deltas, finish = self._plan(script, body.get("max_completion_tokens") or body.get("max_tokens"))
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        # The thinking comes first and takes its share of max_tokens, as with a real reasoning model.
+        thinking = _words(script.reasoning)
+        if max_tokens is not None and len(thinking) >= max_tokens:
+            thinking, deltas, finish = thinking[:max_tokens], [], "length"
+        else:
+            deltas, finish = self._plan(script, None if max_tokens is None else max_tokens - len(thinking))
         input_tokens, output_tokens, cached = self._usage(script, body, deltas)
+        if script.output_tokens is None:
+            output_tokens += len(thinking)
         return OpenAIAnswer(
             model=body.get("model") or "unknown",
             deltas=deltas,
             finish=finish,
+            thinking=thinking,
             usage={
                 "prompt_tokens": input_tokens,
                 "completion_tokens": output_tokens,
                 "total_tokens": input_tokens + output_tokens,
                 "prompt_tokens_details": {"cached_tokens": cached},
+                "completion_tokens_details": {"reasoning_tokens": len(thinking)},
             },
             completion_id=f"chatcmpl-{uuid.uuid4().hex[:16]}",
             created=int(time.time()),
-            include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+            include_usage=script.reports_usage and bool((body.get("stream_options") or {}).get("include_usage")),
         )
 
     def _openai_error(self, script: Script) -> web.Response:
@@ -400,6 +432,14 @@ class FakeProvider:
             headers["Retry-After"] = script.retry_after
         return web.json_response(body, status=script.status, headers=headers)
 
+    @staticmethod
+    def _vllm_extra_forbidden(name: str, value: Any) -> web.Response:
+        """vLLM 0.4's 400 for a request field it does not know: its own error object, not nested
+        under "error", with pydantic's complaint as the message."""
+        complaint = [{"type": "extra_forbidden", "loc": ("body", name), "msg": "Extra inputs are not permitted", "input": value}]
+        body = {"object": "error", "message": str(complaint), "type": "BadRequestError", "param": None, "code": 400}
+        return web.json_response(body, status=400)
+
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
         key = self._key(request)
         body = await self._body(request)
@@ -410,6 +450,17 @@ class FakeProvider:
         await self._before_answer(script, request)
         if script.mode == "error":
             return self._openai_error(script)
+        if script.models is not None and body.get("model") not in script.models:
+            return self._openai_error(
+                Script(
+                    mode="error",
+                    status=404,
+                    code="model_not_found",
+                    message=f"The model `{body.get('model')}` does not exist or you do not have access to it.",
+                )
+            )
+        if script.refuses_stream_options and "stream_options" in body:
+            return self._vllm_extra_forbidden("stream_options", body["stream_options"])
         if script.mode == "raw":
             return await self._raw(request, script)
 
@@ -424,7 +475,12 @@ class FakeProvider:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": "".join(answer.deltas), "refusal": None},
+                            "message": {
+                                "role": "assistant",
+                                "content": "".join(answer.deltas),
+                                "refusal": None,
+                                **({script.reasoning_field: "".join(answer.thinking)} if answer.thinking else {}),
+                            },
                             "finish_reason": answer.finish,
                             "logprobs": None,
                         }
@@ -435,8 +491,11 @@ class FakeProvider:
 
         response = await self._sse(request)
         await response.write(answer.chunk({"role": "assistant", "content": ""}))
+        for thought in answer.thinking:
+            await self._pace(script)
+            await response.write(answer.chunk({script.reasoning_field: thought}))
         for index, text in enumerate(answer.deltas):
-            if script.mode in ("cut", "stream_error") and index >= script.cut_after:
+            if script.mode in ("cut", "stream_error", "refusal") and index >= script.cut_after:
                 break
             await self._pace(script)
             await response.write(answer.chunk({"content": text}))
@@ -453,7 +512,8 @@ class FakeProvider:
             await response.write(f"data: {json.dumps(error)}\n\n".encode())
             await response.write_eof()
             return response
-        await response.write(answer.chunk({}, answer.finish))
+        if script.sends_finish_reason:
+            await response.write(answer.chunk({}, "content_filter" if script.mode == "refusal" else answer.finish))
         if answer.include_usage:
             await response.write(answer.chunk({}, choices=False, usage=answer.usage))
         await response.write(b"data: [DONE]\n\n")
@@ -491,6 +551,8 @@ class FakeProvider:
         await self._before_answer(script, request)
         if script.mode == "error":
             return self._anthropic_error(script)
+        if script.models is not None and body.get("model") not in script.models:
+            return self._anthropic_error(Script(mode="error", status=404, message=f"model: {body.get('model')}"))
         if script.mode == "raw":
             return await self._raw(request, script)
 
@@ -550,6 +612,11 @@ class FakeProvider:
             event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
         )
         await response.write(event("ping", {"type": "ping"}))
+        if script.mode == "refusal":
+            deltas = deltas[: script.cut_after]
+            stop_reason = "refusal"
+            if script.output_tokens is None:
+                output_tokens = len(deltas)
         for index, text in enumerate(deltas):
             if script.mode in ("cut", "stream_error") and index >= script.cut_after:
                 break
@@ -574,7 +641,15 @@ class FakeProvider:
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                    "delta": {
+                        "stop_reason": stop_reason,
+                        "stop_sequence": None,
+                        **(
+                            {"stop_details": {"type": "refusal", "category": "cyber", "explanation": "This request was declined."}}
+                            if stop_reason == "refusal"
+                            else {}
+                        ),
+                    },
                     "usage": {"output_tokens": output_tokens},
                 },
             )
@@ -596,9 +671,9 @@ class FakeProvider:
         if anthropic:
             data = [
                 {"type": "model", "id": name, "display_name": name, "created_at": "2025-01-01T00:00:00Z"}
-                for name in ("claude-sonnet-4-6", "claude-haiku-4-5")
+                for name in script.models or ("claude-sonnet-4-6", "claude-haiku-4-5")
             ]
             return web.json_response({"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]})
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in ("gpt-4o-mini", "gpt-4o")]
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in script.models or ("gpt-4o-mini", "gpt-4o")]
         return web.json_response({"object": "list", "data": data})
 

@@ -55,6 +55,26 @@ def test_a_title_call_cut_off_after_text_is_billed_like_a_cut_turn_and_not_retri
     assert conversation.title == "Plan a trip to Busan in"
 
 
+def test_a_title_from_a_reasoning_model_without_usage_bills_its_thinking(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    from conversations.context import count_tokens
+
+    user = make_user("thinkingtitle")
+    budgets.budget_set(user=user, period="month", limit="5")
+    thinking = "A short title about a spring trip to Busan would fit best here"
+    add_key("openai", "sk-title-thinks", text="Busan in spring", reasoning=thinking, reports_usage=False)
+    conversation = _untitled_with_a_question(conversation_for, user)
+
+    services.conversation_title_generate(conversation_id=conversation.id)
+
+    conversation.refresh_from_db()
+    assert conversation.title == "Busan in spring"  # the thinking is not the title
+    (row,) = UsageRecord.objects.all()
+    counted = count_tokens(text=thinking, model_id=OPENAI_MODEL)[0] + count_tokens(text="Busan in spring", model_id=OPENAI_MODEL)[0]
+    assert (row.outcome, row.estimated, row.output_tokens) == ("ok", True, counted)
+
+
 def test_a_title_call_refused_for_a_secret_rotated_meanwhile_leaves_the_new_secret_usable(
     priced, add_key, fake_provider, make_user, conversation_for
 ):

@@ -16,12 +16,13 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import AuditEvent
-from billing import budgets, keys
+from billing import budgets, keys, prices
 from billing.models import ProviderKey, UsageRecord
 from conversations import turns
 from conversations.models import Message
 
 from .conftest import (
+    ANTHROPIC_MODEL,
     db,
     eventually,
     of_type,
@@ -161,6 +162,50 @@ async def test_all_keys_down_is_provider_unavailable_keeps_the_message_and_charg
     assert await db(spent_and_reserved)(user) == (Decimal("0"), Decimal("0"))
     rows = await db(list)(UsageRecord.objects.order_by("attempt").values_list("attempt", "cost", "outcome", "error_kind"))
     assert rows == [(1, Decimal("0"), "error", "unavailable"), (2, Decimal("0"), "error", "rate_limited")]
+
+
+async def test_a_key_whose_server_does_not_serve_the_model_passes_the_turn_to_one_that_does(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # Two "openai" keys: the official API first, and a local server (vLLM, Ollama) that serves a
+    # model the official API does not have. A 404 for the model is no fault of the key, nor the
+    # request's: the next key may serve it.
+    user = await db(make_user)("mixed")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    official = await db(add_key)("openai", "sk-official", priority=200, models=["gpt-4o", "gpt-4o-mini"])
+    local = await db(add_key)("openai", "sk-local-llama", priority=100, models=["llama3.1"], text="Answered locally.")
+    await db(prices.price_set)(model_id="openai:llama3.1", input_per_million="0.1", output_per_million="0.1", context_window=8192)
+    conversation = await db(conversation_for)(user, model="openai:llama3.1")
+
+    frames = await _turn(user, conversation, "hello local model")
+
+    assert of_type(frames, "error") == [], frames
+    assert "".join(d["text"] for d in of_type(frames, "delta")) == "Answered locally."
+    assert frames[-1]["finish_reason"] == "stop"
+    rows = await db(list)(UsageRecord.objects.order_by("attempt").values_list("attempt", "key_id", "outcome", "cost"))
+    assert [r[:3] for r in rows] == [(1, official.id, "error"), (2, local.id, "ok")] and rows[0][3] == 0
+    key = await _key(official.id)
+    assert (key.health, key.consecutive_failures) == (ProviderKey.Health.HEALTHY, 0)  # the key is fine
+
+
+async def test_a_model_no_key_serves_is_model_unavailable_and_charges_nothing(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # A model the provider retired (or never had, or a local server never pulled) still has its
+    # price row: the person is told the model is not available, not that the request was refused.
+    user = await db(make_user)("retired")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    only = await db(add_key)("anthropic", "sk-ant-retired", models=["claude-haiku-4-5"])
+    conversation = await db(conversation_for)(user, model=ANTHROPIC_MODEL)
+
+    frames = await _turn(user, conversation, "are you still there")
+
+    (error,) = of_type(frames, "error")
+    assert error["code"] == "model_unavailable" and ANTHROPIC_MODEL in error["message"]
+    assert frames[-1]["finish_reason"] == "error" and frames[-1]["usage"]["cost"] == "0.0000000000"
+    assert await db(spent_and_reserved)(user) == (Decimal("0"), Decimal("0"))
+    key = await _key(only.id)
+    assert (key.health, key.consecutive_failures) == (ProviderKey.Health.HEALTHY, 0)
 
 
 async def test_rotation_while_twenty_replies_stream(priced, add_key, fake_provider, make_user, conversation_for):

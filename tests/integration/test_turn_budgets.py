@@ -183,6 +183,44 @@ async def test_a_stopped_reply_settles_its_reservation_and_pays_for_what_was_use
     assert not await db(Reservation.objects.filter(state=Reservation.State.HELD).exists)()
 
 
+@pytest.mark.parametrize("ending", ["stopped", "overloaded"])
+async def test_an_anthropic_reply_ended_early_is_billed_the_input_anthropic_counted(
+    ending, priced, add_key, fake_provider, make_user, conversation_for
+):
+    # Anthropic counts the input in message_start, before any text. A reply that ends before its
+    # last message_delta (the person stops it, or an overloaded_error comes mid-stream) is billed
+    # that count, not our own estimate of it; the output, never reported, is counted.
+    user = await db(make_user)(f"ant-{ending}")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    words = " ".join(f"word{i}" for i in range(200))
+    if ending == "stopped":
+        await db(add_key)("anthropic", "sk-ant-early", text=words, pace_ms=20, input_tokens=1234)
+    else:
+        await db(add_key)("anthropic", "sk-ant-early", mode="stream_error", cut_after=3, text=words, input_tokens=1234)
+    conversation = await db(conversation_for)(user, model=ANTHROPIC_MODEL)
+
+    ws = await ws_open(user, conversation.id)
+    await ws.send_json_to({"type": "user_message", "content": "talk for a long time", "client_id": str(uuid.uuid4())})
+    if ending == "stopped":
+        while (await ws.receive_json_from(timeout=10))["type"] != "delta":
+            pass
+        await ws.send_json_to({"type": "stop"})
+    frames = await ws_frames_until_end(ws)
+    await replies_finished()
+    await ws.disconnect()
+
+    done = frames[-1]
+    assert done["finish_reason"] == ("cancelled" if ending == "stopped" else "error")
+    reply = await db(Message.objects.get)(id=done["message_id"])
+    assert reply.content.startswith("word0")
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    output_tokens = context_mod.count_tokens(text=reply.content, model_id=ANTHROPIC_MODEL)[0]
+    assert (record.input_tokens, record.output_tokens, record.estimated) == (1234, output_tokens, True)
+    expected = prices.cost_of(price=priced[ANTHROPIC_MODEL], input_tokens=1234, output_tokens=output_tokens)
+    assert record.cost == expected and done["usage"]["input_tokens"] == 1234
+    assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
+
+
 async def test_a_cut_stream_settles_its_reservation(priced, add_key, fake_provider, make_user, conversation_for):
     user = await db(make_user)("cut")
     await db(budgets.budget_set)(user=user, period="month", limit="5")

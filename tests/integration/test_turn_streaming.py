@@ -390,3 +390,123 @@ async def test_a_key_deleted_while_its_reply_streams_does_not_lose_the_reply(
     row = await db(lambda: UsageRecord.objects.get(message_id=reply.id))()
     assert row.key_id is None and row.cost == reply.cost and row.cost > 0
     assert await db(spent_and_reserved)(user) == (row.cost, Decimal("0"))
+
+
+async def test_a_reasoning_model_thinking_past_the_first_token_allowance_answers_once_and_bills_its_thinking(
+    priced, add_key, fake_provider, make_user, conversation_for, settings
+):
+    # A local reasoning model (vLLM with a reasoning parser) that thinks for longer than the
+    # first-token allowance, and reports no usage: the reply arrives from the one call, the
+    # thinking is not shown or saved, and what the provider bills for it is counted as output.
+    from conversations.context import count_tokens
+
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 0.3
+    thinking = "The user greets me in Korean so I should greet them back briefly and kindly"
+    answer = "안녕하세요! Nice to meet you."
+    user = await db(make_user)("thinker")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    key = await db(add_key)("openai", "sk-openai-thinks", text=answer, reasoning=thinking, pace_ms=60, reports_usage=False)
+    await db(add_key)("openai", "sk-openai-thinks-other", priority=1)
+    conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
+
+    frames = await turn_over_socket(user, conversation.id, "안녕")
+
+    assert of_type(frames, "error") == [], frames
+    assert "".join(d["text"] for d in of_type(frames, "delta")) == answer
+    done = frames[-1]
+    assert done["finish_reason"] == "stop"
+    assert fake_provider.requests_for("sk-openai-thinks-other") == []  # answered by the one call
+    reply = await db(Message.objects.get)(id=done["message_id"])
+    assert (reply.status, reply.content) == (Message.Status.DONE, answer)
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    output_tokens = count_tokens(text=thinking, model_id=OPENAI_MODEL)[0] + count_tokens(text=answer, model_id=OPENAI_MODEL)[0]
+    assert (record.key_id, record.outcome, record.estimated, record.output_tokens) == (key.id, "ok", True, output_tokens)
+    assert done["usage"]["output_tokens"] == output_tokens
+    assert await db(spent_and_reserved)(user) == (record.cost, Decimal("0"))
+
+
+async def test_a_server_that_ends_its_stream_with_done_but_no_finish_reason_answers_and_keeps_its_key_healthy(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # `data: [DONE]` is the end of an OpenAI stream; a server whose chunks all say finish_reason
+    # null has still answered completely. Its replies are not errors, nor its key failing.
+    from billing.models import ProviderKey
+
+    user = await db(make_user)("nofinish")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    key = await db(add_key)("openai", "sk-openai-nofinish", text=REPLY, sends_finish_reason=False)
+    conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
+
+    for question in ("first question", "second question", "third question"):
+        frames = await turn_over_socket(user, conversation.id, question)
+        assert of_type(frames, "error") == [], frames
+        assert "".join(d["text"] for d in of_type(frames, "delta")) == REPLY
+        assert frames[-1]["finish_reason"] == "stop"
+
+    replies = await db(list)(Message.objects.filter(role="assistant").values_list("status", "content"))
+    assert replies == [(Message.Status.DONE, REPLY)] * 3
+    records = await db(list)(UsageRecord.objects.values_list("outcome", "estimated"))
+    assert records == [("ok", False)] * 3  # the usage chunk the server sent is the provider's count
+    stored = await db(ProviderKey.objects.get)(id=key.id)
+    assert (stored.health, stored.consecutive_failures) == (ProviderKey.Health.HEALTHY, 0)
+
+
+async def test_a_server_that_refuses_stream_options_still_answers_and_is_billed_on_the_count(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # vLLM before 0.5 answers a request carrying stream_options (asked for the usage) with a
+    # 400. The reply must still come, billed on our own count; the server is not asked again.
+    from conversations.context import count_tokens
+
+    user = await db(make_user)("oldvllm")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    key = await db(add_key)("openai", "sk-openai-oldvllm", text=REPLY, refuses_stream_options=True)
+    conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
+
+    for question in ("first question", "second question"):
+        frames = await turn_over_socket(user, conversation.id, question)
+        assert of_type(frames, "error") == [], frames
+        assert "".join(d["text"] for d in of_type(frames, "delta")) == REPLY
+        assert frames[-1]["finish_reason"] == "stop"
+
+    asked = [r.stream_options for r in fake_provider.requests_for("sk-openai-oldvllm")]
+    assert asked == [{"include_usage": True}, None, None]  # refused once, then never sent again
+    records = await db(list)(UsageRecord.objects.order_by("created_at").values_list("key_id", "outcome", "estimated", "output_tokens"))
+    output_tokens = count_tokens(text=REPLY, model_id=OPENAI_MODEL)[0]
+    assert records == [(key.id, "ok", True, output_tokens)] * 2
+    spent, reserved = await db(spent_and_reserved)(user)
+    assert spent > 0 and reserved == 0
+
+
+async def test_an_anthropic_refusal_tells_the_user_bills_the_call_and_leaves_the_turn_out_of_the_context(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # Claude's streaming classifiers end a reply with stop_reason "refusal", no message of their
+    # own. Anthropic: the person must be told, and the refused turn taken out of the context,
+    # or every later message of the conversation is refused too.
+    user = await db(make_user)("refused-ant")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("anthropic", "sk-ant-refuses", mode="refusal", cut_after=2, text="Here is how you would", input_tokens=40)
+    conversation = await db(conversation_for)(user, model=ANTHROPIC_MODEL)
+
+    frames = await turn_over_socket(user, conversation.id, "the question it refuses")
+
+    assert "".join(d["text"] for d in of_type(frames, "delta")) == "Here is"
+    (error,) = of_type(frames, "error")
+    assert error["code"] == "provider_error" and "declined" in error["message"]
+    done = frames[-1]
+    assert done["finish_reason"] == "error"
+    reply = await db(Message.objects.get)(id=done["message_id"])
+    assert (reply.status, reply.content) == (Message.Status.ERROR, "Here is")  # what came stays on the page
+    # Billed as Anthropic reported it: the input and the two words up to the refusal.
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    expected = prices.cost_of(price=priced[ANTHROPIC_MODEL], input_tokens=40, output_tokens=2)
+    assert (record.input_tokens, record.output_tokens, record.estimated, record.cost) == (40, 2, False, expected)
+    assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
+
+    fake_provider.script("sk-ant-refuses", text="Happy to help with that.")
+    frames = await turn_over_socket(user, conversation.id, "a different question")
+
+    assert of_type(frames, "error") == [] and frames[-1]["finish_reason"] == "stop"
+    sent = fake_provider.requests_for("sk-ant-refuses")[-1].messages
+    assert sent == [{"role": "user", "content": "a different question"}]
