@@ -72,6 +72,19 @@ def _isolated_cache(settings):
 
 
 @pytest.fixture(autouse=True)
+def _site_language():
+    """Each test starts in the site's language. A request through the test client leaves its
+    language active in the test's thread (Django's LocaleMiddleware, and ours for a person's
+    profile), where every request sets its own: a Korean page would make the next test's messages
+    Korean, in whatever order pytest-django runs them."""
+    from django.utils import translation
+
+    translation.deactivate()
+    yield
+    translation.deactivate()
+
+
+@pytest.fixture(autouse=True)
 def _media_root(tmp_path, settings):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.EXPORT_ROOT = settings.MEDIA_ROOT / "exports"
