@@ -414,6 +414,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {
         "request_id": {"()": "chatsite.logging.RequestIdFilter"},
+        # Before "redact": a record it shortens has no traceback left to format.
+        "expected": {"()": "chatsite.logging.ExpectedConditionsFilter"},
         "redact": {"()": "chatsite.logging.RedactFilter"},
     },
     "formatters": {
@@ -423,7 +425,7 @@ LOGGING = {
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "filters": ["request_id", "redact"],
+            "filters": ["request_id", "expected", "redact"],
             "formatter": "json" if LOG_FORMAT == "json" else "text",
         }
     },
