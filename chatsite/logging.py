@@ -75,6 +75,10 @@ class ExpectedConditionsFilter(logging.Filter):
     with its traceback (some 45 lines): while Redis restarts or is down, that filled the log with
     thousands of lines a minute and buried everything else. Such a failure is one WARNING line,
     repeated at most once a minute (with how many were left out) for as long as it lasts.
+
+    Django logs every request it refuses as suspicious (above all a Host the site does not serve,
+    which scanners and load balancers probing by address send all day) as an ERROR with the
+    traceback of its own request handling. The message says what happened: one WARNING line.
     """
 
     REPEAT_SECONDS = 60.0
@@ -85,6 +89,13 @@ class ExpectedConditionsFilter(logging.Filter):
         self._last: dict[str, tuple[float, int]] = {}  # kind -> (when last told, left out since)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("django.security.") and record.exc_info:
+            from django.core.exceptions import SuspiciousOperation
+
+            if isinstance(record.exc_info[1], SuspiciousOperation):
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+                record.exc_info = record.exc_text = None
+            return True
         if record.name.startswith("channels_redis") and record.exc_info:
             failure = _connection_failure(record.exc_info)
             if failure is not None:

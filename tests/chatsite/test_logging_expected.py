@@ -58,3 +58,16 @@ def test_redis_going_down_under_the_channel_layer_logs_one_line_not_a_traceback_
     assert "Traceback" not in output, output
     assert len(lines) == 1, output
     assert "WARNING" in lines[0] and "Redis" in lines[0], lines
+
+
+@pytest.mark.django_db
+def test_a_request_for_a_host_not_served_is_one_warning_line_without_a_traceback(client, console_output):
+    """Scanners and load balancers probing by address send Hosts the site does not serve all
+    day; each was an ERROR with a 14-line traceback."""
+    response = client.get("/accounts/login/", HTTP_HOST="scanner.example")
+    assert response.status_code == 400
+    output = console_output.getvalue()
+    lines = [line for line in output.splitlines() if "django.security" in line]
+    assert "Traceback" not in output, output
+    assert len(lines) == 1, output
+    assert "WARNING" in lines[0] and "scanner.example" in lines[0]
