@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import logging
 import os
 import sys
 import threading
@@ -19,6 +20,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from chatsite.celery import beat_embedded_start  # noqa: E402
+from chatsite.health import static_files_missing  # noqa: E402
 from chatsite.middleware import BodySizeLimitMiddleware  # noqa: E402
 from conversations.llm import warm_up  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
@@ -55,7 +57,19 @@ def replies_end_at_shutdown() -> None:
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
 
 
+def static_files_check() -> None:
+    """Says at startup, in one line, what /readyz then reports as "static": without the files
+    collectstatic writes, every page of this process answers 500."""
+    if static_files_missing():
+        logging.getLogger("chatsite").error(
+            "static files are not collected (no manifest in %s): every page will answer 500 until "
+            "`python manage.py collectstatic --noinput` has run and this process is restarted",
+            settings.STATIC_ROOT,
+        )
+
+
 replies_end_at_shutdown()
+static_files_check()
 threading.Thread(target=warm_up_and_freeze, name="llm-warm-up", daemon=True).start()
 if settings.CELERY_BEAT_EMBEDDED:
     beat_embedded_start()

@@ -1,10 +1,11 @@
 """Base for the project's management commands (billing's and accounts'): every bad input ends in
 ONE line on stderr and a non-zero exit (CONTRACT section 3), argparse's own complaints included
-(it would print a usage block). Here, in the project package, so no app imports another's
-command internals."""
+(it would print a usage block), and a command that succeeds prints its one line only. Here, in
+the project package, so no app imports another's command internals."""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
@@ -23,3 +24,16 @@ class OneLineCommand(BaseCommand):
 
         parser.error = error
         return parser
+
+    def execute(self, *args, **options):
+        # The services log what they change at INFO for the server's log ("provider key main
+        # added"); at the shell that line only doubled the command's own. Warnings and errors
+        # still show, and -v 2 shows everything.
+        if options.get("verbosity", 1) >= 2:
+            return super().execute(*args, **options)
+        before = logging.root.manager.disable
+        logging.disable(max(before, logging.INFO))
+        try:
+            return super().execute(*args, **options)
+        finally:
+            logging.disable(before)

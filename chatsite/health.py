@@ -1,6 +1,7 @@
 """Liveness and readiness probes (CONTRACT section 4)."""
 
 from django.conf import settings
+from django.contrib.staticfiles.storage import ManifestFilesMixin, staticfiles_storage
 from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
@@ -45,12 +46,33 @@ def _redis_ok() -> bool:
         return False
 
 
+# Named in every page's layout (templates/base.html): if this one has no hashed name, no page renders.
+STATIC_PROBE_FILE = "css/app.css"
+
+
+def static_files_missing() -> bool | None:
+    """None where pages name static files as they are (DEBUG, tests); else whether the manifest
+    collectstatic writes is missing from what this process loaded. Without it every page answers
+    500 (no hashed name for its CSS), and the storage reads the manifest once, when the process
+    starts: collecting afterwards needs a restart too."""
+    if not isinstance(staticfiles_storage, ManifestFilesMixin):  # the lazy storage passes isinstance through
+        return None
+    try:
+        staticfiles_storage.url(STATIC_PROBE_FILE)
+    except ValueError:
+        return True
+    return False
+
+
 @never_cache
 @require_GET
 def readyz(request):
     checks = {"database": _database_ok()}
     if settings.REDIS_URL:
         checks["redis"] = _redis_ok()
+    static_missing = static_files_missing()
+    if static_missing is not None:
+        checks["static"] = not static_missing
     failed = [name for name, ok in checks.items() if not ok]
     body = {"status": "ok" if not failed else "unavailable", "checks": {k: "ok" if v else "failed" for k, v in checks.items()}}
     if failed:

@@ -8,6 +8,8 @@ import contextvars
 import json
 import logging
 import re
+import threading
+import time
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -47,6 +49,75 @@ class RedactFilter(logging.Filter):
             record.exc_text = redact(record.exc_text)
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
+        return True
+
+
+def _connection_failure(exc_info) -> BaseException | None:
+    """The connection error (refused, reset, timed out) behind a logged exception, if that is what
+    it is, following the chain of causes."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    exc = exc_info[1] if exc_info else None
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError | RedisConnectionError | RedisTimeoutError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class ExpectedConditionsFilter(logging.Filter):
+    """Conditions any deployment meets are told in one line, without a traceback.
+
+    channels_redis' pub/sub layer retries reading from Redis once a second and logs each failure
+    with its traceback (some 45 lines): while Redis restarts or is down, that filled the log with
+    thousands of lines a minute and buried everything else. Such a failure is one WARNING line,
+    repeated at most once a minute (with how many were left out) for as long as it lasts.
+
+    Django logs every request it refuses as suspicious (above all a Host the site does not serve,
+    which scanners and load balancers probing by address send all day) as an ERROR with the
+    traceback of its own request handling. The message says what happened: one WARNING line.
+    """
+
+    REPEAT_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, int]] = {}  # kind -> (when last told, left out since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("django.security.") and record.exc_info:
+            from django.core.exceptions import SuspiciousOperation
+
+            if isinstance(record.exc_info[1], SuspiciousOperation):
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+                record.exc_info = record.exc_text = None
+            return True
+        if record.name.startswith("channels_redis") and record.exc_info:
+            failure = _connection_failure(record.exc_info)
+            if failure is not None:
+                return self._once_a_minute(
+                    record, "channels_redis", "channel layer: Redis is unreachable (%s); retrying", failure
+                )
+        return True
+
+    def _once_a_minute(self, record: logging.LogRecord, kind: str, message: str, failure: BaseException) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            last, left_out = self._last.get(kind, (None, 0))
+            if last is not None and now - last < self.REPEAT_SECONDS:
+                self._last[kind] = (last, left_out + 1)
+                return False
+            self._last[kind] = (now, 0)
+        text = message % f"{type(failure).__name__}: {failure}"
+        if left_out:
+            text += f"; {left_out} more in the last minute"
+        record.msg, record.args = text, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = None
         return True
 
 

@@ -4,6 +4,8 @@ With no variable set the site runs on the embedded defaults: SQLite, the in-memo
 the local-memory cache and eager Celery. See ../shared/CONTRACT.md section 1 and the README.
 """
 
+import math
+import re
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -36,24 +38,35 @@ def _bool(name: str, default: bool) -> bool:
     raise _config_error(name, f"must be true or false, not {raw!r}")
 
 
-def _int(name: str, default: int) -> int:
+def _int(name: str, default: int, *, minimum: int | None = None) -> int:
     raw = env.str(name, default="")
     if raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise _config_error(name, f"must be a whole number, not {raw!r}") from None
+    # A number of the right type that cannot work (no threads, no connections, a negative
+    # count) would otherwise fail later, in every chat turn or page, far from its cause.
+    if minimum is not None and value < minimum:
+        raise _config_error(name, f"must be at least {minimum}, not {raw!r}")
+    return value
 
 
-def _float(name: str, default: float) -> float:
+def _float(name: str, default: float, *, minimum: float = 0.0, above: bool = False) -> float:
+    """A finite number of seconds (or a factor): at least `minimum`, or more than it with `above`."""
     raw = env.str(name, default="")
     if raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise _config_error(name, f"must be a number, not {raw!r}") from None
+    if not math.isfinite(value):
+        raise _config_error(name, f"must be a finite number, not {raw!r}")
+    if value < minimum or (above and value == minimum):
+        raise _config_error(name, f"must be {'more than' if above else 'at least'} {minimum:g}, not {raw!r}")
+    return value
 
 
 def _fernet_keys(name: str) -> list[str]:
@@ -181,7 +194,7 @@ else:
     _db["CONN_HEALTH_CHECKS"] = True
     # "timeout": how long a request waits for a connection, enough to ride out a load spike
     # (/readyz waits only 2 s: chatsite.health.READY_DATABASE_TIMEOUT).
-    _db["OPTIONS"] = {"pool": {"min_size": 1, "max_size": _int("DATABASE_POOL_SIZE", 20), "timeout": 10}}
+    _db["OPTIONS"] = {"pool": {"min_size": 1, "max_size": _int("DATABASE_POOL_SIZE", 20, minimum=1), "timeout": 10}}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 IS_POSTGRES = _db["ENGINE"].endswith("postgresql")
@@ -275,15 +288,15 @@ LOGOUT_REDIRECT_URL = "login"
 SIGNUP_OPEN = _bool("SIGNUP_OPEN", True)
 
 # django-axes: throttle wrong passwords per (username, client IP).
-AXES_FAILURE_LIMIT = _int("AXES_FAILURE_LIMIT", 5)
-AXES_COOLOFF_TIME = timedelta(minutes=_int("AXES_COOLOFF_MINUTES", 15))
+AXES_FAILURE_LIMIT = _int("AXES_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=_int("AXES_COOLOFF_MINUTES", 15, minimum=1))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "accounts.views.lockout"
 # The client IP is REMOTE_ADDR unless the operator says how many proxies stand in front; then
 # it is the address that many hops from the right of X-Forwarded-For. Whatever the client puts
 # at the left of that header is never believed (chatsite.net.client_ip).
-TRUSTED_PROXY_COUNT = _int("TRUSTED_PROXY_COUNT", 0)
+TRUSTED_PROXY_COUNT = _int("TRUSTED_PROXY_COUNT", 0, minimum=0)
 AXES_CLIENT_IP_CALLABLE = "chatsite.net.client_ip"
 AXES_VERBOSE = False  # axes prints a banner at start; our logging says what matters
 
@@ -314,7 +327,7 @@ if HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     CSRF_TRUSTED_ORIGINS = [f"https://{h.lstrip('.')}" for h in ALLOWED_HOSTS if h != "*"]
 # Request bodies: JSON and forms are small; a larger body is refused before it is read whole.
-DATA_UPLOAD_MAX_MEMORY_SIZE = _int("DATA_UPLOAD_MAX_MEMORY_SIZE", 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = _int("DATA_UPLOAD_MAX_MEMORY_SIZE", 1024 * 1024, minimum=1)
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
@@ -347,7 +360,7 @@ WHITENOISE_AUTOREFRESH = DEBUG or TESTING
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(BASE_DIR / "media")))
 # Exports are private files, served only through an authenticated view, never from MEDIA_URL.
 EXPORT_ROOT = MEDIA_ROOT / "exports"
-EXPORT_TTL_HOURS = _int("EXPORT_TTL_HOURS", 24)
+EXPORT_TTL_HOURS = _int("EXPORT_TTL_HOURS", 24, minimum=1)
 
 # --- Email ----------------------------------------------------------------------------------
 # Console by default (password-reset links appear in the server's output); SMTP with EMAIL_URL,
@@ -368,39 +381,42 @@ if _email_url:
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="parley@localhost")
 
 # --- Product settings -----------------------------------------------------------------------
-MAX_MESSAGE_CHARS = _int("MAX_MESSAGE_CHARS", 32_000)
+MAX_MESSAGE_CHARS = _int("MAX_MESSAGE_CHARS", 32_000, minimum=1)
 # The offline demo model's pause between words, so streaming and stop are visible.
-DEMO_DELAY_MS = _int("DEMO_DELAY_MS", 20)
+DEMO_DELAY_MS = _int("DEMO_DELAY_MS", 20, minimum=0)
 # Provider-key health (billing.keys): the circuit breaker and cooldowns, in seconds.
-KEY_FAILURE_THRESHOLD = _int("KEY_FAILURE_THRESHOLD", 3)
+KEY_FAILURE_THRESHOLD = _int("KEY_FAILURE_THRESHOLD", 3, minimum=1)
 KEY_CIRCUIT_COOLDOWN = _float("KEY_CIRCUIT_COOLDOWN", 60.0)
 KEY_MAX_COOLDOWN = _float("KEY_MAX_COOLDOWN", 3600.0)
 KEY_RATE_LIMIT_COOLDOWN = _float("KEY_RATE_LIMIT_COOLDOWN", 60.0)
 KEY_RETRY_BACKOFF = _float("KEY_RETRY_BACKOFF", 0.25)
-KEY_TEST_TIMEOUT = _float("KEY_TEST_TIMEOUT", 20.0)
+KEY_TEST_TIMEOUT = _float("KEY_TEST_TIMEOUT", 20.0, above=True)
 if env.str("KEY_DRAIN_SECONDS", default=""):
     KEY_DRAIN_SECONDS = _float("KEY_DRAIN_SECONDS", 660.0)
 DEFAULT_MODEL = env.str("DEFAULT_MODEL", default="demo:echo")
+# Its format only: whether it has a price is decided per request (billing.prices), as prices change.
+if not re.fullmatch(r"(openai|anthropic|demo):\S+", DEFAULT_MODEL):
+    raise _config_error("DEFAULT_MODEL", f"must look like provider:model (openai, anthropic or demo), not {DEFAULT_MODEL!r}")
 FIELD_ENCRYPTION_KEYS = _fernet_keys("FIELD_ENCRYPTION_KEYS")
 ALLOW_PRIVATE_BASE_URLS = _bool("ALLOW_PRIVATE_BASE_URLS", False)
-CONVERSATION_RETENTION_DAYS = _int("CONVERSATION_RETENTION_DAYS", 0) or None
+CONVERSATION_RETENTION_DAYS = _int("CONVERSATION_RETENTION_DAYS", 0, minimum=0) or None  # 0: keep
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
 ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
 # Provider call timeouts, seconds: connecting, waiting for the first token, the whole reply.
-LLM_CONNECT_TIMEOUT = _float("LLM_CONNECT_TIMEOUT", 10.0)
-LLM_FIRST_TOKEN_TIMEOUT = _float("LLM_FIRST_TOKEN_TIMEOUT", 60.0)
-LLM_TOTAL_TIMEOUT = _float("LLM_TOTAL_TIMEOUT", 600.0)
+LLM_CONNECT_TIMEOUT = _float("LLM_CONNECT_TIMEOUT", 10.0, above=True)
+LLM_FIRST_TOKEN_TIMEOUT = _float("LLM_FIRST_TOKEN_TIMEOUT", 60.0, above=True)
+LLM_TOTAL_TIMEOUT = _float("LLM_TOTAL_TIMEOUT", 600.0, above=True)
 # Threads a process gives the chat turns' database calls (conversations.turns), beside the one
 # thread Channels runs other sync code on. Keep it under DATABASE_POOL_SIZE with PostgreSQL.
-TURN_DB_THREADS = _int("TURN_DB_THREADS", 4)
+TURN_DB_THREADS = _int("TURN_DB_THREADS", 4, minimum=1)
 # Rate limits per user (overridable per user and team in the admin).
-RATE_LIMIT_REQUESTS_PER_MINUTE = _int("RATE_LIMIT_REQUESTS_PER_MINUTE", 20)
-RATE_LIMIT_TOKENS_PER_MINUTE = _int("RATE_LIMIT_TOKENS_PER_MINUTE", 200_000)
+RATE_LIMIT_REQUESTS_PER_MINUTE = _int("RATE_LIMIT_REQUESTS_PER_MINUTE", 20, minimum=1)
+RATE_LIMIT_TOKENS_PER_MINUTE = _int("RATE_LIMIT_TOKENS_PER_MINUTE", 200_000, minimum=1)
 # Websocket abuse caps per user.
-WS_MAX_SOCKETS_PER_USER = _int("WS_MAX_SOCKETS_PER_USER", 20)
-WS_MAX_FRAMES_PER_SECOND = _int("WS_MAX_FRAMES_PER_SECOND", 20)
+WS_MAX_SOCKETS_PER_USER = _int("WS_MAX_SOCKETS_PER_USER", 20, minimum=1)
+WS_MAX_FRAMES_PER_SECOND = _int("WS_MAX_FRAMES_PER_SECOND", 20, minimum=1)
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_FORMAT = env.str("LOG_FORMAT", default="text")
@@ -414,6 +430,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {
         "request_id": {"()": "chatsite.logging.RequestIdFilter"},
+        # Before "redact": a record it shortens has no traceback left to format.
+        "expected": {"()": "chatsite.logging.ExpectedConditionsFilter"},
         "redact": {"()": "chatsite.logging.RedactFilter"},
     },
     "formatters": {
@@ -423,7 +441,7 @@ LOGGING = {
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "filters": ["request_id", "redact"],
+            "filters": ["request_id", "expected", "redact"],
             "formatter": "json" if LOG_FORMAT == "json" else "text",
         }
     },

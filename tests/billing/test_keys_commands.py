@@ -213,3 +213,27 @@ def test_two_lines_piped_to_key_dash_exit_non_zero_with_one_line_and_add_nothing
     result = manage(*args, stdin=SECRET + "\n", env=env)
     assert result.returncode == 0, result.stderr
     assert secret_decrypt(ProviderKey.objects.get(name="piped").secret_encrypted) == SECRET
+
+
+@pytest.mark.django_db(transaction=True)
+def test_commands_that_succeed_print_their_one_line_and_nothing_on_stderr():
+    """README: each command prints one line. The services' INFO log lines ("provider key ...
+    added") went to stderr beside it; they are for the server's log, not the operator's terminal."""
+    from tests.billing.test_keys_processes import _database_url, _encryption_keys
+
+    env = {"DATABASE_URL": _database_url(), "FIELD_ENCRYPTION_KEYS": _encryption_keys(), "PYTHONWARNINGS": "ignore"}
+    for args, stdin, line in [
+        (["add_provider_key", "--provider", "openai", "--name", "quiet", "--key", "-"], SECRET + "\n",
+         "Added provider key quiet (openai, priority 100)."),
+        (["disable_provider_key", "--name", "quiet", "--drain"], "", "Provider key quiet is draining."),
+        (["disable_provider_key", "--name", "quiet"], "", "Provider key quiet is disabled."),
+    ]:
+        result = manage(*args, stdin=stdin, env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [line]
+        assert result.stderr == "", result.stderr
+    # Asked for more (-v 2), the operator sees the log lines too.
+    result = manage("add_provider_key", "--provider", "openai", "--name", "loud", "--key", "-", "-v", "2",
+                    stdin=SECRET + "\n", env=env)
+    assert result.returncode == 0 and "provider key loud added" in result.stderr
+    assert SECRET not in result.stdout + result.stderr

@@ -26,3 +26,24 @@ def test_startup_freezes_its_heap_but_not_its_garbage():
         assert not any(o is kept for o in gc.get_objects())  # the live heap now sits apart
     finally:
         gc.unfreeze()
+
+
+def test_startup_says_in_one_line_when_static_files_are_not_collected(settings, tmp_path, caplog):
+    from chatsite import asgi
+
+    settings.STATIC_ROOT = tmp_path / "staticfiles"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
+    asgi.static_files_check()
+    [record] = [r for r in caplog.records if "collectstatic" in r.getMessage()]
+    assert record.levelname == "ERROR" and not record.exc_info
+    assert "\n" not in record.getMessage()
+
+
+def test_startup_says_nothing_of_static_files_where_pages_name_them_as_they_are(caplog):
+    from chatsite import asgi
+
+    asgi.static_files_check()
+    assert not [r for r in caplog.records if "collectstatic" in r.getMessage()]

@@ -72,6 +72,39 @@ def test_more_malformed_settings_stop_with_one_line(variable, value):
     assert len(lines) == 1 and variable in lines[0], result.stderr
 
 
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("TURN_DB_THREADS", "0"),  # every chat turn failed: a thread pool of no threads
+        ("DATABASE_POOL_SIZE", "0"),  # every page failed: a pool that may hold no connection
+        ("LLM_TOTAL_TIMEOUT", "nan"),
+        ("LLM_CONNECT_TIMEOUT", "-1"),
+        ("KEY_CIRCUIT_COOLDOWN", "inf"),
+        ("MAX_MESSAGE_CHARS", "0"),
+        ("EXPORT_TTL_HOURS", "-1"),  # exports expired before they were written
+        ("CONVERSATION_RETENTION_DAYS", "-30"),
+        ("TRUSTED_PROXY_COUNT", "-1"),
+        ("WS_MAX_SOCKETS_PER_USER", "0"),
+        ("DEFAULT_MODEL", "gpt-4o"),  # models are named provider:model
+    ],
+)
+def test_a_number_out_of_range_stops_with_one_line_naming_it(variable, value):
+    """A value of the right type that cannot work was taken without a word, to fail later in
+    every chat turn, every page or a nightly job."""
+    # The pool size is read with PostgreSQL only; `check` opens no connection.
+    database = {"DATABASE_URL": "postgres://parley@127.0.0.1:5432/parley"} if variable == "DATABASE_POOL_SIZE" else {}
+    result = run_check(**database, **{variable: value})
+    assert result.returncode != 0, f"{variable}={value} was accepted"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_zero_is_taken_where_zero_means_something():
+    result = run_check(DEMO_DELAY_MS="0", TRUSTED_PROXY_COUNT="0", KEY_RETRY_BACKOFF="0", CONVERSATION_RETENTION_DAYS="0")
+    assert result.returncode == 0, result.stderr
+
+
 def test_email_url_switches_to_smtp():
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     env.update({"DJANGO_SECRET_KEY": "x" * 60, "EMAIL_URL": "smtp+tls://mailer:pw@smtp.example.com:587"})

@@ -32,6 +32,8 @@ def test_readyz_reports_an_unreachable_postgres_inside_the_compose_healthcheck_t
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
     env.update({"DATABASE_URL": f"postgres://postgres@127.0.0.1:{port}/parley_absent", "PYTHONWARNINGS": "ignore"})
+    # Static files as in development (from static/, nothing collected here): the database is the subject.
+    env["DJANGO_DEBUG"] = "true"
     script = (
         "import os, time, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'chatsite.settings'); django.setup()\n"
         "from django.test import Client\n"
@@ -43,3 +45,31 @@ def test_readyz_reports_an_unreachable_postgres_inside_the_compose_healthcheck_t
     assert status == "503", result.stdout + result.stderr
     assert json.loads(body)["failed"] == ["database"]
     assert float(seconds) < 5, f"/readyz took {seconds}s to say the database is down"
+
+
+@pytest.mark.django_db
+def test_readyz_answers_503_naming_static_files_until_they_are_collected(client, settings, tmp_path):
+    """Without DEBUG every page names its CSS and images by their hashed names from the manifest
+    collectstatic writes: a process started without it answered 500 on every page while /readyz
+    said ok, so the load balancer kept sending people to it."""
+    from django.contrib.staticfiles.storage import staticfiles_storage
+    from django.core.management import call_command
+    from django.utils.functional import empty
+
+    settings.REDIS_URL = ""  # the database and the static files are the subject here
+    settings.STATIC_ROOT = tmp_path / "staticfiles"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["failed"] == ["static"]
+    assert response.json()["checks"] == {"database": "ok", "static": "failed"}
+
+    call_command("collectstatic", "--noinput", verbosity=0)
+    staticfiles_storage._wrapped = empty  # a process started after collectstatic reads the manifest
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"database": "ok", "static": "ok"}
+    assert client.get("/accounts/login/").status_code == 200

@@ -4,7 +4,9 @@ and validation errors turned into that line. Entry points only: the rules live i
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
+
+from chatsite.commands import OneLineCommand
 
 
 def one_line(exc: ValidationError) -> str:
@@ -13,14 +15,7 @@ def one_line(exc: ValidationError) -> str:
     return " ".join(exc.messages)
 
 
-class KeyCommand(BaseCommand):
-    def create_parser(self, prog_name, subcommand, **kwargs):
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        # The contract asks for one line on bad input: drop the usage block argparse prints
-        # before its "error: ..." line.
-        parser.print_usage = lambda file=None: None
-        return parser
-
+class KeyCommand(OneLineCommand):
     def execute(self, *args, **options):
         try:
             return super().execute(*args, **options)
