@@ -30,6 +30,10 @@
     // client_id -> {conversationId, frame}: resent after a reconnect (idempotent on client_id),
     // and only on a socket of the conversation it was written in.
     unacked: new Map(),
+    // Stop and Regenerate clicked while the socket was not open (a blip, a reconnect): frame
+    // type -> conversation id, sent when a socket of that conversation opens. A click is never
+    // dropped between two sockets: a Stop lost there would let the reply (and its cost) run on.
+    controls: new Map(),
   };
 
   function fmt(template, values) {
@@ -382,6 +386,9 @@
     el.stop.hidden = !state.running;
     const hasReply = state.messages.some((m) => m.role === "assistant");
     el.regen.hidden = Boolean(state.running) || !hasReply;
+    // Disabled while a click waits for the socket: it was taken, and goes out once connected.
+    el.stop.disabled = state.controls.has("stop");
+    el.regen.disabled = state.controls.has("regenerate");
   }
 
   let reloads = 0; // only the newest reload's answer is drawn: an older one can arrive last
@@ -423,6 +430,11 @@
       state.retry = 0;
       setStatus(S.connected);
       if (reconnected) reloadMessages().catch(() => {});
+      for (const [type, id] of state.controls) {
+        if (id === conversationId) socket.send(JSON.stringify({ type }));
+      }
+      state.controls.clear();
+      updateButtons();
       // The one place a frame written while the socket was not open goes out (send() leaves
       // it here), and where an unacked one is resent after a reconnect.
       for (const entry of state.unacked.values()) {
@@ -627,17 +639,29 @@
       send();
     }
   });
-  el.stop.addEventListener("click", () => {
-    if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify({ type: "stop" }));
-  });
+  // Stop and Regenerate: sent now on an open socket, else as soon as one opens (connected at
+  // once rather than after the back-off: the person is waiting on it).
+  function sendControl(type) {
+    if (!state.conversation) return;
+    if (state.socket && state.socket.readyState === WebSocket.OPEN) {
+      state.socket.send(JSON.stringify({ type }));
+      return;
+    }
+    state.controls.set(type, state.conversation.id);
+    updateButtons();
+    if (!state.socket) connect();
+  }
+
+  el.stop.addEventListener("click", () => sendControl("stop"));
   el.regen.addEventListener("click", () => {
     showError("");
-    if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify({ type: "regenerate" }));
+    sendControl("regenerate");
   });
 
   // --- navigation ----------------------------------------------------------------------------
   function newConversation() {
     disconnect();
+    state.controls.clear();
     state.conversation = null;
     state.messages = [];
     state.running = null;
@@ -654,6 +678,7 @@
 
   async function openConversation(id, push) {
     disconnect();
+    state.controls.clear();
     try {
       const data = await api("GET", "/api/v1/conversations/" + id + "/");
       state.messages = data.messages;

@@ -231,3 +231,43 @@ def test_the_sidebar_filter_shows_the_last_query_typed_even_if_an_earlier_answer
     route.fulfill(response=response)
     page.wait_for_timeout(500)
     assert page.locator("#conversation-list li.conversation-item a").all_inner_texts() == ["회의록 정리"]
+
+
+def test_stop_clicked_while_the_socket_reconnects_still_stops_the_reply(browser, live_server_url, make_user):
+    from conversations.models import Message
+
+    user = make_user("stop-blip")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script(WATCH)
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", " ".join(f"w{i}" for i in range(200)))
+    page.press("#message-input", "Enter")
+    expect(page.locator(".message-assistant .message-body")).to_contain_text("w5 ")
+    # The network blips and the person clicks Stop before the page is connected again: the reply
+    # (and what it costs) must still end, not run on because the click fell between two sockets.
+    page.evaluate("""() => {
+      window.__sockets[window.__sockets.length - 1].close();
+      document.getElementById("stop-button").click();
+    }""")
+    _finished_replies(page).first.wait_for(timeout=20_000)
+    expect(page.locator(".message-assistant .message-meta")).to_contain_text("Stopped.")
+    reply = Message.objects.get(conversation__owner=user, role="assistant")
+    assert (reply.status, reply.finish_reason) == ("cancelled", "cancelled")
+
+
+def test_regenerate_clicked_while_the_socket_reconnects_still_asks_again(browser, live_server_url, make_user):
+    from conversations.models import Message
+
+    user = make_user("regen-blip")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script(WATCH)
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", "say it twice")
+    page.press("#message-input", "Enter")
+    _finished_replies(page).first.wait_for()
+    page.evaluate("""() => {
+      window.__sockets[window.__sockets.length - 1].close();
+      document.getElementById("regenerate-button").click();
+    }""")
+    _finished_replies(page).nth(1).wait_for(timeout=20_000)
+    assert Message.objects.filter(conversation__owner=user, role="assistant").count() == 2
