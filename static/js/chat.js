@@ -61,7 +61,11 @@
     if (response.status === 204) return null;
     // An error page that is not JSON (a proxy's 502, say) still gets a readable message.
     const data = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error((data.error && data.error.message) || S.requestFailed);
+    if (!response.ok) {
+      const err = new Error((data.error && data.error.message) || S.requestFailed);
+      err.status = response.status;
+      throw err;
+    }
     return data;
   }
 
@@ -425,7 +429,9 @@
     const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
     const socket = new WebSocket(scheme + window.location.host + "/ws/chat/" + conversationId + "/");
     state.socket = socket;
+    let opened = false;
     socket.addEventListener("open", () => {
+      opened = true;
       const reconnected = state.retry > 0;
       state.retry = 0;
       setStatus(S.connected);
@@ -451,6 +457,14 @@
         window.location.reload(); // the page is login-required: the server sends them to sign in
         return;
       }
+      // Refused before it opened: the server refuses a conversation that is not there (deleted
+      // in another tab, say) exactly as it refuses a network fault. The API tells them apart, or
+      // the page would retry forever and keep what is written meanwhile as if it were sent.
+      if (!opened) {
+        api("GET", "/api/v1/conversations/" + conversationId + "/").catch((err) => {
+          if (err.status === 404) conversationGone(conversationId);
+        });
+      }
       // 4429: too many windows or frames; retrying at once would only be refused again.
       if (event.code === 4429) state.retry = Math.max(state.retry, 4);
       setStatus(event.code === 4429 ? S.tooManyWindows : S.reconnecting);
@@ -460,6 +474,20 @@
         if (state.conversation && state.conversation.id === conversationId && !state.socket) connect();
       }, delay);
     });
+  }
+
+  // The open conversation no longer exists: said so, as when it is deleted from this tab's
+  // list, and what was written but not sent goes back into the input.
+  function conversationGone(conversationId) {
+    if (!state.conversation || state.conversation.id !== conversationId) return;
+    const unsent = state.messages.filter((m) => m.id.startsWith("pending-")).map((m) => m.content);
+    for (const [clientId, entry] of state.unacked) {
+      if (entry.conversationId === conversationId) state.unacked.delete(clientId);
+    }
+    state.conversations = state.conversations.filter((c) => c.id !== conversationId);
+    newConversation();
+    if (unsent.length && !el.input.value) el.input.value = unsent.join("\n\n");
+    showError(S.gone);
   }
 
   function disconnect() {

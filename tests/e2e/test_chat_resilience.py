@@ -271,3 +271,34 @@ def test_regenerate_clicked_while_the_socket_reconnects_still_asks_again(browser
     }""")
     _finished_replies(page).nth(1).wait_for(timeout=20_000)
     assert Message.objects.filter(conversation__owner=user, role="assistant").count() == 2
+
+
+def test_a_tab_whose_conversation_was_deleted_elsewhere_says_so_instead_of_reconnecting(browser, live_server_url, make_user):
+    from conversations.models import Conversation, Message
+
+    user = make_user("gone")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="To be deleted")
+    context = signed_in_context(browser, live_server_url, user, **DESKTOP)
+    page = context.new_page()
+    page.add_init_script(WATCH)
+    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    expect(page.locator("#connection-status")).to_have_text("Connected")
+    other = context.new_page()
+    other.goto(page.url)
+    other.once("dialog", lambda dialog: dialog.accept())
+    other.locator("#conversation-list li.active button", has_text="Delete").click()
+    other.wait_for_url(live_server_url + "/")
+    # Later the network blips, and the person writes while the page is reconnecting.
+    page.evaluate("() => window.__sockets[window.__sockets.length - 1].close()")
+    page.fill("#message-input", "written after the blip")
+    page.press("#message-input", "Enter")
+    expect(page.locator("#chat-error")).to_have_text("This conversation no longer exists.")
+    expect(page.locator("#conversation-list li.conversation-item")).to_have_count(0)
+    # The text is not left in a bubble that will never be sent: it is back in the input.
+    expect(page.locator(".message-user")).to_have_count(0)
+    expect(page.locator("#message-input")).to_have_value("written after the blip")
+    # And the page stops knocking on a door that is gone.
+    sockets = page.evaluate("() => window.__sockets.length")
+    page.wait_for_timeout(4000)
+    assert page.evaluate("() => window.__sockets.length") == sockets
+    assert not Message.objects.filter(conversation__owner=user).exists()
