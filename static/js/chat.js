@@ -265,8 +265,13 @@
       max_tokens: el.maxTokens.value === "" ? null : Number(el.maxTokens.value),
     };
     try {
-      await ensureConversation();
-      state.conversation = await api("PATCH", "/api/v1/conversations/" + state.conversation.id + "/", body);
+      if (state.conversation || creating) {
+        await ensureConversation();
+        state.conversation = await api("PATCH", "/api/v1/conversations/" + state.conversation.id + "/", body);
+      } else {
+        // A new chat is created with its settings in one request: refused, nothing is created.
+        await ensureConversation(body);
+      }
       el.settingsError.textContent = S.saved;
     } catch (err) {
       el.settingsError.textContent = err.message;
@@ -597,10 +602,10 @@
   // --- sending -------------------------------------------------------------------------------
   let creating = null; // the conversation being created: a second send waits for it, not another
 
-  function ensureConversation() {
+  function ensureConversation(fields = {}) {
     if (state.conversation) return Promise.resolve(state.conversation);
     if (!creating) {
-      creating = createConversation().then((created) => {
+      creating = createConversation(fields).then((created) => {
         connect();
         return created;
       }).finally(() => (creating = null));
@@ -608,8 +613,8 @@
     return creating;
   }
 
-  async function createConversation() {
-    const created = await api("POST", "/api/v1/conversations/", { model: el.picker.value });
+  async function createConversation(fields) {
+    const created = await api("POST", "/api/v1/conversations/", { model: el.picker.value, ...fields });
     state.conversation = created;
     state.messages = [];
     state.conversations.unshift(created);
