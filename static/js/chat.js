@@ -379,16 +379,26 @@
     setMeta(node, m);
   }
 
-  function renderMessages() {
+  // follow: show the end (a conversation just opened); else the view stays where it was.
+  function renderMessages(follow = true) {
+    const top = el.messages.scrollTop;
     el.messages.querySelectorAll(".message").forEach((n) => n.remove());
     for (const m of state.messages) renderMessage(m);
     el.empty.hidden = state.messages.length > 0;
     updateButtons();
-    scrollDown();
+    if (follow) scrollDown();
+    else el.messages.scrollTop = top;
   }
 
   function scrollDown() {
     el.messages.scrollTop = el.messages.scrollHeight;
+  }
+
+  // Whether the person is at the end of the messages, following the reply. Scrolled up to read
+  // something, they are left there while text arrives; only their own message brings them down.
+  function atBottom() {
+    const m = el.messages;
+    return m.scrollHeight - m.scrollTop - m.clientHeight < 40;
   }
 
   function updateButtons() {
@@ -419,7 +429,7 @@
     state.messages = data.messages.map((m) => (live && m.id === live.id && isRunning(m) ? live : m)).concat(unacked);
     const running = state.messages.find(isRunning);
     state.running = running ? running.id : null;
-    renderMessages();
+    renderMessages(atBottom());
   }
 
   // --- the socket ----------------------------------------------------------------------------
@@ -559,9 +569,10 @@
         m.status = "streaming";
         m.content = frame.type === "resume" ? frame.text : "";
         state.running = frame.message_id;
+        const follow = atBottom();
         renderMessage(m);
         updateButtons();
-        scrollDown();
+        if (follow) scrollDown();
         if (catchUp) reloadMessages().catch(() => {});
         break;
       }
@@ -570,8 +581,9 @@
         if (!m) break;
         m.content += frame.text;
         const node = messageNode(m.id);
+        const follow = atBottom();
         if (node) node.querySelector(".message-body").append(document.createTextNode(frame.text));
-        scrollDown();
+        if (follow) scrollDown();
         break;
       }
       case "done": {

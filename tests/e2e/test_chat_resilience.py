@@ -302,3 +302,23 @@ def test_a_tab_whose_conversation_was_deleted_elsewhere_says_so_instead_of_recon
     page.wait_for_timeout(4000)
     assert page.evaluate("() => window.__sockets.length") == sockets
     assert not Message.objects.filter(conversation__owner=user).exists()
+
+
+def test_a_streaming_reply_leaves_the_view_where_the_person_scrolled_up_to_read(browser, live_server_url, make_user):
+    user = make_user("reading")
+    page = signed_in_context(browser, live_server_url, user, viewport={"width": 1280, "height": 600}).new_page()
+    page.goto(live_server_url + "/")
+    paragraphs = [f"paragraph {i} " + "word " * 15 for i in range(30)]
+    page.fill("#message-input", "\n\n".join(paragraphs))
+    page.press("#message-input", "Enter")
+    reply = page.locator(".message-assistant .message-body")
+    expect(reply).to_contain_text("paragraph 3 ", timeout=20_000)
+    # While the person follows the reply at the bottom, the view follows it.
+    assert page.evaluate("() => { const m = document.getElementById('messages'); return m.scrollHeight - m.scrollTop - m.clientHeight; }") < 40
+    # Scrolled up to read the question: more text arrives, and the view stays where they read.
+    page.evaluate("() => { document.getElementById('messages').scrollTop = 0; }")
+    expect(reply).to_contain_text("paragraph 12 ", timeout=20_000)
+    assert page.evaluate("() => document.getElementById('messages').scrollTop") == 0
+    _finished_replies(page).first.wait_for(timeout=60_000)
+    expect(reply).to_contain_text("paragraph 29 ")
+    assert page.evaluate("() => document.getElementById('messages').scrollTop") == 0
