@@ -17,8 +17,9 @@ API_PREFIX = "/api/"
 _csrf = CsrfViewMiddleware(lambda request: None)
 
 
-def api_error(status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+def api_error(status: int, code: str, message: str, **details) -> JsonResponse:
+    """`details` go beside code and message (a refused body's "field", say)."""
+    return JsonResponse({"error": {"code": code, "message": message, **details}}, status=status)
 
 
 def api_view(methods: tuple[str, ...]):

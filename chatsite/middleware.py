@@ -154,7 +154,7 @@ class BodySizeLimitMiddleware:
         return await self.app(scope, replay, send)
 
     async def _refuse(self, scope, send, headers):
-        language = _accept_language(headers.get(b"accept-language", b"").decode("latin-1"))
+        language = language_from_accept_header(headers.get(b"accept-language", b"").decode("latin-1"))
         with translation.override(language):
             message = _("The request is too large.")
         if scope.get("path", "").startswith("/api/"):
@@ -184,7 +184,8 @@ class BodySizeLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def _accept_language(header: str) -> str:
+def language_from_accept_header(header: str) -> str:
+    """The first supported language of an Accept-Language header, else LANGUAGE_CODE."""
     from django.utils.translation.trans_real import get_supported_language_variant, parse_accept_lang_header
 
     for code, _quality in parse_accept_lang_header(header):

@@ -106,7 +106,7 @@ def conversations_collection(request):
         try:
             conversation = services.conversation_create(owner=request.user, data=data)
         except services.InvalidField as exc:
-            return error(400, "invalid_input", f"{exc.field}: {exc.message}")
+            return error(400, "invalid_input", exc.message, field=exc.field)
         return JsonResponse(conversation_data(conversation), status=201)
 
     try:
@@ -143,7 +143,7 @@ def conversation_item(request, conversation_id):
         try:
             conversation = services.conversation_update(conversation=conversation, data=data)
         except services.InvalidField as exc:
-            return error(400, "invalid_input", f"{exc.field}: {exc.message}")
+            return error(400, "invalid_input", exc.message, field=exc.field)
         return JsonResponse(conversation_data(conversation))
     payload = conversation_data(conversation)
     payload["messages"] = [message_data(m) for m in selectors.message_list(conversation=conversation)]

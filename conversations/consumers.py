@@ -21,7 +21,10 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.utils import translation
 from django.utils.translation import gettext as _
+
+from accounts.selectors import user_language
 
 from . import sockets, turns
 from .selectors import conversation_get
@@ -48,6 +51,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close()
             return
+        # Every message this socket (and the turns it starts) writes is in the person's language,
+        # as their pages are. Nothing else would choose one: a socket is no request that Django's
+        # locale middleware sees. Activated in this consumer's own context, so it holds for its
+        # handlers and the tasks and threads they start, and for no other socket.
+        headers = dict(self.scope.get("headers", []))
+        translation.activate(
+            user_language(
+                user=user,
+                language_cookie=self.scope.get("cookies", {}).get(settings.LANGUAGE_COOKIE_NAME),
+                accept_language=headers.get(b"accept-language", b"").decode("latin-1"),
+            )
+        )
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
         self.conversation = await database_sync_to_async(conversation_get)(owner=user, conversation_id=conversation_id)
         if self.conversation is None:

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import transaction
 from django.utils import timezone
+from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 
 from .models import Conversation
@@ -35,13 +36,26 @@ def text_unstorable(text: str) -> str | None:
 
 @dataclass
 class InvalidField(Exception):
+    """`field` is the body's key (for programs); `message` is for people, in their language, and
+    names the field in words (the chat page shows it as it is)."""
+
     field: str
     message: str
 
 
+def _named(name: str, why: str) -> str:
+    """A reason that does not say which field it is about, prefixed with the field's name in the
+    reader's language (the model's verbose name): "System prompt: …", "시스템 프롬프트: …"."""
+    try:
+        label = capfirst(Conversation._meta.get_field(name).verbose_name)
+    except FieldDoesNotExist:  # NON_FIELD_ERRORS: about no one field
+        return why
+    return f"{label}: {why}"
+
+
 def _storable_text(name: str, value: str) -> None:
     if (why := text_unstorable(value)) is not None:
-        raise InvalidField(name, why)
+        raise InvalidField(name, _named(name, why))
 
 
 def _clean(data: dict) -> dict:
@@ -107,7 +121,7 @@ def conversation_create(*, owner, data: dict | None = None) -> Conversation:
         conversation.full_clean()
     except ValidationError as exc:
         name, messages = next(iter(exc.message_dict.items()))
-        raise InvalidField(name, " ".join(messages)) from None
+        raise InvalidField(name, _named(name, " ".join(messages))) from None
     conversation.save()
     return conversation
 

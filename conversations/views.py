@@ -44,6 +44,7 @@ def _strings() -> dict:
         "offline": _("The server cannot be reached. Check your connection and try again."),
         "requestFailed": _("The request failed. Please try again."),
         "signedOut": _("You were signed out. Sign in again to continue."),
+        "gone": _("This conversation no longer exists."),
         "tooManyWindows": _("Too many chat windows are open. Close some and reload."),
     }
 

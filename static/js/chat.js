@@ -30,6 +30,10 @@
     // client_id -> {conversationId, frame}: resent after a reconnect (idempotent on client_id),
     // and only on a socket of the conversation it was written in.
     unacked: new Map(),
+    // Stop and Regenerate clicked while the socket was not open (a blip, a reconnect): frame
+    // type -> conversation id, sent when a socket of that conversation opens. A click is never
+    // dropped between two sockets: a Stop lost there would let the reply (and its cost) run on.
+    controls: new Map(),
   };
 
   function fmt(template, values) {
@@ -57,7 +61,11 @@
     if (response.status === 204) return null;
     // An error page that is not JSON (a proxy's 502, say) still gets a readable message.
     const data = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error((data.error && data.error.message) || S.requestFailed);
+    if (!response.ok) {
+      const err = new Error((data.error && data.error.message) || S.requestFailed);
+      err.status = response.status;
+      throw err;
+    }
     return data;
   }
 
@@ -257,8 +265,13 @@
       max_tokens: el.maxTokens.value === "" ? null : Number(el.maxTokens.value),
     };
     try {
-      await ensureConversation();
-      state.conversation = await api("PATCH", "/api/v1/conversations/" + state.conversation.id + "/", body);
+      if (state.conversation || creating) {
+        await ensureConversation();
+        state.conversation = await api("PATCH", "/api/v1/conversations/" + state.conversation.id + "/", body);
+      } else {
+        // A new chat is created with its settings in one request: refused, nothing is created.
+        await ensureConversation(body);
+      }
       el.settingsError.textContent = S.saved;
     } catch (err) {
       el.settingsError.textContent = err.message;
@@ -366,22 +379,35 @@
     setMeta(node, m);
   }
 
-  function renderMessages() {
+  // follow: show the end (a conversation just opened); else the view stays where it was.
+  function renderMessages(follow = true) {
+    const top = el.messages.scrollTop;
     el.messages.querySelectorAll(".message").forEach((n) => n.remove());
     for (const m of state.messages) renderMessage(m);
     el.empty.hidden = state.messages.length > 0;
     updateButtons();
-    scrollDown();
+    if (follow) scrollDown();
+    else el.messages.scrollTop = top;
   }
 
   function scrollDown() {
     el.messages.scrollTop = el.messages.scrollHeight;
   }
 
+  // Whether the person is at the end of the messages, following the reply. Scrolled up to read
+  // something, they are left there while text arrives; only their own message brings them down.
+  function atBottom() {
+    const m = el.messages;
+    return m.scrollHeight - m.scrollTop - m.clientHeight < 40;
+  }
+
   function updateButtons() {
     el.stop.hidden = !state.running;
     const hasReply = state.messages.some((m) => m.role === "assistant");
     el.regen.hidden = Boolean(state.running) || !hasReply;
+    // Disabled while a click waits for the socket: it was taken, and goes out once connected.
+    el.stop.disabled = state.controls.has("stop");
+    el.regen.disabled = state.controls.has("regenerate");
   }
 
   let reloads = 0; // only the newest reload's answer is drawn: an older one can arrive last
@@ -403,7 +429,7 @@
     state.messages = data.messages.map((m) => (live && m.id === live.id && isRunning(m) ? live : m)).concat(unacked);
     const running = state.messages.find(isRunning);
     state.running = running ? running.id : null;
-    renderMessages();
+    renderMessages(atBottom());
   }
 
   // --- the socket ----------------------------------------------------------------------------
@@ -418,11 +444,18 @@
     const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
     const socket = new WebSocket(scheme + window.location.host + "/ws/chat/" + conversationId + "/");
     state.socket = socket;
+    let opened = false;
     socket.addEventListener("open", () => {
+      opened = true;
       const reconnected = state.retry > 0;
       state.retry = 0;
       setStatus(S.connected);
       if (reconnected) reloadMessages().catch(() => {});
+      for (const [type, id] of state.controls) {
+        if (id === conversationId) socket.send(JSON.stringify({ type }));
+      }
+      state.controls.clear();
+      updateButtons();
       // The one place a frame written while the socket was not open goes out (send() leaves
       // it here), and where an unacked one is resent after a reconnect.
       for (const entry of state.unacked.values()) {
@@ -439,6 +472,14 @@
         window.location.reload(); // the page is login-required: the server sends them to sign in
         return;
       }
+      // Refused before it opened: the server refuses a conversation that is not there (deleted
+      // in another tab, say) exactly as it refuses a network fault. The API tells them apart, or
+      // the page would retry forever and keep what is written meanwhile as if it were sent.
+      if (!opened) {
+        api("GET", "/api/v1/conversations/" + conversationId + "/").catch((err) => {
+          if (err.status === 404) conversationGone(conversationId);
+        });
+      }
       // 4429: too many windows or frames; retrying at once would only be refused again.
       if (event.code === 4429) state.retry = Math.max(state.retry, 4);
       setStatus(event.code === 4429 ? S.tooManyWindows : S.reconnecting);
@@ -448,6 +489,20 @@
         if (state.conversation && state.conversation.id === conversationId && !state.socket) connect();
       }, delay);
     });
+  }
+
+  // The open conversation no longer exists: said so, as when it is deleted from this tab's
+  // list, and what was written but not sent goes back into the input.
+  function conversationGone(conversationId) {
+    if (!state.conversation || state.conversation.id !== conversationId) return;
+    const unsent = state.messages.filter((m) => m.id.startsWith("pending-")).map((m) => m.content);
+    for (const [clientId, entry] of state.unacked) {
+      if (entry.conversationId === conversationId) state.unacked.delete(clientId);
+    }
+    state.conversations = state.conversations.filter((c) => c.id !== conversationId);
+    newConversation();
+    if (unsent.length && !el.input.value) el.input.value = unsent.join("\n\n");
+    showError(S.gone);
   }
 
   function disconnect() {
@@ -514,9 +569,10 @@
         m.status = "streaming";
         m.content = frame.type === "resume" ? frame.text : "";
         state.running = frame.message_id;
+        const follow = atBottom();
         renderMessage(m);
         updateButtons();
-        scrollDown();
+        if (follow) scrollDown();
         if (catchUp) reloadMessages().catch(() => {});
         break;
       }
@@ -525,8 +581,9 @@
         if (!m) break;
         m.content += frame.text;
         const node = messageNode(m.id);
+        const follow = atBottom();
         if (node) node.querySelector(".message-body").append(document.createTextNode(frame.text));
-        scrollDown();
+        if (follow) scrollDown();
         break;
       }
       case "done": {
@@ -557,10 +614,10 @@
   // --- sending -------------------------------------------------------------------------------
   let creating = null; // the conversation being created: a second send waits for it, not another
 
-  function ensureConversation() {
+  function ensureConversation(fields = {}) {
     if (state.conversation) return Promise.resolve(state.conversation);
     if (!creating) {
-      creating = createConversation().then((created) => {
+      creating = createConversation(fields).then((created) => {
         connect();
         return created;
       }).finally(() => (creating = null));
@@ -568,8 +625,8 @@
     return creating;
   }
 
-  async function createConversation() {
-    const created = await api("POST", "/api/v1/conversations/", { model: el.picker.value });
+  async function createConversation(fields) {
+    const created = await api("POST", "/api/v1/conversations/", { model: el.picker.value, ...fields });
     state.conversation = created;
     state.messages = [];
     state.conversations.unshift(created);
@@ -627,17 +684,29 @@
       send();
     }
   });
-  el.stop.addEventListener("click", () => {
-    if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify({ type: "stop" }));
-  });
+  // Stop and Regenerate: sent now on an open socket, else as soon as one opens (connected at
+  // once rather than after the back-off: the person is waiting on it).
+  function sendControl(type) {
+    if (!state.conversation) return;
+    if (state.socket && state.socket.readyState === WebSocket.OPEN) {
+      state.socket.send(JSON.stringify({ type }));
+      return;
+    }
+    state.controls.set(type, state.conversation.id);
+    updateButtons();
+    if (!state.socket) connect();
+  }
+
+  el.stop.addEventListener("click", () => sendControl("stop"));
   el.regen.addEventListener("click", () => {
     showError("");
-    if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify({ type: "regenerate" }));
+    sendControl("regenerate");
   });
 
   // --- navigation ----------------------------------------------------------------------------
   function newConversation() {
     disconnect();
+    state.controls.clear();
     state.conversation = null;
     state.messages = [];
     state.running = null;
@@ -654,6 +723,7 @@
 
   async function openConversation(id, push) {
     disconnect();
+    state.controls.clear();
     try {
       const data = await api("GET", "/api/v1/conversations/" + id + "/");
       state.messages = data.messages;

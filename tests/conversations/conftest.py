@@ -200,14 +200,15 @@ def session_cookie(user) -> str:
     return client.cookies["sessionid"].value
 
 
-async def ws_connect(user, conversation_id, *, origin: str = "http://testserver"):
-    """A socket through the real stack (origin check, session auth, router)."""
+async def ws_connect(user, conversation_id, *, origin: str = "http://testserver", headers: tuple = (), cookies: str = ""):
+    """A socket through the real stack (origin check, session auth, router); `cookies` go beside
+    the session's, in its one Cookie header."""
     from chatsite.asgi import application
 
-    headers = [(b"origin", origin.encode())]
+    headers = [(b"origin", origin.encode()), *headers]
     if user is not None:
         cookie = await sync_to_async(session_cookie)(user)
-        headers.append((b"cookie", f"sessionid={cookie}".encode()))
+        headers.append((b"cookie", "; ".join(filter(None, [f"sessionid={cookie}", cookies])).encode()))
     communicator = WebsocketCommunicator(application, f"/ws/chat/{conversation_id}/", headers=headers)
     connected, _code = await communicator.connect()
     return communicator, connected

@@ -280,7 +280,7 @@ def test_text_with_a_lone_surrogate_or_a_nul_is_400_on_create_and_patch(api, use
     response = _json(api, "post", "/api/v1/conversations/", raw)
     assert response.status_code == 400
     error = response.json()["error"]
-    assert error["code"] == "invalid_input" and error["message"].startswith(f"{field}:")
+    assert error["code"] == "invalid_input" and error["field"] == field
     assert not Conversation.objects.exists()
     conversation = Conversation.objects.create(owner=user, model="demo:echo", title="kept", system_prompt="kept")
     patched = _json(api, "patch", f"/api/v1/conversations/{conversation.id}/", raw)
@@ -302,3 +302,18 @@ def test_a_search_with_a_nul_is_400_on_every_database(api, user, chat_backends):
     response = api.get("/api/v1/conversations/", {"q": "mi\x00ne"})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_input" and response.json()["error"]["message"].startswith("q:")
+
+
+def test_a_refused_field_is_named_in_the_readers_language_not_by_its_key(make_user, chat_backends):
+    # The page shows the message as it comes: a Korean reader saw "max_tokens: 최대 토큰 수는…".
+    # The key stays for programs, as "field".
+    person = make_user("minji", language="ko")
+    client = Client()
+    client.force_login(person)
+    conversation = Conversation.objects.create(owner=person, model="demo:echo")
+    url = f"/api/v1/conversations/{conversation.id}/"
+    error = _json(client, "patch", url, {"max_tokens": 2_000_000}).json()["error"]
+    assert error == {"code": "invalid_input", "field": "max_tokens", "message": "최대 토큰 수는 1에서 1000000 사이의 정수여야 합니다."}
+    error = _json(client, "post", "/api/v1/conversations/", '{"system_prompt": "a\\u0000b"}').json()["error"]
+    assert error["field"] == "system_prompt"
+    assert error["message"].startswith("시스템 프롬프트: ") and "system_prompt" not in error["message"]

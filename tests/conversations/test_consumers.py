@@ -789,6 +789,31 @@ async def test_budget_exceeded_names_the_budget(chat_backends, user, conversatio
     await ws.disconnect()
 
 
+@pytest.mark.parametrize(
+    ("profile", "headers", "cookies"),
+    [("ko", (), ""), ("", ((b"accept-language", b"ko-KR,ko;q=0.9"),), ""), ("", (), "django_language=ko")],
+    ids=["profile", "browser", "switcher"],
+)
+async def test_socket_errors_speak_the_language_the_pages_speak(chat_backends, make_user, conversation_factory, profile, headers, cookies):
+    # The Korean chat page showed the socket's errors in English: a socket never chose a language.
+    from django.utils import translation
+
+    person = await database_sync_to_async(make_user)("minji", language=profile)
+    conversation = await database_sync_to_async(conversation_factory)(person)
+    refusal = BudgetExceeded(scope="team", name="Physics", period="month", limit=Decimal("5"), spent=Decimal("5"))
+    chat_backends.budget_error = refusal
+    with translation.override("ko"):
+        korean = refusal.message
+    ws, connected = await ws_connect(person, conversation.id, headers=headers, cookies=cookies)
+    assert connected
+    await ws.send_json_to({"type": "user_message", "content": " ", "client_id": str(uuid.uuid4())})
+    assert (await ws.receive_json_from())["message"] == "메시지가 비어 있습니다."
+    await ws.send_json_to(_send("안녕하세요"))
+    error = (await receive_until(ws, "error"))[-1]
+    assert error["code"] == "budget_exceeded" and error["message"] == korean and "Physics" in korean
+    await ws.disconnect()
+
+
 async def test_rate_limited_says_when_and_reserves_nothing(chat_backends, user, conversation_factory):
     chat_backends.rate_error = RateLimited(retry_after=17, limit="requests_per_minute")
     conversation = await database_sync_to_async(conversation_factory)(user)

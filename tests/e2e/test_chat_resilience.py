@@ -231,3 +231,94 @@ def test_the_sidebar_filter_shows_the_last_query_typed_even_if_an_earlier_answer
     route.fulfill(response=response)
     page.wait_for_timeout(500)
     assert page.locator("#conversation-list li.conversation-item a").all_inner_texts() == ["회의록 정리"]
+
+
+def test_stop_clicked_while_the_socket_reconnects_still_stops_the_reply(browser, live_server_url, make_user):
+    from conversations.models import Message
+
+    user = make_user("stop-blip")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script(WATCH)
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", " ".join(f"w{i}" for i in range(200)))
+    page.press("#message-input", "Enter")
+    expect(page.locator(".message-assistant .message-body")).to_contain_text("w5 ")
+    # The network blips and the person clicks Stop before the page is connected again: the reply
+    # (and what it costs) must still end, not run on because the click fell between two sockets.
+    page.evaluate("""() => {
+      window.__sockets[window.__sockets.length - 1].close();
+      document.getElementById("stop-button").click();
+    }""")
+    _finished_replies(page).first.wait_for(timeout=20_000)
+    expect(page.locator(".message-assistant .message-meta")).to_contain_text("Stopped.")
+    reply = Message.objects.get(conversation__owner=user, role="assistant")
+    assert (reply.status, reply.finish_reason) == ("cancelled", "cancelled")
+
+
+def test_regenerate_clicked_while_the_socket_reconnects_still_asks_again(browser, live_server_url, make_user):
+    from conversations.models import Message
+
+    user = make_user("regen-blip")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script(WATCH)
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", "say it twice")
+    page.press("#message-input", "Enter")
+    _finished_replies(page).first.wait_for()
+    page.evaluate("""() => {
+      window.__sockets[window.__sockets.length - 1].close();
+      document.getElementById("regenerate-button").click();
+    }""")
+    _finished_replies(page).nth(1).wait_for(timeout=20_000)
+    assert Message.objects.filter(conversation__owner=user, role="assistant").count() == 2
+
+
+def test_a_tab_whose_conversation_was_deleted_elsewhere_says_so_instead_of_reconnecting(browser, live_server_url, make_user):
+    from conversations.models import Conversation, Message
+
+    user = make_user("gone")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="To be deleted")
+    context = signed_in_context(browser, live_server_url, user, **DESKTOP)
+    page = context.new_page()
+    page.add_init_script(WATCH)
+    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    expect(page.locator("#connection-status")).to_have_text("Connected")
+    other = context.new_page()
+    other.goto(page.url)
+    other.once("dialog", lambda dialog: dialog.accept())
+    other.locator("#conversation-list li.active button", has_text="Delete").click()
+    other.wait_for_url(live_server_url + "/")
+    # Later the network blips, and the person writes while the page is reconnecting.
+    page.evaluate("() => window.__sockets[window.__sockets.length - 1].close()")
+    page.fill("#message-input", "written after the blip")
+    page.press("#message-input", "Enter")
+    expect(page.locator("#chat-error")).to_have_text("This conversation no longer exists.")
+    expect(page.locator("#conversation-list li.conversation-item")).to_have_count(0)
+    # The text is not left in a bubble that will never be sent: it is back in the input.
+    expect(page.locator(".message-user")).to_have_count(0)
+    expect(page.locator("#message-input")).to_have_value("written after the blip")
+    # And the page stops knocking on a door that is gone.
+    sockets = page.evaluate("() => window.__sockets.length")
+    page.wait_for_timeout(4000)
+    assert page.evaluate("() => window.__sockets.length") == sockets
+    assert not Message.objects.filter(conversation__owner=user).exists()
+
+
+def test_a_streaming_reply_leaves_the_view_where_the_person_scrolled_up_to_read(browser, live_server_url, make_user):
+    user = make_user("reading")
+    page = signed_in_context(browser, live_server_url, user, viewport={"width": 1280, "height": 600}).new_page()
+    page.goto(live_server_url + "/")
+    paragraphs = [f"paragraph {i} " + "word " * 15 for i in range(30)]
+    page.fill("#message-input", "\n\n".join(paragraphs))
+    page.press("#message-input", "Enter")
+    reply = page.locator(".message-assistant .message-body")
+    expect(reply).to_contain_text("paragraph 3 ", timeout=20_000)
+    # While the person follows the reply at the bottom, the view follows it.
+    assert page.evaluate("() => { const m = document.getElementById('messages'); return m.scrollHeight - m.scrollTop - m.clientHeight; }") < 40
+    # Scrolled up to read the question: more text arrives, and the view stays where they read.
+    page.evaluate("() => { document.getElementById('messages').scrollTop = 0; }")
+    expect(reply).to_contain_text("paragraph 12 ", timeout=20_000)
+    assert page.evaluate("() => document.getElementById('messages').scrollTop") == 0
+    _finished_replies(page).first.wait_for(timeout=60_000)
+    expect(reply).to_contain_text("paragraph 29 ")
+    assert page.evaluate("() => document.getElementById('messages').scrollTop") == 0

@@ -192,6 +192,30 @@ def test_refused_unsaved_message_goes_back_into_the_input(browser, live_server_u
     assert page.locator(".message-user").inner_text().endswith("first")
 
 
+def test_settings_refused_on_a_new_chat_create_no_conversation(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("settings-first")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    page.click("#settings-toggle")
+    page.fill("#system-prompt", "Answer in Korean.")
+    page.fill("#max-tokens", "2000000")
+    page.click("#settings-panel button[type=submit]")
+    expect(page.locator("#settings-error")).to_contain_text("Max tokens must be a whole number from 1 to 1000000.")
+    # Refused: no empty "New conversation" left behind in the list, the address still "/".
+    assert not Conversation.objects.filter(owner=user).exists()
+    expect(page.locator("#conversation-list li.conversation-item")).to_have_count(0)
+    assert page.url == live_server_url + "/"
+    # Corrected, the same save creates the chat with its settings.
+    page.fill("#max-tokens", "500")
+    page.click("#settings-panel button[type=submit]")
+    expect(page.locator("#settings-error")).to_have_text("Settings saved.")
+    conversation = Conversation.objects.get(owner=user)
+    assert (conversation.system_prompt, conversation.max_tokens) == ("Answer in Korean.", 500)
+    page.wait_for_url(f"**/c/{conversation.id}/")
+
+
 def test_usage_amounts_are_not_broken_on_a_phone(browser, live_server_url, make_user):
     from billing import budgets
 
