@@ -161,18 +161,37 @@
   }
 
   let filterTimer = null;
+  let filterError = null; // what a failed filter showed; the next one that works takes it away
   el.filter.addEventListener("input", () => {
     clearTimeout(filterTimer);
-    filterTimer = setTimeout(refreshList, 200);
+    filterTimer = setTimeout(async () => {
+      try {
+        if (!(await refreshList())) return;
+        if (filterError !== null && el.error.textContent === filterError) showError("");
+        filterError = null;
+      } catch (err) {
+        // Said, or the unfiltered list would look like what matches the filter.
+        filterError = err.message;
+        showError(err.message);
+      }
+    }, 200);
   });
 
   let listRefreshes = 0; // only the newest answer is drawn: an older query's can arrive last
 
+  // True when this answer was drawn; false when a newer one was asked meanwhile. Only the
+  // newest request's failure is thrown.
   async function refreshList() {
     const q = el.filter.value.trim();
     const asked = ++listRefreshes;
-    const data = await api("GET", "/api/v1/conversations/" + (q ? "?q=" + encodeURIComponent(q) : ""));
-    if (asked !== listRefreshes) return;
+    let data;
+    try {
+      data = await api("GET", "/api/v1/conversations/" + (q ? "?q=" + encodeURIComponent(q) : ""));
+    } catch (err) {
+      if (asked !== listRefreshes) return false;
+      throw err;
+    }
+    if (asked !== listRefreshes) return false;
     state.conversations = data.results;
     state.nextConversations = data.next;
     const current = state.conversation && data.results.find((c) => c.id === state.conversation.id);
@@ -181,6 +200,7 @@
       showTitle(current.title);
     }
     renderList();
+    return true;
   }
 
   // A new conversation's title is written by a task after its first reply is "done", and no

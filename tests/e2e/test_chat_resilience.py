@@ -322,3 +322,24 @@ def test_a_streaming_reply_leaves_the_view_where_the_person_scrolled_up_to_read(
     _finished_replies(page).first.wait_for(timeout=60_000)
     expect(reply).to_contain_text("paragraph 29 ")
     assert page.evaluate("() => document.getElementById('messages').scrollTop") == 0
+
+
+def test_a_sidebar_filter_that_cannot_reach_the_server_says_so(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("filter-offline")
+    for title in ("회의 준비", "점심 메뉴"):
+        Conversation.objects.create(owner=user, model="demo:echo", title=title)
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(live_server_url + "/")
+    page.route("**/api/v1/conversations/?q=*", lambda route: route.abort())  # the network drops
+    page.fill("#conversation-filter", "회의")
+    # Not a list that silently stays unfiltered, as if nothing matched the filter.
+    expect(page.locator("#chat-error")).to_have_text("The server cannot be reached. Check your connection and try again.")
+    page.unroute("**/api/v1/conversations/?q=*")
+    page.fill("#conversation-filter", "회의 ")
+    expect(page.locator("#conversation-list li.conversation-item")).to_have_count(1)
+    expect(page.locator("#chat-error")).to_be_hidden()
+    assert errors == []
