@@ -123,14 +123,13 @@ def test_a_rate_limit_of_zero_is_refused_rather_than_read_as_the_default(user, m
             owner.save()
 
 
-def test_the_team_admin_refuses_a_rate_limit_of_zero(admin_client):
-    from accounts.models import Team
-
-    response = admin_client.post(
+def _add_team(admin_client, *, name: str, requests_per_minute: str = ""):
+    """The admin's "add team" form, posted with no members."""
+    return admin_client.post(
         "/admin/accounts/team/add/",
         {
-            "name": "ops",
-            "requests_per_minute": "0",
+            "name": name,
+            "requests_per_minute": requests_per_minute,
             "tokens_per_minute": "",
             "created_at_0": "2026-01-05",
             "created_at_1": "10:00:00",
@@ -138,6 +137,12 @@ def test_the_team_admin_refuses_a_rate_limit_of_zero(admin_client):
             "teammembership_set-INITIAL_FORMS": "0",
         },
     )
+
+
+def test_the_team_admin_refuses_a_rate_limit_of_zero(admin_client):
+    from accounts.models import Team
+
+    response = _add_team(admin_client, name="ops", requests_per_minute="0")
     assert response.status_code == 200
     assert "greater than or equal to 1" in response.content.decode()
     assert not Team.objects.exists()
@@ -198,18 +203,7 @@ def test_the_team_admin_refuses_a_taken_name_in_words(admin_client):
     from accounts.models import Team
 
     Team.objects.create(name="Ops")
-    response = admin_client.post(
-        "/admin/accounts/team/add/",
-        {
-            "name": "ops",
-            "requests_per_minute": "",
-            "tokens_per_minute": "",
-            "created_at_0": "2026-01-05",
-            "created_at_1": "10:00:00",
-            "teammembership_set-TOTAL_FORMS": "0",
-            "teammembership_set-INITIAL_FORMS": "0",
-        },
-    )
+    response = _add_team(admin_client, name="ops")
     assert response.status_code == 200
     page = response.content.decode()
     assert "A team with this name already exists." in page and "team_name_ci_unique" not in page
