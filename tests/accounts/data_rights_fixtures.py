@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from billing.models import DailyUsage, UsageRecord
 from conversations.models import Conversation, Message
+from tests.dbenv import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,14 +87,6 @@ def run_as_worker(task, *args) -> list[float]:
         result = tracer(str(uuid.uuid4()), list(args), {}, {"retries": 0, "delivery_info": {"redelivered": True}})
     assert result.info is None or result.info.state == "RETRY", result.retval
     return retries
-
-
-def database_url() -> str:
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
 def other_process(code: str) -> subprocess.CompletedProcess:

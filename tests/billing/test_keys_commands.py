@@ -201,9 +201,10 @@ def test_bad_arguments_exit_non_zero_with_one_line(args):
 @pytest.mark.django_db(transaction=True)
 def test_two_lines_piped_to_key_dash_exit_non_zero_with_one_line_and_add_nothing():
     """As an operator pipes it: `printf 'sk-a\nsk-b\n' | manage.py add_provider_key ... --key -`."""
-    from tests.billing.test_keys_processes import _database_url, _encryption_keys
+    from tests.billing.test_keys_processes import _encryption_keys
+    from tests.dbenv import database_url
 
-    env = {"DATABASE_URL": _database_url(), "FIELD_ENCRYPTION_KEYS": _encryption_keys(), "PYTHONWARNINGS": "ignore"}
+    env = {"DATABASE_URL": database_url(), "FIELD_ENCRYPTION_KEYS": _encryption_keys(), "PYTHONWARNINGS": "ignore"}
     args = ["add_provider_key", "--provider", "openai", "--name", "piped", "--key", "-"]
     result = manage(*args, stdin=SECRET + "\nsk-second-line-0123456789\n", env=env)
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
@@ -219,9 +220,10 @@ def test_two_lines_piped_to_key_dash_exit_non_zero_with_one_line_and_add_nothing
 def test_commands_that_succeed_print_their_one_line_and_nothing_on_stderr():
     """README: each command prints one line. The services' INFO log lines ("provider key ...
     added") went to stderr beside it; they are for the server's log, not the operator's terminal."""
-    from tests.billing.test_keys_processes import _database_url, _encryption_keys
+    from tests.billing.test_keys_processes import _encryption_keys
+    from tests.dbenv import database_url
 
-    env = {"DATABASE_URL": _database_url(), "FIELD_ENCRYPTION_KEYS": _encryption_keys(), "PYTHONWARNINGS": "ignore"}
+    env = {"DATABASE_URL": database_url(), "FIELD_ENCRYPTION_KEYS": _encryption_keys(), "PYTHONWARNINGS": "ignore"}
     for args, stdin, line in [
         (["add_provider_key", "--provider", "openai", "--name", "quiet", "--key", "-"], SECRET + "\n",
          "Added provider key quiet (openai, priority 100)."),

@@ -9,22 +9,14 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from billing import keys
 from billing.models import ProviderKey
 from tests.billing.keys_support import no_env_keys  # noqa: F401 - autouse
+from tests.dbenv import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
 def _encryption_keys() -> str:
@@ -39,7 +31,7 @@ def other_process(code: str) -> str:
     """Run `code` in a fresh interpreter on the same database and cache; return its stdout."""
     env = {k: v for k, v in os.environ.items() if k not in {"OPENAI_API_KEY", "ANTHROPIC_API_KEY"}}
     env.update(
-        {"DATABASE_URL": _database_url(), "DJANGO_SETTINGS_MODULE": "chatsite.settings", "PYTHONWARNINGS": "ignore"}
+        {"DATABASE_URL": database_url(), "DJANGO_SETTINGS_MODULE": "chatsite.settings", "PYTHONWARNINGS": "ignore"}
     )
     if settings.REDIS_URL:
         env["REDIS_URL"] = settings.REDIS_URL
@@ -105,7 +97,7 @@ def test_a_duplicate_name_from_the_real_command_exits_non_zero_and_changes_nothi
     add("main")
     env = {k: v for k, v in os.environ.items() if k not in {"OPENAI_API_KEY", "ANTHROPIC_API_KEY"}}
     env.update(
-        {"DATABASE_URL": _database_url(), "PYTHONWARNINGS": "ignore", "FIELD_ENCRYPTION_KEYS": _encryption_keys()}
+        {"DATABASE_URL": database_url(), "PYTHONWARNINGS": "ignore", "FIELD_ENCRYPTION_KEYS": _encryption_keys()}
     )
     result = subprocess.run(
         [sys.executable, "manage.py", "add_provider_key", "--provider", "openai", "--name", "main", "--key", "-"],

@@ -13,25 +13,17 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from django.db import connection, connections
+from django.db import connections
 from django.test import Client
 
 from billing import prices
 from billing.models import Reservation
 from conversations.models import Conversation, Message
+from tests.dbenv import database_url
 from tests.fakeprovider.standalone import NotStarted, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _database_url() -> str:
-    """The test database, as the server process's DATABASE_URL."""
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{s['NAME']}"
-    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
-    return f"postgres://{s['USER']}{password}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
 async def _chat_until_streaming(port: int, conversation_id, cookie: str) -> None:
@@ -59,7 +51,7 @@ def test_sigterm_ends_the_running_reply_before_the_process_exits(user, settings)
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": database_url(),
         "DJANGO_SECRET_KEY": settings.SECRET_KEY,
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DEMO_DELAY_MS": "200",  # 200 words: 40 s, far longer than the shutdown's grace
