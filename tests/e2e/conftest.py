@@ -104,3 +104,14 @@ def signed_in_context(browser, live_server_url, user, **options):
     context = browser.new_context(**options)
     context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server_url}])
     return context
+
+
+def finished_replies(page):
+    """The replies whose meta line shows their token counts: the finished ones."""
+    return page.locator(".message-assistant .message-meta").filter(has_text="tokens")
+
+
+def send(page, text: str) -> None:
+    """Type `text` into the chat's input and press Enter, as a person sends a message."""
+    page.fill("#message-input", text)
+    page.press("#message-input", "Enter")

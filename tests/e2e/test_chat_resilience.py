@@ -6,7 +6,7 @@ import os
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import signed_in_context
+from .conftest import finished_replies, send, signed_in_context
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -34,21 +34,23 @@ WATCH = """
 """
 
 
-def _finished_replies(page):
-    return page.locator(".message-assistant .message-meta").filter(has_text="tokens")
+def _watched_page(browser, live_server_url, user):
+    """A signed-in desktop chat page whose sockets (window.__sockets) and streamed text
+    (window.__shown) the test can reach."""
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script(WATCH)
+    page.goto(live_server_url + "/")
+    return page
 
 
 def test_a_dropped_socket_resumes_the_reply_with_no_text_missing(browser, live_server_url, make_user):
     user = make_user("drop")
-    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
-    page.add_init_script(WATCH)
-    page.goto(live_server_url + "/")
+    page = _watched_page(browser, live_server_url, user)
     text = " ".join(f"w{i}" for i in range(80))
-    page.fill("#message-input", text)
-    page.press("#message-input", "Enter")
+    send(page, text)
     expect(page.locator(".message-assistant .message-body")).to_contain_text("w10 ")
     page.evaluate("() => window.__sockets[window.__sockets.length - 1].close()")  # the network blips
-    _finished_replies(page).first.wait_for(timeout=20_000)
+    finished_replies(page).first.wait_for(timeout=20_000)
     assert page.evaluate("() => window.__sockets.length") >= 2  # it did reconnect
     shown = page.evaluate("() => window.__shown")
     assert shown
@@ -61,12 +63,9 @@ def test_a_message_sent_while_the_socket_is_down_stays_shown_and_goes_out_once(b
     from conversations.models import Message
 
     user = make_user("offline-send")
-    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
-    page.add_init_script(WATCH)
-    page.goto(live_server_url + "/")
-    page.fill("#message-input", "first")
-    page.press("#message-input", "Enter")
-    _finished_replies(page).first.wait_for()
+    page = _watched_page(browser, live_server_url, user)
+    send(page, "first")
+    finished_replies(page).first.wait_for()
     page.evaluate("""() => {
       window.__seen = false; window.__vanished = 0;
       new MutationObserver(() => {
@@ -76,9 +75,8 @@ def test_a_message_sent_while_the_socket_is_down_stays_shown_and_goes_out_once(b
       }).observe(document.getElementById("messages"), {childList: true, subtree: true});
       window.__sockets[window.__sockets.length - 1].close();  // the network blips
     }""")
-    page.fill("#message-input", "written while offline")
-    page.press("#message-input", "Enter")
-    _finished_replies(page).nth(1).wait_for(timeout=20_000)
+    send(page, "written while offline")
+    finished_replies(page).nth(1).wait_for(timeout=20_000)
     assert page.evaluate("() => window.__seen")
     assert page.evaluate("() => window.__vanished") == 0  # shown from the moment it was sent
     expect(page.locator(".message-user")).to_have_count(2)
@@ -96,8 +94,7 @@ def test_a_second_tab_shows_the_question_with_the_reply_it_streams(browser, live
         page.goto(f"{live_server_url}/c/{conversation.id}/")
         expect(page.locator("#connection-status")).to_have_text("Connected")
     question = "asked in the first tab " + " ".join(f"w{i}" for i in range(60))
-    first.fill("#message-input", question)
-    first.press("#message-input", "Enter")
+    send(first, question)
     # While the reply still streams, the other tab shows what it answers, above it.
     expect(second.locator(".message-assistant[data-status=streaming]")).to_have_count(1)
     expect(second.locator(".message-user")).to_have_text([f"You{question}"], timeout=1500)
@@ -150,21 +147,19 @@ def test_enter_while_a_reply_is_written_keeps_the_next_message_in_the_input(brow
     user = make_user("busy")
     page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
     page.goto(live_server_url + "/")
-    page.fill("#message-input", " ".join(f"w{i}" for i in range(100)))
-    page.press("#message-input", "Enter")
+    send(page, " ".join(f"w{i}" for i in range(100)))
     expect(page.locator(".message-assistant[data-status=streaming]")).to_have_count(1)
     # Typed while the answer streams, and sent out of habit: refused on the page, not saved as a
     # question that no reply will ever answer.
-    page.fill("#message-input", "다음 질문")
-    page.press("#message-input", "Enter")
+    send(page, "다음 질문")
     expect(page.locator("#chat-error")).to_have_text("A reply is already being written in this conversation.")
     expect(page.locator("#message-input")).to_have_value("다음 질문")
     expect(page.locator(".message-user")).to_have_count(1)
-    _finished_replies(page).first.wait_for(timeout=20_000)
+    finished_replies(page).first.wait_for(timeout=20_000)
     assert Message.objects.filter(conversation__owner=user, role="user").count() == 1
     # Once the reply is done it goes out as usual.
     page.press("#message-input", "Enter")
-    _finished_replies(page).nth(1).wait_for()
+    finished_replies(page).nth(1).wait_for()
     assert page.locator("#chat-error").is_hidden()
     assert Message.objects.filter(conversation__owner=user, role="user").count() == 2
 
@@ -184,9 +179,8 @@ def test_copy_works_on_a_plain_http_address_without_the_clipboard_api(browser, l
       };
     """)
     page.goto(live_server_url + "/")
-    page.fill("#message-input", "```\nprint('안녕')\n```")
-    page.press("#message-input", "Enter")
-    _finished_replies(page).first.wait_for()
+    send(page, "```\nprint('안녕')\n```")
+    finished_replies(page).first.wait_for()
     page.click(".message-assistant .copy-code")
     expect(page.locator(".message-assistant .copy-code")).to_have_text("Copied")
     assert page.evaluate("() => window.__copied") == ["print('안녕')\n"]
@@ -198,9 +192,8 @@ def test_copy_puts_the_code_alone_on_the_clipboard(browser, live_server_url, mak
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server_url)
     page = context.new_page()
     page.goto(live_server_url + "/")
-    page.fill("#message-input", "```\nprint('안녕')\n```")
-    page.press("#message-input", "Enter")
-    _finished_replies(page).first.wait_for()
+    send(page, "```\nprint('안녕')\n```")
+    finished_replies(page).first.wait_for()
     page.click(".message-assistant .copy-code")
     expect(page.locator(".message-assistant .copy-code")).to_have_text("Copied")
     assert page.evaluate("() => navigator.clipboard.readText()") == "print('안녕')\n"  # not the button's label
@@ -237,11 +230,8 @@ def test_stop_clicked_while_the_socket_reconnects_still_stops_the_reply(browser,
     from conversations.models import Message
 
     user = make_user("stop-blip")
-    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
-    page.add_init_script(WATCH)
-    page.goto(live_server_url + "/")
-    page.fill("#message-input", " ".join(f"w{i}" for i in range(200)))
-    page.press("#message-input", "Enter")
+    page = _watched_page(browser, live_server_url, user)
+    send(page, " ".join(f"w{i}" for i in range(200)))
     expect(page.locator(".message-assistant .message-body")).to_contain_text("w5 ")
     # The network blips and the person clicks Stop before the page is connected again: the reply
     # (and what it costs) must still end, not run on because the click fell between two sockets.
@@ -249,7 +239,7 @@ def test_stop_clicked_while_the_socket_reconnects_still_stops_the_reply(browser,
       window.__sockets[window.__sockets.length - 1].close();
       document.getElementById("stop-button").click();
     }""")
-    _finished_replies(page).first.wait_for(timeout=20_000)
+    finished_replies(page).first.wait_for(timeout=20_000)
     expect(page.locator(".message-assistant .message-meta")).to_contain_text("Stopped.")
     reply = Message.objects.get(conversation__owner=user, role="assistant")
     assert (reply.status, reply.finish_reason) == ("cancelled", "cancelled")
@@ -259,17 +249,14 @@ def test_regenerate_clicked_while_the_socket_reconnects_still_asks_again(browser
     from conversations.models import Message
 
     user = make_user("regen-blip")
-    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
-    page.add_init_script(WATCH)
-    page.goto(live_server_url + "/")
-    page.fill("#message-input", "say it twice")
-    page.press("#message-input", "Enter")
-    _finished_replies(page).first.wait_for()
+    page = _watched_page(browser, live_server_url, user)
+    send(page, "say it twice")
+    finished_replies(page).first.wait_for()
     page.evaluate("""() => {
       window.__sockets[window.__sockets.length - 1].close();
       document.getElementById("regenerate-button").click();
     }""")
-    _finished_replies(page).nth(1).wait_for(timeout=20_000)
+    finished_replies(page).nth(1).wait_for(timeout=20_000)
     assert Message.objects.filter(conversation__owner=user, role="assistant").count() == 2
 
 
@@ -290,8 +277,7 @@ def test_a_tab_whose_conversation_was_deleted_elsewhere_says_so_instead_of_recon
     other.wait_for_url(live_server_url + "/")
     # Later the network blips, and the person writes while the page is reconnecting.
     page.evaluate("() => window.__sockets[window.__sockets.length - 1].close()")
-    page.fill("#message-input", "written after the blip")
-    page.press("#message-input", "Enter")
+    send(page, "written after the blip")
     expect(page.locator("#chat-error")).to_have_text("This conversation no longer exists.")
     expect(page.locator("#conversation-list li.conversation-item")).to_have_count(0)
     # The text is not left in a bubble that will never be sent: it is back in the input.
@@ -309,8 +295,7 @@ def test_a_streaming_reply_leaves_the_view_where_the_person_scrolled_up_to_read(
     page = signed_in_context(browser, live_server_url, user, viewport={"width": 1280, "height": 600}).new_page()
     page.goto(live_server_url + "/")
     paragraphs = [f"paragraph {i} " + "word " * 15 for i in range(30)]
-    page.fill("#message-input", "\n\n".join(paragraphs))
-    page.press("#message-input", "Enter")
+    send(page, "\n\n".join(paragraphs))
     reply = page.locator(".message-assistant .message-body")
     expect(reply).to_contain_text("paragraph 3 ", timeout=20_000)
     # While the person follows the reply at the bottom, the view follows it.
@@ -319,7 +304,7 @@ def test_a_streaming_reply_leaves_the_view_where_the_person_scrolled_up_to_read(
     page.evaluate("() => { document.getElementById('messages').scrollTop = 0; }")
     expect(reply).to_contain_text("paragraph 12 ", timeout=20_000)
     assert page.evaluate("() => document.getElementById('messages').scrollTop") == 0
-    _finished_replies(page).first.wait_for(timeout=60_000)
+    finished_replies(page).first.wait_for(timeout=60_000)
     expect(reply).to_contain_text("paragraph 29 ")
     assert page.evaluate("() => document.getElementById('messages').scrollTop") == 0
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import signed_in_context
+from .conftest import finished_replies, send, signed_in_context
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -30,14 +30,9 @@ RECORD_SENT_FRAMES = """
 
 
 
-def _finished_replies(page):
-    return page.locator(".message-assistant .message-meta").filter(has_text="tokens")
-
-
 def _send_and_wait(page, text, nth_reply):
-    page.fill("#message-input", text)
-    page.press("#message-input", "Enter")
-    _finished_replies(page).nth(nth_reply).wait_for()
+    send(page, text)
+    finished_replies(page).nth(nth_reply).wait_for()
 
 
 # --- layout ----------------------------------------------------------------------------------------
@@ -78,7 +73,7 @@ def test_double_click_send_on_a_new_chat_sends_once(browser, live_server_url, ma
     page.goto(live_server_url + "/")
     page.fill("#message-input", "only once please")
     page.dblclick("#send-button")
-    _finished_replies(page).first.wait_for()
+    finished_replies(page).first.wait_for()
     # A second message after the first reply: anything the double click set off has long
     # arrived by the time this one's reply is done.
     _send_and_wait(page, "and a second one", 1)
@@ -183,8 +178,7 @@ def test_refused_unsaved_message_goes_back_into_the_input(browser, live_server_u
     other.locator("#conversation-list li.active button", has_text="Delete").click()
     other.wait_for_url(live_server_url + "/")
 
-    page.fill("#message-input", "my carefully written paragraph")
-    page.press("#message-input", "Enter")
+    send(page, "my carefully written paragraph")
     expect(page.locator("#chat-error")).to_contain_text("no longer exists")
     # Not saved, so not shown as sent; the text is back where it was written.
     expect(page.locator("#message-input")).to_have_value("my carefully written paragraph")
@@ -252,13 +246,12 @@ def test_message_length_is_counted_in_characters_as_the_server_counts(short_mess
     page.keyboard.insert_text(emoji)  # typed, so a maxlength would cut it
     expect(page.locator("#message-input")).to_have_value(emoji)
     page.press("#message-input", "Enter")
-    _finished_replies(page).first.wait_for()
+    finished_replies(page).first.wait_for()
     assert page.locator("#chat-error").is_hidden()
     assert page.locator(".message-user").inner_text().endswith(emoji)
 
     # One character more is refused on the page, and the text stays to be shortened.
-    page.fill("#message-input", emoji + "a")
-    page.press("#message-input", "Enter")
+    send(page, emoji + "a")
     # It says how long a message may be: "too long" alone leaves the person guessing what to cut.
     expect(page.locator("#chat-error")).to_have_text(f"The message is longer than {short_messages} characters.")
     expect(page.locator("#message-input")).to_have_value(emoji + "a")
@@ -277,8 +270,7 @@ def test_a_message_not_yet_acknowledged_is_never_sent_to_another_conversation(br
     page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
     page.route_web_socket(f"**/ws/chat/{first.id}/", lambda ws: None)  # open, and silent
     page.goto(f"{live_server_url}/c/{first.id}/")
-    page.fill("#message-input", "meant for Alpha")
-    page.press("#message-input", "Enter")
+    send(page, "meant for Alpha")
     page.locator(".message-user", has_text="meant for Alpha").wait_for()
     page.locator("#conversation-list li a", has_text="Beta").click()
     page.wait_for_url(f"**/c/{second.id}/")
