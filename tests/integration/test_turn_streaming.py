@@ -425,6 +425,16 @@ async def test_a_reasoning_model_thinking_past_the_first_token_allowance_answers
     assert await db(spent_and_reserved)(user) == (record.cost, Decimal("0"))
 
 
+async def _each_answered_in_full(user, conversation_id, questions) -> None:
+    """Each question sent over a socket in turn: its reply streams REPLY whole and ends with
+    stop, with no error frame."""
+    for question in questions:
+        frames = await turn_over_socket(user, conversation_id, question)
+        assert of_type(frames, "error") == [], frames
+        assert "".join(d["text"] for d in of_type(frames, "delta")) == REPLY
+        assert frames[-1]["finish_reason"] == "stop"
+
+
 async def test_a_server_that_ends_its_stream_with_done_but_no_finish_reason_answers_and_keeps_its_key_healthy(
     priced, add_key, fake_provider, make_user, conversation_for
 ):
@@ -437,11 +447,7 @@ async def test_a_server_that_ends_its_stream_with_done_but_no_finish_reason_answ
     key = await db(add_key)("openai", "sk-openai-nofinish", text=REPLY, sends_finish_reason=False)
     conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
 
-    for question in ("first question", "second question", "third question"):
-        frames = await turn_over_socket(user, conversation.id, question)
-        assert of_type(frames, "error") == [], frames
-        assert "".join(d["text"] for d in of_type(frames, "delta")) == REPLY
-        assert frames[-1]["finish_reason"] == "stop"
+    await _each_answered_in_full(user, conversation.id, ("first question", "second question", "third question"))
 
     replies = await db(list)(Message.objects.filter(role="assistant").values_list("status", "content"))
     assert replies == [(Message.Status.DONE, REPLY)] * 3
@@ -463,11 +469,7 @@ async def test_a_server_that_refuses_stream_options_still_answers_and_is_billed_
     key = await db(add_key)("openai", "sk-openai-oldvllm", text=REPLY, refuses_stream_options=True)
     conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
 
-    for question in ("first question", "second question"):
-        frames = await turn_over_socket(user, conversation.id, question)
-        assert of_type(frames, "error") == [], frames
-        assert "".join(d["text"] for d in of_type(frames, "delta")) == REPLY
-        assert frames[-1]["finish_reason"] == "stop"
+    await _each_answered_in_full(user, conversation.id, ("first question", "second question"))
 
     asked = [r.stream_options for r in fake_provider.requests_for("sk-openai-oldvllm")]
     assert asked == [{"include_usage": True}, None, None]  # refused once, then never sent again
