@@ -22,6 +22,7 @@ as ReasoningDelta: not the reply's text, but the model answering (the deadline i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -100,7 +101,16 @@ class OpenAIAdapter(_common.SDKAdapter):
             texts = _common.TextDeltas()
             thoughts = _common.TextDeltas()
             done = False
-            while not done and (body := await deadlines.read(chunks)) is not None:
+            # Once the finish reason came, the reply is complete: what may follow (the usage
+            # chunk, [DONE]) is waited for until then, no longer (_common.FINISH_GRACE_SECONDS).
+            ends_at: float | None = None
+            while not done:
+                if ends_at is None:
+                    body = await deadlines.read(chunks)
+                else:
+                    body = await _common.read_by(chunks, ends_at)
+                if body is None:
+                    break
                 for _name, data in decoder.feed(body):
                     if data.startswith(b"[DONE]"):
                         # The end, as the SDK reads it: no event after it is read.
@@ -122,6 +132,8 @@ class OpenAIAdapter(_common.SDKAdapter):
                     if reason:
                         finish = _finish_reason(reason)
                         deadlines.got_output = True
+                        if ends_at is None:
+                            ends_at = asyncio.get_running_loop().time() + _common.FINISH_GRACE_SECONDS
                     if chunk_usage is not None:
                         usage = chunk_usage
             if done:

@@ -606,6 +606,32 @@ async def test_openai_compatible_thinking_keeps_the_call_alive_and_is_kept_apart
     assert events[-1] == Finish("stop")
 
 
+@pytest.mark.parametrize("reports_usage", [True, False])
+async def test_openai_a_server_that_stalls_after_its_finish_reason_ends_the_reply_without_waiting_for_done(
+    fake_provider, settings, reports_usage
+):
+    # The finish reason (and the usage, when the server sends one) arrived, then the connection
+    # stays open without `data: [DONE]` (a proxy holding the end of the body): the reply is
+    # complete, and ends after a short grace, not as a timeout after the read allowance.
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 5.0
+    fake_provider.script(
+        "sk-stall-end",
+        Script(text="Hello there, friend.", input_tokens=21, stalls_before_done=True, reports_usage=reports_usage),
+    )
+
+    started = asyncio.get_running_loop().time()
+    events, error = await collect("openai", lease(fake_provider, "openai", "sk-stall-end"))
+    elapsed = asyncio.get_running_loop().time() - started
+
+    assert error is None
+    assert text_of(events) == "Hello there, friend."
+    if reports_usage:
+        assert events[-2:] == [Usage(input_tokens=21, output_tokens=3), Finish("stop")]
+    else:
+        assert not any(isinstance(e, Usage) for e in events) and events[-1] == Finish("stop")
+    assert elapsed < 3.0
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_connection_dropped_before_the_answer_is_unavailable_not_a_timeout(fake_provider, provider):
     # aiohttp's ServerDisconnectedError, which openai's copy of the aiohttp transport re-raises as

@@ -457,6 +457,32 @@ async def test_a_server_that_ends_its_stream_with_done_but_no_finish_reason_answ
     assert (stored.health, stored.consecutive_failures) == (ProviderKey.Health.HEALTHY, 0)
 
 
+async def test_a_server_that_stalls_after_its_finish_and_usage_ends_the_reply_finished_and_billed_once(
+    priced, add_key, fake_provider, make_user, conversation_for, settings
+):
+    # The last chunks (finish reason, usage) arrive, then the server keeps the connection open
+    # without `data: [DONE]`. The reply is complete: it ends as finished after a short grace,
+    # billed once with the usage the server reported, not cut off when the read allowance ends.
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 4.0
+    user = await db(make_user)("stallend")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    key = await db(add_key)("openai", "sk-openai-stallend", text=REPLY, input_tokens=33, stalls_before_done=True)
+    conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
+
+    started = asyncio.get_running_loop().time()
+    await _each_answered_in_full(user, conversation.id, ("a question",))
+
+    assert asyncio.get_running_loop().time() - started < 3.0
+    reply = await db(Message.objects.get)(role="assistant")
+    output_tokens = len(REPLY.split())
+    expected = prices.cost_of(price=priced[OPENAI_MODEL], input_tokens=33, output_tokens=output_tokens)
+    assert (reply.status, reply.content, reply.cost) == (Message.Status.DONE, REPLY, expected)
+    (record,) = await db(list)(UsageRecord.objects.all())
+    assert (record.key_id, record.outcome, record.estimated) == (key.id, "ok", False)
+    assert (record.input_tokens, record.output_tokens, record.cost) == (33, output_tokens, expected)
+    assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
+
+
 async def test_a_server_that_refuses_stream_options_still_answers_and_is_billed_on_the_count(
     priced, add_key, fake_provider, make_user, conversation_for
 ):
