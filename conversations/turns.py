@@ -54,6 +54,7 @@ HEARTBEAT_SECONDS = 5.0  # the running replies' rows are touched this often (one
 STOP_POLL_SECONDS = 0.5  # how often the cache stop flag is read (the channel message is instant)
 STALE_SECONDS = 90  # a running reply whose heartbeat is older is reaped as `error`
 REAPED = "interrupted"  # the error_code of a reply the reaper ended
+FILTERED = "content_filter"  # the error_code of a reply the provider's content filter cut
 BUFFER_TTL = 60 * 60  # the stream buffer outlives any reply; the reaper deletes stale ones
 ZERO = Decimal("0")
 MONEY_PLACES = Decimal("0.0000000001")  # the ledger's precision (billing.models.MONEY)
@@ -1018,6 +1019,16 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
                     "The model declined to continue this reply. Rephrase your message or start a new conversation."
                 )
                 outcome.error_kind = REFUSED
+            elif outcome.finish_reason == "filtered":
+                # Cut by the provider's content filter: the text that came stays and is billed,
+                # but it is not a whole answer. The contract has no "filtered" finish reason, so
+                # it is told as an error that says why. The key is fine.
+                outcome.finish_reason = "error"
+                outcome.error_code = "provider_error"
+                outcome.error_message = _(
+                    "The provider's content filter stopped this reply. The text that arrived before it is kept."
+                )
+                outcome.error_kind = FILTERED
             return outcome
         exc = result.error
         decision = None
@@ -1111,8 +1122,9 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
             content=outcome.text,
             status=status,
             finish_reason=outcome.finish_reason,
-            # Told as provider_error; saved as refused, so the context builder leaves the turn out.
-            error_code=REFUSED if outcome.error_kind == REFUSED else outcome.error_code,
+            # Told as provider_error; saved as what ended it: refused (so the context builder
+            # leaves the turn out) or content_filter (so the page says why after a reload).
+            error_code=outcome.error_kind if outcome.error_kind in (REFUSED, FILTERED) else outcome.error_code,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cost=cost,

@@ -53,8 +53,13 @@ def is_official_api(base_url: str) -> bool:
 
 
 def _finish_reason(reason: str | None) -> str:
-    # content_filter, tool_calls...: the reply ended on the provider's side, not by length.
-    return "length" if reason == "length" else "stop"
+    if reason == "length":
+        return "length"
+    # The provider's content filter cut the reply (OpenAI, Azure OpenAI): it is not complete,
+    # and the person must be told so.
+    if reason == "content_filter":
+        return "filtered"
+    return "stop"  # stop, tool_calls, function_call, or a server's own name: ended by the model
 
 
 class OpenAIAdapter(_common.SDKAdapter):

@@ -537,7 +537,7 @@ async def test_openai_usage_arrives_in_its_own_chunk_after_the_finish(fake_provi
     usage = {"prompt_tokens": 30, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 12}}
     raw = [
         openai_chunk("Hi", usage=None),
-        openai_chunk(finish="content_filter", usage=None),  # ended on the provider's side: "stop"
+        openai_chunk(finish="stop", usage=None),
         b"data: " + json.dumps({"id": "c1", "choices": [], "usage": usage}).encode() + b"\n\n",
         b"data: [DONE]\n\n",
         openai_chunk("never read"),  # after [DONE], as the SDK does, nothing is read
@@ -548,6 +548,18 @@ async def test_openai_usage_arrives_in_its_own_chunk_after_the_finish(fake_provi
 
     assert error is None
     assert events == [TextDelta("Hi"), Usage(input_tokens=30, output_tokens=2, cached_tokens=12), Finish("stop")]
+
+
+async def test_openai_content_filter_is_a_filtered_finish_not_a_stop(fake_provider):
+    # finish_reason "content_filter": the provider's filter ended the reply; it must not read as
+    # complete. The text before it and the usage still come.
+    fake_provider.script("sk-filter", Script(mode="refusal", text="alpha beta gamma", cut_after=2, input_tokens=9, output_tokens=2))
+
+    events, error = await collect("openai", lease(fake_provider, "openai", "sk-filter"))
+
+    assert error is None
+    assert text_of(events) == "alpha beta"
+    assert events[-2:] == [Usage(input_tokens=9, output_tokens=2), Finish("filtered")]
 
 
 async def test_openai_stream_without_usage_still_finishes(fake_provider):

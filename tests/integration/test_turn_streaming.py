@@ -538,3 +538,37 @@ async def test_an_anthropic_refusal_tells_the_user_bills_the_call_and_leaves_the
     assert of_type(frames, "error") == [] and frames[-1]["finish_reason"] == "stop"
     sent = fake_provider.requests_for("sk-ant-refuses")[-1].messages
     assert sent == [{"role": "user", "content": "a different question"}]
+
+
+async def test_an_openai_content_filter_stop_tells_the_user_keeps_the_text_and_bills_it(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # finish_reason "content_filter": the provider's filter ended the reply mid-way. The person
+    # must not take it for a complete answer: it ends as an error saying so (the contract's
+    # finish reasons and codes), with the text that came kept and billed as the provider reported.
+    from billing.models import ProviderKey
+
+    user = await db(make_user)("filtered")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    key = await db(add_key)(
+        "openai", "sk-openai-filters", mode="refusal", cut_after=2, text="Here is how you would", input_tokens=40, output_tokens=2
+    )
+    conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
+
+    frames = await turn_over_socket(user, conversation.id, "the question it filters")
+
+    assert "".join(d["text"] for d in of_type(frames, "delta")) == "Here is"
+    (error,) = of_type(frames, "error")
+    assert error["code"] == "provider_error" and "content filter" in error["message"]
+    done = frames[-1]
+    assert done["finish_reason"] == "error"
+    reply = await db(Message.objects.get)(id=done["message_id"])
+    assert (reply.status, reply.content, reply.error_code) == (Message.Status.ERROR, "Here is", "content_filter")
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    expected = prices.cost_of(price=priced[OPENAI_MODEL], input_tokens=40, output_tokens=2)
+    assert (record.input_tokens, record.output_tokens, record.estimated, record.cost) == (40, 2, False, expected)
+    assert (record.outcome, record.error_kind) == ("error", "content_filter")
+    assert done["usage"] == {"input_tokens": 40, "output_tokens": 2, "cost": money_str(expected)}
+    assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
+    stored = await db(ProviderKey.objects.get)(id=key.id)
+    assert (stored.health, stored.consecutive_failures) == (ProviderKey.Health.HEALTHY, 0)  # the key did its job
