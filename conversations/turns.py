@@ -55,6 +55,9 @@ STOP_POLL_SECONDS = 0.5  # how often the cache stop flag is read (the channel me
 STALE_SECONDS = 90  # a running reply whose heartbeat is older is reaped as `error`
 REAPED = "interrupted"  # the error_code of a reply the reaper ended
 FILTERED = "content_filter"  # the error_code of a reply the provider's content filter cut
+THINKING_EXHAUSTED = "thinking_exhausted"  # the error_code of a reply whose thinking took all of max_tokens
+# Saved as the reply's error_code in place of the code on the wire (provider_error): what ended it.
+_SAVED_KINDS = (REFUSED, FILTERED, THINKING_EXHAUSTED)
 BUFFER_TTL = 60 * 60  # the stream buffer outlives any reply; the reaper deletes stale ones
 ZERO = Decimal("0")
 MONEY_PLACES = Decimal("0.0000000001")  # the ledger's precision (billing.models.MONEY)
@@ -943,6 +946,19 @@ async def _attempt(adapter, plan: _ReplyPlan, key, stream: _Stream, cancel: asyn
     return result
 
 
+def _thinking_exhausted_text(plan: _ReplyPlan) -> str:
+    tokens = plan.request.max_tokens
+    if tokens < plan.price.max_output_tokens:
+        return _(
+            "The model used its whole allowance of %(tokens)s output tokens thinking and wrote no answer. "
+            "Raise Max tokens in this conversation's settings, or ask for a shorter answer."
+        ) % {"tokens": tokens}
+    return _(
+        "The model used its whole allowance of %(tokens)s output tokens thinking and wrote no answer. "
+        "Ask for a shorter answer, or choose another model."
+    ) % {"tokens": tokens}
+
+
 def _error_text(exc: ProviderError) -> str:
     if exc.kind == ErrorKind.CONTEXT_TOO_LONG:
         return _("The conversation is too long for this model. Start a new conversation or shorten the message.")
@@ -1029,6 +1045,14 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
                     "The provider's content filter stopped this reply. The text that arrived before it is kept."
                 )
                 outcome.error_kind = FILTERED
+            elif outcome.finish_reason == "length" and not stream.full_text.strip():
+                # A reasoning model thought through its whole output allowance (max_tokens) and
+                # wrote no answer: an empty reply that says nothing would look like a fault. It
+                # stays a "length" finish (the truth, and the contract's), billed as reported,
+                # with an error frame saying why and what to change.
+                outcome.error_code = "provider_error"
+                outcome.error_message = _thinking_exhausted_text(plan)
+                outcome.error_kind = THINKING_EXHAUSTED
             return outcome
         exc = result.error
         decision = None
@@ -1115,6 +1139,8 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
         "length": Message.Status.DONE,
         "cancelled": Message.Status.CANCELLED,
     }.get(outcome.finish_reason, Message.Status.ERROR)
+    if outcome.error_code:  # told as an error (a "length" reply with no answer, say): saved as one
+        status = Message.Status.ERROR
     now = timezone.now()
     with transaction.atomic():
         owner = _ledger_owner(plan=plan)  # first: the user row's lock orders this before erasure
@@ -1123,8 +1149,9 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
             status=status,
             finish_reason=outcome.finish_reason,
             # Told as provider_error; saved as what ended it: refused (so the context builder
-            # leaves the turn out) or content_filter (so the page says why after a reload).
-            error_code=outcome.error_kind if outcome.error_kind in (REFUSED, FILTERED) else outcome.error_code,
+            # leaves the turn out), content_filter or thinking_exhausted (so the page says why
+            # after a reload).
+            error_code=outcome.error_kind if outcome.error_kind in _SAVED_KINDS else outcome.error_code,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cost=cost,

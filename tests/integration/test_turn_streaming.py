@@ -425,6 +425,41 @@ async def test_a_reasoning_model_thinking_past_the_first_token_allowance_answers
     assert await db(spent_and_reserved)(user) == (record.cost, Decimal("0"))
 
 
+async def test_a_reasoning_model_that_thinks_through_its_whole_allowance_says_why_there_is_no_answer(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # The thinking fills max_tokens: the provider ends with finish_reason "length" and no answer
+    # text. The person is told why the reply is empty (and what to change), live and after a
+    # reload; the call is billed as the provider reported it, and the key did nothing wrong.
+    from billing.models import ProviderKey
+
+    thinking = "Let me weigh every option carefully before I answer this question in full detail"
+    user = await db(make_user)("overthinker")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    key = await db(add_key)("openai", "sk-openai-overthinks", text="The answer.", reasoning=thinking, input_tokens=30)
+    conversation = await db(conversation_for)(user, model=OPENAI_MODEL, max_tokens=6)
+
+    frames = await turn_over_socket(user, conversation.id, "a hard question")
+
+    assert of_type(frames, "delta") == []
+    (error,) = of_type(frames, "error")
+    assert error["code"] == "provider_error"
+    assert "thinking" in error["message"] and "6" in error["message"] and "Max tokens" in error["message"]
+    done = frames[-1]
+    assert done["finish_reason"] == "length"
+    reply = await db(Message.objects.get)(id=done["message_id"])
+    assert (reply.status, reply.content, reply.finish_reason) == (Message.Status.ERROR, "", "length")
+    assert reply.error_code == "thinking_exhausted"
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    expected = prices.cost_of(price=priced[OPENAI_MODEL], input_tokens=30, output_tokens=6)
+    assert (record.input_tokens, record.output_tokens, record.estimated, record.cost) == (30, 6, False, expected)
+    assert record.outcome == "ok"
+    assert done["usage"] == {"input_tokens": 30, "output_tokens": 6, "cost": money_str(expected)}
+    assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
+    stored = await db(ProviderKey.objects.get)(id=key.id)
+    assert (stored.health, stored.consecutive_failures) == (ProviderKey.Health.HEALTHY, 0)
+
+
 async def _each_answered_in_full(user, conversation_id, questions) -> None:
     """Each question sent over a socket in turn: its reply streams REPLY whole and ends with
     stop, with no error frame."""
