@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -447,9 +448,12 @@ def _reply_abandon(*, message_id, reservation_id) -> None:
         budgets.budget_settle(reservation_id=reservation_id, actual=ZERO)
 
 
-def _buffer_state(message_id, seq, text, model_id, reservation_id, input_tokens, user_id, attempt, key_id) -> dict:
+def _buffer_state(
+    message_id, seq, text, model_id, reservation_id, input_tokens, user_id, attempt, key_id, thinking_tokens: int = 0
+) -> dict:
     # What a late joiner needs (message_id, seq, text, model), and what the reaper needs to
-    # settle a reply whose process died (reservation, counted input, user, attempt, its key).
+    # settle a reply whose process died (reservation, counted input, user, attempt, its key, and
+    # the thinking a reasoning model streamed: output the provider bills, never kept as text).
     return {
         "message_id": str(message_id),
         "seq": seq,
@@ -460,6 +464,7 @@ def _buffer_state(message_id, seq, text, model_id, reservation_id, input_tokens,
         "user_id": user_id,
         "attempt": attempt,
         "key_id": str(key_id) if key_id else None,
+        "thinking_tokens": thinking_tokens,
     }
 
 
@@ -591,6 +596,12 @@ class _Stream:
         self.seq = 0
         self.text = ""
         self.pending: list[str] = []
+        # A reasoning model's thinking: never shown or kept, but billed by the provider, so the
+        # buffer carries its count for the reaper. Counted with the estimator (never on the event
+        # loop with tiktoken, whose first use may wait for a download), in un-rounded units so
+        # that batch after batch adds up to the whole.
+        self.pending_thinking: list[str] = []
+        self.thinking_weight = 0.0
         self.lock = asyncio.Lock()
         self.finished = asyncio.Event()
         self.wakeup = asyncio.Event()  # set by add(): text is waiting
@@ -606,6 +617,10 @@ class _Stream:
 
     def add(self, text: str) -> None:
         self.pending.append(text)
+        self.wakeup.set()
+
+    def add_thinking(self, text: str) -> None:
+        self.pending_thinking.append(text)
         self.wakeup.set()
 
     @property
@@ -626,6 +641,10 @@ class _Stream:
                 self.text += chunk
                 self.unsent.append({"type": "delta", "message_id": self.message_id, "seq": self.seq, "text": chunk})
                 self.buffer_behind = True
+            if self.pending_thinking:
+                self.thinking_weight += context_mod.estimate_weight("".join(self.pending_thinking))
+                self.pending_thinking.clear()
+                self.buffer_behind = True
             if self.buffer_behind:
                 # Buffer first, then publish: a joiner that read seq N is sure to receive N+1.
                 plan = self.plan
@@ -633,7 +652,7 @@ class _Stream:
                     self.buffer_key,
                     _buffer_state(
                         self.message_id, self.seq, self.text, plan.model_id, plan.reservation_id, plan.input_tokens,
-                        plan.user.pk, plan.attempt, plan.key_id,
+                        plan.user.pk, plan.attempt, plan.key_id, math.ceil(self.thinking_weight),
                     ),
                     BUFFER_TTL,
                 )
@@ -656,6 +675,7 @@ class _Stream:
             await self.wakeup.wait()
             self.wakeup.clear()
             had_text = bool(self.pending)
+            had_thinking = bool(self.pending_thinking)  # batched like text, but not shown: no "streaming" flip
             try:
                 await self.flush()
             except Exception as exc:  # noqa: BLE001 - the frames wait in order; tried again next frame
@@ -668,8 +688,9 @@ class _Stream:
                 if self.failing:
                     logger.warning("reply %s: held-back frames went out", self.message_id)
                 self.failing = False
-            if had_text:
+            if had_text or had_thinking:
                 await asyncio.sleep(FRAME_SECONDS)
+            if had_text:
                 if self.marking is None:
                     # Not awaited: under a burst of new turns the database threads are busy, and
                     # the frames must not wait for them. Started a frame after the first text, not
@@ -920,6 +941,7 @@ async def _attempt(adapter, plan: _ReplyPlan, key, stream: _Stream, cancel: asyn
                         # on another key (the provider bills this thinking).
                         result.got_output = True
                         result.thinking.append(event.text)
+                        stream.add_thinking(event.text)
                     elif isinstance(event, Usage):
                         result.usage = event
                     elif isinstance(event, Finish):
@@ -1268,6 +1290,8 @@ def _reap_settle(*, message_id, conversation_id, started_at, state: dict, text: 
     attempt = int(state.get("attempt") or 0)
     input_tokens = int(state.get("input_tokens") or 0) if attempt else 0
     output_tokens = context_mod.count_tokens(text=text, model_id=model_id)[0] if text else 0
+    # The thinking the call streamed before it died: output the provider bills (estimated).
+    output_tokens += int(state.get("thinking_tokens") or 0)
     cost = ZERO
     if price is not None and attempt:
         cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)

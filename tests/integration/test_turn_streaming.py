@@ -21,10 +21,12 @@ from .conftest import (
     MAX_OUTPUT,
     OPENAI_MODEL,
     db,
+    eventually,
     of_type,
     replies_finished,
     spent_and_reserved,
     turn_over_socket,
+    ws_frames_until_end,
     ws_open,
     ws_turn,
 )
@@ -458,6 +460,41 @@ async def test_a_reasoning_model_that_thinks_through_its_whole_allowance_says_wh
     assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
     stored = await db(ProviderKey.objects.get)(id=key.id)
     assert (stored.health, stored.consecutive_failures) == (ProviderKey.Health.HEALTHY, 0)
+
+
+async def test_a_reply_whose_process_died_while_its_model_was_thinking_is_billed_for_the_thinking(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # A reasoning model thinks (no answer text yet) and the process running the reply dies: the
+    # reaper settles the call from the stream buffer. The provider bills the thinking as output,
+    # so the reaper's bill must count it too, not the input alone.
+    from conversations import turns
+
+    thinking = " ".join(["think"] * 300)
+    user = await db(make_user)("diedthinking")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("openai", "sk-openai-diesthinking", text="Done.", reasoning=thinking, pace_ms=20)
+    conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
+
+    ws = await ws_open(user, conversation.id)
+    await ws.send_json_to({"type": "user_message", "content": "think hard", "client_id": str(uuid.uuid4())})
+    await eventually(lambda: fake_provider.requests_for("sk-openai-diesthinking"))
+    await asyncio.sleep(0.8)  # some 40 words of thinking streamed, no answer yet
+
+    assert await db(turns.replies_reap_stale)(stale_seconds=0) == 1
+    done = (await ws_frames_until_end(ws))[-1]
+    await replies_finished()
+    await ws.disconnect()
+
+    assert done["finish_reason"] == "error"
+    (record,) = await db(list)(UsageRecord.objects.all())
+    assert (record.error_kind, record.estimated) == ("interrupted", True)
+    assert record.output_tokens >= 10  # the thinking the provider has billed so far
+    assert done["usage"]["output_tokens"] == record.output_tokens
+    expected = prices.cost_of(price=priced[OPENAI_MODEL], input_tokens=record.input_tokens, output_tokens=record.output_tokens)
+    reply = await db(Message.objects.get)(id=done["message_id"])
+    assert (reply.status, reply.content, reply.cost, record.cost) == (Message.Status.ERROR, "", expected, expected)
+    assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
 
 
 async def _each_answered_in_full(user, conversation_id, questions) -> None:
