@@ -250,6 +250,12 @@ def estimate_tokens(text: str) -> int:
     Hangul, Thai, Devanagari: 2; emoji: 3), which measured at or above cl100k's count for every
     script tried, at most about twice it (Thai, Japanese): too high costs a little room, too low
     a refused request."""
+    return math.ceil(estimate_weight(text))
+
+
+def estimate_weight(text: str) -> float:
+    """estimate_tokens before its rounding up: the weights of pieces of a text add up to the
+    weight of the whole (a stream's deltas can be counted one batch at a time)."""
     letters = others = 0
     wide = 0
     for char in text:
@@ -260,7 +266,7 @@ def estimate_tokens(text: str) -> int:
                 others += 1
         else:
             wide += max(len(char.encode("utf-8", "surrogatepass")) - 1, 1)
-    return math.ceil(letters / 4 + others / 2 + wide)
+    return letters / 4 + others / 2 + wide
 
 
 def _reset_caches() -> None:

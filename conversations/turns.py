@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -54,6 +55,10 @@ HEARTBEAT_SECONDS = 5.0  # the running replies' rows are touched this often (one
 STOP_POLL_SECONDS = 0.5  # how often the cache stop flag is read (the channel message is instant)
 STALE_SECONDS = 90  # a running reply whose heartbeat is older is reaped as `error`
 REAPED = "interrupted"  # the error_code of a reply the reaper ended
+FILTERED = "content_filter"  # the error_code of a reply the provider's content filter cut
+THINKING_EXHAUSTED = "thinking_exhausted"  # the error_code of a reply whose thinking took all of max_tokens
+# Saved as the reply's error_code in place of the code on the wire (provider_error): what ended it.
+_SAVED_KINDS = (REFUSED, FILTERED, THINKING_EXHAUSTED)
 BUFFER_TTL = 60 * 60  # the stream buffer outlives any reply; the reaper deletes stale ones
 ZERO = Decimal("0")
 MONEY_PLACES = Decimal("0.0000000001")  # the ledger's precision (billing.models.MONEY)
@@ -443,9 +448,12 @@ def _reply_abandon(*, message_id, reservation_id) -> None:
         budgets.budget_settle(reservation_id=reservation_id, actual=ZERO)
 
 
-def _buffer_state(message_id, seq, text, model_id, reservation_id, input_tokens, user_id, attempt, key_id) -> dict:
+def _buffer_state(
+    message_id, seq, text, model_id, reservation_id, input_tokens, user_id, attempt, key_id, thinking_tokens: int = 0
+) -> dict:
     # What a late joiner needs (message_id, seq, text, model), and what the reaper needs to
-    # settle a reply whose process died (reservation, counted input, user, attempt, its key).
+    # settle a reply whose process died (reservation, counted input, user, attempt, its key, and
+    # the thinking a reasoning model streamed: output the provider bills, never kept as text).
     return {
         "message_id": str(message_id),
         "seq": seq,
@@ -456,6 +464,7 @@ def _buffer_state(message_id, seq, text, model_id, reservation_id, input_tokens,
         "user_id": user_id,
         "attempt": attempt,
         "key_id": str(key_id) if key_id else None,
+        "thinking_tokens": thinking_tokens,
     }
 
 
@@ -587,6 +596,12 @@ class _Stream:
         self.seq = 0
         self.text = ""
         self.pending: list[str] = []
+        # A reasoning model's thinking: never shown or kept, but billed by the provider, so the
+        # buffer carries its count for the reaper. Counted with the estimator (never on the event
+        # loop with tiktoken, whose first use may wait for a download), in un-rounded units so
+        # that batch after batch adds up to the whole.
+        self.pending_thinking: list[str] = []
+        self.thinking_weight = 0.0
         self.lock = asyncio.Lock()
         self.finished = asyncio.Event()
         self.wakeup = asyncio.Event()  # set by add(): text is waiting
@@ -602,6 +617,10 @@ class _Stream:
 
     def add(self, text: str) -> None:
         self.pending.append(text)
+        self.wakeup.set()
+
+    def add_thinking(self, text: str) -> None:
+        self.pending_thinking.append(text)
         self.wakeup.set()
 
     @property
@@ -622,6 +641,10 @@ class _Stream:
                 self.text += chunk
                 self.unsent.append({"type": "delta", "message_id": self.message_id, "seq": self.seq, "text": chunk})
                 self.buffer_behind = True
+            if self.pending_thinking:
+                self.thinking_weight += context_mod.estimate_weight("".join(self.pending_thinking))
+                self.pending_thinking.clear()
+                self.buffer_behind = True
             if self.buffer_behind:
                 # Buffer first, then publish: a joiner that read seq N is sure to receive N+1.
                 plan = self.plan
@@ -629,7 +652,7 @@ class _Stream:
                     self.buffer_key,
                     _buffer_state(
                         self.message_id, self.seq, self.text, plan.model_id, plan.reservation_id, plan.input_tokens,
-                        plan.user.pk, plan.attempt, plan.key_id,
+                        plan.user.pk, plan.attempt, plan.key_id, math.ceil(self.thinking_weight),
                     ),
                     BUFFER_TTL,
                 )
@@ -652,6 +675,7 @@ class _Stream:
             await self.wakeup.wait()
             self.wakeup.clear()
             had_text = bool(self.pending)
+            had_thinking = bool(self.pending_thinking)  # batched like text, but not shown: no "streaming" flip
             try:
                 await self.flush()
             except Exception as exc:  # noqa: BLE001 - the frames wait in order; tried again next frame
@@ -664,8 +688,9 @@ class _Stream:
                 if self.failing:
                     logger.warning("reply %s: held-back frames went out", self.message_id)
                 self.failing = False
-            if had_text:
+            if had_text or had_thinking:
                 await asyncio.sleep(FRAME_SECONDS)
+            if had_text:
                 if self.marking is None:
                     # Not awaited: under a burst of new turns the database threads are busy, and
                     # the frames must not wait for them. Started a frame after the first text, not
@@ -916,6 +941,7 @@ async def _attempt(adapter, plan: _ReplyPlan, key, stream: _Stream, cancel: asyn
                         # on another key (the provider bills this thinking).
                         result.got_output = True
                         result.thinking.append(event.text)
+                        stream.add_thinking(event.text)
                     elif isinstance(event, Usage):
                         result.usage = event
                     elif isinstance(event, Finish):
@@ -940,6 +966,19 @@ async def _attempt(adapter, plan: _ReplyPlan, key, stream: _Stream, cancel: asyn
         result.error = ProviderError(ErrorKind.UNAVAILABLE, "the provider call failed", after_output=result.got_output)
     result.latency_ms = int((time.monotonic() - started) * 1000)
     return result
+
+
+def _thinking_exhausted_text(plan: _ReplyPlan) -> str:
+    tokens = plan.request.max_tokens
+    if tokens < plan.price.max_output_tokens:
+        return _(
+            "The model used its whole allowance of %(tokens)s output tokens thinking and wrote no answer. "
+            "Raise Max tokens in this conversation's settings, or ask for a shorter answer."
+        ) % {"tokens": tokens}
+    return _(
+        "The model used its whole allowance of %(tokens)s output tokens thinking and wrote no answer. "
+        "Ask for a shorter answer, or choose another model."
+    ) % {"tokens": tokens}
 
 
 def _error_text(exc: ProviderError) -> str:
@@ -1018,6 +1057,24 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
                     "The model declined to continue this reply. Rephrase your message or start a new conversation."
                 )
                 outcome.error_kind = REFUSED
+            elif outcome.finish_reason == "filtered":
+                # Cut by the provider's content filter: the text that came stays and is billed,
+                # but it is not a whole answer. The contract has no "filtered" finish reason, so
+                # it is told as an error that says why. The key is fine.
+                outcome.finish_reason = "error"
+                outcome.error_code = "provider_error"
+                outcome.error_message = _(
+                    "The provider's content filter stopped this reply. The text that arrived before it is kept."
+                )
+                outcome.error_kind = FILTERED
+            elif outcome.finish_reason == "length" and not stream.full_text.strip():
+                # A reasoning model thought through its whole output allowance (max_tokens) and
+                # wrote no answer: an empty reply that says nothing would look like a fault. It
+                # stays a "length" finish (the truth, and the contract's), billed as reported,
+                # with an error frame saying why and what to change.
+                outcome.error_code = "provider_error"
+                outcome.error_message = _thinking_exhausted_text(plan)
+                outcome.error_kind = THINKING_EXHAUSTED
             return outcome
         exc = result.error
         decision = None
@@ -1104,6 +1161,8 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
         "length": Message.Status.DONE,
         "cancelled": Message.Status.CANCELLED,
     }.get(outcome.finish_reason, Message.Status.ERROR)
+    if outcome.error_code:  # told as an error (a "length" reply with no answer, say): saved as one
+        status = Message.Status.ERROR
     now = timezone.now()
     with transaction.atomic():
         owner = _ledger_owner(plan=plan)  # first: the user row's lock orders this before erasure
@@ -1111,8 +1170,10 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
             content=outcome.text,
             status=status,
             finish_reason=outcome.finish_reason,
-            # Told as provider_error; saved as refused, so the context builder leaves the turn out.
-            error_code=REFUSED if outcome.error_kind == REFUSED else outcome.error_code,
+            # Told as provider_error; saved as what ended it: refused (so the context builder
+            # leaves the turn out), content_filter or thinking_exhausted (so the page says why
+            # after a reload).
+            error_code=outcome.error_kind if outcome.error_kind in _SAVED_KINDS else outcome.error_code,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cost=cost,
@@ -1229,6 +1290,8 @@ def _reap_settle(*, message_id, conversation_id, started_at, state: dict, text: 
     attempt = int(state.get("attempt") or 0)
     input_tokens = int(state.get("input_tokens") or 0) if attempt else 0
     output_tokens = context_mod.count_tokens(text=text, model_id=model_id)[0] if text else 0
+    # The thinking the call streamed before it died: output the provider bills (estimated).
+    output_tokens += int(state.get("thinking_tokens") or 0)
     cost = ZERO
     if price is not None and attempt:
         cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)

@@ -50,7 +50,7 @@ def get_adapter(provider: str) -> Adapter:
 class Completion:
     text: str
     usage: Usage | None  # None when the provider reported none (count it, marked estimated)
-    finish_reason: str  # "stop" | "length" | "refused"
+    finish_reason: str  # "stop" | "length" | "refused" | "filtered"
 
 
 async def completion_fetch(*, provider: str, request: ChatRequest, key: KeyLease | None) -> Completion:

@@ -219,6 +219,26 @@ async def drain(chunks: AsyncIterator[bytes]) -> None:
                 pass
 
 
+# How long a stream may take, once its finish reason arrived, to send the rest (OpenAI: the usage
+# chunk, then `data: [DONE]`). Servers send them at once; a proxy that holds the end of the body
+# back must not turn a complete reply into a timeout.
+FINISH_GRACE_SECONDS = 1.0
+
+
+async def read_by(chunks: AsyncIterator[bytes], at: float) -> bytes | None:
+    """The next chunk of a body whose reply is already complete (its finish reason arrived), or
+    None at its end, at the loop time `at`, or when the connection fails: nothing read now can
+    change the reply, only add its usage. The response is closed after (not given back to the
+    pool: the rest of its body was never read)."""
+    import aiohttp  # see _transport_cause
+
+    try:
+        async with asyncio.timeout_at(at):
+            return await anext(chunks)
+    except (StopAsyncIteration, TimeoutError, httpx2.HTTPError, aiohttp.ClientError):
+        return None
+
+
 def safe_token(value: object) -> str | None:
     """A provider's error type or code, reduced to identifier characters (it is shown and logged)."""
     if not isinstance(value, str) or not value:

@@ -60,8 +60,9 @@ class Usage:
 
 @dataclass(frozen=True)
 class Finish:
-    # refused: the provider's safety filter ended the reply (Anthropic's stop_reason "refusal").
-    reason: Literal["stop", "length", "refused"]
+    # refused: the model's safety classifiers ended the reply (Anthropic's stop_reason "refusal").
+    # filtered: the provider's content filter cut the reply (OpenAI's finish_reason "content_filter").
+    reason: Literal["stop", "length", "refused", "filtered"]
 
 
 StreamEvent = TextDelta | ReasoningDelta | Usage | Finish

@@ -22,6 +22,7 @@ as ReasoningDelta: not the reply's text, but the model answering (the deadline i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -52,8 +53,13 @@ def is_official_api(base_url: str) -> bool:
 
 
 def _finish_reason(reason: str | None) -> str:
-    # content_filter, tool_calls...: the reply ended on the provider's side, not by length.
-    return "length" if reason == "length" else "stop"
+    if reason == "length":
+        return "length"
+    # The provider's content filter cut the reply (OpenAI, Azure OpenAI): it is not complete,
+    # and the person must be told so.
+    if reason == "content_filter":
+        return "filtered"
+    return "stop"  # stop, tool_calls, function_call, or a server's own name: ended by the model
 
 
 class OpenAIAdapter(_common.SDKAdapter):
@@ -100,7 +106,16 @@ class OpenAIAdapter(_common.SDKAdapter):
             texts = _common.TextDeltas()
             thoughts = _common.TextDeltas()
             done = False
-            while not done and (body := await deadlines.read(chunks)) is not None:
+            # Once the finish reason came, the reply is complete: what may follow (the usage
+            # chunk, [DONE]) is waited for until then, no longer (_common.FINISH_GRACE_SECONDS).
+            ends_at: float | None = None
+            while not done:
+                if ends_at is None:
+                    body = await deadlines.read(chunks)
+                else:
+                    body = await _common.read_by(chunks, ends_at)
+                if body is None:
+                    break
                 for _name, data in decoder.feed(body):
                     if data.startswith(b"[DONE]"):
                         # The end, as the SDK reads it: no event after it is read.
@@ -122,6 +137,8 @@ class OpenAIAdapter(_common.SDKAdapter):
                     if reason:
                         finish = _finish_reason(reason)
                         deadlines.got_output = True
+                        if ends_at is None:
+                            ends_at = asyncio.get_running_loop().time() + _common.FINISH_GRACE_SECONDS
                     if chunk_usage is not None:
                         usage = chunk_usage
             if done:

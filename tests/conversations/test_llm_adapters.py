@@ -537,7 +537,7 @@ async def test_openai_usage_arrives_in_its_own_chunk_after_the_finish(fake_provi
     usage = {"prompt_tokens": 30, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 12}}
     raw = [
         openai_chunk("Hi", usage=None),
-        openai_chunk(finish="content_filter", usage=None),  # ended on the provider's side: "stop"
+        openai_chunk(finish="stop", usage=None),
         b"data: " + json.dumps({"id": "c1", "choices": [], "usage": usage}).encode() + b"\n\n",
         b"data: [DONE]\n\n",
         openai_chunk("never read"),  # after [DONE], as the SDK does, nothing is read
@@ -548,6 +548,18 @@ async def test_openai_usage_arrives_in_its_own_chunk_after_the_finish(fake_provi
 
     assert error is None
     assert events == [TextDelta("Hi"), Usage(input_tokens=30, output_tokens=2, cached_tokens=12), Finish("stop")]
+
+
+async def test_openai_content_filter_is_a_filtered_finish_not_a_stop(fake_provider):
+    # finish_reason "content_filter": the provider's filter ended the reply; it must not read as
+    # complete. The text before it and the usage still come.
+    fake_provider.script("sk-filter", Script(mode="refusal", text="alpha beta gamma", cut_after=2, input_tokens=9, output_tokens=2))
+
+    events, error = await collect("openai", lease(fake_provider, "openai", "sk-filter"))
+
+    assert error is None
+    assert text_of(events) == "alpha beta"
+    assert events[-2:] == [Usage(input_tokens=9, output_tokens=2), Finish("filtered")]
 
 
 async def test_openai_stream_without_usage_still_finishes(fake_provider):
@@ -604,6 +616,32 @@ async def test_openai_compatible_thinking_keeps_the_call_alive_and_is_kept_apart
     assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == thinking
     assert events[-2] == Usage(input_tokens=events[-2].input_tokens, output_tokens=len(thinking.split()) + 2)
     assert events[-1] == Finish("stop")
+
+
+@pytest.mark.parametrize("reports_usage", [True, False])
+async def test_openai_a_server_that_stalls_after_its_finish_reason_ends_the_reply_without_waiting_for_done(
+    fake_provider, settings, reports_usage
+):
+    # The finish reason (and the usage, when the server sends one) arrived, then the connection
+    # stays open without `data: [DONE]` (a proxy holding the end of the body): the reply is
+    # complete, and ends after a short grace, not as a timeout after the read allowance.
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 5.0
+    fake_provider.script(
+        "sk-stall-end",
+        Script(text="Hello there, friend.", input_tokens=21, stalls_before_done=True, reports_usage=reports_usage),
+    )
+
+    started = asyncio.get_running_loop().time()
+    events, error = await collect("openai", lease(fake_provider, "openai", "sk-stall-end"))
+    elapsed = asyncio.get_running_loop().time() - started
+
+    assert error is None
+    assert text_of(events) == "Hello there, friend."
+    if reports_usage:
+        assert events[-2:] == [Usage(input_tokens=21, output_tokens=3), Finish("stop")]
+    else:
+        assert not any(isinstance(e, Usage) for e in events) and events[-1] == Finish("stop")
+    assert elapsed < 3.0
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -77,6 +77,10 @@ class Script:
     # OpenAI-compatible: True is a server that refuses a request carrying `stream_options` with
     # a 400, as vLLM before 0.5 (its request models forbid unknown fields) did.
     refuses_stream_options: bool = False
+    # OpenAI-compatible: True is a server (or a proxy in front of one) that sends its last chunks,
+    # the finish reason and the usage, and then keeps the connection open without `data: [DONE]`
+    # until the client goes away, as some proxies that buffer the end of a body do.
+    stalls_before_done: bool = False
     # The models this key's server serves (its /v1/models list); None: any model asked for. Any
     # other model is answered with the provider's 404 (OpenAI's model_not_found, Anthropic's
     # not_found_error), as a server that never had the model, or retired it, does.
@@ -365,6 +369,12 @@ class FakeProvider:
         if request.transport is not None:
             request.transport.close()
 
+    async def _hold_open(self, request: web.Request) -> None:
+        """Keep the response open, sending nothing, until the client closes it or the fake stops."""
+        assert self._stopping is not None
+        while not self._stopping.is_set() and request.transport is not None and not request.transport.is_closing():
+            await asyncio.sleep(0.02)
+
     async def _pace(self, script: Script) -> None:
         if script.pace_ms:
             await asyncio.sleep(script.pace_ms / 1000)
@@ -516,6 +526,9 @@ class FakeProvider:
             await response.write(answer.chunk({}, "content_filter" if script.mode == "refusal" else answer.finish))
         if answer.include_usage:
             await response.write(answer.chunk({}, choices=False, usage=answer.usage))
+        if script.stalls_before_done:
+            await self._hold_open(request)
+            return response
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

@@ -21,10 +21,12 @@ from .conftest import (
     MAX_OUTPUT,
     OPENAI_MODEL,
     db,
+    eventually,
     of_type,
     replies_finished,
     spent_and_reserved,
     turn_over_socket,
+    ws_frames_until_end,
     ws_open,
     ws_turn,
 )
@@ -425,6 +427,76 @@ async def test_a_reasoning_model_thinking_past_the_first_token_allowance_answers
     assert await db(spent_and_reserved)(user) == (record.cost, Decimal("0"))
 
 
+async def test_a_reasoning_model_that_thinks_through_its_whole_allowance_says_why_there_is_no_answer(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # The thinking fills max_tokens: the provider ends with finish_reason "length" and no answer
+    # text. The person is told why the reply is empty (and what to change), live and after a
+    # reload; the call is billed as the provider reported it, and the key did nothing wrong.
+    from billing.models import ProviderKey
+
+    thinking = "Let me weigh every option carefully before I answer this question in full detail"
+    user = await db(make_user)("overthinker")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    key = await db(add_key)("openai", "sk-openai-overthinks", text="The answer.", reasoning=thinking, input_tokens=30)
+    conversation = await db(conversation_for)(user, model=OPENAI_MODEL, max_tokens=6)
+
+    frames = await turn_over_socket(user, conversation.id, "a hard question")
+
+    assert of_type(frames, "delta") == []
+    (error,) = of_type(frames, "error")
+    assert error["code"] == "provider_error"
+    assert "thinking" in error["message"] and "6" in error["message"] and "Max tokens" in error["message"]
+    done = frames[-1]
+    assert done["finish_reason"] == "length"
+    reply = await db(Message.objects.get)(id=done["message_id"])
+    assert (reply.status, reply.content, reply.finish_reason) == (Message.Status.ERROR, "", "length")
+    assert reply.error_code == "thinking_exhausted"
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    expected = prices.cost_of(price=priced[OPENAI_MODEL], input_tokens=30, output_tokens=6)
+    assert (record.input_tokens, record.output_tokens, record.estimated, record.cost) == (30, 6, False, expected)
+    assert record.outcome == "ok"
+    assert done["usage"] == {"input_tokens": 30, "output_tokens": 6, "cost": money_str(expected)}
+    assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
+    stored = await db(ProviderKey.objects.get)(id=key.id)
+    assert (stored.health, stored.consecutive_failures) == (ProviderKey.Health.HEALTHY, 0)
+
+
+async def test_a_reply_whose_process_died_while_its_model_was_thinking_is_billed_for_the_thinking(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # A reasoning model thinks (no answer text yet) and the process running the reply dies: the
+    # reaper settles the call from the stream buffer. The provider bills the thinking as output,
+    # so the reaper's bill must count it too, not the input alone.
+    from conversations import turns
+
+    thinking = " ".join(["think"] * 300)
+    user = await db(make_user)("diedthinking")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("openai", "sk-openai-diesthinking", text="Done.", reasoning=thinking, pace_ms=20)
+    conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
+
+    ws = await ws_open(user, conversation.id)
+    await ws.send_json_to({"type": "user_message", "content": "think hard", "client_id": str(uuid.uuid4())})
+    await eventually(lambda: fake_provider.requests_for("sk-openai-diesthinking"))
+    await asyncio.sleep(0.8)  # some 40 words of thinking streamed, no answer yet
+
+    assert await db(turns.replies_reap_stale)(stale_seconds=0) == 1
+    done = (await ws_frames_until_end(ws))[-1]
+    await replies_finished()
+    await ws.disconnect()
+
+    assert done["finish_reason"] == "error"
+    (record,) = await db(list)(UsageRecord.objects.all())
+    assert (record.error_kind, record.estimated) == ("interrupted", True)
+    assert record.output_tokens >= 10  # the thinking the provider has billed so far
+    assert done["usage"]["output_tokens"] == record.output_tokens
+    expected = prices.cost_of(price=priced[OPENAI_MODEL], input_tokens=record.input_tokens, output_tokens=record.output_tokens)
+    reply = await db(Message.objects.get)(id=done["message_id"])
+    assert (reply.status, reply.content, reply.cost, record.cost) == (Message.Status.ERROR, "", expected, expected)
+    assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
+
+
 async def _each_answered_in_full(user, conversation_id, questions) -> None:
     """Each question sent over a socket in turn: its reply streams REPLY whole and ends with
     stop, with no error frame."""
@@ -455,6 +527,32 @@ async def test_a_server_that_ends_its_stream_with_done_but_no_finish_reason_answ
     assert records == [("ok", False)] * 3  # the usage chunk the server sent is the provider's count
     stored = await db(ProviderKey.objects.get)(id=key.id)
     assert (stored.health, stored.consecutive_failures) == (ProviderKey.Health.HEALTHY, 0)
+
+
+async def test_a_server_that_stalls_after_its_finish_and_usage_ends_the_reply_finished_and_billed_once(
+    priced, add_key, fake_provider, make_user, conversation_for, settings
+):
+    # The last chunks (finish reason, usage) arrive, then the server keeps the connection open
+    # without `data: [DONE]`. The reply is complete: it ends as finished after a short grace,
+    # billed once with the usage the server reported, not cut off when the read allowance ends.
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 4.0
+    user = await db(make_user)("stallend")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    key = await db(add_key)("openai", "sk-openai-stallend", text=REPLY, input_tokens=33, stalls_before_done=True)
+    conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
+
+    started = asyncio.get_running_loop().time()
+    await _each_answered_in_full(user, conversation.id, ("a question",))
+
+    assert asyncio.get_running_loop().time() - started < 3.0
+    reply = await db(Message.objects.get)(role="assistant")
+    output_tokens = len(REPLY.split())
+    expected = prices.cost_of(price=priced[OPENAI_MODEL], input_tokens=33, output_tokens=output_tokens)
+    assert (reply.status, reply.content, reply.cost) == (Message.Status.DONE, REPLY, expected)
+    (record,) = await db(list)(UsageRecord.objects.all())
+    assert (record.key_id, record.outcome, record.estimated) == (key.id, "ok", False)
+    assert (record.input_tokens, record.output_tokens, record.cost) == (33, output_tokens, expected)
+    assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
 
 
 async def test_a_server_that_refuses_stream_options_still_answers_and_is_billed_on_the_count(
@@ -512,3 +610,37 @@ async def test_an_anthropic_refusal_tells_the_user_bills_the_call_and_leaves_the
     assert of_type(frames, "error") == [] and frames[-1]["finish_reason"] == "stop"
     sent = fake_provider.requests_for("sk-ant-refuses")[-1].messages
     assert sent == [{"role": "user", "content": "a different question"}]
+
+
+async def test_an_openai_content_filter_stop_tells_the_user_keeps_the_text_and_bills_it(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # finish_reason "content_filter": the provider's filter ended the reply mid-way. The person
+    # must not take it for a complete answer: it ends as an error saying so (the contract's
+    # finish reasons and codes), with the text that came kept and billed as the provider reported.
+    from billing.models import ProviderKey
+
+    user = await db(make_user)("filtered")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    key = await db(add_key)(
+        "openai", "sk-openai-filters", mode="refusal", cut_after=2, text="Here is how you would", input_tokens=40, output_tokens=2
+    )
+    conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
+
+    frames = await turn_over_socket(user, conversation.id, "the question it filters")
+
+    assert "".join(d["text"] for d in of_type(frames, "delta")) == "Here is"
+    (error,) = of_type(frames, "error")
+    assert error["code"] == "provider_error" and "content filter" in error["message"]
+    done = frames[-1]
+    assert done["finish_reason"] == "error"
+    reply = await db(Message.objects.get)(id=done["message_id"])
+    assert (reply.status, reply.content, reply.error_code) == (Message.Status.ERROR, "Here is", "content_filter")
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    expected = prices.cost_of(price=priced[OPENAI_MODEL], input_tokens=40, output_tokens=2)
+    assert (record.input_tokens, record.output_tokens, record.estimated, record.cost) == (40, 2, False, expected)
+    assert (record.outcome, record.error_kind) == ("error", "content_filter")
+    assert done["usage"] == {"input_tokens": 40, "output_tokens": 2, "cost": money_str(expected)}
+    assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
+    stored = await db(ProviderKey.objects.get)(id=key.id)
+    assert (stored.health, stored.consecutive_failures) == (ProviderKey.Health.HEALTHY, 0)  # the key did its job
