@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, Max, Q, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
@@ -35,6 +35,13 @@ def primary_team_id(*, user) -> int | None:
         return None
     membership = user.teammembership_set.order_by("joined_at", "pk").values_list("team_id", flat=True).first()
     return membership
+
+
+def attempts_recorded(*, message_id: uuid.UUID) -> int:
+    """The highest attempt the ledger has a row of for this message (0: none)."""
+    from .models import UsageRecord
+
+    return UsageRecord.objects.filter(message_id=message_id).aggregate(last=Max("attempt"))["last"] or 0
 
 
 def ledger_owner(*, user, team_id, conversation_id, message_id) -> dict:

@@ -68,6 +68,10 @@ class Message(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     # Heartbeat of the process streaming this reply; the reaper marks stale ones `error`.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # A reply's budget hold (billing's Reservation, by id: that table is billing's). With the
+    # input counted when the call went out (input_tokens, set then), the reaper can bill a dead
+    # process's call and free its hold even when the stream buffer in the cache is gone too.
+    reservation_id = models.UUIDField(null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("message")

@@ -388,6 +388,9 @@ def _reply_prepare(
                 model=model_id,
                 reply_to=reply_to,
                 heartbeat_at=timezone.now(),
+                # What the reaper bills by if the process dies and the buffer is lost with it.
+                input_tokens=built.input_tokens,
+                reservation_id=reservation_id,
             )
     except budgets.BudgetExceeded as exc:
         return refuse(
@@ -443,7 +446,7 @@ def _reply_abandon(*, message_id, reservation_id) -> None:
     """A reply row that could not start: ended as an error, its hold released, nothing billed."""
     with transaction.atomic():
         Message.objects.filter(id=message_id, status__in=RUNNING).update(
-            status=Message.Status.ERROR, finish_reason="error", error_code="provider_error", heartbeat_at=None
+            status=Message.Status.ERROR, finish_reason="error", error_code="provider_error", heartbeat_at=None, input_tokens=0
         )
         budgets.budget_settle(reservation_id=reservation_id, actual=ZERO)
 
@@ -1316,21 +1319,34 @@ def replies_reap_stale(*, stale_seconds: int = STALE_SECONDS) -> int:
     cutoff = timezone.now() - timedelta(seconds=stale_seconds)
     # Silent since the cutoff, or (never heartbeated) created before it.
     silent = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
-    stale = Message.objects.filter(silent, status__in=RUNNING).values_list("id", "conversation_id", "content", "created_at")
+    stale = Message.objects.filter(silent, status__in=RUNNING).values_list(
+        "id", "conversation_id", "content", "created_at", "model", "input_tokens", "reservation_id", "conversation__owner_id"
+    )
     reaped = 0
     layer = get_channel_layer()
-    for message_id, conversation_id, content, started_at in list(stale):
+    for message_id, conversation_id, content, started_at, model_id, input_tokens, reservation_id, owner_id in list(stale):
         state = cache.get(buffer_key(conversation_id)) or {}
         buffered = state.get("message_id") == str(message_id)  # the buffer is this reply's
         text = state.get("text", content) if buffered else content
         frame_usage = {"input_tokens": 0, "output_tokens": 0, "cost": money_str(ZERO)}
         with transaction.atomic():
             changed = Message.objects.filter(id=message_id, status__in=RUNNING).update(
-                status=Message.Status.ERROR, finish_reason="error", error_code=REAPED, content=text, heartbeat_at=None
+                status=Message.Status.ERROR, finish_reason="error", error_code=REAPED, content=text, heartbeat_at=None,
+                input_tokens=0,  # until billed below
             )
-            if changed and buffered and state.get("reservation_id"):
+            known = state if buffered else None
+            if changed and not buffered and reservation_id is not None:
+                # The buffer is gone too (Redis restarted: it keeps nothing on disk): the row
+                # knows the hold and the input. The call in progress is the one after those the
+                # ledger has; the text that came out since is lost, so only the input is billed.
+                known = {
+                    "model": model_id, "input_tokens": input_tokens, "user_id": owner_id, "key_id": None,
+                    "reservation_id": str(reservation_id),
+                    "attempt": ledger.attempts_recorded(message_id=message_id) + 1,
+                }
+            if changed and known and known.get("reservation_id"):
                 frame_usage = _reap_settle(
-                    message_id=message_id, conversation_id=conversation_id, started_at=started_at, state=state, text=text
+                    message_id=message_id, conversation_id=conversation_id, started_at=started_at, state=known, text=text
                 )
         if not changed:
             continue

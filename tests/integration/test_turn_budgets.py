@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -312,3 +313,45 @@ async def test_a_provider_counting_more_input_than_our_estimate_never_takes_a_bu
     budget = await db(Budget.objects.get)(user=user)
     billed = prices.cost_of(price=price, input_tokens=billed_input, output_tokens=MAX_OUTPUT)
     assert budget.spent == billed and billed <= budget.limit and budget.reserved == 0
+
+
+def test_a_reply_whose_process_and_buffer_are_both_gone_is_billed_its_input_and_frees_its_hold(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    """The process died once the call went out, and Redis lost the stream buffer too (a restart:
+    it keeps nothing on disk). The reaper still bills the input the call was sent, estimated, at
+    the price of the reply's start, and releases the rest of the hold at once, not at its expiry."""
+    from django.core.cache import cache
+    from django.utils import timezone
+
+    from conversations import tasks
+
+    user = make_user("dead")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("openai", "sk-dead")
+    conversation = conversation_for(user)
+    price = prices.price_for(model_id=OPENAI_MODEL)
+    billed, worst = _worst_case(price)
+
+    # Prepared as the turn does, then never run: the process is gone before any frame.
+    result, plan = turns._turn_prepare(user=user, conversation_id=conversation.id, content=QUESTION, client_id=uuid.uuid4())
+    assert plan is not None, result
+    assert spent_and_reserved(user) == (Decimal("0"), worst)
+    cache.clear()
+    Message.objects.filter(id=plan.message_id).update(heartbeat_at=timezone.now() - timedelta(minutes=10))
+
+    assert tasks.replies_reap_stale() == 1
+
+    reply = Message.objects.get(id=plan.message_id)
+    cost = prices.cost_of(price=price, input_tokens=plan.input_tokens, output_tokens=0)
+    assert (reply.status, reply.error_code, reply.input_tokens, reply.output_tokens, reply.cost) == (
+        "error", "interrupted", plan.input_tokens, 0, cost
+    )
+    assert spent_and_reserved(user) == (cost, Decimal("0"))
+    assert Reservation.objects.get().state == Reservation.State.SETTLED
+    record = UsageRecord.objects.get()
+    assert (record.message_id, record.input_tokens, record.output_tokens, record.cost, record.estimated, record.outcome) == (
+        plan.message_id, plan.input_tokens, 0, cost, True, "error"
+    )
+    assert tasks.replies_reap_stale() == 0  # once
+    assert UsageRecord.objects.count() == 1
