@@ -274,10 +274,22 @@
     el.maxTokens.value = c && c.max_tokens !== null ? c.max_tokens : "";
   }
 
-  el.settingsToggle.addEventListener("click", () => {
-    el.settings.hidden = !el.settings.hidden;
-    el.settingsToggle.setAttribute("aria-expanded", String(!el.settings.hidden));
-  });
+  function showSettings(shown) {
+    el.settings.hidden = !shown;
+    el.settingsToggle.setAttribute("aria-expanded", String(shown));
+  }
+
+  el.settingsToggle.addEventListener("click", () => showSettings(el.settings.hidden));
+  // Escape closes the panel from any of its fields (or its button), and focus goes back to the
+  // button that opened it, not to the top of the page.
+  for (const target of [el.settings, el.settingsToggle]) {
+    target.addEventListener("keydown", (event) => {
+      if (event.key !== "Escape" || el.settings.hidden) return;
+      event.preventDefault();
+      showSettings(false);
+      el.settingsToggle.focus();
+    });
+  }
 
   el.settings.addEventListener("submit", async (event) => {
     event.preventDefault();

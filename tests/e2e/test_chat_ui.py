@@ -278,3 +278,21 @@ def test_a_message_not_yet_acknowledged_is_never_sent_to_another_conversation(br
     assert list(Message.objects.filter(conversation=second, role="user").values_list("content", flat=True)) == [
         "meant for Beta"
     ]
+
+
+# --- the settings panel ----------------------------------------------------------------------------
+def test_escape_closes_the_settings_and_gives_focus_back_to_their_button(browser, live_server_url, make_user):
+    user = make_user("escape")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    toggle, panel = page.locator("#settings-toggle"), page.locator("#settings-panel")
+    # From a field of the panel, or from the button itself just after opening it.
+    for field in ("#system-prompt", "#temperature", None):
+        toggle.click()
+        expect(panel).to_be_visible()
+        if field:
+            page.focus(field)
+        page.keyboard.press("Escape")
+        expect(panel).to_be_hidden()
+        expect(toggle).to_have_attribute("aria-expanded", "false")
+        expect(toggle).to_be_focused()
