@@ -740,7 +740,11 @@
     send();
   });
   el.input.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    // An Enter that ends an input method's composition (a Korean syllable, a Japanese word)
+    // picks the text; it does not send. Chrome and Firefox say so with isComposing; Safari
+    // sends that keydown with isComposing false and keyCode 229 ("the IME is handling it").
+    const composing = event.isComposing || event.keyCode === 229;
+    if (event.key === "Enter" && !event.shiftKey && !composing) {
       event.preventDefault();
       send();
     }

@@ -384,3 +384,29 @@ def test_signing_out_in_another_tab_keeps_the_text_being_written_here(browser, l
     sockets = page.evaluate("() => window.__sockets.length")
     page.wait_for_timeout(3000)
     assert page.evaluate("() => window.__sockets.length") == sockets
+
+
+def test_enter_that_confirms_a_syllable_in_safari_sends_nothing(browser, live_server_url, make_user):
+    # Safari ends a Korean (or Japanese) composition with an Enter whose keydown says
+    # isComposing false but keyCode 229: that Enter picks the syllable; it does not send.
+    from conversations.models import Conversation
+
+    user = make_user("ime-safari")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", "안녕")
+    sent = page.evaluate("""() => {
+      const input = document.getElementById("message-input");
+      const event = new KeyboardEvent("keydown", {key: "Enter", code: "Enter", bubbles: true, cancelable: true});
+      Object.defineProperty(event, "keyCode", {get: () => 229});
+      return input.dispatchEvent(event);
+    }""")
+    assert sent is True  # not prevented: the input method keeps its Enter
+    page.wait_for_timeout(500)
+    expect(page.locator("#message-input")).to_have_value("안녕")
+    expect(page.locator(".message-user")).to_have_count(0)
+    assert not Conversation.objects.filter(owner=user).exists()
+    # The Enter after the composition sends as always.
+    page.press("#message-input", "Enter")
+    finished_replies(page).first.wait_for()
+    assert page.locator(".message-user").inner_text().endswith("안녕")
