@@ -296,3 +296,20 @@ def test_escape_closes_the_settings_and_gives_focus_back_to_their_button(browser
         expect(panel).to_be_hidden()
         expect(toggle).to_have_attribute("aria-expanded", "false")
         expect(toggle).to_be_focused()
+
+
+# --- landmarks and what a screen reader hears ------------------------------------------------------
+@pytest.mark.parametrize("language", ["en", "ko"])
+def test_the_chat_page_has_one_main_landmark(browser, live_server_url, make_user, language):
+    user = make_user("landmarks-" + language)
+    context = signed_in_context(browser, live_server_url, user, locale=language, **DESKTOP)
+    context.add_cookies([{"name": "django_language", "value": language, "url": live_server_url}])
+    page = context.new_page()
+    page.goto(live_server_url + "/")
+    assert page.evaluate("() => document.documentElement.lang") == language
+    assert page.locator("main").count() == 1
+    expect(page.get_by_role("main")).to_have_count(1)
+    # The skip link lands on it, and it holds the chat.
+    assert page.locator("main#main #messages").count() == 1
+
+
