@@ -16,7 +16,7 @@
     settingsToggle: $("settings-toggle"), settings: $("settings-panel"), systemPrompt: $("system-prompt"),
     temperature: $("temperature"), maxTokens: $("max-tokens"), settingsError: $("settings-error"),
     sidebarOpen: $("sidebar-open"), sidebarClose: $("sidebar-close"),
-    downloads: $("chat-downloads"), downloadMd: $("download-md"), downloadJson: $("download-json"),
+    announcer: $("reply-announcer"), downloads: $("chat-downloads"), downloadMd: $("download-md"), downloadJson: $("download-json"),
   };
 
   const state = {
@@ -596,6 +596,21 @@
     }
   }
 
+  // A screen reader hears a reply once, whole, when it is finished (the message list is no live
+  // region: it would read out every streamed piece). The rendered text, as it is shown, without
+  // the code blocks' Copy buttons; put in a new node, so that the same text twice is read twice.
+  function announceReply(id, finishReason) {
+    const node = messageNode(id);
+    if (!node) return;
+    const body = node.querySelector(".message-body").cloneNode(true);
+    body.querySelectorAll(".copy-code").forEach((button) => button.remove());
+    const text = [body.textContent.trim(), finishReason === "cancelled" ? S.cancelled : ""].filter(Boolean).join(" ");
+    if (!text) return;
+    const said = document.createElement("p");
+    said.textContent = text;
+    el.announcer.replaceChildren(said);
+  }
+
   function handleFrame(frame) {
     switch (frame.type) {
       case "ack": {
@@ -653,6 +668,7 @@
         // The final text, rendered and sanitized by the server, replaces the streamed text.
         const conversationId = state.conversation && state.conversation.id;
         reloadMessages()
+          .finally(() => announceReply(frame.message_id, frame.finish_reason))
           .then(() => refreshList())
           .then(() => awaitTitle(conversationId))
           .catch(() => {});

@@ -313,3 +313,32 @@ def test_the_chat_page_has_one_main_landmark(browser, live_server_url, make_user
     assert page.locator("main#main #messages").count() == 1
 
 
+def test_a_screen_reader_hears_a_finished_reply_once_not_each_streamed_piece(browser, live_server_url, make_user):
+    user = make_user("announce")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script("""
+      window.__announced = [];
+      document.addEventListener("DOMContentLoaded", () => {
+        new MutationObserver(() => {
+          for (const region of document.querySelectorAll('[aria-live]:not([aria-live="off"]), [role=status], [role=log], [role=alert]')) {
+            if (region.id !== "connection-status" && region.id !== "chat-error" && region.textContent.trim())
+              window.__announced.push(region.textContent.trim());
+          }
+        }).observe(document.body, {childList: true, subtree: true, characterData: true});
+      });
+    """)
+    page.goto(live_server_url + "/")
+    text = "안녕하세요 " + " ".join(f"w{i}" for i in range(40))
+    send(page, text)
+    expect(page.locator(".message-assistant[data-status=streaming]")).to_have_count(1)
+    # The streamed text is in no live region: nothing is read out piece by piece.
+    live = "[aria-live]:not([aria-live=off]), [role=log], [role=status], [role=alert]"
+    assert page.locator(".message-assistant .message-body").evaluate(f"(body) => body.closest('{live}')") is None
+    finished_replies(page).first.wait_for(timeout=20_000)
+    # Once finished, the reply is read out once, whole, from a polite live region.
+    region = page.locator("#reply-announcer")
+    expect(region).to_have_text(text)
+    assert region.get_attribute("aria-live") == "polite"
+    page.wait_for_timeout(300)
+    announced = page.evaluate("() => window.__announced")
+    assert set(announced) == {text}, announced[:5]
