@@ -13,7 +13,7 @@
     title: $("chat-title"), picker: $("model-picker"), messages: $("messages"), empty: $("empty-state"),
     input: $("message-input"), composer: $("composer"), send: $("send-button"), stop: $("stop-button"),
     regen: $("regenerate-button"), status: $("connection-status"), error: $("chat-error"),
-    settingsToggle: $("settings-toggle"), settings: $("settings-panel"), systemPrompt: $("system-prompt"),
+    settingsToggle: $("settings-toggle"), settings: $("settings-panel"), settingsClose: $("settings-close"), systemPrompt: $("system-prompt"),
     temperature: $("temperature"), maxTokens: $("max-tokens"), settingsError: $("settings-error"),
     sidebarOpen: $("sidebar-open"), sidebarClose: $("sidebar-close"),
     announcer: $("reply-announcer"), downloads: $("chat-downloads"), downloadMd: $("download-md"), downloadJson: $("download-json"),
@@ -277,9 +277,17 @@
   function showSettings(shown) {
     el.settings.hidden = !shown;
     el.settingsToggle.setAttribute("aria-expanded", String(shown));
+    // On a phone the panel lies over the page (chat.css), covering the button that opened it:
+    // focus goes into the panel, on its close button (a text field would pop the keyboard up
+    // over the panel). On a desktop it opens below the button, and focus stays there.
+    if (shown && getComputedStyle(el.settings).position === "fixed") el.settingsClose.focus();
   }
 
   el.settingsToggle.addEventListener("click", () => showSettings(el.settings.hidden));
+  el.settingsClose.addEventListener("click", () => {
+    showSettings(false);
+    el.settingsToggle.focus();
+  });
   // Escape closes the panel from any of its fields (or its button), and focus goes back to the
   // button that opened it, not to the top of the page.
   for (const target of [el.settings, el.settingsToggle]) {

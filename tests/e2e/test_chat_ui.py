@@ -342,3 +342,43 @@ def test_a_screen_reader_hears_a_finished_reply_once_not_each_streamed_piece(bro
     page.wait_for_timeout(300)
     announced = page.evaluate("() => window.__announced")
     assert set(announced) == {text}, announced[:5]
+def test_settings_on_a_phone_open_over_the_messages_and_close_again(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("phone-settings")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="설정 확인")
+    page = signed_in_context(browser, live_server_url, user, viewport={"width": 390, "height": 844},
+                             is_mobile=True, has_touch=True).new_page()
+    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    expect(page.locator("#connection-status")).to_have_text("Connected")  # the header's last line
+    closed = page.locator("#messages").bounding_box()
+    page.click("#settings-toggle")
+    panel = page.locator("#settings-panel")
+    expect(panel).to_be_visible()
+    # Seen before: the panel pushed the messages down to ~214 of 844 px. Over them now, instead.
+    assert page.locator("#messages").bounding_box() == closed
+    box = panel.bounding_box()
+    assert box["y"] >= 0 and box["y"] + box["height"] <= 844, box
+    expect(page.locator("#settings-panel button[type=submit]")).to_be_in_viewport()
+    close = page.locator("#settings-close")
+    expect(close).to_be_visible()
+    expect(close).to_be_focused()  # the button that opened the panel is covered by it
+    close.click()
+    expect(panel).to_be_hidden()
+    expect(page.locator("#settings-toggle")).to_be_focused()
+    expect(page.locator("#settings-toggle")).to_have_attribute("aria-expanded", "false")
+
+
+def test_settings_on_a_desktop_stay_between_the_header_and_the_messages(browser, live_server_url, make_user):
+    user = make_user("desk-settings")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    page.click("#settings-toggle")
+    head = page.locator(".chat-head").bounding_box()
+    panel = page.locator("#settings-panel").bounding_box()
+    messages = page.locator("#messages").bounding_box()
+    assert head["y"] + head["height"] <= panel["y"] + 1 and panel["y"] + panel["height"] <= messages["y"] + 1
+    expect(page.locator("#settings-close")).to_be_hidden()  # the Settings button is right there
+    expect(page.locator("#settings-toggle")).to_be_focused()
+
+
