@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
-from django.shortcuts import render
+from django.shortcuts import render, resolve_url
 from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import ensure_csrf_cookie
@@ -44,6 +44,7 @@ def _strings() -> dict:
         "offline": _("The server cannot be reached. Check your connection and try again."),
         "requestFailed": _("The request failed. Please try again."),
         "signedOut": _("You were signed out. Sign in again to continue."),
+        "logIn": _("Log in"),
         "gone": _("This conversation no longer exists."),
         "tooManyWindows": _("Too many chat windows are open. Close some and reload."),
     }
@@ -70,6 +71,7 @@ def chat(request, conversation_id=None):
         "models": api.models_available(),
         "defaultModel": request.user.default_model or settings.DEFAULT_MODEL,
         "maxChars": settings.MAX_MESSAGE_CHARS,
+        "loginUrl": resolve_url(settings.LOGIN_URL),
         "strings": _strings(),
     }
     return render(request, "conversations/chat.html", {"config": config, "conversation": conversation, "conversations": conversations})

@@ -13,10 +13,10 @@
     title: $("chat-title"), picker: $("model-picker"), messages: $("messages"), empty: $("empty-state"),
     input: $("message-input"), composer: $("composer"), send: $("send-button"), stop: $("stop-button"),
     regen: $("regenerate-button"), status: $("connection-status"), error: $("chat-error"),
-    settingsToggle: $("settings-toggle"), settings: $("settings-panel"), systemPrompt: $("system-prompt"),
+    settingsToggle: $("settings-toggle"), settings: $("settings-panel"), settingsClose: $("settings-close"), systemPrompt: $("system-prompt"),
     temperature: $("temperature"), maxTokens: $("max-tokens"), settingsError: $("settings-error"),
     sidebarOpen: $("sidebar-open"), sidebarClose: $("sidebar-close"),
-    downloads: $("chat-downloads"), downloadMd: $("download-md"), downloadJson: $("download-json"),
+    announcer: $("reply-announcer"), downloads: $("chat-downloads"), downloadMd: $("download-md"), downloadJson: $("download-json"),
   };
 
   const state = {
@@ -34,6 +34,7 @@
     // type -> conversation id, sent when a socket of that conversation opens. A click is never
     // dropped between two sockets: a Stop lost there would let the reply (and its cost) run on.
     controls: new Map(),
+    signedOut: false, // the session ended: nothing is sent or reconnected until they sign in
   };
 
   function fmt(template, values) {
@@ -58,6 +59,7 @@
     } catch (_err) {
       throw new Error(S.offline); // the browser's own text ("Failed to fetch") is not translated
     }
+    if (response.status === 401) signedOut();
     if (response.status === 204) return null;
     // An error page that is not JSON (a proxy's 502, say) still gets a readable message.
     const data = await response.json().catch(() => ({}));
@@ -70,6 +72,7 @@
   }
 
   function showError(message) {
+    if (state.signedOut) return; // the way back in stays in view: nothing else works before it
     el.error.textContent = message || "";
     el.error.hidden = !message;
   }
@@ -271,10 +274,30 @@
     el.maxTokens.value = c && c.max_tokens !== null ? c.max_tokens : "";
   }
 
-  el.settingsToggle.addEventListener("click", () => {
-    el.settings.hidden = !el.settings.hidden;
-    el.settingsToggle.setAttribute("aria-expanded", String(!el.settings.hidden));
+  function showSettings(shown) {
+    el.settings.hidden = !shown;
+    el.settingsToggle.setAttribute("aria-expanded", String(shown));
+    // On a phone the panel lies over the page (chat.css), covering the button that opened it:
+    // focus goes into the panel, on its close button (a text field would pop the keyboard up
+    // over the panel). On a desktop it opens below the button, and focus stays there.
+    if (shown && getComputedStyle(el.settings).position === "fixed") el.settingsClose.focus();
+  }
+
+  el.settingsToggle.addEventListener("click", () => showSettings(el.settings.hidden));
+  el.settingsClose.addEventListener("click", () => {
+    showSettings(false);
+    el.settingsToggle.focus();
   });
+  // Escape closes the panel from any of its fields (or its button), and focus goes back to the
+  // button that opened it, not to the top of the page.
+  for (const target of [el.settings, el.settingsToggle]) {
+    target.addEventListener("keydown", (event) => {
+      if (event.key !== "Escape" || el.settings.hidden) return;
+      event.preventDefault();
+      showSettings(false);
+      el.settingsToggle.focus();
+    });
+  }
 
   el.settings.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -458,7 +481,7 @@
   }
 
   function connect() {
-    if (!state.conversation) return;
+    if (!state.conversation || state.signedOut) return;
     disconnect(); // one socket at a time: an old one left open would deliver its frames too
     const conversationId = state.conversation.id;
     const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
@@ -488,13 +511,13 @@
       state.socket = null;
       // 4401: the session ended (logged out elsewhere, account closed): sign in again.
       if (event.code === 4401) {
-        setStatus(S.signedOut);
-        window.location.reload(); // the page is login-required: the server sends them to sign in
+        signedOut();
         return;
       }
       // Refused before it opened: the server refuses a conversation that is not there (deleted
-      // in another tab, say) exactly as it refuses a network fault. The API tells them apart, or
-      // the page would retry forever and keep what is written meanwhile as if it were sent.
+      // in another tab, say) or a session that ended meanwhile exactly as it refuses a network
+      // fault. The API tells them apart (404, 401), or the page would retry forever and keep
+      // what is written meanwhile as if it were sent.
       if (!opened) {
         api("GET", "/api/v1/conversations/" + conversationId + "/").catch((err) => {
           if (err.status === 404) conversationGone(conversationId);
@@ -523,6 +546,31 @@
     newConversation();
     if (unsent.length && !el.input.value) el.input.value = unsent.join("\n\n");
     showError(S.gone);
+  }
+
+  // The session ended (signed out in another tab or while the socket was down, expired, the
+  // account closed): nothing can be sent until they sign in again. Said once, with the way
+  // back in, and not by reloading: the reload would lose what is being written. What was
+  // written but not sent goes back into the input, before anything typed there since.
+  function signedOut() {
+    if (state.signedOut) return;
+    disconnect();
+    const unsent = state.messages.filter((m) => m.id.startsWith("pending-"));
+    state.unacked.clear();
+    state.controls.clear();
+    if (unsent.length) {
+      state.messages = state.messages.filter((m) => !unsent.includes(m));
+      el.input.value = unsent.map((m) => m.content).concat(el.input.value ? [el.input.value] : []).join("\n\n");
+      renderMessages(atBottom());
+    }
+    setStatus("");
+    const link = document.createElement("a");
+    // Back to this same page after signing in, as the server's own login redirect does.
+    link.href = config.loginUrl + "?next=" + encodeURIComponent(window.location.pathname).replace(/%2F/g, "/");
+    link.textContent = S.logIn;
+    el.error.replaceChildren(S.signedOut + " ", link);
+    el.error.hidden = false;
+    state.signedOut = true;
   }
 
   function disconnect() {
@@ -554,6 +602,21 @@
       node.dataset.status = "unsent";
       node.querySelector(".message-meta").textContent = S.error + ": " + frame.code;
     }
+  }
+
+  // A screen reader hears a reply once, whole, when it is finished (the message list is no live
+  // region: it would read out every streamed piece). The rendered text, as it is shown, without
+  // the code blocks' Copy buttons; put in a new node, so that the same text twice is read twice.
+  function announceReply(id, finishReason) {
+    const node = messageNode(id);
+    if (!node) return;
+    const body = node.querySelector(".message-body").cloneNode(true);
+    body.querySelectorAll(".copy-code").forEach((button) => button.remove());
+    const text = [body.textContent.trim(), finishReason === "cancelled" ? S.cancelled : ""].filter(Boolean).join(" ");
+    if (!text) return;
+    const said = document.createElement("p");
+    said.textContent = text;
+    el.announcer.replaceChildren(said);
   }
 
   function handleFrame(frame) {
@@ -613,6 +676,7 @@
         // The final text, rendered and sanitized by the server, replaces the streamed text.
         const conversationId = state.conversation && state.conversation.id;
         reloadMessages()
+          .finally(() => announceReply(frame.message_id, frame.finish_reason))
           .then(() => refreshList())
           .then(() => awaitTitle(conversationId))
           .catch(() => {});
@@ -658,6 +722,7 @@
   }
 
   async function send() {
+    if (state.signedOut) return; // the text waits in the input; the notice says to sign in
     const text = el.input.value;
     if (!text.trim()) return;
     // Counted in characters (code points), as the server counts: text.length counts UTF-16
@@ -699,7 +764,11 @@
     send();
   });
   el.input.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    // An Enter that ends an input method's composition (a Korean syllable, a Japanese word)
+    // picks the text; it does not send. Chrome and Firefox say so with isComposing; Safari
+    // sends that keydown with isComposing false and keyCode 229 ("the IME is handling it").
+    const composing = event.isComposing || event.keyCode === 229;
+    if (event.key === "Enter" && !event.shiftKey && !composing) {
       event.preventDefault();
       send();
     }
@@ -707,7 +776,7 @@
   // Stop and Regenerate: sent now on an open socket, else as soon as one opens (connected at
   // once rather than after the back-off: the person is waiting on it).
   function sendControl(type) {
-    if (!state.conversation) return;
+    if (!state.conversation || state.signedOut) return;
     if (state.socket && state.socket.readyState === WebSocket.OPEN) {
       state.socket.send(JSON.stringify({ type }));
       return;

@@ -328,3 +328,85 @@ def test_a_sidebar_filter_that_cannot_reach_the_server_says_so(browser, live_ser
     expect(page.locator("#conversation-list li.conversation-item")).to_have_count(1)
     expect(page.locator("#chat-error")).to_be_hidden()
     assert errors == []
+
+
+def test_a_tab_whose_session_ended_during_a_blip_says_so_and_stops_reconnecting(browser, live_server_url, make_user):
+    from django.contrib.auth import get_user_model
+
+    from conversations.models import Conversation, Message
+
+    user = make_user("session-ended")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="Open")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script(WATCH)
+    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    expect(page.locator("#connection-status")).to_have_text("Connected")
+    # The session ends where this tab's socket cannot hear it (the account disabled by an
+    # update that sends no signal, or a sign-out while the network was down); then the network
+    # blips and the person writes while the page reconnects.
+    get_user_model().objects.filter(pk=user.pk).update(is_active=False)
+    page.evaluate("() => window.__sockets[window.__sockets.length - 1].close()")
+    send(page, "written after the session ended")
+    expect(page.locator("#chat-error")).to_contain_text("You were signed out.")
+    link = page.locator("#chat-error a")
+    expect(link).to_have_text("Log in")
+    assert link.get_attribute("href") == f"/accounts/login/?next=/c/{conversation.id}/"
+    # The text is not left in a bubble that will never be sent: it is back in the input.
+    expect(page.locator(".message-user")).to_have_count(0)
+    expect(page.locator("#message-input")).to_have_value("written after the session ended")
+    # And the page stops knocking: no socket is opened again.
+    sockets = page.evaluate("() => window.__sockets.length")
+    page.wait_for_timeout(4000)
+    assert page.evaluate("() => window.__sockets.length") == sockets
+    assert not Message.objects.filter(conversation__owner=user).exists()
+
+
+def test_signing_out_in_another_tab_keeps_the_text_being_written_here(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("signed-out-elsewhere")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="Open")
+    context = signed_in_context(browser, live_server_url, user, **DESKTOP)
+    page = context.new_page()
+    page.add_init_script(WATCH)
+    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    expect(page.locator("#connection-status")).to_have_text("Connected")
+    page.fill("#message-input", "a long draft, half written")
+    other = context.new_page()
+    other.goto(live_server_url + "/")
+    other.click(".site-nav button[type=submit]")  # Log out
+    other.wait_for_url("**/accounts/login/")
+    # This tab hears it on its socket: it says so where it is, rather than reloading the draft away.
+    expect(page.locator("#chat-error")).to_contain_text("You were signed out.")
+    expect(page.locator("#chat-error a")).to_have_text("Log in")
+    assert page.url == f"{live_server_url}/c/{conversation.id}/"
+    expect(page.locator("#message-input")).to_have_value("a long draft, half written")
+    sockets = page.evaluate("() => window.__sockets.length")
+    page.wait_for_timeout(3000)
+    assert page.evaluate("() => window.__sockets.length") == sockets
+
+
+def test_enter_that_confirms_a_syllable_in_safari_sends_nothing(browser, live_server_url, make_user):
+    # Safari ends a Korean (or Japanese) composition with an Enter whose keydown says
+    # isComposing false but keyCode 229: that Enter picks the syllable; it does not send.
+    from conversations.models import Conversation
+
+    user = make_user("ime-safari")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    page.fill("#message-input", "안녕")
+    sent = page.evaluate("""() => {
+      const input = document.getElementById("message-input");
+      const event = new KeyboardEvent("keydown", {key: "Enter", code: "Enter", bubbles: true, cancelable: true});
+      Object.defineProperty(event, "keyCode", {get: () => 229});
+      return input.dispatchEvent(event);
+    }""")
+    assert sent is True  # not prevented: the input method keeps its Enter
+    page.wait_for_timeout(500)
+    expect(page.locator("#message-input")).to_have_value("안녕")
+    expect(page.locator(".message-user")).to_have_count(0)
+    assert not Conversation.objects.filter(owner=user).exists()
+    # The Enter after the composition sends as always.
+    page.press("#message-input", "Enter")
+    finished_replies(page).first.wait_for()
+    assert page.locator(".message-user").inner_text().endswith("안녕")

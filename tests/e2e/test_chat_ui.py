@@ -278,3 +278,107 @@ def test_a_message_not_yet_acknowledged_is_never_sent_to_another_conversation(br
     assert list(Message.objects.filter(conversation=second, role="user").values_list("content", flat=True)) == [
         "meant for Beta"
     ]
+
+
+# --- the settings panel ----------------------------------------------------------------------------
+def test_escape_closes_the_settings_and_gives_focus_back_to_their_button(browser, live_server_url, make_user):
+    user = make_user("escape")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    toggle, panel = page.locator("#settings-toggle"), page.locator("#settings-panel")
+    # From a field of the panel, or from the button itself just after opening it.
+    for field in ("#system-prompt", "#temperature", None):
+        toggle.click()
+        expect(panel).to_be_visible()
+        if field:
+            page.focus(field)
+        page.keyboard.press("Escape")
+        expect(panel).to_be_hidden()
+        expect(toggle).to_have_attribute("aria-expanded", "false")
+        expect(toggle).to_be_focused()
+
+
+# --- landmarks and what a screen reader hears ------------------------------------------------------
+@pytest.mark.parametrize("language", ["en", "ko"])
+def test_the_chat_page_has_one_main_landmark(browser, live_server_url, make_user, language):
+    user = make_user("landmarks-" + language)
+    context = signed_in_context(browser, live_server_url, user, locale=language, **DESKTOP)
+    context.add_cookies([{"name": "django_language", "value": language, "url": live_server_url}])
+    page = context.new_page()
+    page.goto(live_server_url + "/")
+    assert page.evaluate("() => document.documentElement.lang") == language
+    assert page.locator("main").count() == 1
+    expect(page.get_by_role("main")).to_have_count(1)
+    # The skip link lands on it, and it holds the chat.
+    assert page.locator("main#main #messages").count() == 1
+
+
+def test_a_screen_reader_hears_a_finished_reply_once_not_each_streamed_piece(browser, live_server_url, make_user):
+    user = make_user("announce")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script("""
+      window.__announced = [];
+      document.addEventListener("DOMContentLoaded", () => {
+        new MutationObserver(() => {
+          for (const region of document.querySelectorAll('[aria-live]:not([aria-live="off"]), [role=status], [role=log], [role=alert]')) {
+            if (region.id !== "connection-status" && region.id !== "chat-error" && region.textContent.trim())
+              window.__announced.push(region.textContent.trim());
+          }
+        }).observe(document.body, {childList: true, subtree: true, characterData: true});
+      });
+    """)
+    page.goto(live_server_url + "/")
+    text = "안녕하세요 " + " ".join(f"w{i}" for i in range(40))
+    send(page, text)
+    expect(page.locator(".message-assistant[data-status=streaming]")).to_have_count(1)
+    # The streamed text is in no live region: nothing is read out piece by piece.
+    live = "[aria-live]:not([aria-live=off]), [role=log], [role=status], [role=alert]"
+    assert page.locator(".message-assistant .message-body").evaluate(f"(body) => body.closest('{live}')") is None
+    finished_replies(page).first.wait_for(timeout=20_000)
+    # Once finished, the reply is read out once, whole, from a polite live region.
+    region = page.locator("#reply-announcer")
+    expect(region).to_have_text(text)
+    assert region.get_attribute("aria-live") == "polite"
+    page.wait_for_timeout(300)
+    announced = page.evaluate("() => window.__announced")
+    assert set(announced) == {text}, announced[:5]
+def test_settings_on_a_phone_open_over_the_messages_and_close_again(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("phone-settings")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="설정 확인")
+    page = signed_in_context(browser, live_server_url, user, viewport={"width": 390, "height": 844},
+                             is_mobile=True, has_touch=True).new_page()
+    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    expect(page.locator("#connection-status")).to_have_text("Connected")  # the header's last line
+    closed = page.locator("#messages").bounding_box()
+    page.click("#settings-toggle")
+    panel = page.locator("#settings-panel")
+    expect(panel).to_be_visible()
+    # Seen before: the panel pushed the messages down to ~214 of 844 px. Over them now, instead.
+    assert page.locator("#messages").bounding_box() == closed
+    box = panel.bounding_box()
+    assert box["y"] >= 0 and box["y"] + box["height"] <= 844, box
+    expect(page.locator("#settings-panel button[type=submit]")).to_be_in_viewport()
+    close = page.locator("#settings-close")
+    expect(close).to_be_visible()
+    expect(close).to_be_focused()  # the button that opened the panel is covered by it
+    close.click()
+    expect(panel).to_be_hidden()
+    expect(page.locator("#settings-toggle")).to_be_focused()
+    expect(page.locator("#settings-toggle")).to_have_attribute("aria-expanded", "false")
+
+
+def test_settings_on_a_desktop_stay_between_the_header_and_the_messages(browser, live_server_url, make_user):
+    user = make_user("desk-settings")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    page.click("#settings-toggle")
+    head = page.locator(".chat-head").bounding_box()
+    panel = page.locator("#settings-panel").bounding_box()
+    messages = page.locator("#messages").bounding_box()
+    assert head["y"] + head["height"] <= panel["y"] + 1 and panel["y"] + panel["height"] <= messages["y"] + 1
+    expect(page.locator("#settings-close")).to_be_hidden()  # the Settings button is right there
+    expect(page.locator("#settings-toggle")).to_be_focused()
+
+
