@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from accounts.admin_services import OutranksOperator
+from chatsite.admin_site import OwnChangesOnlyFormMixin
 
 from . import admin_keys  # noqa: F401 - registers the ProviderKey admin
 from .budgets import (
@@ -182,7 +183,10 @@ class ModelPriceAdmin(admin.ModelAdmin):
         obj.pk, obj.effective_from, obj.created_at = row.pk, row.effective_from, row.created_at
 
 
-class BudgetForm(forms.ModelForm):
+class BudgetForm(OwnChangesOnlyFormMixin, forms.ModelForm):
+    """On a change, only what its operator changed on the page is applied (OwnChangesOnlyFormMixin):
+    a page opened before a colleague raised the limit keeps the new limit."""
+
     actor = None  # the operator, set for each request by BudgetAdmin.get_form
 
     class Meta:

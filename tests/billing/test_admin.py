@@ -6,6 +6,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from accounts.models import AuditEvent
 from billing.models import Budget, ModelPrice
 from billing.prices import price_for
+from tests.formpage import page_form
 
 D = Decimal
 
@@ -322,6 +323,36 @@ def test_a_superuser_changes_and_deletes_their_own_and_their_teams_budgets(admin
     selection = [own.pk, Budget.objects.get(team=team).pk]
     response = admin_client.post(BUDGETS, {"action": "delete_selected", ACTION_CHECKBOX_NAME: selection, "post": "yes"})
     assert response.status_code == 302 and not Budget.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "colleague, mine, expected",
+    [
+        ({"limit": "50"}, {"warn_ratio": "0.9"}, (D("50"), D("0.9"))),
+        ({"warn_ratio": "0.5"}, {"limit": "20"}, (D("20"), D("0.5"))),
+    ],
+)
+def test_saving_a_budget_page_opened_before_a_colleagues_change_keeps_that_change(admin_client, user, colleague, mine, expected):
+    # A colleague raised the limit (or changed the warning) while this page was open: saving the
+    # page's own change must not put the old limit back.
+    from billing.budgets import budget_set
+
+    budget = budget_set(user=user, period="month", limit="10")
+    data = page_form(admin_client, f"{BUDGETS}{budget.pk}/change/", "budget_form")
+    budget_set(user=user, period="month", **{"limit": "10", **colleague})
+    response = admin_client.post(f"{BUDGETS}{budget.pk}/change/", {**data, **mine})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    budget.refresh_from_db()
+    assert (budget.limit, budget.warn_ratio) == expected
+
+
+def test_a_limit_changed_on_the_budget_page_is_still_applied(admin_client, user):
+    from billing.budgets import budget_set
+
+    budget = budget_set(user=user, period="month", limit="10")
+    data = page_form(admin_client, f"{BUDGETS}{budget.pk}/change/", "budget_form")
+    assert admin_client.post(f"{BUDGETS}{budget.pk}/change/", {**data, "limit": "0"}).status_code == 302
+    assert Budget.objects.get(pk=budget.pk).limit == D("0")
 
 
 # --- The budget of an account that can do more than the operator is a superuser's to change -----
