@@ -155,6 +155,12 @@ class UserChangeForm(OwnChangesOnlyFormMixin, DjangoUserChangeForm):
     def clean_email(self):
         return _identity_free(self, "email")
 
+    def clean_default_model(self):
+        value = self.cleaned_data.get("default_model")
+        if "default_model" in self.changed_data:  # one it chose: an old one may have lost its price since
+            services.default_model_check(model_id=value)
+        return value
+
     def clean(self):
         # Fields this operator did not change keep the row as loaded (OwnChangesOnlyFormMixin):
         # a page opened before a colleague disabled the account (or changed its roles) keeps that.

@@ -326,6 +326,34 @@ def test_a_change_made_on_the_user_page_is_still_applied(su_client, members):
     assert not User.objects.get(pk=person.pk).is_active
 
 
+def test_the_user_form_refuses_a_default_model_without_a_price(su_client, members):
+    # Every new chat of this person would start on a model no turn may use (model_unavailable).
+    person = members[0]
+    data = page_form(su_client, f"{USERS}{person.pk}/change/", "user_form")
+    data["default_model"] = "openai:gpt-unpriced"
+    response = su_client.post(f"{USERS}{person.pk}/change/", data)
+    assert response.status_code == 200
+    [error] = response.context["adminform"].form.errors["default_model"]
+    assert "openai:gpt-unpriced" in error and "no price" in error
+    assert User.objects.get(pk=person.pk).default_model == ""
+
+    data["default_model"] = "openai:gpt-4o-mini"  # priced (seeded)
+    assert su_client.post(f"{USERS}{person.pk}/change/", data).status_code == 302
+    assert User.objects.get(pk=person.pk).default_model == "openai:gpt-4o-mini"
+
+
+def test_a_user_page_saves_when_the_default_model_it_did_not_change_lost_its_price(su_client, members):
+    from billing.models import ModelPrice
+
+    person = members[0]
+    User.objects.filter(pk=person.pk).update(default_model="openai:gpt-4o-mini")
+    ModelPrice.objects.filter(provider="openai", model="gpt-4o-mini").update(enabled=False)
+    data = page_form(su_client, f"{USERS}{person.pk}/change/", "user_form")
+    data["display_name"] = "Renamed"
+    assert su_client.post(f"{USERS}{person.pk}/change/", data).status_code == 302
+    assert User.objects.get(pk=person.pk).display_name == "Renamed"
+
+
 def test_users_cannot_be_deleted_only_erased(su_client, members):
     assert su_client.get(f"{USERS}{members[0].pk}/delete/").status_code == 403
     assert User.objects.filter(pk=members[0].pk).exists()
