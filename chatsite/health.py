@@ -1,5 +1,9 @@
 """Liveness and readiness probes (CONTRACT section 4)."""
 
+import logging
+import threading
+import time
+
 from django.conf import settings
 from django.contrib.staticfiles.storage import ManifestFilesMixin, staticfiles_storage
 from django.db import connection
@@ -64,6 +68,46 @@ def static_files_missing() -> bool | None:
     return False
 
 
+logger = logging.getLogger(__name__)
+_clock = time.monotonic  # a name of its own, so a test can move time on
+
+
+class ReadinessLog:
+    """What /readyz tells the log: one WARNING line when this process stops being ready (naming
+    what failed) or what failed changes, then at most one a minute while it lasts (with how many
+    probes it left out), and one when it is ready again. A load balancer polls every few seconds:
+    a line per 503 would bury everything else in the log."""
+
+    REPEAT_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failed: tuple[str, ...] = ()  # as last told; a process starts out ready
+        self._told_at = 0.0
+        self._left_out = 0
+
+    def note(self, failed: tuple[str, ...]) -> None:
+        now = _clock()
+        with self._lock:
+            same = failed == self._failed
+            if same and (not failed or now - self._told_at < self.REPEAT_SECONDS):
+                self._left_out += bool(failed)
+                return
+            left_out = self._left_out if same else 0
+            self._failed, self._told_at, self._left_out = failed, now, 0
+        if not failed:
+            logger.warning("ready again: /readyz answers 200")
+        elif left_out:
+            logger.warning(
+                "not ready: %s failed; /readyz answers 503 (%d more probes in the last minute)", ", ".join(failed), left_out
+            )
+        else:
+            logger.warning("not ready: %s failed; /readyz answers 503", ", ".join(failed))
+
+
+READINESS_LOG = ReadinessLog()
+
+
 @never_cache
 @require_GET
 def readyz(request):
@@ -77,4 +121,10 @@ def readyz(request):
     body = {"status": "ok" if not failed else "unavailable", "checks": {k: "ok" if v else "failed" for k, v in checks.items()}}
     if failed:
         body["failed"] = failed
-    return JsonResponse(body, status=503 if failed else 200)
+    READINESS_LOG.note(tuple(failed))
+    response = JsonResponse(body, status=503 if failed else 200)
+    # Django's request logger would add an ERROR line ("Service Unavailable: /readyz") for every
+    # 503; READINESS_LOG has told it already. This is the flag Django itself sets on a response
+    # it has logged, so that it is not logged twice.
+    response._has_been_logged = True
+    return response
