@@ -11,6 +11,9 @@ from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+logger = logging.getLogger(__name__)
+_clock = time.monotonic  # what ReadinessLog reads the time from: a test moves it on
+
 
 @never_cache
 @require_GET
@@ -21,6 +24,10 @@ def healthz(request):
 # How long the probe waits for a PostgreSQL connection: requests keep the pool's 10 s through a
 # load spike, but docker-compose's healthcheck gives up at 6 s, so "database down" must come sooner.
 READY_DATABASE_TIMEOUT = 2.0
+# The whole probe's answer, whatever each check's own timeouts: the checks run side by side, and
+# one still running then counts as failed. They ran one after another, so with both hosts dropping
+# packets the answer took the sum (database 2 s, then Redis 1 s and more).
+READY_TIMEOUT = 2.0
 
 
 def _database_ok() -> bool:
@@ -35,6 +42,9 @@ def _database_ok() -> bool:
             return cursor.fetchone() == (1,)
     except Exception:  # noqa: BLE001 - any failure means not ready
         return False
+    finally:
+        if getattr(connection, "pool", None) is None:
+            connection.close()  # this check's own thread's connection (SQLite): nobody reuses it
 
 
 def _redis_ok() -> bool:
@@ -68,8 +78,42 @@ def static_files_missing() -> bool | None:
     return False
 
 
-logger = logging.getLogger(__name__)
-_clock = time.monotonic  # a name of its own, so a test can move time on
+class _Check:
+    """One dependency's check, in a thread of its own, so the probe can stop waiting for it."""
+
+    def __init__(self, check) -> None:
+        self.done = threading.Event()
+        self.ok = False
+        threading.Thread(target=self._run, args=(check,), name="readyz-check", daemon=True).start()
+
+    def _run(self, check) -> None:
+        try:
+            self.ok = check()
+        finally:
+            self.done.set()
+
+
+_checks_running: dict[str, _Check] = {}
+_checks_lock = threading.Lock()
+
+
+def _check_start(name: str, check) -> _Check:
+    """The check of `name` in flight, or a new one. A check still hanging from an earlier probe
+    (a host that drops packets can hold a connection attempt well past its timeout) is waited on
+    again rather than joined by another: probes every few seconds never pile threads up."""
+    with _checks_lock:
+        running = _checks_running.get(name)
+        if running is None or running.done.is_set():
+            running = _checks_running[name] = _Check(check)
+        return running
+
+
+def _checks_run(checks: dict) -> dict[str, bool]:
+    """Run `checks` (name -> function) side by side; what has not answered within READY_TIMEOUT
+    has failed."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    running = {name: _check_start(name, check) for name, check in checks.items()}
+    return {name: check.done.wait(max(0.0, deadline - time.monotonic())) and check.ok for name, check in running.items()}
 
 
 class ReadinessLog:
@@ -111,9 +155,7 @@ READINESS_LOG = ReadinessLog()
 @never_cache
 @require_GET
 def readyz(request):
-    checks = {"database": _database_ok()}
-    if settings.REDIS_URL:
-        checks["redis"] = _redis_ok()
+    checks = _checks_run({"database": _database_ok, **({"redis": _redis_ok} if settings.REDIS_URL else {})})
     static_missing = static_files_missing()
     if static_missing is not None:
         checks["static"] = not static_missing
