@@ -424,6 +424,27 @@ def test_a_second_budget_for_the_same_person_and_period_is_refused_in_words(admi
     assert [b.limit for b in Budget.objects.all()] == [D("7.5")]
 
 
+def _form_errors(response) -> list[str]:
+    form = response.context["adminform"].form
+    return [str(e) for errors in form.errors.values() for e in errors]
+
+
+def test_a_budget_without_an_owner_is_refused_once_in_words(admin_client):
+    # The service's sentence, and not again as "Constraint “budget_exactly_one_owner” is violated."
+    response = admin_client.post(f"{BUDGETS}add/", {"user": "", "team": "", "period": "day", "limit": "1", "warn_ratio": "0.8"})
+    assert response.status_code == 200
+    assert _form_errors(response) == ["a budget belongs to exactly one user or one team"]
+    assert not Budget.objects.exists()
+
+
+def test_a_negative_price_is_refused_once_in_words(admin_client):
+    # Not again as "Constraint “modelprice_non_negative” is violated.", nor with a claim that
+    # the price already exists.
+    response = admin_client.post("/admin/billing/modelprice/add/", {**PRICE_FORM, "input_per_million": "-1"})
+    assert response.status_code == 200
+    assert _form_errors(response) == ["input price cannot be negative"]
+
+
 def test_a_budgets_name_shows_its_limit_as_money(user):
     assert str(Budget(user=user, period="week", limit=D("5.0000000000"))) == "user alice / week: 5.00 USD"
     assert str(Budget(user=user, period="day", limit=D("0E-10"))) == "user alice / day: 0.00 USD"
