@@ -41,7 +41,7 @@ from django.utils.translation import gettext_lazy, ngettext
 from billing.budgets import BudgetError, budget_limit_validate, budget_spent_now
 from billing.dashboard import dashboard_today
 from billing.models import MONEY, Budget, DailyUsage
-from chatsite.admin_site import BigTableAdminMixin
+from chatsite.admin_site import BigTableAdminMixin, OwnChangesOnlyFormMixin
 
 from . import admin_services, data_rights, services
 from .models import AuditEvent, Team, TeamMembership, User
@@ -142,22 +142,12 @@ class UserAddForm(DjangoUserAdmin.add_form):
         return _identity_free(self, "username")
 
 
-class UserChangeForm(DjangoUserChangeForm):
+class UserChangeForm(OwnChangesOnlyFormMixin, DjangoUserChangeForm):
     """Django's form, refusing what the Disable action refuses (admin_services.user_access_check):
     unticking "active" on the operator's own account, and disabling or demoting the last active
     administrator. Runs inside the admin's save transaction, before anything is saved."""
 
     actor: User | None = None  # the operator, set for each request by UserAdmin.get_form
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # The page carries the values it was shown with (hidden "initial-" inputs), so
-        # changed_data is what this operator changed since opening it; clean() keeps every
-        # other field as it is now. Otherwise a page opened before a colleague disabled the
-        # account (or changed its roles) would undo that on any save.
-        for field in self.fields.values():
-            if not field.disabled:
-                field.show_hidden_initial = True
 
     def clean_username(self):
         return _identity_free(self, "username")
@@ -165,15 +155,16 @@ class UserChangeForm(DjangoUserChangeForm):
     def clean_email(self):
         return _identity_free(self, "email")
 
+    def clean_default_model(self):
+        value = self.cleaned_data.get("default_model")
+        if "default_model" in self.changed_data:  # one it chose: an old one may have lost its price since
+            services.default_model_check(model_id=value)
+        return value
+
     def clean(self):
+        # Fields this operator did not change keep the row as loaded (OwnChangesOnlyFormMixin):
+        # a page opened before a colleague disabled the account (or changed its roles) keeps that.
         cleaned = super().clean()
-        # Only for a POST from the page (it carries the hidden values; a bare POST has no record
-        # of what was shown, and an unticked box would look unchanged): fields its operator did
-        # not change keep the row as loaded for this save.
-        if self.add_initial_prefix("username") in self.data:
-            for name in self.fields:
-                if name in cleaned and name in self.initial and name not in self.changed_data:
-                    cleaned[name] = self.initial[name]
         user = self.instance  # still as loaded: the form's values are copied onto it after clean()
         is_active = cleaned.get("is_active", user.is_active)
         is_superuser = cleaned.get("is_superuser", user.is_superuser)
@@ -569,8 +560,18 @@ class TeamMembershipInline(admin.TabularInline):
         return type(formset.__name__, (formset,), {"actor": request.user})
 
 
+class TeamForm(OwnChangesOnlyFormMixin, forms.ModelForm):
+    """Saving a team applies only what its operator changed on the page: a page opened before a
+    colleague tightened the team's limits (or renamed it) keeps their change."""
+
+    class Meta:
+        model = Team
+        fields = ["name", "requests_per_minute", "tokens_per_minute", "created_at"]
+
+
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
+    form = TeamForm
     list_display = ("name", "member_count", "spend_this_month", "budgets_display", "created_at")
     search_fields = ("name",)
     inlines = (TeamMembershipInline,)

@@ -131,6 +131,23 @@ def _claim_first_admin(*, user: User) -> bool:
     return True
 
 
+def default_model_check(*, model_id: str) -> None:
+    """Raise ValidationError when `model_id` cannot be a default model: new conversations start
+    on it, and a model without a price in force (or with its price disabled) is refused at every
+    turn (billing.prices.price_for, model_unavailable). Empty means "the site's default": fine."""
+    from billing.prices import price_for  # billing's service; its models load after accounts'
+
+    if model_id and price_for(model_id=model_id) is None:
+        raise ValidationError(
+            _(
+                "The model %(model)s has no price (or its price is disabled), so new conversations could not "
+                "use it. Choose a model that has a price, or set its price first."
+            ),
+            code="unpriced_model",
+            params={"model": model_id},
+        )
+
+
 def user_update_profile(
     *,
     user: User,
@@ -158,6 +175,13 @@ def user_update_profile(
         setattr(user, name, value.strip() if isinstance(value, str) else value)
     try:
         user.full_clean(exclude=[f.name for f in User._meta.fields if f.name not in changes], validate_unique=False)
+        # Only a new choice: a saved default whose price went since is the chat's to refuse,
+        # and must not block saving the rest of the profile.
+        if "default_model" in changes and user.default_model != before["default_model"]:
+            try:
+                default_model_check(model_id=user.default_model)
+            except ValidationError as exc:
+                raise ValidationError({"default_model": exc.error_list}) from None
     except ValidationError:
         for name, value in before.items():
             setattr(user, name, value)

@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from accounts.admin_services import OutranksOperator
+from chatsite.admin_site import OwnChangesOnlyFormMixin
 
 from . import admin_keys  # noqa: F401 - registers the ProviderKey admin
 from .budgets import (
@@ -41,6 +42,19 @@ OUTRANKS_YOU = _(
 )
 
 
+class RefusedOnceFormMixin:
+    """For a model form whose clean() asks the service's own validation. Once that (or a field)
+    has refused the input, the model's constraint checks, which Django runs after clean(), are
+    skipped: they refused the same input again, in Django's words ("Constraint
+    “budget_exactly_one_owner” is violated.", or for a price row never to be written with that
+    moment, "already exists"), under the service's sentence."""
+
+    def _post_clean(self):
+        if self._errors:  # the form is refused already: nothing of it is saved
+            return
+        super()._post_clean()
+
+
 class PriceField(forms.DecimalField):
     """A price as set_price takes it: zeros past the stored places ("1.50000000") are dropped,
     not counted as decimal places; a digit past them is still refused, never rounded."""
@@ -56,7 +70,7 @@ class PriceField(forms.DecimalField):
         return exact if exact == value else value
 
 
-class ModelPriceForm(forms.ModelForm):
+class ModelPriceForm(RefusedOnceFormMixin, forms.ModelForm):
     class Meta:
         model = ModelPrice
         field_classes = {
@@ -182,7 +196,10 @@ class ModelPriceAdmin(admin.ModelAdmin):
         obj.pk, obj.effective_from, obj.created_at = row.pk, row.effective_from, row.created_at
 
 
-class BudgetForm(forms.ModelForm):
+class BudgetForm(RefusedOnceFormMixin, OwnChangesOnlyFormMixin, forms.ModelForm):
+    """On a change, only what its operator changed on the page is applied (OwnChangesOnlyFormMixin):
+    a page opened before a colleague raised the limit keeps the new limit."""
+
     actor = None  # the operator, set for each request by BudgetAdmin.get_form
 
     class Meta:

@@ -33,6 +33,37 @@ class BigTableAdminMixin:
     show_full_result_count = False  # no second, unfiltered COUNT(*)
 
 
+class OwnChangesOnlyFormMixin:
+    """For the change form of a row that two operators may have open at once (a user, a team, a
+    budget). The page carries the values it was shown with (hidden "initial-" inputs), so
+    changed_data is what this operator changed since opening it, and clean() keeps every other
+    field as the row is now: otherwise a page opened before a colleague disabled an account,
+    tightened a team's limits or raised a budget would undo that on any save.
+
+    Only for a POST from the page: a bare POST has no record of what was shown, and an unticked
+    box would look unchanged. The add form (no row yet) is left as it is."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is None:
+            return
+        for field in self.fields.values():
+            if not field.disabled:
+                field.show_hidden_initial = True
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned is None or self.instance.pk is None:
+            return cleaned
+        shown = [name for name, field in self.fields.items() if field.show_hidden_initial]
+        if shown and self.add_initial_prefix(shown[0]) in self.data:
+            # self.initial is the row as loaded for this save, not as the page showed it.
+            for name in shown:
+                if name in cleaned and name in self.initial and name not in self.changed_data:
+                    cleaned[name] = self.initial[name]
+        return cleaned
+
+
 class ParleyAdminSite(admin.AdminSite):
     site_header = _("Parley administration")
     site_title = _("Parley admin")

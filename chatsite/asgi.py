@@ -68,8 +68,30 @@ def static_files_check() -> None:
         )
 
 
+def default_model_check() -> None:
+    """Says at startup, in one line, when DEFAULT_MODEL has no price in force: every new chat
+    starts on it, and each of its messages would be refused (model_unavailable). Settings check
+    its form only, before there is a database to ask; here there is one (when it answers: a
+    database that does not is /readyz's to report)."""
+    from billing.prices import price_for
+
+    try:
+        priced = price_for(model_id=settings.DEFAULT_MODEL) is not None
+    except Exception:  # noqa: BLE001 - not migrated or not reachable yet: nothing to say about prices
+        return
+    if not priced:
+        logging.getLogger("chatsite").error(
+            "DEFAULT_MODEL %s has no price (or its price is disabled): every new chat would be refused; "
+            "set one with `python manage.py set_price --model %s --input USD --output USD`, or set DEFAULT_MODEL "
+            "to a priced model",
+            settings.DEFAULT_MODEL,
+            settings.DEFAULT_MODEL,
+        )
+
+
 replies_end_at_shutdown()
 static_files_check()
+default_model_check()
 threading.Thread(target=warm_up_and_freeze, name="llm-warm-up", daemon=True).start()
 if settings.CELERY_BEAT_EMBEDDED:
     beat_embedded_start()

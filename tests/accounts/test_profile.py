@@ -71,6 +71,19 @@ def test_bad_profile_input_is_refused_and_nothing_changes(client, user, field, v
 
 
 @pytest.mark.django_db
+def test_a_default_model_without_a_price_is_refused_in_words(client, user):
+    # New chats would start on it and every message be refused (model_unavailable).
+    client.force_login(user)
+    data = {"display_name": "", "timezone": "UTC", "language": "", "default_model": "openai:gpt-unpriced"}
+    response = client.post("/accounts/profile/", data)
+    assert response.status_code == 400
+    [error] = response.context["form"].errors["default_model"]
+    assert "openai:gpt-unpriced" in error and "no price" in error
+    user.refresh_from_db()
+    assert user.default_model == ""
+
+
+@pytest.mark.django_db
 def test_update_profile_service_validates_and_keeps_other_fields(user):
     from django.core.exceptions import ValidationError
 

@@ -326,6 +326,34 @@ def test_a_change_made_on_the_user_page_is_still_applied(su_client, members):
     assert not User.objects.get(pk=person.pk).is_active
 
 
+def test_the_user_form_refuses_a_default_model_without_a_price(su_client, members):
+    # Every new chat of this person would start on a model no turn may use (model_unavailable).
+    person = members[0]
+    data = page_form(su_client, f"{USERS}{person.pk}/change/", "user_form")
+    data["default_model"] = "openai:gpt-unpriced"
+    response = su_client.post(f"{USERS}{person.pk}/change/", data)
+    assert response.status_code == 200
+    [error] = response.context["adminform"].form.errors["default_model"]
+    assert "openai:gpt-unpriced" in error and "no price" in error
+    assert User.objects.get(pk=person.pk).default_model == ""
+
+    data["default_model"] = "openai:gpt-4o-mini"  # priced (seeded)
+    assert su_client.post(f"{USERS}{person.pk}/change/", data).status_code == 302
+    assert User.objects.get(pk=person.pk).default_model == "openai:gpt-4o-mini"
+
+
+def test_a_user_page_saves_when_the_default_model_it_did_not_change_lost_its_price(su_client, members):
+    from billing.models import ModelPrice
+
+    person = members[0]
+    User.objects.filter(pk=person.pk).update(default_model="openai:gpt-4o-mini")
+    ModelPrice.objects.filter(provider="openai", model="gpt-4o-mini").update(enabled=False)
+    data = page_form(su_client, f"{USERS}{person.pk}/change/", "user_form")
+    data["display_name"] = "Renamed"
+    assert su_client.post(f"{USERS}{person.pk}/change/", data).status_code == 302
+    assert User.objects.get(pk=person.pk).display_name == "Renamed"
+
+
 def test_users_cannot_be_deleted_only_erased(su_client, members):
     assert su_client.get(f"{USERS}{members[0].pk}/delete/").status_code == 403
     assert User.objects.filter(pk=members[0].pk).exists()
@@ -892,6 +920,40 @@ def test_a_superuser_leaves_their_own_team_and_changes_its_limits(su_client, sup
     assert response.status_code == 302, response.context and response.context["errors"]
     assert superuser.pk not in _member_ids(team) and _limits(team) == (None, 50)
     assert audits("team.member_removed")[0].data == {"user_id": superuser.pk}
+
+
+@pytest.mark.parametrize(
+    "colleague, kept",
+    [
+        (dict(requests_per_minute=5, tokens_per_minute=1000), lambda team: _limits(team) == (5, 1000)),
+        (dict(name="Physics (old)"), lambda team: Team.objects.get(pk=team.pk).name == "Physics (old)"),
+    ],
+)
+def test_saving_a_team_page_opened_before_a_colleagues_change_keeps_that_change(su_client, teams, members, colleague, kept):
+    # One operator tightens the team's limits (or renames it) while another has its page open to
+    # rename it (or to set a limit): that page's save must apply only what its operator changed.
+    team = teams[0]
+    data = page_form(su_client, f"{TEAMS}{team.pk}/change/", "team_form")
+    Team.objects.filter(pk=team.pk).update(**colleague)
+    if "name" in colleague:
+        data["tokens_per_minute"] = "777"
+    else:
+        data["name"] = "Physics lab"
+    response = su_client.post(f"{TEAMS}{team.pk}/change/", data)
+    assert response.status_code == 302, response.context and response.context["errors"]
+    team.refresh_from_db()
+    assert kept(team)
+    assert team.name == "Physics lab" if "name" not in colleague else team.tokens_per_minute == 777
+    assert {m.pk for m in team.members.all()} == {members[0].pk, members[2].pk}
+
+
+def test_a_change_made_on_the_team_page_is_still_applied(su_client, teams):
+    team = teams[0]
+    Team.objects.filter(pk=team.pk).update(requests_per_minute=5)
+    data = page_form(su_client, f"{TEAMS}{team.pk}/change/", "team_form")
+    data["requests_per_minute"] = ""  # emptied on the page: no team limit
+    assert su_client.post(f"{TEAMS}{team.pk}/change/", data).status_code == 302
+    assert _limits(team) == (None, None)
 
 
 def test_staff_cannot_delete_their_own_team_but_may_delete_another(client, make_staff, teams, members):

@@ -6,6 +6,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from accounts.models import AuditEvent
 from billing.models import Budget, ModelPrice
 from billing.prices import price_for
+from tests.formpage import page_form
 
 D = Decimal
 
@@ -324,6 +325,36 @@ def test_a_superuser_changes_and_deletes_their_own_and_their_teams_budgets(admin
     assert response.status_code == 302 and not Budget.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "colleague, mine, expected",
+    [
+        ({"limit": "50"}, {"warn_ratio": "0.9"}, (D("50"), D("0.9"))),
+        ({"warn_ratio": "0.5"}, {"limit": "20"}, (D("20"), D("0.5"))),
+    ],
+)
+def test_saving_a_budget_page_opened_before_a_colleagues_change_keeps_that_change(admin_client, user, colleague, mine, expected):
+    # A colleague raised the limit (or changed the warning) while this page was open: saving the
+    # page's own change must not put the old limit back.
+    from billing.budgets import budget_set
+
+    budget = budget_set(user=user, period="month", limit="10")
+    data = page_form(admin_client, f"{BUDGETS}{budget.pk}/change/", "budget_form")
+    budget_set(user=user, period="month", **{"limit": "10", **colleague})
+    response = admin_client.post(f"{BUDGETS}{budget.pk}/change/", {**data, **mine})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    budget.refresh_from_db()
+    assert (budget.limit, budget.warn_ratio) == expected
+
+
+def test_a_limit_changed_on_the_budget_page_is_still_applied(admin_client, user):
+    from billing.budgets import budget_set
+
+    budget = budget_set(user=user, period="month", limit="10")
+    data = page_form(admin_client, f"{BUDGETS}{budget.pk}/change/", "budget_form")
+    assert admin_client.post(f"{BUDGETS}{budget.pk}/change/", {**data, "limit": "0"}).status_code == 302
+    assert Budget.objects.get(pk=budget.pk).limit == D("0")
+
+
 # --- The budget of an account that can do more than the operator is a superuser's to change -----
 
 OUTRANKS_YOU = (
@@ -391,6 +422,27 @@ def test_a_second_budget_for_the_same_person_and_period_is_refused_in_words(admi
     page = response.content.decode()
     assert "already has a budget for this period" in page and "budget_user_period_unique" not in page
     assert [b.limit for b in Budget.objects.all()] == [D("7.5")]
+
+
+def _form_errors(response) -> list[str]:
+    form = response.context["adminform"].form
+    return [str(e) for errors in form.errors.values() for e in errors]
+
+
+def test_a_budget_without_an_owner_is_refused_once_in_words(admin_client):
+    # The service's sentence, and not again as "Constraint “budget_exactly_one_owner” is violated."
+    response = admin_client.post(f"{BUDGETS}add/", {"user": "", "team": "", "period": "day", "limit": "1", "warn_ratio": "0.8"})
+    assert response.status_code == 200
+    assert _form_errors(response) == ["a budget belongs to exactly one user or one team"]
+    assert not Budget.objects.exists()
+
+
+def test_a_negative_price_is_refused_once_in_words(admin_client):
+    # Not again as "Constraint “modelprice_non_negative” is violated.", nor with a claim that
+    # the price already exists.
+    response = admin_client.post("/admin/billing/modelprice/add/", {**PRICE_FORM, "input_per_million": "-1"})
+    assert response.status_code == 200
+    assert _form_errors(response) == ["input price cannot be negative"]
 
 
 def test_a_budgets_name_shows_its_limit_as_money(user):

@@ -47,6 +47,80 @@ def test_readyz_reports_an_unreachable_postgres_inside_the_compose_healthcheck_t
     assert float(seconds) < 5, f"/readyz took {seconds}s to say the database is down"
 
 
+def test_readyz_answers_within_its_own_timeout_when_the_database_and_redis_both_hang():
+    """Hosts dropping packets: a connection is taken (here, by the kernel: the sockets listen and
+    never answer) and nothing ever comes back. The checks ran one after another, each with its
+    own timeout (about 3 s together); a probe must get its answer within READY_TIMEOUT."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from chatsite.health import READY_TIMEOUT
+
+    holes = []
+    for _ in range(2):
+        hole = socket.socket()
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)  # never accepted: connects succeed, nothing is ever answered
+        holes.append(hole)
+    database_port, redis_port = (h.getsockname()[1] for h in holes)
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
+    env.update(
+        {
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:{database_port}/parley_absent",
+            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "PYTHONWARNINGS": "ignore",
+            "DJANGO_DEBUG": "true",  # static files as in development: the two services are the subject
+        }
+    )
+    script = (
+        "import os, time, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'chatsite.settings'); django.setup()\n"
+        "from django.test import Client\n"
+        "started = time.monotonic(); response = Client(HTTP_HOST='localhost').get('/readyz')\n"
+        "print(response.status_code, round(time.monotonic() - started, 2), response.content.decode())\n"
+    )
+    try:
+        result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        for hole in holes:
+            hole.close()
+    status, seconds, body = result.stdout.strip().splitlines()[-1].split(" ", 2)
+    assert status == "503", result.stdout + result.stderr
+    assert json.loads(body)["failed"] == ["database", "redis"]
+    assert float(seconds) < READY_TIMEOUT + 0.5, f"/readyz took {seconds}s with both services hanging"
+
+
+@pytest.mark.django_db
+def test_a_check_still_hanging_is_waited_on_again_not_started_twice(client, settings, monkeypatch):
+    # Probes every few seconds against a host that holds each connection attempt for minutes
+    # must not leave a new thread behind each time.
+    import threading
+
+    from chatsite import health
+
+    settings.REDIS_URL = ""
+    release, calls = threading.Event(), []
+
+    def hanging():
+        calls.append(1)
+        release.wait(30)
+        return True
+
+    monkeypatch.setattr(health, "_database_ok", hanging)
+    monkeypatch.setattr(health, "READY_TIMEOUT", 0.2)
+    try:
+        for _ in range(3):
+            response = client.get("/readyz")
+            assert response.status_code == 503 and response.json()["failed"] == ["database"]
+        assert len(calls) == 1
+    finally:
+        release.set()
+
+
 @pytest.mark.django_db
 def test_readyz_answers_503_naming_static_files_until_they_are_collected(client, settings, tmp_path):
     """Without DEBUG every page names its CSS and images by their hashed names from the manifest

@@ -1,5 +1,6 @@
 """/readyz names Redis when Redis is configured and down, and recovers when it is back."""
 
+import logging
 import shutil
 import socket
 import subprocess
@@ -68,3 +69,43 @@ def test_readyz_without_redis_configured_checks_only_the_database(client, settin
     response = client.get("/readyz")
     assert response.status_code == 200
     assert response.json()["checks"] == {"database": "ok"}
+
+
+def _told(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.django_db
+def test_readyz_tells_a_failure_in_one_warning_line_not_an_error_per_probe(client, settings, caplog, monkeypatch):
+    """A load balancer polls /readyz every few seconds: while Redis was down, each 503 was also
+    logged by Django as an ERROR ("Service Unavailable: /readyz"). One WARNING line when the
+    state changes, then at most one a minute while it lasts, and one when it is ready again."""
+    from chatsite import health
+
+    now = [1000.0]
+    monkeypatch.setattr(health, "_clock", lambda: now[0])
+    settings.REDIS_URL = ""
+    assert client.get("/readyz").status_code == 200  # ready: this process's state now
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        for _ in range(5):
+            assert client.get("/readyz").status_code == 503
+            now[0] += 5
+        [record] = _told(caplog)
+        assert (record.name, record.levelname, record.exc_info) == ("chatsite.health", "WARNING", None)
+        assert "redis" in record.getMessage() and "503" in record.getMessage()
+
+        caplog.clear()
+        now[0] += 60  # a minute on, still down: one more line, saying how many it left out
+        for _ in range(3):
+            assert client.get("/readyz").status_code == 503
+        [record] = _told(caplog)
+        assert "redis" in record.getMessage() and "4 more" in record.getMessage()
+
+        caplog.clear()
+        settings.REDIS_URL = ""
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        [record] = _told(caplog)
+        assert record.name == "chatsite.health" and "ready again" in record.getMessage()
