@@ -984,6 +984,12 @@ def _thinking_exhausted_text(plan: _ReplyPlan) -> str:
     ) % {"tokens": tokens}
 
 
+def _ended_by_provider_text(kind: str) -> str:
+    if kind == REFUSED:
+        return _("The model declined to continue this reply. Rephrase your message or start a new conversation.")
+    return _("The provider's content filter stopped this reply. The text that arrived before it is kept.")
+
+
 def _error_text(exc: ProviderError) -> str:
     if exc.kind == ErrorKind.CONTEXT_TOO_LONG:
         return _("The conversation is too long for this model. Start a new conversation or shorten the message.")
@@ -1052,24 +1058,15 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
         )
         if result.cancelled or result.error is None:
             outcome.finish_reason = "cancelled" if result.cancelled else (result.finish or "stop")
-            if outcome.finish_reason == "refused":
-                # The provider said nothing about why: the person hears it here. The key is fine.
+            if outcome.finish_reason in ("refused", "filtered"):
+                # The provider ended the reply (its model declined, or its content filter cut it)
+                # and said nothing a person could read: they hear why here. Neither is a finish
+                # reason the contract has, so it is told as an error. The text that came stays
+                # and is billed; the key is fine.
+                outcome.error_kind = REFUSED if outcome.finish_reason == "refused" else FILTERED
                 outcome.finish_reason = "error"
                 outcome.error_code = "provider_error"
-                outcome.error_message = _(
-                    "The model declined to continue this reply. Rephrase your message or start a new conversation."
-                )
-                outcome.error_kind = REFUSED
-            elif outcome.finish_reason == "filtered":
-                # Cut by the provider's content filter: the text that came stays and is billed,
-                # but it is not a whole answer. The contract has no "filtered" finish reason, so
-                # it is told as an error that says why. The key is fine.
-                outcome.finish_reason = "error"
-                outcome.error_code = "provider_error"
-                outcome.error_message = _(
-                    "The provider's content filter stopped this reply. The text that arrived before it is kept."
-                )
-                outcome.error_kind = FILTERED
+                outcome.error_message = _ended_by_provider_text(outcome.error_kind)
             elif outcome.finish_reason == "length" and not stream.full_text.strip():
                 # A reasoning model thought through its whole output allowance (max_tokens) and
                 # wrote no answer: an empty reply that says nothing would look like a fault. It

@@ -260,6 +260,17 @@ def test_regenerate_clicked_while_the_socket_reconnects_still_asks_again(browser
     assert Message.objects.filter(conversation__owner=user, role="assistant").count() == 2
 
 
+def _given_back_and_no_reconnect(page, text: str) -> None:
+    """What a tab that cannot send any more does with what was written meanwhile: the text is
+    not left in a bubble that will never be sent, it is back in the input; and the page stops
+    knocking on a door that is gone (no socket is opened again)."""
+    expect(page.locator(".message-user")).to_have_count(0)
+    expect(page.locator("#message-input")).to_have_value(text)
+    sockets = page.evaluate("() => window.__sockets.length")
+    page.wait_for_timeout(4000)
+    assert page.evaluate("() => window.__sockets.length") == sockets
+
+
 def test_a_tab_whose_conversation_was_deleted_elsewhere_says_so_instead_of_reconnecting(browser, live_server_url, make_user):
     from conversations.models import Conversation, Message
 
@@ -280,13 +291,7 @@ def test_a_tab_whose_conversation_was_deleted_elsewhere_says_so_instead_of_recon
     send(page, "written after the blip")
     expect(page.locator("#chat-error")).to_have_text("This conversation no longer exists.")
     expect(page.locator("#conversation-list li.conversation-item")).to_have_count(0)
-    # The text is not left in a bubble that will never be sent: it is back in the input.
-    expect(page.locator(".message-user")).to_have_count(0)
-    expect(page.locator("#message-input")).to_have_value("written after the blip")
-    # And the page stops knocking on a door that is gone.
-    sockets = page.evaluate("() => window.__sockets.length")
-    page.wait_for_timeout(4000)
-    assert page.evaluate("() => window.__sockets.length") == sockets
+    _given_back_and_no_reconnect(page, "written after the blip")
     assert not Message.objects.filter(conversation__owner=user).exists()
 
 
@@ -351,13 +356,7 @@ def test_a_tab_whose_session_ended_during_a_blip_says_so_and_stops_reconnecting(
     link = page.locator("#chat-error a")
     expect(link).to_have_text("Log in")
     assert link.get_attribute("href") == f"/accounts/login/?next=/c/{conversation.id}/"
-    # The text is not left in a bubble that will never be sent: it is back in the input.
-    expect(page.locator(".message-user")).to_have_count(0)
-    expect(page.locator("#message-input")).to_have_value("written after the session ended")
-    # And the page stops knocking: no socket is opened again.
-    sockets = page.evaluate("() => window.__sockets.length")
-    page.wait_for_timeout(4000)
-    assert page.evaluate("() => window.__sockets.length") == sockets
+    _given_back_and_no_reconnect(page, "written after the session ended")
     assert not Message.objects.filter(conversation__owner=user).exists()
 
 
