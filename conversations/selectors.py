@@ -14,6 +14,10 @@ RUNNING = (Message.Status.PENDING, Message.Status.STREAMING)
 # The error_code of a reply the provider's safety filter ended (Anthropic's stop_reason "refusal").
 # Anthropic: the refused turn must leave the context, or every later request is refused as well.
 REFUSED = "refused"
+# The error_code of a reply the provider's content filter cut (OpenAI's finish_reason
+# "content_filter"): sent back, the turn would trip the filter on every later request.
+FILTERED = "content_filter"
+ENDED_BY_PROVIDER = (REFUSED, FILTERED)  # turns the model is never shown again
 
 
 def conversation_get(*, owner, conversation_id) -> Conversation | None:
@@ -62,8 +66,9 @@ def messages_seen_by_model(*, messages: Sequence[Message], answering_id: uuid.UU
     replace a complete answer, and leaves the question answered. A question with no reply with
     text (refused as too long, over budget, failed before any output) is left out: the model never
     answered it, and it must not push answered turns out of the window nor be summarised. A reply
-    the provider's safety filter ended (REFUSED) counts as none: its text stays on the page, but
-    the model is never shown the turn again (Anthropic refuses every later request else). The one
+    the provider's safety or content filter ended (ENDED_BY_PROVIDER) counts as none: its text
+    stays on the page, but the model is never shown the turn again (the provider refuses, or
+    filters, every later request else). The one
     exception is `answering_id`, the question being answered now: it is kept, and its earlier
     replies are not (a regeneration asks afresh).
     """
@@ -75,7 +80,7 @@ def messages_seen_by_model(*, messages: Sequence[Message], answering_id: uuid.UU
             or message.reply_to_id == answering_id
             or not message.content
             or message.status in RUNNING
-            or message.error_code == REFUSED
+            or message.error_code in ENDED_BY_PROVIDER
         ):
             continue
         current = chosen.get(message.reply_to_id)

@@ -46,7 +46,7 @@ from . import context as context_mod
 from . import llm
 from .llm.base import ChatRequest, ErrorKind, Finish, ProviderError, ReasoningDelta, TextDelta, Usage
 from .models import Conversation, Message
-from .selectors import REFUSED, RUNNING, conversation_timeline, messages_seen_by_model
+from .selectors import FILTERED, REFUSED, RUNNING, conversation_timeline, messages_seen_by_model
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ HEARTBEAT_SECONDS = 5.0  # the running replies' rows are touched this often (one
 STOP_POLL_SECONDS = 0.5  # how often the cache stop flag is read (the channel message is instant)
 STALE_SECONDS = 90  # a running reply whose heartbeat is older is reaped as `error`
 REAPED = "interrupted"  # the error_code of a reply the reaper ended
-FILTERED = "content_filter"  # the error_code of a reply the provider's content filter cut
 THINKING_EXHAUSTED = "thinking_exhausted"  # the error_code of a reply whose thinking took all of max_tokens
 # Saved as the reply's error_code in place of the code on the wire (provider_error): what ended it.
 _SAVED_KINDS = (REFUSED, FILTERED, THINKING_EXHAUSTED)

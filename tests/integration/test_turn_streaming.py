@@ -644,3 +644,12 @@ async def test_an_openai_content_filter_stop_tells_the_user_keeps_the_text_and_b
     assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
     stored = await db(ProviderKey.objects.get)(id=key.id)
     assert (stored.health, stored.consecutive_failures) == (ProviderKey.Health.HEALTHY, 0)  # the key did its job
+
+    # The filtered turn is not shown to the model again: sent back, the text the filter cut (and
+    # the question that drew it) would trip the filter on every later request of the conversation.
+    fake_provider.script("sk-openai-filters", text="Happy to help with that.")
+    frames = await turn_over_socket(user, conversation.id, "a different question")
+
+    assert of_type(frames, "error") == [] and frames[-1]["finish_reason"] == "stop"
+    sent = fake_provider.requests_for("sk-openai-filters")[-1].messages
+    assert sent == [{"role": "user", "content": "a different question"}]
