@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from . import api, selectors
+from . import api, selectors, turns
 
 
 def _strings() -> dict:
@@ -35,6 +35,17 @@ def _strings() -> dict:
         "cost": _("$%(cost)s"),
         "cancelled": _("Stopped."),
         "error": _("Error"),
+        # What ended a reply, by the error_code its row keeps (conversations.turns): said in
+        # words after a reload, as the live error frame said it. An unknown code shows as it is.
+        "errorCodes": {
+            "provider_error": _("the reply failed"),
+            "provider_unavailable": _("the provider was unavailable"),
+            "model_unavailable": _("the model is not available"),
+            selectors.REFUSED: _("the model declined to continue"),
+            selectors.FILTERED: _("stopped by the provider's content filter"),
+            turns.THINKING_EXHAUSTED: _("the model used all its output tokens thinking"),
+            turns.REAPED: _("the reply was interrupted"),
+        },
         "reconnecting": _("Connection lost, reconnecting…"),
         "connected": _("Connected"),
         "saved": _("Settings saved."),

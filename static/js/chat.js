@@ -401,7 +401,7 @@
     }
     const parts = [];
     if (m.status === "cancelled") parts.push(S.cancelled);
-    if (m.status === "error") parts.push(S.error + (m.error_code ? ": " + m.error_code : ""));
+    if (m.status === "error") parts.push(S.error + (m.error_code ? ": " + (S.errorCodes[m.error_code] || m.error_code) : ""));
     if (m.status !== "streaming" && m.status !== "pending") {
       parts.push(fmt(S.tokens, { input: m.input_tokens, output: m.output_tokens }));
       parts.push(fmt(S.cost, { cost: money(m.cost) }));

@@ -245,7 +245,9 @@ def test_the_chat_page_is_korean_and_so_are_the_words_its_script_shows(korean_cl
     config = json.loads(re.search(r'<script id="chat-config" type="application/json">(.*?)</script>', body, re.S).group(1))
     strings = config["strings"]
     assert strings["untitled"] == "새 대화" and strings["send"] == "보내기"
-    assert not english_words("<p>" + " ".join(strings.values()) + "</p>")
+    # Nested tables too (what ended a reply, by its saved code): every word the script can show.
+    words = [w for v in strings.values() for w in (v.values() if isinstance(v, dict) else [v])]
+    assert not english_words("<p>" + " ".join(words) + "</p>")
     assert [m["label"] for m in config["models"] if m["id"] == "demo:echo"] == ["데모(오프라인 에코)"]
 
 

@@ -382,3 +382,34 @@ def test_settings_on_a_desktop_stay_between_the_header_and_the_messages(browser,
     expect(page.locator("#settings-toggle")).to_be_focused()
 
 
+
+
+# --- what ended a reply, in words ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("language", "code", "said"),
+    [
+        ("en", "content_filter", "Error: stopped by the provider's content filter"),
+        ("en", "thinking_exhausted", "Error: the model used all its output tokens thinking"),
+        ("en", "interrupted", "Error: the reply was interrupted"),
+        ("ko", "refused", "오류: 모델이 답변을 계속하지 않았습니다"),
+    ],
+)
+def test_a_reply_that_ended_in_an_error_says_why_in_words_after_a_reload(browser, live_server_url, make_user, language, code, said):
+    """The saved reason of a reply that ended in an error, shown in the page's language, not as
+    the stored code (the live error frame said it in full; a reload must not turn it into jargon)."""
+    from conversations.models import Conversation, Message
+
+    user = make_user(f"ended-{language}-{code}")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="Ended")
+    question = Message.objects.create(conversation=conversation, role="user", content="a question")
+    Message.objects.create(
+        conversation=conversation, role="assistant", content="Here is", status="error", finish_reason="error",
+        error_code=code, reply_to=question,
+    )
+    context = signed_in_context(browser, live_server_url, user, locale=language, **DESKTOP)
+    context.add_cookies([{"name": "django_language", "value": language, "url": live_server_url}])
+    page = context.new_page()
+    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    meta = page.locator(".message-assistant .message-meta")
+    expect(meta).to_contain_text(said)
+    assert f": {code}" not in meta.inner_text()  # not the stored code
