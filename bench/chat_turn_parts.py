@@ -8,6 +8,8 @@ it: channels.db.database_sync_to_async's close_old_connections() around the call
 whose SQLite connection is kept, as turns._thread_keeps_its_connection sets), the key choice,
 what opening a connection would add, and the openai SDK's time to the first delta against the
 fake provider next to a raw aiohttp request. Wall and CPU time, median and p95, in milliseconds.
+The preparation is timed twice: back to back, and after --cold-ms of other Python work each time
+(as in the server, where the event loop's work between turns leaves the CPU caches cold).
 """
 
 from __future__ import annotations
@@ -25,15 +27,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_chat import Stack, make_sockets_data, pct, reply_text  # noqa: E402
 
+_BLOB = [{"k": list(range(50)), "s": "x" * 200} for _ in range(400)]
 
-def timed(fn, n: int) -> tuple[list[float], list[float], int]:
+
+def other_work(ms: float) -> None:
+    """`ms` of unrelated Python work (JSON, regular expressions, Decimal), as a server's event loop
+    does between two turns: what it leaves in the CPU's caches is not the preparation's code."""
+    import decimal
+    import json
+    import re
+
+    end = time.perf_counter() + ms / 1000
+    while time.perf_counter() < end:
+        json.loads(json.dumps(_BLOB))
+        [re.sub(r"\d", "y", str(i)) for i in range(200)]
+        decimal.Decimal("1.23") * 7
+
+
+def timed(fn, n: int, cold_ms: float = 0) -> tuple[list[float], list[float], int]:
     """Wall and CPU ms of each of n calls, and the SQL statements of one more (counted apart:
-    capturing queries costs time)."""
+    capturing queries costs time). With cold_ms, each call comes after that much other work."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     walls, cpus = [], []
     for i in range(n):
+        if cold_ms:
+            other_work(cold_ms)
         w, c = time.perf_counter(), time.process_time()
         fn(i)
         walls.append((time.perf_counter() - w) * 1000)
@@ -52,6 +72,10 @@ def main() -> None:
     parser.add_argument("--pace-ms", type=float, default=20)
     parser.add_argument("--first-delay-ms", type=float, default=0)
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument(
+        "--cold-ms", type=float, default=20,
+        help="also time the preparation after this many ms of other Python work before each call (0: not)",
+    )
     args = parser.parse_args()
     stack = Stack(args)
     try:
@@ -107,6 +131,24 @@ def run_parts(args, port: int) -> list:
         plans.append(plan)
 
     rows.append(("`_turn_prepare` (user message, checks, context, reply row)", timed(as_channels(prepare), n)))
+    if args.cold_ms:
+        # As in the server, where the event loop's work between two turns evicts the preparation's
+        # code and data from the CPU's caches: back to back, the loop above keeps them warm.
+        socks_cold = make_sockets_data(n + 1, "parts-cold")
+        cold = {c.id: c for c in Conversation.objects.filter(id__in=[s[0] for s in socks_cold]).select_related("owner")}
+        convs_cold = [cold[uuid.UUID(s[0])] for s in socks_cold]
+        users.update({c.owner_id: get_user_model().objects.get(pk=c.owner_id) for c in convs_cold})
+        plans_cold: list = []
+
+        def prepare_cold(i):
+            result, plan = turns._turn_prepare(
+                user=users[convs_cold[i].owner_id], conversation_id=convs_cold[i].id, content=f"cold {i}", client_id=uuid.uuid4()
+            )
+            assert plan is not None, result
+            plans_cold.append(plan)
+
+        label = f"`_turn_prepare` after {args.cold_ms:g} ms of other work each time (caches cold, as in the server)"
+        rows.append((label, timed(as_channels(prepare_cold), n, cold_ms=args.cold_ms)))
     def fresh_connection(i):
         connection.close()  # what a thread without a kept connection pays on every call
         Conversation.objects.exists()
