@@ -238,6 +238,12 @@ def count_tokens(*, text: str, model_id: str) -> tuple[int, bool]:
     return estimate_tokens(text), True
 
 
+def output_tokens_counted(*, text: str, thinking: str, model_id: str) -> int:
+    """The output a provider bills for a call that reported no usage: the text that came out and a
+    reasoning model's thinking (never part of the text, billed as much), counted apart."""
+    return count_tokens(text=text, model_id=model_id)[0] + count_tokens(text=thinking, model_id=model_id)[0]
+
+
 def estimate_tokens(text: str) -> int:
     """Tokens of `text` when no encoding loads: an estimate meant never to count badly low, since
     it sizes the window check and the budget hold.

@@ -260,9 +260,6 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
                 usage = event
         return usage
 
-    def counted_output(*, text: str, thinking: list[str]) -> int:
-        return sum(context_mod.count_tokens(text=t, model_id=model_id)[0] for t in (text, "".join(thinking)) if t)
-
     tried: list = []
     cost = Decimal("0")
     text = None
@@ -290,7 +287,7 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
                 # Cut off after the provider began answering: it has billed the input and the text
                 # it sent, so this is billed like a cut turn (turns._reply_finish): counted here,
                 # estimated. And not retried: a second call would bill the input again.
-                output_tokens = counted_output(text=received, thinking=thinking)
+                output_tokens = context_mod.output_tokens_counted(text=received, thinking="".join(thinking), model_id=model_id)
                 cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)
                 _followup_usage(
                     user=user, team_id=team_id, conversation_id=conversation_id, attempt=attempt, provider=provider,
@@ -317,7 +314,10 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
             keys.key_report_success(key_id=key.id)
         estimated = usage is None
         if usage is None:
-            usage = Usage(input_tokens=input_tokens, output_tokens=counted_output(text=text, thinking=thinking))
+            usage = Usage(
+                input_tokens=input_tokens,
+                output_tokens=context_mod.output_tokens_counted(text=text, thinking="".join(thinking), model_id=model_id),
+            )
         cost = prices.cost_of(price=price, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
         latency = int((timezone.now() - started).total_seconds() * 1000)
         _followup_usage(

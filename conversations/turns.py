@@ -1148,10 +1148,7 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
             estimated = True
             input_tokens = usage.input_tokens if usage is not None else plan.input_tokens
             cached = usage.cached_tokens if usage is not None else 0
-            # A reasoning model's thinking is output the provider bills, as much as the text.
-            for billed in (outcome.text, outcome.thinking):
-                if billed:
-                    output_tokens += context_mod.count_tokens(text=billed, model_id=plan.model_id)[0]
+            output_tokens = context_mod.output_tokens_counted(text=outcome.text, thinking=outcome.thinking, model_id=plan.model_id)
             if usage is not None:
                 output_tokens = max(output_tokens, usage.output_tokens)
         cost = prices.cost_of(price=plan.price, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached)
