@@ -1018,21 +1018,17 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
                 key, plan.first_key = plan.first_key, None  # the plan outlives the call: not the secret
             else:
                 key = await _db(keys.key_choose)(provider=plan.provider, exclude=tuple(tried))
-            if key is None and last_error is not None and last_error.kind == ErrorKind.MODEL_NOT_FOUND:
-                # Every key that could be tried answered that its server does not have the model.
-                return _Outcome(
-                    "error",
-                    error_code="model_unavailable",
-                    error_message=_("The model %(model)s is not available.") % {"model": plan.model_id},
-                    error_kind=str(last_error.kind),
-                    attempt=attempt,
-                    recorded=True,
-                )
             if key is None:
+                if last_error is not None and last_error.kind == ErrorKind.MODEL_NOT_FOUND:
+                    # Every key that could be tried answered that its server does not have the model.
+                    code, message = "model_unavailable", _("The model %(model)s is not available.") % {"model": plan.model_id}
+                else:
+                    code = "provider_unavailable"
+                    message = _error_text(last_error) if last_error else _("No provider key can serve this model now.")
                 return _Outcome(
                     "error",
-                    error_code="provider_unavailable",
-                    error_message=_error_text(last_error) if last_error else _("No provider key can serve this model now."),
+                    error_code=code,
+                    error_message=message,
                     error_kind=str(last_error.kind) if last_error else "",
                     attempt=attempt,
                     recorded=attempt > 0,
