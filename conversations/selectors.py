@@ -68,9 +68,8 @@ def messages_seen_by_model(*, messages: Sequence[Message], answering_id: uuid.UU
     answered it, and it must not push answered turns out of the window nor be summarised. A reply
     the provider's safety or content filter ended (ENDED_BY_PROVIDER) counts as none: its text
     stays on the page, but the model is never shown the turn again (the provider refuses, or
-    filters, every later request else). The one
-    exception is `answering_id`, the question being answered now: it is kept, and its earlier
-    replies are not (a regeneration asks afresh).
+    filters, every later request else). The one exception is `answering_id`, the question being
+    answered now: it is kept, and its earlier replies are not (a regeneration asks afresh).
     """
     chosen: dict[uuid.UUID, Message] = {}  # question id -> the reply the model sees
     for message in messages:
