@@ -120,12 +120,18 @@ def conversations_collection(request):
         # PostgreSQL cannot take NUL in a text parameter; refused on every backend alike, as
         # titles are (a title never holds one, so the search could match nothing anyway).
         return error(400, "invalid_input", _("q: The text must not contain NUL characters."))
+    return JsonResponse(conversations_page(request, page=page, query=query))
+
+
+def conversations_page(request, *, page: int = 1, query: str = "") -> dict:
+    """One page of the user's conversation list, newest first: {"results", "next"}, "next" the
+    API's URL of the page after (None on the last). Also the chat page's first sidebar page."""
     rows = list(selectors.conversation_list(owner=request.user, title_contains=query)[(page - 1) * PAGE_SIZE : page * PAGE_SIZE + 1])
     next_url = None
-    if len(rows) > PAGE_SIZE:
+    if len(rows) > PAGE_SIZE:  # one row past the page says there is a next one
         params = {"page": page + 1, **({"q": query} if query else {})}
         next_url = request.build_absolute_uri(reverse("api-conversations") + "?" + urlencode(params))
-    return JsonResponse({"results": [conversation_summary_data(c) for c in rows[:PAGE_SIZE]], "next": next_url})
+    return {"results": [conversation_summary_data(c) for c in rows[:PAGE_SIZE]], "next": next_url}
 
 
 @api_view(("GET", "PATCH", "DELETE"))

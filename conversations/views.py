@@ -7,7 +7,6 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import render, resolve_url
-from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import ensure_csrf_cookie
 
@@ -71,18 +70,16 @@ def chat(request, conversation_id=None):
         if conversation is None:
             raise Http404
         messages = [api.message_data(m) for m in selectors.message_list(conversation=conversation)]
-    # One row past the page says whether the sidebar offers the next one (as the API's "next").
-    rows = list(selectors.conversation_list(owner=request.user)[: api.PAGE_SIZE + 1])
-    conversations = [api.conversation_summary_data(c) for c in rows[: api.PAGE_SIZE]]
+    sidebar = api.conversations_page(request)
     config = {
         "conversation": api.conversation_data(conversation) if conversation else None,
         "messages": messages,
-        "conversations": conversations,
-        "conversationsNext": reverse("api-conversations") + "?page=2" if len(rows) > api.PAGE_SIZE else None,
+        "conversations": sidebar["results"],
+        "conversationsNext": sidebar["next"],
         "models": api.models_available(),
         "defaultModel": request.user.default_model or settings.DEFAULT_MODEL,
         "maxChars": settings.MAX_MESSAGE_CHARS,
         "loginUrl": resolve_url(settings.LOGIN_URL),
         "strings": _strings(),
     }
-    return render(request, "conversations/chat.html", {"config": config, "conversation": conversation, "conversations": conversations})
+    return render(request, "conversations/chat.html", {"config": config, "conversation": conversation, "conversations": sidebar["results"]})
