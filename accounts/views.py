@@ -124,16 +124,17 @@ class PasswordChangeView(_PasswordChangeFormGetsRequest, auth_views.PasswordChan
     form_class = PasswordChangeForm
     success_url = reverse_lazy("profile")
 
-
-class AdminPasswordChangeView(_PasswordChangeFormGetsRequest, auth_views.PasswordChangeView):
-    """The admin's own password page (ParleyAdminSite.password_change): the same form and service."""
-
-    form_class = AdminPasswordChangeForm
-
     def form_valid(self, form):
         response = super().form_valid(form)
         messages.success(self.request, _("Your password is changed."))
         return response
+
+
+class AdminPasswordChangeView(_PasswordChangeFormGetsRequest, auth_views.PasswordChangeView):
+    """The admin's own password page (ParleyAdminSite.password_change): the same form and service.
+    Its done page says the change in the admin's own words."""
+
+    form_class = AdminPasswordChangeForm
 
 
 class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):

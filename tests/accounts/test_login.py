@@ -225,3 +225,23 @@ def test_the_reset_form_mails_one_address_at_most_three_times_an_hour(
     with django_capture_on_commit_callbacks(execute=True):  # another address is not held back
         client.post("/accounts/password/reset/", {"email": other_user.email})
     assert mailoutbox[-1].to == [other_user.email]
+
+
+@pytest.mark.django_db
+def test_a_changed_password_is_confirmed_once_on_the_profile_and_in_the_admin(client, make_user, user):
+    """The profile's own change says so on the profile; the admin's done page has its own words
+    and no second copy of ours."""
+    from django.contrib.messages import get_messages
+
+    client.force_login(user)
+    new = "quiet river 42 stones"
+    response = client.post(
+        "/accounts/password/change/", {"old_password": PASSWORD, "new_password1": new, "new_password2": new}, follow=True
+    )
+    assert [str(m) for m in response.context["messages"]] == ["Your password is changed."]
+
+    admin = make_user("root", is_staff=True)
+    client.force_login(admin)
+    response = client.post("/admin/password_change/", {"old_password": PASSWORD, "new_password1": new, "new_password2": new})
+    assert response.status_code == 302
+    assert [str(m) for m in get_messages(response.wsgi_request)] == []
