@@ -102,8 +102,6 @@ def _undo(key: str, delta: int) -> None:
 def _wait_seconds(*, limit: int, need: int, previous: int, current: int, elapsed: float) -> int:
     """Seconds until previous*(1-e/W) + current + need fits under `limit` again."""
     w = WINDOW_SECONDS
-    if need > limit:
-        return w  # larger than a whole minute's allowance: it can never pass; say "a minute"
     if current + need <= limit and previous > 0:
         # Wait for the previous window's weight to fade enough.
         t = w * (1 - (limit - current - need) / previous) - elapsed
