@@ -674,15 +674,13 @@ def key_report_failure(
     been replaced does not mark the new one invalid."""
     kind = ErrorKind(kind)  # ValueError for a kind nobody defined
     now = clock()
-    if kind in (ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_TOO_LONG):
-        # The provider understood the key and refused the request: the key is fine.
+    if kind in (ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_TOO_LONG, ErrorKind.MODEL_NOT_FOUND):
+        # The provider understood the key, and the key is fine. It refused the request, which no
+        # other key would take either; or (MODEL_NOT_FOUND) its server does not have the model:
+        # one "openai" provider covers the official API and local servers, each serving its own
+        # models, and another key may have it.
         ProviderKey.objects.filter(pk=key_id).update(last_used_at=now)
-        return KeyFailureOutcome(retry=False)
-    if kind == ErrorKind.MODEL_NOT_FOUND:
-        # One "openai" provider covers the official API and local servers, each serving its own
-        # models: this one does not have the model, another key may. Nothing wrong with the key.
-        ProviderKey.objects.filter(pk=key_id).update(last_used_at=now)
-        return KeyFailureOutcome(retry=True)
+        return KeyFailureOutcome(retry=kind == ErrorKind.MODEL_NOT_FOUND)
     with transaction.atomic():
         key = ProviderKey.objects.select_for_update().filter(pk=key_id).first()
         if key is None:  # deleted while the call ran
