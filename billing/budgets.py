@@ -178,11 +178,21 @@ def period_bounds(*, period: str, tz_name: str, now: dt.datetime) -> tuple[dt.da
     )
 
 
+def _new_period_start(budget, now: dt.datetime) -> dt.datetime | None:
+    """The start of `budget`'s current period when its stored spend belongs to one that has ended
+    (it rolls over at its next reservation or settlement; until then it reads as fresh); None
+    while the stored period is the current one, or for a total budget."""
+    start, _end = period_bounds(period=budget.period, tz_name=budget.time_zone, now=now)
+    if start is None or (budget.period_start is not None and budget.period_start >= start):
+        return None
+    return start
+
+
 def _roll_over(budget, now: dt.datetime) -> bool:
     """Start a new period on `budget` (in memory) when `now` is past its current one. Holds
     carry over: those calls settle into the period they finish in."""
-    start, _end = period_bounds(period=budget.period, tz_name=budget.time_zone, now=now)
-    if start is None or (budget.period_start is not None and budget.period_start >= start):
+    start = _new_period_start(budget, now)
+    if start is None:
         return False
     budget.period_start = start
     budget.spent = ZERO
@@ -190,10 +200,8 @@ def _roll_over(budget, now: dt.datetime) -> bool:
 
 
 def _period_ended(budget, now: dt.datetime) -> bool:
-    """Whether `budget`'s stored spend belongs to a period that has ended (it rolls over at its
-    next reservation or settlement; until then it reads as fresh)."""
-    start, _end = period_bounds(period=budget.period, tz_name=budget.time_zone, now=now)
-    return start is not None and (budget.period_start is None or budget.period_start < start)
+    """Whether `budget`'s stored spend belongs to a period that has ended."""
+    return _new_period_start(budget, now) is not None
 
 
 def budget_spent_now(budget, *, now: dt.datetime | None = None) -> Decimal:
