@@ -12,13 +12,15 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_post_parameters
 
+from chatsite.admin_site import OwnChangesOnlyFormMixin
+
 from . import keys
 from .models import ProviderKey
 
 BASE_URL_PERMISSION = "billing.set_providerkey_base_url"
 
 
-class ProviderKeyForm(forms.ModelForm):
+class ProviderKeyForm(OwnChangesOnlyFormMixin, forms.ModelForm):
     # Not a model field: the model holds only the ciphertext. render_value=False so a form shown
     # again (after an error) never carries the secret back to the browser.
     secret = forms.CharField(
@@ -33,21 +35,13 @@ class ProviderKeyForm(forms.ModelForm):
         model = ProviderKey
         fields = ["name", "provider", "secret", "base_url", "priority", "state"]
 
-    # On a change the page carries the values it was shown with (hidden "initial-" inputs), so
-    # changed_data is what this operator changed, not every field another operator (or the
-    # system) changed since the page was opened: saving a new priority must not undo a
-    # colleague's "disable" of a leaked key, or their rename.
-    EDITABLE = ("name", "base_url", "priority", "state")
-
     def __init__(self, *args, **kwargs):
+        # OwnChangesOnlyFormMixin: saving a new priority must not undo a colleague's "disable" of
+        # a leaked key, or their rename (save_model applies only what this operator changed).
         super().__init__(*args, **kwargs)
         if self.instance._state.adding:
             self.fields["secret"].required = True
             self.fields["secret"].help_text = _("Write-only: it is never shown again, only its last four characters.")
-        else:
-            for name in self.EDITABLE:
-                if name in self.fields:
-                    self.fields[name].show_hidden_initial = True
 
     def _run(self, field_name: str, check, value):
         try:

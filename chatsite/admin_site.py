@@ -35,17 +35,18 @@ class BigTableAdminMixin:
 
 class OwnChangesOnlyFormMixin:
     """For the change form of a row that two operators may have open at once (a user, a team, a
-    budget). The page carries the values it was shown with (hidden "initial-" inputs), so
+    budget, a provider key). The page carries the values it was shown with (hidden "initial-" inputs), so
     changed_data is what this operator changed since opening it, and clean() keeps every other
     field as the row is now: otherwise a page opened before a colleague disabled an account,
     tightened a team's limits or raised a budget would undo that on any save.
 
     Only for a POST from the page: a bare POST has no record of what was shown, and an unticked
-    box would look unchanged. The add form (no row yet) is left as it is."""
+    box would look unchanged. The add form (no row yet) is left as it is: told by the instance's
+    state, as a model whose key has a default (a UUID) has a pk before it is saved."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.instance.pk is None:
+        if self.instance._state.adding:
             return
         for field in self.fields.values():
             if not field.disabled:
@@ -53,7 +54,7 @@ class OwnChangesOnlyFormMixin:
 
     def clean(self):
         cleaned = super().clean()
-        if cleaned is None or self.instance.pk is None:
+        if cleaned is None or self.instance._state.adding:
             return cleaned
         shown = [name for name, field in self.fields.items() if field.show_hidden_initial]
         if shown and self.add_initial_prefix(shown[0]) in self.data:
