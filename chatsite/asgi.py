@@ -73,13 +73,13 @@ def default_model_check() -> None:
     starts on it, and each of its messages would be refused (model_unavailable). Settings check
     its form only, before there is a database to ask; here there is one (when it answers: a
     database that does not is /readyz's to report)."""
-    from billing.prices import price_for
+    from django.core.exceptions import ValidationError
+
+    from accounts.services import default_model_check as model_usable_as_default
 
     try:
-        priced = price_for(model_id=settings.DEFAULT_MODEL) is not None
-    except Exception:  # noqa: BLE001 - not migrated or not reachable yet: nothing to say about prices
-        return
-    if not priced:
+        model_usable_as_default(model_id=settings.DEFAULT_MODEL)
+    except ValidationError:
         logging.getLogger("chatsite").error(
             "DEFAULT_MODEL %s has no price (or its price is disabled): every new chat would be refused; "
             "set one with `python manage.py set_price --model %s --input USD --output USD`, or set DEFAULT_MODEL "
@@ -87,6 +87,8 @@ def default_model_check() -> None:
             settings.DEFAULT_MODEL,
             settings.DEFAULT_MODEL,
         )
+    except Exception:  # noqa: BLE001 - not migrated or not reachable yet: nothing to say about prices
+        return
 
 
 replies_end_at_shutdown()
