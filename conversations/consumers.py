@@ -28,7 +28,7 @@ from accounts.selectors import user_language
 
 from . import sockets, turns
 from .selectors import conversation_get
-from .services import text_unstorable
+from .services import message_too_long_text, text_unstorable
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self._invalid(_("Frames must be JSON text."))
             return
         if len(text_data) > settings.MAX_MESSAGE_CHARS * FRAME_MAX_CHARS_PER_CHAR + FRAME_MAX_CHARS_OVERHEAD:
-            await self._invalid(_("The message is longer than %(n)d characters.") % {"n": settings.MAX_MESSAGE_CHARS})
+            await self._invalid(message_too_long_text())
             return
         try:
             content = json.loads(text_data)
@@ -272,7 +272,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         if len(text) > settings.MAX_MESSAGE_CHARS:
             await self._invalid(
-                _("The message is longer than %(n)d characters.") % {"n": settings.MAX_MESSAGE_CHARS}, client_id=echo
+                message_too_long_text(), client_id=echo
             )
             return
         if (why := text_unstorable(text)) is not None:

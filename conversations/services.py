@@ -21,6 +21,12 @@ EDITABLE_FIELDS = ("title", "model", "system_prompt", "temperature", "max_tokens
 MAX_TOKENS_CEILING = 1_000_000
 
 
+def message_too_long_text() -> str:
+    """What a message over MAX_MESSAGE_CHARS is refused with, the limit named: by the socket, and
+    by the chat page before it sends (one wording, one translation)."""
+    return _("The message is longer than %(n)d characters.") % {"n": settings.MAX_MESSAGE_CHARS}
+
+
 def text_unstorable(text: str) -> str | None:
     """Why not every database Parley runs on can store `text` as it is, or None when all can.
     A lone surrogate (a JSON escape like "\\ud800" decodes to one) cannot be encoded as UTF-8;
