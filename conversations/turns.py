@@ -989,6 +989,20 @@ def _ended_by_provider_text(kind: str) -> str:
     return _("The provider's content filter stopped this reply. The text that arrived before it is kept.")
 
 
+def saved_error_words() -> dict[str, str]:
+    """Each error_code a reply is saved with, in a few words of the reader's language (the chat
+    page shows them beside a reply that ended in an error)."""
+    return {
+        "provider_error": _("the reply failed"),
+        "provider_unavailable": _("the provider was unavailable"),
+        "model_unavailable": _("the model is not available"),
+        REFUSED: _("the model declined to continue"),
+        FILTERED: _("stopped by the provider's content filter"),
+        THINKING_EXHAUSTED: _("the model used all its output tokens thinking"),
+        REAPED: _("the reply was interrupted"),
+    }
+
+
 def _error_text(exc: ProviderError) -> str:
     if exc.kind == ErrorKind.CONTEXT_TOO_LONG:
         return _("The conversation is too long for this model. Start a new conversation or shorten the message.")

@@ -11,6 +11,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from . import api, selectors, turns
+from .services import message_too_long_text
 
 
 def _strings() -> dict:
@@ -34,22 +35,13 @@ def _strings() -> dict:
         "cost": _("$%(cost)s"),
         "cancelled": _("Stopped."),
         "error": _("Error"),
-        # What ended a reply, by the error_code its row keeps (conversations.turns): said in
-        # words after a reload, as the live error frame said it. An unknown code shows as it is.
-        "errorCodes": {
-            "provider_error": _("the reply failed"),
-            "provider_unavailable": _("the provider was unavailable"),
-            "model_unavailable": _("the model is not available"),
-            selectors.REFUSED: _("the model declined to continue"),
-            selectors.FILTERED: _("stopped by the provider's content filter"),
-            turns.THINKING_EXHAUSTED: _("the model used all its output tokens thinking"),
-            turns.REAPED: _("the reply was interrupted"),
-        },
+        # What ended a reply, by the error_code its row keeps: said in words after a reload, as
+        # the live error frame said it. An unknown code shows as it is.
+        "errorCodes": turns.saved_error_words(),
         "reconnecting": _("Connection lost, reconnecting…"),
         "connected": _("Connected"),
         "saved": _("Settings saved."),
-        # The limit named, as the server names it (one translation for both).
-        "tooLong": _("The message is longer than %(n)d characters.") % {"n": settings.MAX_MESSAGE_CHARS},
+        "tooLong": message_too_long_text(),  # the limit named, as the socket names it
         "demo": _("demo"),
         "offline": _("The server cannot be reached. Check your connection and try again."),
         "requestFailed": _("The request failed. Please try again."),
