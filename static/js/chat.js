@@ -283,19 +283,20 @@
     if (shown && getComputedStyle(el.settings).position === "fixed") el.settingsClose.focus();
   }
 
-  el.settingsToggle.addEventListener("click", () => showSettings(el.settings.hidden));
-  el.settingsClose.addEventListener("click", () => {
+  // Closed, focus goes back to the button that opened it, not to the top of the page.
+  function closeSettings() {
     showSettings(false);
     el.settingsToggle.focus();
-  });
-  // Escape closes the panel from any of its fields (or its button), and focus goes back to the
-  // button that opened it, not to the top of the page.
+  }
+
+  el.settingsToggle.addEventListener("click", () => showSettings(el.settings.hidden));
+  el.settingsClose.addEventListener("click", closeSettings);
+  // Escape closes the panel from any of its fields (or its button).
   for (const target of [el.settings, el.settingsToggle]) {
     target.addEventListener("keydown", (event) => {
       if (event.key !== "Escape" || el.settings.hidden) return;
       event.preventDefault();
-      showSettings(false);
-      el.settingsToggle.focus();
+      closeSettings();
     });
   }
 
@@ -402,7 +403,7 @@
     const parts = [];
     if (m.status === "cancelled") parts.push(S.cancelled);
     if (m.status === "error") parts.push(S.error + (m.error_code ? ": " + (S.errorCodes[m.error_code] || m.error_code) : ""));
-    if (m.status !== "streaming" && m.status !== "pending") {
+    if (!isRunning(m)) {
       parts.push(fmt(S.tokens, { input: m.input_tokens, output: m.output_tokens }));
       parts.push(fmt(S.cost, { cost: money(m.cost) }));
     }
@@ -413,7 +414,7 @@
     const node = ensureMessage(m.id, m.role);
     node.dataset.status = m.status;
     const body = node.querySelector(".message-body");
-    if (m.role === "assistant" && m.html !== null && m.html !== undefined && m.status !== "streaming" && m.status !== "pending") {
+    if (m.role === "assistant" && m.html !== null && m.html !== undefined && !isRunning(m)) {
       body.innerHTML = m.html; // sanitized on the server (markdown-it, raw HTML off, then nh3)
       addCopyButtons(body);
     } else {
@@ -467,8 +468,7 @@
     // yet acknowledged is not saved. Both stay as they are, or a reconnect would blank the reply
     // until "done" and hide the message just sent.
     const live = state.running ? findMessage(state.running) : null;
-    const unacked = state.messages.filter((m) => m.id.startsWith("pending-"));
-    const isRunning = (m) => m.status === "pending" || m.status === "streaming";
+    const unacked = state.messages.filter(isUnsent);
     state.messages = data.messages.map((m) => (live && m.id === live.id && isRunning(m) ? live : m)).concat(unacked);
     const running = state.messages.find(isRunning);
     state.running = running ? running.id : null;
@@ -538,7 +538,7 @@
   // list, and what was written but not sent goes back into the input.
   function conversationGone(conversationId) {
     if (!state.conversation || state.conversation.id !== conversationId) return;
-    const unsent = state.messages.filter((m) => m.id.startsWith("pending-")).map((m) => m.content);
+    const unsent = state.messages.filter(isUnsent).map((m) => m.content);
     for (const [clientId, entry] of state.unacked) {
       if (entry.conversationId === conversationId) state.unacked.delete(clientId);
     }
@@ -555,7 +555,7 @@
   function signedOut() {
     if (state.signedOut) return;
     disconnect();
-    const unsent = state.messages.filter((m) => m.id.startsWith("pending-"));
+    const unsent = state.messages.filter(isUnsent);
     state.unacked.clear();
     state.controls.clear();
     if (unsent.length) {
@@ -581,6 +581,15 @@
     }
   }
 
+  // A message written here and not yet acknowledged (not saved: its id is the page's own).
+  function isUnsent(m) {
+    return m.id.startsWith("pending-");
+  }
+
+  function isRunning(m) {
+    return m.status === "pending" || m.status === "streaming";
+  }
+
   function findMessage(id) {
     return state.messages.find((m) => m.id === id);
   }
@@ -590,7 +599,7 @@
   // it goes, if that is still empty; else the bubble stays, marked as not sent.
   function refused(frame) {
     const m = state.messages.find((x) => x.client_id === frame.client_id);
-    if (!m || !m.id.startsWith("pending-") || frame.user_message_id) return;
+    if (!m || !isUnsent(m) || frame.user_message_id) return;
     const node = messageNode(m.id);
     if (!el.input.value) {
       el.input.value = m.content;
