@@ -35,7 +35,7 @@ from conversations import sockets
 from . import data_rights
 from .audit import audit_record
 from .models import Team, User
-from .services import OnlyAdmin, user_only_admins_among
+from .services import OnlyAdmin, is_administrator, user_only_admins_among
 
 # The fields of a user whose change is a change of role (what they may do), audited as such.
 ROLE_FIELDS = ("is_active", "is_staff", "is_superuser")
@@ -196,21 +196,19 @@ class CannotDisableSelf(Exception):
 
 
 def user_access_check(
-    *, user: User, actor: User | None, is_active: bool, is_superuser: bool, is_staff: bool | None = None
+    *, user: User, actor: User | None, is_active: bool, is_superuser: bool, is_staff: bool
 ) -> None:
     """The rule for taking access away from an account, shared by the Disable action and the user
     form: an operator cannot disable their own account (CannotDisableSelf), and the last active
     administrator can be neither disabled nor demoted, from superuser or from staff, which shuts
     them out of the admin (OnlyAdmin). `is_active`/`is_superuser`/`is_staff` are the flags the
-    account is to have (`is_staff` None: unchanged). Call inside the transaction making the
+    account is to have. Call inside the transaction making the
     change: it locks the administrators' rows."""
     if user.pk is None:
         return
-    if is_staff is None:
-        is_staff = user.is_staff
     if not is_active and actor is not None and actor.pk == user.pk:
         raise CannotDisableSelf
-    if not (is_active and is_superuser and is_staff):
+    if not is_administrator(is_active=is_active, is_superuser=is_superuser, is_staff=is_staff):
         only = user_only_admins_among(user_ids=[user.pk], lock=True)
         if only:
             raise OnlyAdmin(only)
@@ -224,7 +222,7 @@ def user_disable(*, user: User, actor: User | None, ip_address: str | None = Non
     user_access_check), changing nothing."""
     users_manage_check(actor=actor, users=[user])
     with transaction.atomic():
-        user_access_check(user=user, actor=actor, is_active=False, is_superuser=user.is_superuser)
+        user_access_check(user=user, actor=actor, is_active=False, is_superuser=user.is_superuser, is_staff=user.is_staff)
         changed = User.objects.filter(pk=user.pk, is_active=True).update(is_active=False)
         if changed:
             audit_record(action="user.disabled", actor=actor, target=user, ip_address=ip_address)

@@ -57,7 +57,7 @@ from conversations import sockets
 
 from .audit import audit_record
 from .models import AuditEvent, DataExport, ErasureRequest
-from .services import user_only_admins_among
+from .services import is_administrator, user_only_admins_among
 
 logger = logging.getLogger(__name__)
 
@@ -658,7 +658,7 @@ def _only_admin(user) -> bool:
     # The rule shared with the admin's Disable action and user form (called in a transaction).
     # Someone who is not an administrator cannot be the last one: no lock over the admins' rows
     # for every person erasing their own account.
-    if not (user.is_superuser and user.is_staff and user.is_active):
+    if not is_administrator(is_active=user.is_active, is_superuser=user.is_superuser, is_staff=user.is_staff):
         return False
     return bool(user_only_admins_among(user_ids=[user.pk], lock=True))
 

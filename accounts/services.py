@@ -39,16 +39,25 @@ class OnlyAdmin(Exception):
         self.users = users
 
 
+# An administrator is active, superuser and staff: the admin, where others are made
+# administrators, lets in staff only, so a superuser without staff status cannot make another.
+ADMINISTRATOR = {"is_active": True, "is_superuser": True, "is_staff": True}
+
+
+def is_administrator(*, is_active: bool, is_superuser: bool, is_staff: bool) -> bool:
+    """Whether an account with these flags is an administrator (ADMINISTRATOR)."""
+    return is_active and is_superuser and is_staff
+
+
 def user_only_admins_among(*, user_ids: Collection[int], lock: bool = False) -> list[User]:
     """The site's active administrators (superusers) when all of them are among `user_ids`: taking
     those accounts away would leave none. Empty when another active administrator would remain.
-    An administrator is active, superuser and staff: the admin, where others are made
-    administrators, lets in staff only, so a superuser without staff status cannot make another.
+    An administrator is as ADMINISTRATOR says.
 
     The one rule behind the Disable action, the user form and erasure. With `lock` (inside the
     transaction that makes the change) the administrators' rows are locked in pk order, so two
     operators taking away the last two administrators at once queue, and the second is refused."""
-    admins = User.objects.filter(is_superuser=True, is_staff=True, is_active=True).order_by("pk")
+    admins = User.objects.filter(**ADMINISTRATOR).order_by("pk")
     if lock:
         admins = admins.select_for_update()
     found = list(admins)  # a handful of rows on any site
