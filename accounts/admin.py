@@ -44,7 +44,7 @@ from billing.models import MONEY, Budget, DailyUsage
 from chatsite.admin_site import BigTableAdminMixin, OwnChangesOnlyFormMixin
 
 from . import admin_services, data_rights, services
-from .models import AuditEvent, Team, TeamMembership, User
+from .models import EMAIL_TAKEN, USERNAME_TAKEN, AuditEvent, Team, TeamMembership, User
 from .services import OnlyAdmin
 
 CENT = Decimal("0.01")
@@ -130,9 +130,7 @@ def _identity_free(form, field: str):
     # folds ASCII letters only; sign-up's rule (services.identity_taken) folds every script.
     value = form.cleaned_data.get(field)
     if value and services.identity_taken(field=field, value=value, exclude_pk=form.instance.pk):
-        if field == "username":
-            raise ValidationError(_("This username is already taken."))
-        raise ValidationError(_("An account with this email address already exists."))
+        raise ValidationError(USERNAME_TAKEN if field == "username" else EMAIL_TAKEN)
     return value
 
 

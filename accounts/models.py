@@ -15,6 +15,12 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+# What a taken name or address is refused with, wherever it is checked first (sign-up, the admin's
+# forms, team creation) and by the constraints behind them: one wording for one rule.
+USERNAME_TAKEN = _("This username is already taken.")
+EMAIL_TAKEN = _("An account with this email address already exists.")
+TEAM_NAME_TAKEN = _("A team with this name already exists.")
+
 
 def validate_timezone(value: str) -> None:
     if value not in zoneinfo.available_timezones():
@@ -90,13 +96,13 @@ class User(AbstractUser):
             models.UniqueConstraint(
                 Lower("username"),
                 name="user_username_ci_unique",
-                violation_error_message=_("This username is already taken."),
+                violation_error_message=USERNAME_TAKEN,
             ),
             models.UniqueConstraint(
                 Lower("email"),
                 condition=~models.Q(email=""),
                 name="user_email_ci_unique",
-                violation_error_message=_("An account with this email address already exists."),
+                violation_error_message=EMAIL_TAKEN,
             ),
             models.CheckConstraint(condition=_RATE_LIMITS_POSITIVE, name="user_rate_limits_positive"),
         ]
@@ -126,7 +132,7 @@ class Team(models.Model):
         verbose_name_plural = _("teams")
         constraints = [
             models.UniqueConstraint(
-                Lower("name"), name="team_name_ci_unique", violation_error_message=_("A team with this name already exists.")
+                Lower("name"), name="team_name_ci_unique", violation_error_message=TEAM_NAME_TAKEN
             ),
             models.CheckConstraint(condition=_RATE_LIMITS_POSITIVE, name="team_rate_limits_positive"),
         ]

@@ -19,7 +19,7 @@ from django.utils.translation import gettext as _
 from conversations import sockets
 
 from .audit import audit_record
-from .models import SiteState, Team, TeamMembership, User
+from .models import EMAIL_TAKEN, TEAM_NAME_TAKEN, USERNAME_TAKEN, SiteState, Team, TeamMembership, User
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,9 @@ def _check_identity_free(*, username: str, email: str) -> None:
     # first gives a message a person can act on instead of a constraint name.
     errors: dict[str, list[str]] = {}
     if identity_taken(field="username", value=username):
-        errors["username"] = [_("This username is already taken.")]
+        errors["username"] = [USERNAME_TAKEN]
     if email and identity_taken(field="email", value=email):
-        errors["email"] = [_("An account with this email address already exists.")]
+        errors["email"] = [EMAIL_TAKEN]
     if errors:
         raise ValidationError(errors)
 
@@ -258,7 +258,7 @@ def password_reset_send(*, email: str, domain: str, use_https: bool) -> None:
 def team_create(*, name: str, actor: User | None = None) -> Team:
     name = name.strip()
     if Team.objects.filter(name__iexact=name).exists():
-        raise ValidationError({"name": [_("A team with this name already exists.")]})
+        raise ValidationError({"name": [TEAM_NAME_TAKEN]})
     team = Team(name=name)
     team.full_clean(validate_constraints=False)
     team.save()
