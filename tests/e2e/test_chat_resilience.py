@@ -34,12 +34,12 @@ WATCH = """
 """
 
 
-def _watched_page(browser, live_server_url, user):
-    """A signed-in desktop chat page whose sockets (window.__sockets) and streamed text
-    (window.__shown) the test can reach."""
+def _watched_page(browser, live_server_url, user, path: str = "/"):
+    """A signed-in desktop chat page at `path` whose sockets (window.__sockets) and streamed text
+    (window.__shown) the test can reach (page.context opens other tabs of the same browser)."""
     page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
     page.add_init_script(WATCH)
-    page.goto(live_server_url + "/")
+    page.goto(live_server_url + path)
     return page
 
 
@@ -276,12 +276,9 @@ def test_a_tab_whose_conversation_was_deleted_elsewhere_says_so_instead_of_recon
 
     user = make_user("gone")
     conversation = Conversation.objects.create(owner=user, model="demo:echo", title="To be deleted")
-    context = signed_in_context(browser, live_server_url, user, **DESKTOP)
-    page = context.new_page()
-    page.add_init_script(WATCH)
-    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    page = _watched_page(browser, live_server_url, user, f"/c/{conversation.id}/")
     expect(page.locator("#connection-status")).to_have_text("Connected")
-    other = context.new_page()
+    other = page.context.new_page()
     other.goto(page.url)
     other.once("dialog", lambda dialog: dialog.accept())
     other.locator("#conversation-list li.active button", has_text="Delete").click()
@@ -365,13 +362,10 @@ def test_signing_out_in_another_tab_keeps_the_text_being_written_here(browser, l
 
     user = make_user("signed-out-elsewhere")
     conversation = Conversation.objects.create(owner=user, model="demo:echo", title="Open")
-    context = signed_in_context(browser, live_server_url, user, **DESKTOP)
-    page = context.new_page()
-    page.add_init_script(WATCH)
-    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    page = _watched_page(browser, live_server_url, user, f"/c/{conversation.id}/")
     expect(page.locator("#connection-status")).to_have_text("Connected")
     page.fill("#message-input", "a long draft, half written")
-    other = context.new_page()
+    other = page.context.new_page()
     other.goto(live_server_url + "/")
     other.click(".site-nav button[type=submit]")  # Log out
     other.wait_for_url("**/accounts/login/")
