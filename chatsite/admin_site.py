@@ -4,6 +4,7 @@ whole big table."""
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
 from django.core.paginator import Paginator
 from django.urls import path, reverse
@@ -49,7 +50,9 @@ class OwnChangesOnlyFormMixin:
         if self.instance._state.adding:
             return
         for field in self.fields.values():
-            if not field.disabled:
+            # A write-only field (a secret) shows no value to protect, and must never be echoed
+            # back into the page, not even in a hidden input.
+            if not field.disabled and not isinstance(field.widget, forms.PasswordInput):
                 field.show_hidden_initial = True
 
     def clean(self):
