@@ -42,7 +42,7 @@ def test_no_variables_means_the_embedded_defaults():
 def test_redis_url_switches_layer_cache_and_celery_to_redis():
     config = probe(REDIS_URL="redis://127.0.0.1:6379/3")
     assert config["layer"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
-    assert config["cache"] == "django.core.cache.backends.redis.RedisCache"
+    assert config["cache"] == "chatsite.rediscache.RedisCache"  # Django's, one client per pool
     assert config["broker"] == "redis://127.0.0.1:6379/3"
     assert config["beat_embedded"] is False  # the `beat` service runs it, once for all processes
 
