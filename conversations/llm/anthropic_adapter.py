@@ -13,13 +13,15 @@ Streaming: the SDK sends the request (`with_streaming_response`) and raises its 
 an error answer; the adapter reads the server-sent events itself (see _sse), by their `event:`
 name as the SDK does: message_start (input usage, yielded at once as a Usage with final=False: a
 reply stopped or cut before its end is billed Anthropic's count of its input), content_block_delta
-(text_delta), message_delta (stop reason, output usage), message_stop, and error (e.g.
-overloaded_error after the 200). ping, content_block_start/stop and events this adapter does not
+(text_delta), message_delta (stop reason, output usage: the reply is complete once it came, and
+message_stop is awaited for a short grace only), message_stop, and error (e.g. overloaded_error
+after the 200). ping, content_block_start/stop and events this adapter does not
 know are skipped unread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -138,7 +140,16 @@ class AnthropicAdapter(_common.SDKAdapter):
             chunks = response.http_response.aiter_bytes()
             decoder = _sse.SSEDecoder()
             texts = _common.TextDeltas()
-            while not stopped and (body := await deadlines.read(chunks)) is not None:
+            # Once the stop reason came (message_delta), the reply is complete: message_stop is
+            # waited for until then, no longer (_common.FINISH_GRACE_SECONDS), as OpenAI's [DONE].
+            ends_at: float | None = None
+            while not stopped:
+                if ends_at is None:
+                    body = await deadlines.read(chunks)
+                else:
+                    body = await _common.read_by(chunks, ends_at)
+                if body is None:
+                    break
                 for name, data in decoder.feed(body):
                     if name == b"content_block_delta":
                         text = self.delta_text(data, after_output=deadlines.got_output)
@@ -151,6 +162,8 @@ class AnthropicAdapter(_common.SDKAdapter):
                         if stop_reason:
                             finish = _finish_reason(stop_reason)
                             deadlines.got_output = True
+                            if ends_at is None:
+                                ends_at = asyncio.get_running_loop().time() + _common.FINISH_GRACE_SECONDS
                         elif name == b"message_start":
                             # Anthropic's count of the input, for a reply stopped or cut before its end.
                             yield counts.usage(final=False)
@@ -161,7 +174,8 @@ class AnthropicAdapter(_common.SDKAdapter):
                         raise self.stream_error(data, response=response, after_output=deadlines.got_output)
             if stopped:
                 await _common.drain(chunks)
-        if finish is None or not stopped:
+        if finish is None:
+            # The body ended before the stop reason: the connection was closed early.
             raise _common.stream_cut(provider=PROVIDER_LABEL, after_output=deadlines.got_output)
         if tail := texts.end():
             yield TextDelta(tail)

@@ -488,15 +488,45 @@ async def test_openai_error_object_followed_by_done_is_an_error_not_an_end(fake_
     assert error.kind == ErrorKind.UNAVAILABLE and error.after_output is True
 
 
-async def test_anthropic_stop_reason_without_message_stop_is_a_cut(fake_provider):
+async def test_anthropic_a_body_ending_after_the_stop_reason_is_a_complete_reply(fake_provider):
+    # message_delta carries the stop reason and the final output count: nothing of the reply can
+    # come after it. A body that ends there (a proxy dropping the last event) lost nothing, as
+    # an OpenAI body ending after its finish reason does not.
     delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}
     raw = [ANTHROPIC_START, anthropic_text("Hi"), anthropic_event("message_delta", delta)]
     fake_provider.script("sk-nostop", Script(mode="raw", raw=raw))
 
     events, error = await collect("anthropic", lease(fake_provider, "anthropic", "sk-nostop"))
 
+    assert error is None
+    assert text_of(events) == "Hi"
+    assert events[-1] == Finish("stop") and events[-2].output_tokens == 1
+
+
+async def test_anthropic_a_body_ending_before_the_stop_reason_is_a_cut(fake_provider):
+    raw = [ANTHROPIC_START, anthropic_text("Hi"), anthropic_event("content_block_stop", {"type": "content_block_stop", "index": 0})]
+    fake_provider.script("sk-nodelta", Script(mode="raw", raw=raw))
+
+    events, error = await collect("anthropic", lease(fake_provider, "anthropic", "sk-nodelta"))
+
     assert text_of(events) == "Hi"
     assert error.kind == ErrorKind.UNAVAILABLE and "ended before it was complete" in error.message
+
+
+async def test_anthropic_a_server_that_stalls_after_its_stop_reason_ends_the_reply_without_waiting(fake_provider, settings):
+    # message_delta arrived, then the connection stays open without message_stop: the reply is
+    # complete, and ends after a short grace (_common.FINISH_GRACE_SECONDS), not as a timeout.
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 5.0
+    fake_provider.script("sk-stall-end", Script(text="Hello there, friend.", input_tokens=21, stalls_before_done=True))
+
+    started = asyncio.get_running_loop().time()
+    events, error = await collect("anthropic", lease(fake_provider, "anthropic", "sk-stall-end"))
+    elapsed = asyncio.get_running_loop().time() - started
+
+    assert error is None
+    assert text_of(events) == "Hello there, friend."
+    assert events[-2:] == [Usage(input_tokens=21, output_tokens=3), Finish("stop")]
+    assert elapsed < 3.0
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -77,9 +77,10 @@ class Script:
     # OpenAI-compatible: True is a server that refuses a request carrying `stream_options` with
     # a 400, as vLLM before 0.5 (its request models forbid unknown fields) did.
     refuses_stream_options: bool = False
-    # OpenAI-compatible: True is a server (or a proxy in front of one) that sends its last chunks,
-    # the finish reason and the usage, and then keeps the connection open without `data: [DONE]`
-    # until the client goes away, as some proxies that buffer the end of a body do.
+    # True is a server (or a proxy in front of one) that sends the reply's last events and then
+    # keeps the connection open without the end of the stream until the client goes away, as some
+    # proxies that buffer the end of a body do: OpenAI's finish reason and usage without
+    # `data: [DONE]`, Anthropic's message_delta (stop reason, usage) without message_stop.
     stalls_before_done: bool = False
     # The models this key's server serves (its /v1/models list); None: any model asked for. Any
     # other model is answered with the provider's 404 (OpenAI's model_not_found, Anthropic's
@@ -667,6 +668,9 @@ class FakeProvider:
                 },
             )
         )
+        if script.stalls_before_done:
+            await self._hold_open(request)
+            return response
         await response.write(event("message_stop", {"type": "message_stop"}))
         await response.write_eof()
         return response
