@@ -956,6 +956,62 @@ def test_a_change_made_on_the_team_page_is_still_applied(su_client, teams):
     assert _limits(team) == (None, None)
 
 
+def _member_row(data, person) -> str:
+    """The name of the page's input holding `person` as a member (…-N-user)."""
+    return next(k for k, v in data.items() if k.endswith("-user") and "__prefix__" not in k and v == str(person.pk))
+
+
+@pytest.mark.parametrize("row", ["left-as-shown", "also-ticked-for-removal"])
+def test_saving_a_team_page_after_a_colleague_removed_a_member_saves_the_rest_and_says_so(
+    su_client, teams, members, make_user, row
+):
+    # A colleague (or the same operator in another tab) removes member0 while the page is open.
+    # Its save was refused with "Please correct the error below." and no error anywhere below:
+    # the error sat on the row's hidden id. Now the rest is saved and the removal stands.
+    team = teams[0]
+    newcomer = make_user("newcomer")
+    data = page_form(su_client, f"{TEAMS}{team.pk}/change/", "team_form")
+    TeamMembership.objects.filter(team=team, user=members[0]).delete()
+    if row == "also-ticked-for-removal":
+        data[_member_row(data, members[0]).replace("-user", "-DELETE")] = "on"
+    data["name"] = "Physics lab"
+    data["teammembership_set-2-user"] = str(newcomer.pk)  # the page's empty row
+    response = su_client.post(f"{TEAMS}{team.pk}/change/", data, follow=True)
+    assert response.redirect_chain, response.context and response.context["errors"]
+    assert Team.objects.get(pk=team.pk).name == "Physics lab"
+    assert _member_ids(team) == {members[2].pk, newcomer.pk}
+    said = [str(m) for m in response.context["messages"]]
+    gone_note = [m for m in said if "member0" in m]
+    if row == "left-as-shown":  # the page still listed them: the operator hears they are gone
+        assert gone_note == [
+            "member0 had already been removed from this team by someone else after this page was opened; "
+            "the rest of your changes were saved."
+        ]
+    else:  # they were removing them anyway
+        assert gone_note == []
+
+
+def test_a_member_row_given_to_another_account_after_a_colleague_removed_it_is_refused_in_words(
+    su_client, teams, members, make_user
+):
+    # The row's membership is gone, so the operator's change to it cannot be saved as such: said
+    # above the members, in the page, not on a hidden input, and nothing is saved.
+    team = teams[0]
+    newcomer = make_user("newcomer")
+    data = page_form(su_client, f"{TEAMS}{team.pk}/change/", "team_form")
+    TeamMembership.objects.filter(team=team, user=members[0]).delete()
+    data[_member_row(data, members[0])] = str(newcomer.pk)
+    data["name"] = "Physics lab"
+    response = su_client.post(f"{TEAMS}{team.pk}/change/", data)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert (
+        "member0 was removed from this team by someone else after this page was opened, so their row cannot "
+        "be changed to another account: add that account on a new row."
+    ) in html
+    assert Team.objects.get(pk=team.pk).name == "Physics" and _member_ids(team) == {members[2].pk}
+
+
 def test_staff_cannot_delete_their_own_team_but_may_delete_another(client, make_staff, teams, members):
     staff = make_staff("accounts.view_team", "accounts.delete_team")
     mine, other = teams
