@@ -184,6 +184,34 @@ def test_moving_a_scheduled_price_to_a_past_moment_puts_it_in_force_now_once(adm
     assert price_for(model_id="openai:gpt-4o").input_per_million == D("1.25")
 
 
+def test_adding_a_price_at_the_moment_an_older_price_started_puts_it_in_force_now(admin_client):
+    # The page said "Model price with this Provider, Model and Effective from already exists.":
+    # a moment that has passed is never written, the new price starts now, so nothing clashes.
+    seeded = ModelPrice.objects.get(provider="openai", model="gpt-4o")
+    response = admin_client.post("/admin/billing/modelprice/add/", {**PRICE_FORM, **_moment_fields(seeded.effective_from)})
+    assert response.status_code == 302, _form_errors(response)
+    assert price_for(model_id="openai:gpt-4o").input_per_million == D("2")
+    seeded.refresh_from_db()
+    assert seeded.input_per_million == D("2.5")  # history untouched
+
+
+def test_adding_a_price_at_the_moment_of_a_scheduled_one_replaces_it_and_says_so(admin_client):
+    # A price not in force yet is not history (no call used it): the new one takes its place, as
+    # set_price does, and the page says which it replaced rather than that it "already exists".
+    scheduled = _scheduled(days=3)
+    count = ModelPrice.objects.count()
+    response = admin_client.post(
+        "/admin/billing/modelprice/add/",
+        {**PRICE_FORM, "input_per_million": "1.75", **_moment_fields(scheduled.effective_from)},
+        follow=True,
+    )
+    assert response.redirect_chain, _form_errors(response)
+    assert ModelPrice.objects.count() == count
+    assert price_for(model_id="openai:gpt-4o", at=scheduled.effective_from).input_per_million == D("1.75")
+    said = " ".join(str(m) for m in response.context["messages"])
+    assert "replaces the price scheduled for that moment" in said
+
+
 def test_editing_a_price_in_force_keeps_it_as_history_and_cannot_change_its_model(admin_client):
     seeded = ModelPrice.objects.get(provider="openai", model="gpt-4o")
     page = admin_client.get(f"/admin/billing/modelprice/{seeded.pk}/change/").content.decode()
