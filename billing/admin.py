@@ -238,6 +238,10 @@ class BudgetForm(RefusedOnceFormMixin, OwnChangesOnlyFormMixin, forms.ModelForm)
                 raise ValidationError(exc.message) from None
             except OutranksOperator:
                 raise ValidationError(OUTRANKS_YOU) from None
+        if self.errors.keys() & {"period", "limit", "warn_ratio"}:
+            # That field's own error says what is wrong; the service would say it again, for the
+            # value the field refused ("The limit must be a number" beside "Enter a number.").
+            return data
         try:
             budget_validate(
                 user=user,

@@ -96,7 +96,8 @@ class BudgetExceeded(Exception):
 
 
 class BudgetError(ValueError):
-    """Bad input to budget_set; one line, safe to show."""
+    """Bad input to budget_set: one sentence, in the language active when raised (the
+    operator's, in the admin), safe to show."""
 
 
 class BudgetCoversOperator(PermissionDenied):
@@ -408,16 +409,18 @@ def budget_limit_validate(limit: object) -> Decimal:
     limit for several owners at once (the admin's "set a budget" action) check it here first."""
     value = parse_decimal(limit)
     if value is None:
-        raise BudgetError(_("limit must be a number of USD"))
+        raise BudgetError(_("The limit must be a number of USD, such as 25 or 12.50."))
     if value < 0:
-        raise BudgetError(_("limit cannot be negative"))
+        raise BudgetError(_("The limit cannot be negative."))
     if value > MAX_BUDGET_LIMIT:
-        raise BudgetError(_("limit is above %(max)s USD") % {"max": MAX_BUDGET_LIMIT})
+        raise BudgetError(_("The limit cannot be above %(max)s USD.") % {"max": MAX_BUDGET_LIMIT})
     exact = quantize_money(value)
     if exact != value:
         # Never rounded: a limit is what a person may spend, and a stored figure other than the
         # one typed would be a surprise (as with prices, trailing zeros change nothing).
-        raise BudgetError(_("limit has more than %(places)s decimal places") % {"places": -MONEY_PLACES.as_tuple().exponent})
+        raise BudgetError(
+            _("The limit cannot have more than %(places)s decimal places.") % {"places": -MONEY_PLACES.as_tuple().exponent}
+        )
     return exact
 
 
@@ -426,9 +429,9 @@ def budget_validate(*, user=None, team=None, period: str, limit: object, warn_ra
     from .models import Budget
 
     if (user is None) == (team is None):
-        raise BudgetError(_("a budget belongs to exactly one user or one team"))
+        raise BudgetError(_("A budget belongs to exactly one user or one team: choose one of them."))
     if period not in Budget.Period.values:
-        raise BudgetError(_("period must be one of %(periods)s") % {"periods": ", ".join(Budget.Period.values)})
+        raise BudgetError(_("The period must be one of %(periods)s.") % {"periods": ", ".join(Budget.Period.values)})
     value = budget_limit_validate(limit)
     ratio = None
     if warn_ratio is not None and warn_ratio != "":
@@ -438,7 +441,7 @@ def budget_validate(*, user=None, team=None, period: str, limit: object, warn_ra
         if ratio is not None and Decimal("0") < ratio <= Decimal("1"):
             ratio = ratio.quantize(WARN_RATIO_PLACES, rounding=ROUND_HALF_UP)
         if ratio is None or not Decimal("0") < ratio <= Decimal("1"):
-            raise BudgetError(_("the warning threshold must be a fraction above 0 and at most 1"))
+            raise BudgetError(_("The warning threshold must be a fraction above 0 and at most 1, such as 0.8."))
     return value, ratio
 
 

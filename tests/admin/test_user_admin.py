@@ -117,8 +117,17 @@ def test_set_budget_above_the_largest_limit_says_so_and_changes_nothing(su_clien
     # the action did not catch: a server error instead of the reason.
     response = act(su_client, "set_budget", members[:2], apply="1", period="month", limit="2000000")
     assert response.status_code == 200
-    assert "limit is above 1000000 USD" in response.context["form"].errors["limit"]
+    assert "The limit cannot be above 1000000 USD." in response.context["form"].errors["limit"]
     assert not Budget.objects.exists() and not audits("budget.set")
+
+
+def test_set_budget_explains_a_refused_limit_in_the_operators_language(client, make_user, members):
+    operator = make_user("관리자", is_staff=True, is_superuser=True, language="ko")
+    client.force_login(operator)
+    response = act(client, "set_budget", members[:1], apply="1", period="month", limit="2000000")
+    assert response.status_code == 200
+    assert response.context["form"].errors["limit"] == ["한도는 1000000 USD를 넘을 수 없습니다."]
+    assert not Budget.objects.exists()
 
 
 def test_export_action_requests_exports_and_audits(su_client, superuser, members, django_capture_on_commit_callbacks):
