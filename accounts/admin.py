@@ -40,7 +40,7 @@ from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from billing.budgets import BudgetError, budget_limit_validate, budget_spent_now
+from billing.budgets import BudgetError, budget_limit_validate, budget_remaining_now, budget_spent_now
 from billing.dashboard import dashboard_today
 from billing.models import MONEY, Budget, DailyUsage
 from chatsite.admin_site import BigTableAdminMixin, OwnChangesOnlyFormMixin
@@ -85,8 +85,8 @@ def _spend_since(owner_field: str, since: datetime.date) -> Coalesce:
 
 
 def _budget_lines(budgets) -> str:
-    """One line per budget: period, spent in the current period of limit, what is left (spent
-    and held count)."""
+    """One line per budget: period, spent in the current period of limit, what is left (as the
+    usage API's `remaining`: spent and held count)."""
     if not budgets:
         return "—"
     now = timezone.now()
@@ -98,7 +98,7 @@ def _budget_lines(budgets) -> str:
                 b.get_period_display(),
                 _money(spent),
                 _money(b.limit),
-                _("%(left)s left") % {"left": _money(max(ZERO, b.limit - spent - b.reserved))},
+                _("%(left)s left") % {"left": _money(budget_remaining_now(b, now=now))},
             )
             for b in budgets
             for spent in [budget_spent_now(b, now=now)]

@@ -212,6 +212,14 @@ def budget_spent_now(budget, *, now: dt.datetime | None = None) -> Decimal:
     return ZERO if _period_ended(budget, now or timezone.now()) else budget.spent
 
 
+def budget_remaining_now(budget, *, now: dt.datetime | None = None) -> Decimal:
+    """What a new reply may still hold on `budget`, as budget_reserve decides it: the limit less
+    what was spent in the current period and what replies being written hold now (released,
+    less their real cost, when they end). Never negative. The usage API's `remaining` and the
+    admin's "left" both read it here."""
+    return max(ZERO, budget.limit - budget_spent_now(budget, now=now) - budget.reserved)
+
+
 def budgets_with_spent_now(queryset, *, now: dt.datetime | None = None):
     """`queryset` of budgets annotated with `spent_now` (budget_spent_now, in SQL), for lists
     that filter or sort on it. The periods end at each budget's own midnight: one condition per
@@ -350,12 +358,18 @@ class BudgetStatus:
     limit: Decimal
     spent: Decimal
     reserved: Decimal
-    remaining: Decimal
+    remaining: Decimal  # what a new reply may still hold (budget_remaining_now)
     warn_ratio: Decimal
     warn: bool  # spent reached the warning threshold
-    exceeded: bool  # nothing left to spend
+    exceeded: bool  # spent reached the limit: used up until the period resets
     period_start: dt.datetime | None
     period_end: dt.datetime | None
+
+    @property
+    def held_up(self) -> bool:
+        """Nothing remains, though the budget is not used up: replies being written hold the
+        rest, and it frees up as they end."""
+        return self.remaining <= 0 and not self.exceeded
 
 
 def budget_status(*, user) -> list[BudgetStatus]:
@@ -366,7 +380,6 @@ def budget_status(*, user) -> list[BudgetStatus]:
     for budget in _covering(user).select_related("user", "team"):
         start, end = period_bounds(period=budget.period, tz_name=budget.time_zone, now=now)
         spent = budget_spent_now(budget, now=now)
-        remaining = max(ZERO, budget.limit - spent)
         statuses.append(
             BudgetStatus(
                 scope=budget.scope,
@@ -375,10 +388,10 @@ def budget_status(*, user) -> list[BudgetStatus]:
                 limit=budget.limit,
                 spent=spent,
                 reserved=budget.reserved,
-                remaining=remaining,
+                remaining=budget_remaining_now(budget, now=now),
                 warn_ratio=budget.warn_ratio,
                 warn=budget.limit > 0 and spent >= budget.limit * budget.warn_ratio,
-                exceeded=remaining <= 0,
+                exceeded=spent >= budget.limit,
                 period_start=start,
                 period_end=end,
             )
