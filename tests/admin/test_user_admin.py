@@ -164,7 +164,7 @@ def test_erase_shows_what_will_be_removed_then_erases_and_audits_by_id(
     response = act(su_client, "erase_users", members[:1])
     html = response.content.decode()
     assert response.status_code == 200
-    assert "member0" in html and "messages: 3" in html and "conversations: 1" in html
+    assert "member0" in html and "3 messages" in html and "1 conversation" in html
     assert not audits("user.erase") and User.objects.get(pk=members[0].pk).is_active
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -173,6 +173,31 @@ def test_erase_shows_what_will_be_removed_then_erases_and_audits_by_id(
     assert (event.actor_id, event.target_type, event.target_id) == (superuser.pk, "accounts.user", str(members[0].pk))
     assert "member0" not in str(event.data)
     assert not User.objects.filter(pk=members[0].pk).exists(), "the erasure ran (eager Celery)"
+
+
+def test_the_erase_preview_says_in_words_what_goes_and_what_stays(client, make_user, members, make_ledger):
+    # The page listed the preview's internal keys ("login_records: 2", "usage_records_kept: 5"),
+    # the records kept among what is removed. Words now, in the operator's language.
+    from accounts.models import Team
+    from billing.budgets import budget_set
+    from conversations.models import Conversation
+
+    Conversation.objects.create(owner=members[0], title="t", model="demo:echo")
+    budget_set(user=members[0], period="day", limit="1")
+    make_ledger(2, users=[members[0]], teams=[Team.objects.first()])
+    for language, goes, stays in (
+        ("en", ["1 conversation", "0 messages", "1 budget", "0 signed-in sessions"], "2 usage records"),
+        ("ko", ["대화 1개", "메시지 0개", "예산 1개", "로그인 세션 0개"], "사용 기록 2건"),
+    ):
+        operator = make_user(f"root-{language}", is_staff=True, is_superuser=True, language=language)
+        client.force_login(operator)
+        page = act(client, "erase_users", members[:1]).content.decode()
+        gone = page[page.index('class="erase-preview"') : page.index("</ul>", page.index('class="erase-preview"'))]
+        for words in goes:
+            assert f"<li>{words}</li>" in gone, (words, gone)
+        assert stays not in gone and stays in page
+        for key in ("login_records", "usage_records", "budgets:", "sessions:", "exports:"):
+            assert key not in page, key
 
 
 def test_erase_refuses_the_operators_own_account(su_client, superuser):
