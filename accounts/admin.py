@@ -30,6 +30,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, DecimalField, OuterRef, Prefetch, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
+from django.forms.formsets import DELETION_FIELD_NAME
+from django.forms.utils import ErrorDict
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -38,7 +40,7 @@ from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from billing.budgets import BudgetError, budget_limit_validate, budget_spent_now
+from billing.budgets import BudgetError, budget_limit_validate, budget_remaining_now, budget_spent_now
 from billing.dashboard import dashboard_today
 from billing.models import MONEY, Budget, DailyUsage
 from chatsite.admin_site import BigTableAdminMixin, OwnChangesOnlyFormMixin
@@ -83,8 +85,8 @@ def _spend_since(owner_field: str, since: datetime.date) -> Coalesce:
 
 
 def _budget_lines(budgets) -> str:
-    """One line per budget: period, spent in the current period of limit, what is left (spent
-    and held count)."""
+    """One line per budget: period, spent in the current period of limit, what is left (as the
+    usage API's `remaining`: spent and held count)."""
     if not budgets:
         return "—"
     now = timezone.now()
@@ -96,7 +98,7 @@ def _budget_lines(budgets) -> str:
                 b.get_period_display(),
                 _money(spent),
                 _money(b.limit),
-                _("%(left)s left") % {"left": _money(max(ZERO, b.limit - spent - b.reserved))},
+                _("%(left)s left") % {"left": _money(budget_remaining_now(b, now=now))},
             )
             for b in budgets
             for spent in [budget_spent_now(b, now=now)]
@@ -503,21 +505,90 @@ class GroupAdmin(DjangoGroupAdmin):
 # --- Teams ----------------------------------------------------------------------------------
 
 
+class TeamMembershipForm(forms.ModelForm):
+    """A member's row. The page carries the account it showed (a hidden "initial-" input), so a
+    row whose membership was removed elsewhere since tells whether this operator changed it."""
+
+    gone = False  # set by TeamMembershipFormSet: the row's membership no longer exists
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["user"].show_hidden_initial = True
+
+    def full_clean(self):
+        if self.gone:
+            # Nothing of it can be saved (Django's formset skips a row without an instance), so
+            # nothing of it is checked: Django would refuse it on its hidden id, in no visible place.
+            self._errors, self.cleaned_data = ErrorDict(), {}
+            return
+        super().full_clean()
+
+    def user_shown(self) -> int | None:
+        """The account this row showed when the page was opened (as posted, for a POST without
+        the page's hidden inputs)."""
+        shown = self.add_initial_prefix("user")
+        raw = self.data.get(shown if shown in self.data else self.add_prefix("user"))
+        return int(raw) if raw and str(raw).isdigit() else None
+
+    def user_changed(self) -> bool:
+        """Whether the operator put another account on this row."""
+        return str(self.user_shown() or "") != str(self["user"].data or "")
+
+    def removal_ticked(self) -> bool:
+        return DELETION_FIELD_NAME in self.fields and bool(self[DELETION_FIELD_NAME].data)
+
+
 class TeamMembershipFormSet(forms.BaseInlineFormSet):
     """Refuses, with the reason, the memberships added or removed (a new row, a deleted row, or a
     row switched from one account to another) that the operator may not change
     (admin_services.team_membership_check): their own, when they may not change the constraints
     on their own spending, and those of accounts that can do more than they can.
-    admin_services.team_members_audit refuses them again after the save."""
+    admin_services.team_members_audit refuses them again after the save.
+
+    A row whose membership is gone (removed by a colleague, or in another tab, since the page was
+    opened) is left out of the save: the removal stands, as OwnChangesOnlyFormMixin keeps a
+    colleague's change of the team's own fields, and `gone_user_ids` names whom the page still
+    listed, for the admin to say so. A gone row given to another account on the page is refused
+    with the reason: that change has no row left to be saved on."""
 
     actor: User | None = None  # the operator, set for each request by TeamMembershipInline.get_formset
 
+    def _construct_form(self, i, **kwargs):
+        form = super()._construct_form(i, **kwargs)
+        # An existing row's instance is looked up by its posted id among the team's memberships:
+        # none found, it is gone.
+        form.gone = self.is_bound and i < self.initial_form_count() and form.instance.pk is None
+        return form
+
+    @property
+    def gone_user_ids(self) -> list[int]:
+        """The accounts on the gone rows that the page left as they were."""
+        return [
+            form.user_shown()
+            for form in self.forms
+            if form.gone and not form.removal_ticked() and not form.user_changed() and form.user_shown()
+        ]
+
     def clean(self):
         super().clean()
+        for form in self.forms:
+            if form.gone and not form.removal_ticked() and form.user_changed():
+                shown = form.user_shown()
+                name = User.objects.filter(pk=shown).values_list("username", flat=True).first()
+                name = name or _("#%(id)s (erased)") % {"id": shown}
+                raise ValidationError(
+                    _(
+                        "%(name)s was removed from this team by someone else after this page was opened, so "
+                        "their row cannot be changed to another account: add that account on a new row."
+                    )
+                    % {"name": name}
+                )
         if admin_services.roles_grantable_by(actor=self.actor):  # a superuser: bound by neither rule
             return
         changed: set[int] = set()
         for form in self.forms:
+            if form.gone:
+                continue  # nothing of it is saved
             deleted = self.can_delete and self._should_delete_form(form)
             if form.errors and not deleted:
                 continue  # its own error is shown; nothing of it is saved
@@ -547,6 +618,7 @@ class TeamMembershipFormSet(forms.BaseInlineFormSet):
 
 class TeamMembershipInline(admin.TabularInline):
     model = TeamMembership
+    form = TeamMembershipForm
     formset = TeamMembershipFormSet
     extra = 1
     raw_id_fields = ("user",)  # a select of every user would not load on a big site
@@ -646,6 +718,25 @@ class TeamAdmin(admin.ModelAdmin):
         admin_services.team_limits_audit(
             team=team, before=getattr(request, "_parley_limits_before", {}), actor=request.user, ip_address=ip_address
         )
+        self._say_members_gone(request, team, formsets)
+
+    def _say_members_gone(self, request, team: Team, formsets) -> None:
+        """Name the members the page still listed whom someone else removed meanwhile (the save
+        left them out, TeamMembershipFormSet), unless they are members again since."""
+        shown = {pk for formset in formsets for pk in getattr(formset, "gone_user_ids", ())}
+        names = list(
+            User.objects.filter(pk__in=shown).exclude(teams=team).order_by("username").values_list("username", flat=True)
+        )
+        if names:
+            self.message_user(
+                request,
+                _(
+                    "%(names)s had already been removed from this team by someone else after this page was "
+                    "opened; the rest of your changes were saved."
+                )
+                % {"names": ", ".join(names)},
+                messages.WARNING,
+            )
 
 
 # --- Audit log ------------------------------------------------------------------------------

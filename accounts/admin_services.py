@@ -231,16 +231,17 @@ def user_disable(*, user: User, actor: User | None, ip_address: str | None = Non
     return bool(changed)
 
 
-def users_erase_preview(*, users: list[User], actor: User | None) -> list[tuple[User, list]]:
-    """What erasing each of `users` would remove (for the confirmation page); or OutranksOperator
-    when the selection holds accounts `actor` may not change, OnlyAdmin when it holds every active
-    administrator: refused as a whole before the page lists anyone as going. users_erase checks
-    again, locked, when it is confirmed."""
+def users_erase_preview(*, users: list[User], actor: User | None) -> list[tuple[User, list[str], list[str]]]:
+    """What erasing each of `users` would remove and keep, in words (for the confirmation page:
+    data_rights.erasure_preview_words); or OutranksOperator when the selection holds accounts
+    `actor` may not change, OnlyAdmin when it holds every active administrator: refused as a
+    whole before the page lists anyone as going. users_erase checks again, locked, when it is
+    confirmed."""
     users_manage_check(actor=actor, users=users)
     only = user_only_admins_among(user_ids=[u.pk for u in users])
     if only:
         raise OnlyAdmin(only)
-    return [(u, sorted(data_rights.erasure_preview(user=u).items())) for u in users]
+    return [(u, *data_rights.erasure_preview_words(data_rights.erasure_preview(user=u))) for u in users]
 
 
 def users_erase(*, users: list[User], actor: User | None, ip_address: str | None = None) -> int:

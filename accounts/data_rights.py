@@ -50,6 +50,7 @@ from django.db.models import F, Q
 from django.template.loader import render_to_string
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext_lazy
 
 from billing import data_rights as billing_rights
 from conversations import data_rights as conversation_rights
@@ -661,6 +662,32 @@ def _only_admin(user) -> bool:
     if not is_administrator(is_active=user.is_active, is_superuser=user.is_superuser, is_staff=user.is_staff):
         return False
     return bool(user_only_admins_among(user_ids=[user.pk], lock=True))
+
+
+# erasure_preview's kinds in words, for a confirmation page: what erasure removes, in this order,
+# and what it keeps. Beside the preview so that a kind added there gets its words here.
+_ERASURE_REMOVES = {
+    "conversations": ngettext_lazy("%(n)s conversation", "%(n)s conversations", "n"),
+    "messages": ngettext_lazy("%(n)s message", "%(n)s messages", "n"),
+    "exports": ngettext_lazy("%(n)s export", "%(n)s exports", "n"),
+    "sessions": ngettext_lazy("%(n)s signed-in session", "%(n)s signed-in sessions", "n"),
+    "login_records": ngettext_lazy("%(n)s login record", "%(n)s login records", "n"),
+    "budgets": ngettext_lazy("%(n)s budget", "%(n)s budgets", "n"),
+}
+_ERASURE_KEEPS = {
+    "usage_records_kept": ngettext_lazy("%(n)s usage record", "%(n)s usage records", "n"),
+}
+
+
+def erasure_preview_words(preview: dict[str, int]) -> tuple[list[str], list[str]]:
+    """An erasure_preview in words of the active language: (what erasure removes, what it keeps)."""
+    unnamed = preview.keys() - _ERASURE_REMOVES.keys() - _ERASURE_KEEPS.keys()
+    if unnamed:
+        raise KeyError(f"erasure preview kinds without words: {sorted(unnamed)}")
+    return tuple(
+        [words % {"n": preview[kind]} for kind, words in kinds.items() if kind in preview]
+        for kinds in (_ERASURE_REMOVES, _ERASURE_KEEPS)
+    )
 
 
 def erasure_preview(*, user, include_sessions: bool = True) -> dict[str, int]:

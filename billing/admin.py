@@ -17,6 +17,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from accounts.admin_services import OutranksOperator
@@ -46,8 +47,7 @@ class RefusedOnceFormMixin:
     """For a model form whose clean() asks the service's own validation. Once that (or a field)
     has refused the input, the model's constraint checks, which Django runs after clean(), are
     skipped: they refused the same input again, in Django's words ("Constraint
-    “budget_exactly_one_owner” is violated.", or for a price row never to be written with that
-    moment, "already exists"), under the service's sentence."""
+    “budget_exactly_one_owner” is violated."), under the service's sentence."""
 
     def _post_clean(self):
         if self._errors:  # the form is refused already: nothing of it is saved
@@ -124,6 +124,13 @@ class ModelPriceForm(RefusedOnceFormMixin, forms.ModelForm):
         # A save makes a new row at max(now, effective_from); the service checks uniqueness.
         pass
 
+    def _get_validation_exclusions(self):
+        # Nor is the moment checked against the model's unique (provider, model, effective_from):
+        # a moment that has passed is never written (the price starts now), and one still to
+        # come replaces the price scheduled for it (price_set). Either way the constraint would
+        # refuse, as "already exists", a row the save never makes.
+        return {*super()._get_validation_exclusions(), "effective_from"}
+
 
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
@@ -179,6 +186,14 @@ class ModelPriceAdmin(admin.ModelAdmin):
             raise PermissionDenied(str(exc)) from None
 
     def save_model(self, request, obj: ModelPrice, form, change: bool) -> None:
+        # A price scheduled for this very moment is replaced by the save (price_set): said, since
+        # the page adds or moves a price and the operator may not know that one was there.
+        scheduled_then = ModelPrice.objects.filter(
+            provider=obj.provider, model=obj.model, effective_from=obj.effective_from, effective_from__gt=timezone.now()
+        )
+        if change:  # saved again at its own moment, a scheduled row is corrected, not replaced
+            scheduled_then = scheduled_then.exclude(pk=obj.pk)
+        replacing = scheduled_then.values_list("pk", flat=True).first()
         row = price_set(
             model_id=obj.model_id,
             input_per_million=obj.input_per_million,
@@ -194,6 +209,12 @@ class ModelPriceAdmin(admin.ModelAdmin):
         )
         # The admin's log entry and redirect then point at the new version.
         obj.pk, obj.effective_from, obj.created_at = row.pk, row.effective_from, row.created_at
+        if replacing is not None and row.pk == replacing:
+            self.message_user(
+                request,
+                gettext("The new price replaces the price scheduled for that moment, which no call had used yet."),
+                messages.INFO,
+            )
 
 
 class BudgetForm(RefusedOnceFormMixin, OwnChangesOnlyFormMixin, forms.ModelForm):
@@ -217,6 +238,10 @@ class BudgetForm(RefusedOnceFormMixin, OwnChangesOnlyFormMixin, forms.ModelForm)
                 raise ValidationError(exc.message) from None
             except OutranksOperator:
                 raise ValidationError(OUTRANKS_YOU) from None
+        if self.errors.keys() & {"period", "limit", "warn_ratio"}:
+            # That field's own error says what is wrong; the service would say it again, for the
+            # value the field refused ("The limit must be a number" beside "Enter a number.").
+            return data
         try:
             budget_validate(
                 user=user,

@@ -18,6 +18,9 @@ from . import keys
 from .models import ProviderKey
 
 BASE_URL_PERMISSION = "billing.set_providerkey_base_url"
+# The keys whose test has just said they are refused (invalid): the list the action redirects to
+# does not warn about them again. A session entry, read once, by the next list.
+_KEYS_JUST_REPORTED = "billing.keys_just_reported"
 
 
 class ProviderKeyForm(OwnChangesOnlyFormMixin, forms.ModelForm):
@@ -173,7 +176,10 @@ class ProviderKeyAdmin(admin.ModelAdmin):
     def changelist_view(self, request, extra_context=None):
         keys.keys_ensure_imported()  # so keys from the environment are listed before first use
         if request.method == "GET":
+            reported = set(request.session.pop(_KEYS_JUST_REPORTED, ()))
             for key in keys.keys_needing_attention():
+                if str(key.pk) in reported:
+                    continue
                 if key.health == ProviderKey.Health.INVALID:
                     text = gettext(
                         "Provider key %(name)s was refused by %(provider)s (invalid): replace its secret or disable it."
@@ -189,19 +195,26 @@ class ProviderKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Test the selected keys (a one-token call)"), permissions=["change"])
     def test_keys(self, request, queryset):
+        refused = []
         for key in queryset.only("pk", "name"):
             result = keys.key_test(key_id=key.pk, actor=request.user)
             if result.ok:
                 self.message_user(
                     request, gettext("Test of %(name)s: it works.") % {"name": key.name}, messages.SUCCESS
                 )
+                continue
+            values = {"name": key.name, "kind": result.error_kind, "detail": result.detail}
+            invalid = ProviderKey.objects.filter(pk=key.pk, health=ProviderKey.Health.INVALID)
+            if invalid.exclude(state=ProviderKey.State.DISABLED).exists():
+                # What the list's warning would say about this key (keys_needing_attention), said
+                # here once instead.
+                refused.append(str(key.pk))
+                text = gettext("Test of %(name)s failed (%(kind)s). %(detail)s Replace its secret or disable it.")
             else:
                 text = gettext("Test of %(name)s failed (%(kind)s). %(detail)s")
-                self.message_user(
-                    request,
-                    text % {"name": key.name, "kind": result.error_kind, "detail": result.detail},
-                    messages.ERROR,
-                )
+            self.message_user(request, text % values, messages.ERROR)
+        if refused:
+            request.session[_KEYS_JUST_REPORTED] = refused
 
     def _set_state(self, request, queryset, state: str) -> None:
         for key_id in queryset.values_list("pk", flat=True):

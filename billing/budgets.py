@@ -96,7 +96,8 @@ class BudgetExceeded(Exception):
 
 
 class BudgetError(ValueError):
-    """Bad input to budget_set; one line, safe to show."""
+    """Bad input to budget_set: one sentence, in the language active when raised (the
+    operator's, in the admin), safe to show."""
 
 
 class BudgetCoversOperator(PermissionDenied):
@@ -209,6 +210,14 @@ def budget_spent_now(budget, *, now: dt.datetime | None = None) -> Decimal:
     spend is a period that has ended. Every page showing a budget's spend reads it through this
     (or budgets_with_spent_now), as the budget check does."""
     return ZERO if _period_ended(budget, now or timezone.now()) else budget.spent
+
+
+def budget_remaining_now(budget, *, now: dt.datetime | None = None) -> Decimal:
+    """What a new reply may still hold on `budget`, as budget_reserve decides it: the limit less
+    what was spent in the current period and what replies being written hold now (released,
+    less their real cost, when they end). Never negative. The usage API's `remaining` and the
+    admin's "left" both read it here."""
+    return max(ZERO, budget.limit - budget_spent_now(budget, now=now) - budget.reserved)
 
 
 def budgets_with_spent_now(queryset, *, now: dt.datetime | None = None):
@@ -349,12 +358,18 @@ class BudgetStatus:
     limit: Decimal
     spent: Decimal
     reserved: Decimal
-    remaining: Decimal
+    remaining: Decimal  # what a new reply may still hold (budget_remaining_now)
     warn_ratio: Decimal
     warn: bool  # spent reached the warning threshold
-    exceeded: bool  # nothing left to spend
+    exceeded: bool  # spent reached the limit: used up until the period resets
     period_start: dt.datetime | None
     period_end: dt.datetime | None
+
+    @property
+    def held_up(self) -> bool:
+        """Nothing remains, though the budget is not used up: replies being written hold the
+        rest, and it frees up as they end."""
+        return self.remaining <= 0 and not self.exceeded
 
 
 def budget_status(*, user) -> list[BudgetStatus]:
@@ -365,7 +380,6 @@ def budget_status(*, user) -> list[BudgetStatus]:
     for budget in _covering(user).select_related("user", "team"):
         start, end = period_bounds(period=budget.period, tz_name=budget.time_zone, now=now)
         spent = budget_spent_now(budget, now=now)
-        remaining = max(ZERO, budget.limit - spent)
         statuses.append(
             BudgetStatus(
                 scope=budget.scope,
@@ -374,10 +388,10 @@ def budget_status(*, user) -> list[BudgetStatus]:
                 limit=budget.limit,
                 spent=spent,
                 reserved=budget.reserved,
-                remaining=remaining,
+                remaining=budget_remaining_now(budget, now=now),
                 warn_ratio=budget.warn_ratio,
                 warn=budget.limit > 0 and spent >= budget.limit * budget.warn_ratio,
-                exceeded=remaining <= 0,
+                exceeded=spent >= budget.limit,
                 period_start=start,
                 period_end=end,
             )
@@ -408,16 +422,18 @@ def budget_limit_validate(limit: object) -> Decimal:
     limit for several owners at once (the admin's "set a budget" action) check it here first."""
     value = parse_decimal(limit)
     if value is None:
-        raise BudgetError(_("limit must be a number of USD"))
+        raise BudgetError(_("The limit must be a number of USD, such as 25 or 12.50."))
     if value < 0:
-        raise BudgetError(_("limit cannot be negative"))
+        raise BudgetError(_("The limit cannot be negative."))
     if value > MAX_BUDGET_LIMIT:
-        raise BudgetError(_("limit is above %(max)s USD") % {"max": MAX_BUDGET_LIMIT})
+        raise BudgetError(_("The limit cannot be above %(max)s USD.") % {"max": MAX_BUDGET_LIMIT})
     exact = quantize_money(value)
     if exact != value:
         # Never rounded: a limit is what a person may spend, and a stored figure other than the
         # one typed would be a surprise (as with prices, trailing zeros change nothing).
-        raise BudgetError(_("limit has more than %(places)s decimal places") % {"places": -MONEY_PLACES.as_tuple().exponent})
+        raise BudgetError(
+            _("The limit cannot have more than %(places)s decimal places.") % {"places": -MONEY_PLACES.as_tuple().exponent}
+        )
     return exact
 
 
@@ -426,9 +442,9 @@ def budget_validate(*, user=None, team=None, period: str, limit: object, warn_ra
     from .models import Budget
 
     if (user is None) == (team is None):
-        raise BudgetError(_("a budget belongs to exactly one user or one team"))
+        raise BudgetError(_("A budget belongs to exactly one user or one team: choose one of them."))
     if period not in Budget.Period.values:
-        raise BudgetError(_("period must be one of %(periods)s") % {"periods": ", ".join(Budget.Period.values)})
+        raise BudgetError(_("The period must be one of %(periods)s.") % {"periods": ", ".join(Budget.Period.values)})
     value = budget_limit_validate(limit)
     ratio = None
     if warn_ratio is not None and warn_ratio != "":
@@ -438,7 +454,7 @@ def budget_validate(*, user=None, team=None, period: str, limit: object, warn_ra
         if ratio is not None and Decimal("0") < ratio <= Decimal("1"):
             ratio = ratio.quantize(WARN_RATIO_PLACES, rounding=ROUND_HALF_UP)
         if ratio is None or not Decimal("0") < ratio <= Decimal("1"):
-            raise BudgetError(_("the warning threshold must be a fraction above 0 and at most 1"))
+            raise BudgetError(_("The warning threshold must be a fraction above 0 and at most 1, such as 0.8."))
     return value, ratio
 
 

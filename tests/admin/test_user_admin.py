@@ -117,8 +117,17 @@ def test_set_budget_above_the_largest_limit_says_so_and_changes_nothing(su_clien
     # the action did not catch: a server error instead of the reason.
     response = act(su_client, "set_budget", members[:2], apply="1", period="month", limit="2000000")
     assert response.status_code == 200
-    assert "limit is above 1000000 USD" in response.context["form"].errors["limit"]
+    assert "The limit cannot be above 1000000 USD." in response.context["form"].errors["limit"]
     assert not Budget.objects.exists() and not audits("budget.set")
+
+
+def test_set_budget_explains_a_refused_limit_in_the_operators_language(client, make_user, members):
+    operator = make_user("관리자", is_staff=True, is_superuser=True, language="ko")
+    client.force_login(operator)
+    response = act(client, "set_budget", members[:1], apply="1", period="month", limit="2000000")
+    assert response.status_code == 200
+    assert response.context["form"].errors["limit"] == ["한도는 1000000 USD를 넘을 수 없습니다."]
+    assert not Budget.objects.exists()
 
 
 def test_export_action_requests_exports_and_audits(su_client, superuser, members, django_capture_on_commit_callbacks):
@@ -155,7 +164,7 @@ def test_erase_shows_what_will_be_removed_then_erases_and_audits_by_id(
     response = act(su_client, "erase_users", members[:1])
     html = response.content.decode()
     assert response.status_code == 200
-    assert "member0" in html and "messages: 3" in html and "conversations: 1" in html
+    assert "member0" in html and "3 messages" in html and "1 conversation" in html
     assert not audits("user.erase") and User.objects.get(pk=members[0].pk).is_active
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -164,6 +173,31 @@ def test_erase_shows_what_will_be_removed_then_erases_and_audits_by_id(
     assert (event.actor_id, event.target_type, event.target_id) == (superuser.pk, "accounts.user", str(members[0].pk))
     assert "member0" not in str(event.data)
     assert not User.objects.filter(pk=members[0].pk).exists(), "the erasure ran (eager Celery)"
+
+
+def test_the_erase_preview_says_in_words_what_goes_and_what_stays(client, make_user, members, make_ledger):
+    # The page listed the preview's internal keys ("login_records: 2", "usage_records_kept: 5"),
+    # the records kept among what is removed. Words now, in the operator's language.
+    from accounts.models import Team
+    from billing.budgets import budget_set
+    from conversations.models import Conversation
+
+    Conversation.objects.create(owner=members[0], title="t", model="demo:echo")
+    budget_set(user=members[0], period="day", limit="1")
+    make_ledger(2, users=[members[0]], teams=[Team.objects.first()])
+    for language, goes, stays in (
+        ("en", ["1 conversation", "0 messages", "1 budget", "0 signed-in sessions"], "2 usage records"),
+        ("ko", ["대화 1개", "메시지 0개", "예산 1개", "로그인 세션 0개"], "사용 기록 2건"),
+    ):
+        operator = make_user(f"root-{language}", is_staff=True, is_superuser=True, language=language)
+        client.force_login(operator)
+        page = act(client, "erase_users", members[:1]).content.decode()
+        gone = page[page.index('class="erase-preview"') : page.index("</ul>", page.index('class="erase-preview"'))]
+        for words in goes:
+            assert f"<li>{words}</li>" in gone, (words, gone)
+        assert stays not in gone and stays in page
+        for key in ("login_records", "usage_records", "budgets:", "sessions:", "exports:"):
+            assert key not in page, key
 
 
 def test_erase_refuses_the_operators_own_account(su_client, superuser):
@@ -954,6 +988,62 @@ def test_a_change_made_on_the_team_page_is_still_applied(su_client, teams):
     data["requests_per_minute"] = ""  # emptied on the page: no team limit
     assert su_client.post(f"{TEAMS}{team.pk}/change/", data).status_code == 302
     assert _limits(team) == (None, None)
+
+
+def _member_row(data, person) -> str:
+    """The name of the page's input holding `person` as a member (…-N-user)."""
+    return next(k for k, v in data.items() if k.endswith("-user") and "__prefix__" not in k and v == str(person.pk))
+
+
+@pytest.mark.parametrize("row", ["left-as-shown", "also-ticked-for-removal"])
+def test_saving_a_team_page_after_a_colleague_removed_a_member_saves_the_rest_and_says_so(
+    su_client, teams, members, make_user, row
+):
+    # A colleague (or the same operator in another tab) removes member0 while the page is open.
+    # Its save was refused with "Please correct the error below." and no error anywhere below:
+    # the error sat on the row's hidden id. Now the rest is saved and the removal stands.
+    team = teams[0]
+    newcomer = make_user("newcomer")
+    data = page_form(su_client, f"{TEAMS}{team.pk}/change/", "team_form")
+    TeamMembership.objects.filter(team=team, user=members[0]).delete()
+    if row == "also-ticked-for-removal":
+        data[_member_row(data, members[0]).replace("-user", "-DELETE")] = "on"
+    data["name"] = "Physics lab"
+    data["teammembership_set-2-user"] = str(newcomer.pk)  # the page's empty row
+    response = su_client.post(f"{TEAMS}{team.pk}/change/", data, follow=True)
+    assert response.redirect_chain, response.context and response.context["errors"]
+    assert Team.objects.get(pk=team.pk).name == "Physics lab"
+    assert _member_ids(team) == {members[2].pk, newcomer.pk}
+    said = [str(m) for m in response.context["messages"]]
+    gone_note = [m for m in said if "member0" in m]
+    if row == "left-as-shown":  # the page still listed them: the operator hears they are gone
+        assert gone_note == [
+            "member0 had already been removed from this team by someone else after this page was opened; "
+            "the rest of your changes were saved."
+        ]
+    else:  # they were removing them anyway
+        assert gone_note == []
+
+
+def test_a_member_row_given_to_another_account_after_a_colleague_removed_it_is_refused_in_words(
+    su_client, teams, members, make_user
+):
+    # The row's membership is gone, so the operator's change to it cannot be saved as such: said
+    # above the members, in the page, not on a hidden input, and nothing is saved.
+    team = teams[0]
+    newcomer = make_user("newcomer")
+    data = page_form(su_client, f"{TEAMS}{team.pk}/change/", "team_form")
+    TeamMembership.objects.filter(team=team, user=members[0]).delete()
+    data[_member_row(data, members[0])] = str(newcomer.pk)
+    data["name"] = "Physics lab"
+    response = su_client.post(f"{TEAMS}{team.pk}/change/", data)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert (
+        "member0 was removed from this team by someone else after this page was opened, so their row cannot "
+        "be changed to another account: add that account on a new row."
+    ) in html
+    assert Team.objects.get(pk=team.pk).name == "Physics" and _member_ids(team) == {members[2].pk}
 
 
 def test_staff_cannot_delete_their_own_team_but_may_delete_another(client, make_staff, teams, members):

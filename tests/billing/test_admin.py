@@ -184,6 +184,34 @@ def test_moving_a_scheduled_price_to_a_past_moment_puts_it_in_force_now_once(adm
     assert price_for(model_id="openai:gpt-4o").input_per_million == D("1.25")
 
 
+def test_adding_a_price_at_the_moment_an_older_price_started_puts_it_in_force_now(admin_client):
+    # The page said "Model price with this Provider, Model and Effective from already exists.":
+    # a moment that has passed is never written, the new price starts now, so nothing clashes.
+    seeded = ModelPrice.objects.get(provider="openai", model="gpt-4o")
+    response = admin_client.post("/admin/billing/modelprice/add/", {**PRICE_FORM, **_moment_fields(seeded.effective_from)})
+    assert response.status_code == 302, _form_errors(response)
+    assert price_for(model_id="openai:gpt-4o").input_per_million == D("2")
+    seeded.refresh_from_db()
+    assert seeded.input_per_million == D("2.5")  # history untouched
+
+
+def test_adding_a_price_at_the_moment_of_a_scheduled_one_replaces_it_and_says_so(admin_client):
+    # A price not in force yet is not history (no call used it): the new one takes its place, as
+    # set_price does, and the page says which it replaced rather than that it "already exists".
+    scheduled = _scheduled(days=3)
+    count = ModelPrice.objects.count()
+    response = admin_client.post(
+        "/admin/billing/modelprice/add/",
+        {**PRICE_FORM, "input_per_million": "1.75", **_moment_fields(scheduled.effective_from)},
+        follow=True,
+    )
+    assert response.redirect_chain, _form_errors(response)
+    assert ModelPrice.objects.count() == count
+    assert price_for(model_id="openai:gpt-4o", at=scheduled.effective_from).input_per_million == D("1.75")
+    said = " ".join(str(m) for m in response.context["messages"])
+    assert "replaces the price scheduled for that moment" in said
+
+
 def test_editing_a_price_in_force_keeps_it_as_history_and_cannot_change_its_model(admin_client):
     seeded = ModelPrice.objects.get(provider="openai", model="gpt-4o")
     page = admin_client.get(f"/admin/billing/modelprice/{seeded.pk}/change/").content.decode()
@@ -433,7 +461,7 @@ def test_a_budget_without_an_owner_is_refused_once_in_words(admin_client):
     # The service's sentence, and not again as "Constraint “budget_exactly_one_owner” is violated."
     response = admin_client.post(f"{BUDGETS}add/", {"user": "", "team": "", "period": "day", "limit": "1", "warn_ratio": "0.8"})
     assert response.status_code == 200
-    assert _form_errors(response) == ["a budget belongs to exactly one user or one team"]
+    assert _form_errors(response) == ["A budget belongs to exactly one user or one team: choose one of them."]
     assert not Budget.objects.exists()
 
 
@@ -443,6 +471,47 @@ def test_a_negative_price_is_refused_once_in_words(admin_client):
     response = admin_client.post("/admin/billing/modelprice/add/", {**PRICE_FORM, "input_per_million": "-1"})
     assert response.status_code == 200
     assert _form_errors(response) == ["input price cannot be negative"]
+
+
+@pytest.mark.parametrize(
+    "changes, english, korean",
+    [
+        ({"limit": "-1"}, "The limit cannot be negative.", "한도는 음수일 수 없습니다."),
+        ({"limit": "2000000"}, "The limit cannot be above 1000000 USD.", "한도는 1000000 USD를 넘을 수 없습니다."),
+        (
+            {"user": ""},
+            "A budget belongs to exactly one user or one team: choose one of them.",
+            "예산은 사용자 한 명 또는 팀 하나에만 속합니다. 둘 중 하나만 고르세요.",
+        ),
+        (
+            {"warn_ratio": "1.5"},
+            "The warning threshold must be a fraction above 0 and at most 1, such as 0.8.",
+            "경고 기준값은 0.8처럼 0보다 크고 1 이하인 비율이어야 합니다.",
+        ),
+    ],
+)
+def test_a_refused_budget_is_explained_in_one_sentence_in_the_operators_language(
+    client, django_user_model, user, changes, english, korean
+):
+    # The service's reasons were lower-case fragments ("limit cannot be negative"); shown on the
+    # page in the operator's own language (their profile's), as whole sentences.
+    data = {"user": str(user.pk), "team": "", "period": "day", "limit": "5", "warn_ratio": "0.8", **changes}
+    for language, expected in (("en", english), ("ko", korean)):
+        operator = django_user_model.objects.create_superuser(f"root-{language}", f"{language}@example.test", language=language)
+        client.force_login(operator)
+        response = client.post(f"{BUDGETS}add/", data)
+        assert response.status_code == 200
+        assert _form_errors(response) == [expected]
+        assert expected in response.content.decode()
+    assert not Budget.objects.exists()
+
+
+def test_a_limit_that_is_not_a_number_is_refused_once(admin_client, user):
+    # The field's own error, and not again by the service for the value the field refused.
+    data = {"user": str(user.pk), "team": "", "period": "day", "limit": "lots", "warn_ratio": "0.8"}
+    response = admin_client.post(f"{BUDGETS}add/", data)
+    assert response.status_code == 200
+    assert _form_errors(response) == ["Enter a number."]
 
 
 def test_a_budgets_name_shows_its_limit_as_money(user):

@@ -213,6 +213,29 @@ def test_the_test_action_reports_a_refused_key(admin_client, adapter):
     assert key.health == "invalid"
 
 
+def test_testing_a_key_the_provider_refuses_says_so_in_one_message(admin_client, fake_provider, settings):
+    # The real adapter against the fake provider, which answers 401 to this key. The page used
+    # to say it twice: the test's result, then the list's standing warning about the same key.
+    from tests.fakeprovider.server import Script
+
+    settings.ALLOW_PRIVATE_BASE_URLS = True  # the fake listens on 127.0.0.1
+    refused = "sk-refused-0123456789wxyz"
+    fake_provider.script(refused, Script(mode="error", status=401))
+    key = keys.key_add(provider="openai", name="main", secret=refused, base_url=fake_provider.openai_base_url)
+
+    response = admin_client.post(CHANGELIST, {"action": "test_keys", "_selected_action": [key.pk]}, follow=True)
+
+    said = [str(m) for m in response.context["messages"]]
+    assert said == [
+        "Test of main failed (auth). OpenAI refused the key: HTTP 401 (invalid_request_error). "
+        "Replace its secret or disable it."
+    ]
+    key.refresh_from_db()
+    assert key.health == "invalid"
+    # The list still warns about it when opened again: the standing reminder is kept.
+    assert "Provider key main was refused by openai" in admin_client.get(CHANGELIST).content.decode()
+
+
 def test_a_rate_limited_test_keeps_the_key_out_as_long_as_the_provider_asked(admin_client, adapter, settings):
     from datetime import timedelta
 

@@ -50,6 +50,39 @@ def test_usage_this_month_by_model_with_budgets_as_decimal_strings(alice_client,
     ]
 
 
+def test_remaining_is_what_the_budget_gate_still_lets_a_new_reply_hold(alice_client, admin_client, user):
+    """`remaining` was limit - spent, while replies being written hold their worst case on the
+    budget and the gate counts those holds: a person told 8.75 USD remained was refused a
+    reply of 6. Now it is limit - spent - held, never negative, as the admin shows it too."""
+    from billing.budgets import BudgetExceeded
+
+    budget_set(user=user, period="month", limit="10")
+    budget_settle(reservation_id=budget_reserve(user=user, amount=D("2")), actual=D("1.25"))
+    budget_reserve(user=user, amount=D("3"))  # a reply being written now
+
+    [budget] = alice_client.get("/api/v1/usage/").json()["budgets"]
+    assert (budget["limit"], budget["spent"], budget["remaining"]) == ("10.00", "1.25", "5.75")
+    assert "$5.75 left" in admin_client.get("/admin/accounts/user/").content.decode()
+    # The gate agrees: a new reply may hold exactly that much, and not a bit more.
+    with pytest.raises(BudgetExceeded):
+        budget_reserve(user=user, amount=D(budget["remaining"]) + D("0.0000000001"))
+    budget_reserve(user=user, amount=D(budget["remaining"]))
+    assert alice_client.get("/api/v1/usage/").json()["budgets"][0]["remaining"] == "0.00"
+
+    # Lowered below what is spent and held: nothing remains, never a negative amount.
+    budget_set(user=user, period="month", limit="4")
+    assert alice_client.get("/api/v1/usage/").json()["budgets"][0]["remaining"] == "0.00"
+
+
+def test_the_usage_page_says_a_budget_held_by_running_replies_is_not_used_up(alice_client, user):
+    # Nothing remains while the holds last, but the period need not end for the budget to free up.
+    budget_set(user=user, period="day", limit="1")
+    budget_reserve(user=user, amount=D("1"))
+    page = alice_client.get("/usage/").content.decode()
+    assert "The rest is held by replies being written: new requests are refused until they finish." in page
+    assert "Used up" not in page
+
+
 def test_usage_for_a_chosen_range(alice_client, user):
     usage_record(**usage_kwargs(user, cost=D("1"), at=dt.datetime(2026, 2, 3, 12, tzinfo=dt.UTC)))
     usage_record(**usage_kwargs(user, cost=D("2"), at=dt.datetime(2026, 2, 5, 12, tzinfo=dt.UTC)))
