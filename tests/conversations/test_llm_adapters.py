@@ -234,8 +234,10 @@ async def test_server_that_never_answers_times_out(fake_provider, provider, sett
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_stall_after_the_first_tokens_hits_the_total_timeout(fake_provider, provider, settings):
     settings.LLM_FIRST_TOKEN_TIMEOUT = 5
-    settings.LLM_TOTAL_TIMEOUT = 0.4
-    fake_provider.script("sk-slow", Script(text="a b c d e f g h i j k l m n o p", pace_ms=100))
+    # The first word comes at 0.2 s and the whole answer would take 3.2 s: the deadline falls
+    # mid-stream with room on both sides on a loaded machine (0.4 s against a 0.1 s pace did not).
+    settings.LLM_TOTAL_TIMEOUT = 1.0
+    fake_provider.script("sk-slow", Script(text="a b c d e f g h i j k l m n o p", pace_ms=200))
 
     events, error = await collect(provider, lease(fake_provider, provider, "sk-slow"))
 
