@@ -255,7 +255,9 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "chatsite.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    CELERY_BROKER_URL = "memory://"
+    # The in-memory transport ignores the host, but kombu warns "No hostname was supplied" each
+    # time its producer pool opens a connection to a URL naming none (the first task queued).
+    CELERY_BROKER_URL = "memory://localhost"
     CELERY_RESULT_BACKEND = None
     # No broker: tasks run in-process, in the thread that queued them (after commit).
     CELERY_TASK_ALWAYS_EAGER = True
