@@ -167,7 +167,7 @@ _db_scheme = urlsplit(_db_url).scheme
 if _db_scheme not in {"sqlite", "postgres", "postgresql", "pgsql", "psql"}:
     raise _config_error("DATABASE_URL", "must be sqlite:///PATH or postgres://USER@HOST:PORT/NAME")
 # A password in the URL must be percent-encoded (@ / : # ? % and space mean something there):
-# written as it is, it cut the URL elsewhere, and the site tried another host or user.
+# written as it is, it cuts the URL elsewhere, and the site would log in to another host or as another user.
 _URL_ENCODING_HINT = "(percent-encode @ / : # ? % in its password, or give the password in DATABASE_PASSWORD)"
 try:
     _db = environ.Env.db_url_config(_db_url)
