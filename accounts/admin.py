@@ -46,7 +46,7 @@ from billing.models import MONEY, Budget, DailyUsage
 from chatsite.admin_site import BigTableAdminMixin, OwnChangesOnlyFormMixin
 
 from . import admin_services, data_rights, services
-from .models import EMAIL_TAKEN, USERNAME_TAKEN, AuditEvent, Team, TeamMembership, User
+from .models import EMAIL_TAKEN, AuditEvent, Team, TeamMembership, User
 from .services import OnlyAdmin
 
 CENT = Decimal("0.01")
@@ -129,10 +129,16 @@ class BudgetForm(forms.Form):
 
 def _identity_free(form, field: str):
     # Django's forms check a username with iexact (and the email not at all), which on SQLite
-    # folds ASCII letters only; sign-up's rule (services.identity_taken) folds every script.
+    # folds ASCII letters only; sign-up's rules (services.identity_taken, and for a username
+    # services.username_taken_reason, which also refuses a look-alike of another) fold every script.
     value = form.cleaned_data.get(field)
-    if value and services.identity_taken(field=field, value=value, exclude_pk=form.instance.pk):
-        raise ValidationError(USERNAME_TAKEN if field == "username" else EMAIL_TAKEN)
+    if not value:
+        return value
+    if field == "username":
+        if reason := services.username_taken_reason(username=value, exclude_pk=form.instance.pk):
+            raise ValidationError(reason)
+    elif services.identity_taken(field=field, value=value, exclude_pk=form.instance.pk):
+        raise ValidationError(EMAIL_TAKEN)
     return value
 
 

@@ -15,9 +15,15 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from .lookalikes import username_lookalike_key
+
 # What a taken name or address is refused with, wherever it is checked first (sign-up, the admin's
 # forms, team creation) and by the constraints behind them: one wording for one rule.
 USERNAME_TAKEN = _("This username is already taken.")
+USERNAME_LOOKS_TAKEN = _(
+    "This username looks the same as an existing username (letters of another alphabet or digits "
+    "that look like its letters, such as a Cyrillic “р” for a Latin “p”, or “1” for “l”). Choose another."
+)
 EMAIL_TAKEN = _("An account with this email address already exists.")
 TEAM_NAME_TAKEN = _("A team with this name already exists.")
 
@@ -47,8 +53,8 @@ def validate_username_unmistakable(value: str) -> None:
     """Refuse a username that can pass for another on the screen: letters of one alphabet that
     look like another's mixed in ("аdmin" with a Cyrillic "а" reads as "admin" in every list an
     administrator checks), or blank letters. Latin mixed with Hangul stays allowed ("kim김"): they
-    share no look-alikes. (A name wholly in another alphabet that looks like a Latin one is not
-    caught; only mixtures are.)"""
+    share no look-alikes. A name wholly in one alphabet may look like another name ("раура1" in
+    Cyrillic, "paypal"): that depends on the names taken, so services.username_taken_reason asks."""
     if _BLANK_LETTERS.intersection(value) or confusables.is_dangerous(value, preferred_aliases=["latin", "hangul"]):
         raise ValidationError(
             _("This username mixes look-alike letters of different alphabets (such as a Cyrillic “а” among Latin letters). Use the letters of one alphabet."),
@@ -75,6 +81,11 @@ class User(AbstractUser):
         validators=[UnicodeUsernameValidator(), validate_username_unmistakable],
         error_messages={"unique": _("A user with that username already exists.")},
     )
+    # Equal for names that would look the same on the screen (lookalikes.username_lookalike_key):
+    # how sign-up and the admin find an existing name a new one would pass for. Indexed, not
+    # unique: a site may already hold such a pair ("user1" and "userl"), and the migration adding
+    # it must not fail there; passing for someone needs a name that exists, which the check sees.
+    username_lookalike = models.CharField(max_length=64, editable=False, db_index=True, default="")
     display_name = models.CharField(_("display name"), max_length=80, blank=True)
     timezone = models.CharField(_("time zone"), max_length=64, default="UTC", validators=[validate_timezone])
     # Empty: follow the browser's Accept-Language.
@@ -109,6 +120,16 @@ class User(AbstractUser):
 
     def __str__(self) -> str:
         return self.username
+
+    def save(self, *args, **kwargs) -> None:
+        # Derived data, kept beside the value it derives from on every path that writes a username
+        # (sign-up, the admin, createsuperuser, create_user): the rule using it is in services.
+        update_fields = kwargs.get("update_fields")
+        if update_fields is None or "username" in update_fields:
+            self.username_lookalike = username_lookalike_key(self.username)
+            if update_fields is not None:
+                kwargs["update_fields"] = {*update_fields, "username_lookalike"}
+        super().save(*args, **kwargs)
 
     @property
     def shown_name(self) -> str:

@@ -19,7 +19,17 @@ from django.utils.translation import gettext as _
 from conversations import sockets
 
 from .audit import audit_record
-from .models import EMAIL_TAKEN, TEAM_NAME_TAKEN, USERNAME_TAKEN, SiteState, Team, TeamMembership, User
+from .lookalikes import username_lookalike_key
+from .models import (
+    EMAIL_TAKEN,
+    TEAM_NAME_TAKEN,
+    USERNAME_LOOKS_TAKEN,
+    USERNAME_TAKEN,
+    SiteState,
+    Team,
+    TeamMembership,
+    User,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +87,25 @@ def identity_taken(*, field: str, value: str, exclude_pk: int | None = None) -> 
     return others.filter(**{f"{field}__iexact": value}).exists()
 
 
+def username_taken_reason(*, username: str, exclude_pk: int | None = None) -> str | None:
+    """Why no account (other than `exclude_pk`) may take `username`, or None: another has it in
+    some letter case, or has one that would look the same on the screen (all-Cyrillic "раура1"
+    beside "paypal"), and people would take one for the other. Sign-up and the admin's user forms
+    both ask."""
+    if identity_taken(field="username", value=username, exclude_pk=exclude_pk):
+        return USERNAME_TAKEN
+    others = User.objects.exclude(pk=exclude_pk) if exclude_pk is not None else User.objects.all()
+    if others.filter(username_lookalike=username_lookalike_key(username)).exists():
+        return USERNAME_LOOKS_TAKEN
+    return None
+
+
 def _check_identity_free(*, username: str, email: str) -> None:
     # The database holds the same rule (user_username_ci_unique, user_email_ci_unique); checking
     # first gives a message a person can act on instead of a constraint name.
     errors: dict[str, list[str]] = {}
-    if identity_taken(field="username", value=username):
-        errors["username"] = [USERNAME_TAKEN]
+    if reason := username_taken_reason(username=username):
+        errors["username"] = [reason]
     if email and identity_taken(field="email", value=email):
         errors["email"] = [EMAIL_TAKEN]
     if errors:

@@ -166,12 +166,32 @@ _db_url = env.str("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 _db_scheme = urlsplit(_db_url).scheme
 if _db_scheme not in {"sqlite", "postgres", "postgresql", "pgsql", "psql"}:
     raise _config_error("DATABASE_URL", "must be sqlite:///PATH or postgres://USER@HOST:PORT/NAME")
+# A password in the URL must be percent-encoded (@ / : # ? % and space mean something there):
+# written as it is, it cuts the URL elsewhere, and the site would log in to another host or as another user.
+_URL_ENCODING_HINT = "(percent-encode @ / : # ? % in its password, or give the password in DATABASE_PASSWORD)"
 try:
     _db = environ.Env.db_url_config(_db_url)
 except Exception as exc:  # noqa: BLE001 - any parse failure is a configuration error
-    raise _config_error("DATABASE_URL", f"cannot be parsed ({type(exc).__name__})") from None
-if _db_scheme != "sqlite" and (not urlsplit(_db_url).hostname or not _db.get("NAME")):
-    raise _config_error("DATABASE_URL", "must name a host and a database")
+    raise _config_error("DATABASE_URL", f"cannot be parsed ({type(exc).__name__}) {_URL_ENCODING_HINT}") from None
+_db_parts = urlsplit(_db_url)
+if _db_scheme != "sqlite" and (
+    not _db_parts.hostname
+    or not _db.get("HOST")
+    or not _db.get("NAME")
+    # An "@" or a second "/" after the host: the URL was cut inside an unencoded password.
+    or "@" in _db_parts.path
+    or "/" in _db["NAME"]
+):
+    raise _config_error("DATABASE_URL", f"must name a host and a database {_URL_ENCODING_HINT}")
+# The password apart from the URL, taken as it is: docker-compose.yml passes POSTGRES_PASSWORD so,
+# since compose cannot percent-encode it into a URL. Never both: one of them would go unused.
+_db_password = env.str("DATABASE_PASSWORD", default="")
+if _db_password:
+    if _db_scheme == "sqlite":
+        raise _config_error("DATABASE_PASSWORD", "is set, but DATABASE_URL names SQLite, which takes no password")
+    if _db.get("PASSWORD"):
+        raise _config_error("DATABASE_PASSWORD", "is set and DATABASE_URL holds a password too: give it in one place")
+    _db["PASSWORD"] = _db_password
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["OPTIONS"] = {
         # WAL lets readers run beside the writer; IMMEDIATE transactions take the write lock at
@@ -235,7 +255,9 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "chatsite.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    CELERY_BROKER_URL = "memory://"
+    # The in-memory transport ignores the host, but kombu warns "No hostname was supplied" each
+    # time its producer pool opens a connection to a URL naming none (the first task queued).
+    CELERY_BROKER_URL = "memory://localhost"
     CELERY_RESULT_BACKEND = None
     # No broker: tasks run in-process, in the thread that queued them (after commit).
     CELERY_TASK_ALWAYS_EAGER = True

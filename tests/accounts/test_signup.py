@@ -2,6 +2,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from accounts import services
+from accounts.models import USERNAME_LOOKS_TAKEN
 
 User = get_user_model()
 STRONG = "plum orchard 7 lantern"
@@ -139,5 +140,50 @@ def test_signup_service_reports_a_race_on_the_same_name_as_taken(user, monkeypat
 @pytest.mark.django_db
 @pytest.mark.parametrize("username", ["김철수", "kim김", "Алиса", "jo.sé"])
 def test_names_in_one_alphabet_or_latin_with_hangul_are_welcome(client, username):
+    response = post_signup(client, username=username)
+    assert response.status_code == 302 and User.objects.filter(username=username).exists()
+
+
+# Each pair: an existing name, and a new one that would look the same on the screen without
+# mixing alphabets (what test_bad_signup_input_shows_a_message_and_makes_nothing refuses).
+LOOK_ALIKES = [
+    ("paypal", "\u0440\u0430\u0443\u0440\u04301"),  # "раура1": all Cyrillic, and a "1" for the "l"
+    ("scope", "\u0455\u0441\u043e\u0440\u0435"),  # "ѕсоре": all Cyrillic
+    ("ABE", "\u0391\u0392\u0395"),  # "ΑΒΕ": Greek capitals
+    ("anna", "\u0391\u039d\u039d\u0391"),  # "ΑΝΝΑ" looks like "ANNA", which is anna's name in capitals
+    ("admin", "adrnin"),  # Latin alone: "rn" reads as "m"
+    ("alice", "aIice"),  # a capital I for the l
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("taken, username", LOOK_ALIKES)
+def test_signup_refuses_a_name_that_looks_the_same_as_an_existing_one(client, make_user, taken, username):
+    make_user(taken)
+    response = post_signup(client, username=username)
+    assert response.status_code == 400
+    [error] = response.context["form"].errors["username"]
+    assert "looks the same as an existing username" in error
+    assert not User.objects.filter(username=username).exists()
+
+
+@pytest.mark.django_db
+def test_signup_service_refuses_a_look_alike_of_an_existing_name(make_user):
+    from django.core.exceptions import ValidationError
+
+    make_user("paypal")
+    with pytest.raises(ValidationError) as refused:
+        services.user_signup(username="\u0440\u0430\u0443\u0440\u04301", email="p@example.test", password=STRONG)
+    assert refused.value.message_dict["username"] == [str(USERNAME_LOOKS_TAKEN)]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "username",
+    ["иван", "Ольга", "рома", "김영희", "Αλέξανδρος", "παύλος", "user2", "paypal2", "Алиса"],
+)
+def test_names_in_other_alphabets_that_look_like_no_existing_name_are_welcome(client, make_user, username):
+    for taken in ("paypal", "ivan", "olga", "roma", "김철수", "alexandros", "pavlos", "user1", "alice"):
+        make_user(taken)
     response = post_signup(client, username=username)
     assert response.status_code == 302 and User.objects.filter(username=username).exists()

@@ -287,6 +287,30 @@ def test_the_admin_refuses_renaming_a_person_to_a_look_alike_of_another(su_clien
     assert User.objects.get(pk=person.pk).username == "bob"
 
 
+def test_the_admin_refuses_a_new_person_or_a_rename_that_looks_like_another(su_client, make_user):
+    make_user("paypal")
+    person = make_user("bob")
+    cyrillic_paypal = "\u0440\u0430\u0443\u0440\u04301"  # "раура1": no Latin letter in it
+    response = su_client.post(f"{USERS}{person.pk}/change/", _change_form_data(su_client, person, username=cyrillic_paypal))
+    assert response.status_code == 200
+    assert "looks the same as an existing username" in str(response.context["adminform"].form.errors["username"])
+    assert User.objects.get(pk=person.pk).username == "bob"
+    response = su_client.post(
+        f"{USERS}add/",
+        {"username": cyrillic_paypal, "usable_password": "true", "password1": "a new Passphrase 42!", "password2": "a new Passphrase 42!"},
+    )
+    assert response.status_code == 200
+    assert "looks the same as an existing username" in str(response.context["adminform"].form.errors["username"])
+    assert not User.objects.filter(username=cyrillic_paypal).exists()
+
+
+def test_the_admin_keeps_a_persons_own_name_in_another_case(su_client, make_user):
+    person = make_user("paypal")
+    response = su_client.post(f"{USERS}{person.pk}/change/", _change_form_data(su_client, person, username="PayPal"))
+    assert response.status_code == 302, response.context and response.context["adminform"].form.errors
+    assert User.objects.get(pk=person.pk).username == "PayPal"
+
+
 def test_user_form_refuses_unticking_active_on_the_operators_own_account(su_client, superuser, make_user):
     make_user("root2", is_staff=True, is_superuser=True)  # not the only administrator: the self rule alone
     response = su_client.post(f"{USERS}{superuser.pk}/change/", _change_form_data(su_client, superuser, is_active=None))

@@ -19,7 +19,7 @@ PROBE = (
 
 
 def probe(**env_overrides: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "DATABASE_PASSWORD", "REDIS_URL"}}
     env.update({"DJANGO_SECRET_KEY": "x" * 60, **env_overrides})
     result = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120

@@ -2,13 +2,17 @@
 `.env` beside it."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.chatsite.test_readyz_redis import free_port
@@ -26,10 +30,8 @@ def _get(url: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
-def test_start_keeps_django_debug_false_from_the_env_file(tmp_path):
-    """README: scripts/start honours every variable, also from a .env file. It set DJANGO_DEBUG=true
-    whenever the environment did not, so a .env saying false still served Django's debug pages
-    (the URL list on a 404, settings such as REDIS_URL with its password on a 500)."""
+def _site_copy(tmp_path, env_file: str) -> Path:
+    """The site's files in a folder of their own, with this `.env` beside them."""
     site = tmp_path / "site"
     site.mkdir()
     for name in SITE:
@@ -38,9 +40,14 @@ def test_start_keeps_django_debug_false_from_the_env_file(tmp_path):
             shutil.copytree(source, site / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, site / name)
-    (site / ".env").write_text(
-        "DJANGO_DEBUG=false\nDJANGO_SECRET_KEY=start-script-test-secret-0123456789-abcdefghijklmnopqrstuvwxyz\n"
-    )
+    (site / ".env").write_text(env_file)
+    return site
+
+
+@contextmanager
+def _started(site: Path):
+    """scripts/start running in `site` on the embedded defaults, until it serves; yields its port
+    and a function returning what it has written to stderr so far."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_", "REDIS_", "PYTEST"))}
     # The venv running these tests, whose requirement stamp scripts/test has just checked: nothing is installed.
@@ -48,18 +55,61 @@ def test_start_keeps_django_debug_false_from_the_env_file(tmp_path):
     process = subprocess.Popen(
         ["scripts/start"], cwd=site, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(line.decode() for line in process.stderr), daemon=True)
+    reader.start()
     try:
         for _ in range(240):  # migrate and collectstatic first: wait until it serves
             if process.poll() is not None:
-                raise AssertionError(f"scripts/start ended: {process.stderr.read().decode()}")
+                reader.join(timeout=5)
+                raise AssertionError(f"scripts/start ended: {''.join(lines)}")
             try:
                 if _get(f"http://127.0.0.1:{port}/healthz")[0] == 200:
                     break
             except OSError:
                 time.sleep(0.5)
-        status, body = _get(f"http://127.0.0.1:{port}/no-such-page/")
-        assert status == 404
-        assert "URLconf" not in body and "DEBUG = True" not in body, body[:300]
+        yield port, lambda: "".join(lines)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def test_start_keeps_django_debug_false_from_the_env_file(tmp_path):
+    """README: scripts/start honours every variable, also from a .env file. It set DJANGO_DEBUG=true
+    whenever the environment did not, so a .env saying false still served Django's debug pages
+    (the URL list on a 404, settings such as REDIS_URL with its password on a 500)."""
+    site = _site_copy(
+        tmp_path, "DJANGO_DEBUG=false\nDJANGO_SECRET_KEY=start-script-test-secret-0123456789-abcdefghijklmnopqrstuvwxyz\n"
+    )
+    with _started(site) as (port, _stderr):
+        status, body = _get(f"http://127.0.0.1:{port}/no-such-page/")
+        assert status == 404
+        assert "URLconf" not in body and "DEBUG = True" not in body, body[:300]
+
+
+def test_start_on_the_embedded_defaults_logs_no_warning_when_a_task_runs(tmp_path):
+    """Without Redis, Celery runs tasks in the process, through its in-memory broker. Queuing the
+    first one (here a password-reset mail) logged kombu's "No hostname was supplied. Reverting to
+    default 'localhost'": a warning about nothing an operator set or could act on."""
+    site = _site_copy(tmp_path, "DJANGO_SECRET_KEY=start-script-test-secret-0123456789-abcdefghijklmnopqrstuvwxyz\n")
+    with _started(site) as (port, stderr):
+        cookies = urllib.request.HTTPCookieProcessor()
+        browser = urllib.request.build_opener(cookies)
+        page = browser.open(f"http://127.0.0.1:{port}/accounts/password/reset/", timeout=10).read().decode()
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        form = urllib.parse.urlencode({"csrfmiddlewaretoken": token, "email": "someone@example.com"}).encode()
+        # The mail task runs eagerly at the request's commit: by the answer, it has run.
+        answer = browser.open(f"http://127.0.0.1:{port}/accounts/password/reset/", data=form, timeout=30)
+        assert answer.url.endswith("/accounts/password/reset/sent/")
+        time.sleep(0.5)  # what the process wrote reaches the reader thread
+        logged = stderr()
+    assert "POST accounts/password/reset/ 302" in logged, logged
+    warnings = [line for line in logged.splitlines() if " WARNING " in line or " ERROR " in line]
+    assert not warnings, logged
+
+
+def test_kombu_still_says_its_warnings():
+    """The start is quiet because nothing is wrong, not because kombu's logger was turned down."""
+    import logging
+
+    assert logging.getLogger("kombu.connection").isEnabledFor(logging.WARNING)
