@@ -283,8 +283,53 @@
     // On a phone the panel lies over the page (chat.css), covering the button that opened it:
     // focus goes into the panel, on its close button (a text field would pop the keyboard up
     // over the panel). On a desktop it opens below the button, and focus stays there.
-    if (shown && getComputedStyle(el.settings).position === "fixed") el.settingsClose.focus();
+    if (settingsModal()) el.settingsClose.focus();
   }
+
+  // Lying over the page, the panel is a modal dialog: the page under it is inert (no focus, no
+  // tap, nothing read out) until it closes. On a desktop it is a part of the page. Asked again
+  // when the window changes size (a phone turned, a window widened), as the layout may change.
+  let madeInert = [];
+
+  function settingsModal() {
+    const modal = !el.settings.hidden && getComputedStyle(el.settings).position === "fixed";
+    if (modal) {
+      el.settings.setAttribute("role", "dialog");
+      el.settings.setAttribute("aria-modal", "true");
+    } else {
+      el.settings.removeAttribute("role");
+      el.settings.removeAttribute("aria-modal");
+    }
+    for (const node of madeInert) node.inert = false;
+    madeInert = [];
+    // Everything beside the panel and beside each of its ancestors: the rest of the page.
+    for (let node = el.settings; modal && node !== document.body; node = node.parentElement) {
+      for (const other of node.parentElement.children) {
+        if (other === node || other.inert) continue;
+        other.inert = true;
+        madeInert.push(other);
+      }
+    }
+    return modal;
+  }
+
+  window.addEventListener("resize", () => {
+    if (!el.settings.hidden) settingsModal();
+  });
+
+  // Tab and Shift+Tab go round the dialog's own controls: past the last comes the first again.
+  el.settings.addEventListener("keydown", (event) => {
+    if (event.key !== "Tab" || el.settings.getAttribute("aria-modal") !== "true") return;
+    const controls = [...el.settings.querySelectorAll("button, input, textarea, select, a[href]")].filter(
+      (c) => !c.disabled && c.getClientRects().length > 0,
+    );
+    const first = controls[0];
+    const last = controls[controls.length - 1];
+    if (event.shiftKey ? document.activeElement === first : document.activeElement === last) {
+      event.preventDefault();
+      (event.shiftKey ? last : first).focus();
+    }
+  });
 
   // Closed, focus goes back to the button that opened it, not to the top of the page.
   function closeSettings() {

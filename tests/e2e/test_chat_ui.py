@@ -369,6 +369,50 @@ def test_settings_on_a_phone_open_over_the_messages_and_close_again(browser, liv
     expect(page.locator("#settings-toggle")).to_have_attribute("aria-expanded", "false")
 
 
+# Where the keyboard's focus is: the focused element's id (or its text), and whether it is in the
+# settings panel.
+FOCUS = """() => {
+  const f = document.activeElement;
+  return [f.id || f.textContent.trim(), Boolean(f.closest("#settings-panel"))];
+}"""
+
+
+def test_settings_on_a_phone_are_a_modal_dialog_to_the_keyboard(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("phone-dialog")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="설정")
+    page = signed_in_context(browser, live_server_url, user, **PHONE).new_page()
+    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    expect(page.locator("#connection-status")).to_have_text("Connected")
+    toggle, panel = page.locator("#settings-toggle"), page.locator("#settings-panel")
+    toggle.focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("dialog", name="Settings")).to_be_visible()
+    expect(panel).to_have_attribute("aria-modal", "true")
+    expect(page.locator("#settings-close")).to_be_focused()
+    # Tab goes round the panel's own controls and never to the page it covers; Shift+Tab the
+    # other way round.
+    fields = ["settings-close", "system-prompt", "temperature", "max-tokens", "Save"]
+    forward = []
+    for _ in range(2 * len(fields)):
+        page.keyboard.press("Tab")
+        forward.append(page.evaluate(FOCUS))
+    assert forward == [[f, True] for f in (fields[1:] + fields + fields[:1])]
+    backward = []
+    for _ in range(2 * len(fields)):
+        page.keyboard.press("Shift+Tab")
+        backward.append(page.evaluate(FOCUS))
+    assert backward == [[f, True] for f in (fields[::-1] + fields[::-1])]
+    # Escape closes it, and focus is back on the button that opened it: the page is itself again.
+    page.keyboard.press("Escape")
+    expect(panel).to_be_hidden()
+    expect(toggle).to_be_focused()
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate(FOCUS) == ["model-picker", False]
+
+
 def test_settings_on_a_desktop_stay_between_the_header_and_the_messages(browser, live_server_url, make_user):
     user = make_user("desk-settings")
     page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
@@ -380,6 +424,11 @@ def test_settings_on_a_desktop_stay_between_the_header_and_the_messages(browser,
     assert head["y"] + head["height"] <= panel["y"] + 1 and panel["y"] + panel["height"] <= messages["y"] + 1
     expect(page.locator("#settings-close")).to_be_hidden()  # the Settings button is right there
     expect(page.locator("#settings-toggle")).to_be_focused()
+    # A part of the page, not a dialog over it: the keyboard goes on past it to the messages.
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    page.focus("#settings-panel button[type=submit]")
+    page.keyboard.press("Tab")
+    assert page.evaluate(FOCUS)[1] is False
 
 
 
