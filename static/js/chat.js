@@ -35,6 +35,9 @@
     // dropped between two sockets: a Stop lost there would let the reply (and its cost) run on.
     controls: new Map(),
     signedOut: false, // the session ended: nothing is sent or reconnected until they sign in
+    // Messages given back into the input unacknowledged, each with the client_id it went out
+    // with: {conversationId, sent: [{content, clientId}]}. Their ack may only have been lost.
+    givenBack: null,
   };
 
   function fmt(template, values) {
@@ -280,8 +283,53 @@
     // On a phone the panel lies over the page (chat.css), covering the button that opened it:
     // focus goes into the panel, on its close button (a text field would pop the keyboard up
     // over the panel). On a desktop it opens below the button, and focus stays there.
-    if (shown && getComputedStyle(el.settings).position === "fixed") el.settingsClose.focus();
+    if (settingsModal()) el.settingsClose.focus();
   }
+
+  // Lying over the page, the panel is a modal dialog: the page under it is inert (no focus, no
+  // tap, nothing read out) until it closes. On a desktop it is a part of the page. Asked again
+  // when the window changes size (a phone turned, a window widened), as the layout may change.
+  let madeInert = [];
+
+  function settingsModal() {
+    const modal = !el.settings.hidden && getComputedStyle(el.settings).position === "fixed";
+    if (modal) {
+      el.settings.setAttribute("role", "dialog");
+      el.settings.setAttribute("aria-modal", "true");
+    } else {
+      el.settings.removeAttribute("role");
+      el.settings.removeAttribute("aria-modal");
+    }
+    for (const node of madeInert) node.inert = false;
+    madeInert = [];
+    // Everything beside the panel and beside each of its ancestors: the rest of the page.
+    for (let node = el.settings; modal && node !== document.body; node = node.parentElement) {
+      for (const other of node.parentElement.children) {
+        if (other === node || other.inert) continue;
+        other.inert = true;
+        madeInert.push(other);
+      }
+    }
+    return modal;
+  }
+
+  window.addEventListener("resize", () => {
+    if (!el.settings.hidden) settingsModal();
+  });
+
+  // Tab and Shift+Tab go round the dialog's own controls: past the last comes the first again.
+  el.settings.addEventListener("keydown", (event) => {
+    if (event.key !== "Tab" || el.settings.getAttribute("aria-modal") !== "true") return;
+    const controls = [...el.settings.querySelectorAll("button, input, textarea, select, a[href]")].filter(
+      (c) => !c.disabled && c.getClientRects().length > 0,
+    );
+    const first = controls[0];
+    const last = controls[controls.length - 1];
+    if (event.shiftKey ? document.activeElement === first : document.activeElement === last) {
+      event.preventDefault();
+      (event.shiftKey ? last : first).focus();
+    }
+  });
 
   // Closed, focus goes back to the button that opened it, not to the top of the page.
   function closeSettings() {
@@ -561,6 +609,10 @@
     if (unsent.length) {
       state.messages = state.messages.filter((m) => !unsent.includes(m));
       el.input.value = unsent.map((m) => m.content).concat(el.input.value ? [el.input.value] : []).join("\n\n");
+      state.givenBack = {
+        conversationId: state.conversation.id,
+        sent: unsent.map((m) => ({ content: m.content, clientId: m.client_id })),
+      };
       renderMessages(atBottom());
     }
     setStatus("");
@@ -572,6 +624,49 @@
     el.error.hidden = false;
     state.signedOut = true;
   }
+
+  // Signing in again leaves this page (the "Log in" link, and back here after): what waits in
+  // the input goes along, in this tab's own storage, with the client_ids of the messages given
+  // back, so that sent again unchanged they are the same messages to the server (one message,
+  // one charge, even if the first send was saved and only its ack was lost). Kept per
+  // conversation: only its owner can open it again.
+  const KEPT = "parley.unsent";
+
+  window.addEventListener("pagehide", () => {
+    if (!state.signedOut || !state.conversation || !el.input.value) return;
+    const given = state.givenBack && state.givenBack.conversationId === state.conversation.id ? state.givenBack.sent : [];
+    try {
+      sessionStorage.setItem(KEPT, JSON.stringify({ conversationId: state.conversation.id, text: el.input.value, sent: given }));
+    } catch (_err) {
+      /* no storage (disabled, full): the text goes the way of any unsent draft */
+    }
+  });
+
+  function restoreKept() {
+    let kept = null;
+    try {
+      kept = JSON.parse(sessionStorage.getItem(KEPT));
+      sessionStorage.removeItem(KEPT);
+    } catch (_err) {
+      return;
+    }
+    if (!kept || !state.conversation || kept.conversationId !== state.conversation.id || el.input.value) return;
+    el.input.value = kept.text;
+    state.givenBack = { conversationId: kept.conversationId, sent: kept.sent };
+  }
+
+  // The client_id a message given back went out with, when its text is sent again as it was
+  // given back, in its conversation. Used once; and forgotten at the first edit, which makes it
+  // another message (a later "yes" must not be taken for an earlier one the server has).
+  function givenBackClientId(text) {
+    const given = state.givenBack;
+    state.givenBack = null;
+    if (!given || !state.conversation || given.conversationId !== state.conversation.id) return null;
+    const match = given.sent.find((s) => s.content === text);
+    return match ? match.clientId : null;
+  }
+
+  el.input.addEventListener("input", () => (state.givenBack = null));
 
   function disconnect() {
     if (state.socket) {
@@ -756,7 +851,7 @@
       showError(err.message);
       return;
     }
-    const clientId = crypto.randomUUID();
+    const clientId = givenBackClientId(text) || crypto.randomUUID();
     const frame = { type: "user_message", content: text, client_id: clientId };
     const m = { id: "pending-" + clientId, client_id: clientId, role: "user", content: text, status: "done" };
     state.messages.push(m);
@@ -857,5 +952,6 @@
   renderList();
   renderMessages();
   updateDownloads();
+  restoreKept();
   connect();
 })();

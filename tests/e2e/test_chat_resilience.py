@@ -1,7 +1,9 @@
 """The chat page when things go wrong under a person's hands: the socket drops mid-reply, a
 Korean input method confirms a syllable with Enter, another tab changes the conversation."""
 
+import json
 import os
+import time
 
 import pytest
 from playwright.sync_api import expect
@@ -403,3 +405,90 @@ def test_enter_that_confirms_a_syllable_in_safari_sends_nothing(browser, live_se
     page.press("#message-input", "Enter")
     finished_replies(page).first.wait_for()
     assert page.locator(".message-user").inner_text().endswith("안녕")
+
+
+def _sent_then_signed_out_before_the_ack(browser, live_server_url, user, text: str):
+    """A tab sends `text`; the server saves it, but from its "ack" on nothing more reaches the tab
+    (the network stalls); then the person signs out in another tab. The tab hears the sign-out
+    (the close, 4401, still arrives), gives the text back into the input, and its "Log in" link
+    takes the person through the login form and back to the conversation."""
+    from conversations.models import Conversation, Message
+
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="Open")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+
+    network = {"stalls": True}  # the first socket's network; the next page load has a sound one
+
+    def stall_from_the_ack(ws):
+        server = ws.connect_to_server()
+        if not network["stalls"]:
+            return  # every frame passes
+        network["stalls"] = False
+        stalled = []
+
+        def relay(message):
+            if json.loads(message)["type"] == "ack":
+                stalled.append(message)
+            if not stalled:
+                ws.send(message)
+
+        server.on_message(relay)
+
+    page.route_web_socket("**/ws/chat/**", stall_from_the_ack)
+    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    expect(page.locator("#connection-status")).to_have_text("Connected")
+    send(page, text)
+    _wait_until(lambda: Message.objects.filter(conversation=conversation, role="assistant", status="done").exists())
+    other = page.context.new_page()
+    other.goto(live_server_url + "/")
+    other.click(".site-nav button[type=submit]")  # Log out
+    expect(page.locator("#chat-error")).to_contain_text("You were signed out.")
+    expect(page.locator("#message-input")).to_have_value(text)
+    page.click("#chat-error a")  # Log in
+    page.fill("#id_username", user.username)
+    page.fill("#id_password", "correct horse battery 9")
+    page.press("#id_password", "Enter")
+    page.wait_for_url(f"{live_server_url}/c/{conversation.id}/")
+    expect(page.locator("#connection-status")).to_have_text("Connected")
+    return page, conversation
+
+
+def _wait_until(condition, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_message_saved_but_never_acknowledged_is_saved_once_when_sent_again_after_signing_in(browser, live_server_url, make_user):
+    from conversations.models import Message
+
+    user = make_user("lost-ack")
+    text = "saved, but the tab never heard so"
+    page, conversation = _sent_then_signed_out_before_the_ack(browser, live_server_url, user, text)
+    # Back on the conversation, the text waits in the input as the tab gave it back; the person
+    # sends it again, not knowing it was saved.
+    expect(page.locator("#message-input")).to_have_value(text)
+    page.press("#message-input", "Enter")
+    expect(page.locator(".message-user[data-id^=pending-]")).to_have_count(0)  # acknowledged
+    expect(page.locator(".message-user")).to_have_count(1)
+    assert list(Message.objects.filter(conversation=conversation, role="user").values_list("content", flat=True)) == [text]
+    page.wait_for_timeout(1000)  # a second reply, had one started, would be under way by now
+    assert Message.objects.filter(conversation=conversation).count() == 2
+    expect(page.locator(".message-user")).to_have_count(1)
+    expect(page.locator(".message-assistant")).to_have_count(1)
+
+
+def test_the_given_back_text_once_edited_is_a_new_message(browser, live_server_url, make_user):
+    from conversations.models import Message
+
+    user = make_user("lost-ack-edited")
+    text = "saved, but the tab never heard so"
+    page, conversation = _sent_then_signed_out_before_the_ack(browser, live_server_url, user, text)
+    page.fill("#message-input", text + ", and more")
+    page.press("#message-input", "Enter")
+    finished_replies(page).nth(1).wait_for(timeout=20_000)
+    assert list(Message.objects.filter(conversation=conversation, role="user").order_by("created_at").values_list("content", flat=True)) == [
+        text, text + ", and more"
+    ]
+    expect(page.locator(".message-user")).to_have_count(2)

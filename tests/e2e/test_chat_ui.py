@@ -63,6 +63,51 @@ def test_long_code_line_scrolls_inside_its_block_on_a_phone(browser, live_server
     assert code.evaluate("pre => pre.scrollWidth > pre.clientWidth")  # the block itself scrolls
 
 
+# Records the chat header's height when the page is drawn and at every change of the connection
+# status, as window.__heights: [[status text, height], ...].
+HEADER_HEIGHTS = """
+  window.__heights = [];
+  document.addEventListener("DOMContentLoaded", () => {
+    const status = document.getElementById("connection-status");
+    const head = document.querySelector(".chat-head");
+    const record = () => window.__heights.push([status.textContent, head.getBoundingClientRect().height]);
+    record();
+    new MutationObserver(record).observe(status, {childList: true, characterData: true, subtree: true});
+  });
+"""
+
+
+@pytest.mark.parametrize("language", ["en", "ko"])
+def test_the_connection_status_never_moves_the_page_on_a_phone(browser, live_server_url, make_user, language):
+    # Seen before: "Connected" took a line of its own under the header, and the whole chat
+    # jumped down as the page connected (and again as a reconnect said so).
+    from conversations.models import Conversation
+
+    user = make_user("status-" + language)
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="A title as long as a phone is wide")
+    context = signed_in_context(browser, live_server_url, user, locale=language, **PHONE)
+    context.add_cookies([{"name": "django_language", "value": language, "url": live_server_url}])
+    page = context.new_page()
+    page.add_init_script(HEADER_HEIGHTS)
+    sockets = []
+
+    def relay(ws):
+        ws.connect_to_server()
+        sockets.append(ws)
+
+    page.route_web_socket("**/ws/chat/**", relay)
+    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    status = page.locator("#connection-status")
+    words = page.evaluate("() => JSON.parse(document.getElementById('chat-config').textContent).strings")
+    expect(status).to_have_text(words["connected"])
+    sockets[-1].close()  # the network blips: the page says so, and reconnects
+    expect(status).to_have_text(words["reconnecting"])
+    expect(status).to_have_text(words["connected"], timeout=15_000)
+    heights = page.evaluate("() => window.__heights")
+    assert [text for text, _height in heights] == ["", words["connected"], words["reconnecting"], words["connected"]]
+    assert len({height for _text, height in heights}) == 1, heights
+
+
 # --- sending ---------------------------------------------------------------------------------------
 def test_double_click_send_on_a_new_chat_sends_once(browser, live_server_url, make_user):
     from conversations.models import Conversation, Message
@@ -350,7 +395,7 @@ def test_settings_on_a_phone_open_over_the_messages_and_close_again(browser, liv
     page = signed_in_context(browser, live_server_url, user, viewport={"width": 390, "height": 844},
                              is_mobile=True, has_touch=True).new_page()
     page.goto(f"{live_server_url}/c/{conversation.id}/")
-    expect(page.locator("#connection-status")).to_have_text("Connected")  # the header's last line
+    expect(page.locator("#connection-status")).to_have_text("Connected")  # connected: the header is as it stays
     closed = page.locator("#messages").bounding_box()
     page.click("#settings-toggle")
     panel = page.locator("#settings-panel")
@@ -369,6 +414,50 @@ def test_settings_on_a_phone_open_over_the_messages_and_close_again(browser, liv
     expect(page.locator("#settings-toggle")).to_have_attribute("aria-expanded", "false")
 
 
+# Where the keyboard's focus is: the focused element's id (or its text), and whether it is in the
+# settings panel.
+FOCUS = """() => {
+  const f = document.activeElement;
+  return [f.id || f.textContent.trim(), Boolean(f.closest("#settings-panel"))];
+}"""
+
+
+def test_settings_on_a_phone_are_a_modal_dialog_to_the_keyboard(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("phone-dialog")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="설정")
+    page = signed_in_context(browser, live_server_url, user, **PHONE).new_page()
+    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    expect(page.locator("#connection-status")).to_have_text("Connected")
+    toggle, panel = page.locator("#settings-toggle"), page.locator("#settings-panel")
+    toggle.focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("dialog", name="Settings")).to_be_visible()
+    expect(panel).to_have_attribute("aria-modal", "true")
+    expect(page.locator("#settings-close")).to_be_focused()
+    # Tab goes round the panel's own controls and never to the page it covers; Shift+Tab the
+    # other way round.
+    fields = ["settings-close", "system-prompt", "temperature", "max-tokens", "Save"]
+    forward = []
+    for _ in range(2 * len(fields)):
+        page.keyboard.press("Tab")
+        forward.append(page.evaluate(FOCUS))
+    assert forward == [[f, True] for f in (fields[1:] + fields + fields[:1])]
+    backward = []
+    for _ in range(2 * len(fields)):
+        page.keyboard.press("Shift+Tab")
+        backward.append(page.evaluate(FOCUS))
+    assert backward == [[f, True] for f in (fields[::-1] + fields[::-1])]
+    # Escape closes it, and focus is back on the button that opened it: the page is itself again.
+    page.keyboard.press("Escape")
+    expect(panel).to_be_hidden()
+    expect(toggle).to_be_focused()
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate(FOCUS) == ["model-picker", False]
+
+
 def test_settings_on_a_desktop_stay_between_the_header_and_the_messages(browser, live_server_url, make_user):
     user = make_user("desk-settings")
     page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
@@ -380,6 +469,11 @@ def test_settings_on_a_desktop_stay_between_the_header_and_the_messages(browser,
     assert head["y"] + head["height"] <= panel["y"] + 1 and panel["y"] + panel["height"] <= messages["y"] + 1
     expect(page.locator("#settings-close")).to_be_hidden()  # the Settings button is right there
     expect(page.locator("#settings-toggle")).to_be_focused()
+    # A part of the page, not a dialog over it: the keyboard goes on past it to the messages.
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    page.focus("#settings-panel button[type=submit]")
+    page.keyboard.press("Tab")
+    assert page.evaluate(FOCUS)[1] is False
 
 
 

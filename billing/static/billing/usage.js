@@ -8,6 +8,13 @@
     return;
   }
   const data = JSON.parse(source.textContent);
+  // A canvas is out of CSS's reach: where the system is dark (app.css), the labels and grid take
+  // the page's own colours; Chart.js's grey would be too faint to read there.
+  if (window.matchMedia("(prefers-color-scheme: dark)").matches) {
+    const page = getComputedStyle(document.documentElement);
+    window.Chart.defaults.color = page.getPropertyValue("--muted").trim();
+    window.Chart.defaults.borderColor = page.getPropertyValue("--border").trim();
+  }
   new window.Chart(canvas, {
     type: "bar",
     data: {
