@@ -43,7 +43,8 @@ def label_display(label: str) -> str:
 
 
 class PriceError(ValueError):
-    """Bad input to price_set; the message is one line, safe to show."""
+    """Bad input to price_set: one sentence, in the language active when raised (the operator's,
+    in the admin), safe to show."""
 
 
 @dataclass(frozen=True)
@@ -164,23 +165,23 @@ def prices_available() -> list[PriceQuote]:
 def _price(raw: object, what: str, *, required: bool) -> Decimal | None:
     if raw is None or raw == "":
         if required:
-            raise PriceError(_("%(what)s price is required") % {"what": what})
+            raise PriceError(_("The %(what)s price is required.") % {"what": what})
         return None
     value = parse_decimal(raw)
     if value is None:
-        raise PriceError(_("%(what)s price must be a number of USD per million tokens") % {"what": what})
+        raise PriceError(_("The %(what)s price must be a number of USD per million tokens, such as 0.15.") % {"what": what})
     if value < 0:
-        raise PriceError(_("%(what)s price cannot be negative") % {"what": what})
+        raise PriceError(_("The %(what)s price cannot be negative.") % {"what": what})
     if value > MAX_PRICE_PER_MILLION:
         raise PriceError(
-            _("%(what)s price is above %(max)s USD per million tokens") % {"what": what, "max": MAX_PRICE_PER_MILLION}
+            _("The %(what)s price cannot be above %(max)s USD per million tokens.") % {"what": what, "max": MAX_PRICE_PER_MILLION}
         )
     exact = value.quantize(PRICE_PLACES)
     if exact != value:
         # Never rounded: 0.0000004 would be stored as 0, a paid model made free. Zeros past the
         # last place ("1.50000000") change nothing and are accepted.
         raise PriceError(
-            _("%(what)s price has more than %(places)s decimal places") % {"what": what, "places": _PRICE_DECIMALS}
+            _("The %(what)s price cannot have more than %(places)s decimal places.") % {"what": what, "places": _PRICE_DECIMALS}
         )
     return exact
 
@@ -191,9 +192,9 @@ def _positive_int(raw: object, what: str, *, maximum: int) -> int | None:
     try:
         value = int(str(raw).strip())
     except ValueError:
-        raise PriceError(_("%(what)s must be a whole number") % {"what": what}) from None
+        raise PriceError(_("The %(what)s must be a whole number.") % {"what": what}) from None
     if not 0 < value <= maximum:
-        raise PriceError(_("%(what)s must be between 1 and %(max)s") % {"what": what, "max": maximum})
+        raise PriceError(_("The %(what)s must be between 1 and %(max)s.") % {"what": what, "max": maximum})
     return value
 
 
@@ -201,7 +202,7 @@ def _check_output_fits(*, window: int, max_out: int) -> None:
     # The context builder keeps max_out tokens of the window free for the reply; a reply as large
     # as the window leaves no room for the question, and every message would be refused.
     if max_out >= window:
-        raise PriceError(_("max output tokens must be below the context window (%(window)s)") % {"window": window})
+        raise PriceError(_("The max output tokens must be below the context window (%(window)s).") % {"window": window})
 
 
 def price_validate(
@@ -219,7 +220,7 @@ def price_validate(
     parsed = parse_model_id(model_id)
     if parsed is None:
         raise PriceError(
-            _("model must look like PROVIDER:MODEL with provider one of %(providers)s")
+            _("The model must look like PROVIDER:MODEL, with the provider one of %(providers)s.")
             % {"providers": ", ".join(PROVIDERS)}
         )
     provider, model = parsed
@@ -229,13 +230,13 @@ def price_validate(
     if cached is not None and cached > inp:
         # worst_case_cost counts all input at the input price: a dearer cached price would make
         # the real cost exceed the budget hold.
-        raise PriceError(_("cached input price cannot be above the input price"))
+        raise PriceError(_("The cached input price cannot be above the input price."))
     window = _positive_int(context_window, _("context window"), maximum=MAX_CONTEXT_WINDOW)
     max_out = _positive_int(max_output_tokens, _("max output tokens"), maximum=MAX_CONTEXT_WINDOW)
     if window is not None and max_out is not None:
         _check_output_fits(window=window, max_out=max_out)
     if label is not None and len(label) > 120:
-        raise PriceError(_("label is longer than 120 characters"))
+        raise PriceError(_("The label cannot be longer than 120 characters."))
     return provider, model, inp, out, cached, window, max_out
 
 
@@ -281,7 +282,7 @@ def price_set(
         moved = _scheduled_locked(price_id=moving_id, now=now) if moving_id is not None else None
         if moved is not None:
             if (moved.provider, moved.model) != (provider, model):
-                raise PriceError(_("a scheduled price can only be moved for its own model"))
+                raise PriceError(_("A scheduled price can only be moved for its own model."))
             if moved.effective_from == start:
                 moved = None  # saved again at its own moment: corrected in place below
             else:
@@ -334,7 +335,7 @@ def price_set(
             with transaction.atomic():
                 row.save()
         except IntegrityError:
-            raise PriceError(_("a price for this model already starts at that moment")) from None
+            raise PriceError(_("A price for this model already starts at that moment: choose another moment, or change that price.")) from None
         audit_record(
             action="price.set",
             actor=actor,
@@ -369,7 +370,7 @@ def price_unschedule(*, price_id: int, actor=None) -> None:
     with transaction.atomic():
         row = _scheduled_locked(price_id=price_id, now=timezone.now())
         if row is None:
-            raise PriceError(_("only a price that is not in force yet can be deleted"))
+            raise PriceError(_("Only a price that is not in force yet can be deleted; a price in force is the record of what calls cost."))
         audit_record(
             action="price.unschedule",
             actor=actor,

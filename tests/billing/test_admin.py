@@ -102,7 +102,7 @@ def test_the_admin_refuses_a_cached_price_above_the_input_price(admin_client):
         "/admin/billing/modelprice/add/", {**PRICE_FORM, "cached_input_per_million": "2.5", "effective_from_0": "2025-06-01"}
     )
     assert response.status_code == 200
-    assert "cached input price cannot be above the input price" in response.content.decode()
+    assert "The cached input price cannot be above the input price." in response.content.decode()
     assert ModelPrice.objects.count() == count
 
 
@@ -470,7 +470,36 @@ def test_a_negative_price_is_refused_once_in_words(admin_client):
     # the price already exists.
     response = admin_client.post("/admin/billing/modelprice/add/", {**PRICE_FORM, "input_per_million": "-1"})
     assert response.status_code == 200
-    assert _form_errors(response) == ["input price cannot be negative"]
+    assert _form_errors(response) == ["The input price cannot be negative."]
+
+
+@pytest.mark.parametrize(
+    "changes, english, korean",
+    [
+        ({"input_per_million": "-1"}, "The input price cannot be negative.", "입력 가격은 음수일 수 없습니다."),
+        (
+            {"cached_input_per_million": "9"},
+            "The cached input price cannot be above the input price.",
+            "캐시된 입력 가격은 입력 가격보다 높을 수 없습니다.",
+        ),
+        (
+            {"context_window": "1000", "max_output_tokens": "1000"},
+            "The max output tokens must be below the context window (1000).",
+            "최대 출력 토큰은 컨텍스트 윈도(1000)보다 작아야 합니다.",
+        ),
+    ],
+)
+def test_a_refused_price_is_explained_in_one_sentence_in_the_operators_language(
+    client, django_user_model, changes, english, korean
+):
+    # The price service's reasons were lower-case fragments ("input price cannot be negative"),
+    # as the budget service's were: whole sentences, in the operator's language.
+    for language, expected in (("en", english), ("ko", korean)):
+        operator = django_user_model.objects.create_superuser(f"root-{language}", f"{language}@example.test", language=language)
+        client.force_login(operator)
+        response = client.post("/admin/billing/modelprice/add/", {**PRICE_FORM, **changes})
+        assert response.status_code == 200
+        assert _form_errors(response) == [expected]
 
 
 @pytest.mark.parametrize(

@@ -98,9 +98,9 @@ def test_a_new_model_can_be_priced_including_compatible_server_names():
         ({"context_window": "0"}, "between"),
         ({"context_window": "lots"}, "whole number"),
         # More places than a price holds: rounding would store 0.0000004 as 0, a paid model free.
-        ({"input_per_million": "0.0000004", "output_per_million": "0.0000004"}, "input price has more than 6 decimal places"),
-        ({"output_per_million": "0.123456789012345"}, "output price has more than 6 decimal places"),
-        ({"cached_input_per_million": "0.0000001"}, "cached input price has more than 6 decimal places"),
+        ({"input_per_million": "0.0000004", "output_per_million": "0.0000004"}, "The input price cannot have more than 6 decimal places."),
+        ({"output_per_million": "0.123456789012345"}, "The output price cannot have more than 6 decimal places."),
+        ({"cached_input_per_million": "0.0000001"}, "The cached input price cannot have more than 6 decimal places."),
         ({"input_per_million": "4E-7"}, "more than 6 decimal places"),
     ],
 )
@@ -134,7 +134,7 @@ def test_a_cached_input_price_above_the_input_price_is_refused():
     """A reservation counts every input token at the input price; a dearer cached price would let
     the real cost exceed the hold and overspend the budget."""
     count = ModelPrice.objects.count()
-    with pytest.raises(PriceError, match="cached input price cannot be above the input price"):
+    with pytest.raises(PriceError, match="The cached input price cannot be above the input price."):
         price_set(
             model_id="openai:gpt-4o", input_per_million="1", output_per_million="2", cached_input_per_million="1.5"
         )
@@ -180,7 +180,7 @@ def test_a_context_window_set_alone_leaves_room_for_the_question(model_id):
 )
 def test_a_max_output_that_fills_the_context_window_is_refused(kwargs):
     count = ModelPrice.objects.count()
-    with pytest.raises(PriceError, match="max output tokens must be below the context window"):
+    with pytest.raises(PriceError, match="The max output tokens must be below the context window"):
         price_set(model_id="openai:gpt-4o", input_per_million="1", output_per_million="2", **kwargs)
     assert ModelPrice.objects.count() == count
     assert not AuditEvent.objects.exists()
