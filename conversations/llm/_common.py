@@ -225,6 +225,19 @@ async def drain(chunks: AsyncIterator[bytes]) -> None:
 FINISH_GRACE_SECONDS = 1.0
 
 
+def finish_grace_end() -> float:
+    """The loop time until which the rest of a body is read once its finish reason has come."""
+    return asyncio.get_running_loop().time() + FINISH_GRACE_SECONDS
+
+
+async def read_next(deadlines: Deadlines, chunks: AsyncIterator[bytes], ends_at: float | None) -> bytes | None:
+    """The next chunk of a streamed body, or None at its end: under the call's deadlines while
+    the reply runs; once it is complete (`ends_at`, from finish_grace_end), by then at the latest."""
+    if ends_at is None:
+        return await deadlines.read(chunks)
+    return await read_by(chunks, ends_at)
+
+
 async def read_by(chunks: AsyncIterator[bytes], at: float) -> bytes | None:
     """The next chunk of a body whose reply is already complete (its finish reason arrived), or
     None at its end, at the loop time `at`, or when the connection fails: nothing read now can

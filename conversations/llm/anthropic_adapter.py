@@ -21,7 +21,6 @@ know are skipped unread.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -143,13 +142,7 @@ class AnthropicAdapter(_common.SDKAdapter):
             # Once the stop reason came (message_delta), the reply is complete: message_stop is
             # waited for until then, no longer (_common.FINISH_GRACE_SECONDS), as OpenAI's [DONE].
             ends_at: float | None = None
-            while not stopped:
-                if ends_at is None:
-                    body = await deadlines.read(chunks)
-                else:
-                    body = await _common.read_by(chunks, ends_at)
-                if body is None:
-                    break
+            while not stopped and (body := await _common.read_next(deadlines, chunks, ends_at)) is not None:
                 for name, data in decoder.feed(body):
                     if name == b"content_block_delta":
                         text = self.delta_text(data, after_output=deadlines.got_output)
@@ -162,8 +155,7 @@ class AnthropicAdapter(_common.SDKAdapter):
                         if stop_reason:
                             finish = _finish_reason(stop_reason)
                             deadlines.got_output = True
-                            if ends_at is None:
-                                ends_at = asyncio.get_running_loop().time() + _common.FINISH_GRACE_SECONDS
+                            ends_at = ends_at or _common.finish_grace_end()
                         elif name == b"message_start":
                             # Anthropic's count of the input, for a reply stopped or cut before its end.
                             yield counts.usage(final=False)

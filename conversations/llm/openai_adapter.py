@@ -22,7 +22,6 @@ as ReasoningDelta: not the reply's text, but the model answering (the deadline i
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -109,13 +108,7 @@ class OpenAIAdapter(_common.SDKAdapter):
             # Once the finish reason came, the reply is complete: what may follow (the usage
             # chunk, [DONE]) is waited for until then, no longer (_common.FINISH_GRACE_SECONDS).
             ends_at: float | None = None
-            while not done:
-                if ends_at is None:
-                    body = await deadlines.read(chunks)
-                else:
-                    body = await _common.read_by(chunks, ends_at)
-                if body is None:
-                    break
+            while not done and (body := await _common.read_next(deadlines, chunks, ends_at)) is not None:
                 for _name, data in decoder.feed(body):
                     if data.startswith(b"[DONE]"):
                         # The end, as the SDK reads it: no event after it is read.
@@ -137,8 +130,7 @@ class OpenAIAdapter(_common.SDKAdapter):
                     if reason:
                         finish = _finish_reason(reason)
                         deadlines.got_output = True
-                        if ends_at is None:
-                            ends_at = asyncio.get_running_loop().time() + _common.FINISH_GRACE_SECONDS
+                        ends_at = ends_at or _common.finish_grace_end()
                     if chunk_usage is not None:
                         usage = chunk_usage
             if done:
