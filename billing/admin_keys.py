@@ -68,6 +68,14 @@ class ProviderKeyForm(OwnChangesOnlyFormMixin, forms.ModelForm):
     def clean_priority(self):
         return self._run("priority", keys.priority_validate, self.cleaned_data.get("priority"))
 
+    def clean(self):
+        # Said here, beside the field, before save_model: key_update refuses it again.
+        cleaned = super().clean()
+        moved = "base_url" in cleaned and cleaned["base_url"] != self.instance.base_url
+        if not self.instance._state.adding and moved and not cleaned.get("secret"):
+            self.add_error("secret", keys.secret_needed_for_new_base_url())
+        return cleaned
+
 
 @admin.register(ProviderKey)
 class ProviderKeyAdmin(admin.ModelAdmin):

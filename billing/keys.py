@@ -359,6 +359,13 @@ def key_add(
     return key
 
 
+def secret_needed_for_new_base_url() -> str:
+    return _(
+        "Give the secret again to change the base URL: the key's secret is sent to that address, and it "
+        "is never sent where it was not given for."
+    )
+
+
 def key_update(
     *,
     key_id: uuid.UUID,
@@ -369,7 +376,12 @@ def key_update(
     secret: str | None = None,
 ) -> ProviderKey:
     """Change what was given (None = keep). A new secret makes the key healthy again: whatever
-    made it invalid or cool down belonged to the old one."""
+    made it invalid or cool down belonged to the old one.
+
+    A person (an `actor`) changes the base URL only with the secret given again: every call sends
+    the secret to the base URL, so moving it elsewhere would read the write-only secret back (at
+    the key's Test, or anyone's next chat). The operator at the shell (no actor) holds the
+    encryption keys and the database, from whom the secret is no secret."""
     _authorize(actor, "billing.change_providerkey")
     with transaction.atomic():
         key = ProviderKey.objects.select_for_update().get(pk=key_id)
@@ -405,6 +417,8 @@ def key_update(
             elif getattr(key, field_name) != value:
                 setattr(key, field_name, value)
                 changed.append(field_name)
+        if "base_url" in changed and secret is None and actor is not None:
+            errors["secret"] = [secret_needed_for_new_base_url()]
         if errors:
             raise ValidationError(errors)
         if changed:

@@ -17,11 +17,10 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from chatsite.celery import beat_embedded_start  # noqa: E402
 from chatsite.health import static_files_missing  # noqa: E402
-from chatsite.middleware import BodySizeLimitMiddleware  # noqa: E402
+from chatsite.middleware import BodySizeLimitMiddleware, SiteOriginValidator  # noqa: E402
 from conversations.llm import warm_up  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 
@@ -110,6 +109,8 @@ application = ProtocolTypeRouter(
     {
         # Oversized bodies are refused before Django spools them.
         "http": BodySizeLimitMiddleware(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter([*websocket_urlpatterns, re_path(r"", refuse_unrouted_websocket)]))),
+        # In place of Channels' AllowedHostsOriginValidator, which lets a page on any port of an
+        # allowed host in: the Origin must be the site's own, scheme and port included.
+        "websocket": SiteOriginValidator(AuthMiddlewareStack(URLRouter([*websocket_urlpatterns, re_path(r"", refuse_unrouted_websocket)]))),
     }
 )

@@ -1,14 +1,18 @@
 """Project-wide HTTP middleware: a request id on every log line, API errors without internals,
-the security headers, bodiless 204s, and (ASGI, in front of Django) the request body size cap."""
+the security headers, bodiless 204s, and (ASGI, in front of Django) the request body size cap
+and the websocket handshake's origin check."""
 
 import json
 import logging
 import re
 import time
 import uuid
+from urllib.parse import urlsplit
 
+from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.http import JsonResponse
+from django.http.request import split_domain_port, validate_host
 from django.utils import translation
 from django.utils.cache import add_never_cache_headers, has_vary_header
 from django.utils.translation import gettext as _
@@ -196,3 +200,50 @@ def language_from_accept_header(header: str) -> str:
         except LookupError:
             continue
     return settings.LANGUAGE_CODE
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def websocket_origin_is_site(scope) -> bool:
+    """Whether a socket's handshake comes from a page of this site: the Origin is the scheme, host
+    and port the socket was asked on (its Host header, an allowed host), or one of
+    CSRF_TRUSTED_ORIGINS, as Django's CSRF check asks of a form. Over HTTPS (DJANGO_HTTPS) every
+    page of the site is https."""
+    headers = dict(scope.get("headers") or [])
+    origin = headers.get(b"origin", b"").decode("latin-1")
+    if origin and origin in settings.CSRF_TRUSTED_ORIGINS:
+        return True
+    try:
+        parts = urlsplit(origin)
+        origin_port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:  # a port out of range, a malformed address
+        return False
+    if parts.scheme not in (("https",) if settings.HTTPS else ("http", "https")):
+        return False
+    domain, _port = split_domain_port(parts.netloc.lower())
+    if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
+        return False
+    host = headers.get(b"host")
+    if host is None:
+        # A browser always sends Host. Without one (a script, a test client) the port the site
+        # was asked on is unknown: only an origin on its scheme's own port passes.
+        return origin_port == _DEFAULT_PORTS[parts.scheme]
+    host_domain, host_port = split_domain_port(host.decode("latin-1").lower())
+    return host_domain == domain and (int(host_port) if host_port else _DEFAULT_PORTS[parts.scheme]) == origin_port
+
+
+class SiteOriginValidator:
+    """ASGI, in front of the websocket router: a socket opens only from a page of this site
+    (websocket_origin_is_site). Channels' AllowedHostsOriginValidator compares the Origin's host
+    name with ALLOWED_HOSTS and nothing else, so a page on another port of an allowed host (a dev
+    server beside Parley, another service of the machine) opened a socket, and its browser sent
+    the session cookie along: cookies know no ports."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket" and not websocket_origin_is_site(scope):
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.app(scope, receive, send)

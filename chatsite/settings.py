@@ -315,6 +315,13 @@ AXES_COOLOFF_TIME = timedelta(minutes=_int("AXES_COOLOFF_MINUTES", 15, minimum=1
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "accounts.views.lockout"
+# Axes keeps the form of each refused attempt, for the admin to read, masking only "password"
+# and these (its defaults are the first two): a password change page posts the guessed current
+# password and the new one under other names, and the CSRF token is the browser's secret.
+AXES_SENSITIVE_PARAMETERS = [
+    "username", "ip_address", "old_password", "new_password1", "new_password2", "password1", "password2",
+    "csrfmiddlewaretoken",
+]  # fmt: skip
 # The client IP is REMOTE_ADDR unless the operator says how many proxies stand in front; then
 # it is the address that many hops from the right of X-Forwarded-For. Whatever the client puts
 # at the left of that header is never believed (chatsite.net.client_ip).

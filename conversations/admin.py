@@ -1,5 +1,6 @@
-"""Conversations in the admin: metadata only in lists (message text is people's words; it is
-deferred and not searchable). Stopping a running reply goes through the turn service."""
+"""Conversations in the admin: metadata only (message text, system prompts and summaries are
+people's words: never shown, deferred and not searchable), and a conversation stays its owner's.
+Stopping a running reply goes through the turn service."""
 
 from django.contrib import admin, messages
 from django.core.exceptions import FieldDoesNotExist
@@ -9,8 +10,9 @@ from django.utils.translation import gettext_lazy as _
 from . import services, turns
 from .models import Conversation, Message
 
-# People's words, never shown in the admin's lists: no filter may touch them either, or counting
-# the rows that ?content__startswith=... matches would spell them out one letter at a time.
+# People's words, never shown in the admin, on a list or a page: no filter may touch them
+# either, or counting the rows that ?content__startswith=... matches would spell them out one
+# letter at a time.
 HIDDEN_TEXT = {Conversation: {"summary", "system_prompt"}, Message: {"content"}}
 
 
@@ -37,13 +39,21 @@ class ConversationAdmin(HiddenTextLookupsMixin, admin.ModelAdmin):
     list_display = ("id", "owner", "model", "created_at", "updated_at")
     list_filter = ("model",)
     search_fields = ("=id", "owner__username")
-    raw_id_fields = ("owner", "summary_upto")
-    readonly_fields = ("id", "created_at", "updated_at")
-    exclude = ("summary",)
+    raw_id_fields = ("summary_upto",)
+    # The owner is who may read the conversation: given to another account (the operator's own,
+    # say), every message would be theirs to read on the chat page, the words this admin never
+    # shows. A conversation is its owner's from its first moment to its deletion.
+    readonly_fields = ("id", "owner", "created_at", "updated_at")
+    exclude = tuple(HIDDEN_TEXT[Conversation])  # people's words, on this page too
     actions = ["stop_replies"]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).defer("system_prompt", "summary")
+        return super().get_queryset(request).defer(*HIDDEN_TEXT[Conversation])
+
+    # People start their conversations; one made here for them would be a stranger's words (a
+    # system prompt) in their list, which nobody may read back afterwards.
+    def has_add_permission(self, request):
+        return False
 
     # Deleted through the service a person's own delete uses: it stops a running reply, and the
     # admin history loses the title (an erasure later would no longer find this conversation).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 import zoneinfo
 from collections.abc import Iterable, Iterator
@@ -20,6 +21,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from django.utils.text import slugify
 from django.utils.translation import gettext as _
+from markdown_it import MarkdownIt
 
 from .models import Conversation, Message
 from .turns import buffer_key, stream_state
@@ -141,8 +143,44 @@ def _when(value: datetime, tz_name: str) -> str:
     return timezone.localtime(value, _tz(tz_name)).strftime("%Y-%m-%d %H:%M %Z")
 
 
+# The files are read in Markdown viewers, most of which load images and render raw HTML. Model
+# output is untrusted (the chat page shows no image and no HTML of it): a reply can be made to
+# write an image whose address carries the conversation away. This parser (raw HTML on, as such
+# a viewer's) only finds the texts that would load or run something there.
+_viewer = MarkdownIt("commonmark", {"html": True}).enable("table").enable("strikethrough")
+_TITLE_MARKUP = re.compile(r"([\\`*_\[\]<>])")
+
+
+_END = "parley-end-of-text"
+
+
+def _loads_or_runs(text: str) -> bool:
+    """Whether a Markdown viewer showing `text` would fetch an image or render raw HTML, or would
+    read on past its end inside it (a reply cut in a code block): then the next message's own
+    text, a fence that closes this one, would be read out of its place."""
+    tokens = _viewer.parse(f"{text}\n\n{_END}\n")
+    for token in tokens:
+        if token.type == "html_block":
+            return True
+        if any(child.type in ("image", "html_inline") for child in token.children or ()):
+            return True
+    end = tokens[-2] if len(tokens) >= 2 else None
+    return end is None or end.type != "inline" or end.content != _END or end.level != 1
+
+
+def _markdown_text(text: str) -> str:
+    """`text`, Markdown already, as it was written; one that would load or run something in a
+    viewer goes in a code block, shown as its source (a fence longer than any run of backticks in
+    it, so no line of it closes the block). conversations.json holds it as written either way."""
+    if not _loads_or_runs(text):
+        return text
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    return f"{fence}text\n{text}\n{fence}"
+
+
 def conversation_markdown_head(conversation: Conversation, *, tz_name: str = "UTC") -> str:
-    title = conversation.title or _("Untitled conversation")
+    # A title is plain text everywhere: its Markdown and HTML characters are escaped.
+    title = _TITLE_MARKUP.sub(r"\\\1", conversation.title) if conversation.title else _("Untitled conversation")
     parts = [
         f"# {title}\n\n",
         f"- {_('Model')}: `{conversation.model}`\n",
@@ -150,21 +188,21 @@ def conversation_markdown_head(conversation: Conversation, *, tz_name: str = "UT
         f"- {_('Conversation id')}: `{conversation.id}`\n\n",
     ]
     if conversation.system_prompt:
-        parts.append(f"## {_('System prompt')}\n\n{conversation.system_prompt}\n\n")
+        parts.append(f"## {_('System prompt')}\n\n{_markdown_text(conversation.system_prompt)}\n\n")
     parts.append("---\n")
     return "".join(parts)
 
 
 def message_markdown(message: Message, *, tz_name: str = "UTC") -> str:
     """One message: a heading naming who spoke and when, then the text as it was written (it is
-    Markdown already)."""
+    Markdown already), as its source where a viewer would load or run something of it."""
     who = _("You") if message.role == Message.Role.USER else _("Assistant")
     if message.role == Message.Role.ASSISTANT and message.model:
         who = f"{who} ({message.model})"
     parts = [f"\n### {who} · {_when(message.created_at, tz_name)}\n\n"]
     if message.status != Message.Status.DONE:
         parts.append(f"*{_('Status')}: {message.get_status_display()}*\n\n")
-    parts.append((message.content or "") + "\n")
+    parts.append(_markdown_text(message.content or "") + "\n")
     return "".join(parts)
 
 

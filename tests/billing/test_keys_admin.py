@@ -5,6 +5,7 @@
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.core.exceptions import ValidationError
 from django.urls import reverse
 
 from accounts.models import AuditEvent
@@ -121,6 +122,46 @@ def test_the_admin_refuses_a_metadata_base_url_with_private_base_urls_allowed(ad
     assert response.status_code == 200 and "metadata" in response.content.decode()
     key.refresh_from_db()
     assert key.base_url == "http://10.1.2.3:11434/v1"
+
+
+def test_pointing_a_key_at_another_server_never_sends_its_stored_secret_there(admin_client, fake_provider, settings):
+    # The secret is write-only, to superusers too. A base URL changed without it would send the
+    # stored secret to the new address at the next call: the key's Test, or anyone's next chat.
+    from tests.fakeprovider.server import FakeProvider
+
+    settings.ALLOW_PRIVATE_BASE_URLS = True  # both servers listen on 127.0.0.1
+    stored = "sk-stored-0123456789wxyz"
+    key = keys.key_add(provider="openai", name="main", secret=stored, base_url=fake_provider.openai_base_url)
+    elsewhere = FakeProvider().start()
+    try:
+        data = page_form(admin_client, change_url(key), "providerkey_form")
+        data["base_url"] = elsewhere.openai_base_url
+        response = admin_client.post(change_url(key), data)
+        assert response.status_code == 200
+        assert "Give the secret again" in response.content.decode() and stored not in response.content.decode()
+        admin_client.post(CHANGELIST, {"action": "test_keys", "_selected_action": [key.pk]})
+        assert elsewhere.requests == []
+        key.refresh_from_db()
+        assert key.base_url == fake_provider.openai_base_url
+
+        # With the secret given again, the key moves: what the new server gets is what was typed.
+        data["secret"] = "sk-typed-again-0123456789"
+        assert admin_client.post(change_url(key), data).status_code == 302
+        admin_client.post(CHANGELIST, {"action": "test_keys", "_selected_action": [key.pk]})
+        assert {r.key for r in elsewhere.requests} == {"sk-typed-again-0123456789"}
+    finally:
+        elsewhere.stop()
+
+
+def test_the_service_refuses_a_new_base_url_without_the_secret_to_any_operator(admin_user, make_staff):
+    key = keys.key_add(provider="openai", name="main", secret=SECRET, base_url="http://127.0.0.1:11434/v1")
+    staff = make_staff("billing.change_providerkey", "billing.set_providerkey_base_url")
+    for actor in (admin_user, staff):
+        with pytest.raises(ValidationError) as refused:
+            keys.key_update(key_id=key.pk, actor=actor, base_url="http://127.0.0.1:8080/v1")
+        assert "secret" in refused.value.message_dict
+        key.refresh_from_db()
+        assert key.base_url == "http://127.0.0.1:11434/v1"
 
 
 @pytest.mark.parametrize(

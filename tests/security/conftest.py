@@ -31,11 +31,16 @@ def signed_in_client(user) -> Client:
     return client
 
 
-async def ws_open(application, path: str, *, cookie: str | None, origin: str | None = "http://testserver"):
-    """A socket through the whole ASGI application (origin check, session auth, router)."""
+async def ws_open(
+    application, path: str, *, cookie: str | None, origin: str | None = "http://testserver", host: str | None = None
+):
+    """A socket through the whole ASGI application (origin check, session auth, router). `host`
+    is the Host header a browser sends (the test client sends none)."""
     headers = []
     if origin is not None:
         headers.append((b"origin", origin.encode()))
+    if host is not None:
+        headers.append((b"host", host.encode()))
     if cookie:
         headers.append((b"cookie", f"sessionid={cookie}".encode()))
     communicator = WebsocketCommunicator(application, path, headers=headers)

@@ -12,8 +12,10 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from accounts.models import DataExport
+from accounts.models import DataExport, User
 from conversations.models import Conversation, Message
+
+from .conftest import signed_in_client
 
 CANARY = "victim-canary-7f3a9c"  # in the victim's title and message text
 
@@ -193,6 +195,42 @@ def test_staff_who_may_only_view_conversations_cannot_stop_someone_elses_reply(m
     editor = _staff(make_user, "conversations.view_conversation", "conversations.change_conversation")
     editor.post(url, body)
     assert stopped == [conversation.id]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("operator", ["staff who may change conversations", "superuser"])
+def test_no_operator_can_hand_a_conversation_to_someone_else_or_read_its_system_prompt(
+    operator, make_user, victim_world, admin_client
+):
+    # The admin never shows people's words. Making a conversation someone else's (their own
+    # account's, say) would show every one of them on that person's chat page.
+    from django.urls import reverse
+
+    from tests.formpage import page_form
+
+    _victim, conversation, *_rest = victim_world
+    Conversation.objects.filter(pk=conversation.pk).update(system_prompt="prompt words 4d1e")
+    if operator == "superuser":
+        client, taker = admin_client, make_user("taker")
+    else:
+        client = _staff(make_user, "conversations.view_conversation", "conversations.change_conversation")
+        taker = User.objects.get(pk=client.session["_auth_user_id"])
+    url = reverse("admin:conversations_conversation_change", args=[conversation.pk])
+    assert "prompt words 4d1e" not in client.get(url).content.decode()
+
+    data = page_form(client, url, "conversation_form")
+    data["owner"] = str(taker.pk)
+    client.post(url, data)
+    client.post(
+        reverse("admin:conversations_conversation_add"),
+        {"owner": str(taker.pk), "title": "planted", "model": "demo:echo", "system_prompt": "planted words"},
+    )
+
+    assert Conversation.objects.get(pk=conversation.pk).owner_id == _victim.pk
+    assert not Conversation.objects.filter(owner=taker).exists()
+    reader = signed_in_client(taker)
+    assert reader.get(f"/api/v1/conversations/{conversation.id}/").status_code == 404
+    assert CANARY not in reader.get(f"/c/{conversation.id}/").content.decode()
 
 
 @pytest.mark.django_db

@@ -82,6 +82,38 @@ async def test_a_foreign_or_missing_origin_is_refused_even_with_a_valid_session(
     await ws.disconnect()
 
 
+@pytest.mark.parametrize(
+    "origin, host, https, opens",
+    [
+        # Another site on the same host is another origin: a dev server beside Parley, another
+        # service on another port. The browser sends it the session cookie all the same (cookies
+        # know no ports), so only the Origin tells it apart.
+        ("http://localhost:3000", "localhost:8000", False, False),
+        ("http://testserver:8080", "testserver", False, False),
+        ("http://testserver:8080", None, False, False),
+        # Served over HTTPS, every page of the site is https: an http page is not one of them.
+        ("http://testserver", "testserver", True, False),
+        # The site's own pages.
+        ("http://localhost:8000", "localhost:8000", False, True),
+        ("https://testserver", "testserver", True, True),
+        ("http://testserver", None, False, True),
+    ],
+)
+async def test_a_page_on_another_port_or_scheme_of_an_allowed_host_cannot_open_a_socket(
+    app, user, settings, origin, host, https, opens
+):
+    settings.HTTPS = https
+    conversation = await _conversation(user)
+    cookie = await session_cookie_of(user)
+    ws, connected, _code = await ws_open(app, _path(conversation), cookie=cookie, origin=origin, host=host)
+    assert connected is opens, f"origin {origin!r} on host {host!r}"
+    if connected:
+        # Open, it serves the conversation: the refusals above are the origin's, nothing else's.
+        await ws.send_json_to(_user_message())
+        assert (await ws.receive_json_from(timeout=10))["type"] == "ack"
+    await ws.disconnect()
+
+
 @pytest.mark.parametrize("path", ["/ws/chat/not-a-uuid/", "/ws/chat/", "/ws/chat/../../admin/", "/ws/else/"])
 @pytest.mark.parametrize("signed_in", [True, False])
 async def test_a_socket_to_a_path_no_route_serves_is_refused_without_an_error(app, user, path, signed_in):
