@@ -90,13 +90,16 @@ async def test_a_foreign_or_missing_origin_is_refused_even_with_a_valid_session(
         # know no ports), so only the Origin tells it apart.
         ("http://localhost:3000", "localhost:8000", False, False),
         ("http://testserver:8080", "testserver", False, False),
-        ("http://testserver:8080", None, False, False),
         # Served over HTTPS, every page of the site is https: an http page is not one of them.
         ("http://testserver", "testserver", True, False),
         # The site's own pages.
         ("http://localhost:8000", "localhost:8000", False, True),
         ("https://testserver", "testserver", True, True),
         ("http://testserver", None, False, True),
+        # No Host header: no browser's page (a browser always sends one), so CONTRACT.md's rule
+        # alone, an allowed host on any port, as a script or test client naming no Host expects.
+        ("http://testserver:8080", None, False, True),
+        ("http://elsewhere:8080", None, False, False),
     ],
 )
 async def test_a_page_on_another_port_or_scheme_of_an_allowed_host_cannot_open_a_socket(
