@@ -3,7 +3,7 @@ people's words: never shown, deferred and not searchable), and a conversation st
 Stopping a running reply goes through the turn service."""
 
 from django.contrib import admin, messages
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied
 from django.db.models.constants import LOOKUP_SEP
 from django.utils.translation import gettext_lazy as _
 
@@ -39,11 +39,12 @@ class ConversationAdmin(HiddenTextLookupsMixin, admin.ModelAdmin):
     list_display = ("id", "owner", "model", "created_at", "updated_at")
     list_filter = ("model",)
     search_fields = ("=id", "owner__username")
-    raw_id_fields = ("summary_upto",)
-    # The owner is who may read the conversation: given to another account (the operator's own,
-    # say), every message would be theirs to read on the chat page, the words this admin never
-    # shows. A conversation is its owner's from its first moment to its deletion.
-    readonly_fields = ("id", "owner", "created_at", "updated_at")
+    # Every field is read-only: a conversation is its owner's from its first moment to its
+    # deletion. Given to another account (the operator's own, say), every message would be
+    # theirs to read on the chat page, the words this admin never shows; switched to a dearer
+    # model or a larger max_tokens, every later turn would spend the owner's budget on an
+    # operator's choice. The admin looks, stops a running reply, and deletes.
+    readonly_fields = [f.name for f in Conversation._meta.fields if f.name not in HIDDEN_TEXT[Conversation]]
     exclude = tuple(HIDDEN_TEXT[Conversation])  # people's words, on this page too
     actions = ["stop_replies"]
 
@@ -84,3 +85,18 @@ class MessageAdmin(HiddenTextLookupsMixin, admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    # A message goes with its conversation (the person's delete, an erasure, or the conversation's
+    # delete here, which asks this admin's delete permission for the messages it takes), never
+    # alone: one taken out of the middle would change what the person said, and what the model is
+    # told they said. So this admin's own delete page and bulk delete are refused.
+    def delete_view(self, request, object_id, extra_context=None):
+        raise PermissionDenied
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "show_delete": False})

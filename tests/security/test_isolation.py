@@ -234,6 +234,48 @@ def test_no_operator_can_hand_a_conversation_to_someone_else_or_read_its_system_
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("operator", ["staff", "superuser"])
+def test_no_operator_can_change_a_persons_conversation_or_delete_one_of_its_messages(
+    operator, make_user, victim_world, admin_client
+):
+    # A conversation's model, settings and title are its owner's: switched to a dearer model, or
+    # given a larger max_tokens, every later turn would spend the owner's budget on an operator's
+    # choice. And a message goes with its conversation (the person's delete, or erasure), never
+    # alone: taking one out of the middle would change what the person said, and what the model
+    # is told they said. The admin may look, and stop a running reply.
+    from django.urls import reverse
+
+    from tests.formpage import page_form
+
+    victim, conversation, message, *_rest = victim_world
+    if operator == "superuser":
+        client = admin_client
+    else:
+        client = _staff(
+            make_user, "conversations.view_conversation", "conversations.change_conversation",
+            "conversations.view_message", "conversations.delete_message",
+        )
+    Message.objects.create(conversation=conversation, role="assistant", content="an answer", reply_to=message)
+    url = reverse("admin:conversations_conversation_change", args=[conversation.pk])
+    data = page_form(client, url, "conversation_form")
+    data.update({"model": "openai:gpt-4o", "temperature": "1.9", "max_tokens": "100000", "title": "renamed"})
+    client.post(url, data)
+    message_page = client.get(reverse("admin:conversations_message_change", args=[message.pk]))
+    assert message_page.status_code == 200 and "deletelink" not in message_page.content.decode()
+    client.post(reverse("admin:conversations_message_delete", args=[message.pk]), {"post": "yes"})
+    client.post(
+        reverse("admin:conversations_message_changelist"),
+        {"action": "delete_selected", "_selected_action": [str(message.pk)], "post": "yes"},
+    )
+
+    conversation.refresh_from_db()
+    assert (conversation.model, conversation.temperature, conversation.max_tokens) == ("demo:echo", None, None)
+    assert conversation.title == f"title {CANARY}"
+    assert Message.objects.filter(pk=message.pk).exists()
+    assert Message.objects.filter(conversation=conversation).count() == 2
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     "url, lookup",
     [
