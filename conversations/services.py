@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 
 from .models import Conversation
+
+logger = logging.getLogger(__name__)
 
 # The fields a body may set. owner, id, summary and timestamps are never taken from a request.
 EDITABLE_FIELDS = ("title", "model", "system_prompt", "temperature", "max_tokens")
@@ -269,69 +272,79 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
     tried: list = []
     cost = Decimal("0")
     text = None
-    for attempt in range(1, 4):
-        key = None if provider == "demo" else keys.key_choose(provider=provider, exclude=tuple(tried))
-        if provider != "demo" and key is None:
-            break
-        started = timezone.now()
-        parts: list[str] = []
-        thinking: list[str] = []
-        try:
-            usage = async_to_sync(collect)(key, parts, thinking)
-        except ProviderError as exc:
-            decision = None
-            if key is not None:
-                # The lease's version: a refusal of a secret rotated while this call ran must not
-                # mark the new secret invalid (as the turn's failover does).
-                decision = keys.key_report_failure(
-                    key_id=key.id, kind=str(exc.kind), retry_after=exc.retry_after, attempt=attempt, version=key.version
-                )
-                tried.append(key.id)
-            latency = int((timezone.now() - started).total_seconds() * 1000)
-            received = "".join(parts)
-            if received or thinking or exc.after_output:
-                # Cut off after the provider began answering: it has billed the input and the text
-                # it sent, so this is billed like a cut turn (turns._reply_finish): counted here,
-                # estimated. And not retried: a second call would bill the input again.
-                output_tokens = context_mod.output_tokens_counted(text=received, thinking="".join(thinking), model_id=model_id)
-                cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)
-                _followup_usage(
-                    user=user, team_id=team_id, conversation_id=conversation_id, attempt=attempt, provider=provider,
-                    model=model_name, key_id=key.id if key else None, input_tokens=input_tokens, output_tokens=output_tokens,
-                    cached_tokens=0, cost=cost, estimated=True, ttft_ms=None, latency_ms=latency, outcome="error",
-                    error_kind=str(exc.kind),
-                )
+    try:
+        for attempt in range(1, 4):
+            key = None if provider == "demo" else keys.key_choose(provider=provider, exclude=tuple(tried))
+            if provider != "demo" and key is None:
                 break
+            started = timezone.now()
+            parts: list[str] = []
+            thinking: list[str] = []
+            try:
+                usage = async_to_sync(collect)(key, parts, thinking)
+            except ProviderError as exc:
+                decision = None
+                if key is not None:
+                    # The lease's version: a refusal of a secret rotated while this call ran must not
+                    # mark the new secret invalid (as the turn's failover does).
+                    decision = keys.key_report_failure(
+                        key_id=key.id, kind=str(exc.kind), retry_after=exc.retry_after, attempt=attempt, version=key.version
+                    )
+                    tried.append(key.id)
+                latency = int((timezone.now() - started).total_seconds() * 1000)
+                received = "".join(parts)
+                if received or thinking or exc.after_output:
+                    # Cut off after the provider began answering: it has billed the input and the text
+                    # it sent, so this is billed like a cut turn (turns._reply_finish): counted here,
+                    # estimated. And not retried: a second call would bill the input again.
+                    output_tokens = context_mod.output_tokens_counted(text=received, thinking="".join(thinking), model_id=model_id)
+                    cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)
+                    _followup_usage(
+                        user=user, team_id=team_id, conversation_id=conversation_id, attempt=attempt, provider=provider,
+                        model=model_name, key_id=key.id if key else None, input_tokens=input_tokens, output_tokens=output_tokens,
+                        cached_tokens=0, cost=cost, estimated=True, ttft_ms=None, latency_ms=latency, outcome="error",
+                        error_kind=str(exc.kind),
+                    )
+                    break
+                _followup_usage(
+                    user=user, team_id=team_id, conversation_id=conversation_id, attempt=attempt, provider=provider, model=model_name,
+                    key_id=key.id if key else None, input_tokens=0, output_tokens=0, cached_tokens=0, cost=Decimal("0"),
+                    estimated=False, ttft_ms=None, latency_ms=latency, outcome="error", error_kind=str(exc.kind),
+                )
+                # billing.keys decides, as for a turn: a refused request (400) is not sent to another key.
+                if key is None or (decision is not None and not decision.retry):
+                    break
+                if decision is not None and decision.backoff > 0:
+                    # The keys module's pause before the next key, as the turn's failover takes it
+                    # (this runs on a worker's or a follow-up thread, never on the event loop).
+                    time.sleep(decision.backoff)
+                continue
+            text = "".join(parts)
+            if key is not None:
+                keys.key_report_success(key_id=key.id)
+            estimated = usage is None
+            if usage is None:
+                usage = Usage(
+                    input_tokens=input_tokens,
+                    output_tokens=context_mod.output_tokens_counted(text=text, thinking="".join(thinking), model_id=model_id),
+                )
+            cost = prices.cost_of(price=price, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+            latency = int((timezone.now() - started).total_seconds() * 1000)
             _followup_usage(
                 user=user, team_id=team_id, conversation_id=conversation_id, attempt=attempt, provider=provider, model=model_name,
-                key_id=key.id if key else None, input_tokens=0, output_tokens=0, cached_tokens=0, cost=Decimal("0"),
-                estimated=False, ttft_ms=None, latency_ms=latency, outcome="error", error_kind=str(exc.kind),
+                key_id=key.id if key else None, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                cached_tokens=usage.cached_tokens, cost=cost, estimated=estimated, ttft_ms=None, latency_ms=latency, outcome="ok",
             )
-            # billing.keys decides, as for a turn: a refused request (400) is not sent to another key.
-            if key is None or (decision is not None and not decision.retry):
-                break
-            if decision is not None and decision.backoff > 0:
-                # The keys module's pause before the next key, as the turn's failover takes it
-                # (this runs on a worker's or a follow-up thread, never on the event loop).
-                time.sleep(decision.backoff)
-            continue
-        text = "".join(parts)
-        if key is not None:
-            keys.key_report_success(key_id=key.id)
-        estimated = usage is None
-        if usage is None:
-            usage = Usage(
-                input_tokens=input_tokens,
-                output_tokens=context_mod.output_tokens_counted(text=text, thinking="".join(thinking), model_id=model_id),
-            )
-        cost = prices.cost_of(price=price, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
-        latency = int((timezone.now() - started).total_seconds() * 1000)
-        _followup_usage(
-            user=user, team_id=team_id, conversation_id=conversation_id, attempt=attempt, provider=provider, model=model_name,
-            key_id=key.id if key else None, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            cached_tokens=usage.cached_tokens, cost=cost, estimated=estimated, ttft_ms=None, latency_ms=latency, outcome="ok",
-        )
-        break
+            break
+    except BaseException:
+        # A fault of ours, not a provider's answer (those are handled above): the worst-case
+        # hold is settled now at what the attempts so far cost, not left to block the person's
+        # budget until it expires (which still releases it, should this settle fail too).
+        try:
+            budgets.budget_settle(reservation_id=reservation_id, actual=cost)
+        except Exception:  # noqa: BLE001 - the first fault is the one raised
+            logger.exception("hold %s of a follow-up call not settled", reservation_id)
+        raise
     budgets.budget_settle(reservation_id=reservation_id, actual=cost)
     return text
 

@@ -180,3 +180,26 @@ def test_a_title_call_waits_the_keys_backoff_before_the_next_key(priced, add_key
     assert answered.received_at - refused.received_at >= 0.2
     conversation.refresh_from_db()
     assert conversation.title == "Busan in spring"
+
+
+def test_a_title_call_that_fails_for_another_reason_releases_its_hold_at_once(
+    priced, add_key, fake_provider, make_user, conversation_for, monkeypatch
+):
+    # Not a provider's answer (those are handled and billed) but a fault of our own after the
+    # call, here the key's bookkeeping: the worst-case hold must not keep the budget from the
+    # person's next turns until it expires, minutes later.
+    user = make_user("faultytitle")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("openai", "sk-title-fault", text="Busan in spring")
+    conversation = _untitled_with_a_question(conversation_for, user)
+
+    def broken(**_kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(keys_mod, "key_report_success", broken)
+    with pytest.raises(RuntimeError):
+        services.conversation_title_generate(conversation_id=conversation.id)
+
+    assert len(fake_provider.requests_for("sk-title-fault")) == 1
+    budget = Budget.objects.get(user=user)
+    assert budget.reserved == Decimal("0")
