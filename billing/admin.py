@@ -186,14 +186,6 @@ class ModelPriceAdmin(admin.ModelAdmin):
             raise PermissionDenied(str(exc)) from None
 
     def save_model(self, request, obj: ModelPrice, form, change: bool) -> None:
-        # A price scheduled for this very moment is replaced by the save (price_set): said, since
-        # the page adds or moves a price and the operator may not know that one was there.
-        scheduled_then = ModelPrice.objects.filter(
-            provider=obj.provider, model=obj.model, effective_from=obj.effective_from, effective_from__gt=timezone.now()
-        )
-        if change:  # saved again at its own moment, a scheduled row is corrected, not replaced
-            scheduled_then = scheduled_then.exclude(pk=obj.pk)
-        replacing = scheduled_then.values_list("pk", flat=True).first()
         row = price_set(
             model_id=obj.model_id,
             input_per_million=obj.input_per_million,
@@ -209,7 +201,9 @@ class ModelPriceAdmin(admin.ModelAdmin):
         )
         # The admin's log entry and redirect then point at the new version.
         obj.pk, obj.effective_from, obj.created_at = row.pk, row.effective_from, row.created_at
-        if replacing is not None and row.pk == replacing:
+        if row.replaced_scheduled_price:
+            # Said, since the page adds or moves a price and the operator may not know that
+            # another was scheduled for that moment.
             self.message_user(
                 request,
                 gettext("The new price replaces the price scheduled for that moment, which no call had used yet."),

@@ -261,7 +261,8 @@ def price_set(
     removed in the same transaction, so the change moves instead of being scheduled twice; a row
     that has come into force meanwhile is history and stays. Unset context window, max output,
     label and cached price carry over from the price in force then. Raises PriceError (changing
-    nothing) on bad input. Writes an audit entry. Returns the new (or replaced) ModelPrice."""
+    nothing) on bad input. Writes an audit entry. Returns the new (or replaced) ModelPrice, its
+    `replaced_scheduled_price` True when it took the place of another price scheduled then."""
     from accounts.audit import audit_record
 
     from .models import ModelPrice
@@ -352,6 +353,8 @@ def price_set(
                 "moved_from": moved.effective_from.isoformat() if moved is not None else None,
             },
         )
+    # For a page to say: another price scheduled for that moment gave way (not the one corrected).
+    row.replaced_scheduled_price = scheduled is not None and scheduled.pk != moving_id
     return row
 
 
