@@ -212,8 +212,7 @@ class ProviderKeyAdmin(admin.ModelAdmin):
                 )
                 continue
             values = {"name": key.name, "kind": result.error_kind, "detail": result.detail}
-            invalid = ProviderKey.objects.filter(pk=key.pk, health=ProviderKey.Health.INVALID)
-            if invalid.exclude(state=ProviderKey.State.DISABLED).exists():
+            if result.needs_new_secret:
                 # What the list's warning would say about this key (keys_needing_attention), said
                 # here once instead.
                 refused.append(str(key.pk))

@@ -33,7 +33,7 @@ import socket
 import time
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -133,6 +133,8 @@ class KeyTestResult:
     ok: bool
     error_kind: str = ""
     detail: str = ""  # safe to show: never the secret
+    # The test left the key refused (invalid) and in use: what keys_needing_attention warns of.
+    needs_new_secret: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -943,6 +945,8 @@ def key_test(*, key_id: uuid.UUID, actor=None) -> KeyTestResult:
         key_report_failure(
             key_id=key.pk, kind=result.error_kind, retry_after=retry_after, version=key.secret_version
         )
+        refused = ProviderKey.objects.filter(pk=key.pk, health=Health.INVALID).exclude(state=State.DISABLED)
+        result = replace(result, needs_new_secret=refused.exists())
     _audit("test", key, actor, ok=result.ok, error_kind=result.error_kind)
     return result
 
