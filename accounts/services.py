@@ -75,10 +75,14 @@ def user_only_admins_among(*, user_ids: Collection[int], lock: bool = False) -> 
     return found if found and all(admin.pk in ids for admin in found) else []
 
 
+def _others(exclude_pk: int | None):
+    return User.objects.exclude(pk=exclude_pk) if exclude_pk is not None else User.objects.all()
+
+
 def identity_taken(*, field: str, value: str, exclude_pk: int | None = None) -> bool:
     """Some account (other than `exclude_pk`) has `field` ("username" or "email") equal to
     `value` in any letter case, in every script. Sign-up and the admin's user forms both ask."""
-    others = User.objects.exclude(pk=exclude_pk) if exclude_pk is not None else User.objects.all()
+    others = _others(exclude_pk)
     if connection.vendor == "sqlite":
         # SQLite's LOWER (behind iexact, and user_username_ci_unique/user_email_ci_unique there)
         # folds ASCII letters only: "Émile" would pass beside "émile". Django's REGEXP on SQLite
@@ -94,8 +98,7 @@ def username_taken_reason(*, username: str, exclude_pk: int | None = None) -> st
     both ask."""
     if identity_taken(field="username", value=username, exclude_pk=exclude_pk):
         return USERNAME_TAKEN
-    others = User.objects.exclude(pk=exclude_pk) if exclude_pk is not None else User.objects.all()
-    if others.filter(username_lookalike=username_lookalike_key(username)).exists():
+    if _others(exclude_pk).filter(username_lookalike=username_lookalike_key(username)).exists():
         return USERNAME_LOOKS_TAKEN
     return None
 
