@@ -102,6 +102,8 @@ class User(AbstractUser):
     )
 
     class Meta:
+        verbose_name = _("user")
+        verbose_name_plural = _("users")
         constraints = [
             # Usernames and emails are unique whatever their letter case ("Alice" == "alice").
             models.UniqueConstraint(

@@ -1,5 +1,6 @@
-"""Every label Parley's own admin pages show (form fields and list columns) has a Korean
-translation: an administrator whose profile says Korean sees no English field names."""
+"""Every label the admin shows for Parley's models and django-axes's (form fields, list columns,
+model and app names) has a Korean translation: an administrator whose profile says Korean sees
+no English field names."""
 
 import re
 
@@ -8,12 +9,12 @@ from django.contrib import admin
 from django.contrib.admin.utils import label_for_field
 from django.utils import translation
 
-OWN_APPS = {"accounts", "billing", "conversations"}
+APPS = {"accounts", "billing", "conversations", "axes"}  # axes ships no Korean: ours has its words
 
 
 def _labels():
     for model, model_admin in admin.site._registry.items():
-        if model._meta.app_label not in OWN_APPS:
+        if model._meta.app_label not in APPS:
             continue
         names = [f.name for f in model._meta.get_fields() if (f.concrete or f.many_to_many) and not f.auto_created]
         names += [n for n in model_admin.list_display if n != "action_checkbox" and n not in names]
@@ -33,3 +34,15 @@ def test_every_admin_label_of_parleys_models_is_in_korean(model, model_admin, na
     assert not re.search(r"[A-Za-z]{3,}", korean) or korean != english, (
         f"{model._meta.label}.{name}: '{english}' has no Korean translation"
     )
+
+
+@pytest.mark.parametrize("model", [m for m in admin.site._registry if m._meta.app_label in APPS], ids=lambda m: m.__name__)
+def test_every_model_and_app_name_in_the_admin_is_in_korean(model):
+    def names(language):
+        with translation.override(language):
+            from django.apps import apps
+
+            return (str(model._meta.verbose_name), str(model._meta.verbose_name_plural), str(apps.get_app_config(model._meta.app_label).verbose_name))
+
+    for english, korean in zip(names("en"), names("ko"), strict=True):
+        assert korean != english, f"{model._meta.label}: '{english}' has no Korean translation"
