@@ -19,6 +19,8 @@ import datetime
 import json
 from decimal import Decimal
 
+from axes.admin import AccessAttemptAdmin as AxesAccessAttemptAdmin
+from axes.models import AccessAttempt
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -795,3 +797,18 @@ class AuditEventAdmin(BigTableAdminMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+# --- django-axes's login records ----------------------------------------------------------
+
+
+if admin.site.is_registered(AccessAttempt):
+    admin.site.unregister(AccessAttempt)
+
+    @admin.register(AccessAttempt)
+    class AccessAttemptAdmin(AxesAccessAttemptAdmin):
+        """django-axes's own, with its status column named in words our catalogue translates."""
+
+        @admin.display(description=gettext_lazy("status"))
+        def status(self, obj: AccessAttempt) -> str:
+            return super().status(obj)

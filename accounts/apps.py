@@ -1,5 +1,6 @@
 import importlib
 
+import axes.apps
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 from django.utils.translation import gettext_lazy as _
@@ -18,3 +19,12 @@ class AccountsConfig(AppConfig):
 
     def ready(self) -> None:
         post_migrate.connect(_reseed_site_state, sender=self, dispatch_uid="accounts.reseed_site_state")
+
+
+class AxesConfig(axes.apps.AppConfig):
+    """django-axes under a name the admin can show in Korean too (it ships no Korean; its
+    admin's words are in accounts/axes_strings.py, for our catalogue)."""
+
+    verbose_name = _("Sign-in protection")
+    # Not the config Django picks for "accounts" itself: that stays AccountsConfig (its ready()).
+    default = False

@@ -85,7 +85,7 @@ class User(AbstractUser):
     # how sign-up and the admin find an existing name a new one would pass for. Indexed, not
     # unique: a site may already hold such a pair ("user1" and "userl"), and the migration adding
     # it must not fail there; passing for someone needs a name that exists, which the check sees.
-    username_lookalike = models.CharField(max_length=64, editable=False, db_index=True, default="")
+    username_lookalike = models.CharField(_("look-alike key"), max_length=64, editable=False, db_index=True, default="")
     display_name = models.CharField(_("display name"), max_length=80, blank=True)
     timezone = models.CharField(_("time zone"), max_length=64, default="UTC", validators=[validate_timezone])
     # Empty: follow the browser's Accept-Language.
@@ -102,6 +102,8 @@ class User(AbstractUser):
     )
 
     class Meta:
+        verbose_name = _("user")
+        verbose_name_plural = _("users")
         constraints = [
             # Usernames and emails are unique whatever their letter case ("Alice" == "alice").
             models.UniqueConstraint(
@@ -138,7 +140,7 @@ class User(AbstractUser):
 
 class Team(models.Model):
     name = models.CharField(_("name"), max_length=80)
-    members = models.ManyToManyField(User, through="TeamMembership", related_name="teams")
+    members = models.ManyToManyField(User, verbose_name=_("members"), through="TeamMembership", related_name="teams")
     # The team's rate limits tighten its members' (billing.limits); null: no team limit.
     requests_per_minute = models.PositiveIntegerField(
         _("requests per minute"), null=True, blank=True, validators=[MinValueValidator(1)], help_text=TEAM_RATE_LIMIT_HELP
@@ -146,7 +148,7 @@ class Team(models.Model):
     tokens_per_minute = models.PositiveIntegerField(
         _("tokens per minute"), null=True, blank=True, validators=[MinValueValidator(1)], help_text=TEAM_RATE_LIMIT_HELP
     )
-    created_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
 
     class Meta:
         verbose_name = _("team")
@@ -164,9 +166,9 @@ class Team(models.Model):
 
 
 class TeamMembership(models.Model):
-    team = models.ForeignKey(Team, on_delete=models.CASCADE)
-    user = models.ForeignKey(User, on_delete=models.CASCADE)
-    joined_at = models.DateTimeField(default=timezone.now)
+    team = models.ForeignKey(Team, verbose_name=_("team"), on_delete=models.CASCADE)
+    user = models.ForeignKey(User, verbose_name=_("user"), on_delete=models.CASCADE)
+    joined_at = models.DateTimeField(_("joined at"), default=timezone.now)
 
     class Meta:
         verbose_name = _("team membership")
@@ -198,13 +200,13 @@ class AuditEvent(models.Model):
     message text; the actor link survives erasure as a bare id."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    actor_id = models.BigIntegerField(null=True, blank=True, db_index=True)
-    action = models.CharField(max_length=64, db_index=True)
-    target_type = models.CharField(max_length=64, blank=True)
-    target_id = models.CharField(max_length=64, blank=True, db_index=True)
-    ip_address = models.GenericIPAddressField(null=True, blank=True)
-    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
+    actor_id = models.BigIntegerField(_("actor id"), null=True, blank=True, db_index=True)
+    action = models.CharField(_("action"), max_length=64, db_index=True)
+    target_type = models.CharField(_("target type"), max_length=64, blank=True)
+    target_id = models.CharField(_("target id"), max_length=64, blank=True, db_index=True)
+    ip_address = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
+    data = models.JSONField(_("data"), default=dict, blank=True)
 
     class Meta:
         verbose_name = _("audit event")
@@ -225,15 +227,15 @@ class DataExport(models.Model):
         FAILED = "failed", _("failed")
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="exports")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    user = models.ForeignKey(User, verbose_name=_("user"), on_delete=models.CASCADE, related_name="exports")
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.PENDING)
     progress = models.PositiveSmallIntegerField(default=0)  # percent
     file_name = models.CharField(max_length=200, blank=True)
     size_bytes = models.BigIntegerField(default=0)
     error = models.CharField(max_length=200, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
     # The running build's claim, renewed as it writes: past lease_until its worker is taken for
     # dead and the build is started again. lease_token names the run holding it, so a run that
     # stalled past its lease and was replaced can no longer write progress or publish its file.
@@ -267,7 +269,7 @@ class ErasureRequest(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user_id = models.BigIntegerField(db_index=True)
     requested_by_id = models.BigIntegerField(null=True, blank=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.PENDING)
     steps_done = models.JSONField(default=list, blank=True)
     receipt = models.JSONField(default=dict, blank=True)
     # Cache key prefixes (stream buffers of the user's conversations, per-user keys) to sweep once
@@ -275,7 +277,7 @@ class ErasureRequest(models.Model):
     cache_prefixes = models.JSONField(default=list, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.CharField(max_length=200, blank=True)  # exception class only, never data
-    created_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     # The running erasure's claim, renewed between steps and batches: past lease_until its worker
     # is taken for dead and the next run resumes. lease_token names the run holding it, so a run

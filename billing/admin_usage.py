@@ -6,6 +6,7 @@ these models itself, so either can own them without an AlreadyRegistered error a
 from __future__ import annotations
 
 from django.contrib import admin
+from django.utils.translation import gettext_lazy as _
 
 from chatsite.admin_site import BigTableAdminMixin
 
@@ -34,9 +35,18 @@ class ReadOnlyAdmin(BigTableAdminMixin, admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    # The ids, not the objects: no join per row.
+    @admin.display(description=_("user id"), ordering="user_id")
+    def user_ref(self, obj):
+        return obj.user_id
+
+    @admin.display(description=_("team id"), ordering="team_id")
+    def team_ref(self, obj):
+        return obj.team_id
+
 
 class UsageRecordAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "user_id", "team_id", "provider", "model", "input_tokens", "output_tokens",
+    list_display = ("created_at", "user_ref", "team_ref", "provider", "model", "input_tokens", "output_tokens",
                     "cost", "outcome", "latency_ms")
     list_filter = ("created_at", "outcome", "provider")
     list_select_related = False  # ids only: no join per row
@@ -44,7 +54,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 
 
 class DailyUsageAdmin(ReadOnlyAdmin):
-    list_display = ("day", "user_id", "team_id", "provider", "model", "requests", "errors", "cost")
+    list_display = ("day", "user_ref", "team_ref", "provider", "model", "requests", "errors", "cost")
     list_filter = ("day", "provider")
     ordering = ("-day", "-id")
 

@@ -27,17 +27,19 @@ class Provider(models.TextChoices):
 class ModelPrice(models.Model):
     """The price of a model from `effective_from` on; the newest row not in the future applies."""
 
-    provider = models.CharField(max_length=16, choices=Provider.choices)
-    model = models.CharField(max_length=120)
-    label = models.CharField(max_length=120, blank=True)
-    input_per_million = models.DecimalField(**PRICE)
-    output_per_million = models.DecimalField(**PRICE)
-    cached_input_per_million = models.DecimalField(**PRICE, null=True, blank=True)
-    context_window = models.PositiveIntegerField(default=128_000)
-    max_output_tokens = models.PositiveIntegerField(default=4096)
-    enabled = models.BooleanField(default=True)
-    effective_from = models.DateTimeField(default=timezone.now)
-    created_at = models.DateTimeField(default=timezone.now)
+    provider = models.CharField(_("provider"), max_length=16, choices=Provider.choices)
+    model = models.CharField(_("model"), max_length=120)
+    label = models.CharField(_("label"), max_length=120, blank=True)
+    input_per_million = models.DecimalField(_("input price per million tokens (USD)"), **PRICE)
+    output_per_million = models.DecimalField(_("output price per million tokens (USD)"), **PRICE)
+    cached_input_per_million = models.DecimalField(
+        _("cached input price per million tokens (USD)"), **PRICE, null=True, blank=True
+    )
+    context_window = models.PositiveIntegerField(_("context window (tokens)"), default=128_000)
+    max_output_tokens = models.PositiveIntegerField(_("maximum output tokens"), default=4096)
+    enabled = models.BooleanField(_("enabled"), default=True)
+    effective_from = models.DateTimeField(_("effective from"), default=timezone.now)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
 
     class Meta:
         verbose_name = _("model price")
@@ -80,29 +82,29 @@ class ProviderKey(models.Model):
         INVALID = "invalid", _("invalid")
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    name = models.CharField(max_length=80)
-    provider = models.CharField(max_length=16, choices=[c for c in Provider.choices if c[0] != "demo"])
+    name = models.CharField(_("name"), max_length=80)
+    provider = models.CharField(_("provider"), max_length=16, choices=[c for c in Provider.choices if c[0] != "demo"])
     # MultiFernet token of the secret; never plaintext. See billing.crypto.
-    secret_encrypted = models.TextField(editable=False)
-    secret_last4 = models.CharField(max_length=4, editable=False)
+    secret_encrypted = models.TextField(_("encrypted secret"), editable=False)
+    secret_last4 = models.CharField(_("secret's last four characters"), max_length=4, editable=False)
     # Bumped when the secret is replaced, and carried by each KeyLease: a 401 from a call that
     # still used the old secret must not mark the new one invalid.
-    secret_version = models.PositiveIntegerField(default=1, editable=False)
-    base_url = models.CharField(max_length=300, blank=True)
-    priority = models.IntegerField(default=100)
-    state = models.CharField(max_length=16, choices=State.choices, default=State.ENABLED)
-    health = models.CharField(max_length=16, choices=Health.choices, default=Health.HEALTHY)
-    cooldown_until = models.DateTimeField(null=True, blank=True)
-    consecutive_failures = models.PositiveIntegerField(default=0)
-    last_error_kind = models.CharField(max_length=32, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
+    secret_version = models.PositiveIntegerField(_("secret version"), default=1, editable=False)
+    base_url = models.CharField(_("base URL"), max_length=300, blank=True)
+    priority = models.IntegerField(_("priority"), default=100)
+    state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.ENABLED)
+    health = models.CharField(_("health"), max_length=16, choices=Health.choices, default=Health.HEALTHY)
+    cooldown_until = models.DateTimeField(_("cooling down until"), null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(_("consecutive failures"), default=0)
+    last_error_kind = models.CharField(_("last error kind"), max_length=32, blank=True)
+    last_used_at = models.DateTimeField(_("last used at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
     # When `state` last changed: a draining key is disabled once every reply that could still be
     # using it has ended (billing.keys.keys_finish_draining).
-    state_changed_at = models.DateTimeField(default=timezone.now)
+    state_changed_at = models.DateTimeField(_("state changed at"), default=timezone.now)
     # "env" rows are the ones imported from OPENAI_API_KEY/ANTHROPIC_API_KEY; a changed variable
     # rotates them, and only them.
-    origin = models.CharField(max_length=8, choices=Origin.choices, default=Origin.MANUAL)
+    origin = models.CharField(_("origin"), max_length=8, choices=Origin.choices, default=Origin.MANUAL)
 
     class Meta:
         verbose_name = _("provider key")
@@ -132,24 +134,30 @@ class UsageRecord(models.Model):
         ERROR = "error", _("error")
 
     id = models.BigAutoField(primary_key=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    team = models.ForeignKey("accounts.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    conversation_id = models.UUIDField(null=True, blank=True)
-    message_id = models.UUIDField(null=True, blank=True)
-    attempt = models.PositiveSmallIntegerField(default=1)
-    provider = models.CharField(max_length=16)
-    model = models.CharField(max_length=120)
-    key = models.ForeignKey(ProviderKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    input_tokens = models.PositiveIntegerField(default=0)
-    output_tokens = models.PositiveIntegerField(default=0)
-    cached_tokens = models.PositiveIntegerField(default=0)
-    cost = models.DecimalField(**MONEY, default=ZERO)
-    estimated = models.BooleanField(default=False)
-    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
-    latency_ms = models.PositiveIntegerField(null=True, blank=True)
-    outcome = models.CharField(max_length=16, choices=Outcome.choices)
-    error_kind = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("user"), null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    team = models.ForeignKey(
+        "accounts.Team", verbose_name=_("team"), null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    conversation_id = models.UUIDField(_("conversation id"), null=True, blank=True)
+    message_id = models.UUIDField(_("message id"), null=True, blank=True)
+    attempt = models.PositiveSmallIntegerField(_("attempt"), default=1)
+    provider = models.CharField(_("provider"), max_length=16)
+    model = models.CharField(_("model"), max_length=120)
+    key = models.ForeignKey(
+        ProviderKey, verbose_name=_("key"), null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    input_tokens = models.PositiveIntegerField(_("input tokens"), default=0)
+    output_tokens = models.PositiveIntegerField(_("output tokens"), default=0)
+    cached_tokens = models.PositiveIntegerField(_("cached tokens"), default=0)
+    cost = models.DecimalField(_("cost"), **MONEY, default=ZERO)
+    estimated = models.BooleanField(_("estimated"), default=False)
+    ttft_ms = models.PositiveIntegerField(_("time to first token (ms)"), null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(_("latency (ms)"), null=True, blank=True)
+    outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices)
+    error_kind = models.CharField(_("error kind"), max_length=32, blank=True)
 
     class Meta:
         verbose_name = _("usage record")
@@ -173,17 +181,21 @@ class UsageRecord(models.Model):
 class DailyUsage(models.Model):
     """Rollup of the ledger, day x user x team x model, upserted in the ledger's transaction."""
 
-    day = models.DateField()
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    team = models.ForeignKey("accounts.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    provider = models.CharField(max_length=16)
-    model = models.CharField(max_length=120)
-    requests = models.PositiveIntegerField(default=0)
-    errors = models.PositiveIntegerField(default=0)
-    input_tokens = models.BigIntegerField(default=0)
-    output_tokens = models.BigIntegerField(default=0)
-    cached_tokens = models.BigIntegerField(default=0)
-    cost = models.DecimalField(**MONEY, default=ZERO)
+    day = models.DateField(_("day"))
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("user"), null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    team = models.ForeignKey(
+        "accounts.Team", verbose_name=_("team"), null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    provider = models.CharField(_("provider"), max_length=16)
+    model = models.CharField(_("model"), max_length=120)
+    requests = models.PositiveIntegerField(_("requests"), default=0)
+    errors = models.PositiveIntegerField(_("errors"), default=0)
+    input_tokens = models.BigIntegerField(_("input tokens"), default=0)
+    output_tokens = models.BigIntegerField(_("output tokens"), default=0)
+    cached_tokens = models.BigIntegerField(_("cached tokens"), default=0)
+    cost = models.DecimalField(_("cost"), **MONEY, default=ZERO)
 
     class Meta:
         verbose_name = _("daily usage")
@@ -224,19 +236,23 @@ class Budget(models.Model):
         MONTH = "month", _("month")
         TOTAL = "total", _("total")
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets")
-    team = models.ForeignKey("accounts.Team", null=True, blank=True, on_delete=models.CASCADE, related_name="budgets")
-    period = models.CharField(max_length=8, choices=Period.choices)
-    limit = models.DecimalField(**MONEY)
-    warn_ratio = models.DecimalField(max_digits=4, decimal_places=3, default=Decimal("0.8"))
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("user"), null=True, blank=True, on_delete=models.CASCADE, related_name="budgets"
+    )
+    team = models.ForeignKey(
+        "accounts.Team", verbose_name=_("team"), null=True, blank=True, on_delete=models.CASCADE, related_name="budgets"
+    )
+    period = models.CharField(_("period"), max_length=8, choices=Period.choices)
+    limit = models.DecimalField(_("limit"), **MONEY)
+    warn_ratio = models.DecimalField(_("warning ratio"), max_digits=4, decimal_places=3, default=Decimal("0.8"))
     # The calendar periods are counted in, pinned when the budget is set (the user's time zone,
     # UTC for a team): a user editing their profile time zone cannot restart a day early.
-    time_zone = models.CharField(max_length=64, default="UTC")
+    time_zone = models.CharField(_("time zone"), max_length=64, default="UTC")
     # The running period: its start, what was settled in it, and what is reserved right now.
-    period_start = models.DateTimeField(null=True, blank=True)
-    spent = models.DecimalField(**MONEY, default=ZERO)
-    reserved = models.DecimalField(**MONEY, default=ZERO)
-    created_at = models.DateTimeField(default=timezone.now)
+    period_start = models.DateTimeField(_("period start"), null=True, blank=True)
+    spent = models.DecimalField(_("spent"), **MONEY, default=ZERO)
+    reserved = models.DecimalField(_("held"), **MONEY, default=ZERO)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
 
     class Meta:
         verbose_name = _("budget")
@@ -283,15 +299,17 @@ class Reservation(models.Model):
         EXPIRED = "expired", _("expired")
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    budgets = models.ManyToManyField(Budget, related_name="reservations")
-    amount = models.DecimalField(**MONEY)
-    settled_amount = models.DecimalField(**MONEY, null=True, blank=True)
-    state = models.CharField(max_length=8, choices=State.choices, default=State.HELD)
-    created_at = models.DateTimeField(default=timezone.now)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("user"), null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    budgets = models.ManyToManyField(Budget, verbose_name=_("budgets"), related_name="reservations")
+    amount = models.DecimalField(_("amount"), **MONEY)
+    settled_amount = models.DecimalField(_("settled amount"), **MONEY, null=True, blank=True)
+    state = models.CharField(_("state"), max_length=8, choices=State.choices, default=State.HELD)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
     # After this a hold is released by billing.tasks.reservations_expire (its process died).
-    expires_at = models.DateTimeField()
-    settled_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(_("expires at"), )
+    settled_at = models.DateTimeField(_("settled at"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("budget reservation")

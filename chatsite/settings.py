@@ -116,7 +116,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
-    "axes",
+    "accounts.apps.AxesConfig",  # django-axes, with a translatable name
     "accounts",
     "conversations",
     "billing",

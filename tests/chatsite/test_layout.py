@@ -26,6 +26,23 @@ def test_static_assets_are_served_locally(client):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/admin/login/", "/admin/", "/admin/dashboard/", "/admin/billing/providerkey/"])
+def test_admin_pages_name_the_sites_icon(client, make_user, path):
+    # Without it the browser asks for /favicon.ico on every admin page.
+    client.force_login(make_user("boss", is_staff=True, is_superuser=True))
+    body = client.get(path, follow=True).content.decode()
+    assert '<link rel="icon" href="/static/img/favicon.svg"' in body
+    assert "Parley" in body  # the admin's own branding is still there
+
+
+@pytest.mark.django_db
+def test_favicon_ico_leads_to_the_sites_icon(client):
+    response = client.get("/favicon.ico", follow=True)
+    assert response.status_code == 200
+    assert response.redirect_chain[-1][0] == "/static/img/favicon.svg"
+
+
+@pytest.mark.django_db
 def test_header_nav_for_a_member_and_for_staff(client, user, make_user):
     client.force_login(user)
     body = client.get("/accounts/profile/").content.decode()

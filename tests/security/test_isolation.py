@@ -21,7 +21,7 @@ CANARY = "victim-canary-7f3a9c"  # in the victim's title and message text
 
 # Routes anyone may reach (they hold no per-user object).
 PUBLIC = re.compile(
-    r"^(healthz|readyz|static/|i18n/|accounts/(login|signup|language|password/reset|reset|data/erased/)|jsi18n)"
+    r"^(healthz|readyz|favicon\.ico$|static/|i18n/|accounts/(login|signup|language|password/reset|reset|data/erased/)|jsi18n)"
 )
 CONVERTER = re.compile(r"<(?:(?P<conv>[a-z_]+):)?(?P<name>\w+)>")
 
