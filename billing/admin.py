@@ -21,7 +21,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from accounts.admin_services import OutranksOperator
-from chatsite.admin_site import OwnChangesOnlyFormMixin
+from chatsite.admin_site import OwnChangesOnlyFormMixin, RefusedAtSaveAdminMixin
 
 from . import admin_keys  # noqa: F401 - registers the ProviderKey admin
 from .budgets import (
@@ -133,8 +133,12 @@ class ModelPriceForm(RefusedOnceFormMixin, forms.ModelForm):
 
 
 @admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin):
+class ModelPriceAdmin(RefusedAtSaveAdminMixin, admin.ModelAdmin):
     form = ModelPriceForm
+    # price_set refuses a save that a colleague's concurrent save overtook (it took the moment
+    # first, or moved the price being edited): the form passed before theirs committed. The page
+    # says so in the form, and keeps nothing.
+    save_refusals = (PriceError,)
     list_display = [
         "model_id_display",
         "label",

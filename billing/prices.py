@@ -259,7 +259,8 @@ def price_set(
     replaced instead: no call has used it yet. `moving_id` names a scheduled price of the same
     model that this one replaces (the admin editing a scheduled row to another moment): it is
     removed in the same transaction, so the change moves instead of being scheduled twice; a row
-    that has come into force meanwhile is history and stays. Unset context window, max output,
+    that has come into force meanwhile is history and stays, and one that is gone (moved or
+    deleted by a concurrent save) refuses the save. Unset context window, max output,
     label and cached price carry over from the price in force then. Raises PriceError (changing
     nothing) on bad input. Writes an audit entry. Returns the new (or replaced) ModelPrice, its
     `replaced_scheduled_price` True when it took the place of another price scheduled then."""
@@ -279,8 +280,15 @@ def price_set(
     now = timezone.now()
     start = effective_from if effective_from and effective_from > now else now
     with transaction.atomic():
-        # None when it is already in force (history, kept) or there is nothing to move.
+        # None when it is already in force (history, kept), gone, or there is nothing to move.
         moved = _scheduled_locked(price_id=moving_id, now=now) if moving_id is not None else None
+        if moved is None and moving_id is not None and not ModelPrice.objects.filter(pk=moving_id).exists():
+            # A colleague moved or deleted it while this edit was open (the lock above waited
+            # for them): saving would add a second scheduled price beside theirs, not move one.
+            raise PriceError(
+                _("This price was moved or deleted by someone else while you were editing it: nothing was saved. "
+                  "Open the price list again to see the prices as they are now.")
+            )
         if moved is not None:
             if (moved.provider, moved.model) != (provider, model):
                 raise PriceError(_("A scheduled price can only be moved for its own model."))
