@@ -13,6 +13,7 @@ from __future__ import annotations
 from decimal import InvalidOperation
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
@@ -115,9 +116,10 @@ class ModelPriceForm(RefusedOnceFormMixin, forms.ModelForm):
                 context_window=data.get("context_window"),
                 max_output_tokens=data.get("max_output_tokens"),
                 label=data.get("label"),
+                enabled=data.get("enabled", True),
             )
         except PriceError as exc:
-            raise ValidationError(str(exc)) from None
+            raise ValidationError({exc.field: str(exc)} if exc.field in self.fields else str(exc)) from None
         return data
 
     def validate_unique(self):
@@ -169,6 +171,19 @@ class ModelPriceAdmin(RefusedAtSaveAdminMixin, admin.ModelAdmin):
             .first()
         )
         return newest == obj.pk and price_for(model_id=obj.model_id) is not None
+
+    def changelist_view(self, request, extra_context=None):
+        # The form refuses to disable DEFAULT_MODEL's price, but the setting may name a model
+        # never priced (it is read from the environment at start): said here on every visit,
+        # not only in the log at the next start.
+        if request.method == "GET" and price_for(model_id=settings.DEFAULT_MODEL) is None:
+            text = gettext(
+                "DEFAULT_MODEL %(model)s has no price in force (or its price is disabled): every new conversation "
+                "starts on it, and each of its messages is refused. Give it a price, or set DEFAULT_MODEL to a model "
+                "that has one and restart the site."
+            )
+            self.message_user(request, text % {"model": settings.DEFAULT_MODEL}, messages.WARNING)
+        return super().changelist_view(request, extra_context)
 
     def get_readonly_fields(self, request, obj=None):
         # A price row belongs to its model: saving one under another model's name would copy it.

@@ -1,6 +1,6 @@
 """The price admin when a save is refused at the moment it is written: a colleague's save of the
-same price raced it. The page says why in the form, as for any refused input, and nothing of the
-save is kept."""
+same price raced it; and the rule that DEFAULT_MODEL keeps a price. The page says why in the
+form, as for any refused input, and nothing of the save is kept."""
 
 import datetime as dt
 import threading
@@ -261,3 +261,70 @@ def test_two_operators_moving_the_same_scheduled_price_at_once_the_second_adds_n
     )
     assert scheduled_now == [(targets[winner], D(3 + winner))]
 
+# --- DEFAULT_MODEL keeps its price ---------------------------------------------------------------
+
+DEFAULT_REFUSED = (
+    "openai:gpt-4o is the site's default model (DEFAULT_MODEL): every new conversation starts on it, "
+    "and with its price disabled each of their messages would be refused. Set DEFAULT_MODEL to another "
+    "model that has a price and restart the site first, then disable this one."
+)
+
+
+@pytest.mark.parametrize("days", [0, 3], ids=["now", "scheduled"])
+def test_disabling_the_price_of_the_default_model_is_refused_naming_DEFAULT_MODEL(admin_client, settings, days):
+    # The start-up check said so only at the next start, after every new chat had failed since.
+    settings.DEFAULT_MODEL = "openai:gpt-4o"
+    seeded = ModelPrice.objects.get(provider="openai", model="gpt-4o")
+    before, events = _rows(), AuditEvent.objects.count()
+    moment = _moment_fields(_future(days)) if days else _moment_fields(seeded.effective_from)
+    form = {**PRICE_FORM, **moment}
+    del form["enabled"]  # the box unticked
+
+    for url in (ADD, f"/admin/billing/modelprice/{seeded.pk}/change/"):
+        response = admin_client.post(url, form)
+        assert response.status_code == 200
+        assert response.context["adminform"].form.errors == {"enabled": [DEFAULT_REFUSED]}
+    assert _rows() == before and AuditEvent.objects.count() == events
+    assert price_for(model_id="openai:gpt-4o") is not None
+    assert price_for(model_id="openai:gpt-4o", at=_future(30)) is not None
+
+    # Any other model's price is disabled as before; and the default's changed while enabled.
+    assert admin_client.post(ADD, {**form, "model": "gpt-4o-mini"}).status_code == 302
+    assert price_for(model_id="openai:gpt-4o-mini", at=_future(30)) is None
+    assert admin_client.post(ADD, {**form, "enabled": "on", "input_per_million": "3"}).status_code == 302
+
+
+def test_the_default_models_refusal_is_in_the_operators_language(client, django_user_model, settings):
+    settings.DEFAULT_MODEL = "openai:gpt-4o"
+    operator = django_user_model.objects.create_superuser("root-ko", "ko@example.test", language="ko")
+    client.force_login(operator)
+    form = {**PRICE_FORM, "effective_from_0": "2025-01-01", "effective_from_1": "00:00:00"}
+    del form["enabled"]
+    response = client.post(ADD, form)
+    [error] = response.context["adminform"].form.errors["enabled"]
+    assert "openai:gpt-4o" in error and "DEFAULT_MODEL" in error and "기본 모델" in error
+
+
+def test_set_price_cannot_disable_the_default_model_either(db, settings):
+    from django.core.management import CommandError, call_command
+
+    settings.DEFAULT_MODEL = "openai:gpt-4o"
+    before = _rows()
+    with pytest.raises(CommandError) as refused:
+        call_command("set_price", "--model", "openai:gpt-4o", "--input", "1", "--output", "2", "--disable")
+    assert str(refused.value) == DEFAULT_REFUSED
+    assert _rows() == before
+
+
+def test_the_price_list_warns_at_once_when_the_default_model_has_no_price(admin_client, settings):
+    # Set in the environment to a model never priced (or whose price was disabled before it became
+    # the default): the list says so on every visit, not only the log at the next start.
+    settings.DEFAULT_MODEL = "openai:gpt-unpriced"
+    response = admin_client.get("/admin/billing/modelprice/")
+    said = [(m.level_tag, str(m)) for m in response.context["messages"]]
+    assert [level for level, text in said if "DEFAULT_MODEL" in text] == ["warning"]
+    assert "openai:gpt-unpriced" in response.content.decode()
+
+    settings.DEFAULT_MODEL = "openai:gpt-4o"
+    response = admin_client.get("/admin/billing/modelprice/")
+    assert not [m for m in response.context["messages"] if "DEFAULT_MODEL" in str(m)]
