@@ -85,6 +85,19 @@ class _ColleagueSavesFirst:
         pre_save.disconnect(self, sender=ModelPrice)
 
 
+def test_price_set_reports_a_moment_taken_while_saving_as_a_price_error_and_keeps_nothing(db):
+    from billing.prices import PriceError
+
+    moment = _future()
+    before, events = _rows(), AuditEvent.objects.count()
+    with _ColleagueSavesFirst(moment) as colleague, pytest.raises(PriceError) as refused:
+        price_set(model_id="openai:gpt-4o", input_per_million="3", output_per_million="9", effective_from=moment)
+    assert colleague.fired and str(refused.value) == TAKEN
+    # The insert failed in a savepoint: the connection goes on (on PostgreSQL a failed statement
+    # would otherwise void the rest of the transaction), with nothing of that save in it.
+    assert _rows() == before and AuditEvent.objects.count() == events
+
+
 def test_a_price_whose_moment_is_taken_while_saving_is_refused_in_the_form_not_a_500(admin_client):
     moment = _future()
     before, events, logs = _rows(), AuditEvent.objects.count(), LogEntry.objects.count()
