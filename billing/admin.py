@@ -13,15 +13,17 @@ from __future__ import annotations
 from decimal import InvalidOperation
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from accounts.admin_services import OutranksOperator
-from chatsite.admin_site import OwnChangesOnlyFormMixin
+from chatsite.admin_site import OwnChangesOnlyFormMixin, RefusedAtSaveAdminMixin
 
 from . import admin_keys  # noqa: F401 - registers the ProviderKey admin
 from .budgets import (
@@ -31,11 +33,16 @@ from .budgets import (
     budget_delete,
     budget_locked_for,
     budget_owner_outranks,
+    budget_remaining_now,
     budget_set,
+    budget_spent_now,
     budget_validate,
+    budgets_with_spent_now,
+    period_bounds,
 )
 from .models import Budget, ModelPrice
 from .prices import PRICE_PLACES, PriceError, price_for, price_set, price_unschedule, price_validate
+from .templatetags.billing_money import usd
 
 OUTRANKS_YOU = _(
     "This account is an administrator or holds permissions you do not: only a superuser can set, change or "
@@ -115,9 +122,10 @@ class ModelPriceForm(RefusedOnceFormMixin, forms.ModelForm):
                 context_window=data.get("context_window"),
                 max_output_tokens=data.get("max_output_tokens"),
                 label=data.get("label"),
+                enabled=data.get("enabled", True),
             )
         except PriceError as exc:
-            raise ValidationError(str(exc)) from None
+            raise ValidationError({exc.field: str(exc)} if exc.field in self.fields else str(exc)) from None
         return data
 
     def validate_unique(self):
@@ -133,8 +141,12 @@ class ModelPriceForm(RefusedOnceFormMixin, forms.ModelForm):
 
 
 @admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin):
+class ModelPriceAdmin(RefusedAtSaveAdminMixin, admin.ModelAdmin):
     form = ModelPriceForm
+    # price_set refuses a save that a colleague's concurrent save overtook (it took the moment
+    # first, or moved the price being edited): the form passed before theirs committed. The page
+    # says so in the form, and keeps nothing.
+    save_refusals = (PriceError,)
     list_display = [
         "model_id_display",
         "label",
@@ -165,6 +177,19 @@ class ModelPriceAdmin(admin.ModelAdmin):
             .first()
         )
         return newest == obj.pk and price_for(model_id=obj.model_id) is not None
+
+    def changelist_view(self, request, extra_context=None):
+        # The form refuses to disable DEFAULT_MODEL's price, but the setting may name a model
+        # never priced (it is read from the environment at start): said here on every visit,
+        # not only in the log at the next start.
+        if request.method == "GET" and price_for(model_id=settings.DEFAULT_MODEL) is None:
+            text = gettext(
+                "DEFAULT_MODEL %(model)s has no price in force (or its price is disabled): every new conversation "
+                "starts on it, and each of its messages is refused. Give it a price, or set DEFAULT_MODEL to a model "
+                "that has one and restart the site."
+            )
+            self.message_user(request, text % {"model": settings.DEFAULT_MODEL}, messages.WARNING)
+        return super().changelist_view(request, extra_context)
 
     def get_readonly_fields(self, request, obj=None):
         # A price row belongs to its model: saving one under another model's name would copy it.
@@ -252,17 +277,48 @@ class BudgetForm(RefusedOnceFormMixin, OwnChangesOnlyFormMixin, forms.ModelForm)
 @admin.register(Budget)
 class BudgetAdmin(admin.ModelAdmin):
     form = BudgetForm
-    list_display = ["__str__", "period", "limit", "spent", "reserved", "warn_ratio", "period_start"]
+    # The figures of the running period, as the budget check and the usage API count them: a
+    # row keeps the spend of a period that has ended (and its start) until the budget's next
+    # use rolls it over, and showing those stored columns said a new day's budget was spent.
+    list_display = ["__str__", "period", "limit_display", "spent_this_period", "held", "remaining", "warn_ratio", "current_period"]
     list_filter = ["period"]
     search_fields = ["user__username", "team__name"]
+    list_select_related = ["user", "team"]  # each row's name, without a query per row
     raw_id_fields = ["user"]
-    readonly_fields = ["spent", "reserved", "period_start", "time_zone", "created_at"]
+    readonly_fields = ["spent_this_period", "held", "remaining", "current_period", "time_zone", "created_at"]
+
+    def get_queryset(self, request):
+        # spent_now, in SQL, only to sort by; each row's figures are read by the budget rules.
+        return budgets_with_spent_now(super().get_queryset(request))
 
     def get_readonly_fields(self, request, obj=None):
         # Owner and period identify a budget; changing them would be a different budget.
         if obj is not None:
             return ["user", "team", "period", *self.readonly_fields]
-        return self.readonly_fields
+        return ["time_zone", "created_at"]  # a budget not made yet has spent and holds nothing
+
+    @admin.display(description=_("limit"), ordering="limit")
+    def limit_display(self, obj: Budget) -> str:
+        return usd(obj.limit)
+
+    @admin.display(description=_("spent this period"), ordering="spent_now")
+    def spent_this_period(self, obj: Budget) -> str:
+        return usd(budget_spent_now(obj))
+
+    @admin.display(description=_("held by replies being written"), ordering="reserved")
+    def held(self, obj: Budget) -> str:
+        return usd(obj.reserved)
+
+    @admin.display(description=_("remaining"), ordering=F("limit") - F("spent_now") - F("reserved"))
+    def remaining(self, obj: Budget) -> str:
+        return usd(budget_remaining_now(obj))
+
+    @admin.display(description=_("current period"))
+    def current_period(self, obj: Budget) -> str:
+        start, end = period_bounds(period=obj.period, tz_name=obj.time_zone, now=timezone.now())
+        if start is None:
+            return gettext("all time (never resets)")
+        return f"{start:%Y-%m-%d %H:%M} – {end:%Y-%m-%d %H:%M} ({obj.time_zone})"
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)

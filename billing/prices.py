@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_CEILING, Decimal
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -44,7 +45,11 @@ def label_display(label: str) -> str:
 
 class PriceError(ValueError):
     """Bad input to price_set: one sentence, in the language active when raised (the operator's,
-    in the admin), safe to show."""
+    in the admin), safe to show. `field` names the input it is about, where it is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -205,6 +210,23 @@ def _check_output_fits(*, window: int, max_out: int) -> None:
         raise PriceError(_("The max output tokens must be below the context window (%(window)s).") % {"window": window})
 
 
+def _check_keeps_default_model(*, provider: str, model: str) -> None:
+    # Every new conversation starts on DEFAULT_MODEL (conversations.services) and a model whose
+    # price is disabled is refused at every turn, so disabling it would fail every new chat from
+    # that moment. The setting lives in the environment, out of the admin's reach: the default
+    # moves first, then the price can go. Scheduled prices too: they come into force unattended.
+    if parse_model_id(settings.DEFAULT_MODEL) == (provider, model):
+        raise PriceError(
+            _(
+                "%(model)s is the site's default model (DEFAULT_MODEL): every new conversation starts on it, "
+                "and with its price disabled each of their messages would be refused. Set DEFAULT_MODEL to "
+                "another model that has a price and restart the site first, then disable this one."
+            )
+            % {"model": f"{provider}:{model}"},
+            field="enabled",
+        )
+
+
 def price_validate(
     *,
     model_id: str,
@@ -214,9 +236,11 @@ def price_validate(
     context_window: object = None,
     max_output_tokens: object = None,
     label: str | None = None,
+    enabled: bool = True,
 ):
     """Checked values for price_set: (provider, model, input, output, cached, context window,
-    max output); raises PriceError with a one-line reason."""
+    max output); raises PriceError with a one-line reason. A disabled price for DEFAULT_MODEL is
+    refused: every new conversation would be refused with it."""
     parsed = parse_model_id(model_id)
     if parsed is None:
         raise PriceError(
@@ -224,6 +248,8 @@ def price_validate(
             % {"providers": ", ".join(PROVIDERS)}
         )
     provider, model = parsed
+    if not enabled:
+        _check_keeps_default_model(provider=provider, model=model)
     inp = _price(input_per_million, _("input"), required=True)
     out = _price(output_per_million, _("output"), required=True)
     cached = _price(cached_input_per_million, _("cached input"), required=False)
@@ -259,7 +285,8 @@ def price_set(
     replaced instead: no call has used it yet. `moving_id` names a scheduled price of the same
     model that this one replaces (the admin editing a scheduled row to another moment): it is
     removed in the same transaction, so the change moves instead of being scheduled twice; a row
-    that has come into force meanwhile is history and stays. Unset context window, max output,
+    that has come into force meanwhile is history and stays, and one that is gone (moved or
+    deleted by a concurrent save) refuses the save. Unset context window, max output,
     label and cached price carry over from the price in force then. Raises PriceError (changing
     nothing) on bad input. Writes an audit entry. Returns the new (or replaced) ModelPrice, its
     `replaced_scheduled_price` True when it took the place of another price scheduled then."""
@@ -275,12 +302,20 @@ def price_set(
         context_window=context_window,
         max_output_tokens=max_output_tokens,
         label=label,
+        enabled=enabled,
     )
     now = timezone.now()
     start = effective_from if effective_from and effective_from > now else now
     with transaction.atomic():
-        # None when it is already in force (history, kept) or there is nothing to move.
+        # None when it is already in force (history, kept), gone, or there is nothing to move.
         moved = _scheduled_locked(price_id=moving_id, now=now) if moving_id is not None else None
+        if moved is None and moving_id is not None and not ModelPrice.objects.filter(pk=moving_id).exists():
+            # A colleague moved or deleted it while this edit was open (the lock above waited
+            # for them): saving would add a second scheduled price beside theirs, not move one.
+            raise PriceError(
+                _("This price was moved or deleted by someone else while you were editing it: nothing was saved. "
+                  "Open the price list again to see the prices as they are now.")
+            )
         if moved is not None:
             if (moved.provider, moved.model) != (provider, model):
                 raise PriceError(_("A scheduled price can only be moved for its own model."))

@@ -5,7 +5,7 @@ whole big table."""
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.urls import path, reverse
 from django.utils.functional import cached_property
@@ -66,6 +66,47 @@ class OwnChangesOnlyFormMixin:
                 if name in cleaned and name in self.initial and name not in self.changed_data:
                     cleaned[name] = self.initial[name]
         return cleaned
+
+
+class RefusedAtSaveAdminMixin:
+    """For an admin whose save_model calls a service that may still refuse, at the moment it
+    writes, what the form accepted: a colleague's save of the same row raced this one (a unique
+    moment taken between the service's check and its insert). Such a refusal is one of
+    `save_refusals`, raised by save_model; it leaves changeform_view's transaction, which undoes
+    the whole save (the service's rows, its audit entry, the admin's history line), and the page
+    is shown again with the refusal as the form's error, as for any refused input, not a 500."""
+
+    save_refusals: tuple[type[Exception], ...] = ()
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except self.save_refusals as refused:
+            if request.method != "POST" or hasattr(request, "_refused_at_save"):
+                raise
+            # The same POST again, in a new transaction: the form is bound and checked as before,
+            # and this time refused with the service's reason, so nothing is saved.
+            request._refused_at_save = str(refused)
+            response = super().changeform_view(request, object_id, form_url, extra_context)
+            if not getattr(request, "_refused_at_save_shown", False):
+                # No form this time (the row is gone: Django redirects, saying so): the reason
+                # is said as a message instead.
+                self.message_user(request, request._refused_at_save, messages.ERROR)
+            return response
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        reason = getattr(request, "_refused_at_save", None)
+        if reason is None:
+            return form
+
+        def full_clean(self):
+            form.full_clean(self)
+            if self.is_bound:
+                self.add_error(None, reason)
+                request._refused_at_save_shown = True
+
+        return type(form.__name__, (form,), {"full_clean": full_clean})
 
 
 class ParleyAdminSite(admin.AdminSite):

@@ -171,6 +171,19 @@ def test_usage_page_shows_budgets_chart_and_models(alice_client, user, make_team
     assert "<script>" not in html
 
 
+def test_a_budget_held_up_by_replies_being_written_is_flagged_like_a_nearly_spent_one(alice_client, user):
+    # Nothing much spent, but the rest held: new requests are refused, so the row stands out as
+    # a warning does (usage.css), with its own words.
+    budget_set(user=user, period="day", limit="1", warn_ratio="0.9")
+    budget_reserve(user=user, amount=D("1"))
+
+    html = alice_client.get("/usage/").content.decode()
+
+    row = html[html.index('<tr class="budget-warn">') :]
+    row = row[: row.index("</tr>")]
+    assert '<span class="budget-icon" aria-hidden="true">!</span>The rest is held by replies being written' in row
+
+
 def test_usage_page_in_korean(alice_client, user):
     user.language = "ko"
     user.save()
