@@ -11,6 +11,7 @@ from django.utils.translation import gettext_lazy as _
 from chatsite.admin_site import BigTableAdminMixin
 
 from .models import DailyUsage, UsageRecord
+from .templatetags.billing_money import usd
 
 
 class ReadOnlyAdmin(BigTableAdminMixin, admin.ModelAdmin):
@@ -44,17 +45,21 @@ class ReadOnlyAdmin(BigTableAdminMixin, admin.ModelAdmin):
     def team_ref(self, obj):
         return obj.team_id
 
+    @admin.display(description=_("cost"), ordering="cost")
+    def cost_usd(self, obj):
+        return usd(obj.cost)
+
 
 class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "user_ref", "team_ref", "provider", "model", "input_tokens", "output_tokens",
-                    "cost", "outcome", "latency_ms")
+                    "cost_usd", "outcome", "latency_ms")
     list_filter = ("created_at", "outcome", "provider")
     list_select_related = False  # ids only: no join per row
     ordering = ("-created_at", "-id")
 
 
 class DailyUsageAdmin(ReadOnlyAdmin):
-    list_display = ("day", "user_ref", "team_ref", "provider", "model", "requests", "errors", "cost")
+    list_display = ("day", "user_ref", "team_ref", "provider", "model", "requests", "errors", "cost_usd")
     list_filter = ("day", "provider")
     ordering = ("-day", "-id")
 

@@ -286,3 +286,17 @@ def test_a_budget_whose_period_ended_is_not_listed_with_last_periods_spend(su_cl
     rows = {t.name: t for t in response.context["tables"]}["budgets"].rows
     # The week budget still holds 1 of 10 in flight (not near 80%); the total never rolls over.
     assert [row[0] for row in rows] == ["user member1"]
+
+
+@pytest.mark.django_db
+def test_the_ledger_lists_show_costs_in_dollars_not_raw_decimals(su_client, members):
+    from billing.models import DailyUsage
+
+    UsageRecord.objects.create(user=members[0], provider="openai", model="gpt-4o-mini", cost=Decimal("0.00042"), outcome="ok")
+    UsageRecord.objects.create(user=members[0], provider="openai", model="gpt-4o-mini", cost=Decimal("12.5"), outcome="ok")
+    DailyUsage.objects.create(day=datetime.date(2026, 1, 2), user=members[0], provider="openai", model="gpt-4o-mini", cost=Decimal("12.50042"))
+    records = su_client.get(reverse("admin:billing_usagerecord_changelist")).content.decode()
+    assert "$0.00042" in records and "$12.50" in records
+    assert "0.0004200000" not in records and "12.5000000000" not in records
+    daily = su_client.get(reverse("admin:billing_dailyusage_changelist")).content.decode()
+    assert "$12.50" in daily and "12.5004200000" not in daily
