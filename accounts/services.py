@@ -91,23 +91,52 @@ def identity_taken(*, field: str, value: str, exclude_pk: int | None = None) -> 
     return others.filter(**{f"{field}__iexact": value}).exists()
 
 
-def username_taken_reason(*, username: str, exclude_pk: int | None = None) -> str | None:
+# The first key of PostgreSQL's two-key advisory locks that username_taken_reason takes: the
+# second is part of a name's look-alike key. Any fixed number no other lock of this site uses.
+_LOOKALIKE_LOCK_SPACE = 0x5061726C  # "Parl"
+
+
+def _username_lookalike_lock(key: str) -> None:
+    """Hold, until the surrounding transaction ends, the lock of every name whose look-alike key
+    is `key`. The key is indexed but not unique (models.User.username_lookalike says why), so
+    nothing in the database stops two transactions that each checked and found no look-alike from
+    both inserting one: under READ COMMITTED neither sees the other's row. With the lock, the
+    second to come waits until the first commits, and its check, a new statement, then sees the
+    first's row. Different keys do not wait for each other (32 bits of the key: two unrelated
+    names sharing a lock only queue). SQLite needs none: its IMMEDIATE transactions take the one
+    write lock of the database at BEGIN, before any check, so checks and inserts queue already."""
+    if connection.vendor != "postgresql":
+        return
+    if not connection.in_atomic_block:
+        raise RuntimeError("the look-alike lock is held until the transaction ends: take it inside transaction.atomic()")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOOKALIKE_LOCK_SPACE, int(key[:8], 16) - 2**31])
+
+
+def username_taken_reason(*, username: str, exclude_pk: int | None = None, lock: bool = False) -> str | None:
     """Why no account (other than `exclude_pk`) may take `username`, or None: another has it in
     some letter case, or has one that would look the same on the screen (all-Cyrillic "раура1"
-    beside "paypal"), and people would take one for the other. Sign-up and the admin's user forms
-    both ask."""
+    beside "paypal"), and people would take one for the other. Sign-up, the admin's user forms
+    and createsuperuser all ask.
+
+    With `lock` (inside the transaction that then saves the name) the answer holds until that
+    transaction ends: another writer of a look-alike name waits for it (_username_lookalike_lock)."""
+    key = username_lookalike_key(username)
+    if lock:
+        _username_lookalike_lock(key)
     if identity_taken(field="username", value=username, exclude_pk=exclude_pk):
         return USERNAME_TAKEN
-    if _others(exclude_pk).filter(username_lookalike=username_lookalike_key(username)).exists():
+    if _others(exclude_pk).filter(username_lookalike=key).exists():
         return USERNAME_LOOKS_TAKEN
     return None
 
 
-def _check_identity_free(*, username: str, email: str) -> None:
-    # The database holds the same rule (user_username_ci_unique, user_email_ci_unique); checking
-    # first gives a message a person can act on instead of a constraint name.
+def _check_identity_free(*, username: str, email: str, lock: bool = False) -> None:
+    # The database holds the same rule for names and emails in any letter case
+    # (user_username_ci_unique, user_email_ci_unique); checking first gives a message a person can
+    # act on instead of a constraint name. For look-alikes only the check stands: see `lock`.
     errors: dict[str, list[str]] = {}
-    if reason := username_taken_reason(username=username):
+    if reason := username_taken_reason(username=username, lock=lock):
         errors["username"] = [reason]
     if email and identity_taken(field="email", value=email):
         errors["email"] = [EMAIL_TAKEN]
@@ -133,10 +162,11 @@ def user_signup(*, username: str, email: str, password: str, language: str = "",
     user.full_clean(exclude=["password"], validate_constraints=False)
     try:
         with transaction.atomic():
-            # Again inside the transaction: on SQLite (IMMEDIATE transactions) it holds the write
-            # lock, so no other sign-up inserts between this check and ours. That is what keeps
-            # non-ASCII case variants apart there; on PostgreSQL the constraints do.
-            _check_identity_free(username=username, email=email)
+            # Again inside the transaction, locked: on SQLite (IMMEDIATE transactions) it holds the
+            # write lock, so no other sign-up inserts between this check and ours. That is what keeps
+            # non-ASCII case variants apart there; on PostgreSQL the constraints do, and for
+            # look-alikes the lock on the name's look-alike key.
+            _check_identity_free(username=username, email=email, lock=True)
             user.save()
             made_admin = _claim_first_admin(user=user)
     except IntegrityError:
@@ -149,6 +179,21 @@ def user_signup(*, username: str, email: str, password: str, language: str = "",
         audit_record(action="user.first_admin", actor=user, target=user, ip_address=ip_address)
         logger.info("first account %s became the administrator", user.pk)
     return user
+
+
+def user_create_superuser(*, username: str, email: str | None = None, password: str | None = None, **extra_fields) -> User:
+    """An administrator made by `manage.py createsuperuser` (through User.objects.create_superuser),
+    refused as sign-up refuses: a name taken in another letter case or looking like a taken one, or
+    a taken email, with sign-up's messages (ValidationError: the command prints it on one line and
+    exits non-zero). Checked again under the look-alike lock, in the transaction that saves: a
+    sign-up or an admin's rename of a look-alike at the same moment waits for it, and is then refused."""
+    from django.contrib.auth.models import UserManager as DjangoUserManager
+
+    username = User.normalize_username(username)
+    with transaction.atomic():
+        _check_identity_free(username=username, email=(email or "").strip(), lock=True)
+        # Django's own, past User.objects' override that called this.
+        return DjangoUserManager.create_superuser(User.objects, username, email, password, **extra_fields)
 
 
 def _claim_first_admin(*, user: User) -> bool:
