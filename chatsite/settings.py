@@ -109,6 +109,9 @@ if TESTING and "testserver" not in ALLOWED_HOSTS:
 INSTALLED_APPS = [
     "daphne",
     "chatsite.apps.ParleyAdminConfig",  # django.contrib.admin with the dashboard (issue 7)
+    # Before django.contrib.auth: of two apps with a command of the same name, the first wins, and
+    # accounts' createsuperuser refuses the names sign-up refuses.
+    "accounts",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -117,7 +120,6 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "axes",
-    "accounts",
     "conversations",
     "billing",
 ]

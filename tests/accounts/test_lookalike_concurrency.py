@@ -1,10 +1,12 @@
 """Two names that look the same, signed up at the same instant, never both become accounts."""
 
+import io
 import threading
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
+from django.core.management import call_command
 from django.db import connection, transaction
 from django.test import Client
 
@@ -107,6 +109,10 @@ def _admin_rename(operator, name: str) -> None:
         raise AdminRefused(str(response.context["adminform"].form.errors.get("username", response.status_code)))
 
 
+def _createsuperuser(operator, name: str) -> None:
+    call_command("createsuperuser", interactive=False, username=name, email=_email(name), stdout=io.StringIO())
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     "way",
@@ -114,13 +120,14 @@ def _admin_rename(operator, name: str) -> None:
         lambda operator, name: _sign_up(name),
         _admin_add,
         _admin_rename,
+        _createsuperuser,
     ],
-    ids=["signup", "admin-add", "admin-rename"],
+    ids=["signup", "admin-add", "admin-rename", "createsuperuser"],
 )
 def test_every_way_a_name_is_written_waits_for_a_lookalike_being_written_and_is_then_refused(make_user, way):
     """Deterministic, where racing threads depend on timing: a sign-up of "paypal" is held between
-    its check and its commit; a look-alike written meanwhile by sign-up or the admin (a new account,
-    or a rename) must wait for it, then be refused. Unlocked, it did not see
+    its check and its commit; a look-alike written meanwhile by sign-up, the admin (a new account,
+    or a rename) or createsuperuser must wait for it, then be refused. Unlocked, it did not see
     the uncommitted "paypal", found no look-alike and was made. On PostgreSQL the look-alike lock
     makes it wait; on SQLite the held IMMEDIATE transaction's write lock does."""
     operator = make_user("operator", is_staff=True, is_superuser=True)
