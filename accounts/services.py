@@ -5,8 +5,11 @@ Views, admin actions and commands parse and authorize, then call one of these.""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
+import math
 import re
+import time
 from collections.abc import Collection
 
 from django.conf import settings
@@ -15,6 +18,7 @@ from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from conversations import sockets
 
@@ -38,6 +42,21 @@ _UNSET = object()
 
 class SignupClosed(ValidationError):
     """Sign-up is closed (SIGNUP_OPEN=false): only an administrator makes accounts."""
+
+
+class SignupThrottled(ValidationError):
+    """Too many sign-ups from this client address were refused for a taken name or email this
+    hour (SIGNUP_REFUSALS_PER_HOUR). `retry_after`: whole seconds until the hour is over."""
+
+    def __init__(self, *, retry_after: int) -> None:
+        minutes = max(1, math.ceil(retry_after / 60))
+        message = ngettext(
+            "Too many refused sign-ups from your address. Try again in %(minutes)s minute.",
+            "Too many refused sign-ups from your address. Try again in %(minutes)s minutes.",
+            minutes,
+        ) % {"minutes": minutes}
+        super().__init__(message, code="throttled")
+        self.retry_after = retry_after
 
 
 class OnlyAdmin(Exception):
@@ -155,7 +174,9 @@ def user_signup(*, username: str, email: str, password: str, language: str = "",
     # NFKC first, as full_clean() will before the insert: a fullwidth "ＡLICE" is stored as "ALICE",
     # so it must be checked as "ALICE" (else the constraint, not the check, refuses it: a 500).
     username, email = User.normalize_username(username.strip()), email.strip()
-    _check_identity_free(username=username, email=email)
+    # Before any check answers: a client past the limit learns nothing more (SignupThrottled).
+    _signup_throttle_check(ip_address=ip_address)
+    _signup_identity_check(username=username, email=email, ip_address=ip_address)
     user = User(username=username, email=email, language=language if language in dict(settings.LANGUAGES) else "")
     validate_password(password, user=user)
     user.set_password(password)
@@ -166,13 +187,13 @@ def user_signup(*, username: str, email: str, password: str, language: str = "",
             # write lock, so no other sign-up inserts between this check and ours. That is what keeps
             # non-ASCII case variants apart there; on PostgreSQL the constraints do, and for
             # look-alikes the lock on the name's look-alike key.
-            _check_identity_free(username=username, email=email, lock=True)
+            _signup_identity_check(username=username, email=email, ip_address=ip_address, lock=True)
             user.save()
             made_admin = _claim_first_admin(user=user)
     except IntegrityError:
         # Someone took the same name or email (in another letter case) between the check and the
         # insert: the case-insensitive unique constraints stopped it. Report it like the check does.
-        _check_identity_free(username=username, email=email)
+        _signup_identity_check(username=username, email=email, ip_address=ip_address)
         raise
     audit_record(action="user.signup", actor=user, target=user, ip_address=ip_address)
     if made_admin:
@@ -194,6 +215,69 @@ def user_create_superuser(*, username: str, email: str | None = None, password: 
         _check_identity_free(username=username, email=(email or "").strip(), lock=True)
         # Django's own, past User.objects' override that called this.
         return DjangoUserManager.create_superuser(User.objects, username, email, password, **extra_fields)
+
+
+# Sign-ups one client address may have refused for a taken name or email in an hour; past it,
+# every sign-up from there is refused until the hour is over. Sign-up has to say that a name or an
+# email is taken (the account is signed in at once, and no mail need be sent to confirm it), so it
+# is a way to ask whether someone has an account here; this keeps the asking to a trickle. Ten is
+# more than a person choosing a name needs; successful sign-ups and mistyped forms do not count.
+SIGNUP_REFUSALS_PER_HOUR = 10
+_SIGNUP_WINDOW = 3600
+
+
+def _clock() -> float:
+    return time.time()  # a function so tests can move time
+
+
+def _signup_refusals_key(*, ip_address: str, window: int) -> str:
+    """By a hash of the client's network, so no address sits in the cache. An IPv6 client is
+    given a whole /64 (a home, a phone, a server): each of its addresses counts as the one."""
+    try:
+        address = ipaddress.ip_address(ip_address)
+    except ValueError:  # what a misconfigured proxy put in X-Forwarded-For: counted as it is
+        network = ip_address
+    else:
+        network = str(ipaddress.ip_network(f"{address}/64", strict=False)) if address.version == 6 else str(address)
+    return f"accounts:signup-refusals:{hashlib.sha256(network.encode()).hexdigest()}:{window}"
+
+
+def _signup_throttle_check(*, ip_address: str | None) -> None:
+    """Raise SignupThrottled when `ip_address` has had SIGNUP_REFUSALS_PER_HOUR sign-ups refused in
+    this clock hour. None (no client: a command, a test) is not throttled. A cache fault lets the
+    sign-up through: a person kept from signing up matters more than the probing the fault makes
+    possible for its duration (as for password-reset mails)."""
+    if not ip_address:
+        return
+    now = _clock()
+    window = int(now // _SIGNUP_WINDOW)
+    try:
+        refused = cache.get(_signup_refusals_key(ip_address=ip_address, window=window)) or 0
+    except Exception:  # noqa: BLE001 - see above
+        logger.warning("sign-up throttle unavailable (cache fault); not throttling")
+        return
+    if refused >= SIGNUP_REFUSALS_PER_HOUR:
+        raise SignupThrottled(retry_after=max(1, math.ceil((window + 1) * _SIGNUP_WINDOW - now)))
+
+
+def _signup_refusal_count(*, ip_address: str | None) -> None:
+    if not ip_address:
+        return
+    key = _signup_refusals_key(ip_address=ip_address, window=int(_clock() // _SIGNUP_WINDOW))
+    try:
+        cache.add(key, 0, timeout=_SIGNUP_WINDOW + 60)  # kept past its hour's end, then gone
+        cache.incr(key)
+    except Exception:  # noqa: BLE001 - see _signup_throttle_check
+        logger.warning("sign-up throttle unavailable (cache fault); refusal not counted")
+
+
+def _signup_identity_check(*, username: str, email: str, ip_address: str | None, lock: bool = False) -> None:
+    """_check_identity_free, counting a refusal against the client's address."""
+    try:
+        _check_identity_free(username=username, email=email, lock=lock)
+    except ValidationError:
+        _signup_refusal_count(ip_address=ip_address)
+        raise
 
 
 def _claim_first_admin(*, user: User) -> bool:
