@@ -1,4 +1,5 @@
-"""Two names that look the same, signed up at the same instant, never both become accounts."""
+"""Two names that look the same, written at the same moment (by sign-up, the admin or
+createsuperuser), never both become accounts."""
 
 import io
 import threading
