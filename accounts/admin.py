@@ -19,6 +19,8 @@ import datetime
 import json
 from decimal import Decimal
 
+# Imported first so that axes's admins are registered (accounts comes before axes in
+# INSTALLED_APPS, and autodiscovery follows that order) before the one below replaces its own.
 from axes.admin import AccessAttemptAdmin as AxesAccessAttemptAdmin
 from axes.models import AccessAttempt
 from django import forms
@@ -133,11 +135,13 @@ def _identity_free(form, field: str):
     # Django's forms check a username with iexact (and the email not at all), which on SQLite
     # folds ASCII letters only; sign-up's rules (services.identity_taken, and for a username
     # services.username_taken_reason, which also refuses a look-alike of another) fold every script.
+    # The forms are cleaned inside the admin's save transaction: the username is checked under the
+    # look-alike lock, held until the account is saved, as sign-up checks it.
     value = form.cleaned_data.get(field)
     if not value:
         return value
     if field == "username":
-        if reason := services.username_taken_reason(username=value, exclude_pk=form.instance.pk):
+        if reason := services.username_taken_reason(username=value, exclude_pk=form.instance.pk, lock=True):
             raise ValidationError(reason)
     elif services.identity_taken(field=field, value=value, exclude_pk=form.instance.pk):
         raise ValidationError(EMAIL_TAKEN)

@@ -7,6 +7,7 @@ import zoneinfo
 from confusable_homoglyphs import confusables
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import UserManager as DjangoUserManager
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
@@ -69,8 +70,21 @@ _RATE_LIMITS_POSITIVE = (models.Q(requests_per_minute__isnull=True) | models.Q(r
 )
 
 
+class UserManager(DjangoUserManager):
+    """Django's. `manage.py createsuperuser` makes its account with create_superuser: that is
+    handed to accounts.services.user_create_superuser, which refuses the names and emails sign-up
+    refuses (a look-alike of a taken name among them), checked as sign-up checks them."""
+
+    def create_superuser(self, username, email=None, password=None, **extra_fields):
+        from .services import user_create_superuser  # services import this module
+
+        return user_create_superuser(username=username, email=email, password=password, **extra_fields)
+
+
 class User(AbstractUser):
     """The account. Profile settings live here: one row per person, no join on every request."""
+
+    objects = UserManager()
 
     # AbstractUser's field, with look-alike names refused (sign-up, the admin, createsuperuser).
     username = models.CharField(

@@ -5,8 +5,11 @@ Views, admin actions and commands parse and authorize, then call one of these.""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
+import math
 import re
+import time
 from collections.abc import Collection
 
 from django.conf import settings
@@ -15,6 +18,7 @@ from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from conversations import sockets
 
@@ -38,6 +42,21 @@ _UNSET = object()
 
 class SignupClosed(ValidationError):
     """Sign-up is closed (SIGNUP_OPEN=false): only an administrator makes accounts."""
+
+
+class SignupThrottled(ValidationError):
+    """Too many sign-ups from this client address were refused for a taken name or email this
+    hour (SIGNUP_REFUSALS_PER_HOUR). `retry_after`: whole seconds until the hour is over."""
+
+    def __init__(self, *, retry_after: int) -> None:
+        minutes = max(1, math.ceil(retry_after / 60))
+        message = ngettext(
+            "Too many refused sign-ups from your address. Try again in %(minutes)s minute.",
+            "Too many refused sign-ups from your address. Try again in %(minutes)s minutes.",
+            minutes,
+        ) % {"minutes": minutes}
+        super().__init__(message, code="throttled")
+        self.retry_after = retry_after
 
 
 class OnlyAdmin(Exception):
@@ -91,23 +110,52 @@ def identity_taken(*, field: str, value: str, exclude_pk: int | None = None) -> 
     return others.filter(**{f"{field}__iexact": value}).exists()
 
 
-def username_taken_reason(*, username: str, exclude_pk: int | None = None) -> str | None:
+# The first key of PostgreSQL's two-key advisory locks that username_taken_reason takes: the
+# second is part of a name's look-alike key. Any fixed number no other lock of this site uses.
+_LOOKALIKE_LOCK_SPACE = 0x5061726C  # "Parl"
+
+
+def _username_lookalike_lock(key: str) -> None:
+    """Hold, until the surrounding transaction ends, the lock of every name whose look-alike key
+    is `key`. The key is indexed but not unique (models.User.username_lookalike says why), so
+    nothing in the database stops two transactions that each checked and found no look-alike from
+    both inserting one: under READ COMMITTED neither sees the other's row. With the lock, the
+    second to come waits until the first commits, and its check, a new statement, then sees the
+    first's row. Different keys do not wait for each other (32 bits of the key: two unrelated
+    names sharing a lock only queue). SQLite needs none: its IMMEDIATE transactions take the one
+    write lock of the database at BEGIN, before any check, so checks and inserts queue already."""
+    if connection.vendor != "postgresql":
+        return
+    if not connection.in_atomic_block:
+        raise RuntimeError("the look-alike lock is held until the transaction ends: take it inside transaction.atomic()")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOOKALIKE_LOCK_SPACE, int(key[:8], 16) - 2**31])
+
+
+def username_taken_reason(*, username: str, exclude_pk: int | None = None, lock: bool = False) -> str | None:
     """Why no account (other than `exclude_pk`) may take `username`, or None: another has it in
     some letter case, or has one that would look the same on the screen (all-Cyrillic "раура1"
-    beside "paypal"), and people would take one for the other. Sign-up and the admin's user forms
-    both ask."""
+    beside "paypal"), and people would take one for the other. Sign-up, the admin's user forms
+    and createsuperuser all ask.
+
+    With `lock` (inside the transaction that then saves the name) the answer holds until that
+    transaction ends: another writer of a look-alike name waits for it (_username_lookalike_lock)."""
+    key = username_lookalike_key(username)
+    if lock:
+        _username_lookalike_lock(key)
     if identity_taken(field="username", value=username, exclude_pk=exclude_pk):
         return USERNAME_TAKEN
-    if _others(exclude_pk).filter(username_lookalike=username_lookalike_key(username)).exists():
+    if _others(exclude_pk).filter(username_lookalike=key).exists():
         return USERNAME_LOOKS_TAKEN
     return None
 
 
-def _check_identity_free(*, username: str, email: str) -> None:
-    # The database holds the same rule (user_username_ci_unique, user_email_ci_unique); checking
-    # first gives a message a person can act on instead of a constraint name.
+def _check_identity_free(*, username: str, email: str, lock: bool = False) -> None:
+    # The database holds the same rule for names and emails in any letter case
+    # (user_username_ci_unique, user_email_ci_unique); checking first gives a message a person can
+    # act on instead of a constraint name. For look-alikes only the check stands: see `lock`.
     errors: dict[str, list[str]] = {}
-    if reason := username_taken_reason(username=username):
+    if reason := username_taken_reason(username=username, lock=lock):
         errors["username"] = [reason]
     if email and identity_taken(field="email", value=email):
         errors["email"] = [EMAIL_TAKEN]
@@ -126,29 +174,110 @@ def user_signup(*, username: str, email: str, password: str, language: str = "",
     # NFKC first, as full_clean() will before the insert: a fullwidth "ＡLICE" is stored as "ALICE",
     # so it must be checked as "ALICE" (else the constraint, not the check, refuses it: a 500).
     username, email = User.normalize_username(username.strip()), email.strip()
-    _check_identity_free(username=username, email=email)
+    # Before any check answers: a client past the limit learns nothing more (SignupThrottled).
+    _signup_throttle_check(ip_address=ip_address)
+    _signup_identity_check(username=username, email=email, ip_address=ip_address)
     user = User(username=username, email=email, language=language if language in dict(settings.LANGUAGES) else "")
     validate_password(password, user=user)
     user.set_password(password)
     user.full_clean(exclude=["password"], validate_constraints=False)
     try:
         with transaction.atomic():
-            # Again inside the transaction: on SQLite (IMMEDIATE transactions) it holds the write
-            # lock, so no other sign-up inserts between this check and ours. That is what keeps
-            # non-ASCII case variants apart there; on PostgreSQL the constraints do.
-            _check_identity_free(username=username, email=email)
+            # Again inside the transaction, locked: on SQLite (IMMEDIATE transactions) it holds the
+            # write lock, so no other sign-up inserts between this check and ours. That is what keeps
+            # non-ASCII case variants apart there; on PostgreSQL the constraints do, and for
+            # look-alikes the lock on the name's look-alike key.
+            _signup_identity_check(username=username, email=email, ip_address=ip_address, lock=True)
             user.save()
             made_admin = _claim_first_admin(user=user)
     except IntegrityError:
         # Someone took the same name or email (in another letter case) between the check and the
         # insert: the case-insensitive unique constraints stopped it. Report it like the check does.
-        _check_identity_free(username=username, email=email)
+        _signup_identity_check(username=username, email=email, ip_address=ip_address)
         raise
     audit_record(action="user.signup", actor=user, target=user, ip_address=ip_address)
     if made_admin:
         audit_record(action="user.first_admin", actor=user, target=user, ip_address=ip_address)
         logger.info("first account %s became the administrator", user.pk)
     return user
+
+
+def user_create_superuser(*, username: str, email: str | None = None, password: str | None = None, **extra_fields) -> User:
+    """An administrator made by `manage.py createsuperuser` (through User.objects.create_superuser),
+    refused as sign-up refuses: a name taken in another letter case or looking like a taken one, or
+    a taken email, with sign-up's messages (ValidationError: the command prints it on one line and
+    exits non-zero). Checked again under the look-alike lock, in the transaction that saves: a
+    sign-up or an admin's rename of a look-alike at the same moment waits for it, and is then refused."""
+    from django.contrib.auth.models import UserManager as DjangoUserManager
+
+    username = User.normalize_username(username)
+    with transaction.atomic():
+        _check_identity_free(username=username, email=(email or "").strip(), lock=True)
+        # Django's own, past User.objects' override that called this.
+        return DjangoUserManager.create_superuser(User.objects, username, email, password, **extra_fields)
+
+
+# Sign-ups one client address may have refused for a taken name or email in an hour; past it,
+# every sign-up from there is refused until the hour is over. Sign-up has to say that a name or an
+# email is taken (the account is signed in at once, and no mail need be sent to confirm it), so it
+# is a way to ask whether someone has an account here; this keeps the asking to a trickle. Ten is
+# more than a person choosing a name needs; successful sign-ups and mistyped forms do not count.
+SIGNUP_REFUSALS_PER_HOUR = 10
+_SIGNUP_WINDOW = 3600
+
+
+def _clock() -> float:
+    return time.time()  # a function so tests can move time
+
+
+def _signup_refusals_key(*, ip_address: str, window: int) -> str:
+    """By a hash of the client's network, so no address sits in the cache. An IPv6 client is
+    given a whole /64 (a home, a phone, a server): each of its addresses counts as the one."""
+    try:
+        address = ipaddress.ip_address(ip_address)
+    except ValueError:  # what a misconfigured proxy put in X-Forwarded-For: counted as it is
+        network = ip_address
+    else:
+        network = str(ipaddress.ip_network(f"{address}/64", strict=False)) if address.version == 6 else str(address)
+    return f"accounts:signup-refusals:{hashlib.sha256(network.encode()).hexdigest()}:{window}"
+
+
+def _signup_throttle_check(*, ip_address: str | None) -> None:
+    """Raise SignupThrottled when `ip_address` has had SIGNUP_REFUSALS_PER_HOUR sign-ups refused in
+    this clock hour. None (no client: a command, a test) is not throttled. A cache fault lets the
+    sign-up through: a person kept from signing up matters more than the probing the fault makes
+    possible for its duration (as for password-reset mails)."""
+    if not ip_address:
+        return
+    now = _clock()
+    window = int(now // _SIGNUP_WINDOW)
+    try:
+        refused = cache.get(_signup_refusals_key(ip_address=ip_address, window=window)) or 0
+    except Exception:  # noqa: BLE001 - see above
+        logger.warning("sign-up throttle unavailable (cache fault); not throttling")
+        return
+    if refused >= SIGNUP_REFUSALS_PER_HOUR:
+        raise SignupThrottled(retry_after=max(1, math.ceil((window + 1) * _SIGNUP_WINDOW - now)))
+
+
+def _signup_refusal_count(*, ip_address: str | None) -> None:
+    if not ip_address:
+        return
+    key = _signup_refusals_key(ip_address=ip_address, window=int(_clock() // _SIGNUP_WINDOW))
+    try:
+        cache.add(key, 0, timeout=_SIGNUP_WINDOW + 60)  # kept past its hour's end, then gone
+        cache.incr(key)
+    except Exception:  # noqa: BLE001 - see _signup_throttle_check
+        logger.warning("sign-up throttle unavailable (cache fault); refusal not counted")
+
+
+def _signup_identity_check(*, username: str, email: str, ip_address: str | None, lock: bool = False) -> None:
+    """_check_identity_free, counting a refusal against the client's address."""
+    try:
+        _check_identity_free(username=username, email=email, lock=lock)
+    except ValidationError:
+        _signup_refusal_count(ip_address=ip_address)
+        raise
 
 
 def _claim_first_admin(*, user: User) -> bool:

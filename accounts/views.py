@@ -68,6 +68,11 @@ def signup(request):
                 language=request.COOKIES.get(settings.LANGUAGE_COOKIE_NAME, ""),
                 ip_address=client_ip(request),
             )
+        except services.SignupThrottled as throttled:
+            form.add_error(None, throttled)
+            response = render(request, "registration/signup.html", {"form": form}, status=429)
+            response["Retry-After"] = str(throttled.retry_after)
+            return response
         except ValidationError as error:
             form.add_error(None, error)
         else:

@@ -9,7 +9,7 @@ import re
 import sys
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import environ
 from celery.schedules import crontab
@@ -109,6 +109,9 @@ if TESTING and "testserver" not in ALLOWED_HOSTS:
 INSTALLED_APPS = [
     "daphne",
     "chatsite.apps.ParleyAdminConfig",  # django.contrib.admin with the dashboard (issue 7)
+    # Before django.contrib.auth: of two apps with a command of the same name, the first wins, and
+    # accounts' createsuperuser refuses the names sign-up refuses.
+    "accounts",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -117,7 +120,6 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "accounts.apps.AxesConfig",  # django-axes, with a translatable name
-    "accounts",
     "conversations",
     "billing",
 ]
@@ -221,14 +223,39 @@ IS_POSTGRES = _db["ENGINE"].endswith("postgresql")
 
 # --- Redis: channel layer, cache, Celery ----------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
+# As for DATABASE_URL: a password in the URL must be percent-encoded, or given in REDIS_PASSWORD.
+_REDIS_ENCODING_HINT = "(percent-encode @ / : # ? % in its password, or give the password in REDIS_PASSWORD)"
+_redis_password = env.str("REDIS_PASSWORD", default="")
+if _redis_password and not REDIS_URL:
+    raise _config_error("REDIS_PASSWORD", "is set, but REDIS_URL is not: set REDIS_URL to redis://HOST:PORT/DB")
 if REDIS_URL:
     _r = urlsplit(REDIS_URL)
     if _r.scheme not in {"redis", "rediss", "unix"} or (_r.scheme != "unix" and not _r.hostname):
-        raise _config_error("REDIS_URL", "must look like redis://HOST:PORT/DB")
+        raise _config_error("REDIS_URL", f"must look like redis://HOST:PORT/DB {_REDIS_ENCODING_HINT}")
     try:
         _r.port  # noqa: B018 - raises ValueError on a non-numeric port
     except ValueError:
-        raise _config_error("REDIS_URL", "has a port that is not a number") from None
+        raise _config_error("REDIS_URL", f"has a port that is not a number {_REDIS_ENCODING_HINT}") from None
+    _r_userinfo = _r.netloc.rpartition("@")[0]
+    if (
+        # "#" or "?" in a password ends the address there; "@" or "/" in it leaves the rest in the path.
+        _r.fragment
+        or (_r.scheme != "unix" and not re.fullmatch(r"(/\d*)?", _r.path))
+        # Every client here decodes the password (redis-py, kombu): a "%" not starting an encoding
+        # is a password written as it is, and one that happens to (%41) would log in with another.
+        or re.search(r"%(?![0-9A-Fa-f]{2})", _r_userinfo)
+    ):
+        raise _config_error("REDIS_URL", f"must be redis://[:PASSWORD@]HOST:PORT/DB {_REDIS_ENCODING_HINT}")
+    # The password apart from the URL, taken as it is (docker-compose.yml passes it so). It goes into
+    # REDIS_URL percent-encoded, so that every part reading REDIS_URL (the cache, the channel layer,
+    # Celery's broker and results, /readyz) logs in with it. Never both: one would go unused.
+    if _redis_password:
+        if _r.password is not None:
+            raise _config_error("REDIS_PASSWORD", "is set and REDIS_URL holds a password too: give it in one place")
+        _r_username = _r_userinfo.partition(":")[0]  # an ACL user name, kept as written
+        REDIS_URL = _r._replace(
+            netloc=f"{_r_username}:{quote(_redis_password, safe='')}@{_r.netloc.rpartition('@')[2]}"
+        ).geturl()
     # channels_redis' pub/sub layer, not its core one. The core layer reads a process's messages
     # one at a time from a shared Redis inbox (several round trips each) and drops, without a word,
     # what arrives while that inbox is at capacity: at 100 streams of 25 frames a second its
