@@ -18,9 +18,10 @@ from billing import budgets, prices
 from billing import keys as keys_mod
 from billing.models import Budget, ProviderKey, UsageRecord
 from conversations import services
+from conversations.context import count_tokens
 from conversations.models import Conversation, Message
 
-from .conftest import OPENAI_MODEL
+from .conftest import ANTHROPIC_MODEL, OPENAI_MODEL
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,8 +59,6 @@ def test_a_title_call_cut_off_after_text_is_billed_like_a_cut_turn_and_not_retri
 def test_a_title_from_a_reasoning_model_without_usage_bills_its_thinking(
     priced, add_key, fake_provider, make_user, conversation_for
 ):
-    from conversations.context import count_tokens
-
     user = make_user("thinkingtitle")
     budgets.budget_set(user=user, period="month", limit="5")
     thinking = "A short title about a spring trip to Busan would fit best here"
@@ -98,6 +97,47 @@ def test_a_title_call_refused_for_a_secret_rotated_meanwhile_leaves_the_new_secr
     assert ProviderKey.objects.get(id=key.id).health == ProviderKey.Health.HEALTHY
     lease = keys_mod.key_choose(provider="openai")
     assert lease is not None and lease.id == key.id and lease.secret == "sk-title-new"
+
+
+def test_a_title_from_a_cache_reading_anthropic_model_costs_the_cached_price(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    prices.price_set(model_id=ANTHROPIC_MODEL, input_per_million="3", output_per_million="15", cached_input_per_million="0.3")
+    price = prices.price_for(model_id=ANTHROPIC_MODEL)
+    user = make_user("cachedtitle")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("anthropic", "sk-ant-title-cache", text="Busan in spring", input_tokens=100, output_tokens=4, cached_tokens=900)
+    conversation = conversation_for(user, model=ANTHROPIC_MODEL, title="")
+    Message.objects.create(conversation=conversation, role="user", content="Plan a trip to Busan in the spring")
+
+    services.conversation_title_generate(conversation_id=conversation.id)
+
+    row = UsageRecord.objects.get()
+    expected = prices.cost_of(price=price, input_tokens=1000, output_tokens=4, cached_tokens=900)
+    assert (row.input_tokens, row.cached_tokens, row.cost, row.estimated) == (1000, 900, expected, False)
+    assert Budget.objects.get(user=user).spent == expected
+
+
+def test_a_title_call_cut_off_on_anthropic_is_billed_the_input_anthropic_counted(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # As a cut turn is: Anthropic counted the input in message_start, before the text; that
+    # count is what it bills, not our estimate of it. The output, never reported, is counted.
+    user = make_user("cutanthropic")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("anthropic", "sk-ant-title-cut", mode="stream_error", cut_after=3, text="Trip to Busan in spring", input_tokens=1234)
+    conversation = conversation_for(user, model=ANTHROPIC_MODEL, title="")
+    Message.objects.create(conversation=conversation, role="user", content="Plan a trip to Busan in the spring")
+
+    services.conversation_title_generate(conversation_id=conversation.id)
+
+    row = UsageRecord.objects.get()
+    output_tokens = count_tokens(text="Trip to Busan", model_id=ANTHROPIC_MODEL)[0]
+    assert (row.outcome, row.estimated, row.input_tokens, row.output_tokens) == ("error", True, 1234, output_tokens)
+    budget = Budget.objects.get(user=user)
+    assert (budget.spent, budget.reserved) == (row.cost, Decimal("0"))
+    conversation.refresh_from_db()
+    assert conversation.title == "Plan a trip to Busan in"
 
 
 def _exchanges(conversation, pairs: list[tuple[str, str]]) -> Message:
