@@ -212,10 +212,15 @@ def _title_clean(answer: str) -> str:
 FOLLOWUP_ATTEMPTS = 3  # keys a title or summary call tries at most: it has an offline fallback
 
 
-def _complete(*, user, conversation_id, model_id: str, messages: list, max_tokens: int) -> str | None:
+def _complete(
+    *, user, conversation_id, model_id: str, messages: list, max_tokens: int, counted: tuple[int, bool] | None = None
+) -> str | None:
     """A short non-streamed completion (the stream joined), billed like any provider call:
     reserved first, failing over between keys as a turn does (failover.calls_with_failover),
-    recorded in the ledger, settled. None when it cannot or should not run, or no call answered."""
+    recorded in the ledger, settled. None when it cannot or should not run, or no call answered.
+
+    `counted` is (tokens, estimated) of the request where the caller has counted its parts (the
+    summary's pieces): the hold is taken on it instead of counting the request again."""
     from asgiref.sync import async_to_sync, sync_to_async
 
     from billing import budgets, keys, ledger, prices
@@ -232,7 +237,7 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
         llm.get_adapter(provider)
     except KeyError:
         return None
-    input_tokens, estimated = context_mod.messages_tokens(messages=messages, model_id=model_id)
+    input_tokens, estimated = counted or context_mod.messages_tokens(messages=messages, model_id=model_id)
     try:
         reservation_id = budgets.budget_reserve(
             user=user,
@@ -272,6 +277,11 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
         if call is not None:
             # Answered, or cut off after the provider began answering: it has billed the input
             # and what it sent, so this is billed as a turn is (failover.call_usage).
+            if call.usage is None and counted is not None:
+                # Billed by our count of the input: of the request as it was sent, as every other
+                # call is. The parts' counts the hold was taken on add up to a few tokens more
+                # (a line's trailing space or mark merges with the newline after it).
+                input_tokens = context_mod.messages_tokens(messages=messages, model_id=model_id)[0]
             usage, estimated = failover.call_usage(
                 usage=call.usage, input_tokens=input_tokens, text=answer.text, thinking="".join(call.thinking), model_id=model_id
             )
@@ -374,34 +384,50 @@ def _summary_prompt(*, summary: str, piece: str) -> list:
     ]
 
 
-def _summary_pieces(*, turns: list, model_id: str, room: int) -> list[tuple[str, int]]:
-    """The turns as transcript pieces of at most `room` tokens, in order, with nothing left out:
-    (piece text, index of the first turn not wholly in this piece or an earlier one). A turn
-    larger than the room is cut into pieces of its own ("(continued)" on the later ones)."""
+@dataclass(frozen=True)
+class _SummaryPiece:
+    text: str
+    whole: int  # index of the first turn not wholly in this piece or an earlier one
+    tokens: int  # its lines' counts and the newlines joining them: each line counted once
+    estimated: bool  # counted without the model's own encoding
+
+
+def _summary_pieces(*, turns: list, model_id: str, room: int) -> list[_SummaryPiece]:
+    """The turns as transcript pieces of at most `room` tokens, in order, with nothing left out.
+    A turn larger than the room is cut into pieces of its own ("(continued)" on the later ones).
+    Each line is counted once, and the piece's number is the sum: what the request is held for."""
     from . import context as context_mod
 
-    lines: list[tuple[str, int, int]] = []  # (line, tokens, index of the first turn not yet whole after it)
+    lines: list[tuple[str, int, bool, int]] = []  # (line, tokens, estimated, index of the first turn not yet whole after it)
     for index, message in enumerate(turns):
+        line = f"{message.role}: {message.content}"
+        tokens, estimated = context_mod.count_tokens(text=line, model_id=model_id)
+        if tokens <= room:
+            lines.append((line, tokens, estimated, index + 1))
+            continue
+        # Room for the label beside each part.
         parts = context_mod.text_split(text=message.content, max_tokens=max(room - 8, 1), model_id=model_id)
         for number, part in enumerate(parts):
             label = message.role if number == 0 else f"{message.role} (continued)"
             line = f"{label}: {part}"
             whole_after = index + 1 if number == len(parts) - 1 else index
-            lines.append((line, context_mod.count_tokens(text=line, model_id=model_id)[0], whole_after))
-    pieces: list[tuple[str, int]] = []
+            lines.append((line, *context_mod.count_tokens(text=line, model_id=model_id), whole_after))
+    pieces: list[_SummaryPiece] = []
     current: list[str] = []
     used = 0
+    estimated = False
     whole = 0
-    for line, tokens, whole_after in lines:
+    for line, tokens, line_estimated, whole_after in lines:
         # +1: the newline joining two lines (a token of its own at most).
         if current and used + 1 + tokens > room:
-            pieces.append(("\n".join(current), whole))
-            current, used = [], 0
+            pieces.append(_SummaryPiece("\n".join(current), whole, used, estimated))
+            current, used, estimated = [], 0, False
         used += tokens + (1 if current else 0)
+        estimated = estimated or line_estimated
         current.append(line)
         whole = whole_after
     if current:
-        pieces.append(("\n".join(current), whole))
+        pieces.append(_SummaryPiece("\n".join(current), whole, used, estimated))
     return pieces
 
 
@@ -419,24 +445,28 @@ def _summary_by_model(*, conversation: Conversation, turns: list) -> tuple[str, 
         return summary, 0
     model_id = conversation.model
     max_tokens = min(SUMMARY_MAX_TOKENS, price.max_output_tokens)
-    fixed, _estimated = context_mod.messages_tokens(messages=_summary_prompt(summary="", piece=""), model_id=model_id)
+    fixed, fixed_estimated = context_mod.messages_tokens(messages=_summary_prompt(summary="", piece=""), model_id=model_id)
+    summary_tokens, summary_estimated = context_mod.count_tokens(text=summary, model_id=model_id)
     # After the first piece the summary is the model's answer: at most max_tokens long.
-    summary_tokens = max(context_mod.count_tokens(text=summary, model_id=model_id)[0], max_tokens)
-    room = int((price.context_window - max_tokens - fixed - summary_tokens) * SUMMARY_ROOM_MARGIN)
+    room = int((price.context_window - max_tokens - fixed - max(summary_tokens, max_tokens)) * SUMMARY_ROOM_MARGIN)
     if room < SUMMARY_MIN_ROOM:
         return summary, 0
     covered = 0
-    for piece, whole in _summary_pieces(turns=turns, model_id=model_id, room=room):
+    for piece in _summary_pieces(turns=turns, model_id=model_id, room=room):
         answer = _complete(
             user=conversation.owner,
             conversation_id=conversation.id,
             model_id=model_id,
-            messages=_summary_prompt(summary=summary, piece=piece),
+            messages=_summary_prompt(summary=summary, piece=piece.text),
             max_tokens=max_tokens,
+            # The request is the fixed prompt, the summary so far and the piece: each counted
+            # once already, not counted again for the hold.
+            counted=(fixed + summary_tokens + piece.tokens, fixed_estimated or summary_estimated or piece.estimated),
         )
         if not answer:
             break
-        summary, covered = answer.strip(), whole
+        summary, covered = answer.strip(), piece.whole
+        summary_tokens, summary_estimated = context_mod.count_tokens(text=summary, model_id=model_id)
     return summary, covered
 
 

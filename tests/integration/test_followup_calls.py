@@ -408,3 +408,30 @@ def test_the_rolling_summary_in_pieces_is_the_same_summary_with_the_same_token_n
             assert input_tokens == messages_tokens(messages=sent, model_id=OPENAI_MODEL)[0]
     budget = Budget.objects.get(user=user)
     assert budget.reserved == Decimal("0") and budget.spent == sum(UsageRecord.objects.values_list("cost", flat=True))
+
+
+def test_the_rolling_summary_counts_each_turn_once(offline_counts, priced, add_key, fake_provider, make_user, conversation_for, monkeypatch):
+    # Counting is the summary's main cost besides the calls: a turn counted again for its
+    # transcript line and again inside the request took three passes over every word.
+    from conversations import context
+
+    prices.price_set(model_id=OPENAI_MODEL, input_per_million="2", output_per_million="8", context_window=1000, max_output_tokens=100)
+    user = make_user("countonce")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("openai", "sk-sum-once", text="Mina: Busan, 3 nights, KTX.")
+    conversation = conversation_for(user)
+    pairs = [pair for pair in _SUMMARY_PAIRS if not pair[0].startswith("big ")]  # each fits a request whole
+    last = _exchanges(conversation, pairs)
+    counted: list[str] = []
+    real_count = context.count_tokens
+
+    def count_tokens(*, text, model_id):
+        counted.append(text)
+        return real_count(text=text, model_id=model_id)
+
+    monkeypatch.setattr(context, "count_tokens", count_tokens)
+    assert services.conversation_summary_update(conversation_id=conversation.id, upto_message_id=last.id) is True
+
+    assert len(_summary_requests(fake_provider, "sk-sum-once")) == 2
+    for question, answer in pairs:
+        assert [sum(turn in text for text in counted) for turn in (question, answer)] == [1, 1]
