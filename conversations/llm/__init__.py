@@ -1,4 +1,5 @@
-"""One async streaming interface, one adapter per provider (openai, anthropic, demo).
+"""One async streaming interface, one adapter per provider (openai, anthropic, demo; the
+providers a model id may name are model_ids.PROVIDERS).
 
     adapter = get_adapter("openai")
     async for event in adapter.stream(ChatRequest(...), key=lease):  # (TextDelta | ReasoningDelta)*, Usage?, Finish
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 from .base import Adapter
 
-PROVIDERS = ("openai", "anthropic", "demo")
 _adapters: dict[str, Adapter] = {}
 
 
