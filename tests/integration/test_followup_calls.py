@@ -222,21 +222,25 @@ def test_a_title_call_waits_the_keys_backoff_before_the_next_key(priced, add_key
     assert conversation.title == "Busan in spring"
 
 
+@pytest.mark.parametrize(
+    "script, step",
+    [({"text": "Busan in spring"}, "key_report_success"), ({"mode": "error", "status": 503}, "key_report_failure")],
+)
 def test_a_title_call_that_fails_for_another_reason_releases_its_hold_at_once(
-    priced, add_key, fake_provider, make_user, conversation_for, monkeypatch
+    script, step, priced, add_key, fake_provider, make_user, conversation_for, monkeypatch
 ):
     # Not a provider's answer (those are handled and billed) but a fault of our own after the
     # call, here the key's bookkeeping: the worst-case hold must not keep the budget from the
     # person's next turns until it expires, minutes later.
     user = make_user("faultytitle")
     budgets.budget_set(user=user, period="month", limit="5")
-    add_key("openai", "sk-title-fault", text="Busan in spring")
+    add_key("openai", "sk-title-fault", **script)
     conversation = _untitled_with_a_question(conversation_for, user)
 
     def broken(**_kwargs):
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(keys_mod, "key_report_success", broken)
+    monkeypatch.setattr(keys_mod, step, broken)
     with pytest.raises(RuntimeError):
         services.conversation_title_generate(conversation_id=conversation.id)
 
@@ -319,26 +323,6 @@ def test_a_title_call_with_no_usable_key_makes_no_call_and_releases_its_hold(pri
     assert (budget.spent, budget.reserved) == (Decimal("0"), Decimal("0"))
     conversation.refresh_from_db()
     assert conversation.title == "Plan a trip to Busan in"
-
-
-def test_a_title_call_whose_failure_report_fails_releases_its_hold_at_once(
-    priced, add_key, fake_provider, make_user, conversation_for, monkeypatch
-):
-    # As for a failed success report: a fault of ours between the calls ends the call, and the
-    # worst-case hold does not wait minutes for its expiry.
-    user = make_user("faultyfailover")
-    budgets.budget_set(user=user, period="month", limit="5")
-    add_key("openai", "sk-title-fails", mode="error", status=503)
-    conversation = _untitled_with_a_question(conversation_for, user)
-
-    def broken(**_kwargs):
-        raise RuntimeError("the database went away")
-
-    monkeypatch.setattr(keys_mod, "key_report_failure", broken)
-    with pytest.raises(RuntimeError):
-        services.conversation_title_generate(conversation_id=conversation.id)
-
-    assert Budget.objects.get(user=user).reserved == Decimal("0")
 
 
 # Turns of every shape the pieces are cut from: prose ending in a space, punctuation, digits,
