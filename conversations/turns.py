@@ -913,9 +913,9 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
     how the last one ended, as the reply tells and saves it."""
     key, plan.first_key = plan.first_key, None  # the plan outlives the call: not the secret
 
-    async def before_call(attempt: int, key) -> None:
+    async def before_call(attempt: int, lease) -> None:
         plan.attempt = attempt
-        plan.key_id = key.id if key is not None else None
+        plan.key_id = lease.id if lease is not None else None
         if attempt > 1:
             # The buffer names the call in progress before it goes out (the first's is named
             # when the reply is prepared): the reaper bills a dead process's call by it.
