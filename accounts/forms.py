@@ -6,24 +6,29 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth import authenticate, password_validation
 from django.contrib.auth import forms as auth_forms
-from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.utils.translation import gettext_lazy as _
 
 from . import services
-from .models import User, validate_model_id, validate_username_unmistakable
+from .models import User, validate_model_id
 
 # A password longer than this is refused before hashing: hashing megabytes is a cheap way to
 # burn a server's CPU, and no password manager makes one this long.
 PASSWORD_MAX_LENGTH = 1024
 
 
+_USERNAME = User._meta.get_field("username")
+
+
 class SignupForm(forms.Form):
     username = forms.CharField(
         label=_("Username"),
-        max_length=150,
-        validators=[UnicodeUsernameValidator(), validate_username_unmistakable],
+        # The account's own rules, its length among them (not given again as max_length: the
+        # form would check the length twice and say so twice), so a rule added there holds here.
+        validators=_USERNAME.validators,
         help_text=_("Up to 150 characters: letters, digits and @ . + - _ only."),
-        widget=forms.TextInput(attrs={"autocomplete": "username", "autocapitalize": "none", "autofocus": True}),
+        widget=forms.TextInput(
+            attrs={"autocomplete": "username", "autocapitalize": "none", "autofocus": True, "maxlength": _USERNAME.max_length}
+        ),
     )
     email = forms.EmailField(
         label=_("Email"),

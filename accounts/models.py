@@ -1,6 +1,5 @@
 """Who people are: the user, their teams and profile settings, and the audit log."""
 
-import re
 import uuid
 import zoneinfo
 
@@ -15,6 +14,8 @@ from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+
+from conversations.llm.model_ids import model_id_parse
 
 from .lookalikes import username_lookalike_key
 
@@ -34,13 +35,10 @@ def validate_timezone(value: str) -> None:
         raise ValidationError(_("Unknown time zone: %(tz)s"), params={"tz": value})
 
 
-# `provider:model`, as in CONTRACT section 2. Only the form is checked here: which models exist
-# depends on prices and keys, which change at run time.
-MODEL_ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,86}$")
-
-
 def validate_model_id(value: str) -> None:
-    if not MODEL_ID_RE.fullmatch(value):
+    """`provider:model` (conversations.llm.model_ids, the grammar prices use too). Only the form
+    is checked here: which models exist depends on prices and keys, which change at run time."""
+    if model_id_parse(value) is None:
         raise ValidationError(
             _("Enter a model as provider:model, for example openai:gpt-4o-mini."), code="invalid_model"
         )

@@ -6,7 +6,6 @@ moment), so calls already made keep the price they were made at and later calls 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_CEILING, Decimal
@@ -16,6 +15,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
+
+from conversations.llm.model_ids import PROVIDERS
+from conversations.llm.model_ids import model_id_parse as parse_model_id  # the one grammar, by billing's name
 
 from .money import ZERO, parse_decimal, quantize_money
 
@@ -27,11 +29,6 @@ DEFAULT_CONTEXT_WINDOW = 128_000
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 PRICE_PLACES = Decimal("0.000001")  # billing.models.PRICE
 _PRICE_DECIMALS = -PRICE_PLACES.as_tuple().exponent
-PROVIDERS = ("openai", "anthropic", "demo")
-# Model names of OpenAI-compatible servers carry colons, slashes and dots ("llama3.1:8b",
-# "meta-llama/Llama-3-8B"); whitespace and control characters never. Matched with fullmatch:
-# `$` would also match before a trailing newline and let "gpt-4o\n" in as a separate model.
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,119}")
 _MILLION = Decimal(1_000_000)
 # The label the seed migration gives demo:echo. A label is data, but this one is known, so pages
 # show it in the reader's language; a label an admin sets is shown as written.
@@ -66,17 +63,6 @@ class PriceQuote:
     @property
     def model_id(self) -> str:
         return f"{self.provider}:{self.model}"
-
-
-def parse_model_id(model_id: str) -> tuple[str, str] | None:
-    """("openai", "gpt-4o") from "openai:gpt-4o"; None when malformed or of an unknown provider.
-    The provider ends at the first colon; the model name may hold more."""
-    if not isinstance(model_id, str):
-        return None
-    provider, sep, model = model_id.partition(":")
-    if not sep or provider not in PROVIDERS or not _MODEL_NAME.fullmatch(model):
-        return None
-    return provider, model
 
 
 def _quote(row) -> PriceQuote:

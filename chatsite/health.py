@@ -11,6 +11,8 @@ from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from .logging import RepeatThrottle
+
 logger = logging.getLogger(__name__)
 _clock = time.monotonic  # what ReadinessLog reads the time from: a test moves it on
 
@@ -122,23 +124,23 @@ class ReadinessLog:
     probes it left out), and one when it is ready again. A load balancer polls every few seconds:
     a line per 503 would bury everything else in the log."""
 
-    REPEAT_SECONDS = 60.0
-
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._failed: tuple[str, ...] = ()  # as last told; a process starts out ready
-        self._told_at = 0.0
-        self._left_out = 0
+        self._repeats = RepeatThrottle(clock=lambda: _clock())
 
     def note(self, failed: tuple[str, ...]) -> None:
-        now = _clock()
         with self._lock:
-            same = failed == self._failed
-            if same and (not failed or now - self._told_at < self.REPEAT_SECONDS):
-                self._left_out += bool(failed)
-                return
-            left_out = self._left_out if same else 0
-            self._failed, self._told_at, self._left_out = failed, now, 0
+            if failed == self._failed:
+                if not failed:
+                    return
+                left_out = self._repeats.tell()
+                if left_out is None:
+                    return
+            else:
+                self._failed = failed
+                self._repeats.reset()
+                left_out = self._repeats.tell() if failed else 0  # told now, at once
         if not failed:
             logger.warning("ready again: /readyz answers 200")
         elif left_out:

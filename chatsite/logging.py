@@ -10,6 +10,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Hashable
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -68,6 +69,39 @@ def _connection_failure(exc_info) -> BaseException | None:
     return None
 
 
+REPEAT_SECONDS = 60.0  # a condition that goes on is told again at most this often
+
+
+class RepeatThrottle:
+    """At most one log line per REPEAT_SECONDS about a condition that goes on (per `kind`),
+    counting the ones left out so the next line can say how many. For conditions that repeat
+    every second or every probe for as long as they last: a line each would bury the log."""
+
+    def __init__(self, *, seconds: float = REPEAT_SECONDS, clock: Callable[[], float] | None = None) -> None:
+        self.seconds = seconds
+        # Read at each call, so that a test can move this module's clock on.
+        self._clock = clock or (lambda: time.monotonic())
+        self._lock = threading.Lock()
+        self._told: dict[Hashable, tuple[float, int]] = {}  # kind -> (when last told, left out since)
+
+    def tell(self, kind: Hashable = None) -> int | None:
+        """None: leave this one out (it is counted). Otherwise tell it now, with the number
+        returned: how many were left out since the last one told."""
+        now = self._clock()
+        with self._lock:
+            told_at, left_out = self._told.get(kind, (None, 0))
+            if told_at is not None and now - told_at < self.seconds:
+                self._told[kind] = (told_at, left_out + 1)
+                return None
+            self._told[kind] = (now, 0)
+        return left_out
+
+    def reset(self, kind: Hashable = None) -> None:
+        """The condition changed: the next one is told at once."""
+        with self._lock:
+            self._told.pop(kind, None)
+
+
 class ExpectedConditionsFilter(logging.Filter):
     """Conditions any deployment meets are told in one line, without a traceback.
 
@@ -81,12 +115,9 @@ class ExpectedConditionsFilter(logging.Filter):
     traceback of its own request handling. The message says what happened: one WARNING line.
     """
 
-    REPEAT_SECONDS = 60.0
-
     def __init__(self) -> None:
         super().__init__()
-        self._lock = threading.Lock()
-        self._last: dict[str, tuple[float, int]] = {}  # kind -> (when last told, left out since)
+        self._repeats = RepeatThrottle()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith("django.security.") and record.exc_info:
@@ -105,13 +136,9 @@ class ExpectedConditionsFilter(logging.Filter):
         return True
 
     def _once_a_minute(self, record: logging.LogRecord, kind: str, message: str, failure: BaseException) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            last, left_out = self._last.get(kind, (None, 0))
-            if last is not None and now - last < self.REPEAT_SECONDS:
-                self._last[kind] = (last, left_out + 1)
-                return False
-            self._last[kind] = (now, 0)
+        left_out = self._repeats.tell(kind)
+        if left_out is None:
+            return False
         text = message % f"{type(failure).__name__}: {failure}"
         if left_out:
             text += f"; {left_out} more in the last minute"

@@ -15,6 +15,9 @@ import environ
 from celery.schedules import crontab
 from cryptography.fernet import Fernet
 
+from conversations.llm.model_ids import PROVIDERS as MODEL_PROVIDERS
+from conversations.llm.model_ids import model_id_parse
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -450,9 +453,13 @@ KEY_TEST_TIMEOUT = _float("KEY_TEST_TIMEOUT", 20.0, above=True)
 if env.str("KEY_DRAIN_SECONDS", default=""):
     KEY_DRAIN_SECONDS = _float("KEY_DRAIN_SECONDS", 660.0)
 DEFAULT_MODEL = env.str("DEFAULT_MODEL", default="demo:echo")
-# Its format only: whether it has a price is decided per request (billing.prices), as prices change.
-if not re.fullmatch(r"(openai|anthropic|demo):\S+", DEFAULT_MODEL):
-    raise _config_error("DEFAULT_MODEL", f"must look like provider:model (openai, anthropic or demo), not {DEFAULT_MODEL!r}")
+# Its form only, by the grammar prices and profiles use (conversations.llm.model_ids imports
+# nothing from Django): whether it has a price is decided per request, as prices change.
+if model_id_parse(DEFAULT_MODEL) is None:
+    raise _config_error(
+        "DEFAULT_MODEL",
+        f"must look like provider:model ({', '.join(MODEL_PROVIDERS[:-1])} or {MODEL_PROVIDERS[-1]}), not {DEFAULT_MODEL!r}",
+    )
 FIELD_ENCRYPTION_KEYS = _fernet_keys("FIELD_ENCRYPTION_KEYS")
 ALLOW_PRIVATE_BASE_URLS = _bool("ALLOW_PRIVATE_BASE_URLS", False)
 CONVERSATION_RETENTION_DAYS = _int("CONVERSATION_RETENTION_DAYS", 0, minimum=0) or None  # 0: keep

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -210,37 +209,35 @@ def _title_clean(answer: str) -> str:
             return title
 
 
-def _followup_usage(*, user, team_id, conversation_id, **fields) -> None:
-    """A title or summary call's ledger row. The account may have been erased while the call
-    ran: the row is then written without the person or the conversation, and stays with the
-    team (billing.ledger.ledger_owner)."""
-    from billing import ledger
-
-    with transaction.atomic():
-        owner = ledger.ledger_owner(user=user, team_id=team_id, conversation_id=conversation_id, message_id=None)
-        ledger.usage_record(**owner, **fields)
+FOLLOWUP_ATTEMPTS = 3  # keys a title or summary call tries at most: it has an offline fallback
 
 
-def _complete(*, user, conversation_id, model_id: str, messages: list, max_tokens: int) -> str | None:
+def _complete(
+    *, user, conversation_id, model_id: str, messages: list, max_tokens: int, counted: tuple[int, bool] | None = None
+) -> str | None:
     """A short non-streamed completion (the stream joined), billed like any provider call:
-    reserved first, recorded in the ledger, settled. None when it cannot or should not run."""
-    from asgiref.sync import async_to_sync
+    reserved first, failing over between keys as a turn does (failover.calls_with_failover),
+    recorded in the ledger, settled. None when it cannot or should not run, or no call answered.
+
+    `counted` is (tokens, estimated) of the request where the caller has counted its parts (the
+    summary's pieces): the hold is taken on it instead of counting the request again."""
+    from asgiref.sync import async_to_sync, sync_to_async
 
     from billing import budgets, keys, ledger, prices
 
     from . import context as context_mod
-    from . import llm
-    from .llm.base import ChatRequest, ProviderError, ReasoningDelta, TextDelta, Usage
+    from . import failover, llm
+    from .llm.base import ChatRequest
 
     price = prices.price_for(model_id=model_id)
     provider, _sep, model_name = model_id.partition(":")
     if price is None:
         return None
     try:
-        adapter = llm.get_adapter(provider)
+        llm.get_adapter(provider)
     except KeyError:
         return None
-    input_tokens, estimated = context_mod.messages_tokens(messages=messages, model_id=model_id)
+    input_tokens, estimated = counted or context_mod.messages_tokens(messages=messages, model_id=model_id)
     try:
         reservation_id = budgets.budget_reserve(
             user=user,
@@ -255,98 +252,68 @@ def _complete(*, user, conversation_id, model_id: str, messages: list, max_token
     # erased while the call runs (and the memberships are read once, not at every ledger row).
     team_id = ledger.primary_team_id(user=user)
 
-    async def collect(key, parts: list[str], thinking: list[str]):
-        # Into `parts` as it arrives: a call cut off after some text must still bill that text,
-        # and a reasoning model's thinking (never part of the text) as much.
-        usage = None
-        async for event in adapter.stream(request, key=key):
-            if isinstance(event, TextDelta):
-                if event.text:
-                    parts.append(event.text)
-            elif isinstance(event, ReasoningDelta):
-                thinking.append(event.text)
-            elif isinstance(event, Usage):
-                usage = event
-        return usage
+    def ledger_owner() -> dict:
+        # The account may have been erased while the call ran: the row is then written without
+        # the person or the conversation, and stays with the team (billing.ledger.ledger_owner).
+        return ledger.ledger_owner(user=user, team_id=team_id, conversation_id=conversation_id, message_id=None)
 
-    tried: list = []
     cost = Decimal("0")
-    text = None
     try:
-        for attempt in range(1, 4):
-            key = None if provider == "demo" else keys.key_choose(provider=provider, exclude=tuple(tried))
-            if provider != "demo" and key is None:
-                break
-            started = timezone.now()
-            parts: list[str] = []
-            thinking: list[str] = []
-            try:
-                usage = async_to_sync(collect)(key, parts, thinking)
-            except ProviderError as exc:
-                decision = None
-                if key is not None:
-                    # The lease's version: a refusal of a secret rotated while this call ran must not
-                    # mark the new secret invalid (as the turn's failover does).
-                    decision = keys.key_report_failure(
-                        key_id=key.id, kind=str(exc.kind), retry_after=exc.retry_after, attempt=attempt, version=key.version
-                    )
-                    tried.append(key.id)
-                latency = int((timezone.now() - started).total_seconds() * 1000)
-                received = "".join(parts)
-                if received or thinking or exc.after_output:
-                    # Cut off after the provider began answering: it has billed the input and the text
-                    # it sent, so this is billed like a cut turn (turns._reply_finish): counted here,
-                    # estimated. And not retried: a second call would bill the input again.
-                    output_tokens = context_mod.output_tokens_counted(text=received, thinking="".join(thinking), model_id=model_id)
-                    cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)
-                    _followup_usage(
-                        user=user, team_id=team_id, conversation_id=conversation_id, attempt=attempt, provider=provider,
-                        model=model_name, key_id=key.id if key else None, input_tokens=input_tokens, output_tokens=output_tokens,
-                        cached_tokens=0, cost=cost, estimated=True, ttft_ms=None, latency_ms=latency, outcome="error",
-                        error_kind=str(exc.kind),
-                    )
-                    break
-                _followup_usage(
-                    user=user, team_id=team_id, conversation_id=conversation_id, attempt=attempt, provider=provider, model=model_name,
-                    key_id=key.id if key else None, input_tokens=0, output_tokens=0, cached_tokens=0, cost=Decimal("0"),
-                    estimated=False, ttft_ms=None, latency_ms=latency, outcome="error", error_kind=str(exc.kind),
-                )
-                # billing.keys decides, as for a turn: a refused request (400) is not sent to another key.
-                if key is None or (decision is not None and not decision.retry):
-                    break
-                if decision is not None and decision.backoff > 0:
-                    # The keys module's pause before the next key, as the turn's failover takes it
-                    # (this runs on a worker's or a follow-up thread, never on the event loop).
-                    time.sleep(decision.backoff)
-                continue
-            text = "".join(parts)
-            if key is not None:
-                keys.key_report_success(key_id=key.id)
-            estimated = usage is None
-            if usage is None:
-                usage = Usage(
-                    input_tokens=input_tokens,
-                    output_tokens=context_mod.output_tokens_counted(text=text, thinking="".join(thinking), model_id=model_id),
-                )
-            cost = prices.cost_of(price=price, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
-            latency = int((timezone.now() - started).total_seconds() * 1000)
-            _followup_usage(
-                user=user, team_id=team_id, conversation_id=conversation_id, attempt=attempt, provider=provider, model=model_name,
-                key_id=key.id if key else None, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                cached_tokens=usage.cached_tokens, cost=cost, estimated=estimated, ttft_ms=None, latency_ms=latency, outcome="ok",
+        answer = failover.Collected()
+        # The calls run on an event loop (a turn's, when a follow-up thread of it runs this);
+        # their database steps come back to this thread (sync_to_async, thread-sensitive), on
+        # its connection, as the rest of this function's do.
+        ended = async_to_sync(failover.calls_with_failover)(
+            provider=provider,
+            model_id=model_id,
+            request=request,
+            first_key=keys.key_choose(provider=provider) if failover.needs_key(provider) else None,
+            sink=answer,
+            db=sync_to_async,
+            ledger_owner=ledger_owner,
+            max_attempts=FOLLOWUP_ATTEMPTS,
+        )
+        call = ended.call
+        if call is not None:
+            # Answered, or cut off after the provider began answering: it has billed the input
+            # and what it sent, so this is billed as a turn is (failover.call_usage).
+            if call.usage is None and counted is not None:
+                # Billed by our count of the input: of the request as it was sent, as every other
+                # call is. The parts' counts the hold was taken on add up to a few tokens more
+                # (a line's trailing space or mark merges with the newline after it).
+                input_tokens = context_mod.messages_tokens(messages=messages, model_id=model_id)[0]
+            usage, estimated = failover.call_usage(
+                usage=call.usage, input_tokens=input_tokens, text=answer.text, thinking="".join(call.thinking), model_id=model_id
             )
-            break
+            cost = prices.cost_of(
+                price=price, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cached_tokens=usage.cached_tokens
+            )
+            with transaction.atomic():
+                # The ledger row before the settlement: the lock order billing.ledger documents.
+                ledger.usage_record(
+                    **ledger_owner(), attempt=ended.attempt, provider=provider, model=model_name, key_id=ended.key_id,
+                    input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cached_tokens=usage.cached_tokens,
+                    cost=cost, estimated=estimated, ttft_ms=None, latency_ms=call.latency_ms,
+                    outcome="error" if call.error else "ok", error_kind=str(call.error.kind) if call.error else "",
+                )
+                budgets.budget_settle(reservation_id=reservation_id, actual=cost)
+        else:
+            budgets.budget_settle(reservation_id=reservation_id, actual=cost)
+        if call is None or call.error is not None:
+            return None  # a partial answer is not a title or a summary
+        if ended.key_id is not None:
+            keys.key_report_success(key_id=ended.key_id)
+        return answer.text
     except BaseException:
         # A fault of ours, not a provider's answer (those are handled above): the worst-case
-        # hold is settled now at what the attempts so far cost, not left to block the person's
-        # budget until it expires (which still releases it, should this settle fail too).
+        # hold is settled now at what the call cost, not left to block the person's budget
+        # until it expires (which still releases it, should this settle fail too). Settled
+        # already, this does nothing.
         try:
             budgets.budget_settle(reservation_id=reservation_id, actual=cost)
         except Exception:  # noqa: BLE001 - the first fault is the one raised
             logger.exception("hold %s of a follow-up call not settled", reservation_id)
         raise
-    budgets.budget_settle(reservation_id=reservation_id, actual=cost)
-    return text
 
 
 def conversation_title_generate(*, conversation_id) -> str | None:
@@ -417,34 +384,50 @@ def _summary_prompt(*, summary: str, piece: str) -> list:
     ]
 
 
-def _summary_pieces(*, turns: list, model_id: str, room: int) -> list[tuple[str, int]]:
-    """The turns as transcript pieces of at most `room` tokens, in order, with nothing left out:
-    (piece text, index of the first turn not wholly in this piece or an earlier one). A turn
-    larger than the room is cut into pieces of its own ("(continued)" on the later ones)."""
+@dataclass(frozen=True)
+class _SummaryPiece:
+    text: str
+    whole: int  # index of the first turn not wholly in this piece or an earlier one
+    tokens: int  # its lines' counts and the newlines joining them: each line counted once
+    estimated: bool  # counted without the model's own encoding
+
+
+def _summary_pieces(*, turns: list, model_id: str, room: int) -> list[_SummaryPiece]:
+    """The turns as transcript pieces of at most `room` tokens, in order, with nothing left out.
+    A turn larger than the room is cut into pieces of its own ("(continued)" on the later ones).
+    Each line is counted once, and the piece's number is the sum: what the request is held for."""
     from . import context as context_mod
 
-    lines: list[tuple[str, int, int]] = []  # (line, tokens, index of the first turn not yet whole after it)
+    lines: list[tuple[str, int, bool, int]] = []  # (line, tokens, estimated, index of the first turn not yet whole after it)
     for index, message in enumerate(turns):
+        line = f"{message.role}: {message.content}"
+        tokens, estimated = context_mod.count_tokens(text=line, model_id=model_id)
+        if tokens <= room:
+            lines.append((line, tokens, estimated, index + 1))
+            continue
+        # Room for the label beside each part.
         parts = context_mod.text_split(text=message.content, max_tokens=max(room - 8, 1), model_id=model_id)
         for number, part in enumerate(parts):
             label = message.role if number == 0 else f"{message.role} (continued)"
             line = f"{label}: {part}"
             whole_after = index + 1 if number == len(parts) - 1 else index
-            lines.append((line, context_mod.count_tokens(text=line, model_id=model_id)[0], whole_after))
-    pieces: list[tuple[str, int]] = []
+            lines.append((line, *context_mod.count_tokens(text=line, model_id=model_id), whole_after))
+    pieces: list[_SummaryPiece] = []
     current: list[str] = []
     used = 0
+    estimated = False
     whole = 0
-    for line, tokens, whole_after in lines:
+    for line, tokens, line_estimated, whole_after in lines:
         # +1: the newline joining two lines (a token of its own at most).
         if current and used + 1 + tokens > room:
-            pieces.append(("\n".join(current), whole))
-            current, used = [], 0
+            pieces.append(_SummaryPiece("\n".join(current), whole, used, estimated))
+            current, used, estimated = [], 0, False
         used += tokens + (1 if current else 0)
+        estimated = estimated or line_estimated
         current.append(line)
         whole = whole_after
     if current:
-        pieces.append(("\n".join(current), whole))
+        pieces.append(_SummaryPiece("\n".join(current), whole, used, estimated))
     return pieces
 
 
@@ -462,24 +445,28 @@ def _summary_by_model(*, conversation: Conversation, turns: list) -> tuple[str, 
         return summary, 0
     model_id = conversation.model
     max_tokens = min(SUMMARY_MAX_TOKENS, price.max_output_tokens)
-    fixed, _estimated = context_mod.messages_tokens(messages=_summary_prompt(summary="", piece=""), model_id=model_id)
+    fixed, fixed_estimated = context_mod.messages_tokens(messages=_summary_prompt(summary="", piece=""), model_id=model_id)
+    summary_tokens, summary_estimated = context_mod.count_tokens(text=summary, model_id=model_id)
     # After the first piece the summary is the model's answer: at most max_tokens long.
-    summary_tokens = max(context_mod.count_tokens(text=summary, model_id=model_id)[0], max_tokens)
-    room = int((price.context_window - max_tokens - fixed - summary_tokens) * SUMMARY_ROOM_MARGIN)
+    room = int((price.context_window - max_tokens - fixed - max(summary_tokens, max_tokens)) * SUMMARY_ROOM_MARGIN)
     if room < SUMMARY_MIN_ROOM:
         return summary, 0
     covered = 0
-    for piece, whole in _summary_pieces(turns=turns, model_id=model_id, room=room):
+    for piece in _summary_pieces(turns=turns, model_id=model_id, room=room):
         answer = _complete(
             user=conversation.owner,
             conversation_id=conversation.id,
             model_id=model_id,
-            messages=_summary_prompt(summary=summary, piece=piece),
+            messages=_summary_prompt(summary=summary, piece=piece.text),
             max_tokens=max_tokens,
+            # The request is the fixed prompt, the summary so far and the piece: each counted
+            # once already, not counted again for the hold.
+            counted=(fixed + summary_tokens + piece.tokens, fixed_estimated or summary_estimated or piece.estimated),
         )
         if not answer:
             break
-        summary, covered = answer.strip(), whole
+        summary, covered = answer.strip(), piece.whole
+        summary_tokens, summary_estimated = context_mod.count_tokens(text=summary, model_id=model_id)
     return summary, covered
 
 

@@ -43,8 +43,8 @@ from billing import budgets, keys, ledger, limits, prices
 from chatsite import asynccache
 
 from . import context as context_mod
-from . import llm
-from .llm.base import ChatRequest, ErrorKind, Finish, ProviderError, ReasoningDelta, TextDelta, Usage
+from . import failover, llm
+from .llm.base import ChatRequest, Usage
 from .models import Conversation, Message
 from .selectors import FILTERED, REFUSED, RUNNING, conversation_timeline, messages_seen_by_model
 
@@ -405,7 +405,7 @@ def _reply_prepare(
     temperature = float(conversation.temperature) if conversation.temperature is not None else None
     try:
         team_id = ledger.primary_team_id(user=user)
-        first_key = keys.key_choose(provider=provider) if _needs_key(provider) else None
+        first_key = keys.key_choose(provider=provider) if failover.needs_key(provider) else None
         # The buffer exists before anyone can hear of the reply, so turn_stop and late joiners find it.
         cache.set(
             buffer_key(conversation.id),
@@ -468,10 +468,6 @@ def _buffer_state(
         "key_id": str(key_id) if key_id else None,
         "thinking_tokens": thinking_tokens,
     }
-
-
-def _needs_key(provider: str) -> bool:
-    return provider != "demo"  # the demo model runs in-process and needs no key
 
 
 def _adapter_known(provider: str) -> bool:
@@ -879,97 +875,6 @@ def _reply_followups(*, plan: _ReplyPlan, finish_reason: str) -> None:
         transaction.on_commit(lambda: conversation_summarize.delay(conversation_id, upto), robust=True)
 
 
-@dataclass
-class _Attempt:
-    got_output: bool = False  # the provider began answering: text, or thinking
-    thinking: list[str] = field(default_factory=list)
-    usage: Usage | None = None
-    finish: str = ""
-    error: ProviderError | None = None
-    cancelled: bool = False
-    ttft_ms: int | None = None
-    latency_ms: int | None = None
-
-
-async def _wait_or_cancel(awaitable, cancel: asyncio.Event, timeout: float | None = None):
-    """(done, value): the awaitable's value (or its exception, raised), or done=False when `cancel`
-    is set or `timeout` passes first; the work is cancelled then, and also when this is."""
-    work = asyncio.ensure_future(awaitable)
-    stopper = asyncio.ensure_future(cancel.wait())
-    try:
-        await asyncio.wait(
-            {work, stopper}, timeout=None if timeout is None else max(timeout, 0.001), return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        stopper.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(BaseException):
-                await work
-    if work.cancelled():
-        return False, None
-    return True, work.result()
-
-
-async def _attempt(adapter, plan: _ReplyPlan, key, stream: _Stream, cancel: asyncio.Event) -> _Attempt:
-    """One provider call, relayed into the stream until it ends, fails, times out or is stopped.
-
-    Its events are read in one task for the whole call (not a task per event: hundreds of replies
-    at 50 events a second each), under one timeout moved forward at every event, and a stop
-    cancels that task."""
-    result = _Attempt()
-    started = time.monotonic()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.LLM_TOTAL_TIMEOUT
-    gap = settings.LLM_FIRST_TOKEN_TIMEOUT
-
-    async def relay() -> None:
-        # The adapter has its own, exact timeouts; this is the net under a provider that hangs.
-        # Before the first event it fires after `gap`; after an event it is moved on only when
-        # nearer than `gap` (to twice `gap`): once per `gap` of steady output, not a new timer at
-        # every event. So a stall after output fires it between `gap` and twice `gap` later.
-        events = adapter.stream(plan.request, key=key)
-        try:
-            async with asyncio.timeout_at(min(loop.time() + gap, deadline)) as scope:
-                async for event in events:
-                    if isinstance(event, TextDelta):
-                        if event.text:
-                            if result.ttft_ms is None:
-                                result.ttft_ms = int((time.monotonic() - started) * 1000)
-                            result.got_output = True
-                            stream.add(event.text)
-                    elif isinstance(event, ReasoningDelta):
-                        # Not shown; but the model is answering, and a failure now is not retried
-                        # on another key (the provider bills this thinking).
-                        result.got_output = True
-                        result.thinking.append(event.text)
-                        stream.add_thinking(event.text)
-                    elif isinstance(event, Usage):
-                        result.usage = event
-                    elif isinstance(event, Finish):
-                        result.finish = event.reason
-                    now = loop.time()
-                    when = scope.when()
-                    if when - now < gap and when < deadline:
-                        scope.reschedule(min(now + 2 * gap, deadline))
-        finally:
-            with contextlib.suppress(BaseException):
-                await events.aclose()
-
-    try:
-        finished, _ = await _wait_or_cancel(relay(), cancel)
-        result.cancelled = not finished
-    except TimeoutError:
-        result.error = ProviderError(ErrorKind.TIMEOUT, "the provider did not answer in time", after_output=result.got_output)
-    except ProviderError as exc:
-        result.error = exc
-    except Exception as exc:  # noqa: BLE001 - an adapter bug must not leave the reply hanging
-        logger.warning("adapter %s raised %s", plan.provider, type(exc).__name__)
-        result.error = ProviderError(ErrorKind.UNAVAILABLE, "the provider call failed", after_output=result.got_output)
-    result.latency_ms = int((time.monotonic() - started) * 1000)
-    return result
-
-
 def _thinking_exhausted_text(plan: _ReplyPlan) -> str:
     tokens = plan.request.max_tokens
     if tokens < plan.price.max_output_tokens:
@@ -1003,114 +908,77 @@ def saved_error_words() -> dict[str, str]:
     }
 
 
-def _error_text(exc: ProviderError) -> str:
-    if exc.kind == ErrorKind.CONTEXT_TOO_LONG:
-        return _("The conversation is too long for this model. Start a new conversation or shorten the message.")
-    if exc.kind == ErrorKind.BAD_REQUEST:
-        return _("The provider refused the request.")
-    if exc.kind == ErrorKind.TIMEOUT:
-        return _("The provider did not answer in time.")
-    return _("The provider is unavailable.")
-
-
 async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Event) -> _Outcome:
-    """The key failover loop. Returns how the last provider call ended.
+    """The reply's provider calls, failing over between keys (failover.calls_with_failover), and
+    how the last one ended, as the reply tells and saves it."""
+    key, plan.first_key = plan.first_key, None  # the plan outlives the call: not the secret
 
-    What to do after a failure before any output is billing.keys' decision (KeyFailureOutcome):
-    the key state machine knows whether the failure was the request's own (a 400: stop) or the
-    key's (429, 401, 5xx, timeout: the next key, after the backoff it says)."""
-    adapter = llm.get_adapter(plan.provider)
-    tried: list[uuid.UUID] = []
-    attempt = 0
-    last_error: ProviderError | None = None
-    while True:
-        if cancel.is_set():
-            return _Outcome("cancelled", attempt=attempt, recorded=attempt > 0)
-        key = None
-        if _needs_key(plan.provider):
-            if attempt == 0:
-                key, plan.first_key = plan.first_key, None  # the plan outlives the call: not the secret
-            else:
-                key = await _db(keys.key_choose)(provider=plan.provider, exclude=tuple(tried))
-            if key is None:
-                if last_error is not None and last_error.kind == ErrorKind.MODEL_NOT_FOUND:
-                    # Every key that could be tried answered that its server does not have the model.
-                    code, message = "model_unavailable", _("The model %(model)s is not available.") % {"model": plan.model_id}
-                else:
-                    code = "provider_unavailable"
-                    message = _error_text(last_error) if last_error else _("No provider key can serve this model now.")
-                return _Outcome(
-                    "error",
-                    error_code=code,
-                    error_message=message,
-                    error_kind=str(last_error.kind) if last_error else "",
-                    attempt=attempt,
-                    recorded=attempt > 0,
-                )
-        attempt += 1
+    async def before_call(attempt: int, lease) -> None:
         plan.attempt = attempt
-        plan.key_id = key.id if key is not None else None
+        plan.key_id = lease.id if lease is not None else None
         if attempt > 1:
             # The buffer names the call in progress before it goes out (the first's is named
             # when the reply is prepared): the reaper bills a dead process's call by it.
             await stream.note_attempt()
-        key_id = key.id if key is not None else None
-        result = await _attempt(adapter, plan, key, stream, cancel)
-        outcome = _Outcome(
-            "stop",
-            thinking="".join(result.thinking),
-            attempt=attempt,
-            key_id=key_id,
-            usage=result.usage,
-            ttft_ms=result.ttft_ms,
-            latency_ms=result.latency_ms,
+
+    ended = await failover.calls_with_failover(
+        provider=plan.provider,
+        model_id=plan.model_id,
+        request=plan.request,
+        first_key=key,
+        sink=stream,
+        db=_db,
+        ledger_owner=lambda: _ledger_owner(plan=plan),
+        cancel=cancel,
+        before_call=before_call,
+    )
+    call = ended.call
+    if call is None:  # no call to bill: each one made has its ledger row already
+        if ended.cancelled:
+            return _Outcome("cancelled", attempt=ended.attempt, recorded=ended.attempt > 0)
+        return _Outcome(
+            "error",
+            error_code=ended.error_code,
+            error_message=ended.error_message,
+            error_kind=ended.error_kind,
+            attempt=ended.attempt,
+            recorded=ended.attempt > 0,
         )
-        if result.cancelled or result.error is None:
-            outcome.finish_reason = "cancelled" if result.cancelled else (result.finish or "stop")
-            if outcome.finish_reason in ("refused", "filtered"):
-                # The provider ended the reply (its model declined, or its content filter cut it)
-                # and said nothing a person could read: they hear why here. Neither is a finish
-                # reason the contract has, so it is told as an error. The text that came stays
-                # and is billed; the key is fine.
-                outcome.error_kind = REFUSED if outcome.finish_reason == "refused" else FILTERED
-                outcome.finish_reason = "error"
-                outcome.error_code = "provider_error"
-                outcome.error_message = _ended_by_provider_text(outcome.error_kind)
-            elif outcome.finish_reason == "length" and not stream.full_text.strip():
-                # A reasoning model thought through its whole output allowance (max_tokens) and
-                # wrote no answer: an empty reply that says nothing would look like a fault. It
-                # stays a "length" finish (the truth, and the contract's), billed as reported,
-                # with an error frame saying why and what to change.
-                outcome.error_code = "provider_error"
-                outcome.error_message = _thinking_exhausted_text(plan)
-                outcome.error_kind = THINKING_EXHAUSTED
-            return outcome
-        exc = result.error
-        decision = None
-        if key is not None:
-            decision = await _db(keys.key_report_failure)(
-                key_id=key.id, kind=str(exc.kind), retry_after=exc.retry_after, attempt=attempt, version=key.version
-            )
-        if result.got_output or exc.after_output:
-            # Cut mid-reply: keep what arrived and say why; the partial answer is not retried
-            # (a second call would bill the input again and repeat the text).
-            outcome.finish_reason = "error"
-            outcome.error_code = "provider_error"
-            outcome.error_message = _("The reply was cut off: %(why)s") % {"why": _error_text(exc)}
-            outcome.error_kind = str(exc.kind)
-            return outcome
-        # Failed before any output: its own ledger row (nothing billed), then maybe the next key.
-        await _db(_usage_record_failed)(plan=plan, attempt=attempt, key_id=key_id, exc=exc, result=result)
-        last_error = exc
-        request_refused = exc.kind in (ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_TOO_LONG)
-        if request_refused or decision is None or not decision.retry:
-            code = "provider_error" if request_refused else "provider_unavailable"
-            return _Outcome(
-                "error", error_code=code, error_message=_error_text(exc), error_kind=str(exc.kind), attempt=attempt, recorded=True
-            )
-        tried.append(key.id)
-        if decision.backoff > 0:
-            await _wait_or_cancel(asyncio.sleep(decision.backoff), cancel, decision.backoff + 1)
+    outcome = _Outcome(
+        "stop",
+        thinking="".join(call.thinking),
+        attempt=ended.attempt,
+        key_id=ended.key_id,
+        usage=call.usage,
+        ttft_ms=call.ttft_ms,
+        latency_ms=call.latency_ms,
+    )
+    if call.error is not None:
+        # Cut mid-reply: keep what arrived and say why.
+        outcome.finish_reason = "error"
+        outcome.error_code = "provider_error"
+        outcome.error_message = _("The reply was cut off: %(why)s") % {"why": failover.error_text(call.error)}
+        outcome.error_kind = str(call.error.kind)
+        return outcome
+    outcome.finish_reason = "cancelled" if call.cancelled else (call.finish or "stop")
+    if outcome.finish_reason in ("refused", "filtered"):
+        # The provider ended the reply (its model declined, or its content filter cut it)
+        # and said nothing a person could read: they hear why here. Neither is a finish
+        # reason the contract has, so it is told as an error. The text that came stays
+        # and is billed; the key is fine.
+        outcome.error_kind = REFUSED if outcome.finish_reason == "refused" else FILTERED
+        outcome.finish_reason = "error"
+        outcome.error_code = "provider_error"
+        outcome.error_message = _ended_by_provider_text(outcome.error_kind)
+    elif outcome.finish_reason == "length" and not stream.full_text.strip():
+        # A reasoning model thought through its whole output allowance (max_tokens) and
+        # wrote no answer: an empty reply that says nothing would look like a fault. It
+        # stays a "length" finish (the truth, and the contract's), billed as reported,
+        # with an error frame saying why and what to change.
+        outcome.error_code = "provider_error"
+        outcome.error_message = _thinking_exhausted_text(plan)
+        outcome.error_kind = THINKING_EXHAUSTED
+    return outcome
 
 
 def _ledger_owner(*, plan: _ReplyPlan) -> dict:
@@ -1118,26 +986,6 @@ def _ledger_owner(*, plan: _ReplyPlan) -> dict:
     return ledger.ledger_owner(
         user=plan.user, team_id=plan.team_id, conversation_id=plan.conversation_id, message_id=plan.message_id
     )
-
-
-def _usage_record_failed(*, plan: _ReplyPlan, attempt: int, key_id, exc: ProviderError, result: _Attempt) -> None:
-    with transaction.atomic():
-        ledger.usage_record(
-            **_ledger_owner(plan=plan),
-            attempt=attempt,
-            provider=plan.provider,
-            model=plan.request.model,  # the ledger's model is the name without the provider
-            key_id=key_id,
-            input_tokens=0,
-            output_tokens=0,
-            cached_tokens=0,
-            cost=ZERO,
-            estimated=False,
-            ttft_ms=None,
-            latency_ms=result.latency_ms,
-            outcome="error",
-            error_kind=str(exc.kind),
-        )
 
 
 def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
@@ -1148,19 +996,10 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
     estimated = False
     billable = outcome.attempt > 0 and not outcome.recorded
     if billable:
-        usage = outcome.usage
-        if usage is not None and usage.final:
-            input_tokens, output_tokens, cached = usage.input_tokens, usage.output_tokens, usage.cached_tokens
-        else:
-            # No usage from the provider (stopped or cut early): what it has billed is the input
-            # it was sent plus the text that came out, counted here and marked estimated. The
-            # input as the provider counted it, where it said so before the end (Anthropic).
-            estimated = True
-            input_tokens = usage.input_tokens if usage is not None else plan.input_tokens
-            cached = usage.cached_tokens if usage is not None else 0
-            output_tokens = context_mod.output_tokens_counted(text=outcome.text, thinking=outcome.thinking, model_id=plan.model_id)
-            if usage is not None:
-                output_tokens = max(output_tokens, usage.output_tokens)
+        usage, estimated = failover.call_usage(
+            usage=outcome.usage, input_tokens=plan.input_tokens, text=outcome.text, thinking=outcome.thinking, model_id=plan.model_id
+        )
+        input_tokens, output_tokens, cached = usage.input_tokens, usage.output_tokens, usage.cached_tokens
         cost = prices.cost_of(price=plan.price, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached)
     status = {
         "stop": Message.Status.DONE,

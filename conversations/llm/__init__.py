@@ -1,4 +1,5 @@
-"""One async streaming interface, one adapter per provider (openai, anthropic, demo).
+"""One async streaming interface, one adapter per provider (openai, anthropic, demo; the
+providers a model id may name are model_ids.PROVIDERS).
 
     adapter = get_adapter("openai")
     async for event in adapter.stream(ChatRequest(...), key=lease):  # (TextDelta | ReasoningDelta)*, Usage?, Finish
@@ -11,15 +12,8 @@ anthropic SDK costs seconds of CPU); `warm_up()` does it ahead, at process start
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from .base import Adapter
 
-from .base import Adapter, ChatRequest, Finish, TextDelta, Usage
-
-if TYPE_CHECKING:
-    from billing.keys import KeyLease
-
-PROVIDERS = ("openai", "anthropic", "demo")
 _adapters: dict[str, Adapter] = {}
 
 
@@ -44,29 +38,6 @@ def get_adapter(provider: str) -> Adapter:
         raise KeyError(provider)
     _adapters[provider] = adapter
     return adapter
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    usage: Usage | None  # None when the provider reported none (count it, marked estimated)
-    finish_reason: str  # "stop" | "length" | "refused" | "filtered"
-
-
-async def completion_fetch(*, provider: str, request: ChatRequest, key: KeyLease | None) -> Completion:
-    """One whole answer, for titles and summaries: the same streaming call collected, so it has
-    the same timeouts and the same ProviderError kinds as a chat turn."""
-    parts: list[str] = []
-    usage: Usage | None = None
-    finish_reason = "stop"
-    async for event in get_adapter(provider).stream(request, key=key):
-        if isinstance(event, TextDelta):
-            parts.append(event.text)
-        elif isinstance(event, Usage):
-            usage = event
-        elif isinstance(event, Finish):
-            finish_reason = event.reason
-    return Completion(text="".join(parts), usage=usage, finish_reason=finish_reason)
 
 
 def warm_up() -> None:

@@ -54,6 +54,7 @@ def test_a_valid_zone_outside_the_usual_list_is_shown_selected_and_kept(client, 
         ("default_model", "gpt-4o"),
         ("default_model", "openai:"),
         ("default_model", "Open AI:gpt"),
+        ("default_model", "ollama:llama3"),  # a provider the site does not have
         ("timezone", "Mars/Olympus"),
         ("language", "fr"),
         ("display_name", "x" * 81),
@@ -81,6 +82,21 @@ def test_a_default_model_without_a_price_is_refused_in_words(client, user):
     assert "openai:gpt-unpriced" in error and "no price" in error
     user.refresh_from_db()
     assert user.default_model == ""
+
+
+@pytest.mark.django_db
+def test_any_model_that_has_a_price_can_be_the_default_model(client, user):
+    # A model name as long as a price may have ("org/model-name..." of an OpenAI-compatible server).
+    from billing import prices
+
+    model_id = "openai:" + "acme-research/" + "m" * 90
+    prices.price_set(model_id=model_id, input_per_million="1", output_per_million="2")
+    client.force_login(user)
+    data = {"display_name": "", "timezone": "UTC", "language": "", "default_model": model_id}
+    response = client.post("/accounts/profile/", data)
+    assert response.status_code == 302, response.context["form"].errors
+    user.refresh_from_db()
+    assert user.default_model == model_id
 
 
 @pytest.mark.django_db

@@ -187,3 +187,25 @@ def test_names_in_other_alphabets_that_look_like_no_existing_name_are_welcome(cl
         make_user(taken)
     response = post_signup(client, username=username)
     assert response.status_code == 302 and User.objects.filter(username=username).exists()
+
+
+@pytest.mark.parametrize(
+    "username",
+    ["bad name!", "\u0430dmin", "p\u0430yp\u0430l", "\u115fadmin", "u" * 151, "\u0430" * 151, "kim김", "mina.lee+work@home"],
+)
+def test_the_signup_form_refuses_a_username_exactly_as_the_account_does(username):
+    """The sign-up page's field-by-field errors are the account's own rules, each reason told
+    once: a rule added to the username reaches the form too."""
+    from django.core.exceptions import ValidationError
+
+    from accounts.forms import SignupForm
+
+    try:
+        User._meta.get_field("username").run_validators(username)
+    except ValidationError as refused:
+        expected = refused.messages
+    else:
+        expected = []
+    form = SignupForm(data={"username": username, "email": "new@example.test", "password1": STRONG, "password2": STRONG})
+    form.is_valid()
+    assert form.errors.get("username", []) == expected

@@ -86,6 +86,9 @@ def test_more_malformed_settings_stop_with_one_line(variable, value):
         ("TRUSTED_PROXY_COUNT", "-1"),
         ("WS_MAX_SOCKETS_PER_USER", "0"),
         ("DEFAULT_MODEL", "gpt-4o"),  # models are named provider:model
+        ("DEFAULT_MODEL", "ollama:llama3"),  # of a provider the site has
+        ("DEFAULT_MODEL", "openai:gpt-4o,gpt-4o-mini"),  # a name no price can have
+        ("DEFAULT_MODEL", "openai:-mini"),
     ],
 )
 def test_a_number_out_of_range_stops_with_one_line_naming_it(variable, value):
@@ -98,6 +101,15 @@ def test_a_number_out_of_range_stops_with_one_line_naming_it(variable, value):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and variable in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("model_id", ["openai:llama3.1:8b", "openai:meta-llama/Llama-3-8B", "anthropic:claude-sonnet-4-5"])
+def test_a_default_model_named_as_a_price_can_name_it_is_taken(model_id):
+    from billing.prices import parse_model_id
+
+    assert parse_model_id(model_id) is not None
+    result = run_check(DEFAULT_MODEL=model_id)
+    assert result.returncode == 0, result.stderr
 
 
 def test_zero_is_taken_where_zero_means_something():

@@ -71,3 +71,34 @@ def test_a_request_for_a_host_not_served_is_one_warning_line_without_a_traceback
     assert "Traceback" not in output, output
     assert len(lines) == 1, output
     assert "WARNING" in lines[0] and "scanner.example" in lines[0]
+
+
+def test_redis_failing_on_is_told_again_once_a_minute_with_how_many_were_left_out(monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    from chatsite import logging as site_logging
+
+    now = [1000.0]
+    monkeypatch.setattr(site_logging, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    expected = site_logging.ExpectedConditionsFilter()
+
+    def told() -> logging.LogRecord | None:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except ConnectionRefusedError:
+            record = logging.LogRecord("channels_redis.pubsub", logging.ERROR, __file__, 1, "read failed", None, sys.exc_info())
+        return record if expected.filter(record) else None
+
+    lines = []
+    for _ in range(5):  # once a second for a while, and more: one line
+        lines.append(told())
+        now[0] += 5
+    assert lines[0] is not None and lines[1:] == [None] * 4
+    assert (lines[0].levelname, lines[0].exc_info) == ("WARNING", None)
+    assert "Redis is unreachable" in lines[0].getMessage() and "more" not in lines[0].getMessage()
+
+    now[0] += 60
+    again = told()
+    assert again is not None and again.getMessage().endswith("; 4 more in the last minute")
+    assert told() is None

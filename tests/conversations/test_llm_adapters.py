@@ -375,18 +375,16 @@ async def test_ping_lists_models_for_a_good_key_and_maps_a_bad_one(fake_provider
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_completion_fetch_collects_a_whole_answer(fake_provider, provider):
-    from conversations.llm import completion_fetch
-
+async def test_a_whole_answer_is_its_text_then_usage_then_finish(fake_provider, provider):
     fake_provider.script("sk-title", Script(text="Foxes and dogs", input_tokens=9))
 
-    completion = await completion_fetch(
-        provider=provider, request=chat_request(provider), key=lease(fake_provider, provider, "sk-title")
-    )
+    events, error = await collect(provider, lease(fake_provider, provider, "sk-title"))
 
-    assert completion.text == "Foxes and dogs"
-    assert completion.finish_reason == "stop"
-    assert completion.usage.input_tokens == 9 and completion.usage.output_tokens == 3
+    assert error is None
+    assert text_of(events) == "Foxes and dogs"
+    usage = [e for e in events if isinstance(e, Usage)][-1]  # Anthropic's early count comes first
+    assert (usage.input_tokens, usage.output_tokens, usage.final) == (9, 3, True)
+    assert events[-1] == Finish("stop")
 
 
 # --- The streamed body, read by the adapters themselves ------------------------------------------

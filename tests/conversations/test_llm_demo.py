@@ -93,13 +93,13 @@ def test_warm_up_loads_the_sdks_and_the_offline_encoding():
     assert count_tokens(text="hello", model_id="demo:echo") == (1, False)
 
 
-async def test_completion_fetch_works_with_the_demo_too():
-    from conversations.llm import completion_fetch
+async def test_the_demo_answers_a_short_request_whole_with_its_usage():
+    events = await run(demo_request("title me"))
 
-    completion = await completion_fetch(provider="demo", request=demo_request("title me"), key=None)
-
-    assert completion.text == "title me"
-    assert completion.usage.output_tokens == 2
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "title me"
+    (usage,) = [e for e in events if isinstance(e, Usage)]
+    assert usage.output_tokens == 2
+    assert events[-1] == Finish("stop")
 
 
 async def test_demo_ping_needs_no_key():

@@ -18,9 +18,10 @@ from billing import budgets, prices
 from billing import keys as keys_mod
 from billing.models import Budget, ProviderKey, UsageRecord
 from conversations import services
+from conversations.context import count_tokens
 from conversations.models import Conversation, Message
 
-from .conftest import OPENAI_MODEL
+from .conftest import ANTHROPIC_MODEL, OPENAI_MODEL
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,8 +59,6 @@ def test_a_title_call_cut_off_after_text_is_billed_like_a_cut_turn_and_not_retri
 def test_a_title_from_a_reasoning_model_without_usage_bills_its_thinking(
     priced, add_key, fake_provider, make_user, conversation_for
 ):
-    from conversations.context import count_tokens
-
     user = make_user("thinkingtitle")
     budgets.budget_set(user=user, period="month", limit="5")
     thinking = "A short title about a spring trip to Busan would fit best here"
@@ -98,6 +97,47 @@ def test_a_title_call_refused_for_a_secret_rotated_meanwhile_leaves_the_new_secr
     assert ProviderKey.objects.get(id=key.id).health == ProviderKey.Health.HEALTHY
     lease = keys_mod.key_choose(provider="openai")
     assert lease is not None and lease.id == key.id and lease.secret == "sk-title-new"
+
+
+def test_a_title_from_a_cache_reading_anthropic_model_costs_the_cached_price(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    prices.price_set(model_id=ANTHROPIC_MODEL, input_per_million="3", output_per_million="15", cached_input_per_million="0.3")
+    price = prices.price_for(model_id=ANTHROPIC_MODEL)
+    user = make_user("cachedtitle")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("anthropic", "sk-ant-title-cache", text="Busan in spring", input_tokens=100, output_tokens=4, cached_tokens=900)
+    conversation = conversation_for(user, model=ANTHROPIC_MODEL, title="")
+    Message.objects.create(conversation=conversation, role="user", content="Plan a trip to Busan in the spring")
+
+    services.conversation_title_generate(conversation_id=conversation.id)
+
+    row = UsageRecord.objects.get()
+    expected = prices.cost_of(price=price, input_tokens=1000, output_tokens=4, cached_tokens=900)
+    assert (row.input_tokens, row.cached_tokens, row.cost, row.estimated) == (1000, 900, expected, False)
+    assert Budget.objects.get(user=user).spent == expected
+
+
+def test_a_title_call_cut_off_on_anthropic_is_billed_the_input_anthropic_counted(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    # As a cut turn is: Anthropic counted the input in message_start, before the text; that
+    # count is what it bills, not our estimate of it. The output, never reported, is counted.
+    user = make_user("cutanthropic")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("anthropic", "sk-ant-title-cut", mode="stream_error", cut_after=3, text="Trip to Busan in spring", input_tokens=1234)
+    conversation = conversation_for(user, model=ANTHROPIC_MODEL, title="")
+    Message.objects.create(conversation=conversation, role="user", content="Plan a trip to Busan in the spring")
+
+    services.conversation_title_generate(conversation_id=conversation.id)
+
+    row = UsageRecord.objects.get()
+    output_tokens = count_tokens(text="Trip to Busan", model_id=ANTHROPIC_MODEL)[0]
+    assert (row.outcome, row.estimated, row.input_tokens, row.output_tokens) == ("error", True, 1234, output_tokens)
+    budget = Budget.objects.get(user=user)
+    assert (budget.spent, budget.reserved) == (row.cost, Decimal("0"))
+    conversation.refresh_from_db()
+    assert conversation.title == "Plan a trip to Busan in"
 
 
 def _exchanges(conversation, pairs: list[tuple[str, str]]) -> Message:
@@ -182,24 +222,200 @@ def test_a_title_call_waits_the_keys_backoff_before_the_next_key(priced, add_key
     assert conversation.title == "Busan in spring"
 
 
+@pytest.mark.parametrize(
+    "script, step",
+    [({"text": "Busan in spring"}, "key_report_success"), ({"mode": "error", "status": 503}, "key_report_failure")],
+)
 def test_a_title_call_that_fails_for_another_reason_releases_its_hold_at_once(
-    priced, add_key, fake_provider, make_user, conversation_for, monkeypatch
+    script, step, priced, add_key, fake_provider, make_user, conversation_for, monkeypatch
 ):
     # Not a provider's answer (those are handled and billed) but a fault of our own after the
     # call, here the key's bookkeeping: the worst-case hold must not keep the budget from the
     # person's next turns until it expires, minutes later.
     user = make_user("faultytitle")
     budgets.budget_set(user=user, period="month", limit="5")
-    add_key("openai", "sk-title-fault", text="Busan in spring")
+    add_key("openai", "sk-title-fault", **script)
     conversation = _untitled_with_a_question(conversation_for, user)
 
     def broken(**_kwargs):
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(keys_mod, "key_report_success", broken)
+    monkeypatch.setattr(keys_mod, step, broken)
     with pytest.raises(RuntimeError):
         services.conversation_title_generate(conversation_id=conversation.id)
 
     assert len(fake_provider.requests_for("sk-title-fault")) == 1
     budget = Budget.objects.get(user=user)
     assert budget.reserved == Decimal("0")
+
+
+def _rows() -> list[tuple]:
+    return list(UsageRecord.objects.order_by("attempt").values_list("attempt", "key_id", "outcome", "error_kind", "cost"))
+
+
+def test_a_title_call_fails_over_to_the_next_key_as_a_turn_does(priced, add_key, fake_provider, make_user, conversation_for):
+    user = make_user("failovertitle")
+    budgets.budget_set(user=user, period="month", limit="5")
+    busy = add_key("openai", "sk-title-503", priority=200, mode="error", status=503)
+    spare = add_key("openai", "sk-title-ok", priority=100, text="Busan in spring")
+    conversation = _untitled_with_a_question(conversation_for, user)
+
+    services.conversation_title_generate(conversation_id=conversation.id)
+
+    conversation.refresh_from_db()
+    assert conversation.title == "Busan in spring"
+    # One ledger row per provider call: the 503 costs nothing, the answer is what is charged.
+    rows = _rows()
+    assert [r[:4] for r in rows] == [(1, busy.id, "error", "unavailable"), (2, spare.id, "ok", "")]
+    assert rows[0][4] == 0 and rows[1][4] > 0
+    budget = Budget.objects.get(user=user)
+    assert (budget.spent, budget.reserved) == (rows[1][4], Decimal("0"))
+    # Both reported to the key state machine: the failure counted, the success recorded.
+    assert ProviderKey.objects.get(id=busy.id).consecutive_failures == 1
+    assert ProviderKey.objects.get(id=spare.id).last_used_at is not None
+
+
+def test_a_title_call_gives_up_after_three_keys_and_charges_nothing(priced, add_key, fake_provider, make_user, conversation_for):
+    user = make_user("threekeys")
+    budgets.budget_set(user=user, period="month", limit="5")
+    for n in range(4):
+        add_key("openai", f"sk-title-down-{n}", priority=200 - n, mode="error", status=503)
+    conversation = _untitled_with_a_question(conversation_for, user)
+
+    services.conversation_title_generate(conversation_id=conversation.id)
+
+    asked = [len(fake_provider.requests_for(f"sk-title-down-{n}")) for n in range(4)]
+    assert asked == [1, 1, 1, 0]
+    assert [(r[0], r[2], r[4]) for r in _rows()] == [(n, "error", Decimal("0")) for n in (1, 2, 3)]
+    budget = Budget.objects.get(user=user)
+    assert (budget.spent, budget.reserved) == (Decimal("0"), Decimal("0"))
+    conversation.refresh_from_db()
+    assert conversation.title == "Plan a trip to Busan in"
+
+
+def test_a_title_request_the_provider_refuses_is_not_sent_to_another_key(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    user = make_user("refusedtitle")
+    budgets.budget_set(user=user, period="month", limit="5")
+    refusing = add_key("openai", "sk-title-400", priority=200, mode="error", status=400)
+    add_key("openai", "sk-title-unused", priority=100, text="Never asked")
+    conversation = _untitled_with_a_question(conversation_for, user)
+
+    services.conversation_title_generate(conversation_id=conversation.id)
+
+    assert fake_provider.requests_for("sk-title-unused") == []
+    assert [r[:4] for r in _rows()] == [(1, refusing.id, "error", "bad_request")]
+    assert Budget.objects.get(user=user).reserved == Decimal("0")
+    conversation.refresh_from_db()
+    assert conversation.title == "Plan a trip to Busan in"
+
+
+def test_a_title_call_with_no_usable_key_makes_no_call_and_releases_its_hold(priced, make_user, conversation_for):
+    user = make_user("nokeytitle")
+    budgets.budget_set(user=user, period="month", limit="5")
+    conversation = _untitled_with_a_question(conversation_for, user)
+
+    services.conversation_title_generate(conversation_id=conversation.id)
+
+    assert not UsageRecord.objects.exists()
+    budget = Budget.objects.get(user=user)
+    assert (budget.spent, budget.reserved) == (Decimal("0"), Decimal("0"))
+    conversation.refresh_from_db()
+    assert conversation.title == "Plan a trip to Busan in"
+
+
+# Turns of every shape the pieces are cut from: prose ending in a space, punctuation, digits,
+# Korean, a line break inside a turn, and one turn larger than a whole request.
+_SUMMARY_PAIRS = [
+    ("Where should Mina stay in Busan? " + "lorem ipsum dolor sit amet " * 40, "Near Haeundae, 3 nights."),
+    ("부산에서 무엇을 먹을까요? 돼지국밥과 밀면을 추천해 주세요. " * 12, "돼지국밥, 밀면, 씨앗호떡.\n"),
+    ("Budget: 450,000 KRW (about $330); flights excluded.\nTrain or bus?", "KTX: 2h 40m, 59,800 KRW."),
+    ("big " + "consectetur adipiscing elit " * 260 + "tail-marker", "answer big"),
+    ("Thanks!", "You're welcome; enjoy the trip."),
+]
+
+
+def _transcript_shape(request) -> list[str]:
+    """A request's transcript of new turns, as label and length per line."""
+    turns = request.messages[-1]["content"].split("New turns:\n", 1)[1]
+    return [f"{line.split(':', 1)[0]}={len(line)}" for line in turns.split("\n")]
+
+
+@pytest.fixture
+def offline_counts(monkeypatch):
+    """Counted with the bundled encoding, as on a host that cannot download gpt-4o-mini's: the
+    same numbers wherever the tests run."""
+    from conversations import context
+
+    def unreachable(name):
+        raise ConnectionError(f"{name}: no download in this test")
+
+    context._reset_caches()
+    monkeypatch.setattr(context, "_load_web_encoding", unreachable)
+    yield
+    context._reset_caches()
+
+
+@pytest.mark.parametrize("reports_usage", [True, False])
+def test_the_rolling_summary_in_pieces_is_the_same_summary_with_the_same_token_numbers(
+    reports_usage, offline_counts, priced, add_key, fake_provider, make_user, conversation_for
+):
+    from conversations.context import messages_tokens
+    from conversations.llm.base import ChatMessage
+
+    prices.price_set(model_id=OPENAI_MODEL, input_per_million="2", output_per_million="8", context_window=1000, max_output_tokens=100)
+    user = make_user(f"pinned{int(reports_usage)}")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("openai", "sk-sum-pin", text="Mina: Busan, 3 nights, KTX.", reports_usage=reports_usage)
+    conversation = conversation_for(user)
+    last = _exchanges(conversation, _SUMMARY_PAIRS)
+
+    assert services.conversation_summary_update(conversation_id=conversation.id, upto_message_id=last.id) is True
+
+    conversation.refresh_from_db()
+    assert conversation.summary == "Mina: Busan, 3 nights, KTX." and conversation.summary_upto_id == last.id
+    requests = _summary_requests(fake_provider, "sk-sum-pin")
+    # The pieces as they are cut today (the big turn in three, the last two beside other turns).
+    assert [_transcript_shape(r) for r in requests] == [
+        ["user=1119", "assistant=35", "user=414", "assistant=26", "=0"],
+        ["user=57", "Train or bus?=13", "assistant=35", "user=3650"],
+        ["user (continued)=3658", "user (continued)=29", "assistant=21", "user=13", "assistant=42"],
+    ]
+    rows = list(UsageRecord.objects.order_by("created_at", "id").values_list("input_tokens", "output_tokens", "estimated", "outcome"))
+    if reports_usage:  # the provider's own counts
+        assert rows == [(335, 5, False, "ok"), (448, 5, False, "ok"), (445, 5, False, "ok")]
+    else:  # ours, of each request exactly as it was sent
+        assert rows == [(717, 13, True, "ok"), (494, 13, True, "ok"), (480, 13, True, "ok")]
+        for request, (input_tokens, *_rest) in zip(requests, rows, strict=True):
+            sent = [ChatMessage(m["role"], m["content"]) for m in request.messages]
+            assert input_tokens == messages_tokens(messages=sent, model_id=OPENAI_MODEL)[0]
+    budget = Budget.objects.get(user=user)
+    assert budget.reserved == Decimal("0") and budget.spent == sum(UsageRecord.objects.values_list("cost", flat=True))
+
+
+def test_the_rolling_summary_counts_each_turn_once(offline_counts, priced, add_key, fake_provider, make_user, conversation_for, monkeypatch):
+    # Counting is the summary's main cost besides the calls: a turn counted again for its
+    # transcript line and again inside the request took three passes over every word.
+    from conversations import context
+
+    prices.price_set(model_id=OPENAI_MODEL, input_per_million="2", output_per_million="8", context_window=1000, max_output_tokens=100)
+    user = make_user("countonce")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("openai", "sk-sum-once", text="Mina: Busan, 3 nights, KTX.")
+    conversation = conversation_for(user)
+    pairs = [pair for pair in _SUMMARY_PAIRS if not pair[0].startswith("big ")]  # each fits a request whole
+    last = _exchanges(conversation, pairs)
+    counted: list[str] = []
+    real_count = context.count_tokens
+
+    def count_tokens(*, text, model_id):
+        counted.append(text)
+        return real_count(text=text, model_id=model_id)
+
+    monkeypatch.setattr(context, "count_tokens", count_tokens)
+    assert services.conversation_summary_update(conversation_id=conversation.id, upto_message_id=last.id) is True
+
+    assert len(_summary_requests(fake_provider, "sk-sum-once")) == 2
+    for question, answer in pairs:
+        assert [sum(turn in text for text in counted) for turn in (question, answer)] == [1, 1]

@@ -302,3 +302,29 @@ async def test_failover_needs_no_second_socket_message(priced, add_key, fake_pro
     conversation = await db(conversation_for)(user)
     frames = await _turn(user, conversation)
     assert [f["type"] for f in frames if f["type"] != "delta"] == ["ack", "start", "done"]
+
+
+async def test_a_fault_of_ours_during_failover_ends_the_reply_as_an_error_and_releases_its_hold(
+    priced, add_key, fake_provider, make_user, conversation_for, monkeypatch
+):
+    """Not a provider's answer but our own bookkeeping failing between two calls: the reply ends
+    (never left streaming), and its worst-case hold goes back to the budget at once."""
+    user = await db(make_user)("ourfault")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("openai", "sk-fault-a", priority=200, mode="error", status=503)
+    await db(add_key)("openai", "sk-fault-b", priority=100, text="Never asked.")
+    conversation = await db(conversation_for)(user)
+
+    def broken(**_kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(keys, "key_report_failure", broken)
+    frames = await _turn(user, conversation)
+
+    (error,) = of_type(frames, "error")
+    assert error["code"] == "provider_error" and "database" not in error["message"]
+    assert frames[-1]["finish_reason"] == "error"
+    assert fake_provider.requests_for("sk-fault-b") == []
+    reply = await db(Message.objects.get)(role="assistant")
+    assert reply.status == Message.Status.ERROR
+    assert await db(spent_and_reserved)(user) == (Decimal("0"), Decimal("0"))
