@@ -16,27 +16,45 @@ from django.utils import timezone
 from accounts.models import AuditEvent
 from billing.models import ModelPrice
 from billing.prices import price_for, price_set
+from tests.billing.test_admin import PRICE_FORM as ADMIN_PRICE_FORM
 
 D = Decimal
 ADD = "/admin/billing/modelprice/add/"
 TAKEN = "A price for this model already starts at that moment: choose another moment, or change that price."
 
-PRICE_FORM = {
-    "provider": "openai",
-    "model": "gpt-4o",
-    "label": "GPT-4o",
-    "input_per_million": "2.00",
-    "output_per_million": "9.00",
-    "cached_input_per_million": "",
-    "context_window": "128000",
-    "max_output_tokens": "16384",
-    "enabled": "on",
-}
+# test_admin's form, its moment given by each test.
+PRICE_FORM = {k: v for k, v in ADMIN_PRICE_FORM.items() if not k.startswith("effective_from")}
 
 
 def _moment_fields(moment) -> dict:
     local = timezone.localtime(moment)
     return {"effective_from_0": local.strftime("%Y-%m-%d"), "effective_from_1": local.strftime("%H:%M:%S")}
+
+
+def _both_at_once(post, *, signal, receiver) -> list:
+    """post(0) and post(1) in two threads, with `receiver` on `signal` for ModelPrice meanwhile:
+    each post's response (none may raise)."""
+    results: list = [None, None]
+
+    def save(i: int) -> None:
+        try:
+            results[i] = post(i)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            results[i] = exc
+        finally:
+            connection.close()
+
+    signal.connect(receiver, sender=ModelPrice, weak=False)
+    try:
+        threads = [threading.Thread(target=save, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        signal.disconnect(receiver, sender=ModelPrice)
+    assert all(not isinstance(r, BaseException) for r in results), results
+    return results
 
 
 def _future(days: int = 3) -> dt.datetime:
@@ -150,27 +168,11 @@ def test_two_operators_scheduling_the_same_price_at_once_the_second_is_told_it_e
         if instance.effective_from == moment:
             both_checked.wait()
 
-    results: list = [None, None]
-
-    def save(i: int) -> None:
-        try:
-            results[i] = clients[i].post(ADD, {**PRICE_FORM, "input_per_million": str(3 + i), **_moment_fields(moment)})
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            results[i] = exc
-        finally:
-            connection.close()
-
-    pre_save.connect(wait_for_the_other, sender=ModelPrice, weak=False)
-    try:
-        threads = [threading.Thread(target=save, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        pre_save.disconnect(wait_for_the_other, sender=ModelPrice)
-
-    assert all(not isinstance(r, BaseException) for r in results), results
+    results = _both_at_once(
+        lambda i: clients[i].post(ADD, {**PRICE_FORM, "input_per_million": str(3 + i), **_moment_fields(moment)}),
+        signal=pre_save,
+        receiver=wait_for_the_other,
+    )
     codes = sorted(r.status_code for r in results)
     assert codes == [200, 302], codes
     [winner] = [i for i, r in enumerate(results) if r.status_code == 302]
@@ -239,31 +241,15 @@ def test_two_operators_moving_the_same_scheduled_price_at_once_the_second_adds_n
             waited.done = True
             both_loaded.wait()
 
-    results: list = [None, None]
-
-    def save(i: int) -> None:
-        try:
-            results[i] = clients[i].post(
-                f"/admin/billing/modelprice/{scheduled.pk}/change/",
-                {**PRICE_FORM, "input_per_million": str(3 + i), **_moment_fields(targets[i])},
-                follow=True,
-            )
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            results[i] = exc
-        finally:
-            connection.close()
-
-    post_init.connect(wait_for_the_other, sender=ModelPrice, weak=False)
-    try:
-        threads = [threading.Thread(target=save, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        post_init.disconnect(wait_for_the_other, sender=ModelPrice)
-
-    assert all(not isinstance(r, BaseException) for r in results), results
+    results = _both_at_once(
+        lambda i: clients[i].post(
+            f"/admin/billing/modelprice/{scheduled.pk}/change/",
+            {**PRICE_FORM, "input_per_million": str(3 + i), **_moment_fields(targets[i])},
+            follow=True,
+        ),
+        signal=post_init,
+        receiver=wait_for_the_other,
+    )
     landed = [r.redirect_chain[-1][0] for r in results]
     assert sorted(landed) == ["/admin/", "/admin/billing/modelprice/"], landed
     winner = landed.index("/admin/billing/modelprice/")
