@@ -288,7 +288,8 @@ def _complete(
             cost = prices.cost_of(
                 price=price, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cached_tokens=usage.cached_tokens
             )
-            with transaction.atomic():
+        with transaction.atomic():
+            if call is not None:
                 # The ledger row before the settlement: the lock order billing.ledger documents.
                 ledger.usage_record(
                     **ledger_owner(), attempt=ended.attempt, provider=provider, model=model_name, key_id=ended.key_id,
@@ -296,8 +297,6 @@ def _complete(
                     cost=cost, estimated=estimated, ttft_ms=None, latency_ms=call.latency_ms,
                     outcome="error" if call.error else "ok", error_kind=str(call.error.kind) if call.error else "",
                 )
-                budgets.budget_settle(reservation_id=reservation_id, actual=cost)
-        else:
             budgets.budget_settle(reservation_id=reservation_id, actual=cost)
         if call is None or call.error is not None:
             return None  # a partial answer is not a title or a summary
