@@ -173,7 +173,11 @@ if _db_scheme not in {"sqlite", "postgres", "postgresql", "pgsql", "psql"}:
     raise _config_error("DATABASE_URL", "must be sqlite:///PATH or postgres://USER@HOST:PORT/NAME")
 # A password in the URL must be percent-encoded (@ / : # ? % and space mean something there):
 # written as it is, it cuts the URL elsewhere, and the site would log in to another host or as another user.
-_URL_ENCODING_HINT = "(percent-encode @ / : # ? % in its password, or give the password in DATABASE_PASSWORD)"
+def _encoding_hint(password_setting: str) -> str:
+    return f"(percent-encode @ / : # ? % in its password, or give the password in {password_setting})"
+
+
+_URL_ENCODING_HINT = _encoding_hint("DATABASE_PASSWORD")
 try:
     _db = environ.Env.db_url_config(_db_url)
 except Exception as exc:  # noqa: BLE001 - any parse failure is a configuration error
@@ -227,7 +231,7 @@ IS_POSTGRES = _db["ENGINE"].endswith("postgresql")
 # --- Redis: channel layer, cache, Celery ----------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 # As for DATABASE_URL: a password in the URL must be percent-encoded, or given in REDIS_PASSWORD.
-_REDIS_ENCODING_HINT = "(percent-encode @ / : # ? % in its password, or give the password in REDIS_PASSWORD)"
+_REDIS_ENCODING_HINT = _encoding_hint("REDIS_PASSWORD")
 _redis_password = env.str("REDIS_PASSWORD", default="")
 if _redis_password and not REDIS_URL:
     raise _config_error("REDIS_PASSWORD", "is set, but REDIS_URL is not: set REDIS_URL to redis://HOST:PORT/DB")
