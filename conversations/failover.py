@@ -269,11 +269,16 @@ async def calls_with_failover(
         exc = call.error
         decision = None
         if key is not None:
-            # The lease's version: a refusal of a secret rotated while this call ran must not
-            # mark the new secret invalid.
-            decision = await db(keys.key_report_failure)(
-                key_id=key.id, kind=str(exc.kind), retry_after=exc.retry_after, attempt=attempt, version=key.version
-            )
+            try:
+                # The lease's version: a refusal of a secret rotated while this call ran must not
+                # mark the new secret invalid.
+                decision = await db(keys.key_report_failure)(
+                    key_id=key.id, kind=str(exc.kind), retry_after=exc.retry_after, attempt=attempt, version=key.version
+                )
+            except Exception:  # noqa: BLE001 - the key's state is bookkeeping; the call's bill is not
+                # Not raised: a call cut after output must still reach the caller to be billed.
+                # Without the key's decision no other key is tried.
+                logger.exception("key %s: its failure could not be recorded", key.id)
         if call.got_output or exc.after_output:
             # Cut mid-answer: billed for what arrived, never retried.
             return Ended(attempt=attempt, key_id=key_id, call=call)

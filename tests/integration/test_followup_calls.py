@@ -226,25 +226,32 @@ def test_a_title_call_waits_the_keys_backoff_before_the_next_key(priced, add_key
     "script, step",
     [({"text": "Busan in spring"}, "key_report_success"), ({"mode": "error", "status": 503}, "key_report_failure")],
 )
-def test_a_title_call_that_fails_for_another_reason_releases_its_hold_at_once(
+def test_a_title_call_whose_key_bookkeeping_fails_releases_its_hold_at_once(
     script, step, priced, add_key, fake_provider, make_user, conversation_for, monkeypatch
 ):
     # Not a provider's answer (those are handled and billed) but a fault of our own after the
     # call, here the key's bookkeeping: the worst-case hold must not keep the budget from the
-    # person's next turns until it expires, minutes later.
+    # person's next turns until it expires, minutes later. A success that cannot be recorded
+    # fails the task (Celery retries it); a failure that cannot be recorded ends it as the
+    # provider's failure, with no other key tried.
     user = make_user("faultytitle")
     budgets.budget_set(user=user, period="month", limit="5")
     add_key("openai", "sk-title-fault", **script)
+    add_key("openai", "sk-title-spare", priority=1, text="Never asked")
     conversation = _untitled_with_a_question(conversation_for, user)
 
     def broken(**_kwargs):
         raise RuntimeError("the database went away")
 
     monkeypatch.setattr(keys_mod, step, broken)
-    with pytest.raises(RuntimeError):
+    if step == "key_report_success":
+        with pytest.raises(RuntimeError):
+            services.conversation_title_generate(conversation_id=conversation.id)
+    else:
         services.conversation_title_generate(conversation_id=conversation.id)
 
     assert len(fake_provider.requests_for("sk-title-fault")) == 1
+    assert fake_provider.requests_for("sk-title-spare") == []
     budget = Budget.objects.get(user=user)
     assert budget.reserved == Decimal("0")
 

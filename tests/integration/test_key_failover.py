@@ -308,7 +308,8 @@ async def test_a_fault_of_ours_during_failover_ends_the_reply_as_an_error_and_re
     priced, add_key, fake_provider, make_user, conversation_for, monkeypatch
 ):
     """Not a provider's answer but our own bookkeeping failing between two calls: the reply ends
-    (never left streaming), and its worst-case hold goes back to the budget at once."""
+    (never left streaming) with the provider's failure, no other key is tried without the key's
+    decision, and the worst-case hold goes back to the budget at once."""
     user = await db(make_user)("ourfault")
     await db(budgets.budget_set)(user=user, period="month", limit="5")
     await db(add_key)("openai", "sk-fault-a", priority=200, mode="error", status=503)
@@ -322,9 +323,40 @@ async def test_a_fault_of_ours_during_failover_ends_the_reply_as_an_error_and_re
     frames = await _turn(user, conversation)
 
     (error,) = of_type(frames, "error")
-    assert error["code"] == "provider_error" and "database" not in error["message"]
+    assert error["code"] == "provider_unavailable" and "database" not in error["message"]
     assert frames[-1]["finish_reason"] == "error"
     assert fake_provider.requests_for("sk-fault-b") == []
     reply = await db(Message.objects.get)(role="assistant")
     assert reply.status == Message.Status.ERROR
     assert await db(spent_and_reserved)(user) == (Decimal("0"), Decimal("0"))
+
+
+async def test_a_fault_of_ours_after_a_call_wrote_text_still_bills_that_call(
+    priced, add_key, fake_provider, make_user, conversation_for, monkeypatch
+):
+    """The provider answered, then cut the stream; reporting that to the key's state fails (the
+    database blinked). The provider has billed the input and the words it sent: the ledger must
+    say so, and the budget be charged, not the call forgotten with its hold released."""
+    user = await db(make_user)("faultaftertext")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("openai", "sk-fault-text", priority=200, mode="cut", cut_after=3, text="one two three four five")
+    await db(add_key)("openai", "sk-fault-text-other", priority=100, text="Never asked.")
+    conversation = await db(conversation_for)(user)
+
+    def broken(**_kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(keys, "key_report_failure", broken)
+    frames = await _turn(user, conversation)
+
+    (error,) = of_type(frames, "error")
+    assert error["code"] == "provider_error" and "database" not in error["message"]
+    assert "".join(d["text"] for d in of_type(frames, "delta")) == "one two three"
+    assert fake_provider.requests_for("sk-fault-text-other") == []
+    reply = await db(Message.objects.get)(role="assistant")
+    assert (reply.content, reply.status) == ("one two three", Message.Status.ERROR)
+    spent, reserved = await db(spent_and_reserved)(user)
+    assert spent > 0 and reserved == 0
+    record = await db(UsageRecord.objects.get)(message_id=reply.id)
+    assert (record.cost, record.estimated, record.outcome) == (spent, True, "error")
+    assert frames[-1]["usage"]["cost"] == turns.money_str(spent)
