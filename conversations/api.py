@@ -73,6 +73,8 @@ def message_data(m: Message) -> dict:
         "finish_reason": m.finish_reason,
         "error_code": m.error_code,
         "reply_to": str(m.reply_to_id) if m.reply_to_id else None,
+        # The id the sending tab gave a user's message: a tab whose ack was lost knows it is saved.
+        "client_id": str(m.client_id) if m.client_id else None,
     }
 
 

@@ -516,7 +516,11 @@
     // yet acknowledged is not saved. Both stay as they are, or a reconnect would blank the reply
     // until "done" and hide the message just sent.
     const live = state.running ? findMessage(state.running) : null;
-    const unacked = state.messages.filter(isUnsent);
+    // A message whose ack was lost (the socket stayed open) is saved all the same: the database
+    // names its client_id, and it is shown once, as saved, and never resent.
+    const saved = new Set(data.messages.map((m) => m.client_id).filter(Boolean));
+    for (const clientId of saved) state.unacked.delete(clientId);
+    const unacked = state.messages.filter((m) => isUnsent(m) && !saved.has(m.client_id));
     state.messages = data.messages.map((m) => (live && m.id === live.id && isRunning(m) ? live : m)).concat(unacked);
     const running = state.messages.find(isRunning);
     state.running = running ? running.id : null;

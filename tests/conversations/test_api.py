@@ -114,7 +114,8 @@ def test_list_is_newest_first_owner_only_and_paginated(api, user, other_user, ch
 
 def test_detail_has_messages_with_usage_and_sanitized_html(api, user, chat_backends):
     conversation = Conversation.objects.create(owner=user, model="demo:echo")
-    question = Message.objects.create(conversation=conversation, role="user", content="<b>hi</b>")
+    client_id = uuid.uuid4()
+    question = Message.objects.create(conversation=conversation, role="user", content="<b>hi</b>", client_id=client_id)
     Message.objects.create(
         conversation=conversation, role="assistant", reply_to=question, content="**bold** <script>x</script>",
         input_tokens=3, output_tokens=2, cost=Decimal("0.0000012"),
@@ -123,6 +124,8 @@ def test_detail_has_messages_with_usage_and_sanitized_html(api, user, chat_backe
     user_msg, reply = data["messages"]
     assert set(user_msg) >= {"id", "role", "content", "status", "created_at", "input_tokens", "output_tokens", "cost"}
     assert user_msg["content"] == "<b>hi</b>"
+    # The sending tab's id for its message: a tab whose ack was lost finds its message saved.
+    assert (user_msg["client_id"], reply["client_id"]) == (str(client_id), None)
     assert reply["cost"] == "0.0000012000" and reply["input_tokens"] == 3
     assert "<strong>bold</strong>" in reply["html"] and "<script>" not in reply["html"]
 

@@ -492,3 +492,41 @@ def test_the_given_back_text_once_edited_is_a_new_message(browser, live_server_u
         text, text + ", and more"
     ]
     expect(page.locator(".message-user")).to_have_count(2)
+
+
+def test_a_message_whose_ack_is_lost_on_an_open_socket_shows_once_after_its_reply(browser, live_server_url, make_user):
+    """The server saved the message and answered it, but its ack never reached the tab (the
+    socket stayed open). When the reply's end reloads the conversation, the message is there
+    once, as saved."""
+    from conversations.models import Message
+
+    user = make_user("ack-lost-open")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    dropped = []
+
+    def drop_the_ack(ws):
+        server = ws.connect_to_server()
+
+        def relay(message):
+            if json.loads(message)["type"] == "ack" and not dropped:
+                dropped.append(message)
+                return
+            ws.send(message)
+
+        server.on_message(relay)
+
+    page.route_web_socket("**/ws/chat/**", drop_the_ack)
+    page.goto(live_server_url + "/")
+    send(page, "asked once")
+    finished_replies(page).first.wait_for(timeout=20_000)
+    assert dropped  # the ack was sent by the server, and lost
+    expect(page.locator(".message-user[data-id^=pending-]")).to_have_count(0)
+    expect(page.locator(".message-user")).to_have_count(1)
+    saved = Message.objects.get(role="user")
+    expect(page.locator(".message-user")).to_have_attribute("data-id", str(saved.id))
+    send(page, "asked next")
+    finished_replies(page).nth(1).wait_for(timeout=20_000)
+    assert list(Message.objects.filter(role="user").order_by("created_at").values_list("content", flat=True)) == [
+        "asked once", "asked next"
+    ]
+    expect(page.locator(".message-user")).to_have_count(2)
