@@ -46,7 +46,7 @@ from . import context as context_mod
 from . import failover, llm
 from .llm.base import ChatRequest, Usage
 from .models import Conversation, Message
-from .selectors import FILTERED, REFUSED, RUNNING, conversation_timeline, messages_seen_by_model
+from .selectors import ENDED_BY_PROVIDER, FILTERED, REFUSED, RUNNING, conversation_timeline, messages_seen_by_model
 
 logger = logging.getLogger(__name__)
 
@@ -1050,9 +1050,10 @@ def _reply_finish(*, plan: _ReplyPlan, outcome: _Outcome) -> dict | None:
                 error_kind=outcome.error_kind,
             )
         budgets.budget_settle(reservation_id=plan.reservation_id, actual=cost)
-    if outcome.key_id is not None and outcome.finish_reason != "error":
-        # The key answered (a reply or a stop); its failures were reported as they happened.
-        # In this same trip to the database thread, after the reply is safe.
+    if outcome.key_id is not None and (outcome.finish_reason != "error" or outcome.error_kind in ENDED_BY_PROVIDER):
+        # The key answered (a reply, a stop, or its model or filter ending the reply); its
+        # failures were reported as they happened. In this same trip to the database thread,
+        # after the reply is safe.
         keys.key_report_success(key_id=outcome.key_id)
     return {"input_tokens": input_tokens, "output_tokens": output_tokens, "cost": money_str(cost)}
 

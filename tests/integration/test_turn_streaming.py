@@ -625,6 +625,8 @@ async def test_an_openai_content_filter_stop_tells_the_user_keeps_the_text_and_b
     key = await db(add_key)(
         "openai", "sk-openai-filters", mode="refusal", cut_after=2, text="Here is how you would", input_tokens=40, output_tokens=2
     )
+    # Two timeouts earlier: one more failure short of the circuit breaker's threshold.
+    await db(ProviderKey.objects.filter(id=key.id).update)(consecutive_failures=2)
     conversation = await db(conversation_for)(user, model=OPENAI_MODEL)
 
     frames = await turn_over_socket(user, conversation.id, "the question it filters")
@@ -643,7 +645,8 @@ async def test_an_openai_content_filter_stop_tells_the_user_keeps_the_text_and_b
     assert done["usage"] == {"input_tokens": 40, "output_tokens": 2, "cost": money_str(expected)}
     assert await db(spent_and_reserved)(user) == (expected, Decimal("0"))
     stored = await db(ProviderKey.objects.get)(id=key.id)
-    assert (stored.health, stored.consecutive_failures) == (ProviderKey.Health.HEALTHY, 0)  # the key did its job
+    # The key did its job (the provider answered, its filter ended the reply): its failures reset.
+    assert (stored.health, stored.consecutive_failures) == (ProviderKey.Health.HEALTHY, 0)
 
     # The filtered turn is not shown to the model again: sent back, the text the filter cut (and
     # the question that drew it) would trip the filter on every later request of the conversation.
