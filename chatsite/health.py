@@ -26,6 +26,8 @@ def healthz(request):
 # How long the probe waits for a PostgreSQL connection: requests keep the pool's 10 s through a
 # load spike, but docker-compose's healthcheck gives up at 6 s, so "database down" must come sooner.
 READY_DATABASE_TIMEOUT = 2.0
+# Redis's connect and answer timeouts: the channel layer's own are longer.
+READY_REDIS_TIMEOUT = 1.0
 # The whole probe's answer, whatever each check's own timeouts: the checks run side by side, and
 # one still running then counts as failed. They ran one after another, so with both hosts dropping
 # packets the answer took the sum (database 2 s, then Redis 1 s and more).
@@ -53,7 +55,9 @@ def _redis_ok() -> bool:
     import redis
 
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+        client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=READY_REDIS_TIMEOUT, socket_timeout=READY_REDIS_TIMEOUT
+        )
         try:
             return bool(client.ping())
         finally:
