@@ -121,9 +121,22 @@ def _clean(data: dict) -> dict:
     return out
 
 
+def model_default(*, user) -> str:
+    """The model a new conversation of `user` starts on: their own default while it has a price,
+    else DEFAULT_MODEL (whose price cannot be disabled). An operator disabling a price would
+    otherwise leave every new conversation of theirs refusing each message."""
+    from billing import prices
+
+    chosen = user.default_model
+    if chosen and prices.price_for(model_id=chosen) is not None:
+        return chosen
+    return settings.DEFAULT_MODEL
+
+
 def conversation_create(*, owner, data: dict | None = None) -> Conversation:
     fields = _clean(data or {})
-    fields.setdefault("model", owner.default_model or settings.DEFAULT_MODEL)
+    if "model" not in fields:
+        fields["model"] = model_default(user=owner)
     conversation = Conversation(owner=owner, **fields)
     try:
         conversation.full_clean()

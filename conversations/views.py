@@ -10,7 +10,7 @@ from django.shortcuts import render, resolve_url
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from . import api, selectors, turns
+from . import api, selectors, services, turns
 from .services import message_too_long_text
 
 
@@ -69,7 +69,7 @@ def chat(request, conversation_id=None):
         "conversations": sidebar["results"],
         "conversationsNext": sidebar["next"],
         "models": api.models_available(),
-        "defaultModel": request.user.default_model or settings.DEFAULT_MODEL,
+        "defaultModel": services.model_default(user=request.user),
         "maxChars": settings.MAX_MESSAGE_CHARS,
         "loginUrl": resolve_url(settings.LOGIN_URL),
         "strings": _strings(),

@@ -73,6 +73,20 @@ def test_create_with_no_body_uses_the_default_model(api, settings, chat_backends
     assert response.status_code == 201 and response.json()["model"] == settings.DEFAULT_MODEL
 
 
+def test_a_new_conversation_starts_on_the_persons_default_model_while_it_has_a_price(api, user, settings, chat_backends):
+    user.default_model = "openai:gpt-test"
+    user.save(update_fields=["default_model"])
+    assert api.post("/api/v1/conversations/", content_type="application/json").json()["model"] == "openai:gpt-test"
+    assert api.get("/").context["config"]["defaultModel"] == "openai:gpt-test"
+    # The operator disables that price: every message on it would be refused, so new
+    # conversations (and the chat page's picker) start on the site's default instead.
+    del chat_backends.price_table["openai:gpt-test"]
+    assert api.post("/api/v1/conversations/", content_type="application/json").json()["model"] == settings.DEFAULT_MODEL
+    assert api.get("/").context["config"]["defaultModel"] == settings.DEFAULT_MODEL
+    user.refresh_from_db()
+    assert user.default_model == "openai:gpt-test"  # their choice is kept, for when it is priced again
+
+
 @pytest.mark.parametrize(
     "body",
     [
