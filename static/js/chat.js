@@ -15,7 +15,7 @@
     regen: $("regenerate-button"), status: $("connection-status"), error: $("chat-error"),
     settingsToggle: $("settings-toggle"), settings: $("settings-panel"), settingsClose: $("settings-close"), systemPrompt: $("system-prompt"),
     temperature: $("temperature"), maxTokens: $("max-tokens"), settingsError: $("settings-error"),
-    sidebarOpen: $("sidebar-open"), sidebarClose: $("sidebar-close"),
+    sidebar: $("sidebar"), sidebarOpen: $("sidebar-open"), sidebarClose: $("sidebar-close"),
     announcer: $("reply-announcer"), downloads: $("chat-downloads"), downloadMd: $("download-md"), downloadJson: $("download-json"),
   };
 
@@ -905,7 +905,7 @@
     state.running = null;
     window.history.pushState({}, "", "/");
     showTitle("");
-    el.chat.classList.remove("sidebar-shown"); // on a phone the list would still cover the chat
+    showSidebar(false); // on a phone the list would still cover the chat
     updateDownloads();
     renderPicker();
     fillSettings();
@@ -929,7 +929,7 @@
     if (push) window.history.pushState({}, "", "/c/" + id + "/");
     state.running = null;
     showTitle(state.conversation.title);
-    el.chat.classList.remove("sidebar-shown");
+    showSidebar(false);
     updateDownloads();
     renderPicker();
     fillSettings();
@@ -944,8 +944,25 @@
     else newConversation();
   });
   el.newBtn.addEventListener("click", newConversation);
-  el.sidebarOpen.addEventListener("click", () => el.chat.classList.add("sidebar-shown"));
-  el.sidebarClose.addEventListener("click", () => el.chat.classList.remove("sidebar-shown"));
+  // On a phone the list slides over the chat (chat.css hides it from the keyboard when closed):
+  // opened, focus goes into it, on its close button; closed (that button, Escape, a
+  // conversation chosen), focus that was in it goes back to the button that opens it, in sight.
+  function showSidebar(shown) {
+    const phone = getComputedStyle(el.sidebarOpen).display !== "none";
+    const inside = el.sidebar.contains(document.activeElement);
+    el.chat.classList.toggle("sidebar-shown", shown);
+    if (!phone) return;
+    if (shown) el.sidebarClose.focus();
+    else if (inside) el.sidebarOpen.focus();
+  }
+
+  el.sidebarOpen.addEventListener("click", () => showSidebar(true));
+  el.sidebarClose.addEventListener("click", () => showSidebar(false));
+  el.sidebar.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || !el.chat.classList.contains("sidebar-shown")) return;
+    event.preventDefault();
+    showSidebar(false);
+  });
 
   renderPicker();
   fillSettings();

@@ -507,3 +507,54 @@ def test_a_reply_that_ended_in_an_error_says_why_in_words_after_a_reload(browser
     meta = page.locator(".message-assistant .message-meta")
     expect(meta).to_contain_text(said)
     assert f": {code}" not in meta.inner_text()  # not the stored code
+
+
+# --- the conversation list and the keyboard --------------------------------------------------------
+def _tab_stops(page, limit=40):
+    """Each focus the Tab key gives from the top of the page, until it comes round again."""
+    page.evaluate("() => { document.activeElement.blur(); window.scrollTo(0, 0); }")
+    stops = []
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        stop = page.evaluate("""() => {
+          const f = document.activeElement, r = f.getBoundingClientRect();
+          const shown = r.right > 0 && r.bottom > 0 && r.left < innerWidth && r.top < innerHeight;
+          return [f.id || f.textContent.trim().slice(0, 30), shown];
+        }""")
+        if stops and stop == stops[0]:
+            break
+        stops.append(stop)
+    return stops
+
+
+def test_the_closed_list_on_a_phone_takes_no_tab_stops_and_opens_to_the_keyboard(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("phone-keys")
+    first = Conversation.objects.create(owner=user, model="demo:echo", title="Alpha")
+    Conversation.objects.create(owner=user, model="demo:echo", title="Beta")
+    page = signed_in_context(browser, live_server_url, user, **PHONE).new_page()
+    page.goto(f"{live_server_url}/c/{first.id}/")
+    expect(page.locator("#connection-status")).to_have_text("Connected")
+    # Seen before: the list slid off the screen still took 10 of the Tab key's stops (New chat,
+    # its filter, each conversation with its Rename and Delete, Log out), the focus out of sight.
+    stops = _tab_stops(page)
+    assert [s for s in stops if not s[1]] == [], stops
+    assert "Alpha" not in [s[0] for s in stops]
+    # Opened from the keyboard, focus goes into the list; Escape closes it, focus back on the button.
+    page.focus("#sidebar-open")
+    page.keyboard.press("Enter")
+    expect(page.locator("#sidebar-close")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.locator("#conversation-filter")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.locator("#conversation-list a", has_text="Beta")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(page.locator("#sidebar-open")).to_be_focused()
+    box = page.locator("#sidebar").bounding_box()
+    assert box["x"] + box["width"] <= 0, box
+    # A conversation chosen from the list closes it; the focus stays in sight, not on the hidden link.
+    page.click("#sidebar-open")
+    page.locator("#conversation-list a", has_text="Beta").press("Enter")
+    expect(page.locator("#chat-title")).to_have_text("Beta")
+    assert page.evaluate("() => document.activeElement !== document.body && !document.activeElement.closest('#sidebar')")
