@@ -87,12 +87,39 @@
   }
 
   // --- sidebar -----------------------------------------------------------------------------
+  // The list is drawn anew at each change (a rename, a reply's new title, a filter): the control
+  // that had the keyboard's focus gets it back, the same one of the same conversation, else the
+  // link of the one now in its place. Without this the focus fell on the page's body.
+  function listFocus() {
+    const focused = document.activeElement;
+    const li = el.list.contains(focused) ? focused.closest("li") : null;
+    return li ? { id: li.dataset.id, part: focused.dataset.part, index: [...el.list.children].indexOf(li) } : null;
+  }
+
+  function listRefocus(kept) {
+    if (!kept) return;
+    const items = [...el.list.children];
+    const same = items.find((li) => li.dataset.id === kept.id);
+    const li = same || items[Math.min(kept.index, items.length - 1)];
+    const candidates = li ? [same && li.querySelector('[data-part="' + kept.part + '"]'), li.querySelector("a, button")] : [];
+    for (const target of [...candidates, el.filter]) {
+      if (!target) continue;
+      target.focus();
+      if (document.activeElement === target) return; // a hidden one (another row's Rename) takes none
+    }
+  }
+
+  let renameError = null; // what a refused rename showed; a rename that works takes it away
+
   function renderList() {
+    const kept = listFocus();
     el.list.replaceChildren();
     for (const c of state.conversations) {
       const li = document.createElement("li");
       li.className = "conversation-item" + (state.conversation && state.conversation.id === c.id ? " active" : "");
+      li.dataset.id = c.id;
       const link = document.createElement("a");
+      link.dataset.part = "open";
       link.href = "/c/" + c.id + "/";
       link.textContent = c.title || S.untitled;
       link.addEventListener("click", (event) => {
@@ -102,6 +129,7 @@
       const rename = document.createElement("button");
       rename.type = "button";
       rename.className = "btn btn-small";
+      rename.dataset.part = "rename";
       rename.textContent = S.rename;
       rename.addEventListener("click", async () => {
         const title = window.prompt(S.renamePrompt, c.title);
@@ -113,14 +141,18 @@
             state.conversation.title = updated.title;
             showTitle(updated.title);
           }
+          if (renameError !== null && el.error.textContent === renameError) showError("");
+          renameError = null;
           renderList();
         } catch (err) {
+          renameError = err.message;
           showError(err.message);
         }
       });
       const remove = document.createElement("button");
       remove.type = "button";
       remove.className = "btn btn-small btn-danger";
+      remove.dataset.part = "delete";
       remove.textContent = S.delete;
       remove.addEventListener("click", async () => {
         if (!window.confirm(S.deleteConfirm)) return;
@@ -142,11 +174,13 @@
       const more = document.createElement("button");
       more.type = "button";
       more.className = "btn btn-small";
+      more.dataset.part = "more";
       more.textContent = S.showMore;
       more.addEventListener("click", () => moreConversations().catch((err) => showError(err.message)));
       li.append(more);
       el.list.append(li);
     }
+    listRefocus(kept);
   }
 
   // The API's "next" is an absolute URL; only its path and query are followed (same origin,

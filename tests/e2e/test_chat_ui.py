@@ -558,3 +558,25 @@ def test_the_closed_list_on_a_phone_takes_no_tab_stops_and_opens_to_the_keyboard
     page.locator("#conversation-list a", has_text="Beta").press("Enter")
     expect(page.locator("#chat-title")).to_have_text("Beta")
     assert page.evaluate("() => document.activeElement !== document.body && !document.activeElement.closest('#sidebar')")
+
+
+def test_renaming_keeps_the_focus_on_its_button_and_a_refused_name_does_not_outlive_a_good_one(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("rename-keys")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="Old name")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    rename = page.locator("#conversation-list li.active button", has_text="Rename")
+    answers = iter(["x" * 201, "New name"])
+    page.on("dialog", lambda dialog: dialog.accept(next(answers)))
+    rename.focus()
+    page.keyboard.press("Enter")  # refused: too long
+    expect(page.locator("#chat-error")).to_contain_text("200 characters")
+    expect(rename).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#chat-title")).to_have_text("New name")
+    # Seen before: the list, drawn again with the new name, dropped the focus on the page's body.
+    expect(rename).to_be_focused()
+    # Seen before: the refusal of the first name stayed in view under the name that was saved.
+    expect(page.locator("#chat-error")).to_be_hidden()
