@@ -529,8 +529,12 @@
 
   function updateButtons() {
     el.stop.hidden = !state.running;
-    const hasReply = state.messages.some((m) => m.role === "assistant");
-    el.regen.hidden = Boolean(state.running) || !hasReply;
+    // A reply to ask for again, or a saved question left without one (refused: a budget, the
+    // rate limit, a busy conversation): Regenerate answers it, where sending it again would put
+    // the question twice in the record and in what the model reads.
+    const last = state.messages[state.messages.length - 1];
+    const answerable = state.messages.some((m) => m.role === "assistant") || (last && last.role === "user" && !isUnsent(last));
+    el.regen.hidden = Boolean(state.running) || !answerable;
     // Disabled while a click waits for the socket: it was taken, and goes out once connected.
     el.stop.disabled = state.controls.has("stop");
     el.regen.disabled = state.controls.has("regenerate");
@@ -826,6 +830,7 @@
           refused(frame);
         }
         showError(frame.message);
+        updateButtons(); // a saved question refused: Regenerate can answer it later
         break;
       }
       default:

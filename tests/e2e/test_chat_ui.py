@@ -580,3 +580,26 @@ def test_renaming_keeps_the_focus_on_its_button_and_a_refused_name_does_not_outl
     expect(rename).to_be_focused()
     # Seen before: the refusal of the first name stayed in view under the name that was saved.
     expect(page.locator("#chat-error")).to_be_hidden()
+
+
+def test_a_first_message_the_budget_refused_can_be_answered_once_the_budget_allows(browser, live_server_url, make_user):
+    from billing import budgets, prices
+    from conversations.models import Message
+
+    user = make_user("refused-first")
+    # Priced, so that a reply holds something: a budget of 0.01 USD cannot hold its worst case.
+    prices.price_set(model_id="demo:echo", input_per_million="1", output_per_million="100", context_window=8192)
+    budgets.budget_set(user=user, period="day", limit="0.01")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    send(page, "a question worth answering")
+    expect(page.locator("#chat-error")).to_contain_text("budget")
+    expect(page.locator(".message-user")).to_have_count(1)  # saved: the server keeps the question
+    # Seen before: no Regenerate in a chat without a reply yet, so the only way to an answer was
+    # to send the question again, twice in the record and twice in what the model reads.
+    budgets.budget_set(user=user, period="day", limit="5")
+    expect(page.locator("#regenerate-button")).to_be_visible()
+    page.click("#regenerate-button")
+    finished_replies(page).first.wait_for()
+    expect(page.locator(".message-user")).to_have_count(1)
+    assert Message.objects.filter(conversation__owner=user, role="user").count() == 1
