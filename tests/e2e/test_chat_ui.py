@@ -557,10 +557,14 @@ def test_the_closed_list_on_a_phone_takes_no_tab_stops_and_opens_to_the_keyboard
     page.click("#sidebar-open")
     page.locator("#conversation-list a", has_text="Beta").press("Enter")
     expect(page.locator("#chat-title")).to_have_text("Beta")
-    assert page.evaluate("() => document.activeElement !== document.body && !document.activeElement.closest('#sidebar')")
+    assert page.evaluate(
+        "() => document.activeElement !== document.body && !document.activeElement.closest('#sidebar')"
+    )
 
 
-def test_renaming_keeps_the_focus_on_its_button_and_a_refused_name_does_not_outlive_a_good_one(browser, live_server_url, make_user):
+def test_renaming_keeps_the_focus_on_its_button_and_a_refused_name_does_not_outlive_a_good_one(
+    browser, live_server_url, make_user
+):
     from conversations.models import Conversation
 
     user = make_user("rename-keys")
