@@ -15,7 +15,7 @@
     regen: $("regenerate-button"), status: $("connection-status"), error: $("chat-error"),
     settingsToggle: $("settings-toggle"), settings: $("settings-panel"), settingsClose: $("settings-close"), systemPrompt: $("system-prompt"),
     temperature: $("temperature"), maxTokens: $("max-tokens"), settingsError: $("settings-error"),
-    sidebarOpen: $("sidebar-open"), sidebarClose: $("sidebar-close"),
+    sidebar: $("sidebar"), sidebarOpen: $("sidebar-open"), sidebarClose: $("sidebar-close"),
     announcer: $("reply-announcer"), downloads: $("chat-downloads"), downloadMd: $("download-md"), downloadJson: $("download-json"),
   };
 
@@ -87,12 +87,39 @@
   }
 
   // --- sidebar -----------------------------------------------------------------------------
+  // The list is drawn anew at each change (a rename, a reply's new title, a filter): the control
+  // that had the keyboard's focus gets it back, the same one of the same conversation, else the
+  // link of the one now in its place. Without this the focus fell on the page's body.
+  function listFocus() {
+    const focused = document.activeElement;
+    const li = el.list.contains(focused) ? focused.closest("li") : null;
+    return li ? { id: li.dataset.id, part: focused.dataset.part, index: [...el.list.children].indexOf(li) } : null;
+  }
+
+  function listRefocus(kept) {
+    if (!kept) return;
+    const items = [...el.list.children];
+    const same = items.find((li) => li.dataset.id === kept.id);
+    const li = same || items[Math.min(kept.index, items.length - 1)];
+    const candidates = li ? [same && li.querySelector('[data-part="' + kept.part + '"]'), li.querySelector("a, button")] : [];
+    for (const target of [...candidates, el.filter]) {
+      if (!target) continue;
+      target.focus();
+      if (document.activeElement === target) return; // a hidden one (another row's Rename) takes none
+    }
+  }
+
+  let renameError = null; // what a refused rename showed; a rename that works takes it away
+
   function renderList() {
+    const kept = listFocus();
     el.list.replaceChildren();
     for (const c of state.conversations) {
       const li = document.createElement("li");
       li.className = "conversation-item" + (state.conversation && state.conversation.id === c.id ? " active" : "");
+      li.dataset.id = c.id;
       const link = document.createElement("a");
+      link.dataset.part = "open";
       link.href = "/c/" + c.id + "/";
       link.textContent = c.title || S.untitled;
       link.addEventListener("click", (event) => {
@@ -102,6 +129,7 @@
       const rename = document.createElement("button");
       rename.type = "button";
       rename.className = "btn btn-small";
+      rename.dataset.part = "rename";
       rename.textContent = S.rename;
       rename.addEventListener("click", async () => {
         const title = window.prompt(S.renamePrompt, c.title);
@@ -113,14 +141,18 @@
             state.conversation.title = updated.title;
             showTitle(updated.title);
           }
+          if (renameError !== null && el.error.textContent === renameError) showError("");
+          renameError = null;
           renderList();
         } catch (err) {
+          renameError = err.message;
           showError(err.message);
         }
       });
       const remove = document.createElement("button");
       remove.type = "button";
       remove.className = "btn btn-small btn-danger";
+      remove.dataset.part = "delete";
       remove.textContent = S.delete;
       remove.addEventListener("click", async () => {
         if (!window.confirm(S.deleteConfirm)) return;
@@ -142,11 +174,13 @@
       const more = document.createElement("button");
       more.type = "button";
       more.className = "btn btn-small";
+      more.dataset.part = "more";
       more.textContent = S.showMore;
       more.addEventListener("click", () => moreConversations().catch((err) => showError(err.message)));
       li.append(more);
       el.list.append(li);
     }
+    listRefocus(kept);
   }
 
   // The API's "next" is an absolute URL; only its path and query are followed (same origin,
@@ -495,8 +529,12 @@
 
   function updateButtons() {
     el.stop.hidden = !state.running;
-    const hasReply = state.messages.some((m) => m.role === "assistant");
-    el.regen.hidden = Boolean(state.running) || !hasReply;
+    // A reply to ask for again, or a saved question left without one (refused: a budget, the
+    // rate limit, a busy conversation): Regenerate answers it, where sending it again would put
+    // the question twice in the record and in what the model reads.
+    const last = state.messages[state.messages.length - 1];
+    const answerable = state.messages.some((m) => m.role === "assistant") || (last && last.role === "user" && !isUnsent(last));
+    el.regen.hidden = Boolean(state.running) || !answerable;
     // Disabled while a click waits for the socket: it was taken, and goes out once connected.
     el.stop.disabled = state.controls.has("stop");
     el.regen.disabled = state.controls.has("regenerate");
@@ -796,6 +834,7 @@
           refused(frame);
         }
         showError(frame.message);
+        updateButtons(); // a saved question refused: Regenerate can answer it later
         break;
       }
       default:
@@ -909,7 +948,7 @@
     state.running = null;
     window.history.pushState({}, "", "/");
     showTitle("");
-    el.chat.classList.remove("sidebar-shown"); // on a phone the list would still cover the chat
+    showSidebar(false); // on a phone the list would still cover the chat
     updateDownloads();
     renderPicker();
     fillSettings();
@@ -933,7 +972,7 @@
     if (push) window.history.pushState({}, "", "/c/" + id + "/");
     state.running = null;
     showTitle(state.conversation.title);
-    el.chat.classList.remove("sidebar-shown");
+    showSidebar(false);
     updateDownloads();
     renderPicker();
     fillSettings();
@@ -948,8 +987,25 @@
     else newConversation();
   });
   el.newBtn.addEventListener("click", newConversation);
-  el.sidebarOpen.addEventListener("click", () => el.chat.classList.add("sidebar-shown"));
-  el.sidebarClose.addEventListener("click", () => el.chat.classList.remove("sidebar-shown"));
+  // On a phone the list slides over the chat (chat.css hides it from the keyboard when closed):
+  // opened, focus goes into it, on its close button; closed (that button, Escape, a
+  // conversation chosen), focus that was in it goes back to the button that opens it, in sight.
+  function showSidebar(shown) {
+    const phone = getComputedStyle(el.sidebarOpen).display !== "none";
+    const inside = el.sidebar.contains(document.activeElement);
+    el.chat.classList.toggle("sidebar-shown", shown);
+    if (!phone) return;
+    if (shown) el.sidebarClose.focus();
+    else if (inside) el.sidebarOpen.focus();
+  }
+
+  el.sidebarOpen.addEventListener("click", () => showSidebar(true));
+  el.sidebarClose.addEventListener("click", () => showSidebar(false));
+  el.sidebar.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || !el.chat.classList.contains("sidebar-shown")) return;
+    event.preventDefault();
+    showSidebar(false);
+  });
 
   renderPicker();
   fillSettings();

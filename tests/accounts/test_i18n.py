@@ -130,6 +130,15 @@ def test_korean_catalogue_is_complete_and_compiled():
     assert catalogue.gettext("Log in to Parley") == "Parley에 로그인"
 
 
+def test_the_korean_catalogue_names_a_provider_one_way():
+    """A reply that failed reads its banner and its own line together: "제공업체를 사용할 수
+    없습니다" over "오류: 제공자를 사용할 수 없었습니다" named the same provider two ways."""
+    po = (Path(settings.BASE_DIR) / "locale" / "ko" / "LC_MESSAGES" / "django.po").read_text(encoding="utf-8")
+    entries = [e for e in _po_entries(po) if "provider" in (e["msgid"] or "").lower()]
+    assert entries
+    assert [e["msgid"] for e in entries if any("제공자" in s for s in e["msgstr"])] == []
+
+
 def test_no_javascript_catalogue_is_needed():
     """The pages' scripts take their words from the page (json_script, data- attributes), so
     there is no djangojs catalogue to keep in step."""

@@ -507,3 +507,103 @@ def test_a_reply_that_ended_in_an_error_says_why_in_words_after_a_reload(browser
     meta = page.locator(".message-assistant .message-meta")
     expect(meta).to_contain_text(said)
     assert f": {code}" not in meta.inner_text()  # not the stored code
+
+
+# --- the conversation list and the keyboard --------------------------------------------------------
+def _tab_stops(page, limit=40):
+    """Each focus the Tab key gives from the top of the page, until it comes round again."""
+    page.evaluate("() => { document.activeElement.blur(); window.scrollTo(0, 0); }")
+    stops = []
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        stop = page.evaluate("""() => {
+          const f = document.activeElement, r = f.getBoundingClientRect();
+          const shown = r.right > 0 && r.bottom > 0 && r.left < innerWidth && r.top < innerHeight;
+          return [f.id || f.textContent.trim().slice(0, 30), shown];
+        }""")
+        if stops and stop == stops[0]:
+            break
+        stops.append(stop)
+    return stops
+
+
+def test_the_closed_list_on_a_phone_takes_no_tab_stops_and_opens_to_the_keyboard(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("phone-keys")
+    first = Conversation.objects.create(owner=user, model="demo:echo", title="Alpha")
+    Conversation.objects.create(owner=user, model="demo:echo", title="Beta")
+    page = signed_in_context(browser, live_server_url, user, **PHONE).new_page()
+    page.goto(f"{live_server_url}/c/{first.id}/")
+    expect(page.locator("#connection-status")).to_have_text("Connected")
+    # Seen before: the list slid off the screen still took 10 of the Tab key's stops (New chat,
+    # its filter, each conversation with its Rename and Delete, Log out), the focus out of sight.
+    stops = _tab_stops(page)
+    assert [s for s in stops if not s[1]] == [], stops
+    assert "Alpha" not in [s[0] for s in stops]
+    # Opened from the keyboard, focus goes into the list; Escape closes it, focus back on the button.
+    page.focus("#sidebar-open")
+    page.keyboard.press("Enter")
+    expect(page.locator("#sidebar-close")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.locator("#conversation-filter")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.locator("#conversation-list a", has_text="Beta")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(page.locator("#sidebar-open")).to_be_focused()
+    box = page.locator("#sidebar").bounding_box()
+    assert box["x"] + box["width"] <= 0, box
+    # A conversation chosen from the list closes it; the focus stays in sight, not on the hidden link.
+    page.click("#sidebar-open")
+    page.locator("#conversation-list a", has_text="Beta").press("Enter")
+    expect(page.locator("#chat-title")).to_have_text("Beta")
+    assert page.evaluate(
+        "() => document.activeElement !== document.body && !document.activeElement.closest('#sidebar')"
+    )
+
+
+def test_renaming_keeps_the_focus_on_its_button_and_a_refused_name_does_not_outlive_a_good_one(
+    browser, live_server_url, make_user
+):
+    from conversations.models import Conversation
+
+    user = make_user("rename-keys")
+    conversation = Conversation.objects.create(owner=user, model="demo:echo", title="Old name")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(f"{live_server_url}/c/{conversation.id}/")
+    rename = page.locator("#conversation-list li.active button", has_text="Rename")
+    answers = iter(["x" * 201, "New name"])
+    page.on("dialog", lambda dialog: dialog.accept(next(answers)))
+    rename.focus()
+    page.keyboard.press("Enter")  # refused: too long
+    expect(page.locator("#chat-error")).to_contain_text("200 characters")
+    expect(rename).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#chat-title")).to_have_text("New name")
+    # Seen before: the list, drawn again with the new name, dropped the focus on the page's body.
+    expect(rename).to_be_focused()
+    # Seen before: the refusal of the first name stayed in view under the name that was saved.
+    expect(page.locator("#chat-error")).to_be_hidden()
+
+
+def test_a_first_message_the_budget_refused_can_be_answered_once_the_budget_allows(browser, live_server_url, make_user):
+    from billing import budgets, prices
+    from conversations.models import Message
+
+    user = make_user("refused-first")
+    # Priced, so that a reply holds something: a budget of 0.01 USD cannot hold its worst case.
+    prices.price_set(model_id="demo:echo", input_per_million="1", output_per_million="100", context_window=8192)
+    budgets.budget_set(user=user, period="day", limit="0.01")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    send(page, "a question worth answering")
+    expect(page.locator("#chat-error")).to_contain_text("budget")
+    expect(page.locator(".message-user")).to_have_count(1)  # saved: the server keeps the question
+    # Seen before: no Regenerate in a chat without a reply yet, so the only way to an answer was
+    # to send the question again, twice in the record and twice in what the model reads.
+    budgets.budget_set(user=user, period="day", limit="5")
+    expect(page.locator("#regenerate-button")).to_be_visible()
+    page.click("#regenerate-button")
+    finished_replies(page).first.wait_for()
+    expect(page.locator(".message-user")).to_have_count(1)
+    assert Message.objects.filter(conversation__owner=user, role="user").count() == 1
