@@ -10,7 +10,7 @@ again whatever the door."""
 
 from __future__ import annotations
 
-from decimal import InvalidOperation
+from decimal import Decimal, InvalidOperation
 
 from django import forms
 from django.conf import settings
@@ -41,6 +41,7 @@ from .budgets import (
     period_bounds,
 )
 from .models import Budget, ModelPrice
+from .money import decimal_str
 from .prices import PRICE_PLACES, PriceError, price_for, price_set, price_unschedule, price_validate
 from .templatetags.billing_money import usd
 
@@ -62,7 +63,24 @@ class RefusedOnceFormMixin:
         super()._post_clean()
 
 
-class PriceField(forms.DecimalField):
+class AmountField(forms.DecimalField):
+    """A decimal shown on the page as a person writes it (billing.money.decimal_str), not padded
+    to the column's places ("3.0000000000") nor in exponent form ("1.23E-8"): an amount of
+    money keeps two decimals ("3.00"). What the operator typed is shown back as typed."""
+
+    min_places = 2
+
+    def prepare_value(self, value):
+        if isinstance(value, Decimal) and value.is_finite():
+            return decimal_str(value, min_places=self.min_places)
+        return value
+
+
+class RatioField(AmountField):
+    min_places = 0  # "0.8", not "0.800"
+
+
+class PriceField(AmountField):
     """A price as set_price takes it: zeros past the stored places ("1.50000000") are dropped,
     not counted as decimal places; a digit past them is still refused, never rounded."""
 
@@ -245,6 +263,7 @@ class BudgetForm(RefusedOnceFormMixin, OwnChangesOnlyFormMixin, forms.ModelForm)
     class Meta:
         model = Budget
         fields = ["user", "team", "period", "limit", "warn_ratio"]
+        field_classes = {"limit": AmountField, "warn_ratio": RatioField}
 
     def clean(self):
         data = super().clean()

@@ -1,3 +1,4 @@
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -546,3 +547,51 @@ def test_a_limit_that_is_not_a_number_is_refused_once(admin_client, user):
 def test_a_budgets_name_shows_its_limit_as_money(user):
     assert str(Budget(user=user, period="week", limit=D("5.0000000000"))) == "user alice / week: 5.00 USD"
     assert str(Budget(user=user, period="day", limit=D("0E-10"))) == "user alice / day: 0.00 USD"
+
+
+# --- Amounts on the edit pages read as written, not padded to the stored places ------------------
+
+
+@pytest.mark.parametrize(
+    "limit, warn_ratio, shown",
+    [
+        ("3", "0.8", ("3.00", "0.8")),
+        ("12.5", "0.75", ("12.50", "0.75")),
+        ("0.0000000123", "1", ("0.0000000123", "1")),  # exact, never rounded to cents
+        ("1000000", "0.125", ("1000000.00", "0.125")),  # no exponent ("1E+6")
+    ],
+)
+def test_the_budget_page_shows_the_limit_as_money_and_saving_it_unchanged_keeps_it(
+    admin_client, user, limit, warn_ratio, shown
+):
+    from billing.budgets import budget_set
+
+    budget = budget_set(user=user, period="month", limit=limit, warn_ratio=warn_ratio)
+    data = page_form(admin_client, f"{BUDGETS}{budget.pk}/change/", "budget_form")
+    assert (data["limit"], data["warn_ratio"]) == shown
+    assert admin_client.post(f"{BUDGETS}{budget.pk}/change/", data).status_code == 302
+    budget.refresh_from_db()
+    assert (budget.limit, budget.warn_ratio) == (D(limit), D(warn_ratio))
+
+
+def test_the_price_page_shows_prices_as_written_and_saving_it_unchanged_keeps_them(admin_client):
+    from billing.prices import price_set
+
+    price_set(
+        model_id="openai:tiny",
+        input_per_million="0.15",
+        output_per_million="2",
+        cached_input_per_million="0.075",
+        effective_from=datetime(2025, 1, 1, tzinfo=UTC),
+    )
+    row = ModelPrice.objects.get(provider="openai", model="tiny")
+    data = page_form(admin_client, f"/admin/billing/modelprice/{row.pk}/change/", "modelprice_form")
+    shown = (data["input_per_million"], data["output_per_million"], data["cached_input_per_million"])
+    assert shown == ("0.15", "2.00", "0.075")
+    assert admin_client.post(f"/admin/billing/modelprice/{row.pk}/change/", data).status_code == 302
+    quote = price_for(model_id="openai:tiny")
+    assert (quote.input_per_million, quote.output_per_million, quote.cached_input_per_million) == (
+        D("0.15"),
+        D("2"),
+        D("0.075"),
+    )
