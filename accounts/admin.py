@@ -47,6 +47,7 @@ from django.utils.translation import gettext_lazy, ngettext
 from billing.budgets import BudgetError, budget_limit_validate, budget_remaining_now, budget_spent_now
 from billing.dashboard import dashboard_today
 from billing.models import MONEY, Budget, DailyUsage
+from billing.templatetags.billing_money import usd
 from chatsite.admin_site import BigTableAdminMixin, OwnChangesOnlyFormMixin
 
 from . import admin_services, data_rights, services
@@ -65,7 +66,8 @@ def client_ip(request: HttpRequest) -> str | None:
 
 
 def _money(value: Decimal | None) -> str:
-    return "—" if value is None else f"${value.quantize(CENT):,}"
+    # As the budget and ledger pages show money (billing's usd): a spend under a cent is shown, not "$0.00".
+    return "—" if value is None else usd(value)
 
 
 def _month_start() -> datetime.date:
