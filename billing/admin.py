@@ -42,7 +42,7 @@ from .budgets import (
 )
 from .models import Budget, ModelPrice
 from .money import decimal_str
-from .prices import PRICE_PLACES, PriceError, price_for, price_set, price_unschedule, price_validate
+from .prices import MAX_CONTEXT_WINDOW, PRICE_PLACES, PriceError, price_for, price_set, price_unschedule, price_validate
 from .templatetags.billing_money import usd
 
 OUTRANKS_YOU = _(
@@ -179,6 +179,15 @@ class ModelPriceAdmin(RefusedAtSaveAdminMixin, admin.ModelAdmin):
     list_filter = ["provider", "enabled"]
     search_fields = ["model", "label"]
     ordering = ["provider", "model", "-effective_from"]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        # A PositiveIntegerField's form field asks only for at least 0: -1 was refused as "greater
+        # than or equal to 0", then the 0 typed next by the service ("between 1 and ..."). The
+        # field asks for what the service takes (and the number input offers only that).
+        if db_field.name in ("context_window", "max_output_tokens"):
+            kwargs.setdefault("min_value", 1)
+            kwargs.setdefault("max_value", MAX_CONTEXT_WINDOW)
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     @admin.display(description=_("model"), ordering="model")
     def model_id_display(self, obj: ModelPrice) -> str:

@@ -595,3 +595,15 @@ def test_the_price_page_shows_prices_as_written_and_saving_it_unchanged_keeps_th
         D("2"),
         D("0.075"),
     )
+
+
+@pytest.mark.parametrize("field", ["context_window", "max_output_tokens"])
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_a_token_count_below_one_is_refused_as_below_one(admin_client, field, value):
+    # -1 was refused as "greater than or equal to 0", and the 0 typed next as "between 1 and
+    # 100000000"; the number input offered 0 (min="0").
+    count = ModelPrice.objects.count()
+    response = admin_client.post("/admin/billing/modelprice/add/", {**PRICE_FORM, "model": "tiny", field: value})
+    assert response.status_code == 200 and ModelPrice.objects.count() == count
+    assert _form_errors(response) == ["Ensure this value is greater than or equal to 1."]
+    assert 'min="0"' not in response.content.decode()
