@@ -607,3 +607,27 @@ def test_a_token_count_below_one_is_refused_as_below_one(admin_client, field, va
     assert response.status_code == 200 and ModelPrice.objects.count() == count
     assert _form_errors(response) == ["Ensure this value is greater than or equal to 1."]
     assert 'min="0"' not in response.content.decode()
+
+
+def test_saving_a_price_page_opened_before_a_colleagues_new_price_keeps_theirs(admin_client):
+    # Two tabs on the price in force: one raised the input price, the other (opened before)
+    # then changed the output price, and its save put the old input price back in force.
+    row = ModelPrice.objects.get(provider="openai", model="gpt-4o")
+    url = f"/admin/billing/modelprice/{row.pk}/change/"
+    first, second = page_form(admin_client, url, "modelprice_form"), page_form(admin_client, url, "modelprice_form")
+    assert admin_client.post(url, {**first, "input_per_million": "3"}).status_code == 302
+    count = ModelPrice.objects.count()
+
+    response = admin_client.post(url, {**second, "output_per_million": "12"})
+    assert response.status_code == 200
+    assert "A newer price for openai:gpt-4o" in " ".join(_form_errors(response))
+    quote = price_for(model_id="openai:gpt-4o")
+    assert (quote.input_per_million, quote.output_per_million) == (D("3"), D("10"))
+    assert ModelPrice.objects.count() == count
+    # The price in force, opened now, takes the change.
+    newest = ModelPrice.objects.filter(provider="openai", model="gpt-4o").latest("effective_from")
+    newest_url = f"/admin/billing/modelprice/{newest.pk}/change/"
+    data = page_form(admin_client, newest_url, "modelprice_form")
+    assert admin_client.post(newest_url, {**data, "output_per_million": "12"}).status_code == 302
+    quote = price_for(model_id="openai:gpt-4o")
+    assert (quote.input_per_million, quote.output_per_million) == (D("3"), D("12"))
