@@ -47,6 +47,7 @@ from django.utils.translation import gettext_lazy, ngettext
 from billing.budgets import BudgetError, budget_limit_validate, budget_remaining_now, budget_spent_now
 from billing.dashboard import dashboard_today
 from billing.models import MONEY, Budget, DailyUsage
+from billing.templatetags.billing_money import usd
 from chatsite.admin_site import BigTableAdminMixin, OwnChangesOnlyFormMixin
 
 from . import admin_services, data_rights, services
@@ -65,7 +66,8 @@ def client_ip(request: HttpRequest) -> str | None:
 
 
 def _money(value: Decimal | None) -> str:
-    return "—" if value is None else f"${value.quantize(CENT):,}"
+    # As the budget and ledger pages show money (billing's usd): a spend under a cent is shown, not "$0.00".
+    return "—" if value is None else usd(value)
 
 
 def _month_start() -> datetime.date:
@@ -195,8 +197,19 @@ class UserChangeForm(OwnChangesOnlyFormMixin, DjangoUserChangeForm):
         return cleaned
 
 
+class RateLimitFieldsMixin:
+    """The rate limits refuse 0 (a model validator and constraint), but a PositiveIntegerField's
+    form field asks only for at least 0: -5 was refused as "greater than or equal to 0", then the
+    0 typed next as "... to 1", and the number input offered 0. The form field asks for 1."""
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name in ("requests_per_minute", "tokens_per_minute"):
+            kwargs.setdefault("min_value", 1)
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+
 @admin.register(User)
-class UserAdmin(BigTableAdminMixin, DjangoUserAdmin):
+class UserAdmin(RateLimitFieldsMixin, BigTableAdminMixin, DjangoUserAdmin):
     list_display = (
         "username", "email", "is_active", "is_staff", "spend_this_month", "budgets_display", "last_active", "teams_display",
     )  # fmt: skip
@@ -652,7 +665,7 @@ class TeamForm(OwnChangesOnlyFormMixin, forms.ModelForm):
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(RateLimitFieldsMixin, admin.ModelAdmin):
     form = TeamForm
     list_display = ("name", "member_count", "spend_this_month", "budgets_display", "created_at")
     search_fields = ("name",)

@@ -10,7 +10,7 @@ again whatever the door."""
 
 from __future__ import annotations
 
-from decimal import InvalidOperation
+from decimal import Decimal, InvalidOperation
 
 from django import forms
 from django.conf import settings
@@ -41,7 +41,8 @@ from .budgets import (
     period_bounds,
 )
 from .models import Budget, ModelPrice
-from .prices import PRICE_PLACES, PriceError, price_for, price_set, price_unschedule, price_validate
+from .money import decimal_str
+from .prices import MAX_CONTEXT_WINDOW, PRICE_PLACES, PriceError, price_for, price_set, price_unschedule, price_validate
 from .templatetags.billing_money import usd
 
 OUTRANKS_YOU = _(
@@ -62,7 +63,24 @@ class RefusedOnceFormMixin:
         super()._post_clean()
 
 
-class PriceField(forms.DecimalField):
+class AmountField(forms.DecimalField):
+    """A decimal shown on the page as a person writes it (billing.money.decimal_str), not padded
+    to the column's places ("3.0000000000") nor in exponent form ("1.23E-8"): an amount of
+    money keeps two decimals ("3.00"). What the operator typed is shown back as typed."""
+
+    min_places = 2
+
+    def prepare_value(self, value):
+        if isinstance(value, Decimal) and value.is_finite():
+            return decimal_str(value, min_places=self.min_places)
+        return value
+
+
+class RatioField(AmountField):
+    min_places = 0  # "0.8", not "0.800"
+
+
+class PriceField(AmountField):
     """A price as set_price takes it: zeros past the stored places ("1.50000000") are dropped,
     not counted as decimal places; a digit past them is still refused, never rounded."""
 
@@ -162,6 +180,15 @@ class ModelPriceAdmin(RefusedAtSaveAdminMixin, admin.ModelAdmin):
     search_fields = ["model", "label"]
     ordering = ["provider", "model", "-effective_from"]
 
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        # A PositiveIntegerField's form field asks only for at least 0: -1 was refused as "greater
+        # than or equal to 0", then the 0 typed next by the service ("between 1 and ..."). The
+        # field asks for what the service takes (and the number input offers only that).
+        if db_field.name in ("context_window", "max_output_tokens"):
+            kwargs.setdefault("min_value", 1)
+            kwargs.setdefault("max_value", MAX_CONTEXT_WINDOW)
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
     @admin.display(description=_("model"), ordering="model")
     def model_id_display(self, obj: ModelPrice) -> str:
         return obj.model_id
@@ -245,6 +272,7 @@ class BudgetForm(RefusedOnceFormMixin, OwnChangesOnlyFormMixin, forms.ModelForm)
     class Meta:
         model = Budget
         fields = ["user", "team", "period", "limit", "warn_ratio"]
+        field_classes = {"limit": AmountField, "warn_ratio": RatioField}
 
     def clean(self):
         data = super().clean()

@@ -224,9 +224,13 @@ class ProviderKeyAdmin(admin.ModelAdmin):
             request.session[_KEYS_JUST_REPORTED] = refused
 
     def _set_state(self, request, queryset, state: str) -> None:
-        for key_id in queryset.values_list("pk", flat=True):
+        # Counted before the change: on a list filtered by state, the keys changed leave the
+        # queryset ("0 key(s) are now disabled").
+        key_ids = list(queryset.values_list("pk", flat=True))
+        for key_id in key_ids:
             keys.key_set_state(key_id=key_id, state=state, actor=request.user)
-        self.message_user(request, gettext("%(n)d key(s) are now %(state)s.") % {"n": queryset.count(), "state": state})
+        text = gettext("%(n)d key(s) are now %(state)s.")
+        self.message_user(request, text % {"n": len(key_ids), "state": ProviderKey.State(state).label})
 
     @admin.action(
         description=_("Drain the selected keys (no new calls; replies in flight finish)"), permissions=["change"]

@@ -21,6 +21,7 @@ from django.utils.translation import gettext as _
 
 from . import dashboard as d
 from .models import UsageRecord
+from .templatetags.billing_money import usd
 
 PERMISSION = "billing.view_dashboard"
 CENT = Decimal("0.01")
@@ -51,7 +52,8 @@ def _display(value, kind: str) -> str:
     if value is None:
         return "—"
     if kind == "money":
-        return f"${value.quantize(CENT):,}"
+        # As every other page shows money: a spend under a cent is shown, not "$0.00".
+        return usd(value)
     if kind == "int":
         return f"{value:,}"
     if kind == "ratio":

@@ -36,10 +36,17 @@ def parse_decimal(raw: object) -> Decimal | None:
     return value.copy_abs() if value.is_zero() else value
 
 
+def decimal_str(value: Decimal, *, min_places: int = 0) -> str:
+    """A decimal as a person writes it: exact, no exponent, no zeros past the last digit, yet
+    at least `min_places` decimals ("3.0000000000" -> "3.00" with 2, "0.800" -> "0.8" with 0,
+    "1.23E-8" -> "0.0000000123")."""
+    text = format(value.normalize(), "f")
+    whole, _, frac = text.partition(".")
+    frac = frac.ljust(min_places, "0")
+    return f"{whole}.{frac}" if frac else whole
+
+
 def money_str(value: Decimal) -> str:
     """The JSON/string form of an amount: exact, no exponent, at least two decimals
     ("0.00", "1.25", "0.0000123")."""
-    value = quantize_money(value).normalize()
-    text = format(value, "f")
-    whole, _, frac = text.partition(".")
-    return f"{whole}.{frac.ljust(2, '0')}"
+    return decimal_str(quantize_money(value), min_places=2)

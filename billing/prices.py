@@ -268,11 +268,14 @@ def price_set(
 ):
     """Put a new price in force for `model_id` from `effective_from` (now when omitted or past:
     history is never rewritten). A price already scheduled for that same future moment is
-    replaced instead: no call has used it yet. `moving_id` names a scheduled price of the same
-    model that this one replaces (the admin editing a scheduled row to another moment): it is
-    removed in the same transaction, so the change moves instead of being scheduled twice; a row
-    that has come into force meanwhile is history and stays, and one that is gone (moved or
-    deleted by a concurrent save) refuses the save. Unset context window, max output,
+    replaced instead: no call has used it yet. `moving_id` names the price row an admin page
+    edits. A scheduled one is replaced by this one (the admin editing a scheduled row to another
+    moment): it is removed in the same transaction, so the change moves instead of being
+    scheduled twice; a row that has come into force meanwhile is history and stays, and one that
+    is gone (moved or deleted by a concurrent save) refuses the save. A row in force must still be
+    the newest price in force: once another has come into force since (a colleague's save, the
+    operator's other tab, a scheduled price), the page's values would put the old price back over
+    it, and the save is refused. Unset context window, max output,
     label and cached price carry over from the price in force then. Raises PriceError (changing
     nothing) on bad input. Writes an audit entry. Returns the new (or replaced) ModelPrice, its
     `replaced_scheduled_price` True when it took the place of another price scheduled then."""
@@ -302,6 +305,8 @@ def price_set(
                 _("This price was moved or deleted by someone else while you were editing it: nothing was saved. "
                   "Open the price list again to see the prices as they are now.")
             )
+        if moved is None and moving_id is not None:
+            _check_still_in_force(price_id=moving_id, now=now)
         if moved is not None:
             if (moved.provider, moved.model) != (provider, model):
                 raise PriceError(_("A scheduled price can only be moved for its own model."))
@@ -377,6 +382,30 @@ def price_set(
     # For a page to say: another price scheduled for that moment gave way (not the one corrected).
     row.replaced_scheduled_price = scheduled is not None and scheduled.pk != moving_id
     return row
+
+
+def _check_still_in_force(*, price_id: int, now: datetime) -> None:
+    """Refuse a save from the page of price `price_id` (in force when the page was opened) once
+    a newer price has come into force. The row is locked first: two saves from pages of the same
+    price queue here, and the second then finds the first one's price."""
+    from .models import ModelPrice
+
+    edited = ModelPrice.objects.select_for_update().filter(pk=price_id).first()
+    if edited is None:
+        return
+    newest = _row_in_force(provider=edited.provider, model=edited.model, at=now)
+    if newest is not None and newest.pk != edited.pk:
+        raise PriceError(
+            _(
+                "A newer price for %(model)s has been in force since %(when)s (saved after this page was opened, "
+                "by someone else or in another tab, or scheduled for then): nothing was saved, since this page "
+                "would have put its older values back. Open the price in force and make your change there."
+            )
+            % {
+                "model": edited.model_id,
+                "when": timezone.localtime(newest.effective_from).strftime("%Y-%m-%d %H:%M:%S"),
+            }
+        )
 
 
 def _scheduled_locked(*, price_id: int, now: datetime):

@@ -10,3 +10,23 @@ def test_the_admin_index_names_parleys_models_in_korean(client, django_user_mode
         assert korean in html, korean
     for english in ("Model prices", "Provider keys", "Usage records", "Audit events", "Conversations"):
         assert english not in html, english
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("url", "korean"),
+    [
+        ("/admin/accounts/auditevent/", "볼 감사 이벤트 선택"),
+        ("/admin/billing/usagerecord/", "볼 사용 기록 선택"),
+    ],
+)
+def test_a_read_only_list_is_titled_in_korean_without_djangos_typo(client, django_user_model, url, korean):
+    # Django's Korean for "Select %s to view" is "보기위한 1%s 를(을) 선택", with a stray "1":
+    # the audit log was titled "보기위한 1감사 이벤트 를(을) 선택".
+    admin = django_user_model.objects.create_superuser(
+        "관리자", "admin@example.test", "pw-not-used-1234", language="ko"
+    )
+    client.force_login(admin)
+    html = client.get(url).content.decode()
+    assert f"<title>{korean} | Parley 관리자</title>" in html
+    assert "보기위한 1" not in html

@@ -46,3 +46,24 @@ def test_every_model_and_app_name_in_the_admin_is_in_korean(model):
 
     for english, korean in zip(names("en"), names("ko"), strict=True):
         assert korean != english, f"{model._meta.label}: '{english}' has no Korean translation"
+
+
+def _columns(model_admin) -> list[str]:
+    names = [n for n in model_admin.list_display if n != "action_checkbox"]
+    names += [f for f in model_admin.list_filter if isinstance(f, str) and f not in names]
+    names += [f.name for f in model_admin.model._meta.concrete_fields if f.name not in names]
+    return names
+
+
+@pytest.mark.parametrize("model", [m for m in admin.site._registry if m._meta.app_label in APPS], ids=lambda m: m.__name__)
+def test_two_columns_or_fields_told_apart_in_english_are_told_apart_in_korean(model):
+    # The provider keys' list had two columns (and two filters) both called "상태": its state
+    # (enabled, draining, disabled) and its health (healthy, failing...).
+    model_admin = admin.site._registry[model]
+    names = _columns(model_admin)
+    english = {name: _label(model, model_admin, name, "en").lower() for name in names}
+    korean = {name: _label(model, model_admin, name, "ko") for name in names}
+    for a in names:
+        for b in names:
+            if a < b and english[a] != english[b]:
+                assert korean[a] != korean[b], f"{model.__name__}: '{english[a]}' and '{english[b]}' are both '{korean[a]}'"

@@ -300,3 +300,21 @@ def test_the_ledger_lists_show_costs_in_dollars_not_raw_decimals(su_client, memb
     assert "0.0004200000" not in records and "12.5000000000" not in records
     daily = su_client.get(reverse("admin:billing_dailyusage_changelist")).content.decode()
     assert "$12.50" in daily and "12.5004200000" not in daily
+
+
+def test_a_spend_under_a_cent_shows_its_amount_as_on_the_budget_and_ledger_pages(su_client, members, teams):
+    # A small site on cheap models: the dashboard said "Spend $0.00" over 19 requests, while the
+    # budget list showed the same spend as $0.0010192.
+    from billing import ledger
+
+    ledger.usage_record(
+        user=members[0], conversation_id=None, message_id=None, attempt=1, provider="openai",
+        model="gpt-4o-mini", key_id=None, input_tokens=1000, output_tokens=500, cached_tokens=0,
+        cost=Decimal("0.0010192"), estimated=False, ttft_ms=100, latency_ms=900, outcome="ok",
+    )  # fmt: skip
+    response = su_client.get(URL, {"range": "today"})
+    tiles = {str(label): value for label, value, _link in response.context["figures"]}
+    assert tiles["Spend"] == "$0.0010192"
+    for table in ("providers", "models", "users", "teams"):
+        rows = {t.name: t for t in response.context["tables"]}[table].display_rows()
+        assert [cells[1] for cells, _link in rows] == ["$0.0010192"], table

@@ -1282,3 +1282,22 @@ def test_spend_this_month_is_the_utc_month_of_the_rollup_whatever_the_operators_
     response = client.get(USERS, {"q": "spender"})
     (row,) = [u for u in response.context["cl"].result_list if u.username == "spender"]
     assert row.month_spend == Decimal("1.25")
+
+
+def test_the_user_and_team_lists_show_a_spend_under_a_cent_as_the_budget_list_does(su_client, members, teams):
+    # The budget list showed $0.0010192 spent; the user and team lists said $0.00 for it.
+    from billing import ledger
+
+    Budget.objects.create(
+        user=members[0], period="month", limit=Decimal("3"), spent=Decimal("0.0010192"), period_start=timezone.now()
+    )
+    ledger.usage_record(
+        user=members[0], conversation_id=None, message_id=None, attempt=1, provider="openai",
+        model="gpt-4o-mini", key_id=None, input_tokens=1000, output_tokens=500, cached_tokens=0,
+        cost=Decimal("0.0010192"), estimated=False, ttft_ms=100, latency_ms=900, outcome="ok",
+    )  # fmt: skip
+    users = su_client.get(USERS, {"q": members[0].username}).content.decode()
+    assert "$0.0010192</td>" in users
+    assert "$0.0010192 / $3.00 ($3.00 left)" in users
+    assert "$0.0010192" in su_client.get("/admin/billing/budget/").content.decode()
+    assert "$0.0010192</td>" in su_client.get(TEAMS, {"q": teams[0].name}).content.decode()

@@ -1,3 +1,4 @@
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -546,3 +547,87 @@ def test_a_limit_that_is_not_a_number_is_refused_once(admin_client, user):
 def test_a_budgets_name_shows_its_limit_as_money(user):
     assert str(Budget(user=user, period="week", limit=D("5.0000000000"))) == "user alice / week: 5.00 USD"
     assert str(Budget(user=user, period="day", limit=D("0E-10"))) == "user alice / day: 0.00 USD"
+
+
+# --- Amounts on the edit pages read as written, not padded to the stored places ------------------
+
+
+@pytest.mark.parametrize(
+    "limit, warn_ratio, shown",
+    [
+        ("3", "0.8", ("3.00", "0.8")),
+        ("12.5", "0.75", ("12.50", "0.75")),
+        ("0.0000000123", "1", ("0.0000000123", "1")),  # exact, never rounded to cents
+        ("1000000", "0.125", ("1000000.00", "0.125")),  # no exponent ("1E+6")
+    ],
+)
+def test_the_budget_page_shows_the_limit_as_money_and_saving_it_unchanged_keeps_it(
+    admin_client, user, limit, warn_ratio, shown
+):
+    from billing.budgets import budget_set
+
+    budget = budget_set(user=user, period="month", limit=limit, warn_ratio=warn_ratio)
+    data = page_form(admin_client, f"{BUDGETS}{budget.pk}/change/", "budget_form")
+    assert (data["limit"], data["warn_ratio"]) == shown
+    assert admin_client.post(f"{BUDGETS}{budget.pk}/change/", data).status_code == 302
+    budget.refresh_from_db()
+    assert (budget.limit, budget.warn_ratio) == (D(limit), D(warn_ratio))
+
+
+def test_the_price_page_shows_prices_as_written_and_saving_it_unchanged_keeps_them(admin_client):
+    from billing.prices import price_set
+
+    price_set(
+        model_id="openai:tiny",
+        input_per_million="0.15",
+        output_per_million="2",
+        cached_input_per_million="0.075",
+        effective_from=datetime(2025, 1, 1, tzinfo=UTC),
+    )
+    row = ModelPrice.objects.get(provider="openai", model="tiny")
+    data = page_form(admin_client, f"/admin/billing/modelprice/{row.pk}/change/", "modelprice_form")
+    shown = (data["input_per_million"], data["output_per_million"], data["cached_input_per_million"])
+    assert shown == ("0.15", "2.00", "0.075")
+    assert admin_client.post(f"/admin/billing/modelprice/{row.pk}/change/", data).status_code == 302
+    quote = price_for(model_id="openai:tiny")
+    assert (quote.input_per_million, quote.output_per_million, quote.cached_input_per_million) == (
+        D("0.15"),
+        D("2"),
+        D("0.075"),
+    )
+
+
+@pytest.mark.parametrize("field", ["context_window", "max_output_tokens"])
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_a_token_count_below_one_is_refused_as_below_one(admin_client, field, value):
+    # -1 was refused as "greater than or equal to 0", and the 0 typed next as "between 1 and
+    # 100000000"; the number input offered 0 (min="0").
+    count = ModelPrice.objects.count()
+    response = admin_client.post("/admin/billing/modelprice/add/", {**PRICE_FORM, "model": "tiny", field: value})
+    assert response.status_code == 200 and ModelPrice.objects.count() == count
+    assert _form_errors(response) == ["Ensure this value is greater than or equal to 1."]
+    assert 'min="0"' not in response.content.decode()
+
+
+def test_saving_a_price_page_opened_before_a_colleagues_new_price_keeps_theirs(admin_client):
+    # Two tabs on the price in force: one raised the input price, the other (opened before)
+    # then changed the output price, and its save put the old input price back in force.
+    row = ModelPrice.objects.get(provider="openai", model="gpt-4o")
+    url = f"/admin/billing/modelprice/{row.pk}/change/"
+    first, second = page_form(admin_client, url, "modelprice_form"), page_form(admin_client, url, "modelprice_form")
+    assert admin_client.post(url, {**first, "input_per_million": "3"}).status_code == 302
+    count = ModelPrice.objects.count()
+
+    response = admin_client.post(url, {**second, "output_per_million": "12"})
+    assert response.status_code == 200
+    assert "A newer price for openai:gpt-4o" in " ".join(_form_errors(response))
+    quote = price_for(model_id="openai:gpt-4o")
+    assert (quote.input_per_million, quote.output_per_million) == (D("3"), D("10"))
+    assert ModelPrice.objects.count() == count
+    # The price in force, opened now, takes the change.
+    newest = ModelPrice.objects.filter(provider="openai", model="gpt-4o").latest("effective_from")
+    newest_url = f"/admin/billing/modelprice/{newest.pk}/change/"
+    data = page_form(admin_client, newest_url, "modelprice_form")
+    assert admin_client.post(newest_url, {**data, "output_per_million": "12"}).status_code == 302
+    quote = price_for(model_id="openai:gpt-4o")
+    assert (quote.input_per_million, quote.output_per_million) == (D("3"), D("12"))

@@ -341,6 +341,31 @@ def test_drain_disable_and_enable_actions(admin_client):
     assert AuditEvent.objects.filter(action="provider_key.state").count() == 3
 
 
+def _messages(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def test_a_state_action_on_a_filtered_list_counts_the_keys_it_changed(admin_client):
+    # The list filtered to enabled keys: once disabled they leave that filter, and the message
+    # must still count them.
+    for name in ("main", "spare"):
+        keys.key_add(provider="openai", name=name, secret=SECRET)
+    selected = list(ProviderKey.objects.values_list("pk", flat=True))
+    response = admin_client.post(
+        f"{CHANGELIST}?state__exact=enabled", {"action": "disable_keys", "_selected_action": selected}, follow=True
+    )
+    assert set(ProviderKey.objects.values_list("state", flat=True)) == {"disabled"}
+    assert "2 key(s) are now disabled." in _messages(response)
+
+
+def test_a_state_action_names_the_state_in_the_operators_language(client, django_user_model):
+    operator = django_user_model.objects.create_superuser("root-ko", "ko@example.test", language="ko")
+    client.force_login(operator)
+    key = keys.key_add(provider="openai", name="main", secret=SECRET)
+    response = client.post(CHANGELIST, {"action": "disable_keys", "_selected_action": [key.pk]}, follow=True)
+    assert _messages(response) == ["키 1개의 상태가 이제 '사용 안 함'입니다."]
+
+
 @pytest.mark.parametrize(
     "colleague, field, expected",
     [

@@ -148,6 +148,32 @@ def test_the_team_admin_refuses_a_rate_limit_of_zero(admin_client):
     assert not Team.objects.exists()
 
 
+@pytest.mark.parametrize("value", ["-5", "0"])
+def test_the_team_admin_asks_for_at_least_one_whatever_the_value_refused(admin_client, value):
+    # "-5" was refused as "greater than or equal to 0", and 0, typed next, as "... to 1"; the
+    # page's number input also offered 0 (min="0").
+    from accounts.models import Team
+
+    response = _add_team(admin_client, name="ops", requests_per_minute=value)
+    html = response.content.decode()
+    assert response.status_code == 200 and not Team.objects.exists()
+    assert "greater than or equal to 1" in html and "greater than or equal to 0" not in html
+    assert 'min="0"' not in html
+
+
+def test_the_user_admin_asks_for_a_rate_limit_of_at_least_one(admin_client, user):
+    from tests.formpage import page_form
+
+    url = f"/admin/accounts/user/{user.pk}/change/"
+    data = page_form(admin_client, url, "user_form")
+    response = admin_client.post(url, {**data, "tokens_per_minute": "-1"})
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "greater than or equal to 1" in html and "greater than or equal to 0" not in html
+    user.refresh_from_db()
+    assert user.tokens_per_minute is None
+
+
 def test_users_are_counted_apart(user, other_user, clock, settings):
     settings.RATE_LIMIT_REQUESTS_PER_MINUTE = 1
     rate_limit_check(user=user, tokens=0)

@@ -17,6 +17,7 @@ from accounts.models import AuditEvent
 from billing.models import ModelPrice
 from billing.prices import price_for, price_set
 from tests.billing.test_admin import PRICE_FORM as ADMIN_PRICE_FORM
+from tests.formpage import page_form
 
 D = Decimal
 ADD = "/admin/billing/modelprice/add/"
@@ -327,3 +328,40 @@ def test_the_price_list_warns_at_once_when_the_default_model_has_no_price(admin_
     settings.DEFAULT_MODEL = "openai:gpt-4o"
     response = admin_client.get("/admin/billing/modelprice/")
     assert not [m for m in response.context["messages"] if "DEFAULT_MODEL" in str(m)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_operators_saving_the_price_in_force_at_once_the_second_is_refused(needs_postgres, django_user_model):
+    # Both pages show the price in force; each changes another field. Saved one after the other,
+    # the second would put the first one's field back: it is refused instead, however close the
+    # two saves come.
+    price_set(model_id="openai:gpt-4o", input_per_million="2.5", output_per_million="10")
+    row = ModelPrice.objects.filter(provider="openai", model="gpt-4o").latest("effective_from")
+    url = f"/admin/billing/modelprice/{row.pk}/change/"
+    clients, pages = [], []
+    for name in ("root-a", "root-b"):
+        operator = django_user_model.objects.create_superuser(name, f"{name}@example.test", "pw-123456789")
+        client = Client()
+        client.force_login(operator)
+        clients.append(client)
+        pages.append(page_form(client, url, "modelprice_form"))
+    changes = [{"input_per_million": "3"}, {"output_per_million": "12"}]
+    # Both saves have loaded the price they edit before either writes.
+    both_loaded, seen = threading.Barrier(2, timeout=20), threading.local()
+
+    def wait_for_the_other(sender, instance, **kwargs):
+        if instance.pk == row.pk and not getattr(seen, "done", False):
+            seen.done = True
+            both_loaded.wait()
+
+    results = _both_at_once(
+        lambda i: clients[i].post(url, {**pages[i], **changes[i]}), signal=post_init, receiver=wait_for_the_other
+    )
+    codes = sorted(r.status_code for r in results)
+    assert codes == [200, 302], codes
+    [winner] = [i for i, r in enumerate(results) if r.status_code == 302]
+    [loser] = [r for r in results if r.status_code == 200]
+    assert "A newer price for openai:gpt-4o" in loser.content.decode()
+    quote = price_for(model_id="openai:gpt-4o")
+    expected = [(D("3"), D("10")), (D("2.5"), D("12"))][winner]
+    assert (quote.input_per_million, quote.output_per_million) == expected
