@@ -18,6 +18,7 @@ def _strings() -> dict:
     # Everything chat.js shows, translated here (no inline script: passed with json_script).
     return {
         "untitled": _("New conversation"),
+        "noMatches": _("No conversations match this filter."),
         "you": _("You"),
         "assistant": _("Assistant"),
         "send": _("Send"),

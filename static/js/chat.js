@@ -180,6 +180,13 @@
       li.append(more);
       el.list.append(li);
     }
+    if (!state.conversations.length && el.filter.value.trim()) {
+      // An empty list under a filter is an answer, not a blank: said in words.
+      const none = document.createElement("li");
+      none.className = "conversation-none";
+      none.textContent = S.noMatches;
+      el.list.append(none);
+    }
     listRefocus(kept);
   }
 

@@ -607,3 +607,36 @@ def test_a_first_message_the_budget_refused_can_be_answered_once_the_budget_allo
     finished_replies(page).first.wait_for()
     expect(page.locator(".message-user")).to_have_count(1)
     assert Message.objects.filter(conversation__owner=user, role="user").count() == 1
+
+
+def test_the_keyboard_reaches_rename_and_delete_of_a_conversation_that_is_not_open(browser, live_server_url, make_user):
+    """On a desktop the row's buttons show on hover; a keyboard user tabbing through the list
+    must reach them too, not only on the open conversation."""
+    from conversations.models import Conversation
+
+    user = make_user("list-keys")
+    other = Conversation.objects.create(owner=user, model="demo:echo", title="Another chat")
+    opened = Conversation.objects.create(owner=user, model="demo:echo", title="This chat")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(f"{live_server_url}/c/{opened.id}/")
+    row = page.locator("#conversation-list li", has_text="Another chat")
+    row.locator("a").focus()
+    page.keyboard.press("Tab")
+    expect(row.locator("button", has_text="Rename")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(row.locator("button", has_text="Delete")).to_be_focused()
+    assert str(other.id) in row.locator("a").get_attribute("href")
+
+
+def test_a_filter_that_matches_nothing_says_so(browser, live_server_url, make_user):
+    from conversations.models import Conversation
+
+    user = make_user("filter-none")
+    Conversation.objects.create(owner=user, model="demo:echo", title="Trip to Busan")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.goto(live_server_url + "/")
+    page.fill("#conversation-filter", "zzz-nothing")
+    expect(page.locator("#conversation-list")).to_contain_text("No conversations match")
+    page.fill("#conversation-filter", "Busan")
+    expect(page.locator("#conversation-list li")).to_have_count(1)
+    expect(page.locator("#conversation-list")).not_to_contain_text("No conversations match")
