@@ -58,7 +58,7 @@ class BudgetExceeded(Exception):
         values = {
             "name": self.name,
             "period": _period_label(self.period),
-            "limit": self.limit.quantize(Decimal("0.01")),
+            "limit": money_str(self.limit),
             "amount": money_str(self.amount),
             "left": money_str(left),
         }

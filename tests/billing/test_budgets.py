@@ -519,3 +519,14 @@ def test_a_refusal_with_room_left_says_the_reply_could_cost_more_not_that_the_bu
     with pytest.raises(BudgetExceeded) as used_up:
         budget_reserve(user=user, amount=D("0.001"))
     assert "used up" in used_up.value.message
+
+
+@pytest.mark.parametrize("limit", ["0.00003", "12.345"])
+def test_a_refusal_names_the_limit_as_it_was_set_not_rounded_to_cents(user, limit):
+    # A limit of 0.00003 was told as "(0.00 USD)", a budget of nothing; 12.345 as 12.35.
+    budget_set(user=user, period="day", limit=limit)
+    rid = budget_reserve(user=user, amount=D(limit))
+    budget_settle(reservation_id=rid, actual=D(limit))
+    with pytest.raises(BudgetExceeded) as used_up:
+        budget_reserve(user=user, amount=D("0.00001"))
+    assert f"({limit} USD)" in used_up.value.message
