@@ -314,6 +314,9 @@ def _csv(request: HttpRequest, board: Dashboard) -> HttpResponse:
     filename = f"parley-{name}-{board.rng.start.isoformat()}-{board.rng.end.isoformat()}.csv"
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    # The byte-order mark: Excel reads a CSV without it in the system's legacy code page, and
+    # Korean headers and names come out garbled. Spreadsheets and CSV readers take it as UTF-8.
+    response.write("\ufeff")
     writer = csv.writer(response)
     writer.writerow([label for label, _kind in table.columns])
     for row in table.rows:

@@ -85,7 +85,7 @@ def test_dashboard_page_shows_the_ledger_total_to_the_cent_and_the_csv_is_exact(
 
     csv_response = su_client.get(URL, {"range": "30d", "format": "csv", "table": "models"})
     assert csv_response["Content-Type"].startswith("text/csv")
-    rows = list(csv.reader(io.StringIO(csv_response.content.decode())))
+    rows = list(csv.reader(io.StringIO(csv_response.content.decode("utf-8-sig"))))
     assert sum(Decimal(r[1]) for r in rows[1:]) == total
 
 
@@ -192,7 +192,7 @@ def test_csv_cells_that_would_run_as_formulas_are_neutralised(su_client, make_le
     evil = Team.objects.create(name='=HYPERLINK("http://evil.test","x")')
     make_ledger(10, users=[make_user("carol")], teams=[evil], days=2)
     response = su_client.get(URL, {"range": "7d", "format": "csv", "table": "teams"})
-    rows = list(csv.reader(io.StringIO(response.content.decode())))
+    rows = list(csv.reader(io.StringIO(response.content.decode("utf-8-sig"))))
     assert rows[0][0] == "Team"
     assert rows[1][0] == "'" + evil.name
 
@@ -318,3 +318,17 @@ def test_a_spend_under_a_cent_shows_its_amount_as_on_the_budget_and_ledger_pages
     for table in ("providers", "models", "users", "teams"):
         rows = {t.name: t for t in response.context["tables"]}[table].display_rows()
         assert [cells[1] for cells, _link in rows] == ["$0.0010192"], table
+
+
+def test_a_csv_download_opens_in_a_spreadsheet_as_utf8(su_client, make_ledger, members, teams):
+    """Excel reads a CSV without a byte-order mark in the system's legacy code page: a Korean
+    operator's headers (and Korean team names) would come out garbled. The mark says UTF-8."""
+    from django.utils import translation
+
+    make_ledger(20, users=members, teams=teams, days=2)
+    with translation.override("ko"):
+        response = su_client.get(URL, {"range": "7d", "format": "csv", "table": "teams"}, HTTP_ACCEPT_LANGUAGE="ko")
+    body = response.content
+    assert body.startswith("\ufeff".encode())
+    header = next(csv.reader(io.StringIO(body.decode("utf-8-sig"))))
+    assert header[0] and not header[0].startswith("\ufeff")
