@@ -8,4 +8,7 @@ DJANGO_ADMIN_STRINGS = (
     # Django's Korean is "보기위한 1%s 를(을) 선택", with a stray "1": the title of every read-only
     # list (the audit log, the usage ledger, the daily usage).
     _("Select %s to view"),
+    # Django's Korean is "뷰 %s", "view" spelt out in Hangul: the title of every read-only record
+    # (an audit event, a ledger row, a staff member's view of a budget).
+    _("View %s"),
 )

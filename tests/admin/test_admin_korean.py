@@ -30,3 +30,17 @@ def test_a_read_only_list_is_titled_in_korean_without_djangos_typo(client, djang
     html = client.get(url).content.decode()
     assert f"<title>{korean} | Parley 관리자</title>" in html
     assert "보기위한 1" not in html
+
+
+@pytest.mark.django_db
+def test_a_read_only_record_is_titled_in_korean_as_a_view_not_a_transliteration(client, django_user_model):
+    # Django's Korean for "View %s" is "뷰 %s" ("view", spelt out in Hangul): the audit event's
+    # page was titled "뷰 감사 이벤트".
+    from accounts.models import AuditEvent
+
+    admin = django_user_model.objects.create_superuser("관리자", "admin@example.test", "pw-not-used-1234", language="ko")
+    event = AuditEvent.objects.create(action="provider_key.test", target_type="provider_key", target_id="1")
+    client.force_login(admin)
+    html = client.get(f"/admin/accounts/auditevent/{event.pk}/change/").content.decode()
+    assert "| 감사 이벤트 보기 | Parley 관리자</title>" in html
+    assert "뷰 감사" not in html
