@@ -38,6 +38,7 @@ class Table:
     rows: list[list] = field(default_factory=list)
     links: list[str | None] = field(default_factory=list)
     note: str = ""
+    empty: str = ""  # what an empty table says, when not "Nothing in this range." (a table of now)
 
     def add(self, values: list, link: str | None = None) -> None:
         self.rows.append(values)
@@ -194,6 +195,7 @@ class Dashboard:
             [(_("Owner"), "text"), (_("Period"), "text"), (_("Limit"), "money"), (_("Spent"), "money"),
              (_("Reserved"), "money"), (_("Used"), "ratio")],
             note=_("Current period, whatever the date range."),
+            empty=_("No budget is near or over its limit."),
         )
         for b in d.dashboard_budgets_at_risk(team=self.rng.team):
             owner = _("team %(name)s") % {"name": b.team.name} if b.team_id else _("user %(name)s") % {"name": b.user.username}
@@ -209,6 +211,7 @@ class Dashboard:
             [(_("Provider"), "text"), (_("Key"), "text"), (_("State"), "text"), (_("Health"), "text"),
              (_("Cooling down until"), "datetime"), (_("Last error"), "text"), (_("Failures in a row"), "int")],
             note=_("Now, whatever the date range."),
+            empty=_("No key is cooling down or invalid."),
         )
         for k in d.dashboard_keys_unhealthy():
             table.add([k.provider, k.name, k.get_state_display(), k.get_health_display(), k.cooldown_until,

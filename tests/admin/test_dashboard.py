@@ -332,3 +332,12 @@ def test_a_csv_download_opens_in_a_spreadsheet_as_utf8(su_client, make_ledger, m
     assert body.startswith("\ufeff".encode())
     header = next(csv.reader(io.StringIO(body.decode("utf-8-sig"))))
     assert header[0] and not header[0].startswith("\ufeff")
+
+
+def test_the_tables_of_now_say_nothing_is_wrong_now_not_nothing_in_this_range(su_client):
+    # "Keys cooling down or invalid" is labelled "Now, whatever the date range."; empty, it said
+    # "Nothing in this range.", as if a wider range might show some.
+    html = su_client.get(URL, {"range": "7d"}).content.decode()
+    assert "No key is cooling down or invalid." in html
+    assert "No budget is near or over its limit." in html
+    assert html.count("Nothing in this range.") == len(Dashboard.TABLES) - 2
