@@ -121,7 +121,7 @@ _BUDGET_FIELDS = ("id", "user_id", "team_id", "period", "limit", "spent", "reser
 class BudgetForm(forms.Form):
     period = forms.ChoiceField(label=gettext_lazy("Period"), choices=Budget.Period.choices)
     limit = forms.DecimalField(
-        label=gettext_lazy("Limit (USD)"), min_value=ZERO, max_digits=MONEY["max_digits"] - 4, decimal_places=4
+        label=gettext_lazy("Limit (USD)"), min_value=ZERO, max_digits=MONEY["max_digits"], decimal_places=MONEY["decimal_places"]
     )
 
     def clean_limit(self):

@@ -104,6 +104,16 @@ def test_set_budget_asks_then_sets_and_audits(su_client, superuser, members):
     assert all(e.data["period"] == "month" and Decimal(e.data["limit"]) == Decimal("25.50") for e in events)
 
 
+def test_set_budget_takes_the_places_the_budget_page_takes(su_client, members):
+    # The budget page takes a limit to ten places (a cheap model's budget of 0.00003 USD); the
+    # bulk action took four, and refused it with "no more than 4 decimal places".
+    act(su_client, "set_budget", members[:1], apply="1", period="day", limit="0.00003")
+    assert Budget.objects.get(user=members[0]).limit == Decimal("0.00003")
+    response = act(su_client, "set_budget", members[:1], apply="1", period="day", limit="0.00000000001")
+    assert response.context["form"].errors["limit"]
+    assert Budget.objects.get(user=members[0]).limit == Decimal("0.00003")
+
+
 @pytest.mark.parametrize("limit, period", [("-5", "month"), ("lots", "month"), ("1e40", "month"), ("10", "decade")])
 def test_set_budget_with_bad_input_explains_and_changes_nothing(su_client, members, limit, period):
     response = act(su_client, "set_budget", members[:1], apply="1", period=period, limit=limit)
