@@ -449,3 +449,15 @@ def test_a_crash_while_saving_keeps_the_secret_out_of_the_error_report(admin_use
     except RuntimeError:
         report = ExceptionReporter(request, *sys.exc_info()).get_traceback_text()
     assert "main" in report and SECRET not in report  # the form was there; its secret was not
+
+
+def test_a_message_that_starts_with_a_keys_name_keeps_the_name_as_written(admin_client, admin_user, adapter):
+    # Korean puts the name first ("%(name)s 테스트: 정상 작동합니다."), and Django's admin
+    # capitalised every message's first letter: key "main" was told as "Main".
+    admin_user.language = "ko"
+    admin_user.save(update_fields=["language"])
+    key = keys.key_add(provider="openai", name="main", secret=SECRET)
+    response = admin_client.post(CHANGELIST, {"action": "test_keys", "_selected_action": [key.pk]}, follow=True)
+    html = response.content.decode()
+    assert "main 테스트: 정상 작동합니다." in html
+    assert "Main 테스트" not in html
