@@ -89,7 +89,7 @@ class ProviderKeyAdmin(admin.ModelAdmin):
         "state",
         "health_display",
         "consecutive_failures",
-        "last_error_kind",
+        "last_error_display",
         "last_used_at",
     )
     list_filter = ("provider", "state", "health")
@@ -99,7 +99,7 @@ class ProviderKeyAdmin(admin.ModelAdmin):
         "health",
         "cooldown_until",
         "consecutive_failures",
-        "last_error_kind",
+        "last_error_display",
         "last_used_at",
         "origin",
         "state_changed_at",
@@ -141,6 +141,10 @@ class ProviderKeyAdmin(admin.ModelAdmin):
                 }
             return gettext("%(health)s (cooldown over, will be retried)") % {"health": obj.get_health_display()}
         return obj.get_health_display()
+
+    @admin.display(description=_("last error kind"), ordering="last_error_kind")
+    def last_error_display(self, obj: ProviderKey) -> str:
+        return keys.error_kind_label(obj.last_error_kind)
 
     @method_decorator(sensitive_post_parameters("secret"))
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
@@ -197,7 +201,8 @@ class ProviderKeyAdmin(admin.ModelAdmin):
                     text = gettext("Provider key %(name)s is out of rotation until %(when)s (%(kind)s).")
                     when = key.cooldown_until.strftime("%Y-%m-%d %H:%M:%S %Z")
                     self.message_user(
-                        request, text % {"name": key.name, "when": when, "kind": key.last_error_kind}, messages.WARNING
+                        request, text % {"name": key.name, "when": when, "kind": keys.error_kind_label(key.last_error_kind)},
+                        messages.WARNING,
                     )
         return super().changelist_view(request, extra_context)
 
@@ -211,7 +216,7 @@ class ProviderKeyAdmin(admin.ModelAdmin):
                     request, gettext("Test of %(name)s: it works.") % {"name": key.name}, messages.SUCCESS
                 )
                 continue
-            values = {"name": key.name, "kind": result.error_kind, "detail": result.detail}
+            values = {"name": key.name, "kind": keys.error_kind_label(result.error_kind), "detail": result.detail}
             if result.needs_new_secret:
                 # What the list's warning would say about this key (keys_needing_attention), said
                 # here once instead.

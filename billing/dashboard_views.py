@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from . import dashboard as d
+from . import keys
 from .models import UsageRecord
 from .templatetags.billing_money import usd
 
@@ -215,7 +216,7 @@ class Dashboard:
         )
         for k in d.dashboard_keys_unhealthy():
             table.add([k.provider, k.name, k.get_state_display(), k.get_health_display(), k.cooldown_until,
-                       k.last_error_kind, k.consecutive_failures], _admin_url("billing_providerkey_change", k.pk, user=self.user))
+                       keys.error_kind_label(k.last_error_kind), k.consecutive_failures], _admin_url("billing_providerkey_change", k.pk, user=self.user))
         return table
 
     TABLES: dict[str, Callable[[Dashboard], Table]] = {

@@ -47,6 +47,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from accounts.audit import audit_record
 from conversations.llm.base import ErrorKind
@@ -65,6 +66,26 @@ _SECRET_MAX_LENGTH = 4096
 _NAME_MAX_LENGTH = ProviderKey._meta.get_field("name").max_length
 _URL_MAX_LENGTH = ProviderKey._meta.get_field("base_url").max_length
 PRIORITY_RANGE = (-1_000_000, 1_000_000)
+
+# How a call with a key failed (ErrorKind, and the key Test's own two), in words an operator
+# reads on the key list, the dashboard and the Test's message; the code stays in the database,
+# the ledger and the logs.
+_ERROR_KIND_WORDS = {
+    ErrorKind.AUTH: gettext_lazy("key refused, HTTP 401/403"),
+    ErrorKind.RATE_LIMITED: gettext_lazy("rate limited, HTTP 429"),
+    ErrorKind.UNAVAILABLE: gettext_lazy("provider unavailable, HTTP 5xx or no connection"),
+    ErrorKind.TIMEOUT: gettext_lazy("no answer in time"),
+    ErrorKind.BAD_REQUEST: gettext_lazy("request refused, HTTP 400"),
+    ErrorKind.MODEL_NOT_FOUND: gettext_lazy("model not served there, HTTP 404"),
+    ErrorKind.CONTEXT_TOO_LONG: gettext_lazy("conversation too long for the model"),
+    "base_url": gettext_lazy("base URL not allowed"),
+    "undecryptable": gettext_lazy("secret cannot be decrypted"),
+}
+
+
+def error_kind_label(kind: str) -> str:
+    """`kind` in words, in the active language; a kind without words as it is."""
+    return str(_ERROR_KIND_WORDS.get(kind, kind))
 
 # Cloud metadata and credential endpoints by name and by address. Refused whatever
 # ALLOW_PRIVATE_BASE_URLS says: that setting is for a model server on the private network, and

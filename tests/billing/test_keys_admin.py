@@ -248,7 +248,7 @@ def test_the_test_action_reports_a_refused_key(admin_client, adapter):
     adapter.error = ProviderError(kind=ErrorKind.AUTH, message="Incorrect API key provided", status=401)
     key = keys.key_add(provider="openai", name="main", secret=SECRET)
     response = admin_client.post(CHANGELIST, {"action": "test_keys", "_selected_action": [key.pk]}, follow=True)
-    assert "Test of main failed (auth)" in response.content.decode()
+    assert "Test of main failed (key refused, HTTP 401/403)" in response.content.decode()
     assert [(r["outcome"], r["error_kind"]) for r in adapter.ledger] == [("error", "auth")]
     key.refresh_from_db()
     assert key.health == "invalid"
@@ -268,7 +268,7 @@ def test_testing_a_key_the_provider_refuses_says_so_in_one_message(admin_client,
 
     said = [str(m) for m in response.context["messages"]]
     assert said == [
-        "Test of main failed (auth). OpenAI refused the key: HTTP 401 (invalid_request_error). "
+        "Test of main failed (key refused, HTTP 401/403). OpenAI refused the key: HTTP 401 (invalid_request_error). "
         "Replace its secret or disable it."
     ]
     key.refresh_from_db()
@@ -461,3 +461,32 @@ def test_a_message_that_starts_with_a_keys_name_keeps_the_name_as_written(admin_
     html = response.content.decode()
     assert "main 테스트: 정상 작동합니다." in html
     assert "Main 테스트" not in html
+
+
+def test_a_keys_last_error_is_told_in_words_in_the_operators_language(admin_client, admin_user):
+    # The list showed the state machine's codes ("rate_limited", "model_not_found") as they are,
+    # in English on a Korean administrator's page too.
+    key = keys.key_add(provider="openai", name="busy", secret=SECRET)
+    keys.key_report_failure(key_id=key.pk, kind="rate_limited", retry_after=60)
+    html = admin_client.get(CHANGELIST).content.decode()
+    assert "rate limited, HTTP 429" in html
+    admin_user.language = "ko"
+    admin_user.save(update_fields=["language"])
+    html = admin_client.get(CHANGELIST).content.decode()
+    assert "요청 한도 초과, HTTP 429" in html
+    assert ">rate_limited<" not in html and "(rate_limited)" not in html
+
+
+@pytest.mark.parametrize("kind", ["auth", "rate_limited", "unavailable", "timeout", "bad_request", "model_not_found", "context_too_long"])
+def test_every_error_kind_has_words_in_english_and_korean(kind):
+    from django.utils import translation
+
+    english = keys.error_kind_label(kind)
+    with translation.override("ko"):
+        korean = keys.error_kind_label(kind)
+    assert english != kind and korean != english
+
+
+def test_an_error_kind_without_words_is_shown_as_it_is():
+    assert keys.error_kind_label("something_new") == "something_new"
+    assert keys.error_kind_label("") == ""
