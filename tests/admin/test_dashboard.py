@@ -218,6 +218,8 @@ def test_budgets_near_their_limit_and_unhealthy_keys_are_listed(su_client, membe
     owners = [row[0] for row in tables["budgets"].rows]
     assert owners == ["team Physics", "user member0"]  # the fuller first; member1 is fine
     assert sorted(row[1] for row in tables["key_alerts"].rows) == ["an-main", "oa-main"]
+    # The last error in words, not the state machine's code ("auth").
+    assert {row[1]: row[5] for row in tables["key_alerts"].rows}["an-main"] == "key refused, HTTP 401/403"
 
 
 def test_team_filter_narrows_spend_to_that_team(su_client, make_ledger, members, teams):
