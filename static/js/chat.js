@@ -742,7 +742,8 @@
   // did not keep it: it must not look sent, and its text must not be lost. Back into the input
   // it goes, if that is still empty; else the bubble stays, marked as not sent.
   function refused(frame) {
-    const m = state.messages.find((x) => x.client_id === frame.client_id);
+    // The page's own copy: a saved message from the database carries the same client_id.
+    const m = state.messages.find((x) => isUnsent(x) && x.client_id === frame.client_id);
     if (!m || !isUnsent(m) || frame.user_message_id) return;
     const node = messageNode(m.id);
     if (!el.input.value) {
@@ -776,7 +777,8 @@
     switch (frame.type) {
       case "ack": {
         state.unacked.delete(frame.client_id);
-        const pending = state.messages.find((m) => m.client_id === frame.client_id);
+        // The page's own copy, not the saved one a reload drew with the same client_id.
+        const pending = state.messages.find((m) => isUnsent(m) && m.client_id === frame.client_id);
         if (pending) {
           const node = messageNode(pending.id);
           if (findMessage(frame.message_id)) {
