@@ -269,10 +269,26 @@ if REDIS_URL:
     # process fell behind and streams lost deltas (BENCHMARKS.md, "Chat streaming"). Pub/sub pushes
     # each frame to the subscribed processes. Delivery is at most once either way; what a socket
     # missed while away comes back from the stream buffer ("resume") and the saved message.
+    # redis-py retries nothing by default: after a Redis restart each pooled connection is dead and
+    # failed its next command, so each process's first reply failed at its "start" frame. A dropped
+    # connection is retried on a fresh one (as chatsite.asynccache does), never a timeout.
+    from redis.asyncio.retry import Retry as _RedisRetry
+    from redis.backoff import ExponentialBackoff as _RedisBackoff
+    from redis.exceptions import ConnectionError as _RedisConnectionError
+
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "retry": _RedisRetry(
+                            _RedisBackoff(cap=0.2, base=0.02), 2, supported_errors=(_RedisConnectionError,)
+                        ),
+                    }
+                ]
+            },
         }
     }
     CACHES = {
