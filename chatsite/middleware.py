@@ -40,11 +40,12 @@ class RequestIdMiddleware:
             response = self.get_response(request)
             # The route pattern when a view answered, never its path: a path can hold a
             # password-reset token. Static files and 404s have no route; their path is logged.
+            # A route has no leading slash (the front page's is ""): given one, both read as paths.
             match = getattr(request, "resolver_match", None)
             logger.info(
                 "%s %s %s %.0fms user=%s",
                 request.method,
-                match.route if match else request.path[:200],
+                "/" + match.route if match else request.path[:200],
                 response.status_code,
                 (time.monotonic() - started) * 1000,
                 # Only a user the view already loaded: a probe must not cost a session lookup.
