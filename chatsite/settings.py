@@ -14,6 +14,7 @@ from urllib.parse import quote, urlsplit
 import environ
 from celery.schedules import crontab
 from cryptography.fernet import Fernet
+from django.utils.module_loading import import_string
 
 from conversations.llm.model_ids import PROVIDERS as MODEL_PROVIDERS
 from conversations.llm.model_ids import model_id_parse
@@ -201,6 +202,8 @@ if _db_password:
     if _db.get("PASSWORD"):
         raise _config_error("DATABASE_PASSWORD", "is set and DATABASE_URL holds a password too: give it in one place")
     _db["PASSWORD"] = _db_password
+# Read (and checked) on SQLite too, where it is unused: a typo must not wait for the move to PostgreSQL.
+DATABASE_POOL_SIZE = _int("DATABASE_POOL_SIZE", 20, minimum=1)
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["OPTIONS"] = {
         # WAL lets readers run beside the writer; IMMEDIATE transactions take the write lock at
@@ -223,7 +226,7 @@ else:
     _db["CONN_HEALTH_CHECKS"] = True
     # "timeout": how long a request waits for a connection, enough to ride out a load spike
     # (/readyz waits only 2 s: chatsite.health.READY_DATABASE_TIMEOUT).
-    _db["OPTIONS"] = {"pool": {"min_size": 1, "max_size": _int("DATABASE_POOL_SIZE", 20, minimum=1), "timeout": 10}}
+    _db["OPTIONS"] = {"pool": {"min_size": 1, "max_size": DATABASE_POOL_SIZE, "timeout": 10}}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 IS_POSTGRES = _db["ENGINE"].endswith("postgresql")
@@ -457,6 +460,20 @@ if _email_url:
     globals().update({k: v for k, v in _email.items() if k.startswith("EMAIL_")})
     EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     EMAIL_TIMEOUT = 15
+else:
+    # Imported now, not at the first password reset: that page says "sent" whatever happens next,
+    # and the failure would be a traceback in the log. Only an import failure is the setting's
+    # fault; a backend whose import needs the settings (finished after this module) is left alone.
+    try:
+        import_string(EMAIL_BACKEND)
+    except ImportError:
+        raise _config_error(
+            "EMAIL_BACKEND",
+            "must be the dotted path of an email backend, such as django.core.mail.backends.smtp.EmailBackend "
+            f"(or set EMAIL_URL), not {EMAIL_BACKEND!r}",
+        ) from None
+    except Exception:  # noqa: BLE001, S110 - see above
+        pass
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="parley@localhost")
 
 # --- Product settings -----------------------------------------------------------------------

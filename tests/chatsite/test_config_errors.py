@@ -176,3 +176,33 @@ def test_valid_field_encryption_keys_let_the_asgi_application_load(tmp_path):
     result = run_process([sys.executable, "-c", code], tmp_path, FIELD_ENCRYPTION_KEYS=keys, DJANGO_SETTINGS_MODULE="chatsite.settings")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "2"
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        # The password-reset page said "sent" while each email failed in the log, far from its cause.
+        ("EMAIL_BACKEND", "no.such.Backend"),
+        ("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackends"),
+        ("EMAIL_BACKEND", "smtp"),
+        # Read only with PostgreSQL, so a typo passed unseen on SQLite until the move to PostgreSQL.
+        ("DATABASE_POOL_SIZE", "twenty"),
+    ],
+)
+def test_a_setting_ignored_until_later_is_checked_at_start(variable, value):
+    result = run_check(**{variable: value})
+    assert result.returncode != 0, f"{variable}={value} was accepted"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_email_backend_that_exists_is_taken():
+    result = run_check(EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend")
+    assert result.returncode == 0, result.stderr
+
+
+def test_email_backend_is_not_checked_when_email_url_sets_it():
+    # The README: EMAIL_BACKEND is ignored when EMAIL_URL is set.
+    result = run_check(EMAIL_BACKEND="left.over.Backend", EMAIL_URL="smtp+tls://u:p@smtp.example.com:587")
+    assert result.returncode == 0, result.stderr
