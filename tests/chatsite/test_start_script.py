@@ -103,7 +103,7 @@ def test_start_on_the_embedded_defaults_logs_no_warning_when_a_task_runs(tmp_pat
         assert answer.url.endswith("/accounts/password/reset/sent/")
         time.sleep(0.5)  # what the process wrote reaches the reader thread
         logged = stderr()
-    assert "POST accounts/password/reset/ 302" in logged, logged
+    assert "POST /accounts/password/reset/ 302" in logged, logged
     warnings = [line for line in logged.splitlines() if " WARNING " in line or " ERROR " in line]
     assert not warnings, logged
 
