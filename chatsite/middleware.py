@@ -91,6 +91,31 @@ class SecurityHeadersMiddleware:
         return response
 
 
+class ProbesAnyHostMiddleware:
+    """/healthz and /readyz answer whatever Host the probe names. Orchestrators and load balancers
+    probe a container by its address (a Kubernetes probe sends the pod's IP as Host, an AWS
+    target group's health check the target's, and neither can always be told another name);
+    Django refused those with 400 like any Host not in ALLOWED_HOSTS, so a healthy process was
+    marked down. The probes build no URL from the Host and show nobody's data. Listed above
+    every middleware that reads the Host (CommonMiddleware, CSRF); the HTTPS redirect already
+    exempts them (SECURE_REDIRECT_EXEMPT)."""
+
+    def __init__(self, get_response):
+        from . import health
+
+        self.get_response = get_response
+        self.probes = {"/healthz": health.healthz, "/readyz": health.readyz}
+
+    def __call__(self, request):
+        probe = self.probes.get(request.path_info)
+        if probe is None:
+            return self.get_response(request)
+        response = probe(request)
+        # What XFrameOptionsMiddleware, below, would have added; the headers above are added anyway.
+        response.setdefault("X-Frame-Options", settings.X_FRAME_OPTIONS)
+        return response
+
+
 class NoContentMiddleware:
     """A 204 goes out with no body, no Content-Length and no Content-Type (RFC 9110 6.4.1, 8.6):
     CommonMiddleware gives every response a Content-Length, and a client that believes one on

@@ -133,6 +133,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "chatsite.middleware.SecurityHeadersMiddleware",
+    "chatsite.middleware.ProbesAnyHostMiddleware",  # above all that read the Host: probes come by address
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "chatsite.middleware.NoContentMiddleware",  # above CommonMiddleware: strips what it adds to a 204
