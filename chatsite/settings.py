@@ -103,6 +103,19 @@ if USING_DEV_SECRET:
     if PRODUCTION:
         raise _config_error("DJANGO_SECRET_KEY", "is required when DJANGO_HTTPS=true")
     SECRET_KEY = _DEV_SECRET
+# Whoever guesses the key signs session cookies as anyone, the administrator included. Django's
+# own test of a key (check --deploy, security.W009), at start, where nothing else runs it.
+elif PRODUCTION and (
+    len(SECRET_KEY) < 50
+    or len(set(SECRET_KEY)) < 5
+    or SECRET_KEY.startswith("django-insecure-")
+    or SECRET_KEY == _DEV_SECRET
+):
+    raise _config_error(
+        "DJANGO_SECRET_KEY",
+        "is too weak for DJANGO_HTTPS=true: use 50 or more random characters "
+        "(python3 -c \"import secrets; print(secrets.token_urlsafe(50))\")",
+    )
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 if not ALLOWED_HOSTS:

@@ -206,3 +206,26 @@ def test_email_backend_is_not_checked_when_email_url_sets_it():
     # The README: EMAIL_BACKEND is ignored when EMAIL_URL is set.
     result = run_check(EMAIL_BACKEND="left.over.Backend", EMAIL_URL="smtp+tls://u:p@smtp.example.com:587")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "changeme",  # guessable: anyone could sign a session cookie as the administrator
+        "x" * 60,
+        "django-insecure-" + "a1b2c3d4e5" * 5,
+        "parley-dev-secret-key-not-for-production-0123456789-abcdefghijklmnop",  # the public development key
+    ],
+)
+def test_a_weak_secret_key_in_production_stops_with_one_line(secret):
+    """The README: "a long random secret; required when DJANGO_HTTPS=true". A short or guessable
+    one was taken without a word (only `check --deploy`, which nothing runs at start, said so)."""
+    result = run_check(DJANGO_HTTPS="true", DJANGO_ALLOWED_HOSTS="parley.example.com", DJANGO_SECRET_KEY=secret)
+    assert result.returncode != 0, f"{secret!r} was accepted"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DJANGO_SECRET_KEY" in lines[0], result.stderr
+    assert secret not in result.stderr  # never echoed
+
+
+def test_a_short_secret_key_is_taken_in_development():
+    assert run_check(DJANGO_SECRET_KEY="changeme").returncode == 0
