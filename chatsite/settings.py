@@ -518,6 +518,13 @@ OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
 ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
+# A base URL is imported with its key, never alone: it would be dropped without a word.
+for _provider, _key, _url in (("OPENAI", OPENAI_API_KEY, OPENAI_BASE_URL), ("ANTHROPIC", ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL)):
+    if _url.strip() and not _key.strip():
+        raise _config_error(
+            f"{_provider}_BASE_URL",
+            f"is set, but {_provider}_API_KEY is not: set it too (any text, for a server that asks no key)",
+        )
 # Provider call timeouts, seconds: connecting, waiting for the first token, the whole reply.
 LLM_CONNECT_TIMEOUT = _float("LLM_CONNECT_TIMEOUT", 10.0, above=True)
 LLM_FIRST_TOKEN_TIMEOUT = _float("LLM_FIRST_TOKEN_TIMEOUT", 60.0, above=True)

@@ -229,3 +229,13 @@ def test_a_weak_secret_key_in_production_stops_with_one_line(secret):
 
 def test_a_short_secret_key_is_taken_in_development():
     assert run_check(DJANGO_SECRET_KEY="changeme").returncode == 0
+
+
+@pytest.mark.parametrize("provider", ["OPENAI", "ANTHROPIC"])
+def test_a_base_url_without_its_key_stops_with_one_line(provider):
+    """OPENAI_BASE_URL alone (a local Ollama, which asks no key) imported nothing, and said
+    "No provider key variables are set.": the site offered no model, with no word why."""
+    result = run_check(**{f"{provider}_BASE_URL": "http://127.0.0.1:11434/v1", f"{provider}_API_KEY": ""})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{provider}_BASE_URL" in lines[0] and f"{provider}_API_KEY" in lines[0], result.stderr
