@@ -17,7 +17,7 @@ from django.utils import translation
 from django.utils.cache import add_never_cache_headers, has_vary_header
 from django.utils.translation import gettext as _
 
-from .logging import request_id_var
+from .logging import RepeatThrottle, request_id_var
 
 logger = logging.getLogger("parley.request")
 
@@ -273,5 +273,27 @@ class SiteOriginValidator:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "websocket" and not websocket_origin_is_site(scope):
+            _origin_refused_log(scope)
             return await WebsocketDenier()(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+# A refused Origin is how a proxy that rewrites Host or drops its port (nginx's $host), or a
+# DJANGO_ALLOWED_HOSTS / DJANGO_HTTPS that does not match the public address, shows: pages load, no
+# chat socket opens, and the browser only says "reconnecting". Told to the operator, at most once a
+# minute (a foreign page can cause it too).
+ORIGIN_REFUSALS = RepeatThrottle()
+
+
+def _origin_refused_log(scope) -> None:
+    left_out = ORIGIN_REFUSALS.tell("origin")
+    if left_out is None:
+        return
+    headers = dict(scope.get("headers") or [])
+    logger.warning(
+        "websocket refused: Origin %r is not this site (Host %r; see DJANGO_ALLOWED_HOSTS, DJANGO_HTTPS "
+        "and the Host header the proxy passes)%s",
+        headers.get(b"origin", b"").decode("latin-1")[:200],
+        headers.get(b"host", b"").decode("latin-1")[:200],
+        f"; {left_out} more in the last minute" if left_out else "",
+    )
