@@ -453,7 +453,9 @@ STORAGES = {
 # Development and tests serve static files straight from static/ (no collectstatic needed).
 WHITENOISE_USE_FINDERS = DEBUG or TESTING
 WHITENOISE_AUTOREFRESH = DEBUG or TESTING
-MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(BASE_DIR / "media")))
+# A relative path is the project's folder's, not the working folder of whichever process reads it:
+# the worker writes exports that the web process serves. Empty is the default, not the working folder.
+MEDIA_ROOT = BASE_DIR / (env.str("MEDIA_ROOT", default="").strip() or "media")
 # Exports are private files, served only through an authenticated view, never from MEDIA_URL.
 EXPORT_ROOT = MEDIA_ROOT / "exports"
 EXPORT_TTL_HOURS = _int("EXPORT_TTL_HOURS", 24, minimum=1)
