@@ -37,23 +37,48 @@ def warm_up_and_freeze() -> None:
     gc.freeze()
 
 
+# After the replies ended at shutdown publish their last frames: the time those take through the
+# channel layer (Redis) to the sockets of this process, before Daphne ends the sockets.
+SHUTDOWN_LAST_FRAMES_SECONDS = 0.5
+
+
 def replies_end_at_shutdown() -> None:
     """Under Daphne, SIGTERM (a deploy, `docker compose restart`) stops the reactor: the replies
     running here would die with the process, to be reaped as errors minutes later. Before the
     reactor stops, they get a few seconds to end, and the rest are ended as interrupted (saved,
     billed, settled, their sockets told): turns.replies_shutdown. Daphne installs its reactor
-    before it loads this module; elsewhere (Celery, tests) the trigger never fires."""
+    before it loads this module; elsewhere (Celery, tests) this changes nothing.
+
+    Daphne's own shutdown step (Server.kill_all_applications) cancels every socket's consumer
+    at once: run beside it, the replies went on for their grace period with no socket to relay
+    them (on Redis the tabs heard nothing more, their reply frozen, then dropped). So it runs
+    after the replies have ended and their last frames have gone out."""
     reactor = sys.modules.get("twisted.internet.reactor")
     if reactor is None:
         return
+    from daphne.server import Server
     from twisted.internet import defer
 
     from conversations import turns
 
-    def before_shutdown():
-        return defer.Deferred.fromFuture(asyncio.ensure_future(turns.replies_shutdown()))
+    kill_sockets = Server.kill_all_applications
+    if getattr(kill_sockets, "after_replies", False):
+        return
 
-    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+    async def replies_end() -> None:
+        if await turns.replies_shutdown():
+            await asyncio.sleep(SHUTDOWN_LAST_FRAMES_SECONDS)
+
+    def replies_end_then_kill_sockets(server):
+        ended = defer.Deferred.fromFuture(asyncio.ensure_future(replies_end()))
+        ended.addErrback(lambda failure: logging.getLogger("chatsite").error("ending replies at shutdown failed: %s", failure.value))
+        ended.addCallback(lambda _: kill_sockets(server))
+        return ended
+
+    replies_end_then_kill_sockets.after_replies = True
+    # Daphne registers the bound method as a shutdown trigger in Server.run(), after it has
+    # loaded this module: the replacement is the one it registers.
+    Server.kill_all_applications = replies_end_then_kill_sockets
 
 
 def static_files_check() -> None:

@@ -108,7 +108,8 @@ class ExpectedConditionsFilter(logging.Filter):
     channels_redis' pub/sub layer retries reading from Redis once a second and logs each failure
     with its traceback (some 45 lines): while Redis restarts or is down, that filled the log with
     thousands of lines a minute and buried everything else. Such a failure is one WARNING line,
-    repeated at most once a minute (with how many were left out) for as long as it lasts.
+    repeated at most once a minute (with how many were left out) for as long as it lasts. So is
+    a socket Daphne could not open for the same reason (each chat tab retries every few seconds).
 
     Django logs every request it refuses as suspicious (above all a Host the site does not serve,
     which scanners and load balancers probing by address send all day) as an ERROR with the
@@ -132,6 +133,16 @@ class ExpectedConditionsFilter(logging.Filter):
             if failure is not None:
                 return self._once_a_minute(
                     record, "channels_redis", "channel layer: Redis is unreachable (%s); retrying", failure
+                )
+        if record.name == "daphne.server" and record.exc_info:
+            # A socket whose consumer could not subscribe to the layer: each tab retries every few
+            # seconds. Only Redis's own errors: any other exception here is a bug, told in full.
+            from redis.exceptions import RedisError
+
+            failure = _connection_failure(record.exc_info)
+            if isinstance(failure, RedisError):
+                return self._once_a_minute(
+                    record, "daphne", "sockets refused: Redis is unreachable (%s); chat tabs keep retrying", failure
                 )
         return True
 

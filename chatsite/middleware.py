@@ -17,7 +17,7 @@ from django.utils import translation
 from django.utils.cache import add_never_cache_headers, has_vary_header
 from django.utils.translation import gettext as _
 
-from .logging import request_id_var
+from .logging import RepeatThrottle, request_id_var
 
 logger = logging.getLogger("parley.request")
 
@@ -40,11 +40,12 @@ class RequestIdMiddleware:
             response = self.get_response(request)
             # The route pattern when a view answered, never its path: a path can hold a
             # password-reset token. Static files and 404s have no route; their path is logged.
+            # A route has no leading slash (the front page's is ""): given one, both read as paths.
             match = getattr(request, "resolver_match", None)
             logger.info(
                 "%s %s %s %.0fms user=%s",
                 request.method,
-                match.route if match else request.path[:200],
+                "/" + match.route if match else request.path[:200],
                 response.status_code,
                 (time.monotonic() - started) * 1000,
                 # Only a user the view already loaded: a probe must not cost a session lookup.
@@ -87,6 +88,31 @@ class SecurityHeadersMiddleware:
         response.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
         if not response.has_header("Cache-Control") and has_vary_header(response, "Cookie"):
             add_never_cache_headers(response)
+        return response
+
+
+class ProbesAnyHostMiddleware:
+    """/healthz and /readyz answer whatever Host the probe names. Orchestrators and load balancers
+    probe a container by its address (a Kubernetes probe sends the pod's IP as Host, an AWS
+    target group's health check the target's, and neither can always be told another name);
+    Django refused those with 400 like any Host not in ALLOWED_HOSTS, so a healthy process was
+    marked down. The probes build no URL from the Host and show nobody's data. Listed above
+    every middleware that reads the Host (CommonMiddleware, CSRF); the HTTPS redirect already
+    exempts them (SECURE_REDIRECT_EXEMPT)."""
+
+    def __init__(self, get_response):
+        from . import health
+
+        self.get_response = get_response
+        self.probes = {"/healthz": health.healthz, "/readyz": health.readyz}
+
+    def __call__(self, request):
+        probe = self.probes.get(request.path_info)
+        if probe is None:
+            return self.get_response(request)
+        response = probe(request)
+        # What XFrameOptionsMiddleware, below, would have added; the headers above are added anyway.
+        response.setdefault("X-Frame-Options", settings.X_FRAME_OPTIONS)
         return response
 
 
@@ -247,5 +273,27 @@ class SiteOriginValidator:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "websocket" and not websocket_origin_is_site(scope):
+            _origin_refused_log(scope)
             return await WebsocketDenier()(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+# A refused Origin is how a proxy that rewrites Host or drops its port (nginx's $host), or a
+# DJANGO_ALLOWED_HOSTS / DJANGO_HTTPS that does not match the public address, shows: pages load, no
+# chat socket opens, and the browser only says "reconnecting". Told to the operator, at most once a
+# minute (a foreign page can cause it too).
+ORIGIN_REFUSALS = RepeatThrottle()
+
+
+def _origin_refused_log(scope) -> None:
+    left_out = ORIGIN_REFUSALS.tell("origin")
+    if left_out is None:
+        return
+    headers = dict(scope.get("headers") or [])
+    logger.warning(
+        "websocket refused: Origin %r is not this site (Host %r; see DJANGO_ALLOWED_HOSTS, DJANGO_HTTPS "
+        "and the Host header the proxy passes)%s",
+        headers.get(b"origin", b"").decode("latin-1")[:200],
+        headers.get(b"host", b"").decode("latin-1")[:200],
+        f"; {left_out} more in the last minute" if left_out else "",
+    )

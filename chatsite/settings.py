@@ -14,6 +14,7 @@ from urllib.parse import quote, urlsplit
 import environ
 from celery.schedules import crontab
 from cryptography.fernet import Fernet
+from django.utils.module_loading import import_string
 
 from conversations.llm.model_ids import PROVIDERS as MODEL_PROVIDERS
 from conversations.llm.model_ids import model_id_parse
@@ -102,6 +103,19 @@ if USING_DEV_SECRET:
     if PRODUCTION:
         raise _config_error("DJANGO_SECRET_KEY", "is required when DJANGO_HTTPS=true")
     SECRET_KEY = _DEV_SECRET
+# Whoever guesses the key signs session cookies as anyone, the administrator included. Django's
+# own test of a key (check --deploy, security.W009), at start, where nothing else runs it.
+elif PRODUCTION and (
+    len(SECRET_KEY) < 50
+    or len(set(SECRET_KEY)) < 5
+    or SECRET_KEY.startswith("django-insecure-")
+    or SECRET_KEY == _DEV_SECRET
+):
+    raise _config_error(
+        "DJANGO_SECRET_KEY",
+        "is too weak for DJANGO_HTTPS=true: use 50 or more random characters "
+        "(python3 -c \"import secrets; print(secrets.token_urlsafe(50))\")",
+    )
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 if not ALLOWED_HOSTS:
@@ -132,6 +146,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "chatsite.middleware.SecurityHeadersMiddleware",
+    "chatsite.middleware.ProbesAnyHostMiddleware",  # above all that read the Host: probes come by address
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "chatsite.middleware.NoContentMiddleware",  # above CommonMiddleware: strips what it adds to a 204
@@ -201,6 +216,8 @@ if _db_password:
     if _db.get("PASSWORD"):
         raise _config_error("DATABASE_PASSWORD", "is set and DATABASE_URL holds a password too: give it in one place")
     _db["PASSWORD"] = _db_password
+# Read (and checked) on SQLite too, where it is unused: a typo must not wait for the move to PostgreSQL.
+DATABASE_POOL_SIZE = _int("DATABASE_POOL_SIZE", 20, minimum=1)
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["OPTIONS"] = {
         # WAL lets readers run beside the writer; IMMEDIATE transactions take the write lock at
@@ -223,7 +240,7 @@ else:
     _db["CONN_HEALTH_CHECKS"] = True
     # "timeout": how long a request waits for a connection, enough to ride out a load spike
     # (/readyz waits only 2 s: chatsite.health.READY_DATABASE_TIMEOUT).
-    _db["OPTIONS"] = {"pool": {"min_size": 1, "max_size": _int("DATABASE_POOL_SIZE", 20, minimum=1), "timeout": 10}}
+    _db["OPTIONS"] = {"pool": {"min_size": 1, "max_size": DATABASE_POOL_SIZE, "timeout": 10}}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 IS_POSTGRES = _db["ENGINE"].endswith("postgresql")
@@ -269,10 +286,26 @@ if REDIS_URL:
     # process fell behind and streams lost deltas (BENCHMARKS.md, "Chat streaming"). Pub/sub pushes
     # each frame to the subscribed processes. Delivery is at most once either way; what a socket
     # missed while away comes back from the stream buffer ("resume") and the saved message.
+    # redis-py retries nothing by default: after a Redis restart each pooled connection is dead and
+    # failed its next command, so each process's first reply failed at its "start" frame. A dropped
+    # connection is retried on a fresh one (as chatsite.asynccache does), never a timeout.
+    from redis.asyncio.retry import Retry as _RedisRetry
+    from redis.backoff import ExponentialBackoff as _RedisBackoff
+    from redis.exceptions import ConnectionError as _RedisConnectionError
+
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "retry": _RedisRetry(
+                            _RedisBackoff(cap=0.2, base=0.02), 2, supported_errors=(_RedisConnectionError,)
+                        ),
+                    }
+                ]
+            },
         }
     }
     CACHES = {
@@ -420,7 +453,9 @@ STORAGES = {
 # Development and tests serve static files straight from static/ (no collectstatic needed).
 WHITENOISE_USE_FINDERS = DEBUG or TESTING
 WHITENOISE_AUTOREFRESH = DEBUG or TESTING
-MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(BASE_DIR / "media")))
+# A relative path is the project's folder's, not the working folder of whichever process reads it:
+# the worker writes exports that the web process serves. Empty is the default, not the working folder.
+MEDIA_ROOT = BASE_DIR / (env.str("MEDIA_ROOT", default="").strip() or "media")
 # Exports are private files, served only through an authenticated view, never from MEDIA_URL.
 EXPORT_ROOT = MEDIA_ROOT / "exports"
 EXPORT_TTL_HOURS = _int("EXPORT_TTL_HOURS", 24, minimum=1)
@@ -441,6 +476,20 @@ if _email_url:
     globals().update({k: v for k, v in _email.items() if k.startswith("EMAIL_")})
     EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     EMAIL_TIMEOUT = 15
+else:
+    # Imported now, not at the first password reset: that page says "sent" whatever happens next,
+    # and the failure would be a traceback in the log. Only an import failure is the setting's
+    # fault; a backend whose import needs the settings (finished after this module) is left alone.
+    try:
+        import_string(EMAIL_BACKEND)
+    except ImportError:
+        raise _config_error(
+            "EMAIL_BACKEND",
+            "must be the dotted path of an email backend, such as django.core.mail.backends.smtp.EmailBackend "
+            f"(or set EMAIL_URL), not {EMAIL_BACKEND!r}",
+        ) from None
+    except Exception:  # noqa: BLE001, S110 - see above
+        pass
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="parley@localhost")
 
 # --- Product settings -----------------------------------------------------------------------
@@ -471,6 +520,13 @@ OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
 ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
+# A base URL is imported with its key, never alone: it would be dropped without a word.
+for _provider, _key, _url in (("OPENAI", OPENAI_API_KEY, OPENAI_BASE_URL), ("ANTHROPIC", ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL)):
+    if _url.strip() and not _key.strip():
+        raise _config_error(
+            f"{_provider}_BASE_URL",
+            f"is set, but {_provider}_API_KEY is not: set it too (any text, for a server that asks no key)",
+        )
 # Provider call timeouts, seconds: connecting, waiting for the first token, the whole reply.
 LLM_CONNECT_TIMEOUT = _float("LLM_CONNECT_TIMEOUT", 10.0, above=True)
 LLM_FIRST_TOKEN_TIMEOUT = _float("LLM_FIRST_TOKEN_TIMEOUT", 60.0, above=True)

@@ -176,3 +176,66 @@ def test_valid_field_encryption_keys_let_the_asgi_application_load(tmp_path):
     result = run_process([sys.executable, "-c", code], tmp_path, FIELD_ENCRYPTION_KEYS=keys, DJANGO_SETTINGS_MODULE="chatsite.settings")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "2"
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        # The password-reset page said "sent" while each email failed in the log, far from its cause.
+        ("EMAIL_BACKEND", "no.such.Backend"),
+        ("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackends"),
+        ("EMAIL_BACKEND", "smtp"),
+        # Read only with PostgreSQL, so a typo passed unseen on SQLite until the move to PostgreSQL.
+        ("DATABASE_POOL_SIZE", "twenty"),
+    ],
+)
+def test_a_setting_ignored_until_later_is_checked_at_start(variable, value):
+    result = run_check(**{variable: value})
+    assert result.returncode != 0, f"{variable}={value} was accepted"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_email_backend_that_exists_is_taken():
+    result = run_check(EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend")
+    assert result.returncode == 0, result.stderr
+
+
+def test_email_backend_is_not_checked_when_email_url_sets_it():
+    # The README: EMAIL_BACKEND is ignored when EMAIL_URL is set.
+    result = run_check(EMAIL_BACKEND="left.over.Backend", EMAIL_URL="smtp+tls://u:p@smtp.example.com:587")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "changeme",  # guessable: anyone could sign a session cookie as the administrator
+        "x" * 60,
+        "django-insecure-" + "a1b2c3d4e5" * 5,
+        "parley-dev-secret-key-not-for-production-0123456789-abcdefghijklmnop",  # the public development key
+    ],
+)
+def test_a_weak_secret_key_in_production_stops_with_one_line(secret):
+    """The README: "a long random secret; required when DJANGO_HTTPS=true". A short or guessable
+    one was taken without a word (only `check --deploy`, which nothing runs at start, said so)."""
+    result = run_check(DJANGO_HTTPS="true", DJANGO_ALLOWED_HOSTS="parley.example.com", DJANGO_SECRET_KEY=secret)
+    assert result.returncode != 0, f"{secret!r} was accepted"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DJANGO_SECRET_KEY" in lines[0], result.stderr
+    assert secret not in result.stderr  # never echoed
+
+
+def test_a_short_secret_key_is_taken_in_development():
+    assert run_check(DJANGO_SECRET_KEY="changeme").returncode == 0
+
+
+@pytest.mark.parametrize("provider", ["OPENAI", "ANTHROPIC"])
+def test_a_base_url_without_its_key_stops_with_one_line(provider):
+    """OPENAI_BASE_URL alone (a local Ollama, which asks no key) imported nothing, and said
+    "No provider key variables are set.": the site offered no model, with no word why."""
+    result = run_check(**{f"{provider}_BASE_URL": "http://127.0.0.1:11434/v1", f"{provider}_API_KEY": ""})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{provider}_BASE_URL" in lines[0] and f"{provider}_API_KEY" in lines[0], result.stderr

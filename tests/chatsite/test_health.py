@@ -160,3 +160,20 @@ def test_readyz_answers_503_naming_static_files_until_they_are_collected(client,
     assert response.status_code == 200
     assert response.json()["checks"] == {"database": "ok", "static": "ok"}
     assert client.get("/accounts/login/").status_code == 200
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_probes_answer_a_load_balancer_that_names_the_container_by_its_address(client, path):
+    """A Kubernetes probe sends the pod's address as Host, an AWS target group's health check the
+    target's, and neither can always be told another. Django refused every such probe with 400
+    (the Host is not in ALLOWED_HOSTS), so a healthy process was marked down and restarted."""
+    response = client.get(path, HTTP_HOST="10.1.2.3:8000")
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "ok"
+
+
+@pytest.mark.django_db
+def test_pages_still_refuse_a_host_not_served(client):
+    assert client.get("/accounts/login/", HTTP_HOST="10.1.2.3:8000").status_code == 400
+    assert client.get("/readyz/", HTTP_HOST="10.1.2.3:8000").status_code == 400

@@ -88,3 +88,27 @@ async def test_a_channel_keeps_one_queue_while_messages_wait():
     assert layer.channels[channel] is queue and queue.qsize() == 2
     assert [(await layer.receive(channel))["n"] for _ in range(2)] == [1, 2]
     assert channel not in layer.channels  # an idle channel keeps no queue
+
+
+@pytest.mark.usefixtures("needs_redis")
+async def test_on_redis_a_publish_connection_the_server_closed_is_replaced_not_failed():
+    # As after a Redis restart: the layer's pooled connection is dead, and the next frame a reply
+    # publishes (its "start") must not fail the reply. Each web process's first reply after a
+    # restart ended as "The reply failed." while every page and the cache had recovered.
+    import redis
+    from channels.layers import channel_layers
+    from django.conf import settings
+
+    layer = channel_layers.make_backend("default")
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("chat.restart", channel)
+        await layer.group_send("chat.restart", {"type": "chat.frame", "n": 1})
+        assert (await layer.receive(channel))["n"] == 1
+        publisher = layer._get_layer()._shards[0]._redis
+        connection_id = await publisher.client_id()  # the pool's one idle connection, used again next
+        assert redis.Redis.from_url(settings.REDIS_URL).client_kill_filter(_id=connection_id) == 1
+        await layer.group_send("chat.restart", {"type": "chat.frame", "n": 2})
+        assert (await layer.receive(channel))["n"] == 2
+    finally:
+        await layer.flush()

@@ -53,6 +53,22 @@ def test_failed_login_and_requests_log_a_request_id_and_no_password(client, user
 
 
 @pytest.mark.django_db
+def test_each_request_line_names_the_route_as_a_path_the_front_page_included(client, console_output):
+    """The chat page's route is the empty pattern: its line read "GET  302", naming nothing, and
+    routes read "accounts/login/" beside static files' "/static/...". Each reads as a path."""
+    _handler, buffer = console_output
+    client.get("/")
+    client.get("/accounts/login/")
+    client.get("/c/00000000-0000-0000-0000-000000000000/")
+    lines = [line for line in buffer.getvalue().splitlines() if "parley.request" in line]
+    messages = [line.split("] ", 1)[1] for line in lines]
+    assert messages[0].startswith("GET / 302 "), messages
+    assert messages[1].startswith("GET /accounts/login/ 200 "), messages
+    # The pattern, never the path itself (a path can hold a password-reset token).
+    assert messages[2].startswith("GET /c/<uuid:conversation_id>/ 302 "), messages
+
+
+@pytest.mark.django_db
 def test_json_lines_parse_and_carry_the_request_id(client, user, console_output):
     handler, buffer = console_output
     old = handler.formatter

@@ -102,3 +102,43 @@ def test_redis_failing_on_is_told_again_once_a_minute_with_how_many_were_left_ou
     again = told()
     assert again is not None and again.getMessage().endswith("; 4 more in the last minute")
     assert told() is None
+
+
+def test_sockets_refused_while_redis_is_down_log_one_line_not_a_traceback_each(console_output):
+    """While Redis is down, every socket a chat tab opens (and reopens, every few seconds) fails to
+    subscribe to the channel layer, and Daphne logged each as an ERROR with a 40-line traceback."""
+    import redis
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    from tests.chatsite.test_readyz_redis import free_port
+
+    async def a_socket_opening() -> None:
+        # What the consumer does before its handshake: a channel of its own on the layer.
+        layer = RedisPubSubChannelLayer(hosts=[f"redis://127.0.0.1:{free_port()}/0"])
+        try:
+            await layer.new_channel()
+        finally:
+            try:
+                await layer.flush()
+            except Exception:  # noqa: BLE001 - Redis is down; nothing to clean up there
+                pass
+
+    for _ in range(3):
+        with pytest.raises(redis.exceptions.ConnectionError) as failed:
+            asyncio.run(a_socket_opening())
+        # As daphne.server.Server.application_checker logs an application that raised.
+        logging.getLogger("daphne.server").error("Exception inside application: %s", failed.value, exc_info=failed.value)
+    output = console_output.getvalue()
+    lines = [line for line in output.splitlines() if "daphne.server" in line]
+    assert "Traceback" not in output, output
+    assert len(lines) == 1, output
+    assert "WARNING" in lines[0] and "Redis" in lines[0], lines
+
+
+def test_other_application_errors_still_log_their_traceback(console_output):
+    try:
+        raise KeyError("a real bug")
+    except KeyError as exc:
+        logging.getLogger("daphne.server").error("Exception inside application: %s", exc, exc_info=exc)
+    output = console_output.getvalue()
+    assert "ERROR" in output and "Traceback" in output and "a real bug" in output

@@ -98,3 +98,19 @@ def test_a_pooled_connection_the_server_ended_is_replaced_not_lent(needs_postgre
             cursor.execute("SELECT 1")
             assert cursor.fetchone() == (1,)
         connection.close()
+
+
+@pytest.mark.parametrize("value, expected", [("", "media"), ("media", "media"), ("var/media", "var/media")])
+def test_media_root_is_the_same_folder_whatever_folder_a_process_starts_in(tmp_path, value, expected):
+    """Exports are written by the worker and served by the web process: a relative MEDIA_ROOT was
+    read against each one's working folder (a worker started elsewhere wrote where the site never
+    looked, and the download was gone), and an empty one meant the working folder itself."""
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "DATABASE_PASSWORD", "REDIS_URL"}}
+    env.update({"DJANGO_SECRET_KEY": "x" * 60, "MEDIA_ROOT": value, "DJANGO_SETTINGS_MODULE": "chatsite.settings"})
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", "from django.conf import settings; print(settings.MEDIA_ROOT)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(ROOT / expected)

@@ -103,7 +103,7 @@ def test_start_on_the_embedded_defaults_logs_no_warning_when_a_task_runs(tmp_pat
         assert answer.url.endswith("/accounts/password/reset/sent/")
         time.sleep(0.5)  # what the process wrote reaches the reader thread
         logged = stderr()
-    assert "POST accounts/password/reset/ 302" in logged, logged
+    assert "POST /accounts/password/reset/ 302" in logged, logged
     warnings = [line for line in logged.splitlines() if " WARNING " in line or " ERROR " in line]
     assert not warnings, logged
 
@@ -113,3 +113,26 @@ def test_kombu_still_says_its_warnings():
     import logging
 
     assert logging.getLogger("kombu.connection").isEnabledFor(logging.WARNING)
+
+
+def test_start_with_redis_says_that_celery_must_run_beside_it(tmp_path, needs_redis):
+    """With REDIS_URL, tasks go to Celery workers and the periodic jobs to Celery beat, and
+    scripts/start runs neither: password-reset emails were never sent, exports stayed "pending"
+    and dead replies were never reaped, with nothing said. It says so now, at start."""
+    from django.conf import settings
+
+    site = _site_copy(
+        tmp_path,
+        "DJANGO_SECRET_KEY=start-script-test-secret-0123456789-abcdefghijklmnopqrstuvwxyz\n"
+        f"REDIS_URL={settings.REDIS_URL}\nCACHE_KEY_PREFIX=start-script-test\n",
+    )
+    with _started(site) as (_port, stderr):
+        logged = stderr()
+    assert "celery -A chatsite worker" in logged and "celery -A chatsite beat" in logged, logged
+
+
+def test_start_on_the_embedded_defaults_says_nothing_of_celery(tmp_path):
+    site = _site_copy(tmp_path, "DJANGO_SECRET_KEY=start-script-test-secret-0123456789-abcdefghijklmnopqrstuvwxyz\n")
+    with _started(site) as (_port, stderr):
+        logged = stderr()
+    assert "celery" not in logged.lower(), logged

@@ -117,6 +117,26 @@ async def test_a_page_on_another_port_or_scheme_of_an_allowed_host_cannot_open_a
     await ws.disconnect()
 
 
+async def test_a_socket_refused_for_its_origin_is_said_in_the_log_for_the_operator(app, user, caplog):
+    """Behind a proxy that rewrites Host (to the container's name, say) every page loads but no chat
+    socket opens: each was refused for its Origin with nothing in any log, the browser saying only
+    "reconnecting". One warning names the Origin and Host, at most once a minute."""
+    from chatsite import middleware
+
+    middleware.ORIGIN_REFUSALS.reset("origin")
+    conversation = await _conversation(user)
+    cookie = await session_cookie_of(user)
+    for _ in range(3):
+        ws, connected, _code = await ws_open(
+            app, _path(conversation), cookie=cookie, origin="https://parley.school.example", host="web:8000"
+        )
+        assert not connected
+    told = [r for r in caplog.records if "websocket refused" in r.getMessage()]
+    assert len(told) == 1, [r.getMessage() for r in caplog.records]
+    assert told[0].levelname == "WARNING"
+    assert "https://parley.school.example" in told[0].getMessage() and "web:8000" in told[0].getMessage()
+
+
 @pytest.mark.parametrize("path", ["/ws/chat/not-a-uuid/", "/ws/chat/", "/ws/chat/../../admin/", "/ws/else/"])
 @pytest.mark.parametrize("signed_in", [True, False])
 async def test_a_socket_to_a_path_no_route_serves_is_refused_without_an_error(app, user, path, signed_in):
