@@ -306,7 +306,7 @@ def price_set(
                   "Open the price list again to see the prices as they are now.")
             )
         if moved is None and moving_id is not None:
-            _check_still_in_force(price_id=moving_id, now=now)
+            _check_still_in_force(price_id=moving_id)
         if moved is not None:
             if (moved.provider, moved.model) != (provider, model):
                 raise PriceError(_("A scheduled price can only be moved for its own model."))
@@ -384,16 +384,18 @@ def price_set(
     return row
 
 
-def _check_still_in_force(*, price_id: int, now: datetime) -> None:
+def _check_still_in_force(*, price_id: int) -> None:
     """Refuse a save from the page of price `price_id` (in force when the page was opened) once
     a newer price has come into force. The row is locked first: two saves from pages of the same
-    price queue here, and the second then finds the first one's price."""
+    price queue here, and the second then finds the first one's price. In force as of now, read
+    after the lock: the save's own `now`, taken before it waited, is earlier than the moment the
+    first save's price came into force, and would not see it."""
     from .models import ModelPrice
 
     edited = ModelPrice.objects.select_for_update().filter(pk=price_id).first()
     if edited is None:
         return
-    newest = _row_in_force(provider=edited.provider, model=edited.model, at=now)
+    newest = _row_in_force(provider=edited.provider, model=edited.model, at=timezone.now())
     if newest is not None and newest.pk != edited.pk:
         raise PriceError(
             _(
