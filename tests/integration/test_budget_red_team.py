@@ -1,0 +1,57 @@
+"""Trying to make Parley spend past a budget, lose a ledger row or charge twice, through the real
+stack: the websocket, the fake provider, the real budgets and ledger (PostgreSQL and Redis when
+DATABASE_URL and REDIS_URL are set)."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from accounts import services as accounts_services
+from accounts.models import Team, TeamMembership
+from billing import budgets
+from billing.models import Budget, Reservation, UsageRecord
+from conversations.models import Message
+
+from .conftest import db, replies_finished, ws_frames_until_end, ws_open
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_a_team_deleted_while_a_members_reply_streams_keeps_the_reply_and_its_ledger_row(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    """The ledger files a call under the member's first team, taken as the reply starts. An
+    operator deleting that team meanwhile must not make the reply's closing save fail: the reply
+    is kept, the call is in the ledger (under no team, as the team's older rows now are) with the
+    provider's own counts, and the member's own budget is charged exactly that, once."""
+    user = await db(make_user)("member")
+    team = await db(Team.objects.create)(name="Doomed")
+    await db(TeamMembership.objects.create)(team=team, user=user)
+    await db(budgets.budget_set)(team=team, period="month", limit="5")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    words = " ".join(f"w{i}" for i in range(40))
+    await db(add_key)("openai", "sk-doomed", text=words, pace_ms=30, input_tokens=50, output_tokens=40)
+    conversation = await db(conversation_for)(user)
+
+    ws = await ws_open(user, conversation.id)
+    await ws.send_json_to({"type": "user_message", "content": "tell me", "client_id": str(uuid.uuid4())})
+    frames = []
+    while len([f for f in frames if f["type"] == "delta"]) < 2:
+        frames.append(await ws.receive_json_from(timeout=10))
+    await db(accounts_services.team_delete)(team=team)
+    frames += await ws_frames_until_end(ws)
+    await replies_finished()
+    await ws.disconnect()
+
+    done = frames[-1]
+    assert done["type"] == "done" and done["finish_reason"] == "stop", frames[-3:]
+    reply = await db(Message.objects.get)(role="assistant")
+    assert reply.status == "done" and reply.content == words
+    record = await db(UsageRecord.objects.get)()
+    assert (record.team_id, record.input_tokens, record.output_tokens, record.estimated) == (None, 50, 40, False)
+    own = await db(Budget.objects.get)(user=user)
+    assert own.spent == record.cost == reply.cost > Decimal("0") and own.reserved == 0
+    assert not await db(Reservation.objects.filter(state=Reservation.State.HELD).exists)()
