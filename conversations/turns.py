@@ -1139,7 +1139,11 @@ def _reap_settle(*, message_id, conversation_id, started_at, state: dict, text: 
     # The thinking the call streamed before it died: output the provider bills (estimated).
     output_tokens += int(state.get("thinking_tokens") or 0)
     cost = ZERO
-    if price is not None and attempt:
+    # The call the buffer names may already be in the ledger: it failed before any output (free,
+    # failover.calls_with_failover recorded it) and the process died before the next went out,
+    # which the buffer would name first. Nothing more was spent: billing its input here would
+    # charge the budget and the reply for a call the ledger says cost nothing.
+    if price is not None and attempt and ledger.attempts_recorded(message_id=message_id) < attempt:
         cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)
         ledger.usage_record(
             user=get_user_model().objects.filter(pk=state.get("user_id")).first(),

@@ -55,3 +55,42 @@ async def test_a_team_deleted_while_a_members_reply_streams_keeps_the_reply_and_
     own = await db(Budget.objects.get)(user=user)
     assert own.spent == record.cost == reply.cost > Decimal("0") and own.reserved == 0
     assert not await db(Reservation.objects.filter(state=Reservation.State.HELD).exists)()
+
+
+def test_a_reply_whose_process_died_after_a_failed_call_is_not_billed_for_that_call(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    """The first key answered 503 before any output: that call is in the ledger, free (the
+    provider bills nothing for it). The process then died (or stalled past the reaper's patience)
+    before the next call went out: the buffer still names the failed call. The reaper must not
+    bill its input a second time over: the reply, the budget and the ledger all say it cost
+    nothing, and the hold is released."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from conversations import failover, tasks, turns
+    from conversations.llm.base import ErrorKind, ProviderError
+
+    user = make_user("crashed")
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("openai", "sk-503", mode="error", status=503)
+    conversation = conversation_for(user)
+    result, plan = turns._turn_prepare(user=user, conversation_id=conversation.id, content="hello", client_id=uuid.uuid4())
+    assert plan is not None, result
+    # What the running reply wrote before it died: the failed first call, recorded as failover does.
+    failover._call_failed_record(
+        ledger_owner=lambda: turns._ledger_owner(plan=plan), attempt=1, provider="openai", model="gpt-4o-mini",
+        key_id=plan.key_id, exc=ProviderError(ErrorKind.UNAVAILABLE, "503"), latency_ms=5,
+    )
+    Message.objects.filter(id=plan.message_id).update(heartbeat_at=timezone.now() - timedelta(minutes=10))
+
+    assert tasks.replies_reap_stale() == 1
+
+    ledger_total = sum(UsageRecord.objects.values_list("cost", flat=True))
+    reply = Message.objects.get(id=plan.message_id)
+    budget = Budget.objects.get(user=user)
+    assert (reply.status, reply.error_code) == ("error", "interrupted")
+    assert budget.spent == reply.cost == ledger_total == Decimal("0")
+    assert budget.reserved == 0
+    assert UsageRecord.objects.count() == 1
