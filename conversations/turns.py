@@ -372,10 +372,14 @@ def _reply_prepare(
         # The hold and the reply row in one transaction: when another turn won the race for the
         # conversation (message_one_running_per_conversation), the hold goes with the row.
         with transaction.atomic():
+            # The question is locked first, in every turn, before budget_reserve locks the budget
+            # rows: a resend locking it while another send of it held the budgets (and waited,
+            # at commit, for its reply row's foreign key to the question) deadlocked on PostgreSQL.
+            # FOR NO KEY UPDATE: turns of one question queue here; nothing else is kept waiting.
+            Message.objects.select_for_update(no_key=True).filter(id=reply_to.id).values_list("id", flat=True).first()
             if resend:
                 # Checked again with the question locked (SQLite: the immediate transaction's
                 # write lock): two resends at once, or one racing a fast reply, start one reply.
-                Message.objects.select_for_update().filter(id=reply_to.id).values_list("id", flat=True).first()
                 running, settled = _resend_state(question_id=reply_to.id)
                 if running is not None or settled:
                     raise _ResendSettled(running)

@@ -94,3 +94,64 @@ def test_a_reply_whose_process_died_after_a_failed_call_is_not_billed_for_that_c
     assert budget.spent == reply.cost == ledger_total == Decimal("0")
     assert budget.reserved == 0
     assert UsageRecord.objects.count() == 1
+
+
+async def test_team_members_racing_with_resends_never_overspend_the_team_or_a_personal_budget(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    """Three members of a team send at once, each message twice with the same client_id, from
+    their own database threads; one of them also has a personal budget smaller than the team's.
+    Every admitted call costs exactly its worst case, so the budgets fill to the cent: no budget
+    passes its limit, each resend is one message and one charge, and the ledger holds every call."""
+    import asyncio
+
+    from asgiref.sync import ThreadSensitiveContext
+
+    from billing import prices
+    from conversations import context as context_mod
+    from conversations import turns
+
+    from .conftest import MAX_OUTPUT, OPENAI_MODEL
+
+    price = priced[OPENAI_MODEL]
+    built = context_mod.context_build(
+        system_prompt="", summary="", history=[context_mod.HistoryItem(id=uuid.uuid4(), role="user", content="race")],
+        model_id=OPENAI_MODEL, context_window=price.context_window, max_tokens=MAX_OUTPUT,
+    )
+    worst = prices.worst_case_cost(
+        price=price, input_tokens=built.input_tokens, max_output_tokens=MAX_OUTPUT, input_estimated=built.estimated
+    )
+    billed = built.input_tokens
+    if built.estimated:  # the hold's margin, billed in full: each call costs exactly its hold
+        billed = int((built.input_tokens * prices.ESTIMATED_INPUT_MARGIN).to_integral_value(rounding="ROUND_CEILING"))
+    assert prices.cost_of(price=price, input_tokens=billed, output_tokens=MAX_OUTPUT) == worst
+    team = await db(Team.objects.create)(name="Racers")
+    members = [await db(make_user)(f"racer{i}") for i in range(3)]
+    for member in members:
+        await db(TeamMembership.objects.create)(team=team, user=member)
+    await db(budgets.budget_set)(team=team, period="day", limit=worst * 7)
+    await db(budgets.budget_set)(user=members[0], period="month", limit=worst * 2)
+    await db(add_key)("openai", "sk-racers", text="ok", input_tokens=billed, output_tokens=MAX_OUTPUT)
+    sends = []
+    for member in members:
+        for _ in range(5):
+            conversation = await db(conversation_for)(member)
+            client_id = uuid.uuid4()
+            sends += [(member, conversation, client_id)] * 2
+
+    async def one(member, conversation, client_id):
+        async with ThreadSensitiveContext():
+            return await turns.turn_start(user=member, conversation=conversation, content="race", client_id=client_id)
+
+    results = await asyncio.gather(*(one(*send) for send in sends))
+    await replies_finished()
+
+    started = {r.reply_id for r in results if r.reply_id is not None}
+    team_budget = await db(Budget.objects.get)(team=team)
+    own = await db(Budget.objects.get)(user=members[0])
+    records = await db(list)(UsageRecord.objects.values_list("user_id", "cost"))
+    assert len(started) == 7 == len(records) == len(fake_provider.requests_for("sk-racers"))
+    assert team_budget.spent == worst * 7 == sum(cost for _u, cost in records) and team_budget.reserved == 0
+    assert own.spent == sum(cost for u, cost in records if u == members[0].pk) <= own.limit and own.reserved == 0
+    assert await db(Message.objects.filter(role="user").count)() == 15
+    assert not await db(Reservation.objects.filter(state=Reservation.State.HELD).exists)()
