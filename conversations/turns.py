@@ -191,20 +191,36 @@ async def turn_start(
     "still signed in?" check: one trip to the database thread instead of two). It is given the
     owner's row as read with the conversation (None when the conversation is gone), so it need
     not read it again; when it fails nothing is saved and the error code is SIGNED_OUT."""
-    result, plan = await _db(_turn_prepare)(
-        user=user, conversation_id=conversation.id, content=content, client_id=client_id, guard=guard
+    return await _prepared_and_launched(
+        _db(_turn_prepare)(user=user, conversation_id=conversation.id, content=content, client_id=client_id, guard=guard)
     )
-    if plan is not None:
-        _reply_launch(plan)
-    return result
 
 
 async def turn_regenerate(*, user, conversation: Conversation) -> TurnResult:
     """A new reply to the last user message that has one; the old reply stays in the record."""
-    result, plan = await _db(_regenerate_prepare)(user=user, conversation_id=conversation.id)
-    if plan is not None:
-        _reply_launch(plan)
-    return result
+    return await _prepared_and_launched(_db(_regenerate_prepare)(user=user, conversation_id=conversation.id))
+
+
+_PREPARING: set[asyncio.Task] = set()  # held here so a task whose caller was cancelled is not collected
+
+
+async def _prepared_and_launched(prepare: Awaitable[tuple[TurnResult, _ReplyPlan | None]]) -> TurnResult:
+    """Await the turn's database step, then launch its reply, to the end even when the caller is
+    cancelled meanwhile (the server cancels a closed socket's handler, Daphne ten seconds after
+    the close, and every handler when it stops): the step runs on in its thread and commits a hold
+    and a reply row, and a reply nobody launched held the budget and the conversation until the
+    reaper billed a call that was never made. The reply belongs to its turn, not to a socket."""
+
+    async def run() -> TurnResult:
+        result, plan = await prepare
+        if plan is not None:
+            _reply_launch(plan)
+        return result
+
+    task = asyncio.ensure_future(run())
+    _PREPARING.add(task)
+    task.add_done_callback(_PREPARING.discard)
+    return await asyncio.shield(task)
 
 
 def _closed_account() -> TurnError:

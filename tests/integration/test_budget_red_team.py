@@ -11,7 +11,7 @@ import pytest
 
 from accounts import services as accounts_services
 from accounts.models import Team, TeamMembership
-from billing import budgets
+from billing import budgets, ledger
 from billing.models import Budget, Reservation, UsageRecord
 from conversations.models import Message
 
@@ -55,6 +55,7 @@ async def test_a_team_deleted_while_a_members_reply_streams_keeps_the_reply_and_
     own = await db(Budget.objects.get)(user=user)
     assert own.spent == record.cost == reply.cost > Decimal("0") and own.reserved == 0
     assert not await db(Reservation.objects.filter(state=Reservation.State.HELD).exists)()
+    assert await db(ledger.rollup_differences)() == []  # the dashboard's rollup agrees
 
 
 def test_a_reply_whose_process_died_after_a_failed_call_is_not_billed_for_that_call(
@@ -155,3 +156,59 @@ async def test_team_members_racing_with_resends_never_overspend_the_team_or_a_pe
     assert own.spent == sum(cost for u, cost in records if u == members[0].pk) <= own.limit and own.reserved == 0
     assert await db(Message.objects.filter(role="user").count)() == 15
     assert not await db(Reservation.objects.filter(state=Reservation.State.HELD).exists)()
+
+
+async def test_a_turn_whose_socket_is_gone_before_its_budget_hold_is_taken_still_runs_its_reply(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    """A turn queues for its budget's lock behind another turn (another process holds the row).
+    Meanwhile its tab closes, and the server cancels the socket's handler (Daphne does, ten
+    seconds after a close). The turn's database step still commits a hold and a reply row in its
+    thread: the reply must then run (a reply belongs to its turn, not to a socket), be billed
+    what the provider reports and settle, not sit "pending" holding the budget and the
+    conversation until the reaper bills a call that was never made."""
+    import asyncio
+    import threading
+
+    from django.db import connection, transaction
+
+    user = await db(make_user)("leaver")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("openai", "sk-leaver", text="still answered", input_tokens=10, output_tokens=3)
+    conversation = await db(conversation_for)(user)
+    locked, release = threading.Event(), threading.Event()
+
+    def other_turn_holding_the_budget():
+        with transaction.atomic():
+            Budget.objects.select_for_update().filter(user=user).first()
+            locked.set()
+            release.wait(20)
+        connection.close()
+
+    ws = await ws_open(user, conversation.id)  # before the lock: on SQLite the login's session write would queue behind it
+    holder = threading.Thread(target=other_turn_holding_the_budget)
+    holder.start()
+    try:
+        assert await asyncio.to_thread(locked.wait, 10)
+        await ws.send_json_to({"type": "user_message", "content": "are you there?", "client_id": str(uuid.uuid4())})
+        await asyncio.sleep(0.5)  # the turn is in its database step, waiting for the lock
+        ws.future.cancel()  # the socket's application instance, cancelled as Daphne does
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join, 10)
+
+    def reply_ended():
+        return Message.objects.filter(role="assistant").exclude(status__in=["pending", "streaming"]).exists()
+
+    for _ in range(200):  # ten seconds, far more than a reply to the fake provider takes
+        if await db(reply_ended)():
+            break
+        await asyncio.sleep(0.05)
+    await replies_finished()
+    reply = await db(Message.objects.get)(role="assistant")
+    record = await db(UsageRecord.objects.get)()
+    budget = await db(Budget.objects.get)(user=user)
+    assert (reply.status, reply.content) == ("done", "still answered")
+    assert (record.input_tokens, record.output_tokens, record.estimated) == (10, 3, False)
+    assert budget.spent == record.cost == reply.cost and budget.reserved == 0
+    assert len(fake_provider.requests_for("sk-leaver")) == 1
