@@ -212,3 +212,44 @@ async def test_a_turn_whose_socket_is_gone_before_its_budget_hold_is_taken_still
     assert (record.input_tokens, record.output_tokens, record.estimated) == (10, 3, False)
     assert budget.spent == record.cost == reply.cost and budget.reserved == 0
     assert len(fake_provider.requests_for("sk-leaver")) == 1
+
+
+async def test_regenerate_spam_from_two_tabs_charges_each_reply_once_and_never_past_the_budget(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    """Two tabs of one conversation each fire Regenerate ten times at once, twice over, on a
+    budget with room for three replies at their worst case: one reply runs at a time, each
+    started reply is one provider call, one ledger row and one charge, and the budget holds."""
+    import asyncio
+
+    from asgiref.sync import ThreadSensitiveContext
+
+    from conversations import turns
+
+    from .conftest import turn_over_socket
+
+    user = await db(make_user)("spammer")
+    await db(add_key)("openai", "sk-spam", text="again", input_tokens=20, output_tokens=150)
+    conversation = await db(conversation_for)(user)
+    first = await turn_over_socket(user, conversation.id, "regenerate me")
+    assert first[-1]["type"] == "done"
+    first_cost = Decimal(first[-1]["usage"]["cost"])
+    hold = await db(lambda: Reservation.objects.get().amount)()
+    await db(budgets.budget_set)(user=user, period="month", limit=first_cost + hold * 3)
+
+    async def regenerate():
+        async with ThreadSensitiveContext():
+            return await turns.turn_regenerate(user=user, conversation=conversation)
+
+    started = []
+    for _wave in range(2):
+        results = await asyncio.gather(*(regenerate() for _ in range(20)))
+        started += [r.reply_id for r in results if r.reply_id is not None]
+        assert {r.error.code for r in results if r.error is not None} <= {"busy", "budget_exceeded"}
+        await replies_finished()
+
+    budget = await db(Budget.objects.get)(user=user)
+    records = await db(list)(UsageRecord.objects.values_list("message_id", "cost"))
+    assert 1 <= len(started) <= 3
+    assert len(records) == len(started) + 1 == len({m for m, _c in records}) == len(fake_provider.requests_for("sk-spam"))
+    assert budget.spent == sum(c for _m, c in records) <= budget.limit and budget.reserved == 0
