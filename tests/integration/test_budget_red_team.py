@@ -253,3 +253,47 @@ async def test_regenerate_spam_from_two_tabs_charges_each_reply_once_and_never_p
     assert 1 <= len(started) <= 3
     assert len(records) == len(started) + 1 == len({m for m, _c in records}) == len(fake_provider.requests_for("sk-spam"))
     assert budget.spent == sum(c for _m, c in records) <= budget.limit and budget.reserved == 0
+
+
+def test_a_title_call_whose_team_is_deleted_meanwhile_is_in_the_ledger_and_charged_once(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    """A follow-up call (the conversation's title) is filed under the member's team as it starts.
+    The team deleted while it runs: the call is still in the ledger (under no team), the member's
+    own budget charged exactly what that row says, and the title is the model's."""
+    import threading
+    import time
+
+    from django.db import connection
+
+    from conversations import services
+
+    user = make_user("titled")
+    team = Team.objects.create(name="Gone")
+    TeamMembership.objects.create(team=team, user=user)
+    budgets.budget_set(user=user, period="month", limit="5")
+    add_key("openai", "sk-title-slow", text="Spring in Busan", pace_ms=150, input_tokens=30, output_tokens=4)
+    conversation = conversation_for(user, title="")
+    Message.objects.create(conversation=conversation, role="user", content="Plan a trip to Busan in the spring")
+
+    def title():
+        try:
+            services.conversation_title_generate(conversation_id=conversation.id)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=title)
+    worker.start()
+    for _ in range(200):
+        if fake_provider.requests_for("sk-title-slow"):
+            break
+        time.sleep(0.02)
+    accounts_services.team_delete(team=team)
+    worker.join(20)
+
+    record = UsageRecord.objects.get()
+    own = Budget.objects.get(user=user)
+    assert (record.team_id, record.input_tokens, record.output_tokens) == (None, 30, 4)
+    assert own.spent == record.cost > 0 and own.reserved == 0
+    conversation.refresh_from_db()
+    assert conversation.title == "Spring in Busan"
