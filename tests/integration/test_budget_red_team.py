@@ -297,3 +297,69 @@ def test_a_title_call_whose_team_is_deleted_meanwhile_is_in_the_ledger_and_charg
     assert own.spent == record.cost > 0 and own.reserved == 0
     conversation.refresh_from_db()
     assert conversation.title == "Spring in Busan"
+
+
+async def test_a_budget_deleted_and_set_again_while_a_reply_streams_is_charged_that_reply(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    """An operator removes a person's budget and sets a new one (another limit) while their reply
+    streams: the new budget takes over the reply's hold, and is charged the reply when it ends,
+    so it shows what the ledger says was spent this period."""
+    user = await db(make_user)("reset")
+    old = await db(budgets.budget_set)(user=user, period="month", limit="5")
+    words = " ".join(f"w{i}" for i in range(30))
+    await db(add_key)("openai", "sk-reset", text=words, pace_ms=30, input_tokens=40, output_tokens=30)
+    conversation = await db(conversation_for)(user)
+
+    ws = await ws_open(user, conversation.id)
+    await ws.send_json_to({"type": "user_message", "content": "go", "client_id": str(uuid.uuid4())})
+    frames = []
+    while len([f for f in frames if f["type"] == "delta"]) < 2:
+        frames.append(await ws.receive_json_from(timeout=10))
+    await db(budgets.budget_delete)(budget=old)
+    new = await db(budgets.budget_set)(user=user, period="month", limit="3")
+    assert new.reserved > 0  # the reply's hold, taken over
+    frames += await ws_frames_until_end(ws)
+    await replies_finished()
+    await ws.disconnect()
+
+    assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "stop"
+    record = await db(UsageRecord.objects.get)()
+    budget = await db(Budget.objects.get)(user=user)
+    assert budget.pk == new.pk and budget.spent == record.cost > 0 and budget.reserved == 0
+
+
+async def test_a_reply_running_across_midnight_settles_into_the_new_day_and_the_day_after_is_fresh(
+    priced, add_key, fake_provider, make_user, conversation_for
+):
+    """A daily budget in the person's time zone, used up yesterday, with a reply that started
+    before midnight and ends after it: the reply is charged to the day it ends in (as its ledger
+    row is dated), the hold is released, and the new day's spend is that reply alone."""
+    from datetime import timedelta
+
+    user = await db(make_user)("midnight", timezone="Asia/Seoul")
+    budget = await db(budgets.budget_set)(user=user, period="day", limit="1")
+    words = " ".join(f"w{i}" for i in range(30))
+    await db(add_key)("openai", "sk-midnight", text=words, pace_ms=30, input_tokens=40, output_tokens=30)
+    conversation = await db(conversation_for)(user)
+
+    ws = await ws_open(user, conversation.id)
+    await ws.send_json_to({"type": "user_message", "content": "go", "client_id": str(uuid.uuid4())})
+    frames = []
+    while len([f for f in frames if f["type"] == "delta"]) < 2:
+        frames.append(await ws.receive_json_from(timeout=10))
+    # Midnight in Seoul passes: the stored spend is now yesterday's (set as it would have been
+    # left: a day spent to within this reply's hold). Written directly: no service moves the clock.
+    await db(Budget.objects.filter(pk=budget.pk).update)(
+        period_start=budget.period_start - timedelta(days=1), spent=Decimal("0.99")
+    )
+    frames += await ws_frames_until_end(ws)
+    await replies_finished()
+    await ws.disconnect()
+
+    record = await db(UsageRecord.objects.get)()
+    budget = await db(Budget.objects.get)(pk=budget.pk)
+    assert frames[-1]["finish_reason"] == "stop"
+    assert budget.spent == record.cost > 0 and budget.reserved == 0
+    statuses = await db(budgets.budget_status)(user=user)
+    assert statuses[0].spent == record.cost and statuses[0].remaining == Decimal("1") - record.cost
