@@ -460,6 +460,10 @@ def team_delete(*, team: Team, actor: User | None = None, ip_address: str | None
     if constraints_locked_for(actor=actor, team=team):
         raise ConstrainsOperator
     with transaction.atomic():
+        # Locked first: a member's call ending meanwhile files its ledger row under this team
+        # (billing.ledger.ledger_owner locks the same row), and either commits before the spend
+        # is moved off the team below or waits and finds the team gone.
+        Team.objects.select_for_update().filter(pk=team.pk).exists()
         budgets.budgets_delete_for_team(team=team, actor=actor)
         member_ids = sorted(TeamMembership.objects.filter(team=team).values_list("user_id", flat=True))
         audit_record(

@@ -57,10 +57,20 @@ def ledger_owner(*, user, team_id, conversation_id, message_id) -> dict:
     FOR KEY SHARE that Postgres takes on the user row to check every foreign key to it. A plain
     FOR UPDATE here deadlocked against a concurrent budget_reserve of the same user (it holds
     the budget row and checks its reservation's user key at commit; this holds the user row
-    and waits for the budget row in budget_settle)."""
+    and waits for the budget row in budget_settle).
+
+    The team (taken as the call started) is locked the same way, after the user: a team deleted
+    while the call ran (accounts.services.team_delete, which locks its row first too) would fail
+    the row's foreign key at commit, and with it the reply's closing save and its settlement. The
+    row is then filed under no team, as the deletion filed the team's older rows."""
     from django.contrib.auth import get_user_model
 
-    if user is None or not get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).exists():
+    from accounts.models import Team  # accounts' models point at billing's: imported when needed
+
+    present = user is not None and get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).exists()
+    if team_id is not None and not Team.objects.select_for_update(no_key=True).filter(pk=team_id).exists():
+        team_id = None
+    if not present:
         return {"user": None, "team_id": team_id, "conversation_id": None, "message_id": None}
     return {"user": user, "team_id": team_id, "conversation_id": conversation_id, "message_id": message_id}
 

@@ -191,20 +191,36 @@ async def turn_start(
     "still signed in?" check: one trip to the database thread instead of two). It is given the
     owner's row as read with the conversation (None when the conversation is gone), so it need
     not read it again; when it fails nothing is saved and the error code is SIGNED_OUT."""
-    result, plan = await _db(_turn_prepare)(
-        user=user, conversation_id=conversation.id, content=content, client_id=client_id, guard=guard
+    return await _prepared_and_launched(
+        _db(_turn_prepare)(user=user, conversation_id=conversation.id, content=content, client_id=client_id, guard=guard)
     )
-    if plan is not None:
-        _reply_launch(plan)
-    return result
 
 
 async def turn_regenerate(*, user, conversation: Conversation) -> TurnResult:
     """A new reply to the last user message that has one; the old reply stays in the record."""
-    result, plan = await _db(_regenerate_prepare)(user=user, conversation_id=conversation.id)
-    if plan is not None:
-        _reply_launch(plan)
-    return result
+    return await _prepared_and_launched(_db(_regenerate_prepare)(user=user, conversation_id=conversation.id))
+
+
+_PREPARING: set[asyncio.Task] = set()  # held here so a task whose caller was cancelled is not collected
+
+
+async def _prepared_and_launched(prepare: Awaitable[tuple[TurnResult, _ReplyPlan | None]]) -> TurnResult:
+    """Await the turn's database step, then launch its reply, to the end even when the caller is
+    cancelled meanwhile (the server cancels a closed socket's handler, Daphne ten seconds after
+    the close, and every handler when it stops): the step runs on in its thread and commits a hold
+    and a reply row, and a reply nobody launched held the budget and the conversation until the
+    reaper billed a call that was never made. The reply belongs to its turn, not to a socket."""
+
+    async def run() -> TurnResult:
+        result, plan = await prepare
+        if plan is not None:
+            _reply_launch(plan)
+        return result
+
+    task = asyncio.ensure_future(run())
+    _PREPARING.add(task)
+    task.add_done_callback(_PREPARING.discard)
+    return await asyncio.shield(task)
 
 
 def _closed_account() -> TurnError:
@@ -375,7 +391,11 @@ def _reply_prepare(
             if resend:
                 # Checked again with the question locked (SQLite: the immediate transaction's
                 # write lock): two resends at once, or one racing a fast reply, start one reply.
-                Message.objects.select_for_update().filter(id=reply_to.id).values_list("id", flat=True).first()
+                # FOR NO KEY UPDATE, not FOR UPDATE: the first send of the question, holding the
+                # budget rows this resend waits for next, checks its reply row's foreign key to
+                # the question at commit (FOR KEY SHARE), which FOR UPDATE blocks: a deadlock on
+                # PostgreSQL. Resends still queue on each other here; a new turn takes no lock.
+                Message.objects.select_for_update(no_key=True).filter(id=reply_to.id).values_list("id", flat=True).first()
                 running, settled = _resend_state(question_id=reply_to.id)
                 if running is not None or settled:
                     raise _ResendSettled(running)
@@ -1139,7 +1159,11 @@ def _reap_settle(*, message_id, conversation_id, started_at, state: dict, text: 
     # The thinking the call streamed before it died: output the provider bills (estimated).
     output_tokens += int(state.get("thinking_tokens") or 0)
     cost = ZERO
-    if price is not None and attempt:
+    # The call the buffer names may already be in the ledger: it failed before any output (free,
+    # failover.calls_with_failover recorded it) and the process died before the next went out,
+    # which the buffer would name first. Nothing more was spent: billing its input here would
+    # charge the budget and the reply for a call the ledger says cost nothing.
+    if price is not None and attempt and ledger.attempts_recorded(message_id=message_id) < attempt:
         cost = prices.cost_of(price=price, input_tokens=input_tokens, output_tokens=output_tokens)
         ledger.usage_record(
             user=get_user_model().objects.filter(pk=state.get("user_id")).first(),
