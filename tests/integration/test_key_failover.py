@@ -304,15 +304,12 @@ async def test_failover_needs_no_second_socket_message(priced, add_key, fake_pro
     assert [f["type"] for f in frames if f["type"] != "delta"] == ["ack", "start", "done"]
 
 
-async def test_a_fault_of_ours_during_failover_ends_the_reply_as_an_error_and_releases_its_hold(
-    priced, add_key, fake_provider, make_user, conversation_for, monkeypatch
-):
-    """Not a provider's answer but our own bookkeeping failing between two calls: the reply ends
-    (never left streaming) with the provider's failure, no other key is tried without the key's
-    decision, and the worst-case hold goes back to the budget at once."""
-    user = await db(make_user)("ourfault")
+async def _turn_whose_key_failure_cannot_be_recorded(make_user, add_key, conversation_for, monkeypatch, name, script):
+    """A turn of a new user (with a budget) whose first key answers as `script` says, a second key
+    behind it ("sk-fault-b"), and reporting a key's failure failing (the database blinked)."""
+    user = await db(make_user)(name)
     await db(budgets.budget_set)(user=user, period="month", limit="5")
-    await db(add_key)("openai", "sk-fault-a", priority=200, mode="error", status=503)
+    await db(add_key)("openai", "sk-fault-a", priority=200, **script)
     await db(add_key)("openai", "sk-fault-b", priority=100, text="Never asked.")
     conversation = await db(conversation_for)(user)
 
@@ -320,7 +317,18 @@ async def test_a_fault_of_ours_during_failover_ends_the_reply_as_an_error_and_re
         raise RuntimeError("the database went away")
 
     monkeypatch.setattr(keys, "key_report_failure", broken)
-    frames = await _turn(user, conversation)
+    return user, await _turn(user, conversation)
+
+
+async def test_a_fault_of_ours_during_failover_ends_the_reply_as_an_error_and_releases_its_hold(
+    priced, add_key, fake_provider, make_user, conversation_for, monkeypatch
+):
+    """Not a provider's answer but our own bookkeeping failing between two calls: the reply ends
+    (never left streaming) with the provider's failure, no other key is tried without the key's
+    decision, and the worst-case hold goes back to the budget at once."""
+    user, frames = await _turn_whose_key_failure_cannot_be_recorded(
+        make_user, add_key, conversation_for, monkeypatch, "ourfault", {"mode": "error", "status": 503}
+    )
 
     (error,) = of_type(frames, "error")
     assert error["code"] == "provider_unavailable" and "database" not in error["message"]
@@ -337,22 +345,15 @@ async def test_a_fault_of_ours_after_a_call_wrote_text_still_bills_that_call(
     """The provider answered, then cut the stream; reporting that to the key's state fails (the
     database blinked). The provider has billed the input and the words it sent: the ledger must
     say so, and the budget be charged, not the call forgotten with its hold released."""
-    user = await db(make_user)("faultaftertext")
-    await db(budgets.budget_set)(user=user, period="month", limit="5")
-    await db(add_key)("openai", "sk-fault-text", priority=200, mode="cut", cut_after=3, text="one two three four five")
-    await db(add_key)("openai", "sk-fault-text-other", priority=100, text="Never asked.")
-    conversation = await db(conversation_for)(user)
-
-    def broken(**_kwargs):
-        raise RuntimeError("the database went away")
-
-    monkeypatch.setattr(keys, "key_report_failure", broken)
-    frames = await _turn(user, conversation)
+    user, frames = await _turn_whose_key_failure_cannot_be_recorded(
+        make_user, add_key, conversation_for, monkeypatch, "faultaftertext",
+        {"mode": "cut", "cut_after": 3, "text": "one two three four five"},
+    )
 
     (error,) = of_type(frames, "error")
     assert error["code"] == "provider_error" and "database" not in error["message"]
     assert "".join(d["text"] for d in of_type(frames, "delta")) == "one two three"
-    assert fake_provider.requests_for("sk-fault-text-other") == []
+    assert fake_provider.requests_for("sk-fault-b") == []
     reply = await db(Message.objects.get)(role="assistant")
     assert (reply.content, reply.status) == ("one two three", Message.Status.ERROR)
     spent, reserved = await db(spent_and_reserved)(user)
