@@ -20,6 +20,21 @@ from .conftest import db, replies_finished, ws_frames_until_end, ws_open
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+async def _turn_with_a_change_mid_reply(user, conversation, content: str, change) -> list[dict]:
+    """Every frame of a turn over a real socket, with `change()` awaited once two deltas have
+    arrived, while the reply still streams."""
+    ws = await ws_open(user, conversation.id)
+    await ws.send_json_to({"type": "user_message", "content": content, "client_id": str(uuid.uuid4())})
+    frames = []
+    while len([f for f in frames if f["type"] == "delta"]) < 2:
+        frames.append(await ws.receive_json_from(timeout=10))
+    await change()
+    frames += await ws_frames_until_end(ws)
+    await replies_finished()
+    await ws.disconnect()
+    return frames
+
+
 async def test_a_team_deleted_while_a_members_reply_streams_keeps_the_reply_and_its_ledger_row(
     priced, add_key, fake_provider, make_user, conversation_for
 ):
@@ -36,15 +51,9 @@ async def test_a_team_deleted_while_a_members_reply_streams_keeps_the_reply_and_
     await db(add_key)("openai", "sk-doomed", text=words, pace_ms=30, input_tokens=50, output_tokens=40)
     conversation = await db(conversation_for)(user)
 
-    ws = await ws_open(user, conversation.id)
-    await ws.send_json_to({"type": "user_message", "content": "tell me", "client_id": str(uuid.uuid4())})
-    frames = []
-    while len([f for f in frames if f["type"] == "delta"]) < 2:
-        frames.append(await ws.receive_json_from(timeout=10))
-    await db(accounts_services.team_delete)(team=team)
-    frames += await ws_frames_until_end(ws)
-    await replies_finished()
-    await ws.disconnect()
+    frames = await _turn_with_a_change_mid_reply(
+        user, conversation, "tell me", lambda: db(accounts_services.team_delete)(team=team)
+    )
 
     done = frames[-1]
     assert done["type"] == "done" and done["finish_reason"] == "stop", frames[-3:]
@@ -311,17 +320,15 @@ async def test_a_budget_deleted_and_set_again_while_a_reply_streams_is_charged_t
     await db(add_key)("openai", "sk-reset", text=words, pace_ms=30, input_tokens=40, output_tokens=30)
     conversation = await db(conversation_for)(user)
 
-    ws = await ws_open(user, conversation.id)
-    await ws.send_json_to({"type": "user_message", "content": "go", "client_id": str(uuid.uuid4())})
-    frames = []
-    while len([f for f in frames if f["type"] == "delta"]) < 2:
-        frames.append(await ws.receive_json_from(timeout=10))
-    await db(budgets.budget_delete)(budget=old)
-    new = await db(budgets.budget_set)(user=user, period="month", limit="3")
+    taken_over = []
+
+    async def reset() -> None:
+        await db(budgets.budget_delete)(budget=old)
+        taken_over.append(await db(budgets.budget_set)(user=user, period="month", limit="3"))
+
+    frames = await _turn_with_a_change_mid_reply(user, conversation, "go", reset)
+    [new] = taken_over
     assert new.reserved > 0  # the reply's hold, taken over
-    frames += await ws_frames_until_end(ws)
-    await replies_finished()
-    await ws.disconnect()
 
     assert frames[-1]["type"] == "done" and frames[-1]["finish_reason"] == "stop"
     record = await db(UsageRecord.objects.get)()
@@ -343,19 +350,13 @@ async def test_a_reply_running_across_midnight_settles_into_the_new_day_and_the_
     await db(add_key)("openai", "sk-midnight", text=words, pace_ms=30, input_tokens=40, output_tokens=30)
     conversation = await db(conversation_for)(user)
 
-    ws = await ws_open(user, conversation.id)
-    await ws.send_json_to({"type": "user_message", "content": "go", "client_id": str(uuid.uuid4())})
-    frames = []
-    while len([f for f in frames if f["type"] == "delta"]) < 2:
-        frames.append(await ws.receive_json_from(timeout=10))
     # Midnight in Seoul passes: the stored spend is now yesterday's (set as it would have been
     # left: a day spent to within this reply's hold). Written directly: no service moves the clock.
-    await db(Budget.objects.filter(pk=budget.pk).update)(
-        period_start=budget.period_start - timedelta(days=1), spent=Decimal("0.99")
+    frames = await _turn_with_a_change_mid_reply(
+        user, conversation, "go", lambda: db(Budget.objects.filter(pk=budget.pk).update)(
+            period_start=budget.period_start - timedelta(days=1), spent=Decimal("0.99")
+        )
     )
-    frames += await ws_frames_until_end(ws)
-    await replies_finished()
-    await ws.disconnect()
 
     record = await db(UsageRecord.objects.get)()
     budget = await db(Budget.objects.get)(pk=budget.pk)
