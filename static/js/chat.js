@@ -806,6 +806,7 @@
         }
         m.status = "streaming";
         m.content = frame.type === "resume" ? frame.text : "";
+        m.seq = frame.type === "resume" ? frame.seq : 0; // the last delta in m.content
         state.running = frame.message_id;
         const follow = atBottom();
         renderMessage(m);
@@ -817,6 +818,11 @@
       case "delta": {
         const m = findMessage(frame.message_id);
         if (!m) break;
+        // A delta already shown (delivered twice, or already in a resume's text) is skipped.
+        if (typeof frame.seq === "number" && typeof m.seq === "number") {
+          if (frame.seq <= m.seq) break;
+          m.seq = frame.seq;
+        }
         m.content += frame.text;
         const node = messageNode(m.id);
         const follow = atBottom();

@@ -530,3 +530,32 @@ def test_a_message_whose_ack_is_lost_on_an_open_socket_shows_once_after_its_repl
         "asked once", "asked next"
     ]
     expect(page.locator(".message-user")).to_have_count(2)
+
+
+def test_a_delta_delivered_twice_is_shown_once(browser, live_server_url, make_user):
+    """A frame can reach the page twice (the channel layer retries a publish on a fresh Redis
+    connection when the old one broke; a network path can repeat). Each delta carries its seq:
+    the text being written never shows a piece twice, not even until the reply's final reload."""
+    user = make_user("twice")
+    page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
+    page.add_init_script(WATCH)
+
+    def repeat_deltas(ws):
+        server = ws.connect_to_server()
+
+        def relay(message):
+            ws.send(message)
+            if json.loads(message)["type"] == "delta":
+                ws.send(message)
+
+        server.on_message(relay)
+
+    page.route_web_socket("**/ws/chat/**", repeat_deltas)
+    page.goto(live_server_url + "/")
+    text = " ".join(f"w{i}" for i in range(30))
+    send(page, text)
+    finished_replies(page).first.wait_for(timeout=20_000)
+    shown = page.evaluate("() => window.__shown")
+    assert shown
+    wrong = [s for s in shown if not text.startswith(s)]
+    assert wrong == [], wrong[:3]
