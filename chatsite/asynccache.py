@@ -26,7 +26,6 @@ from django.core.cache.backends.redis import RedisCache, RedisSerializer
 POOL_SIZE = 50
 POOL_TIMEOUT = 5.0
 SOCKET_TIMEOUT = 5.0
-RETRIES = 2  # on a dropped connection only, not on a timeout
 
 _serializer = RedisSerializer()
 _clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -40,18 +39,15 @@ def _redis(backend: RedisCache):
     client = clients.get(location)
     if client is None:
         import redis.asyncio
-        from redis.asyncio.retry import Retry
-        from redis.backoff import ExponentialBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        from .redis_retry import dropped_connection_retry
 
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             location,
             max_connections=POOL_SIZE,
             timeout=POOL_TIMEOUT,
             socket_timeout=SOCKET_TIMEOUT,
-            # A pooled connection Redis closed (a restart, an idle timeout) fails its next command
-            # once; retried on a fresh connection, not passed on as the caller's failure.
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), RETRIES, supported_errors=(RedisConnectionError,)),
+            retry=dropped_connection_retry(),  # a connection Redis closed: once more, on a fresh one
         )
         client = clients[location] = redis.asyncio.Redis(connection_pool=pool)
     return client

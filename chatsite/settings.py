@@ -289,21 +289,14 @@ if REDIS_URL:
     # redis-py retries nothing by default: after a Redis restart each pooled connection is dead and
     # failed its next command, so each process's first reply failed at its "start" frame. A dropped
     # connection is retried on a fresh one (as chatsite.asynccache does), never a timeout.
-    from redis.asyncio.retry import Retry as _RedisRetry
-    from redis.backoff import ExponentialBackoff as _RedisBackoff
-    from redis.exceptions import ConnectionError as _RedisConnectionError
+    from chatsite.redis_retry import dropped_connection_retry
 
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {
                 "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        "retry": _RedisRetry(
-                            _RedisBackoff(cap=0.2, base=0.02), 2, supported_errors=(_RedisConnectionError,)
-                        ),
-                    }
+                    {"address": REDIS_URL, "retry": dropped_connection_retry()}
                 ]
             },
         }
