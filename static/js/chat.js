@@ -80,6 +80,20 @@
     el.error.hidden = !message;
   }
 
+  // An error one action showed (a refused rename, a failed filter) is taken away by that
+  // action's next success, if it is still the one in view; another action's error stays.
+  const shownBy = {};
+
+  function showErrorOf(action, message) {
+    shownBy[action] = message;
+    showError(message);
+  }
+
+  function clearErrorOf(action) {
+    if (shownBy[action] !== undefined && el.error.textContent === shownBy[action]) showError("");
+    delete shownBy[action];
+  }
+
   // The header and the browser tab both name the open conversation, as the server renders them.
   function showTitle(title) {
     el.title.textContent = title || S.untitled;
@@ -108,8 +122,6 @@
       if (document.activeElement === target) return; // a hidden one (another row's Rename) takes none
     }
   }
-
-  let renameError = null; // what a refused rename showed; a rename that works takes it away
 
   function renderList() {
     const kept = listFocus();
@@ -141,12 +153,10 @@
             state.conversation.title = updated.title;
             showTitle(updated.title);
           }
-          if (renameError !== null && el.error.textContent === renameError) showError("");
-          renameError = null;
+          clearErrorOf("rename");
           renderList();
         } catch (err) {
-          renameError = err.message;
-          showError(err.message);
+          showErrorOf("rename", err.message);
         }
       });
       const remove = document.createElement("button");
@@ -208,18 +218,15 @@
   }
 
   let filterTimer = null;
-  let filterError = null; // what a failed filter showed; the next one that works takes it away
   el.filter.addEventListener("input", () => {
     clearTimeout(filterTimer);
     filterTimer = setTimeout(async () => {
       try {
         if (!(await refreshList())) return;
-        if (filterError !== null && el.error.textContent === filterError) showError("");
-        filterError = null;
+        clearErrorOf("filter");
       } catch (err) {
         // Said, or the unfiltered list would look like what matches the filter.
-        filterError = err.message;
-        showError(err.message);
+        showErrorOf("filter", err.message);
       }
     }, 200);
   });
