@@ -296,17 +296,19 @@ def price_set(
     now = timezone.now()
     start = effective_from if effective_from and effective_from > now else now
     with transaction.atomic():
-        # None when it is already in force (history, kept), gone, or there is nothing to move.
-        moved = _scheduled_locked(price_id=moving_id, now=now) if moving_id is not None else None
-        if moved is None and moving_id is not None and not ModelPrice.objects.filter(pk=moving_id).exists():
+        # The row the page edits, locked: two saves from pages of the same price queue here.
+        edited = ModelPrice.objects.select_for_update().filter(pk=moving_id).first() if moving_id is not None else None
+        if moving_id is not None and edited is None:
             # A colleague moved or deleted it while this edit was open (the lock above waited
             # for them): saving would add a second scheduled price beside theirs, not move one.
             raise PriceError(
                 _("This price was moved or deleted by someone else while you were editing it: nothing was saved. "
                   "Open the price list again to see the prices as they are now.")
             )
-        if moved is None and moving_id is not None:
-            _check_still_in_force(price_id=moving_id)
+        # A scheduled row is moved (replaced by this one); one in force is history, and stays.
+        moved = edited if edited is not None and edited.effective_from > now else None
+        if edited is not None and moved is None:
+            _check_still_newest(edited)
         if moved is not None:
             if (moved.provider, moved.model) != (provider, model):
                 raise PriceError(_("A scheduled price can only be moved for its own model."))
@@ -384,17 +386,12 @@ def price_set(
     return row
 
 
-def _check_still_in_force(*, price_id: int) -> None:
-    """Refuse a save from the page of price `price_id` (in force when the page was opened) once
-    a newer price has come into force. The row is locked first: two saves from pages of the same
-    price queue here, and the second then finds the first one's price. In force as of now, read
-    after the lock: the save's own `now`, taken before it waited, is earlier than the moment the
-    first save's price came into force, and would not see it."""
-    from .models import ModelPrice
-
-    edited = ModelPrice.objects.select_for_update().filter(pk=price_id).first()
-    if edited is None:
-        return
+def _check_still_newest(edited) -> None:
+    """Refuse a save from the page of price row `edited` (in force when the page was opened, and
+    locked by the caller) once a newer price has come into force: the second of two saves from
+    pages of the same price finds the first one's. In force as of now, read after the lock: the
+    save's own `now`, taken before it waited, is earlier than the moment the first save's price
+    came into force, and would not see it."""
     newest = _row_in_force(provider=edited.provider, model=edited.model, at=timezone.now())
     if newest is not None and newest.pk != edited.pk:
         raise PriceError(
