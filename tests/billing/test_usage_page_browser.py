@@ -7,6 +7,7 @@ import pytest
 
 from billing.budgets import budget_set
 from billing.ledger import usage_record
+from tests.colours import COLOUR_MATH
 
 from .conftest import usage_kwargs
 
@@ -50,20 +51,7 @@ def test_the_daily_chart_draws_under_the_csp(needs_chromium, live_server, make_u
 # the page): for each kind of budget row, its background, its status label and icon, and the
 # lowest contrast of any text in it.
 ROW_LOOK = """() => {
-  const parse = (c) => {
-    const p = /^rgba?\\(([^)]*)\\)$/.exec(c)[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number);
-    return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
-  };
-  const over = (top, under) => [0, 1, 2].map((i) => top[i] * top[3] + under[i] * (1 - top[3])).concat([1]);
-  const luminance = (c) => {
-    const [r, g, b] = c.slice(0, 3).map((v) => v / 255).map((v) => (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4));
-    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
-  };
-  const ratio = (a, b) => {
-    const [x, y] = [luminance(a), luminance(b)].sort((p, q) => q - p);
-    return (x + 0.05) / (y + 0.05);
-  };
-  const background = (el) => {
+""" + COLOUR_MATH + """  const background = (el) => {
     const chain = [];
     for (let n = el; n; n = n.parentElement) chain.unshift(parse(getComputedStyle(n).backgroundColor));
     return chain.reduce((under, top) => over(top, under), [255, 255, 255, 1]);

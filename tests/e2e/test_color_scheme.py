@@ -9,6 +9,8 @@ import os
 import pytest
 from playwright.sync_api import expect
 
+from tests.colours import COLOUR_MATH
+
 from .conftest import finished_replies, send, signed_in_context
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -18,27 +20,8 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 DESKTOP = {"viewport": {"width": 1280, "height": 800}}
 LIGHT = {"background": "rgb(246, 247, 249)", "text": "rgb(29, 35, 48)"}  # as the site always was
 
-# WCAG 2.1's relative luminance and contrast ratio of CSS colours, with alpha laid over what is
-# under it: the start of each function below.
-COLOUR_MATH = """
-  const parse = (c) => {
-    const m = /^rgba?\\(([^)]*)\\)$/.exec(c);
-    if (!m) throw new Error("unreadable colour " + c);
-    const p = m[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number);
-    return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
-  };
-  const over = (top, under) => [0, 1, 2].map((i) => top[i] * top[3] + under[i] * (1 - top[3])).concat([1]);
-  const luminance = (c) => {
-    const [r, g, b] = c.slice(0, 3).map((v) => v / 255).map((v) => (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4));
-    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
-  };
-  const ratio = (a, b) => {
-    const [x, y] = [luminance(a), luminance(b)].sort((p, q) => q - p);
-    return (x + 0.05) / (y + 0.05);
-  };
-"""
 
-# Where those fail on the page as it is shown.
+# Where the colour arithmetic (tests.colours) finds the page failing, as it is shown.
 # The background behind an element is its own and its ancestors' colours laid over each other.
 # Returns {"body": {...}, "text": [failures], "surfaces": [failures]}: text below 4.5:1 (3:1 for
 # large text); and, in the dark scheme, a surface (a box with a background of its own) that is
