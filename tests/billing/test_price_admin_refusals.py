@@ -32,6 +32,17 @@ def _moment_fields(moment) -> dict:
     return {"effective_from_0": local.strftime("%Y-%m-%d"), "effective_from_1": local.strftime("%H:%M:%S")}
 
 
+def _two_operators(django_user_model) -> list[Client]:
+    """Two superusers' signed-in clients: two operators at their own browsers."""
+    clients = []
+    for name in ("root-a", "root-b"):
+        operator = django_user_model.objects.create_superuser(name, f"{name}@example.test", "pw-123456789")
+        client = Client()
+        client.force_login(operator)
+        clients.append(client)
+    return clients
+
+
 def _both_at_once(post, *, signal, receiver) -> list:
     """post(0) and post(1) in two threads, with `receiver` on `signal` for ModelPrice meanwhile:
     each post's response (none may raise)."""
@@ -156,12 +167,7 @@ def test_two_operators_scheduling_the_same_price_at_once_the_second_is_told_it_e
     # two cannot race there (needs_postgres skips with that reason's service).
     moment = _future()
     before = _rows()
-    clients = []
-    for name in ("root-a", "root-b"):
-        operator = django_user_model.objects.create_superuser(name, f"{name}@example.test", "pw-123456789")
-        client = Client()
-        client.force_login(operator)
-        clients.append(client)
+    clients = _two_operators(django_user_model)
     # Both saves have looked for a price at that moment (and found none) before either inserts.
     both_checked = threading.Barrier(2, timeout=20)
 
@@ -227,12 +233,7 @@ def test_two_operators_moving_the_same_scheduled_price_at_once_the_second_adds_n
     # its form is even shown, and Django says so.
     scheduled = price_set(model_id="openai:gpt-4o", input_per_million="1", output_per_million="2", effective_from=_future(3))
     targets = [_future(5), _future(6)]
-    clients = []
-    for name in ("root-a", "root-b"):
-        operator = django_user_model.objects.create_superuser(name, f"{name}@example.test", "pw-123456789")
-        client = Client()
-        client.force_login(operator)
-        clients.append(client)
+    clients = _two_operators(django_user_model)
     both_loaded = threading.Barrier(2, timeout=20)
     waited = threading.local()
 
@@ -338,13 +339,8 @@ def test_two_operators_saving_the_price_in_force_at_once_the_second_is_refused(n
     price_set(model_id="openai:gpt-4o", input_per_million="2.5", output_per_million="10")
     row = ModelPrice.objects.filter(provider="openai", model="gpt-4o").latest("effective_from")
     url = f"/admin/billing/modelprice/{row.pk}/change/"
-    clients, pages = [], []
-    for name in ("root-a", "root-b"):
-        operator = django_user_model.objects.create_superuser(name, f"{name}@example.test", "pw-123456789")
-        client = Client()
-        client.force_login(operator)
-        clients.append(client)
-        pages.append(page_form(client, url, "modelprice_form"))
+    clients = _two_operators(django_user_model)
+    pages = [page_form(client, url, "modelprice_form") for client in clients]
     changes = [{"input_per_million": "3"}, {"output_per_million": "12"}]
     # Both saves have loaded the price they edit before either writes.
     both_loaded, seen = threading.Barrier(2, timeout=20), threading.local()
