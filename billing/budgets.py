@@ -25,7 +25,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
-from django.db.models import Q, Sum
+from django.db.models import Q, Sum, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -265,7 +266,7 @@ def budget_reserve(*, user, amount: Decimal, ttl_seconds: float | None = None) -
     if amount < 0:
         raise ValueError("a reservation cannot be negative")
     now = timezone.now()
-    ttl = ttl_seconds if ttl_seconds is not None else settings.LLM_TOTAL_TIMEOUT + RESERVATION_MARGIN_SECONDS
+    ttl = _hold_seconds(ttl_seconds)
     with transaction.atomic():
         # Locked in pk order so two reservations over overlapping budgets cannot deadlock.
         budgets = list(_covering(user).select_for_update().order_by("pk"))
@@ -293,6 +294,27 @@ def budget_reserve(*, user, amount: Decimal, ttl_seconds: float | None = None) -
         if budgets:
             reservation.budgets.add(*budgets)
     return reservation.id
+
+
+def _hold_seconds(ttl_seconds: float | None) -> float:
+    return ttl_seconds if ttl_seconds is not None else settings.LLM_TOTAL_TIMEOUT + RESERVATION_MARGIN_SECONDS
+
+
+def reservation_keep(*, reservation_id: uuid.UUID, ttl_seconds: float | None = None) -> bool:
+    """Keep a hold for one more provider call: its expiry is moved to `ttl_seconds` (default: as
+    budget_reserve sets it) from now, never nearer. A hold lasts one call; a reply failing over
+    from key to key makes several, and without this its hold would be released by
+    reservations_expire while its last call still ran, the room given to other replies, and its
+    settle then pass the limit. False when it is no longer held (settled, or released already):
+    then no call may be made on it."""
+    from .models import Reservation
+
+    until = timezone.now() + timedelta(seconds=_hold_seconds(ttl_seconds))
+    return bool(
+        Reservation.objects.filter(pk=reservation_id, state=Reservation.State.HELD).update(
+            expires_at=Greatest("expires_at", Value(until))
+        )
+    )
 
 
 def budget_settle(*, reservation_id: uuid.UUID, actual: Decimal) -> None:

@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils.translation import gettext as _
 
-from billing import keys, ledger
+from billing import budgets, keys, ledger
 
 from . import context as context_mod
 from . import llm
@@ -231,12 +231,14 @@ async def calls_with_failover(
     cancel: asyncio.Event | None = None,
     before_call: Callable[[int, KeyLease | None], Awaitable[None]] | None = None,
     max_attempts: int | None = None,
+    reservation_id: uuid.UUID | None = None,
 ) -> Ended:
     """Call the provider with `first_key` (chosen by the caller: None when no key can serve, or
     for the demo model), then with each next key billing.keys chooses, until a call answers, is
     stopped, fails after output, or the failure policy ends it. `ledger_owner()` names who a
     failed call's ledger row is filed under; `before_call(attempt, key)` runs as each call goes
-    out; `max_attempts` caps the calls (None: as many as there are keys)."""
+    out; `max_attempts` caps the calls (None: as many as there are keys). `reservation_id` is the
+    budget hold the calls are made on: kept for each next call, and none is made once it is gone."""
     adapter = llm.get_adapter(provider)
     cancel = cancel or asyncio.Event()
     tried: list[uuid.UUID] = []
@@ -259,6 +261,11 @@ async def calls_with_failover(
                 return Ended(
                     attempt=attempt, error_code=code, error_message=message, error_kind=str(last_error.kind) if last_error else ""
                 )
+        if attempt > 0 and reservation_id is not None and not await db(budgets.reservation_keep)(reservation_id=reservation_id):
+            # The hold was released (a stall past its expiry): its room may be another reply's now.
+            return Ended(
+                attempt=attempt, error_code="provider_unavailable", error_message=error_text(last_error), error_kind=str(last_error.kind)
+            )
         attempt += 1
         key_id = key.id if key is not None else None
         if before_call is not None:

@@ -285,6 +285,7 @@ def _complete(
             db=sync_to_async,
             ledger_owner=ledger_owner,
             max_attempts=FOLLOWUP_ATTEMPTS,
+            reservation_id=reservation_id,
         )
         call = ended.call
         if call is not None:

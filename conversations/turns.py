@@ -951,6 +951,7 @@ async def _reply_attempts(plan: _ReplyPlan, stream: _Stream, cancel: asyncio.Eve
         ledger_owner=lambda: _ledger_owner(plan=plan),
         cancel=cancel,
         before_call=before_call,
+        reservation_id=plan.reservation_id,
     )
     call = ended.call
     if call is None:  # no call to bill: each one made has its ledger row already

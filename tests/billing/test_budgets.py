@@ -14,6 +14,7 @@ from billing.budgets import (
     budget_settle,
     budget_status,
     period_bounds,
+    reservation_keep,
     reservations_expire,
 )
 from billing.ledger import usage_record
@@ -129,6 +130,25 @@ def test_crashed_process_reservation_expires_and_frees_the_budget(user):
     assert Reservation.objects.get(pk=rid).state == "expired"
     assert fresh(budget).reserved == 0
     budget_reserve(user=user, amount=D("0.5"))  # room again
+
+
+def test_a_kept_hold_outlives_its_first_expiry_never_shortened_and_a_settled_one_is_not_kept(user):
+    budget = budget_set(user=user, period="month", limit="1")
+    rid = budget_reserve(user=user, amount=D("1"), ttl_seconds=60)
+    first = Reservation.objects.get(pk=rid).expires_at
+
+    assert reservation_keep(reservation_id=rid, ttl_seconds=1) is True
+    assert Reservation.objects.get(pk=rid).expires_at == first  # never nearer than it was
+    assert reservation_keep(reservation_id=rid, ttl_seconds=600) is True
+    assert reservations_expire(now=first + dt.timedelta(seconds=1)) == 0
+    assert fresh(budget).reserved == D("1")
+
+    budget_settle(reservation_id=rid, actual=D("0.5"))
+    assert reservation_keep(reservation_id=rid) is False
+    expired = budget_reserve(user=user, amount=D("0.1"), ttl_seconds=0)
+    reservations_expire(now=timezone.now() + dt.timedelta(seconds=1))
+    assert reservation_keep(reservation_id=expired) is False  # released: no call may be made on it
+    assert Reservation.objects.get(pk=expired).state == "expired"
 
 
 def test_settle_after_expiry_still_charges_the_real_cost(user):

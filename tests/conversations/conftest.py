@@ -132,6 +132,9 @@ def chat_backends(monkeypatch) -> Backends:
     def budget_settle(*, reservation_id, actual):
         b.settlements.append((reservation_id, actual))
 
+    def reservation_keep(*, reservation_id, ttl_seconds=None):
+        return reservation_id in b.reservations and reservation_id not in {r for r, _actual in b.settlements}
+
     def rate_limit_check(*, user, tokens):
         if b.rate_error:
             raise b.rate_error
@@ -165,6 +168,7 @@ def chat_backends(monkeypatch) -> Backends:
     monkeypatch.setattr(prices, "prices_available", lambda: list(b.price_table.values()))
     monkeypatch.setattr(budgets, "budget_reserve", budget_reserve)
     monkeypatch.setattr(budgets, "budget_settle", budget_settle)
+    monkeypatch.setattr(budgets, "reservation_keep", reservation_keep)
     monkeypatch.setattr(limits, "rate_limit_check", rate_limit_check)
     monkeypatch.setattr(ledger, "usage_record", usage_record)
     monkeypatch.setattr(keys, "key_choose", key_choose)

@@ -12,6 +12,7 @@ from decimal import Decimal
 import pytest
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.test import Client
+from django.utils import timezone
 
 from accounts.models import Team, TeamMembership
 from billing import budgets, prices
@@ -26,6 +27,7 @@ from .conftest import (
     MAX_OUTPUT,
     OPENAI_MODEL,
     db,
+    eventually,
     of_type,
     replies_finished,
     spent_and_reserved,
@@ -108,7 +110,11 @@ async def test_turns_racing_in_one_conversation_start_one_reply_and_hold_nothing
     user = await db(make_user)("racer")
     input_tokens, worst = _worst_case(priced[OPENAI_MODEL])
     await db(budgets.budget_set)(user=user, period="month", limit=worst * 100)
-    await db(add_key)("openai", "sk-race", text="Only one of us.", input_tokens=input_tokens, output_tokens=MAX_OUTPUT)
+    # Paced, so the one reply is still being written while the others race (one second): a reply
+    # already finished frees the conversation, and a turn starting after that is rightly answered.
+    await db(add_key)(
+        "openai", "sk-race", text="Only one of us.", input_tokens=input_tokens, output_tokens=MAX_OUTPUT, pace_ms=250
+    )
     conversation = await db(conversation_for)(user)
 
     async def one():
@@ -234,6 +240,67 @@ async def test_a_cut_stream_settles_its_reservation(priced, add_key, fake_provid
     spent, reserved = await db(spent_and_reserved)(user)
     assert reserved == 0 and spent > 0
     assert not await db(Reservation.objects.filter(state=Reservation.State.HELD).exists)()
+
+
+async def test_a_reply_failing_over_keeps_its_hold_for_its_next_call_past_the_first_ones_expiry(
+    priced, add_key, fake_provider, make_user, conversation_for, settings
+):
+    """A hold lasts one call (LLM_TOTAL_TIMEOUT and a margin). A reply whose first key hangs and
+    whose next key answers makes two: once the first call's hold would have lapsed, the expiry
+    task must not release it while the second call still runs, or the room goes to another reply
+    and the first one's settle takes the budget past its limit."""
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 1.0  # the first call's hang: the next one starts a second later
+    user = await db(make_user)("patient")
+    input_tokens, worst = _worst_case(priced[OPENAI_MODEL])
+    limit = worst * Decimal("1.5")  # room for one reply's hold, not two
+    await db(budgets.budget_set)(user=user, period="month", limit=limit)
+    await db(add_key)("openai", "sk-hangs", priority=200, mode="hang")
+    await db(add_key)(
+        "openai", "sk-answers", priority=100, text="Still here, still held.", pace_ms=300,
+        input_tokens=input_tokens, output_tokens=MAX_OUTPUT,
+    )
+    first, second = await db(conversation_for)(user), await db(conversation_for)(user)
+
+    started = await turns.turn_start(user=user, conversation=first, content=QUESTION, client_id=uuid.uuid4())
+    hold = await db(Reservation.objects.get)(state=Reservation.State.HELD)
+    lapses = hold.expires_at  # where the first call's hold ends
+    await eventually(lambda: fake_provider.requests_for("sk-answers"))  # the second call is out
+
+    # The expiry task, run as if the first call's hold had lapsed while the second call streams
+    # (half a second past it: the second call went out a second after the first).
+    await db(budgets.reservations_expire)(now=lapses + timedelta(seconds=0.5))
+    assert await db(spent_and_reserved)(user) == (Decimal("0"), worst)  # still held
+    rival = await turns.turn_start(user=user, conversation=second, content=QUESTION, client_id=uuid.uuid4())
+    assert rival.error is not None and rival.error.code == "budget_exceeded"
+
+    await replies_finished()
+    reply = await db(Message.objects.get)(id=started.reply_id)
+    assert (reply.status, reply.content) == (Message.Status.DONE, "Still here, still held.")
+    spent, reserved = await db(spent_and_reserved)(user)
+    assert (spent, reserved) == (worst, Decimal("0")) and spent <= limit
+    assert len(fake_provider.requests_for("sk-answers")) == 1
+
+
+async def test_a_reply_whose_hold_was_released_mid_call_makes_no_next_call(
+    priced, add_key, fake_provider, make_user, conversation_for, settings
+):
+    """A hold already released (its process stalled past the expiry) is not called on again."""
+    settings.LLM_FIRST_TOKEN_TIMEOUT = 0.5
+    user = await db(make_user)("stalled")
+    await db(budgets.budget_set)(user=user, period="month", limit="5")
+    await db(add_key)("openai", "sk-hangs-too", priority=200, mode="hang")
+    await db(add_key)("openai", "sk-never-asked", priority=100)
+    conversation = await db(conversation_for)(user)
+
+    started = await turns.turn_start(user=user, conversation=conversation, content=QUESTION, client_id=uuid.uuid4())
+    await eventually(lambda: fake_provider.requests_for("sk-hangs-too"))
+    await db(budgets.reservations_expire)(now=timezone.now() + timedelta(days=1))  # released mid-call
+    await replies_finished()
+
+    assert fake_provider.requests_for("sk-never-asked") == []
+    reply = await db(Message.objects.get)(id=started.reply_id)
+    assert (reply.status, reply.error_code) == (Message.Status.ERROR, "provider_unavailable")
+    assert await db(spent_and_reserved)(user) == (Decimal("0"), Decimal("0"))
 
 
 async def test_a_provider_error_before_any_output_charges_nothing(priced, add_key, fake_provider, make_user, conversation_for):
