@@ -38,6 +38,7 @@
     // Messages given back into the input unacknowledged, each with the client_id it went out
     // with: {conversationId, sent: [{content, clientId}]}. Their ack may only have been lost.
     givenBack: null,
+    frames: 0, // frames handled so far; a message keeps the count at its last one as m.seen
   };
 
   function fmt(template, values) {
@@ -560,6 +561,7 @@
     if (!state.conversation) return;
     const conversationId = state.conversation.id;
     const asked = ++reloads;
+    const framesBefore = state.frames;
     const data = await api("GET", "/api/v1/conversations/" + conversationId + "/");
     // Another conversation was opened while this one was asked for: it is not this page's now.
     if (asked !== reloads || !state.conversation || state.conversation.id !== conversationId) return;
@@ -572,8 +574,14 @@
     // names its client_id, and it is shown once, as saved, and never resent.
     const saved = new Set(data.messages.map((m) => m.client_id).filter(Boolean));
     for (const clientId of saved) state.unacked.delete(clientId);
-    const unacked = state.messages.filter((m) => isUnsent(m) && !saved.has(m.client_id));
-    state.messages = data.messages.map((m) => (live && m.id === live.id && isRunning(m) ? live : m)).concat(unacked);
+    // The answer can also have been read before what the socket said while it was on its way
+    // (a message resent after a reconnect, saved and acknowledged; its reply started): what it
+    // lacks of that stays too, or it would blink out until the next frame.
+    const known = new Set(data.messages.map((m) => m.id));
+    const newer = state.messages.filter(
+      (m) => !known.has(m.id) && (isUnsent(m) ? !saved.has(m.client_id) : m.seen > framesBefore),
+    );
+    state.messages = data.messages.map((m) => (live && m.id === live.id && isRunning(m) ? live : m)).concat(newer);
     const running = state.messages.find(isRunning);
     state.running = running ? running.id : null;
     renderMessages(atBottom());
@@ -781,6 +789,13 @@
   }
 
   function handleFrame(frame) {
+    state.frames += 1;
+    applyFrame(frame);
+    const m = frame.message_id && findMessage(frame.message_id);
+    if (m) m.seen = state.frames;
+  }
+
+  function applyFrame(frame) {
     switch (frame.type) {
       case "ack": {
         state.unacked.delete(frame.client_id);

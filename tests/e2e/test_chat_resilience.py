@@ -85,6 +85,42 @@ def test_a_message_sent_while_the_socket_is_down_stays_shown_and_goes_out_once(b
     assert Message.objects.filter(conversation__owner=user, role="user").count() == 2
 
 
+def test_a_late_reload_read_before_the_resent_message_was_saved_hides_nothing(browser, live_server_url, make_user):
+    """After a reconnect the page asks for the conversation again while it resends what the
+    socket did not take. On a loaded server that answer can be read before the message is saved
+    and arrive after its ack and its reply's first words: both stay shown, not blink out."""
+    user = make_user("late-reload")
+    page = _watched_page(browser, live_server_url, user)
+    send(page, "first")
+    finished_replies(page).first.wait_for()
+    conversation_id = page.evaluate("() => location.pathname.split('/')[2]")
+    url = f"/api/v1/conversations/{conversation_id}/"
+    stale = page.evaluate("(url) => fetch(url).then((r) => r.text())", url)  # before the resend
+    held = []
+    page.route(f"**{url}", lambda route: held.append(route) if not held else route.continue_())
+    page.evaluate("""() => {
+      window.__vanished = 0; window.__shown = [];
+      const shown = () => [...document.querySelectorAll(".message-user")].some((n) => n.textContent.includes("again w0 w1"))
+        && document.querySelectorAll(".message-assistant").length === 2;
+      let seen = false;
+      new MutationObserver(() => {
+        if (shown()) seen = true;
+        else if (seen) window.__vanished += 1;
+      }).observe(document.getElementById("messages"), {childList: true, subtree: true});
+      window.__sockets[window.__sockets.length - 1].close();  // the network blips
+    }""")
+    text = "again " + " ".join(f"w{i}" for i in range(150))
+    send(page, text)
+    expect(page.locator(".message-assistant .message-body").nth(1)).to_contain_text("w3 ")  # acked, streaming
+    assert len(held) == 1  # the reconnect's reload, unanswered so far
+    held[0].fulfill(status=200, content_type="application/json", body=stale)
+    finished_replies(page).nth(1).wait_for(timeout=20_000)
+    assert page.evaluate("() => window.__vanished") == 0
+    shown = page.evaluate("() => window.__shown")
+    assert shown and [s for s in shown if not text.startswith(s)] == []
+    expect(page.locator(".message-user")).to_have_count(2)
+
+
 def test_a_second_tab_shows_the_question_with_the_reply_it_streams(browser, live_server_url, make_user):
     from conversations.models import Conversation
 
