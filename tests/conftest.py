@@ -143,7 +143,8 @@ def _suite_log_scan(django_test_environment):
 
     from chatsite.logging import RedactFilter, RequestIdFilter
 
-    path = Path(settings.BASE_DIR) / "test-artifacts" / "suite.log"
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # each of pytest-xdist's workers writes its own
+    path = Path(settings.BASE_DIR) / "test-artifacts" / (f"suite-{worker}.log" if worker else "suite.log")
     path.parent.mkdir(exist_ok=True)
     handler = logging.FileHandler(path, mode="w", encoding="utf-8")
     handler.setLevel(logging.DEBUG)

@@ -429,6 +429,7 @@ async def test_handshake_refused_for_anonymous_other_user_bad_origin_and_unknown
 
 
 # --- bad frames: an error, the socket stays usable, nothing saved ------------------------------------------
+# Fixed ids: the parameters name the tests, and pytest-xdist workers must collect the same names.
 @pytest.mark.parametrize(
     "raw",
     [
@@ -436,15 +437,15 @@ async def test_handshake_refused_for_anonymous_other_user_bad_origin_and_unknown
         json.dumps({"content": "no type"}),
         json.dumps(["a", "list"]),
         json.dumps({"type": "shout"}),
-        json.dumps({"type": "user_message", "content": "", "client_id": str(uuid.uuid4())}),
-        json.dumps({"type": "user_message", "content": "   \n\t ", "client_id": str(uuid.uuid4())}),
-        json.dumps({"type": "user_message", "content": 42, "client_id": str(uuid.uuid4())}),
+        json.dumps({"type": "user_message", "content": "", "client_id": "00000000-0000-4000-8000-000000000001"}),
+        json.dumps({"type": "user_message", "content": "   \n\t ", "client_id": "00000000-0000-4000-8000-000000000002"}),
+        json.dumps({"type": "user_message", "content": 42, "client_id": "00000000-0000-4000-8000-000000000003"}),
         json.dumps({"type": "user_message", "content": "hi", "client_id": "not-a-uuid"}),
         json.dumps({"type": "user_message", "content": "hi"}),
         "[" * 50_000 + "]" * 50_000,  # nested past the JSON parser's depth: RecursionError, not ValueError
         # Valid JSON escapes, but text no database here can store: a lone surrogate, a NUL.
-        json.dumps({"type": "user_message", "content": "hi \ud800 there", "client_id": str(uuid.uuid4())}),
-        json.dumps({"type": "user_message", "content": "nul\u0000byte", "client_id": str(uuid.uuid4())}),
+        json.dumps({"type": "user_message", "content": "hi \ud800 there", "client_id": "00000000-0000-4000-8000-000000000004"}),
+        json.dumps({"type": "user_message", "content": "nul\u0000byte", "client_id": "00000000-0000-4000-8000-000000000005"}),
     ],
 )
 async def test_bad_frames_get_invalid_input_and_the_socket_stays_usable(raw, chat_backends, user, conversation_factory):
