@@ -753,13 +753,18 @@
     return state.messages.find((m) => m.id === id);
   }
 
+  // The page's own copy of a message it sent, not the saved one a reload drew with the same
+  // client_id.
+  function unsentCopy(clientId) {
+    return state.messages.find((m) => isUnsent(m) && m.client_id === clientId);
+  }
+
   // An error about a message that was never acked (and names no saved message) means the server
   // did not keep it: it must not look sent, and its text must not be lost. Back into the input
   // it goes, if that is still empty; else the bubble stays, marked as not sent.
   function refused(frame) {
-    // The page's own copy: a saved message from the database carries the same client_id.
-    const m = state.messages.find((x) => isUnsent(x) && x.client_id === frame.client_id);
-    if (!m || !isUnsent(m) || frame.user_message_id) return;
+    const m = unsentCopy(frame.client_id);
+    if (!m || frame.user_message_id) return;
     const node = messageNode(m.id);
     if (!el.input.value) {
       el.input.value = m.content;
@@ -788,19 +793,14 @@
     el.announcer.replaceChildren(said);
   }
 
+  // Each message the socket touches keeps the count of the frame that did (m.seen): a reload
+  // asked for before it keeps the message (reloadMessages).
   function handleFrame(frame) {
     state.frames += 1;
-    applyFrame(frame);
-    const m = frame.message_id && findMessage(frame.message_id);
-    if (m) m.seen = state.frames;
-  }
-
-  function applyFrame(frame) {
     switch (frame.type) {
       case "ack": {
         state.unacked.delete(frame.client_id);
-        // The page's own copy, not the saved one a reload drew with the same client_id.
-        const pending = state.messages.find((m) => isUnsent(m) && m.client_id === frame.client_id);
+        const pending = unsentCopy(frame.client_id);
         if (pending) {
           const node = messageNode(pending.id);
           if (findMessage(frame.message_id)) {
@@ -809,6 +809,7 @@
             if (node) node.remove();
           } else {
             pending.id = frame.message_id;
+            pending.seen = state.frames;
             if (node) node.dataset.id = frame.message_id;
           }
         }
@@ -827,6 +828,7 @@
           state.messages.push(m);
         }
         m.status = "streaming";
+        m.seen = state.frames;
         m.content = frame.type === "resume" ? frame.text : "";
         m.seq = frame.type === "resume" ? frame.seq : 0; // the last delta in m.content
         state.running = frame.message_id;
@@ -840,6 +842,7 @@
       case "delta": {
         const m = findMessage(frame.message_id);
         if (!m) break;
+        m.seen = state.frames;
         // A delta already shown (delivered twice, or already in a resume's text) is skipped.
         if (typeof frame.seq === "number" && typeof m.seq === "number") {
           if (frame.seq <= m.seq) break;
