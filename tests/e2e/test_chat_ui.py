@@ -30,6 +30,16 @@ RECORD_SENT_FRAMES = """
 
 
 
+def _alpha_and_beta(user):
+    """Two conversations of `user`, "Alpha" made first (so listed second) and "Beta"."""
+    from conversations.models import Conversation
+
+    return (
+        Conversation.objects.create(owner=user, model="demo:echo", title="Alpha"),
+        Conversation.objects.create(owner=user, model="demo:echo", title="Beta"),
+    )
+
+
 def _send_and_wait(page, text, nth_reply):
     send(page, text)
     finished_replies(page).nth(nth_reply).wait_for()
@@ -165,11 +175,8 @@ def test_generated_title_reaches_the_sidebar_header_and_tab(fake_openai, browser
 
 
 def test_tab_title_follows_the_open_conversation(browser, live_server_url, make_user):
-    from conversations.models import Conversation
-
     user = make_user("tabtitle")
-    first = Conversation.objects.create(owner=user, model="demo:echo", title="Alpha")
-    Conversation.objects.create(owner=user, model="demo:echo", title="Beta")
+    first, _beta = _alpha_and_beta(user)
     page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
     page.goto(f"{live_server_url}/c/{first.id}/")
     expect(page).to_have_title("Alpha · Parley")
@@ -307,11 +314,10 @@ def test_a_message_not_yet_acknowledged_is_never_sent_to_another_conversation(br
     # A message written in A waits for its ack (A's socket here answers nothing); the person
     # opens B. B's socket must not carry A's message: unacknowledged frames belong to the
     # conversation they were written in.
-    from conversations.models import Conversation, Message
+    from conversations.models import Message
 
     user = make_user("two-rooms")
-    first = Conversation.objects.create(owner=user, model="demo:echo", title="Alpha")
-    second = Conversation.objects.create(owner=user, model="demo:echo", title="Beta")
+    first, second = _alpha_and_beta(user)
     page = signed_in_context(browser, live_server_url, user, **DESKTOP).new_page()
     page.route_web_socket(f"**/ws/chat/{first.id}/", lambda ws: None)  # open, and silent
     page.goto(f"{live_server_url}/c/{first.id}/")
@@ -528,11 +534,8 @@ def _tab_stops(page, limit=40):
 
 
 def test_the_closed_list_on_a_phone_takes_no_tab_stops_and_opens_to_the_keyboard(browser, live_server_url, make_user):
-    from conversations.models import Conversation
-
     user = make_user("phone-keys")
-    first = Conversation.objects.create(owner=user, model="demo:echo", title="Alpha")
-    Conversation.objects.create(owner=user, model="demo:echo", title="Beta")
+    first, _beta = _alpha_and_beta(user)
     page = signed_in_context(browser, live_server_url, user, **PHONE).new_page()
     page.goto(f"{live_server_url}/c/{first.id}/")
     expect(page.locator("#connection-status")).to_have_text("Connected")
